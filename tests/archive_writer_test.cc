@@ -1,1 +1,568 @@
-// placeholder: written by the module owner
+// Tests for the atomic archive writer (and, through it, the streaming ZIP writer). Every
+// archive written here is checked by the readers users have: np.load, zipfile.testzip(),
+// `unzip -t`, libzip, and our own directory parser.
+#include "core/archive_writer.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zip.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "core/file_util.h"
+#include "core/zip_directory.h"
+#include "core/zip_writer.h"
+#include "tests/test_util.h"
+
+namespace npzfs {
+namespace {
+
+using testing::ReadFileOrDie;
+using testing::RunPython;
+using testing::TempDir;
+using testing::WriteFileOrDie;
+
+Result<ZipDirectory> ReadDir(const std::string& path) {
+  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(path, O_RDONLY));
+  return ReadZipDirectory(fd.get(), path);
+}
+
+std::vector<std::string> ListDir(const std::string& dir) {
+  std::vector<std::string> names;
+  std::unique_ptr<DIR, int (*)(DIR*)> d(opendir(dir.c_str()), closedir);
+  if (!d) return names;
+  while (dirent* e = readdir(d.get())) {
+    std::string n = e->d_name;
+    if (n != "." && n != "..") names.push_back(n);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+uint32_t Crc(const std::string& s) {
+  return static_cast<uint32_t>(crc32_z(0, reinterpret_cast<const Bytef*>(s.data()), s.size()));
+}
+
+NewMember FromBytes(const std::string& name, std::string bytes) {
+  NewMember m;
+  m.name = name;
+  m.pieces.push_back(MemberPiece{std::move(bytes)});
+  return m;
+}
+
+// Runs the users' readers over `archive`: every `.npy` member equals `<dir>/<key>.npy`
+// when that file exists, zipfile.testzip() finds no bad CRC, `unzip -tq` passes.
+// Returns the member names in order as zipfile lists them.
+std::string VerifyWithPython(const std::string& archive, const std::string& expected_dir) {
+  return RunPython(R"(
+import numpy as np, zipfile, subprocess, os, sys
+a, d = ')" + archive +
+                   "', '" + expected_dir + R"('
+with zipfile.ZipFile(a) as zf:
+    assert zf.testzip() is None, 'bad CRC'
+    names = zf.namelist()
+with np.load(a) as npz:
+    for k in npz.files:
+        p = os.path.join(d, k + '.npy')
+        if os.path.exists(p):
+            assert np.array_equal(npz[k], np.load(p)), k
+r = subprocess.run(['unzip', '-tq', a], capture_output=True)
+assert r.returncode == 0, r.stdout + r.stderr
+print(','.join(names))
+)");
+}
+
+void MakeNpyFiles(const TempDir& dir) {
+  RunPython(R"(
+import numpy as np
+d = ')" + dir.path() +
+            R"('
+np.save(d + '/adc.npy', np.arange(50000, dtype='<i2').reshape(500, 100))
+np.save(d + '/noise.npy', np.random.default_rng(1).normal(size=(300, 7)))
+np.save(d + '/label.npy', np.array(['x', 'yz']))
+)");
+}
+
+// A member whose pieces come from the whole of `file`.
+NewMember FromFile(const std::string& name, const UniqueFd& fd, const std::string& file) {
+  auto size = FileSize(fd.get(), file);
+  EXPECT_TRUE(size.ok());
+  NewMember m;
+  m.name = name;
+  MemberPiece p;
+  p.fd = fd.get();
+  p.offset = 0;
+  p.length = *size;
+  p.source = file;
+  m.pieces.push_back(p);
+  return m;
+}
+
+TEST(ArchiveWriter, WritesAStoredArchiveThatNumpyZipfileUnzipAndLibzipAccept) {
+  TempDir dir;
+  MakeNpyFiles(dir);
+  auto adc = OpenFile(dir.Join("adc.npy"), O_RDONLY);
+  auto noise = OpenFile(dir.Join("noise.npy"), O_RDONLY);
+  ASSERT_TRUE(adc.ok() && noise.ok());
+  std::vector<NewMember> members = {FromFile("adc.npy", *adc, dir.Join("adc.npy")),
+                                    FromFile("noise.npy", *noise, dir.Join("noise.npy"))};
+  // A caller-supplied CRC takes the copy_file_range path; the other is computed.
+  members[0].crc32 = Crc(ReadFileOrDie(dir.Join("adc.npy")));
+  ASSERT_TRUE(WriteArchive(dir.Join("out.npz"), members, {}).ok());
+
+  EXPECT_EQ(VerifyWithPython(dir.Join("out.npz"), dir.path()), "adc.npy,noise.npy\n");
+  auto d = ReadDir(dir.Join("out.npz"));
+  ASSERT_TRUE(d.ok()) << d.status().message();
+  ASSERT_EQ(d->entries.size(), 2u);
+  for (const ZipEntry& e : d->entries) {
+    EXPECT_EQ(e.method, 0);
+    EXPECT_EQ(e.external_attr, 0100644u << 16);
+    EXPECT_EQ(e.version_made_by >> 8, 3);
+    EXPECT_EQ(e.data_offset, e.local_header_offset + 30 + e.name.size());  // no ZIP64 room
+    EXPECT_EQ(e.uncompressed_size, ReadFileOrDie(dir.Join(e.name)).size());
+  }
+  int err = 0;
+  zip_t* z = zip_open(dir.Join("out.npz").c_str(), ZIP_RDONLY | ZIP_CHECKCONS, &err);
+  ASSERT_NE(z, nullptr) << "libzip consistency check failed: " << err;
+  EXPECT_EQ(zip_get_num_entries(z, 0), 2);
+  zip_discard(z);
+  EXPECT_EQ(ListDir(dir.path()),
+            (std::vector<std::string>{"adc.npy", "label.npy", "noise.npy", "out.npz"}));
+}
+
+TEST(ArchiveWriter, WritesDeflatedMembersFromMixedPieces) {
+  TempDir dir;
+  MakeNpyFiles(dir);
+  const std::string adc = ReadFileOrDie(dir.Join("adc.npy"));
+  auto fd = OpenFile(dir.Join("adc.npy"), O_RDONLY);
+  ASSERT_TRUE(fd.ok());
+  // adc.npy assembled from a byte piece (the header) and a file range (the data).
+  NewMember m;
+  m.name = "adc.npy";
+  m.pieces.push_back(MemberPiece{adc.substr(0, 128)});
+  MemberPiece range;
+  range.fd = fd->get();
+  range.offset = 128;
+  range.length = adc.size() - 128;
+  m.pieces.push_back(range);
+  m.crc32 = Crc(adc);  // known CRC with deflate: still compressed correctly
+  WriteOptions options;
+  options.compress_level = 6;
+  ASSERT_TRUE(WriteArchive(dir.Join("c.npz"),
+                           {m, FromBytes("label.npy", ReadFileOrDie(dir.Join("label.npy"))),
+                            FromBytes("zeros.bin", std::string(100000, '\0'))},
+                           options)
+                  .ok());
+  EXPECT_EQ(VerifyWithPython(dir.Join("c.npz"), dir.path()), "adc.npy,label.npy,zeros.bin\n");
+  auto d = ReadDir(dir.Join("c.npz"));
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->entries[0].method, 8);
+  EXPECT_EQ(d->entries[0].uncompressed_size, adc.size());
+  EXPECT_LT(d->entries[0].compressed_size, adc.size());  // counters deflate poorly, but do
+  EXPECT_EQ(d->entries[0].crc32, Crc(adc));
+  EXPECT_EQ(d->entries[2].uncompressed_size, 100000u);
+  EXPECT_LT(d->entries[2].compressed_size, 1000u);
+}
+
+TEST(ArchiveWriter, ZipWriterReusesItsDeflateStreamAcrossMembersAndLevels) {
+  TempDir dir;
+  const std::string path = dir.Join("levels.zip");
+  std::string expected;
+  {
+    auto fd = OpenFile(path, O_RDWR | O_CREAT | O_TRUNC);
+    ASSERT_TRUE(fd.ok());
+    ZipWriter w(fd->get(), path, 0);
+    for (int i = 0; i < 300; ++i) {
+      ZipMemberOptions o;
+      o.compress_level = i % 3 == 2 ? -1 : (i % 7 < 4 ? 1 : 9);  // stored and two levels
+      ASSERT_TRUE(w.BeginMember("m" + std::to_string(i), o).ok());
+      const std::string body =
+          std::string(static_cast<size_t>(i) * 37, 'a' + i % 26) + std::to_string(i * i);
+      ASSERT_TRUE(w.Write(body.data(), body.size()).ok());
+      ASSERT_TRUE(w.EndMember().ok());
+    }
+    EXPECT_EQ(w.member_count(), 300u);
+    ASSERT_TRUE(w.Finish("", 0, "").ok());
+    EXPECT_EQ(w.offset(), *FileSize(fd->get(), path));
+  }
+  const std::string out = RunPython(R"(
+import zipfile
+with zipfile.ZipFile(')" + path + R"(') as zf:
+    assert zf.testzip() is None
+    for i, info in enumerate(zf.infolist()):
+        body = chr(ord('a') + i % 26).encode() * (i * 37) + str(i * i).encode()
+        assert zf.read(info) == body, info.filename
+        assert info.compress_type == (0 if i % 3 == 2 else 8), info.filename
+    print(len(zf.infolist()))
+)");
+  EXPECT_EQ(out, "300\n");
+}
+
+TEST(ArchiveWriter, AppendingToASavezArchiveKeepsEveryOldMemberByteIdentical) {
+  TempDir dir;
+  MakeNpyFiles(dir);
+  RunPython(R"(
+import numpy as np, zipfile
+d = ')" + dir.path() +
+            R"('
+np.savez(d + '/a.npz', adc=np.load(d + '/adc.npy'), label=np.load(d + '/label.npy'))
+with zipfile.ZipFile(d + '/a.npz', 'a') as zf:
+    zf.comment = b'kept comment'
+)");
+  const std::string before = ReadFileOrDie(dir.Join("a.npz"));
+  auto old = ReadDir(dir.Join("a.npz"));
+  ASSERT_TRUE(old.ok()) << old.status().message();
+  ASSERT_EQ(old->entries.size(), 2u);
+  ASSERT_TRUE(chmod(dir.Join("a.npz").c_str(), 0640) == 0);
+
+  auto noise = OpenFile(dir.Join("noise.npy"), O_RDONLY);
+  ASSERT_TRUE(noise.ok());
+  std::vector<std::pair<uint64_t, uint64_t>> progress;
+  WriteOptions options;
+  options.compress_level = 1;
+  options.progress = [&](uint64_t done, uint64_t total) { progress.emplace_back(done, total); };
+  Status s = AppendToArchive(dir.Join("a.npz"),
+                             {FromFile("noise.npy", *noise, dir.Join("noise.npy"))}, options);
+  ASSERT_TRUE(s.ok()) << s.message();
+
+  const std::string after = ReadFileOrDie(dir.Join("a.npz"));
+  auto now = ReadDir(dir.Join("a.npz"));
+  ASSERT_TRUE(now.ok()) << now.status().message();
+  ASSERT_EQ(now->entries.size(), 3u);
+  // The old prefix, the old central records, and the comment survive unchanged.
+  EXPECT_EQ(after.substr(0, old->cd_offset), before.substr(0, old->cd_offset));
+  EXPECT_EQ(now->cd_bytes.substr(0, old->cd_bytes.size()), old->cd_bytes);
+  EXPECT_EQ(now->comment, "kept comment");
+  for (size_t i = 0; i < 2; ++i) {
+    const ZipEntry& e = now->entries[i];
+    EXPECT_EQ(e.local_header_offset, old->entries[i].local_header_offset);
+    EXPECT_EQ(e.data_offset, old->entries[i].data_offset);
+  }
+  EXPECT_EQ(now->entries[2].name, "noise.npy");
+  EXPECT_EQ(now->entries[2].method, 8);
+  EXPECT_EQ(VerifyWithPython(dir.Join("a.npz"), dir.path()), "adc.npy,label.npy,noise.npy\n");
+
+  struct stat st;
+  ASSERT_EQ(stat(dir.Join("a.npz").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0640u);
+  ASSERT_FALSE(progress.empty());
+  EXPECT_EQ(progress.back().first, progress.back().second);
+  EXPECT_EQ(progress.back().second, old->cd_offset + ReadFileOrDie(dir.Join("noise.npy")).size());
+  EXPECT_TRUE(std::is_sorted(progress.begin(), progress.end()));
+}
+
+TEST(ArchiveWriter, AppendCreatesTheArchiveWhenItDoesNotExist) {
+  TempDir dir;
+  ASSERT_TRUE(AppendToArchive(dir.Join("new.npz"), {FromBytes("meta.json", "{}")}, {}).ok());
+  auto d = ReadDir(dir.Join("new.npz"));
+  ASSERT_TRUE(d.ok());
+  ASSERT_EQ(d->entries.size(), 1u);
+  EXPECT_EQ(d->entries[0].name, "meta.json");
+  EXPECT_EQ(VerifyWithPython(dir.Join("new.npz"), dir.path()), "meta.json\n");
+}
+
+TEST(ArchiveWriter, AppendingToAnEmptyFileTreatsItAsANewArchive) {
+  TempDir dir;
+  WriteFileOrDie(dir.Join("empty.npz"), "");
+  ASSERT_TRUE(chmod(dir.Join("empty.npz").c_str(), 0604) == 0);
+  ASSERT_TRUE(AppendToArchive(dir.Join("empty.npz"), {FromBytes("x.txt", "x")}, {}).ok());
+  EXPECT_EQ(VerifyWithPython(dir.Join("empty.npz"), dir.path()), "x.txt\n");
+  struct stat st;
+  ASSERT_EQ(stat(dir.Join("empty.npz").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0604u);
+}
+
+TEST(ArchiveWriter, AppendingNothingLeavesTheArchiveAlone) {
+  TempDir dir;
+  ASSERT_TRUE(WriteArchive(dir.Join("a.npz"), {FromBytes("x.npy", "old")}, {}).ok());
+  struct stat before, after;
+  ASSERT_EQ(stat(dir.Join("a.npz").c_str(), &before), 0);
+  ASSERT_TRUE(AppendToArchive(dir.Join("a.npz"), {}, {}).ok());
+  ASSERT_EQ(stat(dir.Join("a.npz").c_str(), &after), 0);
+  EXPECT_EQ(before.st_ino, after.st_ino);  // not rewritten
+  EXPECT_EQ(ListDir(dir.path()), std::vector<std::string>{"a.npz"});
+}
+
+TEST(ArchiveWriter, AppendingThroughASymlinkReplacesTheTargetAndKeepsTheLink) {
+  TempDir dir;
+  ASSERT_TRUE(WriteArchive(dir.Join("a.npz"), {FromBytes("x.npy", "old")}, {}).ok());
+  ASSERT_EQ(symlink("a.npz", dir.Join("link.npz").c_str()), 0);
+  ASSERT_TRUE(AppendToArchive(dir.Join("link.npz"), {FromBytes("y.npy", "new")}, {}).ok());
+  struct stat st;
+  ASSERT_EQ(lstat(dir.Join("link.npz").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISLNK(st.st_mode));
+  auto d = ReadDir(dir.Join("a.npz"));
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->entries.size(), 2u);
+}
+
+TEST(ArchiveWriter, UsesZip64RecordsForMoreThan65535MembersAndAppendsToThem) {
+  TempDir dir;
+  std::vector<NewMember> members;
+  for (int i = 0; i < 70000; ++i)
+    members.push_back(FromBytes("m" + std::to_string(i), std::to_string(i)));
+  ASSERT_TRUE(WriteArchive(dir.Join("many.zip"), members, {}).ok());
+  ASSERT_TRUE(AppendToArchive(dir.Join("many.zip"), {FromBytes("last", "the end")}, {}).ok());
+  auto d = ReadDir(dir.Join("many.zip"));
+  ASSERT_TRUE(d.ok()) << d.status().message();
+  ASSERT_EQ(d->entries.size(), 70001u);
+  EXPECT_EQ(d->cd_offset + d->cd_size + 56 + 20 + 22, d->archive_size);  // ZIP64 end records
+  const std::string out = RunPython(R"(
+import zipfile, subprocess
+a = ')" + dir.Join("many.zip") + R"('
+with zipfile.ZipFile(a) as zf:
+    names = zf.namelist()
+    assert zf.testzip() is None
+    print(len(names), zf.read('m69999').decode(), zf.read('last').decode())
+r = subprocess.run(['unzip', '-tq', a], capture_output=True)
+assert r.returncode == 0, r.stdout + r.stderr
+)");
+  EXPECT_EQ(out, "70001 69999 the end\n");
+}
+
+// The ZIP64 offset fields: a writer started beyond 4 GiB on a sparse file.
+TEST(ArchiveWriter, ZipWriterUsesZip64ForOffsetsBeyondFourGiB) {
+  TempDir dir;
+  const std::string path = dir.Join("far.zip");
+  {
+    auto fd = OpenFile(path, O_RDWR | O_CREAT | O_TRUNC);
+    ASSERT_TRUE(fd.ok());
+    ZipWriter w(fd->get(), path, (uint64_t{5} << 30));
+    ASSERT_TRUE(w.BeginMember("a.txt", {}).ok());
+    ASSERT_TRUE(w.Write("alpha", 5).ok());
+    ASSERT_TRUE(w.EndMember().ok());
+    ZipMemberOptions deflate;
+    deflate.compress_level = 9;
+    deflate.size_hint = 3000;
+    ASSERT_TRUE(w.BeginMember("b.txt", deflate).ok());
+    ASSERT_TRUE(w.Write(std::string(3000, 'b').data(), 3000).ok());
+    ASSERT_TRUE(w.EndMember().ok());
+    ASSERT_TRUE(w.Finish("", 0, "far away").ok());
+  }
+  auto d = ReadDir(path);
+  ASSERT_TRUE(d.ok()) << d.status().message();
+  ASSERT_EQ(d->entries.size(), 2u);
+  EXPECT_EQ(d->entries[0].local_header_offset, uint64_t{5} << 30);
+  EXPECT_GT(d->cd_offset, uint64_t{5} << 30);
+  EXPECT_EQ(d->comment, "far away");
+  const std::string out = RunPython(R"(
+import zipfile
+with zipfile.ZipFile(')" + path + R"(') as zf:
+    assert zf.testzip() is None
+    print(zf.read('a.txt').decode(), len(zf.read('b.txt')), zf.comment.decode())
+)");
+  EXPECT_EQ(out, "alpha 3000 far away\n");
+  int err = 0;
+  zip_t* z = zip_open(path.c_str(), ZIP_RDONLY, &err);
+  ASSERT_NE(z, nullptr) << err;
+  zip_stat_t st;
+  ASSERT_EQ(zip_stat(z, "b.txt", 0, &st), 0);
+  EXPECT_EQ(st.size, 3000u);
+  zip_discard(z);
+}
+
+// A 4.5 GiB member of zeros (a sparse source) deflated at level 1: ZIP64 sizes in the
+// local and central headers. About 10-15 s on the reference machine.
+TEST(ArchiveWriter, DeflatesAMemberLargerThanFourGiBWithZip64Sizes) {
+  TempDir dir;
+  const std::string src = dir.Join("zeros.bin");
+  const uint64_t size = (uint64_t{9} << 29);  // 4.5 GiB
+  {
+    auto fd = OpenFile(src, O_RDWR | O_CREAT | O_TRUNC);
+    ASSERT_TRUE(fd.ok());
+    ASSERT_EQ(ftruncate(fd->get(), static_cast<off_t>(size)), 0);
+  }
+  auto fd = OpenFile(src, O_RDONLY);
+  ASSERT_TRUE(fd.ok());
+  WriteOptions options;
+  options.compress_level = 1;
+  ASSERT_TRUE(WriteArchive(dir.Join("big.npz"),
+                           {FromFile("zeros.bin", *fd, src), FromBytes("tail.txt", "tail")},
+                           options)
+                  .ok());
+  auto d = ReadDir(dir.Join("big.npz"));
+  ASSERT_TRUE(d.ok()) << d.status().message();
+  ASSERT_EQ(d->entries.size(), 2u);
+  const ZipEntry& e = d->entries[0];
+  EXPECT_EQ(e.uncompressed_size, size);
+  EXPECT_LT(e.compressed_size, size / 100);
+  EXPECT_EQ(e.data_offset, e.local_header_offset + 30 + e.name.size() + 20);  // ZIP64 room
+  // CRC-32 of 4.5 GiB of zeros, computed independently: 512 MiB by doubling from
+  // 1 MiB with crc32_combine, then nine of those.
+  std::string zeros(1 << 20, '\0');
+  uLong half_gib = crc32_z(0, reinterpret_cast<const Bytef*>(zeros.data()), zeros.size());
+  for (int i = 0; i < 9; ++i) {
+    half_gib = crc32_combine64(half_gib, half_gib, static_cast<z_off64_t>(1) << (20 + i));
+  }
+  uLong crc = 0;
+  for (int i = 0; i < 9; ++i) crc = crc32_combine64(crc, half_gib, z_off64_t{1} << 29);
+  EXPECT_EQ(e.crc32, static_cast<uint32_t>(crc));
+  int err = 0;
+  zip_t* z = zip_open(dir.Join("big.npz").c_str(), ZIP_RDONLY | ZIP_CHECKCONS, &err);
+  ASSERT_NE(z, nullptr) << err;
+  zip_stat_t st;
+  ASSERT_EQ(zip_stat_index(z, 0, 0, &st), 0);
+  EXPECT_EQ(st.size, size);
+  zip_discard(z);
+  // The local header's ZIP64 sizes must agree too (what a streaming reader uses).
+  const std::string out = RunPython(R"(
+import struct
+with open(')" + dir.Join("big.npz") +
+                                    R"(', 'rb') as f:
+    h = f.read(30 + 9 + 20)
+sig, ver, flags, method, t, dt, crc, cs, us, nl, xl = struct.unpack('<IHHHHHIIIHH', h[:30])
+xid, xsz, usize, csize = struct.unpack('<HHQQ', h[39:59])
+print(ver, hex(cs), hex(us), xid, usize, csize)
+)");
+  EXPECT_EQ(out, "45 0xffffffff 0xffffffff 1 " + std::to_string(size) + " " +
+                     std::to_string(e.compressed_size) + "\n");
+}
+
+TEST(ArchiveWriter, RefusesANameAlreadyInTheArchiveWithEexist) {
+  TempDir dir;
+  ASSERT_TRUE(WriteArchive(dir.Join("a.npz"), {FromBytes("x.npy", "old")}, {}).ok());
+  const std::string before = ReadFileOrDie(dir.Join("a.npz"));
+  Status s =
+      AppendToArchive(dir.Join("a.npz"), {FromBytes("y.npy", "1"), FromBytes("x.npy", "new")}, {});
+  EXPECT_EQ(s.code(), EEXIST);
+  EXPECT_NE(s.message().find(dir.Join("a.npz")), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("x.npy"), std::string::npos) << s.message();
+  EXPECT_EQ(ReadFileOrDie(dir.Join("a.npz")), before);
+  EXPECT_EQ(ListDir(dir.path()), std::vector<std::string>{"a.npz"});
+
+  // With the check off, the duplicate is appended (and numpy reads the last one).
+  WriteOptions allow;
+  allow.reject_existing_names = false;
+  ASSERT_TRUE(AppendToArchive(dir.Join("a.npz"), {FromBytes("x.npy", "new")}, allow).ok());
+  auto d = ReadDir(dir.Join("a.npz"));
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->entries.size(), 2u);
+}
+
+TEST(ArchiveWriter, RefusesTheSameNewNameTwice) {
+  TempDir dir;
+  Status s = WriteArchive(dir.Join("a.npz"), {FromBytes("x", "1"), FromBytes("x", "2")}, {});
+  EXPECT_EQ(s.code(), EINVAL);
+  EXPECT_NE(s.message().find("given twice"), std::string::npos) << s.message();
+  EXPECT_TRUE(ListDir(dir.path()).empty());
+}
+
+TEST(ArchiveWriter, RefusesToAppendToAFileThatIsNotAZipAndLeavesItAlone) {
+  TempDir dir;
+  WriteFileOrDie(dir.Join("notes.npz"), "just some text\n");
+  Status s = AppendToArchive(dir.Join("notes.npz"), {FromBytes("x.npy", "1")}, {});
+  EXPECT_EQ(s.code(), EINVAL);
+  EXPECT_NE(s.message().find(dir.Join("notes.npz") + ": not a zip archive"), std::string::npos)
+      << s.message();
+  EXPECT_EQ(ReadFileOrDie(dir.Join("notes.npz")), "just some text\n");
+  EXPECT_EQ(ListDir(dir.path()), std::vector<std::string>{"notes.npz"});
+}
+
+TEST(ArchiveWriter, ASourceShorterThanClaimedFailsWithEioAndLeavesNoTempFile) {
+  TempDir dir;
+  ASSERT_TRUE(WriteArchive(dir.Join("a.npz"), {FromBytes("x.npy", "old")}, {}).ok());
+  const std::string before = ReadFileOrDie(dir.Join("a.npz"));
+  WriteFileOrDie(dir.Join("src.bin"), std::string(1000, 's'));
+  auto fd = OpenFile(dir.Join("src.bin"), O_RDONLY);
+  ASSERT_TRUE(fd.ok());
+  for (int level : {-1, 6}) {
+    NewMember m = FromFile("y.npy", *fd, dir.Join("src.bin"));
+    m.pieces[0].length = 5000;
+    if (level < 0) m.crc32 = 1234;  // the copy_file_range path
+    WriteOptions options;
+    options.compress_level = level;
+    Status s = AppendToArchive(dir.Join("a.npz"), {m}, options);
+    EXPECT_EQ(s.code(), EIO) << s.message();
+    EXPECT_EQ(s.message().rfind(dir.Join("a.npz") + ": member y.npy: source " +
+                                    dir.Join("src.bin") + ": unexpected end of file",
+                                0),
+              0u)
+        << s.message();
+    EXPECT_EQ(ReadFileOrDie(dir.Join("a.npz")), before);
+    EXPECT_EQ(ListDir(dir.path()), (std::vector<std::string>{"a.npz", "src.bin"}));
+  }
+}
+
+TEST(ArchiveWriter, AMissingOutputDirectoryIsAClearError) {
+  TempDir dir;
+  Status s = WriteArchive(dir.Join("no/such/dir/out.npz"), {FromBytes("x", "1")}, {});
+  EXPECT_EQ(s.code(), ENOENT);
+  EXPECT_NE(s.message().find("out.npz: cannot create a temp file in directory"), std::string::npos)
+      << s.message();
+}
+
+TEST(ArchiveWriter, RejectsACompressionLevelOutOfRange) {
+  TempDir dir;
+  WriteOptions options;
+  options.compress_level = 10;
+  Status s = WriteArchive(dir.Join("out.npz"), {FromBytes("x", "1")}, options);
+  EXPECT_EQ(s.code(), EINVAL);
+  EXPECT_NE(s.message().find("compression level 10"), std::string::npos) << s.message();
+}
+
+// A tmpfs mounted for one test and always unmounted, even when the test fails.
+class ScopedTmpfs {
+ public:
+  ScopedTmpfs(const std::string& dir, const std::string& options) : dir_(dir) {
+    mkdir(dir.c_str(), 0755);
+    mounted_ = mount("tmpfs", dir.c_str(), "tmpfs", options.find("ro") == 0 ? MS_RDONLY : 0,
+                     options.find("ro") == 0 ? "size=1m" : options.c_str()) == 0;
+  }
+  ~ScopedTmpfs() {
+    if (mounted_) umount2(dir_.c_str(), MNT_DETACH);
+  }
+  bool mounted() const { return mounted_; }
+
+ private:
+  std::string dir_;
+  bool mounted_ = false;
+};
+
+TEST(ArchiveWriter, RunningOutOfSpaceFailsWithEnospcAndLeavesTheArchiveUntouched) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
+  TempDir dir;
+  ScopedTmpfs tmpfs(dir.Join("small"), "size=4m");
+  ASSERT_TRUE(tmpfs.mounted()) << "mount failed";
+  const std::string archive = dir.Join("small/a.npz");
+  std::mt19937 rng(7);
+  std::string random1(1 << 20, '\0'), random5(5 << 20, '\0');
+  for (char& c : random1) c = static_cast<char>(rng());
+  for (char& c : random5) c = static_cast<char>(rng());
+  ASSERT_TRUE(WriteArchive(archive, {FromBytes("one.bin", random1)}, {}).ok());
+  const std::string before = ReadFileOrDie(archive);
+
+  for (int level : {-1, 1}) {
+    WriteOptions options;
+    options.compress_level = level;
+    Status s = AppendToArchive(archive, {FromBytes("five.bin", random5)}, options);
+    EXPECT_EQ(s.code(), ENOSPC) << s.message();
+    EXPECT_NE(s.message().find("No space left on device"), std::string::npos) << s.message();
+    EXPECT_EQ(s.message().rfind(archive, 0), 0u) << s.message();
+    EXPECT_EQ(ReadFileOrDie(archive), before);
+    EXPECT_EQ(ListDir(dir.Join("small")), std::vector<std::string>{"a.npz"});
+  }
+}
+
+TEST(ArchiveWriter, AReadOnlyOutputDirectoryIsAClearError) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a read-only tmpfs";
+  TempDir dir;
+  ScopedTmpfs tmpfs(dir.Join("ro"), "ro");
+  ASSERT_TRUE(tmpfs.mounted()) << "mount failed";
+  Status s = WriteArchive(dir.Join("ro/out.npz"), {FromBytes("x", "1")}, {});
+  EXPECT_EQ(s.code(), EROFS) << s.message();
+  EXPECT_NE(s.message().find(dir.Join("ro/out.npz") + ": cannot create a temp file"),
+            std::string::npos)
+      << s.message();
+  EXPECT_NE(s.message().find("Read-only file system"), std::string::npos) << s.message();
+}
+
+}  // namespace
+}  // namespace npzfs
