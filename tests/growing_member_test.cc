@@ -1,1 +1,666 @@
-// placeholder: written by the module owner
+// Tests for GrowingMember: header-first and declared layouts, what readers see (compared with
+// numpy's own np.save bytes), the append-only rules and their errno, and Resume after a crash.
+#include "core/growing_member.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/mount.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <atomic>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <random>
+#include <thread>
+
+#include "tests/test_util.h"
+
+namespace npzfs {
+namespace {
+
+using testing::ReadFileOrDie;
+using testing::RunPython;
+using testing::TempDir;
+using testing::WriteFileOrDie;
+
+std::span<const std::byte> Bytes(std::string_view s) {
+  return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
+}
+
+// Frames of '<u2' values: element k of frame i is (i * elems + k) mod 65536, exactly what
+// np.arange(n * elems).astype('<u2') holds.
+std::string U16Frames(uint64_t first, uint64_t count, uint64_t elems) {
+  std::string out;
+  for (uint64_t v = first * elems; v < (first + count) * elems; ++v) {
+    out += static_cast<char>(v & 0xff);
+    out += static_cast<char>((v >> 8) & 0xff);
+  }
+  return out;
+}
+
+// np.save bytes of `n` frames of shape (3, 4) (or the given frame shape literal).
+std::string NumpyU16(uint64_t n, const std::string& frame_shape = "3, 4", bool fortran = false) {
+  // Each distinct array is generated once: starting python dominates the run time.
+  static std::map<std::string, std::string> cache;
+  const std::string key = std::to_string(n) + "/" + frame_shape + "/" + (fortran ? "F" : "C");
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  TempDir dir;
+  std::string path = dir.Join("ref.npy");
+  RunPython("import numpy as np\nfs = (" + frame_shape + ",)\nn = " + std::to_string(n) +
+            "\ncount = int(np.prod(fs))\n"
+            "a = np.arange(n * count).astype('<u2')\n" +
+            (fortran ? "a = np.asfortranarray(np.moveaxis(a.reshape((n,) + fs), 0, -1))\n"
+                     : "a = a.reshape((n,) + fs)\n") +
+            "np.save('" + path + "', a)\n");
+  return cache[key] = ReadFileOrDie(path);
+}
+
+std::string ReadVisible(const GrowingMember& m) {
+  std::string out(m.visible_size(), '\0');
+  auto n = m.ReadAt(0, std::span(reinterpret_cast<std::byte*>(out.data()), out.size()));
+  EXPECT_TRUE(n.ok()) << n.status().message();
+  if (n.ok()) out.resize(*n);
+  return out;
+}
+
+size_t HeaderLength(const std::string& npy) { return *NpyHeader::TotalLength(npy); }
+
+struct Fixture {
+  TempDir dir;
+  std::vector<std::string> log;
+  std::shared_ptr<GrowingMember> Create(const std::string& name,
+                                        std::optional<NpyHeader> declared = {}) {
+    auto m = GrowingMember::Create(name, dir.Join(name), std::move(declared),
+                                   [this](const std::string& l) { log.push_back(l); });
+    EXPECT_TRUE(m.ok()) << m.status().message();
+    return m.ok() ? *m : nullptr;
+  }
+  std::shared_ptr<GrowingMember> Resume(const std::string& name, const std::string& path) {
+    auto m = GrowingMember::Resume(name, path, [this](const std::string& l) { log.push_back(l); });
+    EXPECT_TRUE(m.ok()) << m.status().message();
+    return m.ok() ? *m : nullptr;
+  }
+};
+
+Status WriteAt(GrowingMember& m, WriterSession& w, uint64_t off, std::string_view bytes) {
+  auto r = m.Write(&w, off, Bytes(bytes));
+  if (!r.ok()) return r.status();
+  EXPECT_EQ(*r, bytes.size());
+  return Status::Ok();
+}
+
+NpyHeader U16Layout(std::vector<uint64_t> frame = {3, 4}) {
+  return *NpyHeader::ForFrames("<u2", std::move(frame), false, 0);
+}
+
+TEST(GrowingMember, HeaderFirstInOneWriteShowsNumpysOwnBytes) {
+  Fixture f;
+  auto m = f.Create("adc.npy");
+  const std::string ref = NumpyU16(5);
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  ASSERT_TRUE(WriteAt(*m, w, 0, ref).ok());
+  EXPECT_EQ(m->frame_count(), 5u);
+  EXPECT_EQ(m->visible_size(), ref.size());
+  EXPECT_EQ(ReadVisible(*m), ref);
+  // The spool file has the same bytes, so it is a valid .npy by itself.
+  EXPECT_EQ(ReadFileOrDie(m->spool_path()), ref);
+  m->EndWrite(&w);
+}
+
+TEST(GrowingMember, HeaderSplitAcrossManyWritesIsBufferedUntilComplete) {
+  Fixture f;
+  auto m = f.Create("adc.npy");
+  const std::string ref = NumpyU16(4);
+  const size_t header = HeaderLength(ref);
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  for (size_t off = 0; off < ref.size(); off += 7) {
+    std::string chunk = ref.substr(off, 7);
+    ASSERT_TRUE(WriteAt(*m, w, off, chunk).ok()) << "at " << off;
+    if (off + chunk.size() < header) {
+      EXPECT_EQ(m->visible_size(), 0u) << "a partial header is never visible";
+      EXPECT_FALSE(m->layout().has_value());
+    }
+  }
+  EXPECT_EQ(ReadVisible(*m), ref);
+}
+
+TEST(GrowingMember, AWriterHeaderOfAnotherLengthMapsItsOffsetsToTheCanonicalLayout) {
+  Fixture f;
+  auto m = f.Create("old.npy");
+  const std::string ref = NumpyU16(6);
+  const std::string data = ref.substr(HeaderLength(ref));
+  // Old numpy (< 1.9) padded the header to 16 bytes and left no growth room.
+  std::string dict = "{'descr': '<u2', 'fortran_order': False, 'shape': (99, 3, 4), }";
+  size_t total = 10 + dict.size() + 1;
+  dict += std::string((16 - total % 16) % 16, ' ') + "\n";
+  std::string old_header = std::string("\x93NUMPY\x01\x00", 8);
+  old_header += static_cast<char>(dict.size() & 0xff);
+  old_header += static_cast<char>(dict.size() >> 8);
+  old_header += dict;
+  ASSERT_NE(old_header.size(), HeaderLength(ref));
+
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  ASSERT_TRUE(WriteAt(*m, w, 0, old_header + data.substr(0, 30)).ok());
+  // The writer continues at its own offsets, not at the canonical ones.
+  Status wrong = WriteAt(*m, w, HeaderLength(ref) + 30, data.substr(30));
+  EXPECT_EQ(wrong.code(), EPERM);
+  ASSERT_TRUE(WriteAt(*m, w, old_header.size() + 30, data.substr(30)).ok());
+  EXPECT_EQ(m->frame_count(), 6u) << "the writer's count (99) is ignored";
+  EXPECT_EQ(ReadVisible(*m), ref);
+  // Rewriting its own (old-length) header in place is accepted and ignored.
+  EXPECT_TRUE(WriteAt(*m, w, 0, old_header).ok());
+  EXPECT_EQ(ReadVisible(*m), ref);
+}
+
+TEST(GrowingMember, FortranOrderGrowsAlongTheLastAxis) {
+  Fixture f;
+  auto m = f.Create("f.npy");
+  const std::string ref = NumpyU16(7, "3, 4", /*fortran=*/true);
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  ASSERT_TRUE(WriteAt(*m, w, 0, ref).ok());
+  ASSERT_TRUE(m->layout().has_value());
+  EXPECT_TRUE(m->layout()->fortran_order());
+  EXPECT_EQ(m->frame_count(), 7u);
+  EXPECT_EQ(ReadVisible(*m), ref);
+}
+
+TEST(GrowingMember, ADeclaredLayoutTakesRawFramesAndShowsAnEmptyArrayAtOnce) {
+  Fixture f;
+  auto m = f.Create("raw.npy", U16Layout());
+  const std::string empty = NumpyU16(0);
+  EXPECT_EQ(ReadVisible(*m), empty) << "header with count 0 before any write";
+  EXPECT_EQ(ReadFileOrDie(m->spool_path()), empty);
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  const std::string frames = U16Frames(0, 9, 12);
+  for (size_t off = 0; off < frames.size(); off += 50) {
+    ASSERT_TRUE(WriteAt(*m, w, off, frames.substr(off, 50)).ok());
+  }
+  EXPECT_EQ(ReadVisible(*m), NumpyU16(9));
+}
+
+TEST(GrowingMember, XattrsDeclareTheLayoutBeforeTheFirstWrite) {
+  Fixture f;
+  auto m = f.Create("x.npy");
+  EXPECT_EQ(m->GetAttribute(kDescrAttribute).status().code(), ENODATA);
+  ASSERT_TRUE(m->SetAttribute(kShapeAttribute, "3x4").ok());
+  EXPECT_FALSE(m->layout().has_value()) << "shape alone is not a layout";
+  ASSERT_TRUE(m->SetAttribute(kDescrAttribute, "<u2\n").ok());
+  ASSERT_TRUE(m->layout().has_value());
+  EXPECT_EQ(*m->GetAttribute(kDescrAttribute), "<u2");
+  EXPECT_EQ(*m->GetAttribute(kShapeAttribute), "3,4");
+  EXPECT_EQ(m->ListAttributes().size(), 3u);
+  EXPECT_EQ(m->SetAttribute(kShapeAttribute, "3,,4").code(), EINVAL);
+  EXPECT_EQ(m->SetAttribute(kDescrAttribute, "not a dtype").code(), EINVAL);
+  EXPECT_EQ(m->SetAttribute("user.other", "1").code(), ENOTSUP);
+
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  ASSERT_TRUE(WriteAt(*m, w, 0, U16Frames(0, 2, 12)).ok());
+  EXPECT_EQ(ReadVisible(*m), NumpyU16(2));
+  // Once data exists the layout is fixed; restating it is fine.
+  EXPECT_EQ(m->SetAttribute(kDescrAttribute, "<f8").code(), EPERM);
+  EXPECT_EQ(m->SetAttribute(kShapeAttribute, "4,3").code(), EPERM);
+  EXPECT_TRUE(m->SetAttribute(kShapeAttribute, "3,4").ok());
+  EXPECT_EQ(ReadVisible(*m), NumpyU16(2));
+}
+
+TEST(GrowingMember, AVerbatimMemberHasNoLayoutAttributes) {
+  Fixture f;
+  auto m = f.Create("meta.json");
+  EXPECT_EQ(m->SetAttribute(kDescrAttribute, "<u2").code(), ENOTSUP);
+  EXPECT_EQ(GrowingMember::Create("meta.json", f.dir.Join("other"), U16Layout()).status().code(),
+            EINVAL);
+}
+
+TEST(GrowingMember, APartialFrameIsHeldBackUntilItCompletes) {
+  Fixture f;
+  auto m = f.Create("p.npy", U16Layout());
+  const size_t h = HeaderLength(NumpyU16(0));
+  const std::string frames = U16Frames(0, 3, 12);  // 24 bytes per frame
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  ASSERT_TRUE(WriteAt(*m, w, 0, frames.substr(0, 10)).ok());
+  EXPECT_EQ(m->frame_count(), 0u);
+  EXPECT_EQ(m->visible_size(), h);
+  EXPECT_EQ(m->data_bytes(), 10u);
+  ASSERT_TRUE(WriteAt(*m, w, 10, frames.substr(10, 14)).ok());
+  EXPECT_EQ(m->frame_count(), 1u);
+  EXPECT_EQ(ReadVisible(*m), NumpyU16(1));
+  ASSERT_TRUE(WriteAt(*m, w, 24, frames.substr(24, 40)).ok());  // 2 frames + 16 bytes
+  EXPECT_EQ(m->frame_count(), 2u);
+  EXPECT_EQ(ReadVisible(*m), NumpyU16(2));
+  // Reading past the visible end returns nothing of the held-back bytes.
+  std::byte buf[64];
+  auto n = m->ReadAt(m->visible_size(), buf);
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(*n, 0u);
+  // The spool file holds the partial bytes and still loads in numpy (trailing bytes are ok).
+  std::string out = RunPython("import numpy as np\nprint(np.load('" + m->spool_path() +
+                              "', mmap_mode='r').shape)\n");
+  EXPECT_EQ(out, "(2, 3, 4)\n");
+  ASSERT_TRUE(WriteAt(*m, w, 64, frames.substr(64)).ok());
+  EXPECT_EQ(ReadVisible(*m), NumpyU16(3));
+}
+
+TEST(GrowingMember, ANpyWithoutALayoutIsEinvalWithAHowTo) {
+  Fixture f;
+  auto m = f.Create("nolayout.npy");
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  Status s = WriteAt(*m, w, 0, "hello world");
+  EXPECT_EQ(s.code(), EINVAL);
+  EXPECT_NE(s.message().find("nolayout.npy"), std::string::npos);
+  EXPECT_NE(s.message().find("user.npy.descr"), std::string::npos);
+  EXPECT_NE(s.message().find("frame="), std::string::npos);
+  EXPECT_EQ(m->visible_size(), 0u);
+  // A header afterwards still works.
+  const std::string ref = NumpyU16(2);
+  ASSERT_TRUE(WriteAt(*m, w, 0, ref).ok());
+  EXPECT_EQ(ReadVisible(*m), ref);
+}
+
+TEST(GrowingMember, ObjectAndZeroDimensionalHeadersCannotGrow) {
+  Fixture f;
+  TempDir py;
+  RunPython("import numpy as np\nnp.save('" + py.Join("o.npy") +
+            "', np.array([1, 'a'], dtype=object), allow_pickle=True)\nnp.save('" +
+            py.Join("s.npy") + "', np.float64(3.5))\n");
+  for (const char* name : {"o.npy", "s.npy"}) {
+    auto m = f.Create(name);
+    WriterSession w;
+    ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+    Status s = WriteAt(*m, w, 0, ReadFileOrDie(py.Join(name)));
+    EXPECT_EQ(s.code(), EINVAL) << name;
+    EXPECT_EQ(m->visible_size(), 0u);
+  }
+}
+
+TEST(GrowingMember, AHeaderThatContradictsTheDeclaredLayoutIsRejected) {
+  Fixture f;
+  auto m = f.Create("d.npy", U16Layout({4, 3}));
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  EXPECT_EQ(WriteAt(*m, w, 0, NumpyU16(2)).code(), EINVAL);
+  // The matching header is accepted as a header, not as raw data.
+  auto ok = f.Create("e.npy", U16Layout());
+  WriterSession w2;
+  ASSERT_TRUE(ok->BeginWrite(&w2, false).ok());
+  ASSERT_TRUE(WriteAt(*ok, w2, 0, NumpyU16(2)).ok());
+  EXPECT_EQ(ReadVisible(*ok), NumpyU16(2));
+}
+
+TEST(GrowingMember, ForbiddenOperationsReturnTheirErrnoAndLeaveTheDataIntact) {
+  Fixture f;
+  auto m = f.Create("guard.npy");
+  const std::string ref = NumpyU16(4);
+  const size_t h = HeaderLength(ref);
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  ASSERT_TRUE(WriteAt(*m, w, 0, ref).ok());
+  ASSERT_TRUE(WriteAt(*m, w, ref.size(), "\x01\x02\x03").ok());  // partial frame
+  const uint64_t end = ref.size() + 3;
+
+  EXPECT_EQ(WriteAt(*m, w, h + 5, "zz").code(), EPERM) << "overwrite of data";
+  EXPECT_EQ(WriteAt(*m, w, end + 1, "zz").code(), EPERM) << "a hole";
+  EXPECT_EQ(WriteAt(*m, w, 0, "\x93NUMPY").code(), EPERM) << "part of the header";
+  std::string other = NumpyU16(4, "4, 3").substr(0, h);
+  ASSERT_EQ(HeaderLength(other), h);
+  EXPECT_EQ(WriteAt(*m, w, 0, other).code(), EPERM) << "header with another layout";
+  EXPECT_TRUE(WriteAt(*m, w, 0, ref.substr(0, h)).ok()) << "own header rewrite is accepted";
+  EXPECT_EQ(m->Truncate(h).code(), EPERM);
+  EXPECT_EQ(m->Truncate(0).code(), EPERM);
+  EXPECT_EQ(m->Truncate(end + 10).code(), EPERM);
+  EXPECT_TRUE(m->Truncate(m->visible_size()).ok());
+  EXPECT_TRUE(m->Truncate(end).ok());
+  EXPECT_EQ(m->CheckRemovable().code(), EPERM);
+  WriterSession second;
+  EXPECT_EQ(m->BeginWrite(&second, false).code(), EBUSY);
+  EXPECT_EQ(m->Write(&second, end, Bytes("x")).status().code(), EBADF);
+
+  EXPECT_EQ(ReadVisible(*m), ref);
+  EXPECT_EQ(m->data_bytes(), ref.size() - h + 3);
+  // And writing on at the end still works.
+  ASSERT_TRUE(WriteAt(*m, w, end, U16Frames(4, 1, 12).substr(3)).ok());
+  EXPECT_EQ(ReadVisible(*m),
+            NumpyU16(5).substr(0, ref.size() + 24).replace(ref.size(), 3, "\x01\x02\x03"));
+}
+
+TEST(GrowingMember, OAppendWritesAppendWhateverTheOffset) {
+  Fixture f;
+  auto m = f.Create("app.npy");
+  const std::string ref = NumpyU16(3);
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, /*append=*/true).ok());
+  ASSERT_TRUE(WriteAt(*m, w, 12345, ref.substr(0, 100)).ok());
+  ASSERT_TRUE(WriteAt(*m, w, 0, ref.substr(100, 20)).ok());
+  ASSERT_TRUE(WriteAt(*m, w, 7, ref.substr(120)).ok());
+  EXPECT_EQ(ReadVisible(*m), ref);
+  // A verbatim member in append mode too.
+  auto v = f.Create("log.txt");
+  WriterSession wv;
+  ASSERT_TRUE(v->BeginWrite(&wv, true).ok());
+  ASSERT_TRUE(WriteAt(*v, wv, 0, "one\n").ok());
+  ASSERT_TRUE(WriteAt(*v, wv, 0, "two\n").ok());
+  EXPECT_EQ(ReadVisible(*v), "one\ntwo\n");
+}
+
+TEST(GrowingMember, ALaterWriterAppendsInVisibleCoordinates) {
+  Fixture f;
+  auto m = f.Create("later.npy", U16Layout());
+  const size_t h = HeaderLength(NumpyU16(0));
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  ASSERT_TRUE(WriteAt(*m, w, 0, U16Frames(0, 2, 12).substr(0, 30)).ok());  // 1 frame + 6
+  m->EndWrite(&w);
+  EXPECT_EQ(w.token, 0u);
+
+  WriterSession w2;
+  ASSERT_TRUE(m->BeginWrite(&w2, false).ok());
+  EXPECT_EQ(WriteAt(*m, w2, 30, "xx").code(), EPERM) << "raw offsets belong to the first writer";
+  EXPECT_EQ(WriteAt(*m, w2, h + 24, "xx").code(), EPERM) << "the partial frame counts";
+  ASSERT_TRUE(WriteAt(*m, w2, h + 30, U16Frames(0, 4, 12).substr(30)).ok());
+  EXPECT_EQ(ReadVisible(*m), NumpyU16(4));
+  // Its header is the canonical one: rewriting it in place is accepted.
+  EXPECT_TRUE(WriteAt(*m, w2, 0, NumpyU16(4).substr(0, h)).ok());
+}
+
+TEST(GrowingMember, TruncateToZeroIsAcceptedWhileNoDataWasWritten) {
+  Fixture f;
+  auto m = f.Create("t.npy");
+  EXPECT_TRUE(m->Truncate(0).ok()) << "O_TRUNC on a new, empty file";
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  const std::string ref = NumpyU16(2);
+  const size_t h = HeaderLength(ref);
+  ASSERT_TRUE(WriteAt(*m, w, 0, ref.substr(0, h)).ok());  // header only
+  EXPECT_TRUE(m->CheckRemovable().ok());
+  EXPECT_TRUE(m->Truncate(0).ok());
+  EXPECT_FALSE(m->layout().has_value()) << "a header-first layout is forgotten";
+  EXPECT_EQ(m->visible_size(), 0u);
+  // The writer starts over with another layout.
+  const std::string other = NumpyU16(2, "4, 3");
+  ASSERT_TRUE(WriteAt(*m, w, 0, other).ok());
+  EXPECT_EQ(ReadVisible(*m), other);
+  EXPECT_EQ(m->Truncate(0).code(), EPERM);
+}
+
+TEST(GrowingMember, ResumeKeepsEveryCompleteFrameAndDropsAPartialTail) {
+  Fixture f;
+  auto m = f.Create("crash.npy", U16Layout());
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  const std::string frames = U16Frames(0, 10, 12);
+  ASSERT_TRUE(WriteAt(*m, w, 0, frames.substr(0, 5 * 24 + 7)).ok());
+  // A crash "now": copy the spool file as the kernel holds it, then add garbage as if a
+  // later write had been cut short.
+  const std::string copy = f.dir.Join("copy");
+  std::filesystem::copy_file(m->spool_path(), copy);
+  {
+    std::string bytes = ReadFileOrDie(copy) + std::string(11, '\x7f');
+    WriteFileOrDie(copy, bytes);
+  }
+  f.log.clear();
+  auto r = f.Resume("crash.npy", copy);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->frame_count(), 5u);
+  EXPECT_EQ(ReadVisible(*r), NumpyU16(5));
+  EXPECT_EQ(ReadFileOrDie(copy), NumpyU16(5)) << "partial tail cut, header recounted";
+  ASSERT_EQ(f.log.size(), 1u);
+  EXPECT_NE(f.log[0].find("18 bytes of a partial frame"), std::string::npos) << f.log[0];
+  // Appending carries on in visible coordinates.
+  WriterSession w2;
+  ASSERT_TRUE(r->BeginWrite(&w2, false).ok());
+  const size_t h = HeaderLength(NumpyU16(0));
+  ASSERT_TRUE(WriteAt(*r, w2, h + 5 * 24, frames.substr(5 * 24)).ok());
+  EXPECT_EQ(ReadVisible(*r), NumpyU16(10));
+  auto fin = r->PrepareFinalize();
+  ASSERT_TRUE(fin.ok());
+  EXPECT_FALSE(fin->crc32.has_value()) << "the CRC of resumed data is not known";
+}
+
+TEST(GrowingMember, ResumeOfAHeaderOnlyFileStartsEmptyAndTakesRawFrames) {
+  Fixture f;
+  const std::string path = f.dir.Join("h.npy");
+  WriteFileOrDie(path, NumpyU16(0));
+  auto r = f.Resume("h.npy", path);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(ReadVisible(*r), NumpyU16(0));
+  WriterSession w;
+  ASSERT_TRUE(r->BeginWrite(&w, false).ok());
+  ASSERT_TRUE(WriteAt(*r, w, 0, U16Frames(0, 3, 12)).ok());
+  EXPECT_EQ(ReadVisible(*r), NumpyU16(3));
+}
+
+TEST(GrowingMember, ResumeOfAHeaderCutShortRestartsEmpty) {
+  Fixture f;
+  const std::string path = f.dir.Join("cut.npy");
+  WriteFileOrDie(path, NumpyU16(0).substr(0, 40));
+  auto r = f.Resume("cut.npy", path);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->visible_size(), 0u);
+  EXPECT_FALSE(r->layout().has_value());
+  EXPECT_EQ(ReadFileOrDie(path), "");
+}
+
+TEST(GrowingMember, ResumeRejectsAFileThatIsNotANpy) {
+  Fixture f;
+  const std::string path = f.dir.Join("junk.npy");
+  WriteFileOrDie(path, "this is not numpy at all");
+  auto r = GrowingMember::Resume("junk.npy", path);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), EINVAL);
+  EXPECT_NE(r.status().message().find(path), std::string::npos);
+}
+
+TEST(GrowingMember, ResumeOfAVerbatimFileKeepsEveryByte) {
+  Fixture f;
+  const std::string path = f.dir.Join("v");
+  WriteFileOrDie(path, "abc");
+  auto r = f.Resume("notes.txt", path);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(ReadVisible(*r), "abc");
+  WriterSession w;
+  ASSERT_TRUE(r->BeginWrite(&w, false).ok());
+  EXPECT_EQ(WriteAt(*r, w, 0, "x").code(), EPERM);
+  ASSERT_TRUE(WriteAt(*r, w, 3, "def").ok());
+  EXPECT_EQ(ReadVisible(*r), "abcdef");
+}
+
+TEST(GrowingMember, TheRunningCrcMatchesTheFinalizedBytes) {
+  Fixture f;
+  auto m = f.Create("crc.npy");
+  const std::string ref = NumpyU16(20);
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  std::mt19937 rng(7);
+  size_t off = 0;
+  while (off < ref.size()) {
+    size_t n = std::min<size_t>(ref.size() - off, 1 + rng() % 61);
+    ASSERT_TRUE(WriteAt(*m, w, off, ref.substr(off, n)).ok());
+    off += n;
+  }
+  ASSERT_TRUE(WriteAt(*m, w, off, "\x05\x06\x07").ok());  // dropped partial frame
+  ASSERT_TRUE(m->Fsync().ok());
+  f.log.clear();
+  auto fin = m->PrepareFinalize();
+  ASSERT_TRUE(fin.ok());
+  EXPECT_EQ(fin->header, ref.substr(0, HeaderLength(ref)));
+  EXPECT_EQ(fin->data_offset, HeaderLength(ref));
+  EXPECT_EQ(fin->data_length, ref.size() - HeaderLength(ref));
+  EXPECT_EQ(fin->dropped_partial_bytes, 3u);
+  ASSERT_TRUE(fin->crc32.has_value());
+  EXPECT_EQ(*fin->crc32,
+            ::crc32(0, reinterpret_cast<const Bytef*>(ref.data()), static_cast<uInt>(ref.size())));
+  EXPECT_EQ(f.log.size(), 1u) << "the dropped partial frame is logged";
+}
+
+TEST(GrowingMember, AConcurrentReaderNeverSeesACountItsSizeCannotHold) {
+  Fixture f;
+  auto m = f.Create("live.npy", U16Layout());
+  const size_t h = HeaderLength(NumpyU16(0));
+  const uint64_t kFrames = 2000;
+  const std::string frames = U16Frames(0, kFrames, 12);
+  std::atomic<bool> done{false};
+  std::atomic<int> checks{0};
+  std::string failure;
+  uint64_t last = 0;
+  // One look at the member as a reader: false (and `failure` set) on an inconsistency.
+  auto check = [&]() -> bool {
+    // As the daemon does: a snapshot at open, the size from a stat, then reads.
+    ReaderSnapshot snap = m->TakeSnapshot();
+    uint64_t size = m->visible_size();
+    std::string buf(size, '\0');
+    auto n = m->ReadAt(snap, 0, std::span(reinterpret_cast<std::byte*>(buf.data()), buf.size()));
+    if (!n.ok() || *n != size) {
+      failure = "short read";
+      return false;
+    }
+    auto hdr = NpyHeader::Parse(buf);
+    if (!hdr.ok() || hdr->frame_count() * 24 + h != snap.size ||
+        buf.size() < h + hdr->frame_count() * 24) {
+      failure = "header count does not match the visible size";
+      return false;
+    }
+    if (hdr->frame_count() < last) {
+      failure = "frame count went backwards";
+      return false;
+    }
+    last = hdr->frame_count();
+    if (buf.compare(h, last * 24, frames, 0, last * 24) != 0) {
+      failure = "frame contents differ";
+      return false;
+    }
+    checks++;
+    return true;
+  };
+  std::thread reader([&] {
+    while (!done.load()) {
+      if (!check()) return;
+    }
+    check();
+  });
+  WriterSession w;
+  Status st = m->BeginWrite(&w, false);
+  std::mt19937 rng(3);
+  size_t off = 0;
+  while (st.ok() && off < frames.size()) {
+    size_t n = std::min<size_t>(frames.size() - off, 1 + rng() % 100);
+    st = WriteAt(*m, w, off, frames.substr(off, n));
+    off += n;
+  }
+  done = true;
+  reader.join();
+  EXPECT_TRUE(st.ok()) << st.message();
+  EXPECT_EQ(last, kFrames);
+  EXPECT_EQ(failure, "");
+  EXPECT_GT(checks.load(), 0);
+  EXPECT_EQ(m->frame_count(), kFrames);
+}
+
+TEST(GrowingMember, ASnapshotKeepsItsCountWhileTheMemberGrows) {
+  Fixture f;
+  auto m = f.Create("snap.npy", U16Layout());
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  ASSERT_TRUE(WriteAt(*m, w, 0, U16Frames(0, 2, 12)).ok());
+  ReaderSnapshot snap = m->TakeSnapshot();
+  EXPECT_EQ(snap.size, NumpyU16(2).size());
+  ASSERT_TRUE(WriteAt(*m, w, 48, U16Frames(2, 3, 12)).ok());
+  // Through the old snapshot: the old count, and the newer frames as trailing bytes.
+  std::string buf(m->visible_size(), '\0');
+  auto n = m->ReadAt(snap, 0, std::span(reinterpret_cast<std::byte*>(buf.data()), buf.size()));
+  ASSERT_TRUE(n.ok());
+  ASSERT_EQ(*n, NumpyU16(5).size());
+  EXPECT_EQ(buf.substr(0, HeaderLength(buf)), NumpyU16(2).substr(0, HeaderLength(buf)));
+  EXPECT_EQ(buf.substr(HeaderLength(buf)), U16Frames(0, 5, 12));
+  // A new snapshot sees every frame.
+  EXPECT_EQ(ReadVisible(*m), NumpyU16(5));
+}
+
+TEST(GrowingMember, AHeaderOnlyMemberMayBeRemovedButNotOneWithData) {
+  Fixture f;
+  auto m = f.Create("r.npy", U16Layout());
+  EXPECT_TRUE(m->CheckRemovable().ok());
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  ASSERT_TRUE(WriteAt(*m, w, 0, "\x01").ok());
+  Status s = m->CheckRemovable();
+  EXPECT_EQ(s.code(), EPERM);
+  EXPECT_NE(s.message().find("r.npy"), std::string::npos);
+  m->MarkRemoved();
+  EXPECT_EQ(WriteAt(*m, w, 1, "\x02").code(), ENOENT);
+}
+
+TEST(GrowingMember, CreatingOverAnExistingSpoolFileIsEexist) {
+  Fixture f;
+  WriteFileOrDie(f.dir.Join("dup.npy"), "");
+  auto m = GrowingMember::Create("dup.npy", f.dir.Join("dup.npy"), std::nullopt);
+  EXPECT_EQ(m.status().code(), EEXIST);
+}
+
+TEST(GrowingMember, ASpoolThatRunsOutOfSpaceFailsTheWriteAndKeepsEarlierFrames) {
+  TempDir t;
+  const std::string dir = t.Join("small");
+  std::filesystem::create_directories(dir);
+  if (::mount("tmpfs", dir.c_str(), "tmpfs", 0, "size=256k") != 0) {
+    GTEST_SKIP() << "cannot mount a tmpfs here (needs root)";
+  }
+  struct Unmount {
+    std::string d;
+    ~Unmount() {
+      if (::umount2(d.c_str(), 0) != 0) ::umount2(d.c_str(), MNT_DETACH);
+    }
+  } unmount{dir};
+  const size_t h = HeaderLength(NumpyU16(0));
+  {
+    auto m = GrowingMember::Create("full.npy", dir + "/full.npy", U16Layout());
+    ASSERT_TRUE(m.ok());
+    WriterSession w;
+    ASSERT_TRUE((*m)->BeginWrite(&w, false).ok());
+    ASSERT_TRUE(WriteAt(**m, w, 0, U16Frames(0, 1000, 12)).ok());
+    Status s = WriteAt(**m, w, 24000, U16Frames(1000, 20000, 12));
+    EXPECT_EQ(s.code(), ENOSPC) << s.message();
+    EXPECT_NE(s.message().find("full.npy"), std::string::npos);
+    EXPECT_EQ((*m)->frame_count(), 1000u);
+    EXPECT_EQ(std::filesystem::file_size(dir + "/full.npy"), h + 24000)
+        << "what the failed write added is cut again";
+    ASSERT_TRUE(WriteAt(**m, w, 24000, U16Frames(1000, 1, 12)).ok());
+    EXPECT_EQ(ReadVisible(**m), NumpyU16(1001));
+  }
+  std::filesystem::remove(dir + "/full.npy");
+  // A header with too much data behind it: the header is taken, the write is short.
+  auto m = GrowingMember::Create("short.npy", dir + "/short.npy", std::nullopt);
+  ASSERT_TRUE(m.ok());
+  WriterSession w;
+  ASSERT_TRUE((*m)->BeginWrite(&w, false).ok());
+  const std::string big = NumpyU16(0) + U16Frames(0, 20000, 12);
+  auto r =
+      (*m)->Write(&w, 0, std::span(reinterpret_cast<const std::byte*>(big.data()), big.size()));
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_EQ(*r, h);
+  ASSERT_TRUE(WriteAt(**m, w, h, U16Frames(0, 2, 12)).ok());
+  EXPECT_EQ(ReadVisible(**m), NumpyU16(2));
+}
+
+TEST(FrameShape, ParsesCommasXsAndTuples) {
+  EXPECT_EQ(*ParseFrameShape("256,1024"), (std::vector<uint64_t>{256, 1024}));
+  EXPECT_EQ(*ParseFrameShape("256x1024"), (std::vector<uint64_t>{256, 1024}));
+  EXPECT_EQ(*ParseFrameShape("(3, 4)"), (std::vector<uint64_t>{3, 4}));
+  EXPECT_EQ(*ParseFrameShape("(7,)"), (std::vector<uint64_t>{7}));
+  EXPECT_EQ(ParseFrameShape("")->size(), 0u);
+  EXPECT_EQ(ParseFrameShape("()")->size(), 0u);
+  EXPECT_EQ(ParseFrameShape("3,,4").status().code(), EINVAL);
+  EXPECT_EQ(ParseFrameShape("-3").status().code(), EINVAL);
+  EXPECT_EQ(ParseFrameShape("99999999999999999999999").status().code(), EINVAL);
+  EXPECT_NE(ParseFrameShape("a,b").status().message().find("a,b"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace npzfs

@@ -1,0 +1,447 @@
+// Tests for the spool directory: name escaping, locking, resume after a killed writer, and
+// finalize into an archive that numpy loads (stored and deflated), including the failure
+// paths that must leave both the archive and the spool intact.
+#include "core/spool.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <set>
+
+#include "tests/test_util.h"
+
+namespace npzfs {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::ReadFileOrDie;
+using testing::RunPython;
+using testing::TempDir;
+using testing::WriteFileOrDie;
+
+std::span<const std::byte> Bytes(std::string_view s) {
+  return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
+}
+
+// '<u2' frames of 12 elements: element k of frame i is (i * 12 + k) mod 65536.
+std::string U16Frames(uint64_t first, uint64_t count) {
+  std::string out;
+  for (uint64_t v = first * 12; v < (first + count) * 12; ++v) {
+    out += static_cast<char>(v & 0xff);
+    out += static_cast<char>((v >> 8) & 0xff);
+  }
+  return out;
+}
+
+// Python that checks a member equals `n` such frames of shape (3, 4).
+std::string PyExpectFrames(const std::string& key, uint64_t n) {
+  return "a = z['" + key + "']\nassert a.dtype == np.dtype('<u2'), a.dtype\nassert a.shape == (" +
+         std::to_string(n) + ", 3, 4), a.shape\nassert (a.ravel() == np.arange(" +
+         std::to_string(n * 12) + ").astype('<u2')).all()\n";
+}
+
+std::string NumpyHeaderFor(uint64_t n) {
+  return NpyHeader::ForFrames("<u2", {3, 4}, false, n)->Format();
+}
+
+NpyHeader U16Layout() { return *NpyHeader::ForFrames("<u2", {3, 4}, false, 0); }
+
+struct Logged {
+  std::vector<std::string> lines;
+  SpoolLogFn fn() {
+    return [this](const std::string& l) { lines.push_back(l); };
+  }
+  bool Contains(const std::string& needle) const {
+    for (const auto& l : lines)
+      if (l.find(needle) != std::string::npos) return true;
+    return false;
+  }
+};
+
+// Writes `bytes` to a member in one writer session starting at `offset`.
+Status Record(GrowingMember& m, uint64_t offset, const std::string& bytes) {
+  WriterSession w;
+  NPZ_RETURN_IF_ERROR(m.BeginWrite(&w, false));
+  auto r = m.Write(&w, offset, Bytes(bytes));
+  m.EndWrite(&w);
+  return r.ok() ? Status::Ok() : r.status();
+}
+
+std::set<std::string> ListDir(const std::string& dir) {
+  std::set<std::string> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) out.insert(e.path().filename());
+  return out;
+}
+
+TEST(Spool, DefaultSpoolDirIsAHiddenSiblingOfTheArchive) {
+  EXPECT_EQ(DefaultSpoolDir("/data/run/x.npz"), "/data/run/.x.npz.npzfs-spool");
+  EXPECT_EQ(DefaultSpoolDir("x.npz"), "./.x.npz.npzfs-spool");
+}
+
+TEST(Spool, MemberNamesEscapeIntoOneFileNameAndBack) {
+  const std::vector<std::string> names = {"adc.npy", "dir/sub/b.npy", "50%.npy", ".hidden",
+                                          "%2F",     "a/.b",          "..",      "x%",
+                                          "%25",     "/lead",         "é.npy"};
+  std::set<std::string> escaped;
+  for (const auto& n : names) {
+    std::string e = EscapeMemberName(n);
+    EXPECT_EQ(e.find('/'), std::string::npos) << n;
+    EXPECT_NE(e[0], '.') << n;
+    auto back = UnescapeMemberName(e);
+    ASSERT_TRUE(back.ok()) << n << ": " << back.status().message();
+    EXPECT_EQ(*back, n);
+    escaped.insert(e);
+  }
+  EXPECT_EQ(escaped.size(), names.size()) << "distinct names give distinct files";
+  EXPECT_EQ(EscapeMemberName("a/b%c"), "a%2Fb%25c");
+  for (const char* bad : {"%", "%2", "%zz", "%41", "a/b", ".x", "a%2E", ""}) {
+    EXPECT_EQ(UnescapeMemberName(bad).status().code(), EINVAL) << bad;
+  }
+}
+
+TEST(Spool, OpeningCreatesTheDirectoryAndLocksOutASecondUser) {
+  TempDir t;
+  const std::string dir = t.Join(".a.npz.npzfs-spool");
+  {
+    auto first = Spool::Open(dir);
+    ASSERT_TRUE(first.ok()) << first.status().message();
+    EXPECT_TRUE(fs::is_directory(dir));
+    auto second = Spool::Open(dir);
+    ASSERT_FALSE(second.ok());
+    EXPECT_EQ(second.status().code(), EBUSY);
+    EXPECT_NE(second.status().message().find(dir), std::string::npos);
+    EXPECT_EQ(RecoverSpool(t.Join("a.npz"), dir, {}).code(), EBUSY);
+  }
+  EXPECT_TRUE(Spool::Open(dir).ok()) << "the lock goes with the Spool";
+  WriteFileOrDie(t.Join("file"), "");
+  EXPECT_EQ(Spool::Open(t.Join("file")).status().code(), ENOTDIR);
+}
+
+TEST(Spool, FinalizeWritesEveryMemberAndNumpyLoadsThem) {
+  TempDir t;
+  const std::string archive = t.Join("run.npz");
+  const std::string dir = DefaultSpoolDir(archive);
+  Logged log;
+  auto spool = Spool::Open(dir, log.fn());
+  ASSERT_TRUE(spool.ok());
+  auto adc = (*spool)->Create("adc.npy");
+  ASSERT_TRUE(adc.ok());
+  ASSERT_TRUE(Record(**adc, 0, NumpyHeaderFor(77) + U16Frames(0, 5) + "\x01\x02").ok());
+  auto raw = (*spool)->Create("sub/raw.npy", U16Layout());
+  ASSERT_TRUE(raw.ok());
+  ASSERT_TRUE(Record(**raw, 0, U16Frames(0, 7)).ok());
+  auto meta = (*spool)->Create("meta.json");
+  ASSERT_TRUE(meta.ok());
+  ASSERT_TRUE(Record(**meta, 0, "{\"run\": 1}").ok());
+  ASSERT_TRUE((*spool)->Create("never.npy").ok());
+  ASSERT_TRUE((*spool)->Create("empty.txt").ok());  // an empty verbatim file is kept
+  auto empty = (*spool)->Create("empty.npy", U16Layout());
+  ASSERT_TRUE(empty.ok());
+  EXPECT_EQ((*spool)->Create("adc.npy").status().code(), EEXIST);
+  EXPECT_EQ((*spool)->members().size(), 6u);
+
+  ASSERT_TRUE((*spool)->Finalize(archive, {}).ok());
+  EXPECT_FALSE(fs::exists(dir)) << "spool removed after success";
+  EXPECT_TRUE(log.Contains("adc.npy: dropped 2 bytes")) << "partial frame dropped, logged";
+  EXPECT_TRUE(log.Contains("never.npy: never received"));
+  EXPECT_EQ((*spool)->Create("late.npy").status().code(), ESHUTDOWN);
+
+  std::string out = RunPython(
+      "import numpy as np, zipfile\n"
+      "zf = zipfile.ZipFile('" +
+      archive +
+      "')\n"
+      "assert zf.testzip() is None\n"
+      "assert sorted(zf.namelist()) == ['adc.npy', 'empty.npy', 'empty.txt', 'meta.json', "
+      "'sub/raw.npy'], "
+      "zf.namelist()\n"
+      "assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())\n"
+      "assert zf.read('meta.json') == b'{\"run\": 1}'\n"
+      "assert zf.read('empty.txt') == b''\n"
+      "z = np.load('" +
+      archive + "')\n" + PyExpectFrames("adc", 5) + PyExpectFrames("sub/raw", 7) +
+      PyExpectFrames("empty", 0) + "print('ok')\n");
+  EXPECT_EQ(out, "ok\n");
+}
+
+TEST(Spool, FinalizeWithCompressionDeflatesTheMembers) {
+  TempDir t;
+  const std::string archive = t.Join("c.npz");
+  auto spool = Spool::Open(DefaultSpoolDir(archive));
+  ASSERT_TRUE(spool.ok());
+  auto m = (*spool)->Create("adc.npy", U16Layout());
+  ASSERT_TRUE(m.ok());
+  ASSERT_TRUE(Record(**m, 0, U16Frames(0, 300)).ok());
+  WriteOptions opts;
+  opts.compress_level = 6;
+  std::vector<std::pair<uint64_t, uint64_t>> progress;
+  opts.progress = [&](uint64_t done, uint64_t total) { progress.emplace_back(done, total); };
+  ASSERT_TRUE((*spool)->Finalize(archive, opts).ok());
+  // The caller's progress callback is passed through to the archive writer.
+  ASSERT_FALSE(progress.empty());
+  for (size_t i = 0; i < progress.size(); ++i) {
+    EXPECT_LE(progress[i].first, progress[i].second);
+    if (i > 0) {
+      EXPECT_GE(progress[i].first, progress[i - 1].first);
+    }
+  }
+  std::string out = RunPython(
+      "import numpy as np, zipfile\n"
+      "zf = zipfile.ZipFile('" +
+      archive +
+      "')\n"
+      "assert zf.testzip() is None\n"
+      "assert zf.getinfo('adc.npy').compress_type == zipfile.ZIP_DEFLATED\n"
+      "z = np.load('" +
+      archive + "')\n" + PyExpectFrames("adc", 300) + "print('ok')\n");
+  EXPECT_EQ(out, "ok\n");
+}
+
+TEST(Spool, FinalizeWithNothingWrittenCreatesNoArchive) {
+  TempDir t;
+  const std::string archive = t.Join("none.npz");
+  auto spool = Spool::Open(DefaultSpoolDir(archive));
+  ASSERT_TRUE(spool.ok());
+  ASSERT_TRUE((*spool)->Create("a.npy").ok());  // created, never written
+  ASSERT_TRUE((*spool)->Finalize(archive, {}).ok());
+  EXPECT_FALSE(fs::exists(archive));
+  EXPECT_FALSE(fs::exists(DefaultSpoolDir(archive)));
+}
+
+TEST(Spool, FinalizeAppendsToANumpyArchiveAndKeepsItsMembers) {
+  TempDir t;
+  const std::string archive = t.Join("old.npz");
+  RunPython("import numpy as np\nnp.savez('" + archive + "', old=np.arange(10))\n");
+  auto spool = Spool::Open(DefaultSpoolDir(archive));
+  ASSERT_TRUE(spool.ok());
+  auto m = (*spool)->Create("new.npy", U16Layout());
+  ASSERT_TRUE(m.ok());
+  ASSERT_TRUE(Record(**m, 0, U16Frames(0, 3)).ok());
+  ASSERT_TRUE((*spool)->Finalize(archive, {}).ok());
+  std::string out = RunPython(
+      "import numpy as np, zipfile\n"
+      "assert zipfile.ZipFile('" +
+      archive +
+      "').testzip() is None\n"
+      "z = np.load('" +
+      archive +
+      "')\n"
+      "assert (z['old'] == np.arange(10)).all()\n" +
+      PyExpectFrames("new", 3) + "print('ok')\n");
+  EXPECT_EQ(out, "ok\n");
+}
+
+TEST(Spool, AFailedFinalizeLeavesTheSpoolIntactAndCanBeRetried) {
+  TempDir t;
+  const std::string dir = t.Join("spool");
+  Logged log;
+  auto spool = Spool::Open(dir, log.fn());
+  ASSERT_TRUE(spool.ok());
+  auto m = (*spool)->Create("adc.npy", U16Layout());
+  ASSERT_TRUE(m.ok());
+  ASSERT_TRUE(Record(**m, 0, U16Frames(0, 4) + "\x09").ok());
+  const std::string spool_file = (*m)->spool_path();
+  const std::string before = ReadFileOrDie(spool_file);
+
+  Status s = (*spool)->Finalize(t.Join("missing/dir/x.npz"), {});
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("missing/dir"), std::string::npos) << s.message();
+  EXPECT_TRUE(log.Contains("left intact"));
+  EXPECT_EQ(ReadFileOrDie(spool_file), before) << "partial frame kept in the spool too";
+  EXPECT_TRUE(fs::exists(dir + "/" + std::string(Spool::kLockFileName)));
+
+  // Also a name that is already in the archive: EEXIST, nothing changes.
+  const std::string archive = t.Join("x.npz");
+  RunPython("import numpy as np\nnp.savez('" + archive + "', adc=np.arange(3))\n");
+  const std::string archive_before = ReadFileOrDie(archive);
+  EXPECT_EQ((*spool)->Finalize(archive, {}).code(), EEXIST);
+  EXPECT_EQ(ReadFileOrDie(archive), archive_before);
+  EXPECT_EQ(ReadFileOrDie(spool_file), before);
+
+  // The same spool finalizes once the problem is gone.
+  fs::create_directories(t.Join("missing/dir"));
+  ASSERT_TRUE((*spool)->Finalize(t.Join("missing/dir/x.npz"), {}).ok());
+  EXPECT_EQ(RunPython("import numpy as np\nz = np.load('" + t.Join("missing/dir/x.npz") + "')\n" +
+                      PyExpectFrames("adc", 4) + "print('ok')\n"),
+            "ok\n");
+  EXPECT_FALSE(fs::exists(dir));
+}
+
+// A small tmpfs, unmounted (and removed) whatever happens.
+class SmallTmpfs {
+ public:
+  SmallTmpfs(const std::string& dir, const std::string& size) : dir_(dir) {
+    fs::create_directories(dir_);
+    mounted_ = ::mount("tmpfs", dir_.c_str(), "tmpfs", 0, ("size=" + size).c_str()) == 0;
+  }
+  ~SmallTmpfs() {
+    if (mounted_ && ::umount2(dir_.c_str(), 0) != 0) ::umount2(dir_.c_str(), MNT_DETACH);
+  }
+  bool mounted() const { return mounted_; }
+
+ private:
+  std::string dir_;
+  bool mounted_ = false;
+};
+
+TEST(Spool, FinalizeOnAFullDiskIsEnospcAndLeavesArchiveAndSpoolIntact) {
+  TempDir t;
+  SmallTmpfs small(t.Join("small"), "1m");
+  if (!small.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here (needs root)";
+  const std::string archive = t.Join("small/data.npz");
+  RunPython("import numpy as np\nnp.savez('" + archive + "', old=np.arange(1000))\n");
+  const std::string archive_before = ReadFileOrDie(archive);
+  const std::string dir = t.Join("spool");  // the spool lives elsewhere, with room
+  auto spool = Spool::Open(dir);
+  ASSERT_TRUE(spool.ok());
+  auto m = (*spool)->Create("big.npy", U16Layout());
+  ASSERT_TRUE(m.ok());
+  const std::string frames = U16Frames(0, 2 * 1024 * 1024 / 24);  // 2 MiB > 1 MiB of room
+  ASSERT_TRUE(Record(**m, 0, frames).ok());
+  const std::string spool_before = ReadFileOrDie((*m)->spool_path());
+
+  Status s = (*spool)->Finalize(archive, {});
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), ENOSPC) << s.message();
+  EXPECT_EQ(ReadFileOrDie(archive), archive_before);
+  EXPECT_EQ(ListDir(t.Join("small")), std::set<std::string>{"data.npz"}) << "no temp file left";
+  EXPECT_EQ(ReadFileOrDie((*m)->spool_path()), spool_before);
+  EXPECT_EQ((*spool)->members().size(), 1u);
+}
+
+TEST(Spool, ASpoolLeftByAKilledWriterIsResumedAndFinalized) {
+  TempDir t;
+  const std::string archive = t.Join("k.npz");
+  const std::string dir = DefaultSpoolDir(archive);
+  // The child records like a daemon would and is killed without any cleanup.
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    auto spool = Spool::Open(dir);
+    if (!spool.ok()) ::_exit(2);
+    auto a = (*spool)->Create("a.npy");
+    auto b = (*spool)->Create("dir/b.npy", U16Layout());
+    auto c = (*spool)->Create("notes.txt");
+    if (!a.ok() || !b.ok() || !c.ok()) ::_exit(3);
+    WriterSession wa, wb, wc;
+    (void)(*a)->BeginWrite(&wa, false);
+    (void)(*b)->BeginWrite(&wb, false);
+    (void)(*c)->BeginWrite(&wc, false);
+    std::string a_bytes = NumpyHeaderFor(0) + U16Frames(0, 6) + "\x01\x02\x03";
+    if (!(*a)->Write(&wa, 0, Bytes(a_bytes)).ok()) ::_exit(4);
+    if (!(*b)->Write(&wb, 0, Bytes(U16Frames(0, 2))).ok()) ::_exit(5);
+    if (!(*b)->Fsync().ok()) ::_exit(6);
+    if (!(*c)->Write(&wc, 0, Bytes("line 1\n")).ok()) ::_exit(7);
+    ::kill(::getpid(), SIGKILL);
+    ::_exit(8);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "child status " << status;
+
+  Logged log;
+  auto spool = Spool::Open(dir, log.fn());
+  ASSERT_TRUE(spool.ok()) << spool.status().message();
+  auto a = (*spool)->Find("a.npy");
+  auto b = (*spool)->Find("dir/b.npy");
+  auto c = (*spool)->Find("notes.txt");
+  ASSERT_TRUE(a && b && c);
+  EXPECT_EQ(a->frame_count(), 6u);
+  EXPECT_EQ(b->frame_count(), 2u);
+  EXPECT_TRUE(log.Contains("dropped 3 bytes of a partial frame"));
+  EXPECT_TRUE(log.Contains("resumed member dir/b.npy"));
+  // Recording carries on in visible coordinates.
+  const uint64_t h = NumpyHeaderFor(0).size();
+  ASSERT_TRUE(Record(*a, h + 6 * 24, U16Frames(6, 4)).ok());
+  ASSERT_TRUE(Record(*c, 7, "line 2\n").ok());
+  ASSERT_TRUE((*spool)->Finalize(archive, {}).ok());
+  std::string out = RunPython(
+      "import numpy as np, zipfile\n"
+      "zf = zipfile.ZipFile('" +
+      archive +
+      "')\n"
+      "assert zf.testzip() is None\n"
+      "assert zf.read('notes.txt') == b'line 1\\nline 2\\n'\n"
+      "z = np.load('" +
+      archive + "')\n" + PyExpectFrames("a", 10) + PyExpectFrames("dir/b", 2) + "print('ok')\n");
+  EXPECT_EQ(out, "ok\n");
+}
+
+TEST(Spool, RecoverFinalizesALeftoverSpoolAndExplainsAMissingOne) {
+  TempDir t;
+  const std::string archive = t.Join("r.npz");
+  const std::string dir = DefaultSpoolDir(archive);
+  Status none = RecoverSpool(archive, dir, {});
+  EXPECT_EQ(none.code(), ENOENT);
+  EXPECT_NE(none.message().find("no spool"), std::string::npos);
+  EXPECT_NE(none.message().find(dir), std::string::npos);
+  {
+    auto spool = Spool::Open(dir);
+    ASSERT_TRUE(spool.ok());
+    auto m = (*spool)->Create("x.npy", U16Layout());
+    ASSERT_TRUE(m.ok());
+    ASSERT_TRUE(Record(**m, 0, U16Frames(0, 9)).ok());
+  }  // the "daemon" goes away without finalizing
+  ASSERT_TRUE(RecoverSpool(archive, dir, {}).ok());
+  EXPECT_FALSE(fs::exists(dir));
+  EXPECT_EQ(RunPython("import numpy as np\nz = np.load('" + archive + "')\n" +
+                      PyExpectFrames("x", 9) + "print('ok')\n"),
+            "ok\n");
+}
+
+TEST(Spool, RemoveAndRenameFollowTheAppendOnlyRules) {
+  TempDir t;
+  auto spool = Spool::Open(t.Join("s"));
+  ASSERT_TRUE(spool.ok());
+  Spool& s = **spool;
+  auto empty = s.Create("empty.npy");
+  auto full = s.Create("full.npy", U16Layout());
+  ASSERT_TRUE(empty.ok() && full.ok());
+  ASSERT_TRUE(Record(**full, 0, U16Frames(0, 1)).ok());
+
+  EXPECT_EQ(s.Remove("full.npy").code(), EPERM);
+  EXPECT_TRUE(fs::exists((*full)->spool_path()));
+  EXPECT_EQ(s.Rename("full.npy", "other.npy").code(), EPERM);
+  EXPECT_EQ(s.Rename("empty.npy", "full.npy").code(), EEXIST);
+  EXPECT_EQ(s.Remove("ghost.npy").code(), ENOENT);
+
+  ASSERT_TRUE(s.Rename("empty.npy", "d/renamed.npy").ok());
+  EXPECT_EQ(s.Find("empty.npy"), nullptr);
+  ASSERT_NE(s.Find("d/renamed.npy"), nullptr);
+  EXPECT_TRUE(fs::exists(t.Join("s/d%2Frenamed.npy")));
+  EXPECT_FALSE(fs::exists((*empty)->spool_path()));
+  ASSERT_TRUE(s.Remove("d/renamed.npy").ok());
+  EXPECT_FALSE(fs::exists(t.Join("s/d%2Frenamed.npy")));
+  // A declared header is not data: renaming to a verbatim name starts that file empty.
+  auto declared = s.Create("h.npy", U16Layout());
+  ASSERT_TRUE(declared.ok());
+  ASSERT_TRUE(s.Rename("h.npy", "h.txt").ok());
+  EXPECT_EQ(s.Find("h.txt")->visible_size(), 0u);
+  EXPECT_EQ(s.Find("full.npy")->visible_size(), NumpyHeaderFor(1).size() + 24);
+}
+
+TEST(Spool, AnUnreadableSpoolFileIsSetAsideNotFatal) {
+  TempDir t;
+  const std::string dir = t.Join("s");
+  fs::create_directories(dir);
+  WriteFileOrDie(dir + "/bad.npy", "not a numpy file");
+  WriteFileOrDie(dir + "/%zz", "bad escape");
+  WriteFileOrDie(dir + "/good.npy", NumpyHeaderFor(1) + U16Frames(0, 1));
+  Logged log;
+  auto spool = Spool::Open(dir, log.fn());
+  ASSERT_TRUE(spool.ok()) << spool.status().message();
+  EXPECT_EQ((*spool)->members().size(), 1u);
+  EXPECT_NE((*spool)->Find("good.npy"), nullptr);
+  EXPECT_TRUE(fs::exists(dir + "/.corrupt-bad.npy"));
+  EXPECT_TRUE(fs::exists(dir + "/.corrupt-%zz"));
+  EXPECT_TRUE(log.Contains("bad.npy: cannot resume"));
+}
+
+}  // namespace
+}  // namespace npzfs
