@@ -1,1 +1,439 @@
-"""placeholder"""
+"""Mount tests for the read side (issue 3): archived members through a live npzfs mount.
+
+Every archive is generated at test time by numpy, zipfile or Info-ZIP `zip`, and every
+member read through the mount is compared with what zipfile reads from the archive itself.
+"""
+import hashlib
+import io
+import os
+import random
+import shutil
+import stat
+import struct
+import subprocess
+import tempfile
+import time
+import warnings
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import DaemonMount, NPZFS_BIN, mounted, require_fuse
+
+PYTHON = os.environ.get("NPZFS_PYTHON", "/usr/bin/python3")
+
+
+def sample_arrays():
+    rng = np.random.default_rng(1234)
+    return {
+        "big_endian": np.arange(5000, dtype=">f8") * 1.5,
+        "structured": np.array([(i, (i * 0.5, -i)) for i in range(300)],
+                               dtype=[("a", "<i4"), ("b", "<f8", (2,))]),
+        "fortran": np.asfortranarray(rng.integers(0, 1000, size=(37, 53), dtype=np.int32)),
+        "zero_d": np.array(3.25),
+        "empty": np.zeros((0, 3), dtype=np.int16),
+        "unicode": np.array(["héllo", "wörld", "数组"]),
+        "a/nested/key": np.arange(100, dtype=np.uint8),
+        # Several MiB of poorly compressible data: deflated, it spans several checkpoints.
+        "frames": rng.integers(-2000, 2000, size=(48, 256, 256), dtype=np.int16),
+    }
+
+
+class NonSeekable:
+    """A write-only stream: zipfile falls back to data descriptors, as when writing a pipe."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def write(self, b):
+        return self._f.write(b)
+
+    def flush(self):
+        self._f.flush()
+
+
+def write_many(path, count):
+    small = {}
+    for k in range(10):
+        buf = io.BytesIO()
+        np.save(buf, np.arange(k, dtype=np.int64))
+        small[k] = buf.getvalue()
+    with zipfile.ZipFile(path, "w") as z:
+        for i in range(count):
+            z.writestr(f"m{i:05d}.npy", small[i % 10])
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory):
+    """name -> path of every archive in the matrix."""
+    d = tmp_path_factory.mktemp("archives")
+    arrays = sample_arrays()
+    out = {}
+    out["savez"] = d / "savez.npz"
+    np.savez(out["savez"], **arrays)
+    out["savez_compressed"] = d / "savez_compressed.npz"
+    np.savez_compressed(out["savez_compressed"], **arrays)
+    out["empty"] = d / "empty.npz"
+    np.savez(out["empty"])
+    out["many"] = d / "many.npz"
+    write_many(out["many"], 10000)
+
+    # Info-ZIP: a directory of .npy files plus a verbatim non-.npy member.
+    src = d / "zipsrc"
+    (src / "sub").mkdir(parents=True)
+    np.save(src / "x.npy", arrays["frames"][:4])
+    np.save(src / "sub" / "y.npy", arrays["structured"])
+    (src / "meta.json").write_text('{"instrument": "adc"}\n')
+    out["zipcmd"] = d / "zipcmd.npz"
+    subprocess.run(["zip", "-q", "-r", str(out["zipcmd"]), "."], cwd=src, check=True)
+    # Info-ZIP writing to a pipe: data descriptors after every member.
+    out["zippipe"] = d / "zippipe.npz"
+    with open(out["zippipe"], "wb") as f:
+        zp = subprocess.Popen(["zip", "-q", "-r", "-", "."], cwd=src, stdout=subprocess.PIPE)
+        shutil.copyfileobj(zp.stdout, f)
+        assert zp.wait() == 0
+
+    # zipfile writing to a non-seekable stream (numpy-style members, data descriptors).
+    out["piped"] = d / "piped.npz"
+    with open(out["piped"], "wb") as f:
+        with zipfile.ZipFile(NonSeekable(f), "w", compression=zipfile.ZIP_DEFLATED) as z:
+            for key in ("frames", "structured", "zero_d"):
+                with z.open(key + ".npy", "w", force_zip64=True) as m:
+                    np.lib.format.write_array(m, arrays[key])
+
+    # Duplicate names: zipfile and numpy use the last entry, so must the mount.
+    out["duplicates"] = d / "duplicates.npz"
+    with zipfile.ZipFile(out["duplicates"], "w") as z, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate on purpose
+        for value in (1, 2, 3):
+            buf = io.BytesIO()
+            np.save(buf, np.full(10, value))
+            z.writestr("dup.npy", buf.getvalue())
+
+    out["comment"] = d / "comment.npz"
+    np.savez_compressed(out["comment"], frames=arrays["frames"][:8], unicode=arrays["unicode"])
+    with zipfile.ZipFile(out["comment"], "a") as z:
+        z.comment = b"recorded by the npzfs test suite"
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(archives):
+    """name -> {member name: bytes} as zipfile reads them (the last duplicate wins)."""
+    ref = {}
+    for name, path in archives.items():
+        with zipfile.ZipFile(path) as z:
+            ref[name] = {i.filename: z.read(i.filename) for i in z.infolist()
+                         if not i.filename.endswith("/")}
+    return ref
+
+
+def sha(b):
+    return hashlib.sha256(b).hexdigest()
+
+
+def read_file(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+MATRIX = ["savez", "savez_compressed", "empty", "zipcmd", "zippipe", "piped", "duplicates",
+          "comment"]
+
+
+@pytest.mark.parametrize("name", MATRIX)
+def test_every_member_reads_back_byte_identical_to_zipfile(archives, reference, tmp_path, name):
+    with mounted(archives[name], tmp_path / "mnt") as m:
+        listed = set()
+        for root, _, files in os.walk(m.mnt):
+            for f in files:
+                listed.add(os.path.relpath(os.path.join(root, f), m.mnt))
+        assert listed == set(reference[name])
+        for member, data in reference[name].items():
+            assert sha(read_file(m.path(member))) == sha(data), member
+    assert m.returncode == 0, m.log()
+
+
+# Runs in a child process: a read error under mmap is SIGBUS, which must fail one test,
+# not kill pytest with its mounts.
+MMAP_CHECK = r"""
+import sys
+import numpy as np
+archive, mnt = sys.argv[1], sys.argv[2]
+with np.load(archive) as npz:
+    assert len(npz.files) > 0
+    for key in npz.files:
+        expected = npz[key]
+        got = np.load(mnt + "/" + key + ".npy", mmap_mode="r")
+        assert isinstance(got, np.memmap) or got.ndim == 0 or got.size == 0, key
+        assert got.dtype == expected.dtype, key
+        assert got.shape == expected.shape, key
+        assert got.tobytes() == expected.tobytes(), key
+        if expected.dtype.names is None:
+            assert np.array_equal(got, expected), key
+        if expected.ndim == 2 and not expected.flags.c_contiguous:
+            assert got.flags.f_contiguous, key
+        del got
+print("checked", len(npz.files))
+"""
+
+
+@pytest.mark.parametrize("name", ["savez", "savez_compressed", "piped", "comment"])
+def test_np_load_with_mmap_equals_np_load_of_the_archive(archives, tmp_path, name):
+    with mounted(archives[name], tmp_path / "mnt") as m:
+        r = subprocess.run([PYTHON, "-c", MMAP_CHECK, str(archives[name]), m.mnt],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr + m.log()
+        assert r.stdout.startswith("checked ")
+
+
+@pytest.mark.parametrize("name", ["savez", "savez_compressed", "piped"])
+def test_a_thousand_random_preads_match_the_reference(archives, reference, tmp_path, name):
+    data = reference[name]["frames.npy"]
+    rng = random.Random(42)
+    with mounted(archives[name], tmp_path / "mnt") as m:
+        fd = os.open(m.path("frames.npy"), os.O_RDONLY)
+        try:
+            for _ in range(1000):
+                off = rng.randrange(0, len(data) + 100)
+                n = rng.choice([1, 7, 4096, 65536, 300000, 2 << 20])
+                assert os.pread(fd, n, off) == data[off:off + n], (off, n)
+        finally:
+            os.close(fd)
+
+
+READER = r"""
+import hashlib, os, sys
+path, off, n, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+fd = os.open(path, os.O_RDONLY)
+digests = set()
+for _ in range(rounds):
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    digests.add(hashlib.sha256(os.pread(fd, n, off)).hexdigest())
+print(" ".join(sorted(digests)))
+"""
+
+
+def test_two_processes_read_one_deflated_member_at_different_offsets(archives, reference,
+                                                                      tmp_path):
+    data = reference["savez_compressed"]["frames.npy"]
+    third = len(data) // 3
+    jobs = [(0, third), (2 * third, len(data) - 2 * third)]
+    with mounted(archives["savez_compressed"], tmp_path / "mnt") as m:
+        procs = [subprocess.Popen([PYTHON, "-c", READER, m.path("frames.npy"), str(off),
+                                   str(n), "5"], stdout=subprocess.PIPE, text=True)
+                 for off, n in jobs]
+        outs = [p.communicate(timeout=120)[0].split() for p in procs]
+        assert [p.returncode for p in procs] == [0, 0]
+    for (off, n), out in zip(jobs, outs):
+        assert out == [sha(data[off:off + n])]
+
+
+def test_ten_thousand_members_are_listed_and_readable(archives, reference, tmp_path):
+    with mounted(archives["many"], tmp_path / "mnt") as m:
+        names = os.listdir(m.mnt)
+        assert len(names) == 10000
+        assert set(names) == set(reference["many"])
+        for member in ["m00000.npy", "m04711.npy", "m09999.npy"]:
+            assert read_file(m.path(member)) == reference["many"][member]
+            assert np.array_equal(np.load(m.path(member)), np.arange(int(member[1:6]) % 10))
+
+
+def test_members_are_read_only_files_with_uncompressed_sizes(archives, tmp_path):
+    with mounted(archives["savez_compressed"], tmp_path / "mnt") as m:
+        with zipfile.ZipFile(archives["savez_compressed"]) as z:
+            infos = {i.filename: i for i in z.infolist()}
+        for member, info in infos.items():
+            st = os.stat(m.path(member))
+            assert stat.S_ISREG(st.st_mode), member
+            assert stat.S_IMODE(st.st_mode) == 0o444, member
+            assert st.st_size == info.file_size, member
+        assert stat.S_ISDIR(os.stat(m.path("a", "nested")).st_mode)
+        ls = subprocess.run(["ls", "-l", m.mnt], capture_output=True, text=True, check=True)
+        rows = {line.split()[-1]: line.split() for line in ls.stdout.splitlines()[1:]}
+        assert rows["frames.npy"][0] == "-r--r--r--"
+        assert int(rows["frames.npy"][4]) == infos["frames.npy"].file_size
+        assert rows["a"][0].startswith("d")
+        # statfs works and reports the archive's data.
+        vfs = os.statvfs(m.mnt)
+        total = sum(i.file_size for i in infos.values())
+        assert vfs.f_blocks * vfs.f_frsize >= total
+
+
+def test_writing_to_an_archived_member_fails_and_leaves_it_intact(archives, reference, tmp_path):
+    with mounted(archives["savez"], tmp_path / "mnt", "-o", "ro") as m:
+        with pytest.raises(OSError):
+            with open(m.path("frames.npy"), "r+b") as f:
+                f.write(b"x")
+        with pytest.raises(OSError):
+            os.unlink(m.path("frames.npy"))
+        assert read_file(m.path("frames.npy")) == reference["savez"]["frames.npy"]
+
+
+def corrupt_crc(path, member):
+    """Flips the CRC-32 of `member` in both its local and its central header."""
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(member)
+        header_offset = info.header_offset
+    with open(path, "r+b") as f:
+        blob = bytearray(f.read())
+    wrong = struct.pack("<I", info.CRC ^ 0xDEADBEEF)
+    assert blob[header_offset:header_offset + 4] == b"PK\x03\x04"
+    blob[header_offset + 14:header_offset + 18] = wrong
+    pos = 0
+    while True:
+        pos = blob.find(b"PK\x01\x02", pos)
+        assert pos >= 0, "central header not found"
+        name_len = struct.unpack_from("<H", blob, pos + 28)[0]
+        if bytes(blob[pos + 46:pos + 46 + name_len]) == member.encode():
+            blob[pos + 16:pos + 20] = wrong
+            break
+        pos += 4
+    with open(path, "wb") as f:
+        f.write(blob)
+
+
+def test_a_crc_mismatch_is_eio(archives, reference, tmp_path):
+    path = tmp_path / "corrupt.npz"
+    shutil.copy(archives["savez_compressed"], path)
+    corrupt_crc(path, "big_endian.npy")
+    with mounted(path, tmp_path / "mnt", "-o", "index=off") as m:
+        with pytest.raises(OSError) as e:
+            read_file(m.path("big_endian.npy"))
+        assert e.value.errno == 5  # EIO
+        # Other members are unaffected.
+        assert read_file(m.path("zero_d.npy")) == reference["savez_compressed"]["zero_d.npy"]
+    assert "big_endian" in m.log()
+
+
+def test_duplicate_names_show_the_last_entry(archives, tmp_path):
+    with mounted(archives["duplicates"], tmp_path / "mnt") as m:
+        assert os.listdir(m.mnt) == ["dup.npy"]
+        assert np.array_equal(np.load(m.path("dup.npy")), np.full(10, 3))
+
+
+def test_unsafe_names_never_escape_the_mount(tmp_path):
+    path = tmp_path / "unsafe.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("../evil.npy", b"evil")
+        z.writestr("a/../../evil2.npy", b"evil")
+        z.writestr("/abs.npy", b"absolute")
+        z.writestr("ok//x/./y.bin", b"fine")
+    with mounted(path, tmp_path / "mnt") as m:
+        found = sorted(os.path.relpath(os.path.join(r, f), m.mnt)
+                       for r, _, files in os.walk(m.mnt) for f in files)
+        assert "evil" not in " ".join(found)
+        assert "abs.npy" in found
+        assert open(m.path("abs.npy"), "rb").read() == b"absolute"
+    assert not (tmp_path / "evil.npy").exists() and not (tmp_path.parent / "evil.npy").exists()
+    assert "evil" in m.log()  # skipped names are logged
+
+
+def test_an_unsupported_method_is_listed_but_fails_to_open(tmp_path):
+    path = tmp_path / "bzip2.npz"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_BZIP2) as z:
+        z.writestr("b.npy", npy_of(np.arange(10)))
+    with mounted(path, tmp_path / "mnt") as m:
+        assert os.listdir(m.mnt) == ["b.npy"]
+        assert os.stat(m.path("b.npy")).st_size == len(npy_of(np.arange(10)))
+        with pytest.raises(OSError) as e:
+            open(m.path("b.npy"), "rb").read()
+        assert e.value.errno in (95, 1)  # ENOTSUP (or EPERM), never silent garbage
+    assert "b.npy" in m.log()
+
+
+def npy_of(array):
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def test_a_truncated_archive_fails_to_mount_with_a_message(archives, tmp_path):
+    require_fuse()
+    path = tmp_path / "truncated.npz"
+    blob = archives["savez"].read_bytes()
+    path.write_bytes(blob[:len(blob) // 2])
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run([NPZFS_BIN, "-f", str(path), str(mnt)], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode != 0
+    assert "truncated.npz" in r.stderr
+    assert not os.path.ismount(mnt)
+
+
+def test_a_missing_directory_fails_with_a_message(tmp_path):
+    require_fuse()
+    r = subprocess.run([NPZFS_BIN, "-f", str(tmp_path / "nowhere" / "a.npz"),
+                        str(tmp_path)], capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0
+    assert "nowhere" in r.stderr
+
+
+def test_help_and_version_print_and_exit_zero():
+    r = subprocess.run([NPZFS_BIN, "--help"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "ARCHIVE [MOUNTPOINT]" in r.stdout and "frame=" in r.stdout
+    r = subprocess.run([NPZFS_BIN, "-V"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.startswith("npzfs ")
+    bad = {
+        ("-o", "frame=adc*:<i2", "a.npz"): "frame=",
+        ("-o", "frame=adc*:<i2:256xq", "a.npz"): "SHAPE",
+        ("-o", "compress=12", "a.npz"): "compress=12",
+        ("-o", "cache=lots", "a.npz"): "cache=lots",
+        ("a.npz", "mnt", "extra"): "extra",
+        (): "ARCHIVE",
+    }
+    for args, needle in bad.items():
+        r = subprocess.run([NPZFS_BIN, *args], capture_output=True, text=True, timeout=30)
+        assert r.returncode != 0, args
+        assert needle in r.stderr, (args, r.stderr)
+
+
+def test_mountpoint_is_derived_from_the_archive_name(archives, tmp_path):
+    require_fuse()
+    shutil.copy(archives["savez"], tmp_path / "data.npz")
+    mnt = tmp_path / "data"
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen([NPZFS_BIN, "-f", "-o", "ro", "data.npz"], cwd=tmp_path,
+                            stdout=log, stderr=log)
+    m = DaemonMount(proc, str(mnt), log)
+    try:
+        for _ in range(500):
+            if os.path.ismount(mnt) or proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        assert os.path.ismount(mnt), m.log()
+        assert "frames.npy" in os.listdir(mnt)
+    finally:
+        assert m.unmount() == 0, m.log()
+    assert not mnt.exists()  # the daemon created it, so it removes it
+
+
+@pytest.mark.large
+def test_a_member_larger_than_4_gib_is_served(tmp_path):
+    """A deflated member of 4.5 GiB (zeros, cheap to deflate) with a marker at the end."""
+    size = (9 << 29) + 4096  # 4.5 GiB + 4 KiB
+    marker = b"END-OF-A-VERY-LARGE-MEMBER"
+    path = tmp_path / "large.npz"
+    chunk = bytes(16 << 20)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        with z.open("zeros.bin", "w", force_zip64=True) as f:
+            left = size - len(marker)
+            while left > 0:
+                n = min(left, len(chunk))
+                f.write(chunk[:n])
+                left -= n
+            f.write(marker)
+    with mounted(path, tmp_path / "mnt") as m:
+        assert os.stat(m.path("zeros.bin")).st_size == size
+        fd = os.open(m.path("zeros.bin"), os.O_RDONLY)
+        try:
+            assert os.pread(fd, 4096, 0) == bytes(4096)
+            assert os.pread(fd, 4096, (1 << 32) + 12345) == bytes(4096)
+            assert os.pread(fd, 4096, size - len(marker)) == marker
+            # Back to the middle: served from a checkpoint, not from the start.
+            assert os.pread(fd, 100, 3 << 30) == bytes(100)
+        finally:
+            os.close(fd)
+    os.unlink(path)

@@ -1,1 +1,391 @@
-"""placeholder"""
+"""Mount tests for the write side (issue 4): new members in a live npzfs mount, the
+append-only rules, crash recovery and finalize on unmount.
+"""
+import errno
+import io
+import os
+import shutil
+import subprocess
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import NPZ_BIN, is_mounted, mounted, require_fuse, start_daemon
+
+PYTHON = os.environ.get("NPZFS_PYTHON", "/usr/bin/python3")
+SHAPE = (4, 8)
+DTYPE = "<u2"
+FRAME_BYTES = 4 * 8 * 2
+FRAME_OPT = "frame=adc*:<u2:4x8"
+
+
+def frame(i):
+    return np.full(SHAPE, i % 65536, dtype=DTYPE)
+
+
+def frames(start, stop):
+    return np.stack([frame(i) for i in range(start, stop)]) if stop > start else \
+        np.zeros((0,) + SHAPE, dtype=DTYPE)
+
+
+def npy_bytes(array):
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def result_file(archive):
+    return os.path.join(os.path.dirname(archive), "." + os.path.basename(archive) +
+                        ".npzfs-result")
+
+
+def finalized_ok(m, archive):
+    """Unmounts, waits for finalize and checks the exit code and the result file."""
+    code = m.unmount()
+    assert code == 0, m.log()
+    with open(result_file(archive)) as f:
+        assert f.readline().strip() == "ok"
+    with zipfile.ZipFile(archive) as z:
+        assert z.testzip() is None
+    r = subprocess.run(["unzip", "-tq", str(archive)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_np_save_and_cp_give_members_identical_to_numpys_files(tmp_path):
+    archive = tmp_path / "rec.npz"
+    a = np.arange(6000, dtype="<f4").reshape(100, 60)
+    b = np.asfortranarray(np.arange(24, dtype=">i8").reshape(4, 6))
+    src = tmp_path / "b.npy"
+    np.save(src, b)
+    with mounted(archive, tmp_path / "mnt") as m:
+        with open(m.path("a.npy"), "wb") as f:
+            np.save(f, a)
+        subprocess.run(["cp", str(src), m.mnt + "/"], check=True)
+        # Visible while mounted: exactly numpy's file.
+        assert open(m.path("a.npy"), "rb").read() == npy_bytes(a)
+        assert open(m.path("b.npy"), "rb").read() == src.read_bytes()
+        assert np.array_equal(np.load(m.path("a.npy"), mmap_mode="r"), a)
+    finalized_ok(m, archive)
+    with zipfile.ZipFile(archive) as z:
+        assert z.read("a.npy") == npy_bytes(a)
+        assert z.read("b.npy") == src.read_bytes()
+    with np.load(archive) as npz:
+        assert np.array_equal(npz["a"], a) and np.array_equal(npz["b"], b)
+    assert not os.path.exists(tmp_path / ".rec.npz.npzfs-spool")
+
+
+def test_raw_frames_by_dd_with_a_frame_option(tmp_path):
+    archive = tmp_path / "rec.npz"
+    raw = tmp_path / "raw.bin"
+    raw.write_bytes(frames(0, 50).tobytes())
+    with mounted(archive, tmp_path / "mnt", "-o", FRAME_OPT, "-o", "compress") as m:
+        subprocess.run(["dd", f"if={raw}", f"of={m.path('adc0.npy')}", "bs=100", "status=none"],
+                       check=True)
+        assert np.array_equal(np.load(m.path("adc0.npy")), frames(0, 50))
+    finalized_ok(m, archive)
+    with zipfile.ZipFile(archive) as z:
+        assert z.getinfo("adc0.npy").compress_type == zipfile.ZIP_DEFLATED
+    with np.load(archive) as npz:
+        assert np.array_equal(npz["adc0"], frames(0, 50))
+
+
+def test_raw_frames_with_layout_xattrs(tmp_path):
+    archive = tmp_path / "rec.npz"
+    with mounted(archive, tmp_path / "mnt") as m:
+        p = m.path("cam.npy")
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.setxattr(p, "user.npy.descr", b"<u2")
+            os.setxattr(p, "user.npy.shape", b"4,8")
+            assert os.getxattr(p, "user.npy.descr") == b"<u2"
+            os.write(fd, frames(0, 10).tobytes())
+        finally:
+            os.close(fd)
+        assert np.array_equal(np.load(p), frames(0, 10))
+    finalized_ok(m, archive)
+    with np.load(archive) as npz:
+        assert np.array_equal(npz["cam"], frames(0, 10))
+
+
+def test_a_partial_frame_is_held_back_until_it_completes(tmp_path):
+    archive = tmp_path / "rec.npz"
+    with mounted(archive, tmp_path / "mnt", "-o", FRAME_OPT) as m:
+        p = m.path("adc.npy")
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            data = frames(0, 3).tobytes()
+            os.write(fd, data[:FRAME_BYTES + 10])
+            header_len = os.stat(p).st_size - FRAME_BYTES
+            assert np.load(p).shape == (1,) + SHAPE
+            os.write(fd, data[FRAME_BYTES + 10:2 * FRAME_BYTES - 1])
+            assert os.stat(p).st_size == header_len + FRAME_BYTES
+            os.write(fd, data[2 * FRAME_BYTES - 1:])
+            assert os.stat(p).st_size == header_len + 3 * FRAME_BYTES
+            assert np.array_equal(np.load(p), frames(0, 3))
+            os.write(fd, frame(3).tobytes()[:5])  # left partial at unmount: dropped
+        finally:
+            os.close(fd)
+    finalized_ok(m, archive)
+    with np.load(archive) as npz:
+        assert np.array_equal(npz["adc"], frames(0, 3))
+
+
+def test_a_non_npy_file_is_kept_verbatim(tmp_path):
+    archive = tmp_path / "rec.npz"
+    text = b'{"run": 7, "notes": "verbatim"}\n' * 100
+    with mounted(archive, tmp_path / "mnt") as m:
+        with open(m.path("meta.json"), "wb") as f:
+            f.write(text[:1000])
+            f.write(text[1000:])
+        with open(m.path("meta.json"), "ab") as f:
+            f.write(b"tail")
+        assert open(m.path("meta.json"), "rb").read() == text + b"tail"
+    finalized_ok(m, archive)
+    with zipfile.ZipFile(archive) as z:
+        assert z.read("meta.json") == text + b"tail"
+
+
+WRITER = r"""
+import os, sys, time, numpy as np
+path, n = sys.argv[1], int(sys.argv[2])
+fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+rng = np.random.default_rng(5)
+blob = b"".join(np.full((4, 8), i % 65536, dtype="<u2").tobytes() for i in range(n))
+pos = 0
+while pos < len(blob):  # odd-sized writes: frames complete in the middle of writes
+    k = int(rng.integers(1, 700))
+    pos += os.write(fd, blob[pos:pos + k])
+    time.sleep(0.002)  # an acquisition, not a copy: give the reader time to look
+os.close(fd)
+"""
+
+READER = r"""
+import os, sys, time, numpy as np
+path, n = sys.argv[1], int(sys.argv[2])
+print("ready", flush=True)
+while not os.path.exists(path):
+    time.sleep(0.001)
+seen, last, checks = 0, -1, 0
+while seen < n:
+    a = np.load(path, mmap_mode="r")
+    count = a.shape[0]
+    assert count >= last, (count, last)
+    assert count <= n, count
+    # every visible frame is complete and exact
+    expected = (np.arange(count) % 65536).astype("<u2")
+    assert np.array_equal(np.asarray(a).reshape(count, 32), np.repeat(expected, 32).reshape(count, 32)), count
+    last = seen = count
+    checks += 1
+    del a
+print("checks", checks)
+"""
+
+
+def test_a_concurrent_reader_sees_only_complete_exact_frames(tmp_path):
+    archive = tmp_path / "rec.npz"
+    n = 2000
+    with mounted(archive, tmp_path / "mnt", "-o", FRAME_OPT) as m:
+        p = m.path("adc.npy")
+        reader = subprocess.Popen([PYTHON, "-c", READER, p, str(n)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        assert reader.stdout.readline().strip() == "ready"
+        writer = subprocess.run([PYTHON, "-c", WRITER, p, str(n)], capture_output=True,
+                                text=True, timeout=300)
+        assert writer.returncode == 0, writer.stderr
+        out, err = reader.communicate(timeout=300)
+        assert reader.returncode == 0, err + m.log()
+        assert int(out.split()[1]) >= 10  # the reader really ran during the growth
+    finalized_ok(m, archive)
+    with np.load(archive) as npz:
+        assert np.array_equal(npz["adc"], frames(0, n))
+
+
+def expect_errno(code, fn, *args):
+    with pytest.raises(OSError) as e:
+        fn(*args)
+    assert e.value.errno == code, (e.value, os.strerror(code))
+
+
+def test_forbidden_operations_fail_with_their_errno_and_keep_the_data(tmp_path):
+    archive = tmp_path / "rec.npz"
+    np.savez(archive, old=np.arange(5))
+    old_bytes = zipfile.ZipFile(archive).read("old.npy")
+    with mounted(archive, tmp_path / "mnt", "-o", FRAME_OPT) as m:
+        p = m.path("adc.npy")
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, frames(0, 4).tobytes())
+        visible = open(p, "rb").read()
+        expect_errno(errno.EPERM, os.pwrite, fd, b"xx", 200)          # overwrite of data
+        expect_errno(errno.EPERM, os.pwrite, fd, b"xx", 10 ** 6)      # a gap
+        expect_errno(errno.EBUSY, os.open, p, os.O_WRONLY)             # a second writer
+        os.close(fd)
+        expect_errno(errno.EPERM, os.truncate, p, 10)
+        expect_errno(errno.EPERM, os.unlink, p)
+        expect_errno(errno.EPERM, os.rename, p, m.path("other.npy"))
+        expect_errno(errno.EEXIST, os.open, m.path("old.npy"), os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        expect_errno(errno.EEXIST, os.open, m.path("old.npy"), os.O_WRONLY)
+        expect_errno(errno.EPERM, os.unlink, m.path("old.npy"))
+        # a .npy without a layout: EINVAL on the first write
+        fd = os.open(m.path("nolayout.npy"), os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            expect_errno(errno.EINVAL, os.write, fd, b"\x00" * 64)
+        finally:
+            os.close(fd)
+        os.unlink(m.path("nolayout.npy"))  # empty: may be removed
+        assert not os.path.exists(m.path("nolayout.npy"))
+        assert open(p, "rb").read() == visible
+        assert open(m.path("old.npy"), "rb").read() == old_bytes
+        # O_TRUNC on a new, empty file is accepted
+        with open(m.path("empty.bin"), "wb") as f:
+            pass
+        with open(m.path("empty.bin"), "wb") as f:
+            f.write(b"abc")
+    finalized_ok(m, archive)
+    with np.load(archive) as npz:
+        assert np.array_equal(npz["adc"], frames(0, 4))
+        assert np.array_equal(npz["old"], np.arange(5))
+        assert "nolayout" not in npz.files
+
+
+def test_a_read_only_mount_refuses_new_files(tmp_path):
+    archive = tmp_path / "rec.npz"
+    np.savez(archive, old=np.arange(5))
+    before = archive.read_bytes()
+    with mounted(archive, tmp_path / "mnt", "-o", "ro") as m:
+        expect_errno(errno.EROFS, os.open, m.path("new.npy"), os.O_WRONLY | os.O_CREAT)
+        expect_errno(errno.EROFS, os.mkdir, m.path("d"))
+    assert m.unmount() == 0
+    assert archive.read_bytes() == before
+
+
+def test_a_missing_archive_is_created_only_if_something_was_written(tmp_path):
+    archive = tmp_path / "new.npz"
+    with mounted(archive, tmp_path / "mnt") as m:
+        assert os.listdir(m.mnt) == []
+    assert m.unmount() == 0
+    assert not archive.exists()
+    assert not (tmp_path / ".new.npz.npzfs-spool").exists()
+    with mounted(archive, tmp_path / "mnt") as m:
+        os.mkdir(m.path("sub"))
+        np.save(m.path("sub", "x.npy"), np.arange(3))
+    finalized_ok(m, archive)
+    with np.load(archive) as npz:
+        assert np.array_equal(npz["sub/x"], np.arange(3))
+
+
+def test_a_second_daemon_cannot_share_the_spool(tmp_path):
+    archive = tmp_path / "rec.npz"
+    with mounted(archive, tmp_path / "mnt") as m:
+        np.save(m.path("x.npy"), np.arange(4))
+        (tmp_path / "mnt2").mkdir()
+        r = subprocess.run([m.proc.args[0], "-f", str(archive), str(tmp_path / "mnt2")],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode != 0
+        assert "spool" in r.stderr and "rec.npz" in r.stderr
+        assert not is_mounted(tmp_path / "mnt2")
+        assert np.array_equal(np.load(m.path("x.npy")), np.arange(4))
+    finalized_ok(m, archive)
+
+
+def test_sigkill_twenty_times_keeps_every_frame_that_reached_the_spool(tmp_path):
+    archive = tmp_path / "rec.npz"
+    mnt = tmp_path / "mnt"
+    written = 0
+    for round_ in range(20):
+        m = start_daemon(archive, mnt, "-o", FRAME_OPT)
+        try:
+            p = m.path("adc.npy")
+            if round_ > 0:
+                shown = np.load(p).shape[0]
+                assert shown == written, (round_, m.log())
+                assert "resumed" in m.log()
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.write(fd, frames(written, written + 7).tobytes())
+            written += 7
+            if round_ % 2:
+                os.write(fd, frame(written).tobytes()[:11])  # a partial frame dies with it
+            os.close(fd)
+        finally:
+            m.kill()
+        assert not is_mounted(mnt)
+    with mounted(archive, mnt) as m:
+        assert np.load(m.path("adc.npy")).shape[0] == written
+    finalized_ok(m, archive)
+    with np.load(archive) as npz:
+        assert np.array_equal(npz["adc"], frames(0, written))
+
+
+def test_fsync_then_sigkill_keeps_every_fsynced_frame(tmp_path):
+    archive = tmp_path / "rec.npz"
+    m = start_daemon(archive, tmp_path / "mnt", "-o", FRAME_OPT)
+    try:
+        fd = os.open(m.path("adc.npy"), os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, frames(0, 25).tobytes())
+        os.fsync(fd)
+    finally:
+        m.kill()
+    with mounted(archive, tmp_path / "mnt") as m:
+        assert np.array_equal(np.load(m.path("adc.npy")), frames(0, 25))
+    finalized_ok(m, archive)
+
+
+def raw_member_bytes(blob, info):
+    """The local header plus data of one member, as stored."""
+    off = info.header_offset
+    name_len = int.from_bytes(blob[off + 26:off + 28], "little")
+    extra_len = int.from_bytes(blob[off + 28:off + 30], "little")
+    return blob[off:off + 30 + name_len + extra_len + info.compress_size]
+
+
+def test_appending_to_a_numpy_archive_keeps_old_members_byte_identical(tmp_path):
+    archive = tmp_path / "old.npz"
+    np.savez_compressed(archive, x=np.arange(1000), y=np.eye(5))
+    before = archive.read_bytes()
+    with zipfile.ZipFile(archive) as z:
+        old = {i.filename: raw_member_bytes(before, i) for i in z.infolist()}
+    with mounted(archive, tmp_path / "mnt") as m:
+        np.save(m.path("z.npy"), np.arange(7))
+    finalized_ok(m, archive)
+    after = archive.read_bytes()
+    with zipfile.ZipFile(archive) as z:
+        for i in z.infolist():
+            if i.filename in old:
+                assert raw_member_bytes(after, i) == old[i.filename]
+        assert sorted(z.namelist()) == ["x.npy", "y.npy", "z.npy"]
+
+
+def test_enospc_during_finalize_leaves_archive_and_spool_intact(tmp_path):
+    require_fuse()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small)], check=True)
+    try:
+        archive = small / "rec.npz"
+        np.savez(archive, old=np.arange(100))
+        before = archive.read_bytes()
+        big = np.random.default_rng(3).integers(0, 65535, size=(5 << 20) // 2, dtype=np.uint16)
+        with mounted(archive, tmp_path / "mnt") as m:
+            np.save(m.path("big.npy"), big)
+            pid = int(os.getxattr(m.mnt, "user.npzfs.pid"))
+            assert pid == m.proc.pid
+            assert os.getxattr(m.mnt, "user.npzfs.result").decode() == result_file(str(archive))
+            if os.path.exists(NPZ_BIN):
+                r = subprocess.run([NPZ_BIN, "umount", m.mnt], capture_output=True, text=True,
+                                   timeout=120)
+                assert r.returncode != 0
+                assert "space" in (r.stdout + r.stderr).lower()
+        code = m.unmount()
+        assert code != 0, m.log()
+        with open(result_file(str(archive))) as f:
+            line = f.readline()
+        assert line.startswith("error: ") and "space" in line.lower(), line
+        assert archive.read_bytes() == before
+        spool = small / ".rec.npz.npzfs-spool"
+        assert os.path.getsize(spool / "big.npy") == len(npy_bytes(big))
+    finally:
+        if is_mounted(tmp_path / "mnt"):
+            subprocess.run(["fusermount3", "-u", "-z", str(tmp_path / "mnt")])
+        subprocess.run(["umount", str(small)])

@@ -1,0 +1,141 @@
+"""Shared fixtures for the mount tests: start `npzfs -f`, wait for the mount, always unmount.
+
+`mounted(archive, mnt, *options)` is a context manager. It starts the daemon in the
+foreground as a subprocess of this test (only that PID is ever signalled), waits until the
+mount point is live (failing early with the daemon's output if it died; 10 s timeout),
+yields a DaemonMount, and on exit ALWAYS unmounts -- `fusermount3 -u`, then waits for the
+daemon (finalize runs after the unmount), `fusermount3 -u -z` as a last resort -- even when
+the test body failed. Without /dev/fuse the mount tests are skipped, except under CI where
+a missing /dev/fuse is a failure.
+"""
+import contextlib
+import os
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+ROOT = os.environ.get("NPZFS_SOURCE_ROOT", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NPZFS_BIN = os.environ.get("NPZFS_BIN", os.path.join(ROOT, "build/fs/npzfs"))
+NPZ_BIN = os.environ.get("NPZ_BIN", os.path.join(ROOT, "build/tools/npz"))
+MOUNT_TIMEOUT = 10.0
+EXIT_TIMEOUT = 120.0  # finalize of the largest test archive
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "large: needs several GiB of /tmp and minutes (deselect locally with "
+        "-m 'not large'; always runs in CI)")
+
+
+def require_fuse():
+    if not os.path.exists("/dev/fuse"):
+        if os.environ.get("CI"):
+            pytest.fail("/dev/fuse is missing: the mount tests cannot run in CI")
+        pytest.skip("/dev/fuse is missing")
+    if not os.path.exists(NPZFS_BIN):
+        pytest.fail(f"npzfs binary not found at {NPZFS_BIN} (set NPZFS_BIN)")
+
+
+def is_mounted(mnt):
+    """True if `mnt` is in the mount table (also for a dead 'transport not connected' mount,
+    which os.path.ismount cannot stat)."""
+    mnt = os.path.realpath(mnt)
+    with open("/proc/self/mounts", encoding="utf-8") as f:
+        return any(line.split()[1] == mnt for line in f)
+
+
+class DaemonMount:
+    """One running `npzfs -f` and its mount point."""
+
+    def __init__(self, proc, mnt, log_file):
+        self.proc = proc
+        self.mnt = mnt
+        self._log_file = log_file
+        self.returncode = None
+
+    def path(self, *parts):
+        return os.path.join(self.mnt, *parts)
+
+    def log(self):
+        """Everything the daemon wrote to stdout/stderr so far."""
+        self._log_file.flush()
+        self._log_file.seek(0)
+        return self._log_file.read().decode(errors="replace")
+
+    def unmount(self, timeout=EXIT_TIMEOUT):
+        """fusermount3 -u (retrying while busy), wait for the daemon to exit (finalize runs
+        after the unmount), lazy unmount as a last resort. Returns the daemon's exit code.
+        Idempotent."""
+        if self.returncode is not None:
+            return self.returncode
+        for _ in range(50):
+            if not is_mounted(self.mnt) or self.proc.poll() is not None:
+                break
+            if subprocess.run(["fusermount3", "-u", self.mnt],
+                              capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+        try:
+            self.returncode = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # our own child only
+            self.returncode = self.proc.wait()
+        if is_mounted(self.mnt):
+            subprocess.run(["fusermount3", "-u", "-z", self.mnt], capture_output=True)
+        return self.returncode
+
+    def kill(self, sig=signal.SIGKILL):
+        """Kills the daemon (our own child) and clears the dead mount it leaves."""
+        if self.returncode is None:
+            self.proc.send_signal(sig)
+            self.returncode = self.proc.wait()
+        if is_mounted(self.mnt):
+            subprocess.run(["fusermount3", "-u", "-z", self.mnt], capture_output=True)
+        return self.returncode
+
+
+def start_daemon(archive, mnt, *options, timeout=MOUNT_TIMEOUT):
+    """Starts the daemon and waits for the mount. Fails (after cleaning up) if it died."""
+    require_fuse()
+    os.makedirs(mnt, exist_ok=True)
+    log_file = tempfile.TemporaryFile()
+    proc = subprocess.Popen([NPZFS_BIN, "-f", *options, str(archive), str(mnt)],
+                            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file)
+    m = DaemonMount(proc, str(mnt), log_file)
+    deadline = time.monotonic() + timeout
+    while not os.path.ismount(mnt):
+        if proc.poll() is not None:
+            m.unmount()
+            pytest.fail(f"npzfs exited with {proc.returncode} before mounting:\n{m.log()}")
+        if time.monotonic() > deadline:
+            m.kill()
+            pytest.fail(f"npzfs did not mount {mnt} within {timeout} s:\n{m.log()}")
+        time.sleep(0.02)
+    return m
+
+
+@contextlib.contextmanager
+def mounted(archive, mnt, *options):
+    m = start_daemon(archive, mnt, *options)
+    try:
+        yield m
+    finally:
+        m.unmount()
+
+
+@pytest.fixture
+def mount_factory():
+    """Starts mounts on demand; every one still running is unmounted at teardown."""
+    started = []
+
+    def start(archive, mnt, *options):
+        m = start_daemon(archive, mnt, *options)
+        started.append(m)
+        return m
+
+    yield start
+    for m in reversed(started):
+        m.unmount()
