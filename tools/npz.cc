@@ -1,1 +1,202 @@
-int main() { return 0; }
+// `npz`: the offline companion of npzfs. The numpyWriter operations (readFrames, zipNpyFiles,
+// writeArray) plus listing, verification, indexing, spool recovery and unmount-and-wait, on
+// archives that are not mounted. This file holds main() and the help texts; each subcommand
+// lives in npz_read.cc (ls, frames, verify, index), npz_write.cc (pack, add, recover) or
+// npz_umount.cc.
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "tools/npz_cli.h"
+
+#ifndef NPZFS_VERSION
+#define NPZFS_VERSION "unknown"
+#endif
+
+namespace npzfs::tool {
+
+const std::vector<Command>& Commands() {
+  static const std::vector<Command> kCommands = {
+      {"ls", "list the members of an archive: dtype, shape, method, sizes, index state",
+       R"(Usage: npz ls ARCHIVE [--json]
+
+Lists every member of ARCHIVE (.npz or any zip): name, dtype, shape, compression method,
+compressed and uncompressed size, ratio, and the state of the random-access index
+(stored members need none; deflated ones: none, partial or complete). The .npy header of
+each member is read through the archive reader, so only its first bytes are inflated.
+
+Options:
+  --json    one JSON array of objects instead of a table
+
+Examples:
+  npz ls data.npz
+  npz ls data.npz --json | python3 -m json.tool
+)",
+       RunLs},
+      {"frames", "write frames [START, STOP) of a .npy or of an archive member",
+       R"(Usage: npz frames ARCHIVE[:KEY] START STOP [-o OUT.npy | --raw]
+
+numpyWriter's readFrames: frames START (inclusive) to STOP (exclusive) along the growth
+axis (axis 0, or the last axis of a Fortran-order array) of a .npy file, or of member KEY
+of an .npz (KEY with or without ".npy"). Only the bytes of those frames are read; for a
+deflated member the saved random-access index is used and extended (and saved again), and
+nothing beyond the last requested frame is inflated.
+
+The output is a valid .npy holding exactly those frames, written atomically (a temp file
+renamed over OUT.npy), or with --raw the frame bytes alone on stdout. Without -o or --raw,
+the .npy goes to stdout (refused if stdout is a terminal).
+
+Options:
+  -o, --output OUT.npy   write a .npy here ("-" for stdout)
+  --raw                  write the raw frame bytes to stdout, no header
+
+Examples:
+  npz frames data.npz:adc 5 8 -o frames.npy     # readFrames('adc', 5, 8)
+  npz frames file.npy 50 100 -o part.npy        # readFrames(50, 100)
+  npz frames data.npz:adc.npy 0 1 --raw | xxd | head
+)",
+       RunFrames},
+      {"pack", "zip .npy files into an archive (numpyWriter zipNpyFiles)",
+       R"(Usage: npz pack OUT.npz FILE.npy... [--key K]... [--compress[=LEVEL]]
+
+numpyWriter's zipNpyFiles: writes OUT.npz holding each FILE.npy as a member. Members are
+streamed from the files (never held in memory). Keys default to the file names without
+".npy"; give --key once per file to choose them (in order). Each input must be a valid
+.npy. Members are stored (like np.savez) unless --compress deflates them (like
+np.savez_compressed; LEVEL 0..9, default 6). OUT.npz is replaced atomically: on any error
+it is left as it was and no partial file remains.
+
+Options:
+  --key K               member name for the next file (".npy" is appended if missing)
+  --compress[=LEVEL]    deflate members
+
+Examples:
+  npz pack data.npz adc.npy tx.npy --compress
+  npz pack data.npz run1/adc.npy run2/adc.npy --key adc1 --key adc2
+)",
+       RunPack},
+      {"add", "add one .npy to an existing archive (numpyWriter writeArray)",
+       R"(Usage: npz add ARCHIVE KEY FILE.npy [--compress[=LEVEL]]
+
+numpyWriter's writeArray: appends FILE.npy to ARCHIVE as member KEY (".npy" appended if
+missing). The existing members stay byte-identical. Fails if KEY already exists. The new
+archive is written beside the old one and renamed over it, so ARCHIVE is either as before
+or complete. Use `npz pack` to create a new archive.
+
+Options:
+  --compress[=LEVEL]    deflate the new member (LEVEL 0..9, default 6)
+
+Examples:
+  npz add data.npz rx rx.npy
+  npz add data.npz calib/gain gain.npy --compress
+)",
+       RunAdd},
+      {"verify", "check every member's CRC-32 and .npy header",
+       R"(Usage: npz verify ARCHIVE
+
+Reads every member completely, checks its CRC-32 against the central directory and, for
+.npy members, that the header parses and the data size matches it. The directory listing
+is also cross-checked with libzip. Prints one line per bad member and exits non-zero if
+there is any.
+
+Examples:
+  npz verify data.npz && echo intact
+)",
+       RunVerify},
+      {"index", "build the random-access index of every deflated member",
+       R"(Usage: npz index ARCHIVE
+
+Runs the first inflate pass over every deflated member now and saves the random-access
+index next to the archive (.ARCHIVE.npzfs-index), so later reads through the mount or
+`npz frames` start anywhere at once. Stored members need no index.
+
+Examples:
+  npz index data.npz
+)",
+       RunIndex},
+      {"recover", "finalize a spool left by a daemon that died",
+       R"(Usage: npz recover ARCHIVE [--spool DIR] [--compress[=LEVEL]]
+
+If an npzfs daemon died before finalizing, its spool (by default .ARCHIVE.npzfs-spool next
+to the archive) still holds every complete frame written. This adds those members to
+ARCHIVE (creating it if needed), atomically, and removes the spool. A trailing partial
+frame is dropped. Mounting the archive again does the same on the next unmount.
+
+Options:
+  --spool DIR           the spool directory, if the mount used -o spool=DIR
+  --compress[=LEVEL]    deflate the recovered members (default: stored)
+
+Examples:
+  npz recover data.npz
+  npz recover data.npz --spool /fast/spool
+)",
+       RunRecover},
+      {"umount", "unmount an npzfs mount and wait until its archive is finalized",
+       R"(Usage: npz umount MOUNTPOINT [--timeout SECONDS]
+
+Unmounts MOUNTPOINT with `fusermount3 -u`, waits until the npzfs daemon has finalized the
+new members into the archive and exited, and reports the result: exit 0 if finalize
+succeeded, non-zero with the daemon's reason if it failed. (`fusermount3 -u` alone returns
+before finalize has finished.) If the daemon had died, the stale mount is cleared and the
+message says how to recover its spool.
+
+Options:
+  --timeout SECONDS   stop waiting after this long (exit non-zero; finalize goes on)
+
+Examples:
+  npz umount mnt && python3 -c 'import numpy; numpy.load("data.npz")'
+)",
+       RunUmount},
+  };
+  return kCommands;
+}
+
+namespace {
+
+void PrintMainHelp() {
+  std::printf(
+      "Usage: npz COMMAND [ARGS...]\n\n"
+      "Work with NumPy archives (.npz) and .npy files without loading them into memory;\n"
+      "the offline companion of the npzfs filesystem.\n\nCommands:\n");
+  for (const Command& c : Commands()) std::printf("  %-8s %s\n", c.name, c.summary);
+  std::printf(
+      "\nRun 'npz COMMAND --help' for a command's options and examples.\n\n"
+      "Examples:\n"
+      "  npz pack data.npz adc.npy tx.npy --compress\n"
+      "  npz frames data.npz:adc 5 8 -o frames.npy\n"
+      "  npz ls data.npz\n\n"
+      "Long work shows a progress bar on stderr when it is a terminal.\n"
+      "Exit status: 0 ok, 1 error (the message names the file and the cause), 2 bad usage.\n");
+}
+
+}  // namespace
+}  // namespace npzfs::tool
+
+int main(int argc, char** argv) {
+  using namespace npzfs::tool;
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty()) {
+    PrintMainHelp();
+    return kExitUsage;
+  }
+  const std::string& first = args[0];
+  if (first == "--help" || first == "-h" || first == "help") {
+    if (first == "help" && args.size() > 1 && PrintCommandHelp(args[1]) == kExitOk) {
+      return kExitOk;
+    }
+    PrintMainHelp();
+    return kExitOk;
+  }
+  if (first == "--version" || first == "-V") {
+    std::printf("npz (npzfs) %s\n", NPZFS_VERSION);
+    return kExitOk;
+  }
+  for (const Command& c : Commands()) {
+    if (first == c.name) {
+      return c.run(std::vector<std::string>(args.begin() + 1, args.end()));
+    }
+  }
+  std::fprintf(stderr, "npz: unknown command '%s'\nTry 'npz --help'.\n", first.c_str());
+  return kExitUsage;
+}

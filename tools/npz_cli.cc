@@ -1,0 +1,143 @@
+#include "tools/npz_cli.h"
+
+#include <cerrno>
+#include <cstdio>
+
+namespace npzfs::tool {
+namespace {
+
+bool LooksLikeNegativeNumber(const std::string& arg) {
+  return arg.size() >= 2 && arg[0] == '-' && arg[1] >= '0' && arg[1] <= '9';
+}
+
+const OptionSpec* FindLong(const std::vector<OptionSpec>& specs, const std::string& name) {
+  for (const auto& spec : specs) {
+    if (spec.name == name) return &spec;
+  }
+  return nullptr;
+}
+
+const OptionSpec* FindShort(const std::vector<OptionSpec>& specs, char c) {
+  for (const auto& spec : specs) {
+    if (spec.short_name != 0 && spec.short_name == c) return &spec;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+std::optional<std::string> ParsedArgs::Last(const std::string& name) const {
+  auto it = options.find(name);
+  if (it == options.end() || it->second.empty()) return std::nullopt;
+  return it->second.back();
+}
+
+Result<ParsedArgs> ParseArgs(const std::vector<std::string>& args,
+                             const std::vector<OptionSpec>& specs) {
+  ParsedArgs parsed;
+  bool options_ended = false;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (options_ended || arg == "-" || arg.empty() || arg[0] != '-' ||
+        LooksLikeNegativeNumber(arg)) {
+      parsed.positional.push_back(arg);
+      continue;
+    }
+    if (arg == "--") {
+      options_ended = true;
+      continue;
+    }
+    if (arg == "--help" || arg == "-h") {
+      parsed.help = true;
+      continue;
+    }
+    const OptionSpec* spec = nullptr;
+    std::optional<std::string> inline_value;
+    std::string shown;  // the option as the user spelled it, for messages
+    if (arg.rfind("--", 0) == 0) {
+      std::string name = arg.substr(2);
+      if (auto eq = name.find('='); eq != std::string::npos) {
+        inline_value = name.substr(eq + 1);
+        name.resize(eq);
+      }
+      spec = FindLong(specs, name);
+      shown = "--" + name;
+    } else {
+      spec = FindShort(specs, arg[1]);
+      shown = arg.substr(0, 2);
+      if (arg.size() > 2) inline_value = arg.substr(2);  // -oOUT
+    }
+    if (spec == nullptr) return Status::Error(EINVAL, "unknown option " + shown);
+    auto& slot = parsed.options[spec->name];
+    switch (spec->kind) {
+      case OptionSpec::Kind::kFlag:
+        if (inline_value) return Status::Error(EINVAL, shown + " takes no value");
+        slot.push_back(std::nullopt);
+        break;
+      case OptionSpec::Kind::kOptionalValue:
+        slot.push_back(inline_value);
+        break;
+      case OptionSpec::Kind::kValue:
+        if (inline_value) {
+          slot.push_back(inline_value);
+        } else if (i + 1 < args.size()) {
+          slot.push_back(args[++i]);
+        } else {
+          return Status::Error(EINVAL, shown + " needs a value");
+        }
+        break;
+    }
+  }
+  return parsed;
+}
+
+int ReportError(const Status& status) {
+  std::fprintf(stderr, "npz: %s\n", status.message().c_str());
+  return kExitError;
+}
+
+int UsageError(const std::string& command, const std::string& message) {
+  std::fprintf(stderr, "npz %s: %s\nTry 'npz %s --help'.\n", command.c_str(), message.c_str(),
+               command.c_str());
+  return kExitUsage;
+}
+
+int PrintCommandHelp(const std::string& command) {
+  for (const Command& c : Commands()) {
+    if (command == c.name) {
+      std::fputs(c.help, stdout);
+      return kExitOk;
+    }
+  }
+  return kExitUsage;
+}
+
+Result<uint64_t> ParseUint(const std::string& text, const std::string& what) {
+  if (text.empty() || text.size() > 20) {
+    return Status::Error(EINVAL, what + " must be a non-negative integer, not '" + text + "'");
+  }
+  uint64_t value = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') {
+      return Status::Error(EINVAL, what + " must be a non-negative integer, not '" + text + "'");
+    }
+    const uint64_t digit = static_cast<uint64_t>(c - '0');
+    if (value > (UINT64_MAX - digit) / 10) {
+      return Status::Error(ERANGE, what + " is too large: " + text);
+    }
+    value = value * 10 + digit;
+  }
+  return value;
+}
+
+Result<std::optional<int>> ParseCompressOption(const ParsedArgs& args) {
+  if (!args.Has("compress")) return std::optional<int>();
+  std::optional<std::string> level = args.Last("compress");
+  if (!level) return std::optional<int>(6);
+  if (level->size() != 1 || (*level)[0] < '0' || (*level)[0] > '9') {
+    return Status::Error(EINVAL, "--compress level must be 0..9, not '" + *level + "'");
+  }
+  return std::optional<int>((*level)[0] - '0');
+}
+
+}  // namespace npzfs::tool

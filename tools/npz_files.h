@@ -1,0 +1,74 @@
+// File helpers shared by the `npz` subcommands: validated .npy inputs, atomically written
+// outputs, and member-key rules.
+//
+// NpyInput owns the open input fd (pack and add pass file ranges of it to the archive
+// writer, so the data is streamed, never loaded). AtomicOutput owns a temp file next to its
+// destination and removes it unless Commit() succeeded: an error leaves no partial output.
+// Neither is thread-safe.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+
+#include "core/file_util.h"
+#include "core/npy_header.h"
+#include "core/status.h"
+
+namespace npzfs::tool {
+
+struct NpyInput {
+  std::string path;
+  UniqueFd fd;
+  uint64_t size = 0;  // the whole file, copied verbatim into an archive
+  size_t header_length = 0;
+  std::optional<NpyHeader> header;
+};
+
+// Opens `path` and checks that it is a .npy numpy can load: a valid header and at least as
+// many data bytes as the header claims. Errors name the file ("x.npy: not a .npy file: ...").
+Result<NpyInput> OpenNpyInput(const std::string& path);
+
+// Reads and parses the .npy header at the start of a random-access source of `size` bytes.
+// Returns the header and its length. `name` is for messages.
+struct ParsedNpyHeader {
+  NpyHeader header;
+  size_t length = 0;
+};
+Result<ParsedNpyHeader> ReadNpyHeader(
+    uint64_t size, const std::function<Status(uint64_t, std::span<std::byte>)>& read_exact,
+    const std::string& name);
+
+// "adc" -> "adc.npy"; "adc.npy" stays. EINVAL for keys that are empty, absolute, or have
+// empty, "." or ".." components (they could not be extracted or mounted safely).
+Result<std::string> MemberNameForKey(const std::string& key);
+// "dir/adc.npy" -> "adc"
+std::string StemOf(const std::string& path);
+
+class AtomicOutput {
+ public:
+  // Creates a temp file ".<base>.npz-tmp-XXXXXX" in the destination's directory. Errors name
+  // `path` (a missing or read-only directory, ...).
+  static Result<AtomicOutput> Create(const std::string& path);
+  AtomicOutput(AtomicOutput&& other) noexcept;
+  AtomicOutput& operator=(AtomicOutput&&) = delete;
+  ~AtomicOutput();  // removes the temp file unless committed
+
+  Status Write(const void* data, size_t n);
+  // fsync, give the file the usual 0666 & ~umask mode, rename over the destination, fsync
+  // the directory.
+  Status Commit();
+
+ private:
+  AtomicOutput(std::string path, std::string temp_path, UniqueFd fd)
+      : path_(std::move(path)), temp_path_(std::move(temp_path)), fd_(std::move(fd)) {}
+  std::string path_;
+  std::string temp_path_;
+  UniqueFd fd_;
+  bool committed_ = false;
+};
+
+}  // namespace npzfs::tool

@@ -1,0 +1,602 @@
+// npz ls, npz frames, npz verify, npz index: the subcommands that read archives.
+//
+// They go through core/archive.h, the same reader the mount uses, so a deflated member is
+// read with random access: `frames` inflates only up to its last frame (or starts at a
+// checkpoint of the saved index) and saves what it learned for the next run; `ls` reads only
+// each member's header. `verify` additionally checks the CRC-32 itself (not trusting the
+// reader's own check alone) and cross-checks the central directory with libzip, an
+// independent parser.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zip.h>
+#include <zlib.h>
+
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/archive.h"
+#include "core/file_util.h"
+#include "core/member_reader.h"
+#include "core/npy_header.h"
+#include "core/npy_reader.h"
+#include "core/zip_directory.h"
+#include "tools/npz_cli.h"
+#include "tools/npz_files.h"
+#include "tools/progress.h"
+
+namespace npzfs::tool {
+namespace {
+
+constexpr size_t kChunk = 1 << 20;
+// `frames` hands ReadFramesFrom batches of about this many bytes (at least one frame).
+constexpr uint64_t kFrameBatchBytes = 8 << 20;
+
+using ReadExactFn = std::function<Status(uint64_t, std::span<std::byte>)>;
+
+// A read_at for ReadFramesFrom/ReadNpyHeader over a member: fills `dest` exactly.
+ReadExactFn MemberReadExact(std::shared_ptr<MemberReader> reader, std::string name) {
+  return [reader = std::move(reader), name = std::move(name)](uint64_t offset,
+                                                              std::span<std::byte> dest) -> Status {
+    while (!dest.empty()) {
+      auto n = reader->ReadAt(offset, dest);
+      if (!n.ok()) return n.status();
+      if (*n == 0) {
+        return Status::Error(EIO,
+                             name + ": unexpected end of member at byte " + std::to_string(offset));
+      }
+      dest = dest.subspan(*n);
+      offset += *n;
+    }
+    return Status::Ok();
+  };
+}
+
+// `message` prefixed with `name` ("data.npz: member a.npy") unless it already names the
+// member (core messages usually do).
+std::string AboutMember(const std::string& name, const std::string& member_path,
+                        const std::string& message) {
+  if (message.find(member_path) != std::string::npos) return message;
+  return name + ": " + message;
+}
+
+bool IsNpyName(const std::string& name) {
+  return name.size() > 4 && name.compare(name.size() - 4, 4, ".npy") == 0;
+}
+
+std::string MethodName(const ZipEntry& e) {
+  if (e.encrypted()) return "encrypted";
+  if (e.method == 0) return "stored";
+  if (e.method == 8) return "deflated";
+  return "method " + std::to_string(e.method);
+}
+
+std::string IndexStateName(IndexState s) {
+  switch (s) {
+    case IndexState::kNotNeeded:
+      return "-";
+    case IndexState::kNone:
+      return "none";
+    case IndexState::kPartial:
+      return "partial";
+    case IndexState::kComplete:
+      return "complete";
+  }
+  return "?";
+}
+
+// The descr as numpy users write it: "<i2" rather than the literal "'<i2'".
+std::string DtypeText(const NpyHeader& h) {
+  const std::string& lit = h.descr_literal();
+  if (lit.size() >= 2 && lit.front() == '\'' && lit.back() == '\'') {
+    return lit.substr(1, lit.size() - 2);
+  }
+  return lit;
+}
+
+std::string ShapeText(const std::vector<uint64_t>& shape) {
+  std::string s = "(";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i > 0) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  if (shape.size() == 1) s += ",";
+  return s + ")";
+}
+
+std::string JsonString(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        if (c < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          out += buf;
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+  }
+  return out + "\"";
+}
+
+// The reader's warnings (skipped unsafe names, a stale index being rebuilt...) go to stderr.
+ArchiveOptions ToolArchiveOptions() {
+  ArchiveOptions options;
+  options.log = [](const std::string& line) {
+    std::fprintf(stderr, "npz: warning: %s\n", line.c_str());
+  };
+  return options;
+}
+
+Result<std::shared_ptr<Archive>> OpenArchive(const std::string& path) {
+  // Archive::Open reports a missing file with its own words; check first for a plain
+  // "No such file or directory" naming the path, as for every other input.
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) return ErrnoStatus(errno, path, "cannot open");
+  if (S_ISDIR(st.st_mode)) return Status::Error(EISDIR, path + ": is a directory");
+  return Archive::Open(path, ToolArchiveOptions());
+}
+
+// Reads member i's .npy header through the archive reader.
+Result<ParsedNpyHeader> MemberHeader(Archive& archive, size_t i) {
+  const ArchiveMember& m = archive.members()[i];
+  const std::string name = archive.path() + ": member " + m.path;
+  auto reader = archive.OpenMember(i);
+  if (!reader.ok()) return reader.status();
+  return ReadNpyHeader((*reader)->size(), MemberReadExact(*reader, name), name);
+}
+
+struct LsRow {
+  std::string name, dtype = "-", shape = "-", method, index;
+  std::optional<std::vector<uint64_t>> shape_values;  // for --json
+  bool fortran = false;
+  uint64_t compressed = 0, uncompressed = 0;
+  std::string error;  // full message (--json)
+  std::string note;   // short form for the table
+};
+
+std::string JsonShape(const LsRow& r) {
+  if (!r.shape_values) return "null";
+  std::string s = "[";
+  for (size_t i = 0; i < r.shape_values->size(); ++i) {
+    s += (i == 0 ? "" : ", ") + std::to_string((*r.shape_values)[i]);
+  }
+  return s + "]";
+}
+
+}  // namespace
+
+int RunLs(const std::vector<std::string>& raw_args) {
+  auto args = ParseArgs(raw_args, {{"json", OptionSpec::Kind::kFlag, 0}});
+  if (!args.ok()) return UsageError("ls", args.status().message());
+  if (args->help) return PrintCommandHelp("ls");
+  if (args->positional.size() != 1) return UsageError("ls", "expected one ARCHIVE");
+  auto archive = OpenArchive(args->positional[0]);
+  if (!archive.ok()) return ReportError(archive.status());
+  Archive& a = **archive;
+
+  std::vector<LsRow> rows;
+  int exit_code = kExitOk;
+  for (size_t i = 0; i < a.members().size(); ++i) {
+    const ArchiveMember& m = a.members()[i];
+    LsRow row;
+    row.name = m.path;
+    row.method = MethodName(m.entry);
+    row.compressed = m.entry.compressed_size;
+    row.uncompressed = m.entry.uncompressed_size;
+    row.index = IndexStateName(a.index_state(i));  // before reading the header changes it
+    if (m.open_errno != 0) {
+      row.error = m.open_error.empty() ? "cannot be opened" : m.open_error;
+      row.note = m.open_errno == EPERM     ? "encrypted"
+                 : m.open_errno == ENOTSUP ? "unsupported method"
+                                           : "unreadable";
+    } else if (IsNpyName(m.path)) {
+      auto header = MemberHeader(a, i);
+      if (header.ok()) {
+        row.dtype = DtypeText(header->header);
+        row.shape = ShapeText(header->header.shape());
+        row.shape_values = header->header.shape();
+        row.fortran = header->header.fortran_order();
+      } else {
+        row.dtype = row.shape = "?";
+        row.error = header.status().message();
+        row.note = "bad .npy header";
+        ReportError(header.status());
+        exit_code = kExitError;
+      }
+    }
+    rows.push_back(std::move(row));
+  }
+
+  if (args->Has("json")) {
+    std::printf("[");
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const LsRow& r = rows[i];
+      std::printf(
+          "%s\n  {\"name\": %s, \"dtype\": %s, \"shape\": %s, \"fortran_order\": %s, "
+          "\"method\": %s, \"compressed_size\": %" PRIu64 ", \"uncompressed_size\": %" PRIu64
+          ", \"index\": %s",
+          i == 0 ? "" : ",", JsonString(r.name).c_str(),
+          r.dtype == "-" ? "null" : JsonString(r.dtype).c_str(), JsonShape(r).c_str(),
+          r.fortran ? "true" : "false", JsonString(r.method).c_str(), r.compressed, r.uncompressed,
+          JsonString(r.index).c_str());
+      if (!r.error.empty()) std::printf(", \"error\": %s", JsonString(r.error).c_str());
+      std::printf("}");
+    }
+    std::printf("%s]\n", rows.empty() ? "" : "\n");
+    return exit_code;
+  }
+
+  size_t name_w = 4, dtype_w = 5, shape_w = 5;
+  for (const LsRow& r : rows) {
+    name_w = std::max(name_w, r.name.size());
+    dtype_w = std::max(dtype_w, r.dtype.size());
+    shape_w = std::max(shape_w, r.shape.size());
+  }
+  std::printf("%-*s  %-*s  %-*s  %-9s  %10s  %10s  %6s  %s\n", static_cast<int>(name_w), "name",
+              static_cast<int>(dtype_w), "dtype", static_cast<int>(shape_w), "shape", "method",
+              "compressed", "size", "ratio", "index");
+  for (const LsRow& r : rows) {
+    char ratio[16] = "-";
+    if (r.uncompressed > 0) {
+      std::snprintf(
+          ratio, sizeof ratio, "%.1f%%",
+          100.0 * static_cast<double>(r.compressed) / static_cast<double>(r.uncompressed));
+    }
+    std::printf("%-*s  %-*s  %-*s  %-9s  %10s  %10s  %6s  %s%s\n", static_cast<int>(name_w),
+                r.name.c_str(), static_cast<int>(dtype_w), r.dtype.c_str(),
+                static_cast<int>(shape_w), (r.shape + (r.fortran ? " F" : "")).c_str(),
+                r.method.c_str(), HumanBytes(r.compressed).c_str(),
+                HumanBytes(r.uncompressed).c_str(), ratio, r.index.c_str(),
+                r.note.empty() ? "" : ("  (" + r.note + ")").c_str());
+  }
+  return exit_code;
+}
+
+int RunFrames(const std::vector<std::string>& raw_args) {
+  auto args = ParseArgs(
+      raw_args, {{"output", OptionSpec::Kind::kValue, 'o'}, {"raw", OptionSpec::Kind::kFlag, 0}});
+  if (!args.ok()) return UsageError("frames", args.status().message());
+  if (args->help) return PrintCommandHelp("frames");
+  if (args->positional.size() != 3) {
+    return UsageError("frames", "expected ARCHIVE[:KEY] START STOP");
+  }
+  const bool raw = args->Has("raw");
+  std::optional<std::string> output = args->Last("output");
+  if (raw && output) return UsageError("frames", "give either -o OUT.npy or --raw, not both");
+  auto start = ParseUint(args->positional[1], "START");
+  if (!start.ok()) return UsageError("frames", start.status().message());
+  auto stop = ParseUint(args->positional[2], "STOP");
+  if (!stop.ok()) return UsageError("frames", stop.status().message());
+  const bool to_stdout = raw || !output || *output == "-";
+  if (to_stdout && isatty(STDOUT_FILENO) == 1) {
+    return UsageError("frames", "refusing to write binary data to a terminal: use -o OUT.npy");
+  }
+
+  // ARCHIVE[:KEY]: a path that exists is taken whole (it may contain ':').
+  std::string spec = args->positional[0];
+  std::string path = spec, key;
+  struct stat st;
+  if (stat(spec.c_str(), &st) != 0) {
+    if (auto colon = spec.rfind(':'); colon != std::string::npos) {
+      path = spec.substr(0, colon);
+      key = spec.substr(colon + 1);
+    }
+  }
+  auto fd = OpenFile(path, O_RDONLY);
+  if (!fd.ok()) return ReportError(fd.status());
+  if (fstat(fd->get(), &st) != 0) return ReportError(ErrnoStatus(errno, path, "fstat"));
+  if (S_ISDIR(st.st_mode)) return ReportError(Status::Error(EISDIR, path + ": is a directory"));
+  char magic[6] = {};
+  auto got = PreadFull(fd->get(), magic, sizeof magic, 0, path);
+  if (!got.ok()) return ReportError(got.status());
+  const bool is_npy = *got == 6 && std::string_view(magic, 6) == NpyHeader::kMagic;
+
+  // The source: a header, where the data starts, and a read_at.
+  std::string name;
+  ReadExactFn read_exact;
+  std::shared_ptr<Archive> archive;
+  uint64_t source_size = 0;
+  if (is_npy) {
+    if (!key.empty()) {
+      return ReportError(
+          Status::Error(EINVAL, path + ": is a .npy file, not an archive: drop ':" + key + "'"));
+    }
+    name = path;
+    source_size = static_cast<uint64_t>(st.st_size);
+    const int raw_fd = fd->get();
+    read_exact = [raw_fd, path](uint64_t offset, std::span<std::byte> dest) {
+      return PreadExact(raw_fd, dest.data(), dest.size(), offset, path);
+    };
+  } else {
+    auto opened = Archive::Open(path, ToolArchiveOptions());
+    if (!opened.ok()) return ReportError(opened.status());
+    archive = *opened;
+    std::optional<size_t> index;
+    if (key.empty()) {
+      if (archive->members().size() == 1) index = 0;
+    } else {
+      index = archive->Find(key);
+      if (!index) index = archive->Find(key + ".npy");
+    }
+    if (!index) {
+      std::string listing;
+      for (const auto& m : archive->members()) {
+        if (listing.size() > 200) {
+          listing += ", ...";
+          break;
+        }
+        listing += (listing.empty() ? "" : ", ") + m.path;
+      }
+      const std::string what = key.empty() ? "is an archive: name the member as " + path + ":KEY"
+                                           : "no member '" + key + "'";
+      return ReportError(Status::Error(ENOENT, path + ": " + what + " (members: " + listing + ")"));
+    }
+    const ArchiveMember& m = archive->members()[*index];
+    name = path + ": member " + m.path;
+    if (m.open_errno != 0) {
+      return ReportError(Status::Error(m.open_errno, AboutMember(name, m.path, m.open_error)));
+    }
+    auto reader = archive->OpenMember(*index);
+    if (!reader.ok()) return ReportError(reader.status());
+    source_size = (*reader)->size();
+    read_exact = MemberReadExact(*reader, name);
+  }
+
+  auto parsed = ReadNpyHeader(source_size, read_exact, name);
+  if (!parsed.ok()) return ReportError(parsed.status());
+  const NpyHeader& header = parsed->header;
+  if (!header.frameable()) {
+    return ReportError(Status::Error(
+        EINVAL, name + ": has no frames to slice (" +
+                    (header.has_object() ? std::string("object dtype") : "a 0-d array") + ")"));
+  }
+  if (*start > *stop) {
+    return ReportError(Status::Error(EINVAL, name + ": START " + std::to_string(*start) +
+                                                 " is after STOP " + std::to_string(*stop)));
+  }
+  if (*stop > header.frame_count()) {
+    return ReportError(Status::Error(ERANGE, name + ": frames [" + std::to_string(*start) + ", " +
+                                                 std::to_string(*stop) +
+                                                 ") are out of range: it has " +
+                                                 std::to_string(header.frame_count()) + " frames"));
+  }
+
+  std::optional<AtomicOutput> out;
+  if (!to_stdout) {
+    auto created = AtomicOutput::Create(*output);
+    if (!created.ok()) return ReportError(created.status());
+    out.emplace(std::move(*created));
+  }
+  auto emit = [&](const void* data, size_t n) -> Status {
+    if (out) return out->Write(data, n);
+    return WriteAll(STDOUT_FILENO, data, n, "stdout");
+  };
+  if (!raw) {
+    const std::string head = header.WithFrameCount(*stop - *start).Format();
+    Status s = emit(head.data(), head.size());
+    if (!s.ok()) return ReportError(s);
+  }
+
+  const uint64_t frame_bytes = header.frame_bytes();
+  const uint64_t batch =
+      std::max<uint64_t>(1, frame_bytes == 0 ? 1 : kFrameBatchBytes / frame_bytes);
+  ProgressBar bar("frames " + BaseName(name), (*stop - *start) * frame_bytes);
+  for (uint64_t f = *start; f < *stop;) {
+    const uint64_t end = std::min(*stop, f + batch);
+    auto frames = ReadFramesFrom(header, parsed->length, f, end, read_exact, name);
+    if (!frames.ok()) return ReportError(frames.status());
+    Status s = emit(frames->data(), frames->size());
+    if (!s.ok()) return ReportError(s);
+    bar.Update((end - *start) * frame_bytes);
+    f = end;
+  }
+  if (out) {
+    Status s = out->Commit();
+    if (!s.ok()) return ReportError(s);
+  }
+  bar.Finish();
+  if (archive) {
+    // Keep what the reads taught the index for the next run; a read-only directory is not
+    // an error for a read command.
+    Status s = archive->SaveIndex();
+    if (!s.ok()) std::fprintf(stderr, "npz: warning: index not saved: %s\n", s.message().c_str());
+  }
+  return kExitOk;
+}
+
+int RunVerify(const std::vector<std::string>& raw_args) {
+  auto args = ParseArgs(raw_args, {});
+  if (!args.ok()) return UsageError("verify", args.status().message());
+  if (args->help) return PrintCommandHelp("verify");
+  if (args->positional.size() != 1) return UsageError("verify", "expected one ARCHIVE");
+  const std::string path = args->positional[0];
+  auto archive = OpenArchive(path);
+  if (!archive.ok()) return ReportError(archive.status());
+  Archive& a = **archive;
+
+  int bad = 0;
+  auto fail = [&](const std::string& message) {
+    ++bad;
+    std::fprintf(stderr, "npz: %s\n", message.c_str());
+  };
+
+  // 1. The directory, through libzip as an independent parser.
+  {
+    const ZipDirectory* dir = &a.directory();
+    int err = 0;
+    // zip_discard, not zip_close: nothing is written, and it always frees.
+    std::unique_ptr<zip_t, void (*)(zip_t*)> z(zip_open(path.c_str(), ZIP_RDONLY, &err),
+                                               zip_discard);
+    if (!z) {
+      zip_error_t ze;
+      zip_error_init_with_code(&ze, err);
+      fail(path + ": libzip cannot open the archive: " + zip_error_strerror(&ze));
+      zip_error_fini(&ze);
+    } else {
+      const zip_int64_t n = zip_get_num_entries(z.get(), 0);
+      if (n != static_cast<zip_int64_t>(dir->entries.size())) {
+        fail(path + ": libzip counts " + std::to_string(n) + " entries, the directory has " +
+             std::to_string(dir->entries.size()));
+      } else {
+        for (zip_int64_t i = 0; i < n; ++i) {
+          const ZipEntry& e = dir->entries[static_cast<size_t>(i)];
+          zip_stat_t zs;
+          zip_stat_init(&zs);
+          if (zip_stat_index(z.get(), static_cast<zip_uint64_t>(i), ZIP_FL_ENC_RAW, &zs) != 0) {
+            fail(path + ": entry " + e.name + ": libzip cannot stat it: " + zip_strerror(z.get()));
+            continue;
+          }
+          std::string diff;
+          if ((zs.valid & ZIP_STAT_NAME) && e.name != zs.name) diff += " name";
+          if ((zs.valid & ZIP_STAT_SIZE) && e.uncompressed_size != zs.size) diff += " size";
+          if ((zs.valid & ZIP_STAT_COMP_SIZE) && e.compressed_size != zs.comp_size) {
+            diff += " compressed size";
+          }
+          if ((zs.valid & ZIP_STAT_CRC) && e.crc32 != zs.crc) diff += " CRC-32";
+          if ((zs.valid & ZIP_STAT_COMP_METHOD) && e.method != zs.comp_method) diff += " method";
+          if (!diff.empty()) {
+            fail(path + ": entry " + e.name + ": the directory and libzip disagree on" + diff);
+          }
+        }
+      }
+    }
+  }
+
+  // 2. Every member's bytes: CRC-32, size and .npy header.
+  uint64_t total = 0;
+  for (const auto& m : a.members()) {
+    if (m.open_errno == 0) total += m.entry.uncompressed_size;
+  }
+  ProgressBar bar("verify " + BaseName(path), total);
+  uint64_t done = 0;
+  std::vector<std::byte> buf(kChunk);
+  for (size_t i = 0; i < a.members().size(); ++i) {
+    const ArchiveMember& m = a.members()[i];
+    const std::string name = path + ": member " + m.path;
+    if (m.open_errno != 0) {
+      fail(AboutMember(name, m.path, m.open_error.empty() ? "cannot be read" : m.open_error));
+      continue;
+    }
+    auto reader = a.OpenMember(i);
+    if (!reader.ok()) {
+      fail(reader.status().message());
+      continue;
+    }
+    uLong crc = crc32(0, nullptr, 0);
+    uint64_t offset = 0;
+    std::string head;  // the first bytes, for the .npy header check
+    Status status;
+    while (true) {
+      auto n = (*reader)->ReadAt(offset, buf);
+      if (!n.ok()) {
+        status = n.status();
+        break;
+      }
+      if (*n == 0) break;
+      crc = crc32(crc, reinterpret_cast<const Bytef*>(buf.data()), static_cast<uInt>(*n));
+      if (head.size() < NpyHeader::kMaxHeaderChars + 64) {
+        head.append(reinterpret_cast<const char*>(buf.data()),
+                    std::min<size_t>(*n, NpyHeader::kMaxHeaderChars + 64 - head.size()));
+      }
+      offset += *n;
+      bar.Update(done + offset);
+    }
+    done += m.entry.uncompressed_size;
+    if (!status.ok()) {
+      fail(AboutMember(name, m.path, status.message()));
+      continue;
+    }
+    if (offset != m.entry.uncompressed_size) {
+      fail(name + ": " + std::to_string(offset) + " bytes, the directory says " +
+           std::to_string(m.entry.uncompressed_size));
+      continue;
+    }
+    if (static_cast<uint32_t>(crc) != m.entry.crc32) {
+      char crc_text[96];
+      std::snprintf(crc_text, sizeof crc_text,
+                    ": CRC-32 mismatch: directory %08" PRIx32 ", data %08" PRIx32, m.entry.crc32,
+                    static_cast<uint32_t>(crc));
+      fail(name + crc_text);
+      continue;
+    }
+    if (IsNpyName(m.path)) {
+      auto parsed = ReadNpyHeader(
+          offset,
+          [&](uint64_t off, std::span<std::byte> dest) -> Status {
+            if (off + dest.size() > head.size()) {
+              return Status::Error(EINVAL, name + ": header longer than numpy's limit");
+            }
+            std::memcpy(dest.data(), head.data() + off, dest.size());
+            return Status::Ok();
+          },
+          name);
+      if (!parsed.ok()) fail(parsed.status().message());
+    }
+  }
+  if (bad > 0) return kExitError;
+  bar.Finish();
+  std::printf("%s: %zu members OK\n", path.c_str(), a.members().size());
+  return kExitOk;
+}
+
+int RunIndex(const std::vector<std::string>& raw_args) {
+  auto args = ParseArgs(raw_args, {});
+  if (!args.ok()) return UsageError("index", args.status().message());
+  if (args->help) return PrintCommandHelp("index");
+  if (args->positional.size() != 1) return UsageError("index", "expected one ARCHIVE");
+  const std::string path = args->positional[0];
+  auto archive = OpenArchive(path);
+  if (!archive.ok()) return ReportError(archive.status());
+  Archive& a = **archive;
+
+  uint64_t total = 0;
+  size_t count = 0;
+  for (const auto& m : a.members()) {
+    if (m.open_errno == 0 && m.entry.method == 8) {
+      total += m.entry.uncompressed_size;
+      ++count;
+    }
+  }
+  if (count == 0) {
+    std::printf("%s: no deflated members, nothing to index\n", path.c_str());
+    return kExitOk;
+  }
+  ProgressBar bar("index " + BaseName(path), total);
+  uint64_t done = 0;
+  for (size_t i = 0; i < a.members().size(); ++i) {
+    const ArchiveMember& m = a.members()[i];
+    if (m.open_errno != 0 || m.entry.method != 8) continue;
+    Status s = a.BuildIndex(i, bar.CallbackFrom(done));
+    if (!s.ok()) return ReportError(s);
+    done += m.entry.uncompressed_size;
+    bar.Update(done);
+  }
+  Status s = a.SaveIndex();
+  if (!s.ok()) return ReportError(s);
+  bar.Finish();
+  std::printf("%s: indexed %zu deflated member%s; index saved to %s\n", path.c_str(), count,
+              count == 1 ? "" : "s", a.IndexPath().c_str());
+  return kExitOk;
+}
+
+}  // namespace npzfs::tool

@@ -1,0 +1,150 @@
+// npz pack, npz add, npz recover: the subcommands that write archives.
+//
+// All three hand the work to core/archive_writer.h (or core/spool.h), which builds the new
+// archive in a temp file and renames it into place, so an error leaves the old archive (or
+// no output) behind. Inputs are validated first and passed as file ranges of open fds: the
+// writer streams them, nothing is loaded whole.
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/archive_writer.h"
+#include "core/spool.h"
+#include "tools/npz_cli.h"
+#include "tools/npz_files.h"
+#include "tools/progress.h"
+
+namespace npzfs::tool {
+namespace {
+
+NewMember MemberFromFile(const std::string& name, const NpyInput& input) {
+  NewMember member;
+  member.name = name;
+  MemberPiece piece;
+  piece.fd = input.fd.get();
+  piece.offset = 0;
+  piece.length = input.size;
+  member.pieces.push_back(std::move(piece));
+  return member;
+}
+
+}  // namespace
+
+int RunPack(const std::vector<std::string>& raw_args) {
+  auto args = ParseArgs(raw_args, {{"key", OptionSpec::Kind::kValue, 'k'},
+                                   {"compress", OptionSpec::Kind::kOptionalValue, 0}});
+  if (!args.ok()) return UsageError("pack", args.status().message());
+  if (args->help) return PrintCommandHelp("pack");
+  if (args->positional.size() < 2) return UsageError("pack", "expected OUT.npz and FILE.npy...");
+  auto level = ParseCompressOption(*args);
+  if (!level.ok()) return UsageError("pack", level.status().message());
+
+  const std::string out = args->positional[0];
+  const std::vector<std::string> files(args->positional.begin() + 1, args->positional.end());
+  std::vector<std::string> keys;
+  if (args->Has("key")) {
+    for (const auto& k : args->options.at("key")) keys.push_back(k.value_or(""));
+    if (keys.size() != files.size()) {
+      return UsageError("pack", "got " + std::to_string(keys.size()) + " --key for " +
+                                    std::to_string(files.size()) +
+                                    " files: give one per file, or none");
+    }
+  } else {
+    for (const auto& f : files) keys.push_back(StemOf(f));
+  }
+
+  std::vector<NpyInput> inputs;
+  std::vector<NewMember> members;
+  std::set<std::string> names;
+  uint64_t total = 0;
+  for (size_t i = 0; i < files.size(); ++i) {
+    auto input = OpenNpyInput(files[i]);
+    if (!input.ok()) return ReportError(input.status());
+    auto name = MemberNameForKey(keys[i]);
+    if (!name.ok()) return ReportError(name.status().WithContext(files[i]));
+    if (!names.insert(*name).second) {
+      return ReportError(Status::Error(
+          EINVAL, files[i] + ": duplicate member name " + *name + " (use --key to rename)"));
+    }
+    total += input->size;
+    inputs.push_back(std::move(*input));
+    members.push_back(MemberFromFile(*name, inputs.back()));
+  }
+
+  ProgressBar bar("pack " + BaseName(out), total);
+  WriteOptions options;
+  options.compress_level = level->value_or(-1);
+  options.reject_existing_names = true;
+  options.progress = bar.Callback();
+  Status status = WriteArchive(out, members, options);
+  if (!status.ok()) return ReportError(status);
+  bar.Finish();
+  return kExitOk;
+}
+
+int RunAdd(const std::vector<std::string>& raw_args) {
+  auto args = ParseArgs(raw_args, {{"compress", OptionSpec::Kind::kOptionalValue, 0}});
+  if (!args.ok()) return UsageError("add", args.status().message());
+  if (args->help) return PrintCommandHelp("add");
+  if (args->positional.size() != 3) return UsageError("add", "expected ARCHIVE KEY FILE.npy");
+  auto level = ParseCompressOption(*args);
+  if (!level.ok()) return UsageError("add", level.status().message());
+  const std::string archive = args->positional[0];
+  const std::string key = args->positional[1];
+  const std::string file = args->positional[2];
+
+  struct stat st;
+  if (stat(archive.c_str(), &st) != 0) {
+    if (errno == ENOENT) {
+      return ReportError(Status::Error(ENOENT, archive + ": no such archive (use 'npz pack " +
+                                                   archive + " " + file + " --key " + key +
+                                                   "' to create one)"));
+    }
+    return ReportError(ErrnoStatus(errno, archive, "stat"));
+  }
+  auto name = MemberNameForKey(key);
+  if (!name.ok()) return ReportError(name.status());
+  auto input = OpenNpyInput(file);
+  if (!input.ok()) return ReportError(input.status());
+
+  ProgressBar bar("add " + *name, input->size);
+  WriteOptions options;
+  options.compress_level = level->value_or(-1);
+  options.reject_existing_names = true;
+  options.progress = bar.Callback();
+  Status status = AppendToArchive(archive, {MemberFromFile(*name, *input)}, options);
+  if (!status.ok()) return ReportError(status);
+  bar.Finish();
+  return kExitOk;
+}
+
+int RunRecover(const std::vector<std::string>& raw_args) {
+  auto args = ParseArgs(raw_args, {{"spool", OptionSpec::Kind::kValue, 0},
+                                   {"compress", OptionSpec::Kind::kOptionalValue, 0}});
+  if (!args.ok()) return UsageError("recover", args.status().message());
+  if (args->help) return PrintCommandHelp("recover");
+  if (args->positional.size() != 1) return UsageError("recover", "expected ARCHIVE");
+  auto level = ParseCompressOption(*args);
+  if (!level.ok()) return UsageError("recover", level.status().message());
+  const std::string archive = args->positional[0];
+  const std::string spool = args->Last("spool").value_or(DefaultSpoolDir(archive));
+
+  ProgressBar bar("recover " + BaseName(archive), 0);
+  WriteOptions options;
+  options.compress_level = level->value_or(-1);
+  options.reject_existing_names = true;
+  options.progress = bar.Callback();
+  Status status = RecoverSpool(archive, spool, options, [](const std::string& line) {
+    std::fprintf(stderr, "npz: recover: %s\n", line.c_str());
+  });
+  if (!status.ok()) return ReportError(status);
+  bar.Finish();
+  std::printf("%s: recovered the spool %s\n", archive.c_str(), spool.c_str());
+  return kExitOk;
+}
+
+}  // namespace npzfs::tool
