@@ -2,6 +2,8 @@
 // core/inflate_index.cc; the lock order is written in core/member_reader.h.
 #include "core/member_reader.h"
 
+#include "core/npy_reader.h"
+
 #include <zlib.h>
 
 #include <algorithm>
@@ -390,6 +392,29 @@ Result<std::optional<DeflatedMember::SpanRef>> DeflatedMember::AdvanceFrontier(
   if (status.ok() && stream != nullptr) shared_->pool.Park(id_, std::move(stream));
   if (!status.ok()) return status;
   return found;
+}
+
+Status ReadExactAt(MemberReader& reader, uint64_t offset, std::span<std::byte> dest,
+                   const std::string& name) {
+  while (!dest.empty()) {
+    NPZ_ASSIGN_OR_RETURN(size_t n, reader.ReadAt(offset, dest));
+    if (n == 0) {
+      return Status::Error(EIO,
+                           name + ": unexpected end of member at byte " + std::to_string(offset));
+    }
+    dest = dest.subspan(n);
+    offset += n;
+  }
+  return Status::Ok();
+}
+
+Result<std::vector<std::byte>> ReadMemberFrames(MemberReader& reader, uint64_t start, uint64_t stop,
+                                                const std::string& name) {
+  ReadExactFn read_exact = [&](uint64_t offset, std::span<std::byte> dest) {
+    return ReadExactAt(reader, offset, dest, name);
+  };
+  NPZ_ASSIGN_OR_RETURN(ParsedNpyHeader parsed, ReadNpyHeaderFrom(reader.size(), read_exact, name));
+  return ReadFramesFrom(parsed.header, parsed.length, start, stop, read_exact, name);
 }
 
 }  // namespace npzfs

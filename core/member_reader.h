@@ -52,6 +52,17 @@ class MemberReader {
   virtual std::optional<uint64_t> stored_data_offset() const { return std::nullopt; }
 };
 
+// Fills `dest` exactly from `reader` at `offset`: the reader's error, or EIO naming `name`
+// if the member ends first.
+Status ReadExactAt(MemberReader& reader, uint64_t offset, std::span<std::byte> dest,
+                   const std::string& name);
+
+// numpyWriter's readFrames on an archive member: frames [start, stop) of the .npy behind
+// `reader`, reading only the header and those frames. Errors as ReadNpyHeaderFrom and
+// ReadFramesFrom (core/npy_reader.h), naming `name` (e.g. "tmp.npz:adc").
+Result<std::vector<std::byte>> ReadMemberFrames(MemberReader& reader, uint64_t start, uint64_t stop,
+                                                const std::string& name);
+
 }  // namespace npzfs
 
 // ---------------------------------------------------------------------------------------

@@ -19,6 +19,19 @@
 
 namespace npzfs {
 
+// A random-access source: fills `dest` with the bytes at `offset` exactly, or fails.
+using ReadExactFn = std::function<Status(uint64_t offset, std::span<std::byte> dest)>;
+
+// Reads and checks the .npy header at the start of a source of `size` bytes: a valid header
+// within numpy's limit, and at least as many data bytes as it claims. EINVAL naming `name`
+// ("x.npy: not a .npy file: ...", "truncated .npy: ..."), or the source's error.
+struct ParsedNpyHeader {
+  NpyHeader header;
+  size_t length = 0;  // bytes before the first data byte
+};
+Result<ParsedNpyHeader> ReadNpyHeaderFrom(uint64_t size, const ReadExactFn& read_exact,
+                                          const std::string& name);
+
 // Reads frames [start, stop) of an array whose header is `header` and whose data starts at
 // `header_len`, by calling `read_at(offset, dest)` which must fill `dest` exactly.
 // EINVAL if start > stop or the header is not frameable, ERANGE if stop > frame count;

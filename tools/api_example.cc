@@ -5,7 +5,8 @@
 //   flushBuffer(strict=True)                                             -> Flush(kSync)
 //   NpzFileWriter.zipNpyFiles('file.npz', paths, keys, compressed=True) -> WriteArchive
 //   writeArray('adc', arr1); writeArray('tx', arr2) on 'tmp.npz'         -> AppendToArchive
-//   NpzFileWriter('tmp.npz', 'r').readFrames('adc', 5, 8)               -> Archive + ReadFramesFrom
+//   NpzFileWriter('tmp.npz', 'r').readFrames('adc', 5, 8)               -> Archive +
+//   ReadMemberFrames
 //
 // Usage: api_example DIR. Everything is written inside DIR. The program checks every result
 // against the frames it wrote (frame i of adc holds the value i everywhere) and exits
@@ -167,25 +168,7 @@ int main(int argc, char** argv) {
       Fail("readFrames('adc', 5, 8)", "adc.npy should be deflated");
     }
     auto adc = Take(archive->OpenMember(*index), "open adc.npy in tmp.npz");
-    auto read_at = [&](uint64_t offset, std::span<std::byte> dest) -> Status {
-      while (!dest.empty()) {
-        auto n = adc->ReadAt(offset, dest);
-        if (!n.ok()) return n.status();
-        if (*n == 0) return Status::Error(EIO, "tmp.npz: adc.npy: unexpected end");
-        dest = dest.subspan(*n);
-        offset += *n;
-      }
-      return Status::Ok();
-    };
-    std::string head(12, '\0');
-    Check(read_at(0, std::as_writable_bytes(std::span(head))), "read adc.npy header");
-    const size_t header_len = Take(npzfs::NpyHeader::TotalLength(head), "adc.npy header");
-    head.resize(header_len);
-    Check(read_at(0, std::as_writable_bytes(std::span(head))), "read adc.npy header");
-    auto header = Take(npzfs::NpyHeader::Parse(head), "parse adc.npy header");
-    if (header.frame_count() != kFrames) Fail("readFrames('adc', 5, 8)", "wrong frame count");
-    CheckFrames(Take(npzfs::ReadFramesFrom(header, header_len, 5, 8, read_at, "tmp.npz:adc"),
-                     "readFrames('adc', 5, 8)"),
+    CheckFrames(Take(npzfs::ReadMemberFrames(*adc, 5, 8, "tmp.npz:adc"), "readFrames('adc', 5, 8)"),
                 5, 3, "readFrames('adc', 5, 8)");
   }
 

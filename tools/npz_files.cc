@@ -11,42 +11,6 @@
 
 namespace npzfs::tool {
 
-Result<ParsedNpyHeader> ReadNpyHeader(
-    uint64_t size, const std::function<Status(uint64_t, std::span<std::byte>)>& read_exact,
-    const std::string& name) {
-  // Version 1.0 needs 10 bytes to know its length, 2.0 and 3.0 need 12.
-  if (size < 10) {
-    return Status::Error(EINVAL,
-                         name + ": not a .npy file: only " + std::to_string(size) + " bytes");
-  }
-  std::string prefix(static_cast<size_t>(std::min<uint64_t>(size, 12)), '\0');
-  NPZ_RETURN_IF_ERROR(read_exact(0, std::as_writable_bytes(std::span(prefix))));
-  auto length = NpyHeader::TotalLength(prefix);
-  if (!length.ok()) return length.status().WithContext(name + ": not a .npy file");
-  // The parser refuses more than 10000 dict characters; do not read a huge claimed length.
-  if (*length > NpyHeader::kMaxHeaderChars + 64) {
-    return Status::Error(EINVAL, name + ": not a .npy file numpy would load: header of " +
-                                     std::to_string(*length) + " bytes is over numpy's limit");
-  }
-  if (*length > size) {
-    return Status::Error(EINVAL, name + ": truncated .npy: the header needs " +
-                                     std::to_string(*length) + " bytes, the file has " +
-                                     std::to_string(size));
-  }
-  std::string bytes(*length, '\0');
-  NPZ_RETURN_IF_ERROR(read_exact(0, std::as_writable_bytes(std::span(bytes))));
-  auto header = NpyHeader::Parse(bytes);
-  if (!header.ok()) return header.status().WithContext(name + ": bad .npy header");
-  // Object arrays hold a pickle, whose length the header does not predict.
-  const uint64_t needed = *length + (header->has_object() ? 0 : header->data_bytes());
-  if (needed < *length || size < needed) {
-    return Status::Error(EINVAL, name + ": truncated .npy: the header promises " +
-                                     std::to_string(header->data_bytes()) +
-                                     " data bytes, there are " + std::to_string(size - *length));
-  }
-  return ParsedNpyHeader{*header, *length};
-}
-
 Result<NpyInput> OpenNpyInput(const std::string& path) {
   NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(path, O_RDONLY));
   struct stat st;
@@ -55,7 +19,7 @@ Result<NpyInput> OpenNpyInput(const std::string& path) {
   if (!S_ISREG(st.st_mode)) return Status::Error(EINVAL, path + ": not a regular file");
   const uint64_t size = static_cast<uint64_t>(st.st_size);
   const int raw_fd = fd.get();
-  auto parsed = ReadNpyHeader(
+  auto parsed = ReadNpyHeaderFrom(
       size,
       [&](uint64_t offset, std::span<std::byte> dest) {
         return PreadExact(raw_fd, dest.data(), dest.size(), offset, path);

@@ -16,6 +16,7 @@
 
 #include "core/file_util.h"
 #include "core/npy_header.h"
+#include "core/npy_reader.h"
 #include "core/status.h"
 
 namespace npzfs::tool {
@@ -31,16 +32,6 @@ struct NpyInput {
 // Opens `path` and checks that it is a .npy numpy can load: a valid header and at least as
 // many data bytes as the header claims. Errors name the file ("x.npy: not a .npy file: ...").
 Result<NpyInput> OpenNpyInput(const std::string& path);
-
-// Reads and parses the .npy header at the start of a random-access source of `size` bytes.
-// Returns the header and its length. `name` is for messages.
-struct ParsedNpyHeader {
-  NpyHeader header;
-  size_t length = 0;
-};
-Result<ParsedNpyHeader> ReadNpyHeader(
-    uint64_t size, const std::function<Status(uint64_t, std::span<std::byte>)>& read_exact,
-    const std::string& name);
 
 // "adc" -> "adc.npy"; "adc.npy" stays. EINVAL for keys that are empty, absolute, or have
 // empty, "." or ".." components (they could not be extracted or mounted safely).

@@ -37,23 +37,11 @@ constexpr size_t kChunk = 1 << 20;
 // `frames` hands ReadFramesFrom batches of about this many bytes (at least one frame).
 constexpr uint64_t kFrameBatchBytes = 8 << 20;
 
-using ReadExactFn = std::function<Status(uint64_t, std::span<std::byte>)>;
-
-// A read_at for ReadFramesFrom/ReadNpyHeader over a member: fills `dest` exactly.
+// A read_exact for ReadFramesFrom/ReadNpyHeaderFrom over a member.
 ReadExactFn MemberReadExact(std::shared_ptr<MemberReader> reader, std::string name) {
   return [reader = std::move(reader), name = std::move(name)](uint64_t offset,
-                                                              std::span<std::byte> dest) -> Status {
-    while (!dest.empty()) {
-      auto n = reader->ReadAt(offset, dest);
-      if (!n.ok()) return n.status();
-      if (*n == 0) {
-        return Status::Error(EIO,
-                             name + ": unexpected end of member at byte " + std::to_string(offset));
-      }
-      dest = dest.subspan(*n);
-      offset += *n;
-    }
-    return Status::Ok();
+                                                              std::span<std::byte> dest) {
+    return ReadExactAt(*reader, offset, dest, name);
   };
 }
 
@@ -162,7 +150,7 @@ Result<ParsedNpyHeader> MemberHeader(Archive& archive, size_t i) {
   const std::string name = archive.path() + ": member " + m.path;
   auto reader = archive.OpenMember(i);
   if (!reader.ok()) return reader.status();
-  return ReadNpyHeader((*reader)->size(), MemberReadExact(*reader, name), name);
+  return ReadNpyHeaderFrom((*reader)->size(), MemberReadExact(*reader, name), name);
 }
 
 struct LsRow {
@@ -362,7 +350,7 @@ int RunFrames(const std::vector<std::string>& raw_args) {
     read_exact = MemberReadExact(*reader, name);
   }
 
-  auto parsed = ReadNpyHeader(source_size, read_exact, name);
+  auto parsed = ReadNpyHeaderFrom(source_size, read_exact, name);
   if (!parsed.ok()) return ReportError(parsed.status());
   const NpyHeader& header = parsed->header;
   if (!header.frameable()) {
@@ -540,7 +528,7 @@ int RunVerify(const std::vector<std::string>& raw_args) {
       continue;
     }
     if (IsNpyName(m.path)) {
-      auto parsed = ReadNpyHeader(
+      auto parsed = ReadNpyHeaderFrom(
           offset,
           [&](uint64_t off, std::span<std::byte> dest) -> Status {
             if (off + dest.size() > head.size()) {
