@@ -1,0 +1,1069 @@
+#!/usr/bin/python3
+"""The npzfs benchmark driver (issue 6). tools/bench.sh builds everything and runs this.
+
+    bench.py --build DIR [--size GiB] [--runs N] [--cache MiB] [--only 1,3,...]
+
+Runs the eleven scenarios of issue 6 against their baselines, each `--runs` times, in one
+process and on one data set, and prints a table (scenario, median, min-max, baseline median,
+ratio, target, pass/miss). The same table is written as markdown to DIR/bench-results.md.
+
+Honesty rules this file keeps (issue 6: "a miss with an honest profile beats a pass obtained
+by bending the scenario"):
+- Every baseline is measured in the same run, on the same bytes, interleaved with the
+  scenario's own runs so that machine noise hits both alike.
+- "Archive in page cache" means the archive (and the baseline's plain file) is read once
+  before timing; the page cache is never dropped, because no scenario asks for it. Where a
+  scenario must reach the daemon rather than the kernel's cache of the mounted file
+  (scenario 4: random reads after a full pass), only that file's cached pages are evicted,
+  with posix_fadvise(DONTNEED) before each timed read; the archive's pages stay cached.
+- A scenario that cannot run (npzfs not built, daemon error) is reported as such, never as
+  a pass.
+- Only processes this script started are stopped, and every mount it made is unmounted.
+"""
+
+import argparse
+import atexit
+import json
+import os
+import shutil
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import time
+import zipfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PYTHON = '/usr/bin/python3'
+FRAME_BYTES = 512 << 10
+SPAN_SPACING = 1 << 20  # npzfs's checkpoint spacing (ArchiveOptions::checkpoint_spacing)
+RANDOM_READS = 200
+DEFLATE_LEVEL = 6  # np.savez_compressed's level (zlib's default); mounts use compress=6
+BIG_FILE = 16 << 20  # a new file this big could hold decompressed data
+
+
+METHOD = [
+    'Ratio: time rows are median / baseline median; throughput rows (3, 9) are baseline '
+    'median / median, i.e. npzfs throughput relative to the baseline.',
+    'Every mount is a fresh `npzfs -f` daemon; archives and plain files are read once before '
+    'timing (page cache warm); the page cache is never dropped.',
+    '1-2: `cat` of the stored member to /dev/null on a fresh mount, then again on the same '
+    'mount; baseline `cat` of the plain .npy with the same bytes.',
+    '3: `cat` of the deflated member, fresh mount with `-o index=off`; baseline '
+    '`bench_baseline inflate` (pread + zlib inflate, one thread, no CRC).',
+    '4: after 3\'s full pass on the same mount, 200 `pread`s of a random 512 KiB frame, '
+    'each after `posix_fadvise(DONTNEED)` on the mounted file (so the read reaches the daemon; '
+    'the archive stays cached); baseline: zran-style inflate of one whole 1 MiB span from a '
+    'random access point (`bench_baseline spans`). The row value is the median over runs of '
+    'each run\'s p50 / p99.',
+    '5: fresh daemon with the sidecar from `npz index`; open + pread of one random frame; '
+    '"no full pass" is checked from the daemon\'s CPU time.',
+    '6: a fresh mount per run; /usr/bin/python3 times np.load(mmap_mode="r") plus copying 200 '
+    'random frames; the baseline does the same on the plain .npy.',
+    '7: VmHWM of every daemon in 1-6; temp files: the daemon\'s open fds sampled every 20 ms '
+    'during a full inflate, and new files >= 16 MiB in /tmp, /var/tmp, /dev/shm and the data '
+    'dirs checked for member bytes.',
+    '8: size of the sidecar (one deflated member in the archive) / the member\'s uncompressed '
+    'size.',
+    '9-10: `dd bs=1M` of a float32 .npy into a new archive\'s mount (`-o spool=` on the same '
+    'filesystem as the baselines); finalize = from `fusermount3 -u` to the daemon\'s exit; '
+    'baselines `dd` to a plain file, `cp` of the spool file (no fsync; cp + fsync in the '
+    'notes), `bench_baseline deflate` at the same level.',
+    '11: mount = from starting the daemon until the mount point is live; then the first '
+    '`ls -l` on it.',
+]
+
+
+def log(msg):
+    print('[bench %s] %s' % (time.strftime('%H:%M:%S'), msg), file=sys.stderr, flush=True)
+
+
+class NotRun(Exception):
+    """A scenario that could not run (missing binary, daemon failure)."""
+
+
+# ---------------------------------------------------------------------------------------
+# Processes and mounts
+
+
+ACTIVE_DAEMONS = []
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def timed(cmd, **kw):
+    """Runs cmd with stdout to /dev/null unless given; returns wall seconds."""
+    kw.setdefault('stdout', subprocess.DEVNULL)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, **kw)
+    return time.perf_counter() - t0
+
+
+class Daemon:
+    """One `npzfs -f ARCHIVE MNT [-o OPTS]` process that this script started."""
+
+    def __init__(self, env, archive, mnt, opts=(), tag=''):
+        self.env = env
+        self.tag = tag
+        self.profiler = None
+        self.archive = archive
+        self.mnt = mnt
+        self.opts = list(opts)
+        self.proc = None
+        self.log_path = os.path.join(env.work, 'npzfs-%d.log' % len(env.daemon_logs))
+        env.daemon_logs.append(self.log_path)
+        self.mount_seconds = None
+        self.finalize_seconds = None
+
+    def start(self):
+        if not os.path.exists(self.env.npzfs):
+            raise NotRun('npzfs not built (%s)' % self.env.npzfs)
+        os.makedirs(self.mnt, exist_ok=True)
+        if os.path.ismount(self.mnt):
+            raise NotRun('%s is already a mount point' % self.mnt)
+        cmd = [self.env.npzfs, '-f', self.archive, self.mnt]
+        if self.opts:
+            cmd += ['-o', ','.join(self.opts)]
+        logf = open(self.log_path, 'wb')
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
+        logf.close()
+        ACTIVE_DAEMONS.append(self)
+        deadline = t0 + 30
+        while not os.path.ismount(self.mnt):
+            if self.proc.poll() is not None:
+                ACTIVE_DAEMONS.remove(self)
+                raise NotRun('npzfs exited with %d before mounting: %s' % (
+                    self.proc.returncode, self.log_tail()))
+            if time.perf_counter() > deadline:
+                self.kill()
+                raise NotRun('npzfs did not mount within 30 s: %s' % self.log_tail())
+            time.sleep(0.0005)
+        self.mount_seconds = time.perf_counter() - t0
+        self.start_profiler()
+        return self
+
+    def start_profiler(self):
+        """--profile perf|strace: profiles the first daemon of each scenario tag (the
+        profiler slows the daemon down, so a profiled run is not for the table)."""
+        kind = self.env.profile
+        if not kind or self.tag in self.env.profiled:
+            return
+        self.env.profiled.add(self.tag)
+        base = os.path.join(self.env.profile_dir, '%s-%s' % (self.tag, kind))
+        if kind == 'perf':
+            cmd = ['perf', 'record', '-q', '-g', '-F', '999', '-o', base + '.data', '-p',
+                   str(self.proc.pid)]
+        else:
+            cmd = ['strace', '-c', '-f', '-w', '-o', base + '.txt', '-p', str(self.proc.pid)]
+        self.profiler = (subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL), base, kind)
+        time.sleep(0.3)  # let the profiler attach before the scenario starts
+
+    def stop_profiler(self):
+        if self.profiler is None:
+            return
+        proc, base, kind = self.profiler
+        self.profiler = None
+        proc.send_signal(signal.SIGINT)  # perf and strace then write their summaries
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if kind == 'perf':
+            with open(base + '.txt', 'w') as f:
+                for sort in ('dso', 'dso,sym'):  # libz has no symbols: the dso view first
+                    f.flush()
+                    subprocess.run(['perf', 'report', '-i', base + '.data', '--stdio',
+                                    '--no-children', '--percent-limit', '1', '-g', 'none',
+                                    '--sort', sort], stdout=f, stderr=subprocess.DEVNULL)
+        log('profile written to %s.txt' % base)
+
+    def log_tail(self, n=400):
+        try:
+            with open(self.log_path, 'rb') as f:
+                return f.read().decode(errors='replace')[-n:].strip() or '(empty log)'
+        except OSError:
+            return '(no log)'
+
+    def status_kib(self, key):
+        with open('/proc/%d/status' % self.proc.pid) as f:
+            for line in f:
+                if line.startswith(key + ':'):
+                    return int(line.split()[1])
+        return 0
+
+    def peak_rss_mib(self):
+        return self.status_kib('VmHWM') / 1024.0
+
+    def cpu_seconds(self):
+        with open('/proc/%d/stat' % self.proc.pid) as f:
+            fields = f.read().rsplit(')', 1)[1].split()
+        ticks = os.sysconf('SC_CLK_TCK')
+        return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+    def open_files(self):
+        """(target, size) of every regular file / memfd the daemon holds open."""
+        out = []
+        fd_dir = '/proc/%d/fd' % self.proc.pid
+        for name in os.listdir(fd_dir):
+            try:
+                target = os.readlink(os.path.join(fd_dir, name))
+                st = os.stat(os.path.join(fd_dir, name))
+            except OSError:
+                continue
+            if target.startswith('/memfd:') or (target.startswith('/') and
+                                                not target.startswith('/dev/') and
+                                                os.path.stat.S_ISREG(st.st_mode)):
+                out.append((target, st.st_size))
+        return out
+
+    def stop(self, timeout=600):
+        """Unmounts and waits for the daemon to exit (finalize runs after fusermount3 -u
+        returns, FACTS.md). Returns the seconds from the unmount request to the exit."""
+        self.stop_profiler()
+        t0 = time.perf_counter()
+        r = subprocess.run(['fusermount3', '-u', self.mnt], capture_output=True, text=True)
+        if r.returncode != 0:
+            log('fusermount3 -u %s failed: %s' % (self.mnt, r.stderr.strip()))
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise NotRun('npzfs did not exit within %d s after unmount' % timeout)
+        self.finalize_seconds = time.perf_counter() - t0
+        if self in ACTIVE_DAEMONS:
+            ACTIVE_DAEMONS.remove(self)
+        if self.proc.returncode != 0:
+            raise NotRun('npzfs exited with %d: %s' % (self.proc.returncode, self.log_tail()))
+        return self.finalize_seconds
+
+    def kill(self):
+        """Last resort for our own daemon: lazy unmount, then SIGTERM/SIGKILL by PID."""
+        self.stop_profiler()
+        subprocess.run(['fusermount3', '-u', '-z', self.mnt], capture_output=True)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self in ACTIVE_DAEMONS:
+            ACTIVE_DAEMONS.remove(self)
+
+
+def cleanup():
+    for d in list(ACTIVE_DAEMONS):
+        log('cleaning up mount %s (pid %d)' % (d.mnt, d.proc.pid))
+        d.kill()
+
+
+atexit.register(cleanup)
+# SIGTERM (timeout, kill PID) becomes SystemExit, so `finally` blocks and the atexit cleanup
+# still unmount what this script mounted.
+signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+# ---------------------------------------------------------------------------------------
+# Data helpers
+
+
+def member_info(archive, name):
+    """(data_offset, compressed_size, uncompressed_size, method) of a zip member, the data
+    offset taken from the local header (FACTS.md: numpy's central headers lack the ZIP64
+    extra that the local header has)."""
+    with zipfile.ZipFile(archive) as zf:
+        info = zf.getinfo(name)
+    with open(archive, 'rb') as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+    if local[:4] != b'PK\x03\x04':
+        raise RuntimeError('%s: bad local header for %s' % (archive, name))
+    name_len, extra_len = struct.unpack('<HH', local[26:30])
+    return (info.header_offset + 30 + name_len + extra_len, info.compress_size,
+            info.file_size, info.compress_type)
+
+
+def npy_layout(path):
+    """(header_length, frame_count, frame_bytes) of a C-order .npy of frames."""
+    code = ('import numpy as np, sys, json\n'
+            'f = open(sys.argv[1], "rb")\n'
+            'v = np.lib.format.read_magic(f)\n'
+            'shape, fo, dt = np.lib.format._read_array_header(f, v)\n'
+            'n = 1\n'
+            'for s in shape[1:]: n *= s\n'
+            'print(json.dumps([f.tell(), shape[0], n * dt.itemsize]))\n')
+    out = subprocess.run([PYTHON, '-c', code, path], check=True, capture_output=True,
+                         text=True).stdout
+    return tuple(json.loads(out))
+
+
+def warm(path):
+    with open(path, 'rb') as f:
+        while f.read(8 << 20):
+            pass
+
+
+def random_frames(count, n, seed):
+    import random
+    rng = random.Random(seed)
+    return [rng.randrange(n) for _ in range(count)]
+
+
+def percentile(values, p):
+    v = sorted(values)
+    return v[min(len(v) - 1, (len(v) * p) // 100)]
+
+
+def scan_big_new_files(roots, since, exclude):
+    """Files of at least BIG_FILE bytes modified since `since` under `roots`."""
+    found = []
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            # Never descend into mounts (ours or anyone's).
+            dirnames[:] = [d for d in dirnames
+                           if not os.path.ismount(os.path.join(dirpath, d))]
+            for fn in filenames:
+                p = os.path.join(dirpath, fn)
+                try:
+                    st = os.lstat(p)
+                except OSError:
+                    continue
+                if (os.path.stat.S_ISREG(st.st_mode) and st.st_size >= BIG_FILE and
+                        st.st_mtime >= since and os.path.realpath(p) not in exclude):
+                    found.append((p, st.st_size))
+    return found
+
+
+# ---------------------------------------------------------------------------------------
+# Results
+
+
+class Row:
+    """One line of the table.
+
+    kind: 'time'  -> ratio = median / baseline median (lower is better)
+          'thr'   -> ratio = baseline median / median, i.e. throughput relative to the
+                     baseline (higher is better)
+          'value' -> no baseline; the ratio column may carry a derived figure
+    check(median, ratio, row) -> True (pass) / False (miss)."""
+
+    def __init__(self, num, name, kind, unit, target, check, baseline_name=''):
+        self.num, self.name, self.kind, self.unit = num, name, kind, unit
+        self.target, self.check, self.baseline_name = target, check, baseline_name
+        self.values, self.base = [], []
+        self.ratio_override = None
+        self.extra_fail = []  # reasons that make the row a miss whatever the numbers
+        self.error = None
+
+    def median(self):
+        return statistics.median(self.values) if self.values else None
+
+    def base_median(self):
+        return statistics.median(self.base) if self.base else None
+
+    def ratio(self):
+        if self.ratio_override is not None:
+            return self.ratio_override
+        m, b = self.median(), self.base_median()
+        if m is None or b is None or m == 0 or b == 0:
+            return None
+        return m / b if self.kind == 'time' else b / m
+
+    def result(self):
+        if self.error:
+            return 'not run' if self.error.startswith('not run') else 'error'
+        if not self.values:
+            return 'not run'
+        if self.extra_fail:
+            return 'MISS'
+        return 'pass' if self.check(self.median(), self.ratio(), self) else 'MISS'
+
+
+def fmt(v, unit):
+    if v is None:
+        return '—'
+    if unit == 's':
+        if v < 1e-3:
+            return '%.0f µs' % (v * 1e6)
+        if v < 1:
+            return '%.1f ms' % (v * 1e3) if v < 0.1 else '%.0f ms' % (v * 1e3)
+        return '%.2f s' % v
+    if unit == 'MiB':
+        return '%.1f MiB' % v
+    if unit == '%':
+        return '%.3f %%' % v
+    return '%g %s' % (v, unit)
+
+
+def table_lines(rows, markdown):
+    head = ['#', 'Scenario', 'Median', 'Min–max', 'Baseline median', 'Ratio', 'Target',
+            'Result']
+    body = []
+    for r in rows:
+        rng = '—'
+        if r.values:
+            rng = '%s – %s' % (fmt(min(r.values), r.unit), fmt(max(r.values), r.unit))
+        base = fmt(r.base_median(), r.unit) if r.base else '—'
+        if r.baseline_name and r.base:
+            base += ' (%s)' % r.baseline_name
+        elif r.baseline_name and not r.base:
+            base = r.baseline_name
+        ratio = r.ratio()
+        if ratio is None:
+            ratio_s = '—'
+        elif r.unit == '%' or r.kind == 'value':
+            ratio_s = '%.2f%%' % (ratio * 100) if r.unit != 's' else '%.2f×' % ratio
+        else:
+            ratio_s = '%.2f×' % ratio
+        body.append([r.num, r.name, fmt(r.median(), r.unit), rng, base, ratio_s, r.target,
+                     r.result()])
+    if markdown:
+        lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+        lines += ['| ' + ' | '.join(c.replace('|', '\\|') for c in b) + ' |' for b in body]
+        return lines
+    widths = [max(len(str(x[i])) for x in [head] + body) for i in range(len(head))]
+    lines = ['  '.join(str(h).ljust(w) for h, w in zip(head, widths))]
+    lines.append('  '.join('-' * w for w in widths))
+    for b in body:
+        lines.append('  '.join(str(c).ljust(w) for c, w in zip(b, widths)))
+    return lines
+
+
+# ---------------------------------------------------------------------------------------
+# The benchmark
+
+
+class Env:
+    def __init__(self, args):
+        self.build = os.path.abspath(args.build)
+        self.npzfs = os.path.join(self.build, 'fs', 'npzfs')
+        self.npz = os.path.join(self.build, 'tools', 'npz')
+        self.baseline = os.path.join(self.build, 'tools', 'bench', 'bench_baseline')
+        self.data = os.path.abspath(args.data or os.path.join(self.build, 'bench-data'))
+        self.work = os.path.join(self.build, 'bench-work')
+        self.runs = args.runs
+        self.size = args.size
+        self.cache_mib = args.cache
+        self.profile = args.profile
+        self.profiled = set()
+        self.profile_dir = os.path.join(self.build, 'bench-profile')
+        self.daemon_logs = []
+        self.notes = []
+
+    def p(self, name):
+        return os.path.join(self.data, name)
+
+    def w(self, name):
+        return os.path.join(self.work, name)
+
+    def sidecar(self, archive):
+        return os.path.join(os.path.dirname(archive), '.%s.npzfs-index' %
+                            os.path.basename(archive))
+
+    def note(self, msg):
+        log(msg)
+        self.notes.append(msg)
+
+    def baseline_json(self, *args):
+        out = subprocess.run([self.baseline] + [str(a) for a in args], check=True,
+                             capture_output=True, text=True).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+class Bench:
+    def __init__(self, env, only):
+        self.env = env
+        self.only = only
+        self.hwm = []  # (scenario, peak RSS MiB) of every daemon in scenarios 1-6
+        self.tempfile_problems = []
+        e = env
+        self.rows = {}
+        R = self.rows
+        R['1'] = Row('1', 'Stored: sequential cat, fresh mount', 'time', 's', '≤ 6×',
+                     lambda m, r, row: r is not None and r <= 6, 'cat plain .npy')
+        R['2'] = Row('2', 'Stored: same member read again', 'time', 's', '≤ 1.5×',
+                     lambda m, r, row: r is not None and r <= 1.5, 'cat plain .npy')
+        R['3'] = Row('3', 'Deflated: sequential cat, no index', 'thr', 's',
+                     '≥ 0.9× throughput', lambda m, r, row: r is not None and r >= 0.9,
+                     'zlib inflate')
+        R['4a'] = Row('4', 'Deflated: 200 random frames after a pass, p50', 'time',
+                      's', '≤ 3×', lambda m, r, row: r is not None and r <= 3,
+                      'inflate 1 span p50')
+        R['4b'] = Row('4', '… p99', 'time', 's', '≤ 3× and ≤ 15 ms',
+                      lambda m, r, row: r is not None and r <= 3 and m <= 0.015,
+                      'inflate 1 span p99')
+        R['5'] = Row('5', 'Saved index, fresh daemon: first frame', 'value', 's',
+                     '≤ 15 ms, no full pass', lambda m, r, row: m <= 0.015)
+        R['6a'] = Row('6', 'np.load mmap, 200 frames: deflated + index',
+                      'time', 's', '≤ 0.5 s', lambda m, r, row: m <= 0.5, 'plain .npy mmap')
+        R['6b'] = Row('6', '… stored', 'time', 's', '≤ 0.2 s', lambda m, r, row: m <= 0.2,
+                      'plain .npy mmap')
+        R['7'] = Row('7', 'Daemon peak RSS (VmHWM) during 1–6', 'value', 'MiB',
+                     '≤ 64 MiB + cache + index; no temp files', self.check_rss)
+        R['8'] = Row('8', 'Index size of the deflated member', 'value', 'MiB',
+                     '≤ 1% (stretch 0.3%)', lambda m, r, row: r is not None and r <= 0.01,
+                     'member size')
+        R['9'] = Row('9', 'Append through the mount (dd bs=1M)', 'thr', 's',
+                     '≥ 0.5× throughput', lambda m, r, row: r is not None and r >= 0.5,
+                     'dd to plain file')
+        R['10a'] = Row('10', 'Finalize: stored', 'time', 's', '≤ 1.5×',
+                       lambda m, r, row: r is not None and r <= 1.5, 'cp spool file')
+        R['10b'] = Row('10', 'Finalize: deflated (level %d)' % DEFLATE_LEVEL, 'time', 's',
+                       '≤ 1.1×', lambda m, r, row: r is not None and r <= 1.1,
+                       'zlib deflate')
+        R['11a'] = Row('11', 'Mount of a 10,000-member archive', 'value', 's', '≤ 0.5 s',
+                       lambda m, r, row: m <= 0.5)
+        R['11b'] = Row('11', 'ls -l of its 10,000 members', 'value', 's', '≤ 0.5 s',
+                       lambda m, r, row: m <= 0.5)
+        self.index_mib = 0.0
+        self._probes = None
+        self.cache_budget_mib = e.cache_mib
+
+    def check_rss(self, m, r, row):
+        limit = 64 + self.cache_budget_mib + self.index_mib
+        return max(row.values) <= limit and not self.tempfile_problems
+
+    def wanted(self, num):
+        return self.only is None or num in self.only
+
+    def mount_opts(self, *extra):
+        return ['cache=%d' % self.env.cache_mib] + list(extra)
+
+    def record_hwm(self, scenario, daemon):
+        self.hwm.append((scenario, daemon.peak_rss_mib()))
+
+    def member_probes(self):
+        """The first 64 bytes of every 4 KiB block of the member's bytes (adc.npy): a temp
+        file holding decompressed spans would contain some of them at 4 KiB-aligned offsets.
+        Computed once."""
+        if self._probes is None:
+            probes = set()
+            with open(self.env.p('adc.npy'), 'rb') as f:
+                while True:
+                    block = f.read(1 << 20)
+                    if not block:
+                        break
+                    for o in range(0, len(block) - 63, 4096):
+                        probes.add(block[o:o + 64])
+            self._probes = probes
+        return self._probes
+
+    def holds_member_data(self, path):
+        probes = self.member_probes()
+        try:
+            with open(path, 'rb') as f:
+                while True:
+                    block = f.read(1 << 20)
+                    if not block:
+                        return False
+                    for o in range(0, len(block) - 63, 4096):
+                        if block[o:o + 64] in probes:
+                            return True
+        except OSError:
+            return False
+
+    def check_no_temp_files(self, daemon, since, scenario, samples):
+        """Issue 6: no temp file holds decompressed data. Looks at what the daemon held open
+        (`samples`: open_files() lists taken while it worked) and at big files created since
+        `since` in the usual temp places; those are judged by content, because other
+        programs (compilers, tests) create big temp files on a shared machine too."""
+        allowed = {os.path.realpath(daemon.archive)}
+        side = self.env.sidecar(daemon.archive)
+        seen = set()
+        for files in samples:
+            for target, size in files:
+                t = target.replace(' (deleted)', '')
+                if os.path.realpath(t) in allowed or t.startswith(side) or target in seen:
+                    continue
+                seen.add(target)
+                if size >= BIG_FILE or target.endswith('(deleted)') or t.startswith('/memfd:'):
+                    self.tempfile_problems.append('%s: the daemon held %s open (%d bytes)' % (
+                        scenario, target, size))
+        exclude = {os.path.realpath(self.env.p(n)) for n in os.listdir(self.env.data)}
+        roots = [r for r in ['/tmp', '/var/tmp', '/dev/shm', self.env.data, self.env.work,
+                             os.path.dirname(daemon.archive)] if os.path.isdir(r)]
+        ignored = 0
+        for p, size in scan_big_new_files(roots, since, exclude):
+            if self.holds_member_data(p):
+                self.tempfile_problems.append(
+                    '%s: new file %s (%d MiB) holds decompressed member data' % (
+                        scenario, p, size >> 20))
+            else:
+                ignored += 1
+        self.env.note('scenario %s temp-file check: %d open-file samples of the daemon, %d '
+                      'new big file(s) elsewhere without member data (ignored)' % (
+                          scenario, len(samples), ignored))
+
+    def sampled_cat(self, daemon, path):
+        """cat with the daemon's open files sampled every 20 ms (an untimed pass)."""
+        samples = []
+        proc = subprocess.Popen(['cat', path], stdout=subprocess.DEVNULL)
+        while proc.poll() is None:
+            samples.append(daemon.open_files())
+            time.sleep(0.02)
+        samples.append(daemon.open_files())
+        if proc.returncode != 0:
+            raise RuntimeError('cat %s failed' % path)
+        return samples
+
+    # -- scenarios ---------------------------------------------------------------------
+
+    def scenario_1_2(self):
+        e = self.env
+        archive, plain = e.p('stored.npz'), e.p('adc.npy')
+        warm(archive)
+        warm(plain)
+        mnt = e.w('mnt')
+        for i in range(e.runs):
+            self.rows['1'].base.append(timed(['cat', plain]))
+            d = Daemon(e, archive, mnt, self.mount_opts(), tag='1-2').start()
+            try:
+                self.rows['1'].values.append(timed(['cat', os.path.join(mnt, 'adc.npy')]))
+                self.rows['2'].base.append(timed(['cat', plain]))
+                self.rows['2'].values.append(timed(['cat', os.path.join(mnt, 'adc.npy')]))
+                if i == 0:
+                    r = subprocess.run(['cmp', plain, os.path.join(mnt, 'adc.npy')],
+                                       capture_output=True, text=True)
+                    if r.returncode != 0:
+                        raise RuntimeError('stored member differs from adc.npy: ' +
+                                           r.stdout + r.stderr)
+                self.record_hwm('1-2', d)
+            finally:
+                d.stop()
+
+    def scenario_3_4(self):
+        e = self.env
+        archive = e.p('deflated.npz')
+        off, csize, usize, _ = member_info(archive, 'adc.npy')
+        hdr, nframes, frame_bytes = npy_layout(e.p('adc.npy'))
+        warm(archive)
+        mnt = e.w('mnt')
+        span_base = e.baseline_json('spans', archive, off, csize, SPAN_SPACING, RANDOM_READS,
+                                    e.runs, 4)
+        e.note('span baseline: %d access points, spacing %d KiB' % (
+            span_base[0]['points'], SPAN_SPACING >> 10))
+        for s in span_base[1:]:
+            self.rows['4a'].base.append(s['p50'])
+            self.rows['4b'].base.append(s['p99'])
+        buf = bytearray(frame_bytes)
+        cpu = []
+        cpu_reads = []
+        for i in range(e.runs):
+            self.rows['3'].base.append(
+                e.baseline_json('inflate', archive, off, csize)[0]['seconds'])
+            side = e.sidecar(archive)
+            if os.path.exists(side):
+                os.unlink(side)
+            d = Daemon(e, archive, mnt, self.mount_opts('index=off'), tag='3-4').start()
+            try:
+                member = os.path.join(mnt, 'adc.npy')
+                self.rows['3'].values.append(timed(['cat', member]))
+                cpu.append(d.cpu_seconds())
+                if i == 0:
+                    r = subprocess.run(['cmp', e.p('adc.npy'), member], capture_output=True,
+                                       text=True)
+                    if r.returncode != 0:
+                        raise RuntimeError('deflated member differs from adc.npy: ' +
+                                           r.stdout + r.stderr)
+                lat = []
+                cpu0 = d.cpu_seconds()
+                fd = os.open(member, os.O_RDONLY)
+                try:
+                    for k in random_frames(RANDOM_READS, nframes, 100 + i):
+                        # Evict this file's cached pages (not the archive's), so the read
+                        # reaches the daemon instead of the kernel's copy from the full pass.
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                        t0 = time.perf_counter()
+                        n = os.preadv(fd, [buf], hdr + k * frame_bytes)
+                        lat.append(time.perf_counter() - t0)
+                        if n != frame_bytes:
+                            raise RuntimeError('short frame read: %d' % n)
+                finally:
+                    os.close(fd)
+                cpu_reads.append(d.cpu_seconds() - cpu0)
+                self.rows['4a'].values.append(percentile(lat, 50))
+                self.rows['4b'].values.append(percentile(lat, 99))
+                self.record_hwm('3-4', d)
+            finally:
+                d.stop()
+            if os.path.exists(side):
+                self.rows['3'].extra_fail.append('index=off still wrote %s' % side)
+        e.note('scenario 3: daemon CPU time for the full pass: median %.2f s' %
+               statistics.median(cpu))
+        e.note('scenario 4: daemon CPU time for the 200 random reads: median %.2f s (the '
+               'reads reached the daemon, not only the kernel page cache, if this is well '
+               'above zero)' % statistics.median(cpu_reads))
+        # Untimed extra pass: the daemon's open files sampled while it inflates.
+        since = time.time()
+        d = Daemon(e, archive, mnt, self.mount_opts('index=off'), tag='3-tempcheck').start()
+        try:
+            samples = self.sampled_cat(d, os.path.join(mnt, 'adc.npy'))
+            self.record_hwm('3', d)
+        finally:
+            d.stop()
+        self.check_no_temp_files(d, since, '3', samples)
+
+    def ensure_index(self):
+        """Builds the saved index of deflated.npz with `npz index` (or, if the tool is not
+        built, by a full read through a mount with the index enabled). Returns its size."""
+        e = self.env
+        archive = e.p('deflated.npz')
+        side = e.sidecar(archive)
+        if os.path.exists(side):
+            os.unlink(side)
+        if os.path.exists(e.npz):
+            t = timed([e.npz, 'index', archive])
+            e.note('npz index deflated.npz: %.2f s' % t)
+        else:
+            e.note('npz not built: index saved by a daemon after a full read')
+            d = Daemon(e, archive, e.w('mnt'), self.mount_opts(), tag='index').start()
+            try:
+                timed(['cat', os.path.join(e.w('mnt'), 'adc.npy')])
+            finally:
+                d.stop()
+        if not os.path.exists(side):
+            raise NotRun('no saved index at %s after building it' % side)
+        return os.path.getsize(side)
+
+    def scenario_5_8(self):
+        e = self.env
+        archive = e.p('deflated.npz')
+        _, csize, usize, _ = member_info(archive, 'adc.npy')
+        hdr, nframes, frame_bytes = npy_layout(e.p('adc.npy'))
+        size = self.ensure_index()
+        self.index_mib = size / 2**20
+        if self.wanted('8'):
+            r = self.rows['8']
+            r.values.append(size / 2**20)
+            r.base.append(usize / 2**20)
+            r.ratio_override = size / usize
+            e.note('scenario 8: index %d bytes = %.3f%% of the member (%.3f%% of its '
+                   '%d compressed bytes)' % (size, 100 * size / usize, 100 * size / csize,
+                                             csize))
+        if not self.wanted('5'):
+            return
+        inflate_s = e.baseline_json('inflate', archive, *member_info(archive, 'adc.npy')[:2])
+        inflate_s = inflate_s[0]['seconds']
+        warm(archive)
+        mnt = e.w('mnt')
+        buf = bytearray(frame_bytes)
+        for i in range(e.runs):
+            d = Daemon(e, archive, mnt, self.mount_opts(), tag='5').start()
+            try:
+                k = random_frames(1, nframes, 500 + i)[0]
+                cpu0 = d.cpu_seconds()
+                t0 = time.perf_counter()
+                fd = os.open(os.path.join(mnt, 'adc.npy'), os.O_RDONLY)
+                n = os.preadv(fd, [buf], hdr + k * frame_bytes)
+                t = time.perf_counter() - t0
+                os.close(fd)
+                cpu = d.cpu_seconds() - cpu0
+                if n != frame_bytes:
+                    raise RuntimeError('short frame read: %d' % n)
+                with open(e.p('adc.npy'), 'rb') as f:
+                    f.seek(hdr + k * frame_bytes)
+                    if f.read(frame_bytes) != bytes(buf):
+                        raise RuntimeError('frame %d differs from adc.npy' % k)
+                self.rows['5'].values.append(t)
+                # "No full pass": the daemon must not have inflated the member to answer.
+                if cpu > 0.5 * inflate_s:
+                    self.rows['5'].extra_fail.append(
+                        'run %d: daemon used %.2f s CPU (a full inflate is %.2f s)' % (
+                            i, cpu, inflate_s))
+                self.record_hwm('5', d)
+            finally:
+                d.stop()
+
+    def scenario_6(self):
+        e = self.env
+        plain = e.p('adc.npy')
+        _, nframes, _ = npy_layout(plain)
+        code = ('import numpy as np, sys, time, json\n'
+                'idx = json.loads(sys.argv[2])\n'
+                't0 = time.perf_counter()\n'
+                'a = np.load(sys.argv[1], mmap_mode="r")\n'
+                's = 0\n'
+                'for k in idx:\n'
+                '    s += int(np.array(a[k]).sum())\n'
+                'print(json.dumps([time.perf_counter() - t0, s]))\n')
+
+        def load(path, idx):
+            out = subprocess.run([PYTHON, '-c', code, path, json.dumps(idx)], check=True,
+                                 capture_output=True, text=True).stdout
+            return json.loads(out)
+
+        if not os.path.exists(e.sidecar(e.p('deflated.npz'))):
+            self.ensure_index()
+        warm(plain)
+        mnt = e.w('mnt')
+        for key, archive in (('6a', e.p('deflated.npz')), ('6b', e.p('stored.npz'))):
+            warm(archive)
+            for i in range(e.runs):
+                idx = random_frames(RANDOM_READS, nframes, 600 + i)
+                t, s_base = load(plain, idx)
+                self.rows[key].base.append(t)
+                d = Daemon(e, archive, mnt, self.mount_opts(), tag=key).start()
+                try:
+                    t, s = load(os.path.join(mnt, 'adc.npy'), idx)
+                    if s != s_base:
+                        raise RuntimeError('frames read through the mount differ')
+                    self.rows[key].values.append(t)
+                    self.record_hwm('6', d)
+                finally:
+                    d.stop()
+
+    def scenario_7(self):
+        r = self.rows['7']
+        if not self.hwm:
+            r.error = 'not run: no daemon ran in scenarios 1-6'
+            return
+        r.values = [h for _, h in self.hwm]
+        worst = max(self.hwm, key=lambda x: x[1])
+        limit = 64 + self.cache_budget_mib + self.index_mib
+        r.target = '≤ %.0f MiB (64 + cache %d + index %.1f); no temp files' % (
+            limit, self.cache_budget_mib, self.index_mib)
+        r.ratio_override = None
+        self.env.note('scenario 7: peak RSS %.1f MiB (in scenario %s), limit %.1f MiB' % (
+            worst[1], worst[0], limit))
+        for p in self.tempfile_problems:
+            self.env.note('scenario 7: ' + p)
+        if not self.tempfile_problems:
+            self.env.note('scenario 7: no temp file with decompressed data found (daemon '
+                          'fds, new big files in /tmp, /var/tmp, /dev/shm, data and work '
+                          'dirs)')
+
+    def scenario_9_10(self):
+        e = self.env
+        src = e.p('feat.npy')
+        warm(src)
+        mnt = e.w('mnt')
+        spool = e.w('spool')
+        out = e.w('append.npz')
+        plain_dd = e.w('dd-baseline.bin')
+        cp_out = e.w('cp-baseline.bin')
+        src_size = os.path.getsize(src)
+        modes = []
+        if self.wanted('9') or self.wanted('10'):
+            modes.append('stored')
+        if self.wanted('10'):
+            modes.append('deflated')
+        dd_deflated = []
+        cp_sync = []
+        for mode in modes:
+            for i in range(e.runs):
+                for p in (out, plain_dd, cp_out):
+                    if os.path.exists(p):
+                        os.unlink(p)
+                shutil.rmtree(spool, ignore_errors=True)
+                os.makedirs(spool)
+                if mode == 'stored':
+                    self.rows['9'].base.append(timed(['dd', 'if=' + src, 'of=' + plain_dd,
+                                                      'bs=1M', 'status=none']))
+                    os.unlink(plain_dd)
+                else:
+                    self.rows['10b'].base.append(
+                        e.baseline_json('deflate', src, DEFLATE_LEVEL)[0]['seconds'])
+                opts = self.mount_opts('spool=' + spool)
+                if mode == 'deflated':
+                    opts.append('compress=%d' % DEFLATE_LEVEL)
+                d = Daemon(e, out, mnt, opts, tag='10-' + mode).start()
+                try:
+                    t = timed(['dd', 'if=' + src, 'of=' + os.path.join(mnt, 'feat.npy'),
+                               'bs=1M', 'status=none'])
+                    if mode == 'stored':
+                        self.rows['9'].values.append(t)
+                        spool_file = self.largest_file(spool)
+                        if spool_file is None:
+                            raise RuntimeError('no spool file found in %s' % spool)
+                        self.rows['10a'].base.append(timed(['cp', spool_file, cp_out]))
+                        t0 = time.perf_counter()
+                        fd = os.open(cp_out, os.O_RDONLY)
+                        os.fsync(fd)
+                        os.close(fd)
+                        cp_sync.append(self.rows['10a'].base[-1] + time.perf_counter() - t0)
+                        os.unlink(cp_out)
+                    else:
+                        dd_deflated.append(t)
+                except BaseException:
+                    d.kill()
+                    raise
+                t = d.stop()
+                self.rows['10a' if mode == 'stored' else '10b'].values.append(t)
+                self.verify_appended(out, src, src_size, full=(i == 0))
+                if os.path.isdir(spool) and any(os.scandir(spool)):
+                    left = [x.name for x in os.scandir(spool)]
+                    e.note('scenario 10 (%s): spool dir not empty after finalize: %s' % (
+                        mode, left[:5]))
+                os.unlink(out)
+        if cp_sync:
+            e.note('scenario 10: cp + fsync of the spool file (durable, like finalize): '
+                   'median %s' % fmt(statistics.median(cp_sync), 's'))
+        if dd_deflated:
+            e.note('scenario 9 with compress: dd through the mount median %s' %
+                   fmt(statistics.median(dd_deflated), 's'))
+
+    @staticmethod
+    def largest_file(root):
+        best = None
+        for dirpath, _, files in os.walk(root):
+            for fn in files:
+                p = os.path.join(dirpath, fn)
+                s = os.path.getsize(p)
+                if best is None or s > best[1]:
+                    best = (p, s)
+        return best[0] if best else None
+
+    def verify_appended(self, archive, src, src_size, full):
+        with zipfile.ZipFile(archive) as zf:
+            info = zf.getinfo('feat.npy')
+            if info.file_size != src_size:
+                raise RuntimeError('finalized feat.npy has %d bytes, expected %d' % (
+                    info.file_size, src_size))
+            if full:
+                # Data must equal the source after the header (header may be re-canonicalized).
+                hdr, _, _ = npy_layout(src)
+                with zf.open(info) as fin, open(src, 'rb') as fsrc:
+                    fin.read(hdr)
+                    fsrc.seek(hdr)
+                    while True:
+                        a = fin.read(8 << 20)  # also checks the CRC-32 at the end
+                        b = fsrc.read(8 << 20)
+                        if a != b:
+                            raise RuntimeError('finalized feat.npy differs from feat.npy')
+                        if not a:
+                            break
+
+    def scenario_11(self):
+        e = self.env
+        archive = e.p('many.npz')
+        warm(archive)
+        mnt = e.w('mnt')
+        for _ in range(e.runs):
+            # Mount time: from starting the daemon until the mount point is live. Then the
+            # first (cold) `ls -l` on that fresh mount.
+            d = Daemon(e, archive, mnt, self.mount_opts(), tag='11').start()
+            try:
+                self.rows['11a'].values.append(d.mount_seconds)
+                t0 = time.perf_counter()
+                r = subprocess.run(['ls', '-l', mnt], stdout=subprocess.PIPE, check=True)
+                self.rows['11b'].values.append(time.perf_counter() - t0)
+                n = len(r.stdout.splitlines()) - 1  # minus the "total" line
+                if n != 10000:
+                    raise RuntimeError('ls -l listed %d entries, expected 10000' % n)
+            finally:
+                d.stop()
+
+    # -- driver ------------------------------------------------------------------------
+
+    def run_all(self):
+        steps = [
+            (['1', '2'], self.scenario_1_2),
+            (['3', '4a', '4b'], self.scenario_3_4),
+            (['5', '8'], self.scenario_5_8),
+            (['6a', '6b'], self.scenario_6),
+            (['9', '10a', '10b'], self.scenario_9_10),
+            (['11a', '11b'], self.scenario_11),
+            (['7'], self.scenario_7),
+        ]
+        for keys, fn in steps:
+            nums = {self.rows[k].num for k in keys}
+            if not any(self.wanted(n) for n in nums) and keys != ['7']:
+                continue
+            if keys == ['7'] and not self.wanted('7'):
+                continue
+            log('scenario %s ...' % '/'.join(sorted(nums, key=int)))
+            t0 = time.monotonic()
+            try:
+                fn()
+            except NotRun as ex:
+                for k in keys:
+                    self.rows[k].error = 'not run: %s' % ex
+                self.env.note('scenario %s not run: %s' % ('/'.join(keys), ex))
+            except Exception as ex:  # noqa: BLE001 - one failure must not hide the others
+                for k in keys:
+                    self.rows[k].error = 'error: %s' % ex
+                self.env.note('scenario %s error: %s: %s' % ('/'.join(keys),
+                                                              type(ex).__name__, ex))
+                cleanup()
+            log('... took %.1f s' % (time.monotonic() - t0))
+
+    def report(self, md_path, header):
+        rows = [r for k, r in self.rows.items() if self.wanted(r.num)]
+        text = table_lines(rows, markdown=False)
+        print('\n'.join(text))
+        notes = []
+        for r in rows:
+            notes += ['%s: %s' % (r.num, why) for why in r.extra_fail]
+        notes += self.env.notes
+        print('\nNotes:')
+        for n in notes:
+            print('- ' + n)
+        md = [header, ''] + table_lines(rows, markdown=True) + ['']
+        md += ['Notes:', ''] + ['- ' + n for n in notes] + ['']
+        md += ['How each row is measured:', ''] + ['- ' + m for m in METHOD] + ['']
+        with open(md_path, 'w') as f:
+            f.write('\n'.join(md))
+        log('wrote %s' % md_path)
+
+
+def machine_line(env):
+    cpu = 'unknown CPU'
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    cpu = line.split(':', 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30
+    return ('Measured %s on %s, %d cores, %.0f GiB RAM, kernel %s; data %.2f GiB per member, '
+            '%d runs per scenario, cache=%d MiB; load average %s at the start.' % (
+                time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), cpu, os.cpu_count(), mem,
+                os.uname().release, env.size, env.runs, env.cache_mib, env.load_at_start))
+
+
+def main():
+    ap = argparse.ArgumentParser(description='npzfs benchmark (issue 6)')
+    ap.add_argument('--build', required=True, help='release build directory')
+    ap.add_argument('--size', type=float, default=1.0, help='GiB per member (default 1)')
+    ap.add_argument('--runs', type=int, default=5)
+    ap.add_argument('--cache', type=int, default=128, help='cache=MiB for every mount')
+    ap.add_argument('--data', help='data directory (default BUILD/bench-data)')
+    ap.add_argument('--only', help='comma-separated scenario numbers, e.g. 1,3,11')
+    ap.add_argument('--profile', choices=['perf', 'strace'],
+                    help='profile the first daemon of each scenario into BUILD/bench-profile '
+                         '(slows those runs: not for the published table)')
+    args = ap.parse_args()
+    if args.runs < 1:
+        ap.error('--runs must be at least 1')
+    env = Env(args)
+    only = set(args.only.split(',')) if args.only else None
+    os.makedirs(env.work, exist_ok=True)
+    if env.profile:
+        os.makedirs(env.profile_dir, exist_ok=True)
+    if not os.path.exists(env.baseline):
+        log('bench_baseline not built: %s' % env.baseline)
+        return 1
+    log('generating data in %s (%.2f GiB per member)' % (env.data, env.size))
+    subprocess.run([PYTHON, os.path.join(HERE, 'gen_data.py'), env.data,
+                    '--size', str(env.size)], check=True)
+    bench = Bench(env, only)
+    env.load_at_start = '%.1f' % os.getloadavg()[0]
+    t0 = time.monotonic()
+    bench.run_all()
+    header = '%s Total benchmark time %.0f s; load average %.1f at the end.' % (
+        machine_line(env), time.monotonic() - t0, os.getloadavg()[0])
+    print('\n' + header + '\n')
+    bench.report(os.path.join(env.build, 'bench-results.md'), header)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
