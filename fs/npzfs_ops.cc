@@ -208,7 +208,11 @@ void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
   fuse_reply_attr(req, &st, 0.0);
 }
 
-void ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* /*fi*/) {
+// Lists a directory; with `plus` (READDIRPLUS) every entry carries its attributes, so
+// `ls -l` on 10,000 members needs no LOOKUP per file. Each plus entry other than "." and
+// ".." counts as a lookup (the kernel will FORGET it), so the count is taken only once the
+// entry is known to fit in the reply.
+void ListDirectory(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus) {
   Mount& m = MountOf(req);
   auto entries = m.table->List(ino);
   if (!entries.ok()) {
@@ -218,25 +222,48 @@ void ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_i
   // Offsets: 1 = ".", 2 = "..", 3 + i = entries[i].
   std::vector<char> buf(size);
   size_t used = 0;
-  auto add = [&](const char* name, fuse_ino_t child_ino, mode_t mode, off_t next) {
-    struct stat st {};
-    st.st_ino = child_ino;
-    st.st_mode = mode;
-    size_t need = fuse_add_direntry(req, nullptr, 0, name, nullptr, 0);
-    if (used + need > size) return false;
-    fuse_add_direntry(req, buf.data() + used, size - used, name, &st, next);
-    used += need;
+  auto add = [&](const char* name, fuse_ino_t child_ino, mode_t mode, off_t next, bool dot) {
+    char* dest = buf.data() + used;
+    const size_t room = size - used;
+    if (!plus) {
+      struct stat st {};
+      st.st_ino = child_ino;
+      st.st_mode = mode;
+      size_t need = fuse_add_direntry(req, nullptr, 0, name, nullptr, 0);
+      if (need > room) return false;
+      used += fuse_add_direntry(req, dest, room, name, &st, next);
+      return true;
+    }
+    if (fuse_add_direntry_plus(req, nullptr, 0, name, nullptr, 0) > room) return false;
+    fuse_entry_param e{};
+    if (dot) {
+      e.attr.st_ino = child_ino;
+      e.attr.st_mode = mode;
+    } else {
+      std::optional<NodeInfo> node = m.table->Lookup(ino, name, /*count=*/true);
+      if (!node) return true;  // removed since List: skip it
+      e = EntryOf(m, *node);
+    }
+    used += fuse_add_direntry_plus(req, dest, room, name, &e, next);
     return true;
   };
   bool room = true;
-  if (off < 1) room = add(".", ino, S_IFDIR, 1);
-  if (room && off < 2) room = add("..", m.table->ParentOf(ino), S_IFDIR, 2);
+  if (off < 1) room = add(".", ino, S_IFDIR, 1, true);
+  if (room && off < 2) room = add("..", m.table->ParentOf(ino), S_IFDIR, 2, true);
   for (size_t i = off < 2 ? 0 : static_cast<size_t>(off - 2); room && i < entries->size(); ++i) {
     const DirEntry& entry = (*entries)[i];
     mode_t mode = entry.kind == NodeKind::kDirectory ? S_IFDIR : S_IFREG;
-    room = add(entry.name.c_str(), entry.ino, mode, static_cast<off_t>(i + 3));
+    room = add(entry.name.c_str(), entry.ino, mode, static_cast<off_t>(i + 3), false);
   }
   fuse_reply_buf(req, buf.data(), used);
+}
+
+void ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* /*fi*/) {
+  ListDirectory(req, ino, size, off, /*plus=*/false);
+}
+
+void ReadDirPlus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* /*fi*/) {
+  ListDirectory(req, ino, size, off, /*plus=*/true);
 }
 
 // ---- open / read / write ----
@@ -732,6 +759,7 @@ fuse_lowlevel_ops MakeOperations() {
   ops.getattr = GetAttr;
   ops.setattr = SetAttr;
   ops.readdir = ReadDir;
+  ops.readdirplus = ReadDirPlus;
   ops.open = Open;
   ops.read = Read;
   ops.write = Write;
