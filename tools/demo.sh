@@ -32,6 +32,7 @@ PY
 ls -l "$work/data.npz"
 
 step "mount it: npzfs data.npz mnt/ (frames declared for new raw members: frame=raw*:<i2:256)"
+mkdir -p "$mnt"
 "$npzfs" -o 'frame=raw*:<i2:256' "$work/data.npz" "$mnt"
 ls -l "$mnt"
 
