@@ -417,16 +417,25 @@ def test_a_member_larger_than_4_gib_is_served(tmp_path):
     marker = b"END-OF-A-VERY-LARGE-MEMBER"
     path = tmp_path / "large.npz"
     chunk = bytes(16 << 20)
+    expected = hashlib.sha256()
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
         with z.open("zeros.bin", "w", force_zip64=True) as f:
             left = size - len(marker)
             while left > 0:
                 n = min(left, len(chunk))
                 f.write(chunk[:n])
+                expected.update(chunk[:n])
                 left -= n
             f.write(marker)
+            expected.update(marker)
     with mounted(path, tmp_path / "mnt") as m:
         assert os.stat(m.path("zeros.bin")).st_size == size
+        # Every byte, read through the mount, hashes like the bytes zipfile deflated.
+        got = hashlib.sha256()
+        with open(m.path("zeros.bin"), "rb") as f:
+            while block := f.read(16 << 20):
+                got.update(block)
+        assert got.hexdigest() == expected.hexdigest()
         fd = os.open(m.path("zeros.bin"), os.O_RDONLY)
         try:
             assert os.pread(fd, 4096, 0) == bytes(4096)
