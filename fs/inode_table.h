@@ -24,8 +24,8 @@
 #include <string>
 #include <vector>
 
-#include "core/growing_member.h"
-#include "core/status.h"
+#include "core/write/growing_member.h"
+#include "npzfs/status.h"
 
 namespace npzfs::fs {
 

@@ -19,10 +19,11 @@
 #include <memory>
 #include <string>
 
-#include "core/file_util.h"
 #include "fs/log.h"
 #include "fs/npzfs_ops.h"
 #include "fs/options.h"
+#include "core/base/atomic_file.h"
+#include "npzfs/file_util.h"
 
 namespace npzfs::fs {
 namespace {
@@ -64,22 +65,6 @@ std::string MakeAbsolute(const std::string& path) {
   char cwd[PATH_MAX];
   if (getcwd(cwd, sizeof cwd) == nullptr) return path;
   return std::string(cwd) + "/" + path;
-}
-
-// Writes the result file atomically: temp file, fsync, rename, fsync of the directory.
-Status WriteResultFile(const std::string& path, const std::string& text) {
-  std::string tmp = path + ".tmp";
-  {
-    NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644));
-    NPZ_RETURN_IF_ERROR(WriteAll(fd.get(), text.data(), text.size(), tmp));
-    NPZ_RETURN_IF_ERROR(FsyncFd(fd.get(), tmp));
-  }
-  if (rename(tmp.c_str(), path.c_str()) != 0) {
-    Status s = ErrnoStatus(errno, path, "rename");
-    unlink(tmp.c_str());
-    return s;
-  }
-  return FsyncParentDir(path);
 }
 
 // Opens the archive if it exists. nullptr (no error) if it does not: the mount starts empty.
@@ -298,7 +283,7 @@ int Run(int argc, char** argv) {
 
   Status finalized = FinalizeSpool(m);
   if (!finalized.ok()) LogError("finalize failed: " + finalized.message());
-  Status written = WriteResultFile(
+  Status written = WriteFileAtomically(
       m.result_path, finalized.ok() ? "ok\n" : "error: " + finalized.message() + "\n");
   if (!written.ok()) LogError("cannot write the result file: " + written.message());
   if (created_mountpoint) rmdir(mountpoint.c_str());

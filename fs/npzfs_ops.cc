@@ -25,8 +25,8 @@
 #include <span>
 #include <vector>
 
-#include "core/npy_header.h"
 #include "fs/log.h"
+#include "npzfs/npy_header.h"
 
 namespace npzfs::fs {
 namespace {

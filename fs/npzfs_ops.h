@@ -16,10 +16,10 @@
 #include <memory>
 #include <string>
 
-#include "core/archive.h"
-#include "core/spool.h"
+#include "core/write/spool.h"
 #include "fs/inode_table.h"
 #include "fs/options.h"
+#include "npzfs/archive.h"
 
 namespace npzfs::fs {
 

@@ -6,7 +6,7 @@
 #include <charconv>
 #include <cstring>
 
-#include "core/file_util.h"
+#include "npzfs/file_util.h"
 
 namespace npzfs::fs {
 namespace {

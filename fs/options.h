@@ -18,7 +18,7 @@
 #include <string_view>
 #include <vector>
 
-#include "core/status.h"
+#include "npzfs/status.h"
 
 namespace npzfs::fs {
 

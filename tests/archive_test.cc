@@ -1,6 +1,6 @@
 // Tests of Archive and the member readers against archives numpy and zipfile write at
 // test time: every byte is compared with what zipfile reads.
-#include "core/archive.h"
+#include "npzfs/archive.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -11,7 +11,7 @@
 #include <random>
 #include <thread>
 
-#include "core/file_util.h"
+#include "npzfs/file_util.h"
 #include "tests/test_util.h"
 
 namespace npzfs {

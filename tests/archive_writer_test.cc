@@ -1,7 +1,7 @@
 // Tests for the atomic archive writer (and, through it, the streaming ZIP writer). Every
 // archive written here is checked by the readers users have: np.load, zipfile.testzip(),
 // `unzip -t`, libzip, and our own directory parser.
-#include "core/archive_writer.h"
+#include "npzfs/archive_writer.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -17,9 +17,9 @@
 #include <random>
 #include <vector>
 
-#include "core/file_util.h"
-#include "core/zip_directory.h"
-#include "core/zip_writer.h"
+#include "core/zip/zip_writer.h"
+#include "npzfs/file_util.h"
+#include "npzfs/zip_directory.h"
 #include "tests/test_util.h"
 
 namespace npzfs {

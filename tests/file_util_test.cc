@@ -1,4 +1,4 @@
-#include "core/file_util.h"
+#include "npzfs/file_util.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>

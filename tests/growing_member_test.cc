@@ -1,6 +1,6 @@
 // Tests for GrowingMember: header-first and declared layouts, what readers see (compared with
 // numpy's own np.save bytes), the append-only rules and their errno, and Resume after a crash.
-#include "core/growing_member.h"
+#include "core/write/growing_member.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>

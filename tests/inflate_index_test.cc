@@ -1,6 +1,6 @@
 // Tests of the inflate machinery below Archive: checkpoints with sparse windows, live
 // streams, the stream pool and the span cache. Deflate data is made here with zlib.
-#include "core/inflate_index.h"
+#include "core/read/inflate_index.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -13,8 +13,8 @@
 #include <thread>
 #include <vector>
 
-#include "core/file_util.h"
-#include "core/span_cache.h"
+#include "core/read/span_cache.h"
+#include "npzfs/file_util.h"
 #include "tests/test_util.h"
 
 namespace npzfs {

@@ -1,4 +1,4 @@
-#include "core/npy_appender.h"
+#include "npzfs/npy_appender.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -13,7 +13,7 @@
 #include <thread>
 #include <vector>
 
-#include "core/npy_reader.h"
+#include "npzfs/npy_reader.h"
 #include "tests/test_util.h"
 
 namespace npzfs {

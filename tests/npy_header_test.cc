@@ -1,4 +1,4 @@
-#include "core/npy_header.h"
+#include "npzfs/npy_header.h"
 
 #include <gtest/gtest.h>
 

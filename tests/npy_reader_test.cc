@@ -1,4 +1,4 @@
-#include "core/npy_reader.h"
+#include "npzfs/npy_reader.h"
 
 #include <gtest/gtest.h>
 

@@ -1,7 +1,7 @@
 // Tests for the spool directory: name escaping, locking, resume after a killed writer, and
 // finalize into an archive that numpy loads (stored and deflated), including the failure
 // paths that must leave both the archive and the spool intact.
-#include "core/spool.h"
+#include "core/write/spool.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>

@@ -658,7 +658,7 @@ def test_index_errors(tmp_path):
 
 
 def make_spool(archive_dir, frames, partial=b""):
-    """A spool as a dead daemon leaves it: a valid .npy per member (core/spool.h)."""
+    """A spool as a dead daemon leaves it: a valid .npy per member (core/write/spool.h)."""
     spool = archive_dir / ".data.npz.npzfs-spool"
     spool.mkdir()
     np.save(spool / "adc.npy", frames)

@@ -1,7 +1,7 @@
 // Tests for the central directory parser. Archives are generated at test time by numpy,
 // CPython's zipfile and Info-ZIP `zip`; every listing is cross-checked entry by entry
 // against libzip, and data offsets are checked by reading the member bytes at them.
-#include "core/zip_directory.h"
+#include "npzfs/zip_directory.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -12,7 +12,7 @@
 #include <memory>
 #include <random>
 
-#include "core/file_util.h"
+#include "npzfs/file_util.h"
 #include "tests/test_util.h"
 
 namespace npzfs {

@@ -21,13 +21,13 @@
 #include <string>
 #include <vector>
 
-#include "core/archive.h"
-#include "core/archive_writer.h"
-#include "core/file_util.h"
-#include "core/member_reader.h"
-#include "core/npy_appender.h"
-#include "core/npy_header.h"
-#include "core/npy_reader.h"
+#include "npzfs/archive.h"
+#include "npzfs/archive_writer.h"
+#include "npzfs/file_util.h"
+#include "npzfs/member_reader.h"
+#include "npzfs/npy_appender.h"
+#include "npzfs/npy_header.h"
+#include "npzfs/npy_reader.h"
 
 namespace {
 

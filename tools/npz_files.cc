@@ -70,42 +70,4 @@ std::string StemOf(const std::string& path) {
   return base;
 }
 
-Result<AtomicOutput> AtomicOutput::Create(const std::string& path) {
-  std::string temp = DirName(path) + "/." + BaseName(path) + ".npz-tmp-XXXXXX";
-  std::vector<char> name(temp.begin(), temp.end());
-  name.push_back('\0');
-  int fd = mkostemp(name.data(), O_CLOEXEC);
-  if (fd < 0) return ErrnoStatus(errno, path, "cannot create output");
-  return AtomicOutput(path, std::string(name.data()), UniqueFd(fd));
-}
-
-AtomicOutput::AtomicOutput(AtomicOutput&& other) noexcept
-    : path_(std::move(other.path_)),
-      temp_path_(std::move(other.temp_path_)),
-      fd_(std::move(other.fd_)),
-      committed_(other.committed_) {
-  other.committed_ = true;  // the moved-from object owns no temp file any more
-}
-
-AtomicOutput::~AtomicOutput() {
-  if (!committed_ && !temp_path_.empty()) unlink(temp_path_.c_str());
-}
-
-Status AtomicOutput::Write(const void* data, size_t n) {
-  return WriteAll(fd_.get(), data, n, path_);
-}
-
-Status AtomicOutput::Commit() {
-  const mode_t mask = umask(0);
-  umask(mask);
-  if (fchmod(fd_.get(), 0666 & ~mask) != 0) return ErrnoStatus(errno, path_, "fchmod");
-  NPZ_RETURN_IF_ERROR(FsyncFd(fd_.get(), path_));
-  if (rename(temp_path_.c_str(), path_.c_str()) != 0) {
-    return ErrnoStatus(errno, path_, "rename into place");
-  }
-  committed_ = true;
-  fd_.Reset();
-  return FsyncParentDir(path_);
-}
-
 }  // namespace npzfs::tool

@@ -14,10 +14,10 @@
 #include <span>
 #include <string>
 
-#include "core/file_util.h"
-#include "core/npy_header.h"
-#include "core/npy_reader.h"
-#include "core/status.h"
+#include "npzfs/file_util.h"
+#include "npzfs/npy_header.h"
+#include "npzfs/npy_reader.h"
+#include "npzfs/status.h"
 
 namespace npzfs::tool {
 
@@ -38,28 +38,5 @@ Result<NpyInput> OpenNpyInput(const std::string& path);
 Result<std::string> MemberNameForKey(const std::string& key);
 // "dir/adc.npy" -> "adc"
 std::string StemOf(const std::string& path);
-
-class AtomicOutput {
- public:
-  // Creates a temp file ".<base>.npz-tmp-XXXXXX" in the destination's directory. Errors name
-  // `path` (a missing or read-only directory, ...).
-  static Result<AtomicOutput> Create(const std::string& path);
-  AtomicOutput(AtomicOutput&& other) noexcept;
-  AtomicOutput& operator=(AtomicOutput&&) = delete;
-  ~AtomicOutput();  // removes the temp file unless committed
-
-  Status Write(const void* data, size_t n);
-  // fsync, give the file the usual 0666 & ~umask mode, rename over the destination, fsync
-  // the directory.
-  Status Commit();
-
- private:
-  AtomicOutput(std::string path, std::string temp_path, UniqueFd fd)
-      : path_(std::move(path)), temp_path_(std::move(temp_path)), fd_(std::move(fd)) {}
-  std::string path_;
-  std::string temp_path_;
-  UniqueFd fd_;
-  bool committed_ = false;
-};
 
 }  // namespace npzfs::tool

@@ -1,6 +1,6 @@
 // npz ls, npz frames, npz verify, npz index: the subcommands that read archives.
 //
-// They go through core/archive.h, the same reader the mount uses, so a deflated member is
+// They go through npzfs/archive.h, the same reader the mount uses, so a deflated member is
 // read with random access: `frames` inflates only up to its last frame (or starts at a
 // checkpoint of the saved index) and saves what it learned for the next run; `ls` reads only
 // each member's header. `verify` additionally checks the CRC-32 itself (not trusting the
@@ -20,12 +20,13 @@
 #include <string>
 #include <vector>
 
-#include "core/archive.h"
-#include "core/file_util.h"
-#include "core/member_reader.h"
-#include "core/npy_header.h"
-#include "core/npy_reader.h"
-#include "core/zip_directory.h"
+#include "core/base/atomic_file.h"
+#include "npzfs/archive.h"
+#include "npzfs/file_util.h"
+#include "npzfs/member_reader.h"
+#include "npzfs/npy_header.h"
+#include "npzfs/npy_reader.h"
+#include "npzfs/zip_directory.h"
 #include "tools/npz_cli.h"
 #include "tools/npz_files.h"
 #include "tools/progress.h"
@@ -369,9 +370,9 @@ int RunFrames(const std::vector<std::string>& raw_args) {
                                                  std::to_string(header.frame_count()) + " frames"));
   }
 
-  std::optional<AtomicOutput> out;
+  std::optional<AtomicFile> out;
   if (!to_stdout) {
-    auto created = AtomicOutput::Create(*output);
+    auto created = AtomicFile::Create(*output);
     if (!created.ok()) return ReportError(created.status());
     out.emplace(std::move(*created));
   }

@@ -29,7 +29,7 @@
 #include <thread>
 #include <vector>
 
-#include "core/file_util.h"
+#include "npzfs/file_util.h"
 #include "tools/npz_cli.h"
 
 extern char** environ;

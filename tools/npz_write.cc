@@ -1,6 +1,6 @@
 // npz pack, npz add, npz recover: the subcommands that write archives.
 //
-// All three hand the work to core/archive_writer.h (or core/spool.h), which builds the new
+// All three hand the work to npzfs/archive_writer.h (or core/write/spool.h), which builds the new
 // archive in a temp file and renames it into place, so an error leaves the old archive (or
 // no output) behind. Inputs are validated first and passed as file ranges of open fds: the
 // writer streams them, nothing is loaded whole.
@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "core/archive_writer.h"
-#include "core/spool.h"
+#include "core/write/spool.h"
+#include "npzfs/archive_writer.h"
 #include "tools/npz_cli.h"
 #include "tools/npz_files.h"
 #include "tools/progress.h"

@@ -39,8 +39,8 @@
 #include <string>
 #include <vector>
 
-#include "core/file_util.h"
-#include "core/status.h"
+#include "npzfs/file_util.h"
+#include "npzfs/status.h"
 
 namespace {
 

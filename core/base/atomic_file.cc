@@ -1,0 +1,109 @@
+#include "core/base/atomic_file.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <random>
+
+namespace npzfs {
+namespace {
+
+thread_local std::optional<AtomicStep> g_failing_step;
+
+Status InjectedFailure(AtomicStep step, const std::string& path) {
+  if (g_failing_step != step) return Status::Ok();
+  return ErrnoStatus(EIO, path, "injected failure (test)");
+}
+
+mode_t CurrentUmask() {
+  const mode_t mask = ::umask(0);
+  ::umask(mask);
+  return mask;
+}
+
+}  // namespace
+
+std::string TempFilePrefix(const std::string& target) {
+  return "." + BaseName(target) + ".npzfs-tmp-";
+}
+
+void AtomicFile::FailStepForTesting(std::optional<AtomicStep> step) { g_failing_step = step; }
+
+Result<AtomicFile> AtomicFile::Create(const std::string& target, const AtomicFileOptions& options) {
+  NPZ_RETURN_IF_ERROR(InjectedFailure(AtomicStep::kCreate, target));
+  static constexpr char kAlphabet[] =
+      "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+  std::random_device rd;
+  std::mt19937_64 rng((static_cast<uint64_t>(rd()) << 32) ^ rd() ^ static_cast<uint64_t>(getpid()));
+  const std::string dir = DirName(target);
+  const std::string prefix = dir + "/" + TempFilePrefix(target);
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    std::string temp = prefix;
+    for (int i = 0; i < 6; ++i) temp.push_back(kAlphabet[rng() % (sizeof kAlphabet - 1)]);
+    const int raw = ::open(temp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (raw < 0) {
+      if (errno == EEXIST || errno == EINTR) continue;
+      return ErrnoStatus(errno, target, "cannot create a temp file in directory " + dir);
+    }
+    AtomicFile file(target, std::move(temp), UniqueFd(raw));
+    // The final mode: explicit, the existing target's, or what creat() would have given.
+    mode_t mode = 0666 & ~CurrentUmask();
+    struct stat st;
+    const bool exists = ::stat(target.c_str(), &st) == 0;
+    if (options.mode) {
+      mode = *options.mode;
+    } else if (exists && options.keep_existing_mode) {
+      mode = st.st_mode & 07777;
+      // The owner too, where permitted (root); otherwise the file stays ours.
+      [[maybe_unused]] int ignored = ::fchown(file.fd(), st.st_uid, st.st_gid);
+    }
+    if (::fchmod(file.fd(), mode) != 0) return ErrnoStatus(errno, file.temp_path_, "fchmod");
+    return file;
+  }
+  return Status::Error(EEXIST, target + ": cannot find a free temp file name in " + dir);
+}
+
+AtomicFile::AtomicFile(AtomicFile&& other) noexcept
+    : target_(std::move(other.target_)),
+      temp_path_(std::move(other.temp_path_)),
+      fd_(std::move(other.fd_)),
+      committed_(other.committed_) {
+  other.committed_ = true;  // the moved-from object owns no temp file any more
+}
+
+AtomicFile::~AtomicFile() {
+  if (!committed_ && !temp_path_.empty()) ::unlink(temp_path_.c_str());
+}
+
+Status AtomicFile::Write(const void* data, size_t n) {
+  NPZ_RETURN_IF_ERROR(InjectedFailure(AtomicStep::kWrite, target_));
+  return WriteAll(fd_.get(), data, n, target_);
+}
+
+Status AtomicFile::Commit(const std::function<Status()>& before_rename) {
+  NPZ_RETURN_IF_ERROR(InjectedFailure(AtomicStep::kSync, target_));
+  NPZ_RETURN_IF_ERROR(FsyncFd(fd_.get(), target_));
+  if (before_rename) NPZ_RETURN_IF_ERROR(before_rename());
+  NPZ_RETURN_IF_ERROR(InjectedFailure(AtomicStep::kRename, target_));
+  if (::rename(temp_path_.c_str(), target_.c_str()) != 0) {
+    return ErrnoStatus(errno, target_, "cannot rename " + temp_path_ + " over it");
+  }
+  committed_ = true;
+  fd_.Reset();
+  Status synced = InjectedFailure(AtomicStep::kSyncDir, target_);
+  if (synced.ok()) synced = FsyncParentDir(target_);
+  if (!synced.ok()) {
+    return synced.WithContext(target_ + ": written, but its directory could not be synced");
+  }
+  return Status::Ok();
+}
+
+Status WriteFileAtomically(const std::string& target, std::string_view bytes,
+                           const AtomicFileOptions& options) {
+  NPZ_ASSIGN_OR_RETURN(AtomicFile file, AtomicFile::Create(target, options));
+  NPZ_RETURN_IF_ERROR(file.Write(bytes));
+  return file.Commit();
+}
+
+}  // namespace npzfs

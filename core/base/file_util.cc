@@ -1,0 +1,112 @@
+#include "npzfs/file_util.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+
+namespace npzfs {
+
+Status ErrnoStatus(int err, const std::string& path, const std::string& what) {
+  return Status::Error(err, path + ": " + what + ": " + std::strerror(err));
+}
+
+void UniqueFd::Reset(int fd) {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = fd;
+}
+
+Result<UniqueFd> OpenFile(const std::string& path, int flags, mode_t mode) {
+  int fd;
+  do {
+    fd = ::open(path.c_str(), flags | O_CLOEXEC, mode);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) return ErrnoStatus(errno, path, "cannot open");
+  return UniqueFd(fd);
+}
+
+Result<size_t> PreadFull(int fd, void* buf, size_t n, uint64_t offset, const std::string& path) {
+  auto* p = static_cast<char*>(buf);
+  size_t done = 0;
+  while (done < n) {
+    ssize_t r = ::pread(fd, p + done, n - done, static_cast<off_t>(offset + done));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus(errno, path, "read failed");
+    }
+    if (r == 0) break;
+    done += static_cast<size_t>(r);
+  }
+  return done;
+}
+
+Status PreadExact(int fd, void* buf, size_t n, uint64_t offset, const std::string& path) {
+  NPZ_ASSIGN_OR_RETURN(size_t got, PreadFull(fd, buf, n, offset, path));
+  if (got != n) {
+    return Status::Error(EIO, path + ": unexpected end of file at offset " +
+                                  std::to_string(offset + got) + " (wanted " + std::to_string(n) +
+                                  " bytes at " + std::to_string(offset) + ")");
+  }
+  return Status::Ok();
+}
+
+Status PwriteAll(int fd, const void* buf, size_t n, uint64_t offset, const std::string& path) {
+  const auto* p = static_cast<const char*>(buf);
+  size_t done = 0;
+  while (done < n) {
+    ssize_t r = ::pwrite(fd, p + done, n - done, static_cast<off_t>(offset + done));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus(errno, path, "write failed");
+    }
+    done += static_cast<size_t>(r);
+  }
+  return Status::Ok();
+}
+
+Status WriteAll(int fd, const void* buf, size_t n, const std::string& path) {
+  const auto* p = static_cast<const char*>(buf);
+  size_t done = 0;
+  while (done < n) {
+    ssize_t r = ::write(fd, p + done, n - done);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus(errno, path, "write failed");
+    }
+    done += static_cast<size_t>(r);
+  }
+  return Status::Ok();
+}
+
+Status FsyncFd(int fd, const std::string& path) {
+  if (::fsync(fd) != 0) return ErrnoStatus(errno, path, "fsync failed");
+  return Status::Ok();
+}
+
+Status FsyncDir(const std::string& dir) {
+  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(dir, O_RDONLY | O_DIRECTORY));
+  return FsyncFd(fd.get(), dir);
+}
+
+Status FsyncParentDir(const std::string& path) { return FsyncDir(DirName(path)); }
+
+Result<uint64_t> FileSize(int fd, const std::string& path) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return ErrnoStatus(errno, path, "stat failed");
+  return static_cast<uint64_t>(st.st_size);
+}
+
+std::string DirName(const std::string& path) {
+  auto slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+std::string BaseName(const std::string& path) {
+  auto slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+}  // namespace npzfs

@@ -1,0 +1,128 @@
+// An opened .npz (ZIP) archive for reading: its visible member tree and random-access
+// readers for its members.
+//
+// Tree rules (the FUSE layer and the npz tool show exactly members()):
+//   - names are sanitized: a leading '/' is stripped, '.' and empty components are
+//     dropped; a name with a '..' component, a NUL byte, or that becomes empty is skipped
+//     with a log line;
+//   - duplicate names: the LAST central-directory entry wins (as zipfile and numpy);
+//   - directory entries ("x/") are not members; a file whose path is also a directory of
+//     another member ("a" and "a/b.npy") is skipped with a log line;
+//   - encrypted members (flag bit 0) are listed with open_errno = EPERM, members with a
+//     method other than 0 (stored) or 8 (deflated) with open_errno = ENOTSUP; OpenMember
+//     on them fails with that errno and open_error.
+//
+// Random access to deflated members: see core/read/inflate_index.cc (design essay). The index
+// of checkpoints is saved in a sidecar file ".<archive name>.npzfs-index" next to the
+// archive (or in ArchiveOptions::index_dir) and reused while the archive is unchanged;
+// its format is specified in core/README.md, "Index file format".
+//
+// Ownership: Archive owns the read-only fd of the archive, the span cache and the pool of
+// parked inflate streams (through a shared block that member readers also hold, so readers
+// may outlive the Archive). Thread-safety: every const method and OpenMember, BuildIndex,
+// SaveIndex may be called from many threads at once after Open.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "npzfs/member_reader.h"
+#include "npzfs/status.h"
+#include "npzfs/zip_directory.h"
+
+namespace npzfs {
+
+struct ArchiveOptions {
+  uint64_t cache_bytes = 128ull << 20;          // decompressed span cache budget (cache=MiB)
+  uint64_t checkpoint_spacing = 1ull << 20;     // ~1 MiB between access points (min 64 KiB)
+  bool index_enabled = true;                    // index=off: no sidecar read or written
+  std::string index_dir;                        // empty: next to the archive
+  size_t max_parked_streams = 16;               // live inflate streams kept across members
+  std::function<void(const std::string&)> log;  // warnings (unsafe names, CRC...); may be empty
+};
+
+struct ArchiveMember {
+  std::string path;        // sanitized relative path as shown in the mount ("a/b.npy")
+  ZipEntry entry;          // from the central directory
+  size_t entry_index = 0;  // position of `entry` in the central directory
+  int open_errno = 0;      // non-zero: listed but cannot be opened (EPERM / ENOTSUP)
+  std::string open_error;  // why, for the log
+};
+
+enum class IndexState {
+  kNotNeeded,  // stored member (or one that cannot be opened)
+  kNone,       // deflated, no checkpoint beyond the start yet
+  kPartial,    // the first pass stopped part way
+  kComplete,   // every span is known and the CRC-32 of the whole member was checked
+};
+
+class DeflatedMember;  // core/read/deflated_member.h
+struct ArchiveShared;  // core/read/deflated_member.h
+
+class Archive {
+ public:
+  // Opens `path` read-only, reads its central directory and (unless disabled) the sidecar
+  // index. Errors name the archive: ENOENT/EACCES from open, EINVAL not a zip archive, EIO
+  // truncated. A stale or corrupt sidecar is not an error (log line; rebuilt on demand).
+  static Result<std::shared_ptr<Archive>> Open(const std::string& path, ArchiveOptions options);
+  ~Archive();
+
+  const std::string& path() const;
+  int fd() const;  // read-only fd of the archive, valid as long as the Archive lives
+  const ZipDirectory& directory() const { return directory_; }
+  const std::vector<ArchiveMember>& members() const { return members_; }
+  std::optional<size_t> Find(std::string_view path) const;
+
+  // Cheap: readers of one member share its state. Errors: the member's open_errno (EPERM
+  // encrypted, ENOTSUP method), EIO for a stored member whose sizes disagree, ERANGE for a
+  // bad index.
+  Result<std::shared_ptr<MemberReader>> OpenMember(size_t i);
+
+  IndexState index_state(size_t i) const;
+  // Bytes of checkpoint data held for member i (0 for stored members).
+  uint64_t index_bytes(size_t i) const;
+  // Number of spans member i has inflated during first passes (a test hook: a member whose
+  // index came from the sidecar inflates none when read again).
+  uint64_t first_pass_spans(size_t i) const;
+
+  // Runs the first pass over member i now (npz index), calling progress(done, total) with
+  // uncompressed bytes after each span. A no-op for stored members or a complete index.
+  // Errors: EIO corrupt data or CRC mismatch; those of OpenMember.
+  Status BuildIndex(size_t i, const std::function<void(uint64_t, uint64_t)>& progress = {});
+
+  // True when some member learned checkpoints not yet in the sidecar.
+  bool index_dirty() const;
+  // Writes the sidecar if anything new was learned: temp file + fsync + rename + fsync of
+  // the directory; never touches the archive. A no-op with index_enabled = false.
+  Status SaveIndex();
+  std::string IndexPath() const;
+
+  class PassKey {  // only Open constructs; std::make_shared does the allocation
+    friend class Archive;
+    PassKey() = default;
+  };
+  explicit Archive(PassKey) {}
+
+ private:
+  Status LoadIndex();
+
+  std::shared_ptr<ArchiveShared> shared_;
+  ZipDirectory directory_;
+  std::vector<ArchiveMember> members_;
+  std::unordered_map<std::string, size_t> by_path_;
+  // One entry per member: null for stored or unopenable members.
+  std::vector<std::shared_ptr<DeflatedMember>> deflated_;
+  ArchiveOptions options_;
+  int64_t archive_mtime_ns_ = 0;
+  std::mutex save_mu_;  // serializes SaveIndex calls
+};
+
+}  // namespace npzfs

@@ -1,0 +1,67 @@
+// Small RAII and I/O helpers over POSIX file descriptors, shared by every core module.
+//
+// UniqueFd owns one descriptor and closes it exactly once. The free functions retry on
+// EINTR and short transfers, and return a Status naming the path and the failed call.
+// All functions are thread-safe as far as the kernel makes pread/pwrite on one fd safe.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "npzfs/status.h"
+
+namespace npzfs {
+
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  UniqueFd(UniqueFd&& other) noexcept : fd_(other.Release()) {}
+  UniqueFd& operator=(UniqueFd&& other) noexcept {
+    if (this != &other) Reset(other.Release());
+    return *this;
+  }
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+  ~UniqueFd() { Reset(); }
+
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  int Release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+  void Reset(int fd = -1);
+
+ private:
+  int fd_ = -1;
+};
+
+// open(2) with O_CLOEXEC added.
+Result<UniqueFd> OpenFile(const std::string& path, int flags, mode_t mode = 0644);
+
+// Reads exactly `n` bytes at `offset`; a short file is EIO ("unexpected end of file").
+Status PreadExact(int fd, void* buf, size_t n, uint64_t offset, const std::string& path);
+// Reads up to `n` bytes at `offset`, stopping early only at end of file.
+Result<size_t> PreadFull(int fd, void* buf, size_t n, uint64_t offset, const std::string& path);
+// Writes all `n` bytes at `offset` (pwrite) or at the current position (write).
+Status PwriteAll(int fd, const void* buf, size_t n, uint64_t offset, const std::string& path);
+Status WriteAll(int fd, const void* buf, size_t n, const std::string& path);
+
+Status FsyncFd(int fd, const std::string& path);
+// fsyncs the directory holding `path`, so a create or rename of `path` is durable.
+Status FsyncParentDir(const std::string& path);
+Status FsyncDir(const std::string& dir);
+
+Result<uint64_t> FileSize(int fd, const std::string& path);
+
+// "dir/name" -> "dir"; "name" -> "."
+std::string DirName(const std::string& path);
+// "dir/name" -> "name"
+std::string BaseName(const std::string& path);
+
+}  // namespace npzfs

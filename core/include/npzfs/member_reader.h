@@ -1,0 +1,58 @@
+// Random-access readers for the members of an archive.
+//
+// A MemberReader hands out the uncompressed bytes of one member at any offset. There is
+// one implementation per way of getting bytes (as in mount-zip): a stored member is a
+// pread from the archive file; a deflated member goes through the shared span cache, the
+// checkpoint index and parked inflate streams (core/read/).
+//
+// Ownership: readers are created by Archive::OpenMember and are cheap handles. Every
+// reader of one member shares that member's state (index, CRC status); a reader keeps the
+// archive's fd, cache and stream pool alive for as long as it exists, so it may outlive
+// the Archive object.
+//
+// Threads: every method is safe to call from many threads at once on one reader (the FUSE
+// daemon runs multi-threaded, and two processes may read one member at once).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "npzfs/status.h"
+
+namespace npzfs {
+
+class MemberReader {
+ public:
+  virtual ~MemberReader() = default;
+
+  // Uncompressed size of the member (from the central directory).
+  virtual uint64_t size() const = 0;
+
+  // Fills `dest` with the bytes at `offset`. The result is short only at the end of the
+  // member (0 at or past the end). Errors, all naming the archive and the member:
+  //   EIO  corrupt deflate data, a CRC-32 mismatch (this read and every later read of the
+  //        member fail once a mismatch was seen), a member shorter than its directory
+  //        entry says, or a failed pread of the archive.
+  virtual Result<size_t> ReadAt(uint64_t offset, std::span<std::byte> dest) = 0;
+
+  // For stored members: the absolute offset of the data in the archive file, so that the
+  // FUSE layer can splice straight from Archive::fd(). nullopt for deflated members.
+  virtual std::optional<uint64_t> stored_data_offset() const { return std::nullopt; }
+};
+
+// Fills `dest` exactly from `reader` at `offset`: the reader's error, or EIO naming `name`
+// if the member ends first.
+Status ReadExactAt(MemberReader& reader, uint64_t offset, std::span<std::byte> dest,
+                   const std::string& name);
+
+// numpyWriter's readFrames on an archive member: frames [start, stop) of the .npy behind
+// `reader`, reading only the header and those frames. Errors as ReadNpyHeaderFrom and
+// ReadFramesFrom (npzfs/npy_reader.h), naming `name` (e.g. "tmp.npz:adc").
+Result<std::vector<std::byte>> ReadMemberFrames(MemberReader& reader, uint64_t start, uint64_t stop,
+                                                const std::string& name);
+
+}  // namespace npzfs

@@ -1,0 +1,278 @@
+// NpyAppender: growing a .npy in place.
+//
+// The file is always: canonical header (fixed length, count = header_frames_) + the data of
+// disk_frames_ frames (+ after a crash, maybe a partial frame). The invariant that makes it
+// crash safe is header_frames_ <= frames whose bytes reached the file before the header did:
+// every flush writes the data first and the count second, and kSync puts an fsync between
+// them, so a power cut can leave a header that is behind the data, never ahead of it.
+// Recover() then brings the count up to the complete frames and truncates a partial one.
+//
+// Alternatives rejected: writing the header first (a crash exposes garbage frames to
+// numpy); a side file with the count (numpy would not see it); O_APPEND (we rewrite the
+// header at offset 0, and pwrite at computed offsets keeps reopen-after-crash simple).
+#include "npzfs/npy_appender.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <utility>
+
+namespace npzfs {
+namespace {
+
+// Reads and parses the header of an open .npy; returns it and its on-disk length.
+Result<std::pair<NpyHeader, size_t>> ReadHeader(int fd, const std::string& path) {
+  std::string prefix(12, '\0');
+  NPZ_ASSIGN_OR_RETURN(size_t got, PreadFull(fd, prefix.data(), prefix.size(), 0, path));
+  prefix.resize(got);
+  auto total = NpyHeader::TotalLength(prefix);
+  if (!total.ok()) return total.status().WithContext(path);
+  if (*total > 12 + 4 * NpyHeader::kMaxHeaderChars) {
+    return Status::Error(
+        EINVAL, path + ": header length " + std::to_string(*total) + " is over the safety limit");
+  }
+  NPZ_ASSIGN_OR_RETURN(uint64_t file_size, FileSize(fd, path));
+  if (*total > file_size) {
+    return Status::Error(EINVAL, path + ": truncated .npy header: it needs " +
+                                     std::to_string(*total) + " bytes, the file has " +
+                                     std::to_string(file_size));
+  }
+  std::string bytes(*total, '\0');
+  NPZ_ASSIGN_OR_RETURN(got, PreadFull(fd, bytes.data(), bytes.size(), 0, path));
+  bytes.resize(got);
+  auto header = NpyHeader::Parse(bytes);
+  if (!header.ok()) return header.status().WithContext(path);
+  return std::make_pair(std::move(header).value(), *total);
+}
+
+Status CheckAppendable(const NpyHeader& h, const std::string& path) {
+  if (!h.frameable()) {
+    return Status::Error(
+        EINVAL, path + ": cannot append frames to " +
+                    (h.has_object() ? std::string("an object array") : std::string("a 0-d array")));
+  }
+  if (h.frame_bytes() == 0) {
+    return Status::Error(EINVAL, path + ": frames of " + h.descr_literal() +
+                                     " with this shape hold zero bytes; cannot append");
+  }
+  return Status::Ok();
+}
+
+std::string Describe(const NpyHeader& h) {
+  std::string s = "descr " + h.descr_literal() + ", fortran_order " +
+                  (h.fortran_order() ? "True" : "False") + ", frame shape (";
+  auto fs = h.frame_shape();
+  for (size_t i = 0; i < fs.size(); ++i) s += (i ? ", " : "") + std::to_string(fs[i]);
+  return s + ")";
+}
+
+Status Truncate(int fd, uint64_t size, const std::string& path) {
+  int r;
+  do {
+    r = ::ftruncate(fd, static_cast<off_t>(size));
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) return ErrnoStatus(errno, path, "ftruncate failed");
+  return Status::Ok();
+}
+
+// Sets the count in the header of an open file to its complete frames, drops a partial
+// frame. Returns the number of frames kept.
+Result<uint64_t> RepairOpen(int fd, const NpyHeader& header, size_t header_len,
+                            const std::string& path) {
+  NPZ_ASSIGN_OR_RETURN(uint64_t size, FileSize(fd, path));
+  if (size < header_len) {
+    return Status::Error(EINVAL, path + ": file is shorter than its own header");
+  }
+  uint64_t frame = header.frame_bytes();
+  uint64_t complete = (size - header_len) / frame;
+  uint64_t keep = header_len + complete * frame;
+  if (size != keep) NPZ_RETURN_IF_ERROR(Truncate(fd, keep, path));
+  if (header.frame_count() != complete) {
+    NPZ_ASSIGN_OR_RETURN(NpyHeader fixed, header.WithFrameCountChecked(complete));
+    auto bytes = fixed.FormatPadded(header_len);
+    if (!bytes.ok()) return bytes.status().WithContext(path);
+    NPZ_RETURN_IF_ERROR(PwriteAll(fd, bytes->data(), bytes->size(), 0, path));
+  }
+  return complete;
+}
+
+// Creates `path` holding `header`, so that no one (not even Recover after a crash) ever sees
+// it without a complete header: the header goes into a temporary file in the same directory,
+// which is then hard-linked to `path`. link(2) fails with EEXIST instead of replacing a file
+// that appeared meanwhile; then that file is opened instead, as if it had been there.
+Result<UniqueFd> CreateWithHeader(const std::string& path, const std::string& header) {
+  std::string tmp = path + ".npzfs-new-" + std::to_string(::getpid());
+  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(tmp, O_RDWR | O_CREAT | O_TRUNC));
+  Status written = PwriteAll(fd.get(), header.data(), header.size(), 0, tmp);
+  int linked = written.ok() ? ::link(tmp.c_str(), path.c_str()) : 0;
+  int link_errno = errno;
+  ::unlink(tmp.c_str());
+  NPZ_RETURN_IF_ERROR(written);
+  if (linked == 0) return fd;
+  if (link_errno == EEXIST) return UniqueFd();
+  return ErrnoStatus(link_errno, path, "cannot create");
+}
+
+}  // namespace
+
+NpyAppender::NpyAppender(Key, std::string path, UniqueFd fd, NpyHeader header, size_t header_len,
+                         uint64_t on_disk_frames, const NpyAppenderOptions& options, bool created)
+    : path_(std::move(path)),
+      fd_(std::move(fd)),
+      header_(std::move(header)),
+      header_len_(header_len),
+      disk_frames_(on_disk_frames),
+      header_frames_(on_disk_frames),
+      frame_count_(on_disk_frames),
+      buffer_limit_(std::max<size_t>(options.buffer_bytes, 1)),
+      created_(created) {}
+
+NpyAppender::~NpyAppender() {
+  if (fd_.valid()) (void)Flush(Durability::kNone);
+}
+
+Result<std::unique_ptr<NpyAppender>> NpyAppender::Open(const std::string& path,
+                                                       const NpyHeader& layout,
+                                                       const NpyAppenderOptions& options) {
+  NPZ_RETURN_IF_ERROR(CheckAppendable(layout, path));
+  NpyHeader empty = layout.WithFrameCount(0);
+  auto opened = OpenFile(path, O_RDWR);
+  if (!opened.ok() && opened.status().code() == ENOENT) {
+    NPZ_ASSIGN_OR_RETURN(UniqueFd created, CreateWithHeader(path, empty.Format()));
+    if (created.valid()) {
+      return std::make_unique<NpyAppender>(Key{}, path, std::move(created), empty,
+                                           empty.FormattedLength(), 0, options, true);
+    }
+    opened = OpenFile(path, O_RDWR);  // another writer created it first: append to it
+  }
+  if (!opened.ok()) return opened.status();
+  UniqueFd fd = std::move(opened).value();
+  NPZ_ASSIGN_OR_RETURN(uint64_t size, FileSize(fd.get(), path));
+  if (size == 0) {
+    // An empty file someone else created: give it the header in place.
+    std::string bytes = empty.Format();
+    NPZ_RETURN_IF_ERROR(PwriteAll(fd.get(), bytes.data(), bytes.size(), 0, path));
+    return std::make_unique<NpyAppender>(Key{}, path, std::move(fd), empty, bytes.size(), 0,
+                                         options, false);
+  }
+  NPZ_ASSIGN_OR_RETURN(auto existing, ReadHeader(fd.get(), path));
+  auto& [header, header_len] = existing;
+  if (!header.SameFrameLayout(layout)) {
+    return Status::Error(EINVAL, path + ": cannot append: the file has " + Describe(header) +
+                                     " but the frames have " + Describe(layout));
+  }
+  NPZ_RETURN_IF_ERROR(CheckAppendable(header, path));
+  // The count must be rewritable in place for every count we may reach.
+  auto room = header.WithFrameCount(UINT64_MAX).FormatPadded(header_len);
+  if (!room.ok()) {
+    return Status::Error(EINVAL, path + ": its " + std::to_string(header_len) +
+                                     "-byte header has no room to grow in place (written "
+                                     "before numpy 1.24?); rewrite it with np.save");
+  }
+  NPZ_ASSIGN_OR_RETURN(uint64_t frames, RepairOpen(fd.get(), header, header_len, path));
+  return std::make_unique<NpyAppender>(Key{}, path, std::move(fd), header.WithFrameCount(frames),
+                                       header_len, frames, options, false);
+}
+
+Status NpyAppender::CheckOpen() const {
+  if (!fd_.valid()) return Status::Error(EBADF, path_ + ": appender is closed");
+  return Status::Ok();
+}
+
+Status NpyAppender::AddFrame(std::span<const std::byte> frame) {
+  if (frame.size() != frame_bytes()) {
+    return Status::Error(EINVAL, path_ + ": a frame is " + std::to_string(frame_bytes()) +
+                                     " bytes, got " + std::to_string(frame.size()));
+  }
+  return AddFrames(frame);
+}
+
+Status NpyAppender::AddFrames(std::span<const std::byte> frames) {
+  NPZ_RETURN_IF_ERROR(CheckOpen());
+  uint64_t fb = frame_bytes();
+  if (frames.size() % fb != 0) {
+    return Status::Error(EINVAL, path_ + ": " + std::to_string(frames.size()) +
+                                     " bytes is not a whole number of " + std::to_string(fb) +
+                                     "-byte frames");
+  }
+  uint64_t n = frames.size() / fb;
+  // The data end (header_len_ + count * fb) must stay representable.
+  uint64_t max_frames = (UINT64_MAX - header_len_) / fb;
+  if (n > max_frames - frame_count_) {
+    return Status::Error(EFBIG, path_ + ": too many frames");
+  }
+  if (buffer_.size() + frames.size() > buffer_limit_) {
+    NPZ_RETURN_IF_ERROR(Flush(Durability::kNone));
+    if (frames.size() >= buffer_limit_) {
+      // Large writes skip the copy; the data goes straight behind what is on disk.
+      NPZ_RETURN_IF_ERROR(PwriteAll(fd_.get(), frames.data(), frames.size(),
+                                    header_len_ + disk_frames_ * fb, path_));
+      disk_frames_ += n;
+      frame_count_ += n;
+      return WriteHeader(disk_frames_);
+    }
+  }
+  buffer_.insert(buffer_.end(), frames.begin(), frames.end());
+  frame_count_ += n;
+  return Status::Ok();
+}
+
+Status NpyAppender::WriteBuffer() {
+  if (buffer_.empty()) return Status::Ok();
+  uint64_t fb = frame_bytes();
+  NPZ_RETURN_IF_ERROR(
+      PwriteAll(fd_.get(), buffer_.data(), buffer_.size(), header_len_ + disk_frames_ * fb, path_));
+  disk_frames_ += buffer_.size() / fb;
+  buffer_.clear();
+  return Status::Ok();
+}
+
+Status NpyAppender::WriteHeader(uint64_t count) {
+  auto bytes = header_.WithFrameCount(count).FormatPadded(header_len_);
+  if (!bytes.ok()) return bytes.status().WithContext(path_);
+  NPZ_RETURN_IF_ERROR(PwriteAll(fd_.get(), bytes->data(), bytes->size(), 0, path_));
+  header_frames_ = count;
+  return Status::Ok();
+}
+
+Status NpyAppender::Flush(Durability durability) {
+  NPZ_RETURN_IF_ERROR(CheckOpen());
+  NPZ_RETURN_IF_ERROR(WriteBuffer());
+  if (durability == Durability::kSync) {
+    // The data must be durable before a durable header may claim it.
+    NPZ_RETURN_IF_ERROR(FsyncFd(fd_.get(), path_));
+    if (header_frames_ != disk_frames_) {
+      NPZ_RETURN_IF_ERROR(WriteHeader(disk_frames_));
+      NPZ_RETURN_IF_ERROR(FsyncFd(fd_.get(), path_));
+    }
+    if (created_ && !dir_synced_) {
+      NPZ_RETURN_IF_ERROR(FsyncParentDir(path_));
+      dir_synced_ = true;
+    }
+    return Status::Ok();
+  }
+  if (header_frames_ != disk_frames_) NPZ_RETURN_IF_ERROR(WriteHeader(disk_frames_));
+  return Status::Ok();
+}
+
+Status NpyAppender::Close() {
+  NPZ_RETURN_IF_ERROR(Flush(Durability::kNone));
+  int fd = fd_.Release();
+  if (::close(fd) != 0 && errno != EINTR) return ErrnoStatus(errno, path_, "close failed");
+  return Status::Ok();
+}
+
+Result<uint64_t> NpyAppender::Recover(const std::string& path) {
+  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(path, O_RDWR));
+  NPZ_ASSIGN_OR_RETURN(auto existing, ReadHeader(fd.get(), path));
+  auto& [header, header_len] = existing;
+  NPZ_RETURN_IF_ERROR(CheckAppendable(header, path));
+  NPZ_ASSIGN_OR_RETURN(uint64_t frames, RepairOpen(fd.get(), header, header_len, path));
+  NPZ_RETURN_IF_ERROR(FsyncFd(fd.get(), path));
+  return frames;
+}
+
+}  // namespace npzfs

@@ -1,0 +1,130 @@
+// The state behind the readers of an archive's members: what every reader of one archive
+// shares, the stored-member reader, and the shared state of one deflated member (checkpoint
+// index, first-pass frontier, CRC verdict). Used by Archive (core/read/archive.cc); the FUSE
+// daemon and the npz tool need only the MemberReader interface in npzfs/member_reader.h.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/read/inflate_index.h"
+#include "core/read/span_cache.h"
+#include "npzfs/file_util.h"
+#include "npzfs/member_reader.h"
+#include "npzfs/status.h"
+#include "npzfs/zip_directory.h"
+
+namespace npzfs {
+
+// What every reader of one archive shares. Owned jointly by the Archive and its readers.
+struct ArchiveShared {
+  ArchiveShared(UniqueFd fd_in, std::string path_in, uint64_t cache_bytes, size_t streams,
+                std::function<void(const std::string&)> log_in)
+      : fd(std::move(fd_in)),
+        path(std::move(path_in)),
+        cache(cache_bytes),
+        pool(streams),
+        log(std::move(log_in)) {}
+  void Log(const std::string& line) const {
+    if (log) log(line);
+  }
+  UniqueFd fd;
+  std::string path;
+  SpanCache cache;
+  StreamPool pool;
+  std::function<void(const std::string&)> log;
+};
+
+// Reader of a stored member: pread at the data offset. Its CRC-32 is checked when this
+// reader reads the member through in order from offset 0 to the end (reads that are not
+// in order just stop the check for this reader).
+Result<std::shared_ptr<MemberReader>> MakeStoredReader(std::shared_ptr<ArchiveShared> shared,
+                                                       std::string member_path,
+                                                       const ZipEntry& entry);
+
+// The state of one deflated member, shared by all its readers: the checkpoint index, the
+// first-pass frontier, the CRC verdict. See core/read/inflate_index.cc for the design.
+//
+// Locks (in this order; never the other way round):
+//   frontier_mu_  held by the one thread extending the first pass, *while inflating*: the
+//                 first pass is sequential by nature, and a thread that needs an offset
+//                 beyond it must wait for it anyway.
+//   index_mu_     guards checkpoints_, complete_, corrupt_, CRC and version; held only for
+//                 short copies, never while inflating or doing I/O.
+//   SpanCache::mu_ and StreamPool::mu_ are leaves taken by their own methods.
+// Producing a known span from a checkpoint holds no lock at all while inflating.
+class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
+ public:
+  DeflatedMember(std::shared_ptr<ArchiveShared> shared, uint64_t id, std::string member_path,
+                 const ZipEntry& entry, uint64_t spacing);
+
+  uint64_t size() const { return entry_.uncompressed_size; }
+  Result<size_t> ReadAt(uint64_t offset, std::span<std::byte> dest);
+  // Runs the first pass to the end (without filling the cache).
+  Status BuildIndex(const std::function<void(uint64_t, uint64_t)>& progress);
+
+  bool complete() const;
+  size_t checkpoint_count() const;
+  uint64_t index_bytes() const;
+  uint64_t first_pass_spans() const { return first_pass_spans_.load(); }
+
+  // Sidecar support. Snapshot returns the checkpoints worth saving (all of them when
+  // complete; else those up to the frontier) and the version they correspond to.
+  struct Snapshot {
+    std::vector<Checkpoint> checkpoints;
+    bool complete = false;
+    uint64_t version = 0;
+  };
+  Snapshot TakeSnapshot() const;
+  void MarkSaved(uint64_t version);
+  bool dirty() const;
+  // Installs checkpoints read from the sidecar (already validated by the caller).
+  void Load(std::vector<Checkpoint> checkpoints, bool complete);
+
+  const ZipEntry& entry() const { return entry_; }
+  const std::string& member_path() const { return member_path_; }
+
+ private:
+  struct SpanRef {
+    SpanPtr span;
+    uint64_t start = 0;
+  };
+  Result<SpanRef> SpanAt(uint64_t pos);
+  Result<SpanPtr> ProduceKnownSpan(size_t k);
+  // Extends the first pass until the span holding `target` exists (target == UINT64_MAX:
+  // to the end). Returns nullopt when another thread got there first (retry the lookup).
+  Result<std::optional<SpanRef>> AdvanceFrontier(
+      uint64_t target, bool fill_cache, const std::function<void(uint64_t, uint64_t)>& progress);
+  Result<std::unique_ptr<InflateStream>> StreamAt(const Checkpoint& cp);
+  Status Corrupt(const std::string& why);  // marks the member corrupt, logs, returns EIO
+
+  const std::shared_ptr<ArchiveShared> shared_;
+  const uint64_t id_;
+  const std::string member_path_;
+  const ZipEntry entry_;
+  const uint64_t spacing_;
+  const DeflateSource source_;
+
+  std::mutex frontier_mu_;
+  mutable std::mutex index_mu_;
+  std::vector<Checkpoint> checkpoints_;  // checkpoints_[0] is the start of the data
+  bool complete_ = false;                // every span known, whole CRC checked
+  uint32_t crc_so_far_ = 0;              // CRC-32 of the spans before the frontier
+  Status corrupt_;                       // non-ok once corrupt: every read fails
+  uint64_t version_ = 0;                 // bumped when checkpoints are learned
+  uint64_t saved_version_ = 0;
+  std::atomic<uint64_t> first_pass_spans_{0};
+};
+
+// A reader handle of a deflated member.
+std::shared_ptr<MemberReader> MakeDeflatedReader(std::shared_ptr<DeflatedMember> member);
+
+}  // namespace npzfs

@@ -1,0 +1,143 @@
+// Random access into a raw deflate stream: checkpoints, live inflate streams, sparse
+// windows. The design essay is at the top of core/read/inflate_index.cc.
+//
+// A Checkpoint is an access point at a deflate block boundary: from it, inflate can start
+// without the bytes before it, given the bits of a partly used input byte and the part of
+// the 32 KiB window that the following output actually references (the "sparse window",
+// stored deflated). The span of checkpoint k is the output between checkpoint k and k+1.
+//
+// Ownership: an InflateStream owns its z_stream (heap-held so it never moves), its input
+// buffer and its lookahead; it reads compressed bytes with pread from a caller-owned fd
+// that must stay open while the stream lives. StreamPool owns parked streams.
+// Threads: an InflateStream is used by one thread at a time (the pool hands it out
+// exclusively). StreamPool and the free functions are thread-safe.
+#pragma once
+
+#include <zlib.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+
+#include "npzfs/status.h"
+
+namespace npzfs {
+
+inline constexpr uint32_t kDeflateWindow = 32768;
+
+struct Checkpoint {
+  uint64_t out = 0;          // uncompressed offset where the span starts (a block boundary)
+  uint64_t in = 0;           // compressed bytes wholly consumed before it (relative to data)
+  uint8_t bits = 0;          // 0..7 bits of byte in-1 not yet consumed (inflatePrime)
+  uint32_t span_crc = 0;     // CRC-32 of the span from here to the next checkpoint (or end)
+  uint32_t window_size = 0;  // dictionary length: min(32768, out)
+  std::string window;        // raw deflate of the sparse window; empty when window_size == 0
+};
+
+// Where a member's raw deflate data lives.
+struct DeflateSource {
+  int fd = -1;                   // not owned
+  uint64_t data_offset = 0;      // absolute offset of the first compressed byte
+  uint64_t compressed_size = 0;  // bytes of compressed data
+  std::string name;              // "archive.npz: member a.npy", prefixes every message
+};
+
+// One live raw-inflate stream over a DeflateSource.
+class InflateStream {
+ public:
+  // Errors: ENOMEM if zlib cannot allocate.
+  static Result<std::unique_ptr<InflateStream>> Create(DeflateSource source);
+  class PassKey {  // lets only Create construct, while std::make_unique does the allocation
+    friend class InflateStream;
+    PassKey() = default;
+  };
+  InflateStream(DeflateSource source, PassKey);
+  ~InflateStream();
+  InflateStream(const InflateStream&) = delete;
+  InflateStream& operator=(const InflateStream&) = delete;
+
+  // Positions the stream at `cp` (inflatePrime + inflateSetDictionary with the sparse
+  // window). Errors: EIO a corrupt checkpoint window or a failed pread.
+  Status Restore(const Checkpoint& cp);
+
+  // Writes up to `n` uncompressed bytes to `out`, first from the lookahead. Stops early at
+  // the end of the stream, or, with stop_at_block, right after a block that is not the
+  // last one (then at_boundary() is true). Errors: EIO corrupt deflate data, compressed
+  // data running past compressed_size, a failed pread.
+  Result<size_t> Read(std::byte* out, size_t n, bool stop_at_block);
+
+  // Inflates up to kDeflateWindow bytes ahead into the lookahead, which later Reads return
+  // first. Used on the first pass so that the output right after a new checkpoint is known
+  // when its sparse window is made. Returns the lookahead.
+  Result<std::span<const std::byte>> FillLookahead();
+
+  // The current checkpoint position (only meaningful when at_boundary()): output offset,
+  // consumed input, unused bits.
+  Checkpoint Position() const;
+  // Copies the last min(32 KiB, output so far) bytes of output; returns the length.
+  uint32_t Window(std::byte* buf) const;
+
+  bool ended() const { return ended_; }
+  bool at_boundary() const { return at_boundary_; }
+  uint64_t out_pos() const { return out_pos_; }  // offset of the next byte inflate emits
+  // Offset of the next byte Read returns (out_pos minus the unread lookahead).
+  uint64_t resume_pos() const { return out_pos_ - (lookahead_len_ - lookahead_used_); }
+
+ private:
+  Status Refill();
+
+  DeflateSource src_;
+  std::unique_ptr<z_stream> strm_;  // heap-held: zlib keeps a pointer back to it
+  bool initialized_ = false;
+  std::unique_ptr<std::byte[]> in_buf_;
+  uint64_t in_next_ = 0;  // relative offset of the next compressed byte to pread
+  uint64_t out_pos_ = 0;
+  bool ended_ = false;
+  bool at_boundary_ = false;
+  std::unique_ptr<std::byte[]> lookahead_;
+  size_t lookahead_len_ = 0;
+  size_t lookahead_used_ = 0;
+};
+
+// Given the checkpoint position `cp` (window not yet set), its full window and the real
+// output that follows it (`after`, at most 32 KiB: the only output that can reference the
+// window), returns the deflated sparse window: every window byte that output does not
+// reference is zeroed. Errors: EIO corrupt data or failed pread.
+Result<std::string> MakeSparseWindow(const DeflateSource& src, const Checkpoint& cp,
+                                     std::span<const std::byte> window,
+                                     std::span<const std::byte> after);
+
+// Inflates a checkpoint's stored window into `buf` (cp.window_size bytes).
+Status ExpandWindow(const DeflateSource& src, const Checkpoint& cp, std::byte* buf);
+
+// A bounded set of parked streams, keyed by (member id, resume position), least recently
+// parked evicted first. A reader that continues where a stream stopped takes it.
+class StreamPool {
+ public:
+  explicit StreamPool(size_t capacity) : capacity_(capacity) {}
+  // Removes and returns a stream of `member` whose resume_pos() == pos, or null.
+  std::unique_ptr<InflateStream> Take(uint64_t member, uint64_t pos);
+  // Parks `stream` (ended streams are dropped). Evicted streams are destroyed after the
+  // lock is released.
+  void Park(uint64_t member, std::unique_ptr<InflateStream> stream);
+  size_t size() const;
+
+ private:
+  struct Parked {
+    uint64_t member;
+    uint64_t pos;
+    std::unique_ptr<InflateStream> stream;
+  };
+  const size_t capacity_;
+  mutable std::mutex mu_;     // guards parked_; never held while inflating
+  std::list<Parked> parked_;  // most recently parked first
+};
+
+// Serialized size of a checkpoint in the sidecar (fixed fields + window bytes).
+uint64_t CheckpointBytes(const Checkpoint& cp);
+
+}  // namespace npzfs

@@ -1,0 +1,148 @@
+#include "core/read/span_cache.h"
+
+#include <vector>
+
+namespace npzfs {
+
+SpanPtr SpanCache::Lookup(const SpanKey& key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = map_.find(key);
+  if (it == map_.end()) return nullptr;
+  lru_.splice(lru_.begin(), lru_, it->second.lru);
+  ++hits_;
+  return it->second.span;
+}
+
+void SpanCache::InsertLocked(const SpanKey& key, SpanPtr span, std::vector<SpanPtr>* dropped) {
+  auto it = map_.find(key);
+  if (it != map_.end()) {
+    bytes_ -= it->second.span->memory();
+    dropped->push_back(std::move(it->second.span));
+    lru_.erase(it->second.lru);
+    map_.erase(it);
+  }
+  if (span == nullptr || span->memory() > budget_) return;
+  lru_.push_front(key);
+  bytes_ += span->memory();
+  map_.emplace(key, Entry{std::move(span), lru_.begin()});
+  while (bytes_ > budget_ && !lru_.empty()) {
+    auto victim = map_.find(lru_.back());
+    bytes_ -= victim->second.span->memory();
+    dropped->push_back(std::move(victim->second.span));
+    map_.erase(victim);
+    lru_.pop_back();
+  }
+}
+
+void SpanCache::Insert(const SpanKey& key, SpanPtr span) {
+  std::vector<SpanPtr> dropped;  // freed after the lock is released
+  std::lock_guard<std::mutex> lock(mu_);
+  InsertLocked(key, std::move(span), &dropped);
+}
+
+Result<SpanPtr> SpanCache::GetOrProduce(const SpanKey& key,
+                                        const std::function<Result<SpanPtr>()>& produce) {
+  std::shared_ptr<InFlight> flight;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    auto it = map_.find(key);
+    if (it != map_.end()) {
+      lru_.splice(lru_.begin(), lru_, it->second.lru);
+      ++hits_;
+      return it->second.span;
+    }
+    auto f = in_flight_.find(key);
+    if (f != in_flight_.end()) {
+      std::shared_ptr<InFlight> wait_for = f->second;
+      produced_.wait(lock, [&] { return wait_for->done; });
+      ++hits_;
+      return wait_for->result;
+    }
+    ++misses_;
+    flight = std::make_shared<InFlight>();
+    in_flight_.emplace(key, flight);
+  }
+  // No lock held while producing (inflating).
+  Result<SpanPtr> result = produce();
+  std::vector<SpanPtr> dropped;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (result.ok()) InsertLocked(key, *result, &dropped);
+    flight->result = result;
+    flight->done = true;
+    in_flight_.erase(key);
+  }
+  produced_.notify_all();
+  return result;
+}
+
+uint64_t SpanCache::bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return bytes_;
+}
+size_t SpanCache::count() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return map_.size();
+}
+uint64_t SpanCache::hits() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return hits_;
+}
+uint64_t SpanCache::misses() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return misses_;
+}
+
+namespace {
+
+// The free list: a few buffers, bounded in count and bytes. Its mutex is a leaf lock.
+struct FreeList {
+  std::mutex mu;
+  std::vector<std::pair<std::byte*, size_t>> buffers;  // (buffer, capacity)
+  size_t bytes = 0;
+};
+constexpr size_t kFreeListMaxBuffers = 8;
+constexpr size_t kFreeListMaxBytes = size_t{32} << 20;
+
+FreeList& Buffers() {
+  static FreeList* list = new FreeList();  // NOLINT: intentionally leaked, used at exit
+  return *list;
+}
+
+}  // namespace
+
+void SpanBufferDeleter::operator()(std::byte* p) const {
+  if (p == nullptr) return;
+  FreeList& list = Buffers();
+  {
+    std::lock_guard<std::mutex> lock(list.mu);
+    if (list.buffers.size() < kFreeListMaxBuffers && list.bytes + capacity <= kFreeListMaxBytes) {
+      list.buffers.emplace_back(p, capacity);
+      list.bytes += capacity;
+      return;
+    }
+  }
+  std::free(p);
+}
+
+Result<SpanBuffer> AllocateSpanBuffer(size_t capacity) {
+  if (capacity == 0) capacity = 1;
+  FreeList& list = Buffers();
+  {
+    std::lock_guard<std::mutex> lock(list.mu);
+    // A recycled buffer that fits without wasting more than half of it.
+    for (auto it = list.buffers.begin(); it != list.buffers.end(); ++it) {
+      if (it->second >= capacity && it->second / 2 <= capacity) {
+        SpanBuffer buf(it->first, SpanBufferDeleter{it->second});
+        list.bytes -= it->second;
+        list.buffers.erase(it);
+        return buf;
+      }
+    }
+  }
+  void* p = std::malloc(capacity);
+  if (p == nullptr) return Status::Error(ENOMEM, "cannot allocate a span buffer");
+  return SpanBuffer(static_cast<std::byte*>(p), SpanBufferDeleter{capacity});
+}
+
+}  // namespace npzfs

@@ -1,0 +1,104 @@
+// A bounded, shared cache of decompressed spans of deflated members.
+//
+// Keys are (member id, span index); values are immutable spans held by shared_ptr<const
+// Span>, so a reader copies out of a span without any lock held and an evicted span lives
+// on until its last reader drops it. The budget counts the memory of cached spans; eviction
+// is least-recently-used. GetOrProduce de-duplicates work in flight: when two threads want
+// the same missing span, one inflates it and the other waits for that result.
+//
+// Threads: every method is thread-safe. Lock order: SpanCache::mu_ is a leaf lock (nothing
+// else is locked while it is held), and it is never held while a span is produced: the
+// producer runs with no cache lock held.
+#pragma once
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <functional>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "npzfs/status.h"
+
+namespace npzfs {
+
+// Span buffers are recycled through a small process-wide free list instead of going back
+// to malloc: a 1 MiB buffer is above glibc's mmap threshold, and a fresh mmap for every
+// span costs a page fault per 4 KiB written plus an munmap (measured: ~10% of a first pass).
+struct SpanBufferDeleter {
+  size_t capacity = 0;
+  void operator()(std::byte* p) const;  // returns the buffer to the free list or frees it
+};
+using SpanBuffer = std::unique_ptr<std::byte, SpanBufferDeleter>;
+
+// Uninitialized buffer of at least `capacity` bytes (get_deleter().capacity tells how
+// many); ENOMEM on failure.
+Result<SpanBuffer> AllocateSpanBuffer(size_t capacity);
+
+// An uncompressed run of a member.
+struct Span {
+  SpanBuffer data;
+  size_t size = 0;
+  size_t memory() const { return std::max(size, data.get_deleter().capacity); }
+};
+using SpanPtr = std::shared_ptr<const Span>;
+
+struct SpanKey {
+  uint64_t member = 0;
+  uint64_t index = 0;
+  bool operator==(const SpanKey&) const = default;
+};
+
+class SpanCache {
+ public:
+  explicit SpanCache(uint64_t budget_bytes) : budget_(budget_bytes) {}
+
+  // The cached span, or null.
+  SpanPtr Lookup(const SpanKey& key);
+  // Caches `span` (replacing an entry with the same key) and evicts down to the budget. A
+  // span larger than the whole budget is not kept.
+  void Insert(const SpanKey& key, SpanPtr span);
+  // Returns the cached span; else waits if another thread is producing it; else calls
+  // `produce` with no lock held, caches and returns its result. An error from `produce` is
+  // returned to this caller and to every waiter; the next call tries again.
+  Result<SpanPtr> GetOrProduce(const SpanKey& key, const std::function<Result<SpanPtr>()>& produce);
+
+  uint64_t bytes() const;
+  size_t count() const;
+  uint64_t hits() const;
+  uint64_t misses() const;
+
+ private:
+  struct KeyHash {
+    size_t operator()(const SpanKey& k) const {
+      return std::hash<uint64_t>()(k.member * 0x9E3779B97F4A7C15ull ^ k.index);
+    }
+  };
+  struct Entry {
+    SpanPtr span;
+    std::list<SpanKey>::iterator lru;
+  };
+  struct InFlight {
+    bool done = false;
+    Result<SpanPtr> result = Status::Error(EIO, "span not produced");
+  };
+  // Requires mu_. Moves evicted spans to `dropped` so they are freed after unlocking.
+  void InsertLocked(const SpanKey& key, SpanPtr span, std::vector<SpanPtr>* dropped);
+
+  const uint64_t budget_;
+  mutable std::mutex mu_;
+  std::condition_variable produced_;  // signalled when an in-flight span completes
+  std::unordered_map<SpanKey, Entry, KeyHash> map_;
+  std::list<SpanKey> lru_;  // most recently used first
+  std::unordered_map<SpanKey, std::shared_ptr<InFlight>, KeyHash> in_flight_;
+  uint64_t bytes_ = 0;
+  uint64_t hits_ = 0;
+  uint64_t misses_ = 0;
+};
+
+}  // namespace npzfs

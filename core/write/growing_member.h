@@ -1,0 +1,194 @@
+// One new member being recorded into the mount: an append-only, growing file backed by a
+// spool file on disk.
+//
+// Two kinds, chosen by name: a name ending in ".npy" is frame-structured (its bytes form a
+// .npy whose header always counts the complete frames); any other name is kept verbatim as
+// append-only bytes.
+//
+// The spool file of a .npy member is a valid .npy at all times: the canonical header
+// (NpyHeader::Format(), numpy 1.24 layout, its length fixed for life) followed by every data
+// byte received, including a trailing partial frame. The count in the header is rewritten
+// only after the data it counts has been written. Before the layout is known the spool file
+// is empty. Because the spool file has exactly the layout readers see, a visible offset is
+// also the spool-file offset of the same byte.
+//
+// Ownership: the Spool (core/write/spool.h) creates members and owns them through shared_ptr; the
+// FUSE daemon keeps shared_ptrs for open files and one WriterSession per writer handle. A
+// GrowingMember owns its spool-file descriptor.
+//
+// Thread safety: every public method is safe to call from any thread. A short state mutex is
+// never held across disk I/O except the single pwrite of a header rewrite; readers (ReadAt,
+// visible_size) therefore never wait for a writer's data I/O. Writers, Fsync, Truncate and
+// finalize are serialised among themselves by a second mutex.
+//
+// Error codes (Status::code()) are the errno the daemon replies:
+//   EPERM  an overwrite, a truncate or an unlink/rename of data already written, a layout
+//          change after data was written;
+//   EBUSY  a second simultaneous writer;
+//   EINVAL a .npy written without a known layout, a header that does not parse or does not
+//          match the declared layout, a frame layout that cannot grow (object dtype, 0-d);
+//   ENODATA/ENOTSUP for unknown attributes; EIO/ENOSPC/... from the spool file.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "npzfs/file_util.h"
+#include "npzfs/npy_header.h"
+#include "npzfs/status.h"
+
+namespace npzfs {
+
+// Receives one human-readable log line (no trailing newline). May be empty.
+using SpoolLogFn = std::function<void(const std::string& line)>;
+
+// True for names whose members are frame-structured .npy files.
+bool IsNpyMemberName(std::string_view name);
+
+// The extended attributes that declare a frame layout before the first write.
+inline constexpr std::string_view kDescrAttribute = "user.npy.descr";  // "<i2", "|u1", ...
+inline constexpr std::string_view kShapeAttribute = "user.npy.shape";  // frame shape "256,1024"
+inline constexpr std::string_view kFortranAttribute = "user.npy.fortran_order";  // "0"/"1"
+
+// Parses a frame shape: axes separated by ',' or 'x' ("256,1024", "256x1024"; "" or "()" is a
+// frame of one scalar). EINVAL naming the text otherwise.
+Result<std::vector<uint64_t>> ParseFrameShape(std::string_view text);
+
+// One writer handle on a growing member (one per open file description that may write).
+// Owned by the daemon; filled in by GrowingMember::BeginWrite. The member keeps the writer's
+// position itself, so this is only a token plus the O_APPEND flag.
+struct WriterSession {
+  uint64_t token = 0;   // 0: not writing (never began or ended)
+  bool append = false;  // opened with O_APPEND: every write appends, whatever its offset
+};
+
+// The view a reader handle got at open (GrowingMember::TakeSnapshot).
+struct ReaderSnapshot {
+  std::string header;  // canonical header with the count at snapshot time ("": none yet)
+  uint64_t size = 0;   // visible size at snapshot time
+};
+
+// What finalize needs from one member: the bytes of the final member as pieces.
+struct FinalizedMemberData {
+  std::string name;
+  std::string header;             // canonical header with the final count ("" for verbatim members)
+  int fd = -1;                    // spool file (owned by the member; valid while it lives)
+  uint64_t data_offset = 0;       // first data byte in the spool file
+  uint64_t data_length = 0;       // complete frames only (verbatim: the whole file)
+  std::optional<uint32_t> crc32;  // CRC-32 of header + data if known without a re-read
+  uint64_t dropped_partial_bytes = 0;  // trailing partial frame left out
+  bool has_layout = true;              // false: a .npy that never received a header or a layout
+};
+
+class GrowingMember {
+ public:
+  // Creates an empty member whose spool file is `spool_path` (must not exist: EEXIST).
+  // `declared` (count ignored) fixes the layout now, as -o frame= does; then the spool file
+  // gets a header with count 0 at once. Only for .npy names (EINVAL otherwise).
+  static Result<std::shared_ptr<GrowingMember>> Create(std::string name, std::string spool_path,
+                                                       std::optional<NpyHeader> declared,
+                                                       SpoolLogFn log = {});
+  // Reopens a spool file left by a previous daemon (e.g. after SIGKILL): keeps every complete
+  // frame (count from the file size, not from the header), truncates a partial tail (logged)
+  // and rewrites the header. EINVAL if the file is not a .npy this module wrote.
+  static Result<std::shared_ptr<GrowingMember>> Resume(std::string name, std::string spool_path,
+                                                       SpoolLogFn log = {});
+
+  GrowingMember(const GrowingMember&) = delete;
+  GrowingMember& operator=(const GrowingMember&) = delete;
+  ~GrowingMember();
+
+  const std::string& name() const { return name_; }
+  const std::string& spool_path() const { return spool_path_; }
+  bool is_npy() const { return is_npy_; }
+
+  // ---- writers ----
+  // Starts a writer session. EBUSY if another session is active. `append` is O_APPEND.
+  Status BeginWrite(WriterSession* session, bool append);
+  // Ends it (idempotent). A header-first writer that stops in the middle of its header loses
+  // those header bytes (logged); the member is then as before its first write.
+  void EndWrite(WriterSession* session);
+  // Writes `data` at `offset` of the session's byte stream. Returns data.size() on success.
+  // The first writer of a header-first member writes in its own coordinates (its header,
+  // then data); every later writer writes in visible coordinates. See the rules above and in
+  // growing_member.cc. EBADF if the session is not the active one.
+  Result<size_t> Write(WriterSession* session, uint64_t offset, std::span<const std::byte> data);
+  // fsyncs the spool file and (first time) its directory: every frame written so far
+  // survives a crash.
+  Status Fsync();
+  // ftruncate(2)/O_TRUNC: to the current size (visible or including a held-back partial
+  // frame) is a no-op; to 0 on a member with no data resets it (a header-first layout is
+  // forgotten, a declared one kept); anything else EPERM.
+  Status Truncate(uint64_t size);
+  // unlink/rename: ok only while no data byte was written (EPERM otherwise).
+  Status CheckRemovable() const;
+  // Marks the member removed (its spool file is unlinked by the caller); later writes fail.
+  void MarkRemoved();
+
+  // ---- layout attributes (user.npy.descr / user.npy.shape / user.npy.fortran_order) ----
+  // Sets one attribute. When descr and shape are both set the layout is declared and the
+  // spool file gets a header with count 0. EPERM once data was written with another layout
+  // (setting the same value again is ok); ENOTSUP for other names or a non-.npy member;
+  // EINVAL for a bad value.
+  Status SetAttribute(std::string_view attr, std::string_view value);
+  // ENODATA if unset and not derivable from a known layout.
+  Result<std::string> GetAttribute(std::string_view attr) const;
+  // Names with a value (for listxattr).
+  std::vector<std::string> ListAttributes() const;
+
+  // ---- readers ----
+  // Size a reader sees now: header + complete frames (verbatim: all bytes).
+  uint64_t visible_size() const;
+  // What one reader handle was shown when it opened. Take it in open() and pass it to every
+  // ReadAt of that handle: the header keeps the count of the snapshot, and the visible size
+  // only grows, so the header never counts more frames than any size reported (stat) after
+  // the open. Without it, a reader that got the size from one getattr and the header from a
+  // later read could see a count its size cannot hold (cp would produce a broken .npy).
+  ReaderSnapshot TakeSnapshot() const;
+  // Reads visible bytes at `offset`; returns the count (short only at the current visible
+  // end). The header comes from `snapshot` (from memory), data from the spool file, up to
+  // the CURRENT visible size (bytes past the snapshot are complete frames numpy ignores as
+  // trailing bytes). EIO etc. from the spool file.
+  Result<size_t> ReadAt(const ReaderSnapshot& snapshot, uint64_t offset,
+                        std::span<std::byte> out) const;
+  // Same with a snapshot taken now. Only safe for callers that take the size from this same
+  // call (see TakeSnapshot).
+  Result<size_t> ReadAt(uint64_t offset, std::span<std::byte> out) const;
+
+  // ---- state ----
+  std::optional<NpyHeader> layout() const;  // count 0; nullopt until known
+  uint64_t frame_count() const;             // complete frames
+  uint64_t data_bytes() const;              // every data byte, including a partial frame
+  bool has_data() const { return data_bytes() > 0; }
+
+  // A consistent snapshot for finalize (waits for an in-flight write). Logs a dropped
+  // partial frame.
+  Result<FinalizedMemberData> PrepareFinalize();
+
+ private:
+  GrowingMember(std::string name, std::string spool_path, UniqueFd fd, SpoolLogFn log);
+  void Log(const std::string& line) const;
+  // Appends data bytes to the spool file and publishes newly completed frames. Requires
+  // io_mu_ held and mu_ not held.
+  Status AppendData(std::span<const std::byte> data);
+  struct State;
+  std::unique_ptr<State> s_;
+
+  const std::string name_;
+  const std::string spool_path_;
+  const bool is_npy_;
+  const UniqueFd fd_;
+  const SpoolLogFn log_;
+  mutable std::mutex mu_;     // guards *s_ (short critical sections)
+  mutable std::mutex io_mu_;  // serialises Write, Fsync, Truncate, SetAttribute, finalize
+};
+
+}  // namespace npzfs

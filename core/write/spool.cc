@@ -1,0 +1,332 @@
+// The spool directory: one spool file per new member, resumed after a crash, turned into
+// archive members by one atomic AppendToArchive at finalize.
+//
+// Finalize order is what makes it safe: (1) snapshot every member (header with the final
+// count + a file range of its complete frames); (2) AppendToArchive writes a temp archive,
+// fsyncs it, renames it over the archive and fsyncs the directory; (3) only then are the
+// spool files unlinked and the directory removed. A crash or error before (2) completes
+// leaves the old archive and the whole spool; a crash during (3) leaves a durable archive
+// plus leftovers that a later recovery would refuse with EEXIST (the names are already in
+// the archive) rather than add twice.
+#include "core/write/spool.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace npzfs {
+namespace {
+
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  return -1;
+}
+
+}  // namespace
+
+std::string DefaultSpoolDir(const std::string& archive_path) {
+  return DirName(archive_path) + "/." + BaseName(archive_path) + ".npzfs-spool";
+}
+
+std::string EscapeMemberName(std::string_view member_name) {
+  std::string out;
+  out.reserve(member_name.size() + 8);
+  for (size_t i = 0; i < member_name.size(); ++i) {
+    const char c = member_name[i];
+    if (c == '%') {
+      out += "%25";
+    } else if (c == '/') {
+      out += "%2F";
+    } else if (c == '.' && i == 0) {
+      out += "%2E";  // spool files never start with '.': those are not members
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+Result<std::string> UnescapeMemberName(std::string_view file_name) {
+  std::string out;
+  for (size_t i = 0; i < file_name.size(); ++i) {
+    const char c = file_name[i];
+    if (c != '%') {
+      if (c == '/' || (i == 0 && c == '.')) {
+        return Status::Error(EINVAL, std::string(file_name) + ": not an escaped member name");
+      }
+      out += c;
+      continue;
+    }
+    if (i + 2 >= file_name.size()) {
+      return Status::Error(EINVAL, std::string(file_name) + ": truncated %-escape");
+    }
+    const int hi = HexValue(file_name[i + 1]), lo = HexValue(file_name[i + 2]);
+    const char decoded = static_cast<char>(hi * 16 + lo);
+    // Accept exactly what EscapeMemberName produces, so the mapping is one-to-one.
+    const bool valid =
+        hi >= 0 && lo >= 0 && (decoded == '%' || decoded == '/' || (decoded == '.' && i == 0));
+    if (!valid) {
+      return Status::Error(EINVAL, std::string(file_name) + ": unexpected escape '" +
+                                       std::string(file_name.substr(i, 3)) + "'");
+    }
+    out += decoded;
+    i += 2;
+  }
+  if (out.empty()) return Status::Error(EINVAL, "empty spool file name");
+  return out;
+}
+
+Spool::Spool(std::string dir, UniqueFd lock_fd, SpoolLogFn log)
+    : dir_(std::move(dir)), lock_fd_(std::move(lock_fd)), log_(std::move(log)) {}
+
+Spool::~Spool() = default;
+
+void Spool::Log(const std::string& line) const {
+  if (log_) log_(line);
+}
+
+std::string Spool::PathFor(const std::string& name) const {
+  return dir_ + "/" + EscapeMemberName(name);
+}
+
+Result<std::unique_ptr<Spool>> Spool::Open(const std::string& dir, SpoolLogFn log) {
+  if (::mkdir(dir.c_str(), 0755) == 0) {
+    NPZ_RETURN_IF_ERROR(FsyncParentDir(dir));
+  } else if (errno != EEXIST) {
+    return ErrnoStatus(errno, dir, "cannot create the spool directory");
+  }
+  struct stat st;
+  if (::stat(dir.c_str(), &st) != 0) return ErrnoStatus(errno, dir, "cannot stat the spool");
+  if (!S_ISDIR(st.st_mode)) {
+    return Status::Error(ENOTDIR, dir + ": spool path exists and is not a directory");
+  }
+
+  const std::string lock_path = dir + "/" + std::string(kLockFileName);
+  NPZ_ASSIGN_OR_RETURN(UniqueFd lock_fd, OpenFile(lock_path, O_RDWR | O_CREAT, 0644));
+  if (::flock(lock_fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK) {
+      return Status::Error(EBUSY, dir +
+                                      ": spool is in use by another npzfs daemon or npz "
+                                      "recover (lock " +
+                                      lock_path + " is held)");
+    }
+    return ErrnoStatus(errno, lock_path, "flock failed");
+  }
+  std::unique_ptr<Spool> spool(new Spool(dir, std::move(lock_fd), std::move(log)));
+
+  std::vector<std::string> files;
+  {
+    DIR* d = ::opendir(dir.c_str());
+    if (d == nullptr) return ErrnoStatus(errno, dir, "cannot list the spool directory");
+    while (struct dirent* e = ::readdir(d)) {
+      if (e->d_name[0] == '.') continue;  // ".", "..", the lock, quarantined files
+      files.emplace_back(e->d_name);
+    }
+    ::closedir(d);
+  }
+  std::sort(files.begin(), files.end());
+
+  for (const std::string& file : files) {
+    const std::string path = dir + "/" + file;
+    struct stat fst;
+    if (::lstat(path.c_str(), &fst) != 0 || !S_ISREG(fst.st_mode)) {
+      spool->Log(path + ": not a regular file, ignored");
+      continue;
+    }
+    auto name = UnescapeMemberName(file);
+    Result<std::shared_ptr<GrowingMember>> member =
+        name.ok() ? GrowingMember::Resume(*name, path, spool->log_)
+                  : Result<std::shared_ptr<GrowingMember>>(name.status());
+    if (!member.ok()) {
+      // Keep the bytes for a human, out of the way of later mounts and finalize.
+      const std::string quarantine = dir + "/.corrupt-" + file;
+      if (::rename(path.c_str(), quarantine.c_str()) != 0) {
+        return ErrnoStatus(errno, path, "cannot set aside an unreadable spool file");
+      }
+      spool->Log(path + ": cannot resume (" + member.status().message() + "); moved to " +
+                 quarantine);
+      continue;
+    }
+    const auto& m = *member;
+    spool->Log(dir + ": resumed member " + m->name() + " (" +
+               (m->is_npy() ? std::to_string(m->frame_count()) + " frames, " : std::string()) +
+               std::to_string(m->data_bytes()) + " data bytes)");
+    spool->members_.emplace(m->name(), m);
+  }
+  return spool;
+}
+
+Result<std::shared_ptr<GrowingMember>> Spool::Create(const std::string& name,
+                                                     std::optional<NpyHeader> declared) {
+  std::lock_guard lock(mu_);
+  if (finalized_) return Status::Error(ESHUTDOWN, dir_ + ": spool already finalized");
+  if (name.empty()) return Status::Error(EINVAL, dir_ + ": empty member name");
+  if (members_.count(name)) return Status::Error(EEXIST, name + ": already a new member");
+  NPZ_ASSIGN_OR_RETURN(auto m,
+                       GrowingMember::Create(name, PathFor(name), std::move(declared), log_));
+  members_.emplace(name, m);
+  return m;
+}
+
+std::shared_ptr<GrowingMember> Spool::Find(const std::string& name) const {
+  std::lock_guard lock(mu_);
+  auto it = members_.find(name);
+  return it == members_.end() ? nullptr : it->second;
+}
+
+std::vector<std::shared_ptr<GrowingMember>> Spool::members() const {
+  std::lock_guard lock(mu_);
+  std::vector<std::shared_ptr<GrowingMember>> out;
+  out.reserve(members_.size());
+  for (const auto& [name, m] : members_) out.push_back(m);
+  return out;
+}
+
+Status Spool::Remove(const std::string& name) {
+  std::lock_guard lock(mu_);
+  auto it = members_.find(name);
+  if (it == members_.end()) return Status::Error(ENOENT, name + ": not a new member");
+  NPZ_RETURN_IF_ERROR(it->second->CheckRemovable());
+  if (::unlink(it->second->spool_path().c_str()) != 0 && errno != ENOENT) {
+    return ErrnoStatus(errno, it->second->spool_path(), "cannot remove spool file");
+  }
+  it->second->MarkRemoved();
+  members_.erase(it);
+  return Status::Ok();
+}
+
+Status Spool::Rename(const std::string& from, const std::string& to) {
+  std::lock_guard lock(mu_);
+  if (finalized_) return Status::Error(ESHUTDOWN, dir_ + ": spool already finalized");
+  auto it = members_.find(from);
+  if (it == members_.end()) return Status::Error(ENOENT, from + ": not a new member");
+  if (to.empty()) return Status::Error(EINVAL, dir_ + ": empty member name");
+  if (members_.count(to)) return Status::Error(EEXIST, to + ": already a new member");
+  const std::shared_ptr<GrowingMember>& m = it->second;
+  NPZ_RETURN_IF_ERROR(m->CheckRemovable());
+  const std::string new_path = PathFor(to);
+  if (IsNpyMemberName(from) != IsNpyMemberName(to)) {
+    // A declared .npy header is not data of a verbatim file (and vice versa is empty anyway).
+    if (::truncate(m->spool_path().c_str(), 0) != 0) {
+      return ErrnoStatus(errno, m->spool_path(), "truncate failed");
+    }
+  }
+  if (::rename(m->spool_path().c_str(), new_path.c_str()) != 0) {
+    return ErrnoStatus(errno, m->spool_path(), "cannot rename spool file to " + new_path);
+  }
+  // The renamed member is reopened from its file; the old object (and its writer, if any)
+  // is retired.
+  auto renamed = GrowingMember::Resume(to, new_path, log_);
+  if (!renamed.ok()) return renamed.status();
+  m->MarkRemoved();
+  members_.erase(it);
+  members_.emplace(to, *renamed);
+  return Status::Ok();
+}
+
+Status Spool::Finalize(const std::string& archive_path, const WriteOptions& options) {
+  std::lock_guard lock(mu_);
+  if (finalized_) return Status::Ok();
+
+  std::vector<NewMember> news;
+  uint64_t total_bytes = 0;
+  for (const auto& [name, m] : members_) {
+    NPZ_ASSIGN_OR_RETURN(FinalizedMemberData f, m->PrepareFinalize());
+    if (!f.has_layout) {
+      Log(name + ": never received a .npy header or a declared layout; not added to " +
+          archive_path);
+      continue;
+    }
+    NewMember nm;
+    nm.name = name;
+    if (!f.header.empty()) {
+      MemberPiece header;
+      header.bytes = f.header;
+      nm.pieces.push_back(std::move(header));
+    }
+    if (f.data_length > 0) {
+      MemberPiece data;
+      data.fd = f.fd;
+      data.offset = f.data_offset;
+      data.length = f.data_length;
+      nm.pieces.push_back(std::move(data));
+    }
+    nm.crc32 = f.crc32;
+    total_bytes += f.header.size() + f.data_length;
+    news.push_back(std::move(nm));
+  }
+
+  if (!news.empty()) {
+    Log(archive_path + ": finalizing " + std::to_string(news.size()) + " new member(s), " +
+        std::to_string(total_bytes) + " bytes");
+    Status st = AppendToArchive(archive_path, news, options);
+    if (!st.ok()) {
+      Log(archive_path + ": finalize failed, archive and spool " + dir_ +
+          " left intact: " + st.message());
+      return st;
+    }
+    Log(archive_path + ": finalized " + std::to_string(news.size()) + " new member(s)");
+  }
+
+  // The archive is durable: now the spool may go.
+  std::string cleanup_errors;
+  for (const auto& [name, m] : members_) {
+    if (::unlink(m->spool_path().c_str()) != 0 && errno != ENOENT) {
+      cleanup_errors += "; " + m->spool_path() + ": unlink: " + std::strerror(errno);
+    }
+    m->MarkRemoved();
+  }
+  members_.clear();
+  finalized_ = true;
+  const std::string lock_path = dir_ + "/" + std::string(kLockFileName);
+  if (::unlink(lock_path.c_str()) != 0 && errno != ENOENT) {
+    cleanup_errors += "; " + lock_path + ": unlink: " + std::strerror(errno);
+  }
+  lock_fd_.Reset();
+  if (::rmdir(dir_.c_str()) != 0) {
+    if (errno == ENOTEMPTY || errno == EEXIST) {
+      // Only files that are not members are left (someone else's dotfiles): harmless.
+      Log(dir_ + ": spool directory kept, it holds files that are not members");
+    } else {
+      cleanup_errors += "; " + dir_ + ": rmdir: " + std::strerror(errno);
+    }
+  } else {
+    Status st = FsyncParentDir(dir_);
+    if (!st.ok()) cleanup_errors += "; " + st.message();
+  }
+  if (!cleanup_errors.empty()) {
+    Status st = Status::Error(EIO, archive_path +
+                                       ": archive written, but the spool could not "
+                                       "be fully removed" +
+                                       cleanup_errors);
+    Log(st.message());
+    return st;
+  }
+  return Status::Ok();
+}
+
+Status RecoverSpool(const std::string& archive_path, const std::string& spool_dir,
+                    const WriteOptions& options, SpoolLogFn log) {
+  struct stat st;
+  if (::stat(spool_dir.c_str(), &st) != 0) {
+    if (errno == ENOENT) {
+      return Status::Error(ENOENT,
+                           archive_path + ": no spool to recover (looked for " + spool_dir + ")");
+    }
+    return ErrnoStatus(errno, spool_dir, "cannot stat the spool");
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    return Status::Error(ENOTDIR, spool_dir + ": spool path is not a directory");
+  }
+  NPZ_ASSIGN_OR_RETURN(auto spool, Spool::Open(spool_dir, std::move(log)));
+  return spool->Finalize(archive_path, options);
+}
+
+}  // namespace npzfs

@@ -1,0 +1,100 @@
+// The spool: the directory that holds the growing members of one archive until finalize.
+//
+// A mount that accepts new members keeps each one in a spool file named after the member
+// (EscapeMemberName) inside a spool directory, by default "<dir>/.<base>.npzfs-spool" next
+// to the archive, so that finalize can copy or reflink on the same filesystem. The spool
+// survives a killed daemon: Spool::Open resumes every member it finds, keeping every complete
+// frame. Finalize adds every member to the archive atomically (AppendToArchive) and removes
+// the spool only after the archive is durable; on failure both stay as they were.
+//
+// Files in the spool directory whose names start with '.' are not members (escaping never
+// produces a leading '.'); Spool::Open takes an exclusive flock on "<dir>/.npzfs-lock" so two
+// daemons (or a daemon and `npz recover`) cannot share a spool. The daemon does not need a
+// lock of its own; if it wants one it must use another file (flock conflicts between two
+// open() calls of the same file, even in one process).
+//
+// Ownership: Spool owns its members (shared_ptr, the daemon may hold more references) and the
+// lock. Thread safety: every method may be called from any thread; Finalize must not run
+// while writers are still active (it snapshots what has been written so far).
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/write/growing_member.h"
+#include "npzfs/archive_writer.h"
+#include "npzfs/file_util.h"
+#include "npzfs/status.h"
+
+namespace npzfs {
+
+// "<dir>/<base>.npz" -> "<dir>/.<base>.npz.npzfs-spool" ("data.npz" -> "./.data.npz.npzfs-spool").
+std::string DefaultSpoolDir(const std::string& archive_path);
+
+// Member name <-> one spool file name. '%' -> "%25", '/' -> "%2F", a leading '.' -> "%2E";
+// reversible for every name. UnescapeMemberName: EINVAL for a malformed escape.
+std::string EscapeMemberName(std::string_view member_name);
+Result<std::string> UnescapeMemberName(std::string_view file_name);
+
+class Spool {
+ public:
+  // The lock file inside the spool directory.
+  static constexpr std::string_view kLockFileName = ".npzfs-lock";
+
+  // Creates `dir` (and fsyncs its parent) or opens an existing one and resumes every member
+  // file in it (one log line each; a file that cannot be resumed is renamed to
+  // ".corrupt-<file>" with a log line). EBUSY if another process holds the spool lock.
+  static Result<std::unique_ptr<Spool>> Open(const std::string& dir, SpoolLogFn log = {});
+  ~Spool();
+
+  const std::string& dir() const { return dir_; }
+
+  // A new, empty member. EEXIST if `name` is already in the spool. `declared` (count
+  // ignored) fixes the frame layout now (-o frame=); .npy names only (EINVAL otherwise).
+  Result<std::shared_ptr<GrowingMember>> Create(const std::string& name,
+                                                std::optional<NpyHeader> declared = {});
+  // nullptr if absent.
+  std::shared_ptr<GrowingMember> Find(const std::string& name) const;
+  // Every member, sorted by name.
+  std::vector<std::shared_ptr<GrowingMember>> members() const;
+
+  // unlink: EPERM if the member has data (GrowingMember::CheckRemovable), ENOENT if absent.
+  Status Remove(const std::string& name);
+  // rename: EPERM if the member has data, EEXIST if `to` is in the spool, ENOENT if absent.
+  Status Rename(const std::string& from, const std::string& to);
+
+  // Adds every member to `archive_path` in one atomic AppendToArchive (creating the archive
+  // if missing; if there is nothing to add, nothing is created). .npy members get their
+  // header with the final count plus their complete frames (a partial trailing frame is
+  // dropped, logged); a .npy that never got a layout is skipped (logged); verbatim members
+  // are copied whole. Only after the archive is durable are the spool files, the lock and
+  // the directory removed. On failure the archive and the spool are as before and the Status
+  // says why (ENOSPC, EEXIST for a name already in the archive, ...). `options.progress`
+  // is passed through for large finalizes. After success the Spool is empty and closed:
+  // further Create calls fail with ESHUTDOWN.
+  Status Finalize(const std::string& archive_path, const WriteOptions& options);
+
+ private:
+  Spool(std::string dir, UniqueFd lock_fd, SpoolLogFn log);
+  void Log(const std::string& line) const;
+  std::string PathFor(const std::string& name) const;
+
+  const std::string dir_;
+  UniqueFd lock_fd_;
+  const SpoolLogFn log_;
+  mutable std::mutex mu_;  // guards members_ and finalized_
+  std::map<std::string, std::shared_ptr<GrowingMember>> members_;
+  bool finalized_ = false;
+};
+
+// `npz recover ARCHIVE`: finalizes the spool a dead daemon left behind. ENOENT with a clear
+// message if there is no spool directory; EBUSY if a live daemon holds it.
+Status RecoverSpool(const std::string& archive_path, const std::string& spool_dir,
+                    const WriteOptions& options, SpoolLogFn log = {});
+
+}  // namespace npzfs

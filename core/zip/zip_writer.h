@@ -1,0 +1,107 @@
+// A streaming ZIP writer for a seekable output file.
+//
+// Members are written one after another at increasing offsets of the output fd: a local
+// header first, then the data (stored, or raw deflate through zlib), then the local
+// header's CRC and sizes are patched in place. Because the target is seekable no data
+// descriptor is written, which keeps every reader (numpy's zipfile, libzip, unzip) happy.
+// When a member might reach 4 GiB its local header reserves a ZIP64 extra up front, since
+// the header cannot grow after the data is written. Finish() writes the central directory
+// (optionally preceded by raw records copied from an older archive) and the end records,
+// adding the ZIP64 end record and locator when an offset, a size or the entry count needs it.
+//
+// Memory stays bounded: data passes through 1 MiB buffers; a member is never held whole.
+// When the caller supplies the CRC of a stored member, file ranges are copied with
+// copy_file_range (extent sharing on XFS/btrfs) and never touch user space.
+//
+// Ownership: the writer borrows the output fd and any source fds; it owns its zlib
+// stream (held by pointer so the z_stream never moves after deflateInit2). Not
+// thread-safe: one thread drives one writer.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "npzfs/status.h"
+
+namespace npzfs {
+
+struct ZipMemberOptions {
+  int compress_level = -1;            // -1: stored (method 0); 0..9: deflate (method 8)
+  std::optional<uint32_t> crc32;      // if known, not computed (and verified nowhere)
+  std::optional<uint64_t> size_hint;  // uncompressed size if known: decides ZIP64 extra
+  int64_t mtime = -1;                 // unix seconds for the DOS time; -1: now
+};
+
+class ZipWriter {
+ public:
+  // Writes to `fd` (borrowed) starting at `start_offset`; `path` is for messages.
+  ZipWriter(int fd, std::string path, uint64_t start_offset);
+  ~ZipWriter();
+  ZipWriter(const ZipWriter&) = delete;
+  ZipWriter& operator=(const ZipWriter&) = delete;
+
+  // Starts a member. EINVAL for an empty or over-long name, a bad level, or a member
+  // already open.
+  Status BeginMember(const std::string& name, const ZipMemberOptions& options);
+  // Appends bytes to the open member.
+  Status Write(const void* data, size_t n);
+  // Appends `length` bytes of `src_fd` from `offset` to the open member. EIO if the
+  // source is shorter (names `src_path`).
+  Status CopyFrom(int src_fd, uint64_t offset, uint64_t length, const std::string& src_path);
+  // Finishes the member: flushes deflate, patches the local header. EIO if the member
+  // outgrew a local header that had no room for ZIP64 sizes (size_hint was wrong).
+  Status EndMember();
+
+  // Writes the central directory: `prior_records` (raw central records of `prior_count`
+  // entries, e.g. from an existing archive, copied verbatim) then one record per member
+  // written here, then the end records with `comment`. No member may be open.
+  Status Finish(const std::string& prior_records, uint64_t prior_count, const std::string& comment);
+
+  // Called after each chunk of member input is consumed, with the chunk's byte count
+  // (uncompressed). For progress reporting; may be left empty.
+  void set_progress(std::function<void(uint64_t consumed)> progress) {
+    progress_ = std::move(progress);
+  }
+
+  // The offset where the next byte would be written (the end of the archive after Finish).
+  uint64_t offset() const { return offset_; }
+  // Number of members written by this writer.
+  size_t member_count() const { return records_.size(); }
+
+ private:
+  struct Record {
+    std::string name;
+    uint16_t method = 0;
+    uint16_t dos_time = 0, dos_date = 0;
+    uint32_t crc32 = 0;
+    uint64_t compressed_size = 0, uncompressed_size = 0;
+    uint64_t local_header_offset = 0;
+  };
+  struct Deflater;  // owns the z_stream (pinned on the heap)
+
+  Status WriteOut(const void* data, size_t n);  // at offset_, advancing it
+  Status Feed(const void* data, size_t n);      // to the open member (CRC + compress)
+
+  int fd_;
+  std::string path_;
+  std::function<void(uint64_t)> progress_;
+  uint64_t offset_;
+  std::vector<Record> records_;
+
+  // The member being written.
+  bool open_ = false;
+  Record cur_;
+  bool cur_zip64_local_ = false;  // its local header holds a ZIP64 extra
+  bool cur_crc_given_ = false;
+  uint32_t cur_running_crc_ = 0;
+  std::unique_ptr<Deflater> deflater_;
+};
+
+// Encodes unix seconds as a DOS (date, time) pair in local time; clamps to 1980..2107.
+void UnixToDosDateTime(int64_t unix_seconds, uint16_t* dos_date, uint16_t* dos_time);
+
+}  // namespace npzfs
