@@ -1,9 +1,14 @@
-// Random-access readers for the members of an archive.
+// Random-access readers for members: one reader per open file.
 //
 // A MemberReader hands out the uncompressed bytes of one member at any offset. There is
 // one implementation per way of getting bytes (as in mount-zip): a stored member is a
 // pread from the archive file; a deflated member goes through the shared span cache, the
-// checkpoint index and parked inflate streams (core/read/).
+// checkpoint index and parked inflate streams (core/read/); a new member that is still
+// growing is read through its open-time snapshot (core/write/).
+//
+// Read() is what the FUSE layer calls: it either copies the bytes into the caller's buffer
+// or, where the bytes sit unchanged in a file, answers "splice them from this fd at this
+// offset", so the daemon can reply without copying through user space.
 //
 // Ownership: readers are created by Archive::OpenMember and are cheap handles. Every
 // reader of one member shares that member's state (index, CRC status); a reader keeps the
@@ -25,6 +30,15 @@
 
 namespace npzfs {
 
+// The answer to one Read: `length` bytes (0 only at or past the end of the member), either
+// copied into the caller's buffer (splice_fd < 0) or to be taken from [splice_offset,
+// splice_offset + length) of splice_fd (not owned; open at least as long as the reader).
+struct ReadAnswer {
+  size_t length = 0;
+  int splice_fd = -1;
+  uint64_t splice_offset = 0;
+};
+
 class MemberReader {
  public:
   virtual ~MemberReader() = default;
@@ -39,8 +53,17 @@ class MemberReader {
   //        entry says, or a failed pread of the archive.
   virtual Result<size_t> ReadAt(uint64_t offset, std::span<std::byte> dest) = 0;
 
+  // Answers a read of up to dest.size() bytes at `offset`: a splice answer where the
+  // reader can give one, else the bytes copied into `dest` (the default). Same errors and
+  // end-of-member rule as ReadAt.
+  virtual Result<ReadAnswer> Read(uint64_t offset, std::span<std::byte> dest) {
+    NPZ_ASSIGN_OR_RETURN(size_t n, ReadAt(offset, dest));
+    return ReadAnswer{n, -1, 0};
+  }
+
   // For stored members: the absolute offset of the data in the archive file, so that the
   // FUSE layer can splice straight from Archive::fd(). nullopt for deflated members.
+  // (Being replaced by Read's splice answer.)
   virtual std::optional<uint64_t> stored_data_offset() const { return std::nullopt; }
 };
 
