@@ -1,11 +1,10 @@
-// Archive: the member tree (sanitizing, duplicates), reader construction, and the sidecar
-// index file (format spec: core/README.md, "Index file format").
+// Archive: the member tree (sanitizing, duplicates), reader construction, and loading and
+// saving the sidecar index (its format: core/read/index_file.cc and core/README.md).
 #include "npzfs/archive.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include <algorithm>
 #include <cstring>
@@ -13,14 +12,11 @@
 
 #include "core/base/atomic_file.h"
 #include "core/read/deflated_member.h"
+#include "core/read/index_file.h"
 #include "npzfs/file_util.h"
 
 namespace npzfs {
 namespace {
-
-constexpr char kIndexMagic[8] = {'N', 'P', 'Z', 'F', 'S', 'I', 'D', 'X'};
-constexpr uint32_t kIndexVersion = 1;
-constexpr uint32_t kMaxStoredWindow = 1u << 16;  // a deflated 32 KiB window is far smaller
 
 // "a//./b" -> "a/b"; nullopt for names that must not appear (.., NUL, empty).
 std::optional<std::string> SanitizePath(std::string_view name, std::string* why) {
@@ -49,58 +45,6 @@ std::optional<std::string> SanitizePath(std::string_view name, std::string* why)
   }
   return out;
 }
-
-class Writer {
- public:
-  void U8(uint8_t v) { out_.push_back(static_cast<char>(v)); }
-  void U32(uint32_t v) {
-    for (int i = 0; i < 4; ++i) U8(static_cast<uint8_t>(v >> (8 * i)));
-  }
-  void U64(uint64_t v) {
-    for (int i = 0; i < 8; ++i) U8(static_cast<uint8_t>(v >> (8 * i)));
-  }
-  void Bytes(const void* p, size_t n) { out_.append(static_cast<const char*>(p), n); }
-  std::string& str() { return out_; }
-
- private:
-  std::string out_;
-};
-
-class Reader {
- public:
-  explicit Reader(std::string_view in) : in_(in) {}
-  bool U8(uint8_t* v) {
-    if (in_.size() - pos_ < 1) return false;
-    *v = static_cast<uint8_t>(in_[pos_++]);
-    return true;
-  }
-  bool U32(uint32_t* v) {
-    uint64_t x;
-    if (!Le(4, &x)) return false;
-    *v = static_cast<uint32_t>(x);
-    return true;
-  }
-  bool U64(uint64_t* v) { return Le(8, v); }
-  bool Bytes(size_t n, std::string* out) {
-    if (in_.size() - pos_ < n) return false;
-    out->assign(in_.substr(pos_, n));
-    pos_ += n;
-    return true;
-  }
-  size_t remaining() const { return in_.size() - pos_; }
-
- private:
-  bool Le(int n, uint64_t* v) {
-    if (in_.size() - pos_ < static_cast<size_t>(n)) return false;
-    uint64_t x = 0;
-    for (int i = 0; i < n; ++i) x |= uint64_t{static_cast<uint8_t>(in_[pos_ + i])} << (8 * i);
-    pos_ += n;
-    *v = x;
-    return true;
-  }
-  std::string_view in_;
-  size_t pos_ = 0;
-};
 
 }  // namespace
 
@@ -247,153 +191,46 @@ std::string Archive::IndexPath() const {
   return dir + "/." + BaseName(path()) + ".npzfs-index";
 }
 
+IndexFingerprint Archive::Fingerprint() const {
+  return IndexFingerprint{directory_.archive_size, archive_mtime_ns_, directory_.cd_crc32,
+                          directory_.entries.size()};
+}
+
 Status Archive::SaveIndex() {
   if (!options_.index_enabled) return Status::Ok();
   std::lock_guard<std::mutex> lock(save_mu_);
   if (!index_dirty()) return Status::Ok();
-  std::vector<std::pair<size_t, DeflatedMember::Snapshot>> snaps;
+  std::vector<DeflatedRecord> records;
+  std::vector<std::pair<size_t, uint64_t>> versions;  // (member, version saved)
   for (size_t i = 0; i < deflated_.size(); ++i) {
     if (deflated_[i] == nullptr) continue;
     DeflatedMember::Snapshot snap = deflated_[i]->TakeSnapshot();
-    if (snap.complete || snap.checkpoints.size() > 1) snaps.emplace_back(i, std::move(snap));
+    if (!snap.complete && snap.checkpoints.size() <= 1) continue;
+    records.push_back(
+        DeflatedRecord{members_[i].entry_index, std::move(snap.checkpoints), snap.complete});
+    versions.emplace_back(i, snap.version);
   }
-  Writer w;
-  w.Bytes(kIndexMagic, sizeof kIndexMagic);
-  w.U32(kIndexVersion);
-  w.U32(0);
-  w.U64(directory_.archive_size);
-  w.U64(static_cast<uint64_t>(archive_mtime_ns_));
-  w.U32(directory_.cd_crc32);
-  w.U32(0);
-  w.U64(directory_.entries.size());
-  w.U64(snaps.size());
-  for (const auto& [i, snap] : snaps) {
-    const ZipEntry& e = members_[i].entry;
-    w.U64(members_[i].entry_index);
-    w.U64(e.local_header_offset);
-    w.U64(e.data_offset);
-    w.U64(e.compressed_size);
-    w.U64(e.uncompressed_size);
-    w.U32(e.crc32);
-    w.U8(snap.complete ? 1 : 0);
-    w.U8(0);
-    w.U8(0);
-    w.U8(0);
-    w.U64(snap.checkpoints.size());
-    for (const Checkpoint& cp : snap.checkpoints) {
-      w.U64(cp.out);
-      w.U64(cp.in);
-      w.U8(cp.bits);
-      w.U32(cp.span_crc);
-      w.U32(cp.window_size);
-      w.U32(static_cast<uint32_t>(cp.window.size()));
-      w.Bytes(cp.window.data(), cp.window.size());
-    }
-  }
-  w.U32(static_cast<uint32_t>(
-      crc32_z(0, reinterpret_cast<const Bytef*>(w.str().data()), w.str().size())));
-
-  NPZ_RETURN_IF_ERROR(WriteFileAtomically(IndexPath(), w.str()));
-  for (const auto& [i, snap] : snaps) deflated_[i]->MarkSaved(snap.version);
+  NPZ_RETURN_IF_ERROR(WriteFileAtomically(
+      IndexPath(), EncodeIndexFile(Fingerprint(), directory_.entries, records)));
+  for (const auto& [i, version] : versions) deflated_[i]->MarkSaved(version);
   return Status::Ok();
 }
 
 Status Archive::LoadIndex() {
-  const std::string file = IndexPath();
-  Result<UniqueFd> opened = OpenFile(file, O_RDONLY);
-  if (!opened.ok()) {
-    if (opened.status().code() == ENOENT) return Status::Ok();
-    return opened.status();
+  std::vector<bool> is_deflated(directory_.entries.size(), false);
+  std::unordered_map<size_t, size_t> member_of_entry;
+  for (size_t i = 0; i < members_.size(); ++i) {
+    if (deflated_[i] == nullptr) continue;
+    is_deflated[members_[i].entry_index] = true;
+    member_of_entry.emplace(members_[i].entry_index, i);
   }
-  NPZ_ASSIGN_OR_RETURN(uint64_t size, FileSize(opened->get(), file));
-  auto bad = [&](const std::string& why) { return Status::Error(EINVAL, file + ": " + why); };
-  if (size > std::max<uint64_t>(uint64_t{64} << 20, directory_.archive_size)) {
-    return bad("implausibly large index file");
-  }
-  if (size < sizeof kIndexMagic + 4) return bad("truncated index file");
-  std::string bytes(size, '\0');
-  NPZ_RETURN_IF_ERROR(PreadExact(opened->get(), bytes.data(), size, 0, file));
-  uint32_t stored_crc = 0;
-  for (int i = 0; i < 4; ++i) {
-    stored_crc |= uint32_t{static_cast<uint8_t>(bytes[size - 4 + i])} << (8 * i);
-  }
-  if (crc32_z(0, reinterpret_cast<const Bytef*>(bytes.data()), size - 4) != stored_crc) {
-    return bad("CRC-32 of the index file does not match (corrupt)");
-  }
-  Reader r(std::string_view(bytes).substr(0, size - 4));
-  std::string magic;
-  uint32_t version = 0, reserved = 0, cd_crc = 0;
-  uint64_t archive_size = 0, mtime = 0, entry_count = 0, records = 0;
-  if (!r.Bytes(sizeof kIndexMagic, &magic) || std::memcmp(magic.data(), kIndexMagic, 8) != 0) {
-    return bad("not an npzfs index file (bad magic)");
-  }
-  if (!r.U32(&version) || version != kIndexVersion) return bad("unsupported index version");
-  if (!r.U32(&reserved) || !r.U64(&archive_size) || !r.U64(&mtime) || !r.U32(&cd_crc) ||
-      !r.U32(&reserved) || !r.U64(&entry_count) || !r.U64(&records)) {
-    return bad("truncated header");
-  }
-  if (archive_size != directory_.archive_size || static_cast<int64_t>(mtime) != archive_mtime_ns_ ||
-      cd_crc != directory_.cd_crc32 || entry_count != directory_.entries.size()) {
-    return bad("stale index: the archive changed since it was written");
-  }
-  std::unordered_map<size_t, size_t> by_entry;
-  for (size_t i = 0; i < members_.size(); ++i) by_entry.emplace(members_[i].entry_index, i);
-  std::vector<std::pair<size_t, std::pair<std::vector<Checkpoint>, bool>>> loaded;
-  for (uint64_t rec = 0; rec < records; ++rec) {
-    uint64_t entry_index, lho, data_offset, csize, usize, count;
-    uint32_t crc;
-    uint8_t complete, pad;
-    if (!r.U64(&entry_index) || !r.U64(&lho) || !r.U64(&data_offset) || !r.U64(&csize) ||
-        !r.U64(&usize) || !r.U32(&crc) || !r.U8(&complete) || !r.U8(&pad) || !r.U8(&pad) ||
-        !r.U8(&pad) || !r.U64(&count)) {
-      return bad("truncated member record");
-    }
-    auto it = by_entry.find(entry_index);
-    if (it == by_entry.end() || deflated_[it->second] == nullptr) {
-      return bad("record for entry " + std::to_string(entry_index) + " matches no deflated member");
-    }
-    const size_t i = it->second;
-    const ZipEntry& e = members_[i].entry;
-    if (lho != e.local_header_offset || data_offset != e.data_offset ||
-        csize != e.compressed_size || usize != e.uncompressed_size || crc != e.crc32 ||
-        complete > 1) {
-      return bad("record for " + members_[i].path + " does not match the archive");
-    }
-    // Each checkpoint takes at least 29 bytes: bounds the count before reserving.
-    if (count == 0 || count > r.remaining() / 29) return bad("bad checkpoint count");
-    std::vector<Checkpoint> cps(count);
-    uint32_t whole = 0;
-    for (uint64_t k = 0; k < count; ++k) {
-      Checkpoint& cp = cps[k];
-      uint32_t wbytes = 0;
-      if (!r.U64(&cp.out) || !r.U64(&cp.in) || !r.U8(&cp.bits) || !r.U32(&cp.span_crc) ||
-          !r.U32(&cp.window_size) || !r.U32(&wbytes) || wbytes > kMaxStoredWindow ||
-          !r.Bytes(wbytes, &cp.window)) {
-        return bad("truncated checkpoint in " + members_[i].path);
-      }
-      const bool first_ok = k > 0 || (cp.out == 0 && cp.in == 0 && cp.bits == 0);
-      const bool order_ok = k == 0 || (cp.out > cps[k - 1].out && cp.in >= cps[k - 1].in);
-      if (!first_ok || !order_ok || cp.out >= std::max<uint64_t>(usize, 1) || cp.in > csize ||
-          cp.bits > 7 || (cp.bits != 0 && cp.in == 0) ||
-          cp.window_size != std::min<uint64_t>(kDeflateWindow, cp.out) ||
-          (cp.window_size == 0) != cp.window.empty()) {
-        return bad("inconsistent checkpoint in " + members_[i].path);
-      }
-      if (k > 0) {
-        whole = static_cast<uint32_t>(crc32_combine64(
-            whole, cps[k - 1].span_crc, static_cast<z_off64_t>(cp.out - cps[k - 1].out)));
-      }
-    }
-    if (complete) {
-      whole = static_cast<uint32_t>(crc32_combine64(
-          whole, cps.back().span_crc, static_cast<z_off64_t>(usize - cps.back().out)));
-      if (whole != e.crc32) return bad("span CRCs of " + members_[i].path + " do not add up");
-    }
-    loaded.emplace_back(i, std::make_pair(std::move(cps), complete == 1));
-  }
-  if (r.remaining() != 0) return bad("trailing bytes");
-  for (auto& [i, data] : loaded) {
-    deflated_[i]->Load(std::move(data.first), data.second);
+  const uint64_t max_bytes = std::max<uint64_t>(uint64_t{64} << 20, directory_.archive_size);
+  NPZ_ASSIGN_OR_RETURN(
+      std::vector<DeflatedRecord> records,
+      LoadIndexFile(IndexPath(), max_bytes, Fingerprint(), directory_.entries, is_deflated));
+  for (DeflatedRecord& rec : records) {
+    const size_t i = member_of_entry.at(rec.entry_index);
+    deflated_[i]->Load(std::move(rec.checkpoints), rec.complete);
     deflated_[i]->MarkSaved(0);
   }
   return Status::Ok();

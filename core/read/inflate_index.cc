@@ -25,9 +25,9 @@
 // B[i] = 0x80 | (i >> 8), a byte copied from p comes out as A[p] and B[p], so p is known.
 // A literal byte r comes out as r in both, and looks like a copy of exactly one position
 // ((r & 0x7f) << 8 | r, only if r >= 0x80 and the real window holds r there); keeping that
-// position too is harmless. So two substitute passes give every referenced position (the
-// brief's third "complement" pass only separates literals from copies, which the rule above
-// does for free). The other window bytes are zeroed and the result deflated: about 3 KiB
+// position too is harmless. So two substitute passes give every referenced position (a third
+// "complement" pass would only separate literals from copies, which the rule above does for
+// free). The other window bytes are zeroed and the result deflated: about 3 KiB
 // instead of 32 KiB for noisy int16 data (measured: the index of a 64 MiB member is 0.28%
 // of it at 1 MiB spacing; 0.12% for a float32 random walk). A read from the checkpoint restores the
 // sparse window with inflateSetDictionary; the zeroed bytes are never referenced, so the output is
@@ -47,7 +47,7 @@
 // input buffer, the lookahead), so memory stays bounded whatever the number of members.
 //
 // What this file does not do: decide span boundaries, caching, CRC policy and locking live
-// in core/read/member_reader.cc; the sidecar format in core/read/archive.cc.
+// in core/read/member_reader.cc; the sidecar format in core/read/index_file.cc.
 #include "core/read/inflate_index.h"
 
 #include <algorithm>

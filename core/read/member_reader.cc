@@ -206,8 +206,9 @@ Result<DeflatedMember::SpanRef> DeflatedMember::SpanAt(uint64_t pos) {
       start = checkpoints_[k].out;
     }
     if (known) {
-      NPZ_ASSIGN_OR_RETURN(SpanPtr span, shared_->cache.GetOrProduce(
-                                             SpanKey{id_, k}, [&] { return ProduceKnownSpan(k); }));
+      NPZ_ASSIGN_OR_RETURN(SpanPtr span, shared_->cache.GetOrProduce(SpanKey{id_, 0, k}, [&] {
+        return ProduceKnownSpan(k);
+      }));
       return SpanRef{std::move(span), start};
     }
     NPZ_ASSIGN_OR_RETURN(std::optional<SpanRef> ref, AdvanceFrontier(pos, true, {}));
@@ -359,7 +360,7 @@ Result<std::optional<DeflatedMember::SpanRef>> DeflatedMember::AdvanceFrontier(
     span->size = len;
     SpanPtr shared_span = std::move(span);
     // Cache first, publish after: a reader that finds the span known finds it cached.
-    if (fill_cache) shared_->cache.Insert(SpanKey{id_, k}, shared_span);
+    if (fill_cache) shared_->cache.Insert(SpanKey{id_, 0, k}, shared_span);
     bool crc_ok = true;
     uint32_t whole_crc = 0;
     {

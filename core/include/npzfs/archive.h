@@ -64,8 +64,9 @@ enum class IndexState {
   kComplete,   // every span is known and the CRC-32 of the whole member was checked
 };
 
-class DeflatedMember;  // core/read/deflated_member.h
-struct ArchiveShared;  // core/read/deflated_member.h
+class DeflatedMember;     // core/read/deflated_member.h
+struct ArchiveShared;     // core/read/deflated_member.h
+struct IndexFingerprint;  // core/read/index_file.h
 
 class Archive {
  public:
@@ -113,6 +114,7 @@ class Archive {
 
  private:
   Status LoadIndex();
+  IndexFingerprint Fingerprint() const;
 
   std::shared_ptr<ArchiveShared> shared_;
   ZipDirectory directory_;
