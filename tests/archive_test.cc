@@ -91,6 +91,29 @@ mid = info.header_offset + 100 + info.compress_size // 2
 for k in range(mid, mid + 2000):
     data[k] = (data[k] * 7 + 13) & 0xff
 open(D + '/baddata.npz', 'wb').write(bytes(data))
+
+# Names the kernel cannot carry, beside names it can.
+with zipfile.ZipFile(D + '/longnames.zip', 'w') as z:
+    z.writestr('x' * 5000 + '.npy', b'long component')
+    z.writestr('y' * 256, b'one byte too long')
+    z.writestr('k' * 255, b'255 bytes is fine')
+    z.writestr('/'.join(['d' * 200] * 21) + '/f.npy', b'path too long')
+    z.writestr('normal.npy', b'normal')
+
+# Sizes that lie: a.npy's central directory sizes run 8163 bytes into b.npy.
+np.savez(D + '/lying.npz', a=np.arange(50000, dtype='<i8'), b=np.arange(5000, dtype='<f8'))
+data = bytearray(open(D + '/lying.npz', 'rb').read())
+i = data.find(b'PK\x01\x02')
+while i >= 0:
+    n = int.from_bytes(data[i + 28:i + 30], 'little')
+    if data[i + 46:i + 46 + n] == b'a.npy':
+        for f in (20, 24):
+            size = int.from_bytes(data[i + f:i + f + 4], 'little')
+            data[i + f:i + f + 4] = (size + 8163).to_bytes(4, 'little')
+    i = data.find(b'PK\x01\x02', i + 4)
+open(D + '/lying.npz', 'wb').write(bytes(data))
+with zipfile.ZipFile(D + '/lying.npz') as z:
+    open(D + '/ref_lying_b.npy', 'wb').write(z.read('b.npy'))
 )PY");
   }
   static void TearDownTestSuite() {
@@ -165,6 +188,33 @@ TEST_F(ArchiveTest, ListsSanitizedPathsWithTheLastDuplicateWinning) {
   EXPECT_NE(log_.find("member x: it is also a directory"), std::string::npos) << log_;
   EXPECT_FALSE((*a)->Find("dir").has_value());
   EXPECT_FALSE((*a)->Find("x").has_value());
+}
+
+TEST_F(ArchiveTest, NamesTheKernelCannotCarryAreSkippedAndTheirSiblingsListed) {
+  auto a = Archive::Open(Path("longnames.zip"), Options());
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  std::vector<std::string> paths;
+  for (const ArchiveMember& m : (*a)->members()) paths.push_back(m.path);
+  std::sort(paths.begin(), paths.end());
+  EXPECT_EQ(paths, (std::vector<std::string>{std::string(255, 'k'), "normal.npy"}));
+  EXPECT_EQ(ReadAll(*OpenByPath(**a, "normal.npy"), 100), "normal");
+  EXPECT_EQ(ReadAll(*OpenByPath(**a, std::string(255, 'k')), 100), "255 bytes is fine");
+  EXPECT_NE(log_.find("has a component of 5004 bytes"), std::string::npos) << log_;
+  EXPECT_NE(log_.find("has a component of 256 bytes"), std::string::npos) << log_;
+  EXPECT_NE(log_.find("is 4226 bytes long"), std::string::npos) << log_;
+  // Each skipped name is one readable log line, not 5000 bytes of 'x'.
+  EXPECT_EQ(log_.find(std::string(100, 'x')), std::string::npos);
+}
+
+TEST_F(ArchiveTest, AMemberWhoseSizesRunIntoTheNextMemberIsRefusedAtOpen) {
+  auto a = Archive::Open(Path("lying.npz"), Options());
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  ASSERT_EQ((*a)->members().size(), 1u);
+  EXPECT_EQ((*a)->members()[0].path, "b.npy");
+  EXPECT_NE(log_.find("skipping member a.npy: its data"), std::string::npos) << log_;
+  EXPECT_NE(log_.find("runs into the local header of b.npy"), std::string::npos) << log_;
+  EXPECT_TRUE(ReadAll(*OpenByPath(**a, "b.npy"), 1000) ==
+              ReadFileOrDie(dir_->Join("ref_lying_b.npy")));
 }
 
 TEST_F(ArchiveTest, EncryptedAndUnsupportedMembersAreListedButDoNotOpen) {

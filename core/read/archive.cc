@@ -3,6 +3,7 @@
 #include "npzfs/archive.h"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -18,7 +19,13 @@
 namespace npzfs {
 namespace {
 
-// "a//./b" -> "a/b"; nullopt for names that must not appear (.., NUL, empty).
+// What the kernel can carry: a path component of at most NAME_MAX bytes, a path shorter than
+// PATH_MAX (the mount point's own path comes on top; what is left is the user's concern).
+constexpr size_t kMaxNameComponent = NAME_MAX;
+constexpr size_t kMaxPath = PATH_MAX;
+
+// "a//./b" -> "a/b"; nullopt for names that must not appear (.., NUL, empty, a component or
+// a path too long for the kernel).
 std::optional<std::string> SanitizePath(std::string_view name, std::string* why) {
   if (name.find('\0') != std::string_view::npos) {
     *why = "contains a NUL byte";
@@ -36,6 +43,11 @@ std::optional<std::string> SanitizePath(std::string_view name, std::string* why)
       *why = "has a '..' component";
       return std::nullopt;
     }
+    if (part.size() > kMaxNameComponent) {
+      *why = "has a component of " + std::to_string(part.size()) + " bytes (the limit is " +
+             std::to_string(kMaxNameComponent) + ")";
+      return std::nullopt;
+    }
     if (!out.empty()) out += '/';
     out.append(part);
   }
@@ -43,39 +55,78 @@ std::optional<std::string> SanitizePath(std::string_view name, std::string* why)
     *why = "is empty once sanitized";
     return std::nullopt;
   }
+  if (out.size() >= kMaxPath) {
+    *why = "is " + std::to_string(out.size()) + " bytes long (the limit is " +
+           std::to_string(kMaxPath - 1) + ")";
+    return std::nullopt;
+  }
   return out;
 }
 
-}  // namespace
+// A name as a log line shows it: long names are cut, so one line stays readable.
+std::string ShownName(std::string_view name) {
+  constexpr size_t kShown = 80;
+  if (name.size() <= kShown) return std::string(name);
+  return std::string(name.substr(0, kShown)) + "...";
+}
 
-Archive::~Archive() = default;
+// Entries whose bytes overlap another entry's: a central directory whose sizes lie (the
+// data would run into the next member's local header and data). Sorted by local header
+// offset, an entry is refused when its data runs past the next local header; both are
+// refused when the next local header starts inside this entry's own header. Entries that
+// repeat the same local header with the same sizes describe the same bytes and are fine.
+std::vector<std::string> OverlapProblems(const std::vector<ZipEntry>& entries) {
+  std::vector<std::string> why(entries.size());
+  std::vector<size_t> order(entries.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return entries[a].local_header_offset < entries[b].local_header_offset;
+  });
+  auto end_of = [&](size_t i) { return entries[i].data_offset + entries[i].compressed_size; };
+  for (size_t j = 0; j < order.size(); ++j) {
+    const ZipEntry& a = entries[order[j]];
+    size_t next = j + 1;
+    while (next < order.size() &&
+           entries[order[next]].local_header_offset == a.local_header_offset) {
+      const ZipEntry& same = entries[order[next]];
+      if (same.data_offset != a.data_offset || same.compressed_size != a.compressed_size) {
+        why[order[j]] = why[order[next]] = "another entry gives the same local header other sizes";
+      }
+      ++next;
+    }
+    if (next == order.size()) continue;
+    const ZipEntry& b = entries[order[next]];
+    if (b.local_header_offset < a.data_offset) {
+      why[order[next]] = "its local header lies inside the local header of " + ShownName(a.name);
+    }
+    if (end_of(order[j]) > b.local_header_offset) {
+      why[order[j]] = "its data [" + std::to_string(a.data_offset) + ", " +
+                      std::to_string(end_of(order[j])) + ") runs into the local header of " +
+                      ShownName(b.name) + " at " + std::to_string(b.local_header_offset) +
+                      " (the central directory's sizes are wrong)";
+    }
+  }
+  return why;
+}
 
-Result<std::shared_ptr<Archive>> Archive::Open(const std::string& path, ArchiveOptions options) {
-  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(path, O_RDONLY));
-  struct stat st;
-  if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, path, "fstat");
-  if (!S_ISREG(st.st_mode)) return Status::Error(EINVAL, path + ": not a regular file");
-  NPZ_ASSIGN_OR_RETURN(ZipDirectory dir, ReadZipDirectory(fd.get(), path));
-
-  auto archive = std::make_shared<Archive>(PassKey());
-  archive->archive_mtime_ns_ = int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec;
-  archive->shared_ = std::make_shared<ArchiveShared>(std::move(fd), path, options.cache_bytes,
-                                                     options.max_parked_streams, options.log);
-  archive->options_ = std::move(options);
-  archive->directory_ = std::move(dir);
-  const ArchiveShared& shared = *archive->shared_;
-
-  // Tree rules: sanitize, skip directories, last duplicate wins.
-  std::vector<ArchiveMember>& members = archive->members_;
+// Tree rules: sanitize, skip directories and entries whose bytes overlap, last duplicate
+// wins; then a file that is also a directory of another member is skipped.
+std::vector<ArchiveMember> MemberTree(const std::vector<ZipEntry>& entries, const std::string& path,
+                                      const ArchiveShared& shared) {
+  const std::vector<std::string> overlap = OverlapProblems(entries);
+  std::vector<ArchiveMember> members;
   std::unordered_map<std::string, size_t> slot;
-  const std::vector<ZipEntry>& entries = archive->directory_.entries;
   for (size_t e = 0; e < entries.size(); ++e) {
     const ZipEntry& entry = entries[e];
     if (!entry.name.empty() && entry.name.back() == '/') continue;  // directory entry
     std::string why;
     std::optional<std::string> clean = SanitizePath(entry.name, &why);
     if (!clean.has_value()) {
-      shared.Log(path + ": skipping member \"" + entry.name + "\": its name " + why);
+      shared.Log(path + ": skipping member \"" + ShownName(entry.name) + "\": its name " + why);
+      continue;
+    }
+    if (!overlap[e].empty()) {
+      shared.Log(path + ": skipping member " + ShownName(*clean) + ": " + overlap[e]);
       continue;
     }
     ArchiveMember m;
@@ -106,17 +157,37 @@ Result<std::shared_ptr<Archive>> Archive::Open(const std::string& path, ArchiveO
       dirs.insert(m.path.substr(0, s));
     }
   }
-  if (!dirs.empty()) {
-    std::vector<ArchiveMember> kept;
-    for (ArchiveMember& m : members) {
-      if (dirs.count(m.path)) {
-        shared.Log(path + ": skipping member " + m.path + ": it is also a directory name");
-        continue;
-      }
-      kept.push_back(std::move(m));
+  if (dirs.empty()) return members;
+  std::vector<ArchiveMember> kept;
+  for (ArchiveMember& m : members) {
+    if (dirs.count(m.path)) {
+      shared.Log(path + ": skipping member " + m.path + ": it is also a directory name");
+      continue;
     }
-    members = std::move(kept);
+    kept.push_back(std::move(m));
   }
+  return kept;
+}
+
+}  // namespace
+
+Archive::~Archive() = default;
+
+Result<std::shared_ptr<Archive>> Archive::Open(const std::string& path, ArchiveOptions options) {
+  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(path, O_RDONLY));
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, path, "fstat");
+  if (!S_ISREG(st.st_mode)) return Status::Error(EINVAL, path + ": not a regular file");
+  NPZ_ASSIGN_OR_RETURN(ZipDirectory dir, ReadZipDirectory(fd.get(), path));
+
+  auto archive = std::make_shared<Archive>(PassKey());
+  archive->archive_mtime_ns_ = int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec;
+  archive->shared_ = std::make_shared<ArchiveShared>(std::move(fd), path, options.cache_bytes,
+                                                     options.max_parked_streams, options.log);
+  archive->options_ = std::move(options);
+  archive->directory_ = std::move(dir);
+  archive->members_ = MemberTree(archive->directory_.entries, path, *archive->shared_);
+  const std::vector<ArchiveMember>& members = archive->members_;
   archive->deflated_.resize(members.size());
   for (size_t i = 0; i < members.size(); ++i) {
     archive->by_path_.emplace(members[i].path, i);
@@ -128,7 +199,7 @@ Result<std::shared_ptr<Archive>> Archive::Open(const std::string& path, ArchiveO
   }
   if (archive->options_.index_enabled) {
     Status s = archive->LoadIndex();
-    if (!s.ok()) shared.Log(s.message() + " (ignored; the index will be rebuilt)");
+    if (!s.ok()) archive->shared_->Log(s.message() + " (ignored; the index will be rebuilt)");
   }
   return archive;
 }

@@ -3,8 +3,11 @@
 //
 // Tree rules (the FUSE layer and the npz tool show exactly members()):
 //   - names are sanitized: a leading '/' is stripped, '.' and empty components are
-//     dropped; a name with a '..' component, a NUL byte, or that becomes empty is skipped
-//     with a log line;
+//     dropped; a name with a '..' component, a NUL byte, a component over 255 bytes, a
+//     length of PATH_MAX or more, or that becomes empty is skipped with a log line (its
+//     siblings are listed as usual);
+//   - an entry whose bytes overlap another entry's (its data runs into the next local
+//     header: the central directory's sizes lie) is skipped with a log line;
 //   - duplicate names: the LAST central-directory entry wins (as zipfile and numpy);
 //   - directory entries ("x/") are not members; a file whose path is also a directory of
 //     another member ("a" and "a/b.npy") is skipped with a log line;
