@@ -8,12 +8,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <unordered_set>
 
 #include "core/base/atomic_file.h"
 #include "core/read/deflated_member.h"
 #include "core/read/index_file.h"
+#include "core/read/stored_member.h"
 #include "npzfs/file_util.h"
 
 namespace npzfs {
@@ -169,9 +171,32 @@ std::vector<ArchiveMember> MemberTree(const std::vector<ZipEntry>& entries, cons
   return kept;
 }
 
+// The umask, read without changing it: umask(2) can only be read by setting it, which would
+// race with other threads creating files.
+mode_t ProcessUmask() {
+  constexpr mode_t kFallback = 022;
+  FILE* f = std::fopen("/proc/self/status", "re");
+  if (f == nullptr) return kFallback;
+  char line[256];
+  mode_t mask = kFallback;
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    unsigned value = 0;
+    if (std::sscanf(line, "Umask: %o", &value) == 1) {
+      mask = static_cast<mode_t>(value & 0777);
+      break;
+    }
+  }
+  std::fclose(f);
+  return mask;
+}
+
 }  // namespace
 
-Archive::~Archive() = default;
+Archive::~Archive() {
+  for (const auto& stored : stored_) {
+    if (stored != nullptr) stored->Cancel();
+  }
+}
 
 Result<std::shared_ptr<Archive>> Archive::Open(const std::string& path, ArchiveOptions options) {
   NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(path, O_RDONLY));
@@ -181,27 +206,35 @@ Result<std::shared_ptr<Archive>> Archive::Open(const std::string& path, ArchiveO
   NPZ_ASSIGN_OR_RETURN(ZipDirectory dir, ReadZipDirectory(fd.get(), path));
 
   auto archive = std::make_shared<Archive>(PassKey());
-  archive->archive_mtime_ns_ = int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec;
-  archive->shared_ = std::make_shared<ArchiveShared>(std::move(fd), path, options.cache_bytes,
-                                                     options.max_parked_streams, options.log);
+  options.checkpoint_spacing =
+      std::clamp<uint64_t>(options.checkpoint_spacing, kMinSpacing, kMaxSpacing);
+  archive->archive_mode_ = st.st_mode;
+  archive->shared_ = std::make_shared<ArchiveShared>(std::move(fd), path, st, options);
   archive->options_ = std::move(options);
   archive->directory_ = std::move(dir);
   archive->members_ = MemberTree(archive->directory_.entries, path, *archive->shared_);
-  const std::vector<ArchiveMember>& members = archive->members_;
-  archive->deflated_.resize(members.size());
-  for (size_t i = 0; i < members.size(); ++i) {
-    archive->by_path_.emplace(members[i].path, i);
-    if (members[i].open_errno == 0 && members[i].entry.method == 8) {
-      archive->deflated_[i] =
-          std::make_shared<DeflatedMember>(archive->shared_, i, members[i].path, members[i].entry,
-                                           archive->options_.checkpoint_spacing);
-    }
-  }
+  archive->MakeMemberStates();
   if (archive->options_.index_enabled) {
     Status s = archive->LoadIndex();
     if (!s.ok()) archive->shared_->Log(s.message() + " (ignored; the index will be rebuilt)");
   }
   return archive;
+}
+
+void Archive::MakeMemberStates() {
+  deflated_.resize(members_.size());
+  stored_.resize(members_.size());
+  for (size_t i = 0; i < members_.size(); ++i) {
+    const ArchiveMember& m = members_[i];
+    by_path_.emplace(m.path, i);
+    if (m.open_errno != 0) continue;
+    if (m.entry.method == 8) {
+      deflated_[i] = std::make_shared<DeflatedMember>(shared_, i, m.path, m.entry,
+                                                      options_.checkpoint_spacing);
+    } else if (m.entry.compressed_size == m.entry.uncompressed_size) {
+      stored_[i] = std::make_shared<StoredMember>(shared_, m.path, m.entry);
+    }
+  }
 }
 
 const std::string& Archive::path() const { return shared_->path; }
@@ -213,14 +246,23 @@ std::optional<size_t> Archive::Find(std::string_view path) const {
   return it->second;
 }
 
-Result<std::shared_ptr<MemberReader>> Archive::OpenMember(size_t i) {
+Status Archive::CheckMember(size_t i) const {
   if (i >= members_.size()) {
     return Status::Error(ERANGE, path() + ": no member number " + std::to_string(i));
   }
   const ArchiveMember& m = members_[i];
   if (m.open_errno != 0) return Status::Error(m.open_errno, m.open_error);
+  if (deflated_[i] == nullptr && stored_[i] == nullptr) {
+    return Status::Error(EIO, path() + ": member " + m.path +
+                                  ": stored member whose compressed and uncompressed sizes differ");
+  }
+  return Status::Ok();
+}
+
+Result<std::shared_ptr<MemberReader>> Archive::OpenMember(size_t i) {
+  NPZ_RETURN_IF_ERROR(CheckMember(i));
   if (deflated_[i] != nullptr) return MakeDeflatedReader(deflated_[i]);
-  return MakeStoredReader(shared_, m.path, m.entry);
+  return MakeStoredReader(stored_[i]);
 }
 
 IndexState Archive::index_state(size_t i) const {
@@ -239,20 +281,27 @@ uint64_t Archive::first_pass_spans(size_t i) const {
   return deflated_[i]->first_pass_spans();
 }
 
+uint64_t Archive::verify_bytes(size_t i) const {
+  if (i >= members_.size() || stored_[i] == nullptr) return 0;
+  return stored_[i]->check_bytes();
+}
+
 Status Archive::BuildIndex(size_t i, const std::function<void(uint64_t, uint64_t)>& progress) {
-  if (i >= members_.size()) {
-    return Status::Error(ERANGE, path() + ": no member number " + std::to_string(i));
-  }
-  if (members_[i].open_errno != 0) {
-    return Status::Error(members_[i].open_errno, members_[i].open_error);
-  }
+  NPZ_RETURN_IF_ERROR(CheckMember(i));
   if (deflated_[i] == nullptr) return Status::Ok();
   return deflated_[i]->BuildIndex(progress);
 }
 
+Status Archive::VerifyMember(size_t i) {
+  NPZ_RETURN_IF_ERROR(CheckMember(i));
+  if (stored_[i] != nullptr) return stored_[i]->Verify();
+  return deflated_[i]->BuildIndex({});
+}
+
 bool Archive::index_dirty() const {
-  for (const auto& d : deflated_) {
-    if (d != nullptr && d->dirty()) return true;
+  for (size_t i = 0; i < members_.size(); ++i) {
+    if (deflated_[i] != nullptr && deflated_[i]->dirty()) return true;
+    if (stored_[i] != nullptr && stored_[i]->dirty()) return true;
   }
   return false;
 }
@@ -263,7 +312,7 @@ std::string Archive::IndexPath() const {
 }
 
 IndexFingerprint Archive::Fingerprint() const {
-  return IndexFingerprint{directory_.archive_size, archive_mtime_ns_, directory_.cd_crc32,
+  return IndexFingerprint{directory_.archive_size, shared_->mtime_ns, directory_.cd_crc32,
                           directory_.entries.size()};
 }
 
@@ -271,38 +320,62 @@ Status Archive::SaveIndex() {
   if (!options_.index_enabled) return Status::Ok();
   std::lock_guard<std::mutex> lock(save_mu_);
   if (!index_dirty()) return Status::Ok();
-  std::vector<DeflatedRecord> records;
+  std::vector<IndexRecord> records;
   std::vector<std::pair<size_t, uint64_t>> versions;  // (member, version saved)
-  for (size_t i = 0; i < deflated_.size(); ++i) {
-    if (deflated_[i] == nullptr) continue;
-    DeflatedMember::Snapshot snap = deflated_[i]->TakeSnapshot();
-    if (!snap.complete && snap.checkpoints.size() <= 1) continue;
-    records.push_back(
-        DeflatedRecord{members_[i].entry_index, std::move(snap.checkpoints), snap.complete});
-    versions.emplace_back(i, snap.version);
+  for (size_t i = 0; i < members_.size(); ++i) {
+    IndexRecord rec;
+    rec.entry_index = members_[i].entry_index;
+    if (deflated_[i] != nullptr) {
+      DeflatedMember::Snapshot snap = deflated_[i]->TakeSnapshot();
+      if (!snap.complete && snap.checkpoints.size() <= 1) continue;
+      rec.checkpoints = std::move(snap.checkpoints);
+      rec.complete = snap.complete;
+      versions.emplace_back(i, snap.version);
+    } else if (stored_[i] != nullptr) {
+      std::optional<StoredMember::Record> verified = stored_[i]->TakeRecord();
+      if (!verified.has_value()) continue;
+      rec.kind = RecordKind::kStored;
+      rec.chunk_crcs = std::move(verified->chunk_crcs);
+      versions.emplace_back(i, verified->version);
+    } else {
+      continue;
+    }
+    records.push_back(std::move(rec));
   }
+  // Readable by whoever may read the archive (its read and write bits, under the umask).
+  AtomicFileOptions file_options;
+  file_options.mode = (archive_mode_ & 0666) & ~ProcessUmask();
+  file_options.keep_existing_mode = false;
   NPZ_RETURN_IF_ERROR(WriteFileAtomically(
-      IndexPath(), EncodeIndexFile(Fingerprint(), directory_.entries, records)));
-  for (const auto& [i, version] : versions) deflated_[i]->MarkSaved(version);
+      IndexPath(), EncodeIndexFile(Fingerprint(), directory_.entries, records), file_options));
+  for (const auto& [i, version] : versions) {
+    if (deflated_[i] != nullptr) deflated_[i]->MarkSaved(version);
+    if (stored_[i] != nullptr) stored_[i]->MarkSaved(version);
+  }
   return Status::Ok();
 }
 
 Status Archive::LoadIndex() {
-  std::vector<bool> is_deflated(directory_.entries.size(), false);
+  std::vector<uint8_t> kinds(directory_.entries.size(), 0);
   std::unordered_map<size_t, size_t> member_of_entry;
   for (size_t i = 0; i < members_.size(); ++i) {
-    if (deflated_[i] == nullptr) continue;
-    is_deflated[members_[i].entry_index] = true;
+    if (deflated_[i] != nullptr) kinds[members_[i].entry_index] = uint8_t(RecordKind::kDeflated);
+    if (stored_[i] != nullptr) kinds[members_[i].entry_index] = uint8_t(RecordKind::kStored);
     member_of_entry.emplace(members_[i].entry_index, i);
   }
   const uint64_t max_bytes = std::max<uint64_t>(uint64_t{64} << 20, directory_.archive_size);
   NPZ_ASSIGN_OR_RETURN(
-      std::vector<DeflatedRecord> records,
-      LoadIndexFile(IndexPath(), max_bytes, Fingerprint(), directory_.entries, is_deflated));
-  for (DeflatedRecord& rec : records) {
+      std::vector<IndexRecord> records,
+      LoadIndexFile(IndexPath(), max_bytes, Fingerprint(), directory_.entries, kinds));
+  for (IndexRecord& rec : records) {
     const size_t i = member_of_entry.at(rec.entry_index);
-    deflated_[i]->Load(std::move(rec.checkpoints), rec.complete);
-    deflated_[i]->MarkSaved(0);
+    if (rec.kind == RecordKind::kStored) {
+      stored_[i]->Load(std::move(rec.chunk_crcs));
+      stored_[i]->MarkSaved(0);
+    } else {
+      deflated_[i]->Load(std::move(rec.checkpoints), rec.complete);
+      deflated_[i]->MarkSaved(0);
+    }
   }
   return Status::Ok();
 }

@@ -1,7 +1,6 @@
-// The state behind the readers of an archive's members: what every reader of one archive
-// shares, the stored-member reader, and the shared state of one deflated member (checkpoint
-// index, first-pass frontier, CRC verdict). Used by Archive (core/read/archive.cc); the FUSE
-// daemon and the npz tool need only the MemberReader interface in npzfs/member_reader.h.
+// The shared state of one deflated member (checkpoint index, first-pass frontier, CRC
+// verdict), behind all its readers. Used by Archive (core/read/archive.cc); the FUSE daemon
+// and the npz tool need only the MemberReader interface in npzfs/member_reader.h.
 #pragma once
 
 #include <atomic>
@@ -15,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "core/read/archive_shared.h"
 #include "core/read/inflate_index.h"
 #include "core/read/span_cache.h"
 #include "npzfs/file_util.h"
@@ -23,32 +23,6 @@
 #include "npzfs/zip_directory.h"
 
 namespace npzfs {
-
-// What every reader of one archive shares. Owned jointly by the Archive and its readers.
-struct ArchiveShared {
-  ArchiveShared(UniqueFd fd_in, std::string path_in, uint64_t cache_bytes, size_t streams,
-                std::function<void(const std::string&)> log_in)
-      : fd(std::move(fd_in)),
-        path(std::move(path_in)),
-        cache(cache_bytes),
-        pool(streams),
-        log(std::move(log_in)) {}
-  void Log(const std::string& line) const {
-    if (log) log(line);
-  }
-  UniqueFd fd;
-  std::string path;
-  SpanCache cache;
-  StreamPool pool;
-  std::function<void(const std::string&)> log;
-};
-
-// Reader of a stored member: pread at the data offset. Its CRC-32 is checked when this
-// reader reads the member through in order from offset 0 to the end (reads that are not
-// in order just stop the check for this reader).
-Result<std::shared_ptr<MemberReader>> MakeStoredReader(std::shared_ptr<ArchiveShared> shared,
-                                                       std::string member_path,
-                                                       const ZipEntry& entry);
 
 // The state of one deflated member, shared by all its readers: the checkpoint index, the
 // first-pass frontier, the CRC verdict. See core/read/inflate_index.cc for the design.

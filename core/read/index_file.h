@@ -4,9 +4,10 @@
 //
 // A sidecar describes one archive, identified by a fingerprint (size, mtime, CRC-32 of the
 // central directory, entry count). It holds one record per member that has something worth
-// keeping: a deflated member's checkpoints. Records are matched to members by their central
-// directory position and must repeat the entry's identity (offsets, sizes, CRC-32), so a
-// record can never be applied to other bytes than those it was made from.
+// keeping: a deflated member's checkpoints, or a stored member's chunk CRCs once a verify
+// pass has checked it. Records are matched to members by their central directory position
+// and repeat the entry's identity (offsets, sizes, CRC-32), so a record is never applied to
+// other bytes than those it was made from.
 //
 // Plain functions over values: thread-safe.
 #pragma once
@@ -32,34 +33,50 @@ struct IndexFingerprint {
   bool operator==(const IndexFingerprint&) const = default;
 };
 
-// The index of one deflated member.
-struct DeflatedRecord {
+// What a sidecar may say about one entry.
+enum class RecordKind : uint8_t {
+  kDeflated = 1,  // checkpoints (complete or not)
+  kStored = 2,    // CRC-32 of every chunk of a stored member that a verify pass checked
+};
+
+struct IndexRecord {
   size_t entry_index = 0;  // position of the member's entry in the central directory
+  RecordKind kind = RecordKind::kDeflated;
+  // kDeflated
   std::vector<Checkpoint> checkpoints;
   bool complete = false;  // every span known; the span CRCs add up to the entry's CRC-32
+  // kStored: one CRC per kStoredChunkBytes of the member (the last chunk may be shorter);
+  // they combine to the entry's CRC-32.
+  std::vector<uint32_t> chunk_crcs;
 };
+
+inline constexpr uint32_t kStoredChunkBytes = 1u << 20;
 
 // Encodes a sidecar. `entries` is the archive's central directory (each record repeats its
 // entry's identity).
 std::string EncodeIndexFile(const IndexFingerprint& fingerprint,
                             const std::vector<ZipEntry>& entries,
-                            const std::vector<DeflatedRecord>& records);
+                            const std::vector<IndexRecord>& records);
 
-// Decodes and checks a sidecar's bytes against the archive it is meant for. `is_deflated`
-// says which entry indexes are visible deflated members (records for others are an error).
+// Decodes and checks a sidecar's bytes against the archive it is meant for. `kinds[e]` is
+// the kind of record entry e may have (0 for entries no record may name: hidden, unreadable).
 // Errors (EINVAL, naming `file`): bad magic or version, trailing CRC-32 mismatch, a stale
-// fingerprint, a record that does not match its entry, checkpoints out of order or out of
-// bounds, span CRCs of a complete record that do not combine to the entry's CRC-32.
-Result<std::vector<DeflatedRecord>> DecodeIndexFile(std::string_view bytes, const std::string& file,
-                                                    const IndexFingerprint& fingerprint,
-                                                    const std::vector<ZipEntry>& entries,
-                                                    const std::vector<bool>& is_deflated);
+// fingerprint, a record that names a wrong entry or does not repeat its identity,
+// checkpoints out of order or out of bounds, a span longer than kMaxSpanBytes, CRCs of a
+// complete or stored record that do not combine to the entry's CRC-32.
+Result<std::vector<IndexRecord>> DecodeIndexFile(std::string_view bytes, const std::string& file,
+                                                 const IndexFingerprint& fingerprint,
+                                                 const std::vector<ZipEntry>& entries,
+                                                 const std::vector<uint8_t>& kinds);
 
-// Reads the sidecar at `file` (nullopt-like empty result when it does not exist: ENOENT is
-// returned as an ok, empty vector). A file larger than `max_bytes` is rejected unread.
-Result<std::vector<DeflatedRecord>> LoadIndexFile(const std::string& file, uint64_t max_bytes,
-                                                  const IndexFingerprint& fingerprint,
-                                                  const std::vector<ZipEntry>& entries,
-                                                  const std::vector<bool>& is_deflated);
+// Reads and decodes the sidecar at `file`. A missing file is an empty result, not an error.
+// A file larger than `max_bytes` is rejected unread.
+Result<std::vector<IndexRecord>> LoadIndexFile(const std::string& file, uint64_t max_bytes,
+                                               const IndexFingerprint& fingerprint,
+                                               const std::vector<ZipEntry>& entries,
+                                               const std::vector<uint8_t>& kinds);
+
+// Bytes a checkpoint takes in the sidecar (and, near enough, in memory).
+uint64_t CheckpointRecordBytes(const Checkpoint& cp);
 
 }  // namespace npzfs

@@ -30,13 +30,29 @@ namespace npzfs {
 inline constexpr uint32_t kDeflateWindow = 32768;
 
 struct Checkpoint {
-  uint64_t out = 0;          // uncompressed offset where the span starts (a block boundary)
+  uint64_t out = 0;          // uncompressed offset where the span starts
   uint64_t in = 0;           // compressed bytes wholly consumed before it (relative to data)
   uint8_t bits = 0;          // 0..7 bits of byte in-1 not yet consumed (inflatePrime)
+  uint64_t header_bit = 0;   // bit offset of the header of the deflate block holding `out`
   uint32_t span_crc = 0;     // CRC-32 of the span from here to the next checkpoint (or end)
   uint32_t window_size = 0;  // dictionary length: min(32768, out)
   std::string window;        // raw deflate of the sparse window; empty when window_size == 0
+
+  // Bit offset of the checkpoint in the compressed data.
+  uint64_t bit() const { return in * 8 - bits; }
+  // At a block boundary the next block's header starts right here; otherwise the checkpoint
+  // is inside a block (a huge one) and decoding first re-reads that block's header.
+  bool at_block_start() const { return header_bit == bit(); }
 };
+
+// Bounds on span lengths: the first pass ends a span at the first block boundary after
+// `spacing` bytes, or cuts inside the block at 2 * spacing; a stored block (at most 65535
+// bytes) cannot be cut. Spacing is clamped to [kMinSpacing, kMaxSpacing], so no span of any
+// member, and none read from a sidecar, exceeds kMaxSpanBytes.
+inline constexpr uint64_t kMinSpacing = 64 << 10;
+inline constexpr uint64_t kMaxSpacing = 4 << 20;
+inline constexpr uint64_t kMaxStoredBlock = 65535;
+inline constexpr uint64_t kMaxSpanBytes = 2 * kMaxSpacing + kMaxStoredBlock;
 
 // Where a member's raw deflate data lives.
 struct DeflateSource {
