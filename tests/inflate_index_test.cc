@@ -71,7 +71,7 @@ struct DeflateFile {
 std::vector<Checkpoint> FirstPass(const DeflateSource& src, size_t total, size_t spacing,
                                   std::string* output) {
   std::vector<Checkpoint> cps(1);
-  auto s = InflateStream::Create(src);
+  auto s = InflateStream::Create(src, /*track_blocks=*/true);
   EXPECT_TRUE(s.ok());
   std::vector<std::byte> buf(total + 1);
   std::vector<std::byte> window(kDeflateWindow);

@@ -3,12 +3,12 @@
 // explained at the top of core/read/inflate_index.cc; the lock order in deflated_member.h.
 #include "core/read/deflated_member.h"
 
-#include <zlib.h>
-
 #include <algorithm>
+#include <cinttypes>
 #include <cstdio>
 #include <cstring>
 
+#include "core/read/crc32.h"
 #include "core/read/index_file.h"
 
 namespace npzfs {
@@ -19,17 +19,21 @@ DeflatedMember::DeflatedMember(std::shared_ptr<ArchiveShared> shared, uint64_t i
       id_(id),
       member_path_(std::move(member_path)),
       entry_(entry),
-      spacing_(std::max<uint64_t>(spacing, 2 * kDeflateWindow)),
+      spacing_(std::clamp<uint64_t>(spacing, kMinSpacing, kMaxSpacing)),
       source_{shared_->fd.get(), entry.data_offset, entry.compressed_size,
               shared_->path + ": member " + member_path_} {
   checkpoints_.push_back(Checkpoint{});
 }
 
 Status DeflatedMember::Corrupt(const std::string& why) {
-  Status s = Status::Error(EIO, source_.name + ": " + why);
+  return MarkCorrupt(Status::Error(EIO, source_.name + ": " + why));
+}
+
+Status DeflatedMember::MarkCorrupt(Status s) {
   {
     std::lock_guard<std::mutex> lock(index_mu_);
-    if (corrupt_.ok()) corrupt_ = s;
+    if (!corrupt_.ok()) return corrupt_;
+    corrupt_ = s;
   }
   shared_->Log(s.message());
   return s;
@@ -56,7 +60,10 @@ DeflatedMember::Snapshot DeflatedMember::TakeSnapshot() const {
   std::lock_guard<std::mutex> lock(index_mu_);
   Snapshot snap;
   snap.checkpoints = checkpoints_;
-  snap.complete = complete_;
+  // Under verify=off a member whose CRC-32 mismatched is served, but its index is not
+  // worth keeping: its span CRCs would not add up on load.
+  snap.complete = complete_ && crc_so_far_ == entry_.crc32;
+  if (complete_ && !snap.complete) snap.checkpoints.resize(1);
   snap.version = version_;
   return snap;
 }
@@ -78,15 +85,19 @@ void DeflatedMember::Load(std::vector<Checkpoint> checkpoints, bool complete) {
   complete_ = complete;
   crc_so_far_ = 0;
   for (size_t k = 0; k + 1 < checkpoints_.size(); ++k) {
-    crc_so_far_ = static_cast<uint32_t>(
-        crc32_combine64(crc_so_far_, checkpoints_[k].span_crc,
-                        static_cast<z_off64_t>(checkpoints_[k + 1].out - checkpoints_[k].out)));
+    crc_so_far_ = Crc32Combine(crc_so_far_, checkpoints_[k].span_crc,
+                               checkpoints_[k + 1].out - checkpoints_[k].out);
   }
+  if (complete_) crc_so_far_ = entry_.crc32;  // checked on load: the span CRCs add up
 }
 
-Result<std::unique_ptr<InflateStream>> DeflatedMember::StreamAt(const Checkpoint& cp) {
-  if (std::unique_ptr<InflateStream> s = shared_->pool.Take(id_, cp.out)) return s;
-  NPZ_ASSIGN_OR_RETURN(std::unique_ptr<InflateStream> s, InflateStream::Create(source_));
+Result<std::unique_ptr<InflateStream>> DeflatedMember::StreamAt(const Checkpoint& cp,
+                                                                bool track_blocks) {
+  if (std::unique_ptr<InflateStream> s = shared_->pool.Take(id_, cp.out)) {
+    if (s->tracks_blocks() || !track_blocks) return s;
+  }
+  NPZ_ASSIGN_OR_RETURN(std::unique_ptr<InflateStream> s,
+                       InflateStream::Create(source_, track_blocks));
   NPZ_RETURN_IF_ERROR(s->Restore(cp));
   return s;
 }
@@ -123,6 +134,7 @@ Result<DeflatedMember::SpanRef> DeflatedMember::SpanAt(uint64_t pos) {
     size_t k = 0;
     bool known = false;
     uint64_t start = 0;
+    uint64_t generation = 0;
     {
       std::lock_guard<std::mutex> lock(index_mu_);
       if (!corrupt_.ok()) return corrupt_;
@@ -131,32 +143,35 @@ Result<DeflatedMember::SpanRef> DeflatedMember::SpanAt(uint64_t pos) {
       k = static_cast<size_t>(it - checkpoints_.begin()) - 1;
       known = complete_ || k + 1 < checkpoints_.size();
       start = checkpoints_[k].out;
+      generation = generation_;
     }
     if (known) {
-      NPZ_ASSIGN_OR_RETURN(SpanPtr span, shared_->cache.GetOrProduce(SpanKey{id_, 0, k}, [&] {
-        return ProduceKnownSpan(k);
-      }));
-      return SpanRef{std::move(span), start};
+      Result<SpanPtr> span = shared_->cache.GetOrProduce(
+          SpanKey{id_, generation, k}, [&] { return ProduceKnownSpan(k, generation); });
+      if (span.ok()) return SpanRef{std::move(span).value(), start};
+      if (span.status().code() != EAGAIN) return span.status();
+      continue;  // the checkpoints were replaced meanwhile: look up again
     }
     NPZ_ASSIGN_OR_RETURN(std::optional<SpanRef> ref, AdvanceFrontier(pos, true, {}));
     if (ref.has_value()) return *std::move(ref);
   }
 }
 
-Result<SpanPtr> DeflatedMember::ProduceKnownSpan(size_t k) {
+Result<SpanPtr> DeflatedMember::ProduceKnownSpan(size_t k, uint64_t generation) {
   Checkpoint cp;
   uint64_t end = 0;
   {
     std::lock_guard<std::mutex> lock(index_mu_);
+    if (generation != generation_) return Status::Error(EAGAIN, source_.name + ": index replaced");
     cp = checkpoints_[k];
     end = k + 1 < checkpoints_.size() ? checkpoints_[k + 1].out : size();
   }
   const size_t len = static_cast<size_t>(end - cp.out);
-  NPZ_ASSIGN_OR_RETURN(std::unique_ptr<InflateStream> stream, StreamAt(cp));
+  NPZ_ASSIGN_OR_RETURN(std::unique_ptr<InflateStream> stream, StreamAt(cp, false));
   NPZ_ASSIGN_OR_RETURN(auto buf, AllocateSpanBuffer(len));
   NPZ_ASSIGN_OR_RETURN(size_t got, stream->Read(buf.get(), len, /*stop_at_block=*/false));
   if (got != len) return Corrupt("the deflate data ends before the size in the directory");
-  uint32_t crc = static_cast<uint32_t>(crc32_z(0, reinterpret_cast<const Bytef*>(buf.get()), len));
+  const uint32_t crc = Crc32(0, buf.get(), len);
   if (crc != cp.span_crc && shared_->verify != VerifyMode::kOff) {
     return Corrupt("CRC-32 mismatch in the span at offset " + std::to_string(cp.out));
   }
@@ -179,149 +194,144 @@ Status DeflatedMember::BuildIndex(const std::function<void(uint64_t, uint64_t)>&
   }
 }
 
+Result<DeflatedMember::NewSpan> DeflatedMember::InflateSpan(InflateStream& stream,
+                                                            const Checkpoint& cp) {
+  // One byte more than the directory allows, to notice a member longer than it says.
+  const uint64_t limit = size() - std::min(size(), cp.out) + 1;
+  const size_t cut_at = static_cast<size_t>(std::min<uint64_t>(2 * spacing_, limit));
+  NewSpan span;
+  NPZ_ASSIGN_OR_RETURN(span.buf, AllocateSpanBuffer(static_cast<size_t>(
+                                     std::min<uint64_t>(2 * spacing_ + kMaxStoredBlock, limit))));
+  const size_t cap =
+      static_cast<size_t>(std::min<uint64_t>(span.buf.get_deleter().capacity, limit));
+  size_t& len = span.len;
+  while (len < cap) {
+    const size_t want = (len < cut_at ? cut_at : cap) - len;
+    NPZ_ASSIGN_OR_RETURN(size_t got, stream.Read(span.buf.get() + len, want, true));
+    len += got;
+    if (stream.ended()) return span;
+    if (stream.at_boundary()) {
+      if (len >= spacing_) {
+        span.next = stream.Position();
+        return span;
+      }
+      continue;
+    }
+    if (len == cut_at && cut_at < limit) {
+      // A block longer than 2 * spacing_: cut it at the code being decoded, so no span
+      // outgrows the bound. In a stored block (at most 65535 bytes) read on to its end.
+      if (auto code = stream.CodePosition()) {
+        len -= code->second;
+        stream.Unread(span.buf.get() + len, code->second);
+        span.next = code->first;
+        return span;
+      }
+    }
+  }
+  if (cp.out + len > size()) {
+    return Corrupt("the deflate data is longer than the size in the directory");
+  }
+  return Corrupt("a stored deflate block longer than 65535 bytes");
+}
+
+Status DeflatedMember::MakeWindow(InflateStream& stream, NewSpan& span) {
+  Checkpoint& next = *span.next;
+  thread_local std::unique_ptr<std::byte[]> window =
+      std::make_unique_for_overwrite<std::byte[]>(kDeflateWindow);
+  uint32_t wlen = 0;
+  if (next.at_block_start()) {
+    wlen = stream.Window(window.get());
+  } else {
+    // Cut inside a block: zlib's window runs past the cut; the span holds what precedes it.
+    wlen = static_cast<uint32_t>(std::min<uint64_t>(kDeflateWindow, span.len));
+    std::memcpy(window.get(), span.buf.get() + span.len - wlen, wlen);
+  }
+  NPZ_ASSIGN_OR_RETURN(std::span<const std::byte> ahead, stream.FillLookahead());
+  if (ahead.empty() && stream.ended()) {  // the stream ends right at this boundary
+    span.next.reset();
+    return Status::Ok();
+  }
+  NPZ_ASSIGN_OR_RETURN(next.window,
+                       MakeSparseWindow(source_, next, std::span(window.get(), wlen), ahead));
+  next.window_size = wlen;
+  return Status::Ok();
+}
+
+Result<SpanPtr> DeflatedMember::PublishSpan(size_t k, uint64_t start, NewSpan span,
+                                            bool fill_cache) {
+  if (!span.next.has_value() && start + span.len != size()) {
+    return Corrupt("the deflate data ends before the size in the directory (" +
+                   std::to_string(start + span.len) + " of " + std::to_string(size()) + " bytes)");
+  }
+  const uint32_t crc = Crc32(0, span.buf.get(), span.len);
+  auto made = std::make_shared<Span>();
+  made->data = std::move(span.buf);
+  made->size = span.len;
+  SpanPtr shared_span = std::move(made);
+  bool crc_ok = true;
+  uint32_t whole_crc = 0;
+  uint64_t generation = 0;
+  {
+    std::lock_guard<std::mutex> lock(index_mu_);
+    generation = generation_;
+    checkpoints_[k].span_crc = crc;
+    crc_so_far_ = Crc32Combine(crc_so_far_, crc, span.len);
+    if (span.next.has_value()) {
+      checkpoints_.push_back(std::move(*span.next));
+    } else {
+      complete_ = true;
+      crc_ok = crc_so_far_ == entry_.crc32 || shared_->verify == VerifyMode::kOff;
+      whole_crc = crc_so_far_;
+    }
+    ++version_;
+  }
+  // Cached right after publishing: a reader that finds the span known finds it cached,
+  // unless evicted (then it is inflated again from its checkpoint).
+  if (fill_cache) shared_->cache.Insert(SpanKey{id_, generation, k}, shared_span);
+  first_pass_spans_.fetch_add(1);
+  if (!crc_ok) {
+    char text[64];
+    std::snprintf(text, sizeof text,
+                  "CRC-32 mismatch (directory %08" PRIx32 ", data %08" PRIx32 ")", entry_.crc32,
+                  whole_crc);
+    return Corrupt(text);
+  }
+  return shared_span;
+}
+
 Result<std::optional<DeflatedMember::SpanRef>> DeflatedMember::AdvanceFrontier(
     uint64_t target, bool fill_cache, const std::function<void(uint64_t, uint64_t)>& progress) {
   std::unique_lock<std::mutex> frontier(frontier_mu_);
   std::unique_ptr<InflateStream> stream;
-  std::optional<SpanRef> found;
-  Status status;
-  thread_local std::unique_ptr<std::byte[]> window =
-      std::make_unique_for_overwrite<std::byte[]>(kDeflateWindow);
-  const uint64_t total = size();
   while (true) {
     Checkpoint cp;
     size_t k = 0;
     {
       std::lock_guard<std::mutex> lock(index_mu_);
-      if (!corrupt_.ok()) {
-        status = corrupt_;
-        break;
-      }
-      if (complete_) break;
+      if (!corrupt_.ok()) return corrupt_;
+      if (complete_) return std::optional<SpanRef>();
       k = checkpoints_.size() - 1;
-      if (target < checkpoints_[k].out) break;  // another thread got there: look up again
+      // Another thread got there: look up again.
+      if (target < checkpoints_[k].out) return std::optional<SpanRef>();
       cp = checkpoints_[k];
     }
     if (stream == nullptr || stream->resume_pos() != cp.out) {
-      Result<std::unique_ptr<InflateStream>> s = StreamAt(cp);
-      if (!s.ok()) {
-        status = s.status();
-        break;
-      }
-      stream = std::move(s).value();
+      NPZ_ASSIGN_OR_RETURN(stream, StreamAt(cp, /*track_blocks=*/true));
     }
-    // One byte more than the directory allows, to notice a member longer than it says.
-    const uint64_t limit = total - std::min(total, cp.out) + 1;
-    size_t cap = static_cast<size_t>(std::min<uint64_t>(spacing_ + spacing_ / 4, limit));
-    Result<SpanBuffer> alloc = AllocateSpanBuffer(cap);
-    if (!alloc.ok()) {
-      status = alloc.status();
-      break;
-    }
-    SpanBuffer buf = std::move(alloc).value();
-    cap = std::min<size_t>(buf.get_deleter().capacity, static_cast<size_t>(limit));
-    size_t len = 0;
-    while (true) {
-      if (len == cap) {  // a block ran past the expected span end (rare): grow
-        if (cap >= limit) break;
-        Result<SpanBuffer> grown =
-            AllocateSpanBuffer(static_cast<size_t>(std::min<uint64_t>(cap + cap / 2, limit)));
-        if (!grown.ok()) {
-          status = grown.status();
-          break;
-        }
-        std::memcpy(grown->get(), buf.get(), len);
-        buf = std::move(grown).value();
-        cap = std::min<size_t>(buf.get_deleter().capacity, static_cast<size_t>(limit));
-      }
-      // Z_BLOCK makes inflate return at every block end (~5% slower): use it only once
-      // the span is long enough to end at the next boundary.
-      const bool at_block = len >= spacing_;
-      const size_t want = at_block ? cap - len : std::min<size_t>(cap, spacing_) - len;
-      Result<size_t> got = stream->Read(buf.get() + len, want, at_block);
-      if (!got.ok()) {
-        status = got.status();
-        break;
-      }
-      len += *got;
-      if (stream->ended() || (stream->at_boundary() && len >= spacing_)) break;
-    }
-    if (!status.ok()) {
-      if (status.code() == EIO) shared_->Log(status.message());
-      break;
-    }
-    if (cp.out + len > total) {
-      status = Corrupt("the deflate data is longer than the size in the directory");
-      break;
-    }
-    std::optional<Checkpoint> next;
-    if (!stream->ended()) {
-      Checkpoint pos = stream->Position();
-      const uint32_t wlen = stream->Window(window.get());
-      Result<std::span<const std::byte>> ahead = stream->FillLookahead();
-      if (!ahead.ok()) {
-        status = ahead.status();
-        break;
-      }
-      if (!ahead->empty() || !stream->ended()) {
-        Result<std::string> sparse =
-            MakeSparseWindow(source_, pos, std::span<const std::byte>(window.get(), wlen), *ahead);
-        if (!sparse.ok()) {
-          status = sparse.status();
-          break;
-        }
-        pos.window = std::move(sparse).value();
-        pos.window_size = wlen;
-        next = std::move(pos);
-      }
-    }
-    if (!next.has_value() && cp.out + len != total) {
-      status = Corrupt("the deflate data ends before the size in the directory (" +
-                       std::to_string(cp.out + len) + " of " + std::to_string(total) + " bytes)");
-      break;
-    }
-    const uint32_t crc =
-        static_cast<uint32_t>(crc32_z(0, reinterpret_cast<const Bytef*>(buf.get()), len));
-    auto span = std::make_shared<Span>();
-    span->data = std::move(buf);
-    span->size = len;
-    SpanPtr shared_span = std::move(span);
-    // Cache first, publish after: a reader that finds the span known finds it cached.
-    if (fill_cache) shared_->cache.Insert(SpanKey{id_, 0, k}, shared_span);
-    bool crc_ok = true;
-    uint32_t whole_crc = 0;
-    {
-      std::lock_guard<std::mutex> lock(index_mu_);
-      checkpoints_[k].span_crc = crc;
-      crc_so_far_ =
-          static_cast<uint32_t>(crc32_combine64(crc_so_far_, crc, static_cast<z_off64_t>(len)));
-      if (next.has_value()) {
-        checkpoints_.push_back(std::move(*next));
-      } else {
-        complete_ = true;
-        crc_ok = crc_so_far_ == entry_.crc32 || shared_->verify == VerifyMode::kOff;
-        whole_crc = crc_so_far_;
-      }
-      ++version_;
-    }
-    first_pass_spans_.fetch_add(1);
-    if (!crc_ok) {
-      char buf_msg[64];
-      std::snprintf(buf_msg, sizeof buf_msg, "CRC-32 mismatch (directory %08x, data %08x)",
-                    entry_.crc32, whole_crc);
-      status = Corrupt(buf_msg);
-      break;
-    }
-    if (progress) progress(cp.out + len, total);
-    if (target < cp.out + len || !next.has_value()) {
-      found = SpanRef{std::move(shared_span), cp.out};
-      break;
+    Result<NewSpan> span = InflateSpan(*stream, cp);
+    Status s = span.ok() && span->next.has_value() ? MakeWindow(*stream, *span) : span.status();
+    if (!s.ok()) return s.code() == EIO ? MarkCorrupt(s) : s;
+    const uint64_t end = cp.out + span->len;
+    const bool last = !span->next.has_value();
+    NPZ_ASSIGN_OR_RETURN(SpanPtr published,
+                         PublishSpan(k, cp.out, std::move(span).value(), fill_cache));
+    if (progress) progress(end, size());
+    if (target < end || last) {
+      frontier.unlock();
+      shared_->pool.Park(id_, std::move(stream));
+      return std::optional<SpanRef>(SpanRef{std::move(published), cp.out});
     }
   }
-  frontier.unlock();
-  if (status.ok() && stream != nullptr) shared_->pool.Park(id_, std::move(stream));
-  if (!status.ok()) return status;
-  return found;
 }
 
 }  // namespace npzfs

@@ -37,6 +37,7 @@ namespace npzfs {
 // Producing a known span from a checkpoint holds no lock at all while inflating.
 class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
  public:
+  // `spacing` is clamped to [kMinSpacing, kMaxSpacing].
   DeflatedMember(std::shared_ptr<ArchiveShared> shared, uint64_t id, std::string member_path,
                  const ZipEntry& entry, uint64_t spacing);
 
@@ -71,14 +72,27 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
     SpanPtr span;
     uint64_t start = 0;
   };
+  // One span of the first pass: its bytes, and where the next span starts (none at the end).
+  struct NewSpan {
+    SpanBuffer buf;
+    size_t len = 0;
+    std::optional<Checkpoint> next;
+  };
   Result<SpanRef> SpanAt(uint64_t pos);
-  Result<SpanPtr> ProduceKnownSpan(size_t k);
+  Result<SpanPtr> ProduceKnownSpan(size_t k, uint64_t generation);
   // Extends the first pass until the span holding `target` exists (target == UINT64_MAX:
   // to the end). Returns nullopt when another thread got there first (retry the lookup).
   Result<std::optional<SpanRef>> AdvanceFrontier(
       uint64_t target, bool fill_cache, const std::function<void(uint64_t, uint64_t)>& progress);
-  Result<std::unique_ptr<InflateStream>> StreamAt(const Checkpoint& cp);
+  // The first pass's steps, in order: inflate from checkpoint `cp` to the next checkpoint,
+  // which is a block boundary at least spacing_ bytes on, or a cut inside a longer block at
+  // 2 * spacing_; give the next checkpoint its sparse window; publish the span.
+  Result<NewSpan> InflateSpan(InflateStream& stream, const Checkpoint& cp);
+  Status MakeWindow(InflateStream& stream, NewSpan& span);
+  Result<SpanPtr> PublishSpan(size_t k, uint64_t start, NewSpan span, bool fill_cache);
+  Result<std::unique_ptr<InflateStream>> StreamAt(const Checkpoint& cp, bool track_blocks);
   Status Corrupt(const std::string& why);  // marks the member corrupt, logs, returns EIO
+  Status MarkCorrupt(Status s);            // the same with a complete message
 
   const std::shared_ptr<ArchiveShared> shared_;
   const uint64_t id_;
@@ -93,6 +107,7 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   bool complete_ = false;                // every span known, whole CRC checked
   uint32_t crc_so_far_ = 0;              // CRC-32 of the spans before the frontier
   Status corrupt_;                       // non-ok once corrupt: every read fails
+  uint64_t generation_ = 0;              // bumped when checkpoints_ is replaced
   uint64_t version_ = 0;                 // bumped when checkpoints are learned
   uint64_t saved_version_ = 0;
   std::atomic<uint64_t> first_pass_spans_{0};
