@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <algorithm>
 #include <cstring>
@@ -40,7 +41,11 @@ rng = np.random.default_rng(11)
 adc = rng.integers(-3000, 3000, size=1_600_000).astype('<i2')   # 3.2 MB: 4 chunks of 1 MiB
 small = np.arange(10, dtype='<f8')
 np.savez(D + '/stored.npz', adc=adc, small=small)
-np.savez_compressed(D + '/comp.npz', adc=adc, small=small)
+t = np.arange(1_500_000)
+smooth = (1000 * np.sin(t / 500.0) + rng.normal(0, 30, t.size)).astype('<i2')
+np.savez_compressed(D + '/comp.npz', adc=adc, small=small, smooth=smooth)
+with zipfile.ZipFile(D + '/comp.npz') as z:
+    open(D + '/smooth.npy', 'wb').write(z.read('smooth.npy'))
 with zipfile.ZipFile(D + '/stored.npz') as z:
     open(D + '/adc.npy', 'wb').write(z.read('adc.npy'))
     info = z.getinfo('adc.npy')
@@ -303,6 +308,119 @@ TEST_F(VerifyTest, ASidecarWithWrongChunkCrcsIsDistrustedAndTheGoodMemberReadsCo
   // The new record replaces the forged one.
   EXPECT_TRUE((*a)->index_dirty());
   ASSERT_TRUE((*a)->SaveIndex().ok());
+}
+
+// Replaces a deflated window by the same bytes with every non-zero byte changed: still a
+// well-formed window, but the wrong one.
+std::string ForgeWindow(const std::string& window, uint32_t size) {
+  std::string plain(size, '\0');
+  z_stream s{};
+  inflateInit2(&s, -15);
+  s.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(window.data()));
+  s.avail_in = static_cast<uInt>(window.size());
+  s.next_out = reinterpret_cast<Bytef*>(plain.data());
+  s.avail_out = size;
+  EXPECT_EQ(inflate(&s, Z_FINISH), Z_STREAM_END);
+  inflateEnd(&s);
+  for (char& c : plain) {
+    if (c != 0) c = static_cast<char>(c ^ 0x5a);
+  }
+  z_stream d{};
+  deflateInit2(&d, 6, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY);
+  std::string out(deflateBound(&d, size), '\0');
+  d.next_in = reinterpret_cast<Bytef*>(plain.data());
+  d.avail_in = size;
+  d.next_out = reinterpret_cast<Bytef*>(out.data());
+  d.avail_out = static_cast<uInt>(out.size());
+  EXPECT_EQ(deflate(&d, Z_FINISH), Z_STREAM_END);
+  out.resize(d.total_out);
+  deflateEnd(&d);
+  return out;
+}
+
+TEST_F(VerifyTest, ASidecarWithAWrongWindowIsDistrustedAndTheMemberReadsCorrectly) {
+  const std::string path = Scratch("comp.npz");
+  std::string sidecar;
+  size_t smooth = 0;
+  {
+    auto a = Archive::Open(path, Options());
+    ASSERT_TRUE(a.ok());
+    smooth = *(*a)->Find("smooth.npy");
+    ASSERT_TRUE((*a)->BuildIndex(smooth).ok());
+    ASSERT_TRUE((*a)->SaveIndex().ok());
+    sidecar = (*a)->IndexPath();
+  }
+  int forged = 0;
+  EditSidecar(path, sidecar, [&](std::vector<IndexRecord>& records) {
+    for (IndexRecord& rec : records) {
+      if (rec.kind != RecordKind::kDeflated || rec.checkpoints.size() < 5) continue;
+      for (size_t k = 1; k < rec.checkpoints.size(); ++k) {
+        Checkpoint& cp = rec.checkpoints[k];
+        cp.window = ForgeWindow(cp.window, cp.window_size);
+        ++forged;
+      }
+    }
+  });
+  ASSERT_GT(forged, 0);
+  auto a = Archive::Open(path, Options());
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(Log().find("ignored"), std::string::npos) << "the forgery must pass the load checks";
+  EXPECT_EQ((*a)->index_state(smooth), IndexState::kComplete);
+  const std::string ref = ReadFileOrDie(Path("smooth.npy"));
+  auto r = Open(**a, "smooth.npy");
+  const uint64_t off = ref.size() / 2;
+  std::string buf(100000, '\0');
+  auto got = r->ReadAt(off, std::as_writable_bytes(std::span(buf)));
+  ASSERT_TRUE(got.ok()) << got.status().message();
+  EXPECT_TRUE(buf == ref.substr(off, buf.size()));
+  EXPECT_NE(Log().find("rebuilt from the data"), std::string::npos) << Log();
+  EXPECT_GT((*a)->first_pass_spans(smooth), 0u) << "the checkpoints came from a new first pass";
+  std::string all;
+  ASSERT_TRUE(ReadThrough(*r, 1 << 20, &all).ok());
+  EXPECT_TRUE(all == ref);
+}
+
+TEST_F(VerifyTest, DamagedDataUnderASavedIndexIsEioAfterTheRebuildFailsToo) {
+  const std::string path = Scratch("comp.npz");
+  size_t smooth = 0;
+  {
+    auto a = Archive::Open(path, Options());
+    ASSERT_TRUE(a.ok());
+    smooth = *(*a)->Find("smooth.npy");
+    ASSERT_TRUE((*a)->BuildIndex(smooth).ok());
+    ASSERT_TRUE((*a)->SaveIndex().ok());
+  }
+  // Damage the middle of smooth.npy's data, keeping the size and the mtime (so the index
+  // still applies).
+  struct stat st;
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  {
+    auto fd = OpenFile(path, O_RDWR);
+    ASSERT_TRUE(fd.ok());
+    auto dir = ReadZipDirectory(fd->get(), path);
+    ASSERT_TRUE(dir.ok());
+    for (const ZipEntry& e : dir->entries) {
+      if (e.name != "smooth.npy") continue;
+      std::string junk(2000, '\x5a');
+      ASSERT_TRUE(PwriteAll(fd->get(), junk.data(), junk.size(),
+                            e.data_offset + e.compressed_size / 2, path)
+                      .ok());
+    }
+  }
+  struct timespec times[2] = {st.st_atim, st.st_mtim};
+  ASSERT_EQ(::utimensat(AT_FDCWD, path.c_str(), times, 0), 0);
+  auto a = Archive::Open(path, Options());
+  ASSERT_TRUE(a.ok());
+  ASSERT_EQ((*a)->index_state(smooth), IndexState::kComplete);
+  auto r = Open(**a, "smooth.npy");
+  std::string all;
+  Status s = ReadThrough(*r, 1 << 20, &all);
+  ASSERT_FALSE(s.ok()) << "damaged data was served";
+  EXPECT_EQ(s.code(), EIO);
+  EXPECT_NE(Log().find("rebuilt from the data"), std::string::npos) << Log();
+  // Every later read fails: the member is bad, not the index.
+  std::byte b[16];
+  EXPECT_FALSE(r->ReadAt(0, b).ok());
 }
 
 TEST_F(VerifyTest, AnArchiveTruncatedWhileOpenIsEioNeverShortData) {

@@ -89,6 +89,27 @@ void DeflatedMember::Load(std::vector<Checkpoint> checkpoints, bool complete) {
                                checkpoints_[k + 1].out - checkpoints_[k].out);
   }
   if (complete_) crc_so_far_ = entry_.crc32;  // checked on load: the span CRCs add up
+  from_sidecar_ = true;
+}
+
+Status DeflatedMember::Distrust(uint64_t generation, const Status& failure) {
+  std::string what;
+  {
+    std::lock_guard<std::mutex> frontier(frontier_mu_);
+    std::lock_guard<std::mutex> lock(index_mu_);
+    if (generation != generation_) return Status::Error(EAGAIN, "index replaced");
+    if (!from_sidecar_ || !corrupt_.ok()) return failure;
+    checkpoints_.assign(1, Checkpoint{});
+    complete_ = false;
+    crc_so_far_ = 0;
+    from_sidecar_ = false;
+    ++generation_;
+    ++version_;  // the next save drops the bad record
+  }
+  shared_->Log(failure.message() +
+               " (reading from a checkpoint saved in the index: the saved checkpoints are "
+               "dropped and rebuilt from the data)");
+  return Status::Error(EAGAIN, "index replaced");
 }
 
 Result<std::unique_ptr<InflateStream>> DeflatedMember::StreamAt(const Checkpoint& cp,
@@ -152,8 +173,9 @@ Result<DeflatedMember::SpanRef> DeflatedMember::SpanAt(uint64_t pos) {
       if (span.status().code() != EAGAIN) return span.status();
       continue;  // the checkpoints were replaced meanwhile: look up again
     }
-    NPZ_ASSIGN_OR_RETURN(std::optional<SpanRef> ref, AdvanceFrontier(pos, true, {}));
-    if (ref.has_value()) return *std::move(ref);
+    Result<std::optional<SpanRef>> ref = AdvanceFrontier(pos, true, {});
+    if (!ref.ok() && ref.status().code() != EAGAIN) return ref.status();
+    if (ref.ok() && ref->has_value()) return **std::move(ref);
   }
 }
 
@@ -167,15 +189,25 @@ Result<SpanPtr> DeflatedMember::ProduceKnownSpan(size_t k, uint64_t generation) 
     end = k + 1 < checkpoints_.size() ? checkpoints_[k + 1].out : size();
   }
   const size_t len = static_cast<size_t>(end - cp.out);
-  NPZ_ASSIGN_OR_RETURN(std::unique_ptr<InflateStream> stream, StreamAt(cp, false));
   NPZ_ASSIGN_OR_RETURN(auto buf, AllocateSpanBuffer(len));
-  NPZ_ASSIGN_OR_RETURN(size_t got, stream->Read(buf.get(), len, /*stop_at_block=*/false));
-  if (got != len) return Corrupt("the deflate data ends before the size in the directory");
-  const uint32_t crc = Crc32(0, buf.get(), len);
-  if (crc != cp.span_crc && shared_->verify != VerifyMode::kOff) {
-    return Corrupt("CRC-32 mismatch in the span at offset " + std::to_string(cp.out));
+  Result<std::unique_ptr<InflateStream>> stream = StreamAt(cp, false);
+  Result<size_t> got = stream.ok() ? (*stream)->Read(buf.get(), len, false) : stream.status();
+  Status failure = got.ok() ? Status::Ok() : got.status();
+  if (failure.ok() && *got != len) {
+    failure = Status::Error(EIO, source_.name + ": the deflate data ends early in the span at " +
+                                     std::to_string(cp.out));
   }
-  shared_->pool.Park(id_, std::move(stream));
+  if (failure.ok() && shared_->verify != VerifyMode::kOff &&
+      Crc32(0, buf.get(), len) != cp.span_crc) {
+    failure = Status::Error(
+        EIO, source_.name + ": CRC-32 mismatch in the span at offset " + std::to_string(cp.out));
+  }
+  if (!failure.ok()) {
+    if (failure.code() != EIO) return failure;
+    NPZ_RETURN_IF_ERROR(Distrust(generation, failure));  // EAGAIN: the pass rebuilds them
+    return MarkCorrupt(failure);
+  }
+  shared_->pool.Park(id_, std::move(stream).value());
   auto span = std::make_shared<Span>();
   span->data = std::move(buf);
   span->size = len;
@@ -190,7 +222,7 @@ Status DeflatedMember::BuildIndex(const std::function<void(uint64_t, uint64_t)>&
       if (complete_) return Status::Ok();
     }
     Result<std::optional<SpanRef>> r = AdvanceFrontier(UINT64_MAX, false, progress);
-    if (!r.ok()) return r.status();
+    if (!r.ok() && r.status().code() != EAGAIN) return r.status();
   }
 }
 
@@ -229,9 +261,9 @@ Result<DeflatedMember::NewSpan> DeflatedMember::InflateSpan(InflateStream& strea
     }
   }
   if (cp.out + len > size()) {
-    return Corrupt("the deflate data is longer than the size in the directory");
+    return Bad("the deflate data is longer than the size in the directory");
   }
-  return Corrupt("a stored deflate block longer than 65535 bytes");
+  return Bad("a stored deflate block longer than 65535 bytes");
 }
 
 Status DeflatedMember::MakeWindow(InflateStream& stream, NewSpan& span) {
@@ -260,8 +292,8 @@ Status DeflatedMember::MakeWindow(InflateStream& stream, NewSpan& span) {
 Result<SpanPtr> DeflatedMember::PublishSpan(size_t k, uint64_t start, NewSpan span,
                                             bool fill_cache) {
   if (!span.next.has_value() && start + span.len != size()) {
-    return Corrupt("the deflate data ends before the size in the directory (" +
-                   std::to_string(start + span.len) + " of " + std::to_string(size()) + " bytes)");
+    return Bad("the deflate data ends before the size in the directory (" +
+               std::to_string(start + span.len) + " of " + std::to_string(size()) + " bytes)");
   }
   const uint32_t crc = Crc32(0, span.buf.get(), span.len);
   auto made = std::make_shared<Span>();
@@ -294,9 +326,27 @@ Result<SpanPtr> DeflatedMember::PublishSpan(size_t k, uint64_t start, NewSpan sp
     std::snprintf(text, sizeof text,
                   "CRC-32 mismatch (directory %08" PRIx32 ", data %08" PRIx32 ")", entry_.crc32,
                   whole_crc);
-    return Corrupt(text);
+    return Bad(text);
   }
   return shared_span;
+}
+
+Status DeflatedMember::Bad(const std::string& why) const {
+  return Status::Error(EIO, source_.name + ": " + why);
+}
+
+Status DeflatedMember::FirstPassFailed(std::unique_lock<std::mutex>& frontier, Status s) {
+  frontier.unlock();
+  if (s.code() != EIO) return s;
+  uint64_t generation = 0;
+  {
+    std::lock_guard<std::mutex> lock(index_mu_);
+    generation = generation_;
+  }
+  // A first pass that resumed from saved checkpoints may have been misled by them.
+  Status distrusted = Distrust(generation, s);
+  if (distrusted.code() == EAGAIN) return distrusted;
+  return MarkCorrupt(s);
 }
 
 Result<std::optional<DeflatedMember::SpanRef>> DeflatedMember::AdvanceFrontier(
@@ -320,16 +370,16 @@ Result<std::optional<DeflatedMember::SpanRef>> DeflatedMember::AdvanceFrontier(
     }
     Result<NewSpan> span = InflateSpan(*stream, cp);
     Status s = span.ok() && span->next.has_value() ? MakeWindow(*stream, *span) : span.status();
-    if (!s.ok()) return s.code() == EIO ? MarkCorrupt(s) : s;
+    if (!s.ok()) return FirstPassFailed(frontier, s);
     const uint64_t end = cp.out + span->len;
     const bool last = !span->next.has_value();
-    NPZ_ASSIGN_OR_RETURN(SpanPtr published,
-                         PublishSpan(k, cp.out, std::move(span).value(), fill_cache));
+    Result<SpanPtr> published = PublishSpan(k, cp.out, std::move(span).value(), fill_cache);
+    if (!published.ok()) return FirstPassFailed(frontier, published.status());
     if (progress) progress(end, size());
     if (target < end || last) {
       frontier.unlock();
       shared_->pool.Park(id_, std::move(stream));
-      return std::optional<SpanRef>(SpanRef{std::move(published), cp.out});
+      return std::optional<SpanRef>(SpanRef{std::move(published).value(), cp.out});
     }
   }
 }

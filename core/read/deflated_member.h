@@ -91,8 +91,16 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   Status MakeWindow(InflateStream& stream, NewSpan& span);
   Result<SpanPtr> PublishSpan(size_t k, uint64_t start, NewSpan span, bool fill_cache);
   Result<std::unique_ptr<InflateStream>> StreamAt(const Checkpoint& cp, bool track_blocks);
-  Status Corrupt(const std::string& why);  // marks the member corrupt, logs, returns EIO
-  Status MarkCorrupt(Status s);            // the same with a complete message
+  // A span decoded from saved checkpoints failed: drop them (if still those of `generation`)
+  // and let a first pass rebuild them from the data. Returns EAGAIN (look up again), or
+  // `failure` when the checkpoints were not from the sidecar (then the data is bad).
+  Status Distrust(uint64_t generation, const Status& failure);
+  // The first pass failed with `s` (frontier_mu_ held by `frontier`, released here): a
+  // distrusted sidecar (EAGAIN), or a corrupt member.
+  Status FirstPassFailed(std::unique_lock<std::mutex>& frontier, Status s);
+  Status Bad(const std::string& why) const;  // EIO naming the member, nothing marked
+  Status Corrupt(const std::string& why);    // marks the member corrupt, logs, returns EIO
+  Status MarkCorrupt(Status s);              // the same with a complete message
 
   const std::shared_ptr<ArchiveShared> shared_;
   const uint64_t id_;
@@ -108,6 +116,7 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   uint32_t crc_so_far_ = 0;              // CRC-32 of the spans before the frontier
   Status corrupt_;                       // non-ok once corrupt: every read fails
   uint64_t generation_ = 0;              // bumped when checkpoints_ is replaced
+  bool from_sidecar_ = false;            // checkpoints_ came from the sidecar
   uint64_t version_ = 0;                 // bumped when checkpoints are learned
   uint64_t saved_version_ = 0;
   std::atomic<uint64_t> first_pass_spans_{0};
