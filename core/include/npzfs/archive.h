@@ -70,6 +70,10 @@ struct ArchiveOptions {
   std::string index_dir;                        // empty: next to the archive
   size_t max_parked_streams = 16;               // live inflate streams kept across members
   VerifyMode verify = VerifyMode::kDefault;     // verify=strict|off
+  // Learn a deflated member's checkpoints on a background thread while a reader runs ahead
+  // of them (core/read/deflated_member.h); off, they are learned only by reads in the first
+  // span and by BuildIndex.
+  bool background_index = true;
   std::function<void(const std::string&)> log;  // warnings (unsafe names, CRC...); may be empty
 };
 
@@ -118,12 +122,19 @@ class Archive {
   // Number of spans member i has inflated during first passes (a test hook: a member whose
   // index came from the sidecar inflates none when read again).
   uint64_t first_pass_spans(size_t i) const;
+  // Chunks of member i decoded ahead of its checkpoints by the fast path (a test hook).
+  uint64_t fast_chunks(size_t i) const;
 
   // Runs the first pass over member i now (npz index), calling progress(done, total) with
   // uncompressed bytes after each span. A no-op for stored members or a complete index.
   // Errors: EIO corrupt data or CRC mismatch; those of OpenMember.
   // (Stored members are checked by VerifyMember.)
   Status BuildIndex(size_t i, const std::function<void(uint64_t, uint64_t)>& progress = {});
+
+  // Runs the first pass of member i until its checkpoints cover `offset` (what BuildIndex
+  // does, stopping there): a tool that read ahead of the checkpoints (the fast path) keeps
+  // what it read for the next run. A no-op for stored members. Errors: as BuildIndex.
+  Status IndexUpTo(size_t i, uint64_t offset);
 
   // Checks member i's CRC-32 now if it was not checked yet (a stored member's verify pass, a
   // deflated member's first pass), and returns the verdict: EIO on a mismatch.
