@@ -16,6 +16,11 @@ namespace {
 // A read that starts within this distance of where the last one ended counts as sequential
 // (several FUSE threads may deliver readahead requests slightly out of order).
 constexpr uint64_t kSequentialSlack = 2 << 20;
+// A reader counts as streaming once it has read this much in order.
+constexpr uint64_t kSequentialRun = 4 << 20;
+// Read-ahead of a streaming reader, in spans: at most this many (also bounded by the pool
+// size and a quarter of the cache).
+constexpr size_t kFullReadAhead = SIZE_MAX;
 
 }  // namespace
 
@@ -149,9 +154,16 @@ Result<size_t> DeflatedMember::ReadAt(uint64_t offset, std::span<std::byte> dest
     return size_t{0};
   }
   const size_t n = static_cast<size_t>(std::min<uint64_t>(dest.size(), size() - offset));
+  // Read-ahead only for a reader that has read sequentially for a while: the kernel's own
+  // readahead already rounds up small and mmap reads, and decoding ahead of a random
+  // reader wastes a core.
   const uint64_t expected = next_sequential_.exchange(offset + n);
-  const bool sequential = offset >= expected ? offset - expected <= kSequentialSlack
-                                             : expected - offset <= kSequentialSlack;
+  const bool in_order = offset >= expected ? offset - expected <= kSequentialSlack
+                                           : expected - offset <= kSequentialSlack;
+  const uint64_t run = in_order ? sequential_run_.fetch_add(n) + n : (sequential_run_ = n, n);
+  // How far ahead to decode: nothing for a lone read; the next span or chunk once a read has
+  // gone on in order (a frame read in 128 KiB requests, say); a full pipeline for a stream.
+  const size_t ahead = run >= kSequentialRun ? kFullReadAhead : run >= spacing_ / 2 ? 1 : 0;
   // The known spans this request covers beyond its first are decoded side by side with it.
   if (Result<Where> w = Locate(offset); w.ok() && w->known) {
     PrefetchSpans(*w, SpansBefore(*w, offset + n));
@@ -159,7 +171,7 @@ Result<size_t> DeflatedMember::ReadAt(uint64_t offset, std::span<std::byte> dest
   size_t done = 0;
   while (done < n) {
     const uint64_t pos = offset + done;
-    NPZ_ASSIGN_OR_RETURN(SpanRef ref, SpanAt(pos, sequential));
+    NPZ_ASSIGN_OR_RETURN(SpanRef ref, SpanAt(pos, ahead));
     const uint64_t within = pos - ref.start;
     if (within >= ref.span->size) {
       return Corrupt("the deflate data ends before the size in the directory");
@@ -192,12 +204,12 @@ size_t DeflatedMember::SpansBefore(const Where& w, uint64_t end) const {
   return n;
 }
 
-Result<DeflatedMember::SpanRef> DeflatedMember::SpanAt(uint64_t pos, bool sequential) {
+Result<DeflatedMember::SpanRef> DeflatedMember::SpanAt(uint64_t pos, size_t ahead) {
   while (true) {
     NPZ_ASSIGN_OR_RETURN(Where w, Locate(pos));
     Result<SpanRef> ref = Status::Error(EAGAIN, "not yet");
     if (w.known) {
-      ref = KnownSpan(w, sequential);
+      ref = KnownSpan(w, ahead);
     } else if (pos < spacing_) {
       // The first span: the reader runs the first pass itself (a header read).
       Result<std::optional<SpanRef>> first = AdvanceFrontier(pos, true, {});
@@ -208,20 +220,19 @@ Result<DeflatedMember::SpanRef> DeflatedMember::SpanAt(uint64_t pos, bool sequen
       }
     } else {
       StartIndexer();
-      ref = FastChunkAt(pos, w.generation, sequential);
+      ref = FastChunkAt(pos, w.generation, ahead > 0);
     }
     if (ref.ok() || ref.status().code() != EAGAIN) return ref;
     // EAGAIN: another thread moved the frontier, or the checkpoints were replaced.
   }
 }
 
-Result<DeflatedMember::SpanRef> DeflatedMember::KnownSpan(const Where& w, bool sequential) {
-  if (sequential) {
-    // Ahead of a sequential reader: as many spans as the pool has threads, and never more
-    // than a quarter of the cache.
+Result<DeflatedMember::SpanRef> DeflatedMember::KnownSpan(const Where& w, size_t ahead) {
+  if (ahead > 0) {
+    // Never more than the pool has threads (and one more), nor a quarter of the cache.
     const uint64_t max_span = 2 * spacing_ + kMaxStoredBlock;
     const size_t budget = static_cast<size_t>(shared_->cache.budget() / 4 / max_span);
-    PrefetchSpans(w, std::min(budget, DecodePool().size() + 1));
+    PrefetchSpans(w, std::min({ahead, budget, DecodePool().size() + 1}));
   }
   const uint64_t generation = w.generation;
   const size_t k = w.k;

@@ -70,8 +70,8 @@ namespace npzfs {
 
 class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
  public:
-  static constexpr uint64_t kFastChunk = 1 << 20;
-  static constexpr uint64_t kSnapshotEvery = 4 << 20;  // a multiple of kFastChunk
+  static constexpr uint64_t kFastChunk = 256 << 10;
+  static constexpr uint64_t kSnapshotEvery = 1 << 20;  // a multiple of kFastChunk
 
   // `spacing` is clamped to [kMinSpacing, kMaxSpacing].
   DeflatedMember(std::shared_ptr<ArchiveShared> shared, uint64_t id, std::string member_path,
@@ -130,9 +130,10 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   };
 
   // deflated_member.cc: reads, known spans, read-ahead, failures.
-  Result<SpanRef> SpanAt(uint64_t pos, bool sequential);
+  // `ahead`: how many spans (or one chunk, on the fast path) to decode ahead of pos.
+  Result<SpanRef> SpanAt(uint64_t pos, size_t ahead);
   Result<Where> Locate(uint64_t pos) const;
-  Result<SpanRef> KnownSpan(const Where& w, bool sequential);
+  Result<SpanRef> KnownSpan(const Where& w, size_t ahead);
   Result<SpanPtr> ProduceKnownSpan(size_t k, uint64_t generation);
   Result<size_t> DecodeSpan(const Checkpoint& cp, std::byte* out, size_t len);
   void PrefetchSpans(const Where& w, size_t count);
@@ -198,6 +199,7 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   bool cancel_ = false;
 
   std::atomic<uint64_t> next_sequential_{0};  // where a sequential reader reads next
+  std::atomic<uint64_t> sequential_run_{0};   // bytes read in order up to there
   std::atomic<uint64_t> first_pass_spans_{0};
   std::atomic<uint64_t> fast_chunks_{0};
 };
