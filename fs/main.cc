@@ -17,9 +17,11 @@
 #include <cstring>
 #include <ctime>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "core/base/atomic_file.h"
+#include "core/base/names.h"
 #include "fs/log.h"
 #include "fs/npzfs_ops.h"
 #include "fs/options.h"
@@ -134,6 +136,145 @@ Status FinalizeSpool(Mount& m) {
   return s;
 }
 
+int PrintHelpOrVersion(const Options& options, const char* program) {
+  if (options.show_help) {
+    std::printf("%s", UsageText(program).c_str());
+    std::printf("FUSE options:\n");
+    std::fflush(stdout);
+    fuse_cmdline_help();
+    fuse_lowlevel_help();
+  } else {
+    std::printf("npzfs %s (libfuse %s)\n", NPZFS_VERSION, fuse_pkgversion());
+  }
+  return 0;
+}
+
+// The mount point, and whether this daemon created it (then it removes it at the end).
+struct MountPoint {
+  std::string path;  // absolute
+  bool created = false;
+  ~MountPoint() {
+    if (created) rmdir(path.c_str());
+  }
+};
+
+Status PrepareMountPoint(const Options& options, MountPoint& mp) {
+  mp.path = MakeAbsolute(options.mountpoint);
+  if (options.mountpoint_derived && mkdir(mp.path.c_str(), 0755) == 0) mp.created = true;
+  struct stat st {};
+  if (stat(mp.path.c_str(), &st) != 0) {
+    return ErrnoStatus(errno, options.archive, "mount point '" + options.mountpoint + "'");
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    return Status::Error(
+        ENOTDIR, options.archive + ": mount point '" + options.mountpoint + "' is not a directory");
+  }
+  return Status::Ok();
+}
+
+// Opens the spool (resuming what an earlier daemon left), or with -o ro only says whether
+// one is waiting.
+Status PrepareSpool(Mount& m) {
+  std::string dir = m.options.spool_dir.empty() ? DefaultSpoolDir(m.archive_path)
+                                                : MakeAbsolute(m.options.spool_dir);
+  if (m.options.read_only) {
+    struct stat st {};
+    if (stat(dir.c_str(), &st) == 0) {
+      LogWarning(dir +
+                 " holds new members of an earlier mount; they are not shown with -o ro "
+                 "(mount without ro, or run npz recover, to add them to the archive)");
+    }
+    return Status::Ok();
+  }
+  NPZ_ASSIGN_OR_RETURN(m.spool, Spool::Open(dir, [](const std::string& line) { LogInfo(line); }));
+  return Status::Ok();
+}
+
+// Everything that can fail for a reason the user must see, before daemonizing.
+Status PrepareMount(Mount& m, MountPoint& mp) {
+  NPZ_ASSIGN_OR_RETURN(m.archive_path, AbsoluteArchivePath(m.options.archive));
+  m.result_path = DirName(m.archive_path) + "/" + ResultFileName(m.archive_path);
+  m.uid = getuid();
+  m.gid = getgid();
+  m.start_time = static_cast<int64_t>(time(nullptr));
+  auto archive = OpenArchiveIfPresent(m);
+  if (!archive.ok()) return archive.status().WithContext("cannot mount");
+  m.archive = std::move(archive).value();
+  Status s = PrepareMountPoint(m.options, mp);
+  if (s.ok()) s = PrepareSpool(m);
+  if (!s.ok()) return s.WithContext("cannot mount " + m.options.archive);
+  // A stale result must never be read as this run's. Removed only now that the spool lock
+  // is ours, so a second daemon refused above cannot delete the first one's result.
+  unlink(m.result_path.c_str());
+  m.table = std::make_unique<InodeTable>(m.start_time);
+  BuildTree(m);
+  return Status::Ok();
+}
+
+// Session arguments: 1 MiB reads (must match conn->max_read set in Init), kernel-side
+// permission checks on the modes we report, and a name for mount(8).
+void AddSessionArguments(fuse_args* args, const Mount& m, const MountPoint& mp) {
+  fuse_opt_add_arg(args, "-omax_read=1048576");
+  fuse_opt_add_arg(args, "-odefault_permissions");
+  fuse_opt_add_arg(args, "-osubtype=npzfs");
+  if (m.archive_path.find(',') == std::string::npos) {
+    fuse_opt_add_arg(args, ("-ofsname=" + m.archive_path).c_str());
+  }
+  fuse_opt_add_arg(args, mp.path.c_str());
+}
+
+int RunLoop(fuse_session* se, const fuse_cmdline_opts& cmd) {
+  if (cmd.singlethread) return fuse_session_loop(se);
+  std::unique_ptr<fuse_loop_config, LoopConfigDeleter> config(fuse_loop_cfg_create());
+  fuse_loop_cfg_set_clone_fd(config.get(), cmd.clone_fd);
+  // UINT_MAX means "not given": keep libfuse's defaults (it logs an error otherwise).
+  if (cmd.max_idle_threads != UINT_MAX) {
+    fuse_loop_cfg_set_idle_threads(config.get(), cmd.max_idle_threads);
+  }
+  if (cmd.max_threads != UINT_MAX) fuse_loop_cfg_set_max_threads(config.get(), cmd.max_threads);
+  return fuse_session_loop_mt(se, config.get());
+}
+
+// Mounts, daemonizes and serves until unmounted. Returns the exit code of a failure before
+// the mount, or nullopt once the session has ended (finalize comes next).
+std::optional<int> Serve(Mount& m, fuse_args* args, const MountPoint& mp) {
+  fuse_cmdline_opts cmd{};
+  if (fuse_parse_cmdline(args, &cmd) != 0) return 2;
+  std::unique_ptr<char, FreeDeleter> cmd_mountpoint(cmd.mountpoint);
+  const fuse_lowlevel_ops& ops = NpzfsOperations();
+  std::unique_ptr<fuse_session, SessionDeleter> se(fuse_session_new(args, &ops, sizeof(ops), &m));
+  if (se == nullptr) {
+    PrintError("cannot start a FUSE session for " + m.options.archive);
+    return 1;
+  }
+  if (fuse_set_signal_handlers(se.get()) != 0) return 1;
+  if (fuse_session_mount(se.get(), cmd.mountpoint) != 0) {
+    PrintError("cannot mount " + m.options.archive + " on " + mp.path);
+    fuse_remove_signal_handlers(se.get());
+    return 1;
+  }
+  LogInfo("mounted " + m.archive_path + " on " + mp.path +
+          (m.archive == nullptr ? " (new archive)" : "") + (m.options.read_only ? " (ro)" : ""));
+  fuse_daemonize(cmd.foreground);
+  if (!cmd.foreground) LogToSyslog(true);
+  const int loop_result = RunLoop(se.get(), cmd);
+  fuse_session_unmount(se.get());
+  fuse_remove_signal_handlers(se.get());
+  se.reset();  // runs Destroy (saves the index) if the kernel did not already
+  if (loop_result < 0) LogError("session loop failed: " + std::string(std::strerror(-loop_result)));
+  return std::nullopt;
+}
+
+// After the session: finalize, and the outcome for `npz umount`.
+int Finish(Mount& m) {
+  Status finalized = FinalizeSpool(m);
+  if (!finalized.ok()) LogError("finalize failed: " + finalized.message());
+  Status written = WriteFileAtomically(
+      m.result_path, finalized.ok() ? "ok\n" : "error: " + finalized.message() + "\n");
+  if (!written.ok()) LogError("cannot write the result file: " + written.message());
+  return finalized.ok() && written.ok() ? 0 : 1;
+}
+
 int Run(int argc, char** argv) {
   fuse_args args = FUSE_ARGS_INIT(argc, argv);
   FuseArgsOwner args_owner{&args};
@@ -144,150 +285,20 @@ int Run(int argc, char** argv) {
   }
   Mount m;
   m.options = std::move(parsed).value();
-  if (m.options.show_help) {
-    std::printf("%s", UsageText(argv[0]).c_str());
-    std::printf("FUSE options:\n");
-    std::fflush(stdout);
-    fuse_cmdline_help();
-    fuse_lowlevel_help();
-    return 0;
-  }
-  if (m.options.show_version) {
-    std::printf("npzfs %s (libfuse %s)\n", NPZFS_VERSION, fuse_pkgversion());
-    return 0;
-  }
-
-  // ---- everything that can fail visibly, before daemonizing ----
-  auto abs = AbsoluteArchivePath(m.options.archive);
-  if (!abs.ok()) {
-    PrintError(abs.status().message());
+  if (m.options.show_help || m.options.show_version) return PrintHelpOrVersion(m.options, argv[0]);
+  MountPoint mp;
+  Status prepared = PrepareMount(m, mp);
+  if (!prepared.ok()) {
+    PrintError(prepared.message());
     return 1;
   }
-  m.archive_path = *abs;
-  m.result_path = DirName(m.archive_path) + "/." + BaseName(m.archive_path) + ".npzfs-result";
-  m.uid = getuid();
-  m.gid = getgid();
-  m.start_time = static_cast<int64_t>(time(nullptr));
-
-  auto archive = OpenArchiveIfPresent(m);
-  if (!archive.ok()) {
-    PrintError("cannot mount: " + archive.status().message());
-    return 1;
-  }
-  m.archive = std::move(archive).value();
-
-  std::string mountpoint = MakeAbsolute(m.options.mountpoint);
-  bool created_mountpoint = false;
-  if (m.options.mountpoint_derived && mkdir(mountpoint.c_str(), 0755) == 0) {
-    created_mountpoint = true;
-  }
-  struct stat mst {};
-  if (stat(mountpoint.c_str(), &mst) != 0) {
-    PrintError("cannot mount " + m.options.archive + ": mount point '" + m.options.mountpoint +
-               "': " + std::strerror(errno));
-    return 1;
-  }
-  if (!S_ISDIR(mst.st_mode)) {
-    PrintError("cannot mount " + m.options.archive + ": mount point '" + m.options.mountpoint +
-               "' is not a directory");
-    return 1;
-  }
-
-  if (!m.options.read_only) {
-    std::string dir = m.options.spool_dir.empty() ? DefaultSpoolDir(m.archive_path)
-                                                  : MakeAbsolute(m.options.spool_dir);
-    auto spool = Spool::Open(dir, [](const std::string& line) { LogInfo(line); });
-    if (!spool.ok()) {
-      PrintError("cannot mount " + m.options.archive + ": " + spool.status().message());
-      if (created_mountpoint) rmdir(mountpoint.c_str());
-      return 1;
-    }
-    m.spool = std::move(spool).value();
-  } else {
-    std::string dir = m.options.spool_dir.empty() ? DefaultSpoolDir(m.archive_path)
-                                                  : MakeAbsolute(m.options.spool_dir);
-    struct stat sst {};
-    if (stat(dir.c_str(), &sst) == 0) {
-      LogWarning(dir +
-                 " holds new members of an earlier mount; they are not shown with -o ro "
-                 "(mount without ro, or run npz recover, to add them to the archive)");
-    }
-  }
-  // A stale result must never be read as this run's. Removed only now that the spool lock
-  // is ours, so a second daemon refused above cannot delete the first one's result.
-  unlink(m.result_path.c_str());
-  m.table = std::make_unique<InodeTable>(m.start_time);
-  BuildTree(m);
-
-  // Session arguments: 1 MiB reads (must match conn->max_read set in Init), kernel-side
-  // permission checks on the modes we report, and a name for mount(8).
-  fuse_opt_add_arg(&args, "-omax_read=1048576");
-  fuse_opt_add_arg(&args, "-odefault_permissions");
-  fuse_opt_add_arg(&args, "-osubtype=npzfs");
-  if (m.archive_path.find(',') == std::string::npos) {
-    fuse_opt_add_arg(&args, ("-ofsname=" + m.archive_path).c_str());
-  }
-  fuse_opt_add_arg(&args, mountpoint.c_str());
-  fuse_cmdline_opts cmd{};
-  auto cleanup_unused_spool = [&] {
+  AddSessionArguments(&args, m, mp);
+  if (std::optional<int> failed = Serve(m, &args, mp)) {
     // Nothing was written: finalize only removes the empty spool again.
     if (m.spool != nullptr && m.spool->members().empty()) (void)FinalizeSpool(m);
-    if (created_mountpoint) rmdir(mountpoint.c_str());
-  };
-  if (fuse_parse_cmdline(&args, &cmd) != 0) {
-    cleanup_unused_spool();
-    return 2;
+    return *failed;
   }
-  std::unique_ptr<char, FreeDeleter> cmd_mountpoint(cmd.mountpoint);
-
-  const fuse_lowlevel_ops& ops = NpzfsOperations();
-  std::unique_ptr<fuse_session, SessionDeleter> se(fuse_session_new(&args, &ops, sizeof(ops), &m));
-  if (se == nullptr) {
-    PrintError("cannot start a FUSE session for " + m.options.archive);
-    cleanup_unused_spool();
-    return 1;
-  }
-  if (fuse_set_signal_handlers(se.get()) != 0) {
-    cleanup_unused_spool();
-    return 1;
-  }
-  if (fuse_session_mount(se.get(), cmd.mountpoint) != 0) {
-    PrintError("cannot mount " + m.options.archive + " on " + mountpoint);
-    fuse_remove_signal_handlers(se.get());
-    cleanup_unused_spool();
-    return 1;
-  }
-  LogInfo("mounted " + m.archive_path + " on " + mountpoint +
-          (m.archive == nullptr ? " (new archive)" : "") + (m.options.read_only ? " (ro)" : ""));
-
-  fuse_daemonize(cmd.foreground);
-  if (!cmd.foreground) LogToSyslog(true);
-
-  int loop_result;
-  if (cmd.singlethread) {
-    loop_result = fuse_session_loop(se.get());
-  } else {
-    std::unique_ptr<fuse_loop_config, LoopConfigDeleter> config(fuse_loop_cfg_create());
-    fuse_loop_cfg_set_clone_fd(config.get(), cmd.clone_fd);
-    // UINT_MAX means "not given": keep libfuse's defaults (it logs an error otherwise).
-    if (cmd.max_idle_threads != UINT_MAX) {
-      fuse_loop_cfg_set_idle_threads(config.get(), cmd.max_idle_threads);
-    }
-    if (cmd.max_threads != UINT_MAX) fuse_loop_cfg_set_max_threads(config.get(), cmd.max_threads);
-    loop_result = fuse_session_loop_mt(se.get(), config.get());
-  }
-  fuse_session_unmount(se.get());
-  fuse_remove_signal_handlers(se.get());
-  se.reset();  // runs Destroy (saves the index) if the kernel did not already
-  if (loop_result < 0) LogError("session loop failed: " + std::string(std::strerror(-loop_result)));
-
-  Status finalized = FinalizeSpool(m);
-  if (!finalized.ok()) LogError("finalize failed: " + finalized.message());
-  Status written = WriteFileAtomically(
-      m.result_path, finalized.ok() ? "ok\n" : "error: " + finalized.message() + "\n");
-  if (!written.ok()) LogError("cannot write the result file: " + written.message());
-  if (created_mountpoint) rmdir(mountpoint.c_str());
-  return finalized.ok() && written.ok() ? 0 : 1;
+  return Finish(m);
 }
 
 }  // namespace

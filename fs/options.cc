@@ -6,6 +6,7 @@
 #include <charconv>
 #include <cstring>
 
+#include "core/npy/frame_layout.h"
 #include "npzfs/file_util.h"
 
 namespace npzfs::fs {
@@ -148,20 +149,9 @@ Result<FramePattern> ParseFramePattern(std::string_view spec) {
   p.descr = std::string(spec.substr(first + 1, last - first - 1));
   if (p.pattern.empty()) return Invalid(where + ": PATTERN is empty");
   if (p.descr.empty()) return Invalid(where + ": DTYPE is empty");
-  std::string_view shape = spec.substr(last + 1);
-  while (!shape.empty()) {
-    size_t x = shape.find('x');
-    std::string_view axis = shape.substr(0, x);
-    auto n = ParseUnsigned(axis);
-    if (!n) {
-      return Invalid(where + ": SHAPE axis '" + std::string(axis) +
-                     "' is not a number (axes are separated by 'x')");
-    }
-    p.shape.push_back(*n);
-    if (x == std::string_view::npos) break;
-    shape.remove_prefix(x + 1);
-    if (shape.empty()) return Invalid(where + ": SHAPE ends with 'x'");
-  }
+  auto shape = ParseFrameShape(spec.substr(last + 1));
+  if (!shape.ok()) return Invalid(where + ": SHAPE: " + shape.status().message());
+  p.shape = std::move(shape).value();
   return p;
 }
 

@@ -51,8 +51,9 @@ struct Options {
 // ARCHIVE is an error unless -h or -V was given.
 Result<Options> ParseOptions(fuse_args* args);
 
-// "PATTERN:DTYPE:SHAPE" with SHAPE axes separated by 'x' ("adc*:<i2:256x1024"). An empty
-// SHAPE means scalar frames. EINVAL naming the option if a part is missing or malformed.
+// "PATTERN:DTYPE:SHAPE" with SHAPE in the frame-shape grammar of core/npy/frame_layout.h,
+// axes separated by 'x' ("adc*:<i2:256x1024"; ',' separates -o options). An empty SHAPE
+// means scalar frames. EINVAL naming the option if a part is missing or malformed.
 Result<FramePattern> ParseFramePattern(std::string_view spec);
 
 // The mount point used when MOUNTPOINT is omitted: the archive's base name without a

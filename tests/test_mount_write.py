@@ -1,4 +1,4 @@
-"""Mount tests for the write side (issue 4): new members in a live npzfs mount, the
+"""Mount tests for the write side: new members in a live npzfs mount, the
 append-only rules, crash recovery and finalize on unmount.
 """
 import errno

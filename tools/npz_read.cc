@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "core/base/atomic_file.h"
+#include "core/npy/frame_layout.h"
 #include "npzfs/archive.h"
 #include "npzfs/file_util.h"
 #include "npzfs/member_reader.h"
@@ -54,10 +55,6 @@ std::string AboutMember(const std::string& name, const std::string& member_path,
   return name + ": " + message;
 }
 
-bool IsNpyName(const std::string& name) {
-  return name.size() > 4 && name.compare(name.size() - 4, 4, ".npy") == 0;
-}
-
 std::string MethodName(const ZipEntry& e) {
   if (e.encrypted()) return "encrypted";
   if (e.method == 0) return "stored";
@@ -77,25 +74,6 @@ std::string IndexStateName(IndexState s) {
       return "complete";
   }
   return "?";
-}
-
-// The descr as numpy users write it: "<i2" rather than the literal "'<i2'".
-std::string DtypeText(const NpyHeader& h) {
-  const std::string& lit = h.descr_literal();
-  if (lit.size() >= 2 && lit.front() == '\'' && lit.back() == '\'') {
-    return lit.substr(1, lit.size() - 2);
-  }
-  return lit;
-}
-
-std::string ShapeText(const std::vector<uint64_t>& shape) {
-  std::string s = "(";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i > 0) s += ", ";
-    s += std::to_string(shape[i]);
-  }
-  if (shape.size() == 1) s += ",";
-  return s + ")";
 }
 
 std::string JsonString(const std::string& s) {
@@ -261,28 +239,67 @@ int RunLs(const std::vector<std::string>& raw_args) {
   return exit_code;
 }
 
-int RunFrames(const std::vector<std::string>& raw_args) {
-  auto args = ParseArgs(
-      raw_args, {{"output", OptionSpec::Kind::kValue, 'o'}, {"raw", OptionSpec::Kind::kFlag, 0}});
-  if (!args.ok()) return UsageError("frames", args.status().message());
-  if (args->help) return PrintCommandHelp("frames");
-  if (args->positional.size() != 3) {
-    return UsageError("frames", "expected ARCHIVE[:KEY] START STOP");
-  }
-  const bool raw = args->Has("raw");
-  std::optional<std::string> output = args->Last("output");
-  if (raw && output) return UsageError("frames", "give either -o OUT.npy or --raw, not both");
-  auto start = ParseUint(args->positional[1], "START");
-  if (!start.ok()) return UsageError("frames", start.status().message());
-  auto stop = ParseUint(args->positional[2], "STOP");
-  if (!stop.ok()) return UsageError("frames", stop.status().message());
-  const bool to_stdout = raw || !output || *output == "-";
-  if (to_stdout && isatty(STDOUT_FILENO) == 1) {
-    return UsageError("frames", "refusing to write binary data to a terminal: use -o OUT.npy");
-  }
+namespace {
 
-  // ARCHIVE[:KEY]: a path that exists is taken whole (it may contain ':').
-  std::string spec = args->positional[0];
+// What `npz frames` was asked for.
+struct FramesRequest {
+  std::string spec;  // ARCHIVE[:KEY] or FILE.npy
+  uint64_t start = 0, stop = 0;
+  std::optional<std::string> output;  // -o OUT.npy; nullopt or "-": stdout
+  bool raw = false;                   // --raw: frame bytes only
+  bool to_stdout() const { return raw || !output || *output == "-"; }
+};
+
+// Where `npz frames` reads from: a plain .npy or one member of an archive.
+struct FrameSource {
+  std::string name;  // for messages: the file, or "ARCHIVE: member KEY"
+  uint64_t size = 0;
+  ReadExactFn read_exact;
+  std::shared_ptr<Archive> archive;  // set for a member: its index is saved afterwards
+  UniqueFd fd;                       // the plain .npy
+};
+
+// The member KEY names (with or without ".npy"; the only member if KEY is empty), or ENOENT
+// listing the members.
+Result<size_t> FindMemberForKey(const Archive& archive, const std::string& path,
+                                const std::string& key) {
+  std::optional<size_t> index;
+  if (key.empty()) {
+    if (archive.members().size() == 1) index = 0;
+  } else {
+    index = archive.Find(key);
+    if (!index) index = archive.Find(key + ".npy");
+  }
+  if (index) return *index;
+  std::string listing;
+  for (const auto& m : archive.members()) {
+    if (listing.size() > 200) {
+      listing += ", ...";
+      break;
+    }
+    listing += (listing.empty() ? "" : ", ") + m.path;
+  }
+  const std::string what = key.empty() ? "is an archive: name the member as " + path + ":KEY"
+                                       : "no member '" + key + "'";
+  return Status::Error(ENOENT, path + ": " + what + " (members: " + listing + ")");
+}
+
+Status OpenMemberSource(const std::string& path, const std::string& key, FrameSource& source) {
+  NPZ_ASSIGN_OR_RETURN(source.archive, Archive::Open(path, ToolArchiveOptions()));
+  NPZ_ASSIGN_OR_RETURN(size_t index, FindMemberForKey(*source.archive, path, key));
+  const ArchiveMember& m = source.archive->members()[index];
+  source.name = path + ": member " + m.path;
+  if (m.open_errno != 0) {
+    return Status::Error(m.open_errno, AboutMember(source.name, m.path, m.open_error));
+  }
+  NPZ_ASSIGN_OR_RETURN(std::shared_ptr<MemberReader> reader, source.archive->OpenMember(index));
+  source.size = reader->size();
+  source.read_exact = MemberReadExact(reader, source.name);
+  return Status::Ok();
+}
+
+// ARCHIVE[:KEY] or FILE.npy. A path that exists is taken whole (it may contain ':').
+Result<FrameSource> OpenFrameSource(const std::string& spec) {
   std::string path = spec, key;
   struct stat st;
   if (stat(spec.c_str(), &st) != 0) {
@@ -291,123 +308,119 @@ int RunFrames(const std::vector<std::string>& raw_args) {
       key = spec.substr(colon + 1);
     }
   }
-  auto fd = OpenFile(path, O_RDONLY);
-  if (!fd.ok()) return ReportError(fd.status());
-  if (fstat(fd->get(), &st) != 0) return ReportError(ErrnoStatus(errno, path, "fstat"));
-  if (S_ISDIR(st.st_mode)) return ReportError(Status::Error(EISDIR, path + ": is a directory"));
+  FrameSource source;
+  NPZ_ASSIGN_OR_RETURN(source.fd, OpenFile(path, O_RDONLY));
+  if (fstat(source.fd.get(), &st) != 0) return ErrnoStatus(errno, path, "fstat");
+  if (S_ISDIR(st.st_mode)) return Status::Error(EISDIR, path + ": is a directory");
   char magic[6] = {};
-  auto got = PreadFull(fd->get(), magic, sizeof magic, 0, path);
-  if (!got.ok()) return ReportError(got.status());
-  const bool is_npy = *got == 6 && std::string_view(magic, 6) == NpyHeader::kMagic;
-
-  // The source: a header, where the data starts, and a read_at.
-  std::string name;
-  ReadExactFn read_exact;
-  std::shared_ptr<Archive> archive;
-  uint64_t source_size = 0;
-  if (is_npy) {
-    if (!key.empty()) {
-      return ReportError(
-          Status::Error(EINVAL, path + ": is a .npy file, not an archive: drop ':" + key + "'"));
-    }
-    name = path;
-    source_size = static_cast<uint64_t>(st.st_size);
-    const int raw_fd = fd->get();
-    read_exact = [raw_fd, path](uint64_t offset, std::span<std::byte> dest) {
-      return PreadExact(raw_fd, dest.data(), dest.size(), offset, path);
-    };
-  } else {
-    auto opened = Archive::Open(path, ToolArchiveOptions());
-    if (!opened.ok()) return ReportError(opened.status());
-    archive = *opened;
-    std::optional<size_t> index;
-    if (key.empty()) {
-      if (archive->members().size() == 1) index = 0;
-    } else {
-      index = archive->Find(key);
-      if (!index) index = archive->Find(key + ".npy");
-    }
-    if (!index) {
-      std::string listing;
-      for (const auto& m : archive->members()) {
-        if (listing.size() > 200) {
-          listing += ", ...";
-          break;
-        }
-        listing += (listing.empty() ? "" : ", ") + m.path;
-      }
-      const std::string what = key.empty() ? "is an archive: name the member as " + path + ":KEY"
-                                           : "no member '" + key + "'";
-      return ReportError(Status::Error(ENOENT, path + ": " + what + " (members: " + listing + ")"));
-    }
-    const ArchiveMember& m = archive->members()[*index];
-    name = path + ": member " + m.path;
-    if (m.open_errno != 0) {
-      return ReportError(Status::Error(m.open_errno, AboutMember(name, m.path, m.open_error)));
-    }
-    auto reader = archive->OpenMember(*index);
-    if (!reader.ok()) return ReportError(reader.status());
-    source_size = (*reader)->size();
-    read_exact = MemberReadExact(*reader, name);
+  NPZ_ASSIGN_OR_RETURN(size_t got, PreadFull(source.fd.get(), magic, sizeof magic, 0, path));
+  const bool is_npy = got == sizeof magic && std::string_view(magic, got) == NpyHeader::kMagic;
+  if (!is_npy) {
+    NPZ_RETURN_IF_ERROR(OpenMemberSource(path, key, source));
+    return source;
   }
+  if (!key.empty()) {
+    return Status::Error(EINVAL, path + ": is a .npy file, not an archive: drop ':" + key + "'");
+  }
+  source.name = path;
+  source.size = static_cast<uint64_t>(st.st_size);
+  const int raw_fd = source.fd.get();
+  source.read_exact = [raw_fd, path](uint64_t offset, std::span<std::byte> dest) {
+    return PreadExact(raw_fd, dest.data(), dest.size(), offset, path);
+  };
+  return source;
+}
 
-  auto parsed = ReadNpyHeaderFrom(source_size, read_exact, name);
-  if (!parsed.ok()) return ReportError(parsed.status());
-  const NpyHeader& header = parsed->header;
+Status CheckFrameRange(const NpyHeader& header, const FramesRequest& r, const std::string& name) {
   if (!header.frameable()) {
-    return ReportError(Status::Error(
+    return Status::Error(
         EINVAL, name + ": has no frames to slice (" +
-                    (header.has_object() ? std::string("object dtype") : "a 0-d array") + ")"));
+                    (header.has_object() ? std::string("object dtype") : "a 0-d array") + ")");
   }
-  if (*start > *stop) {
-    return ReportError(Status::Error(EINVAL, name + ": START " + std::to_string(*start) +
-                                                 " is after STOP " + std::to_string(*stop)));
+  if (r.start > r.stop) {
+    return Status::Error(EINVAL, name + ": START " + std::to_string(r.start) + " is after STOP " +
+                                     std::to_string(r.stop));
   }
-  if (*stop > header.frame_count()) {
-    return ReportError(Status::Error(ERANGE, name + ": frames [" + std::to_string(*start) + ", " +
-                                                 std::to_string(*stop) +
-                                                 ") are out of range: it has " +
-                                                 std::to_string(header.frame_count()) + " frames"));
+  if (r.stop > header.frame_count()) {
+    return Status::Error(ERANGE, name + ": frames [" + std::to_string(r.start) + ", " +
+                                     std::to_string(r.stop) + ") are out of range: it has " +
+                                     std::to_string(header.frame_count()) + " frames");
   }
+  return Status::Ok();
+}
 
+// Writes the frames (after a header for the count, unless --raw) to -o OUT.npy atomically or
+// to stdout, in batches of about kFrameBatchBytes.
+Status WriteFrames(const FramesRequest& r, const FrameSource& source,
+                   const ParsedNpyHeader& parsed) {
   std::optional<AtomicFile> out;
-  if (!to_stdout) {
-    auto created = AtomicFile::Create(*output);
-    if (!created.ok()) return ReportError(created.status());
-    out.emplace(std::move(*created));
+  if (!r.to_stdout()) {
+    NPZ_ASSIGN_OR_RETURN(AtomicFile created, AtomicFile::Create(*r.output));
+    out.emplace(std::move(created));
   }
   auto emit = [&](const void* data, size_t n) -> Status {
     if (out) return out->Write(data, n);
     return WriteAll(STDOUT_FILENO, data, n, "stdout");
   };
-  if (!raw) {
-    const std::string head = header.WithFrameCount(*stop - *start).Format();
-    Status s = emit(head.data(), head.size());
-    if (!s.ok()) return ReportError(s);
+  const NpyHeader& header = parsed.header;
+  if (!r.raw) {
+    const std::string head = header.WithFrameCount(r.stop - r.start).Format();
+    NPZ_RETURN_IF_ERROR(emit(head.data(), head.size()));
   }
-
   const uint64_t frame_bytes = header.frame_bytes();
   const uint64_t batch =
       std::max<uint64_t>(1, frame_bytes == 0 ? 1 : kFrameBatchBytes / frame_bytes);
-  ProgressBar bar("frames " + BaseName(name), (*stop - *start) * frame_bytes);
-  for (uint64_t f = *start; f < *stop;) {
-    const uint64_t end = std::min(*stop, f + batch);
-    auto frames = ReadFramesFrom(header, parsed->length, f, end, read_exact, name);
-    if (!frames.ok()) return ReportError(frames.status());
-    Status s = emit(frames->data(), frames->size());
-    if (!s.ok()) return ReportError(s);
-    bar.Update((end - *start) * frame_bytes);
+  ProgressBar bar("frames " + BaseName(source.name), (r.stop - r.start) * frame_bytes);
+  for (uint64_t f = r.start; f < r.stop;) {
+    const uint64_t end = std::min(r.stop, f + batch);
+    NPZ_ASSIGN_OR_RETURN(
+        std::vector<std::byte> frames,
+        ReadFramesFrom(header, parsed.length, f, end, source.read_exact, source.name));
+    NPZ_RETURN_IF_ERROR(emit(frames.data(), frames.size()));
+    bar.Update((end - r.start) * frame_bytes);
     f = end;
   }
-  if (out) {
-    Status s = out->Commit();
-    if (!s.ok()) return ReportError(s);
-  }
+  if (out) NPZ_RETURN_IF_ERROR(out->Commit());
   bar.Finish();
-  if (archive) {
+  return Status::Ok();
+}
+
+}  // namespace
+
+int RunFrames(const std::vector<std::string>& raw_args) {
+  auto args = ParseArgs(
+      raw_args, {{"output", OptionSpec::Kind::kValue, 'o'}, {"raw", OptionSpec::Kind::kFlag, 0}});
+  if (!args.ok()) return UsageError("frames", args.status().message());
+  if (args->help) return PrintCommandHelp("frames");
+  if (args->positional.size() != 3) {
+    return UsageError("frames", "expected ARCHIVE[:KEY] START STOP");
+  }
+  FramesRequest r;
+  r.spec = args->positional[0];
+  r.raw = args->Has("raw");
+  r.output = args->Last("output");
+  if (r.raw && r.output) return UsageError("frames", "give either -o OUT.npy or --raw, not both");
+  auto start = ParseUint(args->positional[1], "START");
+  if (!start.ok()) return UsageError("frames", start.status().message());
+  auto stop = ParseUint(args->positional[2], "STOP");
+  if (!stop.ok()) return UsageError("frames", stop.status().message());
+  r.start = *start;
+  r.stop = *stop;
+  if (r.to_stdout() && isatty(STDOUT_FILENO) == 1) {
+    return UsageError("frames", "refusing to write binary data to a terminal: use -o OUT.npy");
+  }
+
+  auto source = OpenFrameSource(r.spec);
+  if (!source.ok()) return ReportError(source.status());
+  auto parsed = ReadNpyHeaderFrom(source->size, source->read_exact, source->name);
+  if (!parsed.ok()) return ReportError(parsed.status());
+  Status s = CheckFrameRange(parsed->header, r, source->name);
+  if (s.ok()) s = WriteFrames(r, *source, *parsed);
+  if (!s.ok()) return ReportError(s);
+  if (source->archive) {
     // Keep what the reads taught the index for the next run; a read-only directory is not
     // an error for a read command.
-    Status s = archive->SaveIndex();
+    s = source->archive->SaveIndex();
     if (!s.ok()) std::fprintf(stderr, "npz: warning: index not saved: %s\n", s.message().c_str());
   }
   return kExitOk;

@@ -29,6 +29,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/base/names.h"
 #include "npzfs/file_util.h"
 #include "tools/npz_cli.h"
 
@@ -167,6 +168,93 @@ bool IsMountPoint(const std::string& canonical) {
   return false;
 }
 
+// Who serves the mount: the daemon's pid (with a pidfd taken now, so that a recycled pid
+// cannot fool the wait) and the path of its result file. pid 0: not an npzfs daemon.
+struct Daemon {
+  pid_t pid = 0;
+  UniqueFd pidfd;
+  std::string result_file;
+};
+
+Result<Daemon> LearnDaemon(const std::string& mnt) {
+  Daemon d;
+  auto pid_text = GetXattr(mnt, std::string(kPidAttribute).c_str());
+  auto result_path = GetXattr(mnt, std::string(kResultAttribute).c_str());
+  if (!pid_text.ok() || !result_path.ok()) return d;
+  auto value = ParseUint(Trim(*pid_text), std::string(kPidAttribute));
+  if (!value.ok() || *value == 0 || *value > INT32_MAX) {
+    return Status::Error(
+        EINVAL, mnt + ": bad " + std::string(kPidAttribute) + " xattr '" + Trim(*pid_text) + "'");
+  }
+  d.pid = static_cast<pid_t>(*value);
+  d.result_file = Trim(*result_path);
+#ifdef SYS_pidfd_open
+  long fd = syscall(SYS_pidfd_open, d.pid, 0);
+  if (fd >= 0) d.pidfd.Reset(static_cast<int>(fd));
+#endif
+  return d;
+}
+
+// fusermount3 -u, with the causes a user can act on spelled out.
+Status Unmount(const std::string& mnt) {
+  auto run = RunProgram({"fusermount3", "-u", mnt});
+  if (!run.ok()) {
+    if (run.status().code() == ENOENT) {
+      return Status::Error(
+          ENOENT, "fusermount3: not found: install the fuse3 package (tools/install-deps.sh)");
+    }
+    return run.status();
+  }
+  if (run->exit_code == 0) return Status::Ok();
+  std::string why = Trim(run->output);
+  std::string hint;
+  if (why.find("busy") != std::string::npos) {
+    hint = " (the mount is busy: close the files open in it and leave the directory; 'fuser -vm " +
+           mnt + "' shows who holds it)";
+  }
+  return Status::Error(EBUSY, mnt + ": fusermount3 -u failed: " + why + hint);
+}
+
+// The outcome the daemon wrote to its result file once it finished: ok or its reason.
+Status ReadResult(const std::string& mnt, const Daemon& d) {
+  auto fd = OpenFile(d.result_file, O_RDONLY);
+  if (!fd.ok()) {
+    return Status::Error(EIO, mnt + ": the npzfs daemon (pid " + std::to_string(d.pid) +
+                                  ") exited without writing its result " + d.result_file +
+                                  "; if it died, run 'npz recover ARCHIVE'");
+  }
+  std::string text(64 * 1024, '\0');
+  NPZ_ASSIGN_OR_RETURN(size_t n, PreadFull(fd->get(), text.data(), text.size(), 0, d.result_file));
+  text.resize(n);
+  const std::string first_line = text.substr(0, text.find('\n'));
+  if (first_line == "ok") return Status::Ok();
+  std::string reason = first_line;
+  if (reason.rfind("error: ", 0) == 0) reason = reason.substr(7);
+  if (reason.empty()) reason = "(empty result file " + d.result_file + ")";
+  return Status::Error(EIO, mnt + ": finalize failed: " + reason);
+}
+
+// Checks that `mnt` is a live mount point. A dead daemon's mount (ENOTCONN) is cleared here
+// and reported with how to recover its spool.
+Status CheckMountPoint(const std::string& mnt) {
+  struct stat st;
+  const bool stat_ok = stat(mnt.c_str(), &st) == 0;
+  const int stat_errno = errno;
+  if (!IsMountPoint(CanonicalMountPath(mnt))) {
+    if (!stat_ok) return ErrnoStatus(stat_errno, mnt, "stat");
+    return Status::Error(EINVAL, mnt + ": not a mount point");
+  }
+  if (stat_ok) return Status::Ok();
+  if (stat_errno != ENOTCONN) return ErrnoStatus(stat_errno, mnt, "stat");
+  // A dead daemon left its mount behind: clear it, and say finalize did not run.
+  RunProgram({"fusermount3", "-u", "-z", mnt}).status().ok();
+  return Status::Error(ENOTCONN, mnt +
+                                     ": the npzfs daemon had died (Transport endpoint is not "
+                                     "connected); the stale mount was removed. Its new members "
+                                     "are still in the spool: run 'npz recover ARCHIVE' or "
+                                     "mount the archive again");
+}
+
 }  // namespace
 
 int RunUmount(const std::vector<std::string>& raw_args) {
@@ -181,66 +269,14 @@ int RunUmount(const std::vector<std::string>& raw_args) {
     timeout_s = *value;
   }
   const std::string mnt = parsed->positional[0];
-
-  struct stat st;
-  const bool stat_ok = stat(mnt.c_str(), &st) == 0;
-  const int stat_errno = errno;
-  if (!IsMountPoint(CanonicalMountPath(mnt))) {
-    if (!stat_ok) return ReportError(ErrnoStatus(stat_errno, mnt, "stat"));
-    return ReportError(Status::Error(EINVAL, mnt + ": not a mount point"));
-  }
-  if (!stat_ok) {
-    const int err = stat_errno;
-    if (err == ENOTCONN) {
-      // A dead daemon left its mount behind: clear it, and say finalize did not run.
-      RunProgram({"fusermount3", "-u", "-z", mnt}).status().ok();
-      return ReportError(Status::Error(
-          ENOTCONN, mnt + ": the npzfs daemon had died (Transport endpoint is not connected); "
-                          "the stale mount was removed. Its new members are still in the "
-                          "spool: run 'npz recover ARCHIVE' or mount the archive again"));
-    }
-    return ReportError(ErrnoStatus(err, mnt, "stat"));
-  }
-
+  Status live = CheckMountPoint(mnt);
+  if (!live.ok()) return ReportError(live);
   // Learn who to wait for while the mount is still live.
-  auto pid_text = GetXattr(mnt, "user.npzfs.pid");
-  auto result_path = GetXattr(mnt, "user.npzfs.result");
-  pid_t pid = 0;
-  UniqueFd pidfd;
-  if (pid_text.ok() && result_path.ok()) {
-    auto value = ParseUint(Trim(*pid_text), "user.npzfs.pid");
-    if (!value.ok() || *value == 0 || *value > INT32_MAX) {
-      return ReportError(
-          Status::Error(EINVAL, mnt + ": bad user.npzfs.pid xattr '" + Trim(*pid_text) + "'"));
-    }
-    pid = static_cast<pid_t>(*value);
-#ifdef SYS_pidfd_open
-    long fd = syscall(SYS_pidfd_open, pid, 0);
-    if (fd >= 0) pidfd.Reset(static_cast<int>(fd));
-#endif
-  }
-
-  auto run = RunProgram({"fusermount3", "-u", mnt});
-  if (!run.ok()) {
-    if (run.status().code() == ENOENT) {
-      return ReportError(Status::Error(
-          ENOENT, "fusermount3: not found: install the fuse3 package (tools/install-deps.sh)"));
-    }
-    return ReportError(run.status());
-  }
-  if (run->exit_code != 0) {
-    std::string why = Trim(run->output);
-    std::string hint;
-    if (why.find("busy") != std::string::npos) {
-      hint =
-          " (the mount is busy: close the files open in it and leave the directory; "
-          "'fuser -vm " +
-          mnt + "' shows who holds it)";
-    }
-    return ReportError(Status::Error(EBUSY, mnt + ": fusermount3 -u failed: " + why + hint));
-  }
-
-  if (pid == 0) {
+  auto daemon = LearnDaemon(mnt);
+  if (!daemon.ok()) return ReportError(daemon.status());
+  Status unmounted = Unmount(mnt);
+  if (!unmounted.ok()) return ReportError(unmounted);
+  if (daemon->pid == 0) {
     // Not an npzfs mount (or one too old to publish its pid): nothing to wait for.
     std::fprintf(stderr,
                  "npz: %s: unmounted, but it did not say which npzfs daemon served it "
@@ -248,31 +284,14 @@ int RunUmount(const std::vector<std::string>& raw_args) {
                  mnt.c_str());
     return kExitOk;
   }
-
-  const std::string result_file = Trim(*result_path);
-  if (!WaitForExit(pid, pidfd, result_file, timeout_s)) {
-    return ReportError(
-        Status::Error(ETIMEDOUT, mnt + ": unmounted, but npzfs (pid " + std::to_string(pid) +
-                                     ") is still finalizing after " + std::to_string(timeout_s) +
-                                     " s; the archive is complete once that process exits"));
+  if (!WaitForExit(daemon->pid, daemon->pidfd, daemon->result_file, timeout_s)) {
+    return ReportError(Status::Error(
+        ETIMEDOUT, mnt + ": unmounted, but npzfs (pid " + std::to_string(daemon->pid) +
+                       ") is still finalizing after " + std::to_string(timeout_s) +
+                       " s; the archive is complete once that process exits"));
   }
-
-  auto fd = OpenFile(result_file, O_RDONLY);
-  if (!fd.ok()) {
-    return ReportError(Status::Error(EIO, mnt + ": the npzfs daemon (pid " + std::to_string(pid) +
-                                              ") exited without writing its result " + result_file +
-                                              "; if it died, run 'npz recover ARCHIVE'"));
-  }
-  std::string text(64 * 1024, '\0');
-  auto n = PreadFull(fd->get(), text.data(), text.size(), 0, result_file);
-  if (!n.ok()) return ReportError(n.status());
-  text.resize(*n);
-  const std::string first_line = text.substr(0, text.find('\n'));
-  if (first_line == "ok") return kExitOk;
-  std::string reason = first_line;
-  if (reason.rfind("error: ", 0) == 0) reason = reason.substr(7);
-  if (reason.empty()) reason = "(empty result file " + result_file + ")";
-  return ReportError(Status::Error(EIO, mnt + ": finalize failed: " + reason));
+  Status result = ReadResult(mnt, *daemon);
+  return result.ok() ? kExitOk : ReportError(result);
 }
 
 }  // namespace npzfs::tool

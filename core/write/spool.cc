@@ -212,12 +212,11 @@ Status Spool::Rename(const std::string& from, const std::string& to) {
   return Status::Ok();
 }
 
-Status Spool::Finalize(const std::string& archive_path, const WriteOptions& options) {
-  std::lock_guard lock(mu_);
-  if (finalized_) return Status::Ok();
-
+// The new members as archive members: header bytes plus a range of the spool file. A .npy
+// that never got a layout is left out (logged). Requires mu_.
+Result<std::vector<NewMember>> Spool::CollectNewMembers(const std::string& archive_path,
+                                                        uint64_t* total_bytes) const {
   std::vector<NewMember> news;
-  uint64_t total_bytes = 0;
   for (const auto& [name, m] : members_) {
     NPZ_ASSIGN_OR_RETURN(FinalizedMemberData f, m->PrepareFinalize());
     if (!f.has_layout) {
@@ -240,10 +239,50 @@ Status Spool::Finalize(const std::string& archive_path, const WriteOptions& opti
       nm.pieces.push_back(std::move(data));
     }
     nm.crc32 = f.crc32;
-    total_bytes += f.header.size() + f.data_length;
+    *total_bytes += f.header.size() + f.data_length;
     news.push_back(std::move(nm));
   }
+  return news;
+}
 
+// Once the archive is durable: unlinks every spool file, the lock and the directory. Returns
+// what could not be removed ("; <path>: <call>: <error>"...), "" if everything went. Requires
+// mu_.
+std::string Spool::RemoveSpoolFiles() {
+  std::string errors;
+  for (const auto& [name, m] : members_) {
+    const std::string path = m->spool_path();
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+      errors += "; " + path + ": unlink: " + std::strerror(errno);
+    }
+    m->MarkRemoved();
+  }
+  members_.clear();
+  finalized_ = true;
+  const std::string lock_path = dir_ + "/" + std::string(kLockFileName);
+  if (::unlink(lock_path.c_str()) != 0 && errno != ENOENT) {
+    errors += "; " + lock_path + ": unlink: " + std::strerror(errno);
+  }
+  lock_fd_.Reset();
+  if (::rmdir(dir_.c_str()) != 0) {
+    if (errno == ENOTEMPTY || errno == EEXIST) {
+      // Only files that are not members are left (someone else's dotfiles): harmless.
+      Log(dir_ + ": spool directory kept, it holds files that are not members");
+    } else {
+      errors += "; " + dir_ + ": rmdir: " + std::strerror(errno);
+    }
+  } else {
+    Status st = FsyncParentDir(dir_);
+    if (!st.ok()) errors += "; " + st.message();
+  }
+  return errors;
+}
+
+Status Spool::Finalize(const std::string& archive_path, const WriteOptions& options) {
+  std::lock_guard lock(mu_);
+  if (finalized_) return Status::Ok();
+  uint64_t total_bytes = 0;
+  NPZ_ASSIGN_OR_RETURN(std::vector<NewMember> news, CollectNewMembers(archive_path, &total_bytes));
   if (!news.empty()) {
     Log(archive_path + ": finalizing " + std::to_string(news.size()) + " new member(s), " +
         std::to_string(total_bytes) + " bytes");
@@ -255,33 +294,8 @@ Status Spool::Finalize(const std::string& archive_path, const WriteOptions& opti
     }
     Log(archive_path + ": finalized " + std::to_string(news.size()) + " new member(s)");
   }
-
   // The archive is durable: now the spool may go.
-  std::string cleanup_errors;
-  for (const auto& [name, m] : members_) {
-    if (::unlink(m->spool_path().c_str()) != 0 && errno != ENOENT) {
-      cleanup_errors += "; " + m->spool_path() + ": unlink: " + std::strerror(errno);
-    }
-    m->MarkRemoved();
-  }
-  members_.clear();
-  finalized_ = true;
-  const std::string lock_path = dir_ + "/" + std::string(kLockFileName);
-  if (::unlink(lock_path.c_str()) != 0 && errno != ENOENT) {
-    cleanup_errors += "; " + lock_path + ": unlink: " + std::strerror(errno);
-  }
-  lock_fd_.Reset();
-  if (::rmdir(dir_.c_str()) != 0) {
-    if (errno == ENOTEMPTY || errno == EEXIST) {
-      // Only files that are not members are left (someone else's dotfiles): harmless.
-      Log(dir_ + ": spool directory kept, it holds files that are not members");
-    } else {
-      cleanup_errors += "; " + dir_ + ": rmdir: " + std::strerror(errno);
-    }
-  } else {
-    Status st = FsyncParentDir(dir_);
-    if (!st.ok()) cleanup_errors += "; " + st.message();
-  }
+  const std::string cleanup_errors = RemoveSpoolFiles();
   if (!cleanup_errors.empty()) {
     Status st = Status::Error(EIO, archive_path +
                                        ": archive written, but the spool could not "

@@ -88,6 +88,9 @@ class Spool {
   Spool(std::string dir, UniqueFd lock_fd, SpoolLogFn log);
   void Log(const std::string& line) const;
   std::string PathFor(const std::string& name) const;
+  Result<std::vector<NewMember>> CollectNewMembers(const std::string& archive_path,
+                                                   uint64_t* total_bytes) const;
+  std::string RemoveSpoolFiles();
 
   const std::string dir_;
   UniqueFd lock_fd_;
