@@ -1,36 +1,28 @@
 // npzfs: mounts a NumPy .npz archive as a directory of .npy files.
 //
-// Start-up order matters: everything that can fail for a reason the user must see (bad
-// options, a missing directory, an archive that is not a zip, a spool held by another
-// daemon) is checked BEFORE daemonizing, while stderr is still the terminal. Then the
-// session loop runs (multi-threaded), and after unmount the new members are finalized into
-// the archive and the outcome is written to the result file that `npz umount` reads
-// (protocol: getxattr on the mount root, "user.npzfs.pid" and "user.npzfs.result").
+// main() parses the options, prepares the mount while stderr is still the terminal
+// (mount_setup.h), mounts, daemonizes and runs the multi-threaded session loop; after the
+// unmount it finalizes the new members into the archive (FinishMount).
 #include <fuse_lowlevel.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <ctime>
 #include <memory>
 #include <optional>
 #include <string>
 
-#include "core/base/atomic_file.h"
-#include "core/base/names.h"
 #include "fs/log.h"
+#include "fs/mount_setup.h"
 #include "fs/npzfs_ops.h"
 #include "fs/options.h"
-#include "npzfs/file_util.h"
 
 namespace npzfs::fs {
 namespace {
 
-// Frees fuse_args and the mountpoint string of fuse_cmdline_opts at scope exit.
+// Frees fuse_args at scope exit.
 struct FuseArgsOwner {
   fuse_args* args;
   ~FuseArgsOwner() { fuse_opt_free_args(args); }
@@ -49,93 +41,6 @@ void PrintError(const std::string& message) {
   std::fprintf(stderr, "npzfs: %s\n", message.c_str());
 }
 
-// "dir/data.npz" -> "/abs/dir/data.npz". The directory must exist (the archive need not).
-Result<std::string> AbsoluteArchivePath(const std::string& archive) {
-  std::string dir = DirName(archive);
-  char resolved[PATH_MAX];
-  if (realpath(dir.c_str(), resolved) == nullptr) {
-    int err = errno;
-    return Status::Error(err, archive + ": directory '" + dir + "': " + std::strerror(err));
-  }
-  std::string abs = resolved;
-  if (abs != "/") abs += "/";
-  return abs + BaseName(archive);
-}
-
-std::string MakeAbsolute(const std::string& path) {
-  if (path.empty() || path[0] == '/') return path;
-  char cwd[PATH_MAX];
-  if (getcwd(cwd, sizeof cwd) == nullptr) return path;
-  return std::string(cwd) + "/" + path;
-}
-
-// Opens the archive if it exists. nullptr (no error) if it does not: the mount starts empty.
-Result<std::shared_ptr<Archive>> OpenArchiveIfPresent(const Mount& m) {
-  struct stat st {};
-  if (stat(m.archive_path.c_str(), &st) != 0) {
-    if (errno == ENOENT) return std::shared_ptr<Archive>();
-    return ErrnoStatus(errno, m.options.archive, "stat");
-  }
-  if (!S_ISREG(st.st_mode)) {
-    return Status::Error(EINVAL, m.options.archive + ": not a regular file");
-  }
-  ArchiveOptions ao;
-  ao.cache_bytes = m.options.cache_mib << 20;
-  ao.index_enabled = m.options.index_enabled;
-  ao.index_dir = MakeAbsolute(m.options.index_dir);
-  ao.log = [](const std::string& line) { LogWarning(line); };
-  return Archive::Open(m.archive_path, std::move(ao));
-}
-
-// Fills the inode table from the archive and from spool members a previous daemon left.
-void BuildTree(Mount& m) {
-  if (m.archive != nullptr) {
-    const auto& members = m.archive->members();
-    for (size_t i = 0; i < members.size(); ++i) {
-      Status s = m.table->AddMember(members[i].path, NodeKind::kArchived, i, nullptr,
-                                    members[i].entry.mtime);
-      if (!s.ok()) LogWarning(m.options.archive + ": member skipped: " + s.message());
-    }
-  }
-  if (m.spool != nullptr) {
-    for (const auto& member : m.spool->members()) {
-      Status s = m.table->AddMember(member->name(), NodeKind::kGrowing, 0, member, m.start_time);
-      if (!s.ok()) {
-        LogError(m.spool->dir() + ": resumed member " + member->name() +
-                 " hidden (its name is taken in the archive; finalize will fail): " + s.message());
-        continue;
-      }
-      LogInfo("resumed new member " + member->name() + " from " + m.spool->dir() + ": " +
-              std::to_string(member->frame_count()) + " frames, " +
-              std::to_string(member->data_bytes()) + " data bytes");
-    }
-  }
-}
-
-// Adds the new members to the archive. Returns the outcome for the result file.
-Status FinalizeSpool(Mount& m) {
-  if (m.spool == nullptr) return Status::Ok();
-  WriteOptions wo;
-  wo.compress_level = m.options.compress_level.value_or(-1);
-  wo.reject_existing_names = true;
-  constexpr uint64_t kLargeFinalize = 64ull << 20;
-  int64_t last_report = 0;
-  wo.progress = [&last_report](uint64_t done, uint64_t total) {
-    if (total < kLargeFinalize) return;
-    int64_t now = static_cast<int64_t>(time(nullptr));
-    if (done != total && now - last_report < 2) return;
-    last_report = now;
-    LogInfo("finalize: " + std::to_string(done >> 20) + " of " + std::to_string(total >> 20) +
-            " MiB");
-  };
-  size_t count = m.spool->members().size();
-  Status s = m.spool->Finalize(m.archive_path, wo);
-  if (s.ok() && count > 0) {
-    LogInfo("finalized " + std::to_string(count) + " new member(s) into " + m.archive_path);
-  }
-  return s;
-}
-
 int PrintHelpOrVersion(const Options& options, const char* program) {
   if (options.show_help) {
     std::printf("%s", UsageText(program).c_str());
@@ -149,77 +54,30 @@ int PrintHelpOrVersion(const Options& options, const char* program) {
   return 0;
 }
 
-// The mount point, and whether this daemon created it (then it removes it at the end).
-struct MountPoint {
-  std::string path;  // absolute
-  bool created = false;
-  ~MountPoint() {
-    if (created) rmdir(path.c_str());
+LogLevel LevelOf(Verbosity v) {
+  switch (v) {
+    case Verbosity::kQuiet:
+      return LogLevel::kWarning;
+    case Verbosity::kVerbose:
+      return LogLevel::kDebug;
+    case Verbosity::kNormal:
+      break;
   }
-};
-
-Status PrepareMountPoint(const Options& options, MountPoint& mp) {
-  mp.path = MakeAbsolute(options.mountpoint);
-  if (options.mountpoint_derived && mkdir(mp.path.c_str(), 0755) == 0) mp.created = true;
-  struct stat st {};
-  if (stat(mp.path.c_str(), &st) != 0) {
-    return ErrnoStatus(errno, options.archive, "mount point '" + options.mountpoint + "'");
-  }
-  if (!S_ISDIR(st.st_mode)) {
-    return Status::Error(
-        ENOTDIR, options.archive + ": mount point '" + options.mountpoint + "' is not a directory");
-  }
-  return Status::Ok();
-}
-
-// Opens the spool (resuming what an earlier daemon left), or with -o ro only says whether
-// one is waiting.
-Status PrepareSpool(Mount& m) {
-  std::string dir = m.options.spool_dir.empty() ? DefaultSpoolDir(m.archive_path)
-                                                : MakeAbsolute(m.options.spool_dir);
-  if (m.options.read_only) {
-    struct stat st {};
-    if (stat(dir.c_str(), &st) == 0) {
-      LogWarning(dir +
-                 " holds new members of an earlier mount; they are not shown with -o ro "
-                 "(mount without ro, or run npz recover, to add them to the archive)");
-    }
-    return Status::Ok();
-  }
-  NPZ_ASSIGN_OR_RETURN(m.spool, Spool::Open(dir, [](const std::string& line) { LogInfo(line); }));
-  return Status::Ok();
-}
-
-// Everything that can fail for a reason the user must see, before daemonizing.
-Status PrepareMount(Mount& m, MountPoint& mp) {
-  NPZ_ASSIGN_OR_RETURN(m.archive_path, AbsoluteArchivePath(m.options.archive));
-  m.result_path = DirName(m.archive_path) + "/" + ResultFileName(m.archive_path);
-  m.uid = getuid();
-  m.gid = getgid();
-  m.start_time = static_cast<int64_t>(time(nullptr));
-  auto archive = OpenArchiveIfPresent(m);
-  if (!archive.ok()) return archive.status().WithContext("cannot mount");
-  m.archive = std::move(archive).value();
-  Status s = PrepareMountPoint(m.options, mp);
-  if (s.ok()) s = PrepareSpool(m);
-  if (!s.ok()) return s.WithContext("cannot mount " + m.options.archive);
-  // A stale result must never be read as this run's. Removed only now that the spool lock
-  // is ours, so a second daemon refused above cannot delete the first one's result.
-  unlink(m.result_path.c_str());
-  m.table = std::make_unique<InodeTable>(m.start_time);
-  BuildTree(m);
-  return Status::Ok();
+  return LogLevel::kInfo;
 }
 
 // Session arguments: 1 MiB reads (must match conn->max_read set in Init), kernel-side
-// permission checks on the modes we report, and a name for mount(8).
+// permission checks on the modes we report, and the archive's absolute path as the source
+// mount(8) and /proc/self/mountinfo show (`npz umount` reads it back; commas escaped).
 void AddSessionArguments(fuse_args* args, const Mount& m, const MountPoint& mp) {
   fuse_opt_add_arg(args, "-omax_read=1048576");
   fuse_opt_add_arg(args, "-odefault_permissions");
   fuse_opt_add_arg(args, "-osubtype=npzfs");
-  if (m.archive_path.find(',') == std::string::npos) {
-    fuse_opt_add_arg(args, ("-ofsname=" + m.archive_path).c_str());
+  char* fsname = nullptr;
+  if (fuse_opt_add_opt_escaped(&fsname, ("fsname=" + m.archive_path).c_str()) == 0) {
+    fuse_opt_add_arg(args, (std::string("-o") + fsname).c_str());
   }
+  free(fsname);  // NOLINT: libfuse mallocs it
   fuse_opt_add_arg(args, mp.path.c_str());
 }
 
@@ -255,24 +113,15 @@ std::optional<int> Serve(Mount& m, fuse_args* args, const MountPoint& mp) {
   }
   LogInfo("mounted " + m.archive_path + " on " + mp.path +
           (m.archive == nullptr ? " (new archive)" : "") + (m.options.read_only ? " (ro)" : ""));
+  const bool use_syslog = cmd.foreground ? false : ChooseDaemonLog(m);
   fuse_daemonize(cmd.foreground);
-  if (!cmd.foreground) LogToSyslog(true);
+  if (!cmd.foreground) LogDaemonized(use_syslog);
   const int loop_result = RunLoop(se.get(), cmd);
   fuse_session_unmount(se.get());
   fuse_remove_signal_handlers(se.get());
   se.reset();  // runs Destroy (saves the index) if the kernel did not already
   if (loop_result < 0) LogError("session loop failed: " + std::string(std::strerror(-loop_result)));
   return std::nullopt;
-}
-
-// After the session: finalize, and the outcome for `npz umount`.
-int Finish(Mount& m) {
-  Status finalized = FinalizeSpool(m);
-  if (!finalized.ok()) LogError("finalize failed: " + finalized.message());
-  Status written = WriteFileAtomically(
-      m.result_path, finalized.ok() ? "ok\n" : "error: " + finalized.message() + "\n");
-  if (!written.ok()) LogError("cannot write the result file: " + written.message());
-  return finalized.ok() && written.ok() ? 0 : 1;
 }
 
 int Run(int argc, char** argv) {
@@ -286,6 +135,7 @@ int Run(int argc, char** argv) {
   Mount m;
   m.options = std::move(parsed).value();
   if (m.options.show_help || m.options.show_version) return PrintHelpOrVersion(m.options, argv[0]);
+  SetLogLevel(LevelOf(m.options.verbosity));
   MountPoint mp;
   Status prepared = PrepareMount(m, mp);
   if (!prepared.ok()) {
@@ -293,12 +143,8 @@ int Run(int argc, char** argv) {
     return 1;
   }
   AddSessionArguments(&args, m, mp);
-  if (std::optional<int> failed = Serve(m, &args, mp)) {
-    // Nothing was written: finalize only removes the empty spool again.
-    if (m.spool != nullptr && m.spool->members().empty()) (void)FinalizeSpool(m);
-    return *failed;
-  }
-  return Finish(m);
+  if (std::optional<int> failed = Serve(m, &args, mp)) return *failed;
+  return FinishMount(m);
 }
 
 }  // namespace

@@ -55,6 +55,7 @@ class DaemonMount:
         self.mnt = mnt
         self._log_file = log_file
         self.returncode = None
+        self.result_path = ""  # where the daemon writes its finalize outcome ("": none)
 
     def path(self, *parts):
         return os.path.join(self.mnt, *parts)
@@ -114,6 +115,10 @@ def start_daemon(archive, mnt, *options, timeout=MOUNT_TIMEOUT):
             m.kill()
             pytest.fail(f"npzfs did not mount {mnt} within {timeout} s:\n{m.log()}")
         time.sleep(0.02)
+    try:
+        m.result_path = os.getxattr(mnt, "user.npzfs.result").decode()
+    except OSError:
+        pass
     return m
 
 

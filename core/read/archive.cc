@@ -235,6 +235,17 @@ Status Archive::BuildIndex(size_t i, const std::function<void(uint64_t, uint64_t
   return deflated_[i]->BuildIndex(progress);
 }
 
+ArchiveStats Archive::stats() const {
+  ArchiveStats s;
+  s.cache_hits = shared_->cache.hits();
+  s.cache_misses = shared_->cache.misses();
+  s.spans_inflated = s.cache_misses;  // each miss inflates its span
+  for (const auto& d : deflated_) {
+    if (d != nullptr) s.spans_inflated += d->first_pass_spans();
+  }
+  return s;
+}
+
 bool Archive::index_dirty() const {
   for (const auto& d : deflated_) {
     if (d != nullptr && d->dirty()) return true;
