@@ -111,9 +111,9 @@ std::optional<int> Serve(Mount& m, fuse_args* args, const MountPoint& mp) {
     fuse_remove_signal_handlers(se.get());
     return 1;
   }
+  const bool use_syslog = cmd.foreground ? false : ChooseDaemonLog(m);
   LogInfo("mounted " + m.archive_path + " on " + mp.path +
           (m.archive == nullptr ? " (new archive)" : "") + (m.options.read_only ? " (ro)" : ""));
-  const bool use_syslog = cmd.foreground ? false : ChooseDaemonLog(m);
   fuse_daemonize(cmd.foreground);
   if (!cmd.foreground) LogDaemonized(use_syslog);
   const int loop_result = RunLoop(se.get(), cmd);

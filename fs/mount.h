@@ -102,7 +102,7 @@ struct Mount {
   std::string archive_path;          // absolute
   std::string spool_dir;             // absolute; the spool itself may not exist yet
   RuntimeFiles runtime;              // result, progress, lock, log ("" each when unavailable)
-  UniqueFd lock;                     // the runtime lock of a writable mount
+  MountLock lock;                    // the runtime lock of a writable mount
   std::shared_ptr<Archive> archive;  // nullptr: the archive does not exist yet (-o create)
   SpoolSlot spool;
   std::unique_ptr<InodeTable> table;

@@ -138,7 +138,8 @@ Status ResumeSpool(Mount& m) {
 // daemon left (a stale result must never be read as this run's).
 Status PrepareRuntime(Mount& m) {
   if (!m.writable() || m.runtime.dir.empty()) return Status::Ok();
-  NPZ_ASSIGN_OR_RETURN(m.lock, TakeMountLock(m.runtime.lock, m.archive_path));
+  NPZ_ASSIGN_OR_RETURN(m.lock, MountLock::Take(m.runtime.lock, m.archive_path));
+  RemoveStaleResults(m.runtime.dir);
   unlink(m.runtime.result.c_str());
   unlink(m.runtime.progress.c_str());
   return Status::Ok();
@@ -271,7 +272,7 @@ int FinishMount(Mount& m) {
                                   finalized.ok() ? "ok\n" : "error: " + finalized.message() + "\n");
     if (!written.ok()) LogError("cannot write the result file: " + written.message());
   }
-  ReleaseLock(m.lock, m.runtime.lock);
+  m.lock = MountLock();  // released before we exit, so `npz umount` never sees it held
   return finalized.ok() && written.ok() ? 0 : 1;
 }
 

@@ -1,5 +1,6 @@
 #include "fs/runtime.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -8,6 +9,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 
 namespace npzfs::fs {
 namespace {
@@ -94,25 +96,57 @@ RuntimeFiles ChooseRuntimeFiles(const std::string& archive_path) {
   return f;
 }
 
-Result<UniqueFd> TakeMountLock(const std::string& lock_path, const std::string& archive_path) {
+Result<MountLock> MountLock::Take(const std::string& path, const std::string& archive_path) {
   // A daemon that releases the lock unlinks the file while holding it; a lock taken on a file
   // that is no longer linked is worthless, so take it again on the new file.
   constexpr int kAttempts = 5;
   for (int attempt = 1;; ++attempt) {
-    NPZ_ASSIGN_OR_RETURN(UniqueFd fd, LockOnce(lock_path, archive_path));
-    if (StillLinked(fd.get(), lock_path) || attempt == kAttempts) {
+    NPZ_ASSIGN_OR_RETURN(UniqueFd fd, LockOnce(path, archive_path));
+    if (StillLinked(fd.get(), path) || attempt == kAttempts) {
       const std::string text = std::to_string(getpid()) + "\n";
-      if (ftruncate(fd.get(), 0) != 0) return ErrnoStatus(errno, lock_path, "ftruncate failed");
-      NPZ_RETURN_IF_ERROR(PwriteAll(fd.get(), text.data(), text.size(), 0, lock_path));
-      return fd;
+      if (ftruncate(fd.get(), 0) != 0) return ErrnoStatus(errno, path, "ftruncate failed");
+      NPZ_RETURN_IF_ERROR(PwriteAll(fd.get(), text.data(), text.size(), 0, path));
+      MountLock lock;
+      lock.fd_ = std::move(fd);
+      lock.path_ = path;
+      return lock;
     }
   }
 }
 
-void ReleaseLock(UniqueFd& lock, const std::string& lock_path) {
-  if (!lock.valid()) return;
-  unlink(lock_path.c_str());  // while still holding it (see TakeMountLock)
-  lock.Reset();
+MountLock& MountLock::operator=(MountLock&& other) noexcept {
+  if (this != &other) {
+    Release();
+    fd_ = std::move(other.fd_);
+    path_ = std::move(other.path_);
+  }
+  return *this;
+}
+
+MountLock::~MountLock() { Release(); }
+
+void MountLock::Release() {
+  if (!fd_.valid()) return;
+  unlink(path_.c_str());  // while still holding it (see Take)
+  fd_.Reset();
+}
+
+void RemoveStaleResults(const std::string& dir) {
+  constexpr time_t kStaleSeconds = 7 * 24 * 3600;
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return;
+  const time_t now = time(nullptr);
+  while (struct dirent* e = readdir(d)) {
+    const std::string name = e->d_name;
+    if (!name.ends_with(".result")) continue;
+    const std::string path = dir + "/" + name;
+    struct stat st {};
+    if (lstat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == getuid() &&
+        now - st.st_mtime > kStaleSeconds) {
+      unlink(path.c_str());
+    }
+  }
+  closedir(d);
 }
 
 }  // namespace npzfs::fs

@@ -35,10 +35,27 @@ struct RuntimeFiles {
 // `archive_path` (absolute). Never an error: an empty `dir` says none could be used.
 RuntimeFiles ChooseRuntimeFiles(const std::string& archive_path);
 
-// Takes the exclusive lock of a writable mount and writes our pid into it. EBUSY naming the
-// archive and the pid that holds it if another daemon does. The fd is held for the daemon's
-// life; the file is removed by ReleaseLock.
-Result<UniqueFd> TakeMountLock(const std::string& lock_path, const std::string& archive_path);
-void ReleaseLock(UniqueFd& lock, const std::string& lock_path);
+// The exclusive lock of a writable mount, holding the daemon's pid. Released (and its file
+// removed) when destroyed, on every path out of the daemon.
+class MountLock {
+ public:
+  MountLock() = default;
+  MountLock(MountLock&&) = default;
+  MountLock& operator=(MountLock&& other) noexcept;
+  ~MountLock();
+
+  // Takes the lock at `path`. EBUSY naming the archive and the pid that holds it if another
+  // daemon does.
+  static Result<MountLock> Take(const std::string& path, const std::string& archive_path);
+
+ private:
+  void Release();
+  UniqueFd fd_;
+  std::string path_;
+};
+
+// Removes result files older than a week from `dir`: they belong to mounts nobody unmounted
+// with `npz umount` (which removes a result once read).
+void RemoveStaleResults(const std::string& dir);
 
 }  // namespace npzfs::fs

@@ -98,16 +98,19 @@ class DaemonMount:
         return self.returncode
 
 
-def start_daemon(archive, mnt, *options, timeout=MOUNT_TIMEOUT):
-    """Starts the daemon and waits for the mount. Fails (after cleaning up) if it died."""
+def start_daemon(archive, mnt, *options, timeout=MOUNT_TIMEOUT, prefix=(), env=None):
+    """Starts the daemon and waits for the mount. Fails (after cleaning up) if it died.
+    `prefix` runs it through another program that execs it (e.g. setpriv, to run as another
+    user: the PID stays the daemon's)."""
     require_fuse()
     os.makedirs(mnt, exist_ok=True)
     log_file = tempfile.TemporaryFile()
-    proc = subprocess.Popen([NPZFS_BIN, "-f", *options, str(archive), str(mnt)],
-                            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file)
+    proc = subprocess.Popen([*prefix, NPZFS_BIN, "-f", *options, str(archive), str(mnt)],
+                            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=env)
     m = DaemonMount(proc, str(mnt), log_file)
     deadline = time.monotonic() + timeout
-    while not os.path.ismount(mnt):
+    # The mount table, not a stat: another user's FUSE mount refuses root's stat.
+    while not is_mounted(mnt):
         if proc.poll() is not None:
             m.unmount()
             pytest.fail(f"npzfs exited with {proc.returncode} before mounting:\n{m.log()}")

@@ -51,6 +51,7 @@ def finalized_ok(m, archive):
     assert code == 0, m.log()
     with open(result_file(m)) as f:
         assert f.readline().strip() == "ok"
+    os.unlink(result_file(m))  # read: done with it, as npz umount would be
     with zipfile.ZipFile(archive) as z:
         assert z.testzip() is None
     r = subprocess.run(["unzip", "-tq", str(archive)], capture_output=True, text=True)
@@ -378,16 +379,23 @@ def test_enospc_during_finalize_leaves_archive_and_spool_intact(tmp_path):
             assert pid == m.proc.pid
             assert os.getxattr(m.mnt, "user.npzfs.result").decode() == result_file(m)
             assert os.path.isabs(result_file(m))
+            reported = None
             if os.path.exists(NPZ_BIN):
                 r = subprocess.run([NPZ_BIN, "umount", m.mnt], capture_output=True, text=True,
                                    timeout=120)
                 assert r.returncode != 0
                 assert "space" in (r.stdout + r.stderr).lower()
+                reported = r.stderr
         code = m.unmount()
         assert code != 0, m.log()
-        with open(result_file(m)) as f:
-            line = f.readline()
-        assert line.startswith("error: ") and "space" in line.lower(), line
+        if reported is None:
+            with open(result_file(m)) as f:
+                line = f.readline()
+            assert line.startswith("error: ") and "space" in line.lower(), line
+        else:
+            # npz umount read the daemon's "error: ..." result, and removed it once read.
+            assert "finalize failed" in reported and "space" in reported.lower(), reported
+            assert not os.path.exists(result_file(m))
         assert archive.read_bytes() == before
         spool = small / ".rec.npz.npzfs-spool"
         assert os.path.getsize(spool / "big.npy") == len(npy_bytes(big))

@@ -135,11 +135,17 @@ Examples:
       {"umount", "unmount an npzfs mount and wait until its archive is finalized",
        R"(Usage: npz umount MOUNTPOINT [--timeout SECONDS]
 
-Unmounts MOUNTPOINT with `fusermount3 -u`, waits until the npzfs daemon has finalized the
-new members into the archive and exited, and reports the result: exit 0 if finalize
-succeeded, non-zero with the daemon's reason if it failed. (`fusermount3 -u` alone returns
-before finalize has finished.) If the daemon had died, the stale mount is cleared and the
-message says how to recover its spool.
+Unmounts the npzfs mount at MOUNTPOINT with `fusermount3 -u`, waits until the npzfs daemon
+has finalized the new members into the archive and exited, and reports the result: exit 0
+if finalize succeeded (or there was nothing to finalize, as with -o ro), non-zero with the
+daemon's reason if it failed. (`fusermount3 -u` alone returns before finalize has finished.)
+While it waits it shows the finalize progress: a bar on a terminal, otherwise a line every
+few seconds.
+
+Only npzfs mounts are touched: MOUNTPOINT must be listed as fuse.npzfs in
+/proc/self/mountinfo; any other mount is refused and left mounted. If the daemon had died,
+the stale mount is cleared, nothing is finalized, the exit status is non-zero and the
+message gives the exact `npz recover /abs/ARCHIVE` command that adds its new members.
 
 Options:
   --timeout SECONDS   stop waiting after this long (exit non-zero; finalize goes on)
