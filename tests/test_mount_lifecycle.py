@@ -3,6 +3,7 @@ npzfs mounts and survives a dead daemon; missing archives; mount points; a log t
 lost; frame= checked at mount; side files; statistics; finalize progress; ls -l answers.
 """
 import contextlib
+import io
 import errno
 import json
 import os
@@ -521,3 +522,92 @@ def test_umount_draws_a_finalize_bar_on_a_terminal(tmp_path):
         assert "finalize run.npz" in text and "[" in text and "%" in text, text
     finally:
         m.unmount()
+
+
+# ------------------------------------------------------------------ mount(8) and fstab
+
+
+def test_mount_t_fuse_npzfs_and_an_fstab_line_mount_through_mount_fuse3(tmp_path):
+    """The README's forms, run as written once npzfs is installed: mount(8) finds the
+    program on its own PATH (/usr/local/bin first), so a private mount namespace puts the
+    built binaries there."""
+    require_fuse()
+    if os.geteuid() != 0:
+        pytest.skip("mount(8) and a mount namespace need root")
+    make_archive(tmp_path / "run.npz")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    os.symlink(NPZFS_BIN, bin_dir / "npzfs")
+    os.symlink(NPZ_BIN, bin_dir / "npz")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"{tmp_path / 'run.npz'}  {mnt}  fuse.npzfs  ro,noauto  0  0\n")
+    script = f"""
+set -e
+mount --make-rprivate /
+mount --bind {bin_dir} /usr/local/bin
+mount -t fuse.npzfs -o ro {tmp_path / 'run.npz'} {mnt}
+grep -q " {mnt} .* fuse.npzfs {tmp_path / 'run.npz'} " /proc/self/mountinfo
+ls {mnt}
+npz umount {mnt}
+mount -T {fstab} {mnt}
+ls {mnt}
+npz umount {mnt}
+mount.fuse3 {tmp_path / 'run.npz'} {mnt} -t npzfs -o ro
+ls {mnt}
+npz umount {mnt}
+"""
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PATH": f"/usr/local/bin:{os.environ['PATH']}"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.split() == ["adc.npy", "tx.npy"] * 3, r.stdout
+
+
+# ------------------------------------------------------------------ names in code page 437
+
+
+def cp437_archive(path):
+    """Members named without the UTF-8 flag in CP437 bytes, as old DOS and Windows tools write
+    them (zipfile sets the flag for any non-ASCII name, so the bytes are patched in), beside
+    one name that has the flag."""
+    names = {b"\x84rger.npy": np.arange(3), b"caf\x82/\x9c5.npy": np.arange(4),
+             b"\xe0\xe1\xe2.npy": np.arange(5)}
+    placeholders = {}
+    with zipfile.ZipFile(path, "w") as z:
+        for i, (raw, array) in enumerate(names.items()):
+            ascii_name = ("%0*d" % (len(raw) - 4, i)) + ".npy"
+            if b"/" in raw:
+                cut = raw.index(b"/")
+                ascii_name = "a" * cut + "/" + "b" * (len(raw) - cut - 5) + ".npy"
+            placeholders[ascii_name.encode()] = raw
+            buf = io.BytesIO()
+            np.save(buf, array)
+            z.writestr(ascii_name, buf.getvalue())
+        buf = io.BytesIO()
+        np.save(buf, np.arange(6))
+        z.writestr("naïve.npy", buf.getvalue())  # UTF-8, flag set
+    blob = open(path, "rb").read()
+    for ascii_name, raw in placeholders.items():
+        assert blob.count(ascii_name) == 2  # local and central header
+        blob = blob.replace(ascii_name, raw)
+    open(path, "wb").write(blob)
+
+
+def test_names_without_the_utf8_flag_are_read_as_cp437_like_numpy(tmp_path):
+    require_fuse()
+    archive = tmp_path / "dos.npz"
+    cp437_archive(archive)
+    with np.load(archive) as z:
+        keys = {k: z[k] for k in z.files}
+    assert "ärger" in keys and "café/£5" in keys and "αßΓ" in keys and "naïve" in keys
+    with mounted(archive, tmp_path / "mnt", "-o", "ro") as m:
+        listed = sorted(os.path.relpath(os.path.join(r, f), m.mnt)
+                        for r, _, files in os.walk(m.mnt) for f in files)
+        assert listed == sorted(k + ".npy" for k in keys)
+        for key, array in keys.items():
+            assert np.array_equal(np.load(m.path(key + ".npy")), array), key
+    r = npz("ls", archive, "--json")
+    assert r.returncode == 0, r.stderr
+    assert sorted(e["name"] for e in json.loads(r.stdout)) == sorted(k + ".npy" for k in keys)

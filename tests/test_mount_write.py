@@ -444,3 +444,17 @@ def test_a_renamed_empty_member_keeps_its_layout_and_takes_writes(tmp_path):
         assert sorted(npz.files) == ["late", "sub/renamed"]
         assert np.array_equal(npz["sub/renamed"], frames(0, 6))
         assert np.array_equal(npz["late"], frames(0, 3))
+
+
+def test_the_log_counts_the_members_finalize_really_added(tmp_path):
+    archive = tmp_path / "rec.npz"
+    with mounted(archive, tmp_path / "mnt", *CREATE, "-o", FRAME_OPT) as m:
+        open(m.path("nolayout.npy"), "wb").close()  # never gets a layout: not added
+        with open(m.path("adc.npy"), "wb") as f:
+            f.write(frames(0, 2).tobytes())
+    finalized_ok(m, archive)
+    log = m.log()
+    assert "finalized 1 new member(s)" in log, log
+    assert "finalized 2" not in log, log
+    with np.load(archive) as npz:
+        assert npz.files == ["adc"]

@@ -211,9 +211,18 @@ def test_pack_accepts_object_arrays_whose_pickle_is_shorter_than_the_shape(tmp_p
 def test_pack_replaces_an_existing_output_atomically(files):
     d, adc, tx = files
     ok("pack", d / "out.npz", d / "adc.npy")
-    ok("pack", d / "out.npz", d / "tx.npy")
+    ok("pack", d / "out.npz", d / "tx.npy", "--force")
     with zipfile.ZipFile(d / "out.npz") as z:
         assert z.namelist() == ["tx.npy"]
+
+
+def test_pack_refuses_an_existing_output_without_force(files):
+    d, adc, tx = files
+    ok("pack", d / "out.npz", d / "adc.npy")
+    before = sha(d / "out.npz")
+    r = fails(1, "pack", d / "out.npz", d / "tx.npy", must_name=["out.npz", "exists", "--force"])
+    assert "npz add" in r.stderr
+    assert sha(d / "out.npz") == before
 
 
 def test_pack_rejects_missing_and_invalid_inputs_and_leaves_no_output(files):
@@ -235,7 +244,8 @@ def test_pack_keeps_an_existing_output_when_an_input_is_bad(files):
     d, adc, tx = files
     ok("pack", d / "out.npz", d / "adc.npy")
     before = sha(d / "out.npz")
-    fails(1, "pack", d / "out.npz", d / "tx.npy", d / "nope.npy", must_name=["nope.npy"])
+    fails(1, "pack", d / "out.npz", d / "tx.npy", d / "nope.npy", "--force",
+          must_name=["nope.npy"])
     assert sha(d / "out.npz") == before
 
 
@@ -605,6 +615,24 @@ def test_verify_names_a_corrupt_member(files, compressed):
     assert "tx.npy" not in r.stderr
     if not compressed:
         assert "CRC-32" in r.stderr
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_verify_prints_each_error_once(files, compressed):
+    d, adc, tx = files
+    (np.savez_compressed if compressed else np.savez)(d / "data.npz", adc=adc, tx=tx)
+    offset, length = data_range(d / "data.npz", "adc.npy")
+    flip_byte(d / "data.npz", offset + length // 2)
+    r = fails(1, "verify", d / "data.npz", must_name=["adc.npy"])
+    lines = [l for l in r.stderr.splitlines() if "adc.npy" in l]
+    assert len(lines) == 1, r.stderr
+
+
+def test_verify_counts_members_in_good_english(tmp_path):
+    np.savez(tmp_path / "one.npz", only=np.arange(3))
+    assert ok("verify", tmp_path / "one.npz").stdout.decode().endswith(": 1 member OK\n")
+    np.savez(tmp_path / "two.npz", a=np.arange(3), b=np.arange(2))
+    assert ok("verify", tmp_path / "two.npz").stdout.decode().endswith(": 2 members OK\n")
 
 
 def test_verify_names_a_member_with_a_bad_npy_header(tmp_path):

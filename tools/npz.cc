@@ -58,18 +58,20 @@ Examples:
 )",
        RunFrames},
       {"pack", "zip .npy files into an archive (numpyWriter zipNpyFiles)",
-       R"(Usage: npz pack OUT.npz FILE.npy... [--key K]... [--compress[=LEVEL]]
+       R"(Usage: npz pack OUT.npz FILE.npy... [--key K]... [--compress[=LEVEL]] [--force]
 
 numpyWriter's zipNpyFiles: writes OUT.npz holding each FILE.npy as a member. Members are
 streamed from the files (never held in memory). Keys default to the file names without
 ".npy"; give --key once per file to choose them (in order). Each input must be a valid
 .npy. Members are stored (like np.savez) unless --compress deflates them (like
-np.savez_compressed; LEVEL 0..9, default 6). OUT.npz is replaced atomically: on any error
-it is left as it was and no partial file remains.
+np.savez_compressed; LEVEL 0..9, default 6). An existing OUT.npz is refused unless --force
+is given; it is then replaced atomically: on any error it is left as it was and no partial
+file remains. (npz add adds members to an existing archive.)
 
 Options:
   --key K               member name for the next file (".npy" is appended if missing)
   --compress[=LEVEL]    deflate members
+  -f, --force           replace an existing OUT.npz
 
 Examples:
   npz pack data.npz adc.npy tx.npy --compress

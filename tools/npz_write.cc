@@ -36,7 +36,8 @@ NewMember MemberFromFile(const std::string& name, const NpyInput& input) {
 
 int RunPack(const std::vector<std::string>& raw_args) {
   auto args = ParseArgs(raw_args, {{"key", OptionSpec::Kind::kValue, 'k'},
-                                   {"compress", OptionSpec::Kind::kOptionalValue, 0}});
+                                   {"compress", OptionSpec::Kind::kOptionalValue, 0},
+                                   {"force", OptionSpec::Kind::kFlag, 'f'}});
   if (!args.ok()) return UsageError("pack", args.status().message());
   if (args->help) return PrintCommandHelp("pack");
   if (args->positional.size() < 2) return UsageError("pack", "expected OUT.npz and FILE.npy...");
@@ -44,6 +45,12 @@ int RunPack(const std::vector<std::string>& raw_args) {
   if (!level.ok()) return UsageError("pack", level.status().message());
 
   const std::string out = args->positional[0];
+  struct stat st;
+  if (!args->Has("force") && lstat(out.c_str(), &st) == 0) {
+    return ReportError(Status::Error(
+        EEXIST, out + ": exists; npz pack writes a new archive (--force replaces it, 'npz add " +
+                    out + " KEY FILE.npy' adds to it)"));
+  }
   const std::vector<std::string> files(args->positional.begin() + 1, args->positional.end());
   std::vector<std::string> keys;
   if (args->Has("key")) {

@@ -12,7 +12,9 @@
 #include <unordered_set>
 
 #include "core/base/atomic_file.h"
+#include "core/base/text_codec.h"
 #include "core/read/deflated_member.h"
+#include "core/zip/zip_format.h"
 #include "npzfs/file_util.h"
 
 namespace npzfs {
@@ -128,10 +130,13 @@ Result<std::shared_ptr<Archive>> Archive::Open(const std::string& path, ArchiveO
   for (size_t e = 0; e < entries.size(); ++e) {
     const ZipEntry& entry = entries[e];
     if (!entry.name.empty() && entry.name.back() == '/') continue;  // directory entry
+    // Without the UTF-8 flag a name is CP437, as zipfile (and so numpy) reads it.
+    const std::string name =
+        (entry.flags & zip::kFlagUtf8) != 0 ? entry.name : Cp437ToUtf8(entry.name);
     std::string why;
-    std::optional<std::string> clean = SanitizePath(entry.name, &why);
+    std::optional<std::string> clean = SanitizePath(name, &why);
     if (!clean.has_value()) {
-      shared.Log(path + ": skipping member \"" + entry.name + "\": its name " + why);
+      shared.Log(path + ": skipping member \"" + name + "\": its name " + why);
       continue;
     }
     ArchiveMember m;
