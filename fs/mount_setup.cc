@@ -70,6 +70,7 @@ Result<std::shared_ptr<Archive>> OpenArchive(const Mount& m) {
   ao.cache_bytes = m.options.cache_mib << 20;
   ao.index_enabled = m.options.index_enabled;
   ao.index_dir = IndexDir(m);
+  ao.verify = m.options.verify;
   ao.log = [](const std::string& line) { LogWarning(line); };
   return Archive::Open(m.archive_path, std::move(ao));
 }

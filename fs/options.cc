@@ -30,7 +30,6 @@ enum Key {
   kKeyIndex,
   kKeyLog,
   kKeyVerify,
-  kKeyFinalize,
 };
 
 const fuse_opt kOptionSpecs[] = {
@@ -53,7 +52,6 @@ const fuse_opt kOptionSpecs[] = {
     FUSE_OPT_KEY("index=", kKeyIndex),
     FUSE_OPT_KEY("log=", kKeyLog),
     FUSE_OPT_KEY("verify=", kKeyVerify),
-    FUSE_OPT_KEY("finalize=", kKeyFinalize),
     FUSE_OPT_END,
 };
 
@@ -162,14 +160,15 @@ Status ProcessValueOption(Options& o, int key, const char* arg) {
       return Status::Ok();
     }
     case kKeyVerify:
-      if (value != "strict" && value != "on" && value != "off") {
-        return Invalid(bad + ": expected verify=strict, verify=on or verify=off");
+      if (value == "strict") {
+        o.verify = VerifyMode::kStrict;
+      } else if (value == "off") {
+        o.verify = VerifyMode::kOff;
+      } else if (value == "on") {
+        o.verify = VerifyMode::kDefault;
+      } else {
+        return Invalid(bad + ": expected verify=strict, verify=on (the default) or verify=off");
       }
-      o.verify = std::string(value);
-      return Status::Ok();
-    case kKeyFinalize:
-      if (value != "copy") return Invalid(bad + ": the only finalize mode to choose is copy");
-      o.finalize_copy = true;
       return Status::Ok();
   }
   return ProcessDirectoryOption(o, key, value);
@@ -322,8 +321,8 @@ std::string UsageText(const char* program) {
          "    -o cache=MiB           decompressed span cache (default 128)\n"
          "    -o index=DIR|off       where to keep the random-access index, or none\n"
          "    -o log=FILE            append the log to FILE\n"
-         "    -o verify=strict|on|off  CRC checks of stored members (default on)\n"
-         "    -o finalize=copy       finalize by copying the archive (no in-place append)\n"
+         "    -o verify=strict|on|off  CRC-32 checks: before any byte is served, as reads go\n"
+         "                           (default), or none\n"
          "\n";
 }
 

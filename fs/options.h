@@ -3,9 +3,9 @@
 //   npzfs [options] ARCHIVE [MOUNTPOINT]
 //
 // ParseOptions() takes the npzfs-specific options (-o ro, create, nonempty, compress[=LEVEL],
-// spool=DIR, frame=PATTERN:DTYPE:SHAPE, cache=MiB, index=DIR|off, log=FILE, verify=MODE,
-// finalize=copy; -q, -v) and the two positional arguments out of argv, and leaves every other
-// option (-f, -d, -s, allow_other, ...) in `fuse_args` for fuse_parse_cmdline() and the
+// spool=DIR, frame=PATTERN:DTYPE:SHAPE, cache=MiB, index=DIR|off, log=FILE,
+// verify=strict|on|off; -q, -v) and the two positional arguments out of argv, and leaves every
+// other option (-f, -d, -s, allow_other, ...) in `fuse_args` for fuse_parse_cmdline() and the
 // session. A frame= layout is checked completely here (dtype, axes), so a bad one fails the
 // mount instead of every later create. Parsing is pure (no FUSE session, no file system
 // access) apart from the fuse_args it fills, so errors reach the terminal before any mount.
@@ -20,6 +20,7 @@
 #include <string_view>
 #include <vector>
 
+#include "npzfs/archive.h"
 #include "npzfs/status.h"
 
 namespace npzfs::fs {
@@ -53,10 +54,9 @@ struct Options {
   std::string index_dir;              // -o index=DIR; empty: next to the archive
   std::string log_file;               // -o log=FILE; empty: stderr / syslog / runtime dir
   Verbosity verbosity = Verbosity::kNormal;
-  std::string verify;          // -o verify=strict|on|off as given ("" = default)
-  bool finalize_copy = false;  // -o finalize=copy
-  bool show_help = false;      // -h / --help
-  bool show_version = false;   // -V / --version
+  VerifyMode verify = VerifyMode::kDefault;  // -o verify=strict|on|off
+  bool show_help = false;                    // -h / --help
+  bool show_version = false;                 // -V / --version
 };
 
 // Parses argv into Options; options it does not know stay in `fuse_args` (which must be

@@ -106,8 +106,11 @@ std::string JsonString(const std::string& s) {
 }
 
 // The reader's warnings (skipped unsafe names, a stale index being rebuilt...) go to stderr.
-ArchiveOptions ToolArchiveOptions() {
+// `ls` only shows headers and `verify` checks every CRC-32 itself: both read with the
+// reader's own checks off (kOff), so a stored member is not read twice.
+ArchiveOptions ToolArchiveOptions(VerifyMode verify = VerifyMode::kDefault) {
   ArchiveOptions options;
+  options.verify = verify;
   options.log = [](const std::string& line) {
     std::fprintf(stderr, "npz: warning: %s\n", line.c_str());
   };
@@ -158,7 +161,7 @@ int RunLs(const std::vector<std::string>& raw_args) {
   if (!args.ok()) return UsageError("ls", args.status().message());
   if (args->help) return PrintCommandHelp("ls");
   if (args->positional.size() != 1) return UsageError("ls", "expected one ARCHIVE");
-  auto archive = OpenArchive(args->positional[0]);
+  auto archive = OpenArchive(args->positional[0], ToolArchiveOptions(VerifyMode::kOff));
   if (!archive.ok()) return ReportError(archive.status());
   Archive& a = **archive;
 
@@ -436,7 +439,7 @@ int RunVerify(const std::vector<std::string>& raw_args) {
   // The reader's own log lines wait until the member is done: one that a failure below
   // repeats is printed once, as that failure.
   std::vector<std::string> warnings;
-  ArchiveOptions options = ToolArchiveOptions();
+  ArchiveOptions options = ToolArchiveOptions(VerifyMode::kOff);
   options.log = [&warnings](const std::string& line) { warnings.push_back(line); };
   auto flush_warnings = [&warnings] {
     for (const std::string& w : warnings) std::fprintf(stderr, "npz: warning: %s\n", w.c_str());
