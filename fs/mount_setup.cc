@@ -220,6 +220,22 @@ Status FinalizeSpool(Mount& m) {
   return spool->Finalize(m.archive_path, wo);
 }
 
+// The saved index describes the archive as it was; once finalize has replaced the archive it
+// would only be found stale (and ignored with a warning) by the next reader.
+void DropStaleIndex(const Mount& m, const struct stat& before) {
+  struct stat after {};
+  if (m.archive == nullptr || stat(m.archive_path.c_str(), &after) != 0) return;
+  if (after.st_ino == before.st_ino && after.st_size == before.st_size &&
+      after.st_mtim.tv_sec == before.st_mtim.tv_sec &&
+      after.st_mtim.tv_nsec == before.st_mtim.tv_nsec) {
+    return;
+  }
+  const std::string index = m.archive->IndexPath();
+  if (!index.empty() && unlink(index.c_str()) == 0) {
+    LogInfo("removed " + index + ": it indexed the archive before finalize");
+  }
+}
+
 }  // namespace
 
 MountPoint::~MountPoint() {
@@ -265,8 +281,11 @@ bool ChooseDaemonLog(const Mount& m) {
 int FinishMount(Mount& m) {
   m.handles.Clear();  // a lazy unmount can leave handles the kernel never released
   if (!m.writable()) return 0;
+  struct stat before {};
+  stat(m.archive_path.c_str(), &before);
   Status finalized = FinalizeSpool(m);
   if (!finalized.ok()) LogError("finalize failed: " + finalized.message());
+  if (finalized.ok()) DropStaleIndex(m, before);
   Status written = Status::Ok();
   if (!m.runtime.result.empty()) {
     written = WriteFileAtomically(m.runtime.result,

@@ -10,6 +10,8 @@ a missing /dev/fuse is a failure.
 """
 import contextlib
 import os
+import pty
+import select
 import signal
 import subprocess
 import tempfile
@@ -147,3 +149,28 @@ def mount_factory():
     yield start
     for m in reversed(started):
         m.unmount()
+
+
+def run_with_stderr_on_a_terminal(argv, env):
+    """Runs argv with stderr on a pseudo-terminal (stdout discarded); returns (exit code,
+    everything drawn on the terminal)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=slave,
+                            env={**os.environ, **env})
+    os.close(slave)
+    drawn = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            drawn += chunk
+        elif proc.poll() is not None:
+            break
+    proc.wait()
+    os.close(master)
+    return proc.returncode, drawn.decode("utf-8", "replace")

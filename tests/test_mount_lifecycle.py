@@ -3,13 +3,11 @@ npzfs mounts and survives a dead daemon; missing archives; mount points; a log t
 lost; frame= checked at mount; side files; statistics; finalize progress; ls -l answers.
 """
 import contextlib
-import io
 import errno
+import io
 import json
 import os
-import pty
 import pwd
-import select
 import shutil
 import signal
 import stat
@@ -21,8 +19,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import (NPZ_BIN, NPZFS_BIN, DaemonMount, is_mounted, mount_factory, mounted,
-                      require_fuse, start_daemon)
+from conftest import (NPZ_BIN, NPZFS_BIN, is_mounted, mounted, require_fuse,
+                      run_with_stderr_on_a_terminal, start_daemon)
 
 PYTHON = os.environ.get("NPZFS_PYTHON", "/usr/bin/python3")
 CREATE = ("-o", "create")
@@ -499,26 +497,9 @@ def test_umount_draws_a_finalize_bar_on_a_terminal(tmp_path):
     require_fuse()
     m = big_member_mount(tmp_path)
     try:
-        master, slave = pty.openpty()
-        proc = subprocess.Popen([NPZ_BIN, "umount", m.mnt], stdout=subprocess.DEVNULL,
-                                stderr=slave, env={**os.environ, "NPZ_PROGRESS_DELAY_MS": "0"})
-        os.close(slave)
-        drawn = b""
-        while True:
-            ready, _, _ = select.select([master], [], [], 0.2)
-            if ready:
-                try:
-                    chunk = os.read(master, 4096)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                drawn += chunk
-            elif proc.poll() is not None:
-                break
-        assert proc.wait() == 0
-        os.close(master)
-        text = drawn.decode("utf-8", "replace")
+        code, text = run_with_stderr_on_a_terminal([NPZ_BIN, "umount", m.mnt],
+                                                   {"NPZ_PROGRESS_DELAY_MS": "0"})
+        assert code == 0
         assert "finalize run.npz" in text and "[" in text and "%" in text, text
     finally:
         m.unmount()

@@ -9,14 +9,14 @@ import contextlib
 import io
 import json
 import os
-import pty
-import select
 import subprocess
 import zipfile
 import zlib
 
 import numpy as np
 import pytest
+
+from conftest import run_with_stderr_on_a_terminal
 
 ROOT = os.environ.get("NPZFS_SOURCE_ROOT", os.path.dirname(os.path.dirname(__file__)))
 NPZ_BIN = os.environ.get("NPZ_BIN", os.path.join(ROOT, "build/tools/npz"))
@@ -822,26 +822,7 @@ def test_umount_errors_without_a_mount(tmp_path):
 
 def run_on_a_terminal(args, env):
     """Runs npz with stderr on a pseudo-terminal; returns (exit code, what it drew)."""
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([NPZ_BIN, *map(str, args)], stdout=subprocess.DEVNULL,
-                            stderr=slave, env={**os.environ, **env})
-    os.close(slave)
-    drawn = b""
-    while True:
-        ready, _, _ = select.select([master], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            drawn += chunk
-        elif proc.poll() is not None:
-            break
-    proc.wait()
-    os.close(master)
-    return proc.returncode, drawn.decode("utf-8", "replace")
+    return run_with_stderr_on_a_terminal([NPZ_BIN, *map(str, args)], env)
 
 
 def test_progress_bar_draws_on_a_terminal_and_not_on_a_pipe(tmp_path):

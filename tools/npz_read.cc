@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -430,32 +431,55 @@ int RunFrames(const std::vector<std::string>& raw_args) {
   return kExitOk;
 }
 
+namespace {
+
+// The reader's own log lines, held until a member is done: one that a failure repeats is
+// printed once, as that failure, and the others as warnings. Must outlive the Archive whose
+// log it is; the log may be called from the archive's threads.
+class HeldWarnings {
+ public:
+  ArchiveOptions Options(ArchiveOptions options) {
+    options.log = [this](const std::string& line) {
+      std::lock_guard lock(mu_);
+      lines_.push_back(line);
+    };
+    return options;
+  }
+  void DropRepeatedBy(const std::string& failure) {
+    std::lock_guard lock(mu_);
+    std::erase_if(lines_, [&](const std::string& w) {
+      return failure.find(w) != std::string::npos || w.find(failure) != std::string::npos;
+    });
+  }
+  void Flush() {
+    std::lock_guard lock(mu_);
+    for (const std::string& w : lines_) std::fprintf(stderr, "npz: warning: %s\n", w.c_str());
+    lines_.clear();
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::string> lines_;
+};
+
+}  // namespace
+
 int RunVerify(const std::vector<std::string>& raw_args) {
   auto args = ParseArgs(raw_args, {});
   if (!args.ok()) return UsageError("verify", args.status().message());
   if (args->help) return PrintCommandHelp("verify");
   if (args->positional.size() != 1) return UsageError("verify", "expected one ARCHIVE");
   const std::string path = args->positional[0];
-  // The reader's own log lines wait until the member is done: one that a failure below
-  // repeats is printed once, as that failure.
-  std::vector<std::string> warnings;
-  ArchiveOptions options = ToolArchiveOptions(VerifyMode::kOff);
-  options.log = [&warnings](const std::string& line) { warnings.push_back(line); };
-  auto flush_warnings = [&warnings] {
-    for (const std::string& w : warnings) std::fprintf(stderr, "npz: warning: %s\n", w.c_str());
-    warnings.clear();
-  };
-  auto archive = OpenArchive(path, std::move(options));
-  flush_warnings();
+  HeldWarnings warnings;
+  auto archive = OpenArchive(path, warnings.Options(ToolArchiveOptions(VerifyMode::kOff)));
+  warnings.Flush();
   if (!archive.ok()) return ReportError(archive.status());
   Archive& a = **archive;
 
   int bad = 0;
   auto fail = [&](const std::string& message) {
     ++bad;
-    std::erase_if(warnings, [&](const std::string& w) {
-      return message.find(w) != std::string::npos || w.find(message) != std::string::npos;
-    });
+    warnings.DropRepeatedBy(message);
     std::fprintf(stderr, "npz: %s\n", message.c_str());
   };
 
@@ -510,7 +534,7 @@ int RunVerify(const std::vector<std::string>& raw_args) {
   uint64_t done = 0;
   std::vector<std::byte> buf(kChunk);
   for (size_t i = 0; i < a.members().size(); ++i) {
-    flush_warnings();  // what the previous member's failures did not repeat
+    warnings.Flush();  // what the previous member's failures did not repeat
     const ArchiveMember& m = a.members()[i];
     const std::string name = path + ": member " + m.path;
     if (m.open_errno != 0) {
@@ -573,7 +597,7 @@ int RunVerify(const std::vector<std::string>& raw_args) {
       if (!parsed.ok()) fail(parsed.status().message());
     }
   }
-  flush_warnings();
+  warnings.Flush();
   if (bad > 0) return kExitError;
   bar.Finish();
   const size_t n = a.members().size();
