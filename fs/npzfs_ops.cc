@@ -562,6 +562,11 @@ void MkDir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t /*mode*/)
     ReplyStatus(req, "mkdir", ReadOnlyMount(name));
     return;
   }
+  // A directory exists only to hold new members: where none can be made, neither can it.
+  if (auto spool = m.spool.GetOrCreate(m.spool_dir); !spool.ok()) {
+    ReplyStatus(req, "mkdir", spool.status());
+    return;
+  }
   auto node = m.table->AddChild(parent, name, NodeKind::kDirectory, nullptr, Now());
   if (!node.ok()) {
     ReplyStatus(req, "mkdir", node.status());

@@ -114,11 +114,15 @@ import errno, os, sys, numpy as np
 mnt = sys.argv[1]
 a = np.load(os.path.join(mnt, "adc.npy"), mmap_mode="r")
 assert a.shape == (5, 12) and int(a[4, 11]) == 59, a.shape
-try:
-    open(os.path.join(mnt, "new.npy"), "wb").close()
-    print("created")
-except OSError as e:
-    print(errno.errorcode[e.errno])
+results = []
+for make in (lambda: open(os.path.join(mnt, "new.npy"), "wb").close(),
+             lambda: os.mkdir(os.path.join(mnt, "newdir"))):
+    try:
+        make()
+        results.append("created")
+    except OSError as e:
+        results.append(errno.errorcode[e.errno])
+print(" ".join(sorted(set(results))))
 """
 
 
