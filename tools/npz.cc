@@ -58,18 +58,21 @@ Examples:
 )",
        RunFrames},
       {"pack", "zip .npy files into an archive (numpyWriter zipNpyFiles)",
-       R"(Usage: npz pack OUT.npz FILE.npy... [--key K]... [--compress[=LEVEL]]
+       R"(Usage: npz pack OUT.npz FILE.npy... [--key K]... [--compress[=LEVEL]] [--threads N]
 
 numpyWriter's zipNpyFiles: writes OUT.npz holding each FILE.npy as a member. Members are
 streamed from the files (never held in memory). Keys default to the file names without
 ".npy"; give --key once per file to choose them (in order). Each input must be a valid
 .npy. Members are stored (like np.savez) unless --compress deflates them (like
-np.savez_compressed; LEVEL 0..9, default 6). OUT.npz is replaced atomically: on any error
-it is left as it was and no partial file remains.
+np.savez_compressed; LEVEL 0..9, default 6). Deflate runs on all cores, in independent
+1 MiB chunks recorded in a seek table, so npzfs reads the members at random from the first
+read; every zip reader still sees plain deflate. OUT.npz is replaced atomically: on any
+error it is left as it was and no partial file remains.
 
 Options:
   --key K               member name for the next file (".npy" is appended if missing)
   --compress[=LEVEL]    deflate members
+  --threads N           deflate on N threads (default: one per online CPU)
 
 Examples:
   npz pack data.npz adc.npy tx.npy --compress
@@ -77,7 +80,7 @@ Examples:
 )",
        RunPack},
       {"add", "add one .npy to an existing archive (numpyWriter writeArray)",
-       R"(Usage: npz add ARCHIVE KEY FILE.npy [--compress[=LEVEL]]
+       R"(Usage: npz add ARCHIVE KEY FILE.npy [--compress[=LEVEL]] [--threads N]
 
 numpyWriter's writeArray: appends FILE.npy to ARCHIVE as member KEY (".npy" appended if
 missing). The existing members stay byte-identical. Fails if KEY already exists. The new
@@ -86,6 +89,7 @@ or complete. Use `npz pack` to create a new archive.
 
 Options:
   --compress[=LEVEL]    deflate the new member (LEVEL 0..9, default 6)
+  --threads N           deflate on N threads (default: one per online CPU)
 
 Examples:
   npz add data.npz rx rx.npy

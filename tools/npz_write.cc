@@ -24,6 +24,7 @@ namespace {
 NewMember MemberFromFile(const std::string& name, const NpyInput& input) {
   NewMember member;
   member.name = name;
+  member.leading_chunk = input.header_length;  // deflate: the header is a chunk of its own
   MemberPiece piece;
   piece.fd = input.fd.get();
   piece.offset = 0;
@@ -32,16 +33,30 @@ NewMember MemberFromFile(const std::string& name, const NpyInput& input) {
   return member;
 }
 
+// --threads N: deflate workers (default 0: one per online CPU).
+Result<size_t> ParseThreadsOption(const ParsedArgs& args) {
+  const std::optional<std::string> text = args.Last("threads");
+  if (!text) return size_t{0};
+  NPZ_ASSIGN_OR_RETURN(uint64_t n, ParseUint(*text, "--threads"));
+  if (n == 0 || n > 1024) {
+    return Status::Error(EINVAL, "--threads " + *text + " is not 1..1024");
+  }
+  return static_cast<size_t>(n);
+}
+
 }  // namespace
 
 int RunPack(const std::vector<std::string>& raw_args) {
   auto args = ParseArgs(raw_args, {{"key", OptionSpec::Kind::kValue, 'k'},
-                                   {"compress", OptionSpec::Kind::kOptionalValue, 0}});
+                                   {"compress", OptionSpec::Kind::kOptionalValue, 0},
+                                   {"threads", OptionSpec::Kind::kValue, 0}});
   if (!args.ok()) return UsageError("pack", args.status().message());
   if (args->help) return PrintCommandHelp("pack");
   if (args->positional.size() < 2) return UsageError("pack", "expected OUT.npz and FILE.npy...");
   auto level = ParseCompressOption(*args);
   if (!level.ok()) return UsageError("pack", level.status().message());
+  auto threads = ParseThreadsOption(*args);
+  if (!threads.ok()) return UsageError("pack", threads.status().message());
 
   const std::string out = args->positional[0];
   const std::vector<std::string> files(args->positional.begin() + 1, args->positional.end());
@@ -78,6 +93,7 @@ int RunPack(const std::vector<std::string>& raw_args) {
   ProgressBar bar("pack " + BaseName(out), total);
   WriteOptions options;
   options.compress_level = level->value_or(-1);
+  options.threads = *threads;
   options.reject_existing_names = true;
   options.progress = bar.Callback();
   Status status = WriteArchive(out, members, options);
@@ -87,12 +103,15 @@ int RunPack(const std::vector<std::string>& raw_args) {
 }
 
 int RunAdd(const std::vector<std::string>& raw_args) {
-  auto args = ParseArgs(raw_args, {{"compress", OptionSpec::Kind::kOptionalValue, 0}});
+  auto args = ParseArgs(raw_args, {{"compress", OptionSpec::Kind::kOptionalValue, 0},
+                                   {"threads", OptionSpec::Kind::kValue, 0}});
   if (!args.ok()) return UsageError("add", args.status().message());
   if (args->help) return PrintCommandHelp("add");
   if (args->positional.size() != 3) return UsageError("add", "expected ARCHIVE KEY FILE.npy");
   auto level = ParseCompressOption(*args);
   if (!level.ok()) return UsageError("add", level.status().message());
+  auto threads = ParseThreadsOption(*args);
+  if (!threads.ok()) return UsageError("add", threads.status().message());
   const std::string archive = args->positional[0];
   const std::string key = args->positional[1];
   const std::string file = args->positional[2];
@@ -114,6 +133,7 @@ int RunAdd(const std::vector<std::string>& raw_args) {
   ProgressBar bar("add " + *name, input->size);
   WriteOptions options;
   options.compress_level = level->value_or(-1);
+  options.threads = *threads;
   options.reject_existing_names = true;
   options.progress = bar.Callback();
   Status status = AppendToArchive(archive, {MemberFromFile(*name, *input)}, options);

@@ -259,6 +259,7 @@ Status Spool::Finalize(const std::string& archive_path, const WriteOptions& opti
       nm.pieces.push_back(std::move(data));
     }
     nm.crc32 = f.crc32;
+    nm.leading_chunk = f.header.size();  // deflate: the header is a chunk of its own
     total_bytes += f.header.size() + f.data_length;
     news.push_back(std::move(nm));
   }

@@ -44,9 +44,11 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <memory>
 #include <set>
 
 #include "core/base/atomic_file.h"
+#include "core/base/thread_pool.h"
 #include "core/zip/zip_writer.h"
 #include "npzfs/file_util.h"
 #include "npzfs/zip_directory.h"
@@ -182,13 +184,18 @@ Status Build(const std::string& requested_path, const std::vector<NewMember>& me
     start = old.cd_offset;
   }
 
+  std::unique_ptr<ThreadPool> pool;
+  if (options.compress_level >= 0) pool = std::make_unique<ThreadPool>(options.threads);
   ZipWriter writer(tmp_fd, tmp_path, start);
   writer.set_progress(on_bytes);
+  writer.set_thread_pool(pool.get());
   for (const NewMember& m : members) {
     ZipMemberOptions mo;
     mo.compress_level = options.compress_level;
     mo.crc32 = m.crc32;
     mo.size_hint = MemberSize(m);
+    mo.chunk_size = options.chunk_size;
+    mo.leading_chunk = m.leading_chunk;
     Status s = writer.BeginMember(m.name, mo);
     for (size_t i = 0; s.ok() && i < m.pieces.size(); ++i) {
       const MemberPiece& p = m.pieces[i];

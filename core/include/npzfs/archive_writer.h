@@ -33,11 +33,18 @@ struct NewMember {
   std::string name;  // e.g. "adc.npy"
   std::vector<MemberPiece> pieces;
   std::optional<uint32_t> crc32;  // of all pieces, if the caller already knows it
+  // When deflating: the first this many bytes form a chunk of their own (a .npy header), so
+  // the data's chunks start at data offsets. 0: none.
+  uint64_t leading_chunk = 0;
 };
 
 struct WriteOptions {
-  int compress_level = -1;            // -1: stored; 0..9: deflate at that level
-  bool reject_existing_names = true;  // EEXIST if a new name is already in the archive
+  // -1: stored; 0..9: deflate at that level, in independent chunks with a seek table in
+  // the central directory (core/README.md, "Seek table extra field").
+  int compress_level = -1;
+  size_t threads = 0;                       // deflate workers; 0: one per online CPU
+  uint64_t chunk_size = uint64_t{1} << 20;  // uncompressed bytes per deflate chunk
+  bool reject_existing_names = true;        // EEXIST if a new name is already in the archive
   std::function<void(uint64_t done, uint64_t total)> progress;  // may be empty
 };
 
