@@ -1,13 +1,16 @@
-// npz pack, npz add, npz recover: the subcommands that write archives.
+// npz pack, npz add, npz recover: the subcommands that write archives, and the recovery of
+// an interrupted append that runs before every subcommand.
 //
-// All three hand the work to npzfs/archive_writer.h (or core/write/spool.h), which builds the new
-// archive in a temp file and renames it into place, so an error leaves the old archive (or
-// no output) behind. Inputs are validated first and passed as file ranges of open fds: the
-// writer streams them, nothing is loaded whole.
+// All three hand the work to npzfs/archive_writer.h (or core/write/spool.h): pack writes a
+// temp file and renames it into place; add appends in place under an undo journal (or, with
+// --copy, builds a copy and renames it); recover finalizes a dead daemon's spool. An error
+// leaves the old archive (or no output) behind. Inputs are validated first and passed as
+// file ranges of open fds: the writer streams them, nothing is loaded whole.
 #include <sys/stat.h>
 
 #include <cerrno>
 #include <cstdio>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -44,7 +47,28 @@ Result<size_t> ParseThreadsOption(const ParsedArgs& args) {
   return static_cast<size_t>(n);
 }
 
+void LogToStderr(const std::string& line) { std::fprintf(stderr, "npz: %s\n", line.c_str()); }
+
 }  // namespace
+
+int RecoverBeforeCommand(const std::string& command, const std::vector<std::string>& args) {
+  if (command == "recover") return kExitOk;  // RunRecover reports what it restores
+  for (const std::string& arg : args) {
+    if (arg.empty() || arg[0] == '-') continue;
+    // "ARCHIVE:KEY" (npz frames) names ARCHIVE.
+    std::vector<std::string> candidates = {arg};
+    if (const size_t colon = arg.rfind(':'); colon != std::string::npos && colon > 0) {
+      candidates.push_back(arg.substr(0, colon));
+    }
+    for (const std::string& path : candidates) {
+      struct stat st;
+      if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+      auto recovered = RecoverInterruptedAppend(path, LogToStderr);
+      if (!recovered.ok()) return ReportError(recovered.status());
+    }
+  }
+  return kExitOk;
+}
 
 int RunPack(const std::vector<std::string>& raw_args) {
   auto args = ParseArgs(raw_args, {{"key", OptionSpec::Kind::kValue, 'k'},
@@ -104,7 +128,8 @@ int RunPack(const std::vector<std::string>& raw_args) {
 
 int RunAdd(const std::vector<std::string>& raw_args) {
   auto args = ParseArgs(raw_args, {{"compress", OptionSpec::Kind::kOptionalValue, 0},
-                                   {"threads", OptionSpec::Kind::kValue, 0}});
+                                   {"threads", OptionSpec::Kind::kValue, 0},
+                                   {"copy", OptionSpec::Kind::kFlag, 0}});
   if (!args.ok()) return UsageError("add", args.status().message());
   if (args->help) return PrintCommandHelp("add");
   if (args->positional.size() != 3) return UsageError("add", "expected ARCHIVE KEY FILE.npy");
@@ -134,6 +159,9 @@ int RunAdd(const std::vector<std::string>& raw_args) {
   WriteOptions options;
   options.compress_level = level->value_or(-1);
   options.threads = *threads;
+  options.append_mode =
+      args->Has("copy") ? WriteOptions::AppendMode::kCopy : WriteOptions::AppendMode::kInPlace;
+  options.log = LogToStderr;
   options.reject_existing_names = true;
   options.progress = bar.Callback();
   Status status = AppendToArchive(archive, {MemberFromFile(*name, *input)}, options);
@@ -153,14 +181,22 @@ int RunRecover(const std::vector<std::string>& raw_args) {
   const std::string archive = args->positional[0];
   const std::string spool = args->Last("spool").value_or(DefaultSpoolDir(archive));
 
+  // An interrupted append first: the spool's members go to the archive as it was before.
+  auto restored = RecoverInterruptedAppend(archive, LogToStderr);
+  if (!restored.ok()) return ReportError(restored.status());
+  struct stat st;
+  if (*restored && ::stat(spool.c_str(), &st) != 0 && errno == ENOENT) {
+    std::printf("%s: restored after an interrupted append; no spool to finalize\n",
+                archive.c_str());
+    return kExitOk;
+  }
   ProgressBar bar("recover " + BaseName(archive), 0);
   WriteOptions options;
   options.compress_level = level->value_or(-1);
   options.reject_existing_names = true;
   options.progress = bar.Callback();
-  Status status = RecoverSpool(archive, spool, options, [](const std::string& line) {
-    std::fprintf(stderr, "npz: recover: %s\n", line.c_str());
-  });
+  options.log = LogToStderr;
+  Status status = RecoverSpool(archive, spool, options, LogToStderr);
   if (!status.ok()) return ReportError(status);
   bar.Finish();
   std::printf("%s: recovered the spool %s\n", archive.c_str(), spool.c_str());

@@ -267,7 +267,9 @@ Status Spool::Finalize(const std::string& archive_path, const WriteOptions& opti
   if (!news.empty()) {
     Log(archive_path + ": finalizing " + std::to_string(news.size()) + " new member(s), " +
         std::to_string(total_bytes) + " bytes");
-    Status st = AppendToArchive(archive_path, news, options);
+    WriteOptions retry_safe = options;
+    retry_safe.skip_identical_existing = true;  // a finalize that died after adding them
+    Status st = AppendToArchive(archive_path, news, retry_safe);
     if (!st.ok()) {
       Log(archive_path + ": finalize failed, archive and spool " + dir_ +
           " left intact: " + st.message());

@@ -154,7 +154,6 @@ Status ChunkedDeflater::Commit(size_t n) {
   if (!failed_.ok()) return failed_;
   filled_ += n;
   uncompressed_ += n;
-  if (o_.progress) o_.progress(n);
   return Status::Ok();
 }
 
@@ -217,6 +216,7 @@ Status ChunkedDeflater::DeliverFront() {
       ::crc32_combine64(crc_, job->crc, static_cast<z_off64_t>(job->in_size)));
   layout_.compressed_sizes.push_back(static_cast<uint32_t>(job->out.size()));
   layout_.crc32s.push_back(job->crc);
+  if (o_.progress) o_.progress(job->in_size);  // bytes compressed and written
   spare_inputs_.push_back(std::move(job->in));
   spare_outputs_.push_back(std::move(job->out));
   return Status::Ok();

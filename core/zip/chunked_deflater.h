@@ -43,8 +43,10 @@ struct ChunkedDeflaterOptions {
   uint64_t leading_chunk = 0;                    // if > 0: the first chunk's size (a .npy header)
   ThreadPool* pool = nullptr;                    // nullptr: compress on the calling thread
   std::function<Status(std::string_view)> sink;  // receives compressed bytes, in order
-  std::function<void(uint64_t consumed)> progress;  // uncompressed bytes accepted (may be empty)
-  std::string what;                                 // names the member in messages
+  // Called with each chunk's uncompressed size once it is compressed and written (may be
+  // empty).
+  std::function<void(uint64_t done)> progress;
+  std::string what;  // names the member in messages
 };
 
 class ChunkedDeflater {
