@@ -10,6 +10,8 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <atomic>
+#include <chrono>
 #include <csignal>
 #include <cstdlib>
 #include <random>
@@ -347,6 +349,63 @@ TEST(InPlaceAppend, AJournalWhoseArchiveIsMissingIsAnError) {
   EXPECT_EQ(r.status().code(), ENOENT);
   EXPECT_NE(r.status().message().find("missing, but its append journal"), std::string::npos)
       << r.status().message();
+}
+
+// ------------------------------------------------------------------- stale temp files
+
+TEST(StaleTempFiles, TheTempFileOfAKilledCopyIsRemovedWithALogLine) {
+  TempDir dir;
+  const std::string archive = dir.Join("a.npz");
+  MakeArchive(archive, 2);
+  const FileState before = StateOf(archive);
+  WriteOptions copy;
+  copy.append_mode = WriteOptions::AppendMode::kCopy;
+  RunAndKillAt("member-data:1000000", [&] { (void)AppendToArchive(archive, NewMembers(), copy); });
+  auto left = ListDir(dir.path());
+  ASSERT_EQ(left.size(), 2u);
+  EXPECT_EQ(left[0].rfind(".a.npz.npzfs-tmp-", 0), 0u) << left[0];
+  // Files that only look alike stay: another archive's temp file, the index, a directory.
+  WriteFileOrDie(dir.Join(".b.npz.npzfs-tmp-abcdef"), "b");
+  WriteFileOrDie(dir.Join(".a.npz.npzfs-index"), "i");
+  ASSERT_EQ(mkdir(dir.Join(".a.npz.npzfs-tmp-dir").c_str(), 0755), 0);
+  std::vector<std::string> lines;
+  auto removed = RemoveStaleTempFiles(archive, [&](const std::string& l) { lines.push_back(l); });
+  ASSERT_TRUE(removed.ok()) << removed.status().message();
+  EXPECT_EQ(*removed, 1u);
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_NE(lines[0].find(left[0] + ": removed a stale temp file"), std::string::npos) << lines[0];
+  EXPECT_TRUE(StateOf(archive) == before);
+  EXPECT_EQ(ListDir(dir.path()),
+            (std::vector<std::string>{".a.npz.npzfs-index", ".a.npz.npzfs-tmp-dir",
+                                      ".b.npz.npzfs-tmp-abcdef", "a.npz"}));
+}
+
+TEST(StaleTempFiles, TheTempFileOfACopyStillRunningIsLeftAlone) {
+  TempDir dir;
+  const std::string archive = dir.Join("a.npz");
+  MakeArchive(archive, 1);
+  const std::string running = dir.Join(".a.npz.npzfs-tmp-runnin");
+  std::atomic<bool> done{false};
+  Result<size_t> removed = size_t{0};
+  std::thread cleaner;
+  {
+    // A copy-mode writer holds the archive's lock while its temp file exists.
+    auto lock = OpenFile(archive, O_RDONLY);
+    ASSERT_TRUE(lock.ok());
+    ASSERT_EQ(flock(lock->get(), LOCK_EX), 0);
+    WriteFileOrDie(running, "in progress");
+    cleaner = std::thread([&] {
+      removed = RemoveStaleTempFiles(archive);
+      done = true;
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    EXPECT_FALSE(done.load()) << "the cleanup did not wait for the writer's lock";
+    EXPECT_EQ(ListDir(dir.path()).size(), 2u);
+    ASSERT_EQ(unlink(running.c_str()), 0);  // the writer renames or removes it, then unlocks
+  }
+  cleaner.join();
+  ASSERT_TRUE(removed.ok());
+  EXPECT_EQ(*removed, 0u);
 }
 
 // ------------------------------------------------------------------ readers and writers

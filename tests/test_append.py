@@ -241,3 +241,35 @@ def test_every_reader_accepts_the_archive_after_one_two_and_twenty_adds(tmp_path
             v = npz("verify", archive)
             assert v.returncode == 0 and f"{i + 2} members OK" in v.stdout.decode(), v.stderr
     assert ours(tmp_path) == []
+
+
+def test_recover_removes_the_temp_file_of_a_killed_copy(tmp_path):
+    archive = tmp_path / "a.npz"
+    np.savez(archive, x=np.arange(10))
+    before = archive.read_bytes()
+    np.save(tmp_path / "y.npy", np.arange(1 << 20))
+    r = npz("add", archive, "y", tmp_path / "y.npy", "--copy",
+            env={"NPZFS_TEST_KILL_AT": "member-data:1000000"})
+    assert r.returncode == -9
+    assert [n for n in ours(tmp_path) if ".npzfs-tmp-" in n]
+    assert archive.read_bytes() == before  # a copy never touches the archive
+    r = npz("recover", archive)
+    assert r.returncode == 0, r.stderr
+    assert "removed a stale temp file" in r.stderr
+    assert b"removed stale temp files; no spool to finalize" in r.stdout
+    assert ours(tmp_path) == [] and archive.read_bytes() == before
+
+
+def test_recover_removes_stale_temp_files_and_then_finalizes_the_spool(tmp_path):
+    archive = tmp_path / "a.npz"
+    np.savez(archive, x=np.arange(10))
+    spool = tmp_path / ".a.npz.npzfs-spool"
+    spool.mkdir()
+    np.save(spool / "adc.npy", np.arange(12, dtype="<i2").reshape(3, 4))
+    (tmp_path / ".a.npz.npzfs-tmp-Ab12Cd").write_bytes(b"half a copy")
+    r = npz("recover", archive)
+    assert r.returncode == 0, r.stderr
+    assert ".a.npz.npzfs-tmp-Ab12Cd: removed a stale temp file" in r.stderr
+    assert ours(tmp_path) == []
+    with np.load(archive) as z:
+        np.testing.assert_array_equal(z["adc"], np.arange(12, dtype="<i2").reshape(3, 4))

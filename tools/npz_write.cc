@@ -185,10 +185,15 @@ int RunRecover(const std::vector<std::string>& raw_args) {
   auto restored = RecoverInterruptedAppend(archive, LogToStderr);
   if (!restored.ok()) return ReportError(restored.status());
   struct stat st;
-  if (*restored && ::stat(spool.c_str(), &st) != 0 && errno == ENOENT) {
-    std::printf("%s: restored after an interrupted append; no spool to finalize\n",
-                archive.c_str());
-    return kExitOk;
+  if (::stat(spool.c_str(), &st) != 0 && errno == ENOENT) {
+    // No spool (RecoverSpool would clean up under its lock): leftovers of a killed copy.
+    auto removed = RemoveStaleTempFiles(archive, LogToStderr);
+    if (!removed.ok()) return ReportError(removed.status());
+    if (*restored || *removed > 0) {
+      std::printf("%s: %s; no spool to finalize\n", archive.c_str(),
+                  *restored ? "restored after an interrupted append" : "removed stale temp files");
+      return kExitOk;
+    }
   }
   ProgressBar bar("recover " + BaseName(archive), 0);
   WriteOptions options;

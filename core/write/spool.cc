@@ -309,7 +309,10 @@ Status RecoverSpool(const std::string& archive_path, const std::string& spool_di
   if (!S_ISDIR(st.st_mode)) {
     return Status::Error(ENOTDIR, spool_dir + ": spool path is not a directory");
   }
-  NPZ_ASSIGN_OR_RETURN(auto spool, Spool::Open(spool_dir, std::move(log)));
+  NPZ_ASSIGN_OR_RETURN(auto spool, Spool::Open(spool_dir, log));
+  // Under the spool lock no finalize of this archive runs: temp files of a killed copy-mode
+  // finalize are leftovers.
+  NPZ_RETURN_IF_ERROR(RemoveStaleTempFiles(archive_path, log).status());
   return spool->Finalize(archive_path, options);
 }
 

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "core/base/byte_codec.h"
+#include "core/base/names.h"
 #include "npzfs/file_util.h"
 #include "npzfs/zip_directory.h"
 
@@ -72,7 +73,7 @@ Status AppendStepReached(AppendStep step, uint64_t bytes) {
 void FailAppendStepForTesting(std::optional<AppendStep> step) { g_failing_step = step; }
 
 std::string AppendJournalPath(const std::string& archive_path) {
-  return DirName(archive_path) + "/." + BaseName(archive_path) + ".npzfs-journal";
+  return DirName(archive_path) + "/" + SideFileName(archive_path, ".npzfs-journal");
 }
 
 std::string EncodeAppendJournal(const AppendJournal& j) {

@@ -232,7 +232,10 @@ Status BuildAndRename(const Request& r, int old_fd, const ZipDirectory& old,
                       const std::function<Status()>& before_rename) {
   NPZ_ASSIGN_OR_RETURN(AtomicFile tmp, AtomicFile::Create(r.path));
   Progress progress(*r.options, old.cd_offset + NewBytes(r));
-  auto on_bytes = [&progress](uint64_t n) { progress.Add(n); };
+  auto on_bytes = [&progress](uint64_t n) {
+    progress.Add(n);
+    (void)AppendStepReached(AppendStep::kMemberData, progress.done());  // crash tests only
+  };
   uint64_t start = 0;
   if (old_fd >= 0 && old.cd_offset > 0) {
     NPZ_RETURN_IF_ERROR(WithArchive(
@@ -472,6 +475,47 @@ Result<bool> RecoverInterruptedAppend(const std::string& requested_path, const A
     return lock.status().WithContext("cannot restore after an interrupted append");
   }
   return RecoverAppendUnderLock(lock->fd(), archive_path, log);
+}
+
+}  // namespace npzfs
+
+namespace npzfs {
+
+Result<size_t> RemoveStaleTempFiles(const std::string& requested_path, const ArchiveLogFn& log) {
+  const std::string archive_path = ResolveArchivePath(requested_path);
+  const std::string dir = DirName(archive_path);
+  // With the directory's lock and the archive's, no npzfs writer of this archive is running:
+  // every temp file of it is a leftover.
+  NPZ_ASSIGN_OR_RETURN(DirectoryLock dir_lock, DirectoryLock::Acquire(dir));
+  auto archive_lock = ArchiveLock::Acquire(archive_path, O_RDONLY);
+  if (!archive_lock.ok() && archive_lock.status().code() != ENOENT) return archive_lock.status();
+  const std::string prefix = TempFilePrefix(archive_path);
+  std::vector<std::string> stale;
+  {
+    std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), ::closedir);
+    if (!d) return ErrnoStatus(errno, dir, "cannot list the directory");
+    while (const dirent* e = ::readdir(d.get())) {
+      if (std::string_view(e->d_name).substr(0, prefix.size()) == prefix) {
+        stale.emplace_back(e->d_name);
+      }
+    }
+  }
+  size_t removed = 0;
+  for (const std::string& name : stale) {
+    const std::string path = dir + "/" + name;
+    struct stat st;
+    if (::lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+    if (::unlink(path.c_str()) != 0) {
+      return ErrnoStatus(errno, path, "cannot remove a stale temp file");
+    }
+    ++removed;
+    if (log) {
+      log(path + ": removed a stale temp file (" + std::to_string(st.st_size) +
+          " bytes) left by an interrupted copy of " + archive_path);
+    }
+  }
+  if (removed > 0) NPZ_RETURN_IF_ERROR(FsyncDir(dir));
+  return removed;
 }
 
 }  // namespace npzfs

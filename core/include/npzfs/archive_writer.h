@@ -112,4 +112,11 @@ Status WriteArchive(const std::string& out_path, const std::vector<NewMember>& m
 Result<bool> RecoverInterruptedAppend(const std::string& archive_path,
                                       const ArchiveLogFn& log = {});
 
+// Removes the temp files a killed copy-mode append or npz pack left next to `archive_path`
+// (".<name>.npzfs-tmp-*", AtomicFile's prefix), one log line each; returns how many. It takes
+// the directory's lock and the archive's first, so it waits for a copy that is still
+// running and never removes its temp file. Call it at mount and in npz recover, holding the
+// spool lock (so no finalize of this archive is running either). Errors name the file.
+Result<size_t> RemoveStaleTempFiles(const std::string& archive_path, const ArchiveLogFn& log = {});
+
 }  // namespace npzfs
