@@ -3,6 +3,7 @@
 // do not depend on the number of threads.
 #include "core/zip/chunked_deflater.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <zlib.h>
 
@@ -11,6 +12,8 @@
 
 #include "core/base/thread_pool.h"
 #include "core/zip/seek_table.h"
+#include "npzfs/file_util.h"
+#include "tests/test_util.h"
 
 namespace npzfs {
 namespace {
@@ -269,6 +272,101 @@ TEST(ChunkedDeflater, ASinkErrorStopsTheDeflaterAndIsReportedAgain) {
   EXPECT_EQ(deflater.Write("x", 1).code(), ENOSPC);
   EXPECT_EQ(deflater.Finish().code(), ENOSPC);
   EXPECT_EQ(calls, 2);
+}
+
+// Deflates `header` + `data` with the first `predeflated` data chunks (of `chunk` bytes)
+// given already deflated, from a file, as the spool's background deflater leaves them.
+Deflated DeflateWithPredeflatedChunks(const std::string& header, const std::string& data,
+                                      size_t chunk, size_t predeflated, ThreadPool* pool) {
+  testing::TempDir dir;
+  const std::string path = dir.Join("chunks");
+  auto fd = OpenFile(path, O_RDWR | O_CREAT | O_TRUNC);
+  EXPECT_TRUE(fd.ok());
+  std::vector<std::pair<uint64_t, std::string>> made;  // offset, compressed
+  uint64_t at = 0;
+  for (size_t i = 0; i < predeflated; ++i) {
+    std::string out;
+    EXPECT_TRUE(DeflateChunk(6, std::string_view(data).substr(i * chunk, chunk), false, &out).ok());
+    EXPECT_TRUE(PwriteAll(fd->get(), out.data(), out.size(), at, path).ok());
+    made.emplace_back(at, out);
+    at += out.size();
+  }
+  Deflated d;
+  ChunkedDeflaterOptions o;
+  o.pool = pool;
+  o.chunk_size = chunk;
+  o.leading_chunk = header.size();
+  o.sink = [&](std::string_view b) {
+    d.bytes.append(b);
+    return Status::Ok();
+  };
+  o.copy_sink = [&](int src, uint64_t offset, uint64_t length, const std::string& source) {
+    std::string b(length, '\0');
+    NPZ_RETURN_IF_ERROR(PreadExact(src, b.data(), b.size(), offset, source));
+    d.bytes += b;
+    return Status::Ok();
+  };
+  ChunkedDeflater deflater(std::move(o));
+  EXPECT_TRUE(deflater.Write(header.data(), header.size()).ok());
+  for (size_t i = 0; i < predeflated; ++i) {
+    const uint32_t crc = Crc(std::string_view(data).substr(i * chunk, chunk));
+    Status st = deflater.AddDeflatedChunk(fd->get(), made[i].first,
+                                          static_cast<uint32_t>(made[i].second.size()), crc, path);
+    EXPECT_TRUE(st.ok()) << st.message();
+  }
+  const size_t rest = predeflated * chunk;
+  EXPECT_TRUE(deflater.Write(data.data() + rest, data.size() - rest).ok());
+  EXPECT_TRUE(deflater.Finish().ok());
+  d.crc = deflater.crc32();
+  d.uncompressed = deflater.uncompressed_size();
+  EXPECT_EQ(deflater.compressed_size(), d.bytes.size());
+  d.has_table = deflater.seek_table() != nullptr;
+  if (d.has_table) d.table = *deflater.seek_table();
+  return d;
+}
+
+TEST(ChunkedDeflater, PredeflatedChunksGiveTheSameBytesAsDeflatingThemHere) {
+  const std::string header(128, 'h');
+  const std::string data = Samples((5 << 20) + 1000, 12);
+  ThreadPool pool(2);
+  ChunkedDeflaterOptions o;
+  o.pool = &pool;
+  o.leading_chunk = 128;
+  const Deflated direct = Deflate(header + data, o);
+  for (size_t predeflated : {size_t{1}, size_t{3}, size_t{5}}) {
+    const Deflated d = DeflateWithPredeflatedChunks(header, data, 1 << 20, predeflated, &pool);
+    EXPECT_TRUE(d.bytes == direct.bytes) << predeflated << " chunks given";
+    EXPECT_EQ(d.crc, Crc(header + data));
+    EXPECT_EQ(d.table.compressed_sizes, direct.table.compressed_sizes);
+    ExpectEveryChunkStandsAlone(header + data, d);
+  }
+}
+
+TEST(ChunkedDeflater, WhenEveryChunkIsPredeflatedTheFinalBlockJoinsTheLastOne) {
+  const std::string header(64, 'h');
+  const std::string data = Samples(4 << 20, 13);  // exactly four chunks
+  const Deflated d = DeflateWithPredeflatedChunks(header, data, 1 << 20, 4, nullptr);
+  bool finished = false;
+  EXPECT_TRUE(Inflate(d.bytes, &finished) == header + data);
+  EXPECT_TRUE(finished);
+  ASSERT_TRUE(d.has_table);
+  EXPECT_EQ(d.table.compressed_sizes.size(), 5u);  // header + four; no empty fifth chunk
+  ExpectEveryChunkStandsAlone(header + data, d);
+}
+
+TEST(ChunkedDeflater, APredeflatedChunkOffAChunkBoundaryIsRefused) {
+  ChunkedDeflaterOptions o;
+  o.chunk_size = 1000;
+  o.sink = [](std::string_view) { return Status::Ok(); };
+  o.copy_sink = [](int, uint64_t, uint64_t, const std::string&) { return Status::Ok(); };
+  o.what = "m.npy";
+  ChunkedDeflater deflater(std::move(o));
+  ASSERT_TRUE(deflater.Write("abc", 3).ok());
+  Status st = deflater.AddDeflatedChunk(0, 0, 10, 0, "chunks");
+  EXPECT_EQ(st.code(), EINVAL);
+  EXPECT_NE(st.message().find("m.npy: a pre-deflated chunk must start at a chunk boundary"),
+            std::string::npos)
+      << st.message();
 }
 
 TEST(ChunkedDeflater, DeflateChunkEndsWithAFullFlushOrTheFinalBlock) {

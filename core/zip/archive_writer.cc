@@ -65,6 +65,7 @@
 #include "core/base/thread_pool.h"
 #include "core/zip/append_journal.h"
 #include "core/zip/archive_lock.h"
+#include "core/zip/file_copy.h"
 #include "core/zip/zip_writer.h"
 #include "npzfs/file_util.h"
 #include "npzfs/zip_directory.h"
@@ -73,41 +74,6 @@ namespace npzfs {
 namespace {
 
 constexpr size_t kCopyBuffer = size_t{1} << 20;
-constexpr uint64_t kMaxCopyCall = uint64_t{64} << 20;  // per copy_file_range call
-
-// Copies [0, length) of `src` to the same offsets of `dst`.
-Status CopyPrefix(int src, const std::string& src_path, int dst, const std::string& dst_path,
-                  uint64_t length, const std::function<void(uint64_t)>& on_bytes) {
-  uint64_t done = 0;
-  while (done < length) {
-    loff_t in = static_cast<loff_t>(done), out = static_cast<loff_t>(done);
-    // 64 MiB per call keeps progress reports and cancellation latency reasonable.
-    const size_t want = static_cast<size_t>(std::min<uint64_t>(length - done, kMaxCopyCall));
-    ssize_t r = ::copy_file_range(src, &in, dst, &out, want, 0);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP) break;
-      return ErrnoStatus(errno, dst_path, "copying the members of " + src_path + " failed");
-    }
-    if (r == 0) {
-      return Status::Error(EIO, src_path + ": file shrank while it was being copied (at " +
-                                    std::to_string(done) + " of " + std::to_string(length) +
-                                    " bytes)");
-    }
-    done += static_cast<uint64_t>(r);
-    on_bytes(static_cast<uint64_t>(r));
-  }
-  std::string buf;
-  while (done < length) {
-    if (buf.empty()) buf.resize(kCopyBuffer);
-    const size_t want = static_cast<size_t>(std::min<uint64_t>(length - done, buf.size()));
-    NPZ_RETURN_IF_ERROR(PreadExact(src, buf.data(), want, done, src_path));
-    NPZ_RETURN_IF_ERROR(PwriteAll(dst, buf.data(), want, done, dst_path));
-    done += want;
-    on_bytes(want);
-  }
-  return Status::Ok();
-}
 
 uint64_t MemberSize(const NewMember& m) {
   uint64_t n = 0;
@@ -169,6 +135,23 @@ Result<Request> Validate(const std::string& requested_path, const std::vector<Ne
   return r;
 }
 
+// Copies the usable pre-deflated chunks of `p` into the open member; returns how many
+// uncompressed bytes of the piece they cover (0 when they do not fit this write).
+Result<uint64_t> CopyPredeflated(ZipWriter& writer, const MemberPiece& p,
+                                 const WriteOptions& options, const std::string& what) {
+  const PredeflatedChunks* d = p.predeflated.get();
+  if (d == nullptr || d->chunks.empty() || options.compress_level < 0 ||
+      d->level != options.compress_level || d->chunk_size != options.chunk_size ||
+      d->chunks.size() * d->chunk_size > p.length) {
+    return uint64_t{0};
+  }
+  for (const PredeflatedChunks::Chunk& c : d->chunks) {
+    NPZ_RETURN_IF_ERROR(writer.AddDeflatedChunk(d->fd, c.offset, c.compressed_size, c.crc32,
+                                                what + ": deflated chunks " + d->source));
+  }
+  return d->chunks.size() * d->chunk_size;
+}
+
 // Writes every new member through `writer`. `step_failure` is set by the progress hook of
 // an in-place append (a test-injected failure) and checked after each piece.
 Status WriteMembers(ZipWriter& writer, const Request& r, const Status* step_failure) {
@@ -182,8 +165,10 @@ Status WriteMembers(ZipWriter& writer, const Request& r, const Status* step_fail
     NPZ_RETURN_IF_ERROR(writer.BeginMember(m.name, mo));
     for (const MemberPiece& p : m.pieces) {
       if (p.fd >= 0) {
+        NPZ_ASSIGN_OR_RETURN(const uint64_t done,
+                             CopyPredeflated(writer, p, *r.options, "member " + m.name));
         NPZ_RETURN_IF_ERROR(
-            writer.CopyFrom(p.fd, p.offset, p.length,
+            writer.CopyFrom(p.fd, p.offset + done, p.length - done,
                             "member " + m.name + ": source " +
                                 (p.source.empty() ? "fd " + std::to_string(p.fd) : p.source)));
       } else {
@@ -238,8 +223,8 @@ Status BuildAndRename(const Request& r, int old_fd, const ZipDirectory& old,
   };
   uint64_t start = 0;
   if (old_fd >= 0 && old.cd_offset > 0) {
-    NPZ_RETURN_IF_ERROR(WithArchive(
-        r.path, CopyPrefix(old_fd, r.path, tmp.fd(), tmp.temp_path(), old.cd_offset, on_bytes)));
+    NPZ_RETURN_IF_ERROR(WithArchive(r.path, CopyFileRange(old_fd, 0, tmp.fd(), 0, old.cd_offset,
+                                                          r.path, tmp.temp_path(), on_bytes)));
     start = old.cd_offset;
   }
   std::unique_ptr<ThreadPool> pool = PoolFor(*r.options);

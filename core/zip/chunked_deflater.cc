@@ -99,6 +99,11 @@ struct ChunkedDeflater::Job {
   std::string out;
   uint32_t crc = 0;
   bool final = false;
+  bool merge_into_previous = false;  // the final empty block after a pre-deflated chunk
+  // A pre-deflated chunk: copied from here instead of `out`.
+  int copy_fd = -1;
+  uint64_t copy_offset = 0, copy_size = 0;
+  std::string copy_source;
   Status status;
   bool done = false;  // guarded by Shared::mu
 };
@@ -157,12 +162,41 @@ Status ChunkedDeflater::Commit(size_t n) {
   return Status::Ok();
 }
 
-Status ChunkedDeflater::Submit(bool final) {
+Status ChunkedDeflater::AddDeflatedChunk(int fd, uint64_t offset, uint32_t compressed_size,
+                                         uint32_t crc32, const std::string& source) {
+  if (!failed_.ok()) return failed_;
+  if (finished_ || !o_.copy_sink) {
+    return Status::Error(EINVAL, o_.what + ": cannot take a pre-deflated chunk here");
+  }
+  if (filled_ > 0 && filled_ == CurrentChunkCapacity()) NPZ_RETURN_IF_ERROR(Submit(false));
+  if (filled_ != 0 || CurrentChunkCapacity() != o_.chunk_size) {
+    return Status::Error(EINVAL, o_.what +
+                                     ": a pre-deflated chunk must start at a chunk "
+                                     "boundary after the leading chunk");
+  }
+  if (in_flight_.size() >= max_in_flight_) NPZ_RETURN_IF_ERROR(DeliverFront());
+  auto job = std::make_shared<Job>();
+  job->in_size = o_.chunk_size;
+  job->crc = crc32;
+  job->copy_fd = fd;
+  job->copy_offset = offset;
+  job->copy_size = compressed_size;
+  job->copy_source = source;
+  job->done = true;
+  in_flight_.push_back(std::move(job));
+  ++chunks_submitted_;
+  uncompressed_ += o_.chunk_size;
+  if (current_.size() < CurrentChunkCapacity()) current_.resize(CurrentChunkCapacity());
+  return Status::Ok();
+}
+
+Status ChunkedDeflater::Submit(bool final, bool merge_into_previous) {
   if (in_flight_.size() >= max_in_flight_) NPZ_RETURN_IF_ERROR(DeliverFront());
   auto job = std::make_shared<Job>();
   job->in = std::move(current_);
   job->in_size = filled_;
   job->final = final;
+  job->merge_into_previous = merge_into_previous;
   if (!spare_outputs_.empty()) {
     job->out = std::move(spare_outputs_.back());
     spare_outputs_.pop_back();
@@ -202,23 +236,34 @@ Status ChunkedDeflater::DeliverFront() {
     shared_->cv.wait(lock, [&] { return job->done; });
   }
   in_flight_.pop_front();
+  const bool copied = job->copy_fd >= 0;
+  const uint64_t size = copied ? job->copy_size : job->out.size();
   Status st = job->status.WithContext(o_.what);
-  if (st.ok() && job->out.size() > 0xFFFFFFFFu) {
+  if (st.ok() && size > 0xFFFFFFFFu) {
     st = Status::Error(EIO, o_.what + ": a deflate chunk exceeds 4 GiB");
   }
-  if (st.ok()) st = o_.sink(job->out);
+  if (st.ok()) {
+    st = copied ? o_.copy_sink(job->copy_fd, job->copy_offset, job->copy_size, job->copy_source)
+                : o_.sink(job->out);
+  }
   if (!st.ok()) {
     failed_ = st;
     return st;
   }
-  compressed_ += job->out.size();
+  compressed_ += size;
+  if (job->merge_into_previous) {
+    layout_.compressed_sizes.back() += static_cast<uint32_t>(size);
+    return Status::Ok();
+  }
   crc_ = static_cast<uint32_t>(
       ::crc32_combine64(crc_, job->crc, static_cast<z_off64_t>(job->in_size)));
-  layout_.compressed_sizes.push_back(static_cast<uint32_t>(job->out.size()));
+  layout_.compressed_sizes.push_back(static_cast<uint32_t>(size));
   layout_.crc32s.push_back(job->crc);
   if (o_.progress) o_.progress(job->in_size);  // bytes compressed and written
-  spare_inputs_.push_back(std::move(job->in));
-  spare_outputs_.push_back(std::move(job->out));
+  if (!copied) {
+    spare_inputs_.push_back(std::move(job->in));
+    spare_outputs_.push_back(std::move(job->out));
+  }
   return Status::Ok();
 }
 
@@ -226,7 +271,9 @@ Status ChunkedDeflater::Finish() {
   if (!failed_.ok()) return failed_;
   if (finished_) return Status::Ok();
   finished_ = true;
-  Status st = Submit(/*final=*/true);
+  // After a pre-deflated chunk with nothing behind it, the final block (a few bytes from an
+  // empty input) joins that chunk: the table's last chunk is never empty.
+  Status st = Submit(/*final=*/true, /*merge_into_previous=*/filled_ == 0 && chunks_submitted_ > 0);
   while (st.ok() && !in_flight_.empty()) st = DeliverFront();
   if (!st.ok()) return st;
   layout_.first_chunk_size =

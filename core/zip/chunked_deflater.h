@@ -43,6 +43,10 @@ struct ChunkedDeflaterOptions {
   uint64_t leading_chunk = 0;                    // if > 0: the first chunk's size (a .npy header)
   ThreadPool* pool = nullptr;                    // nullptr: compress on the calling thread
   std::function<Status(std::string_view)> sink;  // receives compressed bytes, in order
+  // Receives the pre-deflated chunks of AddDeflatedChunk, in order with the sink's bytes:
+  // `length` bytes at `offset` of `fd` (named `source`) to copy to the output.
+  std::function<Status(int fd, uint64_t offset, uint64_t length, const std::string& source)>
+      copy_sink;
   // Called with each chunk's uncompressed size once it is compressed and written (may be
   // empty).
   std::function<void(uint64_t done)> progress;
@@ -62,7 +66,15 @@ class ChunkedDeflater {
   // the byte count. Errors: a failed chunk (sticky), or EINVAL after Finish.
   Result<std::span<char>> InputSpace();
   Status Commit(size_t n);
-  // Deflates the rest as the last chunk and delivers everything to the sink.
+  // The next chunk_size input bytes, already deflated as this class deflates a chunk (its
+  // own state at this level, ended by a full flush): `compressed_size` bytes at `offset` of
+  // `fd`, whose uncompressed bytes have CRC-32 `crc32`. Only at a chunk boundary after the
+  // leading chunk (EINVAL otherwise, or without a copy_sink). The bytes are copied to the
+  // output in order, never decompressed or checked here: the caller vouches for them.
+  Status AddDeflatedChunk(int fd, uint64_t offset, uint32_t compressed_size, uint32_t crc32,
+                          const std::string& source);
+  // Deflates the rest as the last chunk and delivers everything to the sink. When nothing
+  // follows a pre-deflated chunk, the stream's final (empty) block is appended to it.
   Status Finish();
 
   // After Finish:
@@ -77,7 +89,7 @@ class ChunkedDeflater {
   struct Job;
   struct Shared;
   uint64_t CurrentChunkCapacity() const;
-  Status Submit(bool final);
+  Status Submit(bool final, bool merge_into_previous = false);
   Status DeliverFront();
 
   ChunkedDeflaterOptions o_;

@@ -16,9 +16,8 @@
 //     written before the data, and readers take extras from the central record).
 //   - Deflate goes through ChunkedDeflater (independent chunks on the worker pool). The
 //     deflater calls back into WriteOut on this thread, in stream order.
-//   - Stored data with a caller-supplied CRC goes through copy_file_range: on XFS/btrfs it
-//     shares extents, elsewhere it still avoids copying through user space. Any error from
-//     the first call that means "not supported here" falls back to pread/pwrite.
+//   - Stored data with a caller-supplied CRC, and pre-deflated chunks, go through
+//     CopyFileRange (core/zip/file_copy.h): copy_file_range, pread/pwrite where refused.
 #include "core/zip/zip_writer.h"
 
 #include <unistd.h>
@@ -30,6 +29,7 @@
 
 #include "core/base/byte_codec.h"
 #include "core/zip/chunked_deflater.h"
+#include "core/zip/file_copy.h"
 #include "core/zip/zip_format.h"
 #include "npzfs/file_util.h"
 
@@ -128,6 +128,10 @@ Status ZipWriter::BeginMember(const std::string& name, const ZipMemberOptions& o
     d.leading_chunk = options.leading_chunk;
     d.pool = pool_;
     d.sink = [this](std::string_view bytes) { return WriteOut(bytes.data(), bytes.size()); };
+    d.copy_sink = [this](int fd, uint64_t offset, uint64_t length, const std::string& source) {
+      return CopyFileRange(fd, offset, fd_, offset_, length, source, path_,
+                           [this](uint64_t n) { offset_ += n; });
+    };
     d.progress = progress_;
     d.what = path_ + ": member " + name;
     deflater_ = std::make_unique<ChunkedDeflater>(std::move(d));
@@ -206,30 +210,16 @@ Status ZipWriter::CopyFrom(int src_fd, uint64_t offset, uint64_t length,
     return Status::Ok();
   }
   if (cur_crc_given_) {
-    // Zero-copy path. Falls back to the buffered loop below when the kernel or the
-    // filesystem pair cannot do it.
-    while (done < length) {
-      loff_t in = static_cast<loff_t>(offset + done);
-      loff_t out = static_cast<loff_t>(offset_);
-      const size_t want = static_cast<size_t>(std::min<uint64_t>(length - done, 64u << 20));
-      ssize_t r = ::copy_file_range(src_fd, &in, fd_, &out, want, 0);
-      if (r < 0) {
-        if (errno == EINTR) continue;
-        if (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP ||
-            errno == EBADF) {
-          break;  // fall back to read/write for the rest
-        }
-        return ErrnoStatus(errno, path_, "copy from " + src_path + " failed");
-      }
-      if (r == 0) return short_source(offset + done);
-      done += static_cast<uint64_t>(r);
-      offset_ += static_cast<uint64_t>(r);
-      cur_.uncompressed_size += static_cast<uint64_t>(r);
-      cur_.compressed_size += static_cast<uint64_t>(r);
-      if (progress_) progress_(static_cast<uint64_t>(r));
-    }
+    // Stored with a known CRC: nothing needs to pass through this process.
+    NPZ_RETURN_IF_ERROR(
+        CopyFileRange(src_fd, offset, fd_, offset_, length, src_path, path_, [&](uint64_t n) {
+          offset_ += n;
+          cur_.uncompressed_size += n;
+          cur_.compressed_size += n;
+          if (progress_) progress_(n);
+        }));
+    return Status::Ok();
   }
-  if (done == length) return Status::Ok();
   std::string buf(static_cast<size_t>(std::min<uint64_t>(length - done, kBufferSize)), '\0');
   while (done < length) {
     const size_t want = static_cast<size_t>(std::min<uint64_t>(length - done, buf.size()));
@@ -239,6 +229,14 @@ Status ZipWriter::CopyFrom(int src_fd, uint64_t offset, uint64_t length,
     done += got;
   }
   return Status::Ok();
+}
+
+Status ZipWriter::AddDeflatedChunk(int src_fd, uint64_t offset, uint32_t compressed_size,
+                                   uint32_t crc32, const std::string& src_path) {
+  if (!open_ || !deflater_) {
+    return Status::Error(EINVAL, path_ + ": no deflated member is open");
+  }
+  return deflater_->AddDeflatedChunk(src_fd, offset, compressed_size, crc32, src_path);
 }
 
 Status ZipWriter::FinishDeflate() {

@@ -64,6 +64,12 @@ class ZipWriter {
   // Appends `length` bytes of `src_fd` from `offset` to the open member. EIO if the
   // source is shorter (names `src_path`).
   Status CopyFrom(int src_fd, uint64_t offset, uint64_t length, const std::string& src_path);
+  // Deflated members only: the next chunk of input given already deflated (see
+  // ChunkedDeflater::AddDeflatedChunk; the chunk size is ZipMemberOptions::chunk_size). Its
+  // compressed bytes are copied from `src_fd` (CopyFileRange). EINVAL if the member is stored
+  // or the input is not at a chunk boundary after the leading chunk.
+  Status AddDeflatedChunk(int src_fd, uint64_t offset, uint32_t compressed_size, uint32_t crc32,
+                          const std::string& src_path);
   // Finishes the member: flushes deflate, patches the local header. EIO if the member
   // outgrew a local header that had no room for ZIP64 sizes (size_hint was wrong).
   Status EndMember();

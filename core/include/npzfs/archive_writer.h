@@ -29,6 +29,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -37,11 +38,32 @@
 
 namespace npzfs {
 
+// Chunks of a piece that were deflated ahead of time (by the spool's background deflater),
+// each as the archive writer deflates a chunk: its own raw deflate state at `level`,
+// ended by a full flush, `chunk_size` uncompressed bytes.
+struct PredeflatedChunks {
+  int fd = -1;         // the file holding the compressed bytes (not owned)
+  std::string source;  // names it in messages
+  int level = -1;      // the deflate level they were made at
+  uint64_t chunk_size = 0;
+  struct Chunk {
+    uint64_t offset = 0;           // of its compressed bytes in `fd`
+    uint32_t compressed_size = 0;  // > 0
+    uint32_t crc32 = 0;            // of its chunk_size uncompressed bytes
+  };
+  std::vector<Chunk> chunks;  // the piece's first chunks.size() * chunk_size bytes, in order
+};
+
 struct MemberPiece {  // one run of bytes of a new member
   std::string bytes;  // used when fd < 0
   int fd = -1;        // a file range (not owned) when fd >= 0
   uint64_t offset = 0, length = 0;
   std::string source = {};  // names the fd's file in error messages (optional)
+  // Optional, for fd pieces: the start of the range already deflated. Used (copied as they
+  // are, without reading the range) when the archive writer deflates at the same level and
+  // chunk size and the piece starts at a chunk boundary (after the member's leading chunk);
+  // otherwise ignored.
+  std::shared_ptr<const PredeflatedChunks> predeflated = {};
 };
 
 struct NewMember {
