@@ -435,6 +435,12 @@ Result<size_t> GrowingMember::Write(WriterSession* session, uint64_t offset,
     s.frame_bytes = layout.frame_bytes();
     s.header = std::move(header);
     s.header_from_writer = true;
+    // The header fixes the whole layout: attributes set before it (a partial declaration,
+    // e.g. only user.npy.shape) describe nothing now, and SetAttribute must not combine
+    // them with the new layout (setting the descr getfattr shows would fail otherwise).
+    s.attr_descr.reset();
+    s.attr_shape.reset();
+    s.attr_fortran.reset();
     s.coord = C::kStream;
     s.base = *total;
     s.rewritable_header = *total;
