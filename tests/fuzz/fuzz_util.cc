@@ -48,25 +48,29 @@ void Fail(const char* file, int line, const std::string& what) {
 }
 
 namespace {
-std::string* scratch = nullptr;
+std::string& ScratchPath() {
+  static std::string path;
+  return path;
+}
 void RemoveScratch() {
   std::error_code ec;
-  if (scratch) std::filesystem::remove_all(*scratch, ec);
+  std::filesystem::remove_all(ScratchPath(), ec);
 }
 }  // namespace
 
 const std::string& ScratchDir() {
-  if (scratch == nullptr) {
+  std::string& path = ScratchPath();
+  if (path.empty()) {
     const char* base = std::getenv("TMPDIR");
     std::string pattern = std::string(base && *base ? base : "/tmp") + "/npzfs-fuzz-XXXXXX";
     if (::mkdtemp(pattern.data()) == nullptr) {
       std::perror(pattern.c_str());
       std::abort();
     }
-    scratch = new std::string(pattern);
-    std::atexit(RemoveScratch);
+    path = pattern;
+    std::atexit(RemoveScratch);  // runs before `path` is destroyed (registered after it)
   }
-  return *scratch;
+  return path;
 }
 
 void WriteFileOrAbort(const std::string& path, std::string_view bytes) {
@@ -88,24 +92,22 @@ namespace {
 constexpr int kRawWindowBits = -15;
 constexpr size_t kChunk = 1 << 16;
 
-struct DeflateEnd {
-  void operator()(z_stream* s) const {
-    deflateEnd(s);
-    delete s;
-  }
+// zlib streams pinned on the heap (zlib keeps a pointer back to the z_stream), ended by RAII.
+struct Deflater {
+  z_stream s{};
+  ~Deflater() { deflateEnd(&s); }
 };
-struct InflateEnd {
-  void operator()(z_stream* s) const {
-    inflateEnd(s);
-    delete s;
-  }
+struct Inflater {
+  z_stream s{};
+  ~Inflater() { inflateEnd(&s); }
 };
 }  // namespace
 
 std::string RawDeflate(std::string_view plain, int level, int strategy, int mem_level,
                        size_t flush_every) {
-  std::unique_ptr<z_stream, DeflateEnd> s(new z_stream{});
-  if (deflateInit2(s.get(), level, Z_DEFLATED, kRawWindowBits, mem_level, strategy) != Z_OK) {
+  auto d = std::make_unique<Deflater>();
+  z_stream* s = &d->s;
+  if (deflateInit2(s, level, Z_DEFLATED, kRawWindowBits, mem_level, strategy) != Z_OK) {
     Fail(__FILE__, __LINE__, "deflateInit2 failed");
   }
   std::string out;
@@ -125,7 +127,7 @@ std::string RawDeflate(std::string_view plain, int level, int strategy, int mem_
     do {
       s->next_out = reinterpret_cast<Bytef*>(buf);
       s->avail_out = sizeof(buf);
-      rc = deflate(s.get(), flush);
+      rc = deflate(s, flush);
       if (rc == Z_STREAM_ERROR) Fail(__FILE__, __LINE__, "deflate failed");
       out.append(buf, sizeof(buf) - s->avail_out);
     } while (s->avail_out == 0 || (last && rc != Z_STREAM_END));
@@ -136,8 +138,9 @@ std::string RawDeflate(std::string_view plain, int level, int strategy, int mem_
 }
 
 bool RawInflate(std::string_view raw, size_t max_output, std::string* plain, size_t* consumed) {
-  std::unique_ptr<z_stream, InflateEnd> s(new z_stream{});
-  if (inflateInit2(s.get(), kRawWindowBits) != Z_OK) Fail(__FILE__, __LINE__, "inflateInit2");
+  auto i = std::make_unique<Inflater>();
+  z_stream* s = &i->s;
+  if (inflateInit2(s, kRawWindowBits) != Z_OK) Fail(__FILE__, __LINE__, "inflateInit2");
   plain->clear();
   s->next_in = reinterpret_cast<Bytef*>(const_cast<char*>(raw.data()));
   s->avail_in = static_cast<uInt>(raw.size());
@@ -145,7 +148,7 @@ bool RawInflate(std::string_view raw, size_t max_output, std::string* plain, siz
   while (true) {
     s->next_out = reinterpret_cast<Bytef*>(buf);
     s->avail_out = sizeof(buf);
-    const int rc = inflate(s.get(), Z_NO_FLUSH);
+    const int rc = inflate(s, Z_NO_FLUSH);
     plain->append(buf, sizeof(buf) - s->avail_out);
     if (plain->size() > max_output) return false;
     if (rc == Z_STREAM_END) break;

@@ -143,6 +143,9 @@ class Harness {
   void OpBegin(Session& s);
   void OpEnd(Session& s);
   void OpWrite(Session& s);
+  void Decide(Session& s, const std::string& first_bytes);
+  void HeaderBytesTaken(Session& s, const std::string& taken,
+                        const std::optional<NpyHeader>& declared);
   void OpSetAttribute();
   void OpTruncate();
   void OpRemove();
@@ -247,6 +250,45 @@ void Harness::OpEnd(Session& s) {
   s.active = false;
 }
 
+// The first non-empty write decides the writer's coordinates (the documented rule: a fresh
+// .npy starts at 0, with its header or, for a declared layout, raw frames; any later writer
+// continues at the visible end). The generator makes that write at that position.
+void Harness::Decide(Session& s, const std::string& first_bytes) {
+  s.decided = true;
+  const bool fresh = model_.npy && Fresh(model_);
+  s.end = fresh ? 0 : HeaderLength(model_) + model_.data.size();
+  const bool magic = first_bytes.compare(0, NpyHeader::kMagic.size(), NpyHeader::kMagic) == 0;
+  s.collecting = fresh && !(model_.layout && !magic);
+  s.data_only = !s.collecting;
+}
+
+// A collecting writer's bytes were accepted: they extend its header; once the header is
+// complete the member has its layout, and what followed the header is data.
+void Harness::HeaderBytesTaken(Session& s, const std::string& taken,
+                               const std::optional<NpyHeader>& declared) {
+  const uint64_t data_before = model_.data.size();
+  s.written += taken;
+  const size_t m = std::min(s.written.size(), NpyHeader::kMagic.size());
+  FUZZ_CHECK(s.written.compare(0, m, NpyHeader::kMagic, 0, m) == 0,
+             "bytes that are not a .npy header were accepted as one");
+  auto total = NpyHeader::TotalLength(s.written);
+  if (!total.ok() || s.written.size() < *total) {
+    FUZZ_CHECK(member_->data_bytes() == data_before, "data appeared before the header ended");
+    return;
+  }
+  auto parsed = NpyHeader::Parse(std::string_view(s.written).substr(0, *total));
+  FUZZ_CHECK(parsed.ok(), "a header that does not parse was accepted");
+  LearnLayout();
+  FUZZ_CHECK(model_.layout && model_.layout->SameFrameLayout(*parsed),
+             "the member's layout is not the header's");
+  FUZZ_CHECK(!declared || declared->SameFrameLayout(*parsed),
+             "a header with another layout than the declared one was accepted");
+  model_.header_from_writer = true;
+  s.collecting = false;
+  s.data_only = true;
+  model_.data += s.written.substr(*total);
+}
+
 void Harness::OpWrite(Session& s) {
   const size_t len = in_.Range(0, kMaxWrite);
   const bool stray = in_.U8() % 8 == 0 && s.decided;  // never the first write: see below
@@ -258,17 +300,7 @@ void Harness::OpWrite(Session& s) {
                "a write through an ended session was not refused");
     return;
   }
-  // The first non-empty write decides the writer's coordinates (the documented rule: a
-  // fresh .npy starts at 0, with its header or, for a declared layout, raw frames; any
-  // later writer continues at the visible end). The generator makes it at that position.
-  if (!s.decided && !bytes.empty()) {
-    s.decided = true;
-    const bool fresh = model_.npy && Fresh(model_);
-    s.end = fresh ? 0 : HeaderLength(model_) + model_.data.size();
-    const bool magic = bytes.compare(0, NpyHeader::kMagic.size(), NpyHeader::kMagic) == 0;
-    s.collecting = fresh && !(model_.layout && !magic);
-    s.data_only = !s.collecting;
-  }
+  if (!s.decided && !bytes.empty()) Decide(s, bytes);
   uint64_t offset = stray ? in_.Range(0, s.end + 2 * kMaxWrite) : s.end;
   if (s.append && in_.Bool()) offset = in_.U16();  // O_APPEND: the offset does not matter
   const bool at_end = s.append || offset == s.end;
@@ -305,27 +337,7 @@ void Harness::OpWrite(Session& s) {
   if (bytes.empty()) return;
   FUZZ_CHECK(n > 0, "a non-empty write accepted zero bytes");
   if (s.collecting) {
-    const size_t m = std::min(s.written.size() + n, NpyHeader::kMagic.size());
-    const std::string stream = s.written + bytes.substr(0, n);
-    FUZZ_CHECK(stream.compare(0, m, NpyHeader::kMagic, 0, m) == 0,
-               "bytes that are not a .npy header were accepted as one");
-    s.written = stream;
-    auto total = NpyHeader::TotalLength(s.written);
-    if (total.ok() && s.written.size() >= *total) {  // the header is complete and was taken
-      auto parsed = NpyHeader::Parse(std::string_view(s.written).substr(0, *total));
-      FUZZ_CHECK(parsed.ok(), "a header that does not parse was accepted");
-      LearnLayout();
-      FUZZ_CHECK(model_.layout && model_.layout->SameFrameLayout(*parsed),
-                 "the member's layout is not the header's");
-      FUZZ_CHECK(!declared_before || layout_before->SameFrameLayout(*parsed),
-                 "a header with another layout than the declared one was accepted");
-      model_.header_from_writer = true;
-      s.collecting = false;
-      s.data_only = true;
-      model_.data += s.written.substr(*total);
-    } else {
-      FUZZ_CHECK(member_->data_bytes() == data_before, "data appeared before the header ended");
-    }
+    HeaderBytesTaken(s, bytes.substr(0, n), declared_before ? layout_before : std::nullopt);
   } else {
     model_.data += bytes.substr(0, n);
     FUZZ_CHECK(n == bytes.size(), "a data write was cut short");

@@ -101,8 +101,8 @@ Fixture MakeFixture() {
 }
 
 const Fixture& GetFixture() {
-  static const Fixture* f = new Fixture(MakeFixture());
-  return *f;
+  static const Fixture f = MakeFixture();
+  return f;
 }
 
 std::string MakeSidecar(const Fixture& f, uint8_t mode, FuzzInput& in) {
