@@ -1,4 +1,4 @@
-// npzfs: mounts a NumPy .npz archive as a directory of .npy files (see DESIGN.md).
+// npzfs: mounts a NumPy .npz archive as a directory of .npy files.
 //
 // Start-up order matters: everything that can fail for a reason the user must see (bad
 // options, a missing directory, an archive that is not a zip, a spool held by another
@@ -19,10 +19,10 @@
 #include <memory>
 #include <string>
 
+#include "core/base/atomic_file.h"
 #include "fs/log.h"
 #include "fs/npzfs_ops.h"
 #include "fs/options.h"
-#include "core/base/atomic_file.h"
 #include "npzfs/file_util.h"
 
 namespace npzfs::fs {
@@ -219,7 +219,7 @@ int Run(int argc, char** argv) {
   m.table = std::make_unique<InodeTable>(m.start_time);
   BuildTree(m);
 
-  // Session arguments: 1 MiB reads (must match conn->max_read, FACTS.md), kernel-side
+  // Session arguments: 1 MiB reads (must match conn->max_read set in Init), kernel-side
   // permission checks on the modes we report, and a name for mount(8).
   fuse_opt_add_arg(&args, "-omax_read=1048576");
   fuse_opt_add_arg(&args, "-odefault_permissions");

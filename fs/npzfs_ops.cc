@@ -1,15 +1,21 @@
 // The FUSE handlers. Shape of every handler (libfuse passthrough_hp / hello_ll style):
 // look the inode up in the table (a copy, no lock held afterwards), call core, reply once.
-// Errors are replied with a positive errno; a core Status is logged once here, at the FUSE
-// boundary, unless it is an expected answer (ENOENT on lookup, ENODATA on getxattr, ...).
+// Every error reply goes through ReplyStatus: a positive errno, and the core Status message
+// logged once here, at the FUSE boundary, unless the errno is an ordinary answer
+// (kExpectedErrnos: ENOENT on lookup, ENODATA on getxattr, EEXIST, EBUSY, ...).
 //
-// Caching policy (FACTS.md):
+// Every open file is one MemberReader (core): a stored, deflated or growing member answers
+// a read with bytes or with "splice from this fd at this offset", so Read is: clamp, then
+// reply with the answer. No handler knows which kind of member it reads.
+//
+// Caching policy:
 // - Archived members never change: keep_cache and long entry/attr timeouts, and the page
-//   cache is used (no direct_io) so that numpy can mmap them.
+//   cache is used (no direct_io) so that numpy can mmap them (direct_io handles refuse a
+//   shared mmap with ENODEV).
 // - Growing members change under readers: attr/entry timeout 0 so stat follows the growth,
 //   reader opens without keep_cache (each open() drops stale pages and sees new frames),
-//   and writer handles use direct_io so written bytes never enter the page cache at the
-//   writer's offsets (the visible file differs from the byte stream written).
+//   and writer handles use direct_io: without it the kernel keeps written bytes in the page
+//   cache at the writer's offsets, which are not the visible offsets of those bytes.
 #include "fs/npzfs_ops.h"
 
 #include <fcntl.h>
@@ -25,6 +31,8 @@
 #include <span>
 #include <vector>
 
+#include "core/base/names.h"
+#include "core/npy/frame_layout.h"
 #include "fs/log.h"
 #include "npzfs/npy_header.h"
 
@@ -32,19 +40,20 @@ namespace npzfs::fs {
 namespace {
 
 constexpr double kImmutableTimeout = 86400.0;  // one day: archived members never change
-constexpr const char* kPidAttribute = "user.npzfs.pid";
-constexpr const char* kResultAttribute = "user.npzfs.result";
 
-// One open file. Readers of archived members hold a MemberReader; handles of new members
-// hold the GrowingMember, plus a writer session when opened for writing.
+// Errnos that are ordinary answers to what a program asked, not incidents: replied without
+// a log line. Everything else is logged with its core message.
+constexpr int kExpectedErrnos[] = {ENOENT, EEXIST,  ENODATA,   EBUSY, EROFS,
+                                   EISDIR, ENOTDIR, ENOTEMPTY, ERANGE};
+
+// One open file: the reader every read goes through, and for new members the member itself
+// plus a writer session when opened for writing.
 struct FileHandle {
-  std::shared_ptr<MemberReader> reader;    // archived member
-  std::shared_ptr<GrowingMember> growing;  // new member
+  std::shared_ptr<MemberReader> reader;    // archived, or a growing member's snapshot/live view
+  std::shared_ptr<GrowingMember> growing;  // new member: write, fsync, truncate
   WriterSession session;                   // token != 0 while this handle is the writer
   bool writer = false;
-  // What a reader of a growing member saw at open: the header keeps this count, so no later
-  // stat (the size only grows) can show fewer bytes than the header claims.
-  ReaderSnapshot snapshot;
+  bool archived = false;
 };
 
 Mount& MountOf(fuse_req_t req) { return *static_cast<Mount*>(fuse_req_userdata(req)); }
@@ -55,10 +64,26 @@ FileHandle* HandleOf(const fuse_file_info* fi) {
 
 bool Writable(const Mount& m) { return m.spool != nullptr; }
 
-// Replies `status`'s errno and logs its message once.
-void ReplyError(fuse_req_t req, const char* op, const Status& status) {
-  LogError(std::string(op) + ": " + status.message());
+bool Expected(int code) {
+  return std::find(std::begin(kExpectedErrnos), std::end(kExpectedErrnos), code) !=
+         std::end(kExpectedErrnos);
+}
+
+// The one error reply: `status`'s errno (0 for ok), and its message logged once unless the
+// errno is an expected answer.
+void ReplyStatus(fuse_req_t req, const char* op, const Status& status) {
+  if (!status.ok() && !Expected(status.code())) {
+    LogError(std::string(op) + ": " + status.message());
+  }
   fuse_reply_err(req, status.code());
+}
+
+Status NoSuchInode(fuse_ino_t ino) {
+  return Status::Error(ENOENT, "inode " + std::to_string(ino) + " is unknown");
+}
+
+Status ReadOnlyMount(const std::string& what) {
+  return Status::Error(EROFS, what + ": read-only mount");
 }
 
 struct stat StatOf(const Mount& m, const NodeInfo& node) {
@@ -77,8 +102,8 @@ struct stat StatOf(const Mount& m, const NodeInfo& node) {
       st.st_size = 4096;
       break;
     case NodeKind::kArchived: {
-      // Never the archive's own mode bits: numpy stores 0600 without file-type bits, which
-      // the kernel would answer with EIO (FACTS.md).
+      // Never the archive's own mode bits: numpy stores 0600 without file-type bits, and
+      // the kernel answers an st_mode without them with EIO.
       const ArchiveMember& member = m.archive->members()[node.member_index];
       st.st_mode = S_IFREG | 0444;
       st.st_nlink = 1;
@@ -129,7 +154,7 @@ void Init(void* userdata, fuse_conn_info* conn) {
   conn->max_read = kMaxRequestBytes;  // must equal -o max_read (main passes it)
   conn->max_write = kMaxRequestBytes;
   conn->max_readahead = std::max(conn->max_readahead, kMaxRequestBytes);
-  // Splice stored members straight from the archive file into /dev/fuse.
+  // Splice answers (stored members, growing members' data) go from the file into /dev/fuse.
   if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE;
   if (conn->capable & FUSE_CAP_SPLICE_MOVE) conn->want |= FUSE_CAP_SPLICE_MOVE;
   // The kernel must never cache writes and flush them later at the writer's offsets.
@@ -160,14 +185,19 @@ void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   fuse_reply_entry(req, &e);
 }
 
+void ForgetOne(Mount& m, fuse_ino_t ino, uint64_t nlookup) {
+  Status s = m.table->Forget(ino, nlookup);
+  if (!s.ok()) LogWarning("forget: " + s.message());
+}
+
 void Forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
-  MountOf(req).table->Forget(ino, nlookup);
+  ForgetOne(MountOf(req), ino, nlookup);
   fuse_reply_none(req);
 }
 
 void ForgetMulti(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
   Mount& m = MountOf(req);
-  for (size_t i = 0; i < count; ++i) m.table->Forget(forgets[i].ino, forgets[i].nlookup);
+  for (size_t i = 0; i < count; ++i) ForgetOne(m, forgets[i].ino, forgets[i].nlookup);
   fuse_reply_none(req);
 }
 
@@ -175,7 +205,7 @@ void GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* /*fi*/) {
   Mount& m = MountOf(req);
   std::optional<NodeInfo> node = m.table->Get(ino);
   if (!node) {
-    fuse_reply_err(req, ENOENT);
+    ReplyStatus(req, "getattr", NoSuchInode(ino));
     return;
   }
   struct stat st = StatOf(m, *node);
@@ -187,18 +217,21 @@ void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
   Mount& m = MountOf(req);
   std::optional<NodeInfo> node = m.table->Get(ino);
   if (!node) {
-    fuse_reply_err(req, ENOENT);
+    ReplyStatus(req, "setattr", NoSuchInode(ino));
     return;
   }
   if (node->kind != NodeKind::kGrowing) {
     // Archived members and directories are immutable.
-    fuse_reply_err(req, Writable(m) ? EPERM : EROFS);
+    ReplyStatus(req, "setattr",
+                Writable(m) ? Status::Error(EPERM, node->path + ": archived members and "
+                                                                "directories cannot be changed")
+                            : ReadOnlyMount(node->path));
     return;
   }
   if (to_set & FUSE_SET_ATTR_SIZE) {
     Status s = node->growing->Truncate(static_cast<uint64_t>(attr->st_size));
     if (!s.ok()) {
-      ReplyError(req, "truncate", s);
+      ReplyStatus(req, "truncate", s);
       return;
     }
   }
@@ -208,29 +241,23 @@ void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
   fuse_reply_attr(req, &st, 0.0);
 }
 
-// Lists a directory; with `plus` (READDIRPLUS) every entry carries its attributes, so
-// `ls -l` on 10,000 members needs no LOOKUP per file. Each plus entry other than "." and
-// ".." counts as a lookup (the kernel will FORGET it), so the count is taken only once the
-// entry is known to fit in the reply.
-void ListDirectory(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus) {
-  Mount& m = MountOf(req);
-  auto entries = m.table->List(ino);
-  if (!entries.ok()) {
-    fuse_reply_err(req, entries.status().code());
-    return;
-  }
-  // Offsets: 1 = ".", 2 = "..", 3 + i = entries[i].
-  std::vector<char> buf(size);
+// Adds one entry to a readdir(plus) reply buffer. Returns false when it does not fit.
+struct DirectoryReply {
+  fuse_req_t req;
+  Mount& m;
+  fuse_ino_t dir;
+  bool plus;
+  std::vector<char> buf;
   size_t used = 0;
-  auto add = [&](const char* name, fuse_ino_t child_ino, mode_t mode, off_t next, bool dot) {
+
+  bool Add(const char* name, fuse_ino_t child_ino, mode_t mode, off_t next, bool dot) {
     char* dest = buf.data() + used;
-    const size_t room = size - used;
+    const size_t room = buf.size() - used;
     if (!plus) {
       struct stat st {};
       st.st_ino = child_ino;
       st.st_mode = mode;
-      size_t need = fuse_add_direntry(req, nullptr, 0, name, nullptr, 0);
-      if (need > room) return false;
+      if (fuse_add_direntry(req, nullptr, 0, name, nullptr, 0) > room) return false;
       used += fuse_add_direntry(req, dest, room, name, &st, next);
       return true;
     }
@@ -240,22 +267,37 @@ void ListDirectory(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool 
       e.attr.st_ino = child_ino;
       e.attr.st_mode = mode;
     } else {
-      std::optional<NodeInfo> node = m.table->Lookup(ino, name, /*count=*/true);
+      // Counted only now that the entry is known to fit: the kernel will FORGET it.
+      std::optional<NodeInfo> node = m.table->Lookup(dir, name, /*count=*/true);
       if (!node) return true;  // removed since List: skip it
       e = EntryOf(m, *node);
     }
     used += fuse_add_direntry_plus(req, dest, room, name, &e, next);
     return true;
-  };
+  }
+};
+
+// Lists a directory; with `plus` (READDIRPLUS) every entry carries its attributes, so
+// `ls -l` on 10,000 members needs no LOOKUP per file. Each plus entry other than "." and
+// ".." counts as a lookup.
+void ListDirectory(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus) {
+  Mount& m = MountOf(req);
+  auto entries = m.table->List(ino);
+  if (!entries.ok()) {
+    ReplyStatus(req, "readdir", entries.status());
+    return;
+  }
+  // Offsets: 1 = ".", 2 = "..", 3 + i = entries[i].
+  DirectoryReply reply{req, m, ino, plus, std::vector<char>(size)};
   bool room = true;
-  if (off < 1) room = add(".", ino, S_IFDIR, 1, true);
-  if (room && off < 2) room = add("..", m.table->ParentOf(ino), S_IFDIR, 2, true);
+  if (off < 1) room = reply.Add(".", ino, S_IFDIR, 1, true);
+  if (room && off < 2) room = reply.Add("..", m.table->ParentOf(ino), S_IFDIR, 2, true);
   for (size_t i = off < 2 ? 0 : static_cast<size_t>(off - 2); room && i < entries->size(); ++i) {
     const DirEntry& entry = (*entries)[i];
     mode_t mode = entry.kind == NodeKind::kDirectory ? S_IFDIR : S_IFREG;
-    room = add(entry.name.c_str(), entry.ino, mode, static_cast<off_t>(i + 3), false);
+    room = reply.Add(entry.name.c_str(), entry.ino, mode, static_cast<off_t>(i + 3), false);
   }
-  fuse_reply_buf(req, buf.data(), used);
+  fuse_reply_buf(req, reply.buf.data(), reply.used);
 }
 
 void ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* /*fi*/) {
@@ -268,36 +310,33 @@ void ReadDirPlus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_fi
 
 // ---- open / read / write ----
 
-void OpenArchived(fuse_req_t req, Mount& m, const NodeInfo& node, fuse_file_info* fi) {
+// Hands `handle` to the kernel as fi->fh. If the opener was interrupted no release will
+// come, so the handle is released here.
+void ReplyOpen(fuse_req_t req, fuse_file_info* fi, std::unique_ptr<FileHandle> handle);
+void ReleaseHandle(FileHandle* raw);
+
+Result<std::unique_ptr<FileHandle>> OpenArchived(Mount& m, const NodeInfo& node,
+                                                 fuse_file_info* fi) {
   if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
-    // The contract: a name in the archive cannot be written, as if create() found it.
-    fuse_reply_err(req, Writable(m) ? EEXIST : EROFS);
-    return;
+    // A name in the archive cannot be written, as if create() found it.
+    return Writable(m) ? Status::Error(EEXIST, node.path + ": archived members are read-only")
+                       : ReadOnlyMount(node.path);
   }
   const ArchiveMember& member = m.archive->members()[node.member_index];
-  if (member.open_errno != 0) {
-    LogError("open " + node.path + ": " + member.open_error);
-    fuse_reply_err(req, member.open_errno);
-    return;
-  }
-  auto reader = m.archive->OpenMember(node.member_index);
-  if (!reader.ok()) {
-    ReplyError(req, "open", reader.status());
-    return;
-  }
+  if (member.open_errno != 0)
+    return Status::Error(member.open_errno, node.path + ": " + member.open_error);
+  NPZ_ASSIGN_OR_RETURN(std::shared_ptr<MemberReader> reader,
+                       m.archive->OpenMember(node.member_index));
   auto handle = std::make_unique<FileHandle>();
-  handle->reader = std::move(reader).value();
+  handle->reader = std::move(reader);
+  handle->archived = true;
   fi->keep_cache = 1;  // immutable: the page cache stays valid between opens
-  fi->fh = reinterpret_cast<uintptr_t>(handle.release());  // freed in Release
-  if (fuse_reply_open(req, fi) != 0) {
-    // The opener was interrupted: no release will come for this handle.
-    std::unique_ptr<FileHandle> lost(HandleOf(fi));
-  }
+  return handle;
 }
 
-// Makes a handle for a growing member; a writer begins its session here (EBUSY for a second
-// writer). Returns the errno to reply, or 0 with fi->fh set.
-Status MakeGrowingHandle(const NodeInfo& node, fuse_file_info* fi) {
+// A handle for a growing member; a writer begins its session here (EBUSY for a second
+// writer).
+Result<std::unique_ptr<FileHandle>> OpenGrowing(const NodeInfo& node, fuse_file_info* fi) {
   auto handle = std::make_unique<FileHandle>();
   handle->growing = node.growing;
   if ((fi->flags & O_ACCMODE) != O_RDONLY) {
@@ -310,14 +349,33 @@ Status MakeGrowingHandle(const NodeInfo& node, fuse_file_info* fi) {
         return s;
       }
     }
-    fi->direct_io = 1;  // written bytes must never enter the page cache (FACTS.md)
+    fi->direct_io = 1;  // written bytes must never enter the page cache at writer offsets
   } else if (fi->flags & O_TRUNC) {
     NPZ_RETURN_IF_ERROR(node.growing->Truncate(0));
   }
   fi->keep_cache = 0;  // each open sees the frames completed before it
-  handle->snapshot = node.growing->TakeSnapshot();
+  // A writer reading back sees its own progress; a reader keeps its open-time header, so no
+  // later stat (the size only grows) can show fewer bytes than that header claims.
+  handle->reader =
+      node.growing->OpenReader(handle->writer ? GrowingView::kLive : GrowingView::kSnapshot);
+  return handle;
+}
+
+Result<std::unique_ptr<FileHandle>> OpenNode(Mount& m, const NodeInfo& node, fuse_file_info* fi) {
+  switch (node.kind) {
+    case NodeKind::kDirectory:
+      return Status::Error(EISDIR, node.path + ": is a directory");
+    case NodeKind::kArchived:
+      return OpenArchived(m, node, fi);
+    case NodeKind::kGrowing:
+      return OpenGrowing(node, fi);
+  }
+  return Status::Error(EIO, node.path + ": unknown node kind");
+}
+
+void ReplyOpen(fuse_req_t req, fuse_file_info* fi, std::unique_ptr<FileHandle> handle) {
   fi->fh = reinterpret_cast<uintptr_t>(handle.release());  // freed in Release
-  return Status::Ok();
+  if (fuse_reply_open(req, fi) != 0) ReleaseHandle(HandleOf(fi));
 }
 
 void ReleaseHandle(FileHandle* raw) {
@@ -329,34 +387,19 @@ void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   Mount& m = MountOf(req);
   std::optional<NodeInfo> node = m.table->Get(ino);
   if (!node) {
-    fuse_reply_err(req, ENOENT);
+    ReplyStatus(req, "open", NoSuchInode(ino));
     return;
   }
-  switch (node->kind) {
-    case NodeKind::kDirectory:
-      fuse_reply_err(req, EISDIR);
-      return;
-    case NodeKind::kArchived:
-      OpenArchived(req, m, *node, fi);
-      return;
-    case NodeKind::kGrowing: {
-      Status s = MakeGrowingHandle(*node, fi);
-      if (!s.ok()) {
-        if (s.code() == EBUSY) {
-          fuse_reply_err(req, EBUSY);  // an expected answer, not worth a log line each time
-        } else {
-          ReplyError(req, "open", s);
-        }
-        return;
-      }
-      if (fuse_reply_open(req, fi) != 0) ReleaseHandle(HandleOf(fi));
-      return;
-    }
+  auto handle = OpenNode(m, *node, fi);
+  if (!handle.ok()) {
+    ReplyStatus(req, "open", handle.status());
+    return;
   }
+  ReplyOpen(req, fi, std::move(handle).value());
 }
 
-// Per-thread buffer for replies that need a copy (deflated and growing members). Bounded by
-// the largest request, one per loop thread.
+// Per-thread buffer for replies that need a copy. Bounded by the largest request, one per
+// loop thread.
 std::span<std::byte> ReadBuffer(size_t size) {
   thread_local std::vector<std::byte> buffer;
   if (buffer.size() < size) buffer.resize(size);
@@ -364,61 +407,46 @@ std::span<std::byte> ReadBuffer(size_t size) {
 }
 
 void Read(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse_file_info* fi) {
-  Mount& m = MountOf(req);
-  FileHandle* h = HandleOf(fi);
-  size = std::min<size_t>(size, kMaxRequestBytes);
-  if (h->reader != nullptr) {
-    uint64_t member_size = h->reader->size();
-    uint64_t offset = static_cast<uint64_t>(off);
-    if (offset >= member_size) {
-      fuse_reply_buf(req, nullptr, 0);
-      return;
-    }
-    size = static_cast<size_t>(std::min<uint64_t>(size, member_size - offset));
-    if (std::optional<uint64_t> data_offset = h->reader->stored_data_offset()) {
-      // Stored: zero-copy splice from the archive file.
-      // FUSE_BUFVEC_INIT is a compound literal, which ISO C++ rejects (-Wpedantic).
-      fuse_bufvec buf{};
-      buf.count = 1;
-      buf.buf[0].size = size;
-      buf.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
-      buf.buf[0].fd = m.archive->fd();
-      buf.buf[0].pos = static_cast<off_t>(*data_offset + offset);
-      fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
-      return;
-    }
-    std::span<std::byte> dest = ReadBuffer(size);
-    Result<size_t> n = h->reader->ReadAt(offset, dest);
-    if (!n.ok()) {
-      ReplyError(req, "read", n.status());  // core names the archive, member and cause
-      return;
-    }
-    fuse_reply_buf(req, reinterpret_cast<const char*>(dest.data()), *n);
+  MemberReader& reader = *HandleOf(fi)->reader;
+  const uint64_t offset = static_cast<uint64_t>(off);
+  const uint64_t member_size = reader.size();
+  if (offset >= member_size) {
+    fuse_reply_buf(req, nullptr, 0);
     return;
   }
-  std::span<std::byte> dest = ReadBuffer(size);
-  // A writer reading back sees its own progress; a reader keeps its open-time header.
-  Result<size_t> n = h->writer ? h->growing->ReadAt(static_cast<uint64_t>(off), dest)
-                               : h->growing->ReadAt(h->snapshot, static_cast<uint64_t>(off), dest);
-  if (!n.ok()) {
-    ReplyError(req, "read", n.status());
+  std::span<std::byte> dest = ReadBuffer(
+      static_cast<size_t>(std::min<uint64_t>({size, kMaxRequestBytes, member_size - offset})));
+  Result<ReadAnswer> answer = reader.Read(offset, dest);
+  if (!answer.ok()) {
+    ReplyStatus(req, "read", answer.status());  // core names the archive, member and cause
     return;
   }
-  fuse_reply_buf(req, reinterpret_cast<const char*>(dest.data()), *n);
+  if (answer->splice_fd < 0) {
+    fuse_reply_buf(req, reinterpret_cast<const char*>(dest.data()), answer->length);
+    return;
+  }
+  // FUSE_BUFVEC_INIT is a compound literal, which ISO C++ rejects (-Wpedantic).
+  fuse_bufvec buf{};
+  buf.count = 1;
+  buf.buf[0].size = answer->length;
+  buf.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
+  buf.buf[0].fd = answer->splice_fd;
+  buf.buf[0].pos = static_cast<off_t>(answer->splice_offset);
+  fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
 }
 
 void Write(fuse_req_t req, fuse_ino_t ino, const char* data, size_t size, off_t off,
            fuse_file_info* fi) {
   FileHandle* h = HandleOf(fi);
   if (!h->writer) {
-    fuse_reply_err(req, EBADF);
+    ReplyStatus(req, "write", Status::Error(EBADF, "write through a handle opened read-only"));
     return;
   }
   Result<size_t> n =
       h->growing->Write(&h->session, static_cast<uint64_t>(off),
                         std::span<const std::byte>(reinterpret_cast<const std::byte*>(data), size));
   if (!n.ok()) {
-    ReplyError(req, "write", n.status());
+    ReplyStatus(req, "write", n.status());
     return;
   }
   MountOf(req).table->Touch(ino, Now());  // ls -l shows when the member last grew
@@ -443,7 +471,7 @@ void MaybeSaveIndex(Mount& m) {
 
 void Release(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* fi) {
   Mount& m = MountOf(req);
-  bool archived = HandleOf(fi)->reader != nullptr;
+  bool archived = HandleOf(fi)->archived;
   ReleaseHandle(HandleOf(fi));
   fuse_reply_err(req, 0);  // reply first: the save below must not delay close()
   if (archived) MaybeSaveIndex(m);
@@ -451,23 +479,15 @@ void Release(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* fi) {
 
 void Fsync(fuse_req_t req, fuse_ino_t /*ino*/, int /*datasync*/, fuse_file_info* fi) {
   FileHandle* h = HandleOf(fi);
-  if (h->growing == nullptr) {
-    fuse_reply_err(req, 0);  // archived members are already on disk
-    return;
-  }
-  Status s = h->growing->Fsync();
-  if (!s.ok()) {
-    ReplyError(req, "fsync", s);
-    return;
-  }
-  fuse_reply_err(req, 0);
+  // Archived members are already on disk.
+  ReplyStatus(req, "fsync", h->growing == nullptr ? Status::Ok() : h->growing->Fsync());
 }
 
 // ---- creating and removing names ----
 
 // The frame layout a new member gets from -o frame=, if any pattern matches.
 Result<std::optional<NpyHeader>> DeclaredLayout(const Mount& m, const std::string& path) {
-  if (!IsNpyMemberName(path)) return std::optional<NpyHeader>();
+  if (!IsNpyName(path)) return std::optional<NpyHeader>();
   const FramePattern* p = MatchFramePattern(m.options.frames, path);
   if (p == nullptr) return std::optional<NpyHeader>();
   auto header = NpyHeader::ForFrames(p->descr, p->shape, /*fortran_order=*/false, 0);
@@ -479,7 +499,7 @@ Result<std::optional<NpyHeader>> DeclaredLayout(const Mount& m, const std::strin
 
 // Creates a new growing member `name` in `parent`. EEXIST for an archived member's name.
 Result<NodeInfo> CreateMember(Mount& m, fuse_ino_t parent, const std::string& name) {
-  if (!Writable(m)) return Status::Error(EROFS, name + ": read-only mount");
+  if (!Writable(m)) return ReadOnlyMount(name);
   if (m.table->Lookup(parent, name, /*count=*/false)) {
     return Status::Error(EEXIST, name + ": exists");
   }
@@ -502,33 +522,31 @@ void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t /*mode*/
   Mount& m = MountOf(req);
   auto node = CreateMember(m, parent, name);
   if (!node.ok()) {
-    if (node.status().code() == EEXIST || node.status().code() == EROFS) {
-      fuse_reply_err(req, node.status().code());
-    } else {
-      ReplyError(req, "create", node.status());
-    }
+    ReplyStatus(req, "create", node.status());
     return;
   }
-  Status s = MakeGrowingHandle(*node, fi);
-  if (!s.ok()) {
+  auto handle = OpenGrowing(*node, fi);
+  if (!handle.ok()) {
     // The name exists now (the reply below is an error, so the kernel does not count it).
-    m.table->Forget(node->ino, 1);
-    ReplyError(req, "create", s);
+    ForgetOne(m, node->ino, 1);
+    ReplyStatus(req, "create", handle.status());
     return;
   }
   fuse_entry_param e = EntryOf(m, *node);
+  fi->fh = reinterpret_cast<uintptr_t>(handle->release());  // freed in Release
   if (fuse_reply_create(req, &e, fi) != 0) ReleaseHandle(HandleOf(fi));
 }
 
 void MkNod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t /*rdev*/) {
   Mount& m = MountOf(req);
   if (!S_ISREG(mode)) {
-    fuse_reply_err(req, EPERM);  // only regular files can become members
+    ReplyStatus(req, "mknod",
+                Status::Error(EPERM, std::string(name) + ": only regular files can be members"));
     return;
   }
   auto node = CreateMember(m, parent, name);
   if (!node.ok()) {
-    fuse_reply_err(req, node.status().code());
+    ReplyStatus(req, "mknod", node.status());
     return;
   }
   fuse_entry_param e = EntryOf(m, *node);
@@ -538,98 +556,77 @@ void MkNod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev
 void MkDir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t /*mode*/) {
   Mount& m = MountOf(req);
   if (!Writable(m)) {
-    fuse_reply_err(req, EROFS);
+    ReplyStatus(req, "mkdir", ReadOnlyMount(name));
     return;
   }
   auto node = m.table->AddChild(parent, name, NodeKind::kDirectory, nullptr, Now());
   if (!node.ok()) {
-    fuse_reply_err(req, node.status().code());
+    ReplyStatus(req, "mkdir", node.status());
     return;
   }
   fuse_entry_param e = EntryOf(m, *node);
   fuse_reply_entry(req, &e);
 }
 
-void Unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
-  Mount& m = MountOf(req);
+Status UnlinkNode(Mount& m, fuse_ino_t parent, const char* name) {
   std::optional<NodeInfo> node = m.table->Lookup(parent, name, /*count=*/false);
-  if (!node) {
-    fuse_reply_err(req, ENOENT);
-    return;
-  }
+  if (!node) return Status::Error(ENOENT, std::string(name) + ": no such member");
   if (node->kind == NodeKind::kDirectory) {
-    fuse_reply_err(req, EISDIR);
-    return;
+    return Status::Error(EISDIR, node->path + ": is a directory");
   }
   if (node->kind == NodeKind::kArchived) {
-    LogWarning("unlink " + node->path + ": archived members cannot be removed");
-    fuse_reply_err(req, Writable(m) ? EPERM : EROFS);
-    return;
+    return Writable(m) ? Status::Error(EPERM, node->path + ": archived members cannot be removed")
+                       : ReadOnlyMount(node->path);
   }
-  Status s = m.spool->Remove(node->path);  // EPERM once the member holds data
-  if (!s.ok()) {
-    ReplyError(req, "unlink", s);
-    return;
+  NPZ_RETURN_IF_ERROR(m.spool->Remove(node->path));  // EPERM once the member holds data
+  return m.table->Detach(parent, name);
+}
+
+void Unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  ReplyStatus(req, "unlink", UnlinkNode(MountOf(req), parent, name));
+}
+
+Status RemoveDirectory(Mount& m, fuse_ino_t parent, const char* name) {
+  if (!Writable(m)) return ReadOnlyMount(name);
+  std::optional<NodeInfo> node = m.table->Lookup(parent, name, /*count=*/false);
+  if (!node) return Status::Error(ENOENT, std::string(name) + ": no such directory");
+  if (node->kind != NodeKind::kDirectory) {
+    return Status::Error(ENOTDIR, node->path + ": not a directory");
   }
-  s = m.table->Detach(parent, name);
-  fuse_reply_err(req, s.code());
+  // Directories holding archived members are never empty; an empty one was made by mkdir.
+  return m.table->Detach(parent, name);
 }
 
 void RmDir(fuse_req_t req, fuse_ino_t parent, const char* name) {
-  Mount& m = MountOf(req);
-  if (!Writable(m)) {
-    fuse_reply_err(req, EROFS);
-    return;
+  ReplyStatus(req, "rmdir", RemoveDirectory(MountOf(req), parent, name));
+}
+
+Status RenameNode(Mount& m, fuse_ino_t parent, const char* name, fuse_ino_t new_parent,
+                  const char* new_name, unsigned int flags) {
+  if (!Writable(m)) return ReadOnlyMount(name);
+  if (flags != 0) {
+    return Status::Error(
+        EINVAL, std::string(name) + ": RENAME_EXCHANGE and RENAME_NOREPLACE are not offered");
   }
   std::optional<NodeInfo> node = m.table->Lookup(parent, name, /*count=*/false);
-  if (!node) {
-    fuse_reply_err(req, ENOENT);
-    return;
+  if (!node) return Status::Error(ENOENT, std::string(name) + ": no such member");
+  if (node->kind != NodeKind::kGrowing) {
+    return Status::Error(EPERM, node->path + ": only new, empty members can be renamed");
   }
-  if (node->kind != NodeKind::kDirectory) {
-    fuse_reply_err(req, ENOTDIR);
-    return;
+  if (m.table->Lookup(new_parent, new_name, /*count=*/false)) {
+    return Status::Error(EEXIST, std::string(new_name) +
+                                     ": exists (replacing a member would "
+                                     "drop its data)");
   }
-  // Directories holding archived members are never empty; an empty one was made by mkdir.
-  fuse_reply_err(req, m.table->Detach(parent, name).code());
+  NPZ_ASSIGN_OR_RETURN(std::string new_path, m.table->ChildPath(new_parent, new_name));
+  // The member object stays the same (the inode table holds it): only its name moves.
+  NPZ_RETURN_IF_ERROR(m.spool->Rename(node->path, new_path));  // EPERM once it holds data
+  return m.table->Move(parent, name, new_parent, new_name);
 }
 
 void Rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t new_parent,
             const char* new_name, unsigned int flags) {
-  Mount& m = MountOf(req);
-  if (!Writable(m)) {
-    fuse_reply_err(req, EROFS);
-    return;
-  }
-  if (flags != 0) {
-    fuse_reply_err(req, EINVAL);  // RENAME_EXCHANGE / RENAME_NOREPLACE are not offered
-    return;
-  }
-  std::optional<NodeInfo> node = m.table->Lookup(parent, name, /*count=*/false);
-  if (!node) {
-    fuse_reply_err(req, ENOENT);
-    return;
-  }
-  if (node->kind != NodeKind::kGrowing) {
-    LogWarning("rename " + node->path + ": only new, empty members can be renamed");
-    fuse_reply_err(req, EPERM);
-    return;
-  }
-  if (m.table->Lookup(new_parent, new_name, /*count=*/false)) {
-    fuse_reply_err(req, EEXIST);  // replacing a member would drop its data
-    return;
-  }
-  auto new_path = m.table->ChildPath(new_parent, new_name);
-  if (!new_path.ok()) {
-    fuse_reply_err(req, new_path.status().code());
-    return;
-  }
-  Status s = m.spool->Rename(node->path, *new_path);  // EPERM once the member holds data
-  if (!s.ok()) {
-    ReplyError(req, "rename", s);
-    return;
-  }
-  fuse_reply_err(req, m.table->Move(parent, name, new_parent, new_name).code());
+  ReplyStatus(req, "rename", RenameNode(MountOf(req), parent, name, new_parent, new_name, flags));
 }
 
 // ---- extended attributes ----
@@ -645,51 +642,44 @@ void ReplyXattrValue(fuse_req_t req, const std::string& value, size_t size) {
   }
 }
 
+Status SetNodeXattr(Mount& m, fuse_ino_t ino, const char* name, const char* value, size_t size) {
+  std::optional<NodeInfo> node = m.table->Get(ino);
+  if (!node) return NoSuchInode(ino);
+  if (node->kind != NodeKind::kGrowing) {
+    return Writable(m) ? Status::Error(ENOTSUP, node->path + ": " + name +
+                                                    ": only new members take attributes")
+                       : ReadOnlyMount(node->path);
+  }
+  return node->growing->SetAttribute(name, std::string_view(value, size));
+}
+
 void SetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
               int /*flags*/) {
-  Mount& m = MountOf(req);
-  std::optional<NodeInfo> node = m.table->Get(ino);
-  if (!node) {
-    fuse_reply_err(req, ENOENT);
-    return;
+  ReplyStatus(req, "setxattr", SetNodeXattr(MountOf(req), ino, name, value, size));
+}
+
+// The value of attribute `name` of a node: the mount root answers the `npz umount`
+// protocol, new members their layout. ENODATA for anything else.
+Result<std::string> NodeXattr(const Mount& m, const NodeInfo& node, const char* name) {
+  if (node.ino == FUSE_ROOT_ID) {
+    if (name == kPidAttribute) return std::to_string(getpid());
+    if (name == kResultAttribute) return m.result_path;
+  } else if (node.kind == NodeKind::kGrowing) {
+    return node.growing->GetAttribute(name);
   }
-  if (node->kind != NodeKind::kGrowing) {
-    fuse_reply_err(req, Writable(m) ? ENOTSUP : EROFS);
-    return;
-  }
-  Status s = node->growing->SetAttribute(name, std::string_view(value, size));
-  if (!s.ok()) {
-    ReplyError(req, "setxattr", s);
-    return;
-  }
-  fuse_reply_err(req, 0);
+  return Status::Error(ENODATA, node.path + ": no attribute " + name);
 }
 
 void GetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
   Mount& m = MountOf(req);
   std::optional<NodeInfo> node = m.table->Get(ino);
   if (!node) {
-    fuse_reply_err(req, ENOENT);
+    ReplyStatus(req, "getxattr", NoSuchInode(ino));
     return;
   }
-  if (ino == FUSE_ROOT_ID) {
-    // The `npz umount` protocol: who to wait for, and where the outcome will be.
-    if (std::strcmp(name, kPidAttribute) == 0) {
-      ReplyXattrValue(req, std::to_string(getpid()), size);
-    } else if (std::strcmp(name, kResultAttribute) == 0) {
-      ReplyXattrValue(req, m.result_path, size);
-    } else {
-      fuse_reply_err(req, ENODATA);
-    }
-    return;
-  }
-  if (node->kind != NodeKind::kGrowing) {
-    fuse_reply_err(req, ENODATA);
-    return;
-  }
-  auto value = node->growing->GetAttribute(name);
+  auto value = NodeXattr(m, *node, name);
   if (!value.ok()) {
-    fuse_reply_err(req, value.status().code());  // ENODATA: an expected answer
+    ReplyStatus(req, "getxattr", value.status());  // ENODATA: an expected answer
     return;
   }
   ReplyXattrValue(req, *value, size);
@@ -699,12 +689,12 @@ void ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
   Mount& m = MountOf(req);
   std::optional<NodeInfo> node = m.table->Get(ino);
   if (!node) {
-    fuse_reply_err(req, ENOENT);
+    ReplyStatus(req, "listxattr", NoSuchInode(ino));
     return;
   }
   std::vector<std::string> names;
   if (ino == FUSE_ROOT_ID) {
-    names = {kPidAttribute, kResultAttribute};
+    names = {std::string(kPidAttribute), std::string(kResultAttribute)};
   } else if (node->kind == NodeKind::kGrowing) {
     names = node->growing->ListAttributes();
   }
@@ -713,8 +703,12 @@ void ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
   ReplyXattrValue(req, list, size);
 }
 
-void RemoveXattr(fuse_req_t req, fuse_ino_t /*ino*/, const char* /*name*/) {
-  fuse_reply_err(req, MountOf(req).spool != nullptr ? EPERM : EROFS);
+void RemoveXattr(fuse_req_t req, fuse_ino_t /*ino*/, const char* name) {
+  Mount& m = MountOf(req);
+  ReplyStatus(req, "removexattr",
+              Writable(m) ? Status::Error(EPERM, std::string(name) + ": attributes cannot be "
+                                                                     "removed")
+                          : ReadOnlyMount(name));
 }
 
 // ---- statfs ----

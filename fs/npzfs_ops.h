@@ -1,8 +1,9 @@
 // The FUSE low-level operations table of npzfs: thin glue from kernel requests to core.
 //
 // Each handler turns one request into calls on the Archive (archived members), the Spool and
-// its GrowingMembers (new members) and the InodeTable (names and inode numbers), then
-// replies exactly once. A core Status becomes its errno in the reply plus one log line.
+// its GrowingMembers (new members), the MemberReader of an open file and the InodeTable
+// (names and inode numbers), then replies exactly once. A core Status becomes its errno in
+// the reply plus one log line (none for the expected errnos, see npzfs_ops.cc).
 //
 // Ownership: main() owns the Mount and passes it as the session's userdata; it outlives the
 // session loop. Open files own a FileHandle (fi->fh), freed in release.
@@ -23,8 +24,9 @@
 
 namespace npzfs::fs {
 
-// Largest read and write request: 1 MiB (FACTS.md: max_pages_limit is 256 here). The session
-// must get "-o max_read=" with the same value or it refuses to start.
+// Largest read and write request: 1 MiB (256 pages, the kernel's default
+// /proc/sys/fs/fuse/max_pages_limit). The session must get "-o max_read=" with the same value
+// as conn->max_read, or it refuses to start.
 inline constexpr unsigned kMaxRequestBytes = 1u << 20;
 
 struct Mount {

@@ -7,7 +7,9 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <cstring>
 #include <filesystem>
+#include <mutex>
 #include <random>
 #include <thread>
 
@@ -91,6 +93,29 @@ mid = info.header_offset + 100 + info.compress_size // 2
 for k in range(mid, mid + 2000):
     data[k] = (data[k] * 7 + 13) & 0xff
 open(D + '/baddata.npz', 'wb').write(bytes(data))
+
+# Names the kernel cannot carry, beside names it can.
+with zipfile.ZipFile(D + '/longnames.zip', 'w') as z:
+    z.writestr('x' * 5000 + '.npy', b'long component')
+    z.writestr('y' * 256, b'one byte too long')
+    z.writestr('k' * 255, b'255 bytes is fine')
+    z.writestr('/'.join(['d' * 200] * 21) + '/f.npy', b'path too long')
+    z.writestr('normal.npy', b'normal')
+
+# Sizes that lie: a.npy's central directory sizes run 8163 bytes into b.npy.
+np.savez(D + '/lying.npz', a=np.arange(50000, dtype='<i8'), b=np.arange(5000, dtype='<f8'))
+data = bytearray(open(D + '/lying.npz', 'rb').read())
+i = data.find(b'PK\x01\x02')
+while i >= 0:
+    n = int.from_bytes(data[i + 28:i + 30], 'little')
+    if data[i + 46:i + 46 + n] == b'a.npy':
+        for f in (20, 24):
+            size = int.from_bytes(data[i + f:i + f + 4], 'little')
+            data[i + f:i + f + 4] = (size + 8163).to_bytes(4, 'little')
+    i = data.find(b'PK\x01\x02', i + 4)
+open(D + '/lying.npz', 'wb').write(bytes(data))
+with zipfile.ZipFile(D + '/lying.npz') as z:
+    open(D + '/ref_lying_b.npy', 'wb').write(z.read('b.npy'))
 )PY");
   }
   static void TearDownTestSuite() {
@@ -113,7 +138,10 @@ open(D + '/baddata.npz', 'wb').write(bytes(data))
   ArchiveOptions Options() {
     ArchiveOptions o;
     o.checkpoint_spacing = 128 << 10;
-    o.log = [this](const std::string& line) { log_ += line + "\n"; };
+    o.log = [this](const std::string& line) {
+      std::lock_guard<std::mutex> lock(log_mu_);  // background passes log from other threads
+      log_ += line + "\n";
+    };
     return o;
   }
 
@@ -133,7 +161,17 @@ open(D + '/baddata.npz', 'wb').write(bytes(data))
 
   static TempDir* dir_;
   TempDir scratch_;
-  std::string log_;
+  std::string Log() {
+    std::lock_guard<std::mutex> lock(log_mu_);
+    return log_;
+  }
+  void ClearLog() {
+    std::lock_guard<std::mutex> lock(log_mu_);
+    log_.clear();
+  }
+
+  std::mutex log_mu_;
+  std::string log_;  // guarded by log_mu_
 };
 TempDir* ArchiveTest::dir_ = nullptr;
 
@@ -160,11 +198,38 @@ TEST_F(ArchiveTest, ListsSanitizedPathsWithTheLastDuplicateWinning) {
   EXPECT_EQ(ReadAll(*dup, 4), "second-wins");
   EXPECT_EQ(ReadAll(*OpenByPath(**a, "a/b/c.npy"), 100), "abc");
   EXPECT_EQ(ReadAll(*OpenByPath(**a, "emptyfile"), 100), "");
-  EXPECT_NE(log_.find("../evil.npy"), std::string::npos) << log_;
-  EXPECT_NE(log_.find("duplicate member name dup.npy"), std::string::npos) << log_;
-  EXPECT_NE(log_.find("member x: it is also a directory"), std::string::npos) << log_;
+  EXPECT_NE(Log().find("../evil.npy"), std::string::npos) << Log();
+  EXPECT_NE(Log().find("duplicate member name dup.npy"), std::string::npos) << Log();
+  EXPECT_NE(Log().find("member x: it is also a directory"), std::string::npos) << Log();
   EXPECT_FALSE((*a)->Find("dir").has_value());
   EXPECT_FALSE((*a)->Find("x").has_value());
+}
+
+TEST_F(ArchiveTest, NamesTheKernelCannotCarryAreSkippedAndTheirSiblingsListed) {
+  auto a = Archive::Open(Path("longnames.zip"), Options());
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  std::vector<std::string> paths;
+  for (const ArchiveMember& m : (*a)->members()) paths.push_back(m.path);
+  std::sort(paths.begin(), paths.end());
+  EXPECT_EQ(paths, (std::vector<std::string>{std::string(255, 'k'), "normal.npy"}));
+  EXPECT_EQ(ReadAll(*OpenByPath(**a, "normal.npy"), 100), "normal");
+  EXPECT_EQ(ReadAll(*OpenByPath(**a, std::string(255, 'k')), 100), "255 bytes is fine");
+  EXPECT_NE(Log().find("has a component of 5004 bytes"), std::string::npos) << Log();
+  EXPECT_NE(Log().find("has a component of 256 bytes"), std::string::npos) << Log();
+  EXPECT_NE(Log().find("is 4226 bytes long"), std::string::npos) << Log();
+  // Each skipped name is one readable log line, not 5000 bytes of 'x'.
+  EXPECT_EQ(Log().find(std::string(100, 'x')), std::string::npos);
+}
+
+TEST_F(ArchiveTest, AMemberWhoseSizesRunIntoTheNextMemberIsRefusedAtOpen) {
+  auto a = Archive::Open(Path("lying.npz"), Options());
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  ASSERT_EQ((*a)->members().size(), 1u);
+  EXPECT_EQ((*a)->members()[0].path, "b.npy");
+  EXPECT_NE(Log().find("skipping member a.npy: its data"), std::string::npos) << Log();
+  EXPECT_NE(Log().find("runs into the local header of b.npy"), std::string::npos) << Log();
+  EXPECT_TRUE(ReadAll(*OpenByPath(**a, "b.npy"), 1000) ==
+              ReadFileOrDie(dir_->Join("ref_lying_b.npy")));
 }
 
 TEST_F(ArchiveTest, EncryptedAndUnsupportedMembersAreListedButDoNotOpen) {
@@ -211,9 +276,21 @@ TEST_F(ArchiveTest, EveryMemberReadsExactlyLikeZipfile) {
       auto r = (*a)->OpenMember(i);
       ASSERT_TRUE(r.ok()) << r.status().message();
       EXPECT_EQ((*r)->size(), ref.size());
-      EXPECT_EQ((*r)->stored_data_offset().has_value(), m.entry.method == 0);
       EXPECT_TRUE(ReadAll(**r, 100003) == ref) << archive << " " << m.path;
       EXPECT_TRUE(ReadAll(**r, 1 << 24) == ref) << archive << " " << m.path;
+      // Read: a stored member, checked by now (a read reached its end), answers with a splice
+      // of the archive; a deflated member copies.
+      std::vector<std::byte> head(100);
+      auto answer = (*r)->Read(0, head);
+      ASSERT_TRUE(answer.ok()) << answer.status().message();
+      EXPECT_EQ(answer->length, std::min<size_t>(100, ref.size()));
+      if (m.entry.method == 0) {
+        EXPECT_EQ(answer->splice_fd, (*a)->fd());
+        EXPECT_EQ(answer->splice_offset, m.entry.data_offset);
+      } else {
+        EXPECT_EQ(answer->splice_fd, -1);
+        EXPECT_TRUE(std::memcmp(head.data(), ref.data(), answer->length) == 0);
+      }
       // Past the end: 0 bytes.
       std::byte b[4];
       auto past = (*r)->ReadAt(ref.size(), b);
@@ -274,7 +351,7 @@ TEST_F(ArchiveTest, ASavedIndexIsReusedWithoutAnotherFirstPass) {
   ASSERT_TRUE(std::filesystem::exists(index_path));
   auto b = Archive::Open(path, Options());
   ASSERT_TRUE(b.ok());
-  EXPECT_EQ(log_.find("ignored"), std::string::npos) << log_;
+  EXPECT_EQ(Log().find("ignored"), std::string::npos) << Log();
   std::mt19937_64 rng(1);
   for (size_t i = 0; i < (*b)->members().size(); ++i) {
     EXPECT_EQ((*b)->index_state(i), IndexState::kComplete);
@@ -311,30 +388,30 @@ TEST_F(ArchiveTest, ACorruptOrStaleSidecarIsIgnoredAndRebuilt) {
     ASSERT_TRUE(a.ok());
     size_t adc = *(*a)->Find("adc.npy");
     EXPECT_EQ((*a)->index_state(adc), IndexState::kNone);
-    EXPECT_NE(log_.find("CRC-32 of the index file"), std::string::npos) << log_;
+    EXPECT_NE(Log().find("CRC-32 of the index file"), std::string::npos) << Log();
     EXPECT_TRUE(ReadAll(**(*a)->OpenMember(adc), 1 << 20) == Ref("comp.npz", "adc.npy"));
     EXPECT_EQ((*a)->index_state(adc), IndexState::kComplete);
     ASSERT_TRUE((*a)->SaveIndex().ok());  // rebuilt
   }
   EXPECT_EQ(ReadFileOrDie(index_path).size(), good.size());
   // Not an index at all.
-  log_.clear();
+  ClearLog();
   WriteFileOrDie(index_path, std::string(100, 'z'));
   {
     auto a = Archive::Open(path, Options());
     ASSERT_TRUE(a.ok());
-    EXPECT_NE(log_.find("ignored"), std::string::npos) << log_;
+    EXPECT_NE(Log().find("ignored"), std::string::npos) << Log();
   }
   // Stale: the archive's mtime changed.
   WriteFileOrDie(index_path, good);
-  log_.clear();
+  ClearLog();
   struct timespec times[2] = {{0, UTIME_OMIT}, {12345, 678}};
   ASSERT_EQ(::utimensat(AT_FDCWD, path.c_str(), times, 0), 0);
   {
     auto a = Archive::Open(path, Options());
     ASSERT_TRUE(a.ok());
     EXPECT_EQ((*a)->index_state(*(*a)->Find("adc.npy")), IndexState::kNone);
-    EXPECT_NE(log_.find("stale index"), std::string::npos) << log_;
+    EXPECT_NE(Log().find("stale index"), std::string::npos) << Log();
   }
 }
 
@@ -403,7 +480,7 @@ TEST_F(ArchiveTest, TheSidecarGoesToTheIndexDirWhenOneIsGiven) {
 
 TEST_F(ArchiveTest, ACrcMismatchIsEioForThatReadAndEveryLaterRead) {
   for (std::string archive : {"badcrc.npz", "badcrc_stored.npz"}) {
-    log_.clear();
+    ClearLog();
     auto a = Archive::Open(Path(archive), Options());
     ASSERT_TRUE(a.ok());
     auto r = OpenByPath(**a, "adc.npy");
@@ -414,7 +491,11 @@ TEST_F(ArchiveTest, ACrcMismatchIsEioForThatReadAndEveryLaterRead) {
       auto got = r->ReadAt(off, std::as_writable_bytes(std::span(buf)));
       if (!got.ok()) {
         last = got.status();
-        EXPECT_GE(off + buf.size(), r->size()) << "failed before the end";
+        // A deflated member's first pass finds the mismatch at the end; a stored member's
+        // background pass may find it before the reader gets there.
+        if (archive == "badcrc.npz") {
+          EXPECT_GE(off + buf.size(), r->size()) << "failed before the end";
+        }
         break;
       }
     }
@@ -422,7 +503,7 @@ TEST_F(ArchiveTest, ACrcMismatchIsEioForThatReadAndEveryLaterRead) {
     EXPECT_EQ(last.code(), EIO);
     EXPECT_NE(last.message().find("adc.npy"), std::string::npos);
     EXPECT_NE(last.message().find(archive), std::string::npos);
-    EXPECT_NE(log_.find("CRC-32 mismatch"), std::string::npos) << log_;
+    EXPECT_NE(Log().find("CRC-32 mismatch"), std::string::npos) << Log();
     auto again = r->ReadAt(0, std::as_writable_bytes(std::span(buf)));
     ASSERT_FALSE(again.ok());
     EXPECT_EQ(again.status().code(), EIO);

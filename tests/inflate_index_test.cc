@@ -1,5 +1,5 @@
 // Tests of the inflate machinery below Archive: checkpoints with sparse windows, live
-// streams, the stream pool and the span cache. Deflate data is made here with zlib.
+// streams and the stream pool. Deflate data is made here with zlib.
 #include "core/read/inflate_index.h"
 
 #include <fcntl.h>
@@ -13,7 +13,6 @@
 #include <thread>
 #include <vector>
 
-#include "core/read/span_cache.h"
 #include "npzfs/file_util.h"
 #include "tests/test_util.h"
 
@@ -72,7 +71,7 @@ struct DeflateFile {
 std::vector<Checkpoint> FirstPass(const DeflateSource& src, size_t total, size_t spacing,
                                   std::string* output) {
   std::vector<Checkpoint> cps(1);
-  auto s = InflateStream::Create(src);
+  auto s = InflateStream::Create(src, /*track_blocks=*/true);
   EXPECT_TRUE(s.ok());
   std::vector<std::byte> buf(total + 1);
   std::vector<std::byte> window(kDeflateWindow);
@@ -222,63 +221,6 @@ TEST(StreamPool, AParkedStreamIsTakenOnlyAtItsPositionAndTheOldestIsEvicted) {
   ASSERT_TRUE(s->Read(buf.data(), 50, false).ok());
   EXPECT_EQ(std::memcmp(buf.data(), f.plain.data() + 200, 50), 0);
   EXPECT_EQ(pool.size(), 1u);
-}
-
-SpanPtr MakeSpan(size_t size, char fill) {
-  auto span = std::make_shared<Span>();
-  auto buf = AllocateSpanBuffer(size);
-  EXPECT_TRUE(buf.ok());
-  std::memset(buf->get(), fill, size);
-  span->data = std::move(buf).value();
-  span->size = size;
-  return span;
-}
-
-TEST(SpanCache, EvictsTheLeastRecentlyUsedSpansToStayWithinBudget) {
-  SpanCache cache(3000);
-  cache.Insert({1, 0}, MakeSpan(1000, 'a'));
-  cache.Insert({1, 1}, MakeSpan(1000, 'b'));
-  cache.Insert({2, 0}, MakeSpan(1000, 'c'));
-  ASSERT_NE(cache.Lookup({1, 0}), nullptr);  // now most recent
-  cache.Insert({2, 1}, MakeSpan(1000, 'd'));
-  EXPECT_EQ(cache.Lookup({1, 1}), nullptr);
-  EXPECT_NE(cache.Lookup({1, 0}), nullptr);
-  EXPECT_NE(cache.Lookup({2, 1}), nullptr);
-  EXPECT_LE(cache.bytes(), 3000u);
-  cache.Insert({3, 0}, MakeSpan(5000, 'e'));  // larger than the budget: not kept
-  EXPECT_EQ(cache.Lookup({3, 0}), nullptr);
-  EXPECT_LE(cache.bytes(), 3000u);
-}
-
-TEST(SpanCache, ConcurrentRequestsForOneSpanProduceItOnce) {
-  SpanCache cache(1 << 20);
-  std::atomic<int> produced{0};
-  std::vector<std::thread> threads;
-  std::atomic<int> ok{0};
-  for (int t = 0; t < 4; ++t) {
-    threads.emplace_back([&] {
-      auto r = cache.GetOrProduce({5, 5}, [&]() -> Result<SpanPtr> {
-        ++produced;
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        return MakeSpan(100, 'x');
-      });
-      if (r.ok() && (*r)->size == 100) ++ok;
-    });
-  }
-  for (auto& t : threads) t.join();
-  EXPECT_EQ(produced.load(), 1);
-  EXPECT_EQ(ok.load(), 4);
-}
-
-TEST(SpanCache, AFailedProductionIsReturnedAndRetriedNextTime) {
-  SpanCache cache(1 << 20);
-  auto r = cache.GetOrProduce(
-      {1, 1}, []() -> Result<SpanPtr> { return Status::Error(EIO, "x.npz: member a: boom"); });
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.status().code(), EIO);
-  auto again = cache.GetOrProduce({1, 1}, [] { return Result<SpanPtr>(MakeSpan(10, 'y')); });
-  ASSERT_TRUE(again.ok());
-  EXPECT_EQ((*again)->size, 10u);
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-"""Mount tests for the read side (issue 3): archived members through a live npzfs mount.
+"""Mount tests for the read side: archived members through a live npzfs mount.
 
 Every archive is generated at test time by numpy, zipfile or Info-ZIP `zip`, and every
 member read through the mount is compared with what zipfile reads from the archive itself.

@@ -389,3 +389,44 @@ def test_enospc_during_finalize_leaves_archive_and_spool_intact(tmp_path):
         if is_mounted(tmp_path / "mnt"):
             subprocess.run(["fusermount3", "-u", "-z", str(tmp_path / "mnt")])
         subprocess.run(["umount", str(small)])
+
+
+def test_a_renamed_empty_member_keeps_its_layout_and_takes_writes(tmp_path):
+    """Create an empty member, declare its layout with xattrs, rename it, then write: the
+    member keeps its object (layout, attributes) under the new name, and a handle opened
+    before the rename keeps writing to it."""
+    archive = tmp_path / "rec.npz"
+    with mounted(archive, tmp_path / "mnt") as m:
+        first = m.path("first.npy")
+        fd = os.open(first, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.close(fd)
+        os.setxattr(first, "user.npy.descr", b"<u2")
+        os.setxattr(first, "user.npy.shape", b"4,8")
+        os.mkdir(m.path("sub"))
+        renamed = m.path("sub", "renamed.npy")
+        os.rename(first, renamed)
+        assert not os.path.exists(first)
+        assert os.getxattr(renamed, "user.npy.shape") == b"4,8"
+        fd = os.open(renamed, os.O_WRONLY)
+        try:
+            os.write(fd, frames(0, 6).tobytes())
+        finally:
+            os.close(fd)
+        assert np.array_equal(np.load(renamed), frames(0, 6))
+
+        # A writer that opened the member before the rename goes on writing to it.
+        early = m.path("early.npy")
+        fd = os.open(early, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.setxattr(early, "user.npy.descr", b"<u2")
+            os.setxattr(early, "user.npy.shape", b"4,8")
+            os.rename(early, m.path("late.npy"))
+            os.write(fd, frames(0, 3).tobytes())
+        finally:
+            os.close(fd)
+        assert np.array_equal(np.load(m.path("late.npy")), frames(0, 3))
+    finalized_ok(m, archive)
+    with np.load(archive) as npz:
+        assert sorted(npz.files) == ["late", "sub/renamed"]
+        assert np.array_equal(npz["sub/renamed"], frames(0, 6))
+        assert np.array_equal(npz["late"], frames(0, 3))

@@ -128,21 +128,25 @@ std::string JsonString(const std::string& s) {
 }
 
 // The reader's warnings (skipped unsafe names, a stale index being rebuilt...) go to stderr.
-ArchiveOptions ToolArchiveOptions() {
+// `ls` only shows headers and `verify` checks every CRC-32 itself: both read with the
+// reader's own checks off (kOff), so a stored member is not read twice.
+ArchiveOptions ToolArchiveOptions(VerifyMode verify = VerifyMode::kDefault) {
   ArchiveOptions options;
+  options.verify = verify;
   options.log = [](const std::string& line) {
     std::fprintf(stderr, "npz: warning: %s\n", line.c_str());
   };
   return options;
 }
 
-Result<std::shared_ptr<Archive>> OpenArchive(const std::string& path) {
+Result<std::shared_ptr<Archive>> OpenArchive(const std::string& path,
+                                             VerifyMode verify = VerifyMode::kDefault) {
   // Archive::Open reports a missing file with its own words; check first for a plain
   // "No such file or directory" naming the path, as for every other input.
   struct stat st;
   if (stat(path.c_str(), &st) != 0) return ErrnoStatus(errno, path, "cannot open");
   if (S_ISDIR(st.st_mode)) return Status::Error(EISDIR, path + ": is a directory");
-  return Archive::Open(path, ToolArchiveOptions());
+  return Archive::Open(path, ToolArchiveOptions(verify));
 }
 
 // Reads member i's .npy header through the archive reader.
@@ -179,7 +183,7 @@ int RunLs(const std::vector<std::string>& raw_args) {
   if (!args.ok()) return UsageError("ls", args.status().message());
   if (args->help) return PrintCommandHelp("ls");
   if (args->positional.size() != 1) return UsageError("ls", "expected one ARCHIVE");
-  auto archive = OpenArchive(args->positional[0]);
+  auto archive = OpenArchive(args->positional[0], VerifyMode::kOff);
   if (!archive.ok()) return ReportError(archive.status());
   Archive& a = **archive;
 
@@ -419,7 +423,7 @@ int RunVerify(const std::vector<std::string>& raw_args) {
   if (args->help) return PrintCommandHelp("verify");
   if (args->positional.size() != 1) return UsageError("verify", "expected one ARCHIVE");
   const std::string path = args->positional[0];
-  auto archive = OpenArchive(path);
+  auto archive = OpenArchive(path, VerifyMode::kOff);
   if (!archive.ok()) return ReportError(archive.status());
   Archive& a = **archive;
 

@@ -1,7 +1,7 @@
 // npz umount: unmount an npzfs mount and wait for the daemon's finalize to finish.
 //
 // `fusermount3 -u` returns as soon as the kernel has detached the mount, before the daemon
-// has written the new members into the archive (FACTS.md). So the daemon publishes two
+// has written the new members into the archive. So the daemon publishes two
 // xattrs on the mount root: "user.npzfs.pid" (its pid) and "user.npzfs.result" (the path of
 // a file it writes atomically after finalize: first line "ok" or "error: <message>"). We read
 // both while the mount is live, take a pidfd on the daemon (so a recycled pid cannot fool

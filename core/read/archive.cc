@@ -1,28 +1,33 @@
-// Archive: the member tree (sanitizing, duplicates), reader construction, and the sidecar
-// index file (format spec: core/README.md, "Index file format").
+// Archive: the member tree (sanitizing, duplicates), reader construction, and loading and
+// saving the sidecar index (its format: core/read/index_file.cc and core/README.md).
 #include "npzfs/archive.h"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <unordered_set>
 
 #include "core/base/atomic_file.h"
 #include "core/read/deflated_member.h"
+#include "core/read/index_file.h"
+#include "core/read/stored_member.h"
 #include "npzfs/file_util.h"
 
 namespace npzfs {
 namespace {
 
-constexpr char kIndexMagic[8] = {'N', 'P', 'Z', 'F', 'S', 'I', 'D', 'X'};
-constexpr uint32_t kIndexVersion = 1;
-constexpr uint32_t kMaxStoredWindow = 1u << 16;  // a deflated 32 KiB window is far smaller
+// What the kernel can carry: a path component of at most NAME_MAX bytes, a path shorter than
+// PATH_MAX (the mount point's own path comes on top; what is left is the user's concern).
+constexpr size_t kMaxNameComponent = NAME_MAX;
+constexpr size_t kMaxPath = PATH_MAX;
 
-// "a//./b" -> "a/b"; nullopt for names that must not appear (.., NUL, empty).
+// "a//./b" -> "a/b"; nullopt for names that must not appear (.., NUL, empty, a component or
+// a path too long for the kernel).
 std::optional<std::string> SanitizePath(std::string_view name, std::string* why) {
   if (name.find('\0') != std::string_view::npos) {
     *why = "contains a NUL byte";
@@ -40,6 +45,11 @@ std::optional<std::string> SanitizePath(std::string_view name, std::string* why)
       *why = "has a '..' component";
       return std::nullopt;
     }
+    if (part.size() > kMaxNameComponent) {
+      *why = "has a component of " + std::to_string(part.size()) + " bytes (the limit is " +
+             std::to_string(kMaxNameComponent) + ")";
+      return std::nullopt;
+    }
     if (!out.empty()) out += '/';
     out.append(part);
   }
@@ -47,91 +57,78 @@ std::optional<std::string> SanitizePath(std::string_view name, std::string* why)
     *why = "is empty once sanitized";
     return std::nullopt;
   }
+  if (out.size() >= kMaxPath) {
+    *why = "is " + std::to_string(out.size()) + " bytes long (the limit is " +
+           std::to_string(kMaxPath - 1) + ")";
+    return std::nullopt;
+  }
   return out;
 }
 
-class Writer {
- public:
-  void U8(uint8_t v) { out_.push_back(static_cast<char>(v)); }
-  void U32(uint32_t v) {
-    for (int i = 0; i < 4; ++i) U8(static_cast<uint8_t>(v >> (8 * i)));
+// A name as a log line shows it: long names are cut, so one line stays readable.
+std::string ShownName(std::string_view name) {
+  constexpr size_t kShown = 80;
+  if (name.size() <= kShown) return std::string(name);
+  return std::string(name.substr(0, kShown)) + "...";
+}
+
+// Entries whose bytes overlap another entry's: a central directory whose sizes lie (the
+// data would run into the next member's local header and data). Sorted by local header
+// offset, an entry is refused when its data runs past the next local header; both are
+// refused when the next local header starts inside this entry's own header. Entries that
+// repeat the same local header with the same sizes describe the same bytes and are fine.
+std::vector<std::string> OverlapProblems(const std::vector<ZipEntry>& entries) {
+  std::vector<std::string> why(entries.size());
+  std::vector<size_t> order(entries.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return entries[a].local_header_offset < entries[b].local_header_offset;
+  });
+  auto end_of = [&](size_t i) { return entries[i].data_offset + entries[i].compressed_size; };
+  for (size_t j = 0; j < order.size(); ++j) {
+    const ZipEntry& a = entries[order[j]];
+    size_t next = j + 1;
+    while (next < order.size() &&
+           entries[order[next]].local_header_offset == a.local_header_offset) {
+      const ZipEntry& same = entries[order[next]];
+      if (same.data_offset != a.data_offset || same.compressed_size != a.compressed_size) {
+        why[order[j]] = why[order[next]] = "another entry gives the same local header other sizes";
+      }
+      ++next;
+    }
+    if (next == order.size()) continue;
+    const ZipEntry& b = entries[order[next]];
+    if (b.local_header_offset < a.data_offset) {
+      why[order[next]] = "its local header lies inside the local header of " + ShownName(a.name);
+    }
+    if (end_of(order[j]) > b.local_header_offset) {
+      why[order[j]] = "its data [" + std::to_string(a.data_offset) + ", " +
+                      std::to_string(end_of(order[j])) + ") runs into the local header of " +
+                      ShownName(b.name) + " at " + std::to_string(b.local_header_offset) +
+                      " (the central directory's sizes are wrong)";
+    }
   }
-  void U64(uint64_t v) {
-    for (int i = 0; i < 8; ++i) U8(static_cast<uint8_t>(v >> (8 * i)));
-  }
-  void Bytes(const void* p, size_t n) { out_.append(static_cast<const char*>(p), n); }
-  std::string& str() { return out_; }
+  return why;
+}
 
- private:
-  std::string out_;
-};
-
-class Reader {
- public:
-  explicit Reader(std::string_view in) : in_(in) {}
-  bool U8(uint8_t* v) {
-    if (in_.size() - pos_ < 1) return false;
-    *v = static_cast<uint8_t>(in_[pos_++]);
-    return true;
-  }
-  bool U32(uint32_t* v) {
-    uint64_t x;
-    if (!Le(4, &x)) return false;
-    *v = static_cast<uint32_t>(x);
-    return true;
-  }
-  bool U64(uint64_t* v) { return Le(8, v); }
-  bool Bytes(size_t n, std::string* out) {
-    if (in_.size() - pos_ < n) return false;
-    out->assign(in_.substr(pos_, n));
-    pos_ += n;
-    return true;
-  }
-  size_t remaining() const { return in_.size() - pos_; }
-
- private:
-  bool Le(int n, uint64_t* v) {
-    if (in_.size() - pos_ < static_cast<size_t>(n)) return false;
-    uint64_t x = 0;
-    for (int i = 0; i < n; ++i) x |= uint64_t{static_cast<uint8_t>(in_[pos_ + i])} << (8 * i);
-    pos_ += n;
-    *v = x;
-    return true;
-  }
-  std::string_view in_;
-  size_t pos_ = 0;
-};
-
-}  // namespace
-
-Archive::~Archive() = default;
-
-Result<std::shared_ptr<Archive>> Archive::Open(const std::string& path, ArchiveOptions options) {
-  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(path, O_RDONLY));
-  struct stat st;
-  if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, path, "fstat");
-  if (!S_ISREG(st.st_mode)) return Status::Error(EINVAL, path + ": not a regular file");
-  NPZ_ASSIGN_OR_RETURN(ZipDirectory dir, ReadZipDirectory(fd.get(), path));
-
-  auto archive = std::make_shared<Archive>(PassKey());
-  archive->archive_mtime_ns_ = int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec;
-  archive->shared_ = std::make_shared<ArchiveShared>(std::move(fd), path, options.cache_bytes,
-                                                     options.max_parked_streams, options.log);
-  archive->options_ = std::move(options);
-  archive->directory_ = std::move(dir);
-  const ArchiveShared& shared = *archive->shared_;
-
-  // Tree rules: sanitize, skip directories, last duplicate wins.
-  std::vector<ArchiveMember>& members = archive->members_;
+// Tree rules: sanitize, skip directories and entries whose bytes overlap, last duplicate
+// wins; then a file that is also a directory of another member is skipped.
+std::vector<ArchiveMember> MemberTree(const std::vector<ZipEntry>& entries, const std::string& path,
+                                      const ArchiveShared& shared) {
+  const std::vector<std::string> overlap = OverlapProblems(entries);
+  std::vector<ArchiveMember> members;
   std::unordered_map<std::string, size_t> slot;
-  const std::vector<ZipEntry>& entries = archive->directory_.entries;
   for (size_t e = 0; e < entries.size(); ++e) {
     const ZipEntry& entry = entries[e];
     if (!entry.name.empty() && entry.name.back() == '/') continue;  // directory entry
     std::string why;
     std::optional<std::string> clean = SanitizePath(entry.name, &why);
     if (!clean.has_value()) {
-      shared.Log(path + ": skipping member \"" + entry.name + "\": its name " + why);
+      shared.Log(path + ": skipping member \"" + ShownName(entry.name) + "\": its name " + why);
+      continue;
+    }
+    if (!overlap[e].empty()) {
+      shared.Log(path + ": skipping member " + ShownName(*clean) + ": " + overlap[e]);
       continue;
     }
     ArchiveMember m;
@@ -162,31 +159,82 @@ Result<std::shared_ptr<Archive>> Archive::Open(const std::string& path, ArchiveO
       dirs.insert(m.path.substr(0, s));
     }
   }
-  if (!dirs.empty()) {
-    std::vector<ArchiveMember> kept;
-    for (ArchiveMember& m : members) {
-      if (dirs.count(m.path)) {
-        shared.Log(path + ": skipping member " + m.path + ": it is also a directory name");
-        continue;
-      }
-      kept.push_back(std::move(m));
+  if (dirs.empty()) return members;
+  std::vector<ArchiveMember> kept;
+  for (ArchiveMember& m : members) {
+    if (dirs.count(m.path)) {
+      shared.Log(path + ": skipping member " + m.path + ": it is also a directory name");
+      continue;
     }
-    members = std::move(kept);
+    kept.push_back(std::move(m));
   }
-  archive->deflated_.resize(members.size());
-  for (size_t i = 0; i < members.size(); ++i) {
-    archive->by_path_.emplace(members[i].path, i);
-    if (members[i].open_errno == 0 && members[i].entry.method == 8) {
-      archive->deflated_[i] =
-          std::make_shared<DeflatedMember>(archive->shared_, i, members[i].path, members[i].entry,
-                                           archive->options_.checkpoint_spacing);
+  return kept;
+}
+
+// The umask, read without changing it: umask(2) can only be read by setting it, which would
+// race with other threads creating files.
+mode_t ProcessUmask() {
+  constexpr mode_t kFallback = 022;
+  FILE* f = std::fopen("/proc/self/status", "re");
+  if (f == nullptr) return kFallback;
+  char line[256];
+  mode_t mask = kFallback;
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    unsigned value = 0;
+    if (std::sscanf(line, "Umask: %o", &value) == 1) {
+      mask = static_cast<mode_t>(value & 0777);
+      break;
     }
   }
+  std::fclose(f);
+  return mask;
+}
+
+}  // namespace
+
+Archive::~Archive() {
+  for (const auto& stored : stored_) {
+    if (stored != nullptr) stored->Cancel();
+  }
+}
+
+Result<std::shared_ptr<Archive>> Archive::Open(const std::string& path, ArchiveOptions options) {
+  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(path, O_RDONLY));
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, path, "fstat");
+  if (!S_ISREG(st.st_mode)) return Status::Error(EINVAL, path + ": not a regular file");
+  NPZ_ASSIGN_OR_RETURN(ZipDirectory dir, ReadZipDirectory(fd.get(), path));
+
+  auto archive = std::make_shared<Archive>(PassKey());
+  options.checkpoint_spacing =
+      std::clamp<uint64_t>(options.checkpoint_spacing, kMinSpacing, kMaxSpacing);
+  archive->archive_mode_ = st.st_mode;
+  archive->shared_ = std::make_shared<ArchiveShared>(std::move(fd), path, st, options);
+  archive->options_ = std::move(options);
+  archive->directory_ = std::move(dir);
+  archive->members_ = MemberTree(archive->directory_.entries, path, *archive->shared_);
+  archive->MakeMemberStates();
   if (archive->options_.index_enabled) {
     Status s = archive->LoadIndex();
-    if (!s.ok()) shared.Log(s.message() + " (ignored; the index will be rebuilt)");
+    if (!s.ok()) archive->shared_->Log(s.message() + " (ignored; the index will be rebuilt)");
   }
   return archive;
+}
+
+void Archive::MakeMemberStates() {
+  deflated_.resize(members_.size());
+  stored_.resize(members_.size());
+  for (size_t i = 0; i < members_.size(); ++i) {
+    const ArchiveMember& m = members_[i];
+    by_path_.emplace(m.path, i);
+    if (m.open_errno != 0) continue;
+    if (m.entry.method == 8) {
+      deflated_[i] = std::make_shared<DeflatedMember>(shared_, i, m.path, m.entry,
+                                                      options_.checkpoint_spacing);
+    } else if (m.entry.compressed_size == m.entry.uncompressed_size) {
+      stored_[i] = std::make_shared<StoredMember>(shared_, m.path, m.entry);
+    }
+  }
 }
 
 const std::string& Archive::path() const { return shared_->path; }
@@ -198,14 +246,23 @@ std::optional<size_t> Archive::Find(std::string_view path) const {
   return it->second;
 }
 
-Result<std::shared_ptr<MemberReader>> Archive::OpenMember(size_t i) {
+Status Archive::CheckMember(size_t i) const {
   if (i >= members_.size()) {
     return Status::Error(ERANGE, path() + ": no member number " + std::to_string(i));
   }
   const ArchiveMember& m = members_[i];
   if (m.open_errno != 0) return Status::Error(m.open_errno, m.open_error);
+  if (deflated_[i] == nullptr && stored_[i] == nullptr) {
+    return Status::Error(EIO, path() + ": member " + m.path +
+                                  ": stored member whose compressed and uncompressed sizes differ");
+  }
+  return Status::Ok();
+}
+
+Result<std::shared_ptr<MemberReader>> Archive::OpenMember(size_t i) {
+  NPZ_RETURN_IF_ERROR(CheckMember(i));
   if (deflated_[i] != nullptr) return MakeDeflatedReader(deflated_[i]);
-  return MakeStoredReader(shared_, m.path, m.entry);
+  return MakeStoredReader(stored_[i]);
 }
 
 IndexState Archive::index_state(size_t i) const {
@@ -224,20 +281,27 @@ uint64_t Archive::first_pass_spans(size_t i) const {
   return deflated_[i]->first_pass_spans();
 }
 
+uint64_t Archive::verify_bytes(size_t i) const {
+  if (i >= members_.size() || stored_[i] == nullptr) return 0;
+  return stored_[i]->check_bytes();
+}
+
 Status Archive::BuildIndex(size_t i, const std::function<void(uint64_t, uint64_t)>& progress) {
-  if (i >= members_.size()) {
-    return Status::Error(ERANGE, path() + ": no member number " + std::to_string(i));
-  }
-  if (members_[i].open_errno != 0) {
-    return Status::Error(members_[i].open_errno, members_[i].open_error);
-  }
+  NPZ_RETURN_IF_ERROR(CheckMember(i));
   if (deflated_[i] == nullptr) return Status::Ok();
   return deflated_[i]->BuildIndex(progress);
 }
 
+Status Archive::VerifyMember(size_t i) {
+  NPZ_RETURN_IF_ERROR(CheckMember(i));
+  if (stored_[i] != nullptr) return stored_[i]->Verify();
+  return deflated_[i]->BuildIndex({});
+}
+
 bool Archive::index_dirty() const {
-  for (const auto& d : deflated_) {
-    if (d != nullptr && d->dirty()) return true;
+  for (size_t i = 0; i < members_.size(); ++i) {
+    if (deflated_[i] != nullptr && deflated_[i]->dirty()) return true;
+    if (stored_[i] != nullptr && stored_[i]->dirty()) return true;
   }
   return false;
 }
@@ -247,154 +311,71 @@ std::string Archive::IndexPath() const {
   return dir + "/." + BaseName(path()) + ".npzfs-index";
 }
 
+IndexFingerprint Archive::Fingerprint() const {
+  return IndexFingerprint{directory_.archive_size, shared_->mtime_ns, directory_.cd_crc32,
+                          directory_.entries.size()};
+}
+
 Status Archive::SaveIndex() {
   if (!options_.index_enabled) return Status::Ok();
   std::lock_guard<std::mutex> lock(save_mu_);
   if (!index_dirty()) return Status::Ok();
-  std::vector<std::pair<size_t, DeflatedMember::Snapshot>> snaps;
-  for (size_t i = 0; i < deflated_.size(); ++i) {
-    if (deflated_[i] == nullptr) continue;
-    DeflatedMember::Snapshot snap = deflated_[i]->TakeSnapshot();
-    if (snap.complete || snap.checkpoints.size() > 1) snaps.emplace_back(i, std::move(snap));
-  }
-  Writer w;
-  w.Bytes(kIndexMagic, sizeof kIndexMagic);
-  w.U32(kIndexVersion);
-  w.U32(0);
-  w.U64(directory_.archive_size);
-  w.U64(static_cast<uint64_t>(archive_mtime_ns_));
-  w.U32(directory_.cd_crc32);
-  w.U32(0);
-  w.U64(directory_.entries.size());
-  w.U64(snaps.size());
-  for (const auto& [i, snap] : snaps) {
-    const ZipEntry& e = members_[i].entry;
-    w.U64(members_[i].entry_index);
-    w.U64(e.local_header_offset);
-    w.U64(e.data_offset);
-    w.U64(e.compressed_size);
-    w.U64(e.uncompressed_size);
-    w.U32(e.crc32);
-    w.U8(snap.complete ? 1 : 0);
-    w.U8(0);
-    w.U8(0);
-    w.U8(0);
-    w.U64(snap.checkpoints.size());
-    for (const Checkpoint& cp : snap.checkpoints) {
-      w.U64(cp.out);
-      w.U64(cp.in);
-      w.U8(cp.bits);
-      w.U32(cp.span_crc);
-      w.U32(cp.window_size);
-      w.U32(static_cast<uint32_t>(cp.window.size()));
-      w.Bytes(cp.window.data(), cp.window.size());
+  std::vector<IndexRecord> records;
+  std::vector<std::pair<size_t, uint64_t>> versions;  // (member, version saved)
+  for (size_t i = 0; i < members_.size(); ++i) {
+    IndexRecord rec;
+    rec.entry_index = members_[i].entry_index;
+    if (deflated_[i] != nullptr) {
+      DeflatedMember::Snapshot snap = deflated_[i]->TakeSnapshot();
+      if (!snap.complete && snap.checkpoints.size() <= 1) continue;
+      rec.checkpoints = std::move(snap.checkpoints);
+      rec.complete = snap.complete;
+      versions.emplace_back(i, snap.version);
+    } else if (stored_[i] != nullptr) {
+      std::optional<StoredMember::Record> verified = stored_[i]->TakeRecord();
+      if (!verified.has_value()) continue;
+      rec.kind = RecordKind::kStored;
+      rec.chunk_crcs = std::move(verified->chunk_crcs);
+      versions.emplace_back(i, verified->version);
+    } else {
+      continue;
     }
+    records.push_back(std::move(rec));
   }
-  w.U32(static_cast<uint32_t>(
-      crc32_z(0, reinterpret_cast<const Bytef*>(w.str().data()), w.str().size())));
-
-  NPZ_RETURN_IF_ERROR(WriteFileAtomically(IndexPath(), w.str()));
-  for (const auto& [i, snap] : snaps) deflated_[i]->MarkSaved(snap.version);
+  // Readable by whoever may read the archive (its read and write bits, under the umask).
+  AtomicFileOptions file_options;
+  file_options.mode = (archive_mode_ & 0666) & ~ProcessUmask();
+  file_options.keep_existing_mode = false;
+  NPZ_RETURN_IF_ERROR(WriteFileAtomically(
+      IndexPath(), EncodeIndexFile(Fingerprint(), directory_.entries, records), file_options));
+  for (const auto& [i, version] : versions) {
+    if (deflated_[i] != nullptr) deflated_[i]->MarkSaved(version);
+    if (stored_[i] != nullptr) stored_[i]->MarkSaved(version);
+  }
   return Status::Ok();
 }
 
 Status Archive::LoadIndex() {
-  const std::string file = IndexPath();
-  Result<UniqueFd> opened = OpenFile(file, O_RDONLY);
-  if (!opened.ok()) {
-    if (opened.status().code() == ENOENT) return Status::Ok();
-    return opened.status();
+  std::vector<uint8_t> kinds(directory_.entries.size(), 0);
+  std::unordered_map<size_t, size_t> member_of_entry;
+  for (size_t i = 0; i < members_.size(); ++i) {
+    if (deflated_[i] != nullptr) kinds[members_[i].entry_index] = uint8_t(RecordKind::kDeflated);
+    if (stored_[i] != nullptr) kinds[members_[i].entry_index] = uint8_t(RecordKind::kStored);
+    member_of_entry.emplace(members_[i].entry_index, i);
   }
-  NPZ_ASSIGN_OR_RETURN(uint64_t size, FileSize(opened->get(), file));
-  auto bad = [&](const std::string& why) { return Status::Error(EINVAL, file + ": " + why); };
-  if (size > std::max<uint64_t>(uint64_t{64} << 20, directory_.archive_size)) {
-    return bad("implausibly large index file");
-  }
-  if (size < sizeof kIndexMagic + 4) return bad("truncated index file");
-  std::string bytes(size, '\0');
-  NPZ_RETURN_IF_ERROR(PreadExact(opened->get(), bytes.data(), size, 0, file));
-  uint32_t stored_crc = 0;
-  for (int i = 0; i < 4; ++i) {
-    stored_crc |= uint32_t{static_cast<uint8_t>(bytes[size - 4 + i])} << (8 * i);
-  }
-  if (crc32_z(0, reinterpret_cast<const Bytef*>(bytes.data()), size - 4) != stored_crc) {
-    return bad("CRC-32 of the index file does not match (corrupt)");
-  }
-  Reader r(std::string_view(bytes).substr(0, size - 4));
-  std::string magic;
-  uint32_t version = 0, reserved = 0, cd_crc = 0;
-  uint64_t archive_size = 0, mtime = 0, entry_count = 0, records = 0;
-  if (!r.Bytes(sizeof kIndexMagic, &magic) || std::memcmp(magic.data(), kIndexMagic, 8) != 0) {
-    return bad("not an npzfs index file (bad magic)");
-  }
-  if (!r.U32(&version) || version != kIndexVersion) return bad("unsupported index version");
-  if (!r.U32(&reserved) || !r.U64(&archive_size) || !r.U64(&mtime) || !r.U32(&cd_crc) ||
-      !r.U32(&reserved) || !r.U64(&entry_count) || !r.U64(&records)) {
-    return bad("truncated header");
-  }
-  if (archive_size != directory_.archive_size || static_cast<int64_t>(mtime) != archive_mtime_ns_ ||
-      cd_crc != directory_.cd_crc32 || entry_count != directory_.entries.size()) {
-    return bad("stale index: the archive changed since it was written");
-  }
-  std::unordered_map<size_t, size_t> by_entry;
-  for (size_t i = 0; i < members_.size(); ++i) by_entry.emplace(members_[i].entry_index, i);
-  std::vector<std::pair<size_t, std::pair<std::vector<Checkpoint>, bool>>> loaded;
-  for (uint64_t rec = 0; rec < records; ++rec) {
-    uint64_t entry_index, lho, data_offset, csize, usize, count;
-    uint32_t crc;
-    uint8_t complete, pad;
-    if (!r.U64(&entry_index) || !r.U64(&lho) || !r.U64(&data_offset) || !r.U64(&csize) ||
-        !r.U64(&usize) || !r.U32(&crc) || !r.U8(&complete) || !r.U8(&pad) || !r.U8(&pad) ||
-        !r.U8(&pad) || !r.U64(&count)) {
-      return bad("truncated member record");
+  const uint64_t max_bytes = std::max<uint64_t>(uint64_t{64} << 20, directory_.archive_size);
+  NPZ_ASSIGN_OR_RETURN(
+      std::vector<IndexRecord> records,
+      LoadIndexFile(IndexPath(), max_bytes, Fingerprint(), directory_.entries, kinds));
+  for (IndexRecord& rec : records) {
+    const size_t i = member_of_entry.at(rec.entry_index);
+    if (rec.kind == RecordKind::kStored) {
+      stored_[i]->Load(std::move(rec.chunk_crcs));
+      stored_[i]->MarkSaved(0);
+    } else {
+      deflated_[i]->Load(std::move(rec.checkpoints), rec.complete);
+      deflated_[i]->MarkSaved(0);
     }
-    auto it = by_entry.find(entry_index);
-    if (it == by_entry.end() || deflated_[it->second] == nullptr) {
-      return bad("record for entry " + std::to_string(entry_index) + " matches no deflated member");
-    }
-    const size_t i = it->second;
-    const ZipEntry& e = members_[i].entry;
-    if (lho != e.local_header_offset || data_offset != e.data_offset ||
-        csize != e.compressed_size || usize != e.uncompressed_size || crc != e.crc32 ||
-        complete > 1) {
-      return bad("record for " + members_[i].path + " does not match the archive");
-    }
-    // Each checkpoint takes at least 29 bytes: bounds the count before reserving.
-    if (count == 0 || count > r.remaining() / 29) return bad("bad checkpoint count");
-    std::vector<Checkpoint> cps(count);
-    uint32_t whole = 0;
-    for (uint64_t k = 0; k < count; ++k) {
-      Checkpoint& cp = cps[k];
-      uint32_t wbytes = 0;
-      if (!r.U64(&cp.out) || !r.U64(&cp.in) || !r.U8(&cp.bits) || !r.U32(&cp.span_crc) ||
-          !r.U32(&cp.window_size) || !r.U32(&wbytes) || wbytes > kMaxStoredWindow ||
-          !r.Bytes(wbytes, &cp.window)) {
-        return bad("truncated checkpoint in " + members_[i].path);
-      }
-      const bool first_ok = k > 0 || (cp.out == 0 && cp.in == 0 && cp.bits == 0);
-      const bool order_ok = k == 0 || (cp.out > cps[k - 1].out && cp.in >= cps[k - 1].in);
-      if (!first_ok || !order_ok || cp.out >= std::max<uint64_t>(usize, 1) || cp.in > csize ||
-          cp.bits > 7 || (cp.bits != 0 && cp.in == 0) ||
-          cp.window_size != std::min<uint64_t>(kDeflateWindow, cp.out) ||
-          (cp.window_size == 0) != cp.window.empty()) {
-        return bad("inconsistent checkpoint in " + members_[i].path);
-      }
-      if (k > 0) {
-        whole = static_cast<uint32_t>(crc32_combine64(
-            whole, cps[k - 1].span_crc, static_cast<z_off64_t>(cp.out - cps[k - 1].out)));
-      }
-    }
-    if (complete) {
-      whole = static_cast<uint32_t>(crc32_combine64(
-          whole, cps.back().span_crc, static_cast<z_off64_t>(usize - cps.back().out)));
-      if (whole != e.crc32) return bad("span CRCs of " + members_[i].path + " do not add up");
-    }
-    loaded.emplace_back(i, std::make_pair(std::move(cps), complete == 1));
-  }
-  if (r.remaining() != 0) return bad("trailing bytes");
-  for (auto& [i, data] : loaded) {
-    deflated_[i]->Load(std::move(data.first), data.second);
-    deflated_[i]->MarkSaved(0);
   }
   return Status::Ok();
 }

@@ -1,7 +1,6 @@
-// The state behind the readers of an archive's members: what every reader of one archive
-// shares, the stored-member reader, and the shared state of one deflated member (checkpoint
-// index, first-pass frontier, CRC verdict). Used by Archive (core/read/archive.cc); the FUSE
-// daemon and the npz tool need only the MemberReader interface in npzfs/member_reader.h.
+// The shared state of one deflated member (checkpoint index, first-pass frontier, CRC
+// verdict), behind all its readers. Used by Archive (core/read/archive.cc); the FUSE daemon
+// and the npz tool need only the MemberReader interface in npzfs/member_reader.h.
 #pragma once
 
 #include <atomic>
@@ -15,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "core/read/archive_shared.h"
 #include "core/read/inflate_index.h"
 #include "core/read/span_cache.h"
 #include "npzfs/file_util.h"
@@ -23,32 +23,6 @@
 #include "npzfs/zip_directory.h"
 
 namespace npzfs {
-
-// What every reader of one archive shares. Owned jointly by the Archive and its readers.
-struct ArchiveShared {
-  ArchiveShared(UniqueFd fd_in, std::string path_in, uint64_t cache_bytes, size_t streams,
-                std::function<void(const std::string&)> log_in)
-      : fd(std::move(fd_in)),
-        path(std::move(path_in)),
-        cache(cache_bytes),
-        pool(streams),
-        log(std::move(log_in)) {}
-  void Log(const std::string& line) const {
-    if (log) log(line);
-  }
-  UniqueFd fd;
-  std::string path;
-  SpanCache cache;
-  StreamPool pool;
-  std::function<void(const std::string&)> log;
-};
-
-// Reader of a stored member: pread at the data offset. Its CRC-32 is checked when this
-// reader reads the member through in order from offset 0 to the end (reads that are not
-// in order just stop the check for this reader).
-Result<std::shared_ptr<MemberReader>> MakeStoredReader(std::shared_ptr<ArchiveShared> shared,
-                                                       std::string member_path,
-                                                       const ZipEntry& entry);
 
 // The state of one deflated member, shared by all its readers: the checkpoint index, the
 // first-pass frontier, the CRC verdict. See core/read/inflate_index.cc for the design.
@@ -63,6 +37,7 @@ Result<std::shared_ptr<MemberReader>> MakeStoredReader(std::shared_ptr<ArchiveSh
 // Producing a known span from a checkpoint holds no lock at all while inflating.
 class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
  public:
+  // `spacing` is clamped to [kMinSpacing, kMaxSpacing].
   DeflatedMember(std::shared_ptr<ArchiveShared> shared, uint64_t id, std::string member_path,
                  const ZipEntry& entry, uint64_t spacing);
 
@@ -97,14 +72,35 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
     SpanPtr span;
     uint64_t start = 0;
   };
+  // One span of the first pass: its bytes, and where the next span starts (none at the end).
+  struct NewSpan {
+    SpanBuffer buf;
+    size_t len = 0;
+    std::optional<Checkpoint> next;
+  };
   Result<SpanRef> SpanAt(uint64_t pos);
-  Result<SpanPtr> ProduceKnownSpan(size_t k);
+  Result<SpanPtr> ProduceKnownSpan(size_t k, uint64_t generation);
   // Extends the first pass until the span holding `target` exists (target == UINT64_MAX:
   // to the end). Returns nullopt when another thread got there first (retry the lookup).
   Result<std::optional<SpanRef>> AdvanceFrontier(
       uint64_t target, bool fill_cache, const std::function<void(uint64_t, uint64_t)>& progress);
-  Result<std::unique_ptr<InflateStream>> StreamAt(const Checkpoint& cp);
-  Status Corrupt(const std::string& why);  // marks the member corrupt, logs, returns EIO
+  // The first pass's steps, in order: inflate from checkpoint `cp` to the next checkpoint,
+  // which is a block boundary at least spacing_ bytes on, or a cut inside a longer block at
+  // 2 * spacing_; give the next checkpoint its sparse window; publish the span.
+  Result<NewSpan> InflateSpan(InflateStream& stream, const Checkpoint& cp);
+  Status MakeWindow(InflateStream& stream, NewSpan& span);
+  Result<SpanPtr> PublishSpan(size_t k, uint64_t start, NewSpan span, bool fill_cache);
+  Result<std::unique_ptr<InflateStream>> StreamAt(const Checkpoint& cp, bool track_blocks);
+  // A span decoded from saved checkpoints failed: drop them (if still those of `generation`)
+  // and let a first pass rebuild them from the data. Returns EAGAIN (look up again), or
+  // `failure` when the checkpoints were not from the sidecar (then the data is bad).
+  Status Distrust(uint64_t generation, const Status& failure);
+  // The first pass failed with `s` (frontier_mu_ held by `frontier`, released here): a
+  // distrusted sidecar (EAGAIN), or a corrupt member.
+  Status FirstPassFailed(std::unique_lock<std::mutex>& frontier, Status s);
+  Status Bad(const std::string& why) const;  // EIO naming the member, nothing marked
+  Status Corrupt(const std::string& why);    // marks the member corrupt, logs, returns EIO
+  Status MarkCorrupt(Status s);              // the same with a complete message
 
   const std::shared_ptr<ArchiveShared> shared_;
   const uint64_t id_;
@@ -119,6 +115,8 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   bool complete_ = false;                // every span known, whole CRC checked
   uint32_t crc_so_far_ = 0;              // CRC-32 of the spans before the frontier
   Status corrupt_;                       // non-ok once corrupt: every read fails
+  uint64_t generation_ = 0;              // bumped when checkpoints_ is replaced
+  bool from_sidecar_ = false;            // checkpoints_ came from the sidecar
   uint64_t version_ = 0;                 // bumped when checkpoints are learned
   uint64_t saved_version_ = 0;
   std::atomic<uint64_t> first_pass_spans_{0};

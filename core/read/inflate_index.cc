@@ -25,13 +25,13 @@
 // B[i] = 0x80 | (i >> 8), a byte copied from p comes out as A[p] and B[p], so p is known.
 // A literal byte r comes out as r in both, and looks like a copy of exactly one position
 // ((r & 0x7f) << 8 | r, only if r >= 0x80 and the real window holds r there); keeping that
-// position too is harmless. So two substitute passes give every referenced position (the
-// brief's third "complement" pass only separates literals from copies, which the rule above
-// does for free). The other window bytes are zeroed and the result deflated: about 3 KiB
-// instead of 32 KiB for noisy int16 data (measured: the index of a 64 MiB member is 0.28%
-// of it at 1 MiB spacing; 0.12% for a float32 random walk). A read from the checkpoint restores the
-// sparse window with inflateSetDictionary; the zeroed bytes are never referenced, so the output is
-// identical (tested byte for byte).
+// position too is harmless. So two substitute passes give every referenced position (a third
+// "complement" pass would only separate literals from copies, which the rule above does for
+// free). The other window bytes are zeroed and the result deflated: about 3 KiB instead of
+// 32 KiB for noisy int16 data (measured: the index of a 64 MiB member is 0.28% of it at
+// 1 MiB spacing; 0.12% for a float32 random walk). A read from the checkpoint restores the
+// sparse window with inflateSetDictionary; the zeroed bytes are never referenced, so the
+// output is identical (tested byte for byte).
 //
 // The first pass needs the real output after a new checkpoint to make its sparse window,
 // but that output belongs to the next span. The first-pass stream therefore inflates up to
@@ -40,6 +40,24 @@
 // the checkpoint is complete (sparse window included) the moment it is published. A
 // parked first-pass stream that gets evicted loses only its lookahead.
 //
+// Huge blocks. A span normally ends at the first block boundary after `spacing` bytes, and
+// numpy's blocks end every 10-200 KiB. But nothing bounds a deflate block: one fixed-Huffman
+// block of length-258 matches can inflate to gigabytes. Waiting for its end would make one
+// span (and its buffer, and every read of it) as large as the member. So the first pass cuts
+// a block that runs past 2 * spacing at the code it is decoding: inflateMark tells how many
+// bits back that literal or match started and how much of it was output already. That
+// checkpoint also records where the block's header starts (header_bit); a restore decodes
+// the header again with Z_TREES (inflate returns right after a header, which zlib documents
+// for exactly this), empties the bit buffer (inflatePrime(-1)) and primes the code's bits.
+// To know the header position at any time, the first pass inflates with Z_BLOCK throughout
+// (a return at every block end: 2-5% slower than Z_NO_FLUSH, from zlib copying its window at
+// each return). A stored block cannot be cut mid-way (zlib keeps its remaining length
+// privately), but it is at most 65535 bytes. So every span, including those read from a
+// sidecar (checked on load), is at most 2 * spacing + 65535 bytes: memory stays within the
+// bound whatever the block sizes, the checkpoints inside a block persist like any other, and
+// a 256 MiB single-block member reads with a peak of ~13 MiB above the start (measured, cache
+// 16 MiB, huge_block_test).
+//
 // Live streams. Restoring from a checkpoint costs a window expansion and a dictionary copy;
 // continuing a stream costs nothing. A sequential reader's stream is parked (StreamPool) at
 // the span end it reached, keyed by (member, output offset), and the next span's producer
@@ -47,7 +65,7 @@
 // input buffer, the lookahead), so memory stays bounded whatever the number of members.
 //
 // What this file does not do: decide span boundaries, caching, CRC policy and locking live
-// in core/read/member_reader.cc; the sidecar format in core/read/archive.cc.
+// in core/read/deflated_member.cc; the sidecar format in core/read/index_file.cc.
 #include "core/read/inflate_index.h"
 
 #include <algorithm>
@@ -111,26 +129,73 @@ ScratchInflater& ThreadInflater() {
   return inflater;
 }
 
+// zlib decodes a block header by itself and, with Z_TREES, returns right after it. Used to
+// resume inside a block: the header is read again, then the bit buffer is emptied and the
+// input moved to the checkpoint (zlib.h documents Z_TREES for exactly this).
+constexpr size_t kMaxBlockHeaderBytes = 1024;  // a dynamic header is at most ~300 bytes
+
+// Feeds `bits` unused bits of the byte before `in` (a checkpoint's partial byte).
+Status PrimeBits(z_stream* s, const DeflateSource& src, uint64_t in, uint8_t bits) {
+  if (bits == 0) return Status::Ok();
+  if (in == 0 || bits > 7) return CorruptError(src, "bad checkpoint bits");
+  unsigned char byte = 0;
+  NPZ_RETURN_IF_ERROR(PreadExact(src.fd, &byte, 1, src.data_offset + in - 1, src.name));
+  inflatePrime(s, bits, byte >> (8 - bits));
+  return Status::Ok();
+}
+
+// Decodes the header of the block starting at bit `header_bit`, leaving `s` ready to decode
+// the block's codes (its bit buffer empty: the caller primes the resume position).
+Status DecodeBlockHeader(z_stream* s, const DeflateSource& src, uint64_t header_bit,
+                         uint64_t limit_in) {
+  const uint64_t in = (header_bit + 7) / 8;
+  NPZ_RETURN_IF_ERROR(PrimeBits(s, src, in, static_cast<uint8_t>(in * 8 - header_bit)));
+  const size_t n = static_cast<size_t>(
+      std::min<uint64_t>(kMaxBlockHeaderBytes, std::min(limit_in, src.compressed_size) - in));
+  unsigned char header[kMaxBlockHeaderBytes];
+  NPZ_RETURN_IF_ERROR(PreadExact(src.fd, header, n, src.data_offset + in, src.name));
+  unsigned char sink = 0;
+  s->next_in = header;
+  s->avail_in = static_cast<uInt>(n);
+  s->next_out = &sink;
+  s->avail_out = 1;
+  const int r = inflate(s, Z_TREES);
+  if ((r != Z_OK && r != Z_BUF_ERROR) || s->avail_out != 1 || !(s->data_type & 256)) {
+    return CorruptError(src, "the block header of a checkpoint inside a block does not decode");
+  }
+  inflatePrime(s, -1, 0);  // forget the bits read past the header
+  s->avail_in = 0;
+  return Status::Ok();
+}
+
+// Resets `s` and positions it at `cp` with dictionary `dict`; returns the offset of the
+// next compressed byte to feed.
+Result<uint64_t> PositionAt(z_stream* s, const DeflateSource& src, const Checkpoint& cp,
+                            std::span<const std::byte> dict) {
+  inflateReset(s);
+  s->avail_in = 0;
+  s->next_in = nullptr;
+  if (!cp.at_block_start()) {
+    if (cp.header_bit > cp.bit()) return CorruptError(src, "checkpoint before its block header");
+    NPZ_RETURN_IF_ERROR(DecodeBlockHeader(s, src, cp.header_bit, cp.in));
+  }
+  NPZ_RETURN_IF_ERROR(PrimeBits(s, src, cp.in, cp.bits));
+  if (!dict.empty()) {
+    int r = inflateSetDictionary(s, reinterpret_cast<const Bytef*>(dict.data()),
+                                 static_cast<uInt>(dict.size()));
+    if (r != Z_OK) return CorruptError(src, "inflateSetDictionary: " + ZlibMessage(*s, r));
+  }
+  return cp.in;
+}
+
 // Inflates exactly out.size() bytes (or up to the stream end) starting at checkpoint
 // position `cp` with dictionary `dict`. Returns the number of bytes produced.
 Result<size_t> InflateFrom(const DeflateSource& src, const Checkpoint& cp,
                            std::span<const std::byte> dict, std::span<std::byte> out) {
   z_stream* s = ThreadInflater().get();
   if (s == nullptr) return Status::Error(ENOMEM, src.name + ": inflateInit failed");
-  inflateReset(s);
   thread_local std::vector<std::byte> in_buf(64 * 1024);
-  uint64_t next = cp.in;
-  if (cp.bits != 0) {
-    if (cp.in == 0) return CorruptError(src, "checkpoint bits at offset 0");
-    unsigned char byte = 0;
-    NPZ_RETURN_IF_ERROR(PreadExact(src.fd, &byte, 1, src.data_offset + cp.in - 1, src.name));
-    inflatePrime(s, cp.bits, byte >> (8 - cp.bits));
-  }
-  if (!dict.empty()) {
-    int r = inflateSetDictionary(s, reinterpret_cast<const Bytef*>(dict.data()),
-                                 static_cast<uInt>(dict.size()));
-    if (r != Z_OK) return CorruptError(src, "inflateSetDictionary: " + ZlibMessage(*s, r));
-  }
+  NPZ_ASSIGN_OR_RETURN(uint64_t next, PositionAt(s, src, cp, dict));
   s->next_out = reinterpret_cast<Bytef*>(out.data());
   s->avail_out = static_cast<uInt>(out.size());
   s->avail_in = 0;
@@ -156,13 +221,14 @@ Result<size_t> InflateFrom(const DeflateSource& src, const Checkpoint& cp,
 
 }  // namespace
 
-InflateStream::InflateStream(DeflateSource source, PassKey)
-    : src_(std::move(source)), strm_(std::make_unique<z_stream>()) {
+InflateStream::InflateStream(DeflateSource source, bool track_blocks, PassKey)
+    : src_(std::move(source)), track_blocks_(track_blocks), strm_(std::make_unique<z_stream>()) {
   *strm_ = z_stream{};
 }
 
-Result<std::unique_ptr<InflateStream>> InflateStream::Create(DeflateSource source) {
-  auto s = std::make_unique<InflateStream>(std::move(source), PassKey());
+Result<std::unique_ptr<InflateStream>> InflateStream::Create(DeflateSource source,
+                                                             bool track_blocks) {
+  auto s = std::make_unique<InflateStream>(std::move(source), track_blocks, PassKey());
   if (inflateInit2(s->strm_.get(), -15) != Z_OK) {
     return Status::Error(ENOMEM, s->src_.name + ": inflateInit failed");
   }
@@ -177,28 +243,18 @@ InflateStream::~InflateStream() {
 }
 
 Status InflateStream::Restore(const Checkpoint& cp) {
-  z_stream* s = strm_.get();
-  inflateReset(s);
-  s->avail_in = 0;
-  s->next_in = nullptr;
-  in_next_ = cp.in;
   out_pos_ = cp.out;
+  header_bit_ = cp.header_bit;
   ended_ = false;
   at_boundary_ = false;
   lookahead_len_ = lookahead_used_ = 0;
-  if (cp.bits != 0) {
-    if (cp.in == 0 || cp.bits > 7) return CorruptError(src_, "bad checkpoint bits");
-    unsigned char byte = 0;
-    NPZ_RETURN_IF_ERROR(PreadExact(src_.fd, &byte, 1, src_.data_offset + cp.in - 1, src_.name));
-    inflatePrime(s, cp.bits, byte >> (8 - cp.bits));
-  }
-  if (cp.window_size > 0) {
-    thread_local std::unique_ptr<std::byte[]> dict =
-        std::make_unique_for_overwrite<std::byte[]>(kDeflateWindow);
-    NPZ_RETURN_IF_ERROR(ExpandWindow(src_, cp, dict.get()));
-    int r = inflateSetDictionary(s, reinterpret_cast<const Bytef*>(dict.get()), cp.window_size);
-    if (r != Z_OK) return CorruptError(src_, "inflateSetDictionary: " + ZlibMessage(*s, r));
-  }
+  thread_local std::unique_ptr<std::byte[]> dict =
+      std::make_unique_for_overwrite<std::byte[]>(kDeflateWindow);
+  if (cp.window_size > kDeflateWindow) return CorruptError(src_, "checkpoint window too large");
+  NPZ_RETURN_IF_ERROR(ExpandWindow(src_, cp, dict.get()));
+  NPZ_ASSIGN_OR_RETURN(
+      in_next_,
+      PositionAt(strm_.get(), src_, cp, std::span<const std::byte>(dict.get(), cp.window_size)));
   return Status::Ok();
 }
 
@@ -213,6 +269,11 @@ Status InflateStream::Refill() {
   strm_->next_in = reinterpret_cast<Bytef*>(in_buf_.get());
   strm_->avail_in = static_cast<uInt>(want);
   return Status::Ok();
+}
+
+uint64_t InflateStream::BitPosition() const {
+  // data_type holds the unused bits of the bit buffer (plus flags at 64 and up).
+  return (in_next_ - strm_->avail_in) * 8 - static_cast<uint64_t>(strm_->data_type & 63);
 }
 
 Result<size_t> InflateStream::Read(std::byte* out, size_t n, bool stop_at_block) {
@@ -233,7 +294,7 @@ Result<size_t> InflateStream::Read(std::byte* out, size_t n, bool stop_at_block)
     uInt chunk = static_cast<uInt>(std::min<size_t>(n - done, 1u << 30));
     s->next_out = reinterpret_cast<Bytef*>(out + done);
     s->avail_out = chunk;
-    int r = inflate(s, stop_at_block ? Z_BLOCK : Z_NO_FLUSH);
+    int r = inflate(s, track_blocks_ ? Z_BLOCK : Z_NO_FLUSH);
     size_t produced = chunk - s->avail_out;
     done += produced;
     out_pos_ += produced;
@@ -246,21 +307,38 @@ Result<size_t> InflateStream::Read(std::byte* out, size_t n, bool stop_at_block)
       continue;
     }
     if (r != Z_OK) return CorruptError(src_, ZlibMessage(*s, r));
-    if (stop_at_block && (s->data_type & 128) && !(s->data_type & 64)) {
-      at_boundary_ = true;
-      break;
+    if (track_blocks_ && (s->data_type & 128) && !(s->data_type & 64)) {
+      header_bit_ = BitPosition();  // the next block starts here
+      if (stop_at_block) {
+        at_boundary_ = true;
+        break;
+      }
     }
   }
   return done;
 }
 
+void InflateStream::Unread(const std::byte* bytes, size_t n) {
+  // Callers guarantee an empty lookahead and n <= kDeflateWindow.
+  std::memcpy(lookahead_.get(), bytes, n);
+  lookahead_used_ = 0;
+  lookahead_len_ = n;
+  at_boundary_ = false;
+}
+
 Result<std::span<const std::byte>> InflateStream::FillLookahead() {
-  // Only called right after a Read stopped at a boundary, with no lookahead pending.
-  lookahead_len_ = lookahead_used_ = 0;
+  // The lookahead is empty or starts with unread bytes; it is topped up to a full window.
   std::byte* buf = lookahead_.get();
-  Result<size_t> got = Read(buf, kDeflateWindow, /*stop_at_block=*/false);
+  if (lookahead_used_ > 0) {
+    std::memmove(buf, buf + lookahead_used_, lookahead_len_ - lookahead_used_);
+    lookahead_len_ -= lookahead_used_;
+    lookahead_used_ = 0;
+  }
+  const size_t have = lookahead_len_;
+  lookahead_len_ = lookahead_used_ = 0;  // Read must not serve the lookahead into itself
+  Result<size_t> got = Read(buf + have, kDeflateWindow - have, /*stop_at_block=*/false);
   if (!got.ok()) return got.status();
-  lookahead_len_ = *got;
+  lookahead_len_ = have + *got;
   return std::span<const std::byte>(buf, lookahead_len_);
 }
 
@@ -269,8 +347,26 @@ Checkpoint InflateStream::Position() const {
   cp.out = out_pos_;
   cp.in = in_next_ - strm_->avail_in;
   cp.bits = static_cast<uint8_t>(strm_->data_type & 7);
+  cp.header_bit = cp.bit();
   cp.window_size = static_cast<uint32_t>(std::min<uint64_t>(kDeflateWindow, out_pos_));
   return cp;
+}
+
+std::optional<std::pair<Checkpoint, uint32_t>> InflateStream::CodePosition() const {
+  // inflateMark: the high half is how many bits back the current code starts (-1 outside a
+  // coded block or in a stored one), the low half how many of its bytes were output.
+  const long mark = inflateMark(strm_.get());
+  const long back = mark >> 16;
+  if (!track_blocks_ || back < 0) return std::nullopt;
+  const uint32_t emitted = static_cast<uint32_t>(mark & 0xffff);
+  const uint64_t code_bit = BitPosition() - static_cast<uint64_t>(back);
+  Checkpoint cp;
+  cp.out = out_pos_ - emitted;
+  cp.in = (code_bit + 7) / 8;
+  cp.bits = static_cast<uint8_t>(cp.in * 8 - code_bit);
+  cp.header_bit = header_bit_;
+  cp.window_size = static_cast<uint32_t>(std::min<uint64_t>(kDeflateWindow, cp.out));
+  return std::make_pair(cp, emitted);
 }
 
 uint32_t InflateStream::Window(std::byte* buf) const {
@@ -394,7 +490,5 @@ size_t StreamPool::size() const {
   std::lock_guard<std::mutex> lock(mu_);
   return parked_.size();
 }
-
-uint64_t CheckpointBytes(const Checkpoint& cp) { return 8 + 8 + 1 + 4 + 4 + 4 + cp.window.size(); }
 
 }  // namespace npzfs

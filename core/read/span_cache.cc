@@ -1,3 +1,4 @@
+// The span cache and the span buffer free list (see span_cache.h).
 #include "core/read/span_cache.h"
 
 #include <vector>
@@ -9,7 +10,6 @@ SpanPtr SpanCache::Lookup(const SpanKey& key) {
   auto it = map_.find(key);
   if (it == map_.end()) return nullptr;
   lru_.splice(lru_.begin(), lru_, it->second.lru);
-  ++hits_;
   return it->second.span;
 }
 
@@ -48,17 +48,14 @@ Result<SpanPtr> SpanCache::GetOrProduce(const SpanKey& key,
     auto it = map_.find(key);
     if (it != map_.end()) {
       lru_.splice(lru_.begin(), lru_, it->second.lru);
-      ++hits_;
       return it->second.span;
     }
     auto f = in_flight_.find(key);
     if (f != in_flight_.end()) {
       std::shared_ptr<InFlight> wait_for = f->second;
       produced_.wait(lock, [&] { return wait_for->done; });
-      ++hits_;
       return wait_for->result;
     }
-    ++misses_;
     flight = std::make_shared<InFlight>();
     in_flight_.emplace(key, flight);
   }
@@ -84,14 +81,6 @@ size_t SpanCache::count() const {
   std::lock_guard<std::mutex> lock(mu_);
   return map_.size();
 }
-uint64_t SpanCache::hits() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return hits_;
-}
-uint64_t SpanCache::misses() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return misses_;
-}
 
 namespace {
 
@@ -113,16 +102,25 @@ FreeList& Buffers() {
 
 void SpanBufferDeleter::operator()(std::byte* p) const {
   if (p == nullptr) return;
+  if (capacity > kFreeListMaxBytes) {
+    std::free(p);
+    return;
+  }
+  // The newest buffer is the likeliest to be wanted again: make room by freeing the oldest.
+  std::vector<std::byte*> dropped;
   FreeList& list = Buffers();
   {
     std::lock_guard<std::mutex> lock(list.mu);
-    if (list.buffers.size() < kFreeListMaxBuffers && list.bytes + capacity <= kFreeListMaxBytes) {
-      list.buffers.emplace_back(p, capacity);
-      list.bytes += capacity;
-      return;
+    while (!list.buffers.empty() && (list.buffers.size() >= kFreeListMaxBuffers ||
+                                     list.bytes + capacity > kFreeListMaxBytes)) {
+      dropped.push_back(list.buffers.front().first);
+      list.bytes -= list.buffers.front().second;
+      list.buffers.erase(list.buffers.begin());
     }
+    list.buffers.emplace_back(p, capacity);
+    list.bytes += capacity;
   }
-  std::free(p);
+  for (std::byte* d : dropped) std::free(d);
 }
 
 Result<SpanBuffer> AllocateSpanBuffer(size_t capacity) {

@@ -1,6 +1,6 @@
 // A bounded, shared cache of decompressed spans of deflated members.
 //
-// Keys are (member id, span index); values are immutable spans held by shared_ptr<const
+// Keys are (member id, generation, span index); values are immutable spans held by shared_ptr<const
 // Span>, so a reader copies out of a span without any lock held and an evicted span lives
 // on until its last reader drops it. The budget counts the memory of cached spans; eviction
 // is least-recently-used. GetOrProduce de-duplicates work in flight: when two threads want
@@ -48,8 +48,12 @@ struct Span {
 };
 using SpanPtr = std::shared_ptr<const Span>;
 
+// A member's spans are numbered by their checkpoint; `generation` changes when a member's
+// checkpoints are replaced (a distrusted sidecar), so spans cut at the old ones are never
+// found again.
 struct SpanKey {
   uint64_t member = 0;
+  uint64_t generation = 0;
   uint64_t index = 0;
   bool operator==(const SpanKey&) const = default;
 };
@@ -68,15 +72,14 @@ class SpanCache {
   // returned to this caller and to every waiter; the next call tries again.
   Result<SpanPtr> GetOrProduce(const SpanKey& key, const std::function<Result<SpanPtr>()>& produce);
 
-  uint64_t bytes() const;
-  size_t count() const;
-  uint64_t hits() const;
-  uint64_t misses() const;
+  uint64_t bytes() const;  // memory of the cached spans
+  size_t count() const;    // number of cached spans
 
  private:
   struct KeyHash {
     size_t operator()(const SpanKey& k) const {
-      return std::hash<uint64_t>()(k.member * 0x9E3779B97F4A7C15ull ^ k.index);
+      return std::hash<uint64_t>()(
+          (k.member * 0x9E3779B97F4A7C15ull + k.generation) * 0xC2B2AE3D27D4EB4Full ^ k.index);
     }
   };
   struct Entry {
@@ -97,8 +100,6 @@ class SpanCache {
   std::list<SpanKey> lru_;  // most recently used first
   std::unordered_map<SpanKey, std::shared_ptr<InFlight>, KeyHash> in_flight_;
   uint64_t bytes_ = 0;
-  uint64_t hits_ = 0;
-  uint64_t misses_ = 0;
 };
 
 }  // namespace npzfs

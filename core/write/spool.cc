@@ -31,10 +31,6 @@ int HexValue(char c) {
 
 }  // namespace
 
-std::string DefaultSpoolDir(const std::string& archive_path) {
-  return DirName(archive_path) + "/." + BaseName(archive_path) + ".npzfs-spool";
-}
-
 std::string EscapeMemberName(std::string_view member_name) {
   std::string out;
   out.reserve(member_name.size() + 8);
@@ -209,25 +205,10 @@ Status Spool::Rename(const std::string& from, const std::string& to) {
   if (it == members_.end()) return Status::Error(ENOENT, from + ": not a new member");
   if (to.empty()) return Status::Error(EINVAL, dir_ + ": empty member name");
   if (members_.count(to)) return Status::Error(EEXIST, to + ": already a new member");
-  const std::shared_ptr<GrowingMember>& m = it->second;
-  NPZ_RETURN_IF_ERROR(m->CheckRemovable());
-  const std::string new_path = PathFor(to);
-  if (IsNpyMemberName(from) != IsNpyMemberName(to)) {
-    // A declared .npy header is not data of a verbatim file (and vice versa is empty anyway).
-    if (::truncate(m->spool_path().c_str(), 0) != 0) {
-      return ErrnoStatus(errno, m->spool_path(), "truncate failed");
-    }
-  }
-  if (::rename(m->spool_path().c_str(), new_path.c_str()) != 0) {
-    return ErrnoStatus(errno, m->spool_path(), "cannot rename spool file to " + new_path);
-  }
-  // The renamed member is reopened from its file; the old object (and its writer, if any)
-  // is retired.
-  auto renamed = GrowingMember::Resume(to, new_path, log_);
-  if (!renamed.ok()) return renamed.status();
-  m->MarkRemoved();
+  std::shared_ptr<GrowingMember> m = it->second;
+  NPZ_RETURN_IF_ERROR(m->MoveTo(to, PathFor(to)));
   members_.erase(it);
-  members_.emplace(to, *renamed);
+  members_.emplace(to, std::move(m));
   return Status::Ok();
 }
 

@@ -13,6 +13,9 @@
 // lock of its own; if it wants one it must use another file (flock conflicts between two
 // open() calls of the same file, even in one process).
 //
+// The Spool is the one registry of new members: name -> GrowingMember. A member object is
+// never replaced (a rename renames it in place), so holders of a member never go stale.
+//
 // Ownership: Spool owns its members (shared_ptr, the daemon may hold more references) and the
 // lock. Thread safety: every method may be called from any thread; Finalize must not run
 // while writers are still active (it snapshots what has been written so far).
@@ -33,8 +36,8 @@
 
 namespace npzfs {
 
-// "<dir>/<base>.npz" -> "<dir>/.<base>.npz.npzfs-spool" ("data.npz" -> "./.data.npz.npzfs-spool").
-std::string DefaultSpoolDir(const std::string& archive_path);
+// DefaultSpoolDir(archive_path) ("data.npz" -> "./.data.npz.npzfs-spool") is in
+// core/base/names.h, with the other side-file names.
 
 // Member name <-> one spool file name. '%' -> "%25", '/' -> "%2F", a leading '.' -> "%2E";
 // reversible for every name. UnescapeMemberName: EINVAL for a malformed escape.
@@ -44,7 +47,7 @@ Result<std::string> UnescapeMemberName(std::string_view file_name);
 class Spool {
  public:
   // The lock file inside the spool directory.
-  static constexpr std::string_view kLockFileName = ".npzfs-lock";
+  static constexpr std::string_view kLockFileName = kSpoolLockFileName;
 
   // Creates `dir` (and fsyncs its parent) or opens an existing one and resumes every member
   // file in it (one log line each; a file that cannot be resumed is renamed to
@@ -65,7 +68,9 @@ class Spool {
 
   // unlink: EPERM if the member has data (GrowingMember::CheckRemovable), ENOENT if absent.
   Status Remove(const std::string& name);
-  // rename: EPERM if the member has data, EEXIST if `to` is in the spool, ENOENT if absent.
+  // rename: the member keeps its object (GrowingMember::MoveTo), so whoever holds it (the
+  // daemon's inode table, open handles) follows the rename. EPERM if the member has data,
+  // EEXIST if `to` is in the spool, ENOENT if absent.
   Status Rename(const std::string& from, const std::string& to);
 
   // Adds every member to `archive_path` in one atomic AppendToArchive (creating the archive

@@ -1,7 +1,7 @@
 // bench_baseline: the in-process zlib baselines that tools/bench/bench.py compares npzfs with.
 //
-// Issue 6 states every target as a ratio to a baseline measured in the same run on the same
-// data. Three of those baselines are "what plain zlib does in one thread, with no filesystem
+// The benchmark states every target as a ratio to a baseline measured in the same run on the
+// same data. Three of those baselines are "what plain zlib does in one thread, with no filesystem
 // in between", and this program measures them:
 //
 //   bench_baseline inflate FILE OFFSET CSIZE

@@ -3,8 +3,11 @@
 //
 // Tree rules (the FUSE layer and the npz tool show exactly members()):
 //   - names are sanitized: a leading '/' is stripped, '.' and empty components are
-//     dropped; a name with a '..' component, a NUL byte, or that becomes empty is skipped
-//     with a log line;
+//     dropped; a name with a '..' component, a NUL byte, a component over 255 bytes, a
+//     length of PATH_MAX or more, or that becomes empty is skipped with a log line (its
+//     siblings are listed as usual);
+//   - an entry whose bytes overlap another entry's (its data runs into the next local
+//     header: the central directory's sizes lie) is skipped with a log line;
 //   - duplicate names: the LAST central-directory entry wins (as zipfile and numpy);
 //   - directory entries ("x/") are not members; a file whose path is also a directory of
 //     another member ("a" and "a/b.npy") is skipped with a log line;
@@ -17,9 +20,17 @@
 // archive (or in ArchiveOptions::index_dir) and reused while the archive is unchanged;
 // its format is specified in core/README.md, "Index file format".
 //
+// Stored members are checked too: a verify pass over the whole member (in the background,
+// from the first read), then chunk CRCs kept in the sidecar (core/read/stored_member.h).
+// ArchiveOptions::verify chooses how strict this is.
+//
+// The archive file must not change while it is open: a change of its size or mtime makes
+// every later read EIO, with one log line.
+//
 // Ownership: Archive owns the read-only fd of the archive, the span cache and the pool of
 // parked inflate streams (through a shared block that member readers also hold, so readers
-// may outlive the Archive). Thread-safety: every const method and OpenMember, BuildIndex,
+// may outlive the Archive). Destroying the Archive stops its members' background verify
+// passes. Thread-safety: every const method and OpenMember, BuildIndex, VerifyMember,
 // SaveIndex may be called from many threads at once after Open.
 #pragma once
 
@@ -40,12 +51,25 @@
 
 namespace npzfs {
 
+// How much CRC-32 checking reads get (every member's CRC-32 covers all of its bytes, so a
+// check needs one pass over the whole member; core/read/stored_member.h, inflate_index.cc).
+enum class VerifyMode {
+  // Every byte is checked: a member's first pass checks its CRC-32 (in the background for
+  // stored members), saved per-span CRCs check every span before it is served after that.
+  // Bytes read before the first pass has finished are served unchecked, and a read that
+  // reaches the end of the member waits for the verdict (EIO on a mismatch).
+  kDefault,
+  kStrict,  // as kDefault, but no byte of a member is served before its first pass finished
+  kOff,     // no CRC-32 is checked; stored members are spliced unchecked
+};
+
 struct ArchiveOptions {
   uint64_t cache_bytes = 128ull << 20;          // decompressed span cache budget (cache=MiB)
   uint64_t checkpoint_spacing = 1ull << 20;     // ~1 MiB between access points (min 64 KiB)
   bool index_enabled = true;                    // index=off: no sidecar read or written
   std::string index_dir;                        // empty: next to the archive
   size_t max_parked_streams = 16;               // live inflate streams kept across members
+  VerifyMode verify = VerifyMode::kDefault;     // verify=strict|off
   std::function<void(const std::string&)> log;  // warnings (unsafe names, CRC...); may be empty
 };
 
@@ -64,8 +88,10 @@ enum class IndexState {
   kComplete,   // every span is known and the CRC-32 of the whole member was checked
 };
 
-class DeflatedMember;  // core/read/deflated_member.h
-struct ArchiveShared;  // core/read/deflated_member.h
+class DeflatedMember;     // core/read/deflated_member.h
+class StoredMember;       // core/read/stored_member.h
+struct ArchiveShared;     // core/read/archive_shared.h
+struct IndexFingerprint;  // core/read/index_file.h
 
 class Archive {
  public:
@@ -96,12 +122,21 @@ class Archive {
   // Runs the first pass over member i now (npz index), calling progress(done, total) with
   // uncompressed bytes after each span. A no-op for stored members or a complete index.
   // Errors: EIO corrupt data or CRC mismatch; those of OpenMember.
+  // (Stored members are checked by VerifyMember.)
   Status BuildIndex(size_t i, const std::function<void(uint64_t, uint64_t)>& progress = {});
 
-  // True when some member learned checkpoints not yet in the sidecar.
+  // Checks member i's CRC-32 now if it was not checked yet (a stored member's verify pass, a
+  // deflated member's first pass), and returns the verdict: EIO on a mismatch.
+  Status VerifyMember(size_t i);
+  // Bytes read from the archive to check stored member i's CRC-32s (a test hook).
+  uint64_t verify_bytes(size_t i) const;
+
+  // True when some member learned checkpoints (or a stored member was verified) and the
+  // sidecar does not have it yet.
   bool index_dirty() const;
   // Writes the sidecar if anything new was learned: temp file + fsync + rename + fsync of
-  // the directory; never touches the archive. A no-op with index_enabled = false.
+  // the directory; never touches the archive. The file gets the archive's read and write
+  // permission bits (under the umask). A no-op with index_enabled = false.
   Status SaveIndex();
   std::string IndexPath() const;
 
@@ -112,17 +147,22 @@ class Archive {
   explicit Archive(PassKey) {}
 
  private:
+  void MakeMemberStates();
+  Status CheckMember(size_t i) const;  // the errors of OpenMember
   Status LoadIndex();
+  IndexFingerprint Fingerprint() const;
 
   std::shared_ptr<ArchiveShared> shared_;
   ZipDirectory directory_;
   std::vector<ArchiveMember> members_;
   std::unordered_map<std::string, size_t> by_path_;
-  // One entry per member: null for stored or unopenable members.
+  // One entry per member in each: the member's state in one of them, null in the other (both
+  // null for members that cannot be opened).
   std::vector<std::shared_ptr<DeflatedMember>> deflated_;
+  std::vector<std::shared_ptr<StoredMember>> stored_;
   ArchiveOptions options_;
-  int64_t archive_mtime_ns_ = 0;
-  std::mutex save_mu_;  // serializes SaveIndex calls
+  uint32_t archive_mode_ = 0;  // st_mode of the archive at Open (the sidecar's permissions)
+  std::mutex save_mu_;         // serializes SaveIndex calls
 };
 
 }  // namespace npzfs

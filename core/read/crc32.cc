@@ -1,0 +1,15 @@
+#include "core/read/crc32.h"
+
+#include <zlib.h>
+
+namespace npzfs {
+
+uint32_t Crc32(uint32_t crc, const void* data, size_t n) {
+  return static_cast<uint32_t>(crc32_z(crc, static_cast<const Bytef*>(data), n));
+}
+
+uint32_t Crc32Combine(uint32_t crc_a, uint32_t crc_b, uint64_t length_b) {
+  return static_cast<uint32_t>(crc32_combine64(crc_a, crc_b, static_cast<z_off64_t>(length_b)));
+}
+
+}  // namespace npzfs

@@ -1,0 +1,265 @@
+// Stored members: reads, the background verify pass, chunk checks. Design: stored_member.h.
+#include "core/read/stored_member.h"
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+
+#include "core/read/crc32.h"
+#include "core/read/read_pools.h"
+#include "npzfs/file_util.h"
+
+namespace npzfs {
+namespace {
+
+std::byte* ScratchChunk() {
+  thread_local std::unique_ptr<std::byte[]> buf =
+      std::make_unique_for_overwrite<std::byte[]>(StoredMember::kChunkBytes);
+  return buf.get();
+}
+
+}  // namespace
+
+StoredMember::StoredMember(std::shared_ptr<ArchiveShared> shared, std::string member_path,
+                           const ZipEntry& entry)
+    : shared_(std::move(shared)),
+      entry_(entry),
+      name_(shared_->path + ": member " + member_path),
+      chunks_(ChunkCount(entry.uncompressed_size)),
+      crcs_(chunks_, 0),
+      checked_(std::make_unique<std::atomic<bool>[]>(std::max<uint64_t>(chunks_, 1))) {}
+
+Result<ReadAnswer> StoredMember::Read(uint64_t offset, std::span<std::byte> dest, bool may_splice) {
+  NPZ_RETURN_IF_ERROR(shared_->CheckUnchanged());
+  const bool check = shared_->verify != VerifyMode::kOff;
+  if (offset >= size() || dest.empty()) {
+    // The end of the member: its CRC-32 verdict decides between EOF and EIO.
+    if (check && offset >= size()) NPZ_RETURN_IF_ERROR(WaitForPass());
+    return ReadAnswer{};
+  }
+  const size_t n = static_cast<size_t>(std::min<uint64_t>(dest.size(), size() - offset));
+  bool checked = !check;
+  if (check) {
+    const bool at_end = offset + n == size();
+    NPZ_RETURN_IF_ERROR(at_end || shared_->verify == VerifyMode::kStrict ? WaitForPass()
+                                                                         : StartPass());
+    if (verified()) {
+      NPZ_RETURN_IF_ERROR(CheckChunks(offset / kChunkBytes, (offset + n - 1) / kChunkBytes));
+      checked = true;
+    }
+  }
+  if (checked && may_splice) {
+    return ReadAnswer{n, shared_->fd.get(), entry_.data_offset + offset};
+  }
+  NPZ_ASSIGN_OR_RETURN(size_t got, PreadFull(shared_->fd.get(), dest.data(), n,
+                                             entry_.data_offset + offset, shared_->path));
+  if (got != n) {
+    NPZ_RETURN_IF_ERROR(shared_->CheckUnchanged());
+    return Status::Error(EIO, name_ + ": the archive ends inside the member");
+  }
+  return ReadAnswer{n, -1, 0};
+}
+
+bool StoredMember::verified() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return pass_ == Pass::kDone;
+}
+
+Status StoredMember::Verify() { return WaitForPass(); }
+
+Status StoredMember::StartPass() {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (!failed_.ok()) return failed_;
+  if (pass_ != Pass::kNotStarted) return Status::Ok();
+  pass_ = Pass::kRunning;
+  cancel_ = false;
+  lock.unlock();
+  std::weak_ptr<StoredMember> weak = weak_from_this();
+  VerifyPool().Submit([weak] { Step(weak); });
+  return Status::Ok();
+}
+
+Status StoredMember::WaitForPass() {
+  NPZ_RETURN_IF_ERROR(StartPass());
+  std::unique_lock<std::mutex> lock(mu_);
+  pass_cv_.wait(lock, [&] {
+    return pass_ == Pass::kDone || pass_ == Pass::kFailed || pass_ == Pass::kNotStarted;
+  });
+  if (pass_ == Pass::kNotStarted) {  // cancelled while we waited: resume it ourselves
+    lock.unlock();
+    return WaitForPass();
+  }
+  return failed_;
+}
+
+void StoredMember::Step(std::weak_ptr<StoredMember> weak) {
+  if (std::shared_ptr<StoredMember> self = weak.lock()) self->RunStep();
+}
+
+void StoredMember::RunStep() {
+  uint64_t first = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (pass_ != Pass::kRunning) return;
+    if (cancel_) {
+      pass_ = Pass::kNotStarted;  // resumable from next_chunk_
+      pass_cv_.notify_all();
+      return;
+    }
+    step_running_ = true;
+    first = next_chunk_;
+  }
+  const uint64_t last = std::min(chunks_, first + kStepChunks);
+  std::vector<uint32_t> crcs;
+  Status status;
+  for (uint64_t c = first; c < last && status.ok(); ++c) {
+    Result<uint32_t> crc = ChunkCrc(c);
+    if (crc.ok()) {
+      crcs.push_back(*crc);
+    } else {
+      status = crc.status();
+    }
+  }
+  std::unique_lock<std::mutex> lock(mu_);
+  for (size_t k = 0; k < crcs.size(); ++k) {
+    const uint64_t c = first + k;
+    crcs_[c] = crcs[k];
+    const uint64_t len = std::min<uint64_t>(kChunkBytes, size() - c * kChunkBytes);
+    running_crc_ = Crc32Combine(running_crc_, crcs[k], len);
+  }
+  next_chunk_ = first + crcs.size();
+  if (status.ok() && next_chunk_ < chunks_) {
+    step_running_ = false;
+    pass_cv_.notify_all();
+    lock.unlock();
+    std::weak_ptr<StoredMember> weak = weak_from_this();
+    VerifyPool().Submit([weak] { Step(weak); });
+    return;
+  }
+  if (status.ok() && running_crc_ == entry_.crc32) {
+    pass_ = Pass::kDone;
+    from_sidecar_ = false;
+    for (uint64_t c = 0; c < chunks_; ++c) checked_[c].store(true);
+    ++version_;
+  } else {
+    if (status.ok()) {
+      char text[96];
+      std::snprintf(text, sizeof text,
+                    ": CRC-32 mismatch (directory %08" PRIx32 ", data %08" PRIx32 ")", entry_.crc32,
+                    running_crc_);
+      status = Status::Error(EIO, name_ + text);
+    }
+    // Logged before anyone can see the failure: a reader's EIO is never ahead of its log line.
+    lock.unlock();
+    shared_->Log(status.message());
+    lock.lock();
+    if (failed_.ok()) failed_ = status;
+    pass_ = Pass::kFailed;
+  }
+  step_running_ = false;
+  pass_cv_.notify_all();
+}
+
+Result<uint32_t> StoredMember::ChunkCrc(uint64_t chunk) {
+  const uint64_t start = chunk * kChunkBytes;
+  const size_t len = static_cast<size_t>(std::min<uint64_t>(kChunkBytes, size() - start));
+  std::byte* buf = ScratchChunk();
+  NPZ_ASSIGN_OR_RETURN(size_t got, PreadFull(shared_->fd.get(), buf, len,
+                                             entry_.data_offset + start, shared_->path));
+  check_bytes_.fetch_add(got);
+  if (got != len) {
+    NPZ_RETURN_IF_ERROR(shared_->CheckUnchanged());
+    return Status::Error(EIO, name_ + ": the archive ends inside the member");
+  }
+  return Crc32(0, buf, len);
+}
+
+Status StoredMember::CheckChunks(uint64_t first, uint64_t last) {
+  for (uint64_t c = first; c <= last; ++c) {
+    if (checked_[c].load(std::memory_order_acquire)) continue;
+    NPZ_ASSIGN_OR_RETURN(uint32_t crc, ChunkCrc(c));
+    bool sidecar = false;
+    uint32_t expected = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!failed_.ok()) return failed_;
+      expected = crcs_[c];
+      sidecar = from_sidecar_;
+    }
+    if (crc == expected) {
+      checked_[c].store(true, std::memory_order_release);
+      continue;
+    }
+    if (!sidecar) {
+      return Fail("CRC-32 mismatch in bytes [" + std::to_string(c * kChunkBytes) + ", +" +
+                  std::to_string(kChunkBytes) + "): the data changed since it was verified");
+    }
+    // The sidecar's chunk CRCs are wrong or the data is: a pass over the data decides.
+    Distrust();
+    NPZ_RETURN_IF_ERROR(WaitForPass());
+    --c;  // check this chunk again, against CRCs this process computed
+  }
+  return Status::Ok();
+}
+
+Status StoredMember::Fail(const std::string& why) {
+  Status s = Status::Error(EIO, name_ + ": " + why);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!failed_.ok()) return failed_;
+    failed_ = s;
+    pass_ = Pass::kFailed;
+    pass_cv_.notify_all();
+  }
+  shared_->Log(s.message());
+  return s;
+}
+
+void StoredMember::Distrust() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!from_sidecar_ || pass_ != Pass::kDone) return;  // another thread got here first
+    from_sidecar_ = false;
+    pass_ = Pass::kNotStarted;
+    next_chunk_ = 0;
+    running_crc_ = 0;
+    for (uint64_t c = 0; c < chunks_; ++c) checked_[c].store(false);
+  }
+  shared_->Log(name_ +
+               ": a chunk does not match the CRC-32 saved in the index: the saved record is "
+               "dropped and the member is verified again");
+}
+
+std::optional<StoredMember::Record> StoredMember::TakeRecord() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (pass_ != Pass::kDone) return std::nullopt;
+  return Record{crcs_, version_};
+}
+
+void StoredMember::Load(std::vector<uint32_t> chunk_crcs) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (chunk_crcs.size() != chunks_ || pass_ != Pass::kNotStarted) return;
+  crcs_ = std::move(chunk_crcs);
+  pass_ = Pass::kDone;
+  from_sidecar_ = true;
+  next_chunk_ = chunks_;
+  running_crc_ = entry_.crc32;
+}
+
+bool StoredMember::dirty() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return pass_ == Pass::kDone && version_ != saved_version_;
+}
+
+void StoredMember::MarkSaved(uint64_t version) {
+  std::lock_guard<std::mutex> lock(mu_);
+  saved_version_ = std::max(saved_version_, version);
+}
+
+void StoredMember::Cancel() {
+  std::unique_lock<std::mutex> lock(mu_);
+  cancel_ = true;
+  pass_cv_.wait(lock, [&] { return !step_running_; });
+}
+
+}  // namespace npzfs

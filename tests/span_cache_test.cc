@@ -1,0 +1,164 @@
+// Tests of the shared span cache: budget and LRU eviction, de-duplication of work in flight,
+// errors, and the span buffer free list.
+#include "core/read/span_cache.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace npzfs {
+namespace {
+
+SpanPtr MakeSpan(size_t size, char fill) {
+  auto span = std::make_shared<Span>();
+  auto buf = AllocateSpanBuffer(size);
+  EXPECT_TRUE(buf.ok());
+  std::memset(buf->get(), fill, size);
+  span->data = std::move(buf).value();
+  span->size = size;
+  return span;
+}
+
+SpanKey Key(uint64_t member, uint64_t index) { return SpanKey{member, 0, index}; }
+
+TEST(SpanCache, EvictsTheLeastRecentlyUsedSpansToStayWithinBudget) {
+  SpanCache cache(3000);
+  cache.Insert(Key(1, 0), MakeSpan(1000, 'a'));
+  cache.Insert(Key(1, 1), MakeSpan(1000, 'b'));
+  cache.Insert(Key(2, 0), MakeSpan(1000, 'c'));
+  ASSERT_NE(cache.Lookup(Key(1, 0)), nullptr);  // now most recent
+  cache.Insert(Key(2, 1), MakeSpan(1000, 'd'));
+  EXPECT_EQ(cache.Lookup(Key(1, 1)), nullptr);
+  EXPECT_NE(cache.Lookup(Key(1, 0)), nullptr);
+  EXPECT_NE(cache.Lookup(Key(2, 1)), nullptr);
+  EXPECT_LE(cache.bytes(), 3000u);
+  EXPECT_EQ(cache.count(), 3u);
+}
+
+TEST(SpanCache, ASpanLargerThanTheWholeBudgetIsReturnedButNotKept) {
+  SpanCache cache(3000);
+  cache.Insert(Key(1, 0), MakeSpan(1000, 'a'));
+  cache.Insert(Key(3, 0), MakeSpan(5000, 'e'));
+  EXPECT_EQ(cache.Lookup(Key(3, 0)), nullptr);
+  EXPECT_NE(cache.Lookup(Key(1, 0)), nullptr) << "a span that is not kept evicts nothing";
+  auto r = cache.GetOrProduce(Key(4, 0), [] { return Result<SpanPtr>(MakeSpan(4000, 'f')); });
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ((*r)->size, 4000u);
+  EXPECT_EQ((*r)->data.get()[3999], std::byte{'f'});
+  EXPECT_EQ(cache.Lookup(Key(4, 0)), nullptr);
+  EXPECT_LE(cache.bytes(), 3000u);
+}
+
+TEST(SpanCache, ReinsertingAKeyReplacesTheSpanAndKeepsTheAccountingRight) {
+  SpanCache cache(10000);
+  cache.Insert(Key(1, 0), MakeSpan(1000, 'a'));
+  cache.Insert(Key(1, 0), MakeSpan(2000, 'b'));
+  EXPECT_EQ(cache.count(), 1u);
+  SpanPtr s = cache.Lookup(Key(1, 0));
+  ASSERT_NE(s, nullptr);
+  EXPECT_EQ(s->size, 2000u);
+  EXPECT_EQ(cache.bytes(), s->memory());
+}
+
+TEST(SpanCache, KeysDifferingOnlyInGenerationAreDifferentSpans) {
+  SpanCache cache(10000);
+  cache.Insert(SpanKey{1, 0, 5}, MakeSpan(100, 'a'));
+  EXPECT_EQ(cache.Lookup(SpanKey{1, 1, 5}), nullptr);
+  cache.Insert(SpanKey{1, 1, 5}, MakeSpan(100, 'b'));
+  EXPECT_EQ(cache.Lookup(SpanKey{1, 0, 5})->data.get()[0], std::byte{'a'});
+  EXPECT_EQ(cache.Lookup(SpanKey{1, 1, 5})->data.get()[0], std::byte{'b'});
+}
+
+TEST(SpanCache, AnEvictedSpanStaysValidForAReaderThatHoldsIt) {
+  SpanCache cache(1500);
+  cache.Insert(Key(1, 0), MakeSpan(1000, 'a'));
+  SpanPtr held = cache.Lookup(Key(1, 0));
+  cache.Insert(Key(1, 1), MakeSpan(1000, 'b'));  // evicts (1, 0)
+  EXPECT_EQ(cache.Lookup(Key(1, 0)), nullptr);
+  ASSERT_NE(held, nullptr);
+  for (size_t i = 0; i < held->size; ++i) ASSERT_EQ(held->data.get()[i], std::byte{'a'});
+}
+
+TEST(SpanCache, ConcurrentRequestsForOneSpanProduceItOnce) {
+  SpanCache cache(1 << 20);
+  std::atomic<int> produced{0};
+  std::atomic<int> ok{0};
+  // The producer waits until every other thread is queued behind it (no sleeps).
+  std::mutex mu;
+  std::condition_variable cv;
+  int arrived = 0;
+  constexpr int kThreads = 4;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        ++arrived;
+      }
+      cv.notify_all();
+      auto r = cache.GetOrProduce(Key(5, 5), [&]() -> Result<SpanPtr> {
+        ++produced;
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [&] { return arrived == kThreads; });
+        return MakeSpan(100, 'x');
+      });
+      if (r.ok() && (*r)->size == 100) ++ok;
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(produced.load(), 1);
+  EXPECT_EQ(ok.load(), kThreads);
+}
+
+TEST(SpanCache, AFailedProductionIsReturnedAndRetriedNextTime) {
+  SpanCache cache(1 << 20);
+  auto r = cache.GetOrProduce(
+      Key(1, 1), []() -> Result<SpanPtr> { return Status::Error(EIO, "x.npz: member a: boom"); });
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), EIO);
+  EXPECT_EQ(r.status().message(), "x.npz: member a: boom");
+  EXPECT_EQ(cache.count(), 0u);
+  auto again = cache.GetOrProduce(Key(1, 1), [] { return Result<SpanPtr>(MakeSpan(10, 'y')); });
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ((*again)->size, 10u);
+  EXPECT_EQ(cache.count(), 1u);
+}
+
+TEST(SpanCache, GetOrProduceReturnsACachedSpanWithoutCallingTheProducer) {
+  SpanCache cache(1 << 20);
+  cache.Insert(Key(2, 3), MakeSpan(10, 'c'));
+  bool called = false;
+  auto r = cache.GetOrProduce(Key(2, 3), [&] {
+    called = true;
+    return Result<SpanPtr>(MakeSpan(10, 'd'));
+  });
+  ASSERT_TRUE(r.ok());
+  EXPECT_FALSE(called);
+  EXPECT_EQ((*r)->data.get()[0], std::byte{'c'});
+}
+
+TEST(SpanBuffers, ARecycledBufferIsReusedOnlyWhenItFitsWithoutWastingHalf) {
+  std::byte* first = nullptr;
+  {
+    auto a = AllocateSpanBuffer(3 << 20);
+    ASSERT_TRUE(a.ok());
+    first = a->get();
+    EXPECT_GE(a->get_deleter().capacity, size_t{3} << 20);
+  }  // back to the free list
+  auto tiny = AllocateSpanBuffer(1000);
+  ASSERT_TRUE(tiny.ok());
+  EXPECT_NE(tiny->get(), first) << "a 3 MiB buffer must not serve a 1000-byte request";
+  auto again = AllocateSpanBuffer(2 << 20);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->get(), first);
+  EXPECT_GE(again->get_deleter().capacity, size_t{2} << 20);
+}
+
+}  // namespace
+}  // namespace npzfs

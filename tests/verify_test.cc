@@ -1,0 +1,464 @@
+// Tests of CRC-32 checking through the core API: stored members' verify passes and chunk
+// checks, the verify modes, a sidecar whose records are wrong, and an archive that changes
+// while it is open. Archives are made by numpy and zipfile at test time, then damaged.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <mutex>
+#include <random>
+#include <string>
+
+#include "core/read/crc32.h"
+#include "core/read/index_file.h"
+#include "npzfs/archive.h"
+#include "npzfs/file_util.h"
+#include "tests/test_util.h"
+
+namespace npzfs {
+namespace {
+
+using testing::ReadFileOrDie;
+using testing::RunPython;
+using testing::TempDir;
+using testing::WriteFileOrDie;
+
+class VerifyTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new TempDir();  // NOLINT: lives for the whole suite, deleted in TearDownTestSuite
+    RunPython(R"PY(
+import numpy as np, zipfile, os
+D = ')PY" + dir_->path() +
+              R"PY('
+rng = np.random.default_rng(11)
+adc = rng.integers(-3000, 3000, size=1_600_000).astype('<i2')   # 3.2 MB: 4 chunks of 1 MiB
+small = np.arange(10, dtype='<f8')
+np.savez(D + '/stored.npz', adc=adc, small=small)
+t = np.arange(1_500_000)
+smooth = (1000 * np.sin(t / 500.0) + rng.normal(0, 30, t.size)).astype('<i2')
+np.savez_compressed(D + '/comp.npz', adc=adc, small=small, smooth=smooth)
+with zipfile.ZipFile(D + '/comp.npz') as z:
+    open(D + '/smooth.npy', 'wb').write(z.read('smooth.npy'))
+with zipfile.ZipFile(D + '/stored.npz') as z:
+    open(D + '/adc.npy', 'wb').write(z.read('adc.npy'))
+    info = z.getinfo('adc.npy')
+data = bytearray(open(D + '/stored.npz', 'rb').read())
+data_start = info.header_offset + 30 + 7 + 20   # name 'adc.npy', numpy's 20-byte ZIP64 extra
+assert data[data_start:data_start + 6] == b'\x93NUMPY'
+
+flip = bytearray(data)
+flip[data_start + 2_500_000] ^= 0x01          # one bit, in the third chunk
+open(D + '/flip.npz', 'wb').write(bytes(flip))
+
+crc = bytearray(data)                          # the CRC-32 in the central directory only
+i = crc.find(b'PK\x01\x02')
+while i >= 0:
+    n = int.from_bytes(crc[i + 28:i + 30], 'little')
+    if crc[i + 46:i + 46 + n] == b'adc.npy':
+        crc[i + 16] ^= 0x55
+    i = crc.find(b'PK\x01\x02', i + 4)
+open(D + '/badcrc.npz', 'wb').write(bytes(crc))
+
+# An empty stored member whose CRC-32 is not 0.
+with zipfile.ZipFile(D + '/empty.zip', 'w') as z:
+    z.writestr('empty.bin', b'')
+    z.writestr('ok.bin', b'fine')
+e = bytearray(open(D + '/empty.zip', 'rb').read())
+i = e.find(b'PK\x01\x02')
+e[i + 16] = 0x12
+open(D + '/empty.zip', 'wb').write(bytes(e))
+)PY");
+  }
+  static void TearDownTestSuite() {
+    delete dir_;  // NOLINT
+    dir_ = nullptr;
+  }
+
+  static std::string Path(const std::string& name) { return dir_->Join(name); }
+  std::string Scratch(const std::string& name) {
+    const std::string dst = scratch_.Join(name);
+    std::filesystem::copy_file(Path(name), dst);
+    return dst;
+  }
+
+  ArchiveOptions Options(VerifyMode mode = VerifyMode::kDefault) {
+    ArchiveOptions o;
+    o.verify = mode;
+    o.checkpoint_spacing = 128 << 10;
+    o.log = [this](const std::string& line) {
+      std::lock_guard<std::mutex> lock(log_mu_);
+      log_ += line + "\n";
+    };
+    return o;
+  }
+  std::string Log() {
+    std::lock_guard<std::mutex> lock(log_mu_);
+    return log_;
+  }
+  size_t LogCount(const std::string& needle) {
+    const std::string log = Log();
+    size_t n = 0;
+    for (size_t p = log.find(needle); p != std::string::npos; p = log.find(needle, p + 1)) ++n;
+    return n;
+  }
+
+  static std::shared_ptr<MemberReader> Open(Archive& a, const std::string& path) {
+    std::optional<size_t> i = a.Find(path);
+    EXPECT_TRUE(i.has_value()) << path;
+    if (!i) return nullptr;
+    auto r = a.OpenMember(*i);
+    EXPECT_TRUE(r.ok()) << r.status().message();
+    return r.ok() ? *r : nullptr;
+  }
+
+  // Reads the member through in `chunk` steps; returns the first error (ok at a clean end)
+  // and the bytes read before it.
+  static Status ReadThrough(MemberReader& r, size_t chunk, std::string* out) {
+    out->clear();
+    std::string buf(chunk, '\0');
+    for (uint64_t off = 0;; off += chunk) {
+      auto got = r.ReadAt(off, std::as_writable_bytes(std::span(buf)));
+      if (!got.ok()) return got.status();
+      if (*got == 0) return Status::Ok();
+      out->append(buf, 0, *got);
+    }
+  }
+
+  static TempDir* dir_;
+  TempDir scratch_;
+  std::mutex log_mu_;
+  std::string log_;  // guarded by log_mu_
+};
+TempDir* VerifyTest::dir_ = nullptr;
+
+TEST_F(VerifyTest, AStoredMemberWithAFlippedByteIsEioByTheEndAndAfterwards) {
+  auto a = Archive::Open(Path("flip.npz"), Options());
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  auto r = Open(**a, "adc.npy");
+  std::string got;
+  Status s = ReadThrough(*r, 1 << 16, &got);
+  ASSERT_FALSE(s.ok()) << "a flipped byte was served to the end with rc=0";
+  EXPECT_EQ(s.code(), EIO);
+  EXPECT_NE(s.message().find("flip.npz: member adc.npy: CRC-32 mismatch"), std::string::npos)
+      << s.message();
+  // Every later read fails too, even of bytes that are intact.
+  std::string buf(100, '\0');
+  auto again = r->ReadAt(0, std::as_writable_bytes(std::span(buf)));
+  ASSERT_FALSE(again.ok());
+  EXPECT_EQ(again.status().code(), EIO);
+  EXPECT_EQ(LogCount("CRC-32 mismatch"), 1u) << Log();
+  // The other member is unaffected.
+  std::string small;
+  EXPECT_TRUE(ReadThrough(*Open(**a, "small.npy"), 100, &small).ok());
+}
+
+TEST_F(VerifyTest, AWrongCrcInTheDirectoryIsEioForAReaderOfTheEnd) {
+  auto a = Archive::Open(Path("badcrc.npz"), Options());
+  ASSERT_TRUE(a.ok());
+  auto r = Open(**a, "adc.npy");
+  // A reader that only reads the last byte waits for the pass and gets its verdict.
+  std::byte last[1];
+  auto got = r->ReadAt(r->size() - 1, last);
+  ASSERT_FALSE(got.ok());
+  EXPECT_EQ(got.status().code(), EIO);
+  EXPECT_NE(Log().find("badcrc.npz: member adc.npy: CRC-32 mismatch"), std::string::npos);
+}
+
+TEST_F(VerifyTest, AnEmptyStoredMemberWithANonZeroCrcIsEioNotAnEmptyFile) {
+  auto a = Archive::Open(Path("empty.zip"), Options());
+  ASSERT_TRUE(a.ok());
+  std::byte b[16];
+  auto got = Open(**a, "empty.bin")->ReadAt(0, b);
+  ASSERT_FALSE(got.ok());
+  EXPECT_EQ(got.status().code(), EIO);
+  auto ok = Open(**a, "ok.bin")->ReadAt(0, b);
+  ASSERT_TRUE(ok.ok());
+  EXPECT_EQ(*ok, 4u);
+}
+
+TEST_F(VerifyTest, StrictModeServesNoByteOfABadMember) {
+  auto a = Archive::Open(Path("flip.npz"), Options(VerifyMode::kStrict));
+  ASSERT_TRUE(a.ok());
+  std::byte head[64];
+  auto got = Open(**a, "adc.npy")->ReadAt(0, head);  // far from the damage
+  ASSERT_FALSE(got.ok());
+  EXPECT_EQ(got.status().code(), EIO);
+  // Deflated members too: the whole member is checked before its first byte is served.
+  auto c = Archive::Open(Path("badcrc.npz"), Options(VerifyMode::kStrict));
+  ASSERT_TRUE(c.ok());
+  auto r = Open(**c, "adc.npy");
+  EXPECT_FALSE(r->ReadAt(0, head).ok());
+}
+
+TEST_F(VerifyTest, VerifyOffServesTheBytesUncheckedAndSplicesThem) {
+  auto a = Archive::Open(Path("flip.npz"), Options(VerifyMode::kOff));
+  ASSERT_TRUE(a.ok());
+  auto r = Open(**a, "adc.npy");
+  std::string got;
+  ASSERT_TRUE(ReadThrough(*r, 1 << 16, &got).ok());
+  EXPECT_EQ(got.size(), r->size());
+  std::vector<std::byte> buf(4096);
+  auto answer = r->Read(4096, buf);
+  ASSERT_TRUE(answer.ok());
+  EXPECT_EQ(answer->splice_fd, (*a)->fd());
+  EXPECT_EQ(answer->length, 4096u);
+  EXPECT_EQ((*a)->verify_bytes(*(*a)->Find("adc.npy")), 0u);
+}
+
+TEST_F(VerifyTest, ReadsBeforeThePassEndAreCopiedAndOnlyCheckedChunksAreSpliced) {
+  auto a = Archive::Open(Path("stored.npz"), Options());
+  ASSERT_TRUE(a.ok());
+  const size_t adc = *(*a)->Find("adc.npy");
+  auto r = Open(**a, "adc.npy");
+  ASSERT_TRUE((*a)->VerifyMember(adc).ok());
+  std::vector<std::byte> buf(1000);
+  auto answer = r->Read(1 << 20, buf);
+  ASSERT_TRUE(answer.ok());
+  EXPECT_EQ(answer->splice_fd, (*a)->fd()) << "a verified member is spliced";
+  EXPECT_EQ(answer->splice_offset, (*a)->members()[adc].entry.data_offset + (1 << 20));
+  // The pass read the member once.
+  EXPECT_EQ((*a)->verify_bytes(adc), r->size());
+}
+
+TEST_F(VerifyTest, AVerifiedRecordIsSavedAndAFreshArchiveChecksOnlyTheChunksItTouches) {
+  const std::string path = Scratch("stored.npz");
+  {
+    auto a = Archive::Open(path, Options());
+    ASSERT_TRUE(a.ok());
+    EXPECT_FALSE((*a)->index_dirty());
+    ASSERT_TRUE((*a)->VerifyMember(*(*a)->Find("adc.npy")).ok());
+    EXPECT_TRUE((*a)->index_dirty());
+    ASSERT_TRUE((*a)->SaveIndex().ok());
+  }
+  auto a = Archive::Open(path, Options());
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(Log().find("ignored"), std::string::npos) << Log();
+  const size_t adc = *(*a)->Find("adc.npy");
+  auto r = Open(**a, "adc.npy");
+  std::vector<std::byte> buf(1000);
+  auto answer = r->Read((2 << 20) + 10, buf);  // inside the third chunk
+  ASSERT_TRUE(answer.ok());
+  EXPECT_EQ(answer->splice_fd, (*a)->fd()) << "a chunk checked against the record is spliced";
+  EXPECT_EQ((*a)->verify_bytes(adc), uint64_t{1} << 20) << "one chunk read, no pass";
+  // The bytes are right.
+  const std::string ref = ReadFileOrDie(Path("adc.npy"));
+  auto copy = r->ReadAt((2 << 20) + 10, buf);
+  ASSERT_TRUE(copy.ok());
+  EXPECT_EQ(std::memcmp(buf.data(), ref.data() + (2 << 20) + 10, buf.size()), 0);
+  EXPECT_EQ((*a)->verify_bytes(adc), uint64_t{1} << 20) << "a checked chunk is not read again";
+}
+
+// Rewrites the sidecar of `archive` with `edit` applied to its records.
+void EditSidecar(const std::string& archive, const std::string& sidecar,
+                 const std::function<void(std::vector<IndexRecord>&)>& edit) {
+  auto fd = OpenFile(archive, O_RDONLY);
+  ASSERT_TRUE(fd.ok());
+  auto dir = ReadZipDirectory(fd->get(), archive);
+  ASSERT_TRUE(dir.ok());
+  struct stat st;
+  ASSERT_EQ(::fstat(fd->get(), &st), 0);
+  IndexFingerprint fp{dir->archive_size,
+                      int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec, dir->cd_crc32,
+                      dir->entries.size()};
+  std::vector<uint8_t> kinds(dir->entries.size(), 0);
+  for (size_t e = 0; e < kinds.size(); ++e) {
+    kinds[e] = uint8_t(dir->entries[e].method == 8 ? RecordKind::kDeflated : RecordKind::kStored);
+  }
+  auto records = DecodeIndexFile(ReadFileOrDie(sidecar), sidecar, fp, dir->entries, kinds);
+  ASSERT_TRUE(records.ok()) << records.status().message();
+  edit(*records);
+  WriteFileOrDie(sidecar, EncodeIndexFile(fp, dir->entries, *records));
+}
+
+TEST_F(VerifyTest, ASidecarWithWrongChunkCrcsIsDistrustedAndTheGoodMemberReadsCorrectly) {
+  const std::string path = Scratch("stored.npz");
+  std::string sidecar;
+  {
+    auto a = Archive::Open(path, Options());
+    ASSERT_TRUE(a.ok());
+    ASSERT_TRUE((*a)->VerifyMember(*(*a)->Find("adc.npy")).ok());
+    ASSERT_TRUE((*a)->SaveIndex().ok());
+    sidecar = (*a)->IndexPath();
+  }
+  // A forgery that passes every load check: the first two chunk CRCs are changed so that
+  // they still combine to the member's CRC-32 (CRC-32 is linear).
+  EditSidecar(path, sidecar, [](std::vector<IndexRecord>& records) {
+    for (IndexRecord& rec : records) {
+      if (rec.kind != RecordKind::kStored || rec.chunk_crcs.size() < 2) continue;
+      const uint32_t d = 0x5a5a1234;
+      rec.chunk_crcs[0] ^= d;
+      rec.chunk_crcs[1] ^= Crc32Combine(d, 0, kStoredChunkBytes);
+    }
+  });
+  auto a = Archive::Open(path, Options());
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(Log().find("ignored"), std::string::npos) << "the forgery must pass the load checks";
+  auto r = Open(**a, "adc.npy");
+  std::string got;
+  ASSERT_TRUE(ReadThrough(*r, 100000, &got).ok());
+  EXPECT_TRUE(got == ReadFileOrDie(Path("adc.npy")));
+  EXPECT_NE(Log().find("verified again"), std::string::npos) << Log();
+  // The new record replaces the forged one.
+  EXPECT_TRUE((*a)->index_dirty());
+  ASSERT_TRUE((*a)->SaveIndex().ok());
+}
+
+// Replaces a deflated window by the same bytes with every non-zero byte changed: still a
+// well-formed window, but the wrong one.
+std::string ForgeWindow(const std::string& window, uint32_t size) {
+  std::string plain(size, '\0');
+  z_stream s{};
+  inflateInit2(&s, -15);
+  s.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(window.data()));
+  s.avail_in = static_cast<uInt>(window.size());
+  s.next_out = reinterpret_cast<Bytef*>(plain.data());
+  s.avail_out = size;
+  EXPECT_EQ(inflate(&s, Z_FINISH), Z_STREAM_END);
+  inflateEnd(&s);
+  for (char& c : plain) {
+    if (c != 0) c = static_cast<char>(c ^ 0x5a);
+  }
+  z_stream d{};
+  deflateInit2(&d, 6, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY);
+  std::string out(deflateBound(&d, size), '\0');
+  d.next_in = reinterpret_cast<Bytef*>(plain.data());
+  d.avail_in = size;
+  d.next_out = reinterpret_cast<Bytef*>(out.data());
+  d.avail_out = static_cast<uInt>(out.size());
+  EXPECT_EQ(deflate(&d, Z_FINISH), Z_STREAM_END);
+  out.resize(d.total_out);
+  deflateEnd(&d);
+  return out;
+}
+
+TEST_F(VerifyTest, ASidecarWithAWrongWindowIsDistrustedAndTheMemberReadsCorrectly) {
+  const std::string path = Scratch("comp.npz");
+  std::string sidecar;
+  size_t smooth = 0;
+  {
+    auto a = Archive::Open(path, Options());
+    ASSERT_TRUE(a.ok());
+    smooth = *(*a)->Find("smooth.npy");
+    ASSERT_TRUE((*a)->BuildIndex(smooth).ok());
+    ASSERT_TRUE((*a)->SaveIndex().ok());
+    sidecar = (*a)->IndexPath();
+  }
+  int forged = 0;
+  EditSidecar(path, sidecar, [&](std::vector<IndexRecord>& records) {
+    for (IndexRecord& rec : records) {
+      if (rec.kind != RecordKind::kDeflated || rec.checkpoints.size() < 5) continue;
+      for (size_t k = 1; k < rec.checkpoints.size(); ++k) {
+        Checkpoint& cp = rec.checkpoints[k];
+        cp.window = ForgeWindow(cp.window, cp.window_size);
+        ++forged;
+      }
+    }
+  });
+  ASSERT_GT(forged, 0);
+  auto a = Archive::Open(path, Options());
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(Log().find("ignored"), std::string::npos) << "the forgery must pass the load checks";
+  EXPECT_EQ((*a)->index_state(smooth), IndexState::kComplete);
+  const std::string ref = ReadFileOrDie(Path("smooth.npy"));
+  auto r = Open(**a, "smooth.npy");
+  const uint64_t off = ref.size() / 2;
+  std::string buf(100000, '\0');
+  auto got = r->ReadAt(off, std::as_writable_bytes(std::span(buf)));
+  ASSERT_TRUE(got.ok()) << got.status().message();
+  EXPECT_TRUE(buf == ref.substr(off, buf.size()));
+  EXPECT_NE(Log().find("rebuilt from the data"), std::string::npos) << Log();
+  EXPECT_GT((*a)->first_pass_spans(smooth), 0u) << "the checkpoints came from a new first pass";
+  std::string all;
+  ASSERT_TRUE(ReadThrough(*r, 1 << 20, &all).ok());
+  EXPECT_TRUE(all == ref);
+}
+
+TEST_F(VerifyTest, DamagedDataUnderASavedIndexIsEioAfterTheRebuildFailsToo) {
+  const std::string path = Scratch("comp.npz");
+  size_t smooth = 0;
+  {
+    auto a = Archive::Open(path, Options());
+    ASSERT_TRUE(a.ok());
+    smooth = *(*a)->Find("smooth.npy");
+    ASSERT_TRUE((*a)->BuildIndex(smooth).ok());
+    ASSERT_TRUE((*a)->SaveIndex().ok());
+  }
+  // Damage the middle of smooth.npy's data, keeping the size and the mtime (so the index
+  // still applies).
+  struct stat st;
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  {
+    auto fd = OpenFile(path, O_RDWR);
+    ASSERT_TRUE(fd.ok());
+    auto dir = ReadZipDirectory(fd->get(), path);
+    ASSERT_TRUE(dir.ok());
+    for (const ZipEntry& e : dir->entries) {
+      if (e.name != "smooth.npy") continue;
+      std::string junk(2000, '\x5a');
+      ASSERT_TRUE(PwriteAll(fd->get(), junk.data(), junk.size(),
+                            e.data_offset + e.compressed_size / 2, path)
+                      .ok());
+    }
+  }
+  struct timespec times[2] = {st.st_atim, st.st_mtim};
+  ASSERT_EQ(::utimensat(AT_FDCWD, path.c_str(), times, 0), 0);
+  auto a = Archive::Open(path, Options());
+  ASSERT_TRUE(a.ok());
+  ASSERT_EQ((*a)->index_state(smooth), IndexState::kComplete);
+  auto r = Open(**a, "smooth.npy");
+  std::string all;
+  Status s = ReadThrough(*r, 1 << 20, &all);
+  ASSERT_FALSE(s.ok()) << "damaged data was served";
+  EXPECT_EQ(s.code(), EIO);
+  EXPECT_NE(Log().find("rebuilt from the data"), std::string::npos) << Log();
+  // Every later read fails: the member is bad, not the index.
+  std::byte b[16];
+  EXPECT_FALSE(r->ReadAt(0, b).ok());
+}
+
+TEST_F(VerifyTest, AnArchiveTruncatedWhileOpenIsEioNeverShortData) {
+  for (std::string name : {"stored.npz", "comp.npz"}) {
+    SCOPED_TRACE(name);
+    const std::string path = Scratch(name);
+    auto a = Archive::Open(path, Options(VerifyMode::kOff));
+    ASSERT_TRUE(a.ok());
+    auto r = Open(**a, "adc.npy");
+    std::string buf(4096, '\0');
+    ASSERT_TRUE(r->ReadAt(0, std::as_writable_bytes(std::span(buf))).ok());
+    ASSERT_EQ(::truncate(path.c_str(), static_cast<off_t>(std::filesystem::file_size(path) / 2)),
+              0);
+    auto got = r->ReadAt(1 << 20, std::as_writable_bytes(std::span(buf)));
+    ASSERT_FALSE(got.ok());
+    EXPECT_EQ(got.status().code(), EIO);
+    EXPECT_NE(got.status().message().find("changed while it was open"), std::string::npos)
+        << got.status().message();
+    // Splicing is refused as well.
+    auto answer = r->Read(0, std::as_writable_bytes(std::span(buf)));
+    EXPECT_FALSE(answer.ok());
+  }
+  EXPECT_EQ(LogCount("changed while it was open"), 2u) << Log();
+}
+
+TEST_F(VerifyTest, AnArchiveRewrittenInPlaceWhileOpenIsEio) {
+  const std::string path = Scratch("stored.npz");
+  auto a = Archive::Open(path, Options());
+  ASSERT_TRUE(a.ok());
+  auto r = Open(**a, "small.npy");
+  std::byte b[16];
+  ASSERT_TRUE(r->ReadAt(0, b).ok());
+  struct timespec times[2] = {{0, UTIME_OMIT}, {1234567, 0}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, path.c_str(), times, 0), 0);
+  auto got = r->ReadAt(0, b);
+  ASSERT_FALSE(got.ok());
+  EXPECT_NE(got.status().message().find("modification time changed"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace npzfs
