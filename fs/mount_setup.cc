@@ -17,6 +17,7 @@
 #include "core/base/mount_table.h"
 #include "core/base/names.h"
 #include "fs/log.h"
+#include "npzfs/archive_writer.h"
 
 namespace npzfs::fs {
 namespace {
@@ -53,9 +54,18 @@ std::string IndexDir(const Mount& m) {
   return {};
 }
 
+void LogLine(const std::string& line) { LogInfo(line); }
+
 // Opens the archive. A missing one is an error naming its absolute path, unless -o create
-// (then nullptr: the mount starts empty and the archive is made on unmount).
+// (then nullptr: the mount starts empty and the archive is made on unmount). An append that
+// a killed process left half done is undone first (its journal); a read-only mount that may
+// not do so still mounts, with a warning.
 Result<std::shared_ptr<Archive>> OpenArchive(const Mount& m) {
+  auto recovered = RecoverInterruptedAppend(m.archive_path, LogLine);
+  if (!recovered.ok()) {
+    if (m.writable()) return recovered.status();
+    LogWarning("cannot undo an interrupted append: " + recovered.status().message());
+  }
   struct stat st {};
   if (stat(m.archive_path.c_str(), &st) != 0) {
     if (errno != ENOENT) return ErrnoStatus(errno, m.archive_path, "stat");
@@ -129,10 +139,18 @@ Status ResumeSpool(Mount& m) {
                "(mount without ro, or run npz recover, to add them to the archive)");
     return Status::Ok();
   }
-  NPZ_ASSIGN_OR_RETURN(std::unique_ptr<Spool> spool,
-                       Spool::Open(m.spool_dir, [](const std::string& line) { LogInfo(line); }));
+  NPZ_ASSIGN_OR_RETURN(std::unique_ptr<Spool> spool, Spool::Open(m.spool_dir, LogLine));
   m.spool.Set(std::move(spool));
   return Status::Ok();
+}
+
+// Temp files of a killed copy-mode finalize or npz pack, next to the archive. Called once no
+// finalize of this archive can be running (the mount lock, and the spool lock if a spool was
+// resumed, are ours); a directory we may not write is left alone.
+void RemoveStaleTemps(const Mount& m) {
+  if (!m.writable() || access(DirName(m.archive_path).c_str(), W_OK) != 0) return;
+  auto removed = RemoveStaleTempFiles(m.archive_path, LogLine);
+  if (!removed.ok()) LogWarning("cannot remove stale temp files: " + removed.status().message());
 }
 
 // Runtime files; a writable mount takes the archive's lock, then clears what an earlier
@@ -203,8 +221,11 @@ Status FinalizeSpool(Mount& m) {
   if (spool == nullptr) return Status::Ok();
   ProgressFile progress(m.runtime.progress);
   WriteOptions wo;
+  wo.append_mode = m.options.finalize_copy ? WriteOptions::AppendMode::kCopy
+                                           : WriteOptions::AppendMode::kInPlace;
   wo.compress_level = m.options.compress_level.value_or(-1);
   wo.reject_existing_names = true;
+  wo.log = LogLine;
   constexpr uint64_t kLargeFinalize = 64ull << 20;
   int64_t last_report = 0;
   wo.progress = [&](uint64_t done, uint64_t total) {
@@ -260,6 +281,7 @@ Status PrepareMount(Mount& m, MountPoint& mp) {
   if (s.ok()) s = PrepareRuntime(m);
   if (s.ok()) s = ResumeSpool(m);
   if (!s.ok()) return s.WithContext("cannot mount " + m.options.archive);
+  RemoveStaleTemps(m);
   m.table = std::make_unique<InodeTable>(m.start_time);
   BuildTree(m);
   return Status::Ok();

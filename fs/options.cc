@@ -30,6 +30,7 @@ enum Key {
   kKeyIndex,
   kKeyLog,
   kKeyVerify,
+  kKeyFinalize,
 };
 
 const fuse_opt kOptionSpecs[] = {
@@ -52,6 +53,7 @@ const fuse_opt kOptionSpecs[] = {
     FUSE_OPT_KEY("index=", kKeyIndex),
     FUSE_OPT_KEY("log=", kKeyLog),
     FUSE_OPT_KEY("verify=", kKeyVerify),
+    FUSE_OPT_KEY("finalize=", kKeyFinalize),
     FUSE_OPT_END,
 };
 
@@ -169,6 +171,12 @@ Status ProcessValueOption(Options& o, int key, const char* arg) {
       } else {
         return Invalid(bad + ": expected verify=strict, verify=on (the default) or verify=off");
       }
+      return Status::Ok();
+    case kKeyFinalize:
+      if (value != "copy" && value != "inplace") {
+        return Invalid(bad + ": expected finalize=copy or finalize=inplace (the default)");
+      }
+      o.finalize_copy = value == "copy";
       return Status::Ok();
   }
   return ProcessDirectoryOption(o, key, value);
@@ -323,6 +331,8 @@ std::string UsageText(const char* program) {
          "    -o log=FILE            append the log to FILE\n"
          "    -o verify=strict|on|off  CRC-32 checks: before any byte is served, as reads go\n"
          "                           (default), or none\n"
+         "    -o finalize=copy       add new members by copying the archive and renaming the\n"
+         "                           copy over it (default: append in place, journaled)\n"
          "\n";
 }
 

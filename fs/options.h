@@ -4,12 +4,12 @@
 //
 // ParseOptions() takes the npzfs-specific options (-o ro, create, nonempty, compress[=LEVEL],
 // spool=DIR, frame=PATTERN:DTYPE:SHAPE, cache=MiB, index=DIR|off, log=FILE,
-// verify=strict|on|off; -q, -v) and the two positional arguments out of argv, and leaves every
-// other option (-f, -d, -s, allow_other, ...) in `fuse_args` for fuse_parse_cmdline() and the
-// session. A frame= layout is checked completely here (dtype, axes), so a bad one fails the
-// mount instead of every later create. Parsing is pure (no FUSE session, no file system
-// access) apart from the fuse_args it fills, so errors reach the terminal before any mount.
-// Nothing here is shared between threads.
+// verify=strict|on|off, finalize=copy|inplace; -q, -v) and the two positional arguments out of
+// argv, and leaves every other option (-f, -d, -s, allow_other, ...) in `fuse_args` for
+// fuse_parse_cmdline() and the session. A frame= layout is checked completely here (dtype, axes),
+// so a bad one fails the mount instead of every later create. Parsing is pure (no FUSE session, no
+// file system access) apart from the fuse_args it fills, so errors reach the terminal before any
+// mount. Nothing here is shared between threads.
 #pragma once
 
 #include <fuse_opt.h>
@@ -55,6 +55,7 @@ struct Options {
   std::string log_file;               // -o log=FILE; empty: stderr / syslog / runtime dir
   Verbosity verbosity = Verbosity::kNormal;
   VerifyMode verify = VerifyMode::kDefault;  // -o verify=strict|on|off
+  bool finalize_copy = false;                // -o finalize=copy (default: in place)
   bool show_help = false;                    // -h / --help
   bool show_version = false;                 // -V / --version
 };

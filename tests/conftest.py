@@ -7,6 +7,11 @@ yields a DaemonMount, and on exit ALWAYS unmounts -- `fusermount3 -u`, then wait
 daemon (finalize runs after the unmount), `fusermount3 -u -z` as a last resort -- even when
 the test body failed. Without /dev/fuse the mount tests are skipped, except under CI where
 a missing /dev/fuse is a failure.
+
+Sanitized builds (ASan+UBSan, TSan) set NPZFS_SANITIZER_LOG_DIR: every sanitizer report of
+a process a test starts (the daemon, npz, api_example) is written to a file there, and a new
+file fails the test that was running, whatever the process's exit status (a test that
+expects `npz verify` to fail would otherwise pass on an ASan abort).
 """
 import contextlib
 import os
@@ -26,10 +31,61 @@ MOUNT_TIMEOUT = 10.0
 EXIT_TIMEOUT = 120.0  # finalize of the largest test archive
 
 
+SANITIZER_LOG_DIR = os.environ.get("NPZFS_SANITIZER_LOG_DIR")
+SANITIZER_OPTIONS = ("ASAN_OPTIONS", "UBSAN_OPTIONS", "TSAN_OPTIONS")
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "large: needs several GiB of /tmp and minutes (deselect locally with "
         "-m 'not large'; always runs in CI)")
+    config.addinivalue_line(
+        "markers", "concurrent: several readers or writers share one daemon (also run "
+        "under ThreadSanitizer in CI)")
+    if SANITIZER_LOG_DIR:
+        # One directory per pytest session, so that sessions never see each other's files.
+        os.makedirs(SANITIZER_LOG_DIR, exist_ok=True)
+        session_dir = tempfile.mkdtemp(prefix="session-", dir=SANITIZER_LOG_DIR)
+        os.environ["NPZFS_SANITIZER_SESSION_DIR"] = session_dir
+        for var in SANITIZER_OPTIONS:
+            opts = [o for o in os.environ.get(var, "").split(":") if o]
+            opts.append(f"log_path={session_dir}/{var.split('_')[0].lower()}")
+            os.environ[var] = ":".join(opts)
+
+
+def _sanitizer_reports():
+    session_dir = os.environ.get("NPZFS_SANITIZER_SESSION_DIR")
+    return set(os.listdir(session_dir)) if session_dir else set()
+
+
+def _read_reports(names):
+    session_dir = os.environ["NPZFS_SANITIZER_SESSION_DIR"]
+    texts = []
+    for name in sorted(names):
+        with open(os.path.join(session_dir, name), errors="replace") as f:
+            texts.append(f"--- {name}\n{f.read()}")
+    return "\n".join(texts)
+
+
+@pytest.fixture(autouse=True)
+def no_sanitizer_reports():
+    """Fails the test if a sanitized process it started wrote a report."""
+    before = _sanitizer_reports()
+    yield
+    new = _sanitizer_reports() - before
+    if new:
+        pytest.fail("sanitizer report(s) from a process this test started:\n" +
+                    _read_reports(new), pytrace=False)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A report written after its test ended (a daemon that outlived it) still fails the run."""
+    if not os.environ.get("NPZFS_SANITIZER_SESSION_DIR"):
+        return
+    names = _sanitizer_reports()
+    if names:
+        print("\nsanitizer reports in this session:\n" + _read_reports(names))
+        session.exitstatus = 1
 
 
 def require_fuse():
