@@ -52,6 +52,24 @@ def installed(tmp_path_factory):
     return dest, options["prefix"], options["libdir"], options["includedir"], options["mandir"]
 
 
+def build_compiler():
+    """The build's C++ compiler, with its sanitizers: a sanitized libnpzfs links only into a
+    program built with the same -fsanitize flags."""
+    def introspect(what):
+        return json.loads(subprocess.run(["meson", "introspect", BUILD, what],
+                                         capture_output=True, text=True, check=True).stdout)
+
+    options = {o["name"]: o["value"] for o in introspect("--buildoptions")}
+    command = next(list(source["compiler"]) for target in introspect("--targets")
+                   for source in target["target_sources"] if source.get("language") == "cpp")
+    sanitize = options.get("b_sanitize", "none")
+    if isinstance(sanitize, list):
+        sanitize = ",".join(sanitize)
+    if sanitize and sanitize != "none":
+        command.append("-fsanitize=" + sanitize)
+    return command
+
+
 def under(dest, prefix, sub):
     """Where `sub` (an install directory, relative to the prefix or absolute) lands in dest."""
     return str(dest) + (sub if os.path.isabs(sub) else os.path.join(prefix, sub))
@@ -85,7 +103,8 @@ def test_the_api_example_builds_against_the_installed_tree_with_pkg_config(insta
     source = tmp_path / "example.cc"
     shutil.copy(os.path.join(ROOT, "tools", "api_example.cc"), source)
     exe = tmp_path / "example"
-    r = subprocess.run(["c++", "-std=c++20", str(source), *flags, "-o", str(exe)],
+    cxx = build_compiler()
+    r = subprocess.run([*cxx, "-std=c++20", str(source), *flags, "-o", str(exe)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     out = tmp_path / "shared"
@@ -98,7 +117,7 @@ def test_the_api_example_builds_against_the_installed_tree_with_pkg_config(insta
     static_flags = subprocess.run(["pkg-config", "--static", "--cflags", "--libs", "npzfs"],
                                   capture_output=True, text=True, env=env, check=True).stdout
     static_exe = tmp_path / "example-static"
-    r = subprocess.run(["c++", "-std=c++20", str(source), "-static-libstdc++",
+    r = subprocess.run([*cxx, "-std=c++20", str(source), "-static-libstdc++",
                         *[f for f in static_flags.split() if f != "-lnpzfs"],
                         os.path.join(lib, "libnpzfs.a"), "-lz", "-o", str(static_exe)],
                        capture_output=True, text=True, timeout=600)
