@@ -230,3 +230,16 @@ def run_with_stderr_on_a_terminal(argv, env):
     proc.wait()
     os.close(master)
     return proc.returncode, drawn.decode("utf-8", "replace")
+
+
+@contextlib.contextmanager
+def tmpfs(directory, size="4m"):
+    """A small tmpfs mounted at `directory` (we run as root); always unmounted."""
+    os.makedirs(directory, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                       str(directory)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)])

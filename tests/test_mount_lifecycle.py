@@ -2,7 +2,6 @@
 npzfs mounts and survives a dead daemon; missing archives; mount points; a log that is never
 lost; frame= checked at mount; side files; statistics; finalize progress; ls -l answers.
 """
-import contextlib
 import errno
 import io
 import json
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import (NPZ_BIN, NPZFS_BIN, is_mounted, mounted, require_fuse,
-                      run_with_stderr_on_a_terminal, start_daemon)
+                      run_with_stderr_on_a_terminal, start_daemon, tmpfs)
 
 PYTHON = os.environ.get("NPZFS_PYTHON", "/usr/bin/python3")
 CREATE = ("-o", "create")
@@ -229,18 +228,6 @@ def test_a_second_writable_mount_of_the_same_archive_is_refused_at_mount(tmp_pat
 
 
 # -------------------------------------------------------------------------- npz umount
-
-
-@contextlib.contextmanager
-def tmpfs(directory):
-    os.makedirs(directory, exist_ok=True)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs",
-                       str(directory)]).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        yield directory
-    finally:
-        subprocess.run(["umount", "-l", str(directory)])
 
 
 def test_umount_refuses_a_tmpfs_and_leaves_it_mounted(tmp_path):

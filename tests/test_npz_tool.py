@@ -16,7 +16,7 @@ import zlib
 import numpy as np
 import pytest
 
-from conftest import run_with_stderr_on_a_terminal
+from conftest import run_with_stderr_on_a_terminal, tmpfs
 
 ROOT = os.environ.get("NPZFS_SOURCE_ROOT", os.path.dirname(os.path.dirname(__file__)))
 NPZ_BIN = os.environ.get("NPZ_BIN", os.path.join(ROOT, "build/tools/npz"))
@@ -83,19 +83,6 @@ def files(tmp_path):
     np.save(tmp_path / "adc.npy", adc)
     np.save(tmp_path / "tx.npy", tx)
     return tmp_path, adc, tx
-
-
-@contextlib.contextmanager
-def tmpfs(directory, size="4m"):
-    """A small tmpfs mounted at `directory` (we run as root); always unmounted."""
-    os.makedirs(directory, exist_ok=True)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
-                       str(directory)]).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        yield directory
-    finally:
-        subprocess.run(["umount", "-l", str(directory)])
 
 
 def remount_read_only(directory):
