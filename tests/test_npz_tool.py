@@ -186,6 +186,75 @@ def test_pack_compress_deflates_like_np_savez_compressed(files, option, level):
         np.testing.assert_array_equal(z["big"], big)
 
 
+def seek_table_of(info):
+    """The npzfs seek table block (header ID 0x5a4e) in a member's central extra, or None."""
+    extra = info.extra
+    pos = 0
+    while pos + 4 <= len(extra):
+        xid, size = int.from_bytes(extra[pos:pos + 2], "little"), int.from_bytes(
+            extra[pos + 2:pos + 4], "little")
+        if xid == 0x5A4E:
+            return extra[pos + 4:pos + 4 + size]
+        pos += 4 + size
+    return None
+
+
+def test_pack_compress_writes_seekable_members_that_every_reader_accepts(files):
+    d, adc, tx = files
+    big = smooth_int16(700)  # 5.5 MiB: six 1 MiB chunks after the header chunk
+    np.save(d / "big.npy", big)
+    np.save(d / "empty.npy", np.zeros((0, 5), dtype="<f4"))
+    ok("pack", d / "out.npz", d / "big.npy", d / "tx.npy", d / "empty.npy", "--compress")
+    with zipfile.ZipFile(d / "out.npz") as z:
+        assert z.testzip() is None
+        for info in z.infolist():
+            table = seek_table_of(info)
+            assert table is not None and table[:4] == b"NPZS", info.filename
+        table = seek_table_of(z.getinfo("big.npy"))
+        first, count = (int.from_bytes(table[i:i + 4], "little") for i in (12, 16))
+        header_len = len((d / "big.npy").read_bytes()) - big.nbytes
+        assert first == header_len and count == 1 + -(-big.nbytes // (1 << 20))
+    with np.load(d / "out.npz") as z:
+        np.testing.assert_array_equal(z["big"], big)
+        np.testing.assert_array_equal(z["tx"], tx)
+        assert z["empty"].shape == (0, 5)
+    assert subprocess.run(["unzip", "-tq", d / "out.npz"], capture_output=True).returncode == 0
+    assert subprocess.run(["zipinfo", "-v", d / "out.npz"], capture_output=True).returncode == 0
+    assert "3 members OK" in ok("verify", d / "out.npz").stdout.decode()
+
+
+def test_pack_compress_is_as_small_as_np_savez_compressed(tmp_path):
+    big = smooth_int16(1024)  # 8 MiB
+    np.save(tmp_path / "big.npy", big)
+    ok("pack", tmp_path / "ours.npz", tmp_path / "big.npy", "--compress")
+    np.savez_compressed(tmp_path / "numpy.npz", big=big)
+    with zipfile.ZipFile(tmp_path / "ours.npz") as a, zipfile.ZipFile(tmp_path / "numpy.npz") as b:
+        ours, theirs = a.getinfo("big.npy").compress_size, b.getinfo("big.npy").compress_size
+    assert ours <= theirs * 1.005, (ours, theirs)
+
+
+def test_pack_compress_writes_the_same_bytes_with_any_thread_count(files):
+    d, adc, tx = files
+    np.save(d / "big.npy", smooth_int16(400))
+    ok("pack", d / "one.npz", d / "big.npy", "--compress", "--threads", "1")
+    ok("pack", d / "two.npz", d / "big.npy", "--compress", "--threads=3")
+    ranges = [data_range(d / name, "big.npy") for name in ("one.npz", "two.npz")]
+    blobs = [(d / name).read_bytes()[o:o + n] for name, (o, n) in zip(("one.npz", "two.npz"), ranges)]
+    assert blobs[0] == blobs[1]
+    with zipfile.ZipFile(d / "one.npz") as a, zipfile.ZipFile(d / "two.npz") as b:
+        assert seek_table_of(a.getinfo("big.npy")) == seek_table_of(b.getinfo("big.npy"))
+
+
+def test_threads_must_be_a_positive_count(files):
+    d, adc, tx = files
+    fails(2, "pack", d / "out.npz", d / "adc.npy", "--compress", "--threads", "0",
+          must_name=["--threads"])
+    fails(2, "pack", d / "out.npz", d / "adc.npy", "--threads=many", must_name=["--threads"])
+    fails(2, "add", d / "out.npz", "k", d / "adc.npy", "--threads", "-2",
+          must_name=["--threads"])
+    assert not (d / "out.npz").exists()
+
+
 def test_pack_keys_name_the_members_in_order(files):
     d, adc, tx = files
     ok("pack", d / "out.npz", d / "adc.npy", "--key", "first", d / "tx.npy",
@@ -293,10 +362,12 @@ def test_add_appends_and_keeps_old_members_byte_identical(files):
 def test_add_with_compress_deflates_the_new_member(files):
     d, adc, tx = files
     ok("pack", d / "data.npz", d / "tx.npy")
-    ok("add", d / "data.npz", "calib/adc.npy", d / "adc.npy", "--compress")
+    ok("add", d / "data.npz", "calib/adc.npy", d / "adc.npy", "--compress", "--threads", "2")
     with zipfile.ZipFile(d / "data.npz") as z:
         assert z.getinfo("calib/adc.npy").compress_type == zipfile.ZIP_DEFLATED
+        assert seek_table_of(z.getinfo("calib/adc.npy")) is not None
         assert z.getinfo("tx.npy").compress_type == zipfile.ZIP_STORED
+        assert z.testzip() is None
     with np.load(d / "data.npz") as z:
         np.testing.assert_array_equal(z["calib/adc"], adc)
 

@@ -240,6 +240,7 @@ Status Spool::Finalize(const std::string& archive_path, const WriteOptions& opti
       nm.pieces.push_back(std::move(data));
     }
     nm.crc32 = f.crc32;
+    nm.leading_chunk = f.header.size();  // deflate: the header is a chunk of its own
     total_bytes += f.header.size() + f.data_length;
     news.push_back(std::move(nm));
   }
@@ -247,7 +248,9 @@ Status Spool::Finalize(const std::string& archive_path, const WriteOptions& opti
   if (!news.empty()) {
     Log(archive_path + ": finalizing " + std::to_string(news.size()) + " new member(s), " +
         std::to_string(total_bytes) + " bytes");
-    Status st = AppendToArchive(archive_path, news, options);
+    WriteOptions retry_safe = options;
+    retry_safe.skip_identical_existing = true;  // a finalize that died after adding them
+    Status st = AppendToArchive(archive_path, news, retry_safe);
     if (!st.ok()) {
       Log(archive_path + ": finalize failed, archive and spool " + dir_ +
           " left intact: " + st.message());
@@ -306,7 +309,10 @@ Status RecoverSpool(const std::string& archive_path, const std::string& spool_di
   if (!S_ISDIR(st.st_mode)) {
     return Status::Error(ENOTDIR, spool_dir + ": spool path is not a directory");
   }
-  NPZ_ASSIGN_OR_RETURN(auto spool, Spool::Open(spool_dir, std::move(log)));
+  NPZ_ASSIGN_OR_RETURN(auto spool, Spool::Open(spool_dir, log));
+  // Under the spool lock no finalize of this archive runs: temp files of a killed copy-mode
+  // finalize are leftovers.
+  NPZ_RETURN_IF_ERROR(RemoveStaleTempFiles(archive_path, log).status());
   return spool->Finalize(archive_path, options);
 }
 

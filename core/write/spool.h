@@ -97,8 +97,9 @@ class Spool {
   bool finalized_ = false;
 };
 
-// `npz recover ARCHIVE`: finalizes the spool a dead daemon left behind. ENOENT with a clear
-// message if there is no spool directory; EBUSY if a live daemon holds it.
+// `npz recover ARCHIVE`: finalizes the spool a dead daemon left behind, after removing the
+// temp files of a killed copy-mode finalize (RemoveStaleTempFiles, under the spool lock). ENOENT
+// with a clear message if there is no spool directory; EBUSY if a live daemon holds it.
 Status RecoverSpool(const std::string& archive_path, const std::string& spool_dir,
                     const WriteOptions& options, SpoolLogFn log = {});
 

@@ -56,6 +56,36 @@ uint64_t SeekChunkSizeFor(uint64_t uncompressed_size, uint64_t first_chunk_size,
   return size <= kMaxSeekChunkSize ? size : 0;
 }
 
+bool CoarsenSeekTable(SeekTableLayout* layout, uint64_t uncompressed_size) {
+  while (layout->compressed_sizes.size() > kMaxSeekChunks) {
+    const uint64_t c = layout->chunk_size;
+    if (2 * c > kMaxSeekChunkSize) return false;
+    const size_t n = layout->compressed_sizes.size();
+    std::vector<uint32_t> sizes = {layout->compressed_sizes[0]};
+    std::vector<uint32_t> crcs = {layout->crc32s[0]};
+    uint64_t at = std::min<uint64_t>(layout->first_chunk_size, uncompressed_size);
+    for (size_t i = 1; i < n; i += 2) {
+      at += std::min(c, uncompressed_size - at);
+      uint64_t merged_size = layout->compressed_sizes[i];
+      uLong merged_crc = layout->crc32s[i];
+      if (i + 1 < n) {
+        const uint64_t len = std::min(c, uncompressed_size - at);
+        at += len;
+        merged_size += layout->compressed_sizes[i + 1];
+        merged_crc =
+            ::crc32_combine64(merged_crc, layout->crc32s[i + 1], static_cast<z_off64_t>(len));
+      }
+      if (merged_size > 0xFFFFFFFFu) return false;
+      sizes.push_back(static_cast<uint32_t>(merged_size));
+      crcs.push_back(static_cast<uint32_t>(merged_crc));
+    }
+    layout->compressed_sizes = std::move(sizes);
+    layout->crc32s = std::move(crcs);
+    layout->chunk_size = static_cast<uint32_t>(2 * c);
+  }
+  return true;
+}
+
 Result<std::string> EncodeSeekTableExtra(const SeekTableLayout& layout) {
   const size_t n = layout.compressed_sizes.size();
   if (n == 0 || n > kMaxSeekChunks || layout.crc32s.size() != n || layout.chunk_size == 0) {

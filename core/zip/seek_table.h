@@ -90,6 +90,13 @@ uint64_t SeekChunkCount(uint64_t uncompressed_size, uint64_t first_chunk_size, u
 uint64_t SeekChunkSizeFor(uint64_t uncompressed_size, uint64_t first_chunk_size,
                           uint64_t preferred = kDefaultSeekChunkSize);
 
+// Merges neighbouring chunks after the first (pairs 1+2, 3+4, ...; the chunk size doubles)
+// until `layout` has at most kMaxSeekChunks chunks. Two independent chunks in a row are one
+// independent chunk, so the deflate data stays as it is; only the table changes.
+// `uncompressed_size` is the member's. False if the chunk size would exceed
+// kMaxSeekChunkSize (the member is then written without a table).
+bool CoarsenSeekTable(SeekTableLayout* layout, uint64_t uncompressed_size);
+
 // The complete extra block (header ID, data size, data) for a central directory entry.
 // EINVAL if the layout is malformed (no chunk, more than kMaxSeekChunks, sizes and CRCs of
 // different lengths, a zero chunk size).
