@@ -233,6 +233,28 @@ TEST(BackgroundDeflate, ChunksDeflatedWhileFramesArriveAreCopiedAtFinalize) {
   EXPECT_TRUE(member_a.substr(first.in, shadow_bytes.size()) == shadow_bytes);
 }
 
+TEST(BackgroundDeflate, FinalizeTakesWhatIsDoneAndDoesNotWaitForTheRest) {
+  TempDir dir;
+  const std::string data = Frames(512, 4);  // 32 MiB: far more than a chunk's time to deflate
+  testing::WriteFileOrDie(dir.Join("a.npz.expected"), data);
+  Logged log;
+  auto spool = Spool::Open(dir.Join("spool"), log.fn());
+  ASSERT_TRUE(spool.ok());
+  (*spool)->StartBackgroundDeflate(6);
+  WriteMember(**spool, "adc.npy", data);
+  ASSERT_TRUE((*spool)->Finalize(dir.Join("a.npz"), Compress()).ok());
+  // At most the chunks done when finalize began, plus the one in progress; the rest were
+  // deflated by finalize itself.
+  size_t reused = 0;
+  for (const std::string& line : log.lines) {
+    if (line.find(" chunk(s) deflated in the background") != std::string::npos) {
+      reused = std::stoul(line.substr(line.find(": ") + 2));
+    }
+  }
+  EXPECT_LT(reused, 32u);
+  ExpectMember(dir.Join("a.npz"), "adc", data);
+}
+
 TEST(BackgroundDeflate, AShadowLeftByAKilledDaemonIsUsedAndItsTornTailRedone) {
   TempDir dir;
   const std::string data = Frames(100, 2);  // 6.25 MiB

@@ -53,6 +53,7 @@ std::unique_ptr<DeflateShadow> BackgroundDeflater::Take(const GrowingMember* mem
   for (auto it = entries_.begin(); it != entries_.end(); ++it) {
     if ((*it)->member.get() != member) continue;
     Entry* e = it->get();
+    e->taken = true;  // without it the thread would pick this member again at once
     changed_.wait(lock, [&] { return busy_ != e; });
     std::unique_ptr<DeflateShadow> shadow = e->disabled ? nullptr : std::move(e->shadow);
     entries_.erase(it);
@@ -72,7 +73,7 @@ void BackgroundDeflater::WaitUntilIdle() {
 
 BackgroundDeflater::Work BackgroundDeflater::PickWork() {
   for (auto& e : entries_) {
-    if (e->disabled) continue;
+    if (e->disabled || e->taken) continue;
     // A .npy member has data only once its layout (and so its header) is known.
     const ReaderSnapshot snap = e->member->TakeSnapshot();
     if (e->member->is_npy() && snap.header.empty()) continue;
@@ -119,7 +120,7 @@ void BackgroundDeflater::Disable(Entry& e, const Status& why) {
 
 Status BackgroundDeflater::SyncIdleShadows(std::unique_lock<std::mutex>& lock) {
   for (auto& e : entries_) {
-    if (!e->shadow || e->disabled) continue;
+    if (!e->shadow || e->disabled || e->taken) continue;
     Entry* entry = e.get();
     busy_ = entry;
     lock.unlock();

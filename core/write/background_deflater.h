@@ -59,6 +59,7 @@ class BackgroundDeflater {
     std::shared_ptr<GrowingMember> member;
     std::unique_ptr<DeflateShadow> shadow;
     bool disabled = false;  // an error stopped the work for this member
+    bool taken = false;     // Take is waiting for the chunk in progress: start no other
   };
   // What the thread does next, chosen under mu_.
   struct Work {
