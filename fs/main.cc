@@ -203,6 +203,8 @@ int Run(int argc, char** argv) {
       return 1;
     }
     m.spool = std::move(spool).value();
+    // -o compress: deflate completed chunks while frames arrive (one background thread).
+    if (m.options.compress_level) m.spool->StartBackgroundDeflate(*m.options.compress_level);
   } else {
     std::string dir = m.options.spool_dir.empty() ? DefaultSpoolDir(m.archive_path)
                                                   : MakeAbsolute(m.options.spool_dir);
