@@ -66,6 +66,9 @@ class HandleTable {
 // member: an archive on a read-only dataset mounts and serves its members without one.
 class SpoolSlot {
  public:
+  // -o compress: every spool this slot holds deflates completed chunks in the background
+  // (Spool::StartBackgroundDeflate). Call before Set or GetOrCreate.
+  void SetBackgroundDeflate(std::optional<int> level) { background_level_ = level; }
   void Set(std::unique_ptr<Spool> spool);
   Spool* get() const;  // nullptr until made; then valid for the Mount's life
   // The spool, made now in `dir` if needed. If it cannot be made: EROFS, and one log line
@@ -76,6 +79,7 @@ class SpoolSlot {
   mutable std::mutex mu_;
   std::unique_ptr<Spool> spool_;
   bool failure_logged_ = false;
+  std::optional<int> background_level_;
 };
 
 // Counters for the user.npzfs.stats xattr.

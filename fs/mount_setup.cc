@@ -274,6 +274,8 @@ Status PrepareMount(Mount& m, MountPoint& mp) {
     NPZ_RETURN_IF_ERROR(LogToFile(MakeAbsolute(m.options.log_file)).WithContext("-o log="));
   }
   m.runtime = ChooseRuntimeFiles(m.archive_path);  // the index may live there
+  // -o compress: deflate completed chunks while frames arrive (one background thread).
+  m.spool.SetBackgroundDeflate(m.options.compress_level);
   auto archive = OpenArchive(m);
   if (!archive.ok()) return archive.status().WithContext("cannot mount");
   m.archive = std::move(archive).value();

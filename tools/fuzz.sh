@@ -47,7 +47,7 @@ wait
 
 status=0
 for f in "${fuzzers[@]}"; do
-  stats=$(grep -E '^#[0-9]+ +DONE' "$campaign/$f.log" | tail -1)
+  stats=$(grep -E '^#[0-9]+[[:space:]]+DONE' "$campaign/$f.log" | tail -1)
   findings=$(ls "$campaign/$f/artifacts" 2>/dev/null | wc -l)
   printf '%-24s %s\n' "$f" "${stats:-(no DONE line: see $campaign/$f.log)}"
   if [ "$findings" -gt 0 ]; then

@@ -37,8 +37,8 @@ namespace {
 constexpr size_t kMaxPlain = 384 << 10;
 constexpr size_t kMaxInflated = 8 << 20;  // a raw stream may inflate this much at most
 constexpr uint64_t kSpacing = 64 << 10;   // the smallest checkpoint spacing Archive allows
-constexpr size_t kMaxReads = 48;
-constexpr size_t kMaxReadLength = 160 << 10;
+constexpr size_t kMaxReads = 24;
+constexpr size_t kMaxReadLength = 96 << 10;
 constexpr uint8_t kModeRaw = 1, kModeBuildIndex = 2, kModeSaveIndex = 4, kModeBadCrc = 8;
 
 // Deterministic noise for incompressible stretches.

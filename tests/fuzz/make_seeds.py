@@ -11,13 +11,20 @@ fits a byte, big-endian bytes for wider ranges (FuzzInput::Range), little-endian
 """
 import io
 import os
-import warnings
 import struct
 import sys
+import time
+import warnings
 import zipfile
 import zlib
 
 import numpy as np
+
+# zipfile stamps members with the current local time: fix it, so that the seeds do not
+# change from one run to the next.
+os.environ["TZ"] = "UTC"
+time.tzset()
+time.time = lambda: 1700000000.0
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
 
@@ -134,9 +141,12 @@ def zip_seeds():
 
 
 # ---------------------------------------------------------------- sidecar
-# Offsets in the sidecar header and first record (core/README.md, "Index file format").
+# Offsets in the sidecar (format 2) header and first record (core/README.md, "Index file
+# format"): the first record is member 0's, deflated; a checkpoint without window is 37 bytes.
 RECORD_COUNT, FIRST_RECORD = 48, 56
-COMPLETE, CHECKPOINT_COUNT, FIRST_CHECKPOINT = 56 + 44, 56 + 48, 56 + 56
+KIND, STATE, CHECKPOINT_COUNT, FIRST_CHECKPOINT, CHECKPOINT = 100, 101, 104, 112, 37
+SECOND = FIRST_CHECKPOINT + CHECKPOINT  # out 0, in 8, bits 16, header_bit 17, span_crc 25,
+                                        # window_size 29, window_bytes 33, window 37
 
 
 def patches(mode, edits, truncate=None):
@@ -154,15 +164,19 @@ def sidecar_seeds():
     write("sidecar", "true", bytes([0]))
     write("sidecar", "true_save_again", bytes([16]))
     write("sidecar", "no_records", patches(fix, [(RECORD_COUNT, b"\x00")]))
-    write("sidecar", "incomplete", patches(fix, [(COMPLETE, b"\x00")]))
+    write("sidecar", "incomplete", patches(fix, [(STATE, b"\x00")]))
+    write("sidecar", "stored_kind", patches(fix, [(KIND, b"\x02")]))
     write("sidecar", "one_checkpoint", patches(fix, [(CHECKPOINT_COUNT, b"\x01")]))
-    write("sidecar", "checkpoint_in", patches(fix | 16, [(FIRST_CHECKPOINT + 41 + 8, b"\x13")]))
-    write("sidecar", "second_out", patches(fix, [(FIRST_CHECKPOINT + 41, b"\x00\x10")]))
-    write("sidecar", "window_byte", patches(fix, [(FIRST_CHECKPOINT + 41 + 41 + 10, b"\xff\x00")]))
-    write("sidecar", "span_crc", patches(fix, [(FIRST_CHECKPOINT + 17, b"\xde\xad")]))
+    write("sidecar", "checkpoint_in", patches(fix | 16, [(SECOND + 8, b"\x13")]))
+    write("sidecar", "checkpoint_bits", patches(fix, [(SECOND + 16, b"\x05")]))
+    write("sidecar", "header_bit", patches(fix, [(SECOND + 17, b"\x00\x01")]))
+    write("sidecar", "second_out", patches(fix, [(SECOND, b"\x00\x10")]))
+    write("sidecar", "window_byte", patches(fix, [(SECOND + 37 + 10, b"\xff\x00")]))
+    write("sidecar", "span_crc", patches(fix, [(FIRST_CHECKPOINT + 25, b"\xde\xad")]))
+    write("sidecar", "span_crc_save_again", patches(fix | 16, [(SECOND + 25, b"\x01")]))
     write("sidecar", "bad_crc", patches(0, [(200, b"\x01")]))
     write("sidecar", "truncated", patches(fix | 8, [], truncate=300))
-    write("sidecar", "whole_garbage", bytes([1 | 2 | 4]) + b"NPZFSIDX" + b"\x01" + b"\x00" * 70)
+    write("sidecar", "whole_garbage", bytes([1 | 2 | 4]) + b"NPZFSIDX" + b"\x02" + b"\x00" * 70)
 
 
 # ---------------------------------------------------------------- deflate_read
