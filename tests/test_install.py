@@ -117,9 +117,12 @@ def test_the_api_example_builds_against_the_installed_tree_with_pkg_config(insta
     static_flags = subprocess.run(["pkg-config", "--static", "--cflags", "--libs", "npzfs"],
                                   capture_output=True, text=True, env=env, check=True).stdout
     static_exe = tmp_path / "example-static"
+    flags = static_flags.split()
     r = subprocess.run([*cxx, "-std=c++20", str(source), "-static-libstdc++",
-                        *[f for f in static_flags.split() if f != "-lnpzfs"],
-                        os.path.join(lib, "libnpzfs.a"), "-lz", "-o", str(static_exe)],
+                        *[f for f in flags if f.startswith("-I")],
+                        os.path.join(lib, "libnpzfs.a"),
+                        *[f for f in flags if not f.startswith("-I") and f != "-lnpzfs"],
+                        "-o", str(static_exe)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     out = tmp_path / "static"
