@@ -118,21 +118,24 @@ std::optional<NodeInfo> InodeTable::Get(fuse_ino_t ino) const {
   return InfoOf(*node);
 }
 
-void InodeTable::Ref(fuse_ino_t ino) {
-  std::unique_lock lock(mu_);
-  if (Node* node = NodeLocked(ino)) ++node->nlookup;
-}
-
 void InodeTable::Touch(fuse_ino_t ino, int64_t mtime) {
   std::unique_lock lock(mu_);
   if (Node* node = NodeLocked(ino)) node->mtime = mtime;
 }
 
-void InodeTable::Forget(fuse_ino_t ino, uint64_t n) {
+Status InodeTable::Forget(fuse_ino_t ino, uint64_t n) {
   std::unique_lock lock(mu_);
   Node* node = NodeLocked(ino);
-  if (node == nullptr) return;
-  node->nlookup = n > node->nlookup ? 0 : node->nlookup - n;
+  if (node == nullptr) return Status::Error(EINVAL, "inode " + std::to_string(ino) + " is unknown");
+  if (n > node->nlookup) {
+    const uint64_t had = node->nlookup;
+    node->nlookup = 0;
+    return Status::Error(EINVAL, "nlookup underflow on inode " + std::to_string(ino) + " (" +
+                                     (node->path.empty() ? "/" : node->path) + "): forgets " +
+                                     std::to_string(n) + " of " + std::to_string(had));
+  }
+  node->nlookup -= n;
+  return Status::Ok();
 }
 
 Result<std::vector<DirEntry>> InodeTable::List(fuse_ino_t dir_ino) const {

@@ -6,7 +6,12 @@
 // a node lives as long as the table (a member can only be unlinked while it holds no data,
 // and then its node is only detached from its parent), so a stale inode the kernel still
 // remembers always resolves to a valid node. nlookup is still counted as the protocol asks
-// (lookup/create increment, forget decrements) so that a leak shows up in the log.
+// (lookup/create/readdirplus increment, forget decrements), and a forget of more than was
+// looked up is reported (Forget), so that a miscount shows up in the log.
+//
+// A growing node holds the GrowingMember object itself, which a rename never replaces
+// (core/write/spool.h), so the table and the spool cannot disagree about which member a
+// node is.
 //
 // Thread safety: every method takes the table's shared_mutex (shared for lookups, exclusive
 // for changes) and returns copies (NodeInfo), so callers never hold a pointer into the table
@@ -70,12 +75,11 @@ class InodeTable {
   // Finds `name` in `parent`; when found and `count` is set, increments its nlookup.
   std::optional<NodeInfo> Lookup(fuse_ino_t parent, const std::string& name, bool count);
   std::optional<NodeInfo> Get(fuse_ino_t ino) const;
-  // Adds one lookup reference (for create and readdirplus replies).
-  void Ref(fuse_ino_t ino);
   // Sets the mtime of a node (a growing member after a write).
   void Touch(fuse_ino_t ino, int64_t mtime);
-  // Drops `n` lookup references.
-  void Forget(fuse_ino_t ino, uint64_t n);
+  // Drops `n` lookup references. EINVAL (for the log) if the kernel forgets more than it
+  // looked up, which would mean a lookup was not counted; the count stops at 0.
+  Status Forget(fuse_ino_t ino, uint64_t n);
 
   // The entries of a directory, sorted by name. ENOTDIR/ENOENT.
   Result<std::vector<DirEntry>> List(fuse_ino_t dir) const;

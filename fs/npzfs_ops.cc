@@ -1,15 +1,21 @@
 // The FUSE handlers. Shape of every handler (libfuse passthrough_hp / hello_ll style):
 // look the inode up in the table (a copy, no lock held afterwards), call core, reply once.
-// Errors are replied with a positive errno; a core Status is logged once here, at the FUSE
-// boundary, unless it is an expected answer (ENOENT on lookup, ENODATA on getxattr, ...).
+// Every error reply goes through ReplyStatus: a positive errno, and the core Status message
+// logged once here, at the FUSE boundary, unless the errno is an ordinary answer
+// (kExpectedErrnos: ENOENT on lookup, ENODATA on getxattr, EEXIST, EBUSY, ...).
 //
-// Caching policy (FACTS.md):
+// Every open file is one MemberReader (core): a stored, deflated or growing member answers
+// a read with bytes or with "splice from this fd at this offset", so Read is: clamp, then
+// reply with the answer. No handler knows which kind of member it reads.
+//
+// Caching policy:
 // - Archived members never change: keep_cache and long entry/attr timeouts, and the page
-//   cache is used (no direct_io) so that numpy can mmap them.
+//   cache is used (no direct_io) so that numpy can mmap them (direct_io handles refuse a
+//   shared mmap with ENODEV).
 // - Growing members change under readers: attr/entry timeout 0 so stat follows the growth,
 //   reader opens without keep_cache (each open() drops stale pages and sees new frames),
-//   and writer handles use direct_io so written bytes never enter the page cache at the
-//   writer's offsets (the visible file differs from the byte stream written).
+//   and writer handles use direct_io: without it the kernel keeps written bytes in the page
+//   cache at the writer's offsets, which are not the visible offsets of those bytes.
 #include "fs/npzfs_ops.h"
 
 #include <fcntl.h>
@@ -25,6 +31,8 @@
 #include <span>
 #include <vector>
 
+#include "core/base/names.h"
+#include "core/npy/frame_layout.h"
 #include "fs/log.h"
 #include "npzfs/npy_header.h"
 
@@ -32,33 +40,53 @@ namespace npzfs::fs {
 namespace {
 
 constexpr double kImmutableTimeout = 86400.0;  // one day: archived members never change
-constexpr const char* kPidAttribute = "user.npzfs.pid";
-constexpr const char* kResultAttribute = "user.npzfs.result";
 
-// One open file. Readers of archived members hold a MemberReader; handles of new members
-// hold the GrowingMember, plus a writer session when opened for writing.
-struct FileHandle {
-  std::shared_ptr<MemberReader> reader;    // archived member
-  std::shared_ptr<GrowingMember> growing;  // new member
-  WriterSession session;                   // token != 0 while this handle is the writer
-  bool writer = false;
-  // What a reader of a growing member saw at open: the header keeps this count, so no later
-  // stat (the size only grows) can show fewer bytes than the header claims.
-  ReaderSnapshot snapshot;
-};
+// Errnos that are ordinary answers to what a program asked, not incidents: replied without
+// a log line. Everything else is logged with its core message.
+constexpr int kExpectedErrnos[] = {ENOENT, EEXIST,  ENODATA,   EBUSY, EROFS,
+                                   EISDIR, ENOTDIR, ENOTEMPTY, ERANGE};
 
-Mount& MountOf(fuse_req_t req) { return *static_cast<Mount*>(fuse_req_userdata(req)); }
+// Every handler starts here: the request is counted for user.npzfs.stats.
+Mount& MountOf(fuse_req_t req) {
+  Mount& m = *static_cast<Mount*>(fuse_req_userdata(req));
+  m.stats.requests.fetch_add(1, std::memory_order_relaxed);
+  return m;
+}
 
 FileHandle* HandleOf(const fuse_file_info* fi) {
   return reinterpret_cast<FileHandle*>(static_cast<uintptr_t>(fi->fh));
 }
 
-bool Writable(const Mount& m) { return m.spool != nullptr; }
+bool Writable(const Mount& m) { return m.writable(); }
 
-// Replies `status`'s errno and logs its message once.
-void ReplyError(fuse_req_t req, const char* op, const Status& status) {
-  LogError(std::string(op) + ": " + status.message());
+bool Expected(int code, std::initializer_list<int> also_expected) {
+  return std::find(std::begin(kExpectedErrnos), std::end(kExpectedErrnos), code) !=
+             std::end(kExpectedErrnos) ||
+         std::find(also_expected.begin(), also_expected.end(), code) != also_expected.end();
+}
+
+// The one error reply: `status`'s errno (0 for ok), and its message logged once unless the
+// errno is an expected answer (kExpectedErrnos, or `also_expected` for this request; -v logs
+// those too).
+void ReplyStatus(fuse_req_t req, const char* op, const Status& status,
+                 std::initializer_list<int> also_expected = {}) {
+  if (!status.ok()) {
+    const std::string line = std::string(op) + ": " + status.message();
+    if (!Expected(status.code(), also_expected)) {
+      LogError(line);
+    } else {
+      LogDebug(line);
+    }
+  }
   fuse_reply_err(req, status.code());
+}
+
+Status NoSuchInode(fuse_ino_t ino) {
+  return Status::Error(ENOENT, "inode " + std::to_string(ino) + " is unknown");
+}
+
+Status ReadOnlyMount(const std::string& what) {
+  return Status::Error(EROFS, what + ": read-only mount");
 }
 
 struct stat StatOf(const Mount& m, const NodeInfo& node) {
@@ -77,8 +105,8 @@ struct stat StatOf(const Mount& m, const NodeInfo& node) {
       st.st_size = 4096;
       break;
     case NodeKind::kArchived: {
-      // Never the archive's own mode bits: numpy stores 0600 without file-type bits, which
-      // the kernel would answer with EIO (FACTS.md).
+      // Never the archive's own mode bits: numpy stores 0600 without file-type bits, and
+      // the kernel answers an st_mode without them with EIO.
       const ArchiveMember& member = m.archive->members()[node.member_index];
       st.st_mode = S_IFREG | 0444;
       st.st_nlink = 1;
@@ -129,7 +157,7 @@ void Init(void* userdata, fuse_conn_info* conn) {
   conn->max_read = kMaxRequestBytes;  // must equal -o max_read (main passes it)
   conn->max_write = kMaxRequestBytes;
   conn->max_readahead = std::max(conn->max_readahead, kMaxRequestBytes);
-  // Splice stored members straight from the archive file into /dev/fuse.
+  // Splice answers (stored members, growing members' data) go from the file into /dev/fuse.
   if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE;
   if (conn->capable & FUSE_CAP_SPLICE_MOVE) conn->want |= FUSE_CAP_SPLICE_MOVE;
   // The kernel must never cache writes and flush them later at the writer's offsets.
@@ -160,14 +188,19 @@ void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   fuse_reply_entry(req, &e);
 }
 
+void ForgetOne(Mount& m, fuse_ino_t ino, uint64_t nlookup) {
+  Status s = m.table->Forget(ino, nlookup);
+  if (!s.ok()) LogWarning("forget: " + s.message());
+}
+
 void Forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
-  MountOf(req).table->Forget(ino, nlookup);
+  ForgetOne(MountOf(req), ino, nlookup);
   fuse_reply_none(req);
 }
 
 void ForgetMulti(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
   Mount& m = MountOf(req);
-  for (size_t i = 0; i < count; ++i) m.table->Forget(forgets[i].ino, forgets[i].nlookup);
+  for (size_t i = 0; i < count; ++i) ForgetOne(m, forgets[i].ino, forgets[i].nlookup);
   fuse_reply_none(req);
 }
 
@@ -175,7 +208,7 @@ void GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* /*fi*/) {
   Mount& m = MountOf(req);
   std::optional<NodeInfo> node = m.table->Get(ino);
   if (!node) {
-    fuse_reply_err(req, ENOENT);
+    ReplyStatus(req, "getattr", NoSuchInode(ino));
     return;
   }
   struct stat st = StatOf(m, *node);
@@ -187,18 +220,21 @@ void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
   Mount& m = MountOf(req);
   std::optional<NodeInfo> node = m.table->Get(ino);
   if (!node) {
-    fuse_reply_err(req, ENOENT);
+    ReplyStatus(req, "setattr", NoSuchInode(ino));
     return;
   }
   if (node->kind != NodeKind::kGrowing) {
     // Archived members and directories are immutable.
-    fuse_reply_err(req, Writable(m) ? EPERM : EROFS);
+    ReplyStatus(req, "setattr",
+                Writable(m) ? Status::Error(EPERM, node->path + ": archived members and "
+                                                                "directories cannot be changed")
+                            : ReadOnlyMount(node->path));
     return;
   }
   if (to_set & FUSE_SET_ATTR_SIZE) {
     Status s = node->growing->Truncate(static_cast<uint64_t>(attr->st_size));
     if (!s.ok()) {
-      ReplyError(req, "truncate", s);
+      ReplyStatus(req, "truncate", s);
       return;
     }
   }
@@ -208,29 +244,23 @@ void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
   fuse_reply_attr(req, &st, 0.0);
 }
 
-// Lists a directory; with `plus` (READDIRPLUS) every entry carries its attributes, so
-// `ls -l` on 10,000 members needs no LOOKUP per file. Each plus entry other than "." and
-// ".." counts as a lookup (the kernel will FORGET it), so the count is taken only once the
-// entry is known to fit in the reply.
-void ListDirectory(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus) {
-  Mount& m = MountOf(req);
-  auto entries = m.table->List(ino);
-  if (!entries.ok()) {
-    fuse_reply_err(req, entries.status().code());
-    return;
-  }
-  // Offsets: 1 = ".", 2 = "..", 3 + i = entries[i].
-  std::vector<char> buf(size);
+// Adds one entry to a readdir(plus) reply buffer. Returns false when it does not fit.
+struct DirectoryReply {
+  fuse_req_t req;
+  Mount& m;
+  fuse_ino_t dir;
+  bool plus;
+  std::vector<char> buf;
   size_t used = 0;
-  auto add = [&](const char* name, fuse_ino_t child_ino, mode_t mode, off_t next, bool dot) {
+
+  bool Add(const char* name, fuse_ino_t child_ino, mode_t mode, off_t next, bool dot) {
     char* dest = buf.data() + used;
-    const size_t room = size - used;
+    const size_t room = buf.size() - used;
     if (!plus) {
       struct stat st {};
       st.st_ino = child_ino;
       st.st_mode = mode;
-      size_t need = fuse_add_direntry(req, nullptr, 0, name, nullptr, 0);
-      if (need > room) return false;
+      if (fuse_add_direntry(req, nullptr, 0, name, nullptr, 0) > room) return false;
       used += fuse_add_direntry(req, dest, room, name, &st, next);
       return true;
     }
@@ -240,22 +270,37 @@ void ListDirectory(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool 
       e.attr.st_ino = child_ino;
       e.attr.st_mode = mode;
     } else {
-      std::optional<NodeInfo> node = m.table->Lookup(ino, name, /*count=*/true);
+      // Counted only now that the entry is known to fit: the kernel will FORGET it.
+      std::optional<NodeInfo> node = m.table->Lookup(dir, name, /*count=*/true);
       if (!node) return true;  // removed since List: skip it
       e = EntryOf(m, *node);
     }
     used += fuse_add_direntry_plus(req, dest, room, name, &e, next);
     return true;
-  };
+  }
+};
+
+// Lists a directory; with `plus` (READDIRPLUS) every entry carries its attributes, so
+// `ls -l` on 10,000 members needs no LOOKUP per file. Each plus entry other than "." and
+// ".." counts as a lookup.
+void ListDirectory(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus) {
+  Mount& m = MountOf(req);
+  auto entries = m.table->List(ino);
+  if (!entries.ok()) {
+    ReplyStatus(req, "readdir", entries.status());
+    return;
+  }
+  // Offsets: 1 = ".", 2 = "..", 3 + i = entries[i].
+  DirectoryReply reply{req, m, ino, plus, std::vector<char>(size)};
   bool room = true;
-  if (off < 1) room = add(".", ino, S_IFDIR, 1, true);
-  if (room && off < 2) room = add("..", m.table->ParentOf(ino), S_IFDIR, 2, true);
+  if (off < 1) room = reply.Add(".", ino, S_IFDIR, 1, true);
+  if (room && off < 2) room = reply.Add("..", m.table->ParentOf(ino), S_IFDIR, 2, true);
   for (size_t i = off < 2 ? 0 : static_cast<size_t>(off - 2); room && i < entries->size(); ++i) {
     const DirEntry& entry = (*entries)[i];
     mode_t mode = entry.kind == NodeKind::kDirectory ? S_IFDIR : S_IFREG;
-    room = add(entry.name.c_str(), entry.ino, mode, static_cast<off_t>(i + 3), false);
+    room = reply.Add(entry.name.c_str(), entry.ino, mode, static_cast<off_t>(i + 3), false);
   }
-  fuse_reply_buf(req, buf.data(), used);
+  fuse_reply_buf(req, reply.buf.data(), reply.used);
 }
 
 void ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* /*fi*/) {
@@ -268,95 +313,92 @@ void ReadDirPlus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_fi
 
 // ---- open / read / write ----
 
-void OpenArchived(fuse_req_t req, Mount& m, const NodeInfo& node, fuse_file_info* fi) {
+Result<std::unique_ptr<FileHandle>> OpenArchived(Mount& m, const NodeInfo& node,
+                                                 fuse_file_info* fi) {
   if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
-    // The contract: a name in the archive cannot be written, as if create() found it.
-    fuse_reply_err(req, Writable(m) ? EEXIST : EROFS);
-    return;
+    // A name in the archive cannot be written, as if create() found it.
+    return Writable(m) ? Status::Error(EEXIST, node.path + ": archived members are read-only")
+                       : ReadOnlyMount(node.path);
   }
   const ArchiveMember& member = m.archive->members()[node.member_index];
-  if (member.open_errno != 0) {
-    LogError("open " + node.path + ": " + member.open_error);
-    fuse_reply_err(req, member.open_errno);
-    return;
-  }
-  auto reader = m.archive->OpenMember(node.member_index);
-  if (!reader.ok()) {
-    ReplyError(req, "open", reader.status());
-    return;
-  }
+  if (member.open_errno != 0)
+    return Status::Error(member.open_errno, node.path + ": " + member.open_error);
+  NPZ_ASSIGN_OR_RETURN(std::shared_ptr<MemberReader> reader,
+                       m.archive->OpenMember(node.member_index));
   auto handle = std::make_unique<FileHandle>();
-  handle->reader = std::move(reader).value();
+  handle->reader = std::move(reader);
+  handle->archived = true;
   fi->keep_cache = 1;  // immutable: the page cache stays valid between opens
-  fi->fh = reinterpret_cast<uintptr_t>(handle.release());  // freed in Release
-  if (fuse_reply_open(req, fi) != 0) {
-    // The opener was interrupted: no release will come for this handle.
-    std::unique_ptr<FileHandle> lost(HandleOf(fi));
-  }
+  return handle;
 }
 
-// Makes a handle for a growing member; a writer begins its session here (EBUSY for a second
-// writer). Returns the errno to reply, or 0 with fi->fh set.
-Status MakeGrowingHandle(const NodeInfo& node, fuse_file_info* fi) {
+// A handle for a growing member; a writer begins its session here (EBUSY for a second
+// writer).
+Result<std::unique_ptr<FileHandle>> OpenGrowing(MountStats& stats, const NodeInfo& node,
+                                                fuse_file_info* fi) {
   auto handle = std::make_unique<FileHandle>();
   handle->growing = node.growing;
   if ((fi->flags & O_ACCMODE) != O_RDONLY) {
     NPZ_RETURN_IF_ERROR(node.growing->BeginWrite(&handle->session, (fi->flags & O_APPEND) != 0));
     handle->writer = true;
+    handle->writers = &stats.writers;
+    stats.writers.fetch_add(1);
     if (fi->flags & O_TRUNC) {
-      Status s = node.growing->Truncate(0);
-      if (!s.ok()) {
-        node.growing->EndWrite(&handle->session);
-        return s;
-      }
+      NPZ_RETURN_IF_ERROR(node.growing->Truncate(0));  // the handle ends the session
     }
-    fi->direct_io = 1;  // written bytes must never enter the page cache (FACTS.md)
+    fi->direct_io = 1;  // written bytes must never enter the page cache at writer offsets
   } else if (fi->flags & O_TRUNC) {
     NPZ_RETURN_IF_ERROR(node.growing->Truncate(0));
   }
   fi->keep_cache = 0;  // each open sees the frames completed before it
-  handle->snapshot = node.growing->TakeSnapshot();
-  fi->fh = reinterpret_cast<uintptr_t>(handle.release());  // freed in Release
-  return Status::Ok();
+  // A writer reading back sees its own progress; a reader keeps its open-time header, so no
+  // later stat (the size only grows) can show fewer bytes than that header claims.
+  handle->reader =
+      node.growing->OpenReader(handle->writer ? GrowingView::kLive : GrowingView::kSnapshot);
+  return handle;
 }
 
-void ReleaseHandle(FileHandle* raw) {
-  std::unique_ptr<FileHandle> handle(raw);
-  if (handle->writer) handle->growing->EndWrite(&handle->session);
+Result<std::unique_ptr<FileHandle>> OpenNode(Mount& m, const NodeInfo& node, fuse_file_info* fi) {
+  switch (node.kind) {
+    case NodeKind::kDirectory:
+      return Status::Error(EISDIR, node.path + ": is a directory");
+    case NodeKind::kArchived:
+      return OpenArchived(m, node, fi);
+    case NodeKind::kGrowing:
+      return OpenGrowing(m.stats, node, fi);
+  }
+  return Status::Error(EIO, node.path + ": unknown node kind");
+}
+
+// Gives `handle` to the Mount and its address to the kernel as fi->fh.
+void Register(Mount& m, fuse_file_info* fi, std::unique_ptr<FileHandle> handle) {
+  fi->fh = reinterpret_cast<uintptr_t>(m.handles.Add(std::move(handle)));
+}
+
+// If the opener was interrupted no release will come: drop the handle now.
+void ReplyOpen(fuse_req_t req, Mount& m, fuse_file_info* fi, std::unique_ptr<FileHandle> handle) {
+  Register(m, fi, std::move(handle));
+  if (fuse_reply_open(req, fi) != 0) m.handles.Remove(HandleOf(fi));
 }
 
 void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   Mount& m = MountOf(req);
   std::optional<NodeInfo> node = m.table->Get(ino);
   if (!node) {
-    fuse_reply_err(req, ENOENT);
+    ReplyStatus(req, "open", NoSuchInode(ino));
     return;
   }
-  switch (node->kind) {
-    case NodeKind::kDirectory:
-      fuse_reply_err(req, EISDIR);
-      return;
-    case NodeKind::kArchived:
-      OpenArchived(req, m, *node, fi);
-      return;
-    case NodeKind::kGrowing: {
-      Status s = MakeGrowingHandle(*node, fi);
-      if (!s.ok()) {
-        if (s.code() == EBUSY) {
-          fuse_reply_err(req, EBUSY);  // an expected answer, not worth a log line each time
-        } else {
-          ReplyError(req, "open", s);
-        }
-        return;
-      }
-      if (fuse_reply_open(req, fi) != 0) ReleaseHandle(HandleOf(fi));
-      return;
-    }
+  auto handle = OpenNode(m, *node, fi);
+  if (!handle.ok()) {
+    ReplyStatus(req, "open", handle.status());
+    return;
   }
+  LogDebug("open " + node->path + ((fi->flags & O_ACCMODE) != O_RDONLY ? " for writing" : ""));
+  ReplyOpen(req, m, fi, std::move(handle).value());
 }
 
-// Per-thread buffer for replies that need a copy (deflated and growing members). Bounded by
-// the largest request, one per loop thread.
+// Per-thread buffer for replies that need a copy. Bounded by the largest request, one per
+// loop thread.
 std::span<std::byte> ReadBuffer(size_t size) {
   thread_local std::vector<std::byte> buffer;
   if (buffer.size() < size) buffer.resize(size);
@@ -365,60 +407,47 @@ std::span<std::byte> ReadBuffer(size_t size) {
 
 void Read(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse_file_info* fi) {
   Mount& m = MountOf(req);
-  FileHandle* h = HandleOf(fi);
-  size = std::min<size_t>(size, kMaxRequestBytes);
-  if (h->reader != nullptr) {
-    uint64_t member_size = h->reader->size();
-    uint64_t offset = static_cast<uint64_t>(off);
-    if (offset >= member_size) {
-      fuse_reply_buf(req, nullptr, 0);
-      return;
-    }
-    size = static_cast<size_t>(std::min<uint64_t>(size, member_size - offset));
-    if (std::optional<uint64_t> data_offset = h->reader->stored_data_offset()) {
-      // Stored: zero-copy splice from the archive file.
-      // FUSE_BUFVEC_INIT is a compound literal, which ISO C++ rejects (-Wpedantic).
-      fuse_bufvec buf{};
-      buf.count = 1;
-      buf.buf[0].size = size;
-      buf.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
-      buf.buf[0].fd = m.archive->fd();
-      buf.buf[0].pos = static_cast<off_t>(*data_offset + offset);
-      fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
-      return;
-    }
-    std::span<std::byte> dest = ReadBuffer(size);
-    Result<size_t> n = h->reader->ReadAt(offset, dest);
-    if (!n.ok()) {
-      ReplyError(req, "read", n.status());  // core names the archive, member and cause
-      return;
-    }
-    fuse_reply_buf(req, reinterpret_cast<const char*>(dest.data()), *n);
+  MemberReader& reader = *HandleOf(fi)->reader;
+  const uint64_t offset = static_cast<uint64_t>(off);
+  const uint64_t member_size = reader.size();
+  if (offset >= member_size) {
+    fuse_reply_buf(req, nullptr, 0);
     return;
   }
-  std::span<std::byte> dest = ReadBuffer(size);
-  // A writer reading back sees its own progress; a reader keeps its open-time header.
-  Result<size_t> n = h->writer ? h->growing->ReadAt(static_cast<uint64_t>(off), dest)
-                               : h->growing->ReadAt(h->snapshot, static_cast<uint64_t>(off), dest);
-  if (!n.ok()) {
-    ReplyError(req, "read", n.status());
+  std::span<std::byte> dest = ReadBuffer(
+      static_cast<size_t>(std::min<uint64_t>({size, kMaxRequestBytes, member_size - offset})));
+  Result<ReadAnswer> answer = reader.Read(offset, dest);
+  if (!answer.ok()) {
+    ReplyStatus(req, "read", answer.status());  // core names the archive, member and cause
     return;
   }
-  fuse_reply_buf(req, reinterpret_cast<const char*>(dest.data()), *n);
+  m.stats.bytes_served.fetch_add(answer->length, std::memory_order_relaxed);
+  if (answer->splice_fd < 0) {
+    fuse_reply_buf(req, reinterpret_cast<const char*>(dest.data()), answer->length);
+    return;
+  }
+  // FUSE_BUFVEC_INIT is a compound literal, which ISO C++ rejects (-Wpedantic).
+  fuse_bufvec buf{};
+  buf.count = 1;
+  buf.buf[0].size = answer->length;
+  buf.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
+  buf.buf[0].fd = answer->splice_fd;
+  buf.buf[0].pos = static_cast<off_t>(answer->splice_offset);
+  fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
 }
 
 void Write(fuse_req_t req, fuse_ino_t ino, const char* data, size_t size, off_t off,
            fuse_file_info* fi) {
   FileHandle* h = HandleOf(fi);
   if (!h->writer) {
-    fuse_reply_err(req, EBADF);
+    ReplyStatus(req, "write", Status::Error(EBADF, "write through a handle opened read-only"));
     return;
   }
   Result<size_t> n =
       h->growing->Write(&h->session, static_cast<uint64_t>(off),
                         std::span<const std::byte>(reinterpret_cast<const std::byte*>(data), size));
   if (!n.ok()) {
-    ReplyError(req, "write", n.status());
+    ReplyStatus(req, "write", n.status());
     return;
   }
   MountOf(req).table->Touch(ino, Now());  // ls -l shows when the member last grew
@@ -443,31 +472,24 @@ void MaybeSaveIndex(Mount& m) {
 
 void Release(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* fi) {
   Mount& m = MountOf(req);
-  bool archived = HandleOf(fi)->reader != nullptr;
-  ReleaseHandle(HandleOf(fi));
+  std::unique_ptr<FileHandle> handle = m.handles.Remove(HandleOf(fi));
+  const bool archived = handle != nullptr && handle->archived;
+  handle.reset();          // ends a writer session
   fuse_reply_err(req, 0);  // reply first: the save below must not delay close()
   if (archived) MaybeSaveIndex(m);
 }
 
 void Fsync(fuse_req_t req, fuse_ino_t /*ino*/, int /*datasync*/, fuse_file_info* fi) {
   FileHandle* h = HandleOf(fi);
-  if (h->growing == nullptr) {
-    fuse_reply_err(req, 0);  // archived members are already on disk
-    return;
-  }
-  Status s = h->growing->Fsync();
-  if (!s.ok()) {
-    ReplyError(req, "fsync", s);
-    return;
-  }
-  fuse_reply_err(req, 0);
+  // Archived members are already on disk.
+  ReplyStatus(req, "fsync", h->growing == nullptr ? Status::Ok() : h->growing->Fsync());
 }
 
 // ---- creating and removing names ----
 
 // The frame layout a new member gets from -o frame=, if any pattern matches.
 Result<std::optional<NpyHeader>> DeclaredLayout(const Mount& m, const std::string& path) {
-  if (!IsNpyMemberName(path)) return std::optional<NpyHeader>();
+  if (!IsNpyName(path)) return std::optional<NpyHeader>();
   const FramePattern* p = MatchFramePattern(m.options.frames, path);
   if (p == nullptr) return std::optional<NpyHeader>();
   auto header = NpyHeader::ForFrames(p->descr, p->shape, /*fortran_order=*/false, 0);
@@ -479,17 +501,18 @@ Result<std::optional<NpyHeader>> DeclaredLayout(const Mount& m, const std::strin
 
 // Creates a new growing member `name` in `parent`. EEXIST for an archived member's name.
 Result<NodeInfo> CreateMember(Mount& m, fuse_ino_t parent, const std::string& name) {
-  if (!Writable(m)) return Status::Error(EROFS, name + ": read-only mount");
+  if (!Writable(m)) return ReadOnlyMount(name);
   if (m.table->Lookup(parent, name, /*count=*/false)) {
     return Status::Error(EEXIST, name + ": exists");
   }
   NPZ_ASSIGN_OR_RETURN(std::string path, m.table->ChildPath(parent, name));
   NPZ_ASSIGN_OR_RETURN(std::optional<NpyHeader> declared, DeclaredLayout(m, path));
-  NPZ_ASSIGN_OR_RETURN(std::shared_ptr<GrowingMember> member, m.spool->Create(path, declared));
+  NPZ_ASSIGN_OR_RETURN(Spool * spool, m.spool.GetOrCreate(m.spool_dir));
+  NPZ_ASSIGN_OR_RETURN(std::shared_ptr<GrowingMember> member, spool->Create(path, declared));
   auto node = m.table->AddChild(parent, name, NodeKind::kGrowing, member, Now());
   if (!node.ok()) {
     // Lost a race with another create of the same name: undo ours.
-    Status undo = m.spool->Remove(path);
+    Status undo = spool->Remove(path);
     if (!undo.ok()) LogWarning("create " + path + ": cannot undo: " + undo.message());
     return node.status();
   }
@@ -502,33 +525,31 @@ void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t /*mode*/
   Mount& m = MountOf(req);
   auto node = CreateMember(m, parent, name);
   if (!node.ok()) {
-    if (node.status().code() == EEXIST || node.status().code() == EROFS) {
-      fuse_reply_err(req, node.status().code());
-    } else {
-      ReplyError(req, "create", node.status());
-    }
+    ReplyStatus(req, "create", node.status());
     return;
   }
-  Status s = MakeGrowingHandle(*node, fi);
-  if (!s.ok()) {
+  auto handle = OpenGrowing(m.stats, *node, fi);
+  if (!handle.ok()) {
     // The name exists now (the reply below is an error, so the kernel does not count it).
-    m.table->Forget(node->ino, 1);
-    ReplyError(req, "create", s);
+    ForgetOne(m, node->ino, 1);
+    ReplyStatus(req, "create", handle.status());
     return;
   }
   fuse_entry_param e = EntryOf(m, *node);
-  if (fuse_reply_create(req, &e, fi) != 0) ReleaseHandle(HandleOf(fi));
+  Register(m, fi, std::move(handle).value());
+  if (fuse_reply_create(req, &e, fi) != 0) m.handles.Remove(HandleOf(fi));
 }
 
 void MkNod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t /*rdev*/) {
   Mount& m = MountOf(req);
   if (!S_ISREG(mode)) {
-    fuse_reply_err(req, EPERM);  // only regular files can become members
+    ReplyStatus(req, "mknod",
+                Status::Error(EPERM, std::string(name) + ": only regular files can be members"));
     return;
   }
   auto node = CreateMember(m, parent, name);
   if (!node.ok()) {
-    fuse_reply_err(req, node.status().code());
+    ReplyStatus(req, "mknod", node.status());
     return;
   }
   fuse_entry_param e = EntryOf(m, *node);
@@ -538,98 +559,83 @@ void MkNod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev
 void MkDir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t /*mode*/) {
   Mount& m = MountOf(req);
   if (!Writable(m)) {
-    fuse_reply_err(req, EROFS);
+    ReplyStatus(req, "mkdir", ReadOnlyMount(name));
+    return;
+  }
+  // A directory exists only to hold new members: where none can be made, neither can it.
+  if (auto spool = m.spool.GetOrCreate(m.spool_dir); !spool.ok()) {
+    ReplyStatus(req, "mkdir", spool.status());
     return;
   }
   auto node = m.table->AddChild(parent, name, NodeKind::kDirectory, nullptr, Now());
   if (!node.ok()) {
-    fuse_reply_err(req, node.status().code());
+    ReplyStatus(req, "mkdir", node.status());
     return;
   }
   fuse_entry_param e = EntryOf(m, *node);
   fuse_reply_entry(req, &e);
 }
 
-void Unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
-  Mount& m = MountOf(req);
+Status UnlinkNode(Mount& m, fuse_ino_t parent, const char* name) {
   std::optional<NodeInfo> node = m.table->Lookup(parent, name, /*count=*/false);
-  if (!node) {
-    fuse_reply_err(req, ENOENT);
-    return;
-  }
+  if (!node) return Status::Error(ENOENT, std::string(name) + ": no such member");
   if (node->kind == NodeKind::kDirectory) {
-    fuse_reply_err(req, EISDIR);
-    return;
+    return Status::Error(EISDIR, node->path + ": is a directory");
   }
   if (node->kind == NodeKind::kArchived) {
-    LogWarning("unlink " + node->path + ": archived members cannot be removed");
-    fuse_reply_err(req, Writable(m) ? EPERM : EROFS);
-    return;
+    return Writable(m) ? Status::Error(EPERM, node->path + ": archived members cannot be removed")
+                       : ReadOnlyMount(node->path);
   }
-  Status s = m.spool->Remove(node->path);  // EPERM once the member holds data
-  if (!s.ok()) {
-    ReplyError(req, "unlink", s);
-    return;
+  // A new member exists only in a spool.
+  NPZ_RETURN_IF_ERROR(m.spool.get()->Remove(node->path));  // EPERM once the member holds data
+  return m.table->Detach(parent, name);
+}
+
+void Unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  ReplyStatus(req, "unlink", UnlinkNode(MountOf(req), parent, name));
+}
+
+Status RemoveDirectory(Mount& m, fuse_ino_t parent, const char* name) {
+  if (!Writable(m)) return ReadOnlyMount(name);
+  std::optional<NodeInfo> node = m.table->Lookup(parent, name, /*count=*/false);
+  if (!node) return Status::Error(ENOENT, std::string(name) + ": no such directory");
+  if (node->kind != NodeKind::kDirectory) {
+    return Status::Error(ENOTDIR, node->path + ": not a directory");
   }
-  s = m.table->Detach(parent, name);
-  fuse_reply_err(req, s.code());
+  // Directories holding archived members are never empty; an empty one was made by mkdir.
+  return m.table->Detach(parent, name);
 }
 
 void RmDir(fuse_req_t req, fuse_ino_t parent, const char* name) {
-  Mount& m = MountOf(req);
-  if (!Writable(m)) {
-    fuse_reply_err(req, EROFS);
-    return;
+  ReplyStatus(req, "rmdir", RemoveDirectory(MountOf(req), parent, name));
+}
+
+Status RenameNode(Mount& m, fuse_ino_t parent, const char* name, fuse_ino_t new_parent,
+                  const char* new_name, unsigned int flags) {
+  if (!Writable(m)) return ReadOnlyMount(name);
+  if (flags != 0) {
+    return Status::Error(
+        EINVAL, std::string(name) + ": RENAME_EXCHANGE and RENAME_NOREPLACE are not offered");
   }
   std::optional<NodeInfo> node = m.table->Lookup(parent, name, /*count=*/false);
-  if (!node) {
-    fuse_reply_err(req, ENOENT);
-    return;
+  if (!node) return Status::Error(ENOENT, std::string(name) + ": no such member");
+  if (node->kind != NodeKind::kGrowing) {
+    return Status::Error(EPERM, node->path + ": only new, empty members can be renamed");
   }
-  if (node->kind != NodeKind::kDirectory) {
-    fuse_reply_err(req, ENOTDIR);
-    return;
+  if (m.table->Lookup(new_parent, new_name, /*count=*/false)) {
+    return Status::Error(EEXIST, std::string(new_name) +
+                                     ": exists (replacing a member would "
+                                     "drop its data)");
   }
-  // Directories holding archived members are never empty; an empty one was made by mkdir.
-  fuse_reply_err(req, m.table->Detach(parent, name).code());
+  NPZ_ASSIGN_OR_RETURN(std::string new_path, m.table->ChildPath(new_parent, new_name));
+  // The member object stays the same (the inode table holds it): only its name moves.
+  NPZ_RETURN_IF_ERROR(m.spool.get()->Rename(node->path, new_path));  // EPERM once it has data
+  return m.table->Move(parent, name, new_parent, new_name);
 }
 
 void Rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t new_parent,
             const char* new_name, unsigned int flags) {
-  Mount& m = MountOf(req);
-  if (!Writable(m)) {
-    fuse_reply_err(req, EROFS);
-    return;
-  }
-  if (flags != 0) {
-    fuse_reply_err(req, EINVAL);  // RENAME_EXCHANGE / RENAME_NOREPLACE are not offered
-    return;
-  }
-  std::optional<NodeInfo> node = m.table->Lookup(parent, name, /*count=*/false);
-  if (!node) {
-    fuse_reply_err(req, ENOENT);
-    return;
-  }
-  if (node->kind != NodeKind::kGrowing) {
-    LogWarning("rename " + node->path + ": only new, empty members can be renamed");
-    fuse_reply_err(req, EPERM);
-    return;
-  }
-  if (m.table->Lookup(new_parent, new_name, /*count=*/false)) {
-    fuse_reply_err(req, EEXIST);  // replacing a member would drop its data
-    return;
-  }
-  auto new_path = m.table->ChildPath(new_parent, new_name);
-  if (!new_path.ok()) {
-    fuse_reply_err(req, new_path.status().code());
-    return;
-  }
-  Status s = m.spool->Rename(node->path, *new_path);  // EPERM once the member holds data
-  if (!s.ok()) {
-    ReplyError(req, "rename", s);
-    return;
-  }
-  fuse_reply_err(req, m.table->Move(parent, name, new_parent, new_name).code());
+  ReplyStatus(req, "rename", RenameNode(MountOf(req), parent, name, new_parent, new_name, flags));
 }
 
 // ---- extended attributes ----
@@ -645,86 +651,150 @@ void ReplyXattrValue(fuse_req_t req, const std::string& value, size_t size) {
   }
 }
 
+// Only user.* attributes exist here. Answering ENOTSUP for the others (security.selinux,
+// system.posix_acl_access, ...) tells `ls -l` once per mount that the filesystem has no
+// labels and no ACLs; ENODATA would make it ask again for every file.
+bool UserAttribute(std::string_view name) { return name.starts_with("user."); }
+
+Status NotSupported(std::string_view name) {
+  return Status::Error(ENOTSUP, std::string(name) + ": only user.* attributes exist here");
+}
+
+bool LayoutAttribute(std::string_view name) {
+  return name == kDescrAttribute || name == kShapeAttribute || name == kFortranAttribute;
+}
+
+Status SetNodeXattr(Mount& m, fuse_ino_t ino, const char* name, const char* value, size_t size) {
+  if (!UserAttribute(name)) return NotSupported(name);
+  std::optional<NodeInfo> node = m.table->Get(ino);
+  if (!node) return NoSuchInode(ino);
+  if (!Writable(m)) return ReadOnlyMount(node->path);
+  if (node->kind == NodeKind::kGrowing) {
+    return node->growing->SetAttribute(name, std::string_view(value, size));
+  }
+  if (node->kind == NodeKind::kArchived && LayoutAttribute(name)) {
+    return Status::Error(EPERM, node->path + ": " + name +
+                                    " is read-only: an archived member's layout is its header");
+  }
+  return Status::Error(ENOTSUP, node->path + ": " + name + ": only new members take attributes");
+}
+
 void SetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
               int /*flags*/) {
-  Mount& m = MountOf(req);
-  std::optional<NodeInfo> node = m.table->Get(ino);
-  if (!node) {
-    fuse_reply_err(req, ENOENT);
-    return;
+  ReplyStatus(req, "setxattr", SetNodeXattr(MountOf(req), ino, name, value, size), {ENOTSUP});
+}
+
+// user.npzfs.stats: counters as one JSON object, padded with spaces to a fixed length so that
+// a value that grows between getxattr's size query and its read still fits.
+std::string StatsJson(Mount& m) {
+  constexpr size_t kStatsLength = 512;
+  uint64_t new_members = 0, frames = 0;
+  if (Spool* spool = m.spool.get()) {
+    for (const auto& member : spool->members()) {
+      ++new_members;
+      frames += member->frame_count();
+    }
   }
-  if (node->kind != NodeKind::kGrowing) {
-    fuse_reply_err(req, Writable(m) ? ENOTSUP : EROFS);
-    return;
-  }
-  Status s = node->growing->SetAttribute(name, std::string_view(value, size));
-  if (!s.ok()) {
-    ReplyError(req, "setxattr", s);
-    return;
-  }
-  fuse_reply_err(req, 0);
+  const ArchiveStats a = m.archive != nullptr ? m.archive->stats() : ArchiveStats{};
+  auto field = [](const char* key, uint64_t value) {
+    return std::string("\"") + key + "\": " + std::to_string(value);
+  };
+  std::string json =
+      "{" + field("requests", m.stats.requests.load()) + ", " +
+      field("bytes_served", m.stats.bytes_served.load()) + ", " +
+      field("spans_inflated", a.spans_inflated) + ", " + field("cache_hits", a.cache_hits) + ", " +
+      field("cache_misses", a.cache_misses) + ", " + field("open_files", m.handles.size()) + ", " +
+      field("members_being_written", m.stats.writers.load()) + ", " +
+      field("new_members", new_members) + ", " + field("frames_written", frames) + "}";
+  if (json.size() < kStatsLength) json.append(kStatsLength - json.size(), ' ');
+  return json;
+}
+
+// The attributes of the mount root: the `npz umount` protocol and the statistics.
+Result<std::string> RootXattr(Mount& m, std::string_view name) {
+  if (name == kPidAttribute) return std::to_string(getpid());
+  if (name == kResultAttribute) return m.result_path();
+  if (name == kProgressAttribute) return m.writable() ? m.runtime.progress : std::string();
+  if (name == kStatsAttribute) return StatsJson(m);
+  return Status::Error(ENODATA, std::string("/: no attribute ") + std::string(name));
+}
+
+Result<std::string> ArchivedXattr(Mount& m, const NodeInfo& node, std::string_view name) {
+  std::optional<NpyHeader> layout =
+      LayoutAttribute(name) ? m.layouts.Get(*m.archive, node.member_index) : std::nullopt;
+  if (layout && name == kDescrAttribute) return DtypeText(*layout);
+  if (layout && name == kShapeAttribute) return AxesText(layout->frame_shape());
+  if (layout && name == kFortranAttribute) return std::string(layout->fortran_order() ? "1" : "0");
+  return Status::Error(ENODATA, node.path + ": no attribute " + std::string(name));
+}
+
+// The value of attribute `name` of a node. ENOTSUP outside user.*, ENODATA for the rest.
+Result<std::string> NodeXattr(Mount& m, const NodeInfo& node, std::string_view name) {
+  if (!UserAttribute(name)) return NotSupported(name);
+  if (node.ino == FUSE_ROOT_ID) return RootXattr(m, name);
+  if (node.kind == NodeKind::kGrowing) return node.growing->GetAttribute(name);
+  if (node.kind == NodeKind::kArchived) return ArchivedXattr(m, node, name);
+  return Status::Error(ENODATA, node.path + ": no attribute " + std::string(name));
 }
 
 void GetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
   Mount& m = MountOf(req);
   std::optional<NodeInfo> node = m.table->Get(ino);
   if (!node) {
-    fuse_reply_err(req, ENOENT);
+    ReplyStatus(req, "getxattr", NoSuchInode(ino));
     return;
   }
-  if (ino == FUSE_ROOT_ID) {
-    // The `npz umount` protocol: who to wait for, and where the outcome will be.
-    if (std::strcmp(name, kPidAttribute) == 0) {
-      ReplyXattrValue(req, std::to_string(getpid()), size);
-    } else if (std::strcmp(name, kResultAttribute) == 0) {
-      ReplyXattrValue(req, m.result_path, size);
-    } else {
-      fuse_reply_err(req, ENODATA);
-    }
-    return;
-  }
-  if (node->kind != NodeKind::kGrowing) {
-    fuse_reply_err(req, ENODATA);
-    return;
-  }
-  auto value = node->growing->GetAttribute(name);
+  auto value = NodeXattr(m, *node, name);
   if (!value.ok()) {
-    fuse_reply_err(req, value.status().code());  // ENODATA: an expected answer
+    ReplyStatus(req, "getxattr", value.status(), {ENOTSUP});  // ENODATA is expected too
     return;
   }
   ReplyXattrValue(req, *value, size);
+}
+
+std::vector<std::string> XattrNames(Mount& m, const NodeInfo& node) {
+  if (node.ino == FUSE_ROOT_ID) {
+    return {std::string(kPidAttribute), std::string(kResultAttribute),
+            std::string(kProgressAttribute), std::string(kStatsAttribute)};
+  }
+  if (node.kind == NodeKind::kGrowing) return node.growing->ListAttributes();
+  if (node.kind == NodeKind::kArchived && m.layouts.Get(*m.archive, node.member_index)) {
+    return {std::string(kDescrAttribute), std::string(kShapeAttribute),
+            std::string(kFortranAttribute)};
+  }
+  return {};
 }
 
 void ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
   Mount& m = MountOf(req);
   std::optional<NodeInfo> node = m.table->Get(ino);
   if (!node) {
-    fuse_reply_err(req, ENOENT);
+    ReplyStatus(req, "listxattr", NoSuchInode(ino));
     return;
   }
-  std::vector<std::string> names;
-  if (ino == FUSE_ROOT_ID) {
-    names = {kPidAttribute, kResultAttribute};
-  } else if (node->kind == NodeKind::kGrowing) {
-    names = node->growing->ListAttributes();
-  }
   std::string list;
-  for (const std::string& n : names) list += n + '\0';
+  for (const std::string& n : XattrNames(m, *node)) list += n + '\0';
   ReplyXattrValue(req, list, size);
 }
 
-void RemoveXattr(fuse_req_t req, fuse_ino_t /*ino*/, const char* /*name*/) {
-  fuse_reply_err(req, MountOf(req).spool != nullptr ? EPERM : EROFS);
+void RemoveXattr(fuse_req_t req, fuse_ino_t /*ino*/, const char* name) {
+  Mount& m = MountOf(req);
+  Status s = !UserAttribute(name) ? NotSupported(name)
+             : Writable(m)
+                 ? Status::Error(EPERM, std::string(name) + ": attributes cannot be removed")
+                 : ReadOnlyMount(name);
+  ReplyStatus(req, "removexattr", s, {ENOTSUP});
 }
 
 // ---- statfs ----
 
 void StatFs(fuse_req_t req, fuse_ino_t /*ino*/) {
   Mount& m = MountOf(req);
-  // Numbers of the filesystem that holds the archive (and the spool): what is free there is
+  // Numbers of the filesystem that holds the spool (or the archive): what is free there is
   // what new members can use.
   struct statvfs st {};
-  std::string where = m.spool != nullptr ? m.spool->dir() : DirName(m.archive_path);
+  Spool* spool = m.spool.get();
+  std::string where = spool != nullptr ? spool->dir() : DirName(m.archive_path);
   if (statvfs(where.c_str(), &st) != 0) {
     st = {};
     st.f_bsize = 4096;
@@ -738,13 +808,13 @@ void StatFs(fuse_req_t req, fuse_ino_t /*ino*/) {
   }
   uint64_t frsize = st.f_frsize == 0 ? 4096 : st.f_frsize;
   uint64_t used_blocks = (archive_bytes + frsize - 1) / frsize;
-  if (m.spool == nullptr) {
+  if (!Writable(m)) {
     st.f_bfree = 0;
     st.f_bavail = 0;
   }
   st.f_blocks = used_blocks + st.f_bfree;
-  st.f_files = m.table->size() + (m.spool != nullptr ? st.f_ffree : 0);
-  if (m.spool == nullptr) st.f_ffree = st.f_favail = 0;
+  st.f_files = m.table->size() + (Writable(m) ? st.f_ffree : 0);
+  if (!Writable(m)) st.f_ffree = st.f_favail = 0;
   st.f_namemax = 255;
   fuse_reply_statfs(req, &st);
 }

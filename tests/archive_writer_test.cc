@@ -17,68 +17,27 @@
 #include <random>
 #include <vector>
 
+#include "core/zip/seek_table.h"
 #include "core/zip/zip_writer.h"
 #include "npzfs/file_util.h"
 #include "npzfs/zip_directory.h"
+#include "tests/archive_test_util.h"
 #include "tests/test_util.h"
 
 namespace npzfs {
 namespace {
 
+using testing::Crc;
+using testing::FromBytes;
+using testing::FromFile;
+using testing::ListDir;
+using testing::ReadDir;
 using testing::ReadFileOrDie;
 using testing::RunPython;
+using testing::ScopedTmpfs;
 using testing::TempDir;
+using testing::VerifyWithPython;
 using testing::WriteFileOrDie;
-
-Result<ZipDirectory> ReadDir(const std::string& path) {
-  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(path, O_RDONLY));
-  return ReadZipDirectory(fd.get(), path);
-}
-
-std::vector<std::string> ListDir(const std::string& dir) {
-  std::vector<std::string> names;
-  std::unique_ptr<DIR, int (*)(DIR*)> d(opendir(dir.c_str()), closedir);
-  if (!d) return names;
-  while (dirent* e = readdir(d.get())) {
-    std::string n = e->d_name;
-    if (n != "." && n != "..") names.push_back(n);
-  }
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
-uint32_t Crc(const std::string& s) {
-  return static_cast<uint32_t>(crc32_z(0, reinterpret_cast<const Bytef*>(s.data()), s.size()));
-}
-
-NewMember FromBytes(const std::string& name, std::string bytes) {
-  NewMember m;
-  m.name = name;
-  m.pieces.push_back(MemberPiece{std::move(bytes)});
-  return m;
-}
-
-// Runs the users' readers over `archive`: every `.npy` member equals `<dir>/<key>.npy`
-// when that file exists, zipfile.testzip() finds no bad CRC, `unzip -tq` passes.
-// Returns the member names in order as zipfile lists them.
-std::string VerifyWithPython(const std::string& archive, const std::string& expected_dir) {
-  return RunPython(R"(
-import numpy as np, zipfile, subprocess, os, sys
-a, d = ')" + archive +
-                   "', '" + expected_dir + R"('
-with zipfile.ZipFile(a) as zf:
-    assert zf.testzip() is None, 'bad CRC'
-    names = zf.namelist()
-with np.load(a) as npz:
-    for k in npz.files:
-        p = os.path.join(d, k + '.npy')
-        if os.path.exists(p):
-            assert np.array_equal(npz[k], np.load(p)), k
-r = subprocess.run(['unzip', '-tq', a], capture_output=True)
-assert r.returncode == 0, r.stdout + r.stderr
-print(','.join(names))
-)");
-}
 
 void MakeNpyFiles(const TempDir& dir) {
   RunPython(R"(
@@ -89,21 +48,6 @@ np.save(d + '/adc.npy', np.arange(50000, dtype='<i2').reshape(500, 100))
 np.save(d + '/noise.npy', np.random.default_rng(1).normal(size=(300, 7)))
 np.save(d + '/label.npy', np.array(['x', 'yz']))
 )");
-}
-
-// A member whose pieces come from the whole of `file`.
-NewMember FromFile(const std::string& name, const UniqueFd& fd, const std::string& file) {
-  auto size = FileSize(fd.get(), file);
-  EXPECT_TRUE(size.ok());
-  NewMember m;
-  m.name = name;
-  MemberPiece p;
-  p.fd = fd.get();
-  p.offset = 0;
-  p.length = *size;
-  p.source = file;
-  m.pieces.push_back(p);
-  return m;
 }
 
 TEST(ArchiveWriter, WritesAStoredArchiveThatNumpyZipfileUnzipAndLibzipAccept) {
@@ -172,7 +116,163 @@ TEST(ArchiveWriter, WritesDeflatedMembersFromMixedPieces) {
   EXPECT_LT(d->entries[2].compressed_size, 1000u);
 }
 
-TEST(ArchiveWriter, ZipWriterReusesItsDeflateStreamAcrossMembersAndLevels) {
+// Inflates chunk `c` of member `e` alone (from an empty window): every compressed byte is
+// consumed and exactly the chunk's uncompressed size comes out (one spare byte of room
+// must stay unused).
+std::string InflateChunk(int fd, const std::string& archive, const ZipEntry& e,
+                         const SeekChunk& c) {
+  std::string in(c.in_size, '\0');
+  EXPECT_TRUE(PreadExact(fd, in.data(), in.size(), e.data_offset + c.in, archive).ok());
+  std::string out(c.out_size + 1, '\1');
+  z_stream zs{};
+  EXPECT_EQ(inflateInit2(&zs, -MAX_WBITS), Z_OK);
+  zs.next_in = reinterpret_cast<Bytef*>(in.data());
+  zs.avail_in = static_cast<uInt>(in.size());
+  zs.next_out = reinterpret_cast<Bytef*>(out.data());
+  zs.avail_out = static_cast<uInt>(out.size());
+  const int rc = inflate(&zs, Z_SYNC_FLUSH);
+  EXPECT_TRUE(rc == Z_OK || rc == Z_STREAM_END) << rc;
+  EXPECT_EQ(zs.total_out, c.out_size) << e.name << " chunk at " << c.out;
+  EXPECT_EQ(zs.avail_in, 0u) << e.name << " chunk at " << c.out;
+  inflateEnd(&zs);
+  out.resize(c.out_size);
+  return out;
+}
+
+// Inflates each chunk of `e`'s seek table alone and checks it against `expected`.
+void ExpectSeekableMember(const std::string& archive, const ZipEntry& e,
+                          const std::string& expected) {
+  auto table = ParseSeekTable(e.seek_table, e.compressed_size, e.uncompressed_size, e.crc32,
+                              archive + ": member " + e.name);
+  ASSERT_TRUE(table.ok()) << table.status().message();
+  auto fd = OpenFile(archive, O_RDONLY);
+  ASSERT_TRUE(fd.ok());
+  for (const SeekChunk& c : table->chunks()) {
+    const std::string out = InflateChunk(fd->get(), archive, e, c);
+    EXPECT_TRUE(out == expected.substr(c.out, c.out_size)) << e.name << " chunk at " << c.out;
+    EXPECT_EQ(Crc(out), c.crc32);
+  }
+}
+
+TEST(ArchiveWriter, DeflatedMembersCarryASeekTableThatEveryForeignReaderIgnores) {
+  TempDir dir;
+  RunPython(R"(
+import numpy as np
+d = ')" + dir.path() +
+            R"('
+t = np.arange(1_500_000)
+np.save(d + '/big.npy', (1000 * np.sin(t / 500.0) + np.random.default_rng(2).normal(0, 20, t.size)).astype('<i2'))
+np.save(d + '/small.npy', np.arange(10, dtype='<f8'))
+np.save(d + '/empty.npy', np.zeros((0, 4), dtype='<u1'))
+)");
+  std::vector<NewMember> members;
+  std::vector<UniqueFd> fds;
+  for (const char* key : {"big", "small", "empty"}) {
+    const std::string file = dir.Join(std::string(key) + ".npy");
+    auto fd = OpenFile(file, O_RDONLY);
+    ASSERT_TRUE(fd.ok());
+    fds.push_back(std::move(*fd));
+    members.push_back(FromFile(std::string(key) + ".npy", fds.back(), file));
+    members.back().leading_chunk = 128;  // numpy 1.24's header length here
+  }
+  members.push_back(FromBytes("zero.bin", ""));
+  WriteOptions options;
+  options.compress_level = 6;
+  options.threads = 2;
+  options.chunk_size = 256 << 10;
+  const std::string archive = dir.Join("c.npz");
+  ASSERT_TRUE(WriteArchive(archive, members, options).ok());
+
+  auto d = ReadDir(archive);
+  ASSERT_TRUE(d.ok()) << d.status().message();
+  ASSERT_EQ(d->entries.size(), 4u);
+  for (const ZipEntry& e : d->entries) {
+    EXPECT_EQ(e.method, 8) << e.name;
+    ASSERT_FALSE(e.seek_table.empty()) << e.name;
+    const std::string expected =
+        e.name == "zero.bin" ? std::string() : ReadFileOrDie(dir.Join(e.name));
+    EXPECT_EQ(e.uncompressed_size, expected.size());
+    EXPECT_EQ(e.crc32, Crc(expected));
+    ExpectSeekableMember(archive, e, expected);
+  }
+  auto big = ParseSeekTable(d->entries[0].seek_table, d->entries[0].compressed_size,
+                            d->entries[0].uncompressed_size, d->entries[0].crc32, "big");
+  ASSERT_TRUE(big.ok());
+  EXPECT_EQ(big->first_chunk_size(), 128u);
+  EXPECT_EQ(big->chunks().size(), SeekChunkCount(3000128, 128, 256 << 10));
+
+  // numpy, zipfile.testzip, unzip -t (VerifyWithPython), zipinfo, libzip reading every byte.
+  EXPECT_EQ(VerifyWithPython(archive, dir.path()), "big.npy,small.npy,empty.npy,zero.bin\n");
+  EXPECT_EQ(RunPython(R"(
+import subprocess
+r = subprocess.run(['zipinfo', '-v', ')" +
+                      archive + R"('], capture_output=True, text=True)
+assert r.returncode == 0, r.stdout + r.stderr
+print(r.stdout.count('subfield with ID 0x5a4e (unknown)'))
+)"),
+            "4\n");
+  int err = 0;
+  zip_t* z = zip_open(archive.c_str(), ZIP_RDONLY | ZIP_CHECKCONS, &err);
+  ASSERT_NE(z, nullptr) << "libzip consistency check failed: " << err;
+  for (zip_int64_t i = 0; i < 4; ++i) {
+    zip_stat_t st;
+    ASSERT_EQ(zip_stat_index(z, static_cast<zip_uint64_t>(i), 0, &st), 0);
+    zip_file_t* f = zip_fopen_index(z, static_cast<zip_uint64_t>(i), 0);
+    ASSERT_NE(f, nullptr);
+    std::string got(st.size + 1, '\0');
+    const zip_int64_t n = zip_fread(f, got.data(), got.size());
+    zip_fclose(f);
+    ASSERT_EQ(n, static_cast<zip_int64_t>(st.size)) << st.name;
+    got.resize(static_cast<size_t>(n));
+    const std::string name = st.name;
+    EXPECT_TRUE(got == (name == "zero.bin" ? std::string() : ReadFileOrDie(dir.Join(name))))
+        << name;
+  }
+  zip_discard(z);
+}
+
+TEST(ArchiveWriter, TheDeflatedBytesAreTheSameWithOneThreadOrMany) {
+  TempDir dir;
+  std::mt19937 rng(3);
+  std::string bytes(3 << 20, '\0');
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>((rng() % 7) * (i % 13));
+  for (size_t threads : {1, 2, 4}) {
+    WriteOptions options;
+    options.compress_level = 6;
+    options.threads = threads;
+    const std::string out = dir.Join("t" + std::to_string(threads) + ".zip");
+    ASSERT_TRUE(WriteArchive(out, {FromBytes("m.bin", bytes)}, options).ok());
+  }
+  // The DOS time may tick between archives: compare the member data and the tables.
+  auto one = ReadDir(dir.Join("t1.zip")), two = ReadDir(dir.Join("t2.zip")),
+       four = ReadDir(dir.Join("t4.zip"));
+  ASSERT_TRUE(one.ok() && two.ok() && four.ok());
+  const std::string a = ReadFileOrDie(dir.Join("t1.zip")), b = ReadFileOrDie(dir.Join("t2.zip")),
+                    c = ReadFileOrDie(dir.Join("t4.zip"));
+  const ZipEntry& e = one->entries[0];
+  EXPECT_EQ(a.substr(e.data_offset, e.compressed_size),
+            b.substr(two->entries[0].data_offset, two->entries[0].compressed_size));
+  EXPECT_EQ(a.substr(e.data_offset, e.compressed_size),
+            c.substr(four->entries[0].data_offset, four->entries[0].compressed_size));
+  EXPECT_EQ(e.seek_table, two->entries[0].seek_table);
+  EXPECT_EQ(e.seek_table, four->entries[0].seek_table);
+}
+
+TEST(ArchiveWriter, ADeflatedSourceThatDoesNotMatchItsExpectedCrcFailsWithEio) {
+  TempDir dir;
+  NewMember m = FromBytes("x.bin", std::string(100000, 'x'));
+  m.crc32 = Crc(std::string(100000, 'y'));
+  WriteOptions options;
+  options.compress_level = 6;
+  Status s = WriteArchive(dir.Join("a.npz"), {m}, options);
+  EXPECT_EQ(s.code(), EIO);
+  EXPECT_NE(s.message().find("member x.bin: the data read does not match its expected CRC-32"),
+            std::string::npos)
+      << s.message();
+  EXPECT_TRUE(ListDir(dir.path()).empty());
+}
+
+TEST(ArchiveWriter, ZipWriterWritesManyMembersAtDifferentLevelsAndStoredOnesBetween) {
   TempDir dir;
   const std::string path = dir.Join("levels.zip");
   std::string expected;
@@ -206,7 +306,8 @@ with zipfile.ZipFile(')" + path + R"(') as zf:
   EXPECT_EQ(out, "300\n");
 }
 
-TEST(ArchiveWriter, AppendingToASavezArchiveKeepsEveryOldMemberByteIdentical) {
+// Appends a member to an np.savez archive in `mode`; every old byte of the members stays.
+void ExpectAppendKeepsOldMembers(WriteOptions::AppendMode mode) {
   TempDir dir;
   MakeNpyFiles(dir);
   RunPython(R"(
@@ -222,12 +323,15 @@ with zipfile.ZipFile(d + '/a.npz', 'a') as zf:
   ASSERT_TRUE(old.ok()) << old.status().message();
   ASSERT_EQ(old->entries.size(), 2u);
   ASSERT_TRUE(chmod(dir.Join("a.npz").c_str(), 0640) == 0);
+  struct stat st_before;
+  ASSERT_EQ(stat(dir.Join("a.npz").c_str(), &st_before), 0);
 
   auto noise = OpenFile(dir.Join("noise.npy"), O_RDONLY);
   ASSERT_TRUE(noise.ok());
   std::vector<std::pair<uint64_t, uint64_t>> progress;
   WriteOptions options;
   options.compress_level = 1;
+  options.append_mode = mode;
   options.progress = [&](uint64_t done, uint64_t total) { progress.emplace_back(done, total); };
   Status s = AppendToArchive(dir.Join("a.npz"),
                              {FromFile("noise.npy", *noise, dir.Join("noise.npy"))}, options);
@@ -253,10 +357,24 @@ with zipfile.ZipFile(d + '/a.npz', 'a') as zf:
   struct stat st;
   ASSERT_EQ(stat(dir.Join("a.npz").c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 07777, 0640u);
+  const bool in_place = mode == WriteOptions::AppendMode::kInPlace;
+  EXPECT_EQ(st.st_ino == st_before.st_ino, in_place);  // the copy is a new inode
   ASSERT_FALSE(progress.empty());
   EXPECT_EQ(progress.back().first, progress.back().second);
-  EXPECT_EQ(progress.back().second, old->cd_offset + ReadFileOrDie(dir.Join("noise.npy")).size());
+  // In place only the new bytes are written; a copy also copies the old members.
+  EXPECT_EQ(progress.back().second,
+            (in_place ? 0 : old->cd_offset) + ReadFileOrDie(dir.Join("noise.npy")).size());
   EXPECT_TRUE(std::is_sorted(progress.begin(), progress.end()));
+  EXPECT_EQ(ListDir(dir.path()),
+            (std::vector<std::string>{"a.npz", "adc.npy", "label.npy", "noise.npy"}));
+}
+
+TEST(ArchiveWriter, AppendingInPlaceToASavezArchiveKeepsEveryOldMemberByteIdentical) {
+  ExpectAppendKeepsOldMembers(WriteOptions::AppendMode::kInPlace);
+}
+
+TEST(ArchiveWriter, AppendingByCopyToASavezArchiveKeepsEveryOldMemberByteIdentical) {
+  ExpectAppendKeepsOldMembers(WriteOptions::AppendMode::kCopy);
 }
 
 TEST(ArchiveWriter, AppendCreatesTheArchiveWhenItDoesNotExist) {
@@ -370,7 +488,7 @@ with zipfile.ZipFile(')" + path + R"(') as zf:
 }
 
 // A 4.5 GiB member of zeros (a sparse source) deflated at level 1: ZIP64 sizes in the
-// local and central headers. About 10-15 s on the reference machine.
+// local and central headers, and a seek table. About 10-25 s on the reference machine.
 TEST(ArchiveWriter, DeflatesAMemberLargerThanFourGiBWithZip64Sizes) {
   TempDir dir;
   const std::string src = dir.Join("zeros.bin");
@@ -405,6 +523,20 @@ TEST(ArchiveWriter, DeflatesAMemberLargerThanFourGiBWithZip64Sizes) {
   uLong crc = 0;
   for (int i = 0; i < 9; ++i) crc = crc32_combine64(crc, half_gib, z_off64_t{1} << 29);
   EXPECT_EQ(e.crc32, static_cast<uint32_t>(crc));
+  // Its seek table: 4608 chunks of 1 MiB (they fit in one table), valid against the ZIP64 sizes;
+  // the chunks around the 4 GiB mark and the last one inflate alone.
+  auto table = ParseSeekTable(e.seek_table, e.compressed_size, e.uncompressed_size, e.crc32,
+                              "big.npz: member zeros.bin");
+  ASSERT_TRUE(table.ok()) << table.status().message();
+  EXPECT_EQ(table->chunks().size(), 4608u);
+  EXPECT_EQ(table->chunk_size(), 1u << 20);
+  auto archive_fd = OpenFile(dir.Join("big.npz"), O_RDONLY);
+  ASSERT_TRUE(archive_fd.ok());
+  for (size_t i : {size_t{4095}, size_t{4096}, table->chunks().size() - 1}) {
+    const SeekChunk& c = table->chunks()[i];
+    EXPECT_EQ(InflateChunk(archive_fd->get(), "big.npz", e, c), std::string(c.out_size, '\0'))
+        << "chunk " << i;
+  }
   int err = 0;
   zip_t* z = zip_open(dir.Join("big.npz").c_str(), ZIP_RDONLY | ZIP_CHECKCONS, &err);
   ASSERT_NE(z, nullptr) << err;
@@ -495,8 +627,9 @@ TEST(ArchiveWriter, AMissingOutputDirectoryIsAClearError) {
   TempDir dir;
   Status s = WriteArchive(dir.Join("no/such/dir/out.npz"), {FromBytes("x", "1")}, {});
   EXPECT_EQ(s.code(), ENOENT);
-  EXPECT_NE(s.message().find("out.npz: cannot create a temp file in directory"), std::string::npos)
+  EXPECT_EQ(s.message().rfind(dir.Join("no/such/dir/out.npz") + ": cannot create", 0), 0u)
       << s.message();
+  EXPECT_NE(s.message().find("No such file or directory"), std::string::npos) << s.message();
 }
 
 TEST(ArchiveWriter, RejectsACompressionLevelOutOfRange) {
@@ -507,24 +640,6 @@ TEST(ArchiveWriter, RejectsACompressionLevelOutOfRange) {
   EXPECT_EQ(s.code(), EINVAL);
   EXPECT_NE(s.message().find("compression level 10"), std::string::npos) << s.message();
 }
-
-// A tmpfs mounted for one test and always unmounted, even when the test fails.
-class ScopedTmpfs {
- public:
-  ScopedTmpfs(const std::string& dir, const std::string& options) : dir_(dir) {
-    mkdir(dir.c_str(), 0755);
-    mounted_ = mount("tmpfs", dir.c_str(), "tmpfs", options.find("ro") == 0 ? MS_RDONLY : 0,
-                     options.find("ro") == 0 ? "size=1m" : options.c_str()) == 0;
-  }
-  ~ScopedTmpfs() {
-    if (mounted_) umount2(dir_.c_str(), MNT_DETACH);
-  }
-  bool mounted() const { return mounted_; }
-
- private:
-  std::string dir_;
-  bool mounted_ = false;
-};
 
 TEST(ArchiveWriter, RunningOutOfSpaceFailsWithEnospcAndLeavesTheArchiveUntouched) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";

@@ -7,9 +7,16 @@ yields a DaemonMount, and on exit ALWAYS unmounts -- `fusermount3 -u`, then wait
 daemon (finalize runs after the unmount), `fusermount3 -u -z` as a last resort -- even when
 the test body failed. Without /dev/fuse the mount tests are skipped, except under CI where
 a missing /dev/fuse is a failure.
+
+Sanitized builds (ASan+UBSan, TSan) set NPZFS_SANITIZER_LOG_DIR: every sanitizer report of
+a process a test starts (the daemon, npz, api_example) is written to a file there, and a new
+file fails the test that was running, whatever the process's exit status (a test that
+expects `npz verify` to fail would otherwise pass on an ASan abort).
 """
 import contextlib
 import os
+import pty
+import select
 import signal
 import subprocess
 import tempfile
@@ -24,10 +31,61 @@ MOUNT_TIMEOUT = 10.0
 EXIT_TIMEOUT = 120.0  # finalize of the largest test archive
 
 
+SANITIZER_LOG_DIR = os.environ.get("NPZFS_SANITIZER_LOG_DIR")
+SANITIZER_OPTIONS = ("ASAN_OPTIONS", "UBSAN_OPTIONS", "TSAN_OPTIONS")
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "large: needs several GiB of /tmp and minutes (deselect locally with "
         "-m 'not large'; always runs in CI)")
+    config.addinivalue_line(
+        "markers", "concurrent: several readers or writers share one daemon (also run "
+        "under ThreadSanitizer in CI)")
+    if SANITIZER_LOG_DIR:
+        # One directory per pytest session, so that sessions never see each other's files.
+        os.makedirs(SANITIZER_LOG_DIR, exist_ok=True)
+        session_dir = tempfile.mkdtemp(prefix="session-", dir=SANITIZER_LOG_DIR)
+        os.environ["NPZFS_SANITIZER_SESSION_DIR"] = session_dir
+        for var in SANITIZER_OPTIONS:
+            opts = [o for o in os.environ.get(var, "").split(":") if o]
+            opts.append(f"log_path={session_dir}/{var.split('_')[0].lower()}")
+            os.environ[var] = ":".join(opts)
+
+
+def _sanitizer_reports():
+    session_dir = os.environ.get("NPZFS_SANITIZER_SESSION_DIR")
+    return set(os.listdir(session_dir)) if session_dir else set()
+
+
+def _read_reports(names):
+    session_dir = os.environ["NPZFS_SANITIZER_SESSION_DIR"]
+    texts = []
+    for name in sorted(names):
+        with open(os.path.join(session_dir, name), errors="replace") as f:
+            texts.append(f"--- {name}\n{f.read()}")
+    return "\n".join(texts)
+
+
+@pytest.fixture(autouse=True)
+def no_sanitizer_reports():
+    """Fails the test if a sanitized process it started wrote a report."""
+    before = _sanitizer_reports()
+    yield
+    new = _sanitizer_reports() - before
+    if new:
+        pytest.fail("sanitizer report(s) from a process this test started:\n" +
+                    _read_reports(new), pytrace=False)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A report written after its test ended (a daemon that outlived it) still fails the run."""
+    if not os.environ.get("NPZFS_SANITIZER_SESSION_DIR"):
+        return
+    names = _sanitizer_reports()
+    if names:
+        print("\nsanitizer reports in this session:\n" + _read_reports(names))
+        session.exitstatus = 1
 
 
 def require_fuse():
@@ -55,6 +113,7 @@ class DaemonMount:
         self.mnt = mnt
         self._log_file = log_file
         self.returncode = None
+        self.result_path = ""  # where the daemon writes its finalize outcome ("": none)
 
     def path(self, *parts):
         return os.path.join(self.mnt, *parts)
@@ -97,16 +156,19 @@ class DaemonMount:
         return self.returncode
 
 
-def start_daemon(archive, mnt, *options, timeout=MOUNT_TIMEOUT):
-    """Starts the daemon and waits for the mount. Fails (after cleaning up) if it died."""
+def start_daemon(archive, mnt, *options, timeout=MOUNT_TIMEOUT, prefix=(), env=None):
+    """Starts the daemon and waits for the mount. Fails (after cleaning up) if it died.
+    `prefix` runs it through another program that execs it (e.g. setpriv, to run as another
+    user: the PID stays the daemon's)."""
     require_fuse()
     os.makedirs(mnt, exist_ok=True)
     log_file = tempfile.TemporaryFile()
-    proc = subprocess.Popen([NPZFS_BIN, "-f", *options, str(archive), str(mnt)],
-                            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file)
+    proc = subprocess.Popen([*prefix, NPZFS_BIN, "-f", *options, str(archive), str(mnt)],
+                            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=env)
     m = DaemonMount(proc, str(mnt), log_file)
     deadline = time.monotonic() + timeout
-    while not os.path.ismount(mnt):
+    # The mount table, not a stat: another user's FUSE mount refuses root's stat.
+    while not is_mounted(mnt):
         if proc.poll() is not None:
             m.unmount()
             pytest.fail(f"npzfs exited with {proc.returncode} before mounting:\n{m.log()}")
@@ -114,6 +176,10 @@ def start_daemon(archive, mnt, *options, timeout=MOUNT_TIMEOUT):
             m.kill()
             pytest.fail(f"npzfs did not mount {mnt} within {timeout} s:\n{m.log()}")
         time.sleep(0.02)
+    try:
+        m.result_path = os.getxattr(mnt, "user.npzfs.result").decode()
+    except OSError:
+        pass
     return m
 
 
@@ -139,3 +205,41 @@ def mount_factory():
     yield start
     for m in reversed(started):
         m.unmount()
+
+
+def run_with_stderr_on_a_terminal(argv, env):
+    """Runs argv with stderr on a pseudo-terminal (stdout discarded); returns (exit code,
+    everything drawn on the terminal)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=slave,
+                            env={**os.environ, **env})
+    os.close(slave)
+    drawn = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            drawn += chunk
+        elif proc.poll() is not None:
+            break
+    proc.wait()
+    os.close(master)
+    return proc.returncode, drawn.decode("utf-8", "replace")
+
+
+@contextlib.contextmanager
+def tmpfs(directory, size="4m"):
+    """A small tmpfs mounted at `directory` (we run as root); always unmounted."""
+    os.makedirs(directory, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                       str(directory)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)])

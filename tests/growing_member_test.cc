@@ -649,17 +649,135 @@ TEST(GrowingMember, ASpoolThatRunsOutOfSpaceFailsTheWriteAndKeepsEarlierFrames) 
   EXPECT_EQ(ReadVisible(**m), NumpyU16(2));
 }
 
-TEST(FrameShape, ParsesCommasXsAndTuples) {
-  EXPECT_EQ(*ParseFrameShape("256,1024"), (std::vector<uint64_t>{256, 1024}));
-  EXPECT_EQ(*ParseFrameShape("256x1024"), (std::vector<uint64_t>{256, 1024}));
-  EXPECT_EQ(*ParseFrameShape("(3, 4)"), (std::vector<uint64_t>{3, 4}));
-  EXPECT_EQ(*ParseFrameShape("(7,)"), (std::vector<uint64_t>{7}));
-  EXPECT_EQ(ParseFrameShape("")->size(), 0u);
-  EXPECT_EQ(ParseFrameShape("()")->size(), 0u);
-  EXPECT_EQ(ParseFrameShape("3,,4").status().code(), EINVAL);
-  EXPECT_EQ(ParseFrameShape("-3").status().code(), EINVAL);
-  EXPECT_EQ(ParseFrameShape("99999999999999999999999").status().code(), EINVAL);
-  EXPECT_NE(ParseFrameShape("a,b").status().message().find("a,b"), std::string::npos);
+// ---- the reader handle (OpenReader) ----
+
+std::string ReadThrough(MemberReader& r) {
+  std::string out(r.size(), '\0');
+  auto n = r.ReadAt(0, std::span(reinterpret_cast<std::byte*>(out.data()), out.size()));
+  EXPECT_TRUE(n.ok()) << n.status().message();
+  if (n.ok()) out.resize(*n);
+  return out;
+}
+
+TEST(GrowingMember, AReaderHandleKeepsTheHeaderItOpenedWithWhileTheSizeFollowsTheGrowth) {
+  Fixture f;
+  auto m = f.Create("snap.npy", U16Layout());
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  ASSERT_TRUE(WriteAt(*m, w, 0, U16Frames(0, 2, 12)).ok());
+  std::shared_ptr<MemberReader> reader = m->OpenReader(GrowingView::kSnapshot);
+  EXPECT_EQ(reader->size(), NumpyU16(2).size());
+  ASSERT_TRUE(WriteAt(*m, w, 48, U16Frames(2, 3, 12)).ok());
+  EXPECT_EQ(reader->size(), NumpyU16(5).size()) << "stat follows the growth";
+  const std::string seen = ReadThrough(*reader);
+  const size_t h = HeaderLength(seen);
+  EXPECT_EQ(seen.substr(0, h), NumpyU16(2).substr(0, h)) << "the header counts 2 frames";
+  EXPECT_EQ(seen.substr(h), U16Frames(0, 5, 12)) << "later frames are trailing bytes";
+  // A handle opened now sees all five frames.
+  EXPECT_EQ(ReadThrough(*m->OpenReader(GrowingView::kSnapshot)), NumpyU16(5));
+}
+
+TEST(GrowingMember, ALiveReaderShowsTheMemberAsItIsAtEachRead) {
+  Fixture f;
+  auto m = f.Create("live.npy", U16Layout());
+  std::shared_ptr<MemberReader> live = m->OpenReader(GrowingView::kLive);
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  ASSERT_TRUE(WriteAt(*m, w, 0, U16Frames(0, 1, 12)).ok());
+  EXPECT_EQ(ReadThrough(*live), NumpyU16(1));
+  ASSERT_TRUE(WriteAt(*m, w, 24, U16Frames(1, 3, 12)).ok());
+  EXPECT_EQ(ReadThrough(*live), NumpyU16(4));
+}
+
+TEST(GrowingMember, DataReadsAreSplicedFromTheSpoolFileAndHeaderReadsAreCopied) {
+  Fixture f;
+  auto m = f.Create("splice.npy", U16Layout());
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  ASSERT_TRUE(WriteAt(*m, w, 0, U16Frames(0, 4, 12)).ok());
+  std::shared_ptr<MemberReader> reader = m->OpenReader(GrowingView::kSnapshot);
+  const std::string expected = NumpyU16(4);
+  const size_t h = HeaderLength(expected);
+  std::vector<std::byte> buf(1000);
+
+  // Inside the data region: "take these bytes from this fd at this offset".
+  auto data = reader->Read(h + 10, buf);
+  ASSERT_TRUE(data.ok()) << data.status().message();
+  ASSERT_GE(data->splice_fd, 0);
+  EXPECT_EQ(data->length, expected.size() - h - 10) << "short only at the visible end";
+  std::string spliced(data->length, '\0');
+  ASSERT_TRUE(
+      PreadExact(data->splice_fd, spliced.data(), spliced.size(), data->splice_offset, "splice")
+          .ok());
+  EXPECT_EQ(spliced, expected.substr(h + 10));
+
+  // Touching the header (kept in memory, rewritten on disk as frames arrive): copied.
+  auto head = reader->Read(h - 4, std::span(buf).first(20));
+  ASSERT_TRUE(head.ok()) << head.status().message();
+  EXPECT_LT(head->splice_fd, 0);
+  ASSERT_EQ(head->length, 20u);
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(buf.data()), 20), expected.substr(h - 4, 20));
+
+  // At or past the end: nothing.
+  auto end = reader->Read(expected.size(), buf);
+  ASSERT_TRUE(end.ok());
+  EXPECT_EQ(end->length, 0u);
+}
+
+TEST(GrowingMember, APartialFrameIsNeverSpliced) {
+  Fixture f;
+  auto m = f.Create("partial.npy", U16Layout());
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  ASSERT_TRUE(WriteAt(*m, w, 0, U16Frames(0, 2, 12).substr(0, 24 + 7)).ok());
+  std::shared_ptr<MemberReader> reader = m->OpenReader(GrowingView::kSnapshot);
+  const size_t h = HeaderLength(NumpyU16(1));
+  std::vector<std::byte> buf(100);
+  auto answer = reader->Read(h, buf);
+  ASSERT_TRUE(answer.ok());
+  EXPECT_EQ(answer->length, 24u) << "the 7 bytes of the second frame are held back";
+}
+
+// ---- renames keep the object ----
+
+TEST(GrowingMember, ARenamedMemberKeepsItsLayoutItsAttributesAndItsWriter) {
+  Fixture f;
+  auto m = f.Create("before.npy");
+  ASSERT_TRUE(m->SetAttribute(kDescrAttribute, "<u2").ok());
+  ASSERT_TRUE(m->SetAttribute(kShapeAttribute, "3,4").ok());
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  const std::string old_path = m->spool_path();
+  ASSERT_TRUE(m->MoveTo("sub/after.npy", f.dir.Join("after.npy")).ok());
+  EXPECT_EQ(m->name(), "sub/after.npy");
+  EXPECT_EQ(m->spool_path(), f.dir.Join("after.npy"));
+  EXPECT_FALSE(std::filesystem::exists(old_path));
+  EXPECT_EQ(*m->GetAttribute(kShapeAttribute), "3,4");
+  // The writer that began before the rename goes on, raw frames in the declared layout.
+  ASSERT_TRUE(WriteAt(*m, w, 0, U16Frames(0, 3, 12)).ok());
+  EXPECT_EQ(ReadVisible(*m), NumpyU16(3));
+  EXPECT_EQ(ReadFileOrDie(f.dir.Join("after.npy")), NumpyU16(3));
+  // Once it holds data it can no longer move.
+  EXPECT_EQ(m->MoveTo("again.npy", f.dir.Join("again.npy")).code(), EPERM);
+  EXPECT_EQ(m->name(), "sub/after.npy");
+}
+
+TEST(GrowingMember, ARenameToAnotherKindStartsTheMemberEmpty) {
+  Fixture f;
+  auto m = f.Create("h.npy", U16Layout());
+  ASSERT_TRUE(m->MoveTo("h.txt", f.dir.Join("h.txt")).ok());
+  EXPECT_FALSE(m->is_npy());
+  EXPECT_EQ(m->visible_size(), 0u);
+  EXPECT_EQ(ReadFileOrDie(f.dir.Join("h.txt")), "");
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  ASSERT_TRUE(WriteAt(*m, w, 0, "plain text").ok());
+  EXPECT_EQ(ReadVisible(*m), "plain text");
+  // A failed rename(2) leaves the member as it was.
+  auto n = f.Create("n.npy", U16Layout());
+  EXPECT_EQ(n->MoveTo("x.txt", f.dir.Join("missing-dir/x.txt")).code(), ENOENT);
+  EXPECT_EQ(n->name(), "n.npy");
+  EXPECT_EQ(ReadFileOrDie(n->spool_path()), NumpyU16(0)) << "the declared header is put back";
 }
 
 }  // namespace

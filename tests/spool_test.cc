@@ -411,11 +411,16 @@ TEST(Spool, RemoveAndRenameFollowTheAppendOnlyRules) {
   EXPECT_EQ(s.Rename("empty.npy", "full.npy").code(), EEXIST);
   EXPECT_EQ(s.Remove("ghost.npy").code(), ENOENT);
 
+  const std::string old_spool_file = (*empty)->spool_path();
   ASSERT_TRUE(s.Rename("empty.npy", "d/renamed.npy").ok());
   EXPECT_EQ(s.Find("empty.npy"), nullptr);
   ASSERT_NE(s.Find("d/renamed.npy"), nullptr);
   EXPECT_TRUE(fs::exists(t.Join("s/d%2Frenamed.npy")));
-  EXPECT_FALSE(fs::exists((*empty)->spool_path()));
+  EXPECT_FALSE(fs::exists(old_spool_file));
+  // The renamed member is the same object, now under its new name.
+  EXPECT_EQ(s.Find("d/renamed.npy"), *empty);
+  EXPECT_EQ((*empty)->name(), "d/renamed.npy");
+  EXPECT_EQ((*empty)->spool_path(), t.Join("s/d%2Frenamed.npy"));
   ASSERT_TRUE(s.Remove("d/renamed.npy").ok());
   EXPECT_FALSE(fs::exists(t.Join("s/d%2Frenamed.npy")));
   // A declared header is not data: renaming to a verbatim name starts that file empty.

@@ -9,14 +9,14 @@ import contextlib
 import io
 import json
 import os
-import pty
-import select
 import subprocess
 import zipfile
 import zlib
 
 import numpy as np
 import pytest
+
+from conftest import run_with_stderr_on_a_terminal, tmpfs
 
 ROOT = os.environ.get("NPZFS_SOURCE_ROOT", os.path.dirname(os.path.dirname(__file__)))
 NPZ_BIN = os.environ.get("NPZ_BIN", os.path.join(ROOT, "build/tools/npz"))
@@ -83,19 +83,6 @@ def files(tmp_path):
     np.save(tmp_path / "adc.npy", adc)
     np.save(tmp_path / "tx.npy", tx)
     return tmp_path, adc, tx
-
-
-@contextlib.contextmanager
-def tmpfs(directory, size="4m"):
-    """A small tmpfs mounted at `directory` (we run as root); always unmounted."""
-    os.makedirs(directory, exist_ok=True)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
-                       str(directory)]).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        yield directory
-    finally:
-        subprocess.run(["umount", "-l", str(directory)])
 
 
 def remount_read_only(directory):
@@ -186,6 +173,75 @@ def test_pack_compress_deflates_like_np_savez_compressed(files, option, level):
         np.testing.assert_array_equal(z["big"], big)
 
 
+def seek_table_of(info):
+    """The npzfs seek table block (header ID 0x5a4e) in a member's central extra, or None."""
+    extra = info.extra
+    pos = 0
+    while pos + 4 <= len(extra):
+        xid, size = int.from_bytes(extra[pos:pos + 2], "little"), int.from_bytes(
+            extra[pos + 2:pos + 4], "little")
+        if xid == 0x5A4E:
+            return extra[pos + 4:pos + 4 + size]
+        pos += 4 + size
+    return None
+
+
+def test_pack_compress_writes_seekable_members_that_every_reader_accepts(files):
+    d, adc, tx = files
+    big = smooth_int16(700)  # 5.5 MiB: six 1 MiB chunks after the header chunk
+    np.save(d / "big.npy", big)
+    np.save(d / "empty.npy", np.zeros((0, 5), dtype="<f4"))
+    ok("pack", d / "out.npz", d / "big.npy", d / "tx.npy", d / "empty.npy", "--compress")
+    with zipfile.ZipFile(d / "out.npz") as z:
+        assert z.testzip() is None
+        for info in z.infolist():
+            table = seek_table_of(info)
+            assert table is not None and table[:4] == b"NPZS", info.filename
+        table = seek_table_of(z.getinfo("big.npy"))
+        first, count = (int.from_bytes(table[i:i + 4], "little") for i in (12, 16))
+        header_len = len((d / "big.npy").read_bytes()) - big.nbytes
+        assert first == header_len and count == 1 + -(-big.nbytes // (1 << 20))
+    with np.load(d / "out.npz") as z:
+        np.testing.assert_array_equal(z["big"], big)
+        np.testing.assert_array_equal(z["tx"], tx)
+        assert z["empty"].shape == (0, 5)
+    assert subprocess.run(["unzip", "-tq", d / "out.npz"], capture_output=True).returncode == 0
+    assert subprocess.run(["zipinfo", "-v", d / "out.npz"], capture_output=True).returncode == 0
+    assert "3 members OK" in ok("verify", d / "out.npz").stdout.decode()
+
+
+def test_pack_compress_is_as_small_as_np_savez_compressed(tmp_path):
+    big = smooth_int16(1024)  # 8 MiB
+    np.save(tmp_path / "big.npy", big)
+    ok("pack", tmp_path / "ours.npz", tmp_path / "big.npy", "--compress")
+    np.savez_compressed(tmp_path / "numpy.npz", big=big)
+    with zipfile.ZipFile(tmp_path / "ours.npz") as a, zipfile.ZipFile(tmp_path / "numpy.npz") as b:
+        ours, theirs = a.getinfo("big.npy").compress_size, b.getinfo("big.npy").compress_size
+    assert ours <= theirs * 1.005, (ours, theirs)
+
+
+def test_pack_compress_writes_the_same_bytes_with_any_thread_count(files):
+    d, adc, tx = files
+    np.save(d / "big.npy", smooth_int16(400))
+    ok("pack", d / "one.npz", d / "big.npy", "--compress", "--threads", "1")
+    ok("pack", d / "two.npz", d / "big.npy", "--compress", "--threads=3")
+    ranges = [data_range(d / name, "big.npy") for name in ("one.npz", "two.npz")]
+    blobs = [(d / name).read_bytes()[o:o + n] for name, (o, n) in zip(("one.npz", "two.npz"), ranges)]
+    assert blobs[0] == blobs[1]
+    with zipfile.ZipFile(d / "one.npz") as a, zipfile.ZipFile(d / "two.npz") as b:
+        assert seek_table_of(a.getinfo("big.npy")) == seek_table_of(b.getinfo("big.npy"))
+
+
+def test_threads_must_be_a_positive_count(files):
+    d, adc, tx = files
+    fails(2, "pack", d / "out.npz", d / "adc.npy", "--compress", "--threads", "0",
+          must_name=["--threads"])
+    fails(2, "pack", d / "out.npz", d / "adc.npy", "--threads=many", must_name=["--threads"])
+    fails(2, "add", d / "out.npz", "k", d / "adc.npy", "--threads", "-2",
+          must_name=["--threads"])
+    assert not (d / "out.npz").exists()
+
+
 def test_pack_keys_name_the_members_in_order(files):
     d, adc, tx = files
     ok("pack", d / "out.npz", d / "adc.npy", "--key", "first", d / "tx.npy",
@@ -211,9 +267,18 @@ def test_pack_accepts_object_arrays_whose_pickle_is_shorter_than_the_shape(tmp_p
 def test_pack_replaces_an_existing_output_atomically(files):
     d, adc, tx = files
     ok("pack", d / "out.npz", d / "adc.npy")
-    ok("pack", d / "out.npz", d / "tx.npy")
+    ok("pack", d / "out.npz", d / "tx.npy", "--force")
     with zipfile.ZipFile(d / "out.npz") as z:
         assert z.namelist() == ["tx.npy"]
+
+
+def test_pack_refuses_an_existing_output_without_force(files):
+    d, adc, tx = files
+    ok("pack", d / "out.npz", d / "adc.npy")
+    before = sha(d / "out.npz")
+    r = fails(1, "pack", d / "out.npz", d / "tx.npy", must_name=["out.npz", "exists", "--force"])
+    assert "npz add" in r.stderr
+    assert sha(d / "out.npz") == before
 
 
 def test_pack_rejects_missing_and_invalid_inputs_and_leaves_no_output(files):
@@ -235,7 +300,8 @@ def test_pack_keeps_an_existing_output_when_an_input_is_bad(files):
     d, adc, tx = files
     ok("pack", d / "out.npz", d / "adc.npy")
     before = sha(d / "out.npz")
-    fails(1, "pack", d / "out.npz", d / "tx.npy", d / "nope.npy", must_name=["nope.npy"])
+    fails(1, "pack", d / "out.npz", d / "tx.npy", d / "nope.npy", "--force",
+          must_name=["nope.npy"])
     assert sha(d / "out.npz") == before
 
 
@@ -293,10 +359,12 @@ def test_add_appends_and_keeps_old_members_byte_identical(files):
 def test_add_with_compress_deflates_the_new_member(files):
     d, adc, tx = files
     ok("pack", d / "data.npz", d / "tx.npy")
-    ok("add", d / "data.npz", "calib/adc.npy", d / "adc.npy", "--compress")
+    ok("add", d / "data.npz", "calib/adc.npy", d / "adc.npy", "--compress", "--threads", "2")
     with zipfile.ZipFile(d / "data.npz") as z:
         assert z.getinfo("calib/adc.npy").compress_type == zipfile.ZIP_DEFLATED
+        assert seek_table_of(z.getinfo("calib/adc.npy")) is not None
         assert z.getinfo("tx.npy").compress_type == zipfile.ZIP_STORED
+        assert z.testzip() is None
     with np.load(d / "data.npz") as z:
         np.testing.assert_array_equal(z["calib/adc"], adc)
 
@@ -609,6 +677,24 @@ def test_verify_names_a_corrupt_member(files, compressed):
         assert "CRC-32" in r.stderr
 
 
+@pytest.mark.parametrize("compressed", [False, True])
+def test_verify_prints_each_error_once(files, compressed):
+    d, adc, tx = files
+    (np.savez_compressed if compressed else np.savez)(d / "data.npz", adc=adc, tx=tx)
+    offset, length = data_range(d / "data.npz", "adc.npy")
+    flip_byte(d / "data.npz", offset + length // 2)
+    r = fails(1, "verify", d / "data.npz", must_name=["adc.npy"])
+    lines = [l for l in r.stderr.splitlines() if "adc.npy" in l]
+    assert len(lines) == 1, r.stderr
+
+
+def test_verify_counts_members_in_good_english(tmp_path):
+    np.savez(tmp_path / "one.npz", only=np.arange(3))
+    assert ok("verify", tmp_path / "one.npz").stdout.decode().endswith(": 1 member OK\n")
+    np.savez(tmp_path / "two.npz", a=np.arange(3), b=np.arange(2))
+    assert ok("verify", tmp_path / "two.npz").stdout.decode().endswith(": 2 members OK\n")
+
+
 def test_verify_names_a_member_with_a_bad_npy_header(tmp_path):
     with zipfile.ZipFile(tmp_path / "data.npz", "w") as z:
         buf = io.BytesIO()
@@ -796,36 +882,18 @@ def test_umount_errors_without_a_mount(tmp_path):
 
 def run_on_a_terminal(args, env):
     """Runs npz with stderr on a pseudo-terminal; returns (exit code, what it drew)."""
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([NPZ_BIN, *map(str, args)], stdout=subprocess.DEVNULL,
-                            stderr=slave, env={**os.environ, **env})
-    os.close(slave)
-    drawn = b""
-    while True:
-        ready, _, _ = select.select([master], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            drawn += chunk
-        elif proc.poll() is not None:
-            break
-    proc.wait()
-    os.close(master)
-    return proc.returncode, drawn.decode("utf-8", "replace")
+    return run_with_stderr_on_a_terminal([NPZ_BIN, *map(str, args)], env)
 
 
 def test_progress_bar_draws_on_a_terminal_and_not_on_a_pipe(tmp_path):
-    np.save(tmp_path / "big.npy", smooth_int16(1024))  # 8 MiB
-    # NPZ_PROGRESS_DELAY_MS=0 stands in for "work that takes over a second".
+    np.save(tmp_path / "big.npy", smooth_int16(4096))  # 32 MiB
+    # NPZ_PROGRESS_DELAY_MS=0 stands in for "work that takes over a second"; one deflate
+    # thread makes the work last several redraws (an ETA needs one before the end).
     code, drawn = run_on_a_terminal(
-        ["pack", tmp_path / "out.npz", tmp_path / "big.npy", "--compress=1"],
+        ["pack", tmp_path / "out.npz", tmp_path / "big.npy", "--compress=6", "--threads", "1"],
         {"NPZ_PROGRESS_DELAY_MS": "0"})
     assert code == 0
-    for part in ("pack out.npz", "100%", "8.0 MiB", "/s", "ETA"):
+    for part in ("pack out.npz", "100%", "32.0 MiB", "/s", "ETA"):
         assert part in drawn, (part, drawn)
     # Quick work draws nothing, even on a terminal.
     np.save(tmp_path / "small.npy", adc_frames())

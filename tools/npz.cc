@@ -58,18 +58,24 @@ Examples:
 )",
        RunFrames},
       {"pack", "zip .npy files into an archive (numpyWriter zipNpyFiles)",
-       R"(Usage: npz pack OUT.npz FILE.npy... [--key K]... [--compress[=LEVEL]]
+       R"(Usage: npz pack OUT.npz FILE.npy... [--key K]... [--compress[=LEVEL]] [--threads N]
+                [--force]
 
 numpyWriter's zipNpyFiles: writes OUT.npz holding each FILE.npy as a member. Members are
 streamed from the files (never held in memory). Keys default to the file names without
 ".npy"; give --key once per file to choose them (in order). Each input must be a valid
 .npy. Members are stored (like np.savez) unless --compress deflates them (like
-np.savez_compressed; LEVEL 0..9, default 6). OUT.npz is replaced atomically: on any error
-it is left as it was and no partial file remains.
+np.savez_compressed; LEVEL 0..9, default 6). Deflate runs on all cores, in independent
+1 MiB chunks recorded in a seek table, so npzfs reads the members at random from the first
+read; every zip reader still sees plain deflate. An existing OUT.npz is refused unless
+--force is given; it is then replaced atomically: on any error it is left as it was and no
+partial file remains. (npz add adds members to an existing archive.)
 
 Options:
   --key K               member name for the next file (".npy" is appended if missing)
   --compress[=LEVEL]    deflate members
+  --threads N           deflate on N threads (default: one per online CPU)
+  -f, --force           replace an existing OUT.npz
 
 Examples:
   npz pack data.npz adc.npy tx.npy --compress
@@ -77,15 +83,21 @@ Examples:
 )",
        RunPack},
       {"add", "add one .npy to an existing archive (numpyWriter writeArray)",
-       R"(Usage: npz add ARCHIVE KEY FILE.npy [--compress[=LEVEL]]
+       R"(Usage: npz add ARCHIVE KEY FILE.npy [--compress[=LEVEL]] [--threads N] [--copy]
 
 numpyWriter's writeArray: appends FILE.npy to ARCHIVE as member KEY (".npy" appended if
-missing). The existing members stay byte-identical. Fails if KEY already exists. The new
-archive is written beside the old one and renamed over it, so ARCHIVE is either as before
-or complete. Use `npz pack` to create a new archive.
+missing). The existing members stay byte-identical. Fails if KEY already exists. The member
+is appended in place, over the old central directory, under an undo journal
+(.ARCHIVE.npzfs-journal): it costs the new bytes, whatever the archive's size, and after
+a crash the next npz command, mount or `npz recover` puts ARCHIVE back as it was. With
+--copy the new archive is written beside the old one and renamed over it instead (a full
+copy; other programs opening ARCHIVE meanwhile never see it mid-append). Either way
+ARCHIVE ends up as before or complete. Use `npz pack` to create a new archive.
 
 Options:
   --compress[=LEVEL]    deflate the new member (LEVEL 0..9, default 6)
+  --threads N           deflate on N threads (default: one per online CPU)
+  --copy                copy the archive and rename the copy over it
 
 Examples:
   npz add data.npz rx rx.npy
@@ -123,6 +135,9 @@ to the archive) still holds every complete frame written. This adds those member
 ARCHIVE (creating it if needed), atomically, and removes the spool. A trailing partial
 frame is dropped. Mounting the archive again does the same on the next unmount.
 
+First, if an append was interrupted (a journal .ARCHIVE.npzfs-journal is there), ARCHIVE
+is put back exactly as it was before that append (every npz command does this too).
+
 Options:
   --spool DIR           the spool directory, if the mount used -o spool=DIR
   --compress[=LEVEL]    deflate the recovered members (default: stored)
@@ -135,11 +150,17 @@ Examples:
       {"umount", "unmount an npzfs mount and wait until its archive is finalized",
        R"(Usage: npz umount MOUNTPOINT [--timeout SECONDS]
 
-Unmounts MOUNTPOINT with `fusermount3 -u`, waits until the npzfs daemon has finalized the
-new members into the archive and exited, and reports the result: exit 0 if finalize
-succeeded, non-zero with the daemon's reason if it failed. (`fusermount3 -u` alone returns
-before finalize has finished.) If the daemon had died, the stale mount is cleared and the
-message says how to recover its spool.
+Unmounts the npzfs mount at MOUNTPOINT with `fusermount3 -u`, waits until the npzfs daemon
+has finalized the new members into the archive and exited, and reports the result: exit 0
+if finalize succeeded (or there was nothing to finalize, as with -o ro), non-zero with the
+daemon's reason if it failed. (`fusermount3 -u` alone returns before finalize has finished.)
+While it waits it shows the finalize progress: a bar on a terminal, otherwise a line every
+few seconds.
+
+Only npzfs mounts are touched: MOUNTPOINT must be listed as fuse.npzfs in
+/proc/self/mountinfo; any other mount is refused and left mounted. If the daemon had died,
+the stale mount is cleared, nothing is finalized, the exit status is non-zero and the
+message gives the exact `npz recover /abs/ARCHIVE` command that adds its new members.
 
 Options:
   --timeout SECONDS   stop waiting after this long (exit non-zero; finalize goes on)
@@ -194,7 +215,9 @@ int main(int argc, char** argv) {
   }
   for (const Command& c : Commands()) {
     if (first == c.name) {
-      return c.run(std::vector<std::string>(args.begin() + 1, args.end()));
+      const std::vector<std::string> rest(args.begin() + 1, args.end());
+      if (const int rc = RecoverBeforeCommand(c.name, rest); rc != kExitOk) return rc;
+      return c.run(rest);
     }
   }
   std::fprintf(stderr, "npz: unknown command '%s'\nTry 'npz --help'.\n", first.c_str());

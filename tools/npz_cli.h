@@ -72,6 +72,10 @@ Result<uint64_t> ParseUint(const std::string& text, const std::string& what);
 // without a level, else the level (0..9).
 Result<std::optional<int>> ParseCompressOption(const ParsedArgs& args);
 
+// Before a subcommand runs: undoes an interrupted in-place append of every archive its
+// arguments name (npz_write.cc). Returns kExitOk, or kExitError after printing why not.
+int RecoverBeforeCommand(const std::string& command, const std::vector<std::string>& args);
+
 // Subcommands, one per file (npz_read.cc, npz_write.cc, npz_umount.cc).
 int RunLs(const std::vector<std::string>& args);
 int RunFrames(const std::vector<std::string>& args);

@@ -1,13 +1,16 @@
-// npz pack, npz add, npz recover: the subcommands that write archives.
+// npz pack, npz add, npz recover: the subcommands that write archives, and the recovery of
+// an interrupted append that runs before every subcommand.
 //
-// All three hand the work to npzfs/archive_writer.h (or core/write/spool.h), which builds the new
-// archive in a temp file and renames it into place, so an error leaves the old archive (or
-// no output) behind. Inputs are validated first and passed as file ranges of open fds: the
-// writer streams them, nothing is loaded whole.
+// All three hand the work to npzfs/archive_writer.h (or core/write/spool.h): pack writes a
+// temp file and renames it into place; add appends in place under an undo journal (or, with
+// --copy, builds a copy and renames it); recover finalizes a dead daemon's spool. An error
+// leaves the old archive (or no output) behind. Inputs are validated first and passed as
+// file ranges of open fds: the writer streams them, nothing is loaded whole.
 #include <sys/stat.h>
 
 #include <cerrno>
 #include <cstdio>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -24,6 +27,7 @@ namespace {
 NewMember MemberFromFile(const std::string& name, const NpyInput& input) {
   NewMember member;
   member.name = name;
+  member.leading_chunk = input.header_length;  // deflate: the header is a chunk of its own
   MemberPiece piece;
   piece.fd = input.fd.get();
   piece.offset = 0;
@@ -32,18 +36,60 @@ NewMember MemberFromFile(const std::string& name, const NpyInput& input) {
   return member;
 }
 
+// --threads N: deflate workers (default 0: one per online CPU).
+Result<size_t> ParseThreadsOption(const ParsedArgs& args) {
+  const std::optional<std::string> text = args.Last("threads");
+  if (!text) return size_t{0};
+  NPZ_ASSIGN_OR_RETURN(uint64_t n, ParseUint(*text, "--threads"));
+  if (n == 0 || n > 1024) {
+    return Status::Error(EINVAL, "--threads " + *text + " is not 1..1024");
+  }
+  return static_cast<size_t>(n);
+}
+
+void LogToStderr(const std::string& line) { std::fprintf(stderr, "npz: %s\n", line.c_str()); }
+
 }  // namespace
+
+int RecoverBeforeCommand(const std::string& command, const std::vector<std::string>& args) {
+  if (command == "recover") return kExitOk;  // RunRecover reports what it restores
+  for (const std::string& arg : args) {
+    if (arg.empty() || arg[0] == '-') continue;
+    // "ARCHIVE:KEY" (npz frames) names ARCHIVE.
+    std::vector<std::string> candidates = {arg};
+    if (const size_t colon = arg.rfind(':'); colon != std::string::npos && colon > 0) {
+      candidates.push_back(arg.substr(0, colon));
+    }
+    for (const std::string& path : candidates) {
+      struct stat st;
+      if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+      auto recovered = RecoverInterruptedAppend(path, LogToStderr);
+      if (!recovered.ok()) return ReportError(recovered.status());
+    }
+  }
+  return kExitOk;
+}
 
 int RunPack(const std::vector<std::string>& raw_args) {
   auto args = ParseArgs(raw_args, {{"key", OptionSpec::Kind::kValue, 'k'},
-                                   {"compress", OptionSpec::Kind::kOptionalValue, 0}});
+                                   {"compress", OptionSpec::Kind::kOptionalValue, 0},
+                                   {"threads", OptionSpec::Kind::kValue, 0},
+                                   {"force", OptionSpec::Kind::kFlag, 'f'}});
   if (!args.ok()) return UsageError("pack", args.status().message());
   if (args->help) return PrintCommandHelp("pack");
   if (args->positional.size() < 2) return UsageError("pack", "expected OUT.npz and FILE.npy...");
   auto level = ParseCompressOption(*args);
   if (!level.ok()) return UsageError("pack", level.status().message());
+  auto threads = ParseThreadsOption(*args);
+  if (!threads.ok()) return UsageError("pack", threads.status().message());
 
   const std::string out = args->positional[0];
+  struct stat st;
+  if (!args->Has("force") && lstat(out.c_str(), &st) == 0) {
+    return ReportError(Status::Error(
+        EEXIST, out + ": exists; npz pack writes a new archive (--force replaces it, 'npz add " +
+                    out + " KEY FILE.npy' adds to it)"));
+  }
   const std::vector<std::string> files(args->positional.begin() + 1, args->positional.end());
   std::vector<std::string> keys;
   if (args->Has("key")) {
@@ -78,6 +124,7 @@ int RunPack(const std::vector<std::string>& raw_args) {
   ProgressBar bar("pack " + BaseName(out), total);
   WriteOptions options;
   options.compress_level = level->value_or(-1);
+  options.threads = *threads;
   options.reject_existing_names = true;
   options.progress = bar.Callback();
   Status status = WriteArchive(out, members, options);
@@ -87,12 +134,16 @@ int RunPack(const std::vector<std::string>& raw_args) {
 }
 
 int RunAdd(const std::vector<std::string>& raw_args) {
-  auto args = ParseArgs(raw_args, {{"compress", OptionSpec::Kind::kOptionalValue, 0}});
+  auto args = ParseArgs(raw_args, {{"compress", OptionSpec::Kind::kOptionalValue, 0},
+                                   {"threads", OptionSpec::Kind::kValue, 0},
+                                   {"copy", OptionSpec::Kind::kFlag, 0}});
   if (!args.ok()) return UsageError("add", args.status().message());
   if (args->help) return PrintCommandHelp("add");
   if (args->positional.size() != 3) return UsageError("add", "expected ARCHIVE KEY FILE.npy");
   auto level = ParseCompressOption(*args);
   if (!level.ok()) return UsageError("add", level.status().message());
+  auto threads = ParseThreadsOption(*args);
+  if (!threads.ok()) return UsageError("add", threads.status().message());
   const std::string archive = args->positional[0];
   const std::string key = args->positional[1];
   const std::string file = args->positional[2];
@@ -114,6 +165,10 @@ int RunAdd(const std::vector<std::string>& raw_args) {
   ProgressBar bar("add " + *name, input->size);
   WriteOptions options;
   options.compress_level = level->value_or(-1);
+  options.threads = *threads;
+  options.append_mode =
+      args->Has("copy") ? WriteOptions::AppendMode::kCopy : WriteOptions::AppendMode::kInPlace;
+  options.log = LogToStderr;
   options.reject_existing_names = true;
   options.progress = bar.Callback();
   Status status = AppendToArchive(archive, {MemberFromFile(*name, *input)}, options);
@@ -133,14 +188,27 @@ int RunRecover(const std::vector<std::string>& raw_args) {
   const std::string archive = args->positional[0];
   const std::string spool = args->Last("spool").value_or(DefaultSpoolDir(archive));
 
+  // An interrupted append first: the spool's members go to the archive as it was before.
+  auto restored = RecoverInterruptedAppend(archive, LogToStderr);
+  if (!restored.ok()) return ReportError(restored.status());
+  struct stat st;
+  if (::stat(spool.c_str(), &st) != 0 && errno == ENOENT) {
+    // No spool (RecoverSpool would clean up under its lock): leftovers of a killed copy.
+    auto removed = RemoveStaleTempFiles(archive, LogToStderr);
+    if (!removed.ok()) return ReportError(removed.status());
+    if (*restored || *removed > 0) {
+      std::printf("%s: %s; no spool to finalize\n", archive.c_str(),
+                  *restored ? "restored after an interrupted append" : "removed stale temp files");
+      return kExitOk;
+    }
+  }
   ProgressBar bar("recover " + BaseName(archive), 0);
   WriteOptions options;
   options.compress_level = level->value_or(-1);
   options.reject_existing_names = true;
   options.progress = bar.Callback();
-  Status status = RecoverSpool(archive, spool, options, [](const std::string& line) {
-    std::fprintf(stderr, "npz: recover: %s\n", line.c_str());
-  });
+  options.log = LogToStderr;
+  Status status = RecoverSpool(archive, spool, options, LogToStderr);
   if (!status.ok()) return ReportError(status);
   bar.Finish();
   std::printf("%s: recovered the spool %s\n", archive.c_str(), spool.c_str());

@@ -1,46 +1,166 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds, and runs every test: the whole suite on a normal build,
-# then the unit tests again under AddressSanitizer and UndefinedBehaviorSanitizer.
-# Ends with one line "N passed, N failed" (the sum of both meson test runs).
+# Installs what is missing, builds, and runs every test suite. The README's test command and
+# what CI runs (.ci/run). Four build directories, each serving the suites that need it:
+#
+#   build         gcc, the normal build            unit + mount
+#   build-asan    clang, ASan+UBSan, -Dfuzz=true   unit + mount (sanitized daemon and npz)
+#                                                  + fuzz (each fuzzer FUZZ_SECONDS, 60 s)
+#   build-noisal  gcc, -Disal=disabled (zlib)      read   (only the targets it needs)
+#   build-tsan    gcc, ThreadSanitizer             read + concurrent (only their targets)
+#
+# Two lanes run side by side (the CI machine has 2 cores): [build, build-noisal, build-tsan]
+# and [build-asan]. Output lines carry the lane's name. The last line is "N passed, N failed":
+# the sum over every meson test run (a build that fails counts as one failed test); the exit
+# status is non-zero when any build or test failed.
+#
+#   tools/test.sh                  everything
+#   tools/test.sh asan tsan        only these (build, asan, noisal, tsan)
 set -uo pipefail
 cd "$(dirname "$0")/.."
+root=$(pwd)
 
 bash tools/install-deps.sh || { echo "install-deps failed"; echo "0 passed, 1 failed"; exit 1; }
 
 werror=false
 [ -n "${CI:-}" ] && werror=true
+fuzz_seconds=${FUZZ_SECONDS:-60}
+wanted=("$@")
+[ ${#wanted[@]} -eq 0 ] && wanted=(build asan noisal tsan)
+want() { [[ " ${wanted[*]} " == *" $1 "* ]]; }
 
+results=$(mktemp -d /tmp/npzfs-test-results.XXXXXX)
+trap 'rm -rf "$results"' EXIT
+
+# Adds a meson test JSON log's counts to $results/<tag> as "passed failed".
+count() {  # tag json
+  local tag=$1 json=$2
+  if [ ! -s "$json" ]; then
+    echo "0 1" >"$results/$tag"  # the build failed, or no test ran
+    return
+  fi
+  /usr/bin/python3 - "$json" >"$results/$tag" <<'EOF'
+import json, sys
+ok = bad = 0
+for line in open(sys.argv[1]):
+    r = json.loads(line).get("result")
+    if r in ("OK", "EXPECTEDFAIL"):
+        ok += 1
+    elif r != "SKIP":
+        bad += 1
+print(ok, bad)
+EOF
+}
+
+# Records how long a step took (for the summary at the end).
+timed() {  # tag command...
+  local tag=$1 start=$SECONDS
+  shift
+  "$@"
+  local rc=$?
+  echo "$((SECONDS - start))" >"$results/$tag.seconds"
+  return $rc
+}
+
+setup() {  # dir, meson setup args...; configures once, then only keeps werror in step
+  local dir=$1
+  shift
+  if [ ! -d "$dir/meson-private" ]; then
+    meson setup "$dir" -Dwerror=$werror "$@"
+  else
+    meson configure "$dir" -Dwerror=$werror "$@" >/dev/null
+  fi
+}
+
+# Configures, builds all targets (or, with --partial, only what the selected tests need:
+# meson test builds their dependencies), runs meson test and counts. Any failure: exit 1.
+suite() {  # tag dir [--partial] [setup args...] -- [meson test args...]
+  local tag=$1 dir=$2 partial=false
+  shift 2
+  [ "${1:-}" = "--partial" ] && { partial=true; shift; }
+  local args=()
+  while [ "$1" != "--" ]; do args+=("$1"); shift; done
+  shift
+  rm -f "$dir/meson-logs/$tag.json"
+  if ! timed "$tag-setup" setup "$dir" "${args[@]}"; then
+    echo "$tag: meson setup failed"; echo "0 1" >"$results/$tag"; return 1
+  fi
+  if ! $partial && ! timed "$tag-compile" meson compile -C "$dir"; then
+    echo "$tag: build failed"; echo "0 1" >"$results/$tag"; return 1
+  fi
+  touch "$results/$tag.built"
+  timed "$tag-test" meson test -C "$dir" --logbase "$tag" --print-errorlogs "$@"
+  local rc=$?
+  count "$tag" "$dir/meson-logs/$tag.json"
+  return $rc
+}
+
+# ThreadSanitizer of GCC 12 / LLVM 14 cannot map its shadow memory when the kernel
+# randomizes mmap with more than 28 bits; then the TSan tests run with ASLR off.
+tsan_wrapper=()
+if [ "$(cat /proc/sys/vm/mmap_rnd_bits 2>/dev/null || echo 28)" -gt 28 ] &&
+    setarch "$(uname -m)" -R true 2>/dev/null; then
+  tsan_wrapper=(--wrapper "setarch $(uname -m) -R")
+fi
+
+lane_gcc() {
+  local rc=0
+  if want build; then
+    suite build build -- --num-processes 2 || rc=1
+  fi
+  if want noisal; then
+    if grep -q "option('isal'" meson_options.txt 2>/dev/null; then
+      suite noisal build-noisal --partial -Disal=disabled -- --suite read --num-processes 2 || rc=1
+    else
+      echo "noisal: no 'isal' option in meson_options.txt yet: zlib is the only engine, and" \
+        "the normal build already tests it"
+    fi
+  fi
+  if want tsan; then
+    suite tsan build-tsan --partial -Db_sanitize=thread -Db_lundef=false -- \
+      --suite read --suite concurrent --num-processes 2 "${tsan_wrapper[@]}" || rc=1
+  fi
+  return $rc
+}
+
+lane_asan() {
+  want asan || return 0
+  local rc=0
+  export CC=clang CXX=clang++  # libFuzzer is clang's; this lane runs in its own subshell
+  suite asan build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dfuzz=true \
+    -Dfuzz_seconds="$fuzz_seconds" -- --suite unit --suite mount --num-processes 2 || rc=1
+  # The fuzzers (built with the rest above): two at a time, each for fuzz_seconds.
+  if [ -f "$results/asan.built" ]; then
+    suite fuzz build-asan -- --suite fuzz --num-processes 2 || rc=1
+  fi
+  return $rc
+}
+
+prefix() { sed -u "s/^/[$1] /"; }
+
+start=$SECONDS
+( lane_gcc; echo $? >"$results/lane-gcc.rc" ) 2>&1 | prefix gcc &
+( lane_asan; echo $? >"$results/lane-asan.rc" ) 2>&1 | prefix asan &
+wait
+
+status=0
+for lane in gcc asan; do
+  [ "$(cat "$results/lane-$lane.rc" 2>/dev/null || echo 1)" -eq 0 ] || status=1
+done
 passed=0
 failed=0
-status=0
-
-# Adds the Ok/Fail counts of a meson test log to the totals.
-count() {
-  local log=$1 ok fail
-  ok=$(grep -E '^Ok:' "$log" | tail -1 | awk '{print $2}')
-  fail=$(grep -E '^(Fail|Timeout|Unexpected Pass):' "$log" | awk '{s+=$NF} END {print s+0}')
-  passed=$((passed + ${ok:-0}))
-  failed=$((failed + ${fail:-0}))
-}
-
-run_suite() {  # builddir, setup args..., -- test args...
-  local dir=$1; shift
-  local setup=() ; while [ "$1" != "--" ]; do setup+=("$1"); shift; done; shift
-  if [ ! -d "$dir" ]; then
-    meson setup "$dir" -Dwerror=$werror "${setup[@]}" || { failed=$((failed + 1)); status=1; return; }
-  else
-    meson configure "$dir" -Dwerror=$werror >/dev/null
-  fi
-  if ! meson compile -C "$dir"; then
-    failed=$((failed + 1)); status=1; return
-  fi
-  meson test -C "$dir" --print-errorlogs "$@" 2>&1 | tee "$dir/test-summary.log"
-  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-  count "$dir/test-summary.log"
-}
-
-run_suite build -- --num-processes 2
-run_suite build-asan -Db_sanitize=address,undefined -Db_lundef=false -- --suite unit
-
+echo
+echo "Summary (seconds of wall time per step; total $((SECONDS - start)) s):"
+for tag in build asan fuzz noisal tsan; do
+  [ -f "$results/$tag" ] || continue
+  read -r p f <"$results/$tag"
+  passed=$((passed + p))
+  failed=$((failed + f))
+  times=""
+  for step in setup compile test; do
+    [ -f "$results/$tag-$step.seconds" ] && times+=" $step $(cat "$results/$tag-$step.seconds")"
+  done
+  printf '  %-7s %4d passed, %d failed  (%s )\n' "$tag" "$p" "$f" "$times"
+done
+[ "$failed" -eq 0 ] || status=1
 echo "${passed} passed, ${failed} failed"
 exit $status

@@ -16,104 +16,37 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
 #include <utility>
+
+#include "core/base/atomic_file.h"
+#include "core/npy/frame_layout.h"
+#include "core/npy/npy_file.h"
 
 namespace npzfs {
 namespace {
 
-// Reads and parses the header of an open .npy; returns it and its on-disk length.
-Result<std::pair<NpyHeader, size_t>> ReadHeader(int fd, const std::string& path) {
-  std::string prefix(12, '\0');
-  NPZ_ASSIGN_OR_RETURN(size_t got, PreadFull(fd, prefix.data(), prefix.size(), 0, path));
-  prefix.resize(got);
-  auto total = NpyHeader::TotalLength(prefix);
-  if (!total.ok()) return total.status().WithContext(path);
-  if (*total > 12 + 4 * NpyHeader::kMaxHeaderChars) {
-    return Status::Error(
-        EINVAL, path + ": header length " + std::to_string(*total) + " is over the safety limit");
-  }
-  NPZ_ASSIGN_OR_RETURN(uint64_t file_size, FileSize(fd, path));
-  if (*total > file_size) {
-    return Status::Error(EINVAL, path + ": truncated .npy header: it needs " +
-                                     std::to_string(*total) + " bytes, the file has " +
-                                     std::to_string(file_size));
-  }
-  std::string bytes(*total, '\0');
-  NPZ_ASSIGN_OR_RETURN(got, PreadFull(fd, bytes.data(), bytes.size(), 0, path));
-  bytes.resize(got);
-  auto header = NpyHeader::Parse(bytes);
-  if (!header.ok()) return header.status().WithContext(path);
-  return std::make_pair(std::move(header).value(), *total);
-}
-
-Status CheckAppendable(const NpyHeader& h, const std::string& path) {
-  if (!h.frameable()) {
-    return Status::Error(
-        EINVAL, path + ": cannot append frames to " +
-                    (h.has_object() ? std::string("an object array") : std::string("a 0-d array")));
-  }
-  if (h.frame_bytes() == 0) {
-    return Status::Error(EINVAL, path + ": frames of " + h.descr_literal() +
-                                     " with this shape hold zero bytes; cannot append");
-  }
-  return Status::Ok();
-}
-
 std::string Describe(const NpyHeader& h) {
-  std::string s = "descr " + h.descr_literal() + ", fortran_order " +
-                  (h.fortran_order() ? "True" : "False") + ", frame shape (";
-  auto fs = h.frame_shape();
-  for (size_t i = 0; i < fs.size(); ++i) s += (i ? ", " : "") + std::to_string(fs[i]);
-  return s + ")";
-}
-
-Status Truncate(int fd, uint64_t size, const std::string& path) {
-  int r;
-  do {
-    r = ::ftruncate(fd, static_cast<off_t>(size));
-  } while (r < 0 && errno == EINTR);
-  if (r < 0) return ErrnoStatus(errno, path, "ftruncate failed");
-  return Status::Ok();
-}
-
-// Sets the count in the header of an open file to its complete frames, drops a partial
-// frame. Returns the number of frames kept.
-Result<uint64_t> RepairOpen(int fd, const NpyHeader& header, size_t header_len,
-                            const std::string& path) {
-  NPZ_ASSIGN_OR_RETURN(uint64_t size, FileSize(fd, path));
-  if (size < header_len) {
-    return Status::Error(EINVAL, path + ": file is shorter than its own header");
-  }
-  uint64_t frame = header.frame_bytes();
-  uint64_t complete = (size - header_len) / frame;
-  uint64_t keep = header_len + complete * frame;
-  if (size != keep) NPZ_RETURN_IF_ERROR(Truncate(fd, keep, path));
-  if (header.frame_count() != complete) {
-    NPZ_ASSIGN_OR_RETURN(NpyHeader fixed, header.WithFrameCountChecked(complete));
-    auto bytes = fixed.FormatPadded(header_len);
-    if (!bytes.ok()) return bytes.status().WithContext(path);
-    NPZ_RETURN_IF_ERROR(PwriteAll(fd, bytes->data(), bytes->size(), 0, path));
-  }
-  return complete;
+  return "descr " + h.descr_literal() + ", fortran_order " +
+         (h.fortran_order() ? "True" : "False") + ", frame shape (" + AxesText(h.frame_shape()) +
+         ")";
 }
 
 // Creates `path` holding `header`, so that no one (not even Recover after a crash) ever sees
-// it without a complete header: the header goes into a temporary file in the same directory,
-// which is then hard-linked to `path`. link(2) fails with EEXIST instead of replacing a file
-// that appeared meanwhile; then that file is opened instead, as if it had been there.
+// it without a complete header: the header goes into an AtomicFile temp file in the same
+// directory, which is then hard-linked to `path` instead of renamed over it. link(2) fails
+// with EEXIST instead of replacing a file that appeared meanwhile; then that file is opened
+// instead, as if it had been there (an invalid UniqueFd says so).
 Result<UniqueFd> CreateWithHeader(const std::string& path, const std::string& header) {
-  std::string tmp = path + ".npzfs-new-" + std::to_string(::getpid());
-  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(tmp, O_RDWR | O_CREAT | O_TRUNC));
-  Status written = PwriteAll(fd.get(), header.data(), header.size(), 0, tmp);
-  int linked = written.ok() ? ::link(tmp.c_str(), path.c_str()) : 0;
-  int link_errno = errno;
-  ::unlink(tmp.c_str());
-  NPZ_RETURN_IF_ERROR(written);
-  if (linked == 0) return fd;
-  if (link_errno == EEXIST) return UniqueFd();
-  return ErrnoStatus(link_errno, path, "cannot create");
+  AtomicFileOptions mode;
+  mode.mode = 0644;
+  NPZ_ASSIGN_OR_RETURN(AtomicFile temp, AtomicFile::Create(path, mode));
+  NPZ_RETURN_IF_ERROR(temp.Write(header));
+  UniqueFd fd(::fcntl(temp.fd(), F_DUPFD_CLOEXEC, 0));
+  if (!fd.valid()) return ErrnoStatus(errno, path, "dup failed");
+  if (::link(temp.temp_path().c_str(), path.c_str()) == 0) return fd;  // temp is unlinked
+  if (errno == EEXIST) return UniqueFd();
+  return ErrnoStatus(errno, path, "cannot create");
 }
 
 }  // namespace
@@ -137,7 +70,7 @@ NpyAppender::~NpyAppender() {
 Result<std::unique_ptr<NpyAppender>> NpyAppender::Open(const std::string& path,
                                                        const NpyHeader& layout,
                                                        const NpyAppenderOptions& options) {
-  NPZ_RETURN_IF_ERROR(CheckAppendable(layout, path));
+  NPZ_RETURN_IF_ERROR(CheckGrowable(layout, path));
   NpyHeader empty = layout.WithFrameCount(0);
   auto opened = OpenFile(path, O_RDWR);
   if (!opened.ok() && opened.status().code() == ENOENT) {
@@ -158,23 +91,22 @@ Result<std::unique_ptr<NpyAppender>> NpyAppender::Open(const std::string& path,
     return std::make_unique<NpyAppender>(Key{}, path, std::move(fd), empty, bytes.size(), 0,
                                          options, false);
   }
-  NPZ_ASSIGN_OR_RETURN(auto existing, ReadHeader(fd.get(), path));
-  auto& [header, header_len] = existing;
-  if (!header.SameFrameLayout(layout)) {
-    return Status::Error(EINVAL, path + ": cannot append: the file has " + Describe(header) +
-                                     " but the frames have " + Describe(layout));
+  NPZ_ASSIGN_OR_RETURN(ParsedNpyHeader existing, ReadNpyFileHeader(fd.get(), size, path));
+  if (!existing.header.SameFrameLayout(layout)) {
+    return Status::Error(EINVAL, path + ": cannot append: the file has " +
+                                     Describe(existing.header) + " but the frames have " +
+                                     Describe(layout));
   }
-  NPZ_RETURN_IF_ERROR(CheckAppendable(header, path));
+  NPZ_RETURN_IF_ERROR(CheckGrowable(existing.header, path));
   // The count must be rewritable in place for every count we may reach.
-  auto room = header.WithFrameCount(UINT64_MAX).FormatPadded(header_len);
-  if (!room.ok()) {
-    return Status::Error(EINVAL, path + ": its " + std::to_string(header_len) +
+  if (!existing.header.WithFrameCount(UINT64_MAX).FormatPadded(existing.length).ok()) {
+    return Status::Error(EINVAL, path + ": its " + std::to_string(existing.length) +
                                      "-byte header has no room to grow in place (written "
                                      "before numpy 1.24?); rewrite it with np.save");
   }
-  NPZ_ASSIGN_OR_RETURN(uint64_t frames, RepairOpen(fd.get(), header, header_len, path));
-  return std::make_unique<NpyAppender>(Key{}, path, std::move(fd), header.WithFrameCount(frames),
-                                       header_len, frames, options, false);
+  NPZ_ASSIGN_OR_RETURN(NpyRepair repair, RepairNpyFile(fd.get(), existing, size, path));
+  return std::make_unique<NpyAppender>(Key{}, path, std::move(fd), repair.header, existing.length,
+                                       repair.frames, options, false);
 }
 
 Status NpyAppender::CheckOpen() const {
@@ -267,12 +199,12 @@ Status NpyAppender::Close() {
 
 Result<uint64_t> NpyAppender::Recover(const std::string& path) {
   NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(path, O_RDWR));
-  NPZ_ASSIGN_OR_RETURN(auto existing, ReadHeader(fd.get(), path));
-  auto& [header, header_len] = existing;
-  NPZ_RETURN_IF_ERROR(CheckAppendable(header, path));
-  NPZ_ASSIGN_OR_RETURN(uint64_t frames, RepairOpen(fd.get(), header, header_len, path));
+  NPZ_ASSIGN_OR_RETURN(uint64_t size, FileSize(fd.get(), path));
+  NPZ_ASSIGN_OR_RETURN(ParsedNpyHeader existing, ReadNpyFileHeader(fd.get(), size, path));
+  NPZ_RETURN_IF_ERROR(CheckGrowable(existing.header, path));
+  NPZ_ASSIGN_OR_RETURN(NpyRepair repair, RepairNpyFile(fd.get(), existing, size, path));
   NPZ_RETURN_IF_ERROR(FsyncFd(fd.get(), path));
-  return frames;
+  return repair.frames;
 }
 
 }  // namespace npzfs

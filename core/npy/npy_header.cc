@@ -2,11 +2,10 @@
 //
 // Design notes.
 //
-// numpy reads the header dict with ast.literal_eval and writes it with repr(). We must do
-// neither: the file may be hostile, and core has no Python. So this file holds a tiny
-// recursive-descent parser for exactly the literals numpy writes (dict, str, bool, int,
-// tuple, list; None too, so that odd descrs give a clear error rather than a parse error),
-// with a depth limit and bounds checks on every read, and a repr() for the same values.
+// numpy reads the header dict with ast.literal_eval and writes it with repr(). We do neither:
+// core/npy/py_literal.h holds a small bounds-checked parser and a repr() for exactly the
+// literals numpy writes. This file gives the parsed dict its meaning (descr, fortran_order,
+// shape, item sizes) and wraps the dict text the way numpy's _wrap_header does.
 //
 // The descr is kept as its canonical repr text (descr_literal_), re-emitted from the parsed
 // value, not copied from the file. A header written by numpy therefore formats back to the
@@ -18,492 +17,25 @@
 // Text handling: versions 1.0 and 2.0 are latin1, 3.0 is UTF-8. Internally everything is
 // UTF-8; latin1 input is widened on parse, and Format() narrows back to latin1 whenever
 // every character fits (that is how numpy picks the version).
-//
-// One known approximation: Python's repr escapes characters that are not "printable" by
-// its Unicode database. We carry the ranges of the non-printable categories (a short table
-// taken from Python 3.11) but not the list of unassigned code points: an unassigned code
-// point in a field name would be escaped by Python and printed verbatim here.
 #include "npzfs/npy_header.h"
 
 #include <algorithm>
-#include <cctype>
-#include <cstdio>
-#include <cstring>
 #include <limits>
-#include <memory>
 #include <optional>
 #include <utility>
+
+#include "core/base/byte_codec.h"
+#include "core/base/text_codec.h"
+#include "core/npy/frame_layout.h"
+#include "core/npy/py_literal.h"
 
 namespace npzfs {
 namespace {
 
 constexpr size_t kMagicLen = 8;  // "\x93NUMPY" + major + minor
-constexpr int kMaxDepth = 64;    // nesting limit for the literal parser
+constexpr int kMaxDepth = 64;    // nesting limit for structured descrs
 
 Status Invalid(std::string message) { return Status::Error(EINVAL, std::move(message)); }
-
-// ---------------------------------------------------------------- UTF-8 helpers
-
-void AppendUtf8(std::string& out, uint32_t cp) {
-  if (cp < 0x80) {
-    out.push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out.push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else {
-    out.push_back(static_cast<char>(0xF0 | (cp >> 18)));
-    out.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-}
-
-// Decodes one code point at `pos`, advancing it. nullopt for malformed UTF-8 (overlongs,
-// surrogates and truncated sequences included).
-std::optional<uint32_t> DecodeUtf8(std::string_view s, size_t& pos) {
-  auto b0 = static_cast<unsigned char>(s[pos]);
-  if (b0 < 0x80) {
-    ++pos;
-    return b0;
-  }
-  int len;
-  uint32_t cp;
-  if ((b0 & 0xE0) == 0xC0) {
-    len = 2;
-    cp = b0 & 0x1F;
-  } else if ((b0 & 0xF0) == 0xE0) {
-    len = 3;
-    cp = b0 & 0x0F;
-  } else if ((b0 & 0xF8) == 0xF0) {
-    len = 4;
-    cp = b0 & 0x07;
-  } else {
-    return std::nullopt;
-  }
-  if (s.size() - pos < static_cast<size_t>(len)) return std::nullopt;
-  for (int i = 1; i < len; ++i) {
-    auto b = static_cast<unsigned char>(s[pos + static_cast<size_t>(i)]);
-    if ((b & 0xC0) != 0x80) return std::nullopt;
-    cp = (cp << 6) | (b & 0x3F);
-  }
-  static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
-  if (cp < kMin[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return std::nullopt;
-  pos += static_cast<size_t>(len);
-  return cp;
-}
-
-std::string Latin1ToUtf8(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (char c : s) AppendUtf8(out, static_cast<unsigned char>(c));
-  return out;
-}
-
-// The latin1 bytes of valid UTF-8 `s`, or nullopt if a character is above U+00FF.
-std::optional<std::string> Utf8ToLatin1(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  size_t pos = 0;
-  while (pos < s.size()) {
-    auto cp = DecodeUtf8(s, pos);
-    if (!cp || *cp > 0xFF) return std::nullopt;
-    out.push_back(static_cast<char>(*cp));
-  }
-  return out;
-}
-
-// Number of code points in valid UTF-8.
-size_t CountChars(std::string_view s) {
-  size_t n = 0;
-  for (char c : s) n += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
-  return n;
-}
-
-// ---------------------------------------------------------------- Python literals
-
-struct PyValue {
-  enum class Kind { kStr, kInt, kBool, kNone, kTuple, kList, kDict };
-  Kind kind = Kind::kNone;
-  std::string str;         // kStr: UTF-8
-  uint64_t magnitude = 0;  // kInt: absolute value
-  bool negative = false;   // kInt
-  bool boolean = false;    // kBool
-  // kTuple/kList: the items; kDict: key, value, key, value, ...
-  std::vector<PyValue> items;
-};
-
-const char* KindName(PyValue::Kind k) {
-  switch (k) {
-    case PyValue::Kind::kStr:
-      return "str";
-    case PyValue::Kind::kInt:
-      return "int";
-    case PyValue::Kind::kBool:
-      return "bool";
-    case PyValue::Kind::kNone:
-      return "None";
-    case PyValue::Kind::kTuple:
-      return "tuple";
-    case PyValue::Kind::kList:
-      return "list";
-    case PyValue::Kind::kDict:
-      return "dict";
-  }
-  return "?";
-}
-
-// Recursive descent over UTF-8 text. Every read goes through Peek/At, which check bounds.
-class LiteralParser {
- public:
-  explicit LiteralParser(std::string_view text) : s_(text) {}
-
-  // Parses one value followed only by whitespace.
-  Result<PyValue> ParseWhole() {
-    NPZ_ASSIGN_OR_RETURN(PyValue v, ParseValue(0));
-    SkipSpace();
-    if (pos_ != s_.size()) return Error("unexpected text after the literal");
-    return v;
-  }
-
- private:
-  Status Error(const std::string& what) const {
-    return Invalid("malformed header literal at character " + std::to_string(pos_) + ": " + what);
-  }
-  bool AtEnd() const { return pos_ >= s_.size(); }
-  char Peek() const { return AtEnd() ? '\0' : s_[pos_]; }
-  void SkipSpace() {
-    while (!AtEnd() && (s_[pos_] == ' ' || s_[pos_] == '\t' || s_[pos_] == '\n' ||
-                        s_[pos_] == '\r' || s_[pos_] == '\f' || s_[pos_] == '\v')) {
-      ++pos_;
-    }
-  }
-  bool ConsumeWord(std::string_view w) {
-    if (s_.substr(pos_, w.size()) != w) return false;
-    size_t end = pos_ + w.size();
-    if (end < s_.size() && (std::isalnum(static_cast<unsigned char>(s_[end])) || s_[end] == '_')) {
-      return false;
-    }
-    pos_ = end;
-    return true;
-  }
-
-  Result<PyValue> ParseValue(int depth) {
-    if (depth > kMaxDepth) return Error("nested too deeply");
-    SkipSpace();
-    if (AtEnd()) return Error("unexpected end of header");
-    char c = Peek();
-    if (c == '{') return ParseDict(depth);
-    if (c == '(') return ParseSequence(depth, PyValue::Kind::kTuple, ')');
-    if (c == '[') return ParseSequence(depth, PyValue::Kind::kList, ']');
-    if (c == '\'' || c == '"') return ParseString();
-    if ((c == 'u' || c == 'U' || c == 'b' || c == 'B') && pos_ + 1 < s_.size() &&
-        (s_[pos_ + 1] == '\'' || s_[pos_ + 1] == '"')) {
-      ++pos_;  // Python 2 style u'' / b'' prefixes: the text is what matters
-      return ParseString();
-    }
-    if (c == '-' || c == '+' || (c >= '0' && c <= '9')) return ParseInt();
-    PyValue v;
-    if (ConsumeWord("True")) {
-      v.kind = PyValue::Kind::kBool;
-      v.boolean = true;
-      return v;
-    }
-    if (ConsumeWord("False")) {
-      v.kind = PyValue::Kind::kBool;
-      return v;
-    }
-    if (ConsumeWord("None")) return v;
-    return Error(std::string("unexpected character '") + c + "'");
-  }
-
-  Result<PyValue> ParseInt() {
-    PyValue v;
-    v.kind = PyValue::Kind::kInt;
-    if (Peek() == '-' || Peek() == '+') {
-      v.negative = Peek() == '-';
-      ++pos_;
-      SkipSpace();
-    }
-    if (AtEnd() || Peek() < '0' || Peek() > '9') return Error("expected digits");
-    while (!AtEnd() && Peek() >= '0' && Peek() <= '9') {
-      uint64_t d = static_cast<uint64_t>(Peek() - '0');
-      if (v.magnitude > (std::numeric_limits<uint64_t>::max() - d) / 10) {
-        return Error("integer does not fit in 64 bits");
-      }
-      v.magnitude = v.magnitude * 10 + d;
-      ++pos_;
-    }
-    if (Peek() == 'L' || Peek() == 'l') ++pos_;  // Python 2 long suffix (numpy filters it)
-    if (v.magnitude == 0) v.negative = false;
-    return v;
-  }
-
-  Result<uint32_t> ParseHex(int digits) {
-    uint32_t cp = 0;
-    for (int i = 0; i < digits; ++i) {
-      if (AtEnd()) return Error("truncated escape");
-      char h = Peek();
-      uint32_t d;
-      if (h >= '0' && h <= '9') {
-        d = static_cast<uint32_t>(h - '0');
-      } else if (h >= 'a' && h <= 'f') {
-        d = static_cast<uint32_t>(h - 'a' + 10);
-      } else if (h >= 'A' && h <= 'F') {
-        d = static_cast<uint32_t>(h - 'A' + 10);
-      } else {
-        return Error("bad hex digit in escape");
-      }
-      cp = cp * 16 + d;
-      ++pos_;
-    }
-    return cp;
-  }
-
-  Result<PyValue> ParseString() {
-    PyValue v;
-    v.kind = PyValue::Kind::kStr;
-    char quote = s_[pos_++];
-    while (true) {
-      if (AtEnd()) return Error("unterminated string");
-      char c = s_[pos_];
-      if (c == quote) {
-        ++pos_;
-        return v;
-      }
-      if (c == '\n') return Error("newline in string");
-      if (c != '\\') {
-        v.str.push_back(c);
-        ++pos_;
-        continue;
-      }
-      ++pos_;
-      if (AtEnd()) return Error("unterminated string");
-      char e = s_[pos_++];
-      uint32_t cp;
-      switch (e) {
-        case '\\':
-        case '\'':
-        case '"':
-          v.str.push_back(e);
-          continue;
-        case 'n':
-          v.str.push_back('\n');
-          continue;
-        case 't':
-          v.str.push_back('\t');
-          continue;
-        case 'r':
-          v.str.push_back('\r');
-          continue;
-        case 'a':
-          v.str.push_back('\a');
-          continue;
-        case 'b':
-          v.str.push_back('\b');
-          continue;
-        case 'f':
-          v.str.push_back('\f');
-          continue;
-        case 'v':
-          v.str.push_back('\v');
-          continue;
-        case '0':
-          v.str.push_back('\0');
-          continue;
-        case 'x': {
-          NPZ_ASSIGN_OR_RETURN(cp, ParseHex(2));
-          break;
-        }
-        case 'u': {
-          NPZ_ASSIGN_OR_RETURN(cp, ParseHex(4));
-          break;
-        }
-        case 'U': {
-          NPZ_ASSIGN_OR_RETURN(cp, ParseHex(8));
-          break;
-        }
-        default:
-          return Error(std::string("unsupported escape '\\") + e + "'");
-      }
-      if (cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return Error("bad code point");
-      AppendUtf8(v.str, cp);
-    }
-  }
-
-  Result<PyValue> ParseSequence(int depth, PyValue::Kind kind, char close) {
-    PyValue v;
-    v.kind = kind;
-    ++pos_;  // opening bracket
-    bool saw_comma = false;
-    while (true) {
-      SkipSpace();
-      if (AtEnd()) return Error("unterminated tuple or list");
-      if (Peek() == close) {
-        ++pos_;
-        break;
-      }
-      if (!v.items.empty() && !saw_comma) return Error("expected ',' between items");
-      NPZ_ASSIGN_OR_RETURN(PyValue item, ParseValue(depth + 1));
-      v.items.push_back(std::move(item));
-      SkipSpace();
-      saw_comma = Peek() == ',';
-      if (saw_comma) ++pos_;
-    }
-    // "(x)" is just x in Python; only "(x,)" is a one-tuple.
-    if (kind == PyValue::Kind::kTuple && v.items.size() == 1 && !saw_comma) {
-      return std::move(v.items[0]);
-    }
-    return v;
-  }
-
-  Result<PyValue> ParseDict(int depth) {
-    PyValue v;
-    v.kind = PyValue::Kind::kDict;
-    ++pos_;  // '{'
-    bool saw_comma = false;
-    while (true) {
-      SkipSpace();
-      if (AtEnd()) return Error("unterminated dict");
-      if (Peek() == '}') {
-        ++pos_;
-        return v;
-      }
-      if (!v.items.empty() && !saw_comma) return Error("expected ',' between dict items");
-      NPZ_ASSIGN_OR_RETURN(PyValue key, ParseValue(depth + 1));
-      SkipSpace();
-      if (Peek() != ':') return Error("expected ':' after dict key");
-      ++pos_;
-      NPZ_ASSIGN_OR_RETURN(PyValue value, ParseValue(depth + 1));
-      v.items.push_back(std::move(key));
-      v.items.push_back(std::move(value));
-      SkipSpace();
-      saw_comma = Peek() == ',';
-      if (saw_comma) ++pos_;
-    }
-  }
-
-  std::string_view s_;
-  size_t pos_ = 0;
-};
-
-// ---------------------------------------------------------------- repr()
-
-// Python's str.isprintable() for a non-ASCII code point: false for the categories Cc, Cf,
-// Cs, Co, Zs, Zl, Zp (these ranges, from Python 3.11's unicodedata) and for the
-// non-characters. Unassigned code points (Cn) are the approximation named in the essay.
-bool IsPrintable(uint32_t cp) {
-  static constexpr std::pair<uint32_t, uint32_t> kNotPrintable[] = {
-      {0x80, 0xA0},       {0xAD, 0xAD},        {0x600, 0x605},     {0x61C, 0x61C},
-      {0x6DD, 0x6DD},     {0x70F, 0x70F},      {0x890, 0x891},     {0x8E2, 0x8E2},
-      {0x1680, 0x1680},   {0x180E, 0x180E},    {0x2000, 0x200F},   {0x2028, 0x202F},
-      {0x205F, 0x206F},   {0x3000, 0x3000},    {0xD800, 0xF8FF},   {0xFDD0, 0xFDEF},
-      {0xFEFF, 0xFEFF},   {0xFFF0, 0xFFFB},    {0x110BD, 0x110BD}, {0x110CD, 0x110CD},
-      {0x13430, 0x13438}, {0x1BCA0, 0x1BCA3},  {0x1D173, 0x1D17A}, {0xE0001, 0xE0001},
-      {0xE0020, 0xE007F}, {0xF0000, 0x10FFFF},
-  };
-  if ((cp & 0xFFFE) == 0xFFFE) return false;  // non-characters
-  for (const auto& [lo, hi] : kNotPrintable) {
-    if (cp >= lo && cp <= hi) return false;
-  }
-  return true;
-}
-
-void ReprString(std::string& out, const std::string& s) {
-  bool has_single = s.find('\'') != std::string::npos;
-  bool has_double = s.find('"') != std::string::npos;
-  char quote = (has_single && !has_double) ? '"' : '\'';
-  out.push_back(quote);
-  size_t pos = 0;
-  char buf[16];
-  while (pos < s.size()) {
-    size_t start = pos;
-    auto cp_or = DecodeUtf8(s, pos);
-    uint32_t cp = cp_or ? *cp_or : 0xFFFD;
-    if (!cp_or) pos = start + 1;  // cannot happen for parsed text; be safe anyway
-    if (cp == static_cast<unsigned char>(quote) || cp == '\\') {
-      out.push_back('\\');
-      out.push_back(static_cast<char>(cp));
-    } else if (cp == '\t') {
-      out += "\\t";
-    } else if (cp == '\n') {
-      out += "\\n";
-    } else if (cp == '\r') {
-      out += "\\r";
-    } else if (cp < 0x20 || cp == 0x7F) {
-      std::snprintf(buf, sizeof buf, "\\x%02x", cp);
-      out += buf;
-    } else if (cp < 0x7F || IsPrintable(cp)) {
-      out.append(s, start, pos - start);
-    } else if (cp <= 0xFF) {
-      std::snprintf(buf, sizeof buf, "\\x%02x", cp);
-      out += buf;
-    } else if (cp <= 0xFFFF) {
-      std::snprintf(buf, sizeof buf, "\\u%04x", cp);
-      out += buf;
-    } else {
-      std::snprintf(buf, sizeof buf, "\\U%08x", cp);
-      out += buf;
-    }
-  }
-  out.push_back(quote);
-}
-
-void Repr(std::string& out, const PyValue& v) {
-  switch (v.kind) {
-    case PyValue::Kind::kStr:
-      ReprString(out, v.str);
-      return;
-    case PyValue::Kind::kInt:
-      if (v.negative) out.push_back('-');
-      out += std::to_string(v.magnitude);
-      return;
-    case PyValue::Kind::kBool:
-      out += v.boolean ? "True" : "False";
-      return;
-    case PyValue::Kind::kNone:
-      out += "None";
-      return;
-    case PyValue::Kind::kTuple:
-    case PyValue::Kind::kList: {
-      bool tuple = v.kind == PyValue::Kind::kTuple;
-      out.push_back(tuple ? '(' : '[');
-      for (size_t i = 0; i < v.items.size(); ++i) {
-        if (i > 0) out += ", ";
-        Repr(out, v.items[i]);
-      }
-      if (tuple && v.items.size() == 1) out.push_back(',');
-      out.push_back(tuple ? ')' : ']');
-      return;
-    }
-    case PyValue::Kind::kDict:
-      out.push_back('{');
-      for (size_t i = 0; i + 1 < v.items.size(); i += 2) {
-        if (i > 0) out += ", ";
-        Repr(out, v.items[i]);
-        out += ": ";
-        Repr(out, v.items[i + 1]);
-      }
-      out.push_back('}');
-      return;
-  }
-}
-
-std::string ReprShape(const std::vector<uint64_t>& shape) {
-  std::string out = "(";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i > 0) out += ", ";
-    out += std::to_string(shape[i]);
-  }
-  if (shape.size() == 1) out.push_back(',');
-  out.push_back(')');
-  return out;
-}
-
-// ---------------------------------------------------------------- descr semantics
 
 bool MulOverflows(uint64_t a, uint64_t b, uint64_t* out) {
   return __builtin_mul_overflow(a, b, out);
@@ -614,7 +146,7 @@ Result<uint64_t> ShapeProduct(const PyValue& shape, const std::string& what) {
     return shape.magnitude;
   }
   if (shape.kind != PyValue::Kind::kTuple) {
-    return Invalid(what + ": shape must be a tuple of ints, got " + KindName(shape.kind));
+    return Invalid(what + ": shape must be a tuple of ints, got " + PyKindName(shape.kind));
   }
   uint64_t n = 1;
   for (const PyValue& d : shape.items) {
@@ -678,18 +210,8 @@ Status Descr(const PyValue& v, DescrInfo& info, int depth) {
       return Status::Ok();
     }
     default:
-      return Invalid(std::string("descr must be a str, list or tuple, got ") + KindName(v.kind));
+      return Invalid(std::string("descr must be a str, list or tuple, got ") + PyKindName(v.kind));
   }
-}
-
-uint16_t LoadLe16(std::string_view b, size_t at) {
-  return static_cast<uint16_t>(static_cast<unsigned char>(b[at]) |
-                               (static_cast<unsigned char>(b[at + 1]) << 8));
-}
-uint32_t LoadLe32(std::string_view b, size_t at) {
-  uint32_t v = 0;
-  for (size_t i = 0; i < 4; ++i) v |= uint32_t{static_cast<unsigned char>(b[at + i])} << (8 * i);
-  return v;
 }
 
 // Checks magic and version; returns the size of the length field (2 or 4).
@@ -734,7 +256,11 @@ std::optional<std::string> Wrap(const std::string& text, int major, std::optiona
   std::string out(NpyHeader::kMagic);
   out.push_back(static_cast<char>(major));
   out.push_back('\0');
-  for (size_t i = 0; i < field; ++i) out.push_back(static_cast<char>((stored >> (8 * i)) & 0xFF));
+  if (field == 2) {
+    PutLe16(out, static_cast<uint16_t>(stored));
+  } else {
+    PutLe32(out, static_cast<uint32_t>(stored));
+  }
   out += encoded;
   out.append(padlen, ' ');
   out.push_back('\n');
@@ -752,7 +278,8 @@ Result<size_t> NpyHeader::TotalLength(std::string_view prefix) {
     return Invalid("too short for a .npy header length field (" + std::to_string(prefix.size()) +
                    " bytes)");
   }
-  uint64_t hlen = field == 2 ? LoadLe16(prefix, kMagicLen) : LoadLe32(prefix, kMagicLen);
+  const char* at = prefix.data() + kMagicLen;
+  uint64_t hlen = field == 2 ? GetLe16(at) : GetLe32(at);
   return static_cast<size_t>(kMagicLen + field + hlen);
 }
 
@@ -776,14 +303,14 @@ Result<NpyHeader> NpyHeader::Parse(std::string_view bytes, const NpyParseOptions
   } else {
     text = Latin1ToUtf8(raw);
   }
-  size_t chars = CountChars(text);
+  size_t chars = CountUtf8Chars(text);
   if (chars > kMaxHeaderChars && !options.allow_large_header) {
     return Invalid("header is " + std::to_string(chars) + " characters, over the safety limit of " +
                    std::to_string(kMaxHeaderChars) + " (allow_large_header to trust it)");
   }
-  NPZ_ASSIGN_OR_RETURN(PyValue dict, LiteralParser(text).ParseWhole());
+  NPZ_ASSIGN_OR_RETURN(PyValue dict, ParsePyLiteral(text));
   if (dict.kind != PyValue::Kind::kDict) {
-    return Invalid(std::string("header is not a dict but a ") + KindName(dict.kind));
+    return Invalid(std::string("header is not a dict but a ") + PyKindName(dict.kind));
   }
   const PyValue* descr = nullptr;
   const PyValue* fortran = nullptr;
@@ -791,7 +318,7 @@ Result<NpyHeader> NpyHeader::Parse(std::string_view bytes, const NpyParseOptions
   for (size_t i = 0; i + 1 < dict.items.size(); i += 2) {
     const PyValue& key = dict.items[i];
     std::string key_text;
-    Repr(key_text, key);
+    AppendPyRepr(key_text, key);
     const PyValue** slot = nullptr;
     if (key.kind == PyValue::Kind::kStr) {
       if (key.str == "descr") slot = &descr;
@@ -806,23 +333,23 @@ Result<NpyHeader> NpyHeader::Parse(std::string_view bytes, const NpyParseOptions
   if (!fortran) return Invalid("header lacks the key 'fortran_order'");
   if (!shape) return Invalid("header lacks the key 'shape'");
   if (fortran->kind != PyValue::Kind::kBool) {
-    return Invalid(std::string("fortran_order is not a bool but a ") + KindName(fortran->kind));
+    return Invalid(std::string("fortran_order is not a bool but a ") + PyKindName(fortran->kind));
   }
   if (shape->kind != PyValue::Kind::kTuple) {
-    return Invalid(std::string("shape is not a tuple but a ") + KindName(shape->kind));
+    return Invalid(std::string("shape is not a tuple but a ") + PyKindName(shape->kind));
   }
   NpyHeader h;
   for (const PyValue& d : shape->items) {
     if (d.kind != PyValue::Kind::kInt || d.negative) {
       std::string s;
-      Repr(s, *shape);
+      AppendPyRepr(s, *shape);
       return Invalid("shape " + s + " must hold non-negative ints");
     }
     h.shape_.push_back(d.magnitude);
   }
   DescrInfo info;
   NPZ_RETURN_IF_ERROR(Descr(*descr, info, 0));
-  Repr(h.descr_literal_, *descr);
+  AppendPyRepr(h.descr_literal_, *descr);
   h.fortran_order_ = fortran->boolean;
   h.item_size_ = info.item_size;
   h.has_object_ = info.has_object;
@@ -840,7 +367,7 @@ Result<NpyHeader> NpyHeader::ForFrames(std::string_view descr, std::vector<uint6
   while (!trimmed.empty() && trimmed.front() == ' ') trimmed.remove_prefix(1);
   if (!trimmed.empty() &&
       (trimmed[0] == '[' || trimmed[0] == '(' || trimmed[0] == '\'' || trimmed[0] == '"')) {
-    auto parsed = LiteralParser(trimmed).ParseWhole();
+    auto parsed = ParsePyLiteral(trimmed);
     if (!parsed.ok()) return parsed.status().WithContext("descr " + std::string(descr));
     value = std::move(parsed).value();
   } else {
@@ -850,7 +377,7 @@ Result<NpyHeader> NpyHeader::ForFrames(std::string_view descr, std::vector<uint6
   DescrInfo info;
   NPZ_RETURN_IF_ERROR(Descr(value, info, 0));
   NpyHeader h;
-  Repr(h.descr_literal_, value);
+  AppendPyRepr(h.descr_literal_, value);
   h.fortran_order_ = fortran_order;
   h.item_size_ = info.item_size;
   h.has_object_ = info.has_object;
@@ -871,7 +398,7 @@ Result<NpyHeader> NpyHeader::ForFrames(std::string_view descr, std::vector<uint6
 std::string NpyHeader::DictText() const {
   std::string t = "{'descr': " + descr_literal_ +
                   ", 'fortran_order': " + (fortran_order_ ? "True" : "False") +
-                  ", 'shape': " + ReprShape(shape_) + ", }";
+                  ", 'shape': " + ShapeText(shape_) + ", }";
   if (!shape_.empty()) {
     uint64_t growth = fortran_order_ ? shape_.back() : shape_.front();
     t.append(kGrowthAxisMaxDigits - std::to_string(growth).size(), ' ');
@@ -922,14 +449,14 @@ Result<NpyHeader> NpyHeader::WithFrameCountChecked(uint64_t n) const {
   uint64_t frame = item_size_;
   for (uint64_t d : frame_shape()) {
     if (MulOverflows(frame, d, &frame)) {
-      return Invalid("shape " + ReprShape(shape_) + " of " + descr_literal_ +
+      return Invalid("shape " + ShapeText(shape_) + " of " + descr_literal_ +
                      ": frame byte size overflows 64 bits");
     }
   }
   uint64_t total;
   if (!shape_.empty() && MulOverflows(frame, n, &total)) {
     NpyHeader h = WithFrameCount(n);
-    return Invalid("shape " + ReprShape(h.shape_) + " of " + descr_literal_ +
+    return Invalid("shape " + ShapeText(h.shape_) + " of " + descr_literal_ +
                    ": byte size overflows 64 bits");
   }
   NpyHeader h = WithFrameCount(n);

@@ -3,44 +3,25 @@
 #include <fcntl.h>
 
 #include <algorithm>
-
 #include <utility>
+
+#include "core/npy/npy_file.h"
 
 namespace npzfs {
 
 Result<ParsedNpyHeader> ReadNpyHeaderFrom(uint64_t size, const ReadExactFn& read_exact,
                                           const std::string& name) {
-  // Version 1.0 needs 10 bytes to know its length, 2.0 and 3.0 need 12.
-  if (size < 10) {
-    return Status::Error(EINVAL,
-                         name + ": not a .npy file: only " + std::to_string(size) + " bytes");
-  }
-  std::string prefix(static_cast<size_t>(std::min<uint64_t>(size, 12)), '\0');
-  NPZ_RETURN_IF_ERROR(read_exact(0, std::as_writable_bytes(std::span(prefix))));
-  auto length = NpyHeader::TotalLength(prefix);
-  if (!length.ok()) return length.status().WithContext(name + ": not a .npy file");
-  // The parser refuses more than 10000 dict characters; do not read a huge claimed length.
-  if (*length > NpyHeader::kMaxHeaderChars + 64) {
-    return Status::Error(EINVAL, name + ": not a .npy file numpy would load: header of " +
-                                     std::to_string(*length) + " bytes is over numpy's limit");
-  }
-  if (*length > size) {
-    return Status::Error(EINVAL, name + ": truncated .npy: the header needs " +
-                                     std::to_string(*length) + " bytes, the file has " +
-                                     std::to_string(size));
-  }
-  std::string bytes(*length, '\0');
-  NPZ_RETURN_IF_ERROR(read_exact(0, std::as_writable_bytes(std::span(bytes))));
-  auto header = NpyHeader::Parse(bytes);
-  if (!header.ok()) return header.status().WithContext(name + ": bad .npy header");
+  NPZ_ASSIGN_OR_RETURN(ParsedNpyHeader parsed, ReadNpyHeaderOnly(size, read_exact, name));
   // Object arrays hold a pickle, whose length the header does not predict.
-  const uint64_t needed = *length + (header->has_object() ? 0 : header->data_bytes());
-  if (needed < *length || size < needed) {
+  const NpyHeader& header = parsed.header;
+  const uint64_t needed = parsed.length + (header.has_object() ? 0 : header.data_bytes());
+  if (needed < parsed.length || size < needed) {
     return Status::Error(EINVAL, name + ": truncated .npy: the header promises " +
-                                     std::to_string(header->data_bytes()) +
-                                     " data bytes, there are " + std::to_string(size - *length));
+                                     std::to_string(header.data_bytes()) +
+                                     " data bytes, there are " +
+                                     std::to_string(size - parsed.length));
   }
-  return ParsedNpyHeader{*header, *length};
+  return parsed;
 }
 
 Result<std::vector<std::byte>> ReadFramesFrom(
@@ -74,37 +55,17 @@ Result<std::vector<std::byte>> ReadFramesFrom(
 
 Result<NpyReader> NpyReader::Open(const std::string& path, const NpyParseOptions& options) {
   NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(path, O_RDONLY));
-  std::string prefix(12, '\0');
-  NPZ_ASSIGN_OR_RETURN(size_t got, PreadFull(fd.get(), prefix.data(), prefix.size(), 0, path));
-  prefix.resize(got);
-  auto total = NpyHeader::TotalLength(prefix);
-  if (!total.ok()) return total.status().WithContext(path);
-  // Refuse to allocate a hostile length field: 4 bytes per character at most.
-  if (!options.allow_large_header && *total > 12 + 4 * NpyHeader::kMaxHeaderChars) {
-    return Status::Error(EINVAL, path + ": header length " + std::to_string(*total) +
-                                     " is over the safety limit of " +
-                                     std::to_string(NpyHeader::kMaxHeaderChars) + " characters");
-  }
-  NPZ_ASSIGN_OR_RETURN(uint64_t file_size, FileSize(fd.get(), path));
-  if (*total > file_size) {
-    return Status::Error(EINVAL, path + ": truncated .npy header: it needs " +
-                                     std::to_string(*total) + " bytes, the file has " +
-                                     std::to_string(file_size));
-  }
-  std::string bytes(*total, '\0');
-  NPZ_ASSIGN_OR_RETURN(got, PreadFull(fd.get(), bytes.data(), bytes.size(), 0, path));
-  bytes.resize(got);
-  auto header = NpyHeader::Parse(bytes, options);
-  if (!header.ok()) return header.status().WithContext(path);
-  if (header->frameable()) {
-    uint64_t size = file_size;
-    uint64_t need = *total + header->data_bytes();
+  NPZ_ASSIGN_OR_RETURN(uint64_t size, FileSize(fd.get(), path));
+  NPZ_ASSIGN_OR_RETURN(ParsedNpyHeader parsed, ReadNpyFileHeader(fd.get(), size, path, options));
+  const NpyHeader& header = parsed.header;
+  if (header.frameable()) {
+    const uint64_t need = parsed.length + header.data_bytes();
     if (size < need) {
       return Status::Error(EIO, path + ": file is " + std::to_string(size) +
                                     " bytes but its header claims " + std::to_string(need));
     }
   }
-  return NpyReader(path, std::move(fd), std::move(header).value(), *total);
+  return NpyReader(path, std::move(fd), std::move(parsed.header), parsed.length);
 }
 
 Result<std::vector<std::byte>> NpyReader::ReadFrames(uint64_t start, uint64_t stop) const {

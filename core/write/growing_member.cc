@@ -16,18 +16,26 @@
 //    offset o - H_w.
 // Rejected alternatives: storing the writer's raw stream and translating on read (Resume
 // would need H_w from somewhere, and the spool file would not be a .npy); letting the kernel
-// page cache hold written bytes (FACTS.md: it caches them at the writer's offsets, which are
-// not the visible offsets — hence writer handles use direct_io in the daemon).
+// page cache hold written bytes (the kernel caches a write at the writer's offset, which is
+// not the visible offset of the same byte; hence writer handles use direct_io in the daemon).
 //
 // What readers see is published in one short critical section after the data is on its way
 // to disk: the header string (with the count of complete frames) and the visible size move
 // together, so a reader never sees a count its size cannot hold. The header is served from
 // memory; a trailing partial frame is simply beyond the visible size until it completes.
+// Data bytes below the visible size never change again, so a read of the data region can be
+// answered as a splice straight from the spool file (Read); the header region of the spool
+// file is rewritten as the count grows, so it is never spliced.
+//
+// A rename keeps the object (MoveTo): the spool file is renamed and the name changed in
+// place, under both locks, so the daemon's inode table and open handles never hold a
+// member that a rename replaced.
 //
 // Locking: io_mu_ serialises everything that writes (Write, Truncate, SetAttribute, Fsync,
-// PrepareFinalize) and guards the write-only state (tail, running CRC). mu_ guards what
-// readers look at (layout, header, sizes) and the writer bookkeeping; it is never held across
-// a data pwrite, only across the single header pwrite of SetAttribute. Lock order: io_mu_
+// MoveTo, PrepareFinalize) and guards the write-only state (tail, running CRC). mu_ guards
+// what readers look at (layout, header, sizes, the name) and the writer bookkeeping; it is
+// never held across a data pwrite, only across the single header pwrite of SetAttribute and
+// the rename(2) of MoveTo. Lock order: io_mu_
 // then mu_. Data pwrites happen without mu_: the region beyond the visible size is written by
 // the one writer holding io_mu_ and read by nobody.
 //
@@ -45,6 +53,8 @@
 #include <cstring>
 #include <limits>
 
+#include "core/npy/npy_file.h"
+
 namespace npzfs {
 namespace {
 
@@ -53,38 +63,17 @@ namespace {
 constexpr uint64_t kMaxTailBytes = 64ull << 20;
 // A writer's header longer than this is refused before it is buffered.
 constexpr size_t kMaxWriterHeaderBytes = NpyHeader::kMaxHeaderChars + 128;
+// Bytes of a .npy prefix that announce the header length: 10 for version 1.0, 12 for 2.0/3.0.
+constexpr size_t kVersionByte = 6;
+constexpr size_t kV1LengthPrefix = 10;
+constexpr size_t kV2LengthPrefix = 12;
 
 uint32_t Crc32(uint32_t crc, const void* data, size_t n) {
-  const auto* p = static_cast<const Bytef*>(data);
-  uLong c = crc;
-  while (n > 0) {
-    uInt chunk = static_cast<uInt>(std::min<size_t>(n, 1u << 30));
-    c = ::crc32(c, p, chunk);
-    p += chunk;
-    n -= chunk;
-  }
-  return static_cast<uint32_t>(c);
+  return static_cast<uint32_t>(::crc32_z(crc, static_cast<const Bytef*>(data), n));
 }
 
 std::string_view AsChars(std::span<const std::byte> data) {
   return {reinterpret_cast<const char*>(data.data()), data.size()};
-}
-
-// "'<i2'" -> "<i2"; a structured literal stays as it is (ForFrames accepts both forms).
-std::string DescrText(const NpyHeader& h) {
-  const std::string& lit = h.descr_literal();
-  if (lit.size() >= 2 && (lit.front() == '\'' || lit.front() == '"') && lit.back() == lit.front())
-    return lit.substr(1, lit.size() - 2);
-  return lit;
-}
-
-std::string ShapeText(const std::vector<uint64_t>& shape) {
-  std::string out;
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i) out += ',';
-    out += std::to_string(shape[i]);
-  }
-  return out;
 }
 
 Result<bool> ParseBoolText(std::string_view text) {
@@ -93,44 +82,38 @@ Result<bool> ParseBoolText(std::string_view text) {
   return Status::Error(EINVAL, "'" + std::string(text) + "' is not a boolean (use 0 or 1)");
 }
 
-}  // namespace
-
-bool IsNpyMemberName(std::string_view name) {
-  return name.size() >= 4 && name.substr(name.size() - 4) == ".npy";
+std::string NoLayoutMessage(const std::string& name) {
+  return name +
+         ": no frame layout: the first bytes written are not a .npy header. Write a .npy "
+         "header first (np.save, cp x.npy), or set the xattrs " +
+         std::string(kDescrAttribute) + " and " + std::string(kShapeAttribute) +
+         " (e.g. '<i2' and '256,1024') before writing, or mount with "
+         "-o frame=PATTERN:DTYPE:SHAPE";
 }
 
-Result<std::vector<uint64_t>> ParseFrameShape(std::string_view text) {
-  std::string t(text);
-  // Tolerate Python tuple notation "(256, 1024)" / "(256,)" and spaces.
-  t.erase(std::remove_if(t.begin(), t.end(), [](char c) { return c == ' ' || c == '\t'; }),
-          t.end());
-  if (t.size() >= 2 && t.front() == '(' && t.back() == ')') t = t.substr(1, t.size() - 2);
-  if (!t.empty() && t.back() == ',') t.pop_back();
-  std::vector<uint64_t> shape;
-  if (t.empty()) return shape;
-  size_t pos = 0;
-  while (true) {
-    const size_t sep = t.find_first_of(",x", pos);
-    const std::string axis = t.substr(pos, sep == std::string::npos ? sep : sep - pos);
-    uint64_t v = 0;
-    for (char c : axis) {
-      if (c < '0' || c > '9' || v > (std::numeric_limits<uint64_t>::max() - 9) / 10) {
-        v = std::numeric_limits<uint64_t>::max();
-        break;
-      }
-      v = v * 10 + static_cast<uint64_t>(c - '0');
-    }
-    if (axis.empty() || v == std::numeric_limits<uint64_t>::max()) {
-      return Status::Error(EINVAL, "frame shape '" + std::string(text) + "': axis '" + axis +
-                                       "' is not a non-negative integer (expected e.g. "
-                                       "256,1024 or 256x1024)");
-    }
-    shape.push_back(v);
-    if (sep == std::string::npos) break;
-    pos = sep + 1;
+// One reader handle (GrowingMember::OpenReader): the member plus the snapshot it opened with.
+class GrowingReader : public MemberReader {
+ public:
+  GrowingReader(std::shared_ptr<const GrowingMember> member, GrowingView view)
+      : member_(std::move(member)), view_(view), snapshot_(member_->TakeSnapshot()) {}
+
+  uint64_t size() const override { return member_->visible_size(); }
+  Result<size_t> ReadAt(uint64_t offset, std::span<std::byte> dest) override {
+    if (view_ == GrowingView::kLive) return member_->ReadAt(offset, dest);
+    return member_->ReadAt(snapshot_, offset, dest);
   }
-  return shape;
-}
+  Result<ReadAnswer> Read(uint64_t offset, std::span<std::byte> dest) override {
+    if (view_ == GrowingView::kLive) return member_->Read(member_->TakeSnapshot(), offset, dest);
+    return member_->Read(snapshot_, offset, dest);
+  }
+
+ private:
+  const std::shared_ptr<const GrowingMember> member_;
+  const GrowingView view_;
+  const ReaderSnapshot snapshot_;  // immutable after construction: shared by threads
+};
+
+}  // namespace
 
 struct GrowingMember::State {
   enum class Coordinates {
@@ -165,13 +148,22 @@ struct GrowingMember::State {
 
   uint64_t header_length() const { return layout ? header.size() : 0; }
   uint64_t visible_data() const { return layout ? complete_frames * frame_bytes : data_total; }
+  uint64_t visible_size() const { return header_length() + visible_data(); }
+  // Forgets the content (a member that changed kind on a rename starts empty); the writer
+  // session survives.
+  void ResetContent() {
+    const uint64_t active = active_token, next = next_token;
+    *this = State();
+    active_token = active;
+    next_token = next;
+  }
 };
 
 GrowingMember::GrowingMember(std::string name, std::string spool_path, UniqueFd fd, SpoolLogFn log)
     : s_(std::make_unique<State>()),
       name_(std::move(name)),
       spool_path_(std::move(spool_path)),
-      is_npy_(IsNpyMemberName(name_)),
+      is_npy_(IsNpyName(name_)),
       fd_(std::move(fd)),
       log_(std::move(log)) {}
 
@@ -181,22 +173,26 @@ void GrowingMember::Log(const std::string& line) const {
   if (log_) log_(line);
 }
 
-// Checks that a layout can grow frame by frame.
-static Status CheckGrowable(const NpyHeader& h, const std::string& name) {
-  if (h.has_object()) {
-    return Status::Error(EINVAL, name + ": object arrays (descr " + h.descr_literal() +
-                                     ") are pickles and cannot grow frame by frame");
-  }
-  if (!h.frameable()) {
-    return Status::Error(EINVAL, name + ": a 0-d array has no growth axis and cannot grow");
-  }
-  if (!h.WithFrameCountChecked(1).ok()) {
-    return Status::Error(EINVAL, name + ": a frame of shape " + ShapeText(h.frame_shape()) +
-                                     " does not fit in 64 bits");
-  }
-  if (h.frame_bytes() == 0) {
-    return Status::Error(EINVAL, name + ": frames of zero bytes (shape " + ShapeText(h.shape()) +
-                                     ") cannot be counted as they grow");
+std::string GrowingMember::name() const {
+  std::lock_guard lock(mu_);
+  return name_;
+}
+
+std::string GrowingMember::spool_path() const {
+  std::lock_guard lock(mu_);
+  return spool_path_;
+}
+
+bool GrowingMember::is_npy() const {
+  std::lock_guard lock(mu_);
+  return is_npy_;
+}
+
+// Replaces the spool file's content by `header` alone: only while it holds no data (io_mu_).
+Status GrowingMember::WriteHeaderOnly(const std::string& header) const {
+  NPZ_RETURN_IF_ERROR(PwriteAll(fd_.get(), header.data(), header.size(), 0, spool_path_));
+  if (::ftruncate(fd_.get(), static_cast<off_t>(header.size())) != 0) {
+    return ErrnoStatus(errno, spool_path_, "ftruncate failed");
   }
   return Status::Ok();
 }
@@ -205,7 +201,7 @@ Result<std::shared_ptr<GrowingMember>> GrowingMember::Create(std::string name,
                                                              std::string spool_path,
                                                              std::optional<NpyHeader> declared,
                                                              SpoolLogFn log) {
-  if (declared && !IsNpyMemberName(name)) {
+  if (declared && !IsNpyName(name)) {
     return Status::Error(EINVAL, name + ": a frame layout can only be declared for .npy names");
   }
   if (declared) NPZ_RETURN_IF_ERROR(CheckGrowable(*declared, name));
@@ -218,7 +214,7 @@ Result<std::shared_ptr<GrowingMember>> GrowingMember::Create(std::string name,
     s.layout_declared = true;
     s.frame_bytes = s.layout->frame_bytes();
     s.header = s.layout->Format();
-    Status st = PwriteAll(m->fd_.get(), s.header.data(), s.header.size(), 0, m->spool_path_);
+    Status st = m->WriteHeaderOnly(s.header);
     if (!st.ok()) {
       ::unlink(m->spool_path_.c_str());
       return st;
@@ -236,7 +232,7 @@ Result<std::shared_ptr<GrowingMember>> GrowingMember::Resume(std::string name,
       new GrowingMember(std::move(name), std::move(spool_path), std::move(fd), std::move(log)));
   State& s = *m->s_;
   const std::string& path = m->spool_path_;
-  int f = m->fd_.get();
+  const int f = m->fd_.get();
   if (!m->is_npy_) {
     s.data_total = size;
     s.crc_valid = size == 0;
@@ -244,51 +240,36 @@ Result<std::shared_ptr<GrowingMember>> GrowingMember::Resume(std::string name,
   }
   if (size == 0) return m;  // nothing was written, or only part of a writer's header
 
-  std::string prefix(std::min<uint64_t>(size, 16), '\0');
-  NPZ_RETURN_IF_ERROR(PreadExact(f, prefix.data(), prefix.size(), 0, path));
-  auto total = NpyHeader::TotalLength(prefix);
-  if (!total.ok()) return total.status().WithContext(path + ": not a spool .npy");
-  if (*total > size) {
+  NPZ_ASSIGN_OR_RETURN(size_t total, ReadNpyHeaderLength(f, size, path));
+  if (total > size) {
     // Only the header is ever written at offset 0 before data, in one pwrite: a file shorter
     // than its header was cut in that pwrite and holds no data yet.
     m->Log(path + ": header cut short by a crash (" + std::to_string(size) + " of " +
-           std::to_string(*total) + " bytes); member " + m->name_ + " restarts empty");
+           std::to_string(total) + " bytes); member " + m->name_ + " restarts empty");
     if (::ftruncate(f, 0) != 0) return ErrnoStatus(errno, path, "ftruncate failed");
     return m;
   }
-  std::string header_bytes(*total, '\0');
-  NPZ_RETURN_IF_ERROR(PreadExact(f, header_bytes.data(), header_bytes.size(), 0, path));
-  NpyParseOptions opts;
-  opts.allow_large_header = true;  // we wrote it ourselves
-  auto parsed = NpyHeader::Parse(header_bytes, opts);
-  if (!parsed.ok()) return parsed.status().WithContext(path);
-  NPZ_RETURN_IF_ERROR(CheckGrowable(*parsed, path));
-  if (parsed->FormattedLength() != *total) {
-    return Status::Error(EINVAL, path + ": header is " + std::to_string(*total) +
+  NpyParseOptions trusted;
+  trusted.allow_large_header = true;  // we wrote it ourselves
+  NPZ_ASSIGN_OR_RETURN(ParsedNpyHeader parsed, ReadNpyFileHeader(f, size, path, trusted));
+  NPZ_RETURN_IF_ERROR(CheckGrowable(parsed.header, path));
+  if (parsed.header.FormattedLength() != parsed.length) {
+    return Status::Error(EINVAL, path + ": header is " + std::to_string(parsed.length) +
                                      " bytes, not the canonical " +
-                                     std::to_string(parsed->FormattedLength()));
+                                     std::to_string(parsed.header.FormattedLength()));
   }
-  const uint64_t fb = parsed->frame_bytes();
-  const uint64_t data = size - *total;
-  const uint64_t frames = data / fb;
-  const uint64_t partial = data % fb;
-  if (partial != 0) {
-    if (::ftruncate(f, static_cast<off_t>(*total + frames * fb)) != 0) {
-      return ErrnoStatus(errno, path, "ftruncate failed");
-    }
-    m->Log(path + ": dropped " + std::to_string(partial) + " bytes of a partial frame after " +
-           std::to_string(frames) + " complete frames (member " + m->name_ + ")");
+  NPZ_ASSIGN_OR_RETURN(NpyRepair repair, RepairNpyFile(f, parsed, size, path));
+  if (repair.dropped_bytes != 0) {
+    m->Log(path + ": dropped " + std::to_string(repair.dropped_bytes) +
+           " bytes of a partial frame after " + std::to_string(repair.frames) +
+           " complete frames (member " + m->name_ + ")");
   }
-  NPZ_ASSIGN_OR_RETURN(NpyHeader counted, parsed->WithFrameCountChecked(frames));
-  s.layout = parsed->WithFrameCount(0);
-  s.frame_bytes = fb;
-  s.header = counted.Format();
-  s.data_total = frames * fb;
-  s.complete_frames = frames;
+  s.layout = parsed.header.WithFrameCount(0);
+  s.frame_bytes = parsed.header.frame_bytes();
+  s.header = repair.header.Format();
+  s.data_total = repair.frames * s.frame_bytes;
+  s.complete_frames = repair.frames;
   s.crc_valid = s.data_total == 0;
-  if (s.header != header_bytes) {
-    NPZ_RETURN_IF_ERROR(PwriteAll(f, s.header.data(), s.header.size(), 0, path));
-  }
   return m;
 }
 
@@ -327,9 +308,59 @@ void GrowingMember::EndWrite(WriterSession* session) {
   session->token = 0;
 }
 
+// The coordinates of a writer's first non-empty write (see the essay). Requires both locks.
+void GrowingMember::ChooseCoordinates(State& s, const WriterSession& session, uint64_t offset,
+                                      std::span<const std::byte> data) const {
+  using C = State::Coordinates;
+  const bool fresh = s.data_total == 0 && !s.header_from_writer;
+  const bool at_start = session.append || offset == 0;
+  const bool magic = at_start && data.size() >= NpyHeader::kMagic.size() &&
+                     AsChars(data).substr(0, NpyHeader::kMagic.size()) == NpyHeader::kMagic;
+  if (!is_npy_) {
+    s.coord = C::kVisible;
+    s.base = 0;
+    s.rewritable_header = 0;
+  } else if (!fresh) {
+    s.coord = C::kVisible;
+    s.base = s.header_length();
+    s.rewritable_header = s.header_length();
+  } else if (s.layout && !magic) {
+    s.coord = C::kStream;  // declared layout: raw frames from offset 0
+    s.base = 0;
+    s.rewritable_header = 0;
+  } else {
+    s.coord = C::kCollectingHeader;
+  }
+}
+
+// Whether a write at `offset` continues the writer's stream. A same-length rewrite of the
+// writer's own header with the same layout is accepted and ignored (`true`: done); any other
+// write elsewhere is EPERM. Requires both locks.
+Result<bool> GrowingMember::IsHeaderRewrite(const State& s, const WriterSession& session,
+                                            uint64_t offset,
+                                            std::span<const std::byte> data) const {
+  using C = State::Coordinates;
+  const uint64_t end =
+      s.coord == C::kCollectingHeader ? s.header_buf.size() : s.base + s.data_total;
+  const uint64_t at = session.append ? end : offset;
+  if (at == end) return false;
+  if (offset == 0 && s.coord != C::kCollectingHeader && s.rewritable_header != 0 &&
+      data.size() == s.rewritable_header && s.layout) {
+    auto h = NpyHeader::Parse(AsChars(data));
+    if (h.ok() && h->SameFrameLayout(*s.layout)) return true;
+    return Status::Error(EPERM,
+                         name_ + ": rewrite of the header at offset 0 " +
+                             (h.ok() ? "changes the frame layout"
+                                     : "is not a valid header (" + h.status().message() + ")") +
+                             "; new members are append-only");
+  }
+  return Status::Error(EPERM, name_ + ": write at offset " + std::to_string(offset) +
+                                  " but the writer is at " + std::to_string(end) +
+                                  ": new members are append-only");
+}
+
 Result<size_t> GrowingMember::Write(WriterSession* session, uint64_t offset,
                                     std::span<const std::byte> data) {
-  using C = State::Coordinates;
   std::lock_guard io(io_mu_);
   std::unique_lock lock(mu_);
   State& s = *s_;
@@ -337,126 +368,113 @@ Result<size_t> GrowingMember::Write(WriterSession* session, uint64_t offset,
   if (session->token == 0 || session->token != s.active_token) {
     return Status::Error(EBADF, name_ + ": write through a handle that is not the writer");
   }
-
-  if (s.coord == C::kUndecided) {
+  if (s.coord == State::Coordinates::kUndecided) {
     if (data.empty()) return size_t{0};
-    const bool fresh = s.data_total == 0 && !s.header_from_writer;
-    const bool at_start = session->append || offset == 0;
-    const bool magic = at_start && data.size() >= NpyHeader::kMagic.size() &&
-                       AsChars(data).substr(0, NpyHeader::kMagic.size()) == NpyHeader::kMagic;
-    if (!is_npy_) {
-      s.coord = C::kVisible;
-      s.base = 0;
-      s.rewritable_header = 0;
-    } else if (!fresh) {
-      s.coord = C::kVisible;
-      s.base = s.header_length();
-      s.rewritable_header = s.header_length();
-    } else if (s.layout && !magic) {
-      s.coord = C::kStream;  // declared layout: raw frames from offset 0
-      s.base = 0;
-      s.rewritable_header = 0;
-    } else {
-      s.coord = C::kCollectingHeader;
-    }
+    ChooseCoordinates(s, *session, offset, data);
   }
-
-  const uint64_t end =
-      s.coord == C::kCollectingHeader ? s.header_buf.size() : s.base + s.data_total;
-  const uint64_t at = session->append ? end : offset;
-  if (at != end) {
-    if (offset == 0 && s.coord != C::kCollectingHeader && s.rewritable_header != 0 &&
-        data.size() == s.rewritable_header && s.layout) {
-      // A rewrite of the writer's own header in place, e.g. a writer updating its count.
-      auto h = NpyHeader::Parse(AsChars(data));
-      if (h.ok() && h->SameFrameLayout(*s.layout)) return data.size();
-      return Status::Error(EPERM,
-                           name_ + ": rewrite of the header at offset 0 " +
-                               (h.ok() ? "changes the frame layout"
-                                       : "is not a valid header (" + h.status().message() + ")") +
-                               "; new members are append-only");
-    }
-    return Status::Error(EPERM, name_ + ": write at offset " + std::to_string(offset) +
-                                    " but the writer is at " + std::to_string(end) +
-                                    ": new members are append-only");
-  }
+  NPZ_ASSIGN_OR_RETURN(bool rewrite, IsHeaderRewrite(s, *session, offset, data));
+  if (rewrite) return data.size();
   if (data.empty()) return size_t{0};
-
-  if (s.coord == C::kCollectingHeader) {
-    std::string buf = s.header_buf;
-    buf.append(AsChars(data));
-    const size_t m = std::min(buf.size(), NpyHeader::kMagic.size());
-    if (std::string_view(buf).substr(0, m) != NpyHeader::kMagic.substr(0, m)) {
-      return Status::Error(
-          EINVAL, name_ +
-                      ": no frame layout: the first bytes written are not a .npy header. "
-                      "Write a .npy header first (np.save, cp x.npy), or set the xattrs " +
-                      std::string(kDescrAttribute) + " and " + std::string(kShapeAttribute) +
-                      " (e.g. '<i2' and '256,1024') before writing, or mount with "
-                      "-o frame=PATTERN:DTYPE:SHAPE");
-    }
-    size_t needed = 0;
-    if (buf.size() >= 8) needed = static_cast<unsigned char>(buf[6]) == 1 ? 10 : 12;
-    if (needed == 0 || buf.size() < needed) {
-      s.header_buf = std::move(buf);
-      return data.size();
-    }
-    auto total = NpyHeader::TotalLength(buf);
-    if (!total.ok()) return total.status().WithContext(name_);
-    if (*total > kMaxWriterHeaderBytes) {
-      return Status::Error(EINVAL, name_ + ": .npy header of " + std::to_string(*total) +
-                                       " bytes is longer than numpy's limit");
-    }
-    if (buf.size() < *total) {
-      s.header_buf = std::move(buf);
-      return data.size();
-    }
-    auto parsed = NpyHeader::Parse(std::string_view(buf).substr(0, *total));
-    if (!parsed.ok()) return parsed.status().WithContext(name_);
-    NPZ_RETURN_IF_ERROR(CheckGrowable(*parsed, name_));
-    if (s.layout && s.layout_declared && !parsed->SameFrameLayout(*s.layout)) {
-      return Status::Error(
-          EINVAL, name_ + ": the header written (descr " + parsed->descr_literal() +
-                      ", frame shape " + ShapeText(parsed->frame_shape()) +
-                      ") does not match the declared layout (descr " + s.layout->descr_literal() +
-                      ", frame shape " + ShapeText(s.layout->frame_shape()) + ")");
-    }
-    NpyHeader layout = parsed->WithFrameCount(0);
-    std::string header = layout.Format();
-    const size_t consumed_before = s.header_buf.size();
-    lock.unlock();
-    // No data yet: the file holds at most an earlier declared header. Replace it.
-    NPZ_RETURN_IF_ERROR(PwriteAll(fd_.get(), header.data(), header.size(), 0, spool_path_));
-    if (::ftruncate(fd_.get(), static_cast<off_t>(header.size())) != 0) {
-      return ErrnoStatus(errno, spool_path_, "ftruncate failed");
-    }
-    lock.lock();
-    s.layout = layout;
-    s.frame_bytes = layout.frame_bytes();
-    s.header = std::move(header);
-    s.header_from_writer = true;
-    s.coord = C::kStream;
-    s.base = *total;
-    s.rewritable_header = *total;
-    s.header_buf.clear();
-    lock.unlock();
-    std::string rest = buf.substr(*total);
-    if (!rest.empty()) {
-      Status st =
-          AppendData(std::span(reinterpret_cast<const std::byte*>(rest.data()), rest.size()));
-      // The header part of this write was taken: report a short write, so the writer retries
-      // the data at the right offset.
-      if (!st.ok()) {
-        if (*total > consumed_before) return size_t{*total - consumed_before};
-        return st;
-      }
-    }
-    return data.size();
-  }
-
+  if (s.coord == State::Coordinates::kCollectingHeader) return CollectHeader(lock, data);
   lock.unlock();
   NPZ_RETURN_IF_ERROR(AppendData(data));
   return data.size();
+}
+
+// kCollectingHeader: buffers the writer's .npy header until it is complete, then adopts it
+// and appends the data that followed it in the same write. Requires io_mu_ and `lock` (mu_),
+// which it releases once the header is adopted.
+Result<size_t> GrowingMember::CollectHeader(std::unique_lock<std::mutex>& lock,
+                                            std::span<const std::byte> data) {
+  State& s = *s_;
+  std::string buf = s.header_buf;
+  buf.append(AsChars(data));
+  const size_t m = std::min(buf.size(), NpyHeader::kMagic.size());
+  if (std::string_view(buf).substr(0, m) != NpyHeader::kMagic.substr(0, m)) {
+    return Status::Error(EINVAL, NoLayoutMessage(name_));
+  }
+  size_t needed = 0;
+  if (buf.size() > kVersionByte + 1) {
+    needed = static_cast<unsigned char>(buf[kVersionByte]) == 1 ? kV1LengthPrefix : kV2LengthPrefix;
+  }
+  auto total =
+      needed == 0 || buf.size() < needed ? Result<size_t>(size_t{0}) : NpyHeader::TotalLength(buf);
+  if (!total.ok()) return total.status().WithContext(name_);
+  if (*total > kMaxWriterHeaderBytes) {
+    return Status::Error(EINVAL, name_ + ": .npy header of " + std::to_string(*total) +
+                                     " bytes is longer than numpy's limit");
+  }
+  if (*total == 0 || buf.size() < *total) {
+    s.header_buf = std::move(buf);  // not complete yet
+    return data.size();
+  }
+  auto parsed = NpyHeader::Parse(std::string_view(buf).substr(0, *total));
+  if (!parsed.ok()) return parsed.status().WithContext(name_);
+  NPZ_RETURN_IF_ERROR(CheckGrowable(*parsed, name_));
+  if (s.layout && s.layout_declared && !parsed->SameFrameLayout(*s.layout)) {
+    return Status::Error(EINVAL, name_ + ": the header written (descr " + parsed->descr_literal() +
+                                     ", frame shape " + ShapeText(parsed->frame_shape()) +
+                                     ") does not match the declared layout (descr " +
+                                     s.layout->descr_literal() + ", frame shape " +
+                                     ShapeText(s.layout->frame_shape()) + ")");
+  }
+  const size_t consumed_before = s.header_buf.size();
+  NPZ_RETURN_IF_ERROR(AdoptWriterHeader(lock, *parsed, *total));
+  const std::string rest = buf.substr(*total);
+  if (!rest.empty()) {
+    Status st = AppendData(std::span(reinterpret_cast<const std::byte*>(rest.data()), rest.size()));
+    // The header part of this write was taken: report a short write, so the writer retries
+    // the data at the right offset.
+    if (!st.ok()) {
+      if (*total > consumed_before) return size_t{*total - consumed_before};
+      return st;
+    }
+  }
+  return data.size();
+}
+
+// Makes a writer's header (of `writer_length` bytes in its stream) the member's layout: the
+// spool file gets the canonical header. Requires io_mu_ and `lock`; returns with it released.
+Status GrowingMember::AdoptWriterHeader(std::unique_lock<std::mutex>& lock, const NpyHeader& parsed,
+                                        size_t writer_length) {
+  State& s = *s_;
+  NpyHeader layout = parsed.WithFrameCount(0);
+  std::string header = layout.Format();
+  lock.unlock();
+  // No data yet: the file holds at most an earlier declared header. Replace it.
+  NPZ_RETURN_IF_ERROR(WriteHeaderOnly(header));
+  lock.lock();
+  s.layout = layout;
+  s.frame_bytes = layout.frame_bytes();
+  s.header = std::move(header);
+  s.header_from_writer = true;
+  s.coord = State::Coordinates::kStream;
+  s.base = writer_length;
+  s.rewritable_header = writer_length;
+  s.header_buf.clear();
+  lock.unlock();
+  return Status::Ok();
+}
+
+// Folds `data` (just written behind `frames_before` complete frames) into the running CRC-32
+// of the complete frames; the bytes of a partial frame wait in `tail`. Requires io_mu_.
+void GrowingMember::TrackCrc(State& s, std::span<const std::byte> data, uint64_t frames_before,
+                             uint64_t frames_after, uint64_t frame_bytes) {
+  if (!s.crc_valid) return;
+  if (frames_after > frames_before) {
+    const uint64_t newly = (frames_after - frames_before) * frame_bytes;  // became complete
+    const uint64_t from_data = newly - s.tail.size();
+    s.crc = Crc32(s.crc, s.tail.data(), s.tail.size());
+    s.crc = Crc32(s.crc, data.data(), from_data);
+    s.tail.assign(AsChars(data.subspan(from_data)));
+  } else {
+    s.tail.append(AsChars(data));
+  }
+  if (frame_bytes > kMaxTailBytes) {
+    s.crc_valid = false;
+    s.tail.clear();
+    s.tail.shrink_to_fit();
+  }
 }
 
 // Requires io_mu_ (not mu_). Data first, count second.
@@ -493,24 +511,8 @@ Status GrowingMember::AppendData(std::span<const std::byte> data) {
     s.data_total = new_total;
     return Status::Ok();
   }
-
   const uint64_t new_frames = new_total / fb;
-  if (s.crc_valid) {
-    if (new_frames > frames) {
-      const uint64_t newly = (new_frames - frames) * fb;  // bytes that became complete
-      const uint64_t from_data = newly - s.tail.size();
-      s.crc = Crc32(s.crc, s.tail.data(), s.tail.size());
-      s.crc = Crc32(s.crc, data.data(), from_data);
-      s.tail.assign(AsChars(data.subspan(from_data)));
-    } else {
-      s.tail.append(AsChars(data));
-    }
-    if (fb > kMaxTailBytes) {
-      s.crc_valid = false;
-      s.tail.clear();
-      s.tail.shrink_to_fit();
-    }
-  }
+  TrackCrc(s, data, frames, new_frames, fb);
   std::string header;
   if (new_frames != frames) {
     auto counted = layout->WithFrameCountChecked(new_frames);
@@ -543,7 +545,7 @@ Status GrowingMember::Truncate(uint64_t size) {
   std::lock_guard io(io_mu_);
   std::lock_guard lock(mu_);
   State& s = *s_;
-  const uint64_t visible = s.header_length() + s.visible_data();
+  const uint64_t visible = s.visible_size();
   const uint64_t full = s.header_length() + s.data_total;
   if (size == 0 && s.data_total == 0) {
     // O_TRUNC on a new file, or a writer starting over before any data.
@@ -566,8 +568,7 @@ Status GrowingMember::Truncate(uint64_t size) {
                                   "): new members are append-only");
 }
 
-Status GrowingMember::CheckRemovable() const {
-  std::lock_guard lock(mu_);
+Status GrowingMember::CheckRemovableLocked() const {
   if (s_->data_total > 0) {
     return Status::Error(EPERM, name_ + ": has " + std::to_string(s_->data_total) +
                                     " bytes of data: new members cannot be removed or renamed");
@@ -575,14 +576,47 @@ Status GrowingMember::CheckRemovable() const {
   return Status::Ok();
 }
 
+Status GrowingMember::CheckRemovable() const {
+  std::lock_guard lock(mu_);
+  return CheckRemovableLocked();
+}
+
 void GrowingMember::MarkRemoved() {
   std::lock_guard lock(mu_);
   s_->removed = true;
 }
 
+Status GrowingMember::MoveTo(const std::string& new_name, const std::string& new_spool_path) {
+  std::lock_guard io(io_mu_);
+  std::lock_guard lock(mu_);
+  State& s = *s_;
+  if (s.removed) return Status::Error(ENOENT, name_ + ": member was removed");
+  NPZ_RETURN_IF_ERROR(CheckRemovableLocked());
+  const bool kind_changes = IsNpyName(new_name) != is_npy_;
+  // A declared .npy header is not data of a verbatim file (a verbatim one holds no data).
+  if (kind_changes && ::ftruncate(fd_.get(), 0) != 0) {
+    return ErrnoStatus(errno, spool_path_, "ftruncate failed");
+  }
+  if (::rename(spool_path_.c_str(), new_spool_path.c_str()) != 0) {
+    const int err = errno;
+    if (kind_changes && s.layout) (void)WriteHeaderOnly(s.header);  // put it back
+    return ErrnoStatus(err, spool_path_, "cannot rename spool file to " + new_spool_path);
+  }
+  name_ = new_name;
+  spool_path_ = new_spool_path;
+  s.dir_synced = false;  // the rename is durable after the next Fsync
+  if (kind_changes) {
+    is_npy_ = !is_npy_;
+    s.ResetContent();
+  }
+  return Status::Ok();
+}
+
 // ---- attributes ----
 
 Status GrowingMember::SetAttribute(std::string_view attr, std::string_view value) {
+  std::lock_guard io(io_mu_);
+  std::unique_lock lock(mu_);
   if (attr != kDescrAttribute && attr != kShapeAttribute && attr != kFortranAttribute) {
     return Status::Error(ENOTSUP, name_ + ": unsupported attribute " + std::string(attr));
   }
@@ -590,8 +624,6 @@ Status GrowingMember::SetAttribute(std::string_view attr, std::string_view value
     return Status::Error(ENOTSUP,
                          name_ + ": " + std::string(attr) + " applies to .npy members only");
   }
-  std::lock_guard io(io_mu_);
-  std::unique_lock lock(mu_);
   State& s = *s_;
   std::string v(value);
   while (!v.empty() && (v.back() == '\0' || v.back() == '\n')) v.pop_back();  // echo adds \n
@@ -608,47 +640,20 @@ Status GrowingMember::SetAttribute(std::string_view attr, std::string_view value
     if (!parsed.ok()) return parsed.status().WithContext(name_ + ": " + std::string(attr));
     fortran = v;
   }
-
-  // The layout these attributes describe, the missing parts taken from the current layout.
-  std::optional<NpyHeader> candidate;
-  std::optional<std::string> d = descr;
-  std::optional<std::vector<uint64_t>> fs;
-  if (shape) fs = *ParseFrameShape(*shape);
-  bool fo = fortran ? *ParseBoolText(*fortran) : false;
-  if (s.layout) {
-    if (!d) d = DescrText(*s.layout);
-    if (!fs) fs = s.layout->frame_shape();
-    if (!fortran) fo = s.layout->fortran_order();
-  }
-  if (d && fs) {
-    auto h = NpyHeader::ForFrames(*d, *fs, fo, 0);
-    if (!h.ok()) return h.status().WithContext(name_ + ": " + std::string(attr));
-    NPZ_RETURN_IF_ERROR(CheckGrowable(*h, name_));
-    candidate = *h;
-  }
-
+  NPZ_ASSIGN_OR_RETURN(std::optional<NpyHeader> candidate,
+                       LayoutFromAttributes(s, descr, shape, fortran, attr));
   const bool fixed =
       s.data_total > 0 || s.header_from_writer || s.coord == State::Coordinates::kCollectingHeader;
   if (fixed) {
-    if (candidate && s.layout && candidate->SameFrameLayout(*s.layout)) {
-      s.attr_descr = descr;
-      s.attr_shape = shape;
-      s.attr_fortran = fortran;
-      return Status::Ok();
+    // Setting what the layout already says is fine; changing it is not.
+    if (!candidate || !s.layout || !candidate->SameFrameLayout(*s.layout)) {
+      return Status::Error(EPERM, name_ + ": the frame layout is fixed once data was written; " +
+                                      std::string(attr) + " cannot change it");
     }
-    if (!candidate && s.layout) {
-      return Status::Ok();  // unreachable: a layout fills every missing part
-    }
-    return Status::Error(EPERM, name_ + ": the frame layout is fixed once data was written; " +
-                                    std::string(attr) + " cannot change it");
-  }
-  if (candidate) {
+  } else if (candidate) {
     std::string header = candidate->Format();
     // The spool file holds only a header (or nothing) before data: replace it.
-    NPZ_RETURN_IF_ERROR(PwriteAll(fd_.get(), header.data(), header.size(), 0, spool_path_));
-    if (::ftruncate(fd_.get(), static_cast<off_t>(header.size())) != 0) {
-      return ErrnoStatus(errno, spool_path_, "ftruncate failed");
-    }
+    NPZ_RETURN_IF_ERROR(WriteHeaderOnly(header));
     s.layout = candidate;
     s.layout_declared = true;
     s.frame_bytes = candidate->frame_bytes();
@@ -661,15 +666,37 @@ Status GrowingMember::SetAttribute(std::string_view attr, std::string_view value
   return Status::Ok();
 }
 
+// The layout the attributes describe, the missing parts taken from the current layout;
+// nullopt while descr or shape is still unknown. Requires mu_.
+Result<std::optional<NpyHeader>> GrowingMember::LayoutFromAttributes(
+    const State& s, const std::optional<std::string>& descr,
+    const std::optional<std::string>& shape, const std::optional<std::string>& fortran,
+    std::string_view attr) const {
+  std::optional<std::string> d = descr;
+  std::optional<std::vector<uint64_t>> frame_shape;
+  if (shape) frame_shape = *ParseFrameShape(*shape);
+  bool fortran_order = fortran ? *ParseBoolText(*fortran) : false;
+  if (s.layout) {
+    if (!d) d = DtypeText(*s.layout);
+    if (!frame_shape) frame_shape = s.layout->frame_shape();
+    if (!fortran) fortran_order = s.layout->fortran_order();
+  }
+  if (!d || !frame_shape) return std::optional<NpyHeader>();
+  auto h = NpyHeader::ForFrames(*d, *frame_shape, fortran_order, 0);
+  if (!h.ok()) return h.status().WithContext(name_ + ": " + std::string(attr));
+  NPZ_RETURN_IF_ERROR(CheckGrowable(*h, name_));
+  return std::optional<NpyHeader>(*h);
+}
+
 Result<std::string> GrowingMember::GetAttribute(std::string_view attr) const {
   std::lock_guard lock(mu_);
   const State& s = *s_;
   if (attr == kDescrAttribute) {
-    if (s.layout) return DescrText(*s.layout);
+    if (s.layout) return DtypeText(*s.layout);
     if (s.attr_descr) return *s.attr_descr;
   } else if (attr == kShapeAttribute) {
-    if (s.layout) return ShapeText(s.layout->frame_shape());
-    if (s.attr_shape) return ShapeText(*ParseFrameShape(*s.attr_shape));
+    if (s.layout) return AxesText(s.layout->frame_shape());
+    if (s.attr_shape) return AxesText(*ParseFrameShape(*s.attr_shape));
   } else if (attr == kFortranAttribute) {
     if (s.layout) return std::string(s.layout->fortran_order() ? "1" : "0");
     if (s.attr_fortran) return std::string(*ParseBoolText(*s.attr_fortran) ? "1" : "0");
@@ -689,14 +716,14 @@ std::vector<std::string> GrowingMember::ListAttributes() const {
 
 uint64_t GrowingMember::visible_size() const {
   std::lock_guard lock(mu_);
-  return s_->header_length() + s_->visible_data();
+  return s_->visible_size();
 }
 
 ReaderSnapshot GrowingMember::TakeSnapshot() const {
   std::lock_guard lock(mu_);
   ReaderSnapshot snap;
   if (s_->layout) snap.header = s_->header;
-  snap.size = s_->header_length() + s_->visible_data();
+  snap.size = s_->visible_size();
   return snap;
 }
 
@@ -706,28 +733,41 @@ Result<size_t> GrowingMember::ReadAt(uint64_t offset, std::span<std::byte> out) 
 
 Result<size_t> GrowingMember::ReadAt(const ReaderSnapshot& snapshot, uint64_t offset,
                                      std::span<std::byte> out) const {
+  NPZ_ASSIGN_OR_RETURN(ReadAnswer answer, Read(snapshot, offset, out));
+  if (answer.splice_fd >= 0) {
+    NPZ_RETURN_IF_ERROR(PreadExact(answer.splice_fd, out.data(), answer.length,
+                                   answer.splice_offset, spool_path()));
+  }
+  return answer.length;
+}
+
+Result<ReadAnswer> GrowingMember::Read(const ReaderSnapshot& snapshot, uint64_t offset,
+                                       std::span<std::byte> out) const {
   std::string current_header;
   uint64_t size;
   {
     std::lock_guard lock(mu_);
-    size = s_->header_length() + s_->visible_data();
+    size = s_->visible_size();
     // A snapshot taken before the layout was known (or before a Truncate(0) reset) has no
     // usable header: serve the current one.
     if (s_->layout && snapshot.header.size() != s_->header.size()) current_header = s_->header;
   }
   const std::string& header = current_header.empty() ? snapshot.header : current_header;
-  if (offset >= size || out.empty()) return size_t{0};
+  if (offset >= size || out.empty()) return ReadAnswer{};
   const size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), size - offset));
-  size_t done = 0;
-  if (offset < header.size()) {
-    done = std::min<size_t>(n, header.size() - offset);
-    std::memcpy(out.data(), header.data() + offset, done);
+  // Visible offsets are spool-file offsets, and data below the visible size is final.
+  if (offset >= header.size()) return ReadAnswer{n, fd_.get(), offset};
+  const size_t from_header = std::min<size_t>(n, header.size() - offset);
+  std::memcpy(out.data(), header.data() + offset, from_header);
+  if (from_header < n) {
+    NPZ_RETURN_IF_ERROR(PreadExact(fd_.get(), out.data() + from_header, n - from_header,
+                                   offset + from_header, spool_path()));
   }
-  if (done < n) {
-    NPZ_RETURN_IF_ERROR(
-        PreadExact(fd_.get(), out.data() + done, n - done, offset + done, spool_path_));
-  }
-  return n;
+  return ReadAnswer{n, -1, 0};
+}
+
+std::shared_ptr<MemberReader> GrowingMember::OpenReader(GrowingView view) {
+  return std::make_shared<GrowingReader>(shared_from_this(), view);
 }
 
 // ---- state ----

@@ -12,9 +12,15 @@
 // is empty. Because the spool file has exactly the layout readers see, a visible offset is
 // also the spool-file offset of the same byte.
 //
-// Ownership: the Spool (core/write/spool.h) creates members and owns them through shared_ptr; the
-// FUSE daemon keeps shared_ptrs for open files and one WriterSession per writer handle. A
-// GrowingMember owns its spool-file descriptor.
+// Identity: a GrowingMember IS the member for its whole life. A rename (Spool::Rename) moves
+// its spool file and changes its name in place, so every holder (the daemon's inode table, an
+// open writer or reader handle) keeps pointing at the same object, with its layout, its
+// attributes and its writer session.
+//
+// Ownership: the Spool (core/write/spool.h) creates members and owns them through shared_ptr;
+// the FUSE daemon keeps shared_ptrs for its inode table, one MemberReader per open file
+// (OpenReader) and one WriterSession per writer handle. A GrowingMember owns its spool-file
+// descriptor; a reader holds the member, so a splice answer's fd stays open while it lives.
 //
 // Thread safety: every public method is safe to call from any thread. A short state mutex is
 // never held across disk I/O except the single pwrite of a header rewrite; readers (ReadAt,
@@ -41,7 +47,10 @@
 #include <string_view>
 #include <vector>
 
+#include "core/base/names.h"
+#include "core/npy/frame_layout.h"
 #include "npzfs/file_util.h"
+#include "npzfs/member_reader.h"
 #include "npzfs/npy_header.h"
 #include "npzfs/status.h"
 
@@ -49,18 +58,6 @@ namespace npzfs {
 
 // Receives one human-readable log line (no trailing newline). May be empty.
 using SpoolLogFn = std::function<void(const std::string& line)>;
-
-// True for names whose members are frame-structured .npy files.
-bool IsNpyMemberName(std::string_view name);
-
-// The extended attributes that declare a frame layout before the first write.
-inline constexpr std::string_view kDescrAttribute = "user.npy.descr";  // "<i2", "|u1", ...
-inline constexpr std::string_view kShapeAttribute = "user.npy.shape";  // frame shape "256,1024"
-inline constexpr std::string_view kFortranAttribute = "user.npy.fortran_order";  // "0"/"1"
-
-// Parses a frame shape: axes separated by ',' or 'x' ("256,1024", "256x1024"; "" or "()" is a
-// frame of one scalar). EINVAL naming the text otherwise.
-Result<std::vector<uint64_t>> ParseFrameShape(std::string_view text);
 
 // One writer handle on a growing member (one per open file description that may write).
 // Owned by the daemon; filled in by GrowingMember::BeginWrite. The member keeps the writer's
@@ -88,7 +85,13 @@ struct FinalizedMemberData {
   bool has_layout = true;              // false: a .npy that never received a header or a layout
 };
 
-class GrowingMember {
+// What a MemberReader opened on a growing member shows (GrowingMember::OpenReader).
+enum class GrowingView {
+  kSnapshot,  // a reader handle: the header keeps the count it had at open (TakeSnapshot)
+  kLive,      // a writer reading back: every read shows the member as it is now
+};
+
+class GrowingMember : public std::enable_shared_from_this<GrowingMember> {
  public:
   // Creates an empty member whose spool file is `spool_path` (must not exist: EEXIST).
   // `declared` (count ignored) fixes the layout now, as -o frame= does; then the spool file
@@ -106,9 +109,10 @@ class GrowingMember {
   GrowingMember& operator=(const GrowingMember&) = delete;
   ~GrowingMember();
 
-  const std::string& name() const { return name_; }
-  const std::string& spool_path() const { return spool_path_; }
-  bool is_npy() const { return is_npy_; }
+  // The member's current name and spool file (both change on a rename: copies).
+  std::string name() const;
+  std::string spool_path() const;
+  bool is_npy() const;  // IsNpyName(name()): frame-structured
 
   // ---- writers ----
   // Starts a writer session. EBUSY if another session is active. `append` is O_APPEND.
@@ -132,6 +136,12 @@ class GrowingMember {
   Status CheckRemovable() const;
   // Marks the member removed (its spool file is unlinked by the caller); later writes fail.
   void MarkRemoved();
+  // Renames the member in place: the spool file moves to `new_spool_path` (rename(2)) and
+  // name() becomes `new_name`; layout, attributes and an open writer session are kept. A
+  // rename between a .npy and another name changes the member's kind: it starts empty (a
+  // declared header is not data of a verbatim file). EPERM once data was written; errno of
+  // the rename(2) (the member is then unchanged).
+  Status MoveTo(const std::string& new_name, const std::string& new_spool_path);
 
   // ---- layout attributes (user.npy.descr / user.npy.shape / user.npy.fortran_order) ----
   // Sets one attribute. When descr and shape are both set the layout is declared and the
@@ -162,6 +172,14 @@ class GrowingMember {
   // Same with a snapshot taken now. Only safe for callers that take the size from this same
   // call (see TakeSnapshot).
   Result<size_t> ReadAt(uint64_t offset, std::span<std::byte> out) const;
+  // Like ReadAt, but bytes of the data region are answered as a splice from the spool file
+  // (visible offsets are spool-file offsets, and data below the visible size never changes);
+  // a read that touches the header is copied into `out`.
+  Result<ReadAnswer> Read(const ReaderSnapshot& snapshot, uint64_t offset,
+                          std::span<std::byte> out) const;
+  // One reader handle for an open file: a MemberReader whose size() is the current visible
+  // size and whose Read/ReadAt follow `view`. It holds the member (and so the spool fd).
+  std::shared_ptr<MemberReader> OpenReader(GrowingView view);
 
   // ---- state ----
   std::optional<NpyHeader> layout() const;  // count 0; nullopt until known
@@ -176,19 +194,38 @@ class GrowingMember {
  private:
   GrowingMember(std::string name, std::string spool_path, UniqueFd fd, SpoolLogFn log);
   void Log(const std::string& line) const;
+  struct State;
+  // The steps of Write and SetAttribute (growing_member.cc says which locks each needs).
+  void ChooseCoordinates(State& s, const WriterSession& session, uint64_t offset,
+                         std::span<const std::byte> data) const;
+  Result<bool> IsHeaderRewrite(const State& s, const WriterSession& session, uint64_t offset,
+                               std::span<const std::byte> data) const;
+  Result<size_t> CollectHeader(std::unique_lock<std::mutex>& lock, std::span<const std::byte> data);
+  Status AdoptWriterHeader(std::unique_lock<std::mutex>& lock, const NpyHeader& parsed,
+                           size_t writer_length);
   // Appends data bytes to the spool file and publishes newly completed frames. Requires
   // io_mu_ held and mu_ not held.
   Status AppendData(std::span<const std::byte> data);
-  struct State;
+  void TrackCrc(State& s, std::span<const std::byte> data, uint64_t frames_before,
+                uint64_t frames_after, uint64_t frame_bytes);
+  Status WriteHeaderOnly(const std::string& header) const;
+  Status CheckRemovableLocked() const;
+  Result<std::optional<NpyHeader>> LayoutFromAttributes(const State& s,
+                                                        const std::optional<std::string>& descr,
+                                                        const std::optional<std::string>& shape,
+                                                        const std::optional<std::string>& fortran,
+                                                        std::string_view attr) const;
   std::unique_ptr<State> s_;
 
-  const std::string name_;
-  const std::string spool_path_;
-  const bool is_npy_;
+  // Identity: written only by MoveTo with io_mu_ and mu_ both held, so reading it under
+  // either lock is safe.
+  std::string name_;
+  std::string spool_path_;
+  bool is_npy_;
   const UniqueFd fd_;
   const SpoolLogFn log_;
-  mutable std::mutex mu_;     // guards *s_ (short critical sections)
-  mutable std::mutex io_mu_;  // serialises Write, Fsync, Truncate, SetAttribute, finalize
+  mutable std::mutex mu_;     // guards *s_ and the identity (short critical sections)
+  mutable std::mutex io_mu_;  // serialises Write, Fsync, Truncate, SetAttribute, MoveTo, finalize
 };
 
 }  // namespace npzfs

@@ -13,6 +13,9 @@
 // lock of its own; if it wants one it must use another file (flock conflicts between two
 // open() calls of the same file, even in one process).
 //
+// The Spool is the one registry of new members: name -> GrowingMember. A member object is
+// never replaced (a rename renames it in place), so holders of a member never go stale.
+//
 // Ownership: Spool owns its members (shared_ptr, the daemon may hold more references) and the
 // lock. Thread safety: every method may be called from any thread; Finalize must not run
 // while writers are still active (it snapshots what has been written so far).
@@ -26,6 +29,8 @@
 #include <string_view>
 #include <vector>
 
+#include "core/write/background_deflater.h"
+#include "core/write/deflate_shadow.h"
 #include "core/write/growing_member.h"
 #include "npzfs/archive_writer.h"
 #include "npzfs/file_util.h"
@@ -33,8 +38,8 @@
 
 namespace npzfs {
 
-// "<dir>/<base>.npz" -> "<dir>/.<base>.npz.npzfs-spool" ("data.npz" -> "./.data.npz.npzfs-spool").
-std::string DefaultSpoolDir(const std::string& archive_path);
+// DefaultSpoolDir(archive_path) ("data.npz" -> "./.data.npz.npzfs-spool") is in
+// core/base/names.h, with the other side-file names.
 
 // Member name <-> one spool file name. '%' -> "%25", '/' -> "%2F", a leading '.' -> "%2E";
 // reversible for every name. UnescapeMemberName: EINVAL for a malformed escape.
@@ -44,7 +49,7 @@ Result<std::string> UnescapeMemberName(std::string_view file_name);
 class Spool {
  public:
   // The lock file inside the spool directory.
-  static constexpr std::string_view kLockFileName = ".npzfs-lock";
+  static constexpr std::string_view kLockFileName = kSpoolLockFileName;
 
   // Creates `dir` (and fsyncs its parent) or opens an existing one and resumes every member
   // file in it (one log line each; a file that cannot be resumed is renamed to
@@ -65,8 +70,19 @@ class Spool {
 
   // unlink: EPERM if the member has data (GrowingMember::CheckRemovable), ENOENT if absent.
   Status Remove(const std::string& name);
-  // rename: EPERM if the member has data, EEXIST if `to` is in the spool, ENOENT if absent.
+  // rename: the member keeps its object (GrowingMember::MoveTo), so whoever holds it (the
+  // daemon's inode table, open handles) follows the rename. EPERM if the member has data,
+  // EEXIST if `to` is in the spool, ENOENT if absent.
   Status Rename(const std::string& from, const std::string& to);
+
+  // With -o compress: deflates completed chunks of every member (present and future) in the
+  // background, on one low-priority thread, and keeps them next to the spool files, so that
+  // a finalize at `level` copies them instead of compressing (core/write/background_deflater.h).
+  // Readers and writers of the members are not affected. Idempotent; ignored after Finalize.
+  void StartBackgroundDeflate(int level);
+  // Waits until the background deflater has caught up with the data written so far (tests
+  // and the benchmark).
+  void WaitForBackgroundDeflate();
 
   // Adds every member to `archive_path` in one atomic AppendToArchive (creating the archive
   // if missing; if there is nothing to add, nothing is created). .npy members get their
@@ -75,14 +91,20 @@ class Spool {
   // are copied whole. Only after the archive is durable are the spool files, the lock and
   // the directory removed. On failure the archive and the spool are as before and the Status
   // says why (ENOSPC, EEXIST for a name already in the archive, ...). `options.progress`
-  // is passed through for large finalizes. After success the Spool is empty and closed:
-  // further Create calls fail with ESHUTDOWN.
+  // is passed through for large finalizes. When deflating, chunks deflated ahead of time
+  // (by the background deflater, or left by a daemon that died) are copied as they are. After
+  // success the Spool is empty and closed: further Create calls fail with ESHUTDOWN.
   Status Finalize(const std::string& archive_path, const WriteOptions& options);
 
  private:
   Spool(std::string dir, UniqueFd lock_fd, SpoolLogFn log);
   void Log(const std::string& line) const;
   std::string PathFor(const std::string& name) const;
+  // The steps of Finalize (mu_ held).
+  Result<std::optional<NewMember>> NewMemberFor(const std::string& name, GrowingMember& m,
+                                                const WriteOptions& options,
+                                                std::unique_ptr<DeflateShadow>* shadow);
+  Status RemoveSpoolFiles(const std::string& archive_path);
 
   const std::string dir_;
   UniqueFd lock_fd_;
@@ -90,10 +112,12 @@ class Spool {
   mutable std::mutex mu_;  // guards members_ and finalized_
   std::map<std::string, std::shared_ptr<GrowingMember>> members_;
   bool finalized_ = false;
+  std::unique_ptr<BackgroundDeflater> background_;  // with StartBackgroundDeflate
 };
 
-// `npz recover ARCHIVE`: finalizes the spool a dead daemon left behind. ENOENT with a clear
-// message if there is no spool directory; EBUSY if a live daemon holds it.
+// `npz recover ARCHIVE`: finalizes the spool a dead daemon left behind, after removing the
+// temp files of a killed copy-mode finalize (RemoveStaleTempFiles, under the spool lock). ENOENT
+// with a clear message if there is no spool directory; EBUSY if a live daemon holds it.
 Status RecoverSpool(const std::string& archive_path, const std::string& spool_dir,
                     const WriteOptions& options, SpoolLogFn log = {});
 

@@ -1,52 +1,71 @@
-// Atomic append to a ZIP archive.
+// Adding members to a ZIP archive: in place under an undo journal, or by copy and rename.
 //
-// The problem. Adding members to a ZIP means writing new local headers and data where the
-// central directory now is, then a new central directory and end records. Done in place,
-// a crash or ENOSPC halfway leaves an archive whose end record is gone: every reader
-// would call the whole file "not a zip archive", old members included. The product
-// promises the archive is either as before or complete.
+// The problem. Adding members means writing new local headers and data where the central
+// directory now is, then a new central directory and end records. Copying the whole archive
+// to do that (the first version's only way) costs O(archive) time and twice the disk space:
+// 2.7 s to add 208 bytes to a 1 GiB archive on ext4, where Python's zipfile in append mode
+// takes 0.07 s. Done in place without care, a crash or ENOSPC halfway leaves an archive
+// whose end record is gone, and every reader calls the whole file "not a zip archive".
 //
-// The design. Build the new archive next to the old one, then rename it over:
-//   1. Open the old archive and read its directory (ReadZipDirectory). A file that is not
-//      a zip is rejected (EINVAL) before anything is written; an empty file counts as an
-//      archive without members.
-//   2. Create ".<name>.npzfs-tmp-XXXXXX" in the same directory (same filesystem, so the
-//      rename is atomic; dot-prefixed and recognisable so a leftover after a power cut is
-//      obviously ours). O_EXCL with mode 0666 lets the umask apply for a new archive; an
-//      existing archive's mode (and, when permitted, owner) is copied.
-//   3. Copy the old prefix [0, cd_offset) verbatim with copy_file_range. On XFS and btrfs
-//      this shares extents (no data is copied, and no extra space is used); elsewhere the
-//      kernel copies without a round trip through user space; if the kernel refuses, a
-//      pread/pwrite loop does it. Old local headers and data keep their offsets, so...
-//   4. ...the old central records stay valid byte for byte: they are written verbatim
-//      after the new members, followed by the new records and fresh end records (ZIP64
-//      when the count, a size or an offset needs it) carrying the old comment.
-//   5. fsync the temp file, check the old archive was not replaced or modified meanwhile,
-//      rename over it, fsync the directory.
-// Any failure unlinks the temp file (AtomicFile, core/base/atomic_file.h), so the old
-// archive is untouched and nothing is left behind.
+// The design: in-place append under an undo journal (the default).
+//   1. Lock the archive (core/zip/archive_lock.h: flock on the file; two appenders, or an
+//      appender and a recovery, never interleave). If a journal is there, an earlier append
+//      was interrupted: undo it first (RecoverAppendUnderLock).
+//   2. Read the directory. Old members' bytes [0, cd_offset) are never written again.
+//   3. Write ".<name>.npzfs-journal" (core/zip/append_journal.h): the old size, the old
+//      mtime and the old bytes of [cd_offset, size) (directory, end records, comment); fsync
+//      it and its directory. Until that is done the archive is untouched.
+//   4. Write the new members from cd_offset on (over the old directory), then the old
+//      central records verbatim, the new ones and fresh end records (ZIP64 when the count,
+//      an offset or a size needs it) with the old comment; cut any old tail beyond; fsync.
+//   5. Remove the journal and fsync the directory. Only now is the append durable, and only
+//      now may a caller (finalize) delete the spool it came from.
+// Any error in 4 undoes the append at once (truncate to the old size, which frees the new
+// blocks first; put the saved bytes back; restore the mtime; fsync; remove the journal).
+// A crash anywhere leaves either no journal (the old archive, or the complete new one) or a
+// journal, and recovery (at the next append, mount, npz command or npz recover) puts the old
+// archive back byte for byte, mtime included, so a sidecar index of the old archive is
+// still valid. A crash after 4's fsync but before 5 rolls back a complete append; the spool
+// still exists then, and the next finalize adds its members again.
+// Cost: the new bytes plus twice the old central directory, whatever the archive's size.
+//
+// Copy and rename (WriteOptions::append_mode = kCopy, npz add --copy, -o finalize=copy),
+// for users whose other processes may open the archive during the append: the new archive
+// is built in ".<name>.npzfs-tmp-XXXXXX" (AtomicFile), the old prefix copied with
+// copy_file_range (extent sharing on XFS/btrfs), then fsynced and renamed over the old one.
+// A process opening the archive at any moment sees the old or the new archive, never a
+// partial one; the cost is a full copy. It takes the same lock and recovers a journal first.
+//
+// Creating an archive (none there yet) always builds a temp file and renames it, holding
+// the directory's lock (a concurrent creator then appends to ours instead of replacing it).
 //
 // Alternatives rejected.
-//   - In-place append (write over the old central directory, then write the new one).
-//     Cheapest in I/O, but not atomic: a failure mid-way destroys the index of the old
-//     members. Keeping a copy of the old directory to "roll back" still loses on a crash.
-//   - Writing a data descriptor per member so one pass suffices on a pipe: the target is a
-//     seekable temp file, so headers are patched in place instead (see zip_writer.cc).
+//   - Appending after the old end record (keeping the old directory): a reader still finds
+//     no end record at the end of the file while the append runs, so it gains nothing, and
+//     the old directory stays as dead bytes in the archive forever.
+//   - A redo journal (write the new tail to the journal, then copy it in): doubles the
+//     bytes written for the new members; the undo journal only holds the old directory.
 //   - Rewriting old members through libzip: it re-encodes headers (old members would not
 //     stay byte-identical) and buffers more than we want.
-// The cost is a full copy of the old archive on filesystems without reflink; the cost is
-// accepted because it buys atomicity, and XFS/btrfs make it nearly free.
 #include "npzfs/archive_writer.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <zlib.h>
+
 #include <cstdlib>
+#include <memory>
 #include <set>
 
 #include "core/base/atomic_file.h"
+#include "core/base/thread_pool.h"
+#include "core/zip/append_journal.h"
+#include "core/zip/archive_lock.h"
+#include "core/zip/file_copy.h"
 #include "core/zip/zip_writer.h"
 #include "npzfs/file_util.h"
 #include "npzfs/zip_directory.h"
@@ -55,40 +74,6 @@ namespace npzfs {
 namespace {
 
 constexpr size_t kCopyBuffer = size_t{1} << 20;
-
-// Copies [0, length) of `src` to the same offsets of `dst`.
-Status CopyPrefix(int src, const std::string& src_path, int dst, const std::string& dst_path,
-                  uint64_t length, const std::function<void(uint64_t)>& on_bytes) {
-  uint64_t done = 0;
-  while (done < length) {
-    loff_t in = static_cast<loff_t>(done), out = static_cast<loff_t>(done);
-    // 64 MiB per call keeps progress reports and cancellation latency reasonable.
-    const size_t want = static_cast<size_t>(std::min<uint64_t>(length - done, 64u << 20));
-    ssize_t r = ::copy_file_range(src, &in, dst, &out, want, 0);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP) break;
-      return ErrnoStatus(errno, dst_path, "copying the members of " + src_path + " failed");
-    }
-    if (r == 0) {
-      return Status::Error(EIO, src_path + ": file shrank while it was being copied (at " +
-                                    std::to_string(done) + " of " + std::to_string(length) +
-                                    " bytes)");
-    }
-    done += static_cast<uint64_t>(r);
-    on_bytes(static_cast<uint64_t>(r));
-  }
-  std::string buf;
-  while (done < length) {
-    if (buf.empty()) buf.resize(kCopyBuffer);
-    const size_t want = static_cast<size_t>(std::min<uint64_t>(length - done, buf.size()));
-    NPZ_RETURN_IF_ERROR(PreadExact(src, buf.data(), want, done, src_path));
-    NPZ_RETURN_IF_ERROR(PwriteAll(dst, buf.data(), want, done, dst_path));
-    done += want;
-    on_bytes(want);
-  }
-  return Status::Ok();
-}
 
 uint64_t MemberSize(const NewMember& m) {
   uint64_t n = 0;
@@ -101,115 +86,317 @@ bool SameFile(const struct stat& a, const struct stat& b) {
          a.st_mtim.tv_sec == b.st_mtim.tv_sec && a.st_mtim.tv_nsec == b.st_mtim.tv_nsec;
 }
 
-// The one implementation behind AppendToArchive (keep_existing) and WriteArchive.
-Status Build(const std::string& requested_path, const std::vector<NewMember>& members,
-             const WriteOptions& options, bool keep_existing) {
+int64_t MtimeNs(const struct stat& st) {
+  return static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+}
+
+// Every message leads with the archive (a temp file or source path follows it).
+Status WithArchive(const std::string& path, const Status& s) {
+  return s.ok() || s.message().rfind(path + ":", 0) == 0 ? s : s.WithContext(path);
+}
+
+// Follows a symlink, so that an append or a rename changes its target, not the link.
+std::string ResolveArchivePath(const std::string& path) {
+  struct stat lst;
+  if (::lstat(path.c_str(), &lst) == 0 && S_ISLNK(lst.st_mode)) {
+    char resolved[PATH_MAX];
+    if (::realpath(path.c_str(), resolved) != nullptr) return resolved;
+  }
+  return path;
+}
+
+// What one call is asked to do, checked once.
+struct Request {
+  std::string path;  // the archive, symlinks resolved
+  const std::vector<NewMember>* members = nullptr;
+  const WriteOptions* options = nullptr;
+};
+
+Result<Request> Validate(const std::string& requested_path, const std::vector<NewMember>& members,
+                         const WriteOptions& options) {
   if (options.compress_level < -1 || options.compress_level > 9) {
     return Status::Error(EINVAL, requested_path + ": compression level " +
                                      std::to_string(options.compress_level) +
                                      " is not -1 (stored) or 0..9");
   }
-  // Follow a symlink so the rename replaces its target, not the link.
-  std::string path = requested_path;
-  struct stat lst;
-  if (::lstat(path.c_str(), &lst) == 0 && S_ISLNK(lst.st_mode)) {
-    char resolved[PATH_MAX];
-    if (::realpath(path.c_str(), resolved) != nullptr) path = resolved;
-  }
-
+  Request r;
+  r.members = &members;
+  r.options = &options;
+  r.path = ResolveArchivePath(requested_path);
   std::set<std::string> new_names;
   for (const NewMember& m : members) {
     if (m.name.empty() || m.name.size() > 0xFFFF) {
-      return Status::Error(EINVAL, path + ": invalid member name \"" + m.name + "\"");
+      return Status::Error(EINVAL, r.path + ": invalid member name \"" + m.name + "\"");
     }
     if (!new_names.insert(m.name).second && options.reject_existing_names) {
-      return Status::Error(EINVAL, path + ": member " + m.name + " is given twice");
+      return Status::Error(EINVAL, r.path + ": member " + m.name + " is given twice");
     }
   }
+  return r;
+}
 
-  // The old archive, if any.
-  UniqueFd old_fd;
-  struct stat old_st {};
-  ZipDirectory old;
-  if (keep_existing) {
-    auto opened = OpenFile(path, O_RDONLY);
-    if (opened.ok()) {
-      old_fd = std::move(opened).value();
-      if (::fstat(old_fd.get(), &old_st) != 0) return ErrnoStatus(errno, path, "cannot stat");
-      if (!S_ISREG(old_st.st_mode)) {
-        return Status::Error(EINVAL, path + ": not a regular file");
-      }
-      // An empty file (from touch or mktemp) holds no members: treat it as a new archive.
-      if (old_st.st_size > 0) {
-        NPZ_ASSIGN_OR_RETURN(old, ReadZipDirectory(old_fd.get(), path));
-      }
-      if (options.reject_existing_names) {
-        for (const ZipEntry& e : old.entries) {
-          if (new_names.count(e.name)) {
-            return Status::Error(EEXIST, path + ": member " + e.name + " already exists");
-          }
-        }
-      }
-      if (members.empty()) return Status::Ok();  // nothing to add: leave the file alone
-    } else if (opened.status().code() != ENOENT) {
-      return opened.status();
-    }
+// Copies the usable pre-deflated chunks of `p` into the open member; returns how many
+// uncompressed bytes of the piece they cover (0 when they do not fit this write).
+Result<uint64_t> CopyPredeflated(ZipWriter& writer, const MemberPiece& p,
+                                 const WriteOptions& options, const std::string& what) {
+  const PredeflatedChunks* d = p.predeflated.get();
+  if (d == nullptr || d->chunks.empty() || options.compress_level < 0 ||
+      d->level != options.compress_level || d->chunk_size != options.chunk_size ||
+      d->chunks.size() * d->chunk_size > p.length) {
+    return uint64_t{0};
   }
-
-  // Keeps an existing archive's mode (and owner, where permitted).
-  NPZ_ASSIGN_OR_RETURN(AtomicFile tmp, AtomicFile::Create(path));
-  const int tmp_fd = tmp.fd();
-  const std::string& tmp_path = tmp.temp_path();
-
-  uint64_t total = old.cd_offset;  // 0 without an old archive
-  for (const NewMember& m : members) total += MemberSize(m);
-  uint64_t done = 0;
-  auto on_bytes = [&](uint64_t n) {
-    done += n;
-    if (options.progress) options.progress(done, total);
-  };
-  if (options.progress) options.progress(0, total);
-
-  auto with_context = [&](const Status& s) {
-    // Every message leads with the archive (a temp file or source path follows it).
-    return s.message().rfind(path + ":", 0) == 0 ? s : s.WithContext(path);
-  };
-
-  uint64_t start = 0;
-  if (old.cd_offset > 0) {
-    Status s = CopyPrefix(old_fd.get(), path, tmp_fd, tmp_path, old.cd_offset, on_bytes);
-    if (!s.ok()) return with_context(s);
-    start = old.cd_offset;
+  for (const PredeflatedChunks::Chunk& c : d->chunks) {
+    NPZ_RETURN_IF_ERROR(writer.AddDeflatedChunk(d->fd, c.offset, c.compressed_size, c.crc32,
+                                                what + ": deflated chunks " + d->source));
   }
+  return d->chunks.size() * d->chunk_size;
+}
 
-  ZipWriter writer(tmp_fd, tmp_path, start);
-  writer.set_progress(on_bytes);
-  for (const NewMember& m : members) {
+// Writes every new member through `writer`. `step_failure` is set by the progress hook of
+// an in-place append (a test-injected failure) and checked after each piece.
+Status WriteMembers(ZipWriter& writer, const Request& r, const Status* step_failure) {
+  for (const NewMember& m : *r.members) {
     ZipMemberOptions mo;
-    mo.compress_level = options.compress_level;
+    mo.compress_level = r.options->compress_level;
     mo.crc32 = m.crc32;
     mo.size_hint = MemberSize(m);
-    Status s = writer.BeginMember(m.name, mo);
-    for (size_t i = 0; s.ok() && i < m.pieces.size(); ++i) {
-      const MemberPiece& p = m.pieces[i];
+    mo.chunk_size = r.options->chunk_size;
+    mo.leading_chunk = m.leading_chunk;
+    NPZ_RETURN_IF_ERROR(writer.BeginMember(m.name, mo));
+    for (const MemberPiece& p : m.pieces) {
       if (p.fd >= 0) {
-        s = writer.CopyFrom(p.fd, p.offset, p.length,
+        NPZ_ASSIGN_OR_RETURN(const uint64_t done,
+                             CopyPredeflated(writer, p, *r.options, "member " + m.name));
+        NPZ_RETURN_IF_ERROR(
+            writer.CopyFrom(p.fd, p.offset + done, p.length - done,
                             "member " + m.name + ": source " +
-                                (p.source.empty() ? "fd " + std::to_string(p.fd) : p.source));
+                                (p.source.empty() ? "fd " + std::to_string(p.fd) : p.source)));
       } else {
-        s = writer.Write(p.bytes.data(), p.bytes.size());
+        NPZ_RETURN_IF_ERROR(writer.Write(p.bytes.data(), p.bytes.size()));
+      }
+      if (step_failure != nullptr) NPZ_RETURN_IF_ERROR(*step_failure);
+    }
+    NPZ_RETURN_IF_ERROR(writer.EndMember());
+  }
+  return Status::Ok();
+}
+
+// Progress over `total` bytes, reported to the caller's callback.
+class Progress {
+ public:
+  Progress(const WriteOptions& options, uint64_t total) : options_(options), total_(total) {
+    if (options_.progress) options_.progress(0, total_);
+  }
+  void Add(uint64_t n) {
+    done_ += n;
+    if (options_.progress) options_.progress(done_, total_);
+  }
+  uint64_t done() const { return done_; }
+
+ private:
+  const WriteOptions& options_;
+  uint64_t total_;
+  uint64_t done_ = 0;
+};
+
+uint64_t NewBytes(const Request& r) {
+  uint64_t total = 0;
+  for (const NewMember& m : *r.members) total += MemberSize(m);
+  return total;
+}
+
+std::unique_ptr<ThreadPool> PoolFor(const WriteOptions& options) {
+  if (options.compress_level < 0) return nullptr;
+  return std::make_unique<ThreadPool>(options.threads);
+}
+
+// Builds the archive in a temp file and renames it over `r.path`: the copy mode, npz pack,
+// and the creation of a new archive. `old_fd`/`old` describe the members to keep (none when
+// old_fd < 0); `before_rename` may veto the rename.
+Status BuildAndRename(const Request& r, int old_fd, const ZipDirectory& old,
+                      const std::function<Status()>& before_rename) {
+  NPZ_ASSIGN_OR_RETURN(AtomicFile tmp, AtomicFile::Create(r.path));
+  Progress progress(*r.options, old.cd_offset + NewBytes(r));
+  auto on_bytes = [&progress](uint64_t n) {
+    progress.Add(n);
+    (void)AppendStepReached(AppendStep::kMemberData, progress.done());  // crash tests only
+  };
+  uint64_t start = 0;
+  if (old_fd >= 0 && old.cd_offset > 0) {
+    NPZ_RETURN_IF_ERROR(WithArchive(r.path, CopyFileRange(old_fd, 0, tmp.fd(), 0, old.cd_offset,
+                                                          r.path, tmp.temp_path(), on_bytes)));
+    start = old.cd_offset;
+  }
+  std::unique_ptr<ThreadPool> pool = PoolFor(*r.options);
+  ZipWriter writer(tmp.fd(), tmp.temp_path(), start);
+  writer.set_progress(on_bytes);
+  writer.set_thread_pool(pool.get());
+  NPZ_RETURN_IF_ERROR(WithArchive(r.path, WriteMembers(writer, r, nullptr)));
+  NPZ_RETURN_IF_ERROR(
+      WithArchive(r.path, writer.Finish(old.cd_bytes, old.entries.size(), old.comment)));
+  return tmp.Commit(before_rename);
+}
+
+// Steps 4 of the protocol: new members, new directory, fsync.
+Status WriteNewTail(const Request& r, int fd, const ZipDirectory& old, uint64_t old_size) {
+  Progress progress(*r.options, NewBytes(r));
+  Status injected;
+  std::unique_ptr<ThreadPool> pool = PoolFor(*r.options);
+  ZipWriter writer(fd, r.path, old.cd_offset);
+  writer.set_progress([&](uint64_t n) {
+    progress.Add(n);
+    if (injected.ok()) injected = AppendStepReached(AppendStep::kMemberData, progress.done());
+  });
+  writer.set_thread_pool(pool.get());
+  NPZ_RETURN_IF_ERROR(WriteMembers(writer, r, &injected));
+  NPZ_RETURN_IF_ERROR(writer.Finish(old.cd_bytes, old.entries.size(), old.comment));
+  NPZ_RETURN_IF_ERROR(AppendStepReached(AppendStep::kDirectoryWritten));
+  if (writer.offset() < old_size && ::ftruncate(fd, static_cast<off_t>(writer.offset())) != 0) {
+    return ErrnoStatus(errno, r.path, "cannot cut the old tail");
+  }
+  NPZ_RETURN_IF_ERROR(FsyncFd(fd, r.path));
+  return AppendStepReached(AppendStep::kArchiveSynced);
+}
+
+// Steps 3 to 5 of the protocol, on the locked archive whose directory is `old`.
+Status AppendInPlace(const Request& r, const ArchiveLock& lock, const ZipDirectory& old) {
+  struct stat st;
+  if (::fstat(lock.fd(), &st) != 0) return ErrnoStatus(errno, r.path, "cannot stat");
+  AppendJournal journal;
+  journal.inode = static_cast<uint64_t>(st.st_ino);
+  journal.old_size = static_cast<uint64_t>(st.st_size);
+  journal.old_cd_offset = old.cd_offset;
+  journal.old_mtime_ns = MtimeNs(st);
+  journal.saved.resize(journal.old_size - journal.old_cd_offset);
+  NPZ_RETURN_IF_ERROR(PreadExact(lock.fd(), journal.saved.data(), journal.saved.size(),
+                                 journal.old_cd_offset, r.path));
+  const std::string journal_path = AppendJournalPath(r.path);
+  NPZ_RETURN_IF_ERROR(WithArchive(r.path, WriteAppendJournal(journal_path, journal)));
+
+  Status wrote = WithArchive(r.path, WriteNewTail(r, lock.fd(), old, journal.old_size));
+  if (!wrote.ok()) {
+    Status undone = UndoAppend(lock.fd(), r.path, journal);
+    if (undone.ok()) undone = RemoveAppendJournal(journal_path);
+    if (!undone.ok()) {
+      return Status::Error(wrote.code(), wrote.message() +
+                                             "; undoing the partial append failed too (" +
+                                             undone.message() + "); " + journal_path +
+                                             " is kept and restores the archive at the next "
+                                             "npz command, mount or npz recover");
+    }
+    return wrote;
+  }
+  Status removed = RemoveAppendJournal(journal_path);
+  if (!removed.ok()) {
+    return removed.WithContext(r.path +
+                               ": members appended, but the journal could not be "
+                               "removed durably (a later recovery may undo the append)");
+  }
+  // Old members keep their offsets: the sidecar index of the old archive stays valid for
+  // them. Carry it forward to the new fingerprint here once the read side offers it
+  // (CarryIndexForward(r.path, old fingerprint from `st` and `old`, new directory)).
+  return Status::Ok();
+}
+
+Result<DirectoryLock> LockDirectoryToCreate(const std::string& path) {
+  auto lock = DirectoryLock::Acquire(DirName(path));
+  if (!lock.ok()) return lock.status().WithContext(path + ": cannot create it");
+  return lock;
+}
+
+// Creates a missing archive under the directory lock. Sets *exists when another process
+// created it first (the caller then appends to it).
+Status CreateArchive(const Request& r, bool* exists) {
+  NPZ_ASSIGN_OR_RETURN(DirectoryLock dir_lock, LockDirectoryToCreate(r.path));
+  struct stat st;
+  if (::lstat(r.path.c_str(), &st) == 0) {
+    *exists = true;
+    return Status::Ok();
+  }
+  return BuildAndRename(r, -1, ZipDirectory{}, [&]() -> Status {
+    if (::lstat(r.path.c_str(), &st) == 0) {
+      return Status::Error(EBUSY, r.path +
+                                      ": created by another program while members were "
+                                      "being added; nothing was written");
+    }
+    return Status::Ok();
+  });
+}
+
+// CRC-32 of a member's pieces (given, or read).
+Result<uint32_t> MemberCrc(const NewMember& m) {
+  if (m.crc32) return *m.crc32;
+  uLong crc = 0;
+  std::string buf;
+  for (const MemberPiece& p : m.pieces) {
+    if (p.fd < 0) {
+      crc = ::crc32_z(crc, reinterpret_cast<const Bytef*>(p.bytes.data()), p.bytes.size());
+      continue;
+    }
+    buf.resize(kCopyBuffer);
+    for (uint64_t done = 0; done < p.length;) {
+      const size_t want = static_cast<size_t>(std::min<uint64_t>(p.length - done, buf.size()));
+      NPZ_RETURN_IF_ERROR(PreadExact(p.fd, buf.data(), want, p.offset + done, p.source));
+      crc = ::crc32_z(crc, reinterpret_cast<const Bytef*>(buf.data()), want);
+      done += want;
+    }
+  }
+  return static_cast<uint32_t>(crc);
+}
+
+// The new members to write: without those the archive already holds identically (when
+// options.skip_identical_existing), EEXIST for other names it already holds (when
+// options.reject_existing_names).
+Result<std::vector<NewMember>> MembersToWrite(const Request& r, const ZipDirectory& old) {
+  std::vector<NewMember> out;
+  for (const NewMember& m : *r.members) {
+    const ZipEntry* existing = nullptr;
+    for (const ZipEntry& e : old.entries) {
+      if (e.name == m.name) existing = &e;  // the last one, as zipfile and numpy read it
+    }
+    if (existing != nullptr && r.options->skip_identical_existing &&
+        existing->uncompressed_size == MemberSize(m)) {
+      NPZ_ASSIGN_OR_RETURN(uint32_t crc, MemberCrc(m));
+      if (crc == existing->crc32) {
+        if (r.options->log) {
+          r.options->log(r.path + ": member " + m.name +
+                         " is already there with the same bytes; not added again");
+        }
+        continue;
       }
     }
-    if (s.ok()) s = writer.EndMember();
-    if (!s.ok()) return with_context(s);
+    if (existing != nullptr && r.options->reject_existing_names) {
+      return Status::Error(EEXIST, r.path + ": member " + m.name + " already exists");
+    }
+    out.push_back(m);
   }
-  Status s = writer.Finish(old.cd_bytes, old.entries.size(), old.comment);
-  if (!s.ok()) return with_context(s);
-  return tmp.Commit([&]() -> Status {
-    if (!old_fd.valid()) return Status::Ok();
+  return out;
+}
+
+// Opens and locks an existing archive (recovering an interrupted append), reads its
+// directory and checks the new names against it.
+Status AddToExisting(const Request& request, const ArchiveLock& lock) {
+  const std::string& path = request.path;
+  NPZ_RETURN_IF_ERROR(RecoverAppendUnderLock(lock.fd(), path, request.options->log).status());
+  struct stat st;
+  if (::fstat(lock.fd(), &st) != 0) return ErrnoStatus(errno, path, "cannot stat");
+  if (!S_ISREG(st.st_mode)) return Status::Error(EINVAL, path + ": not a regular file");
+  ZipDirectory old;
+  // An empty file (from touch or mktemp) holds no members: treat it as a new archive.
+  if (st.st_size > 0) {
+    NPZ_ASSIGN_OR_RETURN(old, ReadZipDirectory(lock.fd(), path));
+  }
+  NPZ_ASSIGN_OR_RETURN(const std::vector<NewMember> members, MembersToWrite(request, old));
+  if (members.empty()) return Status::Ok();  // nothing to add: leave the file alone
+  Request r = request;
+  r.members = &members;
+  if (r.options->append_mode == WriteOptions::AppendMode::kInPlace) {
+    return AppendInPlace(r, lock, old);
+  }
+  return BuildAndRename(r, lock.fd(), old, [&]() -> Status {
     struct stat now;
-    if (::stat(path.c_str(), &now) != 0 || !SameFile(now, old_st)) {
-      return Status::Error(EBUSY, path +
+    if (::stat(r.path.c_str(), &now) != 0 || !SameFile(now, st)) {
+      return Status::Error(EBUSY, r.path +
                                       ": the archive was changed or replaced while members "
                                       "were being added; nothing was written");
     }
@@ -217,16 +404,103 @@ Status Build(const std::string& requested_path, const std::vector<NewMember>& me
   });
 }
 
+Result<ArchiveLock> LockForWriting(const std::string& path, WriteOptions::AppendMode mode) {
+  auto lock = ArchiveLock::Acquire(path, O_RDWR);
+  // A read-only file can still be replaced by a copy (the directory decides).
+  if (!lock.ok() && mode == WriteOptions::AppendMode::kCopy &&
+      (lock.status().code() == EACCES || lock.status().code() == EROFS)) {
+    return ArchiveLock::Acquire(path, O_RDONLY);
+  }
+  return lock;
+}
+
 }  // namespace
 
 Status AppendToArchive(const std::string& archive_path, const std::vector<NewMember>& members,
                        const WriteOptions& options) {
-  return Build(archive_path, members, options, /*keep_existing=*/true);
+  NPZ_ASSIGN_OR_RETURN(Request r, Validate(archive_path, members, options));
+  while (true) {
+    auto lock = LockForWriting(r.path, options.append_mode);
+    if (lock.ok()) return AddToExisting(r, *lock);
+    if (lock.status().code() != ENOENT) return lock.status();
+    bool exists = false;
+    NPZ_RETURN_IF_ERROR(CreateArchive(r, &exists));
+    if (!exists) return Status::Ok();
+  }
 }
 
 Status WriteArchive(const std::string& out_path, const std::vector<NewMember>& members,
                     const WriteOptions& options) {
-  return Build(out_path, members, options, /*keep_existing=*/false);
+  NPZ_ASSIGN_OR_RETURN(Request r, Validate(out_path, members, options));
+  auto lock = LockForWriting(r.path, WriteOptions::AppendMode::kCopy);
+  if (lock.ok()) {
+    // A journal applies to the file being replaced: settle it so it never meets the new one.
+    NPZ_RETURN_IF_ERROR(RecoverAppendUnderLock(lock->fd(), r.path, options.log).status());
+    return BuildAndRename(r, -1, ZipDirectory{}, {});
+  }
+  if (lock.status().code() != ENOENT) return lock.status();
+  NPZ_ASSIGN_OR_RETURN(DirectoryLock dir_lock, LockDirectoryToCreate(r.path));
+  return BuildAndRename(r, -1, ZipDirectory{}, {});
+}
+
+Result<bool> RecoverInterruptedAppend(const std::string& requested_path, const ArchiveLogFn& log) {
+  const std::string archive_path = ResolveArchivePath(requested_path);
+  const std::string journal_path = AppendJournalPath(archive_path);
+  struct stat st;
+  if (::stat(journal_path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return false;  // the common case: no lock, no cost
+    return ErrnoStatus(errno, journal_path, "cannot stat");
+  }
+  auto lock = ArchiveLock::Acquire(archive_path, O_RDWR);
+  if (!lock.ok()) {
+    if (lock.status().code() == ENOENT) {
+      return Status::Error(ENOENT, archive_path + ": missing, but its append journal " +
+                                       journal_path + " is there (left alone)");
+    }
+    return lock.status().WithContext("cannot restore after an interrupted append");
+  }
+  return RecoverAppendUnderLock(lock->fd(), archive_path, log);
+}
+
+}  // namespace npzfs
+
+namespace npzfs {
+
+Result<size_t> RemoveStaleTempFiles(const std::string& requested_path, const ArchiveLogFn& log) {
+  const std::string archive_path = ResolveArchivePath(requested_path);
+  const std::string dir = DirName(archive_path);
+  // With the directory's lock and the archive's, no npzfs writer of this archive is running:
+  // every temp file of it is a leftover.
+  NPZ_ASSIGN_OR_RETURN(DirectoryLock dir_lock, DirectoryLock::Acquire(dir));
+  auto archive_lock = ArchiveLock::Acquire(archive_path, O_RDONLY);
+  if (!archive_lock.ok() && archive_lock.status().code() != ENOENT) return archive_lock.status();
+  const std::string prefix = TempFilePrefix(archive_path);
+  std::vector<std::string> stale;
+  {
+    std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), ::closedir);
+    if (!d) return ErrnoStatus(errno, dir, "cannot list the directory");
+    while (const dirent* e = ::readdir(d.get())) {
+      if (std::string_view(e->d_name).substr(0, prefix.size()) == prefix) {
+        stale.emplace_back(e->d_name);
+      }
+    }
+  }
+  size_t removed = 0;
+  for (const std::string& name : stale) {
+    const std::string path = dir + "/" + name;
+    struct stat st;
+    if (::lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+    if (::unlink(path.c_str()) != 0) {
+      return ErrnoStatus(errno, path, "cannot remove a stale temp file");
+    }
+    ++removed;
+    if (log) {
+      log(path + ": removed a stale temp file (" + std::to_string(st.st_size) +
+          " bytes) left by an interrupted copy of " + archive_path);
+    }
+  }
+  if (removed > 0) NPZ_RETURN_IF_ERROR(FsyncDir(dir));
+  return removed;
 }
 
 }  // namespace npzfs

@@ -27,6 +27,7 @@
 #include <cstring>
 #include <ctime>
 
+#include "core/zip/zip_format.h"
 #include "npzfs/file_util.h"
 
 namespace npzfs {
@@ -171,6 +172,8 @@ Status ParseCentralExtra(const unsigned char* x, size_t len, ZipEntry& e, bool n
       if (need_offset) e.local_header_offset = Le64(d + q);
     } else if (id == 0x5455 && sz >= 5 && (d[0] & 1)) {
       e.mtime = static_cast<int64_t>(Le32(d + 1));
+    } else if (id == zip::kSeekTableExtraId && e.seek_table.empty()) {
+      e.seek_table.assign(reinterpret_cast<const char*>(d), sz);
     }
     pos += sz;
   }

@@ -26,7 +26,12 @@ inline constexpr size_t kZip64LocatorSize = 20;
 // Extra field header IDs.
 inline constexpr uint16_t kZip64ExtraId = 0x0001;
 inline constexpr uint16_t kExtendedTimestampExtraId = 0x5455;  // Info-ZIP "UT"
-inline constexpr size_t kExtraHeaderSize = 4;                  // id + length
+// npzfs's seek table (core/zip/seek_table.h), central entries only. Bytes "NZ"; not among the
+// IDs PKWARE's APPNOTE registers (0x0001-0x0023, 0x0065, 0x0066, 0x4690) or lists as third
+// party mappings (Info-ZIP, Xceed, ZipIt, Microsoft 0xa220, AE-x 0x9901, ...), nor Java's
+// 0xcafe or Android's 0xd935.
+inline constexpr uint16_t kSeekTableExtraId = 0x5a4e;
+inline constexpr size_t kExtraHeaderSize = 4;  // id + length
 
 // Limits: a field at its maximum means "see the ZIP64 record".
 inline constexpr uint64_t kMax16 = 0xFFFF;

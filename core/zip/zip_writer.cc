@@ -11,10 +11,13 @@
 //     nevertheless outgrows a header without the extra, EndMember fails rather than write
 //     a truncated size.
 //   - Central records carry a ZIP64 extra only for the fields that overflow, which is what
-//     the APPNOTE asks and what zipfile, libzip and Info-ZIP all read.
-//   - Stored data with a caller-supplied CRC goes through copy_file_range: on XFS/btrfs it
-//     shares extents, elsewhere it still avoids copying through user space. Any error from
-//     the first call that means "not supported here" falls back to pread/pwrite.
+//     the APPNOTE asks and what zipfile, libzip and Info-ZIP all read. A deflated member's
+//     central record also carries its seek table; the local header never does (it is
+//     written before the data, and readers take extras from the central record).
+//   - Deflate goes through ChunkedDeflater (independent chunks on the worker pool). The
+//     deflater calls back into WriteOut on this thread, in stream order.
+//   - Stored data with a caller-supplied CRC, and pre-deflated chunks, go through
+//     CopyFileRange (core/zip/file_copy.h): copy_file_range, pread/pwrite where refused.
 #include "core/zip/zip_writer.h"
 
 #include <unistd.h>
@@ -24,26 +27,23 @@
 #include <cerrno>
 #include <ctime>
 
+#include "core/base/byte_codec.h"
+#include "core/zip/chunked_deflater.h"
+#include "core/zip/file_copy.h"
+#include "core/zip/zip_format.h"
 #include "npzfs/file_util.h"
 
 namespace npzfs {
 namespace {
 
+using zip::kMax32;
 constexpr size_t kBufferSize = size_t{1} << 20;  // 1 MiB
-constexpr uint64_t kMax32 = 0xFFFFFFFFu;
-constexpr uint16_t kMadeByUnix = 3 << 8;
 constexpr uint32_t kRegularFileAttr = 0100644u << 16;
+constexpr size_t kZip64LocalExtraSize = zip::kExtraHeaderSize + 16;  // both sizes
+constexpr uint64_t kLocalCrcOffset = 14;  // CRC, then compressed and uncompressed size
+// Raw deflate may exceed its input a little (stored blocks): room left under 4 GiB.
+constexpr uint64_t kDeflateOverhead = 64;
 
-void Put16(std::string& s, uint16_t v) {
-  s.push_back(static_cast<char>(v & 0xff));
-  s.push_back(static_cast<char>(v >> 8));
-}
-void Put32(std::string& s, uint32_t v) {
-  for (int i = 0; i < 4; ++i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
-void Put64(std::string& s, uint64_t v) {
-  for (int i = 0; i < 8; ++i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
 uint32_t Clamp32(uint64_t v) {
   return v >= kMax32 ? static_cast<uint32_t>(kMax32) : static_cast<uint32_t>(v);
 }
@@ -52,6 +52,8 @@ bool IsAscii(const std::string& s) {
   return std::all_of(s.begin(), s.end(),
                      [](char c) { return static_cast<unsigned char>(c) < 0x80; });
 }
+
+uint16_t NameFlags(const std::string& name) { return IsAscii(name) ? 0 : zip::kFlagUtf8; }
 
 }  // namespace
 
@@ -72,18 +74,6 @@ void UnixToDosDateTime(int64_t unix_seconds, uint16_t* dos_date, uint16_t* dos_t
   *dos_time = static_cast<uint16_t>((tm.tm_hour << 11) | (tm.tm_min << 5) | (tm.tm_sec / 2));
 }
 
-// Owns one raw-deflate z_stream. Heap-allocated (through unique_ptr) so the z_stream
-// never moves after deflateInit2, which zlib forbids.
-struct ZipWriter::Deflater {
-  z_stream zs{};
-  bool initialized = false;
-  int level = -1;
-  std::string out = std::string(kBufferSize, '\0');
-  ~Deflater() {
-    if (initialized) deflateEnd(&zs);
-  }
-};
-
 ZipWriter::ZipWriter(int fd, std::string path, uint64_t start_offset)
     : fd_(fd), path_(std::move(path)), offset_(start_offset) {}
 
@@ -97,7 +87,7 @@ Status ZipWriter::WriteOut(const void* data, size_t n) {
 
 Status ZipWriter::BeginMember(const std::string& name, const ZipMemberOptions& options) {
   if (open_) return Status::Error(EINVAL, path_ + ": member " + cur_.name + " is still open");
-  if (name.empty() || name.size() > 0xFFFF) {
+  if (name.empty() || name.size() > zip::kMax16) {
     return Status::Error(EINVAL,
                          path_ + ": invalid member name length " + std::to_string(name.size()));
   }
@@ -108,7 +98,7 @@ Status ZipWriter::BeginMember(const std::string& name, const ZipMemberOptions& o
   }
   cur_ = Record{};
   cur_.name = name;
-  cur_.method = options.compress_level < 0 ? 0 : 8;
+  cur_.method = options.compress_level < 0 ? zip::kMethodStored : zip::kMethodDeflated;
   cur_.local_header_offset = offset_;
   UnixToDosDateTime(options.mtime >= 0 ? options.mtime : static_cast<int64_t>(time(nullptr)),
                     &cur_.dos_date, &cur_.dos_time);
@@ -118,56 +108,54 @@ Status ZipWriter::BeginMember(const std::string& name, const ZipMemberOptions& o
 
   if (!options.size_hint) {
     cur_zip64_local_ = true;
-  } else if (cur_.method == 0) {
+  } else if (cur_.method == zip::kMethodStored) {
     cur_zip64_local_ = *options.size_hint >= kMax32;
   } else {
-    // compressBound slightly over-estimates raw deflate's worst case (stored blocks).
-    cur_zip64_local_ = *options.size_hint >= kMax32 ||
-                       ::compressBound(static_cast<uLong>(*options.size_hint)) + 64 >= kMax32;
+    // compressBound slightly over-estimates raw deflate's worst case (stored blocks); each
+    // chunk adds a flush marker.
+    const uint64_t chunks = *options.size_hint / std::max<uint64_t>(options.chunk_size, 1) + 2;
+    cur_zip64_local_ =
+        *options.size_hint >= kMax32 ||
+        ::compressBound(static_cast<uLong>(*options.size_hint)) + chunks * 8 + kDeflateOverhead >=
+            kMax32;
   }
 
-  if (cur_.method == 8) {
-    // One stream and one output buffer serve every member at the same level:
-    // deflateReset is far cheaper than a fresh 1 MiB buffer and deflateInit2 per member.
-    if (deflater_ && deflater_->level == options.compress_level) {
-      if (deflateReset(&deflater_->zs) != Z_OK) deflater_.reset();
-    } else {
-      deflater_.reset();
-    }
-    if (!deflater_) {
-      deflater_ = std::make_unique<Deflater>();
-      int rc = deflateInit2(&deflater_->zs, options.compress_level, Z_DEFLATED, -MAX_WBITS, 8,
-                            Z_DEFAULT_STRATEGY);
-      if (rc != Z_OK) {
-        deflater_.reset();
-        return Status::Error(
-            rc == Z_MEM_ERROR ? ENOMEM : EINVAL,
-            path_ + ": member " + name + ": deflateInit2 failed (" + std::to_string(rc) + ")");
-      }
-      deflater_->initialized = true;
-      deflater_->level = options.compress_level;
-    }
+  deflater_.reset();
+  if (cur_.method == zip::kMethodDeflated) {
+    ChunkedDeflaterOptions d;
+    d.level = options.compress_level;
+    d.chunk_size = options.chunk_size;
+    d.leading_chunk = options.leading_chunk;
+    d.pool = pool_;
+    d.sink = [this](std::string_view bytes) { return WriteOut(bytes.data(), bytes.size()); };
+    d.copy_sink = [this](int fd, uint64_t offset, uint64_t length, const std::string& source) {
+      return CopyFileRange(fd, offset, fd_, offset_, length, source, path_,
+                           [this](uint64_t n) { offset_ += n; });
+    };
+    d.progress = progress_;
+    d.what = path_ + ": member " + name;
+    deflater_ = std::make_unique<ChunkedDeflater>(std::move(d));
   }
 
   std::string h;
-  h.reserve(30 + name.size() + 20);
-  Put32(h, 0x04034b50);
-  Put16(h, cur_zip64_local_ ? 45 : 20);
-  Put16(h, IsAscii(name) ? 0 : 0x800);
-  Put16(h, cur_.method);
-  Put16(h, cur_.dos_time);
-  Put16(h, cur_.dos_date);
-  Put32(h, 0);  // CRC, patched in EndMember
-  Put32(h, cur_zip64_local_ ? static_cast<uint32_t>(kMax32) : 0);
-  Put32(h, cur_zip64_local_ ? static_cast<uint32_t>(kMax32) : 0);
-  Put16(h, static_cast<uint16_t>(name.size()));
-  Put16(h, cur_zip64_local_ ? 20 : 0);
+  h.reserve(zip::kLocalHeaderSize + name.size() + kZip64LocalExtraSize);
+  PutLe32(h, zip::kLocalHeaderSig);
+  PutLe16(h, cur_zip64_local_ ? zip::kVersionZip64 : zip::kVersionDeflate);
+  PutLe16(h, NameFlags(name));
+  PutLe16(h, cur_.method);
+  PutLe16(h, cur_.dos_time);
+  PutLe16(h, cur_.dos_date);
+  PutLe32(h, 0);  // CRC, patched in EndMember
+  PutLe32(h, cur_zip64_local_ ? static_cast<uint32_t>(kMax32) : 0);
+  PutLe32(h, cur_zip64_local_ ? static_cast<uint32_t>(kMax32) : 0);
+  PutLe16(h, static_cast<uint16_t>(name.size()));
+  PutLe16(h, cur_zip64_local_ ? kZip64LocalExtraSize : 0);
   h += name;
   if (cur_zip64_local_) {
-    Put16(h, 0x0001);
-    Put16(h, 16);
-    Put64(h, 0);
-    Put64(h, 0);
+    PutLe16(h, zip::kZip64ExtraId);
+    PutLe16(h, 16);
+    PutLe64(h, 0);
+    PutLe64(h, 0);
   }
   NPZ_RETURN_IF_ERROR(WriteOut(h.data(), h.size()));
   open_ = true;
@@ -175,38 +163,14 @@ Status ZipWriter::BeginMember(const std::string& name, const ZipMemberOptions& o
 }
 
 Status ZipWriter::Feed(const void* data, size_t n) {
+  if (deflater_) return deflater_->Write(data, n);  // counts, CRC and progress in there
   if (!cur_crc_given_) {
     cur_running_crc_ =
         static_cast<uint32_t>(::crc32_z(cur_running_crc_, static_cast<const Bytef*>(data), n));
   }
   cur_.uncompressed_size += n;
-  if (cur_.method == 0) {
-    NPZ_RETURN_IF_ERROR(WriteOut(data, n));
-    cur_.compressed_size += n;
-  } else {
-    z_stream& zs = deflater_->zs;
-    const auto* p = static_cast<const unsigned char*>(data);
-    size_t left = n;
-    while (left > 0) {
-      const size_t chunk = std::min(left, kBufferSize);
-      zs.next_in = const_cast<Bytef*>(p);
-      zs.avail_in = static_cast<uInt>(chunk);
-      do {
-        zs.next_out = reinterpret_cast<Bytef*>(deflater_->out.data());
-        zs.avail_out = static_cast<uInt>(deflater_->out.size());
-        int rc = deflate(&zs, Z_NO_FLUSH);
-        if (rc != Z_OK && rc != Z_BUF_ERROR) {
-          return Status::Error(EIO, path_ + ": member " + cur_.name + ": deflate failed (" +
-                                        std::to_string(rc) + ")");
-        }
-        const size_t have = deflater_->out.size() - zs.avail_out;
-        NPZ_RETURN_IF_ERROR(WriteOut(deflater_->out.data(), have));
-        cur_.compressed_size += have;
-      } while (zs.avail_out == 0 || zs.avail_in > 0);
-      p += chunk;
-      left -= chunk;
-    }
-  }
+  NPZ_RETURN_IF_ERROR(WriteOut(data, n));
+  cur_.compressed_size += n;
   if (progress_) progress_(n);
   return Status::Ok();
 }
@@ -232,31 +196,30 @@ Status ZipWriter::CopyFrom(int src_fd, uint64_t offset, uint64_t length,
                                   " bytes from offset " + std::to_string(offset) + ")");
   };
   uint64_t done = 0;
-  if (cur_.method == 0 && cur_crc_given_) {
-    // Zero-copy path. Falls back to the buffered loop below when the kernel or the
-    // filesystem pair cannot do it.
+  if (deflater_) {
+    // Read straight into the deflater's chunk buffer: no copy on this thread.
     while (done < length) {
-      loff_t in = static_cast<loff_t>(offset + done);
-      loff_t out = static_cast<loff_t>(offset_);
-      const size_t want = static_cast<size_t>(std::min<uint64_t>(length - done, 64u << 20));
-      ssize_t r = ::copy_file_range(src_fd, &in, fd_, &out, want, 0);
-      if (r < 0) {
-        if (errno == EINTR) continue;
-        if (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP ||
-            errno == EBADF) {
-          break;  // fall back to read/write for the rest
-        }
-        return ErrnoStatus(errno, path_, "copy from " + src_path + " failed");
-      }
-      if (r == 0) return short_source(offset + done);
-      done += static_cast<uint64_t>(r);
-      offset_ += static_cast<uint64_t>(r);
-      cur_.uncompressed_size += static_cast<uint64_t>(r);
-      cur_.compressed_size += static_cast<uint64_t>(r);
-      if (progress_) progress_(static_cast<uint64_t>(r));
+      NPZ_ASSIGN_OR_RETURN(std::span<char> space, deflater_->InputSpace());
+      const size_t want = static_cast<size_t>(std::min<uint64_t>(length - done, space.size()));
+      NPZ_ASSIGN_OR_RETURN(size_t got,
+                           PreadFull(src_fd, space.data(), want, offset + done, src_path));
+      if (got != want) return short_source(offset + done + got);
+      NPZ_RETURN_IF_ERROR(deflater_->Commit(got));
+      done += got;
     }
+    return Status::Ok();
   }
-  if (done == length) return Status::Ok();
+  if (cur_crc_given_) {
+    // Stored with a known CRC: nothing needs to pass through this process.
+    NPZ_RETURN_IF_ERROR(
+        CopyFileRange(src_fd, offset, fd_, offset_, length, src_path, path_, [&](uint64_t n) {
+          offset_ += n;
+          cur_.uncompressed_size += n;
+          cur_.compressed_size += n;
+          if (progress_) progress_(n);
+        }));
+    return Status::Ok();
+  }
   std::string buf(static_cast<size_t>(std::min<uint64_t>(length - done, kBufferSize)), '\0');
   while (done < length) {
     const size_t want = static_cast<size_t>(std::min<uint64_t>(length - done, buf.size()));
@@ -268,26 +231,35 @@ Status ZipWriter::CopyFrom(int src_fd, uint64_t offset, uint64_t length,
   return Status::Ok();
 }
 
+Status ZipWriter::AddDeflatedChunk(int src_fd, uint64_t offset, uint32_t compressed_size,
+                                   uint32_t crc32, const std::string& src_path) {
+  if (!open_ || !deflater_) {
+    return Status::Error(EINVAL, path_ + ": no deflated member is open");
+  }
+  return deflater_->AddDeflatedChunk(src_fd, offset, compressed_size, crc32, src_path);
+}
+
+Status ZipWriter::FinishDeflate() {
+  NPZ_RETURN_IF_ERROR(deflater_->Finish());
+  cur_.uncompressed_size = deflater_->uncompressed_size();
+  cur_.compressed_size = deflater_->compressed_size();
+  if (cur_crc_given_ && cur_.crc32 != deflater_->crc32()) {
+    return Status::Error(EIO, path_ + ": member " + cur_.name +
+                                  ": the data read does not match its expected CRC-32 (the "
+                                  "source changed while it was being compressed)");
+  }
+  cur_.crc32 = deflater_->crc32();
+  cur_crc_given_ = true;
+  if (const SeekTableLayout* table = deflater_->seek_table()) {
+    NPZ_ASSIGN_OR_RETURN(cur_.seek_table_extra, EncodeSeekTableExtra(*table));
+  }
+  deflater_.reset();
+  return Status::Ok();
+}
+
 Status ZipWriter::EndMember() {
   if (!open_) return Status::Error(EINVAL, path_ + ": no member is open");
-  if (cur_.method == 8) {
-    z_stream& zs = deflater_->zs;
-    zs.next_in = nullptr;
-    zs.avail_in = 0;
-    int rc;
-    do {
-      zs.next_out = reinterpret_cast<Bytef*>(deflater_->out.data());
-      zs.avail_out = static_cast<uInt>(deflater_->out.size());
-      rc = deflate(&zs, Z_FINISH);
-      if (rc != Z_OK && rc != Z_STREAM_END && rc != Z_BUF_ERROR) {
-        return Status::Error(
-            EIO, path_ + ": member " + cur_.name + ": deflate failed (" + std::to_string(rc) + ")");
-      }
-      const size_t have = deflater_->out.size() - zs.avail_out;
-      NPZ_RETURN_IF_ERROR(WriteOut(deflater_->out.data(), have));
-      cur_.compressed_size += have;
-    } while (rc != Z_STREAM_END);
-  }
+  if (deflater_) NPZ_RETURN_IF_ERROR(FinishDeflate());
   if (!cur_crc_given_) cur_.crc32 = cur_running_crc_;
 
   if (!cur_zip64_local_ && (cur_.compressed_size >= kMax32 || cur_.uncompressed_size >= kMax32)) {
@@ -296,21 +268,23 @@ Status ZipWriter::EndMember() {
                                   " bytes, beyond its size hint and the 4 GiB limit of a "
                                   "local header without ZIP64 room");
   }
-  // Patch CRC and sizes (offset 14 of the local header), and the ZIP64 extra's sizes.
+  // Patch CRC and sizes in the local header, and the ZIP64 extra's sizes.
   std::string patch;
-  Put32(patch, cur_.crc32);
-  Put32(patch, cur_zip64_local_ ? static_cast<uint32_t>(kMax32)
-                                : static_cast<uint32_t>(cur_.compressed_size));
-  Put32(patch, cur_zip64_local_ ? static_cast<uint32_t>(kMax32)
-                                : static_cast<uint32_t>(cur_.uncompressed_size));
-  NPZ_RETURN_IF_ERROR(
-      PwriteAll(fd_, patch.data(), patch.size(), cur_.local_header_offset + 14, path_));
+  PutLe32(patch, cur_.crc32);
+  PutLe32(patch, cur_zip64_local_ ? static_cast<uint32_t>(kMax32)
+                                  : static_cast<uint32_t>(cur_.compressed_size));
+  PutLe32(patch, cur_zip64_local_ ? static_cast<uint32_t>(kMax32)
+                                  : static_cast<uint32_t>(cur_.uncompressed_size));
+  NPZ_RETURN_IF_ERROR(PwriteAll(fd_, patch.data(), patch.size(),
+                                cur_.local_header_offset + kLocalCrcOffset, path_));
   if (cur_zip64_local_) {
     std::string sizes;
-    Put64(sizes, cur_.uncompressed_size);
-    Put64(sizes, cur_.compressed_size);
-    NPZ_RETURN_IF_ERROR(PwriteAll(fd_, sizes.data(), sizes.size(),
-                                  cur_.local_header_offset + 30 + cur_.name.size() + 4, path_));
+    PutLe64(sizes, cur_.uncompressed_size);
+    PutLe64(sizes, cur_.compressed_size);
+    NPZ_RETURN_IF_ERROR(PwriteAll(
+        fd_, sizes.data(), sizes.size(),
+        cur_.local_header_offset + zip::kLocalHeaderSize + cur_.name.size() + zip::kExtraHeaderSize,
+        path_));
   }
   records_.push_back(std::move(cur_));
   cur_ = Record{};
@@ -318,10 +292,84 @@ Status ZipWriter::EndMember() {
   return Status::Ok();
 }
 
+namespace {
+
+// One central directory record.
+void AppendCentralRecord(std::string& buf, const std::string& name, uint16_t method,
+                         uint16_t dos_time, uint16_t dos_date, uint32_t crc32, uint64_t compressed,
+                         uint64_t uncompressed, uint64_t local_offset,
+                         const std::string& extra_tail) {
+  const bool big_u = uncompressed >= kMax32;
+  const bool big_c = compressed >= kMax32;
+  const bool big_o = local_offset >= kMax32;
+  const size_t zip64_len =
+      (big_u || big_c || big_o) ? zip::kExtraHeaderSize + 8 * (big_u + big_c + big_o) : 0;
+  const uint16_t version = zip64_len ? zip::kVersionZip64 : zip::kVersionDeflate;
+  PutLe32(buf, zip::kCentralHeaderSig);
+  PutLe16(buf, zip::kMadeByUnix | version);
+  PutLe16(buf, version);
+  PutLe16(buf, NameFlags(name));
+  PutLe16(buf, method);
+  PutLe16(buf, dos_time);
+  PutLe16(buf, dos_date);
+  PutLe32(buf, crc32);
+  PutLe32(buf, Clamp32(compressed));
+  PutLe32(buf, Clamp32(uncompressed));
+  PutLe16(buf, static_cast<uint16_t>(name.size()));
+  PutLe16(buf, static_cast<uint16_t>(zip64_len + extra_tail.size()));
+  PutLe16(buf, 0);  // comment length
+  PutLe16(buf, 0);  // disk number start
+  PutLe16(buf, 0);  // internal attributes
+  PutLe32(buf, kRegularFileAttr);
+  PutLe32(buf, Clamp32(local_offset));
+  buf += name;
+  if (zip64_len) {
+    PutLe16(buf, zip::kZip64ExtraId);
+    PutLe16(buf, static_cast<uint16_t>(zip64_len - zip::kExtraHeaderSize));
+    if (big_u) PutLe64(buf, uncompressed);
+    if (big_c) PutLe64(buf, compressed);
+    if (big_o) PutLe64(buf, local_offset);
+  }
+  buf += extra_tail;
+}
+
+// The end records: ZIP64 end record and locator when needed, then the classic one.
+void AppendEndRecords(std::string& buf, uint64_t count, uint64_t cd_offset, uint64_t cd_size,
+                      const std::string& comment) {
+  const uint64_t end_start = cd_offset + cd_size;
+  if (count >= zip::kMax16 || cd_size >= kMax32 || cd_offset >= kMax32) {
+    PutLe32(buf, zip::kZip64EndSig);
+    PutLe64(buf, zip::kZip64EndSize - 12);  // size of the rest of the record
+    PutLe16(buf, zip::kMadeByUnix | zip::kVersionZip64);
+    PutLe16(buf, zip::kVersionZip64);
+    PutLe32(buf, 0);
+    PutLe32(buf, 0);
+    PutLe64(buf, count);
+    PutLe64(buf, count);
+    PutLe64(buf, cd_size);
+    PutLe64(buf, cd_offset);
+    PutLe32(buf, zip::kZip64LocatorSig);
+    PutLe32(buf, 0);
+    PutLe64(buf, end_start);
+    PutLe32(buf, 1);
+  }
+  PutLe32(buf, zip::kEndSig);
+  PutLe16(buf, 0);
+  PutLe16(buf, 0);
+  PutLe16(buf, static_cast<uint16_t>(std::min<uint64_t>(count, zip::kMax16)));
+  PutLe16(buf, static_cast<uint16_t>(std::min<uint64_t>(count, zip::kMax16)));
+  PutLe32(buf, Clamp32(cd_size));
+  PutLe32(buf, Clamp32(cd_offset));
+  PutLe16(buf, static_cast<uint16_t>(comment.size()));
+  buf += comment;
+}
+
+}  // namespace
+
 Status ZipWriter::Finish(const std::string& prior_records, uint64_t prior_count,
                          const std::string& comment) {
   if (open_) return Status::Error(EINVAL, path_ + ": member " + cur_.name + " is still open");
-  if (comment.size() > 0xFFFF) {
+  if (comment.size() > zip::kMaxCommentLength) {
     return Status::Error(EINVAL, path_ + ": archive comment longer than 65535 bytes");
   }
   const uint64_t cd_offset = offset_;
@@ -330,38 +378,10 @@ Status ZipWriter::Finish(const std::string& prior_records, uint64_t prior_count,
         WriteOut(prior_records.data() + i, std::min(kBufferSize, prior_records.size() - i)));
   }
   std::string buf;
-  buf.reserve(kBufferSize + 0x10000 + 100);
+  buf.reserve(kBufferSize + 2 * zip::kMaxExtraLength);
   for (const Record& r : records_) {
-    const bool big_u = r.uncompressed_size >= kMax32;
-    const bool big_c = r.compressed_size >= kMax32;
-    const bool big_o = r.local_header_offset >= kMax32;
-    const uint16_t extra_len = (big_u || big_c || big_o) ? 4 + 8 * (big_u + big_c + big_o) : 0;
-    const uint16_t version = extra_len ? 45 : 20;
-    Put32(buf, 0x02014b50);
-    Put16(buf, kMadeByUnix | version);
-    Put16(buf, version);
-    Put16(buf, IsAscii(r.name) ? 0 : 0x800);
-    Put16(buf, r.method);
-    Put16(buf, r.dos_time);
-    Put16(buf, r.dos_date);
-    Put32(buf, r.crc32);
-    Put32(buf, Clamp32(r.compressed_size));
-    Put32(buf, Clamp32(r.uncompressed_size));
-    Put16(buf, static_cast<uint16_t>(r.name.size()));
-    Put16(buf, extra_len);
-    Put16(buf, 0);  // comment length
-    Put16(buf, 0);  // disk number start
-    Put16(buf, 0);  // internal attributes
-    Put32(buf, kRegularFileAttr);
-    Put32(buf, Clamp32(r.local_header_offset));
-    buf += r.name;
-    if (extra_len) {
-      Put16(buf, 0x0001);
-      Put16(buf, static_cast<uint16_t>(extra_len - 4));
-      if (big_u) Put64(buf, r.uncompressed_size);
-      if (big_c) Put64(buf, r.compressed_size);
-      if (big_o) Put64(buf, r.local_header_offset);
-    }
+    AppendCentralRecord(buf, r.name, r.method, r.dos_time, r.dos_date, r.crc32, r.compressed_size,
+                        r.uncompressed_size, r.local_header_offset, r.seek_table_extra);
     if (buf.size() >= kBufferSize) {
       NPZ_RETURN_IF_ERROR(WriteOut(buf.data(), buf.size()));
       buf.clear();
@@ -369,32 +389,7 @@ Status ZipWriter::Finish(const std::string& prior_records, uint64_t prior_count,
   }
   const uint64_t count = prior_count + records_.size();
   const uint64_t cd_size = offset_ + buf.size() - cd_offset;
-  const uint64_t end_start = cd_offset + cd_size;
-  if (count >= 0xFFFF || cd_size >= kMax32 || cd_offset >= kMax32) {
-    Put32(buf, 0x06064b50);  // ZIP64 end of central directory record
-    Put64(buf, 44);
-    Put16(buf, kMadeByUnix | 45);
-    Put16(buf, 45);
-    Put32(buf, 0);
-    Put32(buf, 0);
-    Put64(buf, count);
-    Put64(buf, count);
-    Put64(buf, cd_size);
-    Put64(buf, cd_offset);
-    Put32(buf, 0x07064b50);  // ZIP64 end of central directory locator
-    Put32(buf, 0);
-    Put64(buf, end_start);
-    Put32(buf, 1);
-  }
-  Put32(buf, 0x06054b50);
-  Put16(buf, 0);
-  Put16(buf, 0);
-  Put16(buf, static_cast<uint16_t>(std::min<uint64_t>(count, 0xFFFF)));
-  Put16(buf, static_cast<uint16_t>(std::min<uint64_t>(count, 0xFFFF)));
-  Put32(buf, Clamp32(cd_size));
-  Put32(buf, Clamp32(cd_offset));
-  Put16(buf, static_cast<uint16_t>(comment.size()));
-  buf += comment;
+  AppendEndRecords(buf, count, cd_offset, cd_size, comment);
   return WriteOut(buf.data(), buf.size());
 }
 

@@ -1,21 +1,23 @@
 // A streaming ZIP writer for a seekable output file.
 //
 // Members are written one after another at increasing offsets of the output fd: a local
-// header first, then the data (stored, or raw deflate through zlib), then the local
-// header's CRC and sizes are patched in place. Because the target is seekable no data
-// descriptor is written, which keeps every reader (numpy's zipfile, libzip, unzip) happy.
-// When a member might reach 4 GiB its local header reserves a ZIP64 extra up front, since
-// the header cannot grow after the data is written. Finish() writes the central directory
-// (optionally preceded by raw records copied from an older archive) and the end records,
+// header first, then the data (stored, or deflated in independent chunks on a worker pool,
+// core/zip/chunked_deflater.h), then the local header's CRC and sizes are patched in place.
+// A deflated member's central record carries its seek table (core/zip/seek_table.h). Because the
+// target is seekable no data descriptor is written, which keeps every reader (numpy's zipfile,
+// libzip, unzip) happy. When a member might reach 4 GiB its local header reserves a ZIP64 extra up
+// front, since the header cannot grow after the data is written. Finish() writes the central
+// directory (optionally preceded by raw records copied from an older archive) and the end records,
 // adding the ZIP64 end record and locator when an offset, a size or the entry count needs it.
 //
-// Memory stays bounded: data passes through 1 MiB buffers; a member is never held whole.
+// Memory stays bounded: data passes through 1 MiB buffers (a few chunks in flight when
+// deflating); a member is never held whole.
 // When the caller supplies the CRC of a stored member, file ranges are copied with
 // copy_file_range (extent sharing on XFS/btrfs) and never touch user space.
 //
-// Ownership: the writer borrows the output fd and any source fds; it owns its zlib
-// stream (held by pointer so the z_stream never moves after deflateInit2). Not
-// thread-safe: one thread drives one writer.
+// Ownership: the writer borrows the output fd, any source fds and the thread pool; it owns
+// the deflater of the open member. Not thread-safe: one thread drives one writer (the pool's
+// workers only compress chunks).
 #pragma once
 
 #include <cstdint>
@@ -25,15 +27,25 @@
 #include <string>
 #include <vector>
 
+#include "core/base/thread_pool.h"
+#include "core/zip/seek_table.h"
 #include "npzfs/status.h"
 
 namespace npzfs {
 
+class ChunkedDeflater;
+
 struct ZipMemberOptions {
-  int compress_level = -1;            // -1: stored (method 0); 0..9: deflate (method 8)
-  std::optional<uint32_t> crc32;      // if known, not computed (and verified nowhere)
+  int compress_level = -1;  // -1: stored (method 0); 0..9: deflate (method 8)
+  // If known. Stored: not computed. Deflated: the CRC is computed anyway (per chunk, on the
+  // workers) and a different value fails EndMember with EIO (the source changed).
+  std::optional<uint32_t> crc32;
   std::optional<uint64_t> size_hint;  // uncompressed size if known: decides ZIP64 extra
   int64_t mtime = -1;                 // unix seconds for the DOS time; -1: now
+  // Deflate only: uncompressed bytes per chunk, and the size of a first chunk of its own
+  // (0: none), e.g. a .npy header, so that chunks after it start at data offsets.
+  uint64_t chunk_size = kDefaultSeekChunkSize;
+  uint64_t leading_chunk = 0;
 };
 
 class ZipWriter {
@@ -52,6 +64,12 @@ class ZipWriter {
   // Appends `length` bytes of `src_fd` from `offset` to the open member. EIO if the
   // source is shorter (names `src_path`).
   Status CopyFrom(int src_fd, uint64_t offset, uint64_t length, const std::string& src_path);
+  // Deflated members only: the next chunk of input given already deflated (see
+  // ChunkedDeflater::AddDeflatedChunk; the chunk size is ZipMemberOptions::chunk_size). Its
+  // compressed bytes are copied from `src_fd` (CopyFileRange). EINVAL if the member is stored
+  // or the input is not at a chunk boundary after the leading chunk.
+  Status AddDeflatedChunk(int src_fd, uint64_t offset, uint32_t compressed_size, uint32_t crc32,
+                          const std::string& src_path);
   // Finishes the member: flushes deflate, patches the local header. EIO if the member
   // outgrew a local header that had no room for ZIP64 sizes (size_hint was wrong).
   Status EndMember();
@@ -60,6 +78,10 @@ class ZipWriter {
   // entries, e.g. from an existing archive, copied verbatim) then one record per member
   // written here, then the end records with `comment`. No member may be open.
   Status Finish(const std::string& prior_records, uint64_t prior_count, const std::string& comment);
+
+  // Deflated members are compressed on `pool` (borrowed; must outlive the writer). Without
+  // a pool, chunks are compressed on the calling thread.
+  void set_thread_pool(ThreadPool* pool) { pool_ = pool; }
 
   // Called after each chunk of member input is consumed, with the chunk's byte count
   // (uncompressed). For progress reporting; may be left empty.
@@ -80,15 +102,17 @@ class ZipWriter {
     uint32_t crc32 = 0;
     uint64_t compressed_size = 0, uncompressed_size = 0;
     uint64_t local_header_offset = 0;
+    std::string seek_table_extra;  // the seek table block of a deflated member, or ""
   };
-  struct Deflater;  // owns the z_stream (pinned on the heap)
 
   Status WriteOut(const void* data, size_t n);  // at offset_, advancing it
   Status Feed(const void* data, size_t n);      // to the open member (CRC + compress)
+  Status FinishDeflate();                       // the open member's last chunk and table
 
   int fd_;
   std::string path_;
   std::function<void(uint64_t)> progress_;
+  ThreadPool* pool_ = nullptr;
   uint64_t offset_;
   std::vector<Record> records_;
 
@@ -98,7 +122,7 @@ class ZipWriter {
   bool cur_zip64_local_ = false;  // its local header holds a ZIP64 extra
   bool cur_crc_given_ = false;
   uint32_t cur_running_crc_ = 0;
-  std::unique_ptr<Deflater> deflater_;
+  std::unique_ptr<ChunkedDeflater> deflater_;
 };
 
 // Encodes unix seconds as a DOS (date, time) pair in local time; clamps to 1980..2107.

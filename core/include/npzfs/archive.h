@@ -92,6 +92,13 @@ enum class IndexState {
   kComplete,   // every span is known and the CRC-32 of the whole member was checked
 };
 
+// Counters of an open archive (user.npzfs.stats of a mount).
+struct ArchiveStats {
+  uint64_t spans_inflated = 0;  // spans of deflated members inflated (first passes and misses)
+  uint64_t cache_hits = 0;      // span cache lookups answered from the cache
+  uint64_t cache_misses = 0;    // span cache lookups that had to inflate
+};
+
 class DeflatedMember;     // core/read/deflated_member.h
 class StoredMember;       // core/read/stored_member.h
 struct ArchiveShared;     // core/read/archive_shared.h
@@ -124,6 +131,8 @@ class Archive {
   uint64_t first_pass_spans(size_t i) const;
   // Chunks of member i decoded ahead of its checkpoints by the fast path (a test hook).
   uint64_t fast_chunks(size_t i) const;
+  // Totals over every member since Open.
+  ArchiveStats stats() const;
 
   // Runs the first pass over member i now (npz index), calling progress(done, total) with
   // uncompressed bytes after each span. A no-op for stored members or a complete index.

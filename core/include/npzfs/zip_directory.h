@@ -9,7 +9,8 @@
 // What it understands: ZIP64 end records and ZIP64 extras (numpy's force_zip64 local
 // headers whose lengths differ from the central record's), data descriptors (flag bit 3;
 // sizes and CRC are taken from the central directory, which is authoritative), archive
-// comments, Info-ZIP "UT" extended timestamps, more than 65535 entries.
+// comments, Info-ZIP "UT" extended timestamps, more than 65535 entries, and npzfs's own seek
+// table extra block (copied out, unparsed).
 //
 // Ownership and threads: ReadZipDirectory only preads from the caller's fd (it does not
 // move the file position or keep the fd). The result is a plain value, safe to share
@@ -37,6 +38,10 @@ struct ZipEntry {
   uint32_t external_attr = 0;        // high 16 bits: Unix mode when made by Unix
   uint16_t dos_time = 0, dos_date = 0;
   int64_t mtime = 0;  // unix seconds (UT extra if present, else DOS local time)
+  // Data of npzfs's seek table extra block (header ID 0x5a4e) in the central record, as
+  // stored and not yet checked; empty if there is none. Parse it with ParseSeekTable
+  // (core/zip/seek_table.h), which validates it against this entry.
+  std::string seek_table;
   bool encrypted() const { return flags & 1; }
 };
 

@@ -1,0 +1,38 @@
+// Text encodings, one home each: UTF-8 encode/decode (the .npy header parser, repr, and
+// archive member names all use it), latin1 (the text of .npy headers 1.0 and 2.0) and IBM
+// code page 437 (ZIP names stored without the UTF-8 flag, which APPNOTE, Python's zipfile and
+// so numpy's keys read as CP437).
+//
+// Plain functions over values: thread-safe.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace npzfs {
+
+// Appends code point `cp` (at most U+10FFFF) as UTF-8.
+void AppendUtf8(std::string& out, uint32_t cp);
+
+// Decodes one code point at `pos`, advancing it. nullopt for malformed UTF-8 (overlongs,
+// surrogates and truncated sequences included); `pos` is then unchanged.
+std::optional<uint32_t> DecodeUtf8(std::string_view s, size_t& pos);
+
+// Every byte as the code point of the same value.
+std::string Latin1ToUtf8(std::string_view s);
+
+// The latin1 bytes of valid UTF-8 `s`, or nullopt if a character is above U+00FF.
+std::optional<std::string> Utf8ToLatin1(std::string_view s);
+
+// Number of code points in valid UTF-8.
+size_t CountUtf8Chars(std::string_view s);
+
+// IBM code page 437 as Python's "cp437" codec decodes it (bytes below 0x80 are ASCII), as
+// UTF-8. ZIP names stored without the UTF-8 flag (bit 11) are CP437 by the APPNOTE, and that
+// is how zipfile, and so numpy, name such members.
+std::string Cp437ToUtf8(std::string_view s);
+
+}  // namespace npzfs

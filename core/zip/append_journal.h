@@ -1,0 +1,87 @@
+// The undo journal of an in-place append: what it holds, how it is written, and how an
+// interrupted append is undone from it. Format: core/README.md, "Append journal"; protocol:
+// the essay at the top of archive_writer.cc.
+//
+// An in-place append overwrites the archive's old central directory and end records (the
+// region [old_cd_offset, old_size)) with new members, then writes a new directory. Before it
+// touches the archive it writes ".<archive>.npzfs-journal" next to it, holding the old size,
+// the old mtime and the bytes of that region, fsyncs it and its directory. Undoing puts the
+// bytes back, truncates to the old size and restores the mtime: the archive is then
+// byte-identical to what it was, and so is every fingerprint (size, mtime, directory CRC)
+// a sidecar index holds.
+//
+// Every function here expects the caller to hold the archive's lock (core/zip/archive_lock.h).
+// Plain functions over values and fds: thread-safe for different archives.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "npzfs/status.h"
+
+namespace npzfs {
+
+inline constexpr std::string_view kAppendJournalMagic = "NPZFSJNL";
+inline constexpr uint32_t kAppendJournalVersion = 1;
+// magic 8, version 4, reserved 4, inode 8, old_size 8, old_cd_offset 8, old_mtime_ns 8,
+// saved_length 8.
+inline constexpr size_t kAppendJournalHeaderSize = 56;
+
+struct AppendJournal {
+  uint64_t inode = 0;          // st_ino of the archive it belongs to
+  uint64_t old_size = 0;       // archive size before the append
+  uint64_t old_cd_offset = 0;  // start of the overwritten region (old central directory)
+  int64_t old_mtime_ns = 0;    // archive mtime before the append
+  std::string saved;           // the old bytes of [old_cd_offset, old_size)
+};
+
+// "<dir>/.<base>.npzfs-journal" for "<dir>/<base>".
+std::string AppendJournalPath(const std::string& archive_path);
+
+std::string EncodeAppendJournal(const AppendJournal& journal);
+// EINVAL naming `path` and the cause: bad magic or version, truncated, trailing bytes,
+// CRC-32 mismatch, a saved region that does not match old_size - old_cd_offset.
+Result<AppendJournal> DecodeAppendJournal(std::string_view bytes, const std::string& path);
+
+// Creates the journal (O_EXCL: EEXIST if one is there), writes it, fsyncs it and its
+// directory. On error the partial journal is removed and the archive was not touched.
+Status WriteAppendJournal(const std::string& journal_path, const AppendJournal& journal);
+// Puts the archive open at `fd` back as the journal describes (truncate to the old size,
+// the saved bytes at old_cd_offset, the old mtime) and fsyncs it.
+Status UndoAppend(int fd, const std::string& archive_path, const AppendJournal& journal);
+// Unlinks the journal and fsyncs its directory (so it cannot reappear after a crash).
+Status RemoveAppendJournal(const std::string& journal_path);
+
+// If the archive open at `fd` (locked by the caller) has a journal, undoes the interrupted
+// append and removes the journal; returns whether anything was restored. A journal that does
+// not decode was never complete, so the archive was never touched: it is removed (if the
+// archive still reads as a zip; otherwise EIO and both are kept). A journal of another file
+// (inode differs, or the archive is shorter than the region it saved) is renamed to
+// "<journal>.stale" and left alone. Each action is logged through `log`.
+Result<bool> RecoverAppendUnderLock(int fd, const std::string& archive_path,
+                                    const std::function<void(const std::string&)>& log);
+
+// The steps of the in-place append protocol and of its recovery, in order. Tests can make a
+// step fail (EIO) or kill the process there.
+enum class AppendStep {
+  kJournalWrite,      // half of the journal written, not yet synced
+  kJournalDurable,    // journal and directory fsynced; archive untouched
+  kMemberData,        // new member bytes partly written over the old directory
+  kDirectoryWritten,  // new central directory and end records written, not synced
+  kArchiveSynced,     // archive fsynced; the journal still exists
+  kJournalRemoved,    // journal unlinked; its directory not yet fsynced
+  kRecoverRestored,   // recovery: old bytes put back and synced; journal not yet removed
+};
+
+// Called at each step. Returns EIO if FailAppendStepForTesting named it (this thread only).
+// Kills the process (SIGKILL) if the environment variable NPZFS_TEST_KILL_AT names it:
+// "journal-write", "journal-durable", "member-data:BYTES" (once at least BYTES new bytes are
+// written; `bytes` says how many are), "directory-written", "archive-synced",
+// "journal-removed", "recover-restored". For crash tests only.
+Status AppendStepReached(AppendStep step, uint64_t bytes = 0);
+void FailAppendStepForTesting(std::optional<AppendStep> step);
+
+}  // namespace npzfs

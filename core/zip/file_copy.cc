@@ -1,0 +1,59 @@
+#include "core/zip/file_copy.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+
+#include "npzfs/file_util.h"
+
+namespace npzfs {
+namespace {
+
+constexpr uint64_t kMaxCopyCall = uint64_t{64} << 20;  // progress and cancellation latency
+constexpr size_t kBufferSize = size_t{1} << 20;
+
+bool KernelRefuses(int err) {
+  return err == EXDEV || err == EINVAL || err == ENOSYS || err == EOPNOTSUPP || err == EBADF;
+}
+
+}  // namespace
+
+Status CopyFileRange(int src, uint64_t src_offset, int dst, uint64_t dst_offset, uint64_t length,
+                     const std::string& src_path, const std::string& dst_path,
+                     const std::function<void(uint64_t)>& on_bytes) {
+  auto short_source = [&](uint64_t at) {
+    return Status::Error(EIO, src_path + ": unexpected end of file at offset " +
+                                  std::to_string(at) + " (wanted " + std::to_string(length) +
+                                  " bytes from offset " + std::to_string(src_offset) + ")");
+  };
+  uint64_t done = 0;
+  while (done < length) {
+    loff_t in = static_cast<loff_t>(src_offset + done);
+    loff_t out = static_cast<loff_t>(dst_offset + done);
+    const size_t want = static_cast<size_t>(std::min(length - done, kMaxCopyCall));
+    const ssize_t r = ::copy_file_range(src, &in, dst, &out, want, 0);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      if (KernelRefuses(errno)) break;  // the rest through user space
+      return ErrnoStatus(errno, dst_path, "copy from " + src_path + " failed");
+    }
+    if (r == 0) return short_source(src_offset + done);
+    done += static_cast<uint64_t>(r);
+    if (on_bytes) on_bytes(static_cast<uint64_t>(r));
+  }
+  std::string buf;
+  while (done < length) {
+    if (buf.empty())
+      buf.resize(static_cast<size_t>(std::min<uint64_t>(length - done, kBufferSize)));
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(length - done, buf.size()));
+    NPZ_ASSIGN_OR_RETURN(size_t got, PreadFull(src, buf.data(), want, src_offset + done, src_path));
+    if (got != want) return short_source(src_offset + done + got);
+    NPZ_RETURN_IF_ERROR(PwriteAll(dst, buf.data(), want, dst_offset + done, dst_path));
+    done += want;
+    if (on_bytes) on_bytes(want);
+  }
+  return Status::Ok();
+}
+
+}  // namespace npzfs
