@@ -23,9 +23,6 @@ class StoredReader : public MemberReader {
   Result<ReadAnswer> Read(uint64_t offset, std::span<std::byte> dest) override {
     return member_->Read(offset, dest, /*may_splice=*/true);
   }
-  std::optional<uint64_t> stored_data_offset() const override {
-    return member_->unchecked_data_offset();
-  }
 
  private:
   std::shared_ptr<StoredMember> member_;

@@ -88,13 +88,6 @@ class StoredMember : public std::enable_shared_from_this<StoredMember> {
   // needs the pass resumes it where it stopped. Called when the Archive goes away.
   void Cancel();
 
-  // With verification off: where the member's bytes start in the archive, for a caller that
-  // splices them itself. nullopt when reads must go through Read (verification on).
-  std::optional<uint64_t> unchecked_data_offset() const {
-    if (shared_->verify != VerifyMode::kOff) return std::nullopt;
-    return entry_.data_offset;
-  }
-
   // Bytes read to compute CRC-32s so far, by passes and first-touch checks (a test hook).
   uint64_t check_bytes() const { return check_bytes_.load(); }
 

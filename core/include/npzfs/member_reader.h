@@ -21,7 +21,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -61,10 +60,6 @@ class MemberReader {
     return ReadAnswer{n, -1, 0};
   }
 
-  // For stored members: the absolute offset of the data in the archive file, so that the
-  // FUSE layer can splice straight from Archive::fd(). nullopt for deflated members.
-  // (Being replaced by Read's splice answer.)
-  virtual std::optional<uint64_t> stored_data_offset() const { return std::nullopt; }
 };
 
 // Fills `dest` exactly from `reader` at `offset`: the reader's error, or EIO naming `name`
