@@ -241,8 +241,10 @@ Status FinalizeSpool(Mount& m) {
   return spool->Finalize(m.archive_path, wo);
 }
 
-// The saved index describes the archive as it was; once finalize has replaced the archive it
-// would only be found stale (and ignored with a warning) by the next reader.
+// The saved index describes the archive as it was; once finalize has changed the archive,
+// it is rewritten for the new one with every record that still applies (old members keep
+// their offsets), so the next mount needs no first pass and warns of no stale index. If
+// that fails, it is removed: it would only be found stale by the next reader.
 void DropStaleIndex(const Mount& m, const struct stat& before) {
   struct stat after {};
   if (m.archive == nullptr || stat(m.archive_path.c_str(), &after) != 0) return;
@@ -251,9 +253,12 @@ void DropStaleIndex(const Mount& m, const struct stat& before) {
       after.st_mtim.tv_nsec == before.st_mtim.tv_nsec) {
     return;
   }
+  Status carried = m.archive->CarryIndexForward();
+  if (carried.ok()) return;
   const std::string index = m.archive->IndexPath();
   if (!index.empty() && unlink(index.c_str()) == 0) {
-    LogInfo("removed " + index + ": it indexed the archive before finalize");
+    LogInfo("removed " + index + ": it indexed the archive before finalize (" +
+            carried.message() + ")");
   }
 }
 

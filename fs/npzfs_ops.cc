@@ -703,7 +703,9 @@ std::string StatsJson(Mount& m) {
       "{" + field("requests", m.stats.requests.load()) + ", " +
       field("bytes_served", m.stats.bytes_served.load()) + ", " +
       field("spans_inflated", a.spans_inflated) + ", " + field("cache_hits", a.cache_hits) + ", " +
-      field("cache_misses", a.cache_misses) + ", " + field("open_files", m.handles.size()) + ", " +
+      field("cache_misses", a.cache_misses) + ", " +
+      field("first_pass_spans", a.first_pass_spans) + ", " +
+      field("open_files", m.handles.size()) + ", " +
       field("members_being_written", m.stats.writers.load()) + ", " +
       field("new_members", new_members) + ", " + field("frames_written", frames) + "}";
   if (json.size() < kStatsLength) json.append(kStatsLength - json.size(), ' ');

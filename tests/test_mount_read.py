@@ -6,6 +6,7 @@ member read through the mount is compared with what zipfile reads from the archi
 import errno
 import hashlib
 import io
+import json
 import os
 import random
 import shutil
@@ -756,3 +757,34 @@ def test_a_forged_sidecar_is_distrusted_and_the_member_reads_correctly(tmp_path)
     with mounted(path, tmp_path / "mnt") as m2:
         assert read_file(m2.path("smooth.npy")) == expected
     assert "rebuilt" not in m2.log()
+
+
+def test_after_finalize_old_and_new_deflated_members_read_with_no_first_pass(tmp_path):
+    t = np.arange(3_000_000)
+    old = (1000 * np.sin(t / 500.0) + np.random.default_rng(3).normal(0, 30, t.size))
+    old = old.astype("<i2")
+    new = np.random.default_rng(4).integers(-500, 500, size=(40, 4096), dtype="<i2")
+    path = tmp_path / "run.npz"
+    np.savez_compressed(path, old=old)
+    with mounted(path, tmp_path / "mnt", "-o", "compress") as m:
+        assert read_file(m.path("old.npy")) == npy_of(old)  # its first pass, saved at unmount
+        np.save(m.path("new.npy"), new)
+    assert m.returncode == 0, m.log()
+    rows = {r["name"]: r["index"] for r in
+            json.loads(subprocess.run([NPZ_BIN, "ls", "--json", str(path)], check=True,
+                                      capture_output=True, text=True).stdout)}
+    assert rows == {"old.npy": "complete", "new.npy": "seekable"}, rows
+    rng = random.Random(5)
+    with mounted(path, tmp_path / "mnt") as m2:
+        for member, arr in (("old.npy", old), ("new.npy", new)):
+            ref = npy_of(arr)
+            fd = os.open(m2.path(member), os.O_RDONLY)
+            try:
+                for _ in range(40):
+                    off = rng.randrange(len(ref))
+                    assert os.pread(fd, 50000, off) == ref[off:off + 50000], (member, off)
+            finally:
+                os.close(fd)
+        stats = json.loads(os.getxattr(m2.mnt, "user.npzfs.stats"))
+        assert stats["first_pass_spans"] == 0, stats
+    assert "stale" not in m2.log() and "ignored" not in m2.log(), m2.log()

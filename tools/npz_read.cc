@@ -74,6 +74,8 @@ std::string IndexStateName(IndexState s) {
       return "partial";
     case IndexState::kComplete:
       return "complete";
+    case IndexState::kSeekable:
+      return "seekable";
   }
   return "?";
 }

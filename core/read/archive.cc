@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <unordered_set>
 
 #include "core/base/atomic_file.h"
@@ -17,6 +18,7 @@
 #include "core/read/deflated_member.h"
 #include "core/read/index_file.h"
 #include "core/read/stored_member.h"
+#include "core/zip/seek_table.h"
 #include "core/zip/zip_format.h"
 #include "npzfs/file_util.h"
 
@@ -115,8 +117,13 @@ std::vector<std::string> OverlapProblems(const std::vector<ZipEntry>& entries) {
 
 // Tree rules: sanitize, skip directories and entries whose bytes overlap, last duplicate
 // wins; then a file that is also a directory of another member is skipped.
+using LogFn = std::function<void(const std::string&)>;
+
 std::vector<ArchiveMember> MemberTree(const std::vector<ZipEntry>& entries, const std::string& path,
-                                      const ArchiveShared& shared) {
+                                      const LogFn& log) {
+  auto Log = [&](const std::string& line) {
+    if (log) log(line);
+  };
   const std::vector<std::string> overlap = OverlapProblems(entries);
   std::vector<ArchiveMember> members;
   std::unordered_map<std::string, size_t> slot;
@@ -129,11 +136,11 @@ std::vector<ArchiveMember> MemberTree(const std::vector<ZipEntry>& entries, cons
     std::string why;
     std::optional<std::string> clean = SanitizePath(name, &why);
     if (!clean.has_value()) {
-      shared.Log(path + ": skipping member \"" + ShownName(name) + "\": its name " + why);
+      Log(path + ": skipping member \"" + ShownName(name) + "\": its name " + why);
       continue;
     }
     if (!overlap[e].empty()) {
-      shared.Log(path + ": skipping member " + ShownName(*clean) + ": " + overlap[e]);
+      Log(path + ": skipping member " + ShownName(*clean) + ": " + overlap[e]);
       continue;
     }
     ArchiveMember m;
@@ -150,7 +157,7 @@ std::vector<ArchiveMember> MemberTree(const std::vector<ZipEntry>& entries, cons
     }
     auto it = slot.find(m.path);
     if (it != slot.end()) {
-      shared.Log(path + ": duplicate member name " + m.path + ": the last entry wins");
+      Log(path + ": duplicate member name " + m.path + ": the last entry wins");
       members[it->second] = std::move(m);
     } else {
       slot.emplace(m.path, members.size());
@@ -168,7 +175,7 @@ std::vector<ArchiveMember> MemberTree(const std::vector<ZipEntry>& entries, cons
   std::vector<ArchiveMember> kept;
   for (ArchiveMember& m : members) {
     if (dirs.count(m.path)) {
-      shared.Log(path + ": skipping member " + m.path + ": it is also a directory name");
+      Log(path + ": skipping member " + m.path + ": it is also a directory name");
       continue;
     }
     kept.push_back(std::move(m));
@@ -220,7 +227,7 @@ Result<std::shared_ptr<Archive>> Archive::Open(const std::string& path, ArchiveO
   archive->shared_ = std::make_shared<ArchiveShared>(std::move(fd), path, st, options);
   archive->options_ = std::move(options);
   archive->directory_ = std::move(dir);
-  archive->members_ = MemberTree(archive->directory_.entries, path, *archive->shared_);
+  archive->members_ = MemberTree(archive->directory_.entries, path, archive->options_.log);
   archive->MakeMemberStates();
   if (archive->options_.index_enabled) {
     Status s = archive->LoadIndex();
@@ -239,9 +246,27 @@ void Archive::MakeMemberStates() {
     if (m.entry.method == 8) {
       deflated_[i] = std::make_shared<DeflatedMember>(shared_, i, m.path, m.entry,
                                                       options_.checkpoint_spacing);
+      UseSeekTable(i);
     } else if (m.entry.compressed_size == m.entry.uncompressed_size) {
       stored_[i] = std::make_shared<StoredMember>(shared_, m.path, m.entry);
     }
+  }
+}
+
+void Archive::UseSeekTable(size_t i) {
+  const ArchiveMember& m = members_[i];
+  if (m.entry.seek_table.empty()) return;
+  const std::string what = path() + ": member " + m.path;
+  Result<SeekTable> table = ParseSeekTable(m.entry.seek_table, m.entry.compressed_size,
+                                           m.entry.uncompressed_size, m.entry.crc32, what);
+  if (!table.ok()) {
+    shared_->Log(table.status().message() +
+                 " (the seek table is ignored; the member is read "
+                 "as a plain deflate stream)");
+    return;
+  }
+  if (!deflated_[i]->UseSeekTable(*table)) {
+    shared_->Log(what + ": seek table chunks larger than a span may be (ignored)");
   }
 }
 
@@ -275,6 +300,7 @@ Result<std::shared_ptr<MemberReader>> Archive::OpenMember(size_t i) {
 
 IndexState Archive::index_state(size_t i) const {
   if (i >= members_.size() || deflated_[i] == nullptr) return IndexState::kNotNeeded;
+  if (deflated_[i]->seekable()) return IndexState::kSeekable;
   if (deflated_[i]->complete()) return IndexState::kComplete;
   return deflated_[i]->checkpoint_count() > 1 ? IndexState::kPartial : IndexState::kNone;
 }
@@ -315,10 +341,10 @@ ArchiveStats Archive::stats() const {
   ArchiveStats s;
   s.cache_hits = shared_->cache.hits();
   s.cache_misses = shared_->cache.misses();
-  s.spans_inflated = s.cache_misses;  // each miss inflates its span
   for (const auto& d : deflated_) {
-    if (d != nullptr) s.spans_inflated += d->first_pass_spans();
+    if (d != nullptr) s.first_pass_spans += d->first_pass_spans();
   }
+  s.spans_inflated = s.cache_misses + s.first_pass_spans;  // each miss inflates its span
   return s;
 }
 
@@ -349,39 +375,87 @@ IndexFingerprint Archive::Fingerprint() const {
 Status Archive::SaveIndex() {
   if (!options_.index_enabled) return Status::Ok();
   std::lock_guard<std::mutex> lock(save_mu_);
-  if (!index_dirty()) return Status::Ok();
-  std::vector<IndexRecord> records;
+  // After CarryIndexForward the sidecar describes the new archive; this one is gone.
+  if (carried_forward_ || !index_dirty()) return Status::Ok();
   std::vector<std::pair<size_t, uint64_t>> versions;  // (member, version saved)
+  const std::vector<IndexRecord> records = Records(&versions);
+  NPZ_RETURN_IF_ERROR(WriteIndex(Fingerprint(), directory_.entries, records));
+  for (const auto& [i, version] : versions) {
+    if (deflated_[i] != nullptr) deflated_[i]->MarkSaved(version);
+    if (stored_[i] != nullptr) stored_[i]->MarkSaved(version);
+  }
+  return Status::Ok();
+}
+
+std::vector<IndexRecord> Archive::Records(
+    std::vector<std::pair<size_t, uint64_t>>* versions) const {
+  std::vector<IndexRecord> records;
   for (size_t i = 0; i < members_.size(); ++i) {
     IndexRecord rec;
     rec.entry_index = members_[i].entry_index;
     if (deflated_[i] != nullptr) {
+      if (deflated_[i]->seekable()) continue;  // its seek table is its index
       DeflatedMember::Snapshot snap = deflated_[i]->TakeSnapshot();
       if (!snap.complete && snap.checkpoints.size() <= 1) continue;
       rec.checkpoints = std::move(snap.checkpoints);
       rec.complete = snap.complete;
-      versions.emplace_back(i, snap.version);
+      if (versions != nullptr) versions->emplace_back(i, snap.version);
     } else if (stored_[i] != nullptr) {
       std::optional<StoredMember::Record> verified = stored_[i]->TakeRecord();
       if (!verified.has_value()) continue;
       rec.kind = RecordKind::kStored;
       rec.chunk_crcs = std::move(verified->chunk_crcs);
-      versions.emplace_back(i, verified->version);
+      if (versions != nullptr) versions->emplace_back(i, verified->version);
     } else {
       continue;
     }
     records.push_back(std::move(rec));
   }
+  return records;
+}
+
+Status Archive::WriteIndex(const IndexFingerprint& fingerprint,
+                           const std::vector<ZipEntry>& entries,
+                           const std::vector<IndexRecord>& records) const {
   // Readable by whoever may read the archive (its read and write bits, under the umask).
   AtomicFileOptions file_options;
   file_options.mode = (archive_mode_ & 0666) & ~ProcessUmask();
   file_options.keep_existing_mode = false;
-  NPZ_RETURN_IF_ERROR(WriteFileAtomically(
-      IndexPath(), EncodeIndexFile(Fingerprint(), directory_.entries, records), file_options));
-  for (const auto& [i, version] : versions) {
-    if (deflated_[i] != nullptr) deflated_[i]->MarkSaved(version);
-    if (stored_[i] != nullptr) stored_[i]->MarkSaved(version);
+  return WriteFileAtomically(IndexPath(), EncodeIndexFile(fingerprint, entries, records),
+                             file_options);
+}
+
+Status Archive::CarryIndexForward() {
+  if (!options_.index_enabled) return Status::Ok();
+  std::lock_guard<std::mutex> lock(save_mu_);
+  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(path(), O_RDONLY));
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, path(), "fstat");
+  NPZ_ASSIGN_OR_RETURN(ZipDirectory now, ReadZipDirectory(fd.get(), path()));
+  // What the archive shows now: a new member may hide an old one of the same name.
+  std::vector<uint8_t> kinds(now.entries.size(), 0);
+  for (const ArchiveMember& m : MemberTree(now.entries, path(), {})) {
+    if (m.open_errno != 0) continue;
+    kinds[m.entry_index] =
+        uint8_t(m.entry.method == 8 ? RecordKind::kDeflated : RecordKind::kStored);
   }
+  auto same = [](const ZipEntry& a, const ZipEntry& b) {
+    return a.local_header_offset == b.local_header_offset && a.data_offset == b.data_offset &&
+           a.compressed_size == b.compressed_size && a.uncompressed_size == b.uncompressed_size &&
+           a.crc32 == b.crc32 && a.method == b.method;
+  };
+  std::vector<IndexRecord> kept;
+  for (IndexRecord& rec : Records(nullptr)) {
+    const size_t e = rec.entry_index;
+    if (e < now.entries.size() && kinds[e] == uint8_t(rec.kind) &&
+        same(now.entries[e], directory_.entries[e])) {
+      kept.push_back(std::move(rec));
+    }
+  }
+  const IndexFingerprint fingerprint{now.archive_size, MtimeNs(st), now.cd_crc32,
+                                     now.entries.size()};
+  NPZ_RETURN_IF_ERROR(WriteIndex(fingerprint, now.entries, kept));
+  carried_forward_ = true;
   return Status::Ok();
 }
 

@@ -109,7 +109,38 @@ void DeflatedMember::Load(std::vector<Checkpoint> checkpoints, bool complete) {
     prefix_crcs_.push_back(Crc32Combine(prefix_crcs_.back(), checkpoints_[k].span_crc,
                                         checkpoints_[k + 1].out - checkpoints_[k].out));
   }
-  from_sidecar_ = true;
+  from_saved_ = true;
+  seekable_ = false;  // a record exists only if the member's seek table was distrusted
+}
+
+bool DeflatedMember::UseSeekTable(const SeekTable& table) {
+  std::vector<Checkpoint> cps;
+  for (const SeekChunk& chunk : table.chunks()) {
+    if (chunk.out_size > kMaxSpanBytes) return false;
+    Checkpoint cp;
+    cp.out = chunk.out;
+    cp.in = chunk.in;
+    cp.header_bit = chunk.in * 8;  // a block starts here, byte-aligned
+    cp.span_crc = chunk.crc32;
+    cps.push_back(std::move(cp));  // window_size 0: the chunk refers to nothing before it
+  }
+  std::lock_guard<std::mutex> frontier(frontier_mu_);
+  std::lock_guard<std::mutex> lock(index_mu_);
+  checkpoints_ = std::move(cps);
+  prefix_crcs_.assign(1, 0);
+  for (size_t k = 0; k + 1 < checkpoints_.size(); ++k) {
+    prefix_crcs_.push_back(Crc32Combine(prefix_crcs_.back(), checkpoints_[k].span_crc,
+                                        checkpoints_[k + 1].out - checkpoints_[k].out));
+  }
+  complete_ = true;
+  from_saved_ = true;
+  seekable_ = true;
+  return true;
+}
+
+bool DeflatedMember::seekable() const {
+  std::lock_guard<std::mutex> lock(index_mu_);
+  return seekable_;
 }
 
 Status DeflatedMember::Distrust(uint64_t generation, const Status& failure) {
@@ -117,11 +148,12 @@ Status DeflatedMember::Distrust(uint64_t generation, const Status& failure) {
     std::lock_guard<std::mutex> frontier(frontier_mu_);
     std::lock_guard<std::mutex> lock(index_mu_);
     if (generation != generation_) return Status::Error(EAGAIN, "index replaced");
-    if (!from_sidecar_ || !corrupt_.ok()) return failure;
+    if (!from_saved_ || !corrupt_.ok()) return failure;
     checkpoints_.assign(1, Checkpoint{});
     prefix_crcs_.assign(1, 0);
     complete_ = false;
-    from_sidecar_ = false;
+    from_saved_ = false;
+    seekable_ = false;
     ++generation_;
     ++version_;  // the next save drops the bad record
   }
@@ -130,8 +162,8 @@ Status DeflatedMember::Distrust(uint64_t generation, const Status& failure) {
   shared_->fast_pool.Forget(id_);
   shared_->pool.Forget(id_);
   shared_->Log(failure.message() +
-               " (reading from a checkpoint saved in the index: the saved checkpoints are "
-               "dropped and rebuilt from the data)");
+               " (reading from a checkpoint of the saved index or the seek table: those "
+               "checkpoints are dropped and rebuilt from the data)");
   return Status::Error(EAGAIN, "index replaced");
 }
 

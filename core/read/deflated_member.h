@@ -30,16 +30,22 @@
 // finding boundaries with it means 8-byte inputs, 29 MB/s); the reader running the zlib
 // first pass itself (0.6-0.8x zlib's bare speed, measured before this design).
 //
+// Seekable members (deflated by npzfs in independent chunks, with a seek table in the central
+// directory, core/zip/seek_table.h): the chunk starts are the checkpoints (byte-aligned, no
+// window) and the chunk CRCs the span CRCs, so the index is complete from the first read:
+// no first pass, no sidecar record, random access and parallel decode at once.
+//
 // Saved checkpoints are distrusted on failure: a span that fails against checkpoints from
-// the sidecar (CRC, window, deflate data) drops them all (generation changes, so nothing
-// cached under the old ones is found again) and a first pass rebuilds them; only if the
-// data itself is bad is the member corrupt (EIO for every later read).
+// the sidecar or a seek table (CRC, window, deflate data) drops them all (generation
+// changes, so nothing cached under the old ones is found again) and a first pass rebuilds
+// them; only if the data itself is bad is the member corrupt (EIO for every later read). A
+// lying seek table thus costs a first pass, never a wrong byte.
 //
 // Locks (in this order; never the other way round):
 //   frontier_mu_  held by the one thread extending the first pass, *while inflating*: the
 //                 first pass is sequential by nature.
 //   index_mu_     guards checkpoints_, prefix_crcs_, complete_, corrupt_, generation_,
-//                 from_sidecar_ and versions; held only for short copies, never while
+//                 from_saved_, seekable_ and versions; held only for short copies, never while
 //                 inflating or doing I/O.
 //   indexer_mu_   guards the indexer's run state; a leaf, never held while calling out.
 //   SpanCache, SnapshotStore and StreamPool locks are leaves taken by their own methods.
@@ -62,6 +68,7 @@
 #include "core/read/decode_stream.h"
 #include "core/read/inflate_index.h"
 #include "core/read/span_cache.h"
+#include "core/zip/seek_table.h"
 #include "npzfs/member_reader.h"
 #include "npzfs/status.h"
 #include "npzfs/zip_directory.h"
@@ -106,6 +113,12 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   bool dirty() const;
   // Installs checkpoints read from the sidecar (already validated by the caller).
   void Load(std::vector<Checkpoint> checkpoints, bool complete);
+  // Installs the chunks of the member's seek table (parsed and checked against the entry)
+  // as a complete index: every chunk starts byte-aligned with an empty window. False (and
+  // nothing changes) if a chunk is longer than a span may be.
+  bool UseSeekTable(const SeekTable& table);
+  // The index is a seek table (and was not distrusted): no first pass, no sidecar record.
+  bool seekable() const;
 
   const ZipEntry& entry() const { return entry_; }
   const std::string& member_path() const { return member_path_; }
@@ -188,7 +201,8 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   bool complete_ = false;                // every span known, whole CRC checked
   Status corrupt_;                       // non-ok once corrupt: every read fails
   uint64_t generation_ = 0;              // bumped when checkpoints_ is replaced
-  bool from_sidecar_ = false;            // checkpoints_ came from the sidecar
+  bool from_saved_ = false;              // checkpoints_ came from the sidecar or seek table
+  bool seekable_ = false;                // checkpoints_ are the chunks of a valid seek table
   uint64_t version_ = 0;                 // bumped when checkpoints are learned
   uint64_t saved_version_ = 0;
 

@@ -90,6 +90,7 @@ enum class IndexState {
   kNone,       // deflated, no checkpoint beyond the start yet
   kPartial,    // the first pass stopped part way
   kComplete,   // every span is known and the CRC-32 of the whole member was checked
+  kSeekable,   // deflated by npzfs in independent chunks: its seek table is the index
 };
 
 // Counters of an open archive (user.npzfs.stats of a mount).
@@ -97,12 +98,14 @@ struct ArchiveStats {
   uint64_t spans_inflated = 0;  // spans of deflated members inflated (first passes and misses)
   uint64_t cache_hits = 0;      // span cache lookups answered from the cache
   uint64_t cache_misses = 0;    // span cache lookups that had to inflate
+  uint64_t first_pass_spans = 0;  // spans inflated by first passes (learning checkpoints)
 };
 
 class DeflatedMember;     // core/read/deflated_member.h
 class StoredMember;       // core/read/stored_member.h
 struct ArchiveShared;     // core/read/archive_shared.h
 struct IndexFingerprint;  // core/read/index_file.h
+struct IndexRecord;       // core/read/index_file.h
 
 class Archive {
  public:
@@ -160,6 +163,17 @@ class Archive {
   Status SaveIndex();
   std::string IndexPath() const;
 
+  // After new members were appended to this archive's file in place (finalize, npz add: the
+  // old members' bytes and offsets unchanged), writes the sidecar for the archive as it is
+  // on disk now, with everything this Archive knows about its members: each record is kept
+  // if its entry is still at the same position of the new central directory with the same
+  // offsets, sizes, method and CRC-32, and still visible (a new member of the same name
+  // hides it). The next Open of the archive then finds a current index, not a stale one.
+  // Errors: those of reading the new archive's directory and of writing the sidecar (the
+  // old sidecar is then left as it was). A no-op with index_enabled = false. Afterwards
+  // SaveIndex does nothing (the sidecar is no longer this Archive's).
+  Status CarryIndexForward();
+
   class PassKey {  // only Open constructs; std::make_shared does the allocation
     friend class Archive;
     PassKey() = default;
@@ -168,9 +182,14 @@ class Archive {
 
  private:
   void MakeMemberStates();
+  void UseSeekTable(size_t i);  // a deflated member's seek table as its index, if valid
   Status CheckMember(size_t i) const;  // the errors of OpenMember
   Status LoadIndex();
   IndexFingerprint Fingerprint() const;
+  // Every member's record worth saving; `versions` gets (member, version) of each.
+  std::vector<IndexRecord> Records(std::vector<std::pair<size_t, uint64_t>>* versions) const;
+  Status WriteIndex(const IndexFingerprint& fingerprint, const std::vector<ZipEntry>& entries,
+                    const std::vector<IndexRecord>& records) const;
 
   std::shared_ptr<ArchiveShared> shared_;
   ZipDirectory directory_;
@@ -182,7 +201,8 @@ class Archive {
   std::vector<std::shared_ptr<StoredMember>> stored_;
   ArchiveOptions options_;
   uint32_t archive_mode_ = 0;  // st_mode of the archive at Open (the sidecar's permissions)
-  std::mutex save_mu_;         // serializes SaveIndex calls
+  std::mutex save_mu_;            // serializes SaveIndex and CarryIndexForward calls
+  bool carried_forward_ = false;  // guarded by save_mu_: SaveIndex has nothing to do
 };
 
 }  // namespace npzfs

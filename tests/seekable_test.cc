@@ -1,0 +1,211 @@
+// Tests of seekable members: members npzfs deflated in independent chunks with a seek table
+// in the central directory are random-access from the first read (no first pass, no
+// sidecar), and a table that lies is either rejected or distrusted, never believed.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <mutex>
+#include <random>
+#include <string>
+
+#include "core/base/byte_codec.h"
+#include "core/read/crc32.h"
+#include "npzfs/archive.h"
+#include "npzfs/archive_writer.h"
+#include "tests/test_util.h"
+
+namespace npzfs {
+namespace {
+
+using testing::ReadFileOrDie;
+using testing::TempDir;
+
+std::string Noisy(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::string s(n, '\0');
+  for (size_t i = 0; i < n; ++i) {
+    s[i] = static_cast<char>((i / 3 % 200) + (rng() % 5));  // compressible, not trivially
+  }
+  return s;
+}
+
+class SeekableTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    members_ = {{"adc.npy", Noisy(3'300'000, 1)}, {"small.npy", Noisy(5000, 2)}, {"empty.bin", ""}};
+    std::vector<NewMember> news;
+    for (const auto& [name, bytes] : members_) {
+      NewMember m;
+      m.name = name;
+      m.pieces.push_back(MemberPiece{bytes});
+      news.push_back(std::move(m));
+    }
+    WriteOptions wo;
+    wo.compress_level = 6;
+    wo.chunk_size = 256 << 10;
+    ASSERT_TRUE(WriteArchive(Path(), news, wo).ok());
+  }
+
+  ArchiveOptions Options() {
+    ArchiveOptions o;
+    o.checkpoint_spacing = 128 << 10;
+    o.log = [this](const std::string& line) {
+      std::lock_guard<std::mutex> lock(log_mu_);
+      log_ += line + "\n";
+    };
+    return o;
+  }
+  std::string Log() {
+    std::lock_guard<std::mutex> lock(log_mu_);
+    return log_;
+  }
+
+  // Applies `edit` to the seek table data of `name` in the archive's central directory
+  // (same length); with `fix_crc`, recomputes the table's own CRC-32 afterwards.
+  void EditSeekTable(const std::string& name, bool fix_crc,
+                     const std::function<void(std::string&)>& edit) {
+    std::string zip = ReadFileOrDie(Path());
+    for (size_t p = zip.find("PK\x01\x02"); p != std::string::npos;
+         p = zip.find("PK\x01\x02", p + 4)) {
+      const uint16_t name_len = GetLe16(zip.data() + p + 28);
+      const uint16_t extra_len = GetLe16(zip.data() + p + 30);
+      if (zip.compare(p + 46, name_len, name) != 0) continue;
+      size_t e = p + 46 + name_len;
+      const size_t end = e + extra_len;
+      while (e + 4 <= end) {
+        const uint16_t id = GetLe16(zip.data() + e), len = GetLe16(zip.data() + e + 2);
+        if (id == 0x5a4e) {
+          std::string data = zip.substr(e + 4, len);
+          edit(data);
+          if (fix_crc) SetLe32(data, data.size() - 4, Crc32(0, data.data(), data.size() - 4));
+          zip.replace(e + 4, len, data);
+          testing::WriteFileOrDie(Path(), zip);
+          return;
+        }
+        e += 4 + len;
+      }
+    }
+    FAIL() << "no seek table for " << name;
+  }
+
+  void ExpectEveryMemberReadsExactly(Archive& a) {
+    for (const auto& [name, bytes] : members_) {
+      auto r = a.OpenMember(*a.Find(name));
+      ASSERT_TRUE(r.ok()) << r.status().message();
+      std::mt19937_64 rng(7);
+      for (int n = 0; n < 30 && !bytes.empty(); ++n) {
+        const uint64_t off = rng() % bytes.size();
+        std::string buf(std::min<size_t>(1 + rng() % 400000, bytes.size() - off), '\0');
+        auto got = (*r)->ReadAt(off, std::as_writable_bytes(std::span(buf)));
+        ASSERT_TRUE(got.ok()) << name << ": " << got.status().message();
+        ASSERT_TRUE(buf == bytes.substr(off, buf.size())) << name << " at " << off;
+      }
+      std::string all(bytes.size() + 1, '\0');
+      size_t done = 0;
+      while (true) {
+        auto got = (*r)->ReadAt(done, std::as_writable_bytes(std::span(all).subspan(done)));
+        ASSERT_TRUE(got.ok()) << name << ": " << got.status().message();
+        if (*got == 0) break;
+        done += *got;
+      }
+      all.resize(done);
+      ASSERT_TRUE(all == bytes) << name;
+    }
+  }
+
+  std::string Path() const { return dir_.Join("seek.npz"); }
+
+  TempDir dir_;
+  std::vector<std::pair<std::string, std::string>> members_;
+  std::mutex log_mu_;
+  std::string log_;
+};
+
+TEST_F(SeekableTest, ASeekableMemberNeedsNoFirstPassAndNoSidecar) {
+  auto a = Archive::Open(Path(), Options());
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  const size_t adc = *(*a)->Find("adc.npy");
+  EXPECT_EQ((*a)->index_state(adc), IndexState::kSeekable);
+  EXPECT_EQ((*a)->index_state(*(*a)->Find("empty.bin")), IndexState::kSeekable);
+  ExpectEveryMemberReadsExactly(**a);
+  for (size_t i = 0; i < (*a)->members().size(); ++i) {
+    EXPECT_EQ((*a)->first_pass_spans(i), 0u) << (*a)->members()[i].path;
+    EXPECT_EQ((*a)->fast_chunks(i), 0u) << (*a)->members()[i].path;
+  }
+  EXPECT_FALSE((*a)->index_dirty());
+  ASSERT_TRUE((*a)->SaveIndex().ok());
+  EXPECT_FALSE(std::filesystem::exists((*a)->IndexPath())) << "a seekable member needs none";
+  EXPECT_EQ(Log(), "");
+}
+
+TEST_F(SeekableTest, ATableWithAWrongSizeIsRejectedAndTheMemberReadAsPlainDeflate) {
+  EditSeekTable("adc.npy", true, [](std::string& d) {
+    SetLe32(d, 20, GetLe32(d.data() + 20) + 1);  // chunk 0's compressed size
+  });
+  auto a = Archive::Open(Path(), Options());
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  EXPECT_NE(Log().find("the seek table is ignored"), std::string::npos) << Log();
+  EXPECT_EQ((*a)->index_state(*(*a)->Find("adc.npy")), IndexState::kNone);
+  ExpectEveryMemberReadsExactly(**a);
+}
+
+TEST_F(SeekableTest, ATableWithABadCrcIsRejected) {
+  EditSeekTable("adc.npy", false, [](std::string& d) { d[20] ^= 1; });
+  auto a = Archive::Open(Path(), Options());
+  ASSERT_TRUE(a.ok());
+  EXPECT_NE(Log().find("the seek table is ignored"), std::string::npos) << Log();
+  ExpectEveryMemberReadsExactly(**a);
+}
+
+TEST_F(SeekableTest, ATableWithWrongOffsetsIsDistrustedAndNeverServesWrongBytes) {
+  // Chunks 1 and 2 swap their compressed sizes: the sum (and every parse check) holds, but
+  // chunk 2 starts at the wrong byte.
+  EditSeekTable("adc.npy", true, [](std::string& d) {
+    const uint32_t a = GetLe32(d.data() + 28), b = GetLe32(d.data() + 36);
+    ASSERT_NE(a, b);
+    SetLe32(d, 28, b);
+    SetLe32(d, 36, a);
+  });
+  auto a = Archive::Open(Path(), Options());
+  ASSERT_TRUE(a.ok());
+  const size_t adc = *(*a)->Find("adc.npy");
+  EXPECT_EQ((*a)->index_state(adc), IndexState::kSeekable);
+  // First a read in chunk 2 itself (a stream that decoded chunk 1 would carry on into chunk
+  // 2 correctly, whatever the table says).
+  const uint64_t off = 2 * (256 << 10) + 100;
+  std::string buf(1000, '\0');
+  auto got = (*(*a)->OpenMember(adc))->ReadAt(off, std::as_writable_bytes(std::span(buf)));
+  ASSERT_TRUE(got.ok()) << got.status().message();
+  EXPECT_TRUE(buf == members_[0].second.substr(off, buf.size()));
+  EXPECT_NE(Log().find("rebuilt from the data"), std::string::npos) << Log();
+  EXPECT_NE((*a)->index_state(adc), IndexState::kSeekable) << "the table is no longer used";
+  ExpectEveryMemberReadsExactly(**a);
+}
+
+TEST_F(SeekableTest, ForgedChunkCrcsThatStillAddUpAreCaughtChunkByChunk) {
+  EditSeekTable("adc.npy", true, [](std::string& d) {
+    const uint32_t delta = 0x1234abcd;
+    const uint32_t chunk_size = GetLe32(d.data() + 8);  // chunk 1's size (not the last)
+    SetLe32(d, 24, GetLe32(d.data() + 24) ^ delta);      // chunk 0's CRC
+    SetLe32(d, 32, GetLe32(d.data() + 32) ^ Crc32Combine(delta, 0, chunk_size));
+  });
+  auto a = Archive::Open(Path(), Options());
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(Log().find("ignored"), std::string::npos) << "the forgery must pass the parse";
+  ExpectEveryMemberReadsExactly(**a);
+  EXPECT_NE(Log().find("CRC-32 mismatch"), std::string::npos) << Log();
+  EXPECT_NE(Log().find("rebuilt from the data"), std::string::npos) << Log();
+  // The rebuilt index is kept: the next open reads from it (and no longer from the table).
+  ASSERT_TRUE((*a)->BuildIndex(*(*a)->Find("adc.npy")).ok());
+  ASSERT_TRUE((*a)->SaveIndex().ok());
+  auto b = Archive::Open(Path(), Options());
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ((*b)->index_state(*(*b)->Find("adc.npy")), IndexState::kComplete);
+  ExpectEveryMemberReadsExactly(**b);
+  EXPECT_EQ((*b)->first_pass_spans(*(*b)->Find("adc.npy")), 0u);
+}
+
+}  // namespace
+}  // namespace npzfs
