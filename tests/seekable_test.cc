@@ -188,7 +188,7 @@ TEST_F(SeekableTest, ForgedChunkCrcsThatStillAddUpAreCaughtChunkByChunk) {
   EditSeekTable("adc.npy", true, [](std::string& d) {
     const uint32_t delta = 0x1234abcd;
     const uint32_t chunk_size = GetLe32(d.data() + 8);  // chunk 1's size (not the last)
-    SetLe32(d, 24, GetLe32(d.data() + 24) ^ delta);      // chunk 0's CRC
+    SetLe32(d, 24, GetLe32(d.data() + 24) ^ delta);     // chunk 0's CRC
     SetLe32(d, 32, GetLe32(d.data() + 32) ^ Crc32Combine(delta, 0, chunk_size));
   });
   auto a = Archive::Open(Path(), Options());

@@ -2,6 +2,7 @@
 append-only rules, crash recovery and finalize on unmount.
 """
 import errno
+import json
 import io
 import os
 import shutil
@@ -460,16 +461,18 @@ def test_the_log_counts_the_members_finalize_really_added(tmp_path):
         assert npz.files == ["adc"]
 
 
-def test_finalize_drops_the_index_of_the_replaced_archive(tmp_path):
+def test_finalize_carries_the_index_forward_to_the_new_archive(tmp_path):
     archive = tmp_path / "rec.npz"
     np.savez_compressed(archive, old=np.arange(100000))
     sidecar = tmp_path / ".rec.npz.npzfs-index"
     with mounted(archive, tmp_path / "mnt") as m:
         assert np.array_equal(np.load(m.path("old.npy")), np.arange(100000))
     assert m.unmount() == 0 and sidecar.exists()  # the index the reads taught
+    before = sidecar.read_bytes()
     with mounted(archive, tmp_path / "mnt") as m:
         np.save(m.path("new.npy"), np.arange(5))
     finalized_ok(m, archive)
-    assert not sidecar.exists(), "it described the archive before finalize"
-    r = subprocess.run([NPZ_BIN, "ls", str(archive)], capture_output=True, text=True)
+    assert sidecar.exists() and sidecar.read_bytes() != before, "rewritten for the new archive"
+    r = subprocess.run([NPZ_BIN, "ls", "--json", str(archive)], capture_output=True, text=True)
     assert r.returncode == 0 and "stale" not in r.stderr, r.stderr
+    assert {row["name"]: row["index"] for row in json.loads(r.stdout)}["old.npy"] == "complete"

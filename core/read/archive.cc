@@ -452,11 +452,16 @@ Status Archive::CarryIndexForward() {
       kept.push_back(std::move(rec));
     }
   }
+  carried_forward_ = true;
+  if (kept.empty()) {  // nothing to carry: no sidecar (the old one would only be stale)
+    if (::unlink(IndexPath().c_str()) != 0 && errno != ENOENT) {
+      return ErrnoStatus(errno, IndexPath(), "unlink");
+    }
+    return Status::Ok();
+  }
   const IndexFingerprint fingerprint{now.archive_size, MtimeNs(st), now.cd_crc32,
                                      now.entries.size()};
-  NPZ_RETURN_IF_ERROR(WriteIndex(fingerprint, now.entries, kept));
-  carried_forward_ = true;
-  return Status::Ok();
+  return WriteIndex(fingerprint, now.entries, kept);
 }
 
 Status Archive::LoadIndex() {

@@ -64,12 +64,12 @@ enum class VerifyMode {
 };
 
 struct ArchiveOptions {
-  uint64_t cache_bytes = 128ull << 20;          // decompressed span cache budget (cache=MiB)
-  uint64_t checkpoint_spacing = 512ull << 10;   // between access points (64 KiB - 4 MiB)
-  bool index_enabled = true;                    // index=off: no sidecar read or written
-  std::string index_dir;                        // empty: next to the archive
-  size_t max_parked_streams = 16;               // live inflate streams kept across members
-  VerifyMode verify = VerifyMode::kDefault;     // verify=strict|off
+  uint64_t cache_bytes = 128ull << 20;         // decompressed span cache budget (cache=MiB)
+  uint64_t checkpoint_spacing = 512ull << 10;  // between access points (64 KiB - 4 MiB)
+  bool index_enabled = true;                   // index=off: no sidecar read or written
+  std::string index_dir;                       // empty: next to the archive
+  size_t max_parked_streams = 16;              // live inflate streams kept across members
+  VerifyMode verify = VerifyMode::kDefault;    // verify=strict|off
   // Learn a deflated member's checkpoints on a background thread while a reader runs ahead
   // of them (core/read/deflated_member.h); off, they are learned only by reads in the first
   // span and by BuildIndex.
@@ -95,9 +95,9 @@ enum class IndexState {
 
 // Counters of an open archive (user.npzfs.stats of a mount).
 struct ArchiveStats {
-  uint64_t spans_inflated = 0;  // spans of deflated members inflated (first passes and misses)
-  uint64_t cache_hits = 0;      // span cache lookups answered from the cache
-  uint64_t cache_misses = 0;    // span cache lookups that had to inflate
+  uint64_t spans_inflated = 0;    // spans of deflated members inflated (first passes and misses)
+  uint64_t cache_hits = 0;        // span cache lookups answered from the cache
+  uint64_t cache_misses = 0;      // span cache lookups that had to inflate
   uint64_t first_pass_spans = 0;  // spans inflated by first passes (learning checkpoints)
 };
 
@@ -168,7 +168,8 @@ class Archive {
   // on disk now, with everything this Archive knows about its members: each record is kept
   // if its entry is still at the same position of the new central directory with the same
   // offsets, sizes, method and CRC-32, and still visible (a new member of the same name
-  // hides it). The next Open of the archive then finds a current index, not a stale one.
+  // hides it); with nothing to keep, the sidecar is removed. The next Open of the archive
+  // then finds a current index (or none), never a stale one.
   // Errors: those of reading the new archive's directory and of writing the sidecar (the
   // old sidecar is then left as it was). A no-op with index_enabled = false. Afterwards
   // SaveIndex does nothing (the sidecar is no longer this Archive's).
@@ -182,7 +183,7 @@ class Archive {
 
  private:
   void MakeMemberStates();
-  void UseSeekTable(size_t i);  // a deflated member's seek table as its index, if valid
+  void UseSeekTable(size_t i);         // a deflated member's seek table as its index, if valid
   Status CheckMember(size_t i) const;  // the errors of OpenMember
   Status LoadIndex();
   IndexFingerprint Fingerprint() const;
@@ -200,7 +201,7 @@ class Archive {
   std::vector<std::shared_ptr<DeflatedMember>> deflated_;
   std::vector<std::shared_ptr<StoredMember>> stored_;
   ArchiveOptions options_;
-  uint32_t archive_mode_ = 0;  // st_mode of the archive at Open (the sidecar's permissions)
+  uint32_t archive_mode_ = 0;     // st_mode of the archive at Open (the sidecar's permissions)
   std::mutex save_mu_;            // serializes SaveIndex and CarryIndexForward calls
   bool carried_forward_ = false;  // guarded by save_mu_: SaveIndex has nothing to do
 };
