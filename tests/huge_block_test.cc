@@ -18,6 +18,14 @@
 namespace npzfs {
 namespace {
 
+// Under AddressSanitizer freed memory stays in a quarantine (256 MiB by default) and under
+// ThreadSanitizer shadow memory counts as RSS: the ceiling is checked in plain builds only.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kRssMeaningful = false;
+#else
+constexpr bool kRssMeaningful = true;
+#endif
+
 using testing::DeflateBlock;
 using testing::TempDir;
 
@@ -153,7 +161,9 @@ TEST_F(ZerosMember, A256MiBSingleBlockIsReadThroughWithinTheMemoryBound) {
   const uint64_t peak_kib = StatusKib("VmHWM");
   std::printf("256 MiB single block: peak RSS %llu KiB above the start\n",
               static_cast<unsigned long long>(peak_kib - start_kib));
-  EXPECT_LE(peak_kib - start_kib, (64 + 16) << 10) << "the bound is 64 MiB + the cache";
+  if (kRssMeaningful) {
+    EXPECT_LE(peak_kib - start_kib, (64 + 16) << 10) << "the bound is 64 MiB + the cache";
+  }
   // Back into the middle: one bounded span from a checkpoint inside the block.
   const uint64_t spans = (*a)->first_pass_spans(0);
   EXPECT_GE(spans, kSize / (2 << 20));
@@ -171,7 +181,7 @@ TEST_F(ZerosMember, AFirstReadNearTheEndOfTheBlockStaysWithinTheMemoryBound) {
   ResetPeakRss();
   const uint64_t start_kib = StatusKib("VmRSS");
   EXPECT_EQ(Read(*r, kSize - 5000, 10000), std::string(5000, '\0'));
-  EXPECT_LE(StatusKib("VmHWM") - start_kib, (64 + 16) << 10);
+  if (kRssMeaningful) EXPECT_LE(StatusKib("VmHWM") - start_kib, (64 + 16) << 10);
 }
 
 }  // namespace
