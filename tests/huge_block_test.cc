@@ -181,7 +181,9 @@ TEST_F(ZerosMember, AFirstReadNearTheEndOfTheBlockStaysWithinTheMemoryBound) {
   ResetPeakRss();
   const uint64_t start_kib = StatusKib("VmRSS");
   EXPECT_EQ(Read(*r, kSize - 5000, 10000), std::string(5000, '\0'));
-  if (kRssMeaningful) EXPECT_LE(StatusKib("VmHWM") - start_kib, (64 + 16) << 10);
+  if (kRssMeaningful) {
+    EXPECT_LE(StatusKib("VmHWM") - start_kib, (64 + 16) << 10);
+  }
 }
 
 }  // namespace
