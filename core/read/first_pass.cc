@@ -209,7 +209,7 @@ void DeflatedMember::StartIndexer() {
     indexer_running_ = true;
   }
   std::weak_ptr<DeflatedMember> weak = weak_from_this();
-  DecodePool().Submit([weak] { IndexerStep(weak); });
+  IndexPool().Submit([weak] { IndexerStep(weak); });
 }
 
 void DeflatedMember::IndexerStep(std::weak_ptr<DeflatedMember> weak) {
@@ -255,7 +255,7 @@ void DeflatedMember::RunIndexerStep() {
   }
   if (more) {
     std::weak_ptr<DeflatedMember> weak = weak_from_this();
-    DecodePool().Submit([weak] { IndexerStep(weak); });
+    IndexPool().Submit([weak] { IndexerStep(weak); });
   }
 }
 

@@ -4,6 +4,10 @@
 //               re-queue themselves, so passes of several members take turns.
 //   DecodePool  one thread per online CPU: span decodes ahead of sequential readers and
 //               the spans of one request decoded side by side.
+//   IndexPool   one thread under SCHED_IDLE: deflated members' background first passes
+//               (the indexer behind readers that run ahead of the checkpoints). It runs
+//               only when a core would otherwise idle, so it never slows a reader down; on a
+//               busy machine the index is learned later (or by BuildIndex).
 //
 // The pools are created on first use and live until the process exits (they are never
 // destroyed: a task may hold the last reference to a member's state, so a pool must not be
@@ -17,5 +21,6 @@ namespace npzfs {
 
 ThreadPool& VerifyPool();
 ThreadPool& DecodePool();
+ThreadPool& IndexPool();
 
 }  // namespace npzfs
