@@ -167,6 +167,10 @@ void Init(void* userdata, fuse_conn_info* conn) {
 void Destroy(void* userdata) {
   auto* m = static_cast<Mount*>(userdata);
   if (m->archive != nullptr) {
+    // First passes that ran behind readers (on idle cores only) are completed now, so the
+    // saved index covers what was read.
+    Status finished = m->archive->FinishStartedIndexes();
+    if (!finished.ok()) LogWarning("cannot complete the index: " + finished.message());
     Status s = m->archive->SaveIndex();
     if (!s.ok()) LogWarning("cannot save the index: " + s.message());
   }
@@ -703,9 +707,8 @@ std::string StatsJson(Mount& m) {
       "{" + field("requests", m.stats.requests.load()) + ", " +
       field("bytes_served", m.stats.bytes_served.load()) + ", " +
       field("spans_inflated", a.spans_inflated) + ", " + field("cache_hits", a.cache_hits) + ", " +
-      field("cache_misses", a.cache_misses) + ", " +
-      field("first_pass_spans", a.first_pass_spans) + ", " +
-      field("open_files", m.handles.size()) + ", " +
+      field("cache_misses", a.cache_misses) + ", " + field("first_pass_spans", a.first_pass_spans) +
+      ", " + field("open_files", m.handles.size()) + ", " +
       field("members_being_written", m.stats.writers.load()) + ", " +
       field("new_members", new_members) + ", " + field("frames_written", frames) + "}";
   if (json.size() < kStatsLength) json.append(kStatsLength - json.size(), ' ');

@@ -348,6 +348,17 @@ ArchiveStats Archive::stats() const {
   return s;
 }
 
+Status Archive::FinishStartedIndexes() {
+  if (!options_.index_enabled) return Status::Ok();  // nothing would keep it
+  Status first;
+  for (const auto& d : deflated_) {
+    if (d == nullptr || !d->indexer_started() || d->complete()) continue;
+    Status s = d->BuildIndex({});
+    if (!s.ok() && first.ok()) first = s;
+  }
+  return first;
+}
+
 Status Archive::VerifyMember(size_t i) {
   NPZ_RETURN_IF_ERROR(CheckMember(i));
   if (stored_[i] != nullptr) return stored_[i]->Verify();

@@ -95,6 +95,7 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   void Cancel();
 
   bool complete() const;
+  bool indexer_started() const;  // a background first pass was started for this member
   size_t checkpoint_count() const;
   uint64_t index_bytes() const;
   // Test hooks: spans the first pass produced, chunks the fast path produced.
@@ -206,9 +207,10 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   uint64_t version_ = 0;                 // bumped when checkpoints are learned
   uint64_t saved_version_ = 0;
 
-  std::mutex indexer_mu_;
+  mutable std::mutex indexer_mu_;
   std::condition_variable indexer_cv_;  // signalled when a step ends
   bool indexer_running_ = false;        // a step is queued or running
+  bool indexer_started_ = false;        // StartIndexer ran once
   bool indexer_step_running_ = false;
   bool cancel_ = false;
 

@@ -207,6 +207,7 @@ void DeflatedMember::StartIndexer() {
     std::lock_guard<std::mutex> lock(indexer_mu_);
     if (indexer_running_ || cancel_) return;
     indexer_running_ = true;
+    indexer_started_ = true;
   }
   std::weak_ptr<DeflatedMember> weak = weak_from_this();
   IndexPool().Submit([weak] { IndexerStep(weak); });
@@ -257,6 +258,11 @@ void DeflatedMember::RunIndexerStep() {
     std::weak_ptr<DeflatedMember> weak = weak_from_this();
     IndexPool().Submit([weak] { IndexerStep(weak); });
   }
+}
+
+bool DeflatedMember::indexer_started() const {
+  std::lock_guard<std::mutex> lock(indexer_mu_);
+  return indexer_started_;
 }
 
 void DeflatedMember::Cancel() {

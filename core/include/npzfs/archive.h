@@ -148,6 +148,14 @@ class Archive {
   // what it read for the next run. A no-op for stored members. Errors: as BuildIndex.
   Status IndexUpTo(size_t i, uint64_t offset);
 
+  // Completes the first pass of every deflated member whose background indexer has started
+  // (a reader ran ahead of its checkpoints) and is not done, in the calling thread at normal
+  // priority (the indexer itself runs only on idle cores). Meant for an unmount: what was
+  // read is then fully indexed in the sidecar, and the next mount needs no first pass for
+  // it. Errors: the first member's whose pass failed (the others are still completed). A
+  // no-op with index_enabled = false.
+  Status FinishStartedIndexes();
+
   // Checks member i's CRC-32 now if it was not checked yet (a stored member's verify pass, a
   // deflated member's first pass), and returns the verdict: EIO on a mismatch.
   Status VerifyMember(size_t i);
