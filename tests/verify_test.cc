@@ -379,7 +379,8 @@ TEST_F(VerifyTest, ASidecarWithAWrongWindowIsDistrustedAndTheMemberReadsCorrectl
   ASSERT_TRUE((*a)->BuildIndex(smooth).ok());
   EXPECT_GT((*a)->first_pass_spans(smooth), 0u) << "the checkpoints came from a new first pass";
   std::string all;
-  ASSERT_TRUE(ReadThrough(*r, 1 << 20, &all).ok());
+  Status through = ReadThrough(*r, 1 << 20, &all);
+  ASSERT_TRUE(through.ok()) << through.message() << "\n" << Log();
   EXPECT_TRUE(all == ref);
 }
 

@@ -157,10 +157,11 @@ Status DeflatedMember::Distrust(uint64_t generation, const Status& failure) {
     ++generation_;
     ++version_;  // the next save drops the bad record
   }
-  // Resume points made from the distrusted checkpoints go too.
-  shared_->snapshots.DropUpTo(id_, UINT64_MAX);
-  shared_->fast_pool.Forget(id_);
-  shared_->pool.Forget(id_);
+  // Resume points made from the distrusted checkpoints go too (they are keyed by the old
+  // generation, so none is ever used again; this frees them).
+  shared_->snapshots.DropUpTo(StreamKey(generation), UINT64_MAX);
+  shared_->fast_pool.Forget(StreamKey(generation));
+  shared_->pool.Forget(StreamKey(generation));
   shared_->Log(failure.message() +
                " (reading from a checkpoint of the saved index or the seek table: those "
                "checkpoints are dropped and rebuilt from the data)");
@@ -301,7 +302,8 @@ Result<SpanPtr> DeflatedMember::ProduceKnownSpan(size_t k, uint64_t generation) 
   }
   const size_t len = static_cast<size_t>(end - cp.out);
   NPZ_ASSIGN_OR_RETURN(auto buf, AllocateSpanBuffer(len));
-  Result<size_t> got = DecodeSpan(cp, buf.get(), len);
+  SpanStream used;
+  Result<size_t> got = DecodeSpan(cp, generation, buf.get(), len, &used);
   Status failure = got.ok() ? Status::Ok() : got.status();
   if (failure.ok() && *got != len) {
     failure = Bad("the deflate data ends early in the span at " + std::to_string(cp.out));
@@ -311,28 +313,27 @@ Result<SpanPtr> DeflatedMember::ProduceKnownSpan(size_t k, uint64_t generation) 
     failure = Bad("CRC-32 mismatch in the span at offset " + std::to_string(cp.out));
   }
   if (!failure.ok()) return FailOrDistrust(generation, failure);
+  if (used.fast != nullptr) shared_->fast_pool.Park(StreamKey(generation), std::move(used.fast));
+  if (used.zlib != nullptr) shared_->pool.Park(StreamKey(generation), std::move(used.zlib));
   auto span = std::make_shared<Span>();
   span->data = std::move(buf);
   span->size = len;
   return SpanPtr(std::move(span));
 }
 
-Result<size_t> DeflatedMember::DecodeSpan(const Checkpoint& cp, std::byte* out, size_t len) {
+Result<size_t> DeflatedMember::DecodeSpan(const Checkpoint& cp, uint64_t generation, std::byte* out,
+                                          size_t len, SpanStream* used) {
   if (cp.at_block_start()) {  // the fast engine
-    std::unique_ptr<DecodeStream> stream = shared_->fast_pool.Take(id_, cp.out);
-    if (stream == nullptr) {
-      NPZ_ASSIGN_OR_RETURN(stream, DecodeStream::Create(source_));
-      NPZ_RETURN_IF_ERROR(stream->Restore(cp, std::nullopt));
+    used->fast = shared_->fast_pool.Take(StreamKey(generation), cp.out);
+    if (used->fast == nullptr) {
+      NPZ_ASSIGN_OR_RETURN(used->fast, DecodeStream::Create(source_));
+      NPZ_RETURN_IF_ERROR(used->fast->Restore(cp, std::nullopt));
     }
-    NPZ_ASSIGN_OR_RETURN(size_t got, stream->Read(out, len));
-    shared_->fast_pool.Park(id_, std::move(stream));
-    return got;
+    return used->fast->Read(out, len);
   }
   // Inside a block: only zlib resumes there.
-  NPZ_ASSIGN_OR_RETURN(std::unique_ptr<InflateStream> stream, StreamAt(cp, false));
-  NPZ_ASSIGN_OR_RETURN(size_t got, stream->Read(out, len, /*stop_at_block=*/false));
-  shared_->pool.Park(id_, std::move(stream));
-  return got;
+  NPZ_ASSIGN_OR_RETURN(used->zlib, StreamAt(cp, false, generation));
+  return used->zlib->Read(out, len, /*stop_at_block=*/false);
 }
 
 }  // namespace npzfs

@@ -149,7 +149,18 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   Result<Where> Locate(uint64_t pos) const;
   Result<SpanRef> KnownSpan(const Where& w, size_t ahead);
   Result<SpanPtr> ProduceKnownSpan(size_t k, uint64_t generation);
-  Result<size_t> DecodeSpan(const Checkpoint& cp, std::byte* out, size_t len);
+  // The stream a span was decoded with, parked once the span is verified (never before:
+  // a stream that produced wrong bytes must not be continued).
+  struct SpanStream {
+    std::unique_ptr<DecodeStream> fast;
+    std::unique_ptr<InflateStream> zlib;
+  };
+  // Decodes `len` bytes from checkpoint `cp` (a parked stream continues when one is there).
+  Result<size_t> DecodeSpan(const Checkpoint& cp, uint64_t generation, std::byte* out, size_t len,
+                            SpanStream* used);
+  // Parked streams and snapshots are keyed by member and generation: nothing made from
+  // distrusted checkpoints is ever continued.
+  uint64_t StreamKey(uint64_t generation) const { return (id_ << 20) | (generation & 0xfffff); }
   void PrefetchSpans(const Where& w, size_t count);
   size_t SpansBefore(const Where& w, uint64_t end) const;  // known spans after w.k before end
   Status FailOrDistrust(uint64_t generation, const Status& failure);
@@ -173,7 +184,8 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   Result<SpanPtr> PublishSpan(size_t k, uint64_t start, NewSpan span, bool fill_cache);
   // The first pass failed with `s` (frontier_mu_ held by `frontier`, released here).
   Status FirstPassFailed(std::unique_lock<std::mutex>& frontier, Status s);
-  Result<std::unique_ptr<InflateStream>> StreamAt(const Checkpoint& cp, bool track_blocks);
+  Result<std::unique_ptr<InflateStream>> StreamAt(const Checkpoint& cp, bool track_blocks,
+                                                  uint64_t generation);
   void StartIndexer();
   static void IndexerStep(std::weak_ptr<DeflatedMember> weak);
   void RunIndexerStep();
@@ -182,8 +194,8 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   Result<SpanRef> FastChunkAt(uint64_t pos, uint64_t generation, bool sequential);
   Result<SpanPtr> ProduceFastChunk(uint64_t chunk, uint64_t generation);
   Result<std::unique_ptr<DecodeStream>> FastStreamAt(uint64_t pos, uint64_t generation);
-  Status SkipTo(DecodeStream& stream, uint64_t pos);
-  void MaybeSnapshot(const DecodeStream& stream);
+  Status SkipTo(DecodeStream& stream, uint64_t pos, uint64_t generation);
+  void MaybeSnapshot(const DecodeStream& stream, uint64_t generation);
   // At the member's end: the stream ends here, and its CRC-32 is the directory's.
   Status CheckFastEnd(DecodeStream& stream);
   SpanKey FastKey(uint64_t chunk, uint64_t generation) const;

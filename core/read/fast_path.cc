@@ -44,7 +44,7 @@ Result<SpanPtr> DeflatedMember::ProduceFastChunk(uint64_t chunk, uint64_t genera
   const size_t len = static_cast<size_t>(std::min<uint64_t>(kFastChunk, size() - start));
   NPZ_ASSIGN_OR_RETURN(std::unique_ptr<DecodeStream> stream, FastStreamAt(start, generation));
   NPZ_ASSIGN_OR_RETURN(SpanBuffer buf, AllocateSpanBuffer(len));
-  Status s = SkipTo(*stream, start);
+  Status s = SkipTo(*stream, start, generation);
   if (s.ok()) {
     Result<size_t> got = stream->Read(buf.get(), len);
     if (!got.ok()) {
@@ -57,8 +57,8 @@ Result<SpanPtr> DeflatedMember::ProduceFastChunk(uint64_t chunk, uint64_t genera
   if (s.ok() && start + len == size()) s = CheckFastEnd(*stream);
   if (!s.ok()) return FailOrDistrust(generation, s);
   if (start + len < size()) {
-    MaybeSnapshot(*stream);
-    shared_->fast_pool.Park(id_, std::move(stream));
+    MaybeSnapshot(*stream, generation);
+    shared_->fast_pool.Park(StreamKey(generation), std::move(stream));
   }
   fast_chunks_.fetch_add(1);
   auto span = std::make_shared<Span>();
@@ -69,7 +69,8 @@ Result<SpanPtr> DeflatedMember::ProduceFastChunk(uint64_t chunk, uint64_t genera
 
 Result<std::unique_ptr<DecodeStream>> DeflatedMember::FastStreamAt(uint64_t pos,
                                                                    uint64_t generation) {
-  if (std::unique_ptr<DecodeStream> s = shared_->fast_pool.Take(id_, pos)) return s;
+  const uint64_t key = StreamKey(generation);
+  if (std::unique_ptr<DecodeStream> s = shared_->fast_pool.Take(key, pos)) return s;
   Checkpoint cp;
   uint32_t prefix_crc = 0;
   {
@@ -86,10 +87,10 @@ Result<std::unique_ptr<DecodeStream>> DeflatedMember::FastStreamAt(uint64_t pos,
     cp = checkpoints_[k];
     prefix_crc = prefix_crcs_[k];
   }
-  SnapshotStore::SnapshotPtr snap = shared_->snapshots.Before(id_, pos);
+  SnapshotStore::SnapshotPtr snap = shared_->snapshots.Before(key, pos);
   const uint64_t best = std::max(cp.out, snap != nullptr ? snap->out : 0);
   // A parked stream between the best resume point and pos is closer still.
-  if (std::unique_ptr<DecodeStream> s = shared_->fast_pool.TakeBehind(id_, pos, pos - best)) {
+  if (std::unique_ptr<DecodeStream> s = shared_->fast_pool.TakeBehind(key, pos, pos - best)) {
     return s;
   }
   NPZ_ASSIGN_OR_RETURN(std::unique_ptr<DecodeStream> stream, DecodeStream::Create(source_));
@@ -101,7 +102,7 @@ Result<std::unique_ptr<DecodeStream>> DeflatedMember::FastStreamAt(uint64_t pos,
   return stream;
 }
 
-Status DeflatedMember::SkipTo(DecodeStream& stream, uint64_t pos) {
+Status DeflatedMember::SkipTo(DecodeStream& stream, uint64_t pos, uint64_t generation) {
   // Stops at every multiple of kSnapshotEvery on the way, to leave resume points behind.
   while (stream.resume_pos() < pos) {
     const uint64_t here = stream.resume_pos();
@@ -111,23 +112,23 @@ Status DeflatedMember::SkipTo(DecodeStream& stream, uint64_t pos) {
       return Bad("the deflate data ends before the size in the directory (" +
                  std::to_string(here + got) + " of " + std::to_string(size()) + " bytes)");
     }
-    MaybeSnapshot(stream);
+    MaybeSnapshot(stream, generation);
   }
   return Status::Ok();
 }
 
-void DeflatedMember::MaybeSnapshot(const DecodeStream& stream) {
+void DeflatedMember::MaybeSnapshot(const DecodeStream& stream, uint64_t generation) {
   const uint64_t pos = stream.resume_pos();
   if (pos % kSnapshotEvery != 0 || stream.ended()) return;
   {
     std::lock_guard<std::mutex> lock(index_mu_);
     if (complete_ || pos <= checkpoints_.back().out) return;  // checkpoints cover it
   }
-  if (shared_->snapshots.Has(id_, pos)) return;
+  if (shared_->snapshots.Has(StreamKey(generation), pos)) return;
   Result<DecodeStream::Snapshot> snap = stream.TakeSnapshot();
   if (!snap.ok()) return;  // a resume point less; nothing is wrong
-  shared_->snapshots.Insert(
-      id_, std::make_shared<const DecodeStream::Snapshot>(std::move(snap).value()));
+  shared_->snapshots.Insert(StreamKey(generation), std::make_shared<const DecodeStream::Snapshot>(
+                                                       std::move(snap).value()));
 }
 
 Status DeflatedMember::CheckFastEnd(DecodeStream& stream) {

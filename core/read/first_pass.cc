@@ -14,8 +14,9 @@
 namespace npzfs {
 
 Result<std::unique_ptr<InflateStream>> DeflatedMember::StreamAt(const Checkpoint& cp,
-                                                                bool track_blocks) {
-  if (std::unique_ptr<InflateStream> s = shared_->pool.Take(id_, cp.out)) {
+                                                                bool track_blocks,
+                                                                uint64_t generation) {
+  if (std::unique_ptr<InflateStream> s = shared_->pool.Take(StreamKey(generation), cp.out)) {
     if (s->tracks_blocks() || !track_blocks) return s;
   }
   NPZ_ASSIGN_OR_RETURN(std::unique_ptr<InflateStream> s,
@@ -168,6 +169,7 @@ Result<std::optional<DeflatedMember::SpanRef>> DeflatedMember::AdvanceFrontier(
     uint64_t target, bool fill_cache, const std::function<void(uint64_t, uint64_t)>& progress) {
   std::unique_lock<std::mutex> frontier(frontier_mu_);
   std::unique_ptr<InflateStream> stream;
+  uint64_t generation = 0;
   while (true) {
     Checkpoint cp;
     size_t k = 0;
@@ -179,9 +181,10 @@ Result<std::optional<DeflatedMember::SpanRef>> DeflatedMember::AdvanceFrontier(
       // Another thread got there: look up again.
       if (target < checkpoints_[k].out) return std::optional<SpanRef>();
       cp = checkpoints_[k];
+      generation = generation_;  // stable: Distrust and Load take frontier_mu_ too
     }
     if (stream == nullptr || stream->resume_pos() != cp.out) {
-      Result<std::unique_ptr<InflateStream>> s = StreamAt(cp, /*track_blocks=*/true);
+      Result<std::unique_ptr<InflateStream>> s = StreamAt(cp, /*track_blocks=*/true, generation);
       if (!s.ok()) return FirstPassFailed(frontier, s.status());
       stream = std::move(s).value();
     }
@@ -195,7 +198,7 @@ Result<std::optional<DeflatedMember::SpanRef>> DeflatedMember::AdvanceFrontier(
     if (progress) progress(end, size());
     if (target < end || last) {
       frontier.unlock();
-      shared_->pool.Park(id_, std::move(stream));
+      shared_->pool.Park(StreamKey(generation), std::move(stream));
       return std::optional<SpanRef>(SpanRef{std::move(published).value(), cp.out});
     }
   }
@@ -238,13 +241,14 @@ void DeflatedMember::RunIndexerStep() {
   if (!done) {
     Result<std::optional<SpanRef>> r = AdvanceFrontier(target, false, {});
     if (!r.ok() && r.status().code() != EAGAIN) done = true;
-    uint64_t frontier = 0;
+    uint64_t frontier = 0, generation = 0;
     {
       std::lock_guard<std::mutex> lock(index_mu_);
       done = done || complete_;
       frontier = complete_ ? UINT64_MAX : checkpoints_.back().out;
+      generation = generation_;
     }
-    shared_->snapshots.DropUpTo(id_, frontier);  // checkpoints cover them now
+    shared_->snapshots.DropUpTo(StreamKey(generation), frontier);  // checkpoints cover them
   }
   bool more = false;
   {
