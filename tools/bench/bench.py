@@ -978,9 +978,13 @@ class Bench:
             modes += ['stored', 'quick']
         if self.wanted('10'):
             modes += ['quarter', 'caught-up']
+        self.cp_sync_compressed = []
         for i in range(e.runs):
             for mode in modes:  # interleaved: each run measures every mode and its baseline
                 self.append_and_finalize(mode, quarter if mode == 'quarter' else full, i == 0)
+        if self.cp_sync_compressed:
+            e.note('scenario 10: cp + fsync of the compressed bytes (durable, as finalize is): '
+                   'median %s' % fmt(statistics.median(self.cp_sync_compressed), 's'))
 
     # Rows of one append-and-finalize mode: (dd row or None, finalize row).
     MODE_ROWS = {'stored': ('9', '10a'), 'quarter': (None, '10q'), 'quick': ('9c', '10b'),
@@ -1018,6 +1022,7 @@ class Bench:
                 shadow = self.wait_for_background_deflate(spool, src)
                 self.rows[fin_row].base.append(timed(['cp', shadow, cp_out]))
                 os.unlink(cp_out)
+                self.cp_sync_compressed.append(self.cp_and_fsync(shadow, cp_out))
         except BaseException:
             d.kill()
             raise
@@ -1029,8 +1034,9 @@ class Bench:
         os.unlink(out)
 
     def cp_and_fsync(self, spool, cp_out):
-        """cp of the spool file, then fsync of the copy: durable, as finalize is."""
-        spool_file = self.largest_file(spool)
+        """cp of the spool file (or of `spool` itself if it is a file), then fsync of the
+        copy: durable, as finalize is."""
+        spool_file = spool if os.path.isfile(spool) else self.largest_file(spool)
         if spool_file is None:
             raise RuntimeError('no spool file found in %s' % spool)
         t0 = time.perf_counter()
