@@ -58,7 +58,7 @@ def check_member(archive, expected):
 def test_frames_are_deflated_while_they_arrive_and_finalize_copies_them(tmp_path):
     archive = tmp_path / "a.npz"
     data = frames(96)  # 6 MiB: six chunks of 1 MiB
-    with mounted(archive, tmp_path / "mnt", "-o", "compress",
+    with mounted(archive, tmp_path / "mnt", "-o", "create", "-o", "compress",
                  "-o", "frame=adc*:<i2:256x128") as m:
         with open(m.path("adc.npy"), "wb") as f:
             f.write(data.tobytes())

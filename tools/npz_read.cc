@@ -18,10 +18,12 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "core/base/atomic_file.h"
+#include "core/npy/frame_layout.h"
 #include "npzfs/archive.h"
 #include "npzfs/file_util.h"
 #include "npzfs/member_reader.h"
@@ -55,10 +57,6 @@ std::string AboutMember(const std::string& name, const std::string& member_path,
   return name + ": " + message;
 }
 
-bool IsNpyName(const std::string& name) {
-  return name.size() > 4 && name.compare(name.size() - 4, 4, ".npy") == 0;
-}
-
 std::string MethodName(const ZipEntry& e) {
   if (e.encrypted()) return "encrypted";
   if (e.method == 0) return "stored";
@@ -78,25 +76,6 @@ std::string IndexStateName(IndexState s) {
       return "complete";
   }
   return "?";
-}
-
-// The descr as numpy users write it: "<i2" rather than the literal "'<i2'".
-std::string DtypeText(const NpyHeader& h) {
-  const std::string& lit = h.descr_literal();
-  if (lit.size() >= 2 && lit.front() == '\'' && lit.back() == '\'') {
-    return lit.substr(1, lit.size() - 2);
-  }
-  return lit;
-}
-
-std::string ShapeText(const std::vector<uint64_t>& shape) {
-  std::string s = "(";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i > 0) s += ", ";
-    s += std::to_string(shape[i]);
-  }
-  if (shape.size() == 1) s += ",";
-  return s + ")";
 }
 
 std::string JsonString(const std::string& s) {
@@ -141,13 +120,13 @@ ArchiveOptions ToolArchiveOptions(VerifyMode verify = VerifyMode::kDefault) {
 }
 
 Result<std::shared_ptr<Archive>> OpenArchive(const std::string& path,
-                                             VerifyMode verify = VerifyMode::kDefault) {
+                                             ArchiveOptions options = ToolArchiveOptions()) {
   // Archive::Open reports a missing file with its own words; check first for a plain
   // "No such file or directory" naming the path, as for every other input.
   struct stat st;
   if (stat(path.c_str(), &st) != 0) return ErrnoStatus(errno, path, "cannot open");
   if (S_ISDIR(st.st_mode)) return Status::Error(EISDIR, path + ": is a directory");
-  return Archive::Open(path, ToolArchiveOptions(verify));
+  return Archive::Open(path, std::move(options));
 }
 
 // Reads member i's .npy header through the archive reader.
@@ -264,7 +243,7 @@ int RunLs(const std::vector<std::string>& raw_args) {
   if (!args.ok()) return UsageError("ls", args.status().message());
   if (args->help) return PrintCommandHelp("ls");
   if (args->positional.size() != 1) return UsageError("ls", "expected one ARCHIVE");
-  auto archive = OpenArchive(args->positional[0], VerifyMode::kOff);
+  auto archive = OpenArchive(args->positional[0], ToolArchiveOptions(VerifyMode::kOff));
   if (!archive.ok()) return ReportError(archive.status());
   std::vector<LsRow> rows;
   int exit_code = kExitOk;
@@ -452,6 +431,35 @@ namespace {
 
 using FailFn = std::function<void(const std::string&)>;
 
+// The reader's own log lines, held until a member is done: one that a failure repeats is
+// printed once, as that failure, and the others as warnings. Must outlive the Archive whose
+// log it is; the log may be called from the archive's threads.
+class HeldWarnings {
+ public:
+  ArchiveOptions Options(ArchiveOptions options) {
+    options.log = [this](const std::string& line) {
+      std::lock_guard lock(mu_);
+      lines_.push_back(line);
+    };
+    return options;
+  }
+  void DropRepeatedBy(const std::string& failure) {
+    std::lock_guard lock(mu_);
+    std::erase_if(lines_, [&](const std::string& w) {
+      return failure.find(w) != std::string::npos || w.find(failure) != std::string::npos;
+    });
+  }
+  void Flush() {
+    std::lock_guard lock(mu_);
+    for (const std::string& w : lines_) std::fprintf(stderr, "npz: warning: %s\n", w.c_str());
+    lines_.clear();
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::string> lines_;
+};
+
 // The directory, through libzip as an independent parser: the same entries, the same sizes,
 // CRCs and methods.
 void CheckDirectoryWithLibzip(const ZipDirectory& dir, const std::string& path,
@@ -564,12 +572,15 @@ int RunVerify(const std::vector<std::string>& raw_args) {
   if (args->help) return PrintCommandHelp("verify");
   if (args->positional.size() != 1) return UsageError("verify", "expected one ARCHIVE");
   const std::string path = args->positional[0];
-  auto archive = OpenArchive(path, VerifyMode::kOff);
+  HeldWarnings warnings;
+  auto archive = OpenArchive(path, warnings.Options(ToolArchiveOptions(VerifyMode::kOff)));
+  warnings.Flush();
   if (!archive.ok()) return ReportError(archive.status());
   Archive& a = **archive;
   int bad = 0;
   FailFn fail = [&](const std::string& message) {
     ++bad;
+    warnings.DropRepeatedBy(message);
     std::fprintf(stderr, "npz: %s\n", message.c_str());
   };
   CheckDirectoryWithLibzip(a.directory(), path, fail);
@@ -581,11 +592,13 @@ int RunVerify(const std::vector<std::string>& raw_args) {
   uint64_t done = 0;
   for (size_t i = 0; i < a.members().size(); ++i) {
     VerifyMemberBytes(a, i, bar, done, fail);
+    warnings.Flush();  // what this member's failures did not repeat
     if (a.members()[i].open_errno == 0) done += a.members()[i].entry.uncompressed_size;
   }
   if (bad > 0) return kExitError;
   bar.Finish();
-  std::printf("%s: %zu members OK\n", path.c_str(), a.members().size());
+  const size_t n = a.members().size();
+  std::printf("%s: %zu member%s OK\n", path.c_str(), n, n == 1 ? "" : "s");
   return kExitOk;
 }
 

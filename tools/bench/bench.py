@@ -1007,7 +1007,7 @@ class Bench:
         if mode == 'quick':
             self.rows['10b'].base.append(
                 e.baseline_json('deflate', src, DEFLATE_LEVEL)[0]['seconds'])
-        opts = self.mount_opts('spool=' + spool)
+        opts = self.mount_opts('spool=' + spool, 'create')  # `out` is made on unmount
         if mode in ('quick', 'caught-up'):
             opts.append('compress=%d' % DEFLATE_LEVEL)
         d = Daemon(e, out, mnt, opts, tag='10-' + mode).start()
