@@ -5,7 +5,8 @@
 
 Runs the scenarios (the eleven of issue 6 and the later rows) against their baselines, each
 `--runs` times, in one process and on one data set, and prints a table (scenario, median,
-min-max, baseline median, ratio, target, pass/miss). The same table is written as markdown to DIR/bench-results.md.
+min-max, baseline median, ratio, target, pass/miss). The same table is written as markdown to
+DIR/bench-results.md.
 
 Honesty rules this file keeps (issue 6: "a miss with an honest profile beats a pass obtained
 by bending the scenario"):
