@@ -6,7 +6,7 @@
 #   build-asan    clang, ASan+UBSan, -Dfuzz=true   unit + mount (sanitized daemon and npz)
 #                                                  + fuzz (each fuzzer FUZZ_SECONDS, 60 s)
 #   build-noisal  gcc, -Disal=disabled (zlib)      read   (only the targets it needs)
-#   build-tsan    gcc, ThreadSanitizer             read + concurrent (only their targets)
+#   build-tsan    gcc, ThreadSanitizer             read + concurrent, less rss (RSS ceilings)
 #
 # Two lanes run side by side (the CI machine has 2 cores): [build, build-noisal, build-tsan]
 # and [build-asan]. Output lines carry the lane's name. The last line is "N passed, N failed":
@@ -117,7 +117,8 @@ lane_gcc() {
   fi
   if want tsan; then
     suite tsan build-tsan --partial -Db_sanitize=thread -Db_lundef=false -- \
-      --suite read --suite concurrent --num-processes 2 "${tsan_wrapper[@]}" || rc=1
+      --suite read --suite concurrent --no-suite rss --num-processes 2 "${tsan_wrapper[@]}" ||
+      rc=1
   fi
   return $rc
 }

@@ -366,7 +366,11 @@ Result<std::optional<DeflatedMember::SpanRef>> DeflatedMember::AdvanceFrontier(
       cp = checkpoints_[k];
     }
     if (stream == nullptr || stream->resume_pos() != cp.out) {
-      NPZ_ASSIGN_OR_RETURN(stream, StreamAt(cp, /*track_blocks=*/true));
+      // Resuming from a saved checkpoint can fail on its window: that distrusts the sidecar
+      // too, like any other failure of the pass.
+      Result<std::unique_ptr<InflateStream>> restored = StreamAt(cp, /*track_blocks=*/true);
+      if (!restored.ok()) return FirstPassFailed(frontier, restored.status());
+      stream = std::move(restored).value();
     }
     Result<NewSpan> span = InflateSpan(*stream, cp);
     Status s = span.ok() && span->next.has_value() ? MakeWindow(*stream, *span) : span.status();

@@ -168,7 +168,7 @@ std::string BuildZip(const std::vector<ZipMemberSpec>& members) {
   std::string out, central;
   for (const ZipMemberSpec& m : members) {
     const uint64_t local_offset = out.size();
-    auto common = [&](std::string& rec) {
+    auto common = [&](std::string& rec, size_t extra_length) {
       PutLe16(rec, zip::kVersionDeflate);  // version needed
       PutLe16(rec, 0);                     // flags
       PutLe16(rec, m.method);
@@ -178,21 +178,22 @@ std::string BuildZip(const std::vector<ZipMemberSpec>& members) {
       PutLe32(rec, static_cast<uint32_t>(m.data.size()));
       PutLe32(rec, static_cast<uint32_t>(m.uncompressed_size));
       PutLe16(rec, static_cast<uint16_t>(m.name.size()));
-      PutLe16(rec, 0);  // extra length
+      PutLe16(rec, static_cast<uint16_t>(extra_length));
     };
     PutLe32(out, zip::kLocalHeaderSig);
-    common(out);
+    common(out, 0);
     out += m.name;
     out += m.data;
     PutLe32(central, zip::kCentralHeaderSig);
     PutLe16(central, zip::kMadeByUnix | zip::kVersionDeflate);
-    common(central);
+    common(central, m.central_extra.size());
     PutLe16(central, 0);  // comment length
     PutLe16(central, 0);  // disk
     PutLe16(central, 0);  // internal attributes
     PutLe32(central, 0100644u << 16);
     PutLe32(central, static_cast<uint32_t>(local_offset));
     central += m.name;
+    central += m.central_extra;
   }
   const uint64_t cd_offset = out.size();
   out += central;

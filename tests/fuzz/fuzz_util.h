@@ -82,13 +82,15 @@ uint32_t Crc32(std::string_view bytes);
 
 // One member of an archive built by BuildZip: the stored bytes are `data` as given (raw
 // deflate for method 8), and the CRC and uncompressed size written are the fields here,
-// true or not.
+// true or not. `central_extra` is the central entry's whole extra area (e.g. a seek table
+// block); the local header has none.
 struct ZipMemberSpec {
   std::string name;
   uint16_t method = 0;
   std::string data;
   uint32_t crc32 = 0;
   uint64_t uncompressed_size = 0;
+  std::string central_extra;
 };
 // A ZIP archive (no ZIP64, no comment, fixed DOS time) holding `members` in order.
 std::string BuildZip(const std::vector<ZipMemberSpec>& members);
