@@ -1,34 +1,117 @@
 #include "fs/log.h"
 
+#include <fcntl.h>
+#include <paths.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <syslog.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+
+#include "npzfs/file_util.h"
 
 namespace npzfs::fs {
 namespace {
 
+std::atomic<int> g_level{static_cast<int>(LogLevel::kInfo)};
+std::atomic<bool> g_stderr{true};
 std::atomic<bool> g_syslog{false};
+std::atomic<int> g_file{-1};  // the -o log= (or runtime) file, owned for the process' life
 
-void Emit(int priority, const char* tag, const std::string& line) {
-  if (g_syslog.load(std::memory_order_relaxed)) {
-    syslog(priority, "%s", line.c_str());
-    return;
+const char* Tag(LogLevel level) {
+  switch (level) {
+    case LogLevel::kDebug:
+      return "debug: ";
+    case LogLevel::kWarning:
+      return "warning: ";
+    case LogLevel::kError:
+      return "error: ";
+    case LogLevel::kInfo:
+      break;
   }
+  return "";
+}
+
+int SyslogPriority(LogLevel level) {
+  switch (level) {
+    case LogLevel::kDebug:
+      return LOG_DEBUG;
+    case LogLevel::kInfo:
+      return LOG_INFO;
+    case LogLevel::kWarning:
+      return LOG_WARNING;
+    case LogLevel::kError:
+      return LOG_ERR;
+  }
+  return LOG_INFO;
+}
+
+// "2026-11-30T12:00:00Z npzfs[123]: "
+std::string FilePrefix() {
+  char stamp[32];
+  const time_t now = time(nullptr);
+  struct tm utc {};
+  gmtime_r(&now, &utc);
+  strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", &utc);
+  return std::string(stamp) + " npzfs[" + std::to_string(getpid()) + "]: ";
+}
+
+void Emit(LogLevel level, const std::string& line) {
+  if (!LogEnabled(level)) return;
   // One write(2) per line so that lines from different threads never interleave.
-  std::string text = std::string("npzfs: ") + tag + line + "\n";
-  [[maybe_unused]] ssize_t n = write(STDERR_FILENO, text.data(), text.size());
+  const std::string text = std::string(Tag(level)) + line + "\n";
+  if (g_stderr.load(std::memory_order_relaxed)) {
+    const std::string out = "npzfs: " + text;
+    [[maybe_unused]] ssize_t n = write(STDERR_FILENO, out.data(), out.size());
+  }
+  if (const int fd = g_file.load(std::memory_order_relaxed); fd >= 0) {
+    const std::string out = FilePrefix() + text;
+    [[maybe_unused]] ssize_t n = write(fd, out.data(), out.size());
+  }
+  if (g_syslog.load(std::memory_order_relaxed)) {
+    syslog(SyslogPriority(level), "%s%s", Tag(level), line.c_str());
+  }
 }
 
 }  // namespace
 
-void LogToSyslog(bool enabled) {
-  if (enabled && !g_syslog.load()) openlog("npzfs", LOG_PID, LOG_DAEMON);
-  g_syslog.store(enabled);
+void SetLogLevel(LogLevel level) { g_level.store(static_cast<int>(level)); }
+
+bool LogEnabled(LogLevel level) {
+  return static_cast<int>(level) >= g_level.load(std::memory_order_relaxed);
 }
 
-void LogInfo(const std::string& line) { Emit(LOG_INFO, "", line); }
-void LogWarning(const std::string& line) { Emit(LOG_WARNING, "warning: ", line); }
-void LogError(const std::string& line) { Emit(LOG_ERR, "error: ", line); }
+Status LogToFile(const std::string& path) {
+  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(path, O_WRONLY | O_APPEND | O_CREAT, 0644));
+  const int old = g_file.exchange(fd.Release());
+  if (old >= 0) close(old);
+  return Status::Ok();
+}
+
+void LogDaemonized(bool use_syslog) {
+  g_stderr.store(false);
+  if (use_syslog && !g_syslog.load()) openlog("npzfs", LOG_PID, LOG_DAEMON);
+  g_syslog.store(use_syslog);
+}
+
+bool SyslogAvailable() {
+  const int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, _PATH_LOG, sizeof addr.sun_path - 1);
+  const bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  close(fd);
+  return ok;
+}
+
+void LogDebug(const std::string& line) { Emit(LogLevel::kDebug, line); }
+void LogInfo(const std::string& line) { Emit(LogLevel::kInfo, line); }
+void LogWarning(const std::string& line) { Emit(LogLevel::kWarning, line); }
+void LogError(const std::string& line) { Emit(LogLevel::kError, line); }
 
 }  // namespace npzfs::fs

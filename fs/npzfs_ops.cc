@@ -46,34 +46,37 @@ constexpr double kImmutableTimeout = 86400.0;  // one day: archived members neve
 constexpr int kExpectedErrnos[] = {ENOENT, EEXIST,  ENODATA,   EBUSY, EROFS,
                                    EISDIR, ENOTDIR, ENOTEMPTY, ERANGE};
 
-// One open file: the reader every read goes through, and for new members the member itself
-// plus a writer session when opened for writing.
-struct FileHandle {
-  std::shared_ptr<MemberReader> reader;    // archived, or a growing member's snapshot/live view
-  std::shared_ptr<GrowingMember> growing;  // new member: write, fsync, truncate
-  WriterSession session;                   // token != 0 while this handle is the writer
-  bool writer = false;
-  bool archived = false;
-};
-
-Mount& MountOf(fuse_req_t req) { return *static_cast<Mount*>(fuse_req_userdata(req)); }
+// Every handler starts here: the request is counted for user.npzfs.stats.
+Mount& MountOf(fuse_req_t req) {
+  Mount& m = *static_cast<Mount*>(fuse_req_userdata(req));
+  m.stats.requests.fetch_add(1, std::memory_order_relaxed);
+  return m;
+}
 
 FileHandle* HandleOf(const fuse_file_info* fi) {
   return reinterpret_cast<FileHandle*>(static_cast<uintptr_t>(fi->fh));
 }
 
-bool Writable(const Mount& m) { return m.spool != nullptr; }
+bool Writable(const Mount& m) { return m.writable(); }
 
-bool Expected(int code) {
+bool Expected(int code, std::initializer_list<int> also_expected) {
   return std::find(std::begin(kExpectedErrnos), std::end(kExpectedErrnos), code) !=
-         std::end(kExpectedErrnos);
+             std::end(kExpectedErrnos) ||
+         std::find(also_expected.begin(), also_expected.end(), code) != also_expected.end();
 }
 
 // The one error reply: `status`'s errno (0 for ok), and its message logged once unless the
-// errno is an expected answer.
-void ReplyStatus(fuse_req_t req, const char* op, const Status& status) {
-  if (!status.ok() && !Expected(status.code())) {
-    LogError(std::string(op) + ": " + status.message());
+// errno is an expected answer (kExpectedErrnos, or `also_expected` for this request; -v logs
+// those too).
+void ReplyStatus(fuse_req_t req, const char* op, const Status& status,
+                 std::initializer_list<int> also_expected = {}) {
+  if (!status.ok()) {
+    const std::string line = std::string(op) + ": " + status.message();
+    if (!Expected(status.code(), also_expected)) {
+      LogError(line);
+    } else {
+      LogDebug(line);
+    }
   }
   fuse_reply_err(req, status.code());
 }
@@ -310,11 +313,6 @@ void ReadDirPlus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_fi
 
 // ---- open / read / write ----
 
-// Hands `handle` to the kernel as fi->fh. If the opener was interrupted no release will
-// come, so the handle is released here.
-void ReplyOpen(fuse_req_t req, fuse_file_info* fi, std::unique_ptr<FileHandle> handle);
-void ReleaseHandle(FileHandle* raw);
-
 Result<std::unique_ptr<FileHandle>> OpenArchived(Mount& m, const NodeInfo& node,
                                                  fuse_file_info* fi) {
   if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
@@ -336,18 +334,17 @@ Result<std::unique_ptr<FileHandle>> OpenArchived(Mount& m, const NodeInfo& node,
 
 // A handle for a growing member; a writer begins its session here (EBUSY for a second
 // writer).
-Result<std::unique_ptr<FileHandle>> OpenGrowing(const NodeInfo& node, fuse_file_info* fi) {
+Result<std::unique_ptr<FileHandle>> OpenGrowing(MountStats& stats, const NodeInfo& node,
+                                                fuse_file_info* fi) {
   auto handle = std::make_unique<FileHandle>();
   handle->growing = node.growing;
   if ((fi->flags & O_ACCMODE) != O_RDONLY) {
     NPZ_RETURN_IF_ERROR(node.growing->BeginWrite(&handle->session, (fi->flags & O_APPEND) != 0));
     handle->writer = true;
+    handle->writers = &stats.writers;
+    stats.writers.fetch_add(1);
     if (fi->flags & O_TRUNC) {
-      Status s = node.growing->Truncate(0);
-      if (!s.ok()) {
-        node.growing->EndWrite(&handle->session);
-        return s;
-      }
+      NPZ_RETURN_IF_ERROR(node.growing->Truncate(0));  // the handle ends the session
     }
     fi->direct_io = 1;  // written bytes must never enter the page cache at writer offsets
   } else if (fi->flags & O_TRUNC) {
@@ -368,19 +365,20 @@ Result<std::unique_ptr<FileHandle>> OpenNode(Mount& m, const NodeInfo& node, fus
     case NodeKind::kArchived:
       return OpenArchived(m, node, fi);
     case NodeKind::kGrowing:
-      return OpenGrowing(node, fi);
+      return OpenGrowing(m.stats, node, fi);
   }
   return Status::Error(EIO, node.path + ": unknown node kind");
 }
 
-void ReplyOpen(fuse_req_t req, fuse_file_info* fi, std::unique_ptr<FileHandle> handle) {
-  fi->fh = reinterpret_cast<uintptr_t>(handle.release());  // freed in Release
-  if (fuse_reply_open(req, fi) != 0) ReleaseHandle(HandleOf(fi));
+// Gives `handle` to the Mount and its address to the kernel as fi->fh.
+void Register(Mount& m, fuse_file_info* fi, std::unique_ptr<FileHandle> handle) {
+  fi->fh = reinterpret_cast<uintptr_t>(m.handles.Add(std::move(handle)));
 }
 
-void ReleaseHandle(FileHandle* raw) {
-  std::unique_ptr<FileHandle> handle(raw);
-  if (handle->writer) handle->growing->EndWrite(&handle->session);
+// If the opener was interrupted no release will come: drop the handle now.
+void ReplyOpen(fuse_req_t req, Mount& m, fuse_file_info* fi, std::unique_ptr<FileHandle> handle) {
+  Register(m, fi, std::move(handle));
+  if (fuse_reply_open(req, fi) != 0) m.handles.Remove(HandleOf(fi));
 }
 
 void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
@@ -395,7 +393,8 @@ void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     ReplyStatus(req, "open", handle.status());
     return;
   }
-  ReplyOpen(req, fi, std::move(handle).value());
+  LogDebug("open " + node->path + ((fi->flags & O_ACCMODE) != O_RDONLY ? " for writing" : ""));
+  ReplyOpen(req, m, fi, std::move(handle).value());
 }
 
 // Per-thread buffer for replies that need a copy. Bounded by the largest request, one per
@@ -407,6 +406,7 @@ std::span<std::byte> ReadBuffer(size_t size) {
 }
 
 void Read(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse_file_info* fi) {
+  Mount& m = MountOf(req);
   MemberReader& reader = *HandleOf(fi)->reader;
   const uint64_t offset = static_cast<uint64_t>(off);
   const uint64_t member_size = reader.size();
@@ -421,6 +421,7 @@ void Read(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse_file_
     ReplyStatus(req, "read", answer.status());  // core names the archive, member and cause
     return;
   }
+  m.stats.bytes_served.fetch_add(answer->length, std::memory_order_relaxed);
   if (answer->splice_fd < 0) {
     fuse_reply_buf(req, reinterpret_cast<const char*>(dest.data()), answer->length);
     return;
@@ -471,8 +472,9 @@ void MaybeSaveIndex(Mount& m) {
 
 void Release(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* fi) {
   Mount& m = MountOf(req);
-  bool archived = HandleOf(fi)->archived;
-  ReleaseHandle(HandleOf(fi));
+  std::unique_ptr<FileHandle> handle = m.handles.Remove(HandleOf(fi));
+  const bool archived = handle != nullptr && handle->archived;
+  handle.reset();          // ends a writer session
   fuse_reply_err(req, 0);  // reply first: the save below must not delay close()
   if (archived) MaybeSaveIndex(m);
 }
@@ -505,11 +507,12 @@ Result<NodeInfo> CreateMember(Mount& m, fuse_ino_t parent, const std::string& na
   }
   NPZ_ASSIGN_OR_RETURN(std::string path, m.table->ChildPath(parent, name));
   NPZ_ASSIGN_OR_RETURN(std::optional<NpyHeader> declared, DeclaredLayout(m, path));
-  NPZ_ASSIGN_OR_RETURN(std::shared_ptr<GrowingMember> member, m.spool->Create(path, declared));
+  NPZ_ASSIGN_OR_RETURN(Spool * spool, m.spool.GetOrCreate(m.spool_dir));
+  NPZ_ASSIGN_OR_RETURN(std::shared_ptr<GrowingMember> member, spool->Create(path, declared));
   auto node = m.table->AddChild(parent, name, NodeKind::kGrowing, member, Now());
   if (!node.ok()) {
     // Lost a race with another create of the same name: undo ours.
-    Status undo = m.spool->Remove(path);
+    Status undo = spool->Remove(path);
     if (!undo.ok()) LogWarning("create " + path + ": cannot undo: " + undo.message());
     return node.status();
   }
@@ -525,7 +528,7 @@ void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t /*mode*/
     ReplyStatus(req, "create", node.status());
     return;
   }
-  auto handle = OpenGrowing(*node, fi);
+  auto handle = OpenGrowing(m.stats, *node, fi);
   if (!handle.ok()) {
     // The name exists now (the reply below is an error, so the kernel does not count it).
     ForgetOne(m, node->ino, 1);
@@ -533,8 +536,8 @@ void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t /*mode*/
     return;
   }
   fuse_entry_param e = EntryOf(m, *node);
-  fi->fh = reinterpret_cast<uintptr_t>(handle->release());  // freed in Release
-  if (fuse_reply_create(req, &e, fi) != 0) ReleaseHandle(HandleOf(fi));
+  Register(m, fi, std::move(handle).value());
+  if (fuse_reply_create(req, &e, fi) != 0) m.handles.Remove(HandleOf(fi));
 }
 
 void MkNod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t /*rdev*/) {
@@ -559,6 +562,11 @@ void MkDir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t /*mode*/)
     ReplyStatus(req, "mkdir", ReadOnlyMount(name));
     return;
   }
+  // A directory exists only to hold new members: where none can be made, neither can it.
+  if (auto spool = m.spool.GetOrCreate(m.spool_dir); !spool.ok()) {
+    ReplyStatus(req, "mkdir", spool.status());
+    return;
+  }
   auto node = m.table->AddChild(parent, name, NodeKind::kDirectory, nullptr, Now());
   if (!node.ok()) {
     ReplyStatus(req, "mkdir", node.status());
@@ -578,7 +586,8 @@ Status UnlinkNode(Mount& m, fuse_ino_t parent, const char* name) {
     return Writable(m) ? Status::Error(EPERM, node->path + ": archived members cannot be removed")
                        : ReadOnlyMount(node->path);
   }
-  NPZ_RETURN_IF_ERROR(m.spool->Remove(node->path));  // EPERM once the member holds data
+  // A new member exists only in a spool.
+  NPZ_RETURN_IF_ERROR(m.spool.get()->Remove(node->path));  // EPERM once the member holds data
   return m.table->Detach(parent, name);
 }
 
@@ -620,7 +629,7 @@ Status RenameNode(Mount& m, fuse_ino_t parent, const char* name, fuse_ino_t new_
   }
   NPZ_ASSIGN_OR_RETURN(std::string new_path, m.table->ChildPath(new_parent, new_name));
   // The member object stays the same (the inode table holds it): only its name moves.
-  NPZ_RETURN_IF_ERROR(m.spool->Rename(node->path, new_path));  // EPERM once it holds data
+  NPZ_RETURN_IF_ERROR(m.spool.get()->Rename(node->path, new_path));  // EPERM once it has data
   return m.table->Move(parent, name, new_parent, new_name);
 }
 
@@ -642,32 +651,90 @@ void ReplyXattrValue(fuse_req_t req, const std::string& value, size_t size) {
   }
 }
 
+// Only user.* attributes exist here. Answering ENOTSUP for the others (security.selinux,
+// system.posix_acl_access, ...) tells `ls -l` once per mount that the filesystem has no
+// labels and no ACLs; ENODATA would make it ask again for every file.
+bool UserAttribute(std::string_view name) { return name.starts_with("user."); }
+
+Status NotSupported(std::string_view name) {
+  return Status::Error(ENOTSUP, std::string(name) + ": only user.* attributes exist here");
+}
+
+bool LayoutAttribute(std::string_view name) {
+  return name == kDescrAttribute || name == kShapeAttribute || name == kFortranAttribute;
+}
+
 Status SetNodeXattr(Mount& m, fuse_ino_t ino, const char* name, const char* value, size_t size) {
+  if (!UserAttribute(name)) return NotSupported(name);
   std::optional<NodeInfo> node = m.table->Get(ino);
   if (!node) return NoSuchInode(ino);
-  if (node->kind != NodeKind::kGrowing) {
-    return Writable(m) ? Status::Error(ENOTSUP, node->path + ": " + name +
-                                                    ": only new members take attributes")
-                       : ReadOnlyMount(node->path);
+  if (!Writable(m)) return ReadOnlyMount(node->path);
+  if (node->kind == NodeKind::kGrowing) {
+    return node->growing->SetAttribute(name, std::string_view(value, size));
   }
-  return node->growing->SetAttribute(name, std::string_view(value, size));
+  if (node->kind == NodeKind::kArchived && LayoutAttribute(name)) {
+    return Status::Error(EPERM, node->path + ": " + name +
+                                    " is read-only: an archived member's layout is its header");
+  }
+  return Status::Error(ENOTSUP, node->path + ": " + name + ": only new members take attributes");
 }
 
 void SetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
               int /*flags*/) {
-  ReplyStatus(req, "setxattr", SetNodeXattr(MountOf(req), ino, name, value, size));
+  ReplyStatus(req, "setxattr", SetNodeXattr(MountOf(req), ino, name, value, size), {ENOTSUP});
 }
 
-// The value of attribute `name` of a node: the mount root answers the `npz umount`
-// protocol, new members their layout. ENODATA for anything else.
-Result<std::string> NodeXattr(const Mount& m, const NodeInfo& node, const char* name) {
-  if (node.ino == FUSE_ROOT_ID) {
-    if (name == kPidAttribute) return std::to_string(getpid());
-    if (name == kResultAttribute) return m.result_path;
-  } else if (node.kind == NodeKind::kGrowing) {
-    return node.growing->GetAttribute(name);
+// user.npzfs.stats: counters as one JSON object, padded with spaces to a fixed length so that
+// a value that grows between getxattr's size query and its read still fits.
+std::string StatsJson(Mount& m) {
+  constexpr size_t kStatsLength = 512;
+  uint64_t new_members = 0, frames = 0;
+  if (Spool* spool = m.spool.get()) {
+    for (const auto& member : spool->members()) {
+      ++new_members;
+      frames += member->frame_count();
+    }
   }
-  return Status::Error(ENODATA, node.path + ": no attribute " + name);
+  const ArchiveStats a = m.archive != nullptr ? m.archive->stats() : ArchiveStats{};
+  auto field = [](const char* key, uint64_t value) {
+    return std::string("\"") + key + "\": " + std::to_string(value);
+  };
+  std::string json =
+      "{" + field("requests", m.stats.requests.load()) + ", " +
+      field("bytes_served", m.stats.bytes_served.load()) + ", " +
+      field("spans_inflated", a.spans_inflated) + ", " + field("cache_hits", a.cache_hits) + ", " +
+      field("cache_misses", a.cache_misses) + ", " + field("open_files", m.handles.size()) + ", " +
+      field("members_being_written", m.stats.writers.load()) + ", " +
+      field("new_members", new_members) + ", " + field("frames_written", frames) + "}";
+  if (json.size() < kStatsLength) json.append(kStatsLength - json.size(), ' ');
+  return json;
+}
+
+// The attributes of the mount root: the `npz umount` protocol and the statistics.
+Result<std::string> RootXattr(Mount& m, std::string_view name) {
+  if (name == kPidAttribute) return std::to_string(getpid());
+  if (name == kResultAttribute) return m.result_path();
+  if (name == kProgressAttribute) return m.writable() ? m.runtime.progress : std::string();
+  if (name == kStatsAttribute) return StatsJson(m);
+  return Status::Error(ENODATA, std::string("/: no attribute ") + std::string(name));
+}
+
+Result<std::string> ArchivedXattr(Mount& m, const NodeInfo& node, std::string_view name) {
+  std::optional<NpyHeader> layout =
+      LayoutAttribute(name) ? m.layouts.Get(*m.archive, node.member_index) : std::nullopt;
+  if (layout && name == kDescrAttribute) return DtypeText(*layout);
+  if (layout && name == kShapeAttribute) return AxesText(layout->frame_shape());
+  if (layout && name == kFortranAttribute) return std::string(layout->fortran_order() ? "1" : "0");
+  return Status::Error(ENODATA, node.path + ": no attribute " + std::string(name));
+}
+
+// The value of attribute `name` of a node. ENOTSUP outside user.*, ENODATA for the rest.
+Result<std::string> NodeXattr(Mount& m, const NodeInfo& node, std::string_view name) {
+  if (!UserAttribute(name)) return NotSupported(name);
+  if (node.ino == FUSE_ROOT_ID) return RootXattr(m, name);
+  if (node.kind == NodeKind::kGrowing) return node.growing->GetAttribute(name);
+  if (node.kind == NodeKind::kArchived) return ArchivedXattr(m, node, name);
+  return Status::Error(ENODATA, node.path + ": no attribute " + std::string(name));
 }
 
 void GetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
@@ -679,10 +746,23 @@ void GetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
   }
   auto value = NodeXattr(m, *node, name);
   if (!value.ok()) {
-    ReplyStatus(req, "getxattr", value.status());  // ENODATA: an expected answer
+    ReplyStatus(req, "getxattr", value.status(), {ENOTSUP});  // ENODATA is expected too
     return;
   }
   ReplyXattrValue(req, *value, size);
+}
+
+std::vector<std::string> XattrNames(Mount& m, const NodeInfo& node) {
+  if (node.ino == FUSE_ROOT_ID) {
+    return {std::string(kPidAttribute), std::string(kResultAttribute),
+            std::string(kProgressAttribute), std::string(kStatsAttribute)};
+  }
+  if (node.kind == NodeKind::kGrowing) return node.growing->ListAttributes();
+  if (node.kind == NodeKind::kArchived && m.layouts.Get(*m.archive, node.member_index)) {
+    return {std::string(kDescrAttribute), std::string(kShapeAttribute),
+            std::string(kFortranAttribute)};
+  }
+  return {};
 }
 
 void ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
@@ -692,33 +772,29 @@ void ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
     ReplyStatus(req, "listxattr", NoSuchInode(ino));
     return;
   }
-  std::vector<std::string> names;
-  if (ino == FUSE_ROOT_ID) {
-    names = {std::string(kPidAttribute), std::string(kResultAttribute)};
-  } else if (node->kind == NodeKind::kGrowing) {
-    names = node->growing->ListAttributes();
-  }
   std::string list;
-  for (const std::string& n : names) list += n + '\0';
+  for (const std::string& n : XattrNames(m, *node)) list += n + '\0';
   ReplyXattrValue(req, list, size);
 }
 
 void RemoveXattr(fuse_req_t req, fuse_ino_t /*ino*/, const char* name) {
   Mount& m = MountOf(req);
-  ReplyStatus(req, "removexattr",
-              Writable(m) ? Status::Error(EPERM, std::string(name) + ": attributes cannot be "
-                                                                     "removed")
-                          : ReadOnlyMount(name));
+  Status s = !UserAttribute(name) ? NotSupported(name)
+             : Writable(m)
+                 ? Status::Error(EPERM, std::string(name) + ": attributes cannot be removed")
+                 : ReadOnlyMount(name);
+  ReplyStatus(req, "removexattr", s, {ENOTSUP});
 }
 
 // ---- statfs ----
 
 void StatFs(fuse_req_t req, fuse_ino_t /*ino*/) {
   Mount& m = MountOf(req);
-  // Numbers of the filesystem that holds the archive (and the spool): what is free there is
+  // Numbers of the filesystem that holds the spool (or the archive): what is free there is
   // what new members can use.
   struct statvfs st {};
-  std::string where = m.spool != nullptr ? m.spool->dir() : DirName(m.archive_path);
+  Spool* spool = m.spool.get();
+  std::string where = spool != nullptr ? spool->dir() : DirName(m.archive_path);
   if (statvfs(where.c_str(), &st) != 0) {
     st = {};
     st.f_bsize = 4096;
@@ -732,13 +808,13 @@ void StatFs(fuse_req_t req, fuse_ino_t /*ino*/) {
   }
   uint64_t frsize = st.f_frsize == 0 ? 4096 : st.f_frsize;
   uint64_t used_blocks = (archive_bytes + frsize - 1) / frsize;
-  if (m.spool == nullptr) {
+  if (!Writable(m)) {
     st.f_bfree = 0;
     st.f_bavail = 0;
   }
   st.f_blocks = used_blocks + st.f_bfree;
-  st.f_files = m.table->size() + (m.spool != nullptr ? st.f_ffree : 0);
-  if (m.spool == nullptr) st.f_ffree = st.f_favail = 0;
+  st.f_files = m.table->size() + (Writable(m) ? st.f_ffree : 0);
+  if (!Writable(m)) st.f_ffree = st.f_favail = 0;
   st.f_namemax = 255;
   fuse_reply_statfs(req, &st);
 }

@@ -2,11 +2,14 @@
 
 #include <fnmatch.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
 
+#include "core/npy/frame_layout.h"
 #include "npzfs/file_util.h"
+#include "npzfs/npy_header.h"
 
 namespace npzfs::fs {
 namespace {
@@ -14,13 +17,20 @@ namespace {
 enum Key {
   kKeyHelp,
   kKeyVersion,
+  kKeyQuiet,
+  kKeyVerbose,
   kKeyReadOnly,
+  kKeyCreate,
+  kKeyNonEmpty,
   kKeyCompress,
   kKeyCompressLevel,
   kKeySpool,
   kKeyFrame,
   kKeyCache,
   kKeyIndex,
+  kKeyLog,
+  kKeyVerify,
+  kKeyFinalize,
 };
 
 const fuse_opt kOptionSpecs[] = {
@@ -28,20 +38,35 @@ const fuse_opt kOptionSpecs[] = {
     FUSE_OPT_KEY("--help", kKeyHelp),
     FUSE_OPT_KEY("-V", kKeyVersion),
     FUSE_OPT_KEY("--version", kKeyVersion),
+    FUSE_OPT_KEY("-q", kKeyQuiet),
+    FUSE_OPT_KEY("--quiet", kKeyQuiet),
+    FUSE_OPT_KEY("-v", kKeyVerbose),
+    FUSE_OPT_KEY("--verbose", kKeyVerbose),
     FUSE_OPT_KEY("ro", kKeyReadOnly),
+    FUSE_OPT_KEY("create", kKeyCreate),
+    FUSE_OPT_KEY("nonempty", kKeyNonEmpty),
     FUSE_OPT_KEY("compress", kKeyCompress),
     FUSE_OPT_KEY("compress=", kKeyCompressLevel),
     FUSE_OPT_KEY("spool=", kKeySpool),
     FUSE_OPT_KEY("frame=", kKeyFrame),
     FUSE_OPT_KEY("cache=", kKeyCache),
     FUSE_OPT_KEY("index=", kKeyIndex),
+    FUSE_OPT_KEY("log=", kKeyLog),
+    FUSE_OPT_KEY("verify=", kKeyVerify),
+    FUSE_OPT_KEY("finalize=", kKeyFinalize),
     FUSE_OPT_END,
 };
+
+// fuse_opt_parse's return values for one argument.
+constexpr int kConsumed = 0;  // ours: removed from the arguments
+constexpr int kKeep = 1;      // for libfuse
+constexpr int kFailed = -1;   // the reason is in ParseState::error
 
 // State shared with the C callback of fuse_opt_parse. The first error wins.
 struct ParseState {
   Options options;
   std::vector<std::string> positional;
+  std::string previous_frame;  // the frame= option just before this one, if it was one
   Status error;
 };
 
@@ -57,79 +82,151 @@ std::optional<uint64_t> ParseUnsigned(std::string_view text) {
   return value;
 }
 
+bool AllDigits(std::string_view text) {
+  return !text.empty() &&
+         std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
 Status Invalid(const std::string& message) { return Status::Error(EINVAL, message); }
 
-// Returns 0 to discard an argument we consumed, 1 to keep it for FUSE, -1 on error
-// (fuse_opt_parse then fails; the reason is in state->error).
-int ProcessOption(void* data, const char* arg, int key, fuse_args* /*outargs*/) {
-  auto* state = static_cast<ParseState*>(data);
-  Options& o = state->options;
+// Options without a value. Returns kConsumed or kKeep.
+int ProcessFlag(Options& o, int key) {
   switch (key) {
-    case FUSE_OPT_KEY_NONOPT:
-      state->positional.emplace_back(arg);
-      return 0;
     case kKeyHelp:
       o.show_help = true;
-      return 0;
+      return kConsumed;
     case kKeyVersion:
       o.show_version = true;
-      return 0;
+      return kConsumed;
+    case kKeyQuiet:
+      o.verbosity = Verbosity::kQuiet;
+      return kConsumed;
+    case kKeyVerbose:
+      o.verbosity = Verbosity::kVerbose;
+      return kConsumed;
     case kKeyReadOnly:
       o.read_only = true;
-      return 1;  // also mount read-only in the kernel: writes fail with EROFS there
+      return kKeep;  // also mount read-only in the kernel: writes fail with EROFS there
+    case kKeyCreate:
+      o.create = true;
+      return kConsumed;
+    case kKeyNonEmpty:
+      o.nonempty = true;  // libfuse 3 has no such option: the check is ours
+      return kConsumed;
     case kKeyCompress:
       o.compress_level = 6;  // zlib's default, like np.savez_compressed
-      return 0;
-    case kKeyCompressLevel: {
-      auto level = ParseUnsigned(ValueOf(arg));
-      if (!level || *level > 9) {
-        state->error = Invalid(std::string("bad option '") + arg + "': LEVEL must be 0..9");
-        return -1;
-      }
-      o.compress_level = static_cast<int>(*level);
-      return 0;
-    }
+      return kConsumed;
+  }
+  return kKeep;
+}
+
+Status ProcessDirectoryOption(Options& o, int key, std::string_view value) {
+  switch (key) {
     case kKeySpool:
-      o.spool_dir = std::string(ValueOf(arg));
-      if (o.spool_dir.empty()) {
-        state->error = Invalid("bad option 'spool=': DIR is empty");
-        return -1;
-      }
-      return 0;
+      if (value.empty()) return Invalid("bad option 'spool=': DIR is empty");
+      o.spool_dir = std::string(value);
+      return Status::Ok();
+    case kKeyIndex:
+      if (value.empty()) return Invalid("bad option 'index=': expected DIR or off");
+      o.index_enabled = value != "off";
+      if (o.index_enabled) o.index_dir = std::string(value);
+      return Status::Ok();
+    case kKeyLog:
+      if (value.empty()) return Invalid("bad option 'log=': FILE is empty");
+      o.log_file = std::string(value);
+      return Status::Ok();
+  }
+  return Status::Ok();
+}
+
+// Options with a value. Errors name the option as given.
+Status ProcessValueOption(Options& o, int key, const char* arg) {
+  const std::string_view value = ValueOf(arg);
+  const std::string bad = std::string("bad option '") + arg + "'";
+  switch (key) {
+    case kKeyCompressLevel: {
+      auto level = ParseUnsigned(value);
+      if (!level || *level > 9) return Invalid(bad + ": LEVEL must be 0..9");
+      o.compress_level = static_cast<int>(*level);
+      return Status::Ok();
+    }
     case kKeyFrame: {
-      auto pattern = ParseFramePattern(ValueOf(arg));
-      if (!pattern.ok()) {
-        state->error = pattern.status();
-        return -1;
-      }
-      o.frames.push_back(std::move(pattern).value());
-      return 0;
+      NPZ_ASSIGN_OR_RETURN(FramePattern pattern, ParseFramePattern(value));
+      o.frames.push_back(std::move(pattern));
+      return Status::Ok();
     }
     case kKeyCache: {
-      auto mib = ParseUnsigned(ValueOf(arg));
-      if (!mib || *mib > (1ull << 30)) {
-        state->error = Invalid(std::string("bad option '") + arg + "': expected MiB");
-        return -1;
-      }
+      auto mib = ParseUnsigned(value);
+      if (!mib || *mib > (1ull << 30)) return Invalid(bad + ": expected MiB");
       o.cache_mib = *mib;
-      return 0;
+      return Status::Ok();
     }
-    case kKeyIndex: {
-      std::string_view value = ValueOf(arg);
-      if (value == "off") {
-        o.index_enabled = false;
-      } else if (value.empty()) {
-        state->error = Invalid("bad option 'index=': expected DIR or off");
-        return -1;
+    case kKeyVerify:
+      if (value == "strict") {
+        o.verify = VerifyMode::kStrict;
+      } else if (value == "off") {
+        o.verify = VerifyMode::kOff;
+      } else if (value == "on") {
+        o.verify = VerifyMode::kDefault;
       } else {
-        o.index_enabled = true;
-        o.index_dir = std::string(value);
+        return Invalid(bad + ": expected verify=strict, verify=on (the default) or verify=off");
       }
-      return 0;
-    }
-    default:
-      return 1;
+      return Status::Ok();
+    case kKeyFinalize:
+      if (value != "copy" && value != "inplace") {
+        return Invalid(bad + ": expected finalize=copy or finalize=inplace (the default)");
+      }
+      o.finalize_copy = value == "copy";
+      return Status::Ok();
   }
+  return ProcessDirectoryOption(o, key, value);
+}
+
+// An option libfuse will see. A bare number right after frame= is a frame shape written with
+// ',' (which separates -o options): say so now, instead of libfuse's "unknown option".
+Status CheckFuseOption(const ParseState& state, const char* arg) {
+  std::string_view option = arg;
+  if (option.starts_with("-o")) option.remove_prefix(2);
+  if (!state.previous_frame.empty() && AllDigits(option)) {
+    return Invalid("bad option '" + std::string(option) + "' after 'frame=" + state.previous_frame +
+                   "': frame shape axes are separated by 'x', not ',' (" +
+                   "e.g. frame=" + state.previous_frame + "x" + std::string(option) + ")");
+  }
+  return Status::Ok();
+}
+
+// Returns kConsumed, kKeep or kFailed (the reason is then in state->error).
+int ProcessOption(void* data, const char* arg, int key, fuse_args* /*outargs*/) {
+  auto* state = static_cast<ParseState*>(data);
+  std::string previous_frame = std::move(state->previous_frame);
+  state->previous_frame.clear();
+  Status s;
+  int result = kConsumed;
+  if (key == FUSE_OPT_KEY_NONOPT) {
+    state->positional.emplace_back(arg);
+  } else if (key == FUSE_OPT_KEY_OPT) {
+    state->previous_frame = previous_frame;
+    s = CheckFuseOption(*state, arg);
+    state->previous_frame.clear();
+    result = kKeep;
+  } else if (std::strchr(arg, '=') == nullptr || key == kKeyHelp || key == kKeyVersion) {
+    result = ProcessFlag(state->options, key);
+  } else {
+    s = ProcessValueOption(state->options, key, arg);
+    if (key == kKeyFrame) state->previous_frame = std::string(ValueOf(arg));
+  }
+  if (!s.ok()) {
+    state->error = s;
+    return kFailed;
+  }
+  return result;
+}
+
+Status CheckCombinations(const Options& o) {
+  if (o.create && o.read_only) {
+    return Invalid("-o create and -o ro contradict each other: a read-only mount creates nothing");
+  }
+  return Status::Ok();
 }
 
 }  // namespace
@@ -141,27 +238,26 @@ Result<FramePattern> ParseFramePattern(std::string_view spec) {
   size_t first = spec.find(':');
   size_t last = spec.rfind(':');
   if (first == std::string_view::npos || first == last) {
-    return Invalid(where + ": expected PATTERN:DTYPE:SHAPE, e.g. frame=adc*:<i2:256x1024");
+    return Invalid(where + ": expected PATTERN:DTYPE:SHAPE, e.g. frame=adc*:int16:256x1024");
   }
   FramePattern p;
   p.pattern = std::string(spec.substr(0, first));
-  p.descr = std::string(spec.substr(first + 1, last - first - 1));
+  const std::string_view dtype = spec.substr(first + 1, last - first - 1);
   if (p.pattern.empty()) return Invalid(where + ": PATTERN is empty");
-  if (p.descr.empty()) return Invalid(where + ": DTYPE is empty");
-  std::string_view shape = spec.substr(last + 1);
-  while (!shape.empty()) {
-    size_t x = shape.find('x');
-    std::string_view axis = shape.substr(0, x);
-    auto n = ParseUnsigned(axis);
-    if (!n) {
-      return Invalid(where + ": SHAPE axis '" + std::string(axis) +
-                     "' is not a number (axes are separated by 'x')");
-    }
-    p.shape.push_back(*n);
-    if (x == std::string_view::npos) break;
-    shape.remove_prefix(x + 1);
-    if (shape.empty()) return Invalid(where + ": SHAPE ends with 'x'");
+  if (dtype.empty()) return Invalid(where + ": DTYPE is empty");
+  p.descr = DescrForDtypeName(dtype);
+  auto shape = ParseFrameShape(spec.substr(last + 1));
+  if (!shape.ok()) return Invalid(where + ": SHAPE: " + shape.status().message());
+  p.shape = std::move(shape).value();
+  // The whole layout, as every create would build it.
+  auto layout = NpyHeader::ForFrames(p.descr, p.shape, /*fortran_order=*/false, 0);
+  if (!layout.ok()) {
+    return Invalid(where + ": DTYPE '" + std::string(dtype) + "': " + layout.status().message() +
+                   " (use a numpy dtype name such as int16, float32, uint8, complex64, or a "
+                   "descr such as <i2)");
   }
+  Status growable = CheckGrowable(*layout, "frames of " + std::string(dtype));
+  if (!growable.ok()) return Invalid(where + ": " + growable.message());
   return p;
 }
 
@@ -191,6 +287,7 @@ Result<Options> ParseOptions(fuse_args* args) {
   }
   Options o = std::move(state.options);
   if (o.show_help || o.show_version) return o;
+  NPZ_RETURN_IF_ERROR(CheckCombinations(o));
   if (state.positional.empty()) return Invalid("missing ARCHIVE (see npzfs --help)");
   if (state.positional.size() > 2) {
     return Invalid("unexpected argument '" + state.positional[2] +
@@ -218,15 +315,24 @@ std::string UsageText(const char* program) {
          "npzfs options:\n"
          "    -h   --help            print this help\n"
          "    -V   --version         print the version\n"
-         "    -o ro                  read only\n"
+         "    -q   --quiet           log warnings and errors only\n"
+         "    -v   --verbose         also log every open and every error reply\n"
+         "    -o ro                  read only (needs no writable directory)\n"
+         "    -o create              create ARCHIVE on unmount if it does not exist\n"
+         "    -o nonempty            allow a MOUNTPOINT that holds files\n"
          "    -o compress[=LEVEL]    deflate new members (default level 6)\n"
-         "    -o spool=DIR           spool directory for new members\n"
-         "                           (default: .ARCHIVE.npzfs-spool next to the archive)\n"
+         "    -o spool=DIR           spool directory for new members, made on the first\n"
+         "                           new file (default: .ARCHIVE.npzfs-spool next to it)\n"
          "    -o frame=PATTERN:DTYPE:SHAPE\n"
          "                           new members matching PATTERN hold raw frames,\n"
-         "                           e.g. frame=adc*:<i2:256x1024 (repeatable)\n"
+         "                           e.g. frame=adc*:int16:256x1024 (repeatable)\n"
          "    -o cache=MiB           decompressed span cache (default 128)\n"
          "    -o index=DIR|off       where to keep the random-access index, or none\n"
+         "    -o log=FILE            append the log to FILE\n"
+         "    -o verify=strict|on|off  CRC-32 checks: before any byte is served, as reads go\n"
+         "                           (default), or none\n"
+         "    -o finalize=copy       add new members by copying the archive and renaming the\n"
+         "                           copy over it (default: append in place, journaled)\n"
          "\n";
 }
 

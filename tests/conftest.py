@@ -15,6 +15,8 @@ expects `npz verify` to fail would otherwise pass on an ASan abort).
 """
 import contextlib
 import os
+import pty
+import select
 import signal
 import subprocess
 import tempfile
@@ -111,6 +113,7 @@ class DaemonMount:
         self.mnt = mnt
         self._log_file = log_file
         self.returncode = None
+        self.result_path = ""  # where the daemon writes its finalize outcome ("": none)
 
     def path(self, *parts):
         return os.path.join(self.mnt, *parts)
@@ -153,16 +156,19 @@ class DaemonMount:
         return self.returncode
 
 
-def start_daemon(archive, mnt, *options, timeout=MOUNT_TIMEOUT):
-    """Starts the daemon and waits for the mount. Fails (after cleaning up) if it died."""
+def start_daemon(archive, mnt, *options, timeout=MOUNT_TIMEOUT, prefix=(), env=None):
+    """Starts the daemon and waits for the mount. Fails (after cleaning up) if it died.
+    `prefix` runs it through another program that execs it (e.g. setpriv, to run as another
+    user: the PID stays the daemon's)."""
     require_fuse()
     os.makedirs(mnt, exist_ok=True)
     log_file = tempfile.TemporaryFile()
-    proc = subprocess.Popen([NPZFS_BIN, "-f", *options, str(archive), str(mnt)],
-                            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file)
+    proc = subprocess.Popen([*prefix, NPZFS_BIN, "-f", *options, str(archive), str(mnt)],
+                            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=env)
     m = DaemonMount(proc, str(mnt), log_file)
     deadline = time.monotonic() + timeout
-    while not os.path.ismount(mnt):
+    # The mount table, not a stat: another user's FUSE mount refuses root's stat.
+    while not is_mounted(mnt):
         if proc.poll() is not None:
             m.unmount()
             pytest.fail(f"npzfs exited with {proc.returncode} before mounting:\n{m.log()}")
@@ -170,6 +176,10 @@ def start_daemon(archive, mnt, *options, timeout=MOUNT_TIMEOUT):
             m.kill()
             pytest.fail(f"npzfs did not mount {mnt} within {timeout} s:\n{m.log()}")
         time.sleep(0.02)
+    try:
+        m.result_path = os.getxattr(mnt, "user.npzfs.result").decode()
+    except OSError:
+        pass
     return m
 
 
@@ -195,3 +205,41 @@ def mount_factory():
     yield start
     for m in reversed(started):
         m.unmount()
+
+
+def run_with_stderr_on_a_terminal(argv, env):
+    """Runs argv with stderr on a pseudo-terminal (stdout discarded); returns (exit code,
+    everything drawn on the terminal)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=slave,
+                            env={**os.environ, **env})
+    os.close(slave)
+    drawn = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            drawn += chunk
+        elif proc.poll() is not None:
+            break
+    proc.wait()
+    os.close(master)
+    return proc.returncode, drawn.decode("utf-8", "replace")
+
+
+@contextlib.contextmanager
+def tmpfs(directory, size="4m"):
+    """A small tmpfs mounted at `directory` (we run as root); always unmounted."""
+    os.makedirs(directory, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                       str(directory)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)])

@@ -2,6 +2,8 @@
 // streams and the stream pool. Deflate data is made here with zlib.
 #include "core/read/inflate_index.h"
 
+#include "core/read/stream_pool.h"
+
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <zlib.h>
@@ -203,7 +205,7 @@ TEST(InflateIndex, ACorruptStoredWindowIsAnEio) {
 
 TEST(StreamPool, AParkedStreamIsTakenOnlyAtItsPositionAndTheOldestIsEvicted) {
   DeflateFile f(RealisticInt16(1 << 18, 12));
-  StreamPool pool(2);
+  StreamPool<InflateStream> pool(2);
   std::vector<std::byte> buf(1000);
   for (int i = 0; i < 3; ++i) {
     auto s = InflateStream::Create(f.source);

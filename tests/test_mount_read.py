@@ -3,6 +3,7 @@
 Every archive is generated at test time by numpy, zipfile or Info-ZIP `zip`, and every
 member read through the mount is compared with what zipfile reads from the archive itself.
 """
+import errno
 import hashlib
 import io
 import os
@@ -15,11 +16,12 @@ import tempfile
 import time
 import warnings
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
 
-from conftest import DaemonMount, NPZFS_BIN, mounted, require_fuse
+from conftest import DaemonMount, NPZ_BIN, NPZFS_BIN, mounted, require_fuse
 
 PYTHON = os.environ.get("NPZFS_PYTHON", "/usr/bin/python3")
 
@@ -446,3 +448,311 @@ def test_a_member_larger_than_4_gib_is_served(tmp_path):
         finally:
             os.close(fd)
     os.unlink(path)
+
+
+# ---- Hardening: stored members are checked, bounded memory, names, changes under the mount.
+
+
+def stored_archive(tmp_path, name="stored.npz"):
+    """A stored archive with a 3.2 MB member (four 1 MiB verify chunks) and a small one."""
+    rng = np.random.default_rng(7)
+    path = tmp_path / name
+    np.savez(path, adc=rng.integers(-3000, 3000, size=1_600_000).astype("<i2"),
+             small=np.arange(10.0))
+    return path
+
+
+def data_offset(path, member):
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(member)
+    blob = path.read_bytes()
+    name_len, extra_len = struct.unpack_from("<HH", blob, info.header_offset + 26)
+    return info.header_offset + 30 + name_len + extra_len, info
+
+
+def read_member_errno(path):
+    """Reads a file through; returns None at a clean end, else the errno."""
+    try:
+        with open(path, "rb") as f:
+            while f.read(1 << 20):
+                pass
+    except OSError as e:
+        return e.errno
+    return None
+
+
+def test_a_stored_member_with_a_flipped_byte_is_eio_never_a_clean_end(tmp_path):
+    path = stored_archive(tmp_path)
+    start, _ = data_offset(path, "adc.npy")
+    blob = bytearray(path.read_bytes())
+    blob[start + 2_500_000] ^= 1
+    path.write_bytes(bytes(blob))
+    with mounted(path, tmp_path / "mnt") as m:
+        assert read_member_errno(m.path("adc.npy")) == errno.EIO
+        # np.load with mmap sees the failure too (SIGBUS in the child, never wrong data).
+        r = subprocess.run([PYTHON, "-c", "import numpy as np, sys\n"
+                            "a = np.load(sys.argv[1], mmap_mode='r')\n"
+                            "print(int(np.asarray(a, dtype=np.int64).sum()))",
+                            m.path("adc.npy")], capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0, r.stdout
+        assert read_file(m.path("small.npy")) == zipfile.ZipFile(path).read("small.npy")
+    assert "adc.npy: CRC-32 mismatch" in m.log()
+
+
+def test_a_wrong_crc_in_the_directory_of_a_stored_member_is_eio(tmp_path):
+    path = stored_archive(tmp_path)
+    corrupt_crc(path, "adc.npy")
+    with mounted(path, tmp_path / "mnt") as m:
+        assert read_member_errno(m.path("adc.npy")) == errno.EIO
+    assert "CRC-32 mismatch" in m.log()
+
+
+def test_a_stored_member_whose_sizes_run_into_the_next_member_is_not_listed(tmp_path):
+    path = tmp_path / "lying.npz"
+    np.savez(path, a=np.arange(50000, dtype="<i8"), b=np.arange(5000, dtype="<f8"))
+    blob = bytearray(path.read_bytes())
+    pos = blob.find(b"PK\x01\x02")
+    while pos >= 0:
+        n = struct.unpack_from("<H", blob, pos + 28)[0]
+        if blob[pos + 46:pos + 46 + n] == b"a.npy":
+            for field in (20, 24):
+                size = struct.unpack_from("<I", blob, pos + field)[0]
+                struct.pack_into("<I", blob, pos + field, size + 8163)
+        pos = blob.find(b"PK\x01\x02", pos + 4)
+    path.write_bytes(bytes(blob))
+    with mounted(path, tmp_path / "mnt") as m:
+        assert os.listdir(m.mnt) == ["b.npy"]
+        assert np.array_equal(np.load(m.path("b.npy")), np.arange(5000, dtype="<f8"))
+    assert "skipping member a.npy" in m.log()
+
+
+@pytest.mark.parametrize("kind", ["stored", "deflated"])
+def test_an_archive_truncated_under_a_live_mount_gives_eio(tmp_path, kind):
+    path = tmp_path / "data.npz"
+    rng = np.random.default_rng(8)
+    save = np.savez if kind == "stored" else np.savez_compressed
+    save(path, adc=rng.integers(-3000, 3000, size=1_600_000).astype("<i2"))
+    with mounted(path, tmp_path / "mnt", "-o", "index=off") as m:
+        fd = os.open(m.path("adc.npy"), os.O_RDONLY)
+        try:
+            assert len(os.pread(fd, 4096, 0)) == 4096
+            os.truncate(path, path.stat().st_size // 2)
+            with pytest.raises(OSError) as e:
+                os.pread(fd, 1 << 20, 2 << 20)
+            assert e.value.errno == errno.EIO
+        finally:
+            os.close(fd)
+    assert "changed while it was open" in m.log()
+
+
+def test_a_5000_byte_name_is_skipped_and_its_siblings_are_listed(tmp_path):
+    path = tmp_path / "names.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("x" * 5000 + ".npy", b"too long")
+        z.writestr("normal.npy", npy_of(np.arange(3)))
+        z.writestr("sub/" + "y" * 300, b"too long too")
+        z.writestr("sub/ok.bin", b"ok")
+    with mounted(path, tmp_path / "mnt") as m:
+        assert sorted(os.listdir(m.mnt)) == ["normal.npy", "sub"]
+        assert os.listdir(m.path("sub")) == ["ok.bin"]
+        assert np.array_equal(np.load(m.path("normal.npy")), np.arange(3))
+        found = subprocess.run(["find", m.mnt], capture_output=True, text=True, check=True)
+        assert "normal.npy" in found.stdout and "ok.bin" in found.stdout
+    assert "5004 bytes" in m.log() and "300 bytes" in m.log()
+
+
+def deflate_fixed_zeros(prefix, size):
+    """One fixed-Huffman deflate block: `prefix`, then zeros up to `size` bytes (length-258,
+    distance-1 matches, repeated as whole bytes once the bit writer is byte-aligned)."""
+    out = bytearray()
+    state = {"acc": 0, "n": 0}
+
+    def bits(v, n):
+        state["acc"] |= v << state["n"]
+        state["n"] += n
+        while state["n"] >= 8:
+            out.append(state["acc"] & 0xff)
+            state["acc"] >>= 8
+            state["n"] -= 8
+
+    def code(c, n):
+        bits(int(format(c, "0%db" % n)[::-1], 2), n)
+
+    def literal(v):
+        code(0x30 + v, 8) if v < 144 else code(0x190 + v - 144, 9)
+
+    def match258():
+        code(0xc5, 8)  # length code 285 (258)
+        code(0, 5)     # distance code 0 (1)
+
+    bits(1, 1)
+    bits(1, 2)
+    for c in prefix:
+        literal(c)
+    left = size - len(prefix)
+    literal(0)
+    left -= 1
+    while left >= 258 and state["n"]:
+        match258()
+        left -= 258
+    mark = len(out)
+    for _ in range(8):
+        match258()
+    group = bytes(out[mark:])
+    del out[mark:]
+    left -= 8 * 258
+    groups = left // (8 * 258)
+    out += group * (groups + 1)
+    left -= groups * 8 * 258
+    while left >= 258:
+        match258()
+        left -= 258
+    for _ in range(left):
+        literal(0)
+    code(0, 7)  # end of block
+    if state["n"]:
+        bits(0, 8 - state["n"])
+    return bytes(out)
+
+
+def raw_deflate_zip(path, name, raw, crc, size):
+    def header(central):
+        h = struct.pack("<I", 0x02014b50 if central else 0x04034b50)
+        if central:
+            h += struct.pack("<H", 0x031e)
+        h += struct.pack("<HHHHHIIIHH", 20, 0, 8, 0, 0x21, crc, len(raw), size, len(name), 0)
+        if central:
+            h += struct.pack("<HHHII", 0, 0, 0, 0o100644 << 16, 0)
+        return h + name.encode()
+    local = header(False)
+    central = header(True)
+    cd_offset = len(local) + len(raw)
+    with open(path, "wb") as f:
+        f.write(local)
+        f.write(raw)
+        f.write(central)
+        f.write(struct.pack("<IHHHHIIH", 0x06054b50, 0, 0, 1, 1, len(central), cd_offset, 0))
+
+
+def vm_kib(pid, key):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_a_256_mib_single_block_member_is_served_within_the_memory_bound(tmp_path):
+    size = 256 << 20
+    prefix = b"\x93NUMPY\x01\x00" + b"a single deflate block of zeros"
+    raw = deflate_fixed_zeros(prefix, size)
+    crc = zlib.crc32(prefix)
+    zeros = bytes(1 << 20)
+    left = size - len(prefix)
+    while left:
+        n = min(left, len(zeros))
+        crc = zlib.crc32(zeros[:n], crc)
+        left -= n
+    path = tmp_path / "bomb.zip"
+    raw_deflate_zip(path, "bomb.bin", raw, crc, size)
+    cache_mib = 16
+    with mounted(path, tmp_path / "mnt", "-o", f"cache={cache_mib}") as m:
+        with open(m.path("bomb.bin"), "rb") as f:
+            head = f.read(len(prefix))
+            assert head == prefix
+            total = len(head)
+            while block := f.read(4 << 20):
+                assert block.count(0) == len(block), total
+                total += len(block)
+        assert total == size
+        # Back to the middle and near the end: bounded spans from checkpoints in the block.
+        fd = os.open(m.path("bomb.bin"), os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            assert os.pread(fd, 4096, size // 2) == bytes(4096)
+            assert os.pread(fd, 4096, size - 4096) == bytes(4096)
+        finally:
+            os.close(fd)
+        peak = vm_kib(m.proc.pid, "VmHWM")
+        assert peak <= (64 + cache_mib) << 10, f"daemon peak RSS {peak} KiB"
+    # The tool stays within the same bound (its peak RSS, from wait4).
+    for args in (["ls", str(path)], ["verify", str(path)]):
+        p = subprocess.Popen([NPZ_BIN, *args], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        p.stderr.read()
+        p.stderr.close()
+        assert p.returncode == 0, args
+        assert usage.ru_maxrss <= (64 + 128) << 10, (args, usage.ru_maxrss)
+
+
+def forge_sidecar_windows(sidecar):
+    """Rewrites every checkpoint window of a sidecar (format 2, core/README.md) with wrong
+    bytes that still form a valid window, and fixes the file's CRC: a forgery that passes
+    every check on load. Returns the number of windows changed."""
+    blob = sidecar.read_bytes()
+    body = bytearray()
+    pos = 0
+
+    def take(n):
+        nonlocal pos
+        chunk = blob[pos:pos + n]
+        pos += n
+        body.extend(chunk)
+        return chunk
+
+    assert take(8) == b"NPZFSIDX" and struct.unpack("<I", take(4))[0] == 2
+    take(4 + 8 + 8 + 4 + 4 + 8)
+    records = struct.unpack("<Q", take(8))[0]
+    forged = 0
+    for _ in range(records):
+        head = take(48)
+        kind = head[44]
+        if kind == 2:
+            take(4)
+            count = struct.unpack("<Q", take(8))[0]
+            take(4 * count)
+            continue
+        count = struct.unpack("<Q", take(8))[0]
+        for _ in range(count):
+            take(8 + 8 + 1 + 8 + 4)
+            window_size = struct.unpack("<I", take(4))[0]
+            window_bytes = struct.unpack("<I", blob[pos:pos + 4])[0]
+            pos += 4
+            window = blob[pos:pos + window_bytes]
+            pos += window_bytes
+            if window_size:
+                plain = bytes(b ^ 0x5a if b else 0 for b in zlib.decompress(window, -15))
+                c = zlib.compressobj(6, zlib.DEFLATED, -15)
+                window = c.compress(plain) + c.flush()
+                forged += 1
+            body += struct.pack("<I", len(window)) + window
+    assert pos == len(blob) - 4
+    sidecar.write_bytes(bytes(body) + struct.pack("<I", zlib.crc32(body)))
+    return forged
+
+
+def test_a_forged_sidecar_is_distrusted_and_the_member_reads_correctly(tmp_path):
+    t = np.arange(4_000_000)
+    smooth = (1000 * np.sin(t / 500.0) + np.random.default_rng(9).normal(0, 30, t.size))
+    path = tmp_path / "data.npz"
+    np.savez_compressed(path, smooth=smooth.astype("<i2"))
+    expected = zipfile.ZipFile(path).read("smooth.npy")
+    subprocess.run([NPZ_BIN, "index", str(path)], check=True, capture_output=True)
+    sidecar = tmp_path / ".data.npz.npzfs-index"
+    assert forge_sidecar_windows(sidecar) > 2
+    forged = sidecar.read_bytes()
+    with mounted(path, tmp_path / "mnt") as m:
+        fd = os.open(m.path("smooth.npy"), os.O_RDONLY)
+        try:
+            off = len(expected) // 2
+            assert os.pread(fd, 100000, off) == expected[off:off + 100000]
+        finally:
+            os.close(fd)
+        assert read_file(m.path("smooth.npy")) == expected
+    assert "rebuilt from the data" in m.log()
+    assert sidecar.read_bytes() != forged, "the forged checkpoints must be replaced"
+    with mounted(path, tmp_path / "mnt") as m2:
+        assert read_file(m2.path("smooth.npy")) == expected
+    assert "rebuilt" not in m2.log()

@@ -1,4 +1,4 @@
-"""Mount tests for the write side (issue 4): new members in a live npzfs mount, the
+"""Mount tests for the write side: new members in a live npzfs mount, the
 append-only rules, crash recovery and finalize on unmount.
 """
 import errno
@@ -35,17 +35,23 @@ def npy_bytes(array):
     return buf.getvalue()
 
 
-def result_file(archive):
-    return os.path.join(os.path.dirname(archive), "." + os.path.basename(archive) +
-                        ".npzfs-result")
+# A writable mount of an archive that may not exist yet.
+CREATE = ("-o", "create")
+
+
+def result_file(m):
+    """The file the daemon writes its finalize outcome to (named by the mount root)."""
+    assert m.result_path, "the daemon published no result file"
+    return m.result_path
 
 
 def finalized_ok(m, archive):
     """Unmounts, waits for finalize and checks the exit code and the result file."""
     code = m.unmount()
     assert code == 0, m.log()
-    with open(result_file(archive)) as f:
+    with open(result_file(m)) as f:
         assert f.readline().strip() == "ok"
+    os.unlink(result_file(m))  # read: done with it, as npz umount would be
     with zipfile.ZipFile(archive) as z:
         assert z.testzip() is None
     r = subprocess.run(["unzip", "-tq", str(archive)], capture_output=True, text=True)
@@ -58,7 +64,7 @@ def test_np_save_and_cp_give_members_identical_to_numpys_files(tmp_path):
     b = np.asfortranarray(np.arange(24, dtype=">i8").reshape(4, 6))
     src = tmp_path / "b.npy"
     np.save(src, b)
-    with mounted(archive, tmp_path / "mnt") as m:
+    with mounted(archive, tmp_path / "mnt", *CREATE) as m:
         with open(m.path("a.npy"), "wb") as f:
             np.save(f, a)
         subprocess.run(["cp", str(src), m.mnt + "/"], check=True)
@@ -79,7 +85,7 @@ def test_raw_frames_by_dd_with_a_frame_option(tmp_path):
     archive = tmp_path / "rec.npz"
     raw = tmp_path / "raw.bin"
     raw.write_bytes(frames(0, 50).tobytes())
-    with mounted(archive, tmp_path / "mnt", "-o", FRAME_OPT, "-o", "compress") as m:
+    with mounted(archive, tmp_path / "mnt", *CREATE, "-o", FRAME_OPT, "-o", "compress") as m:
         subprocess.run(["dd", f"if={raw}", f"of={m.path('adc0.npy')}", "bs=100", "status=none"],
                        check=True)
         assert np.array_equal(np.load(m.path("adc0.npy")), frames(0, 50))
@@ -92,7 +98,7 @@ def test_raw_frames_by_dd_with_a_frame_option(tmp_path):
 
 def test_raw_frames_with_layout_xattrs(tmp_path):
     archive = tmp_path / "rec.npz"
-    with mounted(archive, tmp_path / "mnt") as m:
+    with mounted(archive, tmp_path / "mnt", *CREATE) as m:
         p = m.path("cam.npy")
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
@@ -110,7 +116,7 @@ def test_raw_frames_with_layout_xattrs(tmp_path):
 
 def test_a_partial_frame_is_held_back_until_it_completes(tmp_path):
     archive = tmp_path / "rec.npz"
-    with mounted(archive, tmp_path / "mnt", "-o", FRAME_OPT) as m:
+    with mounted(archive, tmp_path / "mnt", *CREATE, "-o", FRAME_OPT) as m:
         p = m.path("adc.npy")
         fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
@@ -134,7 +140,7 @@ def test_a_partial_frame_is_held_back_until_it_completes(tmp_path):
 def test_a_non_npy_file_is_kept_verbatim(tmp_path):
     archive = tmp_path / "rec.npz"
     text = b'{"run": 7, "notes": "verbatim"}\n' * 100
-    with mounted(archive, tmp_path / "mnt") as m:
+    with mounted(archive, tmp_path / "mnt", *CREATE) as m:
         with open(m.path("meta.json"), "wb") as f:
             f.write(text[:1000])
             f.write(text[1000:])
@@ -185,7 +191,7 @@ print("checks", checks)
 def test_a_concurrent_reader_sees_only_complete_exact_frames(tmp_path):
     archive = tmp_path / "rec.npz"
     n = 2000
-    with mounted(archive, tmp_path / "mnt", "-o", FRAME_OPT) as m:
+    with mounted(archive, tmp_path / "mnt", *CREATE, "-o", FRAME_OPT) as m:
         p = m.path("adc.npy")
         reader = subprocess.Popen([PYTHON, "-c", READER, p, str(n)], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
@@ -211,7 +217,7 @@ def test_forbidden_operations_fail_with_their_errno_and_keep_the_data(tmp_path):
     archive = tmp_path / "rec.npz"
     np.savez(archive, old=np.arange(5))
     old_bytes = zipfile.ZipFile(archive).read("old.npy")
-    with mounted(archive, tmp_path / "mnt", "-o", FRAME_OPT) as m:
+    with mounted(archive, tmp_path / "mnt", *CREATE, "-o", FRAME_OPT) as m:
         p = m.path("adc.npy")
         fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o644)
         os.write(fd, frames(0, 4).tobytes())
@@ -261,12 +267,12 @@ def test_a_read_only_mount_refuses_new_files(tmp_path):
 
 def test_a_missing_archive_is_created_only_if_something_was_written(tmp_path):
     archive = tmp_path / "new.npz"
-    with mounted(archive, tmp_path / "mnt") as m:
+    with mounted(archive, tmp_path / "mnt", *CREATE) as m:
         assert os.listdir(m.mnt) == []
     assert m.unmount() == 0
     assert not archive.exists()
     assert not (tmp_path / ".new.npz.npzfs-spool").exists()
-    with mounted(archive, tmp_path / "mnt") as m:
+    with mounted(archive, tmp_path / "mnt", *CREATE) as m:
         os.mkdir(m.path("sub"))
         np.save(m.path("sub", "x.npy"), np.arange(3))
     finalized_ok(m, archive)
@@ -276,10 +282,10 @@ def test_a_missing_archive_is_created_only_if_something_was_written(tmp_path):
 
 def test_a_second_daemon_cannot_share_the_spool(tmp_path):
     archive = tmp_path / "rec.npz"
-    with mounted(archive, tmp_path / "mnt") as m:
+    with mounted(archive, tmp_path / "mnt", *CREATE) as m:
         np.save(m.path("x.npy"), np.arange(4))
         (tmp_path / "mnt2").mkdir()
-        r = subprocess.run([m.proc.args[0], "-f", str(archive), str(tmp_path / "mnt2")],
+        r = subprocess.run([m.proc.args[0], "-f", *CREATE, str(archive), str(tmp_path / "mnt2")],
                            capture_output=True, text=True, timeout=30)
         assert r.returncode != 0
         assert "spool" in r.stderr and "rec.npz" in r.stderr
@@ -293,7 +299,7 @@ def test_sigkill_twenty_times_keeps_every_frame_that_reached_the_spool(tmp_path)
     mnt = tmp_path / "mnt"
     written = 0
     for round_ in range(20):
-        m = start_daemon(archive, mnt, "-o", FRAME_OPT)
+        m = start_daemon(archive, mnt, *CREATE, "-o", FRAME_OPT)
         try:
             p = m.path("adc.npy")
             if round_ > 0:
@@ -309,7 +315,7 @@ def test_sigkill_twenty_times_keeps_every_frame_that_reached_the_spool(tmp_path)
         finally:
             m.kill()
         assert not is_mounted(mnt)
-    with mounted(archive, mnt) as m:
+    with mounted(archive, mnt, *CREATE) as m:
         assert np.load(m.path("adc.npy")).shape[0] == written
     finalized_ok(m, archive)
     with np.load(archive) as npz:
@@ -318,14 +324,14 @@ def test_sigkill_twenty_times_keeps_every_frame_that_reached_the_spool(tmp_path)
 
 def test_fsync_then_sigkill_keeps_every_fsynced_frame(tmp_path):
     archive = tmp_path / "rec.npz"
-    m = start_daemon(archive, tmp_path / "mnt", "-o", FRAME_OPT)
+    m = start_daemon(archive, tmp_path / "mnt", *CREATE, "-o", FRAME_OPT)
     try:
         fd = os.open(m.path("adc.npy"), os.O_WRONLY | os.O_CREAT, 0o644)
         os.write(fd, frames(0, 25).tobytes())
         os.fsync(fd)
     finally:
         m.kill()
-    with mounted(archive, tmp_path / "mnt") as m:
+    with mounted(archive, tmp_path / "mnt", *CREATE) as m:
         assert np.array_equal(np.load(m.path("adc.npy")), frames(0, 25))
     finalized_ok(m, archive)
 
@@ -344,7 +350,7 @@ def test_appending_to_a_numpy_archive_keeps_old_members_byte_identical(tmp_path)
     before = archive.read_bytes()
     with zipfile.ZipFile(archive) as z:
         old = {i.filename: raw_member_bytes(before, i) for i in z.infolist()}
-    with mounted(archive, tmp_path / "mnt") as m:
+    with mounted(archive, tmp_path / "mnt", *CREATE) as m:
         np.save(m.path("z.npy"), np.arange(7))
     finalized_ok(m, archive)
     after = archive.read_bytes()
@@ -367,21 +373,29 @@ def test_enospc_during_finalize_leaves_archive_and_spool_intact(tmp_path):
         np.savez(archive, old=np.arange(100))
         before = archive.read_bytes()
         big = np.random.default_rng(3).integers(0, 65535, size=(5 << 20) // 2, dtype=np.uint16)
-        with mounted(archive, tmp_path / "mnt") as m:
+        with mounted(archive, tmp_path / "mnt", *CREATE) as m:
             np.save(m.path("big.npy"), big)
             pid = int(os.getxattr(m.mnt, "user.npzfs.pid"))
             assert pid == m.proc.pid
-            assert os.getxattr(m.mnt, "user.npzfs.result").decode() == result_file(str(archive))
+            assert os.getxattr(m.mnt, "user.npzfs.result").decode() == result_file(m)
+            assert os.path.isabs(result_file(m))
+            reported = None
             if os.path.exists(NPZ_BIN):
                 r = subprocess.run([NPZ_BIN, "umount", m.mnt], capture_output=True, text=True,
                                    timeout=120)
                 assert r.returncode != 0
                 assert "space" in (r.stdout + r.stderr).lower()
+                reported = r.stderr
         code = m.unmount()
         assert code != 0, m.log()
-        with open(result_file(str(archive))) as f:
-            line = f.readline()
-        assert line.startswith("error: ") and "space" in line.lower(), line
+        if reported is None:
+            with open(result_file(m)) as f:
+                line = f.readline()
+            assert line.startswith("error: ") and "space" in line.lower(), line
+        else:
+            # npz umount read the daemon's "error: ..." result, and removed it once read.
+            assert "finalize failed" in reported and "space" in reported.lower(), reported
+            assert not os.path.exists(result_file(m))
         assert archive.read_bytes() == before
         spool = small / ".rec.npz.npzfs-spool"
         assert os.path.getsize(spool / "big.npy") == len(npy_bytes(big))
@@ -396,7 +410,7 @@ def test_a_renamed_empty_member_keeps_its_layout_and_takes_writes(tmp_path):
     member keeps its object (layout, attributes) under the new name, and a handle opened
     before the rename keeps writing to it."""
     archive = tmp_path / "rec.npz"
-    with mounted(archive, tmp_path / "mnt") as m:
+    with mounted(archive, tmp_path / "mnt", *CREATE) as m:
         first = m.path("first.npy")
         fd = os.open(first, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         os.close(fd)
@@ -430,3 +444,32 @@ def test_a_renamed_empty_member_keeps_its_layout_and_takes_writes(tmp_path):
         assert sorted(npz.files) == ["late", "sub/renamed"]
         assert np.array_equal(npz["sub/renamed"], frames(0, 6))
         assert np.array_equal(npz["late"], frames(0, 3))
+
+
+def test_the_log_counts_the_members_finalize_really_added(tmp_path):
+    archive = tmp_path / "rec.npz"
+    with mounted(archive, tmp_path / "mnt", *CREATE, "-o", FRAME_OPT) as m:
+        open(m.path("nolayout.npy"), "wb").close()  # never gets a layout: not added
+        with open(m.path("adc.npy"), "wb") as f:
+            f.write(frames(0, 2).tobytes())
+    finalized_ok(m, archive)
+    log = m.log()
+    assert "finalized 1 new member(s)" in log, log
+    assert "finalized 2" not in log, log
+    with np.load(archive) as npz:
+        assert npz.files == ["adc"]
+
+
+def test_finalize_drops_the_index_of_the_replaced_archive(tmp_path):
+    archive = tmp_path / "rec.npz"
+    np.savez_compressed(archive, old=np.arange(100000))
+    sidecar = tmp_path / ".rec.npz.npzfs-index"
+    with mounted(archive, tmp_path / "mnt") as m:
+        assert np.array_equal(np.load(m.path("old.npy")), np.arange(100000))
+    assert m.unmount() == 0 and sidecar.exists()  # the index the reads taught
+    with mounted(archive, tmp_path / "mnt") as m:
+        np.save(m.path("new.npy"), np.arange(5))
+    finalized_ok(m, archive)
+    assert not sidecar.exists(), "it described the archive before finalize"
+    r = subprocess.run([NPZ_BIN, "ls", str(archive)], capture_output=True, text=True)
+    assert r.returncode == 0 and "stale" not in r.stderr, r.stderr

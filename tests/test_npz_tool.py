@@ -9,14 +9,14 @@ import contextlib
 import io
 import json
 import os
-import pty
-import select
 import subprocess
 import zipfile
 import zlib
 
 import numpy as np
 import pytest
+
+from conftest import run_with_stderr_on_a_terminal, tmpfs
 
 ROOT = os.environ.get("NPZFS_SOURCE_ROOT", os.path.dirname(os.path.dirname(__file__)))
 NPZ_BIN = os.environ.get("NPZ_BIN", os.path.join(ROOT, "build/tools/npz"))
@@ -83,19 +83,6 @@ def files(tmp_path):
     np.save(tmp_path / "adc.npy", adc)
     np.save(tmp_path / "tx.npy", tx)
     return tmp_path, adc, tx
-
-
-@contextlib.contextmanager
-def tmpfs(directory, size="4m"):
-    """A small tmpfs mounted at `directory` (we run as root); always unmounted."""
-    os.makedirs(directory, exist_ok=True)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
-                       str(directory)]).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        yield directory
-    finally:
-        subprocess.run(["umount", "-l", str(directory)])
 
 
 def remount_read_only(directory):
@@ -280,9 +267,18 @@ def test_pack_accepts_object_arrays_whose_pickle_is_shorter_than_the_shape(tmp_p
 def test_pack_replaces_an_existing_output_atomically(files):
     d, adc, tx = files
     ok("pack", d / "out.npz", d / "adc.npy")
-    ok("pack", d / "out.npz", d / "tx.npy")
+    ok("pack", d / "out.npz", d / "tx.npy", "--force")
     with zipfile.ZipFile(d / "out.npz") as z:
         assert z.namelist() == ["tx.npy"]
+
+
+def test_pack_refuses_an_existing_output_without_force(files):
+    d, adc, tx = files
+    ok("pack", d / "out.npz", d / "adc.npy")
+    before = sha(d / "out.npz")
+    r = fails(1, "pack", d / "out.npz", d / "tx.npy", must_name=["out.npz", "exists", "--force"])
+    assert "npz add" in r.stderr
+    assert sha(d / "out.npz") == before
 
 
 def test_pack_rejects_missing_and_invalid_inputs_and_leaves_no_output(files):
@@ -304,7 +300,8 @@ def test_pack_keeps_an_existing_output_when_an_input_is_bad(files):
     d, adc, tx = files
     ok("pack", d / "out.npz", d / "adc.npy")
     before = sha(d / "out.npz")
-    fails(1, "pack", d / "out.npz", d / "tx.npy", d / "nope.npy", must_name=["nope.npy"])
+    fails(1, "pack", d / "out.npz", d / "tx.npy", d / "nope.npy", "--force",
+          must_name=["nope.npy"])
     assert sha(d / "out.npz") == before
 
 
@@ -678,6 +675,24 @@ def test_verify_names_a_corrupt_member(files, compressed):
         assert "CRC-32" in r.stderr
 
 
+@pytest.mark.parametrize("compressed", [False, True])
+def test_verify_prints_each_error_once(files, compressed):
+    d, adc, tx = files
+    (np.savez_compressed if compressed else np.savez)(d / "data.npz", adc=adc, tx=tx)
+    offset, length = data_range(d / "data.npz", "adc.npy")
+    flip_byte(d / "data.npz", offset + length // 2)
+    r = fails(1, "verify", d / "data.npz", must_name=["adc.npy"])
+    lines = [l for l in r.stderr.splitlines() if "adc.npy" in l]
+    assert len(lines) == 1, r.stderr
+
+
+def test_verify_counts_members_in_good_english(tmp_path):
+    np.savez(tmp_path / "one.npz", only=np.arange(3))
+    assert ok("verify", tmp_path / "one.npz").stdout.decode().endswith(": 1 member OK\n")
+    np.savez(tmp_path / "two.npz", a=np.arange(3), b=np.arange(2))
+    assert ok("verify", tmp_path / "two.npz").stdout.decode().endswith(": 2 members OK\n")
+
+
 def test_verify_names_a_member_with_a_bad_npy_header(tmp_path):
     with zipfile.ZipFile(tmp_path / "data.npz", "w") as z:
         buf = io.BytesIO()
@@ -865,36 +880,18 @@ def test_umount_errors_without_a_mount(tmp_path):
 
 def run_on_a_terminal(args, env):
     """Runs npz with stderr on a pseudo-terminal; returns (exit code, what it drew)."""
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([NPZ_BIN, *map(str, args)], stdout=subprocess.DEVNULL,
-                            stderr=slave, env={**os.environ, **env})
-    os.close(slave)
-    drawn = b""
-    while True:
-        ready, _, _ = select.select([master], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            drawn += chunk
-        elif proc.poll() is not None:
-            break
-    proc.wait()
-    os.close(master)
-    return proc.returncode, drawn.decode("utf-8", "replace")
+    return run_with_stderr_on_a_terminal([NPZ_BIN, *map(str, args)], env)
 
 
 def test_progress_bar_draws_on_a_terminal_and_not_on_a_pipe(tmp_path):
-    np.save(tmp_path / "big.npy", smooth_int16(1024))  # 8 MiB
-    # NPZ_PROGRESS_DELAY_MS=0 stands in for "work that takes over a second".
+    np.save(tmp_path / "big.npy", smooth_int16(4096))  # 32 MiB
+    # NPZ_PROGRESS_DELAY_MS=0 stands in for "work that takes over a second"; one deflate
+    # thread makes the work last several redraws (an ETA needs one before the end).
     code, drawn = run_on_a_terminal(
-        ["pack", tmp_path / "out.npz", tmp_path / "big.npy", "--compress=1"],
+        ["pack", tmp_path / "out.npz", tmp_path / "big.npy", "--compress=6", "--threads", "1"],
         {"NPZ_PROGRESS_DELAY_MS": "0"})
     assert code == 0
-    for part in ("pack out.npz", "100%", "8.0 MiB", "/s", "ETA"):
+    for part in ("pack out.npz", "100%", "32.0 MiB", "/s", "ETA"):
         assert part in drawn, (part, drawn)
     # Quick work draws nothing, even on a terminal.
     np.save(tmp_path / "small.npy", adc_frames())

@@ -85,52 +85,44 @@ npzfs::NewMember MemberFromFile(const std::string& name, const npzfs::UniqueFd& 
   return m;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: api_example DIR\n");
-    return 2;
+// npw = NumpyFileManager('file.npy', 'w', (400, 400), np.int32); npw.addFrame(...)
+void CreateAndAddFrames(const std::string& npy) {
+  auto layout = Take(npzfs::NpyHeader::ForFrames("<i4", {kRows, kCols}, false, 0), "layout");
+  auto npw = Take(npzfs::NpyAppender::Open(npy, layout), "create file.npy");
+  for (uint64_t i = 0; i < kFrames; ++i) {
+    auto frame = Frame(static_cast<int32_t>(i));
+    Check(npw->AddFrame(std::as_bytes(std::span(frame))), "addFrame");
+    // npw.flushBuffer(strict=True) halfway: these frames now survive a crash.
+    if (i == kFrames / 2) Check(npw->Flush(npzfs::Durability::kSync), "flushBuffer(strict)");
   }
-  const std::string dir = argv[1];
-  const std::string npy = dir + "/file.npy", tx_npy = dir + "/tx.npy";
+  Check(npw->Flush(npzfs::Durability::kSync), "flushBuffer(strict)");
+  if (npw->frame_count() != kFrames) Fail("addFrame", "frame_count is wrong");
+  Check(npw->Close(), "close file.npy");
+}
 
-  // npw = NumpyFileManager('file.npy', 'w', (400, 400), np.int32); npw.addFrame(...)
-  {
-    auto layout = Take(npzfs::NpyHeader::ForFrames("<i4", {kRows, kCols}, false, 0), "layout");
-    auto npw = Take(npzfs::NpyAppender::Open(npy, layout), "create file.npy");
-    for (uint64_t i = 0; i < kFrames; ++i) {
-      auto frame = Frame(static_cast<int32_t>(i));
-      Check(npw->AddFrame(std::as_bytes(std::span(frame))), "addFrame");
-      // npw.flushBuffer(strict=True) halfway: these frames now survive a crash.
-      if (i == kFrames / 2) Check(npw->Flush(npzfs::Durability::kSync), "flushBuffer(strict)");
-    }
-    Check(npw->Flush(npzfs::Durability::kSync), "flushBuffer(strict)");
-    if (npw->frame_count() != kFrames) Fail("addFrame", "frame_count is wrong");
-    Check(npw->Close(), "close file.npy");
+// npw = NumpyFileManager('file.npy'); npw.readFrames(50, 100)
+void ReadFramesBack(const std::string& npy) {
+  auto reader = Take(npzfs::NpyReader::Open(npy), "open file.npy");
+  if (reader.header().frame_count() != kFrames) Fail("readFrames", "header count is wrong");
+  CheckFrames(Take(reader.ReadFrames(50, 100), "readFrames(50, 100)"), 50, 50,
+              "readFrames(50, 100)");
+  // Out-of-range frames are an error value, not a crash.
+  if (reader.ReadFrames(100, 200).ok()) Fail("readFrames(100, 200)", "expected ERANGE");
+}
+
+// A second array, tx: 10 frames of 3 float64.
+void CreateTx(const std::string& tx_npy) {
+  auto layout = Take(npzfs::NpyHeader::ForFrames("<f8", {3}, false, 0), "tx layout");
+  auto w = Take(npzfs::NpyAppender::Open(tx_npy, layout), "create tx.npy");
+  for (int i = 0; i < 10; ++i) {
+    double row[3] = {i + 0.0, i + 0.25, i + 0.5};
+    Check(w->AddFrame(std::as_bytes(std::span(row))), "tx addFrame");
   }
+  Check(w->Close(), "close tx.npy");
+}
 
-  // npw = NumpyFileManager('file.npy'); npw.readFrames(50, 100)
-  {
-    auto reader = Take(npzfs::NpyReader::Open(npy), "open file.npy");
-    if (reader.header().frame_count() != kFrames) Fail("readFrames", "header count is wrong");
-    CheckFrames(Take(reader.ReadFrames(50, 100), "readFrames(50, 100)"), 50, 50,
-                "readFrames(50, 100)");
-    // Out-of-range frames are an error value, not a crash.
-    if (reader.ReadFrames(100, 200).ok()) Fail("readFrames(100, 200)", "expected ERANGE");
-  }
-
-  // A second array, tx: 10 frames of 3 float64.
-  {
-    auto layout = Take(npzfs::NpyHeader::ForFrames("<f8", {3}, false, 0), "tx layout");
-    auto w = Take(npzfs::NpyAppender::Open(tx_npy, layout), "create tx.npy");
-    for (int i = 0; i < 10; ++i) {
-      double row[3] = {i + 0.0, i + 0.25, i + 0.5};
-      Check(w->AddFrame(std::as_bytes(std::span(row))), "tx addFrame");
-    }
-    Check(w->Close(), "close tx.npy");
-  }
-
+// zipNpyFiles into file.npz, then writeArray twice into tmp.npz.
+void ZipAndAppend(const std::string& dir, const std::string& npy, const std::string& tx_npy) {
   auto adc_fd = Take(npzfs::OpenFile(npy, O_RDONLY), "open file.npy");
   auto tx_fd = Take(npzfs::OpenFile(tx_npy, O_RDONLY), "open tx.npy");
   npzfs::WriteOptions deflate;
@@ -151,27 +143,41 @@ int main(int argc, char** argv) {
   Check(npzfs::AppendToArchive(tmp, {MemberFromFile("tx.npy", tx_fd, tx_npy)}, deflate),
         "writeArray('tx')");
   // Writing a key twice is refused (EEXIST) and leaves the archive as it was.
-  {
-    Status again = npzfs::AppendToArchive(tmp, {MemberFromFile("tx.npy", tx_fd, tx_npy)}, deflate);
-    if (again.ok() || again.code() != EEXIST) {
-      Fail("writeArray('tx') again",
-           "expected EEXIST, got: " + (again.ok() ? std::string("ok") : again.message()));
-    }
+  Status again = npzfs::AppendToArchive(tmp, {MemberFromFile("tx.npy", tx_fd, tx_npy)}, deflate);
+  if (again.ok() || again.code() != EEXIST) {
+    Fail("writeArray('tx') again",
+         "expected EEXIST, got: " + (again.ok() ? std::string("ok") : again.message()));
   }
+}
 
-  // with NpzFileWriter('tmp.npz', 'r') as npz: npz.readFrames('adc', 5, 8)
-  {
-    auto archive = Take(npzfs::Archive::Open(tmp, {}), "open tmp.npz");
-    auto index = archive->Find("adc.npy");
-    if (!index) Fail("readFrames('adc', 5, 8)", "tmp.npz has no adc.npy");
-    if (archive->members()[*index].entry.method != 8) {
-      Fail("readFrames('adc', 5, 8)", "adc.npy should be deflated");
-    }
-    auto adc = Take(archive->OpenMember(*index), "open adc.npy in tmp.npz");
-    CheckFrames(Take(npzfs::ReadMemberFrames(*adc, 5, 8, "tmp.npz:adc"), "readFrames('adc', 5, 8)"),
-                5, 3, "readFrames('adc', 5, 8)");
+// with NpzFileWriter('tmp.npz', 'r') as npz: npz.readFrames('adc', 5, 8)
+void ReadFramesFromArchive(const std::string& tmp) {
+  constexpr uint16_t kZipMethodDeflated = 8;
+  auto archive = Take(npzfs::Archive::Open(tmp, {}), "open tmp.npz");
+  auto index = archive->Find("adc.npy");
+  if (!index) Fail("readFrames('adc', 5, 8)", "tmp.npz has no adc.npy");
+  if (archive->members()[*index].entry.method != kZipMethodDeflated) {
+    Fail("readFrames('adc', 5, 8)", "adc.npy should be deflated");
   }
+  auto adc = Take(archive->OpenMember(*index), "open adc.npy in tmp.npz");
+  CheckFrames(Take(npzfs::ReadMemberFrames(*adc, 5, 8, "tmp.npz:adc"), "readFrames('adc', 5, 8)"),
+              5, 3, "readFrames('adc', 5, 8)");
+}
 
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: api_example DIR\n");
+    return 2;
+  }
+  const std::string dir = argv[1];
+  const std::string npy = dir + "/file.npy", tx_npy = dir + "/tx.npy";
+  CreateAndAddFrames(npy);
+  ReadFramesBack(npy);
+  CreateTx(tx_npy);
+  ZipAndAppend(dir, npy, tx_npy);
+  ReadFramesFromArchive(dir + "/tmp.npz");
   std::printf("api_example: the numpyWriter sequence passed in %s\n", dir.c_str());
   return 0;
 }

@@ -7,9 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "dependencies and build (meson compile shows its progress)"
 bash tools/install-deps.sh
 [ -d build ] || meson setup build >/dev/null
-meson compile -C build >/dev/null
+meson compile -C build
 
 npzfs=$root/build/fs/npzfs
 npz=$root/build/tools/npz
@@ -20,7 +23,6 @@ cleanup() {
   if mountpoint -q "$mnt" 2>/dev/null; then fusermount3 -u "$mnt" 2>/dev/null || fusermount3 -u -z "$mnt"; fi
 }
 trap cleanup EXIT
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "numpy writes a sample archive: $work/data.npz (np.savez_compressed)"
 $py - "$work/data.npz" <<'PY'
@@ -31,9 +33,9 @@ np.savez_compressed(sys.argv[1], adc=adc.reshape(2000, 256), tx=np.linspace(0, 1
 PY
 ls -l "$work/data.npz"
 
-step "mount it: npzfs data.npz mnt/ (frames declared for new raw members: frame=raw*:<i2:256)"
+step "mount it: npzfs data.npz mnt/ (frames declared for new raw members: frame=raw*:int16:256)"
 mkdir -p "$mnt"
-"$npzfs" -o 'frame=raw*:<i2:256' "$work/data.npz" "$mnt"
+"$npzfs" -o 'frame=raw*:int16:256' "$work/data.npz" "$mnt"
 ls -l "$mnt"
 
 step "numpy reads a deflated member through the mount with mmap_mode='r'"

@@ -59,6 +59,7 @@ Examples:
        RunFrames},
       {"pack", "zip .npy files into an archive (numpyWriter zipNpyFiles)",
        R"(Usage: npz pack OUT.npz FILE.npy... [--key K]... [--compress[=LEVEL]] [--threads N]
+                [--force]
 
 numpyWriter's zipNpyFiles: writes OUT.npz holding each FILE.npy as a member. Members are
 streamed from the files (never held in memory). Keys default to the file names without
@@ -66,13 +67,15 @@ streamed from the files (never held in memory). Keys default to the file names w
 .npy. Members are stored (like np.savez) unless --compress deflates them (like
 np.savez_compressed; LEVEL 0..9, default 6). Deflate runs on all cores, in independent
 1 MiB chunks recorded in a seek table, so npzfs reads the members at random from the first
-read; every zip reader still sees plain deflate. OUT.npz is replaced atomically: on any
-error it is left as it was and no partial file remains.
+read; every zip reader still sees plain deflate. An existing OUT.npz is refused unless
+--force is given; it is then replaced atomically: on any error it is left as it was and no
+partial file remains. (npz add adds members to an existing archive.)
 
 Options:
   --key K               member name for the next file (".npy" is appended if missing)
   --compress[=LEVEL]    deflate members
   --threads N           deflate on N threads (default: one per online CPU)
+  -f, --force           replace an existing OUT.npz
 
 Examples:
   npz pack data.npz adc.npy tx.npy --compress
@@ -147,11 +150,17 @@ Examples:
       {"umount", "unmount an npzfs mount and wait until its archive is finalized",
        R"(Usage: npz umount MOUNTPOINT [--timeout SECONDS]
 
-Unmounts MOUNTPOINT with `fusermount3 -u`, waits until the npzfs daemon has finalized the
-new members into the archive and exited, and reports the result: exit 0 if finalize
-succeeded, non-zero with the daemon's reason if it failed. (`fusermount3 -u` alone returns
-before finalize has finished.) If the daemon had died, the stale mount is cleared and the
-message says how to recover its spool.
+Unmounts the npzfs mount at MOUNTPOINT with `fusermount3 -u`, waits until the npzfs daemon
+has finalized the new members into the archive and exited, and reports the result: exit 0
+if finalize succeeded (or there was nothing to finalize, as with -o ro), non-zero with the
+daemon's reason if it failed. (`fusermount3 -u` alone returns before finalize has finished.)
+While it waits it shows the finalize progress: a bar on a terminal, otherwise a line every
+few seconds.
+
+Only npzfs mounts are touched: MOUNTPOINT must be listed as fuse.npzfs in
+/proc/self/mountinfo; any other mount is refused and left mounted. If the daemon had died,
+the stale mount is cleared, nothing is finalized, the exit status is non-zero and the
+message gives the exact `npz recover /abs/ARCHIVE` command that adds its new members.
 
 Options:
   --timeout SECONDS   stop waiting after this long (exit non-zero; finalize goes on)

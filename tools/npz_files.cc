@@ -9,6 +9,8 @@
 #include <cstdlib>
 #include <vector>
 
+#include "core/npy/frame_layout.h"
+
 namespace npzfs::tool {
 
 Result<NpyInput> OpenNpyInput(const std::string& path) {
@@ -51,22 +53,17 @@ Result<std::string> MemberNameForKey(const std::string& key) {
     }
     start = end + 1;
   }
-  const std::string suffix = ".npy";
-  if (key.size() >= suffix.size() &&
-      key.compare(key.size() - suffix.size(), suffix.size(), suffix) == 0) {
-    if (key.size() == suffix.size()) return bad("no name before .npy");
+  if (IsNpyName(key)) {
+    if (BaseName(key) == ".npy") return bad("no name before .npy");
     return key;
   }
-  return key + suffix;
+  return key + ".npy";
 }
 
 std::string StemOf(const std::string& path) {
   std::string base = BaseName(path);
-  const std::string suffix = ".npy";
-  if (base.size() > suffix.size() &&
-      base.compare(base.size() - suffix.size(), suffix.size(), suffix) == 0) {
-    base.resize(base.size() - suffix.size());
-  }
+  constexpr size_t kSuffixLength = 4;  // ".npy"
+  if (IsNpyName(base) && base.size() > kSuffixLength) base.resize(base.size() - kSuffixLength);
   return base;
 }
 

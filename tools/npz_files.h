@@ -1,10 +1,8 @@
-// File helpers shared by the `npz` subcommands: validated .npy inputs, atomically written
-// outputs, and member-key rules.
+// File helpers shared by the `npz` subcommands: validated .npy inputs and member-key rules.
+// (Outputs are written with AtomicFile, core/base/atomic_file.h.)
 //
 // NpyInput owns the open input fd (pack and add pass file ranges of it to the archive
-// writer, so the data is streamed, never loaded). AtomicOutput owns a temp file next to its
-// destination and removes it unless Commit() succeeded: an error leaves no partial output.
-// Neither is thread-safe.
+// writer, so the data is streamed, never loaded). Not thread-safe.
 #pragma once
 
 #include <cstddef>

@@ -16,11 +16,14 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "core/base/atomic_file.h"
+#include "core/npy/frame_layout.h"
 #include "npzfs/archive.h"
 #include "npzfs/file_util.h"
 #include "npzfs/member_reader.h"
@@ -54,10 +57,6 @@ std::string AboutMember(const std::string& name, const std::string& member_path,
   return name + ": " + message;
 }
 
-bool IsNpyName(const std::string& name) {
-  return name.size() > 4 && name.compare(name.size() - 4, 4, ".npy") == 0;
-}
-
 std::string MethodName(const ZipEntry& e) {
   if (e.encrypted()) return "encrypted";
   if (e.method == 0) return "stored";
@@ -77,25 +76,6 @@ std::string IndexStateName(IndexState s) {
       return "complete";
   }
   return "?";
-}
-
-// The descr as numpy users write it: "<i2" rather than the literal "'<i2'".
-std::string DtypeText(const NpyHeader& h) {
-  const std::string& lit = h.descr_literal();
-  if (lit.size() >= 2 && lit.front() == '\'' && lit.back() == '\'') {
-    return lit.substr(1, lit.size() - 2);
-  }
-  return lit;
-}
-
-std::string ShapeText(const std::vector<uint64_t>& shape) {
-  std::string s = "(";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i > 0) s += ", ";
-    s += std::to_string(shape[i]);
-  }
-  if (shape.size() == 1) s += ",";
-  return s + ")";
 }
 
 std::string JsonString(const std::string& s) {
@@ -140,13 +120,13 @@ ArchiveOptions ToolArchiveOptions(VerifyMode verify = VerifyMode::kDefault) {
 }
 
 Result<std::shared_ptr<Archive>> OpenArchive(const std::string& path,
-                                             VerifyMode verify = VerifyMode::kDefault) {
+                                             ArchiveOptions options = ToolArchiveOptions()) {
   // Archive::Open reports a missing file with its own words; check first for a plain
   // "No such file or directory" naming the path, as for every other input.
   struct stat st;
   if (stat(path.c_str(), &st) != 0) return ErrnoStatus(errno, path, "cannot open");
   if (S_ISDIR(st.st_mode)) return Status::Error(EISDIR, path + ": is a directory");
-  return Archive::Open(path, ToolArchiveOptions(verify));
+  return Archive::Open(path, std::move(options));
 }
 
 // Reads member i's .npy header through the archive reader.
@@ -178,67 +158,59 @@ std::string JsonShape(const LsRow& r) {
 
 }  // namespace
 
-int RunLs(const std::vector<std::string>& raw_args) {
-  auto args = ParseArgs(raw_args, {{"json", OptionSpec::Kind::kFlag, 0}});
-  if (!args.ok()) return UsageError("ls", args.status().message());
-  if (args->help) return PrintCommandHelp("ls");
-  if (args->positional.size() != 1) return UsageError("ls", "expected one ARCHIVE");
-  auto archive = OpenArchive(args->positional[0], VerifyMode::kOff);
-  if (!archive.ok()) return ReportError(archive.status());
-  Archive& a = **archive;
+namespace {
 
-  std::vector<LsRow> rows;
-  int exit_code = kExitOk;
-  for (size_t i = 0; i < a.members().size(); ++i) {
-    const ArchiveMember& m = a.members()[i];
-    LsRow row;
-    row.name = m.path;
-    row.method = MethodName(m.entry);
-    row.compressed = m.entry.compressed_size;
-    row.uncompressed = m.entry.uncompressed_size;
-    row.index = IndexStateName(a.index_state(i));  // before reading the header changes it
-    if (m.open_errno != 0) {
-      row.error = m.open_error.empty() ? "cannot be opened" : m.open_error;
-      row.note = m.open_errno == EPERM     ? "encrypted"
-                 : m.open_errno == ENOTSUP ? "unsupported method"
-                                           : "unreadable";
-    } else if (IsNpyName(m.path)) {
-      auto header = MemberHeader(a, i);
-      if (header.ok()) {
-        row.dtype = DtypeText(header->header);
-        row.shape = ShapeText(header->header.shape());
-        row.shape_values = header->header.shape();
-        row.fortran = header->header.fortran_order();
-      } else {
-        row.dtype = row.shape = "?";
-        row.error = header.status().message();
-        row.note = "bad .npy header";
-        ReportError(header.status());
-        exit_code = kExitError;
-      }
+// One row of `npz ls`: what the directory says, plus the .npy header when there is one.
+LsRow MakeLsRow(Archive& a, size_t i, int* exit_code) {
+  const ArchiveMember& m = a.members()[i];
+  LsRow row;
+  row.name = m.path;
+  row.method = MethodName(m.entry);
+  row.compressed = m.entry.compressed_size;
+  row.uncompressed = m.entry.uncompressed_size;
+  row.index = IndexStateName(a.index_state(i));  // before reading the header changes it
+  if (m.open_errno != 0) {
+    row.error = m.open_error.empty() ? "cannot be opened" : m.open_error;
+    row.note = m.open_errno == EPERM     ? "encrypted"
+               : m.open_errno == ENOTSUP ? "unsupported method"
+                                         : "unreadable";
+  } else if (IsNpyName(m.path)) {
+    auto header = MemberHeader(a, i);
+    if (header.ok()) {
+      row.dtype = DtypeText(header->header);
+      row.shape = ShapeText(header->header.shape());
+      row.shape_values = header->header.shape();
+      row.fortran = header->header.fortran_order();
+    } else {
+      row.dtype = row.shape = "?";
+      row.error = header.status().message();
+      row.note = "bad .npy header";
+      ReportError(header.status());
+      *exit_code = kExitError;
     }
-    rows.push_back(std::move(row));
   }
+  return row;
+}
 
-  if (args->Has("json")) {
-    std::printf("[");
-    for (size_t i = 0; i < rows.size(); ++i) {
-      const LsRow& r = rows[i];
-      std::printf(
-          "%s\n  {\"name\": %s, \"dtype\": %s, \"shape\": %s, \"fortran_order\": %s, "
-          "\"method\": %s, \"compressed_size\": %" PRIu64 ", \"uncompressed_size\": %" PRIu64
-          ", \"index\": %s",
-          i == 0 ? "" : ",", JsonString(r.name).c_str(),
-          r.dtype == "-" ? "null" : JsonString(r.dtype).c_str(), JsonShape(r).c_str(),
-          r.fortran ? "true" : "false", JsonString(r.method).c_str(), r.compressed, r.uncompressed,
-          JsonString(r.index).c_str());
-      if (!r.error.empty()) std::printf(", \"error\": %s", JsonString(r.error).c_str());
-      std::printf("}");
-    }
-    std::printf("%s]\n", rows.empty() ? "" : "\n");
-    return exit_code;
+void PrintLsJson(const std::vector<LsRow>& rows) {
+  std::printf("[");
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const LsRow& r = rows[i];
+    std::printf(
+        "%s\n  {\"name\": %s, \"dtype\": %s, \"shape\": %s, \"fortran_order\": %s, "
+        "\"method\": %s, \"compressed_size\": %" PRIu64 ", \"uncompressed_size\": %" PRIu64
+        ", \"index\": %s",
+        i == 0 ? "" : ",", JsonString(r.name).c_str(),
+        r.dtype == "-" ? "null" : JsonString(r.dtype).c_str(), JsonShape(r).c_str(),
+        r.fortran ? "true" : "false", JsonString(r.method).c_str(), r.compressed, r.uncompressed,
+        JsonString(r.index).c_str());
+    if (!r.error.empty()) std::printf(", \"error\": %s", JsonString(r.error).c_str());
+    std::printf("}");
   }
+  std::printf("%s]\n", rows.empty() ? "" : "\n");
+}
 
+void PrintLsTable(const std::vector<LsRow>& rows) {
   size_t name_w = 4, dtype_w = 5, shape_w = 5;
   for (const LsRow& r : rows) {
     name_w = std::max(name_w, r.name.size());
@@ -262,8 +234,161 @@ int RunLs(const std::vector<std::string>& raw_args) {
                 HumanBytes(r.uncompressed).c_str(), ratio, r.index.c_str(),
                 r.note.empty() ? "" : ("  (" + r.note + ")").c_str());
   }
+}
+
+}  // namespace
+
+int RunLs(const std::vector<std::string>& raw_args) {
+  auto args = ParseArgs(raw_args, {{"json", OptionSpec::Kind::kFlag, 0}});
+  if (!args.ok()) return UsageError("ls", args.status().message());
+  if (args->help) return PrintCommandHelp("ls");
+  if (args->positional.size() != 1) return UsageError("ls", "expected one ARCHIVE");
+  auto archive = OpenArchive(args->positional[0], ToolArchiveOptions(VerifyMode::kOff));
+  if (!archive.ok()) return ReportError(archive.status());
+  std::vector<LsRow> rows;
+  int exit_code = kExitOk;
+  for (size_t i = 0; i < (*archive)->members().size(); ++i) {
+    rows.push_back(MakeLsRow(**archive, i, &exit_code));
+  }
+  if (args->Has("json")) {
+    PrintLsJson(rows);
+  } else {
+    PrintLsTable(rows);
+  }
   return exit_code;
 }
+
+namespace {
+
+// What `frames` reads from: a plain .npy file or an archive member.
+struct FrameSource {
+  std::string name;  // for messages: the path, or "archive: member key"
+  uint64_t size = 0;
+  ReadExactFn read_exact;
+  std::shared_ptr<Archive> archive;  // null for a plain .npy
+  UniqueFd fd;                       // the plain .npy's
+};
+
+// The member `key` names (or the only member when `key` is empty), or ENOENT listing them.
+Result<size_t> FindFramesMember(const Archive& archive, const std::string& path,
+                                const std::string& key) {
+  std::optional<size_t> index;
+  if (key.empty()) {
+    if (archive.members().size() == 1) index = 0;
+  } else {
+    index = archive.Find(key);
+    if (!index) index = archive.Find(key + ".npy");
+  }
+  if (index) return *index;
+  std::string listing;
+  for (const auto& m : archive.members()) {
+    if (listing.size() > 200) {
+      listing += ", ...";
+      break;
+    }
+    listing += (listing.empty() ? "" : ", ") + m.path;
+  }
+  const std::string what = key.empty() ? "is an archive: name the member as " + path + ":KEY"
+                                       : "no member '" + key + "'";
+  return Status::Error(ENOENT, path + ": " + what + " (members: " + listing + ")");
+}
+
+// ARCHIVE[:KEY] or FILE.npy: a path that exists is taken whole (it may contain ':').
+Result<FrameSource> OpenFrameSource(const std::string& spec) {
+  std::string path = spec, key;
+  struct stat st;
+  if (stat(spec.c_str(), &st) != 0) {
+    if (auto colon = spec.rfind(':'); colon != std::string::npos) {
+      path = spec.substr(0, colon);
+      key = spec.substr(colon + 1);
+    }
+  }
+  FrameSource src;
+  NPZ_ASSIGN_OR_RETURN(src.fd, OpenFile(path, O_RDONLY));
+  if (fstat(src.fd.get(), &st) != 0) return ErrnoStatus(errno, path, "fstat");
+  if (S_ISDIR(st.st_mode)) return Status::Error(EISDIR, path + ": is a directory");
+  char magic[6] = {};
+  NPZ_ASSIGN_OR_RETURN(size_t got, PreadFull(src.fd.get(), magic, sizeof magic, 0, path));
+  if (got == 6 && std::string_view(magic, 6) == NpyHeader::kMagic) {
+    if (!key.empty()) {
+      return Status::Error(EINVAL, path + ": is a .npy file, not an archive: drop ':" + key + "'");
+    }
+    src.name = path;
+    src.size = static_cast<uint64_t>(st.st_size);
+    src.read_exact = [raw_fd = src.fd.get(), path](uint64_t offset, std::span<std::byte> dest) {
+      return PreadExact(raw_fd, dest.data(), dest.size(), offset, path);
+    };
+    return src;
+  }
+  NPZ_ASSIGN_OR_RETURN(src.archive, Archive::Open(path, ToolArchiveOptions()));
+  NPZ_ASSIGN_OR_RETURN(size_t index, FindFramesMember(*src.archive, path, key));
+  const ArchiveMember& m = src.archive->members()[index];
+  src.name = path + ": member " + m.path;
+  if (m.open_errno != 0) {
+    return Status::Error(m.open_errno, AboutMember(src.name, m.path, m.open_error));
+  }
+  NPZ_ASSIGN_OR_RETURN(std::shared_ptr<MemberReader> reader, src.archive->OpenMember(index));
+  src.size = reader->size();
+  src.read_exact = MemberReadExact(reader, src.name);
+  return src;
+}
+
+// Checks that frames [start, stop) exist in the .npy behind `header`.
+Status CheckFrameRange(const NpyHeader& header, const std::string& name, uint64_t start,
+                       uint64_t stop) {
+  if (!header.frameable()) {
+    return Status::Error(
+        EINVAL, name + ": has no frames to slice (" +
+                    (header.has_object() ? std::string("object dtype") : "a 0-d array") + ")");
+  }
+  if (start > stop) {
+    return Status::Error(EINVAL, name + ": START " + std::to_string(start) + " is after STOP " +
+                                     std::to_string(stop));
+  }
+  if (stop > header.frame_count()) {
+    return Status::Error(ERANGE, name + ": frames [" + std::to_string(start) + ", " +
+                                     std::to_string(stop) + ") are out of range: it has " +
+                                     std::to_string(header.frame_count()) + " frames");
+  }
+  return Status::Ok();
+}
+
+// Writes frames [start, stop) (with a .npy header unless `raw`) to `output`, or to stdout
+// when `output` is empty; the file appears only complete (AtomicFile).
+Status WriteFrames(const FrameSource& src, const ParsedNpyHeader& parsed, uint64_t start,
+                   uint64_t stop, bool raw, const std::string& output) {
+  const NpyHeader& header = parsed.header;
+  std::optional<AtomicFile> out;
+  if (!output.empty()) {
+    NPZ_ASSIGN_OR_RETURN(AtomicFile created, AtomicFile::Create(output));
+    out.emplace(std::move(created));
+  }
+  auto emit = [&](const void* data, size_t n) -> Status {
+    if (out) return out->Write(data, n);
+    return WriteAll(STDOUT_FILENO, data, n, "stdout");
+  };
+  if (!raw) {
+    const std::string head = header.WithFrameCount(stop - start).Format();
+    NPZ_RETURN_IF_ERROR(emit(head.data(), head.size()));
+  }
+  const uint64_t frame_bytes = header.frame_bytes();
+  const uint64_t batch =
+      std::max<uint64_t>(1, frame_bytes == 0 ? 1 : kFrameBatchBytes / frame_bytes);
+  ProgressBar bar("frames " + BaseName(src.name), (stop - start) * frame_bytes);
+  for (uint64_t f = start; f < stop;) {
+    const uint64_t end = std::min(stop, f + batch);
+    NPZ_ASSIGN_OR_RETURN(std::vector<std::byte> frames,
+                         ReadFramesFrom(header, parsed.length, f, end, src.read_exact, src.name));
+    NPZ_RETURN_IF_ERROR(emit(frames.data(), frames.size()));
+    bar.Update((end - start) * frame_bytes);
+    f = end;
+  }
+  if (out) NPZ_RETURN_IF_ERROR(out->Commit());
+  bar.Finish();
+  return Status::Ok();
+}
+
+}  // namespace
 
 int RunFrames(const std::vector<std::string>& raw_args) {
   auto args = ParseArgs(
@@ -284,138 +409,162 @@ int RunFrames(const std::vector<std::string>& raw_args) {
   if (to_stdout && isatty(STDOUT_FILENO) == 1) {
     return UsageError("frames", "refusing to write binary data to a terminal: use -o OUT.npy");
   }
-
-  // ARCHIVE[:KEY]: a path that exists is taken whole (it may contain ':').
-  std::string spec = args->positional[0];
-  std::string path = spec, key;
-  struct stat st;
-  if (stat(spec.c_str(), &st) != 0) {
-    if (auto colon = spec.rfind(':'); colon != std::string::npos) {
-      path = spec.substr(0, colon);
-      key = spec.substr(colon + 1);
-    }
-  }
-  auto fd = OpenFile(path, O_RDONLY);
-  if (!fd.ok()) return ReportError(fd.status());
-  if (fstat(fd->get(), &st) != 0) return ReportError(ErrnoStatus(errno, path, "fstat"));
-  if (S_ISDIR(st.st_mode)) return ReportError(Status::Error(EISDIR, path + ": is a directory"));
-  char magic[6] = {};
-  auto got = PreadFull(fd->get(), magic, sizeof magic, 0, path);
-  if (!got.ok()) return ReportError(got.status());
-  const bool is_npy = *got == 6 && std::string_view(magic, 6) == NpyHeader::kMagic;
-
-  // The source: a header, where the data starts, and a read_at.
-  std::string name;
-  ReadExactFn read_exact;
-  std::shared_ptr<Archive> archive;
-  uint64_t source_size = 0;
-  if (is_npy) {
-    if (!key.empty()) {
-      return ReportError(
-          Status::Error(EINVAL, path + ": is a .npy file, not an archive: drop ':" + key + "'"));
-    }
-    name = path;
-    source_size = static_cast<uint64_t>(st.st_size);
-    const int raw_fd = fd->get();
-    read_exact = [raw_fd, path](uint64_t offset, std::span<std::byte> dest) {
-      return PreadExact(raw_fd, dest.data(), dest.size(), offset, path);
-    };
-  } else {
-    auto opened = Archive::Open(path, ToolArchiveOptions());
-    if (!opened.ok()) return ReportError(opened.status());
-    archive = *opened;
-    std::optional<size_t> index;
-    if (key.empty()) {
-      if (archive->members().size() == 1) index = 0;
-    } else {
-      index = archive->Find(key);
-      if (!index) index = archive->Find(key + ".npy");
-    }
-    if (!index) {
-      std::string listing;
-      for (const auto& m : archive->members()) {
-        if (listing.size() > 200) {
-          listing += ", ...";
-          break;
-        }
-        listing += (listing.empty() ? "" : ", ") + m.path;
-      }
-      const std::string what = key.empty() ? "is an archive: name the member as " + path + ":KEY"
-                                           : "no member '" + key + "'";
-      return ReportError(Status::Error(ENOENT, path + ": " + what + " (members: " + listing + ")"));
-    }
-    const ArchiveMember& m = archive->members()[*index];
-    name = path + ": member " + m.path;
-    if (m.open_errno != 0) {
-      return ReportError(Status::Error(m.open_errno, AboutMember(name, m.path, m.open_error)));
-    }
-    auto reader = archive->OpenMember(*index);
-    if (!reader.ok()) return ReportError(reader.status());
-    source_size = (*reader)->size();
-    read_exact = MemberReadExact(*reader, name);
-  }
-
-  auto parsed = ReadNpyHeaderFrom(source_size, read_exact, name);
+  auto src = OpenFrameSource(args->positional[0]);
+  if (!src.ok()) return ReportError(src.status());
+  auto parsed = ReadNpyHeaderFrom(src->size, src->read_exact, src->name);
   if (!parsed.ok()) return ReportError(parsed.status());
-  const NpyHeader& header = parsed->header;
-  if (!header.frameable()) {
-    return ReportError(Status::Error(
-        EINVAL, name + ": has no frames to slice (" +
-                    (header.has_object() ? std::string("object dtype") : "a 0-d array") + ")"));
-  }
-  if (*start > *stop) {
-    return ReportError(Status::Error(EINVAL, name + ": START " + std::to_string(*start) +
-                                                 " is after STOP " + std::to_string(*stop)));
-  }
-  if (*stop > header.frame_count()) {
-    return ReportError(Status::Error(ERANGE, name + ": frames [" + std::to_string(*start) + ", " +
-                                                 std::to_string(*stop) +
-                                                 ") are out of range: it has " +
-                                                 std::to_string(header.frame_count()) + " frames"));
-  }
-
-  std::optional<AtomicFile> out;
-  if (!to_stdout) {
-    auto created = AtomicFile::Create(*output);
-    if (!created.ok()) return ReportError(created.status());
-    out.emplace(std::move(*created));
-  }
-  auto emit = [&](const void* data, size_t n) -> Status {
-    if (out) return out->Write(data, n);
-    return WriteAll(STDOUT_FILENO, data, n, "stdout");
-  };
-  if (!raw) {
-    const std::string head = header.WithFrameCount(*stop - *start).Format();
-    Status s = emit(head.data(), head.size());
-    if (!s.ok()) return ReportError(s);
-  }
-
-  const uint64_t frame_bytes = header.frame_bytes();
-  const uint64_t batch =
-      std::max<uint64_t>(1, frame_bytes == 0 ? 1 : kFrameBatchBytes / frame_bytes);
-  ProgressBar bar("frames " + BaseName(name), (*stop - *start) * frame_bytes);
-  for (uint64_t f = *start; f < *stop;) {
-    const uint64_t end = std::min(*stop, f + batch);
-    auto frames = ReadFramesFrom(header, parsed->length, f, end, read_exact, name);
-    if (!frames.ok()) return ReportError(frames.status());
-    Status s = emit(frames->data(), frames->size());
-    if (!s.ok()) return ReportError(s);
-    bar.Update((end - *start) * frame_bytes);
-    f = end;
-  }
-  if (out) {
-    Status s = out->Commit();
-    if (!s.ok()) return ReportError(s);
-  }
-  bar.Finish();
-  if (archive) {
+  Status s = CheckFrameRange(parsed->header, src->name, *start, *stop);
+  if (s.ok()) s = WriteFrames(*src, *parsed, *start, *stop, raw, to_stdout ? "" : *output);
+  if (!s.ok()) return ReportError(s);
+  if (src->archive) {
     // Keep what the reads taught the index for the next run; a read-only directory is not
     // an error for a read command.
-    Status s = archive->SaveIndex();
-    if (!s.ok()) std::fprintf(stderr, "npz: warning: index not saved: %s\n", s.message().c_str());
+    Status saved = src->archive->SaveIndex();
+    if (!saved.ok()) {
+      std::fprintf(stderr, "npz: warning: index not saved: %s\n", saved.message().c_str());
+    }
   }
   return kExitOk;
 }
+
+namespace {
+
+using FailFn = std::function<void(const std::string&)>;
+
+// The reader's own log lines, held until a member is done: one that a failure repeats is
+// printed once, as that failure, and the others as warnings. Must outlive the Archive whose
+// log it is; the log may be called from the archive's threads.
+class HeldWarnings {
+ public:
+  ArchiveOptions Options(ArchiveOptions options) {
+    options.log = [this](const std::string& line) {
+      std::lock_guard lock(mu_);
+      lines_.push_back(line);
+    };
+    return options;
+  }
+  void DropRepeatedBy(const std::string& failure) {
+    std::lock_guard lock(mu_);
+    std::erase_if(lines_, [&](const std::string& w) {
+      return failure.find(w) != std::string::npos || w.find(failure) != std::string::npos;
+    });
+  }
+  void Flush() {
+    std::lock_guard lock(mu_);
+    for (const std::string& w : lines_) std::fprintf(stderr, "npz: warning: %s\n", w.c_str());
+    lines_.clear();
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::string> lines_;
+};
+
+// The directory, through libzip as an independent parser: the same entries, the same sizes,
+// CRCs and methods.
+void CheckDirectoryWithLibzip(const ZipDirectory& dir, const std::string& path,
+                              const FailFn& fail) {
+  int err = 0;
+  // zip_discard, not zip_close: nothing is written, and it always frees.
+  std::unique_ptr<zip_t, void (*)(zip_t*)> z(zip_open(path.c_str(), ZIP_RDONLY, &err), zip_discard);
+  if (!z) {
+    zip_error_t ze;
+    zip_error_init_with_code(&ze, err);
+    fail(path + ": libzip cannot open the archive: " + zip_error_strerror(&ze));
+    zip_error_fini(&ze);
+    return;
+  }
+  const zip_int64_t n = zip_get_num_entries(z.get(), 0);
+  if (n != static_cast<zip_int64_t>(dir.entries.size())) {
+    fail(path + ": libzip counts " + std::to_string(n) + " entries, the directory has " +
+         std::to_string(dir.entries.size()));
+    return;
+  }
+  for (zip_int64_t i = 0; i < n; ++i) {
+    const ZipEntry& e = dir.entries[static_cast<size_t>(i)];
+    zip_stat_t zs;
+    zip_stat_init(&zs);
+    if (zip_stat_index(z.get(), static_cast<zip_uint64_t>(i), ZIP_FL_ENC_RAW, &zs) != 0) {
+      fail(path + ": entry " + e.name + ": libzip cannot stat it: " + zip_strerror(z.get()));
+      continue;
+    }
+    std::string diff;
+    if ((zs.valid & ZIP_STAT_NAME) && e.name != zs.name) diff += " name";
+    if ((zs.valid & ZIP_STAT_SIZE) && e.uncompressed_size != zs.size) diff += " size";
+    if ((zs.valid & ZIP_STAT_COMP_SIZE) && e.compressed_size != zs.comp_size) {
+      diff += " compressed size";
+    }
+    if ((zs.valid & ZIP_STAT_CRC) && e.crc32 != zs.crc) diff += " CRC-32";
+    if ((zs.valid & ZIP_STAT_COMP_METHOD) && e.method != zs.comp_method) diff += " method";
+    if (!diff.empty()) {
+      fail(path + ": entry " + e.name + ": the directory and libzip disagree on" + diff);
+    }
+  }
+}
+
+// Reads member i through, computing its CRC-32 here (not trusting the reader's own check)
+// and keeping its first bytes for the .npy header check.
+Status ReadMemberThrough(Archive& a, size_t i, ProgressBar& bar, uint64_t done, uint32_t* crc,
+                         uint64_t* size, std::string* head) {
+  NPZ_ASSIGN_OR_RETURN(std::shared_ptr<MemberReader> reader, a.OpenMember(i));
+  std::vector<std::byte> buf(kChunk);
+  uLong running = crc32(0, nullptr, 0);
+  uint64_t offset = 0;
+  while (true) {
+    NPZ_ASSIGN_OR_RETURN(size_t n, reader->ReadAt(offset, buf));
+    if (n == 0) break;
+    running = crc32(running, reinterpret_cast<const Bytef*>(buf.data()), static_cast<uInt>(n));
+    if (head->size() < NpyHeader::kMaxHeaderChars + 64) {
+      head->append(reinterpret_cast<const char*>(buf.data()),
+                   std::min<size_t>(n, NpyHeader::kMaxHeaderChars + 64 - head->size()));
+    }
+    offset += n;
+    bar.Update(done + offset);
+  }
+  *crc = static_cast<uint32_t>(running);
+  *size = offset;
+  return Status::Ok();
+}
+
+// Every byte of member i: size, CRC-32 and (for a .npy) its header.
+void VerifyMemberBytes(Archive& a, size_t i, ProgressBar& bar, uint64_t done, const FailFn& fail) {
+  const ArchiveMember& m = a.members()[i];
+  const std::string name = a.path() + ": member " + m.path;
+  if (m.open_errno != 0) {
+    fail(AboutMember(name, m.path, m.open_error.empty() ? "cannot be read" : m.open_error));
+    return;
+  }
+  uint32_t crc = 0;
+  uint64_t size = 0;
+  std::string head;
+  Status status = ReadMemberThrough(a, i, bar, done, &crc, &size, &head);
+  if (!status.ok()) {
+    fail(AboutMember(name, m.path, status.message()));
+  } else if (size != m.entry.uncompressed_size) {
+    fail(name + ": " + std::to_string(size) + " bytes, the directory says " +
+         std::to_string(m.entry.uncompressed_size));
+  } else if (crc != m.entry.crc32) {
+    char crc_text[96];
+    std::snprintf(crc_text, sizeof crc_text,
+                  ": CRC-32 mismatch: directory %08" PRIx32 ", data %08" PRIx32, m.entry.crc32,
+                  crc);
+    fail(name + crc_text);
+  } else if (IsNpyName(m.path)) {
+    auto parsed = ReadNpyHeaderFrom(
+        size,
+        [&](uint64_t off, std::span<std::byte> dest) -> Status {
+          if (off + dest.size() > head.size()) {
+            return Status::Error(EINVAL, name + ": header longer than numpy's limit");
+          }
+          std::memcpy(dest.data(), head.data() + off, dest.size());
+          return Status::Ok();
+        },
+        name);
+    if (!parsed.ok()) fail(parsed.status().message());
+  }
+}
+
+}  // namespace
 
 int RunVerify(const std::vector<std::string>& raw_args) {
   auto args = ParseArgs(raw_args, {});
@@ -423,132 +572,33 @@ int RunVerify(const std::vector<std::string>& raw_args) {
   if (args->help) return PrintCommandHelp("verify");
   if (args->positional.size() != 1) return UsageError("verify", "expected one ARCHIVE");
   const std::string path = args->positional[0];
-  auto archive = OpenArchive(path, VerifyMode::kOff);
+  HeldWarnings warnings;
+  auto archive = OpenArchive(path, warnings.Options(ToolArchiveOptions(VerifyMode::kOff)));
+  warnings.Flush();
   if (!archive.ok()) return ReportError(archive.status());
   Archive& a = **archive;
-
   int bad = 0;
-  auto fail = [&](const std::string& message) {
+  FailFn fail = [&](const std::string& message) {
     ++bad;
+    warnings.DropRepeatedBy(message);
     std::fprintf(stderr, "npz: %s\n", message.c_str());
   };
-
-  // 1. The directory, through libzip as an independent parser.
-  {
-    const ZipDirectory* dir = &a.directory();
-    int err = 0;
-    // zip_discard, not zip_close: nothing is written, and it always frees.
-    std::unique_ptr<zip_t, void (*)(zip_t*)> z(zip_open(path.c_str(), ZIP_RDONLY, &err),
-                                               zip_discard);
-    if (!z) {
-      zip_error_t ze;
-      zip_error_init_with_code(&ze, err);
-      fail(path + ": libzip cannot open the archive: " + zip_error_strerror(&ze));
-      zip_error_fini(&ze);
-    } else {
-      const zip_int64_t n = zip_get_num_entries(z.get(), 0);
-      if (n != static_cast<zip_int64_t>(dir->entries.size())) {
-        fail(path + ": libzip counts " + std::to_string(n) + " entries, the directory has " +
-             std::to_string(dir->entries.size()));
-      } else {
-        for (zip_int64_t i = 0; i < n; ++i) {
-          const ZipEntry& e = dir->entries[static_cast<size_t>(i)];
-          zip_stat_t zs;
-          zip_stat_init(&zs);
-          if (zip_stat_index(z.get(), static_cast<zip_uint64_t>(i), ZIP_FL_ENC_RAW, &zs) != 0) {
-            fail(path + ": entry " + e.name + ": libzip cannot stat it: " + zip_strerror(z.get()));
-            continue;
-          }
-          std::string diff;
-          if ((zs.valid & ZIP_STAT_NAME) && e.name != zs.name) diff += " name";
-          if ((zs.valid & ZIP_STAT_SIZE) && e.uncompressed_size != zs.size) diff += " size";
-          if ((zs.valid & ZIP_STAT_COMP_SIZE) && e.compressed_size != zs.comp_size) {
-            diff += " compressed size";
-          }
-          if ((zs.valid & ZIP_STAT_CRC) && e.crc32 != zs.crc) diff += " CRC-32";
-          if ((zs.valid & ZIP_STAT_COMP_METHOD) && e.method != zs.comp_method) diff += " method";
-          if (!diff.empty()) {
-            fail(path + ": entry " + e.name + ": the directory and libzip disagree on" + diff);
-          }
-        }
-      }
-    }
-  }
-
-  // 2. Every member's bytes: CRC-32, size and .npy header.
+  CheckDirectoryWithLibzip(a.directory(), path, fail);
   uint64_t total = 0;
   for (const auto& m : a.members()) {
     if (m.open_errno == 0) total += m.entry.uncompressed_size;
   }
   ProgressBar bar("verify " + BaseName(path), total);
   uint64_t done = 0;
-  std::vector<std::byte> buf(kChunk);
   for (size_t i = 0; i < a.members().size(); ++i) {
-    const ArchiveMember& m = a.members()[i];
-    const std::string name = path + ": member " + m.path;
-    if (m.open_errno != 0) {
-      fail(AboutMember(name, m.path, m.open_error.empty() ? "cannot be read" : m.open_error));
-      continue;
-    }
-    auto reader = a.OpenMember(i);
-    if (!reader.ok()) {
-      fail(reader.status().message());
-      continue;
-    }
-    uLong crc = crc32(0, nullptr, 0);
-    uint64_t offset = 0;
-    std::string head;  // the first bytes, for the .npy header check
-    Status status;
-    while (true) {
-      auto n = (*reader)->ReadAt(offset, buf);
-      if (!n.ok()) {
-        status = n.status();
-        break;
-      }
-      if (*n == 0) break;
-      crc = crc32(crc, reinterpret_cast<const Bytef*>(buf.data()), static_cast<uInt>(*n));
-      if (head.size() < NpyHeader::kMaxHeaderChars + 64) {
-        head.append(reinterpret_cast<const char*>(buf.data()),
-                    std::min<size_t>(*n, NpyHeader::kMaxHeaderChars + 64 - head.size()));
-      }
-      offset += *n;
-      bar.Update(done + offset);
-    }
-    done += m.entry.uncompressed_size;
-    if (!status.ok()) {
-      fail(AboutMember(name, m.path, status.message()));
-      continue;
-    }
-    if (offset != m.entry.uncompressed_size) {
-      fail(name + ": " + std::to_string(offset) + " bytes, the directory says " +
-           std::to_string(m.entry.uncompressed_size));
-      continue;
-    }
-    if (static_cast<uint32_t>(crc) != m.entry.crc32) {
-      char crc_text[96];
-      std::snprintf(crc_text, sizeof crc_text,
-                    ": CRC-32 mismatch: directory %08" PRIx32 ", data %08" PRIx32, m.entry.crc32,
-                    static_cast<uint32_t>(crc));
-      fail(name + crc_text);
-      continue;
-    }
-    if (IsNpyName(m.path)) {
-      auto parsed = ReadNpyHeaderFrom(
-          offset,
-          [&](uint64_t off, std::span<std::byte> dest) -> Status {
-            if (off + dest.size() > head.size()) {
-              return Status::Error(EINVAL, name + ": header longer than numpy's limit");
-            }
-            std::memcpy(dest.data(), head.data() + off, dest.size());
-            return Status::Ok();
-          },
-          name);
-      if (!parsed.ok()) fail(parsed.status().message());
-    }
+    VerifyMemberBytes(a, i, bar, done, fail);
+    warnings.Flush();  // what this member's failures did not repeat
+    if (a.members()[i].open_errno == 0) done += a.members()[i].entry.uncompressed_size;
   }
   if (bad > 0) return kExitError;
   bar.Finish();
-  std::printf("%s: %zu members OK\n", path.c_str(), a.members().size());
+  const size_t n = a.members().size();
+  std::printf("%s: %zu member%s OK\n", path.c_str(), n, n == 1 ? "" : "s");
   return kExitOk;
 }
 

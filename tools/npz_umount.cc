@@ -1,13 +1,19 @@
 // npz umount: unmount an npzfs mount and wait for the daemon's finalize to finish.
 //
 // `fusermount3 -u` returns as soon as the kernel has detached the mount, before the daemon
-// has written the new members into the archive. So the daemon publishes two
-// xattrs on the mount root: "user.npzfs.pid" (its pid) and "user.npzfs.result" (the path of
-// a file it writes atomically after finalize: first line "ok" or "error: <message>"). We read
-// both while the mount is live, take a pidfd on the daemon (so a recycled pid cannot fool
-// us), unmount, wait for the pidfd to become readable (the process exited), then read the
-// result. kill(pid, 0) polling is only a fallback for kernels without pidfd_open: it cannot
-// tell a zombie from a live process, so it is bounded by the result file appearing.
+// has written the new members into the archive. So the daemon publishes xattrs on the mount
+// root (names in core/base/names.h): its pid, the path of a file it writes atomically after
+// finalize (first line "ok" or "error: <message>"; "" for a read-only mount, which has
+// nothing to finalize) and the path of a file where it publishes finalize progress. We read
+// them while the mount is live, take a pidfd on the daemon (so a recycled pid cannot fool
+// us), unmount, show the progress while waiting for the pidfd to become readable (the
+// process exited), then read and remove the result. kill(pid, 0) polling is only a fallback
+// for kernels without pidfd_open: it cannot tell a zombie from a live process, so it is
+// bounded by the result file appearing.
+//
+// Only npzfs mounts are touched: /proc/self/mountinfo must list the target as "fuse.npzfs".
+// Its source there is the archive's absolute path, which is how a dead daemon's mount still
+// tells which archive to recover.
 #include <poll.h>
 #include <spawn.h>
 #include <sys/stat.h>
@@ -25,28 +31,43 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "core/base/mount_table.h"
+#include "core/base/names.h"
 #include "npzfs/file_util.h"
 #include "tools/npz_cli.h"
+#include "tools/progress.h"
 
 extern char** environ;
 
 namespace npzfs::tool {
 namespace {
 
-Result<std::string> GetXattr(const std::string& path, const char* name) {
+constexpr std::string_view kNpzfsType = "fuse.npzfs";
+constexpr auto kPollInterval = std::chrono::milliseconds(200);
+
+using Clock = std::chrono::steady_clock;
+
+Result<std::string> GetXattr(const std::string& path, std::string_view name) {
   char buf[4096];
-  ssize_t n = getxattr(path.c_str(), name, buf, sizeof buf);
-  if (n < 0) return ErrnoStatus(errno, path, std::string("getxattr ") + name);
+  ssize_t n = getxattr(path.c_str(), std::string(name).c_str(), buf, sizeof buf);
+  if (n < 0) return ErrnoStatus(errno, path, "getxattr " + std::string(name));
   return std::string(buf, static_cast<size_t>(n));
 }
 
 std::string Trim(std::string s) {
   while (!s.empty() && (s.back() == '\n' || s.back() == ' ' || s.back() == '\0')) s.pop_back();
   return s;
+}
+
+std::chrono::milliseconds MillisFromEnv(const char* name, int64_t fallback) {
+  const char* env = std::getenv(name);
+  if (env != nullptr && *env != '\0') return std::chrono::milliseconds(std::atoll(env));
+  return std::chrono::milliseconds(fallback);
 }
 
 struct ChildResult {
@@ -89,44 +110,6 @@ Result<ChildResult> RunProgram(const std::vector<std::string>& argv) {
   return result;
 }
 
-// Waits until process `pid` has exited. Uses a pidfd taken before the unmount (`pidfd`,
-// may be invalid); otherwise polls kill(pid, 0) until the result file exists. Returns false
-// if `timeout_s` (0: none) passed first.
-bool WaitForExit(pid_t pid, const UniqueFd& pidfd, const std::string& result_path,
-                 uint64_t timeout_s) {
-  bool told = false;
-  const auto start = std::chrono::steady_clock::now();
-  auto timed_out = [&] {
-    return timeout_s != 0 &&
-           std::chrono::steady_clock::now() - start > std::chrono::seconds(timeout_s);
-  };
-  auto maybe_tell = [&] {
-    if (!told && isatty(STDERR_FILENO) == 1 &&
-        std::chrono::steady_clock::now() - start > std::chrono::seconds(1)) {
-      std::fprintf(stderr, "npz: waiting for npzfs (pid %d) to finalize the archive...\n",
-                   static_cast<int>(pid));
-      told = true;
-    }
-  };
-  if (pidfd.valid()) {
-    while (true) {
-      struct pollfd p = {pidfd.get(), POLLIN, 0};
-      int r = poll(&p, 1, 200);
-      if (r > 0) return true;
-      if (r < 0 && errno != EINTR) break;  // fall back to polling below
-      if (timed_out()) return false;
-      maybe_tell();
-    }
-  }
-  struct stat st;
-  while (kill(pid, 0) == 0 && stat(result_path.c_str(), &st) != 0) {
-    if (timed_out()) return false;
-    maybe_tell();
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return true;
-}
-
 // The absolute path of `path` with symlinks resolved, without touching `path` itself (a
 // dead FUSE mount fails every stat with ENOTCONN): only its parent is resolved.
 std::string CanonicalMountPath(const std::string& path) {
@@ -144,27 +127,199 @@ std::string CanonicalMountPath(const std::string& path) {
   return path;
 }
 
-// Whether `canonical` is a mount point, from /proc/self/mounts (octal escapes decoded).
-bool IsMountPoint(const std::string& canonical) {
-  FILE* f = std::fopen("/proc/self/mounts", "re");
-  if (f == nullptr) return true;  // cannot tell: let fusermount3 decide
-  std::unique_ptr<FILE, int (*)(FILE*)> closer(f, std::fclose);
-  char line[8192];
-  while (std::fgets(line, sizeof line, f) != nullptr) {
-    const char* p = std::strchr(line, ' ');
-    if (p == nullptr) continue;
-    std::string target;
-    for (++p; *p != '\0' && *p != ' '; ++p) {
-      if (*p == '\\' && p[1] >= '0' && p[1] <= '7' && p[2] && p[3]) {
-        target += static_cast<char>((p[1] - '0') * 64 + (p[2] - '0') * 8 + (p[3] - '0'));
-        p += 3;
-      } else {
-        target += *p;
-      }
-    }
-    if (target == canonical) return true;
+// Shows the daemon's finalize progress while npz umount waits: a bar on a terminal (see
+// progress.h), otherwise one line every few seconds (NPZ_PROGRESS_INTERVAL_MS, default 5 s;
+// the first after NPZ_PROGRESS_DELAY_MS, default 1 s).
+class FinalizeProgress {
+ public:
+  FinalizeProgress(std::string archive, std::string progress_path)
+      : label_("finalize " + BaseName(archive)),
+        path_(std::move(progress_path)),
+        start_(Clock::now()),
+        delay_(MillisFromEnv("NPZ_PROGRESS_DELAY_MS", 1000)),
+        interval_(MillisFromEnv("NPZ_PROGRESS_INTERVAL_MS", 5000)) {
+    if (ProgressBar::Enabled()) bar_.emplace(label_, 0);
   }
-  return false;
+  // True once progress was read (so a "waiting" note is not needed).
+  bool Poll() {
+    uint64_t done = 0, total = 0;
+    if (!Read(&done, &total)) return seen_;
+    seen_ = true;
+    if (bar_) {
+      bar_->Update(done, total);
+    } else if (const auto now = Clock::now();
+               now - start_ >= delay_ && (!printed_ || now - last_line_ >= interval_)) {
+      printed_ = true;
+      last_line_ = now;
+      std::fprintf(stderr, "npz: %s: %s of %s (%d%%)\n", label_.c_str(), HumanBytes(done).c_str(),
+                   HumanBytes(total).c_str(),
+                   total == 0 ? 100
+                              : static_cast<int>(100.0 * static_cast<double>(done) /
+                                                 static_cast<double>(total)));
+    }
+    return true;
+  }
+  void Finish() {
+    if (bar_) bar_->Finish();
+  }
+
+ private:
+  bool Read(uint64_t* done, uint64_t* total) const {
+    if (path_.empty()) return false;
+    auto fd = OpenFile(path_, O_RDONLY);
+    if (!fd.ok()) return false;
+    char text[64] = {};
+    auto n = PreadFull(fd->get(), text, sizeof text - 1, 0, path_);
+    unsigned long long d = 0, t = 0;
+    if (!n.ok() || std::sscanf(text, "%llu %llu", &d, &t) != 2) return false;
+    *done = d;
+    *total = t;
+    return true;
+  }
+
+  const std::string label_;
+  const std::string path_;
+  const Clock::time_point start_;
+  const Clock::duration delay_, interval_;
+  std::optional<ProgressBar> bar_;
+  bool seen_ = false, printed_ = false;
+  Clock::time_point last_line_{};
+};
+
+// Who serves the mount: the daemon's pid (with a pidfd taken now, so that a recycled pid
+// cannot fool the wait), and its result and progress files ("" when it has none).
+struct Daemon {
+  pid_t pid = 0;
+  UniqueFd pidfd;
+  std::string result_file;
+  std::string progress_file;
+};
+
+Result<Daemon> LearnDaemon(const std::string& mnt) {
+  Daemon d;
+  NPZ_ASSIGN_OR_RETURN(std::string pid_text, GetXattr(mnt, kPidAttribute));
+  auto value = ParseUint(Trim(pid_text), std::string(kPidAttribute));
+  if (!value.ok() || *value == 0 || *value > INT32_MAX) {
+    return Status::Error(
+        EINVAL, mnt + ": bad " + std::string(kPidAttribute) + " xattr '" + Trim(pid_text) + "'");
+  }
+  d.pid = static_cast<pid_t>(*value);
+  if (auto result = GetXattr(mnt, kResultAttribute); result.ok()) d.result_file = Trim(*result);
+  if (auto progress = GetXattr(mnt, kProgressAttribute); progress.ok()) {
+    d.progress_file = Trim(*progress);
+  }
+#ifdef SYS_pidfd_open
+  long fd = syscall(SYS_pidfd_open, d.pid, 0);
+  if (fd >= 0) d.pidfd.Reset(static_cast<int>(fd));
+#endif
+  return d;
+}
+
+// Waits until the daemon has exited, showing its progress. Uses the pidfd taken before the
+// unmount; otherwise polls kill(pid, 0) until the result file exists. Returns false if
+// `timeout_s` (0: none) passed first.
+bool WaitForExit(const Daemon& d, FinalizeProgress& progress, uint64_t timeout_s) {
+  bool told = false;
+  const auto start = Clock::now();
+  auto keep_waiting = [&] {
+    if (timeout_s != 0 && Clock::now() - start > std::chrono::seconds(timeout_s)) return false;
+    if (!progress.Poll() && !told && isatty(STDERR_FILENO) == 1 &&
+        Clock::now() - start > std::chrono::seconds(1)) {
+      std::fprintf(stderr, "npz: waiting for npzfs (pid %d) to finalize the archive...\n",
+                   static_cast<int>(d.pid));
+      told = true;
+    }
+    return true;
+  };
+  if (d.pidfd.valid()) {
+    while (true) {
+      struct pollfd p = {d.pidfd.get(), POLLIN, 0};
+      int r = poll(&p, 1, static_cast<int>(kPollInterval.count()));
+      if (r > 0) return true;
+      if (r < 0 && errno != EINTR) break;  // fall back to polling below
+      if (!keep_waiting()) return false;
+    }
+  }
+  struct stat st;
+  while (kill(d.pid, 0) == 0 && (d.result_file.empty() || stat(d.result_file.c_str(), &st) != 0)) {
+    if (!keep_waiting()) return false;
+    std::this_thread::sleep_for(kPollInterval);
+  }
+  return true;
+}
+
+// fusermount3 -u, with the causes a user can act on spelled out.
+Status Unmount(const std::string& mnt) {
+  auto run = RunProgram({"fusermount3", "-u", mnt});
+  if (!run.ok()) {
+    if (run.status().code() == ENOENT) {
+      return Status::Error(
+          ENOENT, "fusermount3: not found: install the fuse3 package (tools/install-deps.sh)");
+    }
+    return run.status();
+  }
+  if (run->exit_code == 0) return Status::Ok();
+  std::string why = Trim(run->output);
+  std::string hint;
+  if (why.find("busy") != std::string::npos) {
+    hint = " (the mount is busy: close the files open in it and leave the directory; 'fuser -vm " +
+           mnt + "' shows who holds it)";
+  }
+  return Status::Error(EBUSY, mnt + ": fusermount3 -u failed: " + why + hint);
+}
+
+// The outcome the daemon wrote to its result file once it finished: ok or its reason. The
+// file is removed once read.
+Status ReadResult(const std::string& mnt, const Daemon& d, const std::string& archive) {
+  if (d.result_file.empty()) return Status::Ok();  // a read-only mount finalizes nothing
+  auto fd = OpenFile(d.result_file, O_RDONLY);
+  if (!fd.ok()) {
+    return Status::Error(EIO, mnt + ": the npzfs daemon (pid " + std::to_string(d.pid) +
+                                  ") exited without writing its result " + d.result_file +
+                                  "; if it died, run 'npz recover " + archive + "'");
+  }
+  std::string text(64 * 1024, '\0');
+  NPZ_ASSIGN_OR_RETURN(size_t n, PreadFull(fd->get(), text.data(), text.size(), 0, d.result_file));
+  text.resize(n);
+  unlink(d.result_file.c_str());
+  const std::string first_line = text.substr(0, text.find('\n'));
+  if (first_line == "ok") return Status::Ok();
+  std::string reason = first_line;
+  if (reason.rfind("error: ", 0) == 0) reason = reason.substr(7);
+  if (reason.empty()) reason = "(empty result file " + d.result_file + ")";
+  return Status::Error(EIO, mnt + ": finalize failed: " + reason);
+}
+
+// The npzfs mount on `mnt`. Anything else (not a mount point, another filesystem) is
+// refused and left alone.
+Result<MountEntry> FindNpzfsMount(const std::string& mnt) {
+  NPZ_ASSIGN_OR_RETURN(std::vector<MountEntry> table, ReadMountTable());
+  std::optional<MountEntry> entry = FindMount(table, CanonicalMountPath(mnt));
+  if (!entry) {
+    struct stat st;
+    if (stat(mnt.c_str(), &st) != 0) return ErrnoStatus(errno, mnt, "stat");
+    return Status::Error(EINVAL, mnt + ": not a mount point");
+  }
+  if (entry->fstype != kNpzfsType) {
+    return Status::Error(EINVAL, mnt + ": a " + entry->fstype + " mount (" + entry->source +
+                                     "), not an npzfs mount: npz umount leaves it alone "
+                                     "(unmount it with umount or fusermount3 -u)");
+  }
+  return *entry;
+}
+
+// A dead daemon left its mount behind (ENOTCONN): clear it, and say how to finalize what it
+// received.
+Status ClearDeadMount(const std::string& mnt, const std::string& archive) {
+  (void)RunProgram({"fusermount3", "-u", "-z", mnt});
+  return Status::Error(ENOTCONN,
+                       mnt +
+                           ": the npzfs daemon had died (Transport endpoint is not connected); "
+                           "the stale mount was removed, and nothing was finalized. The new "
+                           "members it received are in its spool: run\n  npz recover " +
+                           archive +
+                           "\n(add --spool DIR if it was mounted with -o spool=DIR), or mount "
+                           "the archive again");
 }
 
 }  // namespace
@@ -181,98 +336,29 @@ int RunUmount(const std::vector<std::string>& raw_args) {
     timeout_s = *value;
   }
   const std::string mnt = parsed->positional[0];
-
+  auto entry = FindNpzfsMount(mnt);
+  if (!entry.ok()) return ReportError(entry.status());
+  const std::string archive = entry->source;  // the archive's absolute path
   struct stat st;
-  const bool stat_ok = stat(mnt.c_str(), &st) == 0;
-  const int stat_errno = errno;
-  if (!IsMountPoint(CanonicalMountPath(mnt))) {
-    if (!stat_ok) return ReportError(ErrnoStatus(stat_errno, mnt, "stat"));
-    return ReportError(Status::Error(EINVAL, mnt + ": not a mount point"));
+  if (stat(mnt.c_str(), &st) != 0) {
+    if (errno == ENOTCONN) return ReportError(ClearDeadMount(mnt, archive));
+    return ReportError(ErrnoStatus(errno, mnt, "stat"));
   }
-  if (!stat_ok) {
-    const int err = stat_errno;
-    if (err == ENOTCONN) {
-      // A dead daemon left its mount behind: clear it, and say finalize did not run.
-      RunProgram({"fusermount3", "-u", "-z", mnt}).status().ok();
-      return ReportError(Status::Error(
-          ENOTCONN, mnt + ": the npzfs daemon had died (Transport endpoint is not connected); "
-                          "the stale mount was removed. Its new members are still in the "
-                          "spool: run 'npz recover ARCHIVE' or mount the archive again"));
-    }
-    return ReportError(ErrnoStatus(err, mnt, "stat"));
-  }
-
   // Learn who to wait for while the mount is still live.
-  auto pid_text = GetXattr(mnt, "user.npzfs.pid");
-  auto result_path = GetXattr(mnt, "user.npzfs.result");
-  pid_t pid = 0;
-  UniqueFd pidfd;
-  if (pid_text.ok() && result_path.ok()) {
-    auto value = ParseUint(Trim(*pid_text), "user.npzfs.pid");
-    if (!value.ok() || *value == 0 || *value > INT32_MAX) {
-      return ReportError(
-          Status::Error(EINVAL, mnt + ": bad user.npzfs.pid xattr '" + Trim(*pid_text) + "'"));
-    }
-    pid = static_cast<pid_t>(*value);
-#ifdef SYS_pidfd_open
-    long fd = syscall(SYS_pidfd_open, pid, 0);
-    if (fd >= 0) pidfd.Reset(static_cast<int>(fd));
-#endif
+  auto daemon = LearnDaemon(mnt);
+  if (!daemon.ok()) return ReportError(daemon.status());
+  Status unmounted = Unmount(mnt);
+  if (!unmounted.ok()) return ReportError(unmounted);
+  FinalizeProgress progress(archive, daemon->progress_file);
+  if (!WaitForExit(*daemon, progress, timeout_s)) {
+    return ReportError(Status::Error(
+        ETIMEDOUT, mnt + ": unmounted, but npzfs (pid " + std::to_string(daemon->pid) +
+                       ") is still finalizing after " + std::to_string(timeout_s) +
+                       " s; the archive is complete once that process exits"));
   }
-
-  auto run = RunProgram({"fusermount3", "-u", mnt});
-  if (!run.ok()) {
-    if (run.status().code() == ENOENT) {
-      return ReportError(Status::Error(
-          ENOENT, "fusermount3: not found: install the fuse3 package (tools/install-deps.sh)"));
-    }
-    return ReportError(run.status());
-  }
-  if (run->exit_code != 0) {
-    std::string why = Trim(run->output);
-    std::string hint;
-    if (why.find("busy") != std::string::npos) {
-      hint =
-          " (the mount is busy: close the files open in it and leave the directory; "
-          "'fuser -vm " +
-          mnt + "' shows who holds it)";
-    }
-    return ReportError(Status::Error(EBUSY, mnt + ": fusermount3 -u failed: " + why + hint));
-  }
-
-  if (pid == 0) {
-    // Not an npzfs mount (or one too old to publish its pid): nothing to wait for.
-    std::fprintf(stderr,
-                 "npz: %s: unmounted, but it did not say which npzfs daemon served it "
-                 "(no user.npzfs.pid xattr), so finalize was not awaited\n",
-                 mnt.c_str());
-    return kExitOk;
-  }
-
-  const std::string result_file = Trim(*result_path);
-  if (!WaitForExit(pid, pidfd, result_file, timeout_s)) {
-    return ReportError(
-        Status::Error(ETIMEDOUT, mnt + ": unmounted, but npzfs (pid " + std::to_string(pid) +
-                                     ") is still finalizing after " + std::to_string(timeout_s) +
-                                     " s; the archive is complete once that process exits"));
-  }
-
-  auto fd = OpenFile(result_file, O_RDONLY);
-  if (!fd.ok()) {
-    return ReportError(Status::Error(EIO, mnt + ": the npzfs daemon (pid " + std::to_string(pid) +
-                                              ") exited without writing its result " + result_file +
-                                              "; if it died, run 'npz recover ARCHIVE'"));
-  }
-  std::string text(64 * 1024, '\0');
-  auto n = PreadFull(fd->get(), text.data(), text.size(), 0, result_file);
-  if (!n.ok()) return ReportError(n.status());
-  text.resize(*n);
-  const std::string first_line = text.substr(0, text.find('\n'));
-  if (first_line == "ok") return kExitOk;
-  std::string reason = first_line;
-  if (reason.rfind("error: ", 0) == 0) reason = reason.substr(7);
-  if (reason.empty()) reason = "(empty result file " + result_file + ")";
-  return ReportError(Status::Error(EIO, mnt + ": finalize failed: " + reason));
+  progress.Finish();
+  Status result = ReadResult(mnt, *daemon, archive);
+  return result.ok() ? kExitOk : ReportError(result);
 }
 
 }  // namespace npzfs::tool

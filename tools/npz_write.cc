@@ -73,7 +73,8 @@ int RecoverBeforeCommand(const std::string& command, const std::vector<std::stri
 int RunPack(const std::vector<std::string>& raw_args) {
   auto args = ParseArgs(raw_args, {{"key", OptionSpec::Kind::kValue, 'k'},
                                    {"compress", OptionSpec::Kind::kOptionalValue, 0},
-                                   {"threads", OptionSpec::Kind::kValue, 0}});
+                                   {"threads", OptionSpec::Kind::kValue, 0},
+                                   {"force", OptionSpec::Kind::kFlag, 'f'}});
   if (!args.ok()) return UsageError("pack", args.status().message());
   if (args->help) return PrintCommandHelp("pack");
   if (args->positional.size() < 2) return UsageError("pack", "expected OUT.npz and FILE.npy...");
@@ -83,6 +84,12 @@ int RunPack(const std::vector<std::string>& raw_args) {
   if (!threads.ok()) return UsageError("pack", threads.status().message());
 
   const std::string out = args->positional[0];
+  struct stat st;
+  if (!args->Has("force") && lstat(out.c_str(), &st) == 0) {
+    return ReportError(Status::Error(
+        EEXIST, out + ": exists; npz pack writes a new archive (--force replaces it, 'npz add " +
+                    out + " KEY FILE.npy' adds to it)"));
+  }
   const std::vector<std::string> files(args->positional.begin() + 1, args->positional.end());
   std::vector<std::string> keys;
   if (args->Has("key")) {

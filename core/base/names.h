@@ -21,7 +21,13 @@ inline constexpr std::string_view kFortranAttribute = "user.npy.fortran_order"; 
 // Read-only attributes of the mount root: the `npz umount` protocol (the daemon's pid, the
 // absolute path of the file it writes its finalize outcome to).
 inline constexpr std::string_view kPidAttribute = "user.npzfs.pid";
-inline constexpr std::string_view kResultAttribute = "user.npzfs.result";
+inline constexpr std::string_view kResultAttribute =
+    "user.npzfs.result";  // "": nothing to finalize
+// The file in which the daemon publishes finalize progress ("DONE TOTAL" in bytes) after the
+// unmount, for `npz umount` ("" when there is none).
+inline constexpr std::string_view kProgressAttribute = "user.npzfs.progress";
+// Counters of the mount as one JSON object (requests, bytes served, cache hits, ...).
+inline constexpr std::string_view kStatsAttribute = "user.npzfs.stats";
 
 // ---- side files ----
 // "<dir>/<base>" -> ".<base><suffix>": the hidden name of a side file of an archive.

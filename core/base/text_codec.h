@@ -30,4 +30,9 @@ std::optional<std::string> Utf8ToLatin1(std::string_view s);
 // Number of code points in valid UTF-8.
 size_t CountUtf8Chars(std::string_view s);
 
+// IBM code page 437 as Python's "cp437" codec decodes it (bytes below 0x80 are ASCII), as
+// UTF-8. ZIP names stored without the UTF-8 flag (bit 11) are CP437 by the APPNOTE, and that
+// is how zipfile, and so numpy, name such members.
+std::string Cp437ToUtf8(std::string_view s);
+
 }  // namespace npzfs

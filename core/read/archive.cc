@@ -13,9 +13,11 @@
 #include <unordered_set>
 
 #include "core/base/atomic_file.h"
+#include "core/base/text_codec.h"
 #include "core/read/deflated_member.h"
 #include "core/read/index_file.h"
 #include "core/read/stored_member.h"
+#include "core/zip/zip_format.h"
 #include "npzfs/file_util.h"
 
 namespace npzfs {
@@ -121,10 +123,13 @@ std::vector<ArchiveMember> MemberTree(const std::vector<ZipEntry>& entries, cons
   for (size_t e = 0; e < entries.size(); ++e) {
     const ZipEntry& entry = entries[e];
     if (!entry.name.empty() && entry.name.back() == '/') continue;  // directory entry
+    // Without the UTF-8 flag a name is CP437, as zipfile (and so numpy) reads it.
+    const std::string name =
+        (entry.flags & zip::kFlagUtf8) != 0 ? entry.name : Cp437ToUtf8(entry.name);
     std::string why;
-    std::optional<std::string> clean = SanitizePath(entry.name, &why);
+    std::optional<std::string> clean = SanitizePath(name, &why);
     if (!clean.has_value()) {
-      shared.Log(path + ": skipping member \"" + ShownName(entry.name) + "\": its name " + why);
+      shared.Log(path + ": skipping member \"" + ShownName(name) + "\": its name " + why);
       continue;
     }
     if (!overlap[e].empty()) {
@@ -290,6 +295,17 @@ Status Archive::BuildIndex(size_t i, const std::function<void(uint64_t, uint64_t
   NPZ_RETURN_IF_ERROR(CheckMember(i));
   if (deflated_[i] == nullptr) return Status::Ok();
   return deflated_[i]->BuildIndex(progress);
+}
+
+ArchiveStats Archive::stats() const {
+  ArchiveStats s;
+  s.cache_hits = shared_->cache.hits();
+  s.cache_misses = shared_->cache.misses();
+  s.spans_inflated = s.cache_misses;  // each miss inflates its span
+  for (const auto& d : deflated_) {
+    if (d != nullptr) s.spans_inflated += d->first_pass_spans();
+  }
+  return s;
 }
 
 Status Archive::VerifyMember(size_t i) {

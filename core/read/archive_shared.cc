@@ -13,6 +13,7 @@ ArchiveShared::ArchiveShared(UniqueFd fd_in, std::string path_in, const struct s
       verify(options.verify),
       cache(options.cache_bytes),
       pool(options.max_parked_streams),
+      fast_pool(options.max_parked_streams),
       log(options.log) {}
 
 Status ArchiveShared::CheckUnchanged() {

@@ -19,8 +19,10 @@
 #include <mutex>
 #include <string>
 
+#include "core/read/decode_stream.h"
 #include "core/read/inflate_index.h"
 #include "core/read/span_cache.h"
+#include "core/read/stream_pool.h"
 #include "npzfs/archive.h"
 #include "npzfs/file_util.h"
 #include "npzfs/status.h"
@@ -47,7 +49,8 @@ struct ArchiveShared {
   const int64_t mtime_ns;  // st_mtim at Open, in nanoseconds
   const VerifyMode verify;
   SpanCache cache;
-  StreamPool pool;
+  StreamPool<InflateStream> pool;      // zlib streams: first passes, spans inside blocks
+  StreamPool<DecodeStream> fast_pool;  // fast-engine streams: spans from block starts
   const std::function<void(const std::string&)> log;
 
  private:

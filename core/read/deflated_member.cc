@@ -190,8 +190,7 @@ Result<SpanPtr> DeflatedMember::ProduceKnownSpan(size_t k, uint64_t generation) 
   }
   const size_t len = static_cast<size_t>(end - cp.out);
   NPZ_ASSIGN_OR_RETURN(auto buf, AllocateSpanBuffer(len));
-  Result<std::unique_ptr<InflateStream>> stream = StreamAt(cp, false);
-  Result<size_t> got = stream.ok() ? (*stream)->Read(buf.get(), len, false) : stream.status();
+  Result<size_t> got = DecodeSpan(cp, buf.get(), len);
   Status failure = got.ok() ? Status::Ok() : got.status();
   if (failure.ok() && *got != len) {
     failure = Status::Error(EIO, source_.name + ": the deflate data ends early in the span at " +
@@ -207,11 +206,28 @@ Result<SpanPtr> DeflatedMember::ProduceKnownSpan(size_t k, uint64_t generation) 
     NPZ_RETURN_IF_ERROR(Distrust(generation, failure));  // EAGAIN: the pass rebuilds them
     return MarkCorrupt(failure);
   }
-  shared_->pool.Park(id_, std::move(stream).value());
   auto span = std::make_shared<Span>();
   span->data = std::move(buf);
   span->size = len;
   return SpanPtr(std::move(span));
+}
+
+Result<size_t> DeflatedMember::DecodeSpan(const Checkpoint& cp, std::byte* out, size_t len) {
+  if (cp.at_block_start()) {  // the fast engine
+    std::unique_ptr<DecodeStream> stream = shared_->fast_pool.Take(id_, cp.out);
+    if (stream == nullptr) {
+      NPZ_ASSIGN_OR_RETURN(stream, DecodeStream::Create(source_));
+      NPZ_RETURN_IF_ERROR(stream->Restore(cp, std::nullopt));
+    }
+    NPZ_ASSIGN_OR_RETURN(size_t got, stream->Read(out, len));
+    shared_->fast_pool.Park(id_, std::move(stream));
+    return got;
+  }
+  // Inside a block: only zlib resumes there.
+  NPZ_ASSIGN_OR_RETURN(std::unique_ptr<InflateStream> stream, StreamAt(cp, false));
+  NPZ_ASSIGN_OR_RETURN(size_t got, stream->Read(out, len, /*stop_at_block=*/false));
+  shared_->pool.Park(id_, std::move(stream));
+  return got;
 }
 
 Status DeflatedMember::BuildIndex(const std::function<void(uint64_t, uint64_t)>& progress) {

@@ -80,6 +80,8 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   };
   Result<SpanRef> SpanAt(uint64_t pos);
   Result<SpanPtr> ProduceKnownSpan(size_t k, uint64_t generation);
+  // Decodes `len` bytes from checkpoint `cp` (a parked stream continues when one is there).
+  Result<size_t> DecodeSpan(const Checkpoint& cp, std::byte* out, size_t len);
   // Extends the first pass until the span holding `target` exists (target == UINT64_MAX:
   // to the end). Returns nullopt when another thread got there first (retry the lookup).
   Result<std::optional<SpanRef>> AdvanceFrontier(

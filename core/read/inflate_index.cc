@@ -461,34 +461,4 @@ Result<std::string> MakeSparseWindow(const DeflateSource& src, const Checkpoint&
   return packed;
 }
 
-std::unique_ptr<InflateStream> StreamPool::Take(uint64_t member, uint64_t pos) {
-  std::lock_guard<std::mutex> lock(mu_);
-  for (auto it = parked_.begin(); it != parked_.end(); ++it) {
-    if (it->member == member && it->pos == pos) {
-      std::unique_ptr<InflateStream> s = std::move(it->stream);
-      parked_.erase(it);
-      return s;
-    }
-  }
-  return nullptr;
-}
-
-void StreamPool::Park(uint64_t member, std::unique_ptr<InflateStream> stream) {
-  if (stream == nullptr || stream->ended() || capacity_ == 0) return;
-  std::list<Parked> evicted;  // destroyed after the lock is released
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    uint64_t pos = stream->resume_pos();
-    parked_.push_front(Parked{member, pos, std::move(stream)});
-    while (parked_.size() > capacity_) {
-      evicted.splice(evicted.begin(), parked_, std::prev(parked_.end()));
-    }
-  }
-}
-
-size_t StreamPool::size() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return parked_.size();
-}
-
 }  // namespace npzfs

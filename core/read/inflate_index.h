@@ -10,18 +10,16 @@
 //
 // Ownership: an InflateStream owns its z_stream (heap-held so it never moves), its input
 // buffer and its lookahead; it reads compressed bytes with pread from a caller-owned fd
-// that must stay open while the stream lives. StreamPool owns parked streams.
-// Threads: an InflateStream is used by one thread at a time (the pool hands it out
-// exclusively). StreamPool and the free functions are thread-safe.
+// that must stay open while the stream lives.
+// Threads: an InflateStream is used by one thread at a time (a StreamPool hands it out
+// exclusively). The free functions are thread-safe.
 #pragma once
 
 #include <zlib.h>
 
 #include <cstddef>
 #include <cstdint>
-#include <list>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -151,28 +149,5 @@ Result<std::string> MakeSparseWindow(const DeflateSource& src, const Checkpoint&
 
 // Inflates a checkpoint's stored window into `buf` (cp.window_size bytes).
 Status ExpandWindow(const DeflateSource& src, const Checkpoint& cp, std::byte* buf);
-
-// A bounded set of parked streams, keyed by (member id, resume position), least recently
-// parked evicted first. A reader that continues where a stream stopped takes it.
-class StreamPool {
- public:
-  explicit StreamPool(size_t capacity) : capacity_(capacity) {}
-  // Removes and returns a stream of `member` whose resume_pos() == pos, or null.
-  std::unique_ptr<InflateStream> Take(uint64_t member, uint64_t pos);
-  // Parks `stream` (ended streams are dropped). Evicted streams are destroyed after the
-  // lock is released.
-  void Park(uint64_t member, std::unique_ptr<InflateStream> stream);
-  size_t size() const;
-
- private:
-  struct Parked {
-    uint64_t member;
-    uint64_t pos;
-    std::unique_ptr<InflateStream> stream;
-  };
-  const size_t capacity_;
-  mutable std::mutex mu_;     // guards parked_; never held while inflating
-  std::list<Parked> parked_;  // most recently parked first
-};
 
 }  // namespace npzfs

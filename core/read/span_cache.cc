@@ -48,16 +48,19 @@ Result<SpanPtr> SpanCache::GetOrProduce(const SpanKey& key,
     auto it = map_.find(key);
     if (it != map_.end()) {
       lru_.splice(lru_.begin(), lru_, it->second.lru);
+      ++hits_;
       return it->second.span;
     }
     auto f = in_flight_.find(key);
     if (f != in_flight_.end()) {
+      ++hits_;
       std::shared_ptr<InFlight> wait_for = f->second;
       produced_.wait(lock, [&] { return wait_for->done; });
       return wait_for->result;
     }
     flight = std::make_shared<InFlight>();
     in_flight_.emplace(key, flight);
+    ++misses_;
   }
   // No lock held while producing (inflating).
   Result<SpanPtr> result = produce();
@@ -80,6 +83,14 @@ uint64_t SpanCache::bytes() const {
 size_t SpanCache::count() const {
   std::lock_guard<std::mutex> lock(mu_);
   return map_.size();
+}
+uint64_t SpanCache::hits() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return hits_;
+}
+uint64_t SpanCache::misses() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return misses_;
 }
 
 namespace {

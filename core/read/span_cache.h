@@ -74,6 +74,10 @@ class SpanCache {
 
   uint64_t bytes() const;  // memory of the cached spans
   size_t count() const;    // number of cached spans
+  // GetOrProduce calls answered without producing (cached, or produced by another caller
+  // meanwhile), and calls that produced: the user.npzfs.stats counters of a mount.
+  uint64_t hits() const;
+  uint64_t misses() const;
 
  private:
   struct KeyHash {
@@ -100,6 +104,8 @@ class SpanCache {
   std::list<SpanKey> lru_;  // most recently used first
   std::unordered_map<SpanKey, std::shared_ptr<InFlight>, KeyHash> in_flight_;
   uint64_t bytes_ = 0;
+  uint64_t hits_ = 0;
+  uint64_t misses_ = 0;
 };
 
 }  // namespace npzfs

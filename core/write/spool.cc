@@ -168,6 +168,7 @@ Result<std::shared_ptr<GrowingMember>> Spool::Create(const std::string& name,
   NPZ_ASSIGN_OR_RETURN(auto m,
                        GrowingMember::Create(name, PathFor(name), std::move(declared), log_));
   members_.emplace(name, m);
+  if (background_) background_->Track(m);
   return m;
 }
 
@@ -194,6 +195,7 @@ Status Spool::Remove(const std::string& name) {
     return ErrnoStatus(errno, it->second->spool_path(), "cannot remove spool file");
   }
   it->second->MarkRemoved();
+  if (background_) (void)background_->Take(it->second.get());  // no data: no shadow
   members_.erase(it);
   return Status::Ok();
 }
@@ -212,37 +214,78 @@ Status Spool::Rename(const std::string& from, const std::string& to) {
   return Status::Ok();
 }
 
+void Spool::StartBackgroundDeflate(int level) {
+  std::lock_guard lock(mu_);
+  if (background_ || finalized_ || level < 0 || level > 9) return;
+  // The archive writer's default chunk size, which finalize uses.
+  background_ = std::make_unique<BackgroundDeflater>(level, WriteOptions().chunk_size, log_);
+  for (const auto& [name, m] : members_) background_->Track(m);
+}
+
+void Spool::WaitForBackgroundDeflate() {
+  std::lock_guard lock(mu_);
+  if (background_) background_->WaitUntilIdle();
+}
+
+// The pieces of one member for AppendToArchive: its header, then its complete frames, with
+// the chunks deflated ahead of time when finalize deflates at their level and chunk size.
+// `shadow` receives the member's deflated shadow (it must outlive the append).
+Result<std::optional<NewMember>> Spool::NewMemberFor(const std::string& name, GrowingMember& m,
+                                                     const WriteOptions& options,
+                                                     std::unique_ptr<DeflateShadow>* shadow) {
+  NPZ_ASSIGN_OR_RETURN(FinalizedMemberData f, m.PrepareFinalize());
+  if (background_) *shadow = background_->Take(&m);
+  if (!f.has_layout) {
+    Log(name + ": never received a .npy header or a declared layout; not added");
+    return std::optional<NewMember>();
+  }
+  if (!*shadow && options.compress_level >= 0 && f.data_length > 0) {
+    // A shadow left by a daemon that died (npz recover --compress, or the next mount).
+    auto opened = DeflateShadow::Open(m.spool_path(), options.compress_level, options.chunk_size,
+                                      f.data_length, /*writable=*/false);
+    if (opened.ok()) *shadow = std::move(*opened);
+  }
+  NewMember nm;
+  nm.name = name;
+  if (!f.header.empty()) {
+    MemberPiece header;
+    header.bytes = f.header;
+    nm.pieces.push_back(std::move(header));
+  }
+  if (f.data_length > 0) {
+    MemberPiece data;
+    data.fd = f.fd;
+    data.offset = f.data_offset;
+    data.length = f.data_length;
+    if (*shadow && options.compress_level == (*shadow)->level() &&
+        options.chunk_size == (*shadow)->chunk_size()) {
+      data.predeflated = (*shadow)->Chunks(f.data_length);
+      if (!data.predeflated->chunks.empty()) {
+        Log(name + ": " + std::to_string(data.predeflated->chunks.size()) +
+            " chunk(s) deflated in the background are copied as they are");
+      }
+    }
+    nm.pieces.push_back(std::move(data));
+  }
+  nm.crc32 = f.crc32;
+  nm.leading_chunk = f.header.size();  // deflate: the header is a chunk of its own
+  return std::optional<NewMember>(std::move(nm));
+}
+
 Status Spool::Finalize(const std::string& archive_path, const WriteOptions& options) {
   std::lock_guard lock(mu_);
   if (finalized_) return Status::Ok();
 
   std::vector<NewMember> news;
+  std::vector<std::unique_ptr<DeflateShadow>> shadows;  // borrowed by the pieces
   uint64_t total_bytes = 0;
   for (const auto& [name, m] : members_) {
-    NPZ_ASSIGN_OR_RETURN(FinalizedMemberData f, m->PrepareFinalize());
-    if (!f.has_layout) {
-      Log(name + ": never received a .npy header or a declared layout; not added to " +
-          archive_path);
-      continue;
-    }
-    NewMember nm;
-    nm.name = name;
-    if (!f.header.empty()) {
-      MemberPiece header;
-      header.bytes = f.header;
-      nm.pieces.push_back(std::move(header));
-    }
-    if (f.data_length > 0) {
-      MemberPiece data;
-      data.fd = f.fd;
-      data.offset = f.data_offset;
-      data.length = f.data_length;
-      nm.pieces.push_back(std::move(data));
-    }
-    nm.crc32 = f.crc32;
-    nm.leading_chunk = f.header.size();  // deflate: the header is a chunk of its own
-    total_bytes += f.header.size() + f.data_length;
-    news.push_back(std::move(nm));
+    std::unique_ptr<DeflateShadow> shadow;
+    NPZ_ASSIGN_OR_RETURN(std::optional<NewMember> nm, NewMemberFor(name, *m, options, &shadow));
+    shadows.push_back(std::move(shadow));
+    if (!nm) continue;
+    for (const MemberPiece& p : nm->pieces) total_bytes += p.fd >= 0 ? p.length : p.bytes.size();
+    news.push_back(std::move(*nm));
   }
 
   if (!news.empty()) {
@@ -252,19 +295,30 @@ Status Spool::Finalize(const std::string& archive_path, const WriteOptions& opti
     retry_safe.skip_identical_existing = true;  // a finalize that died after adding them
     Status st = AppendToArchive(archive_path, news, retry_safe);
     if (!st.ok()) {
+      // Keep what was deflated for a later finalize.
+      for (auto& shadow : shadows) {
+        if (shadow) (void)shadow->Sync();
+      }
       Log(archive_path + ": finalize failed, archive and spool " + dir_ +
           " left intact: " + st.message());
       return st;
     }
     Log(archive_path + ": finalized " + std::to_string(news.size()) + " new member(s)");
   }
+  shadows.clear();
+  background_.reset();
+  return RemoveSpoolFiles(archive_path);
+}
 
-  // The archive is durable: now the spool may go.
+// After a finalize: the archive is durable, now the spool may go.
+Status Spool::RemoveSpoolFiles(const std::string& archive_path) {
   std::string cleanup_errors;
   for (const auto& [name, m] : members_) {
     if (::unlink(m->spool_path().c_str()) != 0 && errno != ENOENT) {
       cleanup_errors += "; " + m->spool_path() + ": unlink: " + std::strerror(errno);
     }
+    Status shadow = DeflateShadow::Remove(m->spool_path());
+    if (!shadow.ok()) cleanup_errors += "; " + shadow.message();
     m->MarkRemoved();
   }
   members_.clear();

@@ -29,6 +29,8 @@
 #include <string_view>
 #include <vector>
 
+#include "core/write/background_deflater.h"
+#include "core/write/deflate_shadow.h"
 #include "core/write/growing_member.h"
 #include "npzfs/archive_writer.h"
 #include "npzfs/file_util.h"
@@ -73,6 +75,15 @@ class Spool {
   // EEXIST if `to` is in the spool, ENOENT if absent.
   Status Rename(const std::string& from, const std::string& to);
 
+  // With -o compress: deflates completed chunks of every member (present and future) in the
+  // background, on one low-priority thread, and keeps them next to the spool files, so that
+  // a finalize at `level` copies them instead of compressing (core/write/background_deflater.h).
+  // Readers and writers of the members are not affected. Idempotent; ignored after Finalize.
+  void StartBackgroundDeflate(int level);
+  // Waits until the background deflater has caught up with the data written so far (tests
+  // and the benchmark).
+  void WaitForBackgroundDeflate();
+
   // Adds every member to `archive_path` in one atomic AppendToArchive (creating the archive
   // if missing; if there is nothing to add, nothing is created). .npy members get their
   // header with the final count plus their complete frames (a partial trailing frame is
@@ -80,14 +91,20 @@ class Spool {
   // are copied whole. Only after the archive is durable are the spool files, the lock and
   // the directory removed. On failure the archive and the spool are as before and the Status
   // says why (ENOSPC, EEXIST for a name already in the archive, ...). `options.progress`
-  // is passed through for large finalizes. After success the Spool is empty and closed:
-  // further Create calls fail with ESHUTDOWN.
+  // is passed through for large finalizes. When deflating, chunks deflated ahead of time
+  // (by the background deflater, or left by a daemon that died) are copied as they are. After
+  // success the Spool is empty and closed: further Create calls fail with ESHUTDOWN.
   Status Finalize(const std::string& archive_path, const WriteOptions& options);
 
  private:
   Spool(std::string dir, UniqueFd lock_fd, SpoolLogFn log);
   void Log(const std::string& line) const;
   std::string PathFor(const std::string& name) const;
+  // The steps of Finalize (mu_ held).
+  Result<std::optional<NewMember>> NewMemberFor(const std::string& name, GrowingMember& m,
+                                                const WriteOptions& options,
+                                                std::unique_ptr<DeflateShadow>* shadow);
+  Status RemoveSpoolFiles(const std::string& archive_path);
 
   const std::string dir_;
   UniqueFd lock_fd_;
@@ -95,6 +112,7 @@ class Spool {
   mutable std::mutex mu_;  // guards members_ and finalized_
   std::map<std::string, std::shared_ptr<GrowingMember>> members_;
   bool finalized_ = false;
+  std::unique_ptr<BackgroundDeflater> background_;  // with StartBackgroundDeflate
 };
 
 // `npz recover ARCHIVE`: finalizes the spool a dead daemon left behind, after removing the

@@ -869,7 +869,7 @@ class Bench:
                 else:
                     self.rows['10b'].base.append(
                         e.baseline_json('deflate', src, DEFLATE_LEVEL)[0]['seconds'])
-                opts = self.mount_opts('spool=' + spool)
+                opts = self.mount_opts('spool=' + spool, 'create')  # `out` is made on unmount
                 if mode == 'deflated':
                     opts.append('compress=%d' % DEFLATE_LEVEL)
                 d = Daemon(e, out, mnt, opts, tag='10-' + mode).start()

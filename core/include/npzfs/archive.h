@@ -88,6 +88,13 @@ enum class IndexState {
   kComplete,   // every span is known and the CRC-32 of the whole member was checked
 };
 
+// Counters of an open archive (user.npzfs.stats of a mount).
+struct ArchiveStats {
+  uint64_t spans_inflated = 0;  // spans of deflated members inflated (first passes and misses)
+  uint64_t cache_hits = 0;      // span cache lookups answered from the cache
+  uint64_t cache_misses = 0;    // span cache lookups that had to inflate
+};
+
 class DeflatedMember;     // core/read/deflated_member.h
 class StoredMember;       // core/read/stored_member.h
 struct ArchiveShared;     // core/read/archive_shared.h
@@ -118,6 +125,8 @@ class Archive {
   // Number of spans member i has inflated during first passes (a test hook: a member whose
   // index came from the sidecar inflates none when read again).
   uint64_t first_pass_spans(size_t i) const;
+  // Totals over every member since Open.
+  ArchiveStats stats() const;
 
   // Runs the first pass over member i now (npz index), calling progress(done, total) with
   // uncompressed bytes after each span. A no-op for stored members or a complete index.

@@ -1,0 +1,39 @@
+// The kernel's table of mounts as this process sees it (/proc/self/mountinfo): which
+// directories are mount points, of which filesystem type, mounted from what. The daemon uses
+// it to refuse stacking a mount on a mount point; `npz umount` to touch only npzfs mounts
+// (type "fuse.npzfs") and to learn the archive of a mount whose daemon died (the source of
+// an npzfs mount is the archive's absolute path).
+//
+// Plain functions over values: thread-safe.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "npzfs/status.h"
+
+namespace npzfs {
+
+struct MountEntry {
+  std::string mount_point;    // absolute, with the kernel's octal escapes decoded
+  std::string fstype;         // "ext4", "tmpfs", "fuse.npzfs", ...
+  std::string source;         // "/dev/sda1", "tmpfs", the archive of an npzfs mount
+  std::string mount_options;  // per-mount options: "rw,nosuid,relatime"
+  bool read_only() const;     // "ro" among mount_options
+};
+
+// Parses mountinfo text (the format of /proc/PID/mountinfo). Lines that do not parse are
+// skipped.
+std::vector<MountEntry> ParseMountInfo(std::string_view text);
+
+// The mount table of this process. The error names the file.
+Result<std::vector<MountEntry>> ReadMountTable();
+
+// The mount on `mount_point` (absolute, canonical) that is visible: the last one listed, as a
+// later mount on the same directory hides the earlier ones. nullopt if it is not a mount point.
+std::optional<MountEntry> FindMount(const std::vector<MountEntry>& table,
+                                    const std::string& mount_point);
+
+}  // namespace npzfs

@@ -1,0 +1,125 @@
+#include "core/read/decode_stream.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/read/crc32.h"
+#include "npzfs/file_util.h"
+
+namespace npzfs {
+namespace {
+
+constexpr size_t kInputBufferSize = 128 * 1024;
+
+}  // namespace
+
+DecodeStream::DecodeStream(DeflateSource source, std::unique_ptr<InflateEngine> engine, PassKey)
+    : src_(std::move(source)),
+      engine_(std::move(engine)),
+      in_buf_(std::make_unique_for_overwrite<std::byte[]>(kInputBufferSize)) {}
+
+Result<std::unique_ptr<DecodeStream>> DecodeStream::Create(DeflateSource source) {
+  NPZ_ASSIGN_OR_RETURN(std::unique_ptr<InflateEngine> engine, MakeFastEngine());
+  return Create(std::move(source), std::move(engine));
+}
+
+std::unique_ptr<DecodeStream> DecodeStream::Create(DeflateSource source,
+                                                   std::unique_ptr<InflateEngine> engine) {
+  return std::make_unique<DecodeStream>(std::move(source), std::move(engine), PassKey());
+}
+
+Status DecodeStream::Restore(const Checkpoint& cp, std::optional<uint32_t> crc_before) {
+  if (!cp.at_block_start()) {
+    return Status::Error(EINVAL, src_.name + ": checkpoint inside a block");
+  }
+  thread_local std::unique_ptr<std::byte[]> dict =
+      std::make_unique_for_overwrite<std::byte[]>(kDeflateWindow);
+  NPZ_RETURN_IF_ERROR(ExpandWindow(src_, cp, dict.get()));
+  unsigned char byte = 0;
+  if (cp.bits != 0) {
+    if (cp.in == 0 || cp.bits > 7) {
+      return Status::Error(EIO, src_.name + ": corrupt deflate data: bad checkpoint bits");
+    }
+    NPZ_RETURN_IF_ERROR(PreadExact(src_.fd, &byte, 1, src_.data_offset + cp.in - 1, src_.name));
+  }
+  Status s = engine_->Reset(cp.bits, byte, std::span(dict.get(), cp.window_size));
+  if (!s.ok()) return Status::Error(EIO, src_.name + ": corrupt checkpoint: " + s.message());
+  in_off_ = in_avail_ = 0;
+  in_next_ = cp.in;
+  out_pos_ = cp.out;
+  ended_ = false;
+  crc_ = crc_before;
+  return Status::Ok();
+}
+
+Status DecodeStream::Restore(const Snapshot& snap) {
+  NPZ_ASSIGN_OR_RETURN(engine_, snap.engine->Clone());
+  in_off_ = in_avail_ = 0;
+  in_next_ = snap.in;
+  out_pos_ = snap.out;
+  ended_ = false;
+  crc_ = snap.crc;
+  return Status::Ok();
+}
+
+Result<DecodeStream::Snapshot> DecodeStream::TakeSnapshot() const {
+  Snapshot snap;
+  NPZ_ASSIGN_OR_RETURN(snap.engine, engine_->Clone());
+  snap.in = in_next_ - in_avail_;
+  snap.out = out_pos_;
+  snap.crc = crc_;
+  return snap;
+}
+
+Status DecodeStream::Refill() {
+  const size_t want =
+      static_cast<size_t>(std::min<uint64_t>(kInputBufferSize, src_.compressed_size - in_next_));
+  NPZ_RETURN_IF_ERROR(
+      PreadExact(src_.fd, in_buf_.get(), want, src_.data_offset + in_next_, src_.name));
+  in_next_ += want;
+  in_off_ = 0;
+  in_avail_ = want;
+  return Status::Ok();
+}
+
+Result<size_t> DecodeStream::Read(std::byte* out, size_t n) {
+  size_t done = 0;
+  while (done < n && !ended_) {
+    if (in_avail_ == 0 && in_next_ < src_.compressed_size) NPZ_RETURN_IF_ERROR(Refill());
+    Result<InflateEngine::Step> step =
+        engine_->Inflate(std::span<const std::byte>(in_buf_.get() + in_off_, in_avail_),
+                         std::span<std::byte>(out + done, n - done));
+    if (!step.ok()) return Status::Error(EIO, src_.name + ": " + step.status().message());
+    in_off_ += step->consumed;
+    in_avail_ -= step->consumed;
+    done += step->produced;
+    if (step->ended) ended_ = true;
+    if (step->consumed == 0 && step->produced == 0 && !ended_) {
+      if (in_avail_ == 0 && in_next_ >= src_.compressed_size) {
+        return Status::Error(EIO, src_.name +
+                                      ": corrupt deflate data: compressed data ends "
+                                      "before the deflate stream does");
+      }
+      if (in_avail_ > 0) {
+        return Status::Error(EIO, src_.name + ": corrupt deflate data: the decoder is stuck");
+      }
+    }
+  }
+  if (crc_.has_value()) crc_ = Crc32(*crc_, out, done);
+  out_pos_ += done;
+  return done;
+}
+
+Result<size_t> DecodeStream::Skip(uint64_t n) {
+  thread_local std::unique_ptr<std::byte[]> sink =
+      std::make_unique_for_overwrite<std::byte[]>(kInputBufferSize);
+  uint64_t done = 0;
+  while (done < n && !ended_) {
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(kInputBufferSize, n - done));
+    NPZ_ASSIGN_OR_RETURN(size_t got, Read(sink.get(), want));
+    done += got;
+  }
+  return static_cast<size_t>(done);
+}
+
+}  // namespace npzfs

@@ -1,0 +1,81 @@
+// A live decoder over a member's deflate data with the fast engine (ISA-L when built with
+// it; core/read/inflate_engine.h): what serves bytes, where InflateStream (zlib) is what
+// finds checkpoints. It starts at a checkpoint at a block start or at a snapshot of another
+// DecodeStream, and keeps the CRC-32 of what it produced when the CRC of the bytes before
+// its start is known, so a stream that reaches the end can check the member's CRC-32.
+//
+// Ownership: a DecodeStream owns its engine and input buffer; it reads with pread from the
+// caller's fd (DeflateSource), which must stay open while it lives. A Snapshot owns a copy
+// of an engine. Threads: one thread at a time per stream (a StreamPool hands it out).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+
+#include "core/read/inflate_engine.h"
+#include "core/read/inflate_index.h"
+#include "npzfs/status.h"
+
+namespace npzfs {
+
+class DecodeStream {
+ public:
+  // A resume point inside the stream, in memory only (an engine copy: ISA-L ~87 KiB, zlib
+  // ~40 KiB).
+  struct Snapshot {
+    std::unique_ptr<InflateEngine> engine;
+    uint64_t in = 0;              // offset of the next compressed byte to feed
+    uint64_t out = 0;             // offset of the next byte the engine produces
+    std::optional<uint32_t> crc;  // CRC-32 of bytes [0, out) when known
+  };
+
+  // A stream with the fast engine, or with `engine` (tests compare the engines). ENOMEM.
+  static Result<std::unique_ptr<DecodeStream>> Create(DeflateSource source);
+  static std::unique_ptr<DecodeStream> Create(DeflateSource source,
+                                              std::unique_ptr<InflateEngine> engine);
+
+  // Starts at `cp` (which must be at a block start) with the CRC-32 of the bytes before it,
+  // if known. Errors: EIO a corrupt window or a failed pread; EINVAL a checkpoint inside a
+  // block (only InflateStream resumes there).
+  Status Restore(const Checkpoint& cp, std::optional<uint32_t> crc_before);
+  // Starts at a copy of `snap`. Errors: ENOMEM.
+  Status Restore(const Snapshot& snap);
+
+  // Writes up to `n` bytes to `out` (short only at the end of the stream). Errors: EIO
+  // corrupt deflate data, compressed data ending before the stream, a failed pread.
+  Result<size_t> Read(std::byte* out, size_t n);
+  // Decodes and discards `n` bytes (or up to the end).
+  Result<size_t> Skip(uint64_t n);
+
+  // A snapshot of the current position. Errors: ENOMEM.
+  Result<Snapshot> TakeSnapshot() const;
+
+  bool ended() const { return ended_; }
+  uint64_t resume_pos() const { return out_pos_; }  // offset of the next byte Read returns
+  // CRC-32 of bytes [0, resume_pos()) when the start's was known.
+  std::optional<uint32_t> crc() const { return crc_; }
+  const char* engine_name() const { return engine_->name(); }
+
+  class PassKey {  // lets only Create construct, while std::make_unique does the allocation
+    friend class DecodeStream;
+    PassKey() = default;
+  };
+  DecodeStream(DeflateSource source, std::unique_ptr<InflateEngine> engine, PassKey);
+
+ private:
+  Status Refill();
+
+  DeflateSource src_;
+  std::unique_ptr<InflateEngine> engine_;
+  std::unique_ptr<std::byte[]> in_buf_;
+  size_t in_off_ = 0;     // next unconsumed byte in in_buf_
+  size_t in_avail_ = 0;   // unconsumed bytes in in_buf_
+  uint64_t in_next_ = 0;  // offset (relative to the data) of the next byte to pread
+  uint64_t out_pos_ = 0;
+  bool ended_ = false;
+  std::optional<uint32_t> crc_;
+};
+
+}  // namespace npzfs

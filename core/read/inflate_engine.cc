@@ -1,0 +1,173 @@
+// The two inflate engines (see inflate_engine.h).
+#include "core/read/inflate_engine.h"
+
+#include <zlib.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstring>
+#include <string>
+
+#ifdef NPZFS_HAVE_ISAL
+#include <isa-l/igzip_lib.h>
+#endif
+
+namespace npzfs {
+namespace {
+
+constexpr size_t kMaxCall = size_t{1} << 30;  // both engines count bytes in 32 bits
+
+class ZlibEngine final : public InflateEngine {
+ public:
+  ZlibEngine() : s_(std::make_unique<z_stream>()) { *s_ = z_stream{}; }
+  ~ZlibEngine() override {
+    if (ok_) inflateEnd(s_.get());
+  }
+  ZlibEngine(const ZlibEngine&) = delete;
+  ZlibEngine& operator=(const ZlibEngine&) = delete;
+
+  static Result<std::unique_ptr<InflateEngine>> Create() {
+    auto e = std::make_unique<ZlibEngine>();
+    if (inflateInit2(e->s_.get(), -15) != Z_OK) return Status::Error(ENOMEM, "inflateInit failed");
+    e->ok_ = true;
+    return std::unique_ptr<InflateEngine>(std::move(e));
+  }
+
+  Status Reset(uint8_t bits, uint8_t byte, std::span<const std::byte> dict) override {
+    inflateReset(s_.get());
+    if (bits != 0) inflatePrime(s_.get(), bits, byte >> (8 - bits));
+    if (!dict.empty()) {
+      const int r = inflateSetDictionary(s_.get(), reinterpret_cast<const Bytef*>(dict.data()),
+                                         static_cast<uInt>(dict.size()));
+      if (r != Z_OK) return Status::Error(EIO, "inflateSetDictionary failed");
+    }
+    return Status::Ok();
+  }
+
+  Result<Step> Inflate(std::span<const std::byte> in, std::span<std::byte> out) override {
+    z_stream* s = s_.get();
+    const size_t in_n = std::min(in.size(), kMaxCall);
+    const size_t out_n = std::min(out.size(), kMaxCall);
+    s->next_in = reinterpret_cast<Bytef*>(const_cast<std::byte*>(in.data()));
+    s->avail_in = static_cast<uInt>(in_n);
+    s->next_out = reinterpret_cast<Bytef*>(out.data());
+    s->avail_out = static_cast<uInt>(out_n);
+    const int r = inflate(s, Z_NO_FLUSH);
+    Step step{in_n - s->avail_in, out_n - s->avail_out, r == Z_STREAM_END};
+    if (r != Z_OK && r != Z_STREAM_END && r != Z_BUF_ERROR) {
+      return Status::Error(EIO,
+                           std::string("corrupt deflate data: ") +
+                               (s->msg != nullptr ? s->msg : "zlib error " + std::to_string(r)));
+    }
+    return step;
+  }
+
+  Result<std::unique_ptr<InflateEngine>> Clone() const override {
+    auto e = std::make_unique<ZlibEngine>();
+    if (inflateCopy(e->s_.get(), s_.get()) != Z_OK) {
+      return Status::Error(ENOMEM, "inflateCopy failed");
+    }
+    e->ok_ = true;
+    return std::unique_ptr<InflateEngine>(std::move(e));
+  }
+
+  // inflate_state (about 7 KiB with its decode tables) plus the 32 KiB window.
+  size_t memory() const override { return 40 << 10; }
+  const char* name() const override { return "zlib"; }
+
+ private:
+  std::unique_ptr<z_stream> s_;  // heap-held: zlib keeps a pointer back to it
+  bool ok_ = false;
+};
+
+#ifdef NPZFS_HAVE_ISAL
+class IsalEngine final : public InflateEngine {
+ public:
+  IsalEngine() : s_(std::make_unique<inflate_state>()) { isal_inflate_init(s_.get()); }
+  IsalEngine(const IsalEngine&) = delete;
+  IsalEngine& operator=(const IsalEngine&) = delete;
+
+  Status Reset(uint8_t bits, uint8_t byte, std::span<const std::byte> dict) override {
+    inflate_state* s = s_.get();
+    isal_inflate_init(s);  // crc_flag ISAL_DEFLATE: raw deflate, no checksum
+    if (!dict.empty()) {
+      // set_dict only copies the bytes into its own history buffer.
+      auto* d = reinterpret_cast<uint8_t*>(const_cast<std::byte*>(dict.data()));
+      if (isal_inflate_set_dict(s, d, static_cast<uint32_t>(dict.size())) != COMP_OK) {
+        return Status::Error(EIO, "isal_inflate_set_dict failed");
+      }
+    }
+    if (bits != 0) {  // the unused high bits of the byte before the input
+      s->read_in = byte >> (8 - bits);
+      s->read_in_length = bits;
+    }
+    return Status::Ok();
+  }
+
+  Result<Step> Inflate(std::span<const std::byte> in, std::span<std::byte> out) override {
+    inflate_state* s = s_.get();
+    const size_t in_n = std::min(in.size(), kMaxCall);
+    const size_t out_n = std::min(out.size(), kMaxCall);
+    s->next_in = reinterpret_cast<uint8_t*>(const_cast<std::byte*>(in.data()));
+    s->avail_in = static_cast<uint32_t>(in_n);
+    s->next_out = reinterpret_cast<uint8_t*>(out.data());
+    s->avail_out = static_cast<uint32_t>(out_n);
+    const int r = isal_inflate(s);
+    Step step{in_n - s->avail_in, out_n - s->avail_out, s->block_state == ISAL_BLOCK_FINISH};
+    // total_out is 32 bits and only feeds ISA-L's own look-back check: keep it from wrapping
+    // past 4 GiB (the position is tracked by the caller).
+    if (s->total_out > (1u << 31)) s->total_out = 1u << 30;
+    if (r < 0) return Status::Error(EIO, "corrupt deflate data: " + IsalError(r));
+    return step;
+  }
+
+  Result<std::unique_ptr<InflateEngine>> Clone() const override {
+    auto e = std::make_unique<IsalEngine>();
+    std::memcpy(e->s_.get(), s_.get(), sizeof(inflate_state));  // a plain struct
+    e->s_->next_in = nullptr;
+    e->s_->next_out = nullptr;
+    return std::unique_ptr<InflateEngine>(std::move(e));
+  }
+
+  size_t memory() const override { return sizeof(inflate_state); }
+  const char* name() const override { return "isa-l"; }
+
+ private:
+  static std::string IsalError(int r) {
+    switch (r) {
+      case ISAL_INVALID_BLOCK:
+        return "invalid block";
+      case ISAL_INVALID_SYMBOL:
+        return "invalid symbol";
+      case ISAL_INVALID_LOOKBACK:
+        return "invalid distance too far back";
+      default:
+        return "isal_inflate error " + std::to_string(r);
+    }
+  }
+
+  std::unique_ptr<inflate_state> s_;  // ~87 KiB: decode tables and a 64 KiB history buffer
+};
+#endif
+
+}  // namespace
+
+Result<std::unique_ptr<InflateEngine>> MakeZlibEngine() { return ZlibEngine::Create(); }
+
+Result<std::unique_ptr<InflateEngine>> MakeFastEngine() {
+#ifdef NPZFS_HAVE_ISAL
+  return std::unique_ptr<InflateEngine>(std::make_unique<IsalEngine>());
+#else
+  return ZlibEngine::Create();
+#endif
+}
+
+bool FastEngineIsIsal() {
+#ifdef NPZFS_HAVE_ISAL
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace npzfs

@@ -1,0 +1,163 @@
+#include "core/write/background_deflater.h"
+
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <chrono>
+
+#include "core/zip/chunked_deflater.h"
+
+namespace npzfs {
+namespace {
+
+constexpr auto kPollInterval = std::chrono::milliseconds(50);
+// Below the writers' priority: on a busy machine the frames arriving come first.
+constexpr int kNiceIncrement = 10;
+
+}  // namespace
+
+BackgroundDeflater::BackgroundDeflater(int level, uint64_t chunk_size, SpoolLogFn log)
+    : level_(level), chunk_size_(chunk_size), log_(std::move(log)) {
+  thread_ = std::thread([this] { Run(); });
+}
+
+BackgroundDeflater::~BackgroundDeflater() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  thread_.join();
+  for (auto& e : entries_) {
+    if (e->shadow && !e->disabled) (void)e->shadow->Sync();
+  }
+}
+
+void BackgroundDeflater::Track(std::shared_ptr<GrowingMember> member) {
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& e : entries_) {
+      if (e->member == member) return;
+    }
+    auto e = std::make_unique<Entry>();
+    e->member = std::move(member);
+    entries_.push_back(std::move(e));
+  }
+  wake_.notify_all();
+}
+
+std::unique_ptr<DeflateShadow> BackgroundDeflater::Take(const GrowingMember* member) {
+  std::unique_lock lock(mu_);
+  for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+    if ((*it)->member.get() != member) continue;
+    Entry* e = it->get();
+    e->taken = true;  // without it the thread would pick this member again at once
+    changed_.wait(lock, [&] { return busy_ != e; });
+    std::unique_ptr<DeflateShadow> shadow = e->disabled ? nullptr : std::move(e->shadow);
+    entries_.erase(it);
+    return shadow;
+  }
+  return nullptr;
+}
+
+void BackgroundDeflater::Wake() { wake_.notify_all(); }
+
+void BackgroundDeflater::WaitUntilIdle() {
+  std::unique_lock lock(mu_);
+  idle_ = false;
+  wake_.notify_all();
+  changed_.wait(lock, [&] { return idle_ || stop_; });
+}
+
+BackgroundDeflater::Work BackgroundDeflater::PickWork() {
+  for (auto& e : entries_) {
+    if (e->disabled || e->taken) continue;
+    // A .npy member has data only once its layout (and so its header) is known.
+    const ReaderSnapshot snap = e->member->TakeSnapshot();
+    if (e->member->is_npy() && snap.header.empty()) continue;
+    const uint64_t data = snap.size - snap.header.size();
+    const uint64_t done = e->shadow ? e->shadow->chunk_count() : 0;
+    if ((done + 1) * chunk_size_ <= data) return Work{e.get(), snap.header.size(), data};
+  }
+  return Work{};
+}
+
+Status BackgroundDeflater::DeflateNextChunk(const Work& w, std::string& in, std::string& out) {
+  Entry& e = *w.entry;
+  if (!e.shadow) {
+    // The first chunk (or the first after a restart): open or resume the shadow.
+    NPZ_ASSIGN_OR_RETURN(e.shadow, DeflateShadow::Open(e.member->spool_path(), level_, chunk_size_,
+                                                       w.data_bytes, true));
+    if ((e.shadow->chunk_count() + 1) * chunk_size_ > w.data_bytes) return Status::Ok();
+  }
+  const uint64_t index = e.shadow->chunk_count();
+  in.resize(chunk_size_);
+  NPZ_ASSIGN_OR_RETURN(
+      size_t got, e.member->ReadAt(w.header_length + index * chunk_size_,
+                                   std::span(reinterpret_cast<std::byte*>(in.data()), in.size())));
+  if (got != in.size()) {
+    return Status::Error(EIO, e.member->spool_path() + ": chunk " + std::to_string(index) +
+                                  " shorter than its visible size");
+  }
+  NPZ_RETURN_IF_ERROR(DeflateChunk(level_, in, /*final=*/false, &out));
+  const auto crc =
+      static_cast<uint32_t>(::crc32_z(0, reinterpret_cast<const Bytef*>(in.data()), in.size()));
+  return e.shadow->Append(out, crc);
+}
+
+void BackgroundDeflater::Disable(Entry& e, const Status& why) {
+  e.disabled = true;
+  e.shadow.reset();
+  Status removed = DeflateShadow::Remove(e.member->spool_path());
+  if (log_) {
+    log_(e.member->name() + ": background deflate stopped (" + why.message() +
+         "); the spool file is intact and finalize will deflate it" +
+         (removed.ok() ? "" : " (" + removed.message() + ")"));
+  }
+}
+
+Status BackgroundDeflater::SyncIdleShadows(std::unique_lock<std::mutex>& lock) {
+  for (auto& e : entries_) {
+    if (!e->shadow || e->disabled || e->taken) continue;
+    Entry* entry = e.get();
+    busy_ = entry;
+    lock.unlock();
+    Status st = entry->shadow->Sync();
+    lock.lock();
+    busy_ = nullptr;
+    changed_.notify_all();
+    if (!st.ok()) Disable(*entry, st);
+  }
+  return Status::Ok();
+}
+
+void BackgroundDeflater::Run() {
+  ::setpriority(PRIO_PROCESS, static_cast<id_t>(::syscall(SYS_gettid)), kNiceIncrement);
+  std::string in, out;
+  std::unique_lock lock(mu_);
+  while (!stop_) {
+    const Work w = PickWork();
+    if (w.entry == nullptr) {
+      (void)SyncIdleShadows(lock);
+      if (PickWork().entry != nullptr) continue;  // data arrived while syncing
+      idle_ = true;
+      changed_.notify_all();
+      wake_.wait_for(lock, kPollInterval);
+      continue;
+    }
+    idle_ = false;
+    busy_ = w.entry;
+    lock.unlock();
+    Status st = DeflateNextChunk(w, in, out);
+    lock.lock();
+    busy_ = nullptr;
+    changed_.notify_all();
+    if (!st.ok()) Disable(*w.entry, st);
+  }
+  idle_ = true;
+  changed_.notify_all();
+}
+
+}  // namespace npzfs

@@ -1,0 +1,93 @@
+// The deflated shadow of a growing member: its data, chunk by chunk, deflated ahead of
+// finalize by the background deflater (core/write/background_deflater.h), so that a
+// deflating finalize copies compressed bytes instead of compressing.
+//
+// Two files next to the member's spool file "<spool>/<file>" (dot names: Spool::Open never
+// takes them for members):
+//   ".<file>.npzfs-deflate"        the chunks' compressed bytes, back to back;
+//   ".<file>.npzfs-deflate-index"  a header (level, chunk size) and one record per chunk.
+// Chunk i holds data bytes [i * chunk_size, (i + 1) * chunk_size) of the member (after the
+// .npy header, which finalize deflates as a chunk of its own, so its count may still change),
+// deflated as ChunkedDeflater deflates a chunk: its own raw deflate state, a full flush.
+//
+// Crash safety. A chunk's bytes are written first; its record is appended only after the
+// bytes were fsynced (Sync, every 4 chunks and whenever the deflater is idle), so a record
+// never names bytes a power cut could lose. On Open, the records are checked (each has a
+// CRC-32 seeded with its index) and kept while they are intact, their bytes are in the data
+// file and their chunk lies within the member's data; the rest is cut off, and those chunks
+// are deflated again from the spool file. A chunk written but not yet recorded when the
+// daemon died is simply redone. The raw spool file is never written here: losing a shadow
+// costs time at finalize, never data.
+//
+// Ownership: a DeflateShadow owns the two fds. Not thread-safe: one thread at a time (the
+// background deflater, then finalize) uses it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "npzfs/archive_writer.h"
+#include "npzfs/file_util.h"
+#include "npzfs/status.h"
+
+namespace npzfs {
+
+inline constexpr std::string_view kDeflateShadowMagic = "NPZFSDFL";
+inline constexpr uint32_t kDeflateShadowVersion = 1;
+inline constexpr size_t kDeflateShadowHeaderSize = 32;  // magic, version, level, chunk size,
+                                                        // reserved, CRC-32
+inline constexpr size_t kDeflateShadowRecordSize = 12;  // compressed, chunk CRC, record CRC
+
+class DeflateShadow {
+ public:
+  // ".<file>.npzfs-deflate" and ".<file>.npzfs-deflate-index" for spool file "<dir>/<file>".
+  static std::string DataPath(const std::string& spool_path);
+  static std::string IndexPath(const std::string& spool_path);
+
+  // Opens the shadow of the member whose spool file is `spool_path`, keeping the recorded
+  // chunks that are intact and lie within its first `data_bytes` data bytes. For the
+  // background deflater (`writable`): creates missing files, empties a shadow of another
+  // level or chunk size, and cuts off what it does not keep. For finalize (not writable):
+  // ENOENT if there is no shadow; a shadow of another level or chunk size has no chunks;
+  // nothing is changed on disk.
+  static Result<std::unique_ptr<DeflateShadow>> Open(const std::string& spool_path, int level,
+                                                     uint64_t chunk_size, uint64_t data_bytes,
+                                                     bool writable);
+  // Removes both files (missing ones are fine).
+  static Status Remove(const std::string& spool_path);
+
+  ~DeflateShadow();
+  size_t chunk_count() const { return chunks_.size(); }
+  int level() const { return level_; }
+  uint64_t chunk_size() const { return chunk_size_; }
+
+  // Appends chunk chunk_count(): its compressed bytes and the CRC-32 of its uncompressed
+  // bytes. Its record becomes durable at the next Sync (done here every 4 chunks).
+  Status Append(std::string_view compressed, uint32_t crc32);
+  // fsyncs the compressed bytes, then records the chunks appended since the last Sync.
+  Status Sync();
+  // The chunks (recorded or not) covering at most the member's first `max_data_bytes` data
+  // bytes, for finalize in this process. The result borrows this shadow's data fd: keep the
+  // shadow alive while it is used.
+  std::shared_ptr<const PredeflatedChunks> Chunks(uint64_t max_data_bytes) const;
+
+ private:
+  DeflateShadow(std::string spool_path, int level, uint64_t chunk_size)
+      : spool_path_(std::move(spool_path)), level_(level), chunk_size_(chunk_size) {}
+  Status Load(uint64_t data_bytes, bool writable);
+  Status Reset();  // empties both files and writes the header
+
+  std::string spool_path_;
+  int level_;
+  uint64_t chunk_size_;
+  UniqueFd data_fd_, index_fd_;
+  std::vector<PredeflatedChunks::Chunk> chunks_;
+  size_t recorded_ = 0;    // chunks whose records are in the index file
+  uint64_t data_end_ = 0;  // end of the compressed bytes
+  uint64_t unsynced_bytes_ = 0;
+};
+
+}  // namespace npzfs

@@ -1,0 +1,113 @@
+#include "fs/mount.h"
+
+#include <string_view>
+
+#include "core/npy/frame_layout.h"
+#include "fs/log.h"
+#include "npzfs/npy_reader.h"
+
+namespace npzfs::fs {
+
+FileHandle::~FileHandle() {
+  if (writer) {
+    growing->EndWrite(&session);
+    if (writers != nullptr) writers->fetch_sub(1);
+  }
+}
+
+FileHandle* HandleTable::Add(std::unique_ptr<FileHandle> handle) {
+  FileHandle* raw = handle.get();
+  std::lock_guard lock(mu_);
+  handles_.emplace(raw, std::move(handle));
+  return raw;
+}
+
+std::unique_ptr<FileHandle> HandleTable::Remove(FileHandle* handle) {
+  std::lock_guard lock(mu_);
+  auto it = handles_.find(handle);
+  if (it == handles_.end()) return nullptr;
+  std::unique_ptr<FileHandle> owned = std::move(it->second);
+  handles_.erase(it);
+  return owned;
+}
+
+void HandleTable::Clear() {
+  std::unordered_map<FileHandle*, std::unique_ptr<FileHandle>> handles;
+  {
+    std::lock_guard lock(mu_);
+    handles.swap(handles_);
+  }
+  if (!handles.empty()) {
+    LogInfo("closed " + std::to_string(handles.size()) +
+            " file(s) the kernel did not release before the session ended");
+  }
+}
+
+size_t HandleTable::size() const {
+  std::lock_guard lock(mu_);
+  return handles_.size();
+}
+
+void SpoolSlot::Set(std::unique_ptr<Spool> spool) {
+  std::lock_guard lock(mu_);
+  spool_ = std::move(spool);
+  if (spool_ != nullptr && background_level_) spool_->StartBackgroundDeflate(*background_level_);
+}
+
+Spool* SpoolSlot::get() const {
+  std::lock_guard lock(mu_);
+  return spool_.get();
+}
+
+Result<Spool*> SpoolSlot::GetOrCreate(const std::string& dir) {
+  std::lock_guard lock(mu_);
+  if (spool_ != nullptr) return spool_.get();
+  auto spool = Spool::Open(dir, [](const std::string& line) { LogInfo(line); });
+  if (spool.ok()) {
+    spool_ = std::move(spool).value();
+    if (background_level_) spool_->StartBackgroundDeflate(*background_level_);
+    LogInfo("spool for new members: " + dir);
+    return spool_.get();
+  }
+  const std::string why = spool.status().message();
+  if (!failure_logged_) {
+    failure_logged_ = true;
+    LogError("new files cannot be created: " + why +
+             "; archived members are still served. Mount with -o spool=DIR (a writable "
+             "directory) to add new members, or -o ro to say none will be");
+  }
+  return Status::Error(EROFS, "no spool for new members: " + why);
+}
+
+std::optional<NpyHeader> ArchivedLayouts::Get(Archive& archive, size_t member_index) {
+  {
+    std::lock_guard lock(mu_);
+    if (auto it = layouts_.find(member_index); it != layouts_.end()) return it->second;
+  }
+  std::optional<NpyHeader> layout;
+  const ArchiveMember& member = archive.members()[member_index];
+  if (IsNpyName(member.path) && member.open_errno == 0) {
+    auto reader = archive.OpenMember(member_index);
+    if (reader.ok()) {
+      std::shared_ptr<MemberReader> r = *reader;
+      const std::string name = archive.path() + ": member " + member.path;
+      auto parsed = ReadNpyHeaderFrom(
+          r->size(),
+          [&](uint64_t offset, std::span<std::byte> dest) {
+            return ReadExactAt(*r, offset, dest, name);
+          },
+          name);
+      if (parsed.ok()) layout = parsed->header;
+    }
+  }
+  std::lock_guard lock(mu_);
+  layouts_.emplace(member_index, layout);
+  return layout;
+}
+
+const std::string& Mount::result_path() const {
+  static const std::string kNone;
+  return writable() ? runtime.result : kNone;
+}
+
+}  // namespace npzfs::fs

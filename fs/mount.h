@@ -1,0 +1,125 @@
+// The state of one mount, shared by every FUSE handler: what was mounted, the spool (made on
+// the first new member), the open files, and the counters behind user.npzfs.stats.
+//
+// Ownership: main() owns the Mount and passes it as the session's userdata; it outlives the
+// session loop. The Mount owns every open file's FileHandle (HandleTable): a handle the
+// kernel never released (a lazy unmount while files were open) is freed with the Mount, so
+// nothing it holds (readers, the Archive through them, writer sessions) leaks.
+//
+// Thread safety: handlers run on the threads of fuse_session_loop_mt. The plain fields are
+// set before the loop starts and then only read; SpoolSlot, HandleTable, ArchivedLayouts
+// and MountStats are thread-safe; the Archive, Spool, GrowingMember and InodeTable are
+// thread-safe themselves.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "core/write/spool.h"
+#include "fs/inode_table.h"
+#include "fs/options.h"
+#include "fs/runtime.h"
+#include "npzfs/archive.h"
+#include "npzfs/member_reader.h"
+
+namespace npzfs::fs {
+
+// One open file: the reader every read goes through, and for new members the member itself
+// plus a writer session when opened for writing (ended when the handle is destroyed).
+struct FileHandle {
+  std::shared_ptr<MemberReader> reader;    // archived, or a growing member's snapshot/live view
+  std::shared_ptr<GrowingMember> growing;  // new member: write, fsync, truncate
+  WriterSession session;                   // token != 0 while this handle is the writer
+  bool writer = false;
+  bool archived = false;
+  std::atomic<uint64_t>* writers = nullptr;  // MountStats counter to decrement, if a writer
+
+  FileHandle() = default;
+  FileHandle(const FileHandle&) = delete;
+  FileHandle& operator=(const FileHandle&) = delete;
+  ~FileHandle();
+};
+
+// Every open file's handle. fi->fh is the handle's address; Release removes it.
+class HandleTable {
+ public:
+  FileHandle* Add(std::unique_ptr<FileHandle> handle);
+  std::unique_ptr<FileHandle> Remove(FileHandle* handle);
+  // Destroys every handle still open (after the session: ends their writer sessions).
+  void Clear();
+  size_t size() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::unordered_map<FileHandle*, std::unique_ptr<FileHandle>> handles_;
+};
+
+// The spool, opened at mount when one exists (resumed) and otherwise made on the first new
+// member: an archive on a read-only dataset mounts and serves its members without one.
+class SpoolSlot {
+ public:
+  // -o compress: every spool this slot holds deflates completed chunks in the background
+  // (Spool::StartBackgroundDeflate). Call before Set or GetOrCreate.
+  void SetBackgroundDeflate(std::optional<int> level) { background_level_ = level; }
+  void Set(std::unique_ptr<Spool> spool);
+  Spool* get() const;  // nullptr until made; then valid for the Mount's life
+  // The spool, made now in `dir` if needed. If it cannot be made: EROFS, and one log line
+  // (the first time) naming the directory, the cause and -o spool=DIR.
+  Result<Spool*> GetOrCreate(const std::string& dir);
+
+ private:
+  mutable std::mutex mu_;
+  std::unique_ptr<Spool> spool_;
+  bool failure_logged_ = false;
+  std::optional<int> background_level_;
+};
+
+// Counters for the user.npzfs.stats xattr.
+struct MountStats {
+  std::atomic<uint64_t> requests{0};      // FUSE requests handled
+  std::atomic<uint64_t> bytes_served{0};  // bytes answered to reads
+  std::atomic<uint64_t> writers{0};       // handles open for writing now
+};
+
+// The frame layout of archived .npy members, for their read-only user.npy.* xattrs: read
+// from the member's header on first use and kept.
+class ArchivedLayouts {
+ public:
+  // nullopt if the member is not a .npy or its header cannot be read.
+  std::optional<NpyHeader> Get(Archive& archive, size_t member_index);
+
+ private:
+  std::mutex mu_;
+  std::unordered_map<size_t, std::optional<NpyHeader>> layouts_;
+};
+
+struct Mount {
+  Options options;
+  std::string archive_path;          // absolute
+  std::string spool_dir;             // absolute; the spool itself may not exist yet
+  RuntimeFiles runtime;              // result, progress, lock, log ("" each when unavailable)
+  MountLock lock;                    // the runtime lock of a writable mount
+  std::shared_ptr<Archive> archive;  // nullptr: the archive does not exist yet (-o create)
+  SpoolSlot spool;
+  std::unique_ptr<InodeTable> table;
+  HandleTable handles;
+  MountStats stats;
+  ArchivedLayouts layouts;
+  uid_t uid = 0;  // owner shown for every node
+  gid_t gid = 0;
+  int64_t start_time = 0;  // mtime of new directories and members
+
+  bool writable() const { return !options.read_only; }
+  // The result file `npz umount` reads ("" for a read-only mount: nothing is finalized).
+  const std::string& result_path() const;
+};
+
+}  // namespace npzfs::fs

@@ -1,0 +1,323 @@
+#include "fs/mount_setup.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+
+#include "core/base/atomic_file.h"
+#include "core/base/mount_table.h"
+#include "core/base/names.h"
+#include "fs/log.h"
+#include "npzfs/archive_writer.h"
+
+namespace npzfs::fs {
+namespace {
+
+void PrintNote(const std::string& message) { std::fprintf(stderr, "npzfs: %s\n", message.c_str()); }
+
+// "dir/data.npz" -> "/abs/dir/data.npz". The directory must exist (the archive need not).
+Result<std::string> AbsoluteArchivePath(const std::string& archive) {
+  std::string dir = DirName(archive);
+  char resolved[PATH_MAX];
+  if (realpath(dir.c_str(), resolved) == nullptr) {
+    int err = errno;
+    return Status::Error(err, archive + ": directory '" + dir + "': " + std::strerror(err));
+  }
+  std::string abs = resolved;
+  if (abs != "/") abs += "/";
+  return abs + BaseName(archive);
+}
+
+std::string MakeAbsolute(const std::string& path) {
+  if (path.empty() || path[0] == '/') return path;
+  char cwd[PATH_MAX];
+  if (getcwd(cwd, sizeof cwd) == nullptr) return path;
+  return std::string(cwd) + "/" + path;
+}
+
+// Where the random-access index is kept: -o index=DIR, else next to the archive, else (a
+// dataset nobody may write) the runtime directory, so the index still outlives the mount.
+std::string IndexDir(const Mount& m) {
+  if (!m.options.index_dir.empty()) return MakeAbsolute(m.options.index_dir);
+  if (access(DirName(m.archive_path).c_str(), W_OK) != 0 && !m.runtime.dir.empty()) {
+    return m.runtime.dir;
+  }
+  return {};
+}
+
+void LogLine(const std::string& line) { LogInfo(line); }
+
+// Opens the archive. A missing one is an error naming its absolute path, unless -o create
+// (then nullptr: the mount starts empty and the archive is made on unmount). An append that
+// a killed process left half done is undone first (its journal); a read-only mount that may
+// not do so still mounts, with a warning.
+Result<std::shared_ptr<Archive>> OpenArchive(const Mount& m) {
+  auto recovered = RecoverInterruptedAppend(m.archive_path, LogLine);
+  if (!recovered.ok()) {
+    if (m.writable()) return recovered.status();
+    LogWarning("cannot undo an interrupted append: " + recovered.status().message());
+  }
+  struct stat st {};
+  if (stat(m.archive_path.c_str(), &st) != 0) {
+    if (errno != ENOENT) return ErrnoStatus(errno, m.archive_path, "stat");
+    if (m.options.create) return std::shared_ptr<Archive>();
+    return Status::Error(ENOENT, "no such archive: " + m.archive_path +
+                                     " (to start a new archive there, mount with -o create)");
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return Status::Error(EINVAL, m.options.archive + ": not a regular file");
+  }
+  ArchiveOptions ao;
+  ao.cache_bytes = m.options.cache_mib << 20;
+  ao.index_enabled = m.options.index_enabled;
+  ao.index_dir = IndexDir(m);
+  ao.verify = m.options.verify;
+  ao.log = [](const std::string& line) { LogWarning(line); };
+  return Archive::Open(m.archive_path, std::move(ao));
+}
+
+// Entries of `dir` other than "." and "..", up to `limit`.
+size_t CountEntries(const std::string& dir, size_t limit) {
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return 0;
+  size_t n = 0;
+  while (n < limit) {
+    struct dirent* e = readdir(d);
+    if (e == nullptr) break;
+    if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) ++n;
+  }
+  closedir(d);
+  return n;
+}
+
+// As mount-zip does: refuse to stack on a mount point or to hide files (unless -o nonempty);
+// the default mount point is created (and removed at the end) by us.
+Status PrepareMountPoint(const Options& options, MountPoint& mp) {
+  mp.path = MakeAbsolute(options.mountpoint);
+  if (options.mountpoint_derived && mkdir(mp.path.c_str(), 0755) == 0) mp.created = true;
+  const std::string shown = "mount point '" + options.mountpoint + "'";
+  struct stat st {};
+  if (stat(mp.path.c_str(), &st) != 0) {
+    const int err = errno;
+    return Status::Error(err, shown + ": " + std::strerror(err));
+  }
+  if (!S_ISDIR(st.st_mode)) return Status::Error(ENOTDIR, shown + " is not a directory");
+  char canonical[PATH_MAX];
+  auto table = ReadMountTable();
+  if (table.ok() && realpath(mp.path.c_str(), canonical) != nullptr) {
+    if (auto on = FindMount(*table, canonical)) {
+      return Status::Error(EBUSY, shown + " is already a mount point (" + on->fstype + " from " +
+                                      on->source +
+                                      "): unmount it first, or choose another "
+                                      "directory");
+    }
+  }
+  if (!options.nonempty && CountEntries(mp.path, 1) > 0) {
+    return Status::Error(ENOTEMPTY, shown +
+                                        " is not empty: the mount would hide its files "
+                                        "(mount with -o nonempty to do so anyway)");
+  }
+  return Status::Ok();
+}
+
+// Resumes the spool an earlier daemon left; with -o ro only says that one is waiting.
+Status ResumeSpool(Mount& m) {
+  struct stat st {};
+  if (stat(m.spool_dir.c_str(), &st) != 0) return Status::Ok();  // made on the first new member
+  if (m.options.read_only) {
+    LogWarning(m.spool_dir +
+               " holds new members of an earlier mount; they are not shown with -o ro "
+               "(mount without ro, or run npz recover, to add them to the archive)");
+    return Status::Ok();
+  }
+  NPZ_ASSIGN_OR_RETURN(std::unique_ptr<Spool> spool, Spool::Open(m.spool_dir, LogLine));
+  m.spool.Set(std::move(spool));
+  return Status::Ok();
+}
+
+// Temp files of a killed copy-mode finalize or npz pack, next to the archive. Called once no
+// finalize of this archive can be running (the mount lock, and the spool lock if a spool was
+// resumed, are ours); a directory we may not write is left alone.
+void RemoveStaleTemps(const Mount& m) {
+  if (!m.writable() || access(DirName(m.archive_path).c_str(), W_OK) != 0) return;
+  auto removed = RemoveStaleTempFiles(m.archive_path, LogLine);
+  if (!removed.ok()) LogWarning("cannot remove stale temp files: " + removed.status().message());
+}
+
+// Runtime files; a writable mount takes the archive's lock, then clears what an earlier
+// daemon left (a stale result must never be read as this run's).
+Status PrepareRuntime(Mount& m) {
+  if (!m.writable() || m.runtime.dir.empty()) return Status::Ok();
+  NPZ_ASSIGN_OR_RETURN(m.lock, MountLock::Take(m.runtime.lock, m.archive_path));
+  RemoveStaleResults(m.runtime.dir);
+  unlink(m.runtime.result.c_str());
+  unlink(m.runtime.progress.c_str());
+  return Status::Ok();
+}
+
+// Fills the inode table from the archive and from spool members a previous daemon left.
+void BuildTree(Mount& m) {
+  if (m.archive != nullptr) {
+    const auto& members = m.archive->members();
+    for (size_t i = 0; i < members.size(); ++i) {
+      Status s = m.table->AddMember(members[i].path, NodeKind::kArchived, i, nullptr,
+                                    members[i].entry.mtime);
+      if (!s.ok()) LogWarning(m.options.archive + ": member skipped: " + s.message());
+    }
+  }
+  Spool* spool = m.spool.get();
+  if (spool == nullptr) return;
+  for (const auto& member : spool->members()) {
+    Status s = m.table->AddMember(member->name(), NodeKind::kGrowing, 0, member, m.start_time);
+    if (!s.ok()) {
+      LogError(spool->dir() + ": resumed member " + member->name() +
+               " hidden (its name is taken in the archive; finalize will fail): " + s.message());
+    }
+  }
+}
+
+// Finalize progress for `npz umount`: "DONE TOTAL\n" in bytes, rewritten in place at most a
+// few times a second (no fsync: it is a display), removed when finalize ends.
+class ProgressFile {
+ public:
+  explicit ProgressFile(const std::string& path) : path_(path) {
+    if (path.empty()) return;
+    auto fd = OpenFile(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd.ok()) fd_ = std::move(fd).value();
+  }
+  ~ProgressFile() {
+    if (fd_.valid()) unlink(path_.c_str());
+  }
+  void Update(uint64_t done, uint64_t total) {
+    const auto now = std::chrono::steady_clock::now();
+    if (!fd_.valid() || (done != total && now - last_ < kInterval)) return;
+    last_ = now;
+    char line[64];
+    const int n =
+        std::snprintf(line, sizeof line, "%020llu %020llu\n", static_cast<unsigned long long>(done),
+                      static_cast<unsigned long long>(total));
+    (void)PwriteAll(fd_.get(), line, static_cast<size_t>(n), 0, path_);
+  }
+
+ private:
+  static constexpr auto kInterval = std::chrono::milliseconds(200);
+  const std::string path_;
+  UniqueFd fd_;
+  std::chrono::steady_clock::time_point last_{};
+};
+
+// Adds the new members to the archive. Returns the outcome for the result file.
+Status FinalizeSpool(Mount& m) {
+  Spool* spool = m.spool.get();
+  if (spool == nullptr) return Status::Ok();
+  ProgressFile progress(m.runtime.progress);
+  WriteOptions wo;
+  wo.append_mode = m.options.finalize_copy ? WriteOptions::AppendMode::kCopy
+                                           : WriteOptions::AppendMode::kInPlace;
+  wo.compress_level = m.options.compress_level.value_or(-1);
+  wo.reject_existing_names = true;
+  wo.log = LogLine;
+  constexpr uint64_t kLargeFinalize = 64ull << 20;
+  int64_t last_report = 0;
+  wo.progress = [&](uint64_t done, uint64_t total) {
+    progress.Update(done, total);
+    if (total < kLargeFinalize) return;
+    int64_t now = static_cast<int64_t>(time(nullptr));
+    if (done != total && now - last_report < 2) return;
+    last_report = now;
+    LogInfo("finalize: " + std::to_string(done >> 20) + " of " + std::to_string(total >> 20) +
+            " MiB");
+  };
+  // The spool logs how many members it added (a .npy that never got a layout is not one).
+  return spool->Finalize(m.archive_path, wo);
+}
+
+// The saved index describes the archive as it was; once finalize has replaced the archive it
+// would only be found stale (and ignored with a warning) by the next reader.
+void DropStaleIndex(const Mount& m, const struct stat& before) {
+  struct stat after {};
+  if (m.archive == nullptr || stat(m.archive_path.c_str(), &after) != 0) return;
+  if (after.st_ino == before.st_ino && after.st_size == before.st_size &&
+      after.st_mtim.tv_sec == before.st_mtim.tv_sec &&
+      after.st_mtim.tv_nsec == before.st_mtim.tv_nsec) {
+    return;
+  }
+  const std::string index = m.archive->IndexPath();
+  if (!index.empty() && unlink(index.c_str()) == 0) {
+    LogInfo("removed " + index + ": it indexed the archive before finalize");
+  }
+}
+
+}  // namespace
+
+MountPoint::~MountPoint() {
+  if (created) rmdir(path.c_str());
+}
+
+Status PrepareMount(Mount& m, MountPoint& mp) {
+  NPZ_ASSIGN_OR_RETURN(m.archive_path, AbsoluteArchivePath(m.options.archive));
+  m.spool_dir = m.options.spool_dir.empty() ? DefaultSpoolDir(m.archive_path)
+                                            : MakeAbsolute(m.options.spool_dir);
+  m.uid = getuid();
+  m.gid = getgid();
+  m.start_time = static_cast<int64_t>(time(nullptr));
+  if (!m.options.log_file.empty()) {
+    NPZ_RETURN_IF_ERROR(LogToFile(MakeAbsolute(m.options.log_file)).WithContext("-o log="));
+  }
+  m.runtime = ChooseRuntimeFiles(m.archive_path);  // the index may live there
+  // -o compress: deflate completed chunks while frames arrive (one background thread).
+  m.spool.SetBackgroundDeflate(m.options.compress_level);
+  auto archive = OpenArchive(m);
+  if (!archive.ok()) return archive.status().WithContext("cannot mount");
+  m.archive = std::move(archive).value();
+  Status s = PrepareMountPoint(m.options, mp);
+  if (s.ok()) s = PrepareRuntime(m);
+  if (s.ok()) s = ResumeSpool(m);
+  if (!s.ok()) return s.WithContext("cannot mount " + m.options.archive);
+  RemoveStaleTemps(m);
+  m.table = std::make_unique<InodeTable>(m.start_time);
+  BuildTree(m);
+  return Status::Ok();
+}
+
+bool ChooseDaemonLog(const Mount& m) {
+  if (!m.options.log_file.empty()) return false;  // already logging there
+  if (SyslogAvailable()) return true;
+  if (!m.runtime.log.empty() && LogToFile(m.runtime.log).ok()) {
+    PrintNote("no syslog on /dev/log: the log goes to " + m.runtime.log);
+    return false;
+  }
+  PrintNote(
+      "warning: no syslog on /dev/log and no writable runtime directory: nothing will be "
+      "logged (mount with -o log=FILE to keep the log)");
+  return false;
+}
+
+int FinishMount(Mount& m) {
+  m.handles.Clear();  // a lazy unmount can leave handles the kernel never released
+  if (!m.writable()) return 0;
+  struct stat before {};
+  stat(m.archive_path.c_str(), &before);
+  Status finalized = FinalizeSpool(m);
+  if (!finalized.ok()) LogError("finalize failed: " + finalized.message());
+  if (finalized.ok()) DropStaleIndex(m, before);
+  Status written = Status::Ok();
+  if (!m.runtime.result.empty()) {
+    written = WriteFileAtomically(m.runtime.result,
+                                  finalized.ok() ? "ok\n" : "error: " + finalized.message() + "\n");
+    if (!written.ok()) LogError("cannot write the result file: " + written.message());
+  }
+  m.lock = MountLock();  // released before we exit, so `npz umount` never sees it held
+  return finalized.ok() && written.ok() ? 0 : 1;
+}
+
+}  // namespace npzfs::fs

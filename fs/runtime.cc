@@ -1,0 +1,152 @@
+#include "fs/runtime.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+
+namespace npzfs::fs {
+namespace {
+
+constexpr mode_t kPrivateDirMode = 0700;
+constexpr mode_t kSharedDirMode = 0755;
+
+// FNV-1a, 64 bits: a stable name for an absolute path (no security depends on it).
+uint64_t PathHash(const std::string& path) {
+  uint64_t h = 14695981039346656037ull;
+  for (unsigned char c : path) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+// `dir` exists (or is made with `mode`), is a directory we can write, and is not a link.
+// With `private_to_us`, it must also be ours with no access for anyone else.
+bool UsableDir(const std::string& dir, mode_t mode, bool private_to_us) {
+  if (mkdir(dir.c_str(), mode) != 0 && errno != EEXIST) return false;
+  struct stat st {};
+  if (lstat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return false;
+  if (private_to_us && (st.st_uid != getuid() || (st.st_mode & 077) != 0)) return false;
+  return access(dir.c_str(), W_OK | X_OK) == 0;
+}
+
+std::string Env(const char* name) {
+  const char* v = std::getenv(name);
+  return v == nullptr ? std::string() : std::string(v);
+}
+
+std::string ChooseDir() {
+  if (std::string xdg = Env("XDG_RUNTIME_DIR"); !xdg.empty()) {
+    if (UsableDir(xdg + "/npzfs", kPrivateDirMode, true)) return xdg + "/npzfs";
+  }
+  if (getuid() == 0 && UsableDir("/run/npzfs", kSharedDirMode, false)) return "/run/npzfs";
+  std::string tmp = Env("TMPDIR");
+  if (tmp.empty()) tmp = "/tmp";
+  const std::string mine = tmp + "/npzfs-" + std::to_string(getuid());
+  if (UsableDir(mine, kPrivateDirMode, true)) return mine;
+  return {};
+}
+
+// Whether `fd` is still the file at `path` (a releasing daemon unlinks the lock file).
+bool StillLinked(int fd, const std::string& path) {
+  struct stat a {
+  }, b{};
+  return fstat(fd, &a) == 0 && stat(path.c_str(), &b) == 0 && a.st_ino == b.st_ino &&
+         a.st_dev == b.st_dev;
+}
+
+Result<UniqueFd> LockOnce(const std::string& lock_path, const std::string& archive_path) {
+  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(lock_path, O_RDWR | O_CREAT, 0644));
+  if (flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    if (errno != EWOULDBLOCK) return ErrnoStatus(errno, lock_path, "flock failed");
+    char pid[32] = {};
+    (void)PreadFull(fd.get(), pid, sizeof pid - 1, 0, lock_path);
+    std::string holder(pid);
+    while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
+    return Status::Error(EBUSY, archive_path + ": already mounted for writing by npzfs (pid " +
+                                    (holder.empty() ? "?" : holder) +
+                                    "); two writable mounts would share one spool of new "
+                                    "members (lock " +
+                                    lock_path + ")");
+  }
+  return fd;
+}
+
+}  // namespace
+
+RuntimeFiles ChooseRuntimeFiles(const std::string& archive_path) {
+  RuntimeFiles f;
+  f.dir = ChooseDir();
+  if (f.dir.empty()) return f;
+  char hash[17];
+  std::snprintf(hash, sizeof hash, "%016llx",
+                static_cast<unsigned long long>(PathHash(archive_path)));
+  const std::string stem = f.dir + "/" + BaseName(archive_path) + "-" + hash;
+  f.result = stem + ".result";
+  f.progress = stem + ".progress";
+  f.lock = stem + ".lock";
+  f.log = stem + ".log";
+  return f;
+}
+
+Result<MountLock> MountLock::Take(const std::string& path, const std::string& archive_path) {
+  // A daemon that releases the lock unlinks the file while holding it; a lock taken on a file
+  // that is no longer linked is worthless, so take it again on the new file.
+  constexpr int kAttempts = 5;
+  for (int attempt = 1;; ++attempt) {
+    NPZ_ASSIGN_OR_RETURN(UniqueFd fd, LockOnce(path, archive_path));
+    if (StillLinked(fd.get(), path) || attempt == kAttempts) {
+      const std::string text = std::to_string(getpid()) + "\n";
+      if (ftruncate(fd.get(), 0) != 0) return ErrnoStatus(errno, path, "ftruncate failed");
+      NPZ_RETURN_IF_ERROR(PwriteAll(fd.get(), text.data(), text.size(), 0, path));
+      MountLock lock;
+      lock.fd_ = std::move(fd);
+      lock.path_ = path;
+      return lock;
+    }
+  }
+}
+
+MountLock& MountLock::operator=(MountLock&& other) noexcept {
+  if (this != &other) {
+    Release();
+    fd_ = std::move(other.fd_);
+    path_ = std::move(other.path_);
+  }
+  return *this;
+}
+
+MountLock::~MountLock() { Release(); }
+
+void MountLock::Release() {
+  if (!fd_.valid()) return;
+  unlink(path_.c_str());  // while still holding it (see Take)
+  fd_.Reset();
+}
+
+void RemoveStaleResults(const std::string& dir) {
+  constexpr time_t kStaleSeconds = 7 * 24 * 3600;
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return;
+  const time_t now = time(nullptr);
+  while (struct dirent* e = readdir(d)) {
+    const std::string name = e->d_name;
+    if (!name.ends_with(".result")) continue;
+    const std::string path = dir + "/" + name;
+    struct stat st {};
+    if (lstat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == getuid() &&
+        now - st.st_mtime > kStaleSeconds) {
+      unlink(path.c_str());
+    }
+  }
+  closedir(d);
+}
+
+}  // namespace npzfs::fs

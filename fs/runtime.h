@@ -1,0 +1,61 @@
+// The runtime directory of a daemon and the files it keeps there.
+//
+// A mount must work on a dataset nobody may write (a read-only filesystem, a shared
+// directory), so nothing the daemon needs for itself goes next to the archive. Runtime files
+// go to the first directory that works of:
+//   $XDG_RUNTIME_DIR/npzfs   (per user, set up by the login session)
+//   /run/npzfs               (root)
+//   $TMPDIR or /tmp, in npzfs-<uid> (made 0700; used only if it is ours and private)
+// The spool is not used for them: it is made only on the first new member and removed by
+// finalize, and a runtime file inside it would keep it alive. Every file is named after the
+// archive: "<archive base>-<16 hex digits of a hash of its absolute path>.<kind>", so two
+// archives with the same name never share one.
+//
+// Files: `.result` (finalize outcome for `npz umount`, removed by it once read), `.progress`
+// (finalize bytes done and total while finalizing), `.lock` (held by a writable daemon,
+// holding its pid: a second writable mount of the archive is refused) and `.log` (the log
+// when there is no syslog and no -o log=).
+//
+// Plain functions and a value type: thread-safe.
+#pragma once
+
+#include <string>
+
+#include "npzfs/file_util.h"
+#include "npzfs/status.h"
+
+namespace npzfs::fs {
+
+struct RuntimeFiles {
+  std::string dir;  // "" when no directory could be used: then none of the files exist
+  std::string result, progress, lock, log;
+};
+
+// Chooses the runtime directory (creating it if needed) and names the files for
+// `archive_path` (absolute). Never an error: an empty `dir` says none could be used.
+RuntimeFiles ChooseRuntimeFiles(const std::string& archive_path);
+
+// The exclusive lock of a writable mount, holding the daemon's pid. Released (and its file
+// removed) when destroyed, on every path out of the daemon.
+class MountLock {
+ public:
+  MountLock() = default;
+  MountLock(MountLock&&) = default;
+  MountLock& operator=(MountLock&& other) noexcept;
+  ~MountLock();
+
+  // Takes the lock at `path`. EBUSY naming the archive and the pid that holds it if another
+  // daemon does.
+  static Result<MountLock> Take(const std::string& path, const std::string& archive_path);
+
+ private:
+  void Release();
+  UniqueFd fd_;
+  std::string path_;
+};
+
+// Removes result files older than a week from `dir`: they belong to mounts nobody unmounted
+// with `npz umount` (which removes a result once read).
+void RemoveStaleResults(const std::string& dir);
+
+}  // namespace npzfs::fs

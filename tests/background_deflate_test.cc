@@ -1,0 +1,328 @@
+// Tests for deflating growing members in the background: the shadow files and their crash
+// rules, the background deflater behind a spool, finalize copying its chunks, a shadow left
+// by a killed daemon, and ENOSPC that leaves the raw spool intact.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <filesystem>
+#include <mutex>
+#include <random>
+
+#include "core/write/background_deflater.h"
+#include "core/write/deflate_shadow.h"
+#include "core/write/spool.h"
+#include "core/zip/seek_table.h"
+#include "tests/archive_test_util.h"
+#include "tests/test_util.h"
+
+namespace npzfs {
+namespace {
+
+using testing::ListDir;
+using testing::ReadDir;
+using testing::ReadFileOrDie;
+using testing::RunPython;
+using testing::ScopedTmpfs;
+using testing::TempDir;
+
+constexpr uint64_t kChunk = uint64_t{1} << 20;
+
+// Frames of 64 KiB ('<i2', shape 32768): a slow sine plus noise, compressible.
+std::string Frames(size_t count, uint32_t seed = 1, bool random = false) {
+  std::mt19937 rng(seed);
+  std::string out(count * 65536, '\0');
+  for (size_t i = 0; i + 1 < out.size(); i += 2) {
+    const int v = random ? static_cast<int>(rng()) : static_cast<int>((i / 2) % 3000) + rng() % 16;
+    out[i] = static_cast<char>(v & 0xff);
+    out[i + 1] = static_cast<char>((v >> 8) & 0xff);
+  }
+  return out;
+}
+
+NpyHeader Layout() { return *NpyHeader::ForFrames("<i2", {32768}, false, 0); }
+
+struct Logged {
+  std::mutex mu;
+  std::vector<std::string> lines;
+  SpoolLogFn fn() {
+    return [this](const std::string& l) {
+      std::lock_guard lock(mu);
+      lines.push_back(l);
+    };
+  }
+  bool Contains(const std::string& needle) {
+    std::lock_guard lock(mu);
+    for (const auto& l : lines) {
+      if (l.find(needle) != std::string::npos) return true;
+    }
+    return false;
+  }
+};
+
+// Writes `data` (raw frames) into a new member `name` of the spool.
+void WriteMember(Spool& spool, const std::string& name, const std::string& data) {
+  auto m = spool.Create(name, Layout());
+  ASSERT_TRUE(m.ok()) << m.status().message();
+  WriterSession w;
+  ASSERT_TRUE((*m)->BeginWrite(&w, false).ok());
+  for (size_t at = 0; at < data.size(); at += 300000) {
+    const size_t n = std::min<size_t>(300000, data.size() - at);
+    auto r =
+        (*m)->Write(&w, at, std::span(reinterpret_cast<const std::byte*>(data.data() + at), n));
+    ASSERT_TRUE(r.ok()) << r.status().message();
+  }
+  (*m)->EndWrite(&w);
+}
+
+WriteOptions Compress() {
+  WriteOptions o;
+  o.compress_level = 6;
+  return o;
+}
+
+// The member's bytes as numpy sees them equal the frames written.
+void ExpectMember(const std::string& archive, const std::string& key, const std::string& data) {
+  EXPECT_EQ(RunPython(R"(
+import numpy as np, zipfile
+with zipfile.ZipFile(')" +
+                      archive + R"(') as z:
+    assert z.testzip() is None
+    raw = np.load(z.open(')" +
+                      key + R"(.npy'))
+print(raw.shape[0], raw.tobytes() == open(')" +
+                      archive + R"(.expected', 'rb').read())
+)"),
+            std::to_string(data.size() / 65536) + " True\n");
+}
+
+std::string SpoolFile(const TempDir& dir, const std::string& name) {
+  return dir.Join("spool/" + name);
+}
+
+// ------------------------------------------------------------------------------- the shadow
+
+TEST(DeflateShadow, OnlyChunksWhoseRecordsWereSyncedSurviveAReopen) {
+  TempDir dir;
+  const std::string spool_file = dir.Join("m.npy");
+  {
+    auto s = DeflateShadow::Open(spool_file, 6, 1000, 10000, true);
+    ASSERT_TRUE(s.ok()) << s.status().message();
+    for (int i = 0; i < 3; ++i) ASSERT_TRUE((*s)->Append("chunk" + std::to_string(i), i).ok());
+    ASSERT_TRUE((*s)->Sync().ok());
+    ASSERT_TRUE((*s)->Append("unsynced", 9).ok());  // written, not recorded: redone later
+    EXPECT_EQ((*s)->chunk_count(), 4u);
+  }
+  EXPECT_EQ(ListDir(dir.path()),
+            (std::vector<std::string>{".m.npy.npzfs-deflate", ".m.npy.npzfs-deflate-index"}));
+  auto again = DeflateShadow::Open(spool_file, 6, 1000, 10000, true);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ((*again)->chunk_count(), 3u);
+  auto chunks = (*again)->Chunks(10000);
+  ASSERT_EQ(chunks->chunks.size(), 3u);
+  EXPECT_EQ(chunks->chunks[2].offset, 12u);
+  EXPECT_EQ(chunks->chunks[2].compressed_size, 6u);
+  EXPECT_EQ(chunks->chunks[2].crc32, 2u);
+  EXPECT_EQ((*again)->Chunks(2999)->chunks.size(), 2u);  // only whole chunks within the data
+  // The unrecorded bytes were cut off: appending continues right after chunk 2.
+  ASSERT_TRUE((*again)->Append("next", 3).ok());
+  EXPECT_EQ((*again)->Chunks(10000)->chunks[3].offset, 18u);
+}
+
+TEST(DeflateShadow, DamagedRecordsAndMissingBytesEndTheUsableChunks) {
+  TempDir dir;
+  const std::string spool_file = dir.Join("m.npy");
+  {
+    auto s = DeflateShadow::Open(spool_file, 6, 1000, 10000, true);
+    ASSERT_TRUE(s.ok());
+    for (int i = 0; i < 5; ++i) ASSERT_TRUE((*s)->Append(std::string(100, 'a' + i), i).ok());
+    ASSERT_TRUE((*s)->Sync().ok());
+  }
+  const std::string index = DeflateShadow::IndexPath(spool_file);
+  const std::string data = DeflateShadow::DataPath(spool_file);
+  auto count = [&](uint64_t data_bytes) {
+    auto s = DeflateShadow::Open(spool_file, 6, 1000, data_bytes, false);
+    return s.ok() ? (*s)->chunk_count() : size_t{999};
+  };
+  EXPECT_EQ(count(10000), 5u);
+  EXPECT_EQ(count(4999), 4u);                 // chunk 4 would end past the member's data
+  ASSERT_EQ(truncate(data.c_str(), 350), 0);  // chunk 3's bytes are incomplete
+  EXPECT_EQ(count(10000), 3u);
+  ASSERT_EQ(truncate(index.c_str(), kDeflateShadowHeaderSize + 2 * 12 + 5), 0);  // torn record
+  EXPECT_EQ(count(10000), 2u);
+  std::string bytes = ReadFileOrDie(index);
+  bytes[kDeflateShadowHeaderSize + 12 + 3] ^= 1;  // record 1 damaged
+  testing::WriteFileOrDie(index, bytes);
+  EXPECT_EQ(count(10000), 1u);
+}
+
+TEST(DeflateShadow, AShadowOfAnotherLevelOrChunkSizeIsNotUsed) {
+  TempDir dir;
+  const std::string spool_file = dir.Join("m.npy");
+  {
+    auto s = DeflateShadow::Open(spool_file, 6, 1000, 10000, true);
+    ASSERT_TRUE(s.ok());
+    ASSERT_TRUE((*s)->Append("x", 1).ok());
+    ASSERT_TRUE((*s)->Sync().ok());
+  }
+  auto other_level = DeflateShadow::Open(spool_file, 9, 1000, 10000, false);
+  ASSERT_TRUE(other_level.ok());
+  EXPECT_EQ((*other_level)->chunk_count(), 0u);
+  auto other_size = DeflateShadow::Open(spool_file, 6, 2000, 10000, false);
+  ASSERT_TRUE(other_size.ok());
+  EXPECT_EQ((*other_size)->chunk_count(), 0u);
+  auto same = DeflateShadow::Open(spool_file, 6, 1000, 10000, false);
+  ASSERT_TRUE(same.ok());
+  EXPECT_EQ((*same)->chunk_count(), 1u);  // the read-only opens changed nothing
+  auto reset = DeflateShadow::Open(spool_file, 9, 1000, 10000, true);
+  ASSERT_TRUE(reset.ok());
+  EXPECT_EQ((*reset)->chunk_count(), 0u);
+  EXPECT_EQ(ReadFileOrDie(DeflateShadow::DataPath(spool_file)), "");
+  EXPECT_EQ(DeflateShadow::Open(dir.Join("none.npy"), 6, 1000, 10000, false).status().code(),
+            ENOENT);
+}
+
+// --------------------------------------------------------------- behind a spool, at finalize
+
+TEST(BackgroundDeflate, ChunksDeflatedWhileFramesArriveAreCopiedAtFinalize) {
+  TempDir dir;
+  const std::string data = Frames(88);  // 5.5 MiB: five complete chunks
+  testing::WriteFileOrDie(dir.Join("a.npz.expected"), data);
+  testing::WriteFileOrDie(dir.Join("b.npz.expected"), data);
+  Logged log;
+  std::string shadow_bytes;
+  {
+    auto spool = Spool::Open(dir.Join("spool"), log.fn());
+    ASSERT_TRUE(spool.ok());
+    (*spool)->StartBackgroundDeflate(6);
+    WriteMember(**spool, "adc.npy", data);
+    (*spool)->WaitForBackgroundDeflate();
+    auto shadow = DeflateShadow::Open(SpoolFile(dir, "adc.npy"), 6, kChunk, data.size(), false);
+    ASSERT_TRUE(shadow.ok()) << shadow.status().message();
+    EXPECT_EQ((*shadow)->chunk_count(), 5u);
+    shadow_bytes = ReadFileOrDie(DeflateShadow::DataPath(SpoolFile(dir, "adc.npy")));
+    ASSERT_TRUE((*spool)->Finalize(dir.Join("a.npz"), Compress()).ok());
+  }
+  EXPECT_TRUE(log.Contains("adc.npy: 5 chunk(s) deflated in the background are copied"));
+  EXPECT_FALSE(std::filesystem::exists(dir.Join("spool")));
+  ExpectMember(dir.Join("a.npz"), "adc", data);
+  // The same member finalized without background work: the same bytes, so the five chunks
+  // in the archive are the shadow's, unchanged.
+  {
+    auto spool = Spool::Open(dir.Join("spool"));
+    ASSERT_TRUE(spool.ok());
+    WriteMember(**spool, "adc.npy", data);
+    ASSERT_TRUE((*spool)->Finalize(dir.Join("b.npz"), Compress()).ok());
+  }
+  auto a = ReadDir(dir.Join("a.npz")), b = ReadDir(dir.Join("b.npz"));
+  ASSERT_TRUE(a.ok() && b.ok());
+  const ZipEntry& ea = a->entries[0];
+  const ZipEntry& eb = b->entries[0];
+  const std::string member_a =
+      ReadFileOrDie(dir.Join("a.npz")).substr(ea.data_offset, ea.compressed_size);
+  EXPECT_TRUE(member_a ==
+              ReadFileOrDie(dir.Join("b.npz")).substr(eb.data_offset, eb.compressed_size));
+  EXPECT_EQ(ea.seek_table, eb.seek_table);
+  auto table =
+      ParseSeekTable(ea.seek_table, ea.compressed_size, ea.uncompressed_size, ea.crc32, "a.npz");
+  ASSERT_TRUE(table.ok()) << table.status().message();
+  ASSERT_EQ(table->chunks().size(), 7u);  // header, five background chunks, the rest
+  EXPECT_EQ(table->first_chunk_size(), 128u);
+  const SeekChunk& first = table->chunks()[1];
+  EXPECT_TRUE(member_a.substr(first.in, shadow_bytes.size()) == shadow_bytes);
+}
+
+TEST(BackgroundDeflate, FinalizeTakesWhatIsDoneAndDoesNotWaitForTheRest) {
+  TempDir dir;
+  const std::string data = Frames(512, 4);  // 32 MiB: far more than a chunk's time to deflate
+  testing::WriteFileOrDie(dir.Join("a.npz.expected"), data);
+  Logged log;
+  auto spool = Spool::Open(dir.Join("spool"), log.fn());
+  ASSERT_TRUE(spool.ok());
+  (*spool)->StartBackgroundDeflate(6);
+  WriteMember(**spool, "adc.npy", data);
+  ASSERT_TRUE((*spool)->Finalize(dir.Join("a.npz"), Compress()).ok());
+  // At most the chunks done when finalize began, plus the one in progress; the rest were
+  // deflated by finalize itself.
+  size_t reused = 0;
+  for (const std::string& line : log.lines) {
+    if (line.find(" chunk(s) deflated in the background") != std::string::npos) {
+      reused = std::stoul(line.substr(line.find(": ") + 2));
+    }
+  }
+  EXPECT_LT(reused, 32u);
+  ExpectMember(dir.Join("a.npz"), "adc", data);
+}
+
+TEST(BackgroundDeflate, AShadowLeftByAKilledDaemonIsUsedAndItsTornTailRedone) {
+  TempDir dir;
+  const std::string data = Frames(100, 2);  // 6.25 MiB
+  testing::WriteFileOrDie(dir.Join("a.npz.expected"), data);
+  {
+    auto spool = Spool::Open(dir.Join("spool"));
+    ASSERT_TRUE(spool.ok());
+    (*spool)->StartBackgroundDeflate(6);
+    WriteMember(**spool, "adc.npy", data);
+    (*spool)->WaitForBackgroundDeflate();
+  }  // the daemon "dies" here, without finalize
+  // What a kill in the middle of a chunk leaves: bytes of a chunk without its record, and a
+  // torn record.
+  const std::string spool_file = SpoolFile(dir, "adc.npy");
+  {
+    auto shadow = DeflateShadow::Open(spool_file, 6, kChunk, data.size(), false);
+    ASSERT_TRUE(shadow.ok());
+    ASSERT_EQ((*shadow)->chunk_count(), 6u);
+  }
+  std::string index = ReadFileOrDie(DeflateShadow::IndexPath(spool_file));
+  testing::WriteFileOrDie(DeflateShadow::IndexPath(spool_file), index.substr(0, index.size() - 7));
+  const std::string data_path = DeflateShadow::DataPath(spool_file);
+  testing::WriteFileOrDie(data_path, ReadFileOrDie(data_path) + std::string(5000, 'z'));
+  for (bool background : {false, true}) {
+    SCOPED_TRACE(background ? "remount with compress" : "npz recover --compress");
+    TempDir out;
+    std::filesystem::copy(dir.Join("spool"), out.Join("spool"));
+    testing::WriteFileOrDie(out.Join("a.npz.expected"), data);
+    Logged log;
+    auto spool = Spool::Open(out.Join("spool"), log.fn());
+    ASSERT_TRUE(spool.ok()) << spool.status().message();
+    if (background) {
+      (*spool)->StartBackgroundDeflate(6);  // resumes the shadow, cuts the torn tail, redoes
+      (*spool)->WaitForBackgroundDeflate();
+    }
+    ASSERT_TRUE((*spool)->Finalize(out.Join("a.npz"), Compress()).ok());
+    EXPECT_TRUE(
+        log.Contains(background ? "adc.npy: 6 chunk(s) deflated" : "adc.npy: 5 chunk(s) deflated"));
+    ExpectMember(out.Join("a.npz"), "adc", data);
+    EXPECT_EQ(ListDir(out.path()), (std::vector<std::string>{"a.npz", "a.npz.expected"}));
+  }
+}
+
+TEST(BackgroundDeflate, RunningOutOfSpaceStopsItAndLeavesTheRawSpoolIntact) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
+  TempDir dir;
+  ScopedTmpfs tmpfs(dir.Join("small"), "size=12m");
+  ASSERT_TRUE(tmpfs.mounted());
+  const std::string data = Frames(128, 3, /*random=*/true);  // 8 MiB that does not deflate
+  testing::WriteFileOrDie(dir.Join("a.npz.expected"), data);
+  Logged log;
+  auto spool = Spool::Open(dir.Join("small/spool"), log.fn());
+  ASSERT_TRUE(spool.ok());
+  WriteMember(**spool, "adc.npy", data);
+  (*spool)->StartBackgroundDeflate(6);  // its shadow cannot fit beside the 8 MiB
+  (*spool)->WaitForBackgroundDeflate();
+  EXPECT_TRUE(log.Contains("adc.npy: background deflate stopped ("));
+  EXPECT_TRUE(log.Contains("No space left on device"));
+  EXPECT_EQ(ListDir(dir.Join("small/spool")), (std::vector<std::string>{".npzfs-lock", "adc.npy"}));
+  // Every frame is still there, byte for byte.
+  auto member = (*spool)->Find("adc.npy");
+  ASSERT_NE(member, nullptr);
+  EXPECT_EQ(member->frame_count(), 128u);
+  const std::string raw = ReadFileOrDie(dir.Join("small/spool/adc.npy"));
+  EXPECT_TRUE(raw.substr(raw.size() - data.size()) == data);
+  ASSERT_TRUE((*spool)->Finalize(dir.Join("a.npz"), Compress()).ok());
+  ExpectMember(dir.Join("a.npz"), "adc", data);
+}
+
+}  // namespace
+}  // namespace npzfs

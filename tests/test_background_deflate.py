@@ -1,0 +1,105 @@
+"""Mount tests for `-o compress`: growing members are deflated in the background while frames
+arrive, finalize copies those chunks, and a daemon killed in the middle of that work leaves
+a spool that a remount or `npz recover --compress` finalizes correctly.
+
+Run by meson through /usr/bin/python3 -m pytest with NPZ_BIN and NPZFS_BIN set.
+"""
+import os
+import subprocess
+import time
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import NPZ_BIN, mounted, start_daemon
+
+FRAME = (256, 128)  # '<i2' frames of 64 KiB
+RECORD = 12  # bytes per chunk record in a shadow's index
+HEADER = 32  # bytes of a shadow index's header
+
+
+def frames(n, seed=0):
+    t = np.arange(n * FRAME[0] * FRAME[1]).reshape((n,) + FRAME)
+    noise = np.random.default_rng(seed).integers(0, 16, t.shape)
+    return ((t // 7) % 3000 + noise).astype("<i2")
+
+
+def spool_of(archive):
+    return archive.parent / f".{archive.name}.npzfs-spool"
+
+
+def shadow_chunks(archive, member="adc.npy"):
+    """Chunks recorded in the member's deflated shadow (0 if there is none yet)."""
+    index = spool_of(archive) / f".{member}.npzfs-deflate-index"
+    return max(0, (index.stat().st_size - HEADER) // RECORD) if index.exists() else 0
+
+
+def wait_for(condition, what, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def check_member(archive, expected):
+    with zipfile.ZipFile(archive) as z:
+        assert z.testzip() is None
+        info = z.getinfo("adc.npy")
+        assert info.compress_type == zipfile.ZIP_DEFLATED
+        assert any(info.extra[i:i + 2] == b"\x4e\x5a" for i in range(0, len(info.extra) - 1))
+    with np.load(archive) as z:
+        np.testing.assert_array_equal(z["adc"], expected)
+    r = subprocess.run([NPZ_BIN, "verify", str(archive)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert not spool_of(archive).exists()
+
+
+def test_frames_are_deflated_while_they_arrive_and_finalize_copies_them(tmp_path):
+    archive = tmp_path / "a.npz"
+    data = frames(96)  # 6 MiB: six chunks of 1 MiB
+    with mounted(archive, tmp_path / "mnt", "-o", "create", "-o", "compress",
+                 "-o", "frame=adc*:<i2:256x128") as m:
+        with open(m.path("adc.npy"), "wb") as f:
+            f.write(data.tobytes())
+        wait_for(lambda: shadow_chunks(archive) == 6, "six chunks deflated in the background")
+        # Readers of the growing member still see a valid .npy.
+        np.testing.assert_array_equal(np.load(m.path("adc.npy")), data)
+        assert m.unmount() == 0, m.log()
+    assert "6 chunk(s) deflated in the background are copied" in m.log()
+    check_member(archive, data)
+
+
+@pytest.mark.parametrize("recovery", ["remount", "npz recover"])
+def test_a_daemon_killed_in_the_middle_of_deflating_leaves_a_spool_that_finalizes(tmp_path,
+                                                                                   recovery):
+    archive = tmp_path / "a.npz"
+    np.savez(archive, old=np.arange(10))
+    data = frames(320, seed=1)  # 20 MiB
+    m = start_daemon(archive, tmp_path / "mnt", "-o", "compress", "-o", "frame=adc*:<i2:256x128")
+    try:
+        with open(m.path("adc.npy"), "wb") as f:
+            f.write(data.tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        # Some chunks are recorded (every 4th), the others are still being deflated.
+        wait_for(lambda: shadow_chunks(archive) >= 4, "background deflate")
+        m.kill()  # SIGKILL, most likely in the middle of a chunk
+        killed_at = shadow_chunks(archive)
+    finally:
+        m.kill()
+    assert killed_at < 20, "the background work had finished: nothing was interrupted"
+    assert spool_of(archive).exists()
+    if recovery == "remount":
+        with mounted(archive, tmp_path / "mnt", "-o", "compress") as again:
+            np.testing.assert_array_equal(np.load(again.path("adc.npy")), data)
+            assert again.unmount() == 0, again.log()
+        assert "deflated in the background are copied" in again.log()
+    else:
+        r = subprocess.run([NPZ_BIN, "recover", str(archive), "--compress"], capture_output=True,
+                           text=True)
+        assert r.returncode == 0, r.stderr
+        assert f"adc.npy: {killed_at} chunk(s) deflated in the background are copied" in r.stderr
+    check_member(archive, data)
+    with np.load(archive) as z:
+        np.testing.assert_array_equal(z["old"], np.arange(10))
