@@ -237,6 +237,45 @@ TEST(Spool, FinalizeAppendsToANumpyArchiveAndKeepsItsMembers) {
   EXPECT_EQ(out, "ok\n");
 }
 
+TEST(Spool, AFinalizeRetriedAfterItsMembersReachedTheArchiveOnlyRemovesTheSpool) {
+  TempDir t;
+  const std::string archive = t.Join("run.npz");
+  const std::string dir = DefaultSpoolDir(archive);
+  {
+    auto spool = Spool::Open(dir);
+    ASSERT_TRUE(spool.ok());
+    auto adc = (*spool)->Create("adc.npy", U16Layout());
+    ASSERT_TRUE(adc.ok());
+    ASSERT_TRUE(Record(**adc, 0, U16Frames(0, 9)).ok());
+  }
+  // A finalize that died after the archive was durable, before the spool was removed:
+  // the spool is back (as after a crash) and the member is already in the archive.
+  fs::copy(dir, t.Join("spool-copy"), fs::copy_options::recursive);
+  {
+    auto spool = Spool::Open(dir);
+    ASSERT_TRUE(spool.ok());
+    ASSERT_TRUE((*spool)->Finalize(archive, {}).ok());
+  }
+  fs::rename(t.Join("spool-copy"), dir);
+  const std::string before = ReadFileOrDie(archive);
+  Logged log;
+  auto spool = Spool::Open(dir, log.fn());
+  ASSERT_TRUE(spool.ok());
+  ASSERT_TRUE((*spool)->Finalize(archive, {}).ok());
+  EXPECT_TRUE(log.Contains("member adc.npy is already there with the same bytes"));
+  EXPECT_EQ(ReadFileOrDie(archive), before);
+  EXPECT_FALSE(fs::exists(dir));
+  // Different bytes under the same name are still refused.
+  {
+    auto again = Spool::Open(dir);
+    ASSERT_TRUE(again.ok());
+    auto adc = (*again)->Create("adc.npy", U16Layout());
+    ASSERT_TRUE(adc.ok());
+    ASSERT_TRUE(Record(**adc, 0, U16Frames(1, 9)).ok());
+    EXPECT_EQ((*again)->Finalize(archive, {}).code(), EEXIST);
+  }
+}
+
 TEST(Spool, AFailedFinalizeLeavesTheSpoolIntactAndCanBeRetried) {
   TempDir t;
   const std::string dir = t.Join("spool");

@@ -266,6 +266,7 @@ struct FrameSource {
   uint64_t size = 0;
   ReadExactFn read_exact;
   std::shared_ptr<Archive> archive;  // null for a plain .npy
+  size_t member = 0;                 // in `archive`
   UniqueFd fd;                       // the plain .npy's
 };
 
@@ -322,6 +323,7 @@ Result<FrameSource> OpenFrameSource(const std::string& spec) {
   }
   NPZ_ASSIGN_OR_RETURN(src.archive, Archive::Open(path, ToolArchiveOptions()));
   NPZ_ASSIGN_OR_RETURN(size_t index, FindFramesMember(*src.archive, path, key));
+  src.member = index;
   const ArchiveMember& m = src.archive->members()[index];
   src.name = path + ": member " + m.path;
   if (m.open_errno != 0) {
@@ -417,9 +419,12 @@ int RunFrames(const std::vector<std::string>& raw_args) {
   if (s.ok()) s = WriteFrames(*src, *parsed, *start, *stop, raw, to_stdout ? "" : *output);
   if (!s.ok()) return ReportError(s);
   if (src->archive) {
-    // Keep what the reads taught the index for the next run; a read-only directory is not
-    // an error for a read command.
-    Status saved = src->archive->SaveIndex();
+    // Keep what the reads taught the index for the next run: checkpoints up to the last
+    // frame (reads ahead of the checkpoints do not learn them); a read-only directory is
+    // not an error for a read command.
+    const uint64_t end = parsed->length + *stop * parsed->header.frame_bytes();
+    Status saved = src->archive->IndexUpTo(src->member, end);
+    if (saved.ok()) saved = src->archive->SaveIndex();
     if (!saved.ok()) {
       std::fprintf(stderr, "npz: warning: index not saved: %s\n", saved.message().c_str());
     }

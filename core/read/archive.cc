@@ -201,6 +201,9 @@ Archive::~Archive() {
   for (const auto& stored : stored_) {
     if (stored != nullptr) stored->Cancel();
   }
+  for (const auto& deflated : deflated_) {
+    if (deflated != nullptr) deflated->Cancel();
+  }
 }
 
 Result<std::shared_ptr<Archive>> Archive::Open(const std::string& path, ArchiveOptions options) {
@@ -286,6 +289,11 @@ uint64_t Archive::first_pass_spans(size_t i) const {
   return deflated_[i]->first_pass_spans();
 }
 
+uint64_t Archive::fast_chunks(size_t i) const {
+  if (i >= members_.size() || deflated_[i] == nullptr) return 0;
+  return deflated_[i]->fast_chunks();
+}
+
 uint64_t Archive::verify_bytes(size_t i) const {
   if (i >= members_.size() || stored_[i] == nullptr) return 0;
   return stored_[i]->check_bytes();
@@ -295,6 +303,12 @@ Status Archive::BuildIndex(size_t i, const std::function<void(uint64_t, uint64_t
   NPZ_RETURN_IF_ERROR(CheckMember(i));
   if (deflated_[i] == nullptr) return Status::Ok();
   return deflated_[i]->BuildIndex(progress);
+}
+
+Status Archive::IndexUpTo(size_t i, uint64_t offset) {
+  NPZ_RETURN_IF_ERROR(CheckMember(i));
+  if (deflated_[i] == nullptr) return Status::Ok();
+  return deflated_[i]->IndexUpTo(offset);
 }
 
 ArchiveStats Archive::stats() const {

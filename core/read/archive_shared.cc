@@ -2,7 +2,16 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
+
 namespace npzfs {
+namespace {
+
+// Fast-path resume points get an eighth of the cache budget, and at least room for a few
+// dozen (an ISA-L snapshot is ~54 KiB).
+constexpr uint64_t kMinSnapshotBytes = 4 << 20;
+
+}  // namespace
 
 ArchiveShared::ArchiveShared(UniqueFd fd_in, std::string path_in, const struct stat& st,
                              const ArchiveOptions& options)
@@ -11,9 +20,11 @@ ArchiveShared::ArchiveShared(UniqueFd fd_in, std::string path_in, const struct s
       size(static_cast<uint64_t>(st.st_size)),
       mtime_ns(MtimeNs(st)),
       verify(options.verify),
+      background_index(options.background_index),
       cache(options.cache_bytes),
       pool(options.max_parked_streams),
       fast_pool(options.max_parked_streams),
+      snapshots(std::max<uint64_t>(options.cache_bytes / 8, kMinSnapshotBytes)),
       log(options.log) {}
 
 Status ArchiveShared::CheckUnchanged() {

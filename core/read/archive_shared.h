@@ -21,6 +21,7 @@
 
 #include "core/read/decode_stream.h"
 #include "core/read/inflate_index.h"
+#include "core/read/snapshot_store.h"
 #include "core/read/span_cache.h"
 #include "core/read/stream_pool.h"
 #include "npzfs/archive.h"
@@ -48,9 +49,11 @@ struct ArchiveShared {
   const uint64_t size;     // st_size at Open
   const int64_t mtime_ns;  // st_mtim at Open, in nanoseconds
   const VerifyMode verify;
+  const bool background_index;
   SpanCache cache;
   StreamPool<InflateStream> pool;      // zlib streams: first passes, spans inside blocks
   StreamPool<DecodeStream> fast_pool;  // fast-engine streams: spans from block starts
+  SnapshotStore snapshots;             // fast-path resume points (an eighth of the cache)
   const std::function<void(const std::string&)> log;
 
  private:

@@ -53,7 +53,7 @@ Status DecodeStream::Restore(const Checkpoint& cp, std::optional<uint32_t> crc_b
 }
 
 Status DecodeStream::Restore(const Snapshot& snap) {
-  NPZ_ASSIGN_OR_RETURN(engine_, snap.engine->Clone());
+  NPZ_RETURN_IF_ERROR(engine_->Restore(*snap.state));
   in_off_ = in_avail_ = 0;
   in_next_ = snap.in;
   out_pos_ = snap.out;
@@ -64,7 +64,8 @@ Status DecodeStream::Restore(const Snapshot& snap) {
 
 Result<DecodeStream::Snapshot> DecodeStream::TakeSnapshot() const {
   Snapshot snap;
-  NPZ_ASSIGN_OR_RETURN(snap.engine, engine_->Clone());
+  NPZ_ASSIGN_OR_RETURN(std::unique_ptr<InflateEngine::State> state, engine_->Save());
+  snap.state = std::move(state);
   snap.in = in_next_ - in_avail_;
   snap.out = out_pos_;
   snap.crc = crc_;

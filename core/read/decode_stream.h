@@ -5,8 +5,9 @@
 // its start is known, so a stream that reaches the end can check the member's CRC-32.
 //
 // Ownership: a DecodeStream owns its engine and input buffer; it reads with pread from the
-// caller's fd (DeflateSource), which must stay open while it lives. A Snapshot owns a copy
-// of an engine. Threads: one thread at a time per stream (a StreamPool hands it out).
+// caller's fd (DeflateSource), which must stay open while it lives. A Snapshot shares a
+// saved engine state (immutable). Threads: one thread at a time per stream (a StreamPool hands it
+// out).
 #pragma once
 
 #include <cstddef>
@@ -22,13 +23,14 @@ namespace npzfs {
 
 class DecodeStream {
  public:
-  // A resume point inside the stream, in memory only (an engine copy: ISA-L ~87 KiB, zlib
-  // ~40 KiB).
+  // A resume point inside the stream, in memory only (a saved engine state: ISA-L ~54 KiB,
+  // zlib ~40 KiB), for a stream with the same kind of engine.
   struct Snapshot {
-    std::unique_ptr<InflateEngine> engine;
+    std::shared_ptr<const InflateEngine::State> state;
     uint64_t in = 0;              // offset of the next compressed byte to feed
     uint64_t out = 0;             // offset of the next byte the engine produces
     std::optional<uint32_t> crc;  // CRC-32 of bytes [0, out) when known
+    size_t memory() const { return state->memory() + 64; }
   };
 
   // A stream with the fast engine, or with `engine` (tests compare the engines). ENOMEM.
@@ -40,7 +42,8 @@ class DecodeStream {
   // if known. Errors: EIO a corrupt window or a failed pread; EINVAL a checkpoint inside a
   // block (only InflateStream resumes there).
   Status Restore(const Checkpoint& cp, std::optional<uint32_t> crc_before);
-  // Starts at a copy of `snap`. Errors: ENOMEM.
+  // Starts at `snap` (taken from a stream with the same kind of engine). Errors: ENOMEM,
+  // EINVAL a snapshot of another engine.
   Status Restore(const Snapshot& snap);
 
   // Writes up to `n` bytes to `out` (short only at the end of the stream). Errors: EIO

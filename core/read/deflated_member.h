@@ -1,9 +1,53 @@
 // The shared state of one deflated member (checkpoint index, first-pass frontier, CRC
-// verdict), behind all its readers. Used by Archive (core/read/archive.cc); the FUSE daemon
-// and the npz tool need only the MemberReader interface in npzfs/member_reader.h.
+// verdict, fast-path resume points), behind all its readers. Used by Archive
+// (core/read/archive.cc); the FUSE daemon and the npz tool need only the MemberReader
+// interface in npzfs/member_reader.h. Checkpoints and sparse windows: core/read/
+// inflate_index.cc. Engines: core/read/inflate_engine.h.
+//
+// Three ways to a byte at offset `pos`:
+//   1. Known span: pos is before the last checkpoint (or the index is complete). The span is
+//      decoded from its checkpoint with the fast engine (ISA-L; zlib for a checkpoint inside
+//      a block), its CRC-32 checked, cached. A sequential reader gets the next spans decoded
+//      ahead on the DecodePool, as many as a quarter of the cache holds; the spans one
+//      request touches are decoded side by side.
+//   2. First pass, synchronously: pos is in the first span and no checkpoint is known yet.
+//      The reader runs the zlib first pass itself (it finds block boundaries, windows, span
+//      CRCs) for that one span: a header read needs nothing more.
+//   3. Fast path: pos is beyond the checkpoints. Finding checkpoints costs zlib with Z_BLOCK,
+//      two extra inflates per sparse window and CRCs: ~1.7x the work of a bare ISA-L inflate.
+//      So the reader does not wait for it: a fast-engine stream (DecodeStream) decodes the
+//      member in fixed chunks of kFastChunk bytes, cached under their own keys, while the
+//      indexer (the zlib first pass, run on the DecodePool one span per task) learns the
+//      checkpoints behind it on the other core. The fast stream starts at the best resume
+//      point before pos: a parked fast stream, the last checkpoint at a block start, or a
+//      snapshot (a saved engine state, taken every kSnapshotEvery bytes the fast stream
+//      passes, kept in the archive's SnapshotStore: bounded, dropped once checkpoints cover
+//      them). A sequential reader gets the next chunk decoded ahead. The fast stream carries
+//      the CRC-32 of everything before it (from the span CRCs of the checkpoint it started
+//      at), so a reader that reaches the end checks the member's CRC-32 (EIO on a mismatch).
+// Rejected: caching fast-path output under span keys (the spans are not known yet, and
+// re-keying a chunk once they are costs a copy); ISA-L alone (it cannot stop at block ends:
+// finding boundaries with it means 8-byte inputs, 29 MB/s); the reader running the zlib
+// first pass itself (0.6-0.8x zlib's bare speed, measured before this design).
+//
+// Saved checkpoints are distrusted on failure: a span that fails against checkpoints from
+// the sidecar (CRC, window, deflate data) drops them all (generation changes, so nothing
+// cached under the old ones is found again) and a first pass rebuilds them; only if the
+// data itself is bad is the member corrupt (EIO for every later read).
+//
+// Locks (in this order; never the other way round):
+//   frontier_mu_  held by the one thread extending the first pass, *while inflating*: the
+//                 first pass is sequential by nature.
+//   index_mu_     guards checkpoints_, prefix_crcs_, complete_, corrupt_, generation_,
+//                 from_sidecar_ and versions; held only for short copies, never while
+//                 inflating or doing I/O.
+//   indexer_mu_   guards the indexer's run state; a leaf, never held while calling out.
+//   SpanCache, SnapshotStore and StreamPool locks are leaves taken by their own methods.
+// Decoding a known span or a fast chunk holds no lock at all while inflating.
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -15,28 +59,20 @@
 #include <vector>
 
 #include "core/read/archive_shared.h"
+#include "core/read/decode_stream.h"
 #include "core/read/inflate_index.h"
 #include "core/read/span_cache.h"
-#include "npzfs/file_util.h"
 #include "npzfs/member_reader.h"
 #include "npzfs/status.h"
 #include "npzfs/zip_directory.h"
 
 namespace npzfs {
 
-// The state of one deflated member, shared by all its readers: the checkpoint index, the
-// first-pass frontier, the CRC verdict. See core/read/inflate_index.cc for the design.
-//
-// Locks (in this order; never the other way round):
-//   frontier_mu_  held by the one thread extending the first pass, *while inflating*: the
-//                 first pass is sequential by nature, and a thread that needs an offset
-//                 beyond it must wait for it anyway.
-//   index_mu_     guards checkpoints_, complete_, corrupt_, CRC and version; held only for
-//                 short copies, never while inflating or doing I/O.
-//   SpanCache::mu_ and StreamPool::mu_ are leaves taken by their own methods.
-// Producing a known span from a checkpoint holds no lock at all while inflating.
 class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
  public:
+  static constexpr uint64_t kFastChunk = 256 << 10;
+  static constexpr uint64_t kSnapshotEvery = 1 << 20;  // a multiple of kFastChunk
+
   // `spacing` is clamped to [kMinSpacing, kMaxSpacing].
   DeflatedMember(std::shared_ptr<ArchiveShared> shared, uint64_t id, std::string member_path,
                  const ZipEntry& entry, uint64_t spacing);
@@ -45,11 +81,18 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   Result<size_t> ReadAt(uint64_t offset, std::span<std::byte> dest);
   // Runs the first pass to the end (without filling the cache).
   Status BuildIndex(const std::function<void(uint64_t, uint64_t)>& progress);
+  // Runs the first pass until a checkpoint is at or past `offset` (or the index is complete).
+  Status IndexUpTo(uint64_t offset);
+  // Stops the background indexer after its current span and waits for it (the Archive goes
+  // away); a later read starts it again if it is needed.
+  void Cancel();
 
   bool complete() const;
   size_t checkpoint_count() const;
   uint64_t index_bytes() const;
+  // Test hooks: spans the first pass produced, chunks the fast path produced.
   uint64_t first_pass_spans() const { return first_pass_spans_.load(); }
+  uint64_t fast_chunks() const { return fast_chunks_.load(); }
 
   // Sidecar support. Snapshot returns the checkpoints worth saving (all of them when
   // complete; else those up to the frontier) and the version they correspond to.
@@ -72,16 +115,38 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
     SpanPtr span;
     uint64_t start = 0;
   };
+  // Where pos is, at one moment.
+  struct Where {
+    size_t k = 0;  // span (checkpoint) holding pos, or the last checkpoint
+    bool known = false;
+    uint64_t start = 0;
+    uint64_t generation = 0;
+  };
   // One span of the first pass: its bytes, and where the next span starts (none at the end).
   struct NewSpan {
     SpanBuffer buf;
     size_t len = 0;
     std::optional<Checkpoint> next;
   };
-  Result<SpanRef> SpanAt(uint64_t pos);
+
+  // deflated_member.cc: reads, known spans, read-ahead, failures.
+  // `ahead`: how many spans (or one chunk, on the fast path) to decode ahead of pos.
+  Result<SpanRef> SpanAt(uint64_t pos, size_t ahead);
+  Result<Where> Locate(uint64_t pos) const;
+  Result<SpanRef> KnownSpan(const Where& w, size_t ahead);
   Result<SpanPtr> ProduceKnownSpan(size_t k, uint64_t generation);
-  // Decodes `len` bytes from checkpoint `cp` (a parked stream continues when one is there).
   Result<size_t> DecodeSpan(const Checkpoint& cp, std::byte* out, size_t len);
+  void PrefetchSpans(const Where& w, size_t count);
+  size_t SpansBefore(const Where& w, uint64_t end) const;  // known spans after w.k before end
+  Status FailOrDistrust(uint64_t generation, const Status& failure);
+  // Drops checkpoints from the sidecar (if still those of `generation`): EAGAIN (look up
+  // again), or `failure` when they were not from the sidecar.
+  Status Distrust(uint64_t generation, const Status& failure);
+  Status Bad(const std::string& why) const;  // EIO naming the member, nothing marked
+  Status Corrupt(const std::string& why);    // marks the member corrupt, logs, returns EIO
+  Status MarkCorrupt(Status s);              // the same with a complete message
+
+  // first_pass.cc: the zlib first pass and the background indexer.
   // Extends the first pass until the span holding `target` exists (target == UINT64_MAX:
   // to the end). Returns nullopt when another thread got there first (retry the lookup).
   Result<std::optional<SpanRef>> AdvanceFrontier(
@@ -92,17 +157,22 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   Result<NewSpan> InflateSpan(InflateStream& stream, const Checkpoint& cp);
   Status MakeWindow(InflateStream& stream, NewSpan& span);
   Result<SpanPtr> PublishSpan(size_t k, uint64_t start, NewSpan span, bool fill_cache);
-  Result<std::unique_ptr<InflateStream>> StreamAt(const Checkpoint& cp, bool track_blocks);
-  // A span decoded from saved checkpoints failed: drop them (if still those of `generation`)
-  // and let a first pass rebuild them from the data. Returns EAGAIN (look up again), or
-  // `failure` when the checkpoints were not from the sidecar (then the data is bad).
-  Status Distrust(uint64_t generation, const Status& failure);
-  // The first pass failed with `s` (frontier_mu_ held by `frontier`, released here): a
-  // distrusted sidecar (EAGAIN), or a corrupt member.
+  // The first pass failed with `s` (frontier_mu_ held by `frontier`, released here).
   Status FirstPassFailed(std::unique_lock<std::mutex>& frontier, Status s);
-  Status Bad(const std::string& why) const;  // EIO naming the member, nothing marked
-  Status Corrupt(const std::string& why);    // marks the member corrupt, logs, returns EIO
-  Status MarkCorrupt(Status s);              // the same with a complete message
+  Result<std::unique_ptr<InflateStream>> StreamAt(const Checkpoint& cp, bool track_blocks);
+  void StartIndexer();
+  static void IndexerStep(std::weak_ptr<DeflatedMember> weak);
+  void RunIndexerStep();
+
+  // fast_path.cc: chunks decoded ahead of the checkpoints.
+  Result<SpanRef> FastChunkAt(uint64_t pos, uint64_t generation, bool sequential);
+  Result<SpanPtr> ProduceFastChunk(uint64_t chunk, uint64_t generation);
+  Result<std::unique_ptr<DecodeStream>> FastStreamAt(uint64_t pos, uint64_t generation);
+  Status SkipTo(DecodeStream& stream, uint64_t pos);
+  void MaybeSnapshot(const DecodeStream& stream);
+  // At the member's end: the stream ends here, and its CRC-32 is the directory's.
+  Status CheckFastEnd(DecodeStream& stream);
+  SpanKey FastKey(uint64_t chunk, uint64_t generation) const;
 
   const std::shared_ptr<ArchiveShared> shared_;
   const uint64_t id_;
@@ -114,14 +184,24 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   std::mutex frontier_mu_;
   mutable std::mutex index_mu_;
   std::vector<Checkpoint> checkpoints_;  // checkpoints_[0] is the start of the data
+  std::vector<uint32_t> prefix_crcs_;    // CRC-32 of [0, checkpoints_[k].out)
   bool complete_ = false;                // every span known, whole CRC checked
-  uint32_t crc_so_far_ = 0;              // CRC-32 of the spans before the frontier
   Status corrupt_;                       // non-ok once corrupt: every read fails
   uint64_t generation_ = 0;              // bumped when checkpoints_ is replaced
   bool from_sidecar_ = false;            // checkpoints_ came from the sidecar
   uint64_t version_ = 0;                 // bumped when checkpoints are learned
   uint64_t saved_version_ = 0;
+
+  std::mutex indexer_mu_;
+  std::condition_variable indexer_cv_;  // signalled when a step ends
+  bool indexer_running_ = false;        // a step is queued or running
+  bool indexer_step_running_ = false;
+  bool cancel_ = false;
+
+  std::atomic<uint64_t> next_sequential_{0};  // where a sequential reader reads next
+  std::atomic<uint64_t> sequential_run_{0};   // bytes read in order up to there
   std::atomic<uint64_t> first_pass_spans_{0};
+  std::atomic<uint64_t> fast_chunks_{0};
 };
 
 // A reader handle of a deflated member.

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstddef>
 #include <cstring>
 #include <string>
 
@@ -62,17 +63,40 @@ class ZlibEngine final : public InflateEngine {
     return step;
   }
 
-  Result<std::unique_ptr<InflateEngine>> Clone() const override {
-    auto e = std::make_unique<ZlibEngine>();
-    if (inflateCopy(e->s_.get(), s_.get()) != Z_OK) {
+  class ZlibState final : public State {
+   public:
+    ZlibState() : s(std::make_unique<z_stream>()) { *s = z_stream{}; }
+    ~ZlibState() override {
+      if (ok) inflateEnd(s.get());
+    }
+    // inflate_state (about 7 KiB with its decode tables) plus the 32 KiB window.
+    size_t memory() const override { return 40 << 10; }
+    std::unique_ptr<z_stream> s;
+    bool ok = false;
+  };
+
+  Result<std::unique_ptr<State>> Save() const override {
+    auto state = std::make_unique<ZlibState>();
+    if (inflateCopy(state->s.get(), s_.get()) != Z_OK) {
       return Status::Error(ENOMEM, "inflateCopy failed");
     }
-    e->ok_ = true;
-    return std::unique_ptr<InflateEngine>(std::move(e));
+    state->ok = true;
+    return std::unique_ptr<State>(std::move(state));
   }
 
-  // inflate_state (about 7 KiB with its decode tables) plus the 32 KiB window.
-  size_t memory() const override { return 40 << 10; }
+  Status Restore(const State& state) override {
+    const auto* z = dynamic_cast<const ZlibState*>(&state);
+    if (z == nullptr) return Status::Error(EINVAL, "not a zlib decoder state");
+    if (ok_) inflateEnd(s_.get());
+    ok_ = false;
+    *s_ = z_stream{};
+    if (inflateCopy(s_.get(), z->s.get()) != Z_OK) {
+      return Status::Error(ENOMEM, "inflateCopy failed");
+    }
+    ok_ = true;
+    return Status::Ok();
+  }
+
   const char* name() const override { return "zlib"; }
 
  private:
@@ -121,15 +145,37 @@ class IsalEngine final : public InflateEngine {
     return step;
   }
 
-  Result<std::unique_ptr<InflateEngine>> Clone() const override {
-    auto e = std::make_unique<IsalEngine>();
-    std::memcpy(e->s_.get(), s_.get(), sizeof(inflate_state));  // a plain struct
-    e->s_->next_in = nullptr;
-    e->s_->next_out = nullptr;
-    return std::unique_ptr<InflateEngine>(std::move(e));
+  // Everything before the history buffer, then the valid part of it: the struct holds no
+  // pointers but next_in/next_out, which a restore points anew.
+  class IsalState final : public State {
+   public:
+    size_t memory() const override { return bytes.size(); }
+    std::string bytes;
+  };
+  static constexpr size_t kHead = offsetof(inflate_state, tmp_out_buffer);
+
+  Result<std::unique_ptr<State>> Save() const override {
+    auto state = std::make_unique<IsalState>();
+    const size_t valid = static_cast<size_t>(std::max(0, s_->tmp_out_valid));
+    state->bytes.resize(kHead + valid);
+    std::memcpy(state->bytes.data(), s_.get(), kHead);
+    std::memcpy(state->bytes.data() + kHead, s_->tmp_out_buffer, valid);
+    return std::unique_ptr<State>(std::move(state));
   }
 
-  size_t memory() const override { return sizeof(inflate_state); }
+  Status Restore(const State& state) override {
+    const auto* saved = dynamic_cast<const IsalState*>(&state);
+    if (saved == nullptr || saved->bytes.size() < kHead ||
+        saved->bytes.size() - kHead > sizeof(s_->tmp_out_buffer)) {
+      return Status::Error(EINVAL, "not an ISA-L decoder state");
+    }
+    std::memcpy(s_.get(), saved->bytes.data(), kHead);
+    std::memcpy(s_->tmp_out_buffer, saved->bytes.data() + kHead, saved->bytes.size() - kHead);
+    s_->next_in = nullptr;
+    s_->next_out = nullptr;
+    return Status::Ok();
+  }
+
   const char* name() const override { return "isa-l"; }
 
  private:

@@ -9,9 +9,10 @@
 // is missing, and as the reference the tests compare with.
 //
 // What an engine does: start at a block boundary (the unused bits of the byte before the
-// next input, and the sparse window as dictionary), decode input into output, and copy its
-// whole state (a snapshot to resume from later, in memory only: ISA-L's state is a plain
-// struct, zlib's is copied with inflateCopy).
+// next input, and the sparse window as dictionary), decode input into output, and save its
+// state to resume from later (in memory only). ISA-L's state is a plain struct: a save is
+// its fields up to the history buffer plus the valid part of that buffer (~54 KiB); zlib's
+// is copied with inflateCopy (~40 KiB).
 //
 // Ownership: an engine owns its decoder state (RAII). Threads: one thread at a time per
 // engine; different engines are independent.
@@ -44,12 +45,18 @@ class InflateEngine {
   // Errors: EIO corrupt deflate data (the message says what; the caller adds the member).
   virtual Result<Step> Inflate(std::span<const std::byte> in, std::span<std::byte> out) = 0;
 
-  // A copy of the decoder's whole state; resuming it means feeding the input from where
-  // this engine's input stopped. Errors: ENOMEM.
-  virtual Result<std::unique_ptr<InflateEngine>> Clone() const = 0;
+  // A saved decoder state, in memory only: restoring it into an engine of the same kind
+  // resumes decoding, given the input from where this engine's input stopped.
+  class State {
+   public:
+    virtual ~State() = default;
+    virtual size_t memory() const = 0;  // bytes held, for bounding how many are kept
+  };
+  // Errors: ENOMEM.
+  virtual Result<std::unique_ptr<State>> Save() const = 0;
+  // Errors: EINVAL a state from another kind of engine; ENOMEM.
+  virtual Status Restore(const State& state) = 0;
 
-  // Bytes of memory the state holds (for bounding snapshots).
-  virtual size_t memory() const = 0;
   virtual const char* name() const = 0;  // "isa-l" or "zlib"
 };
 

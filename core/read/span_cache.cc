@@ -64,6 +64,12 @@ Result<SpanPtr> SpanCache::GetOrProduce(const SpanKey& key,
   }
   // No lock held while producing (inflating).
   Result<SpanPtr> result = produce();
+  Complete(key, flight, result);
+  return result;
+}
+
+void SpanCache::Complete(const SpanKey& key, const std::shared_ptr<InFlight>& flight,
+                         const Result<SpanPtr>& result) {
   std::vector<SpanPtr> dropped;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -73,7 +79,19 @@ Result<SpanPtr> SpanCache::GetOrProduce(const SpanKey& key,
     in_flight_.erase(key);
   }
   produced_.notify_all();
-  return result;
+}
+
+void SpanCache::Prefetch(const SpanKey& key, std::function<Result<SpanPtr>()> produce,
+                         ThreadPool& pool) {
+  auto flight = std::make_shared<InFlight>();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (map_.count(key) > 0 || in_flight_.count(key) > 0) return;
+    ++misses_;  // a production, like a miss of GetOrProduce
+    in_flight_.emplace(key, flight);
+  }
+  pool.Submit(
+      [this, key, flight, produce = std::move(produce)] { Complete(key, flight, produce()); });
 }
 
 uint64_t SpanCache::bytes() const {

@@ -23,6 +23,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/base/thread_pool.h"
 #include "npzfs/status.h"
 
 namespace npzfs {
@@ -72,6 +73,12 @@ class SpanCache {
   // returned to this caller and to every waiter; the next call tries again.
   Result<SpanPtr> GetOrProduce(const SpanKey& key, const std::function<Result<SpanPtr>()>& produce);
 
+  // Starts producing `key` on `pool` unless it is cached or already in flight, and returns
+  // at once; GetOrProduce calls for it meanwhile wait for that production. `produce` must
+  // keep alive whatever owns this cache (the task outlives the call).
+  void Prefetch(const SpanKey& key, std::function<Result<SpanPtr>()> produce, ThreadPool& pool);
+
+  uint64_t budget() const { return budget_; }
   uint64_t bytes() const;  // memory of the cached spans
   size_t count() const;    // number of cached spans
   // GetOrProduce calls answered without producing (cached, or produced by another caller
@@ -96,6 +103,9 @@ class SpanCache {
   };
   // Requires mu_. Moves evicted spans to `dropped` so they are freed after unlocking.
   void InsertLocked(const SpanKey& key, SpanPtr span, std::vector<SpanPtr>* dropped);
+  // Caches the result of an in-flight production and wakes its waiters.
+  void Complete(const SpanKey& key, const std::shared_ptr<InFlight>& flight,
+                const Result<SpanPtr>& result);
 
   const uint64_t budget_;
   mutable std::mutex mu_;

@@ -2,12 +2,13 @@
 // archive members by one atomic AppendToArchive at finalize.
 //
 // Finalize order is what makes it safe: (1) snapshot every member (header with the final
-// count + a file range of its complete frames); (2) AppendToArchive writes a temp archive,
-// fsyncs it, renames it over the archive and fsyncs the directory; (3) only then are the
-// spool files unlinked and the directory removed. A crash or error before (2) completes
-// leaves the old archive and the whole spool; a crash during (3) leaves a durable archive
-// plus leftovers that a later recovery would refuse with EEXIST (the names are already in
-// the archive) rather than add twice.
+// count + a file range of its complete frames, and the chunks the background deflater has
+// done); (2) AppendToArchive adds them in place under its undo journal (or by copy and
+// rename) and returns once the archive is durable; (3) only then are the spool files
+// unlinked and the directory removed. A crash or error before (2) completes leaves the old
+// archive (recovered from the journal) and the whole spool; a crash during (3) leaves a
+// durable archive plus leftovers, and the next finalize finds those members already in the
+// archive with the same size and CRC-32 (skip_identical_existing): it only removes them.
 #include "core/write/spool.h"
 
 #include <dirent.h>
@@ -293,6 +294,7 @@ Status Spool::Finalize(const std::string& archive_path, const WriteOptions& opti
         std::to_string(total_bytes) + " bytes");
     WriteOptions retry_safe = options;
     retry_safe.skip_identical_existing = true;  // a finalize that died after adding them
+    if (!retry_safe.log) retry_safe.log = log_;
     Status st = AppendToArchive(archive_path, news, retry_safe);
     if (!st.ok()) {
       // Keep what was deflated for a later finalize.
@@ -328,6 +330,9 @@ Status Spool::RemoveSpoolFiles(const std::string& archive_path) {
     cleanup_errors += "; " + lock_path + ": unlink: " + std::strerror(errno);
   }
   lock_fd_.Reset();
+  // No fsync of the parent directory: should a crash bring the spool back, the next
+  // finalize finds its members already in the archive with the same bytes
+  // (skip_identical_existing) and only removes the spool again.
   if (::rmdir(dir_.c_str()) != 0) {
     if (errno == ENOTEMPTY || errno == EEXIST) {
       // Only files that are not members are left (someone else's dotfiles): harmless.
@@ -335,9 +340,6 @@ Status Spool::RemoveSpoolFiles(const std::string& archive_path) {
     } else {
       cleanup_errors += "; " + dir_ + ": rmdir: " + std::strerror(errno);
     }
-  } else {
-    Status st = FsyncParentDir(dir_);
-    if (!st.ok()) cleanup_errors += "; " + st.message();
   }
   if (!cleanup_errors.empty()) {
     Status st = Status::Error(EIO, archive_path +

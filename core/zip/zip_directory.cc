@@ -222,14 +222,10 @@ int64_t DosDateTimeToUnix(uint16_t dos_date, uint16_t dos_time) {
   return static_cast<int64_t>(mktime(&tm));
 }
 
-Result<ZipDirectory> ReadZipDirectory(int fd, const std::string& path) {
-  ZipDirectory dir;
-  NPZ_ASSIGN_OR_RETURN(dir.archive_size, FileSize(fd, path));
-  NPZ_ASSIGN_OR_RETURN(EndInfo end, FindEnd(fd, path, dir.archive_size));
-  dir.comment = std::move(end.comment);
-  dir.cd_offset = end.cd_offset;
-  dir.cd_size = end.cd_size;
+namespace {
 
+// The end record's claims, checked against each other before anything is allocated.
+Status CheckDirectoryBounds(const EndInfo& end, const std::string& path) {
   if (end.cd_offset > end.records_start || end.cd_size > end.records_start - end.cd_offset) {
     return Invalid(path, "central directory [" + std::to_string(end.cd_offset) + ", +" +
                              std::to_string(end.cd_size) + ") runs past its end record at " +
@@ -246,6 +242,127 @@ Result<ZipDirectory> ReadZipDirectory(int fd, const std::string& path) {
                              " entries but the central directory holds at most " +
                              std::to_string(end.cd_size / kCentralMinSize));
   }
+  return Status::Ok();
+}
+
+// Walks the central directory records one by one.
+class CentralRecordParser {
+ public:
+  CentralRecordParser(int fd, const std::string& path, const EndInfo& end,
+                      const std::string& cd_bytes)
+      : fd_(fd),
+        path_(path),
+        end_(end),
+        cd_(reinterpret_cast<const unsigned char*>(cd_bytes.data())),
+        cd_len_(cd_bytes.size()) {}
+
+  bool done() const { return pos_ >= cd_len_; }
+
+  // Parses the record at the current position into *e (entry number `index`) and moves on.
+  Status Next(size_t index, ZipEntry* e) {
+    // Messages are built only on error: this runs once per member.
+    auto where = [&] { return path_ + ": central directory entry " + std::to_string(index); };
+    if (cd_len_ - pos_ < kCentralMinSize) {
+      return Status::Error(EINVAL, where() + ": truncated record (" +
+                                       std::to_string(cd_len_ - pos_) + " bytes left)");
+    }
+    const unsigned char* r = cd_ + pos_;
+    if (Le32(r) != kCentralSig) {
+      return Status::Error(
+          EINVAL, where() + ": bad signature at offset " + std::to_string(end_.cd_offset + pos_));
+    }
+    e->version_made_by = Le16(r + 4);
+    e->flags = Le16(r + 8);
+    e->method = Le16(r + 10);
+    e->dos_time = Le16(r + 12);
+    e->dos_date = Le16(r + 14);
+    e->crc32 = Le32(r + 16);
+    e->compressed_size = Le32(r + 20);
+    e->uncompressed_size = Le32(r + 24);
+    const size_t name_len = Le16(r + 28), extra_len = Le16(r + 30), comment_len = Le16(r + 32);
+    const uint16_t disk = Le16(r + 34);
+    e->external_attr = Le32(r + 38);
+    e->local_header_offset = Le32(r + 42);
+    const size_t rec_len = kCentralMinSize + name_len + extra_len + comment_len;
+    if (rec_len > cd_len_ - pos_) {
+      return Status::Error(EINVAL, where() +
+                                       ": name/extra/comment lengths run past the end of "
+                                       "the central directory");
+    }
+    e->name.assign(reinterpret_cast<const char*>(r + kCentralMinSize), name_len);
+    auto named = [&] { return where() + " (" + e->name + ")"; };
+    e->mtime = MtimeOf(e->dos_date, e->dos_time);
+    Status extra = ParseCentralExtra(
+        r + kCentralMinSize + name_len, extra_len, *e, e->uncompressed_size == 0xFFFFFFFFu,
+        e->compressed_size == 0xFFFFFFFFu, e->local_header_offset == 0xFFFFFFFFu);
+    if (!extra.ok()) return extra.WithContext(named());
+    if (disk != 0 && disk != 0xFFFF) {
+      return Status::Error(EINVAL, named() + ": on disk " + std::to_string(disk) +
+                                       " (multi-disk archives are not supported)");
+    }
+    NPZ_RETURN_IF_ERROR(FindData(e, named));
+    pos_ += rec_len;
+    return Status::Ok();
+  }
+
+ private:
+  // mktime is slow (time zone lock); entries written together share their DOS time.
+  int64_t MtimeOf(uint16_t dos_date, uint16_t dos_time) {
+    const uint32_t dos = (static_cast<uint32_t>(dos_date) << 16) | dos_time;
+    if (dos != last_dos_) {
+      last_dos_ = dos;
+      last_mtime_ = DosDateTimeToUnix(dos_date, dos_time);
+    }
+    return last_mtime_;
+  }
+
+  // The local header: where the data really starts, and that it fits the member area.
+  template <typename Named>
+  Status FindData(ZipEntry* e, const Named& named) {
+    if (e->local_header_offset > end_.cd_offset ||
+        end_.cd_offset - e->local_header_offset < kLocalSize) {
+      return Status::Error(EINVAL, named() + ": local header offset " +
+                                       std::to_string(e->local_header_offset) +
+                                       " is beyond the member area (central directory at " +
+                                       std::to_string(end_.cd_offset) + ")");
+    }
+    NPZ_ASSIGN_OR_RETURN(const unsigned char* lh,
+                         local_headers_.At(fd_, path_, e->local_header_offset, end_.cd_offset));
+    if (Le32(lh) != kLocalSig) {
+      return Status::Error(EINVAL, named() + ": bad local header signature at offset " +
+                                       std::to_string(e->local_header_offset));
+    }
+    e->data_offset = e->local_header_offset + kLocalSize + Le16(lh + 26) + Le16(lh + 28);
+    if (e->data_offset > end_.cd_offset || e->compressed_size > end_.cd_offset - e->data_offset) {
+      return Status::Error(EINVAL, named() + ": data [" + std::to_string(e->data_offset) + ", +" +
+                                       std::to_string(e->compressed_size) +
+                                       ") runs beyond the member area (central directory at " +
+                                       std::to_string(end_.cd_offset) + ")");
+    }
+    return Status::Ok();
+  }
+
+  int fd_;
+  const std::string& path_;
+  const EndInfo& end_;
+  const unsigned char* cd_;
+  size_t cd_len_;
+  size_t pos_ = 0;
+  LocalHeaderWindow local_headers_;
+  uint32_t last_dos_ = 0;
+  int64_t last_mtime_ = DosDateTimeToUnix(0, 0);
+};
+
+}  // namespace
+
+Result<ZipDirectory> ReadZipDirectory(int fd, const std::string& path) {
+  ZipDirectory dir;
+  NPZ_ASSIGN_OR_RETURN(dir.archive_size, FileSize(fd, path));
+  NPZ_ASSIGN_OR_RETURN(EndInfo end, FindEnd(fd, path, dir.archive_size));
+  dir.comment = std::move(end.comment);
+  dir.cd_offset = end.cd_offset;
+  dir.cd_size = end.cd_size;
+  NPZ_RETURN_IF_ERROR(CheckDirectoryBounds(end, path));
 
   dir.cd_bytes.resize(end.cd_size);
   NPZ_RETURN_IF_ERROR(
@@ -253,86 +370,12 @@ Result<ZipDirectory> ReadZipDirectory(int fd, const std::string& path) {
   dir.cd_crc32 = static_cast<uint32_t>(
       ::crc32_z(0, reinterpret_cast<const Bytef*>(dir.cd_bytes.data()), dir.cd_bytes.size()));
 
-  const auto* cd = reinterpret_cast<const unsigned char*>(dir.cd_bytes.data());
-  const size_t cd_len = dir.cd_bytes.size();
   dir.entries.reserve(end.entry_count);
-  LocalHeaderWindow local_headers;
-  uint32_t last_dos = 0;
-  int64_t last_mtime = DosDateTimeToUnix(0, 0);
-  size_t pos = 0;
-  while (pos < cd_len) {
-    const size_t index = dir.entries.size();
-    // Messages are built only on error: this loop runs once per member.
-    auto where = [&] { return path + ": central directory entry " + std::to_string(index); };
-    if (cd_len - pos < kCentralMinSize) {
-      return Status::Error(
-          EINVAL, where() + ": truncated record (" + std::to_string(cd_len - pos) + " bytes left)");
-    }
-    const unsigned char* r = cd + pos;
-    if (Le32(r) != kCentralSig) {
-      return Status::Error(
-          EINVAL, where() + ": bad signature at offset " + std::to_string(end.cd_offset + pos));
-    }
+  CentralRecordParser records(fd, path, end, dir.cd_bytes);
+  while (!records.done()) {
     ZipEntry e;
-    e.version_made_by = Le16(r + 4);
-    e.flags = Le16(r + 8);
-    e.method = Le16(r + 10);
-    e.dos_time = Le16(r + 12);
-    e.dos_date = Le16(r + 14);
-    e.crc32 = Le32(r + 16);
-    e.compressed_size = Le32(r + 20);
-    e.uncompressed_size = Le32(r + 24);
-    const size_t name_len = Le16(r + 28), extra_len = Le16(r + 30), comment_len = Le16(r + 32);
-    const uint16_t disk = Le16(r + 34);
-    e.external_attr = Le32(r + 38);
-    e.local_header_offset = Le32(r + 42);
-    const size_t rec_len = kCentralMinSize + name_len + extra_len + comment_len;
-    if (rec_len > cd_len - pos) {
-      return Status::Error(EINVAL, where() +
-                                       ": name/extra/comment lengths run past the end of "
-                                       "the central directory");
-    }
-    e.name.assign(reinterpret_cast<const char*>(r + kCentralMinSize), name_len);
-    auto named = [&] { return where() + " (" + e.name + ")"; };
-    // mktime is slow (time zone lock); entries written together share their DOS time.
-    const uint32_t dos = (static_cast<uint32_t>(e.dos_date) << 16) | e.dos_time;
-    if (dos != last_dos) {
-      last_dos = dos;
-      last_mtime = DosDateTimeToUnix(e.dos_date, e.dos_time);
-    }
-    e.mtime = last_mtime;
-    Status extra = ParseCentralExtra(
-        r + kCentralMinSize + name_len, extra_len, e, e.uncompressed_size == 0xFFFFFFFFu,
-        e.compressed_size == 0xFFFFFFFFu, e.local_header_offset == 0xFFFFFFFFu);
-    if (!extra.ok()) return extra.WithContext(named());
-    if (disk != 0 && disk != 0xFFFF) {
-      return Status::Error(EINVAL, named() + ": on disk " + std::to_string(disk) +
-                                       " (multi-disk archives are not supported)");
-    }
-
-    // The local header: where the data really starts, and that it fits the file.
-    if (e.local_header_offset > end.cd_offset ||
-        end.cd_offset - e.local_header_offset < kLocalSize) {
-      return Status::Error(EINVAL, named() + ": local header offset " +
-                                       std::to_string(e.local_header_offset) +
-                                       " is beyond the member area (central directory at " +
-                                       std::to_string(end.cd_offset) + ")");
-    }
-    NPZ_ASSIGN_OR_RETURN(const unsigned char* lh,
-                         local_headers.At(fd, path, e.local_header_offset, end.cd_offset));
-    if (Le32(lh) != kLocalSig) {
-      return Status::Error(EINVAL, named() + ": bad local header signature at offset " +
-                                       std::to_string(e.local_header_offset));
-    }
-    e.data_offset = e.local_header_offset + kLocalSize + Le16(lh + 26) + Le16(lh + 28);
-    if (e.data_offset > end.cd_offset || e.compressed_size > end.cd_offset - e.data_offset) {
-      return Status::Error(EINVAL, named() + ": data [" + std::to_string(e.data_offset) + ", +" +
-                                       std::to_string(e.compressed_size) +
-                                       ") runs beyond the member area (central directory at " +
-                                       std::to_string(end.cd_offset) + ")");
-    }
+    NPZ_RETURN_IF_ERROR(records.Next(dir.entries.size(), &e));
     dir.entries.push_back(std::move(e));
-    pos += rec_len;
   }
   const uint64_t n = dir.entries.size();
   if (n != end.entry_count && (end.zip64 || n % 65536 != end.entry_count)) {

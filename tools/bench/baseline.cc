@@ -1,4 +1,5 @@
-// bench_baseline: the in-process zlib baselines that tools/bench/bench.py compares npzfs with.
+// bench_baseline: the in-process zlib (and ISA-L) baselines that tools/bench/bench.py compares
+// npzfs with.
 //
 // The benchmark states every target as a ratio to a baseline measured in the same run on the
 // same data. Three of those baselines are "what plain zlib does in one thread, with no filesystem
@@ -14,6 +15,10 @@
 //       RUNS times, times COUNT inflates of one whole span from a random access point
 //       (pread of its compressed bytes + inflatePrime + inflateSetDictionary + inflate to
 //       the next access point). Scenario 4's baseline: "the time to inflate one span".
+//   bench_baseline inflate-isal FILE OFFSET CSIZE
+//       The same loop as `inflate` with ISA-L's isal_inflate (when built with ISA-L): how
+//       fast the engine npzfs uses can go in one thread, so the table shows how close each
+//       path comes to it.
 //   bench_baseline deflate FILE LEVEL
 //       Raw-deflates the whole of FILE at LEVEL (memLevel 8, default strategy, as zipfile
 //       and numpy do) into a discarded buffer. Scenario 10's deflated-finalize baseline.
@@ -29,12 +34,17 @@
 #include <fcntl.h>
 #include <zlib.h>
 
+#ifdef NPZFS_HAVE_ISAL
+#include <isa-l/igzip_lib.h>
+#endif
+
 #include <algorithm>
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -132,6 +142,48 @@ Status RunInflate(const std::string& path, uint64_t offset, uint64_t csize) {
   std::printf("{\"seconds\": %.6f, \"bytes\": %" PRIu64 ", \"compressed\": %" PRIu64 "}\n", seconds,
               produced, csize);
   return Status::Ok();
+}
+
+// The ISA-L baseline: the same pread loop as RunInflate, isal_inflate instead of inflate.
+Status RunInflateIsal(const std::string& path, uint64_t offset, uint64_t csize) {
+#ifdef NPZFS_HAVE_ISAL
+  NPZ_ASSIGN_OR_RETURN(npzfs::UniqueFd fd, npzfs::OpenFile(path, O_RDONLY));
+  std::vector<unsigned char> in(kInChunk);
+  std::vector<unsigned char> out(kOutChunk);
+  auto state = std::make_unique<inflate_state>();
+  isal_inflate_init(state.get());
+  inflate_state* s = state.get();
+  const auto start = Clock::now();
+  uint64_t consumed = 0;
+  uint64_t produced = 0;
+  while (s->block_state != ISAL_BLOCK_FINISH) {
+    if (s->avail_in == 0 && consumed < csize) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(kInChunk, csize - consumed));
+      NPZ_RETURN_IF_ERROR(npzfs::PreadExact(fd.get(), in.data(), n, offset + consumed, path));
+      consumed += n;
+      s->next_in = in.data();
+      s->avail_in = static_cast<uint32_t>(n);
+    }
+    s->next_out = out.data();
+    s->avail_out = static_cast<uint32_t>(out.size());
+    const int ret = isal_inflate(s);
+    if (ret < 0)
+      return Status::Error(EIO, path + ": isal_inflate failed (" + std::to_string(ret) + ")");
+    const size_t got = out.size() - s->avail_out;
+    if (got == 0 && s->avail_in == 0 && consumed == csize && s->block_state != ISAL_BLOCK_FINISH) {
+      return Status::Error(EIO, path + ": deflate stream is truncated");
+    }
+    produced += got;
+  }
+  const double seconds = SecondsSince(start);
+  std::printf("{\"seconds\": %.6f, \"bytes\": %" PRIu64 ", \"compressed\": %" PRIu64 "}\n", seconds,
+              produced, csize);
+  return Status::Ok();
+#else
+  (void)offset;
+  (void)csize;
+  return Status::Error(ENOTSUP, path + ": bench_baseline was built without ISA-L");
+#endif
 }
 
 // One zran access point: where a deflate block starts, and the window before it.
@@ -326,6 +378,7 @@ uint64_t ParseU64(const char* text, const char* what) {
 int Usage() {
   std::fprintf(stderr,
                "usage: bench_baseline inflate FILE OFFSET CSIZE\n"
+               "       bench_baseline inflate-isal FILE OFFSET CSIZE\n"
                "       bench_baseline spans FILE OFFSET CSIZE SPACING COUNT RUNS SEED\n"
                "       bench_baseline deflate FILE LEVEL\n");
   return 2;
@@ -339,6 +392,8 @@ int main(int argc, char** argv) {
   Status status;
   if (mode == "inflate" && argc == 5) {
     status = RunInflate(argv[2], ParseU64(argv[3], "offset"), ParseU64(argv[4], "size"));
+  } else if (mode == "inflate-isal" && argc == 5) {
+    status = RunInflateIsal(argv[2], ParseU64(argv[3], "offset"), ParseU64(argv[4], "size"));
   } else if (mode == "spans" && argc == 9) {
     status = RunSpans(argv[2], ParseU64(argv[3], "offset"), ParseU64(argv[4], "size"),
                       ParseU64(argv[5], "spacing"), static_cast<int>(ParseU64(argv[6], "count")),

@@ -65,11 +65,15 @@ enum class VerifyMode {
 
 struct ArchiveOptions {
   uint64_t cache_bytes = 128ull << 20;          // decompressed span cache budget (cache=MiB)
-  uint64_t checkpoint_spacing = 1ull << 20;     // ~1 MiB between access points (min 64 KiB)
+  uint64_t checkpoint_spacing = 512ull << 10;   // between access points (64 KiB - 4 MiB)
   bool index_enabled = true;                    // index=off: no sidecar read or written
   std::string index_dir;                        // empty: next to the archive
   size_t max_parked_streams = 16;               // live inflate streams kept across members
   VerifyMode verify = VerifyMode::kDefault;     // verify=strict|off
+  // Learn a deflated member's checkpoints on a background thread while a reader runs ahead
+  // of them (core/read/deflated_member.h); off, they are learned only by reads in the first
+  // span and by BuildIndex.
+  bool background_index = true;
   std::function<void(const std::string&)> log;  // warnings (unsafe names, CRC...); may be empty
 };
 
@@ -125,6 +129,8 @@ class Archive {
   // Number of spans member i has inflated during first passes (a test hook: a member whose
   // index came from the sidecar inflates none when read again).
   uint64_t first_pass_spans(size_t i) const;
+  // Chunks of member i decoded ahead of its checkpoints by the fast path (a test hook).
+  uint64_t fast_chunks(size_t i) const;
   // Totals over every member since Open.
   ArchiveStats stats() const;
 
@@ -133,6 +139,11 @@ class Archive {
   // Errors: EIO corrupt data or CRC mismatch; those of OpenMember.
   // (Stored members are checked by VerifyMember.)
   Status BuildIndex(size_t i, const std::function<void(uint64_t, uint64_t)>& progress = {});
+
+  // Runs the first pass of member i until its checkpoints cover `offset` (what BuildIndex
+  // does, stopping there): a tool that read ahead of the checkpoints (the fast path) keeps
+  // what it read for the next run. A no-op for stored members. Errors: as BuildIndex.
+  Status IndexUpTo(size_t i, uint64_t offset);
 
   // Checks member i's CRC-32 now if it was not checked yet (a stored member's verify pass, a
   // deflated member's first pass), and returns the verdict: EIO on a mismatch.

@@ -1,0 +1,150 @@
+// The fast path of a deflated member: fixed chunks decoded by the fast engine ahead of the
+// checkpoints, resumed from parked streams, checkpoints and snapshots. Design: the essay at
+// the top of deflated_member.h.
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+
+#include "core/read/deflated_member.h"
+#include "core/read/read_pools.h"
+
+namespace npzfs {
+namespace {
+
+// Fast chunks live in the span cache beside the spans, told apart by this bit of the index.
+constexpr uint64_t kFastKeyBit = uint64_t{1} << 63;
+
+}  // namespace
+
+SpanKey DeflatedMember::FastKey(uint64_t chunk, uint64_t generation) const {
+  return SpanKey{id_, generation, kFastKeyBit | chunk};
+}
+
+Result<DeflatedMember::SpanRef> DeflatedMember::FastChunkAt(uint64_t pos, uint64_t generation,
+                                                            bool sequential) {
+  const uint64_t chunk = pos / kFastChunk;
+  Result<SpanPtr> span = shared_->cache.GetOrProduce(
+      FastKey(chunk, generation), [&] { return ProduceFastChunk(chunk, generation); });
+  if (!span.ok()) return span.status();
+  // Ahead of a sequential reader: the next chunk, which continues the stream this one
+  // parked (one at a time: a second would find no stream to continue).
+  if (sequential && (chunk + 1) * kFastChunk < size()) {
+    std::shared_ptr<DeflatedMember> self = shared_from_this();
+    shared_->cache.Prefetch(
+        FastKey(chunk + 1, generation),
+        [self, chunk, generation] { return self->ProduceFastChunk(chunk + 1, generation); },
+        DecodePool());
+  }
+  return SpanRef{std::move(span).value(), chunk * kFastChunk};
+}
+
+Result<SpanPtr> DeflatedMember::ProduceFastChunk(uint64_t chunk, uint64_t generation) {
+  const uint64_t start = chunk * kFastChunk;
+  if (start >= size()) return Bad("read past the end of the member");
+  const size_t len = static_cast<size_t>(std::min<uint64_t>(kFastChunk, size() - start));
+  NPZ_ASSIGN_OR_RETURN(std::unique_ptr<DecodeStream> stream, FastStreamAt(start, generation));
+  NPZ_ASSIGN_OR_RETURN(SpanBuffer buf, AllocateSpanBuffer(len));
+  Status s = SkipTo(*stream, start);
+  if (s.ok()) {
+    Result<size_t> got = stream->Read(buf.get(), len);
+    if (!got.ok()) {
+      s = got.status();
+    } else if (*got != len) {
+      s = Bad("the deflate data ends before the size in the directory (" +
+              std::to_string(start + *got) + " of " + std::to_string(size()) + " bytes)");
+    }
+  }
+  if (s.ok() && start + len == size()) s = CheckFastEnd(*stream);
+  if (!s.ok()) return FailOrDistrust(generation, s);
+  if (start + len < size()) {
+    MaybeSnapshot(*stream);
+    shared_->fast_pool.Park(id_, std::move(stream));
+  }
+  fast_chunks_.fetch_add(1);
+  auto span = std::make_shared<Span>();
+  span->data = std::move(buf);
+  span->size = len;
+  return SpanPtr(std::move(span));
+}
+
+Result<std::unique_ptr<DecodeStream>> DeflatedMember::FastStreamAt(uint64_t pos,
+                                                                   uint64_t generation) {
+  if (std::unique_ptr<DecodeStream> s = shared_->fast_pool.Take(id_, pos)) return s;
+  Checkpoint cp;
+  uint32_t prefix_crc = 0;
+  {
+    std::lock_guard<std::mutex> lock(index_mu_);
+    if (generation != generation_) return Status::Error(EAGAIN, "index replaced");
+    // The last checkpoint at or before pos that the fast engine can start at (a block start;
+    // checkpoint 0 always is).
+    size_t k = static_cast<size_t>(
+                   std::upper_bound(checkpoints_.begin(), checkpoints_.end(), pos,
+                                    [](uint64_t p, const Checkpoint& c) { return p < c.out; }) -
+                   checkpoints_.begin()) -
+               1;
+    while (k > 0 && !checkpoints_[k].at_block_start()) --k;
+    cp = checkpoints_[k];
+    prefix_crc = prefix_crcs_[k];
+  }
+  SnapshotStore::SnapshotPtr snap = shared_->snapshots.Before(id_, pos);
+  const uint64_t best = std::max(cp.out, snap != nullptr ? snap->out : 0);
+  // A parked stream between the best resume point and pos is closer still.
+  if (std::unique_ptr<DecodeStream> s = shared_->fast_pool.TakeBehind(id_, pos, pos - best)) {
+    return s;
+  }
+  NPZ_ASSIGN_OR_RETURN(std::unique_ptr<DecodeStream> stream, DecodeStream::Create(source_));
+  if (snap != nullptr && snap->out >= cp.out) {
+    NPZ_RETURN_IF_ERROR(stream->Restore(*snap));
+  } else {
+    NPZ_RETURN_IF_ERROR(stream->Restore(cp, prefix_crc));
+  }
+  return stream;
+}
+
+Status DeflatedMember::SkipTo(DecodeStream& stream, uint64_t pos) {
+  // Stops at every multiple of kSnapshotEvery on the way, to leave resume points behind.
+  while (stream.resume_pos() < pos) {
+    const uint64_t here = stream.resume_pos();
+    const uint64_t stop = std::min(pos, (here / kSnapshotEvery + 1) * kSnapshotEvery);
+    NPZ_ASSIGN_OR_RETURN(size_t got, stream.Skip(stop - here));
+    if (got != stop - here) {
+      return Bad("the deflate data ends before the size in the directory (" +
+                 std::to_string(here + got) + " of " + std::to_string(size()) + " bytes)");
+    }
+    MaybeSnapshot(stream);
+  }
+  return Status::Ok();
+}
+
+void DeflatedMember::MaybeSnapshot(const DecodeStream& stream) {
+  const uint64_t pos = stream.resume_pos();
+  if (pos % kSnapshotEvery != 0 || stream.ended()) return;
+  {
+    std::lock_guard<std::mutex> lock(index_mu_);
+    if (complete_ || pos <= checkpoints_.back().out) return;  // checkpoints cover it
+  }
+  if (shared_->snapshots.Has(id_, pos)) return;
+  Result<DecodeStream::Snapshot> snap = stream.TakeSnapshot();
+  if (!snap.ok()) return;  // a resume point less; nothing is wrong
+  shared_->snapshots.Insert(
+      id_, std::make_shared<const DecodeStream::Snapshot>(std::move(snap).value()));
+}
+
+Status DeflatedMember::CheckFastEnd(DecodeStream& stream) {
+  std::byte probe[1];
+  NPZ_ASSIGN_OR_RETURN(size_t extra, stream.Read(probe, 1));
+  if (extra > 0 || !stream.ended()) {
+    return Bad("the deflate data is longer than the size in the directory");
+  }
+  const std::optional<uint32_t> crc = stream.crc();
+  if (shared_->verify != VerifyMode::kOff && crc.has_value() && *crc != entry_.crc32) {
+    char text[64];
+    std::snprintf(text, sizeof text,
+                  "CRC-32 mismatch (directory %08" PRIx32 ", data %08" PRIx32 ")", entry_.crc32,
+                  *crc);
+    return Bad(text);
+  }
+  return Status::Ok();
+}
+
+}  // namespace npzfs

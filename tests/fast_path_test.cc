@@ -1,0 +1,193 @@
+// Tests of the read paths of deflated members through the core API: the fast path ahead of
+// the checkpoints, the background indexer behind it, read-ahead of known spans, parallel
+// readers with a tiny cache, and the counters that show which path served a read.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <atomic>
+#include <filesystem>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/read/inflate_engine.h"
+#include "npzfs/archive.h"
+#include "tests/test_util.h"
+
+namespace npzfs {
+namespace {
+
+using testing::ReadFileOrDie;
+using testing::TempDir;
+
+class FastPathTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new TempDir();  // NOLINT: the suite's, deleted in TearDownTestSuite
+    testing::RunPython(R"PY(
+import numpy as np, zipfile
+D = ')PY" + dir_->path() +
+                       R"PY('
+rng = np.random.default_rng(31)
+t = np.arange(6_000_000)
+adc = (1000 * np.sin(t / 500.0) + rng.normal(0, 30, t.size)).astype('<i2')   # 12 MB
+np.savez_compressed(D + '/comp.npz', adc=adc, small=np.arange(5))
+with zipfile.ZipFile(D + '/comp.npz') as z:
+    open(D + '/adc.npy', 'wb').write(z.read('adc.npy'))
+# The directory's CRC-32 of adc.npy is wrong.
+data = bytearray(open(D + '/comp.npz', 'rb').read())
+i = data.find(b'PK\x01\x02')
+while i >= 0:
+    n = int.from_bytes(data[i + 28:i + 30], 'little')
+    if data[i + 46:i + 46 + n] == b'adc.npy':
+        data[i + 16] ^= 0x55
+    i = data.find(b'PK\x01\x02', i + 4)
+open(D + '/badcrc.npz', 'wb').write(bytes(data))
+)PY");
+    ref_ = new std::string(ReadFileOrDie(dir_->Join("adc.npy")));  // NOLINT: as dir_
+  }
+  static void TearDownTestSuite() {
+    delete dir_;  // NOLINT
+    delete ref_;  // NOLINT
+  }
+
+  ArchiveOptions Options(bool background_index) {
+    ArchiveOptions o;
+    o.checkpoint_spacing = 256 << 10;
+    o.background_index = background_index;
+    o.index_enabled = false;
+    o.log = [this](const std::string& line) {
+      std::lock_guard<std::mutex> lock(log_mu_);
+      log_ += line + "\n";
+    };
+    return o;
+  }
+
+  static std::string Read(MemberReader& r, uint64_t off, size_t n) {
+    std::string buf(n, '\0');
+    auto got = r.ReadAt(off, std::as_writable_bytes(std::span(buf)));
+    EXPECT_TRUE(got.ok()) << got.status().message();
+    buf.resize(got.ok() ? *got : 0);
+    return buf;
+  }
+
+  static TempDir* dir_;
+  static std::string* ref_;
+  std::mutex log_mu_;
+  std::string log_;
+};
+TempDir* FastPathTest::dir_ = nullptr;
+std::string* FastPathTest::ref_ = nullptr;
+
+TEST_F(FastPathTest, ASequentialReaderAheadOfTheCheckpointsIsServedByTheFastPath) {
+  auto a = Archive::Open(dir_->Join("comp.npz"), Options(/*background_index=*/false));
+  ASSERT_TRUE(a.ok());
+  const size_t adc = *(*a)->Find("adc.npy");
+  auto r = *(*a)->OpenMember(adc);
+  std::string all;
+  for (uint64_t off = 0; off < r->size(); off += 128 << 10) all += Read(*r, off, 128 << 10);
+  ASSERT_TRUE(all == *ref_);
+  // Only the first span went through the first pass; the rest came from the fast path.
+  EXPECT_EQ((*a)->first_pass_spans(adc), 1u);
+  EXPECT_GE((*a)->fast_chunks(adc), r->size() / (1 << 20) - 1);
+  EXPECT_EQ((*a)->index_state(adc), IndexState::kPartial);
+}
+
+TEST_F(FastPathTest, TheFastPathChecksTheMembersCrcAtTheEnd) {
+  auto a = Archive::Open(dir_->Join("badcrc.npz"), Options(/*background_index=*/false));
+  ASSERT_TRUE(a.ok());
+  auto r = *(*a)->OpenMember(*(*a)->Find("adc.npy"));
+  Status last;
+  std::string buf(1 << 20, '\0');
+  for (uint64_t off = 0; off < r->size(); off += buf.size()) {
+    auto got = r->ReadAt(off, std::as_writable_bytes(std::span(buf)));
+    if (!got.ok()) {
+      last = got.status();
+      break;
+    }
+  }
+  ASSERT_FALSE(last.ok()) << "a bad member was read to a clean end";
+  EXPECT_EQ(last.code(), EIO);
+  EXPECT_NE(last.message().find("CRC-32 mismatch"), std::string::npos) << last.message();
+  EXPECT_GT((*a)->fast_chunks(*(*a)->Find("adc.npy")), 0u);
+  std::byte b[8];
+  EXPECT_FALSE(r->ReadAt(0, b).ok()) << "every later read fails";
+}
+
+TEST_F(FastPathTest, RandomReadsAheadOfTheCheckpointsAreExactFromSnapshotsAndStreams) {
+  auto a = Archive::Open(dir_->Join("comp.npz"), Options(/*background_index=*/false));
+  ASSERT_TRUE(a.ok());
+  auto r = *(*a)->OpenMember(*(*a)->Find("adc.npy"));
+  std::mt19937_64 rng(4);
+  for (int n = 0; n < 150; ++n) {
+    const uint64_t off = rng() % ref_->size();
+    const size_t len = 1 + rng() % 600000;
+    ASSERT_TRUE(Read(*r, off, len) == ref_->substr(off, len)) << "offset " << off;
+  }
+}
+
+TEST_F(FastPathTest, TheIndexerCompletesTheIndexBehindTheReaderAndThenNoFirstPassIsNeeded) {
+  auto a = Archive::Open(dir_->Join("comp.npz"), Options(/*background_index=*/true));
+  ASSERT_TRUE(a.ok());
+  const size_t adc = *(*a)->Find("adc.npy");
+  auto r = *(*a)->OpenMember(adc);
+  EXPECT_EQ(Read(*r, r->size() - 1000, 1000), ref_->substr(ref_->size() - 1000));
+  // BuildIndex finishes whatever the indexer has not done yet (they share the frontier).
+  ASSERT_TRUE((*a)->BuildIndex(adc).ok());
+  EXPECT_EQ((*a)->index_state(adc), IndexState::kComplete);
+  const uint64_t spans = (*a)->first_pass_spans(adc);
+  const uint64_t chunks = (*a)->fast_chunks(adc);
+  std::mt19937_64 rng(5);
+  for (int n = 0; n < 100; ++n) {
+    const uint64_t off = rng() % ref_->size();
+    ASSERT_TRUE(Read(*r, off, 70000) == ref_->substr(off, 70000));
+  }
+  std::string all;
+  for (uint64_t off = 0; off < r->size(); off += 1 << 20) all += Read(*r, off, 1 << 20);
+  EXPECT_TRUE(all == *ref_);
+  EXPECT_EQ((*a)->first_pass_spans(adc), spans) << "a complete index needs no first pass";
+  EXPECT_EQ((*a)->fast_chunks(adc), chunks) << "a complete index needs no fast path";
+}
+
+TEST_F(FastPathTest, ParallelReadersWithATinyCacheGetCorrectBytes) {
+  ArchiveOptions o = Options(/*background_index=*/true);
+  o.cache_bytes = 1 << 20;
+  o.max_parked_streams = 2;
+  auto a = Archive::Open(dir_->Join("comp.npz"), o);
+  ASSERT_TRUE(a.ok());
+  auto r = *(*a)->OpenMember(*(*a)->Find("adc.npy"));
+  std::atomic<int> bad{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937_64 rng(200 + t);
+      std::string buf;
+      for (int n = 0; n < 40; ++n) {
+        // Thread 0 reads sequentially; the others at random.
+        const uint64_t off = t == 0 ? (n * 300000ull) % ref_->size() : rng() % ref_->size();
+        buf.assign(std::min<size_t>(rng() % 300000 + 1, ref_->size() - off), '\0');
+        auto got = r->ReadAt(off, std::as_writable_bytes(std::span(buf)));
+        if (!got.ok() || *got != buf.size() || buf != ref_->substr(off, buf.size())) ++bad;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(bad.load(), 0);
+}
+
+TEST_F(FastPathTest, ReadsOfAMemberWhoseArchiveIsDestroyedStillWork) {
+  std::shared_ptr<MemberReader> r;
+  {
+    auto a = Archive::Open(dir_->Join("comp.npz"), Options(/*background_index=*/true));
+    ASSERT_TRUE(a.ok());
+    r = *(*a)->OpenMember(*(*a)->Find("adc.npy"));
+    EXPECT_EQ(Read(*r, 5 << 20, 1000), ref_->substr(5 << 20, 1000));
+  }  // the Archive goes; its indexer stops
+  EXPECT_EQ(Read(*r, 9 << 20, 1000), ref_->substr(9 << 20, 1000));
+}
+
+}  // namespace
+}  // namespace npzfs
