@@ -6,8 +6,8 @@
 #include <algorithm>
 #include <random>
 
-#include "core/base/byte_codec.h"
 #include "tests/test_util.h"
+#include "tests/zip_bytes.h"
 
 namespace npzfs::testing {
 namespace {
@@ -154,42 +154,7 @@ void WriteRawDeflateZip(const std::string& path, const std::string& name, const 
                         uint32_t crc, uint64_t size) {
   ASSERT_LT(size, uint64_t{1} << 32);
   ASSERT_LT(raw.size(), size_t{1} << 32);
-  auto header = [&](bool central) {
-    std::string h;
-    PutLe32(h, central ? 0x02014b50 : 0x04034b50);
-    if (central) PutLe16(h, 0x031e);  // made by Unix
-    PutLe16(h, 20);                   // version needed
-    PutLe16(h, 0);                    // flags
-    PutLe16(h, 8);                    // deflated
-    PutLe16(h, 0);                    // time
-    PutLe16(h, 0x21);                 // date: 1980-01-01
-    PutLe32(h, crc);
-    PutLe32(h, static_cast<uint32_t>(raw.size()));
-    PutLe32(h, static_cast<uint32_t>(size));
-    PutLe16(h, static_cast<uint16_t>(name.size()));
-    PutLe16(h, 0);  // extra
-    if (central) {
-      PutLe16(h, 0);               // comment
-      PutLe16(h, 0);               // disk
-      PutLe16(h, 0);               // internal attributes
-      PutLe32(h, 0100644u << 16);  // external attributes
-      PutLe32(h, 0);               // local header offset
-    }
-    return h + name;
-  };
-  std::string zip = header(false) + raw;
-  const std::string cd = header(true);
-  const uint32_t cd_offset = static_cast<uint32_t>(zip.size());
-  zip += cd;
-  PutLe32(zip, 0x06054b50);
-  PutLe16(zip, 0);
-  PutLe16(zip, 0);
-  PutLe16(zip, 1);
-  PutLe16(zip, 1);
-  PutLe32(zip, static_cast<uint32_t>(cd.size()));
-  PutLe32(zip, cd_offset);
-  PutLe16(zip, 0);
-  WriteFileOrDie(path, zip);
+  WriteFileOrDie(path, BuildZip({{name, 8, raw, crc, size, ""}}));
 }
 
 }  // namespace npzfs::testing

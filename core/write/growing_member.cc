@@ -448,6 +448,12 @@ Status GrowingMember::AdoptWriterHeader(std::unique_lock<std::mutex>& lock, cons
   s.frame_bytes = layout.frame_bytes();
   s.header = std::move(header);
   s.header_from_writer = true;
+  // The header fixes the whole layout: attributes set before it (a partial declaration,
+  // e.g. only user.npy.shape) describe nothing now, and SetAttribute must not combine them
+  // with the new layout (setting the descr getfattr shows would fail with EPERM otherwise).
+  s.attr_descr.reset();
+  s.attr_shape.reset();
+  s.attr_fortran.reset();
   s.coord = State::Coordinates::kStream;
   s.base = writer_length;
   s.rewritable_header = writer_length;

@@ -15,7 +15,10 @@
 // checkpoint spacing, at offsets and lengths from the input, from two readers in turn. Mode
 // bit 1 runs the whole first pass (BuildIndex) before the reads; mode bit 2 also saves the index
 // and re-reads through a fresh Archive that loads it; mode bit 3 writes a wrong CRC into
-// the directory, and a read of the whole member must then fail with EIO.
+// the directory, and a read of the whole member must then fail with EIO; mode bit 4 deflates
+// the plaintext as npzfs's writer does, in independent chunks described by a seek table in
+// the central entry, and bit 5 damages one byte of that table (it must be ignored, never
+// trusted).
 #include <unistd.h>
 #include <zlib.h>
 
@@ -28,6 +31,8 @@
 #include <string>
 #include <vector>
 
+#include "core/zip/chunked_deflater.h"
+#include "core/zip/seek_table.h"
 #include "npzfs/archive.h"
 #include "tests/fuzz/fuzz_util.h"
 
@@ -39,7 +44,8 @@ constexpr size_t kMaxInflated = 8 << 20;  // a raw stream may inflate this much 
 constexpr uint64_t kSpacing = 64 << 10;   // the smallest checkpoint spacing Archive allows
 constexpr size_t kMaxReads = 24;
 constexpr size_t kMaxReadLength = 96 << 10;
-constexpr uint8_t kModeRaw = 1, kModeBuildIndex = 2, kModeSaveIndex = 4, kModeBadCrc = 8;
+constexpr uint8_t kModeRaw = 1, kModeBuildIndex = 2, kModeSaveIndex = 4, kModeBadCrc = 8,
+                  kModeChunked = 16, kModeBadTable = 32;
 
 // Deterministic noise for incompressible stretches.
 uint32_t XorShift(uint32_t& s) {
@@ -92,10 +98,59 @@ std::string MakePlaintext(FuzzInput& in) {
 }
 
 struct Member {
-  std::string raw;        // the stored deflate stream
-  std::string reference;  // what zlib made of it (all of it, or up to its error)
-  bool valid = true;      // zlib inflated it to its end
+  std::string raw;            // the stored deflate stream
+  std::string reference;      // what zlib made of it (all of it, or up to its error)
+  bool valid = true;          // zlib inflated it to its end
+  std::string central_extra;  // a seek table block, for a chunked member
 };
+
+// Deflates m->reference as npzfs's writer does, in independent chunks (core's DeflateChunk),
+// and describes them in a seek table (core's EncodeSeekTableExtra). With bad_table, one byte
+// of the table is changed: a reader must then ignore the table, never trust it.
+struct ChunkPlan {
+  uint64_t first = 0;  // first chunk's size (0: chunk_size), as a .npy header chunk is
+  uint64_t chunk_size = 0;
+  bool bad_table = false;
+  uint16_t damage = 0;  // where and how the table is damaged
+};
+
+ChunkPlan MakeChunkPlan(uint8_t mode, FuzzInput& in) {
+  ChunkPlan p;
+  p.first = in.Range(0, 4096);
+  p.chunk_size = in.Range(256, 160 << 10);
+  p.bad_table = mode & kModeBadTable;
+  p.damage = in.U16();
+  return p;
+}
+
+void DeflateChunked(Member* m, int level, const ChunkPlan& plan) {
+  const uint64_t first = plan.first, chunk_size = plan.chunk_size;
+  const std::string& plain = m->reference;
+  SeekTableLayout layout;
+  layout.chunk_size = static_cast<uint32_t>(chunk_size);
+  layout.first_chunk_size = static_cast<uint32_t>(
+      plain.empty() ? 0 : std::min<uint64_t>(first == 0 ? chunk_size : first, plain.size()));
+  m->raw.clear();
+  for (uint64_t at = 0, n = layout.first_chunk_size; at < plain.size() || layout.crc32s.empty();
+       at += n, n = chunk_size) {
+    const std::string_view chunk = std::string_view(plain).substr(at, n);
+    std::string out;
+    Status st = DeflateChunk(level, chunk, at + chunk.size() >= plain.size(), &out);
+    FUZZ_CHECK(st.ok(), "DeflateChunk: " + st.message());
+    m->raw += out;
+    layout.compressed_sizes.push_back(static_cast<uint32_t>(out.size()));
+    layout.crc32s.push_back(Crc32(chunk));
+  }
+  if (layout.crc32s.size() > kMaxSeekChunks) return;  // the writer would coarsen it
+  auto extra = EncodeSeekTableExtra(layout);
+  FUZZ_CHECK(extra.ok(), "EncodeSeekTableExtra: " + extra.status().message());
+  m->central_extra = *extra;
+  if (plan.bad_table) {
+    constexpr size_t kBlockHeader = 4;  // header id and data size: keep the block findable
+    const size_t at = kBlockHeader + plan.damage % (m->central_extra.size() - kBlockHeader);
+    m->central_extra[at] = static_cast<char>(m->central_extra[at] ^ (1 + plan.damage % 255));
+  }
+}
 
 Member MakeMember(uint8_t mode, FuzzInput& in) {
   Member m;
@@ -112,8 +167,13 @@ Member MakeMember(uint8_t mode, FuzzInput& in) {
   const int strategy = kStrategies[in.Range(0, 4)];
   const int mem_level = static_cast<int>(in.Range(1, 9));
   const size_t flush_every = in.Bool() ? in.Range(1, 96 << 10) : 0;
+  const ChunkPlan chunks = (mode & kModeChunked) ? MakeChunkPlan(mode, in) : ChunkPlan{};
   m.reference = MakePlaintext(in);
-  m.raw = RawDeflate(m.reference, level, strategy, mem_level, flush_every);
+  if (mode & kModeChunked) {
+    DeflateChunked(&m, level, chunks);
+  } else {
+    m.raw = RawDeflate(m.reference, level, strategy, mem_level, flush_every);
+  }
   return m;
 }
 
@@ -188,7 +248,7 @@ void Run(const uint8_t* data, size_t size) {
   const std::vector<ReadPlan> reads = MakeReads(read_input, claimed_size);
 
   const std::string path = ScratchDir() + "/deflate.zip";
-  WriteFileOrAbort(path, BuildZip({{"m.npy", 8, m.raw, crc, claimed_size}}));
+  WriteFileOrAbort(path, BuildZip({{"m.npy", 8, m.raw, crc, claimed_size, m.central_extra}}));
   ArchiveOptions options;
   options.cache_bytes = cache;
   options.checkpoint_spacing = kSpacing;

@@ -8,10 +8,8 @@
 // What is here: a consumer that turns the fuzz bytes into values (every input is valid:
 // past the end every value is 0), FUZZ_CHECK (a failed property prints a message and
 // aborts, which libFuzzer and the replay driver both report as a finding with the input
-// that caused it), scratch files, raw deflate/inflate through zlib (the reference the
-// readers are checked against) and a minimal ZIP builder for archives whose member bytes,
-// CRC and sizes the harness controls exactly (core's ZipWriter always compresses itself
-// and always writes true CRCs, which is what a harness must be able to break).
+// that caused it), scratch files, and raw deflate/inflate through zlib (the reference the
+// readers are checked against). Archives are built with tests/zip_bytes.h.
 //
 // Not thread-safe: libFuzzer calls a harness from one thread.
 #pragma once
@@ -24,6 +22,7 @@
 
 #include "core/base/byte_codec.h"
 #include "npzfs/file_util.h"
+#include "tests/zip_bytes.h"
 
 namespace npzfs::fuzz {
 
@@ -80,17 +79,8 @@ bool RawInflate(std::string_view raw, size_t max_output, std::string* plain, siz
 
 uint32_t Crc32(std::string_view bytes);
 
-// One member of an archive built by BuildZip: the stored bytes are `data` as given (raw
-// deflate for method 8), and the CRC and uncompressed size written are the fields here,
-// true or not.
-struct ZipMemberSpec {
-  std::string name;
-  uint16_t method = 0;
-  std::string data;
-  uint32_t crc32 = 0;
-  uint64_t uncompressed_size = 0;
-};
-// A ZIP archive (no ZIP64, no comment, fixed DOS time) holding `members` in order.
-std::string BuildZip(const std::vector<ZipMemberSpec>& members);
+// Archives with members exactly as a harness wants them (tests/zip_bytes.h).
+using testing::BuildZip;
+using testing::ZipMemberSpec;
 
 }  // namespace npzfs::fuzz

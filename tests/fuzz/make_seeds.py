@@ -4,7 +4,8 @@
     /usr/bin/python3 tests/fuzz/make_seeds.py [CORPUS_DIR]
 
 Needs numpy (Debian's python3-numpy, through /usr/bin/python3). Deterministic: running it
-again rewrites the same files. Each seed is a few hundred bytes to a few KiB; the fuzzers
+again rewrites the same files. It deletes nothing: the regress_* files that are not written
+here are inputs the fuzzers found (kept so that every build replays them). Each seed is a few hundred bytes to a few KiB; the fuzzers
 find the rest. The byte layouts of the structured inputs (sidecar, deflate_read,
 growing_member) follow the FuzzInput calls of the harnesses: one byte per value whose range
 fits a byte, big-endian bytes for wider ranges (FuzzInput::Range), little-endian U16/U32.
@@ -138,6 +139,35 @@ def zip_seeds():
         z.writestr("bz.npy", b"other method", compress_type=zipfile.ZIP_BZIP2)
     write("zip_directory", "names_methods", b.getvalue())
     write("zip_directory", "empty", b"PK\x05\x06" + b"\x00" * 18)
+    write("zip_directory", "seek_table", seek_table_zip())
+
+
+def seek_table_zip():
+    """One member deflated in independent chunks with npzfs's seek table in its central
+    entry (core/README.md, "Seek table extra field"): a 128-byte first chunk (a .npy header),
+    then 1000-byte chunks."""
+    data = npy_bytes(np.arange(1500, dtype="<i2"))
+    first, size = 128, 1000
+    chunks = [data[:first]] + [data[i:i + size] for i in range(first, len(data), size)]
+    raw, table = b"", b""
+    for i, c in enumerate(chunks):
+        z = zlib.compressobj(6, zlib.DEFLATED, -15)
+        out = z.compress(c) + (z.flush() if i == len(chunks) - 1 else z.flush(zlib.Z_FULL_FLUSH))
+        raw += out
+        table += struct.pack("<II", len(out), zlib.crc32(c))
+    body = b"NPZS" + struct.pack("<BBHIII", 1, 0, 0, size, first, len(chunks)) + table
+    body += struct.pack("<I", zlib.crc32(body))
+    extra = struct.pack("<HH", 0x5A4E, len(body)) + body
+    name = b"chunked.npy"
+    fields = struct.pack("<HHHHHIIIHH", 20, 0, 8, 0, 0x21, zlib.crc32(data), len(raw), len(data),
+                         len(name), 0)
+    local = b"PK\x03\x04" + fields + name + raw
+    fields = struct.pack("<HHHHHIIIHH", 20, 0, 8, 0, 0x21, zlib.crc32(data), len(raw), len(data),
+                         len(name), len(extra))
+    central = (b"PK\x01\x02" + struct.pack("<H", 0x314) + fields
+               + struct.pack("<HHHII", 0, 0, 0, 0o100644 << 16, 0) + name + extra)
+    end = b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, 1, 1, len(central), len(local), 0)
+    return local + central + end
 
 
 # ---------------------------------------------------------------- sidecar
@@ -191,10 +221,15 @@ def raw_deflate(data, level=6, strategy=zlib.Z_DEFAULT_STRATEGY, flush_every=0):
     return out + c.flush()
 
 
-def recipe(mode, cache, level, strategy, mem_level, flush_every, target, unit, ops):
+def recipe(mode, cache, level, strategy, mem_level, flush_every, target, unit, ops,
+           chunks=None):
+    """chunks (mode bit 4): (first chunk size, chunk size, table damage) of a chunked member."""
     out = bytes([mode]) + rng(cache, 256 << 10) + struct.pack("<I", 0x5EED)
     out += bytes([level, strategy, mem_level - 1])
     out += bytes([1]) + rng(flush_every - 1, (96 << 10) - 1) if flush_every else bytes([0])
+    if chunks:
+        first, size, damage = chunks
+        out += rng(first, 4096) + rng(size - 256, (160 << 10) - 256) + struct.pack("<H", damage)
     out += rng(target, 384 << 10) + bytes([len(unit) - 1]) + unit + struct.pack("<I", 12345)
     return out + ops
 
@@ -212,6 +247,13 @@ def deflate_seeds():
     write("deflate_read", "stored_badcrc", recipe(8, 65536, 0, 0, 1, 0, 150 << 10, unit, ops))
     write("deflate_read", "rle_huffman", recipe(6, 4096, 5, 3, 4, 5000, 380 << 10, unit, ops))
     write("deflate_read", "empty", recipe(0, 0, 6, 0, 8, 0, 0, unit, b""))
+    write("deflate_read", "chunked", recipe(16, 0, 6, 0, 8, 0, 300 << 10, unit, ops,
+                                            chunks=(128, 64 << 10, 0)))
+    write("deflate_read", "chunked_index_bad_table", recipe(16 | 32 | 2, 9000, 1, 0, 8, 0,
+                                                            200 << 10, unit, ops,
+                                                            chunks=(0, 20000, 77)))
+    write("deflate_read", "chunked_empty", recipe(16 | 4, 0, 6, 0, 8, 0, 0, unit, b"",
+                                                  chunks=(0, 1 << 10, 0)))
     prefix = bytes([1]) + rng(1000, 256 << 10) + struct.pack("<I", 7)
     text = b"npzfs fuzz seed " * 3000
     write("deflate_read", "raw_text", prefix + raw_deflate(text))
@@ -288,6 +330,11 @@ def growing_seeds():
     seq = create() + begin(header=(2, 1, 0, 3, 1, b"\x30\x41")) + write_op(200) + trunc(0)
     seq += op(REMOVE) + begin()
     write("growing_member", "damaged_header", seq)
+    # Found by the fuzzer: user.npy.shape alone, then a writer's header with another frame
+    # shape; setting the descr that getfattr then shows must succeed.
+    seq = create() + setattr_op(1, 2) + begin(header=(2, 3, 0, 5, 2, b"")) + write_op(300)
+    seq += setattr_op(2, 0)
+    write("growing_member", "regress_partial_xattr_then_header", seq)
 
 
 if __name__ == "__main__":

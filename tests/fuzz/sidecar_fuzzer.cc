@@ -77,9 +77,10 @@ Fixture MakeFixture() {
   f.archive_path = dir + "/fixed.npz";
   f.plain = {MemberBytes(300 << 10, 1), MemberBytes(5000, 2), MemberBytes(200 << 10, 3)};
   std::vector<ZipMemberSpec> specs = {
-      {"a.npy", 8, RawDeflate(f.plain[0], 6, 0, 8, 24 << 10), Crc32(f.plain[0]), f.plain[0].size()},
-      {"s.npy", 0, f.plain[1], Crc32(f.plain[1]), f.plain[1].size()},
-      {"b/c.npy", 8, RawDeflate(f.plain[2], 1, 0, 8, 0), Crc32(f.plain[2]), f.plain[2].size()},
+      {"a.npy", 8, RawDeflate(f.plain[0], 6, 0, 8, 24 << 10), Crc32(f.plain[0]), f.plain[0].size(),
+       ""},
+      {"s.npy", 0, f.plain[1], Crc32(f.plain[1]), f.plain[1].size(), ""},
+      {"b/c.npy", 8, RawDeflate(f.plain[2], 1, 0, 8, 0), Crc32(f.plain[2]), f.plain[2].size(), ""},
   };
   WriteFileOrAbort(f.archive_path, BuildZip(specs));
   const struct timespec times[2] = {{1700000000, 0}, {1700000000, 0}};

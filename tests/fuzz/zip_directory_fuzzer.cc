@@ -7,15 +7,17 @@
 //   - an accepted directory lies inside the file: the central directory ends before the
 //     end of the file, its bytes and CRC are the ones recorded, and every entry's local
 //     header and data end before the central directory starts.
-// Then the same file is opened as an Archive (no sidecar) and the start and a few other
-// ranges of every openable member are read: a read either fails with an error or returns
-// at most the bytes asked for, never more than the member's size.
+// A seek table (npzfs's extra field) that ParseSeekTable accepts covers the member with
+// contiguous, non-empty chunks. Then the same file is opened as an Archive (no sidecar) and the
+// start and a few other ranges of every openable member are read: a read either fails with an error
+// or returns at most the bytes asked for, never more than the member's size.
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "core/zip/seek_table.h"
 #include "core/zip/zip_format.h"
 #include "npzfs/archive.h"
 #include "npzfs/zip_directory.h"
@@ -26,6 +28,31 @@ namespace {
 
 constexpr size_t kReadBytes = 4096;  // per read: enough to cross a .npy header
 
+// A seek table that parses describes the whole member as contiguous chunks.
+void CheckSeekTable(const ZipEntry& e) {
+  const std::string what = "fuzz.zip: member " + e.name;
+  auto table = ParseSeekTable(e.seek_table, e.compressed_size, e.uncompressed_size, e.crc32, what);
+  if (!table.ok()) {
+    FUZZ_CHECK(
+        table.status().code() == EINVAL && table.status().message().find(what) != std::string::npos,
+        "seek table error: " + table.status().message());
+    return;
+  }
+  uint64_t in = 0, out = 0;
+  const auto& chunks = table->chunks();
+  FUZZ_CHECK(!chunks.empty() && chunks.size() <= kMaxSeekChunks, "seek table chunk count");
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    FUZZ_CHECK(chunks[i].in == in && chunks[i].out == out && chunks[i].in_size > 0,
+               "seek table chunks are not contiguous");
+    FUZZ_CHECK(table->ChunkIndexAt(out) == i || chunks[i].out_size == 0,
+               "ChunkIndexAt does not find the chunk at its own start");
+    in += chunks[i].in_size;
+    out += chunks[i].out_size;
+  }
+  FUZZ_CHECK(in == e.compressed_size && out == e.uncompressed_size,
+             "seek table chunks do not cover the member");
+}
+
 void CheckDirectory(const ZipDirectory& dir, uint64_t file_size) {
   FUZZ_CHECK(dir.archive_size == file_size, "archive_size is not the file size");
   FUZZ_CHECK(dir.cd_offset <= file_size && dir.cd_size <= file_size - dir.cd_offset,
@@ -33,6 +60,7 @@ void CheckDirectory(const ZipDirectory& dir, uint64_t file_size) {
   FUZZ_CHECK(dir.cd_bytes.size() == dir.cd_size, "cd_bytes is not cd_size long");
   FUZZ_CHECK(dir.cd_crc32 == Crc32(dir.cd_bytes), "cd_crc32 is not the CRC of cd_bytes");
   for (const ZipEntry& e : dir.entries) {
+    if (!e.seek_table.empty()) CheckSeekTable(e);
     FUZZ_CHECK(e.local_header_offset <= dir.cd_offset &&
                    dir.cd_offset - e.local_header_offset >= zip::kLocalHeaderSize,
                "entry " + e.name + ": local header outside the member area");
