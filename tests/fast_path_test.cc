@@ -152,6 +152,25 @@ TEST_F(FastPathTest, TheIndexerCompletesTheIndexBehindTheReaderAndThenNoFirstPas
   EXPECT_EQ((*a)->fast_chunks(adc), chunks) << "a complete index needs no fast path";
 }
 
+TEST_F(FastPathTest, AnUnmountCompletesAStartedIndexWhenItFitsTheBudget) {
+  TempDir index_dir;
+  ArchiveOptions o = Options(/*background_index=*/true);
+  o.index_enabled = true;  // else there is nothing to complete it for
+  o.index_dir = index_dir.path();
+  auto a = Archive::Open(dir_->Join("comp.npz"), o);
+  ASSERT_TRUE(a.ok());
+  const size_t adc = *(*a)->Find("adc.npy");
+  const size_t small = *(*a)->Find("small.npy");
+  auto r = *(*a)->OpenMember(adc);
+  EXPECT_EQ(Read(*r, r->size() - 1000, 1000), ref_->substr(ref_->size() - 1000));
+  // A budget too small for what is left completes nothing (the idle indexer may still).
+  EXPECT_TRUE((*a)->FinishStartedIndexes(0).ok());
+  // A member nobody read is not indexed at all, whatever the budget.
+  ASSERT_TRUE((*a)->FinishStartedIndexes(uint64_t{1} << 40).ok());
+  EXPECT_EQ((*a)->index_state(adc), IndexState::kComplete);
+  EXPECT_NE((*a)->index_state(small), IndexState::kComplete);
+}
+
 TEST_F(FastPathTest, ParallelReadersWithATinyCacheGetCorrectBytes) {
   ArchiveOptions o = Options(/*background_index=*/true);
   o.cache_bytes = 1 << 20;

@@ -22,9 +22,13 @@ import zlib
 import numpy as np
 import pytest
 
-from conftest import DaemonMount, NPZ_BIN, NPZFS_BIN, mounted, require_fuse
+from conftest import DaemonMount, NPZ_BIN, NPZFS_BIN, SANITIZER_LOG_DIR, mounted, require_fuse
 
 PYTHON = os.environ.get("NPZFS_PYTHON", "/usr/bin/python3")
+# Peak-RSS ceilings allow this much more in a sanitized build: ASan's shadow memory and
+# its quarantine of freed blocks count as RSS too (npz verify peaked at 192.4 MiB under
+# ASan against a 192 MiB bound).
+SANITIZER_RSS_KIB = (64 << 10) if SANITIZER_LOG_DIR else 0
 
 
 def sample_arrays():
@@ -675,7 +679,7 @@ def test_a_256_mib_single_block_member_is_served_within_the_memory_bound(tmp_pat
         finally:
             os.close(fd)
         peak = vm_kib(m.proc.pid, "VmHWM")
-        assert peak <= (64 + cache_mib) << 10, f"daemon peak RSS {peak} KiB"
+        assert peak <= ((64 + cache_mib) << 10) + SANITIZER_RSS_KIB, f"daemon peak RSS {peak} KiB"
     # The tool stays within the same bound (its peak RSS, from wait4).
     for args in (["ls", str(path)], ["verify", str(path)]):
         p = subprocess.Popen([NPZ_BIN, *args], stdout=subprocess.DEVNULL,
@@ -685,7 +689,7 @@ def test_a_256_mib_single_block_member_is_served_within_the_memory_bound(tmp_pat
         p.stderr.read()
         p.stderr.close()
         assert p.returncode == 0, args
-        assert usage.ru_maxrss <= (64 + 128) << 10, (args, usage.ru_maxrss)
+        assert usage.ru_maxrss <= ((64 + 128) << 10) + SANITIZER_RSS_KIB, (args, usage.ru_maxrss)
 
 
 def forge_sidecar_windows(sidecar):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The npzfs benchmark (issue 6): builds npzfs in release mode, generates realistic data with
-# numpy, runs the eleven scenarios against their baselines and prints the table. The table is
+# The npzfs benchmark: builds npzfs in release mode, generates realistic data with
+# numpy, runs the scenarios against their baselines and prints the table. The table is
 # also written as markdown to BUILD/bench-results.md, for the README's Performance section.
 #
 #   tools/bench.sh [--size GiB] [--runs N] [--cache MiB] [--only 1,3,...] [--build-dir DIR]

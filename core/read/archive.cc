@@ -348,11 +348,14 @@ ArchiveStats Archive::stats() const {
   return s;
 }
 
-Status Archive::FinishStartedIndexes() {
+Status Archive::FinishStartedIndexes(uint64_t budget) {
   if (!options_.index_enabled) return Status::Ok();  // nothing would keep it
   Status first;
   for (const auto& d : deflated_) {
     if (d == nullptr || !d->indexer_started() || d->complete()) continue;
+    const uint64_t left = d->size() - std::min(d->size(), d->indexed_bytes());
+    if (left > budget) continue;
+    budget -= left;
     Status s = d->BuildIndex({});
     if (!s.ok() && first.ok()) first = s;
   }

@@ -63,6 +63,11 @@ size_t DeflatedMember::checkpoint_count() const {
   return checkpoints_.size();
 }
 
+uint64_t DeflatedMember::indexed_bytes() const {
+  std::lock_guard<std::mutex> lock(index_mu_);
+  return checkpoints_.empty() ? 0 : checkpoints_.back().out;
+}
+
 uint64_t DeflatedMember::index_bytes() const {
   std::lock_guard<std::mutex> lock(index_mu_);
   uint64_t total = 0;

@@ -97,6 +97,7 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   bool complete() const;
   bool indexer_started() const;  // a background first pass was started for this member
   size_t checkpoint_count() const;
+  uint64_t indexed_bytes() const;  // the uncompressed offset of the last checkpoint
   uint64_t index_bytes() const;
   // Test hooks: spans the first pass produced, chunks the fast path produced.
   uint64_t first_pass_spans() const { return first_pass_spans_.load(); }

@@ -42,7 +42,10 @@ Result<SpanPtr> DeflatedMember::ProduceFastChunk(uint64_t chunk, uint64_t genera
   const uint64_t start = chunk * kFastChunk;
   if (start >= size()) return Bad("read past the end of the member");
   const size_t len = static_cast<size_t>(std::min<uint64_t>(kFastChunk, size() - start));
-  NPZ_ASSIGN_OR_RETURN(std::unique_ptr<DecodeStream> stream, FastStreamAt(start, generation));
+  Result<std::unique_ptr<DecodeStream>> resumed = FastStreamAt(start, generation);
+  // Resuming can fail on a saved checkpoint's window: that distrusts the sidecar too.
+  if (!resumed.ok()) return FailOrDistrust(generation, resumed.status());
+  std::unique_ptr<DecodeStream> stream = std::move(resumed).value();
   NPZ_ASSIGN_OR_RETURN(SpanBuffer buf, AllocateSpanBuffer(len));
   Status s = SkipTo(*stream, start, generation);
   if (s.ok()) {

@@ -1,15 +1,15 @@
 #!/usr/bin/python3
-"""The npzfs benchmark driver (issue 6). tools/bench.sh builds everything and runs this.
+"""The npzfs benchmark driver. tools/bench.sh builds everything and runs this.
 
     bench.py --build DIR [--size GiB] [--runs N] [--cache MiB] [--only 1,3,...]
 
-Runs the scenarios (the eleven of issue 6 and the later rows) against their baselines, each
+Runs the scenarios (numbered rows, one per target) against their baselines, each
 `--runs` times, in one process and on one data set, and prints a table (scenario, median,
 min-max, baseline median, ratio, target, pass/miss). The same table is written as markdown to
 DIR/bench-results.md.
 
-Honesty rules this file keeps (issue 6: "a miss with an honest profile beats a pass obtained
-by bending the scenario"):
+Honesty rules this file keeps (a miss with an honest profile beats a pass obtained by
+bending the scenario):
 - Every baseline is measured in the same run, on the same bytes, interleaved with the
   scenario's own runs so that machine noise hits both alike.
 - "Archive in page cache" means the archive (and the baseline's plain file) is read once
@@ -294,7 +294,8 @@ class Daemon:
 
     def stop(self, timeout=600):
         """Unmounts and waits for the daemon to exit (finalize runs after fusermount3 -u
-        returns, FACTS.md). Returns the seconds from the unmount request to the exit."""
+        returns: the daemon finalizes in its destroy handler, after the kernel has let go of
+        the mount point). Returns the seconds from the unmount request to the exit."""
         self.stop_profiler()
         t0 = time.perf_counter()
         r = subprocess.run(['fusermount3', '-u', self.mnt], capture_output=True, text=True)
@@ -345,7 +346,7 @@ signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 def member_info(archive, name):
     """(data_offset, compressed_size, uncompressed_size, method) of a zip member, the data
-    offset taken from the local header (FACTS.md: numpy's central headers lack the ZIP64
+    offset taken from the local header (numpy's central headers lack the ZIP64
     extra that the local header has)."""
     with zipfile.ZipFile(archive) as zf:
         info = zf.getinfo(name)
@@ -1534,7 +1535,7 @@ def machine_line(env):
 
 
 def main():
-    ap = argparse.ArgumentParser(description='npzfs benchmark (issue 6)')
+    ap = argparse.ArgumentParser(description='npzfs benchmark')
     ap.add_argument('--build', required=True, help='release build directory')
     ap.add_argument('--size', type=float, default=1.0, help='GiB per member (default 1)')
     ap.add_argument('--runs', type=int, default=5)

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Generates the benchmark's data set with numpy (issue 6). Run with /usr/bin/python3.
+"""Generates the benchmark's data set with numpy. Run with /usr/bin/python3.
 
     gen_data.py DIR --size GiB
 

@@ -148,13 +148,16 @@ class Archive {
   // what it read for the next run. A no-op for stored members. Errors: as BuildIndex.
   Status IndexUpTo(size_t i, uint64_t offset);
 
-  // Completes the first pass of every deflated member whose background indexer has started
-  // (a reader ran ahead of its checkpoints) and is not done, in the calling thread at normal
-  // priority (the indexer itself runs only on idle cores). Meant for an unmount: what was
-  // read is then fully indexed in the sidecar, and the next mount needs no first pass for
-  // it. Errors: the first member's whose pass failed (the others are still completed). A
-  // no-op with index_enabled = false.
-  Status FinishStartedIndexes();
+  // Completes the first pass of deflated members whose background indexer has started (a
+  // reader ran ahead of its checkpoints) and is not done, in the calling thread at normal
+  // priority (the indexer itself runs only on idle cores), as long as the uncompressed bytes
+  // still to index, summed over those members, stay within `budget`. Meant for an unmount:
+  // a member that was nearly read through is fully indexed for the next mount, while an
+  // unmount after a glance at a huge member is not held up for minutes (what was indexed
+  // is saved either way, and the next mount continues from there). Errors: the first
+  // member's whose pass failed (the others are still completed). A no-op with
+  // index_enabled = false.
+  Status FinishStartedIndexes(uint64_t budget);
 
   // Checks member i's CRC-32 now if it was not checked yet (a stored member's verify pass, a
   // deflated member's first pass), and returns the verdict: EIO on a mismatch.

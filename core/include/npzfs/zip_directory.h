@@ -1,6 +1,6 @@
 // Reads a ZIP archive's central directory into plain values.
 //
-// libzip exposes no member's data offset (FACTS.md), and the FUSE daemon needs exactly
+// libzip exposes no member's data offset (zip_stat has none), and the FUSE daemon needs exactly
 // that: where a member's bytes begin in the archive file. So the directory is parsed here,
 // by hand, with every length bounds-checked against the file size before it is trusted.
 // A truncated archive or a corrupt length is an error value, never a crash or a huge
