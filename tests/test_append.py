@@ -278,3 +278,41 @@ def test_recover_removes_stale_temp_files_and_then_finalizes_the_spool(tmp_path)
     assert ours(tmp_path) == []
     with np.load(archive) as z:
         np.testing.assert_array_equal(z["adc"], np.arange(12, dtype="<i2").reshape(3, 4))
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_live_mount_keeps_serving_old_members_while_npz_add_and_zipfile_append(
+        tmp_path, compress):
+    archive = tmp_path / "run.npz"
+    rng = np.random.default_rng(3)
+    adc = (rng.normal(0, 300, size=(64, 4096))).astype("<i2")
+    (np.savez_compressed if compress else np.savez)(archive, adc=adc)
+    np.save(tmp_path / "calib.npy", np.arange(100.0))
+    with mounted(archive, tmp_path / "mnt") as m:
+        fd = os.open(m.path("adc.npy"), os.O_RDONLY)
+        try:
+            head = os.pread(fd, 4096, 0)
+            r = npz("add", archive, "calib", tmp_path / "calib.npy")
+            assert r.returncode == 0, r.stderr
+            with zipfile.ZipFile(archive, "a") as z:  # Python's own append, in place too
+                z.writestr("note.txt", "appended by zipfile")
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # the reads reach the daemon
+            rest = os.pread(fd, 1 << 20, 4096)
+        finally:
+            os.close(fd)
+        assert head + rest == npy_bytes(adc)
+        served = np.load(m.path("adc.npy"), mmap_mode="r")
+        assert np.array_equal(served, adc)
+        del served
+        assert sorted(os.listdir(m.mnt)) == ["adc.npy"]  # the new ones: after a remount
+        np.save(m.path("frames.npy"), np.arange(5))  # finalized after the two appends
+    assert m.unmount() == 0, m.log()
+    assert "grew by an append" in m.log() and "changed while it was open" not in m.log()
+    with zipfile.ZipFile(archive) as z:
+        assert z.testzip() is None
+        assert z.namelist() == ["adc.npy", "calib.npy", "note.txt", "frames.npy"]
+    with np.load(archive) as z:
+        assert np.array_equal(z["adc"], adc) and np.array_equal(z["frames"], np.arange(5))
+    with mounted(archive, tmp_path / "mnt") as m:
+        assert sorted(os.listdir(m.mnt)) == ["adc.npy", "calib.npy", "frames.npy", "note.txt"]
+        assert np.array_equal(np.load(m.path("calib.npy")), np.arange(100.0))

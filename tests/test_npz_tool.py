@@ -730,6 +730,21 @@ def test_index_builds_and_saves_the_index_for_deflated_members(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), big[300:310])
 
 
+@pytest.mark.parametrize("mode", [[], ["--copy"]])
+def test_add_carries_the_saved_index_over_to_the_new_archive(tmp_path, mode):
+    big = smooth_int16(512)
+    np.savez_compressed(tmp_path / "data.npz", big=big)
+    ok("index", tmp_path / "data.npz")
+    np.save(tmp_path / "rx.npy", np.arange(10))
+    ok("add", tmp_path / "data.npz", "rx", tmp_path / "rx.npy", *mode)
+    # The old member's index still applies (its offsets did not change): no first pass.
+    rows = json.loads(ok("ls", tmp_path / "data.npz", "--json").stdout)
+    assert {r["name"]: r["index"] for r in rows} == {"big.npy": "complete", "rx.npy": "-"}
+    r = npz("frames", f"{tmp_path / 'data.npz'}:big", 300, 310, "-o", tmp_path / "o.npy")
+    assert r.returncode == 0 and "stale" not in r.stderr, r.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), big[300:310])
+
+
 def test_index_of_an_archive_without_deflated_members_is_a_no_op(files):
     d, adc, tx = files
     np.savez(d / "data.npz", adc=adc)

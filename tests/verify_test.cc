@@ -18,6 +18,7 @@
 #include "core/read/crc32.h"
 #include "core/read/index_file.h"
 #include "npzfs/archive.h"
+#include "npzfs/archive_writer.h"
 #include "npzfs/file_util.h"
 #include "tests/test_util.h"
 
@@ -462,6 +463,55 @@ TEST_F(VerifyTest, AnArchiveRewrittenInPlaceWhileOpenIsEio) {
   auto got = r->ReadAt(0, b);
   ASSERT_FALSE(got.ok());
   EXPECT_NE(got.status().message().find("modification time changed"), std::string::npos);
+}
+
+TEST_F(VerifyTest, AnArchiveAppendedToInPlaceWhileOpenKeepsServingItsMembers) {
+  for (std::string name : {"stored.npz", "comp.npz"}) {
+    SCOPED_TRACE(name);
+    const std::string path = Scratch(name);
+    auto a = Archive::Open(path, Options());
+    ASSERT_TRUE(a.ok());
+    auto r = Open(**a, "adc.npy");
+    std::string buf(4096, '\0');
+    ASSERT_TRUE(r->ReadAt(0, std::as_writable_bytes(std::span(buf))).ok());
+    NewMember added;
+    added.name = "added.npy";
+    added.pieces.push_back(MemberPiece{"not read by the open archive"});
+    ASSERT_TRUE(AppendToArchive(path, {added}, {}).ok());
+    std::string all;
+    ASSERT_TRUE(ReadThrough(*r, 1 << 20, &all).ok());
+    EXPECT_TRUE(all == ReadFileOrDie(Path("adc.npy")));
+    // What it learns is saved for the archive as it is now: a fresh Open loads it.
+    ASSERT_TRUE((*a)->BuildIndex(*(*a)->Find("adc.npy")).ok());
+    ASSERT_TRUE((*a)->SaveIndex().ok());
+    auto b = Archive::Open(path, Options());
+    ASSERT_TRUE(b.ok());
+    EXPECT_TRUE((*b)->Find("added.npy").has_value());
+    EXPECT_EQ((*b)->index_state(*(*b)->Find("adc.npy")),
+              name == "comp.npz" ? IndexState::kComplete : IndexState::kNotNeeded);
+  }
+  EXPECT_EQ(LogCount("grew by an append"), 2u) << Log();
+  EXPECT_EQ(LogCount("changed while it was open"), 0u) << Log();
+  EXPECT_EQ(LogCount("ignored"), 0u) << Log();
+}
+
+TEST_F(VerifyTest, BytesAddedAfterTheEndThatAreNoAppendOfMembersAreEio) {
+  const std::string path = Scratch("stored.npz");
+  auto a = Archive::Open(path, Options());
+  ASSERT_TRUE(a.ok());
+  auto r = Open(**a, "small.npy");
+  std::byte b[16];
+  ASSERT_TRUE(r->ReadAt(0, b).ok());
+  {
+    UniqueFd fd(::open(path.c_str(), O_WRONLY | O_APPEND));
+    ASSERT_TRUE(fd.valid());
+    ASSERT_EQ(::write(fd.get(), "junk", 4), 4);
+  }
+  auto got = r->ReadAt(0, b);
+  ASSERT_FALSE(got.ok());
+  EXPECT_EQ(got.status().code(), EIO);
+  EXPECT_FALSE(r->ReadAt(0, b).ok());
+  EXPECT_EQ(LogCount("changed while it was open"), 1u) << Log();
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 // leaves the old archive (or no output) behind. Inputs are validated first and passed as
 // file ranges of open fds: the writer streams them, nothing is loaded whole.
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "core/write/spool.h"
+#include "npzfs/archive.h"
 #include "npzfs/archive_writer.h"
 #include "tools/npz_cli.h"
 #include "tools/npz_files.h"
@@ -133,6 +135,27 @@ int RunPack(const std::vector<std::string>& raw_args) {
   return kExitOk;
 }
 
+// The archive's saved index, opened before an append so that CarryIndex can rewrite it for
+// the new archive afterwards (old members keep their offsets, so their checkpoints still
+// hold, and the next reader needs no first pass for them). Null when there is nothing to
+// carry (no sidecar, or an archive that cannot be read as it is; a stale sidecar is
+// removed by CarryIndex, as it holds nothing that applies).
+std::shared_ptr<Archive> OpenIndexToCarry(const std::string& archive) {
+  ArchiveOptions options;
+  options.background_index = false;  // nothing is read; only the sidecar is loaded
+  auto opened = Archive::Open(archive, options);
+  if (!opened.ok() || ::access((*opened)->IndexPath().c_str(), F_OK) != 0) return nullptr;
+  return *std::move(opened);
+}
+
+// Rewrites the index `before` loaded for the archive as it is now. A failure only costs the
+// next reader a first pass: it is a warning.
+void CarryIndex(const std::shared_ptr<Archive>& before) {
+  if (before == nullptr) return;
+  Status s = before->CarryIndexForward();
+  if (!s.ok()) LogToStderr("warning: the saved index was not carried over: " + s.message());
+}
+
 int RunAdd(const std::vector<std::string>& raw_args) {
   auto args = ParseArgs(raw_args, {{"compress", OptionSpec::Kind::kOptionalValue, 0},
                                    {"threads", OptionSpec::Kind::kValue, 0},
@@ -171,8 +194,10 @@ int RunAdd(const std::vector<std::string>& raw_args) {
   options.log = LogToStderr;
   options.reject_existing_names = true;
   options.progress = bar.Callback();
+  std::shared_ptr<Archive> index = OpenIndexToCarry(archive);
   Status status = AppendToArchive(archive, {MemberFromFile(*name, *input)}, options);
   if (!status.ok()) return ReportError(status);
+  CarryIndex(index);
   bar.Finish();
   return kExitOk;
 }
@@ -208,8 +233,10 @@ int RunRecover(const std::vector<std::string>& raw_args) {
   options.reject_existing_names = true;
   options.progress = bar.Callback();
   options.log = LogToStderr;
+  std::shared_ptr<Archive> index = OpenIndexToCarry(archive);
   Status status = RecoverSpool(archive, spool, options, LogToStderr);
   if (!status.ok()) return ReportError(status);
+  CarryIndex(index);
   bar.Finish();
   std::printf("%s: recovered the spool %s\n", archive.c_str(), spool.c_str());
   return kExitOk;

@@ -224,7 +224,8 @@ Result<std::shared_ptr<Archive>> Archive::Open(const std::string& path, ArchiveO
   options.checkpoint_spacing =
       std::clamp<uint64_t>(options.checkpoint_spacing, kMinSpacing, kMaxSpacing);
   archive->archive_mode_ = st.st_mode;
-  archive->shared_ = std::make_shared<ArchiveShared>(std::move(fd), path, st, options);
+  archive->shared_ =
+      std::make_shared<ArchiveShared>(std::move(fd), path, st, dir.entries, options);
   archive->options_ = std::move(options);
   archive->directory_ = std::move(dir);
   archive->members_ = MemberTree(archive->directory_.entries, path, archive->options_.log);
@@ -391,6 +392,9 @@ Status Archive::SaveIndex() {
   std::lock_guard<std::mutex> lock(save_mu_);
   // After CarryIndexForward the sidecar describes the new archive; this one is gone.
   if (carried_forward_ || !index_dirty()) return Status::Ok();
+  // After an append by another process (the mount kept serving the old members), the
+  // records are written for the archive as it is now, like CarryIndexForward does.
+  if (shared_->appended()) return WriteIndexForArchiveNow();
   std::vector<std::pair<size_t, uint64_t>> versions;  // (member, version saved)
   const std::vector<IndexRecord> records = Records(&versions);
   NPZ_RETURN_IF_ERROR(WriteIndex(Fingerprint(), directory_.entries, records));
@@ -442,6 +446,11 @@ Status Archive::WriteIndex(const IndexFingerprint& fingerprint,
 Status Archive::CarryIndexForward() {
   if (!options_.index_enabled) return Status::Ok();
   std::lock_guard<std::mutex> lock(save_mu_);
+  carried_forward_ = true;
+  return WriteIndexForArchiveNow();
+}
+
+Status Archive::WriteIndexForArchiveNow() {
   NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(path(), O_RDONLY));
   struct stat st;
   if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, path(), "fstat");
@@ -466,7 +475,6 @@ Status Archive::CarryIndexForward() {
       kept.push_back(std::move(rec));
     }
   }
-  carried_forward_ = true;
   if (kept.empty()) {  // nothing to carry: no sidecar (the old one would only be stale)
     if (::unlink(IndexPath().c_str()) != 0 && errno != ENOENT) {
       return ErrnoStatus(errno, IndexPath(), "unlink");

@@ -1,8 +1,11 @@
 #include "core/read/archive_shared.h"
 
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 
 namespace npzfs {
 namespace {
@@ -11,10 +14,14 @@ namespace {
 // dozen (an ISA-L snapshot is ~54 KiB).
 constexpr uint64_t kMinSnapshotBytes = 4 << 20;
 
+// How long a read waits for an appender's lock before it reads the directory anyway (an
+// append of new members is seconds at most; a stuck appender must not hang the reader).
+constexpr int kAppendWaitMs = 30'000;
+
 }  // namespace
 
 ArchiveShared::ArchiveShared(UniqueFd fd_in, std::string path_in, const struct stat& st,
-                             const ArchiveOptions& options)
+                             std::vector<ZipEntry> entries, const ArchiveOptions& options)
     : fd(std::move(fd_in)),
       path(std::move(path_in)),
       size(static_cast<uint64_t>(st.st_size)),
@@ -25,34 +32,88 @@ ArchiveShared::ArchiveShared(UniqueFd fd_in, std::string path_in, const struct s
       pool(options.max_parked_streams),
       fast_pool(options.max_parked_streams),
       snapshots(std::max<uint64_t>(options.cache_bytes / 8, kMinSnapshotBytes)),
-      log(options.log) {}
+      log(options.log),
+      entries_(std::move(entries)),
+      good_size_(size),
+      good_mtime_ns_(mtime_ns) {}
 
 Status ArchiveShared::CheckUnchanged() {
-  if (changed_.load(std::memory_order_acquire)) {
-    std::lock_guard<std::mutex> lock(mu_);
-    return changed_status_;
-  }
   struct stat st;
-  std::string what;
-  if (::fstat(fd.get(), &st) != 0) {
-    what = "fstat failed";
-  } else if (static_cast<uint64_t>(st.st_size) != size) {
-    what = "its size changed from " + std::to_string(size) + " to " + std::to_string(st.st_size) +
-           " bytes";
-  } else if (MtimeNs(st) != mtime_ns) {
-    what = "its modification time changed";
-  } else {
+  if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, path, "fstat");
+  const uint64_t now_size = static_cast<uint64_t>(st.st_size);
+  if (now_size == good_size_.load(std::memory_order_acquire) &&
+      MtimeNs(st) == good_mtime_ns_.load(std::memory_order_acquire)) {
     return Status::Ok();
   }
   std::lock_guard<std::mutex> lock(mu_);
-  if (!changed_.load(std::memory_order_relaxed)) {
-    changed_status_ = Status::Error(
-        EIO, path + ": the archive changed while it was open (" + what +
-                 "): its members are no longer served; mount it again to read the new archive");
-    changed_.store(true, std::memory_order_release);
-    Log(changed_status_.message());
+  if (!bad_status_.ok() && now_size == bad_size_ && MtimeNs(st) == bad_mtime_ns_) {
+    return bad_status_;  // already found bad, and logged
   }
-  return changed_status_;
+  // Whatever changed the file may still be at it: wait (bounded) for the appender's lock, so
+  // the directory is read whole. Readers of this archive wait meanwhile, on mu_.
+  for (int waited_ms = 0; ::flock(fd.get(), LOCK_SH | LOCK_NB) != 0 && waited_ms < kAppendWaitMs;
+       waited_ms += 10) {
+    ::usleep(10'000);
+  }
+  if (::fstat(fd.get(), &st) != 0) {
+    Status s = ErrnoStatus(errno, path, "fstat");
+    ::flock(fd.get(), LOCK_UN);
+    return s;
+  }
+  Status appended = CheckAppendOnly(st);
+  ::flock(fd.get(), LOCK_UN);
+  if (appended.ok()) {
+    good_size_.store(static_cast<uint64_t>(st.st_size), std::memory_order_release);
+    good_mtime_ns_.store(MtimeNs(st), std::memory_order_release);
+    return Status::Ok();
+  }
+  bad_size_ = static_cast<uint64_t>(st.st_size);
+  bad_mtime_ns_ = MtimeNs(st);
+  bad_status_ = Status::Error(EIO, path + ": the archive changed while it was open (" +
+                                       appended.message() +
+                                       "): its members are no longer served; mount it again "
+                                       "to read the new archive");
+  Log(bad_status_.message());
+  return bad_status_;
+}
+
+Status ArchiveShared::CheckAppendOnly(const struct stat& st) {
+  const uint64_t now_size = static_cast<uint64_t>(st.st_size);
+  if (now_size == size && MtimeNs(st) == mtime_ns) {
+    // Back as it was at Open (a recovery undid an append): nothing to check.
+    appended_.store(false, std::memory_order_release);
+    return Status::Ok();
+  }
+  // An append adds at least one directory record: the file grows.
+  if (now_size == size) return Status::Error(EIO, "its modification time changed");
+  if (now_size < size) {
+    return Status::Error(EIO, "its size changed from " + std::to_string(size) + " to " +
+                                  std::to_string(now_size) + " bytes");
+  }
+  Result<ZipDirectory> now = ReadZipDirectory(fd.get(), path);
+  if (!now.ok()) {
+    return Status::Error(EIO, "it grew, and its directory cannot be read: " +
+                                  now.status().message());
+  }
+  if (now->entries.size() <= entries_.size()) {
+    return Status::Error(EIO, "it grew, but has no new member");
+  }
+  for (size_t i = 0; i < entries_.size(); ++i) {
+    const ZipEntry& a = entries_[i];
+    const ZipEntry& b = now->entries[i];
+    if (a.name != b.name || a.method != b.method || a.flags != b.flags || a.crc32 != b.crc32 ||
+        a.compressed_size != b.compressed_size || a.uncompressed_size != b.uncompressed_size ||
+        a.local_header_offset != b.local_header_offset || a.data_offset != b.data_offset ||
+        a.data_offset + a.compressed_size > now->cd_offset) {
+      return Status::Error(EIO, "it grew, but member " + a.name + " is not as it was");
+    }
+  }
+  appended_.store(true, std::memory_order_release);
+  Log(path + ": the archive grew by an append (" +
+      std::to_string(now->entries.size() - entries_.size()) +
+      " new directory entries): the members mounted are still served; mount it again to see "
+      "the new ones");
+  return Status::Ok();
 }
 
 }  // namespace npzfs

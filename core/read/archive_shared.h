@@ -8,6 +8,15 @@
 // calls CheckUnchanged first: one fstat (a few hundred nanoseconds, next to a FUSE round
 // trip of tens of microseconds), so a change is caught by the very next read.
 //
+// One change is harmless and common: an append in place (`npz add`, another mount's
+// finalize, Python's zipfile in append mode) writes new members and a new directory after
+// the old members' bytes, which it never touches. So when the size or mtime changes,
+// CheckUnchanged waits for the appender's lock (writers of npzfs hold an exclusive flock on
+// the archive for the whole append), reads the directory again and accepts the change if
+// every entry known at Open is still there, the same in every field that locates or checks
+// its bytes. The old members are then served as before (their CRC checks still guard every
+// byte); the new ones appear at the next mount. Any other change gives EIO.
+//
 // Threads: every member is safe to use from many threads at once.
 #pragma once
 
@@ -18,6 +27,7 @@
 #include <functional>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "core/read/decode_stream.h"
 #include "core/read/inflate_index.h"
@@ -27,22 +37,28 @@
 #include "npzfs/archive.h"
 #include "npzfs/file_util.h"
 #include "npzfs/status.h"
+#include "npzfs/zip_directory.h"
 
 namespace npzfs {
 
 struct ArchiveShared {
-  // `st` is the fstat of `fd_in` taken before the directory was read.
+  // `st` is the fstat of `fd_in` taken before the directory was read; `entries` is that
+  // directory's (kept to recognize an append).
   ArchiveShared(UniqueFd fd_in, std::string path_in, const struct stat& st,
-                const ArchiveOptions& options);
+                std::vector<ZipEntry> entries, const ArchiveOptions& options);
 
   void Log(const std::string& line) const {
     if (log) log(line);
   }
 
-  // Ok while the archive file keeps the size and mtime it had at Open. Otherwise EIO naming
-  // the archive and what changed; the first failure is logged, and every later call fails
-  // the same way (the archive is not read again by this process).
+  // Ok while the archive file keeps the size and mtime it had at Open, or changed only by
+  // appends (see above). Otherwise EIO naming the archive and what changed, logged once per
+  // change; the archive is checked again only when its size or mtime changes again (a
+  // recovery that puts the old archive back makes it readable again).
   Status CheckUnchanged();
+  // True once an append was accepted: the directory read at Open no longer describes the
+  // file (an index saved now must be written for the directory as it is now).
+  bool appended() const { return appended_.load(std::memory_order_acquire); }
 
   const UniqueFd fd;
   const std::string path;
@@ -57,9 +73,18 @@ struct ArchiveShared {
   const std::function<void(const std::string&)> log;
 
  private:
-  std::atomic<bool> changed_{false};  // set once; then changed_status_ is final
-  std::mutex mu_;                     // guards changed_status_; a leaf lock
-  Status changed_status_;
+  // Why the file as it is now (size, mtime) is not an append of the archive read at Open.
+  Status CheckAppendOnly(const struct stat& st);
+
+  const std::vector<ZipEntry> entries_;  // the directory read at Open
+  // The (size, mtime) last found good: at Open, then after each accepted append.
+  std::atomic<uint64_t> good_size_;
+  std::atomic<int64_t> good_mtime_ns_;
+  std::atomic<bool> appended_{false};
+  std::mutex mu_;  // serializes the checks of a change; guards the three below; a leaf lock
+  uint64_t bad_size_ = 0;  // the (size, mtime) last found bad, and why
+  int64_t bad_mtime_ns_ = 0;
+  Status bad_status_;
 };
 
 // Nanoseconds of a stat's mtime.

@@ -202,6 +202,9 @@ class Archive {
   std::vector<IndexRecord> Records(std::vector<std::pair<size_t, uint64_t>>* versions) const;
   Status WriteIndex(const IndexFingerprint& fingerprint, const std::vector<ZipEntry>& entries,
                     const std::vector<IndexRecord>& records) const;
+  // Writes the sidecar for the archive file as it is now (what CarryIndexForward does);
+  // save_mu_ held.
+  Status WriteIndexForArchiveNow();
 
   std::shared_ptr<ArchiveShared> shared_;
   ZipDirectory directory_;
