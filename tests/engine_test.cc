@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "core/read/crc32.h"
+#include "core/base/crc32.h"
 #include "core/read/decode_stream.h"
 #include "core/read/inflate_engine.h"
 #include "core/read/inflate_index.h"

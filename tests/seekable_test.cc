@@ -11,7 +11,7 @@
 #include <string>
 
 #include "core/base/byte_codec.h"
-#include "core/read/crc32.h"
+#include "core/base/crc32.h"
 #include "npzfs/archive.h"
 #include "npzfs/archive_writer.h"
 #include "tests/test_util.h"

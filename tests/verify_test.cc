@@ -15,7 +15,7 @@
 #include <random>
 #include <string>
 
-#include "core/read/crc32.h"
+#include "core/base/crc32.h"
 #include "core/read/index_file.h"
 #include "npzfs/archive.h"
 #include "npzfs/archive_writer.h"

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "core/read/crc32.h"
+#include "core/base/crc32.h"
 #include "npzfs/file_util.h"
 
 namespace npzfs {

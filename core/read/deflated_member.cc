@@ -6,7 +6,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "core/read/crc32.h"
+#include "core/base/crc32.h"
 #include "core/read/index_file.h"
 #include "core/read/read_pools.h"
 

@@ -7,7 +7,7 @@
 #include <cstdio>
 #include <cstring>
 
-#include "core/read/crc32.h"
+#include "core/base/crc32.h"
 #include "core/read/deflated_member.h"
 #include "core/read/read_pools.h"
 

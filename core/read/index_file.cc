@@ -6,7 +6,7 @@
 #include <cstring>
 
 #include "core/base/byte_codec.h"
-#include "core/read/crc32.h"
+#include "core/base/crc32.h"
 #include "npzfs/file_util.h"
 
 namespace npzfs {

@@ -5,7 +5,7 @@
 #include <cinttypes>
 #include <cstdio>
 
-#include "core/read/crc32.h"
+#include "core/base/crc32.h"
 #include "core/read/read_pools.h"
 #include "npzfs/file_util.h"
 

@@ -7,6 +7,7 @@
 
 #include <chrono>
 
+#include "core/base/crc32.h"
 #include "core/zip/chunked_deflater.h"
 
 namespace npzfs {
@@ -102,8 +103,7 @@ Status BackgroundDeflater::DeflateNextChunk(const Work& w, std::string& in, std:
                                   " shorter than its visible size");
   }
   NPZ_RETURN_IF_ERROR(DeflateChunk(level_, in, /*final=*/false, &out));
-  const auto crc =
-      static_cast<uint32_t>(::crc32_z(0, reinterpret_cast<const Bytef*>(in.data()), in.size()));
+  const uint32_t crc = Crc32(0, in.data(), in.size());
   return e.shadow->Append(out, crc);
 }
 

@@ -7,6 +7,7 @@
 #include <cerrno>
 
 #include "core/base/byte_codec.h"
+#include "core/base/crc32.h"
 
 namespace npzfs {
 namespace {
@@ -17,8 +18,7 @@ constexpr uint64_t kSyncEveryBytes = uint64_t{16} << 20;
 constexpr size_t kSyncEveryChunks = 4;
 
 uint32_t Crc32Of(std::string_view bytes, uint32_t seed = 0) {
-  return static_cast<uint32_t>(
-      ::crc32_z(seed, reinterpret_cast<const Bytef*>(bytes.data()), bytes.size()));
+  return Crc32(seed, bytes.data(), bytes.size());
 }
 
 std::string ShadowPath(const std::string& spool_path, std::string_view suffix) {

@@ -53,6 +53,7 @@
 #include <cstring>
 #include <limits>
 
+#include "core/base/crc32.h"
 #include "core/npy/npy_file.h"
 
 namespace npzfs {
@@ -67,10 +68,6 @@ constexpr size_t kMaxWriterHeaderBytes = NpyHeader::kMaxHeaderChars + 128;
 constexpr size_t kVersionByte = 6;
 constexpr size_t kV1LengthPrefix = 10;
 constexpr size_t kV2LengthPrefix = 12;
-
-uint32_t Crc32(uint32_t crc, const void* data, size_t n) {
-  return static_cast<uint32_t>(::crc32_z(crc, static_cast<const Bytef*>(data), n));
-}
 
 std::string_view AsChars(std::span<const std::byte> data) {
   return {reinterpret_cast<const char*>(data.data()), data.size()};

@@ -62,6 +62,7 @@
 #include <set>
 
 #include "core/base/atomic_file.h"
+#include "core/base/crc32.h"
 #include "core/base/thread_pool.h"
 #include "core/zip/append_journal.h"
 #include "core/zip/archive_lock.h"
@@ -326,18 +327,18 @@ Status CreateArchive(const Request& r, bool* exists) {
 // CRC-32 of a member's pieces (given, or read).
 Result<uint32_t> MemberCrc(const NewMember& m) {
   if (m.crc32) return *m.crc32;
-  uLong crc = 0;
+  uint32_t crc = 0;
   std::string buf;
   for (const MemberPiece& p : m.pieces) {
     if (p.fd < 0) {
-      crc = ::crc32_z(crc, reinterpret_cast<const Bytef*>(p.bytes.data()), p.bytes.size());
+      crc = Crc32(crc, p.bytes.data(), p.bytes.size());
       continue;
     }
     buf.resize(kCopyBuffer);
     for (uint64_t done = 0; done < p.length;) {
       const size_t want = static_cast<size_t>(std::min<uint64_t>(p.length - done, buf.size()));
       NPZ_RETURN_IF_ERROR(PreadExact(p.fd, buf.data(), want, p.offset + done, p.source));
-      crc = ::crc32_z(crc, reinterpret_cast<const Bytef*>(buf.data()), want);
+      crc = Crc32(crc, buf.data(), want);
       done += want;
     }
   }

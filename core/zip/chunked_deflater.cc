@@ -35,6 +35,8 @@
 #include <cstring>
 #include <mutex>
 
+#include "core/base/crc32.h"
+
 namespace npzfs {
 namespace {
 
@@ -213,8 +215,7 @@ Status ChunkedDeflater::Submit(bool final, bool merge_into_previous) {
   const int level = o_.level;
   auto run = [job, shared = shared_, level] {
     const std::string_view in(job->in.data(), job->in_size);
-    job->crc =
-        static_cast<uint32_t>(::crc32_z(0, reinterpret_cast<const Bytef*>(in.data()), in.size()));
+    job->crc = Crc32(0, in.data(), in.size());
     job->status = DeflateChunk(level, in, job->final, &job->out);
     std::lock_guard lock(shared->mu);
     job->done = true;

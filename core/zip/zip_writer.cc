@@ -28,6 +28,7 @@
 #include <ctime>
 
 #include "core/base/byte_codec.h"
+#include "core/base/crc32.h"
 #include "core/zip/chunked_deflater.h"
 #include "core/zip/file_copy.h"
 #include "core/zip/zip_format.h"
@@ -165,8 +166,7 @@ Status ZipWriter::BeginMember(const std::string& name, const ZipMemberOptions& o
 Status ZipWriter::Feed(const void* data, size_t n) {
   if (deflater_) return deflater_->Write(data, n);  // counts, CRC and progress in there
   if (!cur_crc_given_) {
-    cur_running_crc_ =
-        static_cast<uint32_t>(::crc32_z(cur_running_crc_, static_cast<const Bytef*>(data), n));
+    cur_running_crc_ = Crc32(cur_running_crc_, data, n);
   }
   cur_.uncompressed_size += n;
   NPZ_RETURN_IF_ERROR(WriteOut(data, n));

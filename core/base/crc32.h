@@ -1,4 +1,4 @@
-// CRC-32 (the ZIP/gzip polynomial) for the read side: the fastest implementation the build
+// CRC-32 (the ZIP/gzip polynomial) for every reader and writer of member bytes: the fastest implementation the build
 // has (ISA-L's crc32_gzip_refl when built with ISA-L, else zlib's crc32_z), and zlib's
 // crc32_combine to join the CRCs of adjacent runs. Pure functions: thread-safe.
 #pragma once

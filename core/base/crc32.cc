@@ -1,4 +1,4 @@
-#include "core/read/crc32.h"
+#include "core/base/crc32.h"
 
 #include <zlib.h>
 
