@@ -143,6 +143,45 @@ TEST(SpanCache, GetOrProduceReturnsACachedSpanWithoutCallingTheProducer) {
   EXPECT_EQ((*r)->data.get()[0], std::byte{'c'});
 }
 
+TEST(SpanCache, WaitWhileInFlightReturnsOnlyOnceTheProductionIsCached) {
+  SpanCache cache(1 << 20);
+  cache.WaitWhileInFlight(Key(1, 0));  // nothing in flight: returns at once
+  std::mutex mu;
+  std::condition_variable cv;
+  bool release = false;
+  bool producing = false;
+  std::thread producer([&] {
+    auto got = cache.GetOrProduce(Key(1, 0), [&]() -> Result<SpanPtr> {
+      std::unique_lock<std::mutex> lock(mu);
+      producing = true;
+      cv.notify_all();
+      cv.wait(lock, [&] { return release; });
+      return MakeSpan(100, 'p');
+    });
+    EXPECT_TRUE(got.ok());
+  });
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return producing; });
+  }
+  std::atomic<bool> waited{false};
+  std::thread waiter([&] {
+    cache.WaitWhileInFlight(Key(1, 0));
+    EXPECT_NE(cache.Lookup(Key(1, 0)), nullptr) << "returned before the span was cached";
+    waited = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_FALSE(waited.load()) << "returned while the span was still being produced";
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    release = true;
+  }
+  cv.notify_all();
+  producer.join();
+  waiter.join();
+  EXPECT_TRUE(waited.load());
+}
+
 TEST(SpanBuffers, ARecycledBufferIsReusedOnlyWhenItFitsWithoutWastingHalf) {
   std::byte* first = nullptr;
   {

@@ -467,6 +467,9 @@ Result<std::string> MakeSparseWindow(const DeflateSource& src, const Checkpoint&
     return Status::Error(EIO, src.name + ": deflate of a checkpoint window failed");
   }
   packed.resize(packed.size() - d->avail_out);
+  // Kept for the member's lifetime: give back the rest of the deflateBound buffer (without
+  // this, each ~2.4 KB window held ~33 KiB: 66 MiB of RSS for a 1 GiB member's index).
+  packed.shrink_to_fit();
   return packed;
 }
 

@@ -77,6 +77,9 @@ class SpanCache {
   // at once; GetOrProduce calls for it meanwhile wait for that production. `produce` must
   // keep alive whatever owns this cache (the task outlives the call).
   void Prefetch(const SpanKey& key, std::function<Result<SpanPtr>()> produce, ThreadPool& pool);
+  // Waits while `key` is being produced (by GetOrProduce or Prefetch); returns at once if
+  // it is not. For a producer that can continue from what that production leaves behind.
+  void WaitWhileInFlight(const SpanKey& key);
 
   uint64_t budget() const { return budget_; }
   uint64_t bytes() const;  // memory of the cached spans

@@ -41,6 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PYTHON = '/usr/bin/python3'
 FRAME_BYTES = 512 << 10
 SPAN_SPACING = 512 << 10  # npzfs's checkpoint spacing (ArchiveOptions::checkpoint_spacing)
+DEFLATE_CHUNK = 1 << 20  # the chunk of npzfs's parallel and background deflate
 RANDOM_READS = 200
 DEFLATE_LEVEL = 6  # np.savez_compressed's level (zlib's default); mounts use compress=6
 BIG_FILE = 16 << 20  # a new file this big could hold decompressed data
@@ -1282,7 +1283,7 @@ class Bench:
         """Waits until the background deflater has recorded every complete 1 MiB chunk of
         the member (the rate at which it keeps up); returns its shadow's data file."""
         hdr, count, frame = npy_layout(src)
-        want = count * frame // SPAN_SPACING
+        want = count * frame // DEFLATE_CHUNK
         index = os.path.join(spool, '.feat.npy.npzfs-deflate-index')
         deadline = time.monotonic() + 1800
         while True:
