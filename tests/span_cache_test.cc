@@ -145,7 +145,7 @@ TEST(SpanCache, GetOrProduceReturnsACachedSpanWithoutCallingTheProducer) {
 
 TEST(SpanCache, WaitWhileInFlightReturnsOnlyOnceTheProductionIsCached) {
   SpanCache cache(1 << 20);
-  cache.WaitWhileInFlight(Key(1, 0));  // nothing in flight: returns at once
+  cache.WaitWhileInFlight(Key(1, 0), std::chrono::hours(1));  // nothing in flight: at once
   std::mutex mu;
   std::condition_variable cv;
   bool release = false;
@@ -166,7 +166,7 @@ TEST(SpanCache, WaitWhileInFlightReturnsOnlyOnceTheProductionIsCached) {
   }
   std::atomic<bool> waited{false};
   std::thread waiter([&] {
-    cache.WaitWhileInFlight(Key(1, 0));
+    cache.WaitWhileInFlight(Key(1, 0), std::chrono::hours(1));
     EXPECT_NE(cache.Lookup(Key(1, 0)), nullptr) << "returned before the span was cached";
     waited = true;
   });
@@ -180,6 +180,37 @@ TEST(SpanCache, WaitWhileInFlightReturnsOnlyOnceTheProductionIsCached) {
   producer.join();
   waiter.join();
   EXPECT_TRUE(waited.load());
+}
+
+TEST(SpanCache, WaitWhileInFlightGivesUpAfterItsTimeout) {
+  SpanCache cache(1 << 20);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool release = false;
+  bool producing = false;
+  std::thread producer([&] {
+    auto got = cache.GetOrProduce(Key(1, 0), [&]() -> Result<SpanPtr> {
+      std::unique_lock<std::mutex> lock(mu);
+      producing = true;
+      cv.notify_all();
+      cv.wait(lock, [&] { return release; });
+      return MakeSpan(100, 'p');
+    });
+    EXPECT_TRUE(got.ok());
+  });
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return producing; });
+  }
+  cache.WaitWhileInFlight(Key(1, 0), std::chrono::milliseconds(20));
+  EXPECT_EQ(cache.Lookup(Key(1, 0)), nullptr) << "the production was still held back";
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    release = true;
+  }
+  cv.notify_all();
+  producer.join();
+  EXPECT_NE(cache.Lookup(Key(1, 0)), nullptr);
 }
 
 TEST(SpanBuffers, ARecycledBufferIsReusedOnlyWhenItFitsWithoutWastingHalf) {

@@ -46,6 +46,10 @@ Status ArchiveShared::CheckUnchanged() {
     return Status::Ok();
   }
   std::lock_guard<std::mutex> lock(mu_);
+  if (now_size == good_size_.load(std::memory_order_relaxed) &&
+      MtimeNs(st) == good_mtime_ns_.load(std::memory_order_relaxed)) {
+    return Status::Ok();  // another reader accepted this change meanwhile
+  }
   if (!bad_status_.ok() && now_size == bad_size_ && MtimeNs(st) == bad_mtime_ns_) {
     return bad_status_;  // already found bad, and logged
   }

@@ -68,12 +68,12 @@ Result<SpanPtr> SpanCache::GetOrProduce(const SpanKey& key,
   return result;
 }
 
-void SpanCache::WaitWhileInFlight(const SpanKey& key) {
+void SpanCache::WaitWhileInFlight(const SpanKey& key, std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> lock(mu_);
   auto f = in_flight_.find(key);
   if (f == in_flight_.end()) return;
   std::shared_ptr<InFlight> wait_for = f->second;
-  produced_.wait(lock, [&] { return wait_for->done; });
+  produced_.wait_for(lock, timeout, [&] { return wait_for->done; });
 }
 
 void SpanCache::Complete(const SpanKey& key, const std::shared_ptr<InFlight>& flight,

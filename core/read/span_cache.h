@@ -12,6 +12,7 @@
 #pragma once
 
 #include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -77,9 +78,11 @@ class SpanCache {
   // at once; GetOrProduce calls for it meanwhile wait for that production. `produce` must
   // keep alive whatever owns this cache (the task outlives the call).
   void Prefetch(const SpanKey& key, std::function<Result<SpanPtr>()> produce, ThreadPool& pool);
-  // Waits while `key` is being produced (by GetOrProduce or Prefetch); returns at once if
-  // it is not. For a producer that can continue from what that production leaves behind.
-  void WaitWhileInFlight(const SpanKey& key);
+  // Waits while `key` is being produced (by GetOrProduce or Prefetch), at most `timeout`;
+  // returns at once if it is not. For a producer that can continue from what that
+  // production leaves behind (the bound keeps a pool thread from waiting for good on a
+  // Prefetch queued behind it).
+  void WaitWhileInFlight(const SpanKey& key, std::chrono::milliseconds timeout);
 
   uint64_t budget() const { return budget_; }
   uint64_t bytes() const;  // memory of the cached spans
