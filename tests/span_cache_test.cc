@@ -213,6 +213,34 @@ TEST(SpanCache, WaitWhileInFlightGivesUpAfterItsTimeout) {
   EXPECT_NE(cache.Lookup(Key(1, 0)), nullptr);
 }
 
+TEST(SpanCache, WaitWhileInFlightDoesNotWaitForAPrefetchStillQueued) {
+  // A pool thread that waited for a task queued behind it would wait for good: the one
+  // thread of this pool is busy, so the prefetch cannot start until the test lets it.
+  SpanCache cache(1 << 20);
+  ThreadPool pool(1);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool release = false;
+  pool.Submit([&] {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return release; });
+  });
+  cache.Prefetch(Key(1, 0), [] { return Result<SpanPtr>(MakeSpan(100, 'q')); }, pool);
+  const auto start = std::chrono::steady_clock::now();
+  cache.WaitWhileInFlight(Key(1, 0), std::chrono::seconds(10));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5))
+      << "it waited for a production that could not start";
+  EXPECT_EQ(cache.Lookup(Key(1, 0)), nullptr);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    release = true;
+  }
+  cv.notify_all();
+  auto got = cache.GetOrProduce(Key(1, 0), [] { return Result<SpanPtr>(MakeSpan(1, 'x')); });
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(static_cast<char>((*got)->data.get()[0]), 'q') << "the prefetch produced it";
+}
+
 TEST(SpanBuffers, ARecycledBufferIsReusedOnlyWhenItFitsWithoutWastingHalf) {
   std::byte* first = nullptr;
   {

@@ -21,6 +21,10 @@ constexpr uint64_t kSequentialRun = 4 << 20;
 // Read-ahead of a streaming reader, in spans: at most this many (also bounded by the pool
 // size and a quarter of the cache).
 constexpr size_t kFullReadAhead = SIZE_MAX;
+// A request this large comes from the kernel's page cache (readahead, or the read-around of
+// an mmap page fault), not from a small pread: the object being read most likely goes on
+// past it, so the next span is decoded at once, side by side with this one.
+constexpr size_t kPageCacheRequest = 128 << 10;
 
 }  // namespace
 
@@ -201,7 +205,9 @@ Result<size_t> DeflatedMember::ReadAt(uint64_t offset, std::span<std::byte> dest
   const uint64_t run = in_order ? sequential_run_.fetch_add(n) + n : (sequential_run_ = n, n);
   // How far ahead to decode: nothing for a lone read; the next span or chunk once a read has
   // gone on in order (a frame read in 128 KiB requests, say); a full pipeline for a stream.
-  const size_t ahead = run >= kSequentialRun ? kFullReadAhead : run >= spacing_ / 2 ? 1 : 0;
+  const size_t ahead = run >= kSequentialRun                           ? kFullReadAhead
+                       : run >= spacing_ / 2 || n >= kPageCacheRequest ? 1
+                                                                       : 0;
   // The known spans this request covers beyond its first are decoded side by side with it.
   if (Result<Where> w = Locate(offset); w.ok() && w->known) {
     PrefetchSpans(*w, SpansBefore(*w, offset + n));

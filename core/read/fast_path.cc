@@ -78,7 +78,7 @@ Result<std::unique_ptr<DecodeStream>> DeflatedMember::FastStreamAt(uint64_t pos,
   // wait for the chunk before to park its stream here rather than decode again from a
   // resume point up to a MiB back (that doubled the decoding of a first `cat`).
   if (pos >= kFastChunk && pos % kFastChunk == 0) {
-    // A chunk decodes in well under a millisecond; a longer wait means it is queued.
+    // A chunk decodes in well under a millisecond (the bound is a backstop).
     shared_->cache.WaitWhileInFlight(FastKey(pos / kFastChunk - 1, generation),
                                      std::chrono::milliseconds(100));
     if (std::unique_ptr<DecodeStream> s = shared_->fast_pool.Take(key, pos)) return s;

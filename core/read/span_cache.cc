@@ -59,6 +59,7 @@ Result<SpanPtr> SpanCache::GetOrProduce(const SpanKey& key,
       return wait_for->result;
     }
     flight = std::make_shared<InFlight>();
+    flight->started = true;
     in_flight_.emplace(key, flight);
     ++misses_;
   }
@@ -71,7 +72,7 @@ Result<SpanPtr> SpanCache::GetOrProduce(const SpanKey& key,
 void SpanCache::WaitWhileInFlight(const SpanKey& key, std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> lock(mu_);
   auto f = in_flight_.find(key);
-  if (f == in_flight_.end()) return;
+  if (f == in_flight_.end() || !f->second->started) return;
   std::shared_ptr<InFlight> wait_for = f->second;
   produced_.wait_for(lock, timeout, [&] { return wait_for->done; });
 }
@@ -98,8 +99,13 @@ void SpanCache::Prefetch(const SpanKey& key, std::function<Result<SpanPtr>()> pr
     ++misses_;  // a production, like a miss of GetOrProduce
     in_flight_.emplace(key, flight);
   }
-  pool.Submit(
-      [this, key, flight, produce = std::move(produce)] { Complete(key, flight, produce()); });
+  pool.Submit([this, key, flight, produce = std::move(produce)] {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      flight->started = true;
+    }
+    Complete(key, flight, produce());
+  });
 }
 
 uint64_t SpanCache::bytes() const {

@@ -78,10 +78,10 @@ class SpanCache {
   // at once; GetOrProduce calls for it meanwhile wait for that production. `produce` must
   // keep alive whatever owns this cache (the task outlives the call).
   void Prefetch(const SpanKey& key, std::function<Result<SpanPtr>()> produce, ThreadPool& pool);
-  // Waits while `key` is being produced (by GetOrProduce or Prefetch), at most `timeout`;
-  // returns at once if it is not. For a producer that can continue from what that
-  // production leaves behind (the bound keeps a pool thread from waiting for good on a
-  // Prefetch queued behind it).
+  // Waits while `key` is being produced, at most `timeout`; returns at once if it is not,
+  // or if it is a Prefetch still queued (a pool thread waiting for a task queued behind it
+  // could wait for good). For a producer that can continue from what that production
+  // leaves behind.
   void WaitWhileInFlight(const SpanKey& key, std::chrono::milliseconds timeout);
 
   uint64_t budget() const { return budget_; }
@@ -104,6 +104,7 @@ class SpanCache {
     std::list<SpanKey>::iterator lru;
   };
   struct InFlight {
+    bool started = false;  // the producer runs (a Prefetch may still be queued)
     bool done = false;
     Result<SpanPtr> result = Status::Error(EIO, "span not produced");
   };
