@@ -93,8 +93,9 @@ for k, v in arrays.items():
 
 std::string SavezScript(const TempDir& dir, const std::string& fn) {
   std::string s = kSavezScript;
-  s.replace(s.find("DIR"), 3, "'" + dir.path() + "'");
+  // FN first: the directory's random name may itself contain "FN".
   s.replace(s.find("FN"), 2, fn);
+  s.replace(s.find("DIR"), 3, "'" + dir.path() + "'");
   return s;
 }
 
