@@ -203,8 +203,9 @@ Result<size_t> DeflatedMember::ReadAt(uint64_t offset, std::span<std::byte> dest
   const bool in_order = offset >= expected ? offset - expected <= kSequentialSlack
                                            : expected - offset <= kSequentialSlack;
   const uint64_t run = in_order ? sequential_run_.fetch_add(n) + n : (sequential_run_ = n, n);
-  // How far ahead to decode: nothing for a lone read; the next span or chunk once a read has
-  // gone on in order (a frame read in 128 KiB requests, say); a full pipeline for a stream.
+  // How far ahead to decode: nothing for a lone small read; the next span or chunk once a
+  // read has gone on in order (a frame read in 128 KiB requests, say) or for a request the
+  // size of the kernel's readahead; a full pipeline for a stream.
   const size_t ahead = run >= kSequentialRun                           ? kFullReadAhead
                        : run >= spacing_ / 2 || n >= kPageCacheRequest ? 1
                                                                        : 0;
