@@ -143,27 +143,46 @@ TEST(SpanCache, GetOrProduceReturnsACachedSpanWithoutCallingTheProducer) {
   EXPECT_EQ((*r)->data.get()[0], std::byte{'c'});
 }
 
+// A production of `key` started on its own thread and held inside the producer until
+// Release(): the span is in flight, and started, for as long as the test wants.
+class HeldProduction {
+ public:
+  HeldProduction(SpanCache& cache, const SpanKey& key) {
+    thread_ = std::thread([this, &cache, key] {
+      auto got = cache.GetOrProduce(key, [this]() -> Result<SpanPtr> {
+        std::unique_lock<std::mutex> lock(mu_);
+        producing_ = true;
+        cv_.notify_all();
+        cv_.wait(lock, [this] { return released_; });
+        return MakeSpan(100, 'p');
+      });
+      EXPECT_TRUE(got.ok());
+    });
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return producing_; });
+  }
+  ~HeldProduction() { Release(); }
+  void Release() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      released_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool producing_ = false;
+  bool released_ = false;
+  std::thread thread_;
+};
+
 TEST(SpanCache, WaitWhileInFlightReturnsOnlyOnceTheProductionIsCached) {
   SpanCache cache(1 << 20);
   cache.WaitWhileInFlight(Key(1, 0), std::chrono::hours(1));  // nothing in flight: at once
-  std::mutex mu;
-  std::condition_variable cv;
-  bool release = false;
-  bool producing = false;
-  std::thread producer([&] {
-    auto got = cache.GetOrProduce(Key(1, 0), [&]() -> Result<SpanPtr> {
-      std::unique_lock<std::mutex> lock(mu);
-      producing = true;
-      cv.notify_all();
-      cv.wait(lock, [&] { return release; });
-      return MakeSpan(100, 'p');
-    });
-    EXPECT_TRUE(got.ok());
-  });
-  {
-    std::unique_lock<std::mutex> lock(mu);
-    cv.wait(lock, [&] { return producing; });
-  }
+  HeldProduction held(cache, Key(1, 0));
   std::atomic<bool> waited{false};
   std::thread waiter([&] {
     cache.WaitWhileInFlight(Key(1, 0), std::chrono::hours(1));
@@ -172,44 +191,17 @@ TEST(SpanCache, WaitWhileInFlightReturnsOnlyOnceTheProductionIsCached) {
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   EXPECT_FALSE(waited.load()) << "returned while the span was still being produced";
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    release = true;
-  }
-  cv.notify_all();
-  producer.join();
+  held.Release();
   waiter.join();
   EXPECT_TRUE(waited.load());
 }
 
 TEST(SpanCache, WaitWhileInFlightGivesUpAfterItsTimeout) {
   SpanCache cache(1 << 20);
-  std::mutex mu;
-  std::condition_variable cv;
-  bool release = false;
-  bool producing = false;
-  std::thread producer([&] {
-    auto got = cache.GetOrProduce(Key(1, 0), [&]() -> Result<SpanPtr> {
-      std::unique_lock<std::mutex> lock(mu);
-      producing = true;
-      cv.notify_all();
-      cv.wait(lock, [&] { return release; });
-      return MakeSpan(100, 'p');
-    });
-    EXPECT_TRUE(got.ok());
-  });
-  {
-    std::unique_lock<std::mutex> lock(mu);
-    cv.wait(lock, [&] { return producing; });
-  }
+  HeldProduction held(cache, Key(1, 0));
   cache.WaitWhileInFlight(Key(1, 0), std::chrono::milliseconds(20));
   EXPECT_EQ(cache.Lookup(Key(1, 0)), nullptr) << "the production was still held back";
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    release = true;
-  }
-  cv.notify_all();
-  producer.join();
+  held.Release();
   EXPECT_NE(cache.Lookup(Key(1, 0)), nullptr);
 }
 

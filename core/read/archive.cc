@@ -462,16 +462,11 @@ Status Archive::WriteIndexForArchiveNow() {
     kinds[m.entry_index] =
         uint8_t(m.entry.method == 8 ? RecordKind::kDeflated : RecordKind::kStored);
   }
-  auto same = [](const ZipEntry& a, const ZipEntry& b) {
-    return a.local_header_offset == b.local_header_offset && a.data_offset == b.data_offset &&
-           a.compressed_size == b.compressed_size && a.uncompressed_size == b.uncompressed_size &&
-           a.crc32 == b.crc32 && a.method == b.method;
-  };
   std::vector<IndexRecord> kept;
   for (IndexRecord& rec : Records(nullptr)) {
     const size_t e = rec.entry_index;
     if (e < now.entries.size() && kinds[e] == uint8_t(rec.kind) &&
-        same(now.entries[e], directory_.entries[e])) {
+        SameMemberData(now.entries[e], directory_.entries[e])) {
       kept.push_back(std::move(rec));
     }
   }

@@ -105,9 +105,7 @@ Status ArchiveShared::CheckAppendOnly(const struct stat& st) {
   for (size_t i = 0; i < entries_.size(); ++i) {
     const ZipEntry& a = entries_[i];
     const ZipEntry& b = now->entries[i];
-    if (a.name != b.name || a.method != b.method || a.flags != b.flags || a.crc32 != b.crc32 ||
-        a.compressed_size != b.compressed_size || a.uncompressed_size != b.uncompressed_size ||
-        a.local_header_offset != b.local_header_offset || a.data_offset != b.data_offset ||
+    if (!SameMemberData(a, b) || a.name != b.name || a.flags != b.flags ||
         a.data_offset + a.compressed_size > now->cd_offset) {
       return Status::Error(EIO, "it grew, but member " + a.name + " is not as it was");
     }

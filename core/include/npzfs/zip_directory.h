@@ -45,6 +45,14 @@ struct ZipEntry {
   bool encrypted() const { return flags & 1; }
 };
 
+// True when two entries (of one archive before and after an append, say) locate and check
+// the same member bytes: offsets, sizes, method and CRC-32 agree.
+inline bool SameMemberData(const ZipEntry& a, const ZipEntry& b) {
+  return a.local_header_offset == b.local_header_offset && a.data_offset == b.data_offset &&
+         a.compressed_size == b.compressed_size && a.uncompressed_size == b.uncompressed_size &&
+         a.crc32 == b.crc32 && a.method == b.method;
+}
+
 struct ZipDirectory {
   std::vector<ZipEntry> entries;  // central directory order, duplicates kept
   uint64_t cd_offset = 0;         // where the central directory starts
