@@ -1144,20 +1144,7 @@ class Bench:
         e = self.env
         plain = e.p('adc.npy')
         _, nframes, _ = npy_layout(plain)
-        code = ('import numpy as np, sys, time, json\n'
-                'idx = json.loads(sys.argv[2])\n'
-                't0 = time.perf_counter()\n'
-                'a = np.load(sys.argv[1], mmap_mode="r")\n'
-                's = 0\n'
-                'for k in idx:\n'
-                '    s += int(np.array(a[k]).sum())\n'
-                'print(json.dumps([time.perf_counter() - t0, s]))\n')
-
-        def load(path, idx):
-            out = subprocess.run([PYTHON, '-c', code, path, json.dumps(idx)], check=True,
-                                 capture_output=True, text=True).stdout
-            return json.loads(out)
-
+        load = self.load_frames
         if not os.path.exists(e.sidecar(e.p('deflated.npz'))):
             self.ensure_index()
         warm(plain)
