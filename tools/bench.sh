@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The npzfs benchmark: builds npzfs in release mode, generates realistic data with
 # numpy, runs the scenarios against their baselines and prints the table. The table is
-# also written as markdown to BUILD/bench-results.md, for the README's Performance section.
+# also written as markdown to BUILD/bench-results.md, for the README's Performance section
+# (BUILD/bench-results-partial.md for a run with --only).
 #
 #   tools/bench.sh [--size GiB] [--runs N] [--cache MiB] [--only 1,3,...] [--build-dir DIR]
 #                  [--profile perf|strace]
@@ -25,7 +26,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --size | --runs | --cache | --only | --profile) args+=("$1" "$2"); shift 2 ;;
     --build-dir) build=$2; shift 2 ;;
-    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done

@@ -6,7 +6,7 @@
 Runs the scenarios (numbered rows, one per target) against their baselines, each
 `--runs` times, in one process and on one data set, and prints a table (scenario, median,
 min-max, baseline median, ratio, target, pass/miss). The same table is written as markdown to
-DIR/bench-results.md.
+DIR/bench-results.md (DIR/bench-results-partial.md for a run with --only).
 
 Honesty rules this file keeps (a miss with an honest profile beats a pass obtained by
 bending the scenario):
@@ -1554,7 +1554,9 @@ def main():
     header = '%s Total benchmark time %.0f s; load average %.1f at the end.' % (
         machine_line(env), time.monotonic() - t0, os.getloadavg()[0])
     print('\n' + header + '\n')
-    bench.report(os.path.join(env.build, 'bench-results.md'), header)
+    # A run of some scenarios (--only) must never be mistaken for the full table.
+    name = 'bench-results.md' if only is None else 'bench-results-partial.md'
+    bench.report(os.path.join(env.build, name), header)
     return 0
 
 
