@@ -1,5 +1,6 @@
 #include "core/zip/file_copy.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -10,11 +11,20 @@
 namespace npzfs {
 namespace {
 
-constexpr uint64_t kMaxCopyCall = uint64_t{64} << 20;  // progress and cancellation latency
+// Progress and cancellation latency, and the unit of early writeback (StartWriteback).
+constexpr uint64_t kMaxCopyCall = uint64_t{16} << 20;
 constexpr size_t kBufferSize = size_t{1} << 20;
 
 bool KernelRefuses(int err) {
   return err == EXDEV || err == EINVAL || err == ENOSYS || err == EOPNOTSUPP || err == EBADF;
+}
+
+// Asks the kernel to start writing [offset, offset + length) of `fd` to disk now, without
+// waiting for it. Advisory: an error here (a file type or filesystem without it) changes
+// nothing, and the caller's fsync reports any write error.
+void StartWriteback(int fd, uint64_t offset, uint64_t length) {
+  (void)::sync_file_range(fd, static_cast<off64_t>(offset), static_cast<off64_t>(length),
+                          SYNC_FILE_RANGE_WRITE);
 }
 
 }  // namespace
@@ -28,6 +38,15 @@ Status CopyFileRange(int src, uint64_t src_offset, int dst, uint64_t dst_offset,
                                   " bytes from offset " + std::to_string(src_offset) + ")");
   };
   uint64_t done = 0;
+  uint64_t handed = 0;  // bytes already handed to the disk
+  auto copied = [&](uint64_t n) {
+    done += n;
+    if (done - handed >= kMaxCopyCall || done == length) {
+      StartWriteback(dst, dst_offset + handed, done - handed);
+      handed = done;
+    }
+    if (on_bytes) on_bytes(n);
+  };
   while (done < length) {
     loff_t in = static_cast<loff_t>(src_offset + done);
     loff_t out = static_cast<loff_t>(dst_offset + done);
@@ -39,8 +58,7 @@ Status CopyFileRange(int src, uint64_t src_offset, int dst, uint64_t dst_offset,
       return ErrnoStatus(errno, dst_path, "copy from " + src_path + " failed");
     }
     if (r == 0) return short_source(src_offset + done);
-    done += static_cast<uint64_t>(r);
-    if (on_bytes) on_bytes(static_cast<uint64_t>(r));
+    copied(static_cast<uint64_t>(r));
   }
   std::string buf;
   while (done < length) {
@@ -50,8 +68,7 @@ Status CopyFileRange(int src, uint64_t src_offset, int dst, uint64_t dst_offset,
     NPZ_ASSIGN_OR_RETURN(size_t got, PreadFull(src, buf.data(), want, src_offset + done, src_path));
     if (got != want) return short_source(src_offset + done + got);
     NPZ_RETURN_IF_ERROR(PwriteAll(dst, buf.data(), want, dst_offset + done, dst_path));
-    done += want;
-    if (on_bytes) on_bytes(want);
+    copied(want);
   }
   return Status::Ok();
 }

