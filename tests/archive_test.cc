@@ -565,7 +565,7 @@ x = (1000 * np.sin(t / 500.0) + rng.normal(0, 30, t.size)).astype('<i2')
 np.savez_compressed(')PY" +
             dir.path() + R"PY(/big.npz', adc=x)
 )PY");
-  ArchiveOptions o;  // default spacing (1 MiB)
+  ArchiveOptions o;  // default spacing
   auto a = Archive::Open(dir.Join("big.npz"), o);
   ASSERT_TRUE(a.ok()) << a.status().message();
   ASSERT_TRUE((*a)->BuildIndex(0).ok());
@@ -579,6 +579,58 @@ np.savez_compressed(')PY" +
       static_cast<unsigned long long>((*a)->index_bytes(0)), static_cast<unsigned long long>(file),
       pct);
   EXPECT_LT(pct, 1.0);
+}
+
+TEST(ArchiveIndexSize, CheckpointsWithDenseWindowsStartLongerSpansAndTheIndexStaysUnderOnePercent) {
+  // 30000 random bytes repeated: every byte after the first copy is a match into the window,
+  // so each checkpoint's sparse window is the whole 30000 bytes (about 30 KB deflated). At
+  // 64 KiB spacing that would be an index of ~45% of the member.
+  TempDir dir;
+  RunPython(R"PY(
+import numpy as np
+block = np.random.default_rng(4).integers(0, 256, 30000, dtype=np.uint8)
+np.savez_compressed(')PY" +
+            dir.path() + R"PY(/dense.npz', x=np.tile(block, 800))
+)PY");
+  ArchiveOptions o;
+  o.checkpoint_spacing = 64 << 10;
+  auto a = Archive::Open(dir.Join("dense.npz"), o);
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  ASSERT_TRUE((*a)->BuildIndex(0).ok());
+  ASSERT_TRUE((*a)->SaveIndex().ok());
+  const uint64_t member = (*a)->members()[0].entry.uncompressed_size;
+  const uint64_t file = std::filesystem::file_size((*a)->IndexPath());
+  EXPECT_LT(static_cast<double>(file), 0.01 * static_cast<double>(member));
+  EXPECT_LT(static_cast<double>((*a)->index_bytes(0)), 0.01 * static_cast<double>(member));
+
+  // The longer spans read back exactly, from a fresh archive using the saved index.
+  std::string block(member, '\0');
+  {
+    auto whole = (*a)->OpenMember(0);
+    ASSERT_TRUE(whole.ok());
+    auto got = (*whole)->ReadAt(0, std::as_writable_bytes(std::span(block)));
+    ASSERT_TRUE(got.ok()) << got.status().message();
+    ASSERT_EQ(*got, member);
+  }
+  const size_t header = member - 30000 * 800;
+  for (size_t i = header + 30000; i < member; ++i) {
+    ASSERT_EQ(block[i], block[i - 30000]) << "at " << i;
+  }
+  auto b = Archive::Open(dir.Join("dense.npz"), o);
+  ASSERT_TRUE(b.ok()) << b.status().message();
+  EXPECT_EQ((*b)->index_state(0), IndexState::kComplete);
+  auto r = (*b)->OpenMember(0);
+  ASSERT_TRUE(r.ok());
+  std::mt19937_64 rng(7);
+  std::string buf;
+  for (int n = 0; n < 50; ++n) {
+    const uint64_t off = rng() % member;
+    buf.assign(std::min<uint64_t>(rng() % 700000, member - off), '\0');
+    auto got = (*r)->ReadAt(off, std::as_writable_bytes(std::span(buf)));
+    ASSERT_TRUE(got.ok()) << got.status().message();
+    ASSERT_EQ(*got, buf.size());
+    ASSERT_TRUE(buf.compare(0, buf.size(), block, off, buf.size()) == 0) << "offset " << off;
+  }
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 
 #include "npzfs/archive.h"
 #include "tests/deflate_fixtures.h"
+#include "tests/sidecar_util.h"
 #include "tests/test_util.h"
 
 namespace npzfs {
@@ -95,9 +96,21 @@ TEST(HugeBlock, ASingleNoisyBlockIsCutIntoBoundedSpansThatReadExactly) {
     for (uint64_t off = 0; off < b.plain.size(); off += 100000) all += Read(*r, off, 100000);
     ASSERT_TRUE(all == b.plain);
     ASSERT_TRUE((*a)->BuildIndex(0).ok());  // the background indexer may still be at it
-    EXPECT_GE((*a)->first_pass_spans(0), (4u << 20) / (128u << 10) - 1)
-        << "one block of 4 MiB must still give a span every 128 KiB";
     ASSERT_TRUE((*a)->SaveIndex().ok());
+    // Every checkpoint is a cut inside the one block, at twice the least length of the span
+    // before it (longer than 2 * spacing where a window is large), so the block is cut
+    // several times and no span is longer than that.
+    testing::Sidecar sidecar;
+    ASSERT_NO_FATAL_FAILURE(testing::ReadSidecar(path, (*a)->IndexPath(), &sidecar));
+    ASSERT_EQ(sidecar.records.size(), 1u);
+    const std::vector<Checkpoint>& cps = sidecar.records[0].checkpoints;
+    EXPECT_GE(cps.size(), 3u);
+    for (size_t k = 1; k < cps.size(); ++k) {
+      EXPECT_FALSE(cps[k].at_block_start()) << k;
+      EXPECT_EQ(cps[k].header_bit, 0u) << k;
+      EXPECT_LE(cps[k].out - cps[k - 1].out, 2 * MinSpanLength(cps[k - 1], o.checkpoint_spacing))
+          << k;
+    }
   }
   // From the saved checkpoints (all inside the block): random reads, no first pass.
   auto a = Archive::Open(path, o);

@@ -20,6 +20,7 @@
 #include "npzfs/archive.h"
 #include "npzfs/archive_writer.h"
 #include "npzfs/file_util.h"
+#include "tests/sidecar_util.h"
 #include "tests/test_util.h"
 
 namespace npzfs {
@@ -259,23 +260,10 @@ TEST_F(VerifyTest, AVerifiedRecordIsSavedAndAFreshArchiveChecksOnlyTheChunksItTo
 // Rewrites the sidecar of `archive` with `edit` applied to its records.
 void EditSidecar(const std::string& archive, const std::string& sidecar,
                  const std::function<void(std::vector<IndexRecord>&)>& edit) {
-  auto fd = OpenFile(archive, O_RDONLY);
-  ASSERT_TRUE(fd.ok());
-  auto dir = ReadZipDirectory(fd->get(), archive);
-  ASSERT_TRUE(dir.ok());
-  struct stat st;
-  ASSERT_EQ(::fstat(fd->get(), &st), 0);
-  IndexFingerprint fp{dir->archive_size,
-                      int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec, dir->cd_crc32,
-                      dir->entries.size()};
-  std::vector<uint8_t> kinds(dir->entries.size(), 0);
-  for (size_t e = 0; e < kinds.size(); ++e) {
-    kinds[e] = uint8_t(dir->entries[e].method == 8 ? RecordKind::kDeflated : RecordKind::kStored);
-  }
-  auto records = DecodeIndexFile(ReadFileOrDie(sidecar), sidecar, fp, dir->entries, kinds);
-  ASSERT_TRUE(records.ok()) << records.status().message();
-  edit(*records);
-  WriteFileOrDie(sidecar, EncodeIndexFile(fp, dir->entries, *records));
+  testing::Sidecar contents;
+  ASSERT_NO_FATAL_FAILURE(testing::ReadSidecar(archive, sidecar, &contents));
+  edit(contents.records);
+  WriteFileOrDie(sidecar, EncodeIndexFile(contents.fingerprint, contents.entries, contents.records));
 }
 
 TEST_F(VerifyTest, ASidecarWithWrongChunkCrcsIsDistrustedAndTheGoodMemberReadsCorrectly) {

@@ -178,8 +178,9 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   Result<std::optional<SpanRef>> AdvanceFrontier(
       uint64_t target, bool fill_cache, const std::function<void(uint64_t, uint64_t)>& progress);
   // The first pass's steps, in order: inflate from checkpoint `cp` to the next checkpoint,
-  // which is a block boundary at least spacing_ bytes on, or a cut inside a longer block at
-  // 2 * spacing_; give the next checkpoint its sparse window; publish the span.
+  // which is a block boundary at least MinSpanLength(cp, spacing_) bytes on (spacing_,
+  // unless cp's sparse window is large), or a cut inside a longer block at twice that; give
+  // the next checkpoint its sparse window; publish the span.
   Result<NewSpan> InflateSpan(InflateStream& stream, const Checkpoint& cp);
   Status MakeWindow(InflateStream& stream, NewSpan& span);
   Result<SpanPtr> PublishSpan(size_t k, uint64_t start, NewSpan span, bool fill_cache);

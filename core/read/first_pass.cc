@@ -9,6 +9,7 @@
 
 #include "core/base/crc32.h"
 #include "core/read/deflated_member.h"
+#include "core/read/index_file.h"
 #include "core/read/read_pools.h"
 
 namespace npzfs {
@@ -53,10 +54,11 @@ Result<DeflatedMember::NewSpan> DeflatedMember::InflateSpan(InflateStream& strea
                                                             const Checkpoint& cp) {
   // One byte more than the directory allows, to notice a member longer than it says.
   const uint64_t limit = size() - std::min(size(), cp.out) + 1;
-  const size_t cut_at = static_cast<size_t>(std::min<uint64_t>(2 * spacing_, limit));
+  const uint64_t min_len = MinSpanLength(cp, spacing_);
+  const size_t cut_at = static_cast<size_t>(std::min<uint64_t>(2 * min_len, limit));
   NewSpan span;
   NPZ_ASSIGN_OR_RETURN(span.buf, AllocateSpanBuffer(static_cast<size_t>(
-                                     std::min<uint64_t>(2 * spacing_ + kMaxStoredBlock, limit))));
+                                     std::min<uint64_t>(2 * min_len + kMaxStoredBlock, limit))));
   const size_t cap =
       static_cast<size_t>(std::min<uint64_t>(span.buf.get_deleter().capacity, limit));
   size_t& len = span.len;
@@ -66,14 +68,14 @@ Result<DeflatedMember::NewSpan> DeflatedMember::InflateSpan(InflateStream& strea
     len += got;
     if (stream.ended()) return span;
     if (stream.at_boundary()) {
-      if (len >= spacing_) {
+      if (len >= min_len) {
         span.next = stream.Position();
         return span;
       }
       continue;
     }
     if (len == cut_at && cut_at < limit) {
-      // A block longer than 2 * spacing_: cut it at the code being decoded, so no span
+      // A block longer than 2 * min_len: cut it at the code being decoded, so no span
       // outgrows the bound. In a stored block (at most 65535 bytes) read on to its end.
       if (auto code = stream.CodePosition()) {
         len -= code->second;

@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "core/base/byte_codec.h"
@@ -162,6 +163,11 @@ Result<IndexRecord> DecodeRecord(ByteReader& r, const std::string& file,
 
 uint64_t CheckpointRecordBytes(const Checkpoint& cp) {
   return kCheckpointFixedBytes + cp.window.size();
+}
+
+uint64_t MinSpanLength(const Checkpoint& cp, uint64_t spacing) {
+  return std::clamp<uint64_t>(CheckpointRecordBytes(cp) * kSpanBytesPerRecordByte, spacing,
+                              kMaxSpacing);
 }
 
 std::string EncodeIndexFile(const IndexFingerprint& fingerprint,

@@ -79,4 +79,13 @@ Result<std::vector<IndexRecord>> LoadIndexFile(const std::string& file, uint64_t
 // Bytes a checkpoint takes in the sidecar (and, near enough, in memory).
 uint64_t CheckpointRecordBytes(const Checkpoint& cp);
 
+// The least length of the span that starts at `cp`: `spacing`, or more where cp's record
+// is large, so that it costs at most 1/kSpanBytesPerRecordByte (0.9%) of its span and the
+// index stays under 1% of any member. A checkpoint whose sparse window is dense (noise that
+// the next bytes copy a lot of: up to ~33 KiB deflated) starts a span of up to kMaxSpacing.
+// The first pass ends the span at the first block boundary that far on, or cuts a longer
+// block at twice it.
+inline constexpr uint64_t kSpanBytesPerRecordByte = 112;
+uint64_t MinSpanLength(const Checkpoint& cp, uint64_t spacing);
+
 }  // namespace npzfs

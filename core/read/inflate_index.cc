@@ -6,9 +6,12 @@
 // (input position, the few unused bits of the current input byte, the last 32 KiB of
 // output). Record that state every so often (a "checkpoint") during one sequential pass,
 // and any later read inflates from the nearest checkpoint before it: at most one "span"
-// of about `checkpoint_spacing` bytes (512 KiB by default: a random 512 KiB frame then needs
-// about 1 MiB decoded, 2.4 ms with ISA-L, and the index stays near 0.46% of an int16 member;
-// 256 KiB measured 0.90%, too close to the 1% bound, 1 MiB 0.23% but twice the decoding).
+// of about `checkpoint_spacing` bytes (256 KiB by default: a random 512 KiB frame then needs
+// about 768 KiB decoded, and the index of an int16 member is 0.90% of it; 512 KiB measured
+// 0.46% but 30% slower frames, mostly for the kernel's read-around before each mmap fault,
+// which lands at the end of the previous span). A checkpoint whose sparse window (below)
+// is large starts a longer span, so that its record costs at most 0.9% of the span
+// (MinSpanLength in index_file.h): the index stays under 1% whatever the data.
 //
 // Alternatives rejected:
 //   - Inflating the whole member into memory or a temp file: unbounded memory or disk,

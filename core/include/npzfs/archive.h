@@ -65,7 +65,7 @@ enum class VerifyMode {
 
 struct ArchiveOptions {
   uint64_t cache_bytes = 128ull << 20;         // decompressed span cache budget (cache=MiB)
-  uint64_t checkpoint_spacing = 512ull << 10;  // between access points (64 KiB - 4 MiB)
+  uint64_t checkpoint_spacing = 256ull << 10;  // between access points (64 KiB - 4 MiB)
   bool index_enabled = true;                   // index=off: no sidecar read or written
   std::string index_dir;                       // empty: next to the archive
   size_t max_parked_streams = 16;              // live inflate streams kept across members
