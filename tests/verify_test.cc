@@ -214,7 +214,7 @@ TEST_F(VerifyTest, VerifyOffServesTheBytesUncheckedAndSplicesThem) {
   EXPECT_EQ((*a)->verify_bytes(*(*a)->Find("adc.npy")), 0u);
 }
 
-TEST_F(VerifyTest, ReadsBeforeThePassEndAreCopiedAndOnlyCheckedChunksAreSpliced) {
+TEST_F(VerifyTest, AVerifiedMemberIsSplicedAfterOnePassOverIt) {
   auto a = Archive::Open(Path("stored.npz"), Options());
   ASSERT_TRUE(a.ok());
   const size_t adc = *(*a)->Find("adc.npy");
