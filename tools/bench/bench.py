@@ -87,7 +87,10 @@ METHOD = [
     '`bench_baseline deflate` at the same level (one thread; compress written quickly: '
     'unmounted right after dd), `cp` of the compressed bytes (the background deflater\'s '
     'shadow file, no fsync; compress written slowly enough: unmounted once the background '
-    'work has caught up). The quarter-size row uses the first quarter of the frames.',
+    'work has caught up). The quarter-size row uses the first quarter of the frames. Each '
+    '`dd` (through the mount, and the baseline) starts after a `sync`: otherwise it is '
+    'throttled by whatever the runs before it left for the disk to write (the baseline alone '
+    'varied 5x between runs).',
     '14: `npz pack --compress` of adc.npy (all cores) against `bench_baseline deflate` of it '
     '(one thread, level 6); the size row compares the member with np.savez_compressed\'s '
     '(deflated.npz).',
@@ -1219,6 +1222,7 @@ class Bench:
         dd_row, fin_row = self.MODE_ROWS[mode]
         if dd_row:
             plain = e.w('dd-baseline.bin')
+            os.sync()  # each dd starts with no dirty pages waiting (see METHOD)
             self.rows[dd_row].base.append(timed(['dd', 'if=' + src, 'of=' + plain, 'bs=1M',
                                                  'status=none']))
             os.unlink(plain)
@@ -1230,6 +1234,7 @@ class Bench:
             opts.append('compress=%d' % DEFLATE_LEVEL)
         d = Daemon(e, out, mnt, opts, tag='10-' + mode).start()
         try:
+            os.sync()
             t = timed(['dd', 'if=' + src, 'of=' + os.path.join(mnt, 'feat.npy'), 'bs=1M',
                        'status=none'])
             if dd_row:
