@@ -78,7 +78,12 @@ namespace npzfs {
 class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
  public:
   static constexpr uint64_t kFastChunk = 256 << 10;
-  static constexpr uint64_t kSnapshotEvery = 1 << 20;  // a multiple of kFastChunk
+  // A multiple of kFastChunk. A snapshot holds ~54 KB (ISA-L's decode tables and 32 KiB of
+  // history), so the store (an eighth of the cache) keeps about 300: every 2 MiB they reach
+  // twice as far ahead of the indexer as every 1 MiB, and 200 random frames of a 1 GiB
+  // member on a fresh mount took 3.4 s against 4.2 s (every 4 MiB: 3.6 s; 512 KiB: 5.0 s;
+  // 1 MiB with the store thinned evenly instead of least recently used first: 3.3 s).
+  static constexpr uint64_t kSnapshotEvery = 2 << 20;
 
   // `spacing` is clamped to [kMinSpacing, kMaxSpacing].
   DeflatedMember(std::shared_ptr<ArchiveShared> shared, uint64_t id, std::string member_path,
