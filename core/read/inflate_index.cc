@@ -7,7 +7,7 @@
 // output). Record that state every so often (a "checkpoint") during one sequential pass,
 // and any later read inflates from the nearest checkpoint before it: at most one "span"
 // of about `checkpoint_spacing` bytes (256 KiB by default: a random 512 KiB frame then needs
-// about 768 KiB decoded, and the index of an int16 member is 0.90% of it; 512 KiB measured
+// about 768 KiB decoded, and the index of an int16 member is 0.85% of it; 512 KiB measured
 // 0.46% but 30% slower frames, mostly for the kernel's read-around before each mmap fault,
 // which lands at the end of the previous span). A checkpoint whose sparse window (below)
 // is large starts a longer span, so that its record costs at most 0.9% of the span

@@ -48,10 +48,9 @@ struct Checkpoint {
 
 // Bounds on span lengths: the first pass ends a span at the first block boundary after
 // MinSpanLength bytes (index_file.h: `spacing`, or more for a checkpoint with a large
-// window), or
-// cuts inside the block at twice that; a stored block (at most 65535 bytes) cannot be cut.
-// Both are clamped to [kMinSpacing, kMaxSpacing], so no span of any member, and none read
-// from a sidecar, exceeds kMaxSpanBytes.
+// window), or cuts inside the block at twice that; a stored block (at most 65535 bytes)
+// cannot be cut. Both lengths are clamped to [kMinSpacing, kMaxSpacing], so no span of any
+// member, and none read from a sidecar, exceeds kMaxSpanBytes.
 inline constexpr uint64_t kMinSpacing = 64 << 10;
 inline constexpr uint64_t kMaxSpacing = 4 << 20;
 inline constexpr uint64_t kMaxStoredBlock = 65535;
