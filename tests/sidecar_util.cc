@@ -16,9 +16,9 @@ void ReadSidecar(const std::string& archive, const std::string& sidecar, Sidecar
   ASSERT_TRUE(dir.ok()) << dir.status().message();
   struct stat st;
   ASSERT_EQ(::fstat(fd->get(), &st), 0);
-  out->fingerprint = IndexFingerprint{
-      dir->archive_size, int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec,
-      dir->cd_crc32, dir->entries.size()};
+  out->fingerprint = IndexFingerprint{dir->archive_size,
+                                      int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec,
+                                      dir->cd_crc32, dir->entries.size()};
   std::vector<uint8_t> kinds(dir->entries.size(), 0);
   for (size_t e = 0; e < kinds.size(); ++e) {
     kinds[e] = uint8_t(dir->entries[e].method == 8 ? RecordKind::kDeflated : RecordKind::kStored);

@@ -10,7 +10,7 @@
 namespace npzfs::testing {
 
 struct Sidecar {
-  IndexFingerprint fingerprint;  // of the archive as it is on disk
+  IndexFingerprint fingerprint;   // of the archive as it is on disk
   std::vector<ZipEntry> entries;  // the archive's central directory
   std::vector<IndexRecord> records;
 };

@@ -263,7 +263,8 @@ void EditSidecar(const std::string& archive, const std::string& sidecar,
   testing::Sidecar contents;
   ASSERT_NO_FATAL_FAILURE(testing::ReadSidecar(archive, sidecar, &contents));
   edit(contents.records);
-  WriteFileOrDie(sidecar, EncodeIndexFile(contents.fingerprint, contents.entries, contents.records));
+  WriteFileOrDie(sidecar,
+                 EncodeIndexFile(contents.fingerprint, contents.entries, contents.records));
 }
 
 TEST_F(VerifyTest, ASidecarWithWrongChunkCrcsIsDistrustedAndTheGoodMemberReadsCorrectly) {
