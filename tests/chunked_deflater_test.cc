@@ -124,8 +124,9 @@ TEST(ChunkedDeflater, TheChunksInflateAsOneOrdinaryStreamToTheInput) {
   EXPECT_EQ(d.uncompressed, input.size());
   EXPECT_LT(d.bytes.size(), input.size());
   ASSERT_TRUE(d.has_table);
-  EXPECT_EQ(d.table.compressed_sizes.size(), 6u);
-  EXPECT_EQ(d.table.chunk_size, 1u << 20);
+  EXPECT_EQ(d.table.chunk_size, kDefaultSeekChunkSize);
+  EXPECT_EQ(d.table.compressed_sizes.size(),
+            (input.size() + kDefaultSeekChunkSize - 1) / kDefaultSeekChunkSize);
   ExpectEveryChunkStandsAlone(input, d);
 }
 
@@ -183,7 +184,8 @@ TEST(ChunkedDeflater, ALeadingChunkHoldsTheHeaderAlone) {
   const Deflated d = Deflate(input, o, 1000);
   ASSERT_TRUE(d.has_table);
   EXPECT_EQ(d.table.first_chunk_size, 128u);
-  EXPECT_EQ(d.table.compressed_sizes.size(), 4u);  // the header, then three 1 MiB chunks
+  // The header, then 3 MiB in default chunks.
+  EXPECT_EQ(d.table.compressed_sizes.size(), 1 + (3 << 20) / kDefaultSeekChunkSize);
   ExpectEveryChunkStandsAlone(input, d);
   // A member shorter than its leading chunk is one chunk.
   const Deflated tiny = Deflate("abc", o);
@@ -334,7 +336,8 @@ TEST(ChunkedDeflater, PredeflatedChunksGiveTheSameBytesAsDeflatingThemHere) {
   o.leading_chunk = 128;
   const Deflated direct = Deflate(header + data, o);
   for (size_t predeflated : {size_t{1}, size_t{3}, size_t{5}}) {
-    const Deflated d = DeflateWithPredeflatedChunks(header, data, 1 << 20, predeflated, &pool);
+    const Deflated d =
+        DeflateWithPredeflatedChunks(header, data, kDefaultSeekChunkSize, predeflated, &pool);
     EXPECT_TRUE(d.bytes == direct.bytes) << predeflated << " chunks given";
     EXPECT_EQ(d.crc, Crc(header + data));
     EXPECT_EQ(d.table.compressed_sizes, direct.table.compressed_sizes);

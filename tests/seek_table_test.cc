@@ -281,14 +281,14 @@ TEST(SeekTable, EncodeRefusesLayoutsItCannotWrite) {
 }
 
 TEST(SeekTable, TheChunkSizeGrowsForVeryLargeMembers) {
-  constexpr uint64_t kMiB = 1 << 20, kGiB = uint64_t{1} << 30;
-  EXPECT_EQ(SeekChunkSizeFor(0, 0), kMiB);
-  EXPECT_EQ(SeekChunkSizeFor(kGiB, 128), kMiB);
-  EXPECT_EQ(SeekChunkSizeFor(7 * kGiB, 128), kMiB);
+  constexpr uint64_t kChunk = kDefaultSeekChunkSize, kGiB = uint64_t{1} << 30;
+  EXPECT_EQ(SeekChunkSizeFor(0, 0), kChunk);
+  EXPECT_EQ(SeekChunkSizeFor(kGiB, 128), kChunk);
+  EXPECT_EQ(SeekChunkSizeFor(kMaxSeekChunks * kChunk - kChunk, 128), kChunk);
   for (uint64_t size : {8 * kGiB, 100 * kGiB, 1000 * kGiB}) {
     const uint64_t c = SeekChunkSizeFor(size, 128);
-    EXPECT_GT(c, kMiB) << size;
-    EXPECT_EQ(c & (c - 1), 0u) << size;  // a power-of-two multiple of 1 MiB
+    EXPECT_GT(c, kChunk) << size;
+    EXPECT_EQ(c & (c - 1), 0u) << size;  // a power-of-two multiple of the default
     EXPECT_LE(SeekChunkCount(size, 128, c), kMaxSeekChunks) << size;
     EXPECT_GT(SeekChunkCount(size, 128, c / 2), kMaxSeekChunks) << size;
   }

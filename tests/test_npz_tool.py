@@ -188,7 +188,7 @@ def seek_table_of(info):
 
 def test_pack_compress_writes_seekable_members_that_every_reader_accepts(files):
     d, adc, tx = files
-    big = smooth_int16(700)  # 5.5 MiB: six 1 MiB chunks after the header chunk
+    big = smooth_int16(700)  # 5.5 MiB: 22 chunks of 256 KiB after the header chunk
     np.save(d / "big.npy", big)
     np.save(d / "empty.npy", np.zeros((0, 5), dtype="<f4"))
     ok("pack", d / "out.npz", d / "big.npy", d / "tx.npy", d / "empty.npy", "--compress")
@@ -198,9 +198,10 @@ def test_pack_compress_writes_seekable_members_that_every_reader_accepts(files):
             table = seek_table_of(info)
             assert table is not None and table[:4] == b"NPZS", info.filename
         table = seek_table_of(z.getinfo("big.npy"))
-        first, count = (int.from_bytes(table[i:i + 4], "little") for i in (12, 16))
+        chunk, first, count = (int.from_bytes(table[i:i + 4], "little") for i in (8, 12, 16))
         header_len = len((d / "big.npy").read_bytes()) - big.nbytes
-        assert first == header_len and count == 1 + -(-big.nbytes // (1 << 20))
+        assert chunk == 256 << 10  # the default chunk
+        assert first == header_len and count == 1 + -(-big.nbytes // chunk)
     with np.load(d / "out.npz") as z:
         np.testing.assert_array_equal(z["big"], big)
         np.testing.assert_array_equal(z["tx"], tx)

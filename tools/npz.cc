@@ -66,7 +66,7 @@ streamed from the files (never held in memory). Keys default to the file names w
 ".npy"; give --key once per file to choose them (in order). Each input must be a valid
 .npy. Members are stored (like np.savez) unless --compress deflates them (like
 np.savez_compressed; LEVEL 0..9, default 6). Deflate runs on all cores, in independent
-1 MiB chunks recorded in a seek table, so npzfs reads the members at random from the first
+256 KiB chunks recorded in a seek table, so npzfs reads the members at random from the first
 read; every zip reader still sees plain deflate. An existing OUT.npz is refused unless
 --force is given; it is then replaced atomically: on any error it is left as it was and no
 partial file remains. (npz add adds members to an existing archive.)

@@ -24,8 +24,9 @@
 //   - Z_SYNC_FLUSH instead of Z_FULL_FLUSH: the same bytes here, since every chunk has its
 //     own state anyway; the full flush states the intent.
 //
-// Measured on this machine (int16 instrument frames): independent 1 MiB chunks at level 6
-// change the compressed size by -0.03% against one stream, i.e. nothing.
+// Measured on this machine (int16 instrument frames), the compressed size against one stream
+// at level 6: +0.03% with independent 1 MiB chunks, +0.06% with 512 KiB, +0.13% with 256 KiB
+// (the default: npzfs/archive_writer.h).
 #include "core/zip/chunked_deflater.h"
 
 #include <zlib.h>

@@ -25,6 +25,7 @@
 #include <string_view>
 #include <vector>
 
+#include "npzfs/archive_writer.h"
 #include "npzfs/status.h"
 
 namespace npzfs {
@@ -41,8 +42,8 @@ inline constexpr size_t kSeekTableCrcSize = 4;
 inline constexpr size_t kMaxSeekChunks = 8000;
 // The chunk size never exceeds this, so a chunk's compressed size always fits in 32 bits.
 inline constexpr uint64_t kMaxSeekChunkSize = uint64_t{1} << 30;
-// The default chunk size: 1 MiB of uncompressed data.
-inline constexpr uint64_t kDefaultSeekChunkSize = uint64_t{1} << 20;
+// The default chunk size (npzfs/archive_writer.h says why 256 KiB).
+inline constexpr uint64_t kDefaultSeekChunkSize = kDefaultDeflateChunkBytes;
 
 // What the writer records while it deflates a member.
 struct SeekTableLayout {

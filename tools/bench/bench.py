@@ -41,7 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PYTHON = '/usr/bin/python3'
 FRAME_BYTES = 512 << 10
 SPAN_SPACING = 512 << 10  # npzfs's checkpoint spacing (ArchiveOptions::checkpoint_spacing)
-DEFLATE_CHUNK = 1 << 20  # the chunk of npzfs's parallel and background deflate
+DEFLATE_CHUNK = 256 << 10  # the chunk of npzfs's parallel and background deflate
 RANDOM_READS = 200
 DEFLATE_LEVEL = 6  # np.savez_compressed's level (zlib's default); mounts use compress=6
 BIG_FILE = 16 << 20  # a new file this big could hold decompressed data
@@ -91,6 +91,11 @@ METHOD = [
     '`dd` (through the mount, and the baseline) starts after a `sync`: otherwise it is '
     'throttled by whatever the runs before it left for the disk to write (the baseline alone '
     'varied 5x between runs).',
+    '10s: adc.npy packed by `npz pack --compress` (independent 256 KiB chunks, seek '
+    'table in the central directory), each run on fresh daemons with `-o index=off` (no '
+    'sidecar is read or written): open + pread of one random frame (as 5), `cat` against '
+    '`bench_baseline inflate` of the same member (zlib, one thread), np.load mmap of 200 '
+    'random frames (as 6).',
     '14: `npz pack --compress` of adc.npy (all cores) against `bench_baseline deflate` of it '
     '(one thread, level 6); the size row compares the member with np.savez_compressed\'s '
     '(deflated.npz).',
@@ -708,6 +713,13 @@ class Bench:
                        'zlib deflate')
         R['10c'] = Row('10', '… deflated, background deflate kept up', 'time', 's', '≤ 1.5×',
                        lambda m, r, row: r is not None and r <= 1.5, 'cp compressed bytes')
+        R['10f'] = Row('10s', 'Seekable member (npz pack), no sidecar, fresh daemon: first '
+                       'frame', 'value', 's', '≤ 8 ms, no full pass',
+                       lambda m, r, row: m <= 0.008 and not row.extra_fail)
+        R['10s'] = Row('10s', '… sequential cat', 'thr', 's', '≥ 2.5× throughput',
+                       lambda m, r, row: r is not None and r >= 2.5, 'zlib inflate')
+        R['10m'] = Row('10s', '… np.load mmap, 200 frames', 'time', 's', '≤ 0.5 s',
+                       lambda m, r, row: m <= 0.5, 'plain .npy mmap')
         R['14a'] = Row('14', 'npz pack --compress (level %d)' % DEFLATE_LEVEL, 'time', 's',
                        '≤ 0.6×', lambda m, r, row: r is not None and r <= 0.6, 'zlib deflate')
         R['14b'] = Row('14', 'Compressed size against np.savez_compressed', 'value', 'MiB',
@@ -1098,7 +1110,6 @@ class Bench:
         e = self.env
         archive = e.p('deflated.npz')
         _, csize, usize, _ = member_info(archive, 'adc.npy')
-        hdr, nframes, frame_bytes = npy_layout(e.p('adc.npy'))
         size = self.ensure_index()
         self.index_mib = size / 2**20
         if self.wanted('8'):
@@ -1115,33 +1126,40 @@ class Bench:
         inflate_s = inflate_s[0]['seconds']
         warm(archive)
         mnt = e.w('mnt')
-        buf = bytearray(frame_bytes)
         for i in range(e.runs):
             d = Daemon(e, archive, mnt, self.mount_opts(), tag='5').start()
             try:
-                k = random_frames(1, nframes, 500 + i)[0]
-                cpu0 = d.cpu_seconds()
-                t0 = time.perf_counter()
-                fd = os.open(os.path.join(mnt, 'adc.npy'), os.O_RDONLY)
-                n = os.preadv(fd, [buf], hdr + k * frame_bytes)
-                t = time.perf_counter() - t0
-                os.close(fd)
-                cpu = d.cpu_seconds() - cpu0
-                if n != frame_bytes:
-                    raise RuntimeError('short frame read: %d' % n)
-                with open(e.p('adc.npy'), 'rb') as f:
-                    f.seek(hdr + k * frame_bytes)
-                    if f.read(frame_bytes) != bytes(buf):
-                        raise RuntimeError('frame %d differs from adc.npy' % k)
-                self.rows['5'].values.append(t)
-                # "No full pass": the daemon must not have inflated the member to answer.
-                if cpu > 0.5 * inflate_s:
-                    self.rows['5'].extra_fail.append(
-                        'run %d: daemon used %.2f s CPU (a full inflate is %.2f s)' % (
-                            i, cpu, inflate_s))
+                self.first_frame('5', d, 500 + i, inflate_s)
                 self.record_hwm('5', d)
             finally:
                 d.stop()
+
+    def first_frame(self, key, d, seed, inflate_s):
+        """Times open + pread of one random frame of adc.npy through daemon d's mount (row
+        `key`), checks its bytes, and fails the row if the daemon used more CPU than half a
+        full inflate (`inflate_s`) to answer: "no full pass"."""
+        e = self.env
+        hdr, nframes, frame_bytes = npy_layout(e.p('adc.npy'))
+        buf = bytearray(frame_bytes)
+        k = random_frames(1, nframes, seed)[0]
+        cpu0 = d.cpu_seconds()
+        t0 = time.perf_counter()
+        fd = os.open(os.path.join(d.mnt, 'adc.npy'), os.O_RDONLY)
+        n = os.preadv(fd, [buf], hdr + k * frame_bytes)
+        t = time.perf_counter() - t0
+        os.close(fd)
+        cpu = d.cpu_seconds() - cpu0
+        if n != frame_bytes:
+            raise RuntimeError('short frame read: %d' % n)
+        with open(e.p('adc.npy'), 'rb') as f:
+            f.seek(hdr + k * frame_bytes)
+            if f.read(frame_bytes) != bytes(buf):
+                raise RuntimeError('frame %d differs from adc.npy' % k)
+        self.rows[key].values.append(t)
+        if cpu > 0.5 * inflate_s:
+            self.rows[key].extra_fail.append(
+                'daemon used %.2f s CPU for one frame (a full inflate is %.2f s)' % (
+                    cpu, inflate_s))
 
     def scenario_6(self):
         e = self.env
@@ -1272,7 +1290,7 @@ class Bench:
         return t
 
     def wait_for_background_deflate(self, spool, src):
-        """Waits until the background deflater has recorded every complete 1 MiB chunk of
+        """Waits until the background deflater has recorded every complete chunk of
         the member (the rate at which it keeps up); returns its shadow's data file."""
         hdr, count, frame = npy_layout(src)
         want = count * frame // DEFLATE_CHUNK
@@ -1331,6 +1349,54 @@ class Bench:
         e.note('scenario 14: adc.npy deflated to %d bytes by npz pack --compress, %d by '
                'np.savez_compressed' % (ours, theirs))
         os.unlink(out)
+
+    def seekable_archive(self):
+        """adc.npy packed by `npz pack --compress` (independent chunks and a seek table in
+        the central directory), made once in the work dir."""
+        e = self.env
+        out = e.w('seekable.npz')
+        if not (os.path.exists(out) and os.path.getmtime(out) > os.path.getmtime(e.p('adc.npy'))):
+            run([e.npz, 'pack', out + '.tmp', e.p('adc.npy'), '--compress=%d' % DEFLATE_LEVEL],
+                stdout=subprocess.DEVNULL)
+            os.replace(out + '.tmp', out)
+            os.sync()  # not written back while the scenario reads it
+        return out
+
+    def scenario_10_seekable(self):
+        """A member npzfs deflated itself, on a fresh daemon with no sidecar (index=off):
+        first random frame, sequential cat, np.load mmap of 200 frames."""
+        e = self.env
+        archive = self.seekable_archive()
+        off, csize, _, _ = member_info(archive, 'adc.npy')
+        plain = e.p('adc.npy')
+        _, nframes, _ = npy_layout(plain)
+        warm(archive)
+        warm(plain)
+        mnt = e.w('mnt')
+        for i in range(e.runs):
+            inflate_s = e.baseline_json('inflate', archive, off, csize)[0]['seconds']
+            self.rows['10s'].base.append(inflate_s)
+            d = Daemon(e, archive, mnt, self.mount_opts('index=off'), tag='10s').start()
+            try:
+                self.first_frame('10f', d, 700 + i, inflate_s)
+            finally:
+                d.stop()
+            d = Daemon(e, archive, mnt, self.mount_opts('index=off'), tag='10s').start()
+            try:
+                self.rows['10s'].values.append(timed(['cat', os.path.join(mnt, 'adc.npy')]))
+            finally:
+                d.stop()
+            idx = random_frames(RANDOM_READS, nframes, 720 + i)
+            t, s_base = self.load_frames(plain, idx)
+            self.rows['10m'].base.append(t)
+            d = Daemon(e, archive, mnt, self.mount_opts('index=off'), tag='10s').start()
+            try:
+                t, s = self.load_frames(os.path.join(mnt, 'adc.npy'), idx)
+                if s != s_base:
+                    raise RuntimeError('frames read through the mount differ')
+                self.rows['10m'].values.append(t)
+            finally:
+                d.stop()
 
     def scenario_13(self):
         e = self.env
@@ -1465,6 +1531,7 @@ class Bench:
             (['6a', '6b'], self.scenario_6),
             (['9', '9c', '10a', '10q', '10b', '10c'], self.scenario_9_10),
             (['14a', '14b'], self.scenario_14),
+            (['10f', '10s', '10m'], self.scenario_10_seekable),
             (['13a', '13b', '13c', '13d', '13e', '13f'], self.scenario_13),
             (['11a', '11b'], self.scenario_11),
             (['7'], self.scenario_7),

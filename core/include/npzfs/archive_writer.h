@@ -78,6 +78,12 @@ struct NewMember {
 // Receives one human-readable log line (recovery, cleanup). May be empty.
 using ArchiveLogFn = std::function<void(const std::string& line)>;
 
+// Uncompressed bytes per independent deflate chunk of the members npzfs deflates. A reader
+// decodes from a chunk start, so smaller chunks mean less decoded per random read: 256 KiB
+// costs 0.13% of size against one deflate stream of numpy int16 data (1 MiB: 0.03%). The
+// chunk size doubles for members too large for the seek table's 8000 chunks (over 2 GiB).
+inline constexpr uint64_t kDefaultDeflateChunkBytes = uint64_t{256} << 10;
+
 struct WriteOptions {
   enum class AppendMode {
     kInPlace,  // write over the old central directory under an undo journal
@@ -87,9 +93,9 @@ struct WriteOptions {
   // -1: stored; 0..9: deflate at that level, in independent chunks with a seek table in
   // the central directory (core/README.md, "Seek table extra field").
   int compress_level = -1;
-  size_t threads = 0;                       // deflate workers; 0: one per online CPU
-  uint64_t chunk_size = uint64_t{1} << 20;  // uncompressed bytes per deflate chunk
-  bool reject_existing_names = true;        // EEXIST if a new name is already in the archive
+  size_t threads = 0;                               // deflate workers; 0: one per online CPU
+  uint64_t chunk_size = kDefaultDeflateChunkBytes;  // uncompressed bytes per deflate chunk
+  bool reject_existing_names = true;  // EEXIST if a new name is already in the archive
   // A new member whose name is already in the archive with the same size and CRC-32 is not
   // added again (instead of EEXIST): a finalize retried after a crash that had already
   // added it. The CRC is computed from the pieces when NewMember::crc32 is not given.
