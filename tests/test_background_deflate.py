@@ -84,7 +84,7 @@ def test_a_daemon_killed_in_the_middle_of_deflating_leaves_a_spool_that_finalize
             f.write(data.tobytes())
             f.flush()
             os.fsync(f.fileno())
-        # Some chunks are recorded (every 4th), the others are still being deflated.
+        # Some chunks are recorded (a batch per 4 MiB), the others are still being deflated.
         wait_for(lambda: shadow_chunks(archive) >= 4, "background deflate")
         m.kill()  # SIGKILL, most likely in the middle of a chunk
         killed_at = shadow_chunks(archive)

@@ -12,10 +12,11 @@
 namespace npzfs {
 namespace {
 
-// Records become durable in batches: an fsync per 4 chunks (4 MiB of data) or 16 MiB of
-// compressed bytes, whichever comes first, on the background thread.
+// Records become durable in batches: an fsync per 4 MiB of member data (whatever the chunk
+// size) or 16 MiB of compressed bytes, whichever comes first, on the background thread. A
+// crash loses at most that much deflate work.
 constexpr uint64_t kSyncEveryBytes = uint64_t{16} << 20;
-constexpr size_t kSyncEveryChunks = 4;
+constexpr uint64_t kSyncEveryDataBytes = uint64_t{4} << 20;
 
 uint32_t Crc32Of(std::string_view bytes, uint32_t seed = 0) {
   return Crc32(seed, bytes.data(), bytes.size());
@@ -138,7 +139,8 @@ Status DeflateShadow::Append(std::string_view compressed, uint32_t crc32) {
   chunks_.push_back({data_end_, static_cast<uint32_t>(compressed.size()), crc32});
   data_end_ += compressed.size();
   unsynced_bytes_ += compressed.size();
-  if (unsynced_bytes_ >= kSyncEveryBytes || chunks_.size() - recorded_ >= kSyncEveryChunks) {
+  if (unsynced_bytes_ >= kSyncEveryBytes ||
+      (chunks_.size() - recorded_) * chunk_size_ >= kSyncEveryDataBytes) {
     return Sync();
   }
   return Status::Ok();

@@ -11,8 +11,8 @@
 // deflated as ChunkedDeflater deflates a chunk: its own raw deflate state, a full flush.
 //
 // Crash safety. A chunk's bytes are written first; its record is appended only after the
-// bytes were fsynced (Sync, every 4 chunks and whenever the deflater is idle), so a record
-// never names bytes a power cut could lose. On Open, the records are checked (each has a
+// bytes were fsynced (Sync, every 4 MiB of data and whenever the deflater is idle), so a
+// record never names bytes a power cut could lose. On Open, the records are checked (each has a
 // CRC-32 seeded with its index) and kept while they are intact, their bytes are in the data
 // file and their chunk lies within the member's data; the rest is cut off, and those chunks
 // are deflated again from the spool file. A chunk written but not yet recorded when the
@@ -65,7 +65,7 @@ class DeflateShadow {
   uint64_t chunk_size() const { return chunk_size_; }
 
   // Appends chunk chunk_count(): its compressed bytes and the CRC-32 of its uncompressed
-  // bytes. Its record becomes durable at the next Sync (done here every 4 chunks).
+  // bytes. Its record becomes durable at the next Sync (done here every 4 MiB of data).
   Status Append(std::string_view compressed, uint32_t crc32);
   // fsyncs the compressed bytes, then records the chunks appended since the last Sync.
   Status Sync();
