@@ -998,6 +998,14 @@ class Bench:
                              capture_output=True, text=True).stdout
         return json.loads(out)
 
+    def load_frames_through(self, d, idx, expected):
+        """load_frames of adc.npy through daemon d's mount; fails unless the frames' checksum
+        is `expected` (that of the plain file); returns the seconds."""
+        t, s = self.load_frames(os.path.join(d.mnt, 'adc.npy'), idx)
+        if s != expected:
+            raise RuntimeError('frames read through the mount differ')
+        return t
+
     def scenario_6_fresh(self):
         """6b (new): np.load mmap, 200 random frames, deflated, fresh daemon, no index;
         baseline: the in-process zlib inflate of the whole member."""
@@ -1015,10 +1023,7 @@ class Bench:
             _, s_ref = self.load_frames(e.p('adc.npy'), idx)
             d = Daemon(e, archive, mnt, self.mount_opts('index=off'), tag='6n').start()
             try:
-                t, s = self.load_frames(os.path.join(mnt, 'adc.npy'), idx)
-                if s != s_ref:
-                    raise RuntimeError('frames read through the mount differ')
-                self.rows['6n'].values.append(t)
+                self.rows['6n'].values.append(self.load_frames_through(d, idx, s_ref))
                 self.record_hwm('6b', d)
             finally:
                 d.stop()
@@ -1165,7 +1170,6 @@ class Bench:
         e = self.env
         plain = e.p('adc.npy')
         _, nframes, _ = npy_layout(plain)
-        load = self.load_frames
         if not os.path.exists(e.sidecar(e.p('deflated.npz'))):
             self.ensure_index()
         warm(plain)
@@ -1174,14 +1178,11 @@ class Bench:
             warm(archive)
             for i in range(e.runs):
                 idx = random_frames(RANDOM_READS, nframes, 600 + i)
-                t, s_base = load(plain, idx)
+                t, s_base = self.load_frames(plain, idx)
                 self.rows[key].base.append(t)
                 d = Daemon(e, archive, mnt, self.mount_opts(), tag=key).start()
                 try:
-                    t, s = load(os.path.join(mnt, 'adc.npy'), idx)
-                    if s != s_base:
-                        raise RuntimeError('frames read through the mount differ')
-                    self.rows[key].values.append(t)
+                    self.rows[key].values.append(self.load_frames_through(d, idx, s_base))
                     self.record_hwm('6', d)
                 finally:
                     d.stop()
@@ -1391,10 +1392,7 @@ class Bench:
             self.rows['10m'].base.append(t)
             d = Daemon(e, archive, mnt, self.mount_opts('index=off'), tag='10s').start()
             try:
-                t, s = self.load_frames(os.path.join(mnt, 'adc.npy'), idx)
-                if s != s_base:
-                    raise RuntimeError('frames read through the mount differ')
-                self.rows['10m'].values.append(t)
+                self.rows['10m'].values.append(self.load_frames_through(d, idx, s_base))
             finally:
                 d.stop()
 
