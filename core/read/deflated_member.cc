@@ -274,10 +274,9 @@ Result<DeflatedMember::SpanRef> DeflatedMember::SpanAt(uint64_t pos, size_t ahea
 
 Result<DeflatedMember::SpanRef> DeflatedMember::KnownSpan(const Where& w, size_t ahead) {
   if (ahead > 0) {
-    // Never more than the pool has threads (and one more), nor a quarter of the cache.
-    const uint64_t max_span = 2 * spacing_ + kMaxStoredBlock;
-    const size_t budget = static_cast<size_t>(shared_->cache.budget() / 4 / max_span);
-    PrefetchSpans(w, std::min({ahead, budget, DecodePool().size() + 1}));
+    // Never more than the pool has threads (and one more), nor a quarter of the cache:
+    // spans ahead that do not fit would evict each other before they are read.
+    PrefetchSpans(w, std::min<size_t>(ahead, DecodePool().size() + 1), shared_->cache.budget() / 4);
   }
   const uint64_t generation = w.generation;
   const size_t k = w.k;
@@ -287,15 +286,22 @@ Result<DeflatedMember::SpanRef> DeflatedMember::KnownSpan(const Where& w, size_t
   return SpanRef{std::move(span).value(), w.start};
 }
 
-void DeflatedMember::PrefetchSpans(const Where& w, size_t count) {
-  size_t known = 0;
+void DeflatedMember::PrefetchSpans(const Where& w, size_t count, uint64_t max_bytes) {
+  size_t last = w.k;  // the spans w.k + 1 ..= last
   {
     std::lock_guard<std::mutex> lock(index_mu_);
     if (w.generation != generation_) return;
-    known = complete_ ? checkpoints_.size() : checkpoints_.size() - 1;
+    const size_t known = complete_ ? checkpoints_.size() : checkpoints_.size() - 1;
+    uint64_t bytes = 0;
+    for (size_t k = w.k + 1; k < known && k <= w.k + count; ++k) {
+      const uint64_t end = k + 1 < checkpoints_.size() ? checkpoints_[k + 1].out : size();
+      bytes += end - checkpoints_[k].out;
+      if (bytes > max_bytes) break;
+      last = k;
+    }
   }
   std::shared_ptr<DeflatedMember> self = shared_from_this();
-  for (size_t k = w.k + 1; k < known && k <= w.k + count; ++k) {
+  for (size_t k = w.k + 1; k <= last; ++k) {
     const uint64_t generation = w.generation;
     shared_->cache.Prefetch(
         SpanKey{id_, generation, k},

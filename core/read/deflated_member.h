@@ -167,7 +167,9 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   // Parked streams and snapshots are keyed by member and generation: nothing made from
   // distrusted checkpoints is ever continued.
   uint64_t StreamKey(uint64_t generation) const { return (id_ << 20) | (generation & 0xfffff); }
-  void PrefetchSpans(const Where& w, size_t count);
+  // Starts decoding the known spans after w.k on the DecodePool: at most `count`, and no
+  // more than `max_bytes` of them (their real lengths, summed).
+  void PrefetchSpans(const Where& w, size_t count, uint64_t max_bytes = UINT64_MAX);
   size_t SpansBefore(const Where& w, uint64_t end) const;  // known spans after w.k before end
   Status FailOrDistrust(uint64_t generation, const Status& failure);
   // Drops checkpoints from the sidecar (if still those of `generation`): EAGAIN (look up
