@@ -117,6 +117,29 @@ TEST_F(FastPathTest, TheFastPathChecksTheMembersCrcAtTheEnd) {
   EXPECT_FALSE(r->ReadAt(0, b).ok()) << "every later read fails";
 }
 
+TEST_F(FastPathTest, AReaderGoingFromKnownSpansOntoTheFastPathStillChecksTheMembersCrc) {
+  // The known spans' stream is parked where they end and the fast path continues it to the
+  // member's end: it must carry the CRC-32 of everything before it for the final check.
+  auto a = Archive::Open(dir_->Join("badcrc.npz"), Options(/*background_index=*/false));
+  ASSERT_TRUE(a.ok());
+  const size_t adc = *(*a)->Find("adc.npy");
+  ASSERT_TRUE((*a)->IndexUpTo(adc, 6 << 20).ok());
+  auto r = *(*a)->OpenMember(adc);
+  Status last;
+  std::string buf(1 << 20, '\0');
+  for (uint64_t off = 0; off < r->size(); off += buf.size()) {
+    auto got = r->ReadAt(off, std::as_writable_bytes(std::span(buf)));
+    if (!got.ok()) {
+      last = got.status();
+      break;
+    }
+  }
+  ASSERT_FALSE(last.ok()) << "a bad member was read to a clean end";
+  EXPECT_NE(last.message().find("CRC-32 mismatch"), std::string::npos) << last.message();
+  EXPECT_GT((*a)->fast_chunks(adc), 0u);
+  EXPECT_NE((*a)->index_state(adc), IndexState::kComplete);
+}
+
 TEST_F(FastPathTest, RandomReadsAheadOfTheCheckpointsAreExactFromSnapshotsAndStreams) {
   auto a = Archive::Open(dir_->Join("comp.npz"), Options(/*background_index=*/false));
   ASSERT_TRUE(a.ok());

@@ -161,9 +161,10 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
     std::unique_ptr<DecodeStream> fast;
     std::unique_ptr<InflateStream> zlib;
   };
-  // Decodes `len` bytes from checkpoint `cp` (a parked stream continues when one is there).
-  Result<size_t> DecodeSpan(const Checkpoint& cp, uint64_t generation, std::byte* out, size_t len,
-                            SpanStream* used);
+  // Decodes `len` bytes from checkpoint `cp`, whose prefix has CRC-32 `crc_before` (a
+  // parked stream continues when one is there).
+  Result<size_t> DecodeSpan(const Checkpoint& cp, uint32_t crc_before, uint64_t generation,
+                            std::byte* out, size_t len, SpanStream* used);
   // Parked streams and snapshots are keyed by member and generation: nothing made from
   // distrusted checkpoints is ever continued.
   uint64_t StreamKey(uint64_t generation) const { return (id_ << 20) | (generation & 0xfffff); }
