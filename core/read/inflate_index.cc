@@ -82,8 +82,11 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
+#include <span>
 #include <vector>
 
+#include "core/read/inflate_engine.h"
 #include "npzfs/file_util.h"
 
 namespace npzfs {
@@ -390,15 +393,18 @@ uint32_t InflateStream::Window(std::byte* buf) const {
 Status ExpandWindow(const DeflateSource& src, const Checkpoint& cp, std::byte* buf) {
   if (cp.window_size == 0) return Status::Ok();
   if (cp.window_size > kDeflateWindow) return CorruptError(src, "checkpoint window too large");
-  z_stream* s = ThreadInflater().get();
-  if (s == nullptr) return Status::Error(ENOMEM, src.name + ": inflateInit failed");
-  inflateReset(s);
-  s->next_in = reinterpret_cast<Bytef*>(const_cast<char*>(cp.window.data()));
-  s->avail_in = static_cast<uInt>(cp.window.size());
-  s->next_out = reinterpret_cast<Bytef*>(buf);
-  s->avail_out = cp.window_size;
-  int r = inflate(s, Z_FINISH);
-  if (r != Z_STREAM_END || s->avail_out != 0) {
+  // The fast engine: every span decoded from a checkpoint expands its window first, and
+  // zlib took 58 us a window against ISA-L's 20 (mostly runs of zeros), 6% of a `cat`.
+  thread_local std::unique_ptr<InflateEngine> engine;
+  if (engine == nullptr) {
+    Result<std::unique_ptr<InflateEngine>> made = MakeFastEngine();
+    if (!made.ok()) return made.status();
+    engine = std::move(made).value();
+  }
+  NPZ_RETURN_IF_ERROR(engine->Reset(0, 0, {}));
+  Result<InflateEngine::Step> step =
+      engine->Inflate(std::as_bytes(std::span(cp.window)), std::span(buf, cp.window_size));
+  if (!step.ok() || !step->ended || step->produced != cp.window_size) {
     return Status::Error(EIO, src.name + ": corrupt checkpoint window in the index");
   }
   return Status::Ok();
