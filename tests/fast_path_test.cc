@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <mutex>
 #include <random>
@@ -13,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/read/deflated_member.h"
 #include "core/read/inflate_engine.h"
 #include "npzfs/archive.h"
 #include "tests/test_util.h"
@@ -46,6 +48,15 @@ while i >= 0:
         data[i + 16] ^= 0x55
     i = data.find(b'PK\x01\x02', i + 4)
 open(D + '/badcrc.npz', 'wb').write(bytes(data))
+# adc.npy's deflate data is overwritten with 0xff for 256 bytes at 60% of its length.
+data = bytearray(open(D + '/comp.npz', 'rb').read())
+with zipfile.ZipFile(D + '/comp.npz') as z:
+    info = z.getinfo('adc.npy')
+h = info.header_offset
+start = h + 30 + int.from_bytes(data[h + 26:h + 28], 'little') + int.from_bytes(data[h + 28:h + 30], 'little')
+at = start + info.compress_size * 6 // 10
+data[at:at + 256] = b'\xff' * 256
+open(D + '/corrupt.npz', 'wb').write(bytes(data))
 )PY");
     ref_ = new std::string(ReadFileOrDie(dir_->Join("adc.npy")));  // NOLINT: as dir_
   }
@@ -138,6 +149,56 @@ TEST_F(FastPathTest, AReaderGoingFromKnownSpansOntoTheFastPathStillChecksTheMemb
   EXPECT_NE(last.message().find("CRC-32 mismatch"), std::string::npos) << last.message();
   EXPECT_GT((*a)->fast_chunks(adc), 0u);
   EXPECT_NE((*a)->index_state(adc), IndexState::kComplete);
+}
+
+TEST_F(FastPathTest, AStreamingReaderHasTheNextChunksDecodedAheadOfItAndNoMore) {
+  auto a = Archive::Open(dir_->Join("comp.npz"), Options(/*background_index=*/false));
+  ASSERT_TRUE(a.ok());
+  const size_t adc = *(*a)->Find("adc.npy");
+  auto r = *(*a)->OpenMember(adc);
+  constexpr uint64_t kChunk = DeflatedMember::kFastChunk;
+  // 8 MiB in order from 2 MiB on, past the first span: all of it from the fast path.
+  const uint64_t from = 2 << 20, to = 10 << 20;
+  for (uint64_t off = from; off < to; off += 128 << 10) {
+    ASSERT_EQ(Read(*r, off, 128 << 10), ref_->substr(off, 128 << 10));
+  }
+  const uint64_t want = (to - from) / kChunk + DeflatedMember::kFastLead;
+  for (int i = 0; i < 500 && (*a)->fast_chunks(adc) < want; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // and no more come
+  EXPECT_EQ((*a)->fast_chunks(adc), want) << "kFastLead chunks ahead of the reader";
+  EXPECT_EQ((*a)->first_pass_spans(adc), 0u);
+}
+
+TEST_F(FastPathTest, AStreamingReaderGetsEioAtCorruptDataAndNeverWaitsForever) {
+  auto a = Archive::Open(dir_->Join("corrupt.npz"), Options(/*background_index=*/false));
+  ASSERT_TRUE(a.ok());
+  auto r = *(*a)->OpenMember(*(*a)->Find("adc.npy"));
+  Status failed;
+  uint64_t at = 0;
+  std::string buf(128 << 10, '\0');
+  for (; at < r->size(); at += buf.size()) {
+    auto got = r->ReadAt(at, std::as_writable_bytes(std::span(buf)));
+    if (!got.ok()) {
+      failed = got.status();
+      break;
+    }
+    // Ahead of the checkpoints nothing but the member's CRC-32 at the end can tell garbage
+    // that decodes from good data (verify=strict waits for it); before the damage, the
+    // bytes are the member's.
+    if (at + *got < r->size() / 2) {
+      ASSERT_TRUE(buf.substr(0, *got) == ref_->substr(at, *got)) << "wrong bytes at " << at;
+    }
+  }
+  ASSERT_FALSE(failed.ok()) << "corrupt deflate data was read to a clean end";
+  EXPECT_EQ(failed.code(), EIO) << failed.message();
+  EXPECT_GT(at, r->size() / 2) << failed.message();
+  // Every later read fails the same way, also where the chain had claimed chunks.
+  for (uint64_t off = at; off < std::min<uint64_t>(r->size(), at + (4 << 20)); off += 64 << 10) {
+    auto got = r->ReadAt(off, std::as_writable_bytes(std::span(buf)));
+    EXPECT_FALSE(got.ok()) << "at " << off;
+  }
 }
 
 TEST_F(FastPathTest, RandomReadsAheadOfTheCheckpointsAreExactFromSnapshotsAndStreams) {

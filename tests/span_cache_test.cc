@@ -217,7 +217,8 @@ TEST(SpanCache, WaitWhileInFlightDoesNotWaitForAPrefetchStillQueued) {
     std::unique_lock<std::mutex> lock(mu);
     cv.wait(lock, [&] { return release; });
   });
-  cache.Prefetch(Key(1, 0), [] { return Result<SpanPtr>(MakeSpan(100, 'q')); }, pool);
+  cache.Prefetch(
+      Key(1, 0), [] { return Result<SpanPtr>(MakeSpan(100, 'q')); }, pool);
   const auto start = std::chrono::steady_clock::now();
   cache.WaitWhileInFlight(Key(1, 0), std::chrono::seconds(10));
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5))
@@ -231,6 +232,45 @@ TEST(SpanCache, WaitWhileInFlightDoesNotWaitForAPrefetchStillQueued) {
   auto got = cache.GetOrProduce(Key(1, 0), [] { return Result<SpanPtr>(MakeSpan(1, 'x')); });
   ASSERT_TRUE(got.ok());
   EXPECT_EQ(static_cast<char>((*got)->data.get()[0]), 'q') << "the prefetch produced it";
+}
+
+TEST(SpanCache, AClaimedKeyMakesReadersWaitForItsFulfilmentInsteadOfProducing) {
+  SpanCache cache(1 << 20);
+  ASSERT_TRUE(cache.Claim(Key(1, 0)));
+  EXPECT_FALSE(cache.Claim(Key(1, 0))) << "claimed twice";
+  std::atomic<bool> produced_here{false};
+  Result<SpanPtr> got = Status::Error(EIO, "not yet");
+  std::thread reader([&] {
+    got = cache.GetOrProduce(Key(1, 0), [&] {
+      produced_here = true;
+      return Result<SpanPtr>(MakeSpan(10, 'r'));
+    });
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  cache.Fulfill(Key(1, 0), MakeSpan(10, 'c'));
+  reader.join();
+  ASSERT_TRUE(got.ok()) << got.status().message();
+  EXPECT_FALSE(produced_here.load());
+  EXPECT_EQ(static_cast<char>((*got)->data.get()[0]), 'c');
+  EXPECT_NE(cache.Lookup(Key(1, 0)), nullptr);
+  EXPECT_FALSE(cache.Claim(Key(1, 0))) << "cached keys cannot be claimed";
+}
+
+TEST(SpanCache, AClaimFulfilledWithAnErrorGivesItToTheWaiterAndCachesNothing) {
+  SpanCache cache(1 << 20);
+  ASSERT_TRUE(cache.Claim(Key(2, 5)));
+  Result<SpanPtr> got = MakeSpan(1, 'x');
+  std::thread reader([&] {
+    got = cache.GetOrProduce(Key(2, 5), [] { return Result<SpanPtr>(MakeSpan(1, 'r')); });
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  cache.Fulfill(Key(2, 5), Status::Error(EAGAIN, "index replaced"));
+  reader.join();
+  ASSERT_FALSE(got.ok());
+  EXPECT_EQ(got.status().code(), EAGAIN);
+  EXPECT_EQ(cache.Lookup(Key(2, 5)), nullptr);
+  EXPECT_TRUE(cache.Claim(Key(2, 5))) << "a failed claim can be claimed again";
+  cache.Fulfill(Key(2, 5), Status::Error(EIO, "done"));
 }
 
 TEST(SpanBuffers, ARecycledBufferIsReusedOnlyWhenItFitsWithoutWastingHalf) {

@@ -265,7 +265,7 @@ Result<DeflatedMember::SpanRef> DeflatedMember::SpanAt(uint64_t pos, size_t ahea
       }
     } else {
       StartIndexer();
-      ref = FastChunkAt(pos, w.generation, ahead > 0);
+      ref = FastChunkAt(pos, w.generation, std::min<uint64_t>(ahead, kFastLead));
     }
     if (ref.ok() || ref.status().code() != EAGAIN) return ref;
     // EAGAIN: another thread moved the frontier, or the checkpoints were replaced.
@@ -334,9 +334,8 @@ Result<SpanPtr> DeflatedMember::ProduceKnownSpan(size_t k, uint64_t generation) 
     // continue it to the member's end and check the member's CRC-32 with it.
     const std::optional<uint32_t> after =
         used.fast != nullptr ? used.fast->crc() : std::optional<uint32_t>();
-    const bool good = after.has_value()
-                          ? *after == Crc32Combine(crc_before, cp.span_crc, len)
-                          : Crc32(0, buf.get(), len) == cp.span_crc;
+    const bool good = after.has_value() ? *after == Crc32Combine(crc_before, cp.span_crc, len)
+                                        : Crc32(0, buf.get(), len) == cp.span_crc;
     if (!good) failure = Bad("CRC-32 mismatch in the span at offset " + std::to_string(cp.out));
   }
   if (!failure.ok()) return FailOrDistrust(generation, failure);

@@ -17,14 +17,18 @@
 //      two extra inflates per sparse window and CRCs: ~1.7x the work of a bare ISA-L inflate.
 //      So the reader does not wait for it: a fast-engine stream (DecodeStream) decodes the
 //      member in fixed chunks of kFastChunk bytes, cached under their own keys, while the
-//      indexer (the zlib first pass, run on the DecodePool one span per task) learns the
-//      checkpoints behind it on the other core. The fast stream starts at the best resume
-//      point before pos: a parked fast stream, the last checkpoint at a block start, or a
-//      snapshot (a saved engine state, taken every kSnapshotEvery bytes the fast stream
-//      passes, kept in the archive's SnapshotStore: bounded, dropped once checkpoints cover
-//      them). A sequential reader gets the next chunk decoded ahead. The fast stream carries
-//      the CRC-32 of everything before it (from the span CRCs of the checkpoint it started
-//      at), so a reader that reaches the end checks the member's CRC-32 (EIO on a mismatch).
+//      indexer (the zlib first pass, one span per task on the IndexPool, at SCHED_IDLE)
+//      learns the checkpoints behind it on the other core. The fast stream starts at the
+//      best resume point before pos: a parked fast stream, the last checkpoint at a block
+//      start, or a snapshot (a saved engine state, taken every kSnapshotEvery bytes the fast
+//      stream passes, kept in the archive's SnapshotStore: bounded, dropped once checkpoints
+//      cover them). Ahead of a sequential reader, the next chunks (kFastLead for a stream,
+//      one after a page-cache-sized request) are claimed in the cache and decoded in order
+//      by one DecodePool task, the chain, which goes on with its own stream; readers wait
+//      for claimed chunks rather than decode them. (With a task per chunk, each chunk waited
+//      for a thread to wake: a sixth of a first `cat`.) The fast stream carries the CRC-32
+//      of everything before it (from the span CRCs of the checkpoint it started at), so a
+//      reader that reaches the end checks the member's CRC-32 (EIO on a mismatch).
 // Rejected: caching fast-path output under span keys (the spans are not known yet, and
 // re-keying a chunk once they are costs a copy); ISA-L alone (it cannot stop at block ends:
 // finding boundaries with it means 8-byte inputs, 29 MB/s); the reader running the zlib
@@ -48,6 +52,8 @@
 //                 from_saved_, seekable_ and versions; held only for short copies, never while
 //                 inflating or doing I/O.
 //   indexer_mu_   guards the indexer's run state; a leaf, never held while calling out.
+//   chain_mu_     guards the chain's claims; held while claiming in the SpanCache, never
+//                 while decoding.
 //   SpanCache, SnapshotStore and StreamPool locks are leaves taken by their own methods.
 // Decoding a known span or a fast chunk holds no lock at all while inflating.
 #pragma once
@@ -56,6 +62,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -84,6 +91,8 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   // member on a fresh mount took 3.4 s against 4.2 s (every 4 MiB: 3.6 s; 512 KiB: 5.0 s;
   // 1 MiB with the store thinned evenly instead of least recently used first: 3.3 s).
   static constexpr uint64_t kSnapshotEvery = 2 << 20;
+  // How many chunks the chain (see the essay) decodes ahead of a streaming reader.
+  static constexpr uint64_t kFastLead = 4;
 
   // `spacing` is clamped to [kMinSpacing, kMaxSpacing].
   DeflatedMember(std::shared_ptr<ArchiveShared> shared, uint64_t id, std::string member_path,
@@ -201,7 +210,13 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   void RunIndexerStep();
 
   // fast_path.cc: chunks decoded ahead of the checkpoints.
-  Result<SpanRef> FastChunkAt(uint64_t pos, uint64_t generation, bool sequential);
+  // `lead`: chunks to decode ahead of pos (0: none).
+  Result<SpanRef> FastChunkAt(uint64_t pos, uint64_t generation, uint64_t lead);
+  // The chain (see the essay): ahead of a sequential reader at `chunk`, claims the next
+  // `lead` chunks for one DecodePool task that decodes them in order with its own stream.
+  // Returns true when the caller must start the chain task (RunFastChain on the DecodePool).
+  bool ExtendFastChain(uint64_t chunk, uint64_t lead, uint64_t generation);
+  void RunFastChain();
   Result<SpanPtr> ProduceFastChunk(uint64_t chunk, uint64_t generation);
   Result<std::unique_ptr<DecodeStream>> FastStreamAt(uint64_t pos, uint64_t generation);
   Status SkipTo(DecodeStream& stream, uint64_t pos, uint64_t generation);
@@ -238,6 +253,11 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
 
   std::atomic<uint64_t> next_sequential_{0};  // where a sequential reader reads next
   std::atomic<uint64_t> sequential_run_{0};   // bytes read in order up to there
+  std::mutex chain_mu_;            // guards the chain's state below (before SpanCache's lock)
+  bool chain_running_ = false;     // a chain task is queued or running
+  uint64_t chain_generation_ = 0;  // of the checkpoints its stream started from
+  uint64_t chain_end_ = 0;         // the chain has claimed (or found claimed) chunks before this
+  std::deque<uint64_t> chain_claimed_;  // claimed in the cache, not yet decoded, in order
   std::atomic<uint64_t> first_pass_spans_{0};
   std::atomic<uint64_t> fast_chunks_{0};
 };

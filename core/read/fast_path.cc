@@ -21,21 +21,79 @@ SpanKey DeflatedMember::FastKey(uint64_t chunk, uint64_t generation) const {
 }
 
 Result<DeflatedMember::SpanRef> DeflatedMember::FastChunkAt(uint64_t pos, uint64_t generation,
-                                                            bool sequential) {
+                                                            uint64_t lead) {
   const uint64_t chunk = pos / kFastChunk;
+  // Ahead of a sequential reader: the next chunks, which continue the stream this one parks.
+  // Claimed before this chunk is looked up, so that a reader whose chunk the chain is about
+  // to decode waits for it rather than decoding it on its own thread; a new chain starts
+  // once this chunk is there to continue from.
+  const bool start_chain = lead > 0 && ExtendFastChain(chunk, lead, generation);
   Result<SpanPtr> span = shared_->cache.GetOrProduce(
       FastKey(chunk, generation), [&] { return ProduceFastChunk(chunk, generation); });
-  if (!span.ok()) return span.status();
-  // Ahead of a sequential reader: the next chunk, which continues the stream this one
-  // parked (one at a time: a second would find no stream to continue).
-  if (sequential && (chunk + 1) * kFastChunk < size()) {
+  if (start_chain) {
     std::shared_ptr<DeflatedMember> self = shared_from_this();
-    shared_->cache.Prefetch(
-        FastKey(chunk + 1, generation),
-        [self, chunk, generation] { return self->ProduceFastChunk(chunk + 1, generation); },
-        DecodePool());
+    DecodePool().Submit([self] { self->RunFastChain(); });
   }
+  if (!span.ok()) return span.status();
   return SpanRef{std::move(span).value(), chunk * kFastChunk};
+}
+
+bool DeflatedMember::ExtendFastChain(uint64_t chunk, uint64_t lead, uint64_t generation) {
+  const uint64_t chunks = (size() + kFastChunk - 1) / kFastChunk;
+  const uint64_t end = std::min(chunk + 1 + lead, chunks);
+  bool start = false;
+  {
+    std::lock_guard<std::mutex> lock(chain_mu_);
+    const bool same = chain_running_ && chain_generation_ == generation;
+    if (same && chunk > chain_end_) {
+      // Beyond the chain (another reader, or this one jumped): this read decodes on its own.
+      return false;
+    }
+    if (!same) {
+      if (chain_running_) return false;  // a chain of replaced checkpoints: it ends by itself
+      chain_generation_ = generation;
+      chain_end_ = chunk + 1;
+      chain_running_ = start = true;
+    }
+    // Chunks cached or in flight already are left to their producer; the chain's next chunk
+    // then continues the stream that one parks.
+    for (uint64_t k = std::max(chain_end_, chunk + 1); k < end; ++k) {
+      if (shared_->cache.Claim(FastKey(k, generation))) chain_claimed_.push_back(k);
+    }
+    chain_end_ = std::max(chain_end_, end);
+    if (start && chain_claimed_.empty()) chain_running_ = start = false;
+  }
+  return start;
+}
+
+void DeflatedMember::RunFastChain() {
+  while (true) {
+    uint64_t chunk = 0, generation = 0;
+    {
+      std::lock_guard<std::mutex> lock(chain_mu_);
+      if (chain_claimed_.empty()) {
+        chain_running_ = false;
+        return;
+      }
+      chunk = chain_claimed_.front();
+      chain_claimed_.pop_front();
+      generation = chain_generation_;
+    }
+    const Result<SpanPtr> span = ProduceFastChunk(chunk, generation);
+    shared_->cache.Fulfill(FastKey(chunk, generation), span);
+    if (!span.ok()) {
+      // The rest cannot continue this stream: each waiter gets the error (EAGAIN: look up
+      // again), and nothing is cached for them.
+      std::deque<uint64_t> rest;
+      {
+        std::lock_guard<std::mutex> lock(chain_mu_);
+        rest.swap(chain_claimed_);
+        chain_running_ = false;
+      }
+      for (uint64_t k : rest) shared_->cache.Fulfill(FastKey(k, generation), span.status());
+      return;
+    }
+  }
 }
 
 Result<SpanPtr> DeflatedMember::ProduceFastChunk(uint64_t chunk, uint64_t generation) {

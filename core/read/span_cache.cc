@@ -69,6 +69,27 @@ Result<SpanPtr> SpanCache::GetOrProduce(const SpanKey& key,
   return result;
 }
 
+bool SpanCache::Claim(const SpanKey& key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (map_.count(key) > 0 || in_flight_.count(key) > 0) return false;
+  ++misses_;  // a production, like a miss of GetOrProduce
+  auto flight = std::make_shared<InFlight>();
+  flight->started = true;  // its producer is busy with the keys before it
+  in_flight_.emplace(key, std::move(flight));
+  return true;
+}
+
+void SpanCache::Fulfill(const SpanKey& key, const Result<SpanPtr>& result) {
+  std::shared_ptr<InFlight> flight;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto f = in_flight_.find(key);
+    if (f == in_flight_.end()) return;
+    flight = f->second;
+  }
+  Complete(key, flight, result);
+}
+
 void SpanCache::WaitWhileInFlight(const SpanKey& key, std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> lock(mu_);
   auto f = in_flight_.find(key);

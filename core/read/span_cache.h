@@ -78,6 +78,12 @@ class SpanCache {
   // at once; GetOrProduce calls for it meanwhile wait for that production. `produce` must
   // keep alive whatever owns this cache (the task outlives the call).
   void Prefetch(const SpanKey& key, std::function<Result<SpanPtr>()> produce, ThreadPool& pool);
+  // Marks `key` as in flight, to be produced later by the caller, unless it is cached or in
+  // flight: true if claimed. GetOrProduce calls for it meanwhile wait. The claimer must
+  // Fulfill every key it claimed, or those waiters wait for good.
+  bool Claim(const SpanKey& key);
+  // Completes a claimed key with `result` (cached if ok) and wakes its waiters.
+  void Fulfill(const SpanKey& key, const Result<SpanPtr>& result);
   // Waits while `key` is being produced, at most `timeout`; returns at once if it is not,
   // or if it is a Prefetch still queued (a pool thread waiting for a task queued behind it
   // could wait for good). For a producer that can continue from what that production
