@@ -66,23 +66,15 @@ with zipfile.ZipFile(D + '/tree.zip') as z:
     for info in z.infolist():
         if info.filename == 'enc.bin':
             data[info.header_offset + 6] |= 1
-i = data.find(b'PK\x01\x02')
-while i >= 0:
-    n = int.from_bytes(data[i + 28:i + 30], 'little')
-    if data[i + 46:i + 46 + n] == b'enc.bin':
-        data[i + 8] |= 1
-    i = data.find(b'PK\x01\x02', i + 4)
+for i in central_records(data, 'enc.bin'):
+    data[i + 8] |= 1
 open(D + '/tree.zip', 'wb').write(bytes(data))
 
 # CRC-32 damaged in the central directory (deflated and stored members).
 for src, dst in [('comp.npz', 'badcrc.npz'), ('stored.npz', 'badcrc_stored.npz')]:
     data = bytearray(open(D + '/' + src, 'rb').read())
-    i = data.find(b'PK\x01\x02')
-    while i >= 0:
-        n = int.from_bytes(data[i + 28:i + 30], 'little')
-        if data[i + 46:i + 46 + n] == b'adc.npy':
-            data[i + 16] ^= 0x55
-        i = data.find(b'PK\x01\x02', i + 4)
+    for i in central_records(data, 'adc.npy'):
+        data[i + 16] ^= 0x55
     open(D + '/' + dst, 'wb').write(bytes(data))
 
 # Deflate data damaged in the middle of adc.npy.
@@ -105,14 +97,10 @@ with zipfile.ZipFile(D + '/longnames.zip', 'w') as z:
 # Sizes that lie: a.npy's central directory sizes run 8163 bytes into b.npy.
 np.savez(D + '/lying.npz', a=np.arange(50000, dtype='<i8'), b=np.arange(5000, dtype='<f8'))
 data = bytearray(open(D + '/lying.npz', 'rb').read())
-i = data.find(b'PK\x01\x02')
-while i >= 0:
-    n = int.from_bytes(data[i + 28:i + 30], 'little')
-    if data[i + 46:i + 46 + n] == b'a.npy':
-        for f in (20, 24):
-            size = int.from_bytes(data[i + f:i + f + 4], 'little')
-            data[i + f:i + f + 4] = (size + 8163).to_bytes(4, 'little')
-    i = data.find(b'PK\x01\x02', i + 4)
+for i in central_records(data, 'a.npy'):
+    for f in (20, 24):
+        size = int.from_bytes(data[i + f:i + f + 4], 'little')
+        data[i + f:i + f + 4] = (size + 8163).to_bytes(4, 'little')
 open(D + '/lying.npz', 'wb').write(bytes(data))
 with zipfile.ZipFile(D + '/lying.npz') as z:
     open(D + '/ref_lying_b.npy', 'wb').write(z.read('b.npy'))

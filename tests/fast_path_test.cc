@@ -41,12 +41,8 @@ with zipfile.ZipFile(D + '/comp.npz') as z:
     open(D + '/adc.npy', 'wb').write(z.read('adc.npy'))
 # The directory's CRC-32 of adc.npy is wrong.
 data = bytearray(open(D + '/comp.npz', 'rb').read())
-i = data.find(b'PK\x01\x02')
-while i >= 0:
-    n = int.from_bytes(data[i + 28:i + 30], 'little')
-    if data[i + 46:i + 46 + n] == b'adc.npy':
-        data[i + 16] ^= 0x55
-    i = data.find(b'PK\x01\x02', i + 4)
+for i in central_records(data, 'adc.npy'):
+    data[i + 16] ^= 0x55
 open(D + '/badcrc.npz', 'wb').write(bytes(data))
 # adc.npy's deflate data is overwritten with 0xff for 256 bytes at 60% of its length.
 data = bytearray(open(D + '/comp.npz', 'rb').read())

@@ -26,10 +26,20 @@ TempDir::~TempDir() {
 }
 
 std::string RunPython(const std::string& code) {
+  static const char kPrelude[] = R"PY(
+def central_records(data, name):
+    name = name.encode()
+    i = data.find(b'PK\x01\x02')
+    while i >= 0:
+        n = int.from_bytes(data[i + 28:i + 30], 'little')
+        if data[i + 46:i + 46 + n] == name:
+            yield i
+        i = data.find(b'PK\x01\x02', i + 4)
+)PY";
   const char* py = std::getenv("NPZFS_PYTHON");
   TempDir dir;
   std::string script = dir.Join("script.py");
-  WriteFileOrDie(script, code);
+  WriteFileOrDie(script, kPrelude + code);
   std::string cmd = std::string(py && *py ? py : "/usr/bin/python3") + " " + script;
   FILE* pipe = ::popen(cmd.c_str(), "r");
   if (pipe == nullptr) {

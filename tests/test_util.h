@@ -20,7 +20,10 @@ class TempDir {
 };
 
 // Runs `code` with /usr/bin/python3 (numpy available) and returns its stdout. The test
-// fails (ADD_FAILURE) if the interpreter exits non-zero; stderr is passed through.
+// fails (ADD_FAILURE) if the interpreter exits non-zero; stderr is passed through. The code
+// can call one helper, defined before it runs:
+//   central_records(data, name): the offsets in `data` (a zip archive's bytes) of the
+//   central directory records named `name`, for tests that damage a field of one.
 std::string RunPython(const std::string& code);
 
 // The whole content of a file, or a test failure.

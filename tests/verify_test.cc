@@ -60,12 +60,8 @@ flip[data_start + 2_500_000] ^= 0x01          # one bit, in the third chunk
 open(D + '/flip.npz', 'wb').write(bytes(flip))
 
 crc = bytearray(data)                          # the CRC-32 in the central directory only
-i = crc.find(b'PK\x01\x02')
-while i >= 0:
-    n = int.from_bytes(crc[i + 28:i + 30], 'little')
-    if crc[i + 46:i + 46 + n] == b'adc.npy':
-        crc[i + 16] ^= 0x55
-    i = crc.find(b'PK\x01\x02', i + 4)
+for i in central_records(crc, 'adc.npy'):
+    crc[i + 16] ^= 0x55
 open(D + '/badcrc.npz', 'wb').write(bytes(crc))
 
 # An empty stored member whose CRC-32 is not 0.
@@ -73,8 +69,8 @@ with zipfile.ZipFile(D + '/empty.zip', 'w') as z:
     z.writestr('empty.bin', b'')
     z.writestr('ok.bin', b'fine')
 e = bytearray(open(D + '/empty.zip', 'rb').read())
-i = e.find(b'PK\x01\x02')
-e[i + 16] = 0x12
+for i in central_records(e, 'empty.bin'):
+    e[i + 16] = 0x12
 open(D + '/empty.zip', 'wb').write(bytes(e))
 )PY");
   }
