@@ -1353,10 +1353,12 @@ class Bench:
 
     def seekable_archive(self):
         """adc.npy packed by `npz pack --compress` (independent chunks and a seek table in
-        the central directory), made once in the work dir."""
+        the central directory), made in the work dir again whenever adc.npy or npz is newer
+        (a new npz may cut other chunks)."""
         e = self.env
         out = e.w('seekable.npz')
-        if not (os.path.exists(out) and os.path.getmtime(out) > os.path.getmtime(e.p('adc.npy'))):
+        newest_input = max(os.path.getmtime(e.p('adc.npy')), os.path.getmtime(e.npz))
+        if not (os.path.exists(out) and os.path.getmtime(out) > newest_input):
             run([e.npz, 'pack', out + '.tmp', e.p('adc.npy'), '--compress=%d' % DEFLATE_LEVEL],
                 stdout=subprocess.DEVNULL)
             os.replace(out + '.tmp', out)
