@@ -12,6 +12,7 @@
 
 #include "core/base/thread_pool.h"
 #include "core/zip/seek_table.h"
+#include "npzfs/archive_writer.h"
 #include "npzfs/file_util.h"
 #include "tests/test_util.h"
 
@@ -124,9 +125,9 @@ TEST(ChunkedDeflater, TheChunksInflateAsOneOrdinaryStreamToTheInput) {
   EXPECT_EQ(d.uncompressed, input.size());
   EXPECT_LT(d.bytes.size(), input.size());
   ASSERT_TRUE(d.has_table);
-  EXPECT_EQ(d.table.chunk_size, kDefaultSeekChunkSize);
+  EXPECT_EQ(d.table.chunk_size, kDefaultDeflateChunkBytes);
   EXPECT_EQ(d.table.compressed_sizes.size(),
-            (input.size() + kDefaultSeekChunkSize - 1) / kDefaultSeekChunkSize);
+            (input.size() + kDefaultDeflateChunkBytes - 1) / kDefaultDeflateChunkBytes);
   ExpectEveryChunkStandsAlone(input, d);
 }
 
@@ -185,7 +186,7 @@ TEST(ChunkedDeflater, ALeadingChunkHoldsTheHeaderAlone) {
   ASSERT_TRUE(d.has_table);
   EXPECT_EQ(d.table.first_chunk_size, 128u);
   // The header, then 3 MiB in default chunks.
-  EXPECT_EQ(d.table.compressed_sizes.size(), 1 + (3 << 20) / kDefaultSeekChunkSize);
+  EXPECT_EQ(d.table.compressed_sizes.size(), 1 + (3 << 20) / kDefaultDeflateChunkBytes);
   ExpectEveryChunkStandsAlone(input, d);
   // A member shorter than its leading chunk is one chunk.
   const Deflated tiny = Deflate("abc", o);
@@ -337,7 +338,7 @@ TEST(ChunkedDeflater, PredeflatedChunksGiveTheSameBytesAsDeflatingThemHere) {
   const Deflated direct = Deflate(header + data, o);
   for (size_t predeflated : {size_t{1}, size_t{3}, size_t{5}}) {
     const Deflated d =
-        DeflateWithPredeflatedChunks(header, data, kDefaultSeekChunkSize, predeflated, &pool);
+        DeflateWithPredeflatedChunks(header, data, kDefaultDeflateChunkBytes, predeflated, &pool);
     EXPECT_TRUE(d.bytes == direct.bytes) << predeflated << " chunks given";
     EXPECT_EQ(d.crc, Crc(header + data));
     EXPECT_EQ(d.table.compressed_sizes, direct.table.compressed_sizes);

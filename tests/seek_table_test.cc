@@ -1,6 +1,7 @@
 // Tests for the seek table extra field: round trips, and every malformed variant rejected
 // with a message naming the member and the cause.
 #include "core/zip/seek_table.h"
+#include "npzfs/archive_writer.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -281,7 +282,7 @@ TEST(SeekTable, EncodeRefusesLayoutsItCannotWrite) {
 }
 
 TEST(SeekTable, TheChunkSizeGrowsForVeryLargeMembers) {
-  constexpr uint64_t kChunk = kDefaultSeekChunkSize, kGiB = uint64_t{1} << 30;
+  constexpr uint64_t kChunk = kDefaultDeflateChunkBytes, kGiB = uint64_t{1} << 30;
   EXPECT_EQ(SeekChunkSizeFor(0, 0), kChunk);
   EXPECT_EQ(SeekChunkSizeFor(kGiB, 128), kChunk);
   EXPECT_EQ(SeekChunkSizeFor(kMaxSeekChunks * kChunk - kChunk, 128), kChunk);

@@ -35,13 +35,7 @@ Status DecodeStream::Restore(const Checkpoint& cp, std::optional<uint32_t> crc_b
   thread_local std::unique_ptr<std::byte[]> dict =
       std::make_unique_for_overwrite<std::byte[]>(kDeflateWindow);
   NPZ_RETURN_IF_ERROR(ExpandWindow(src_, cp, dict.get()));
-  unsigned char byte = 0;
-  if (cp.bits != 0) {
-    if (cp.in == 0 || cp.bits > 7) {
-      return Status::Error(EIO, src_.name + ": corrupt deflate data: bad checkpoint bits");
-    }
-    NPZ_RETURN_IF_ERROR(PreadExact(src_.fd, &byte, 1, src_.data_offset + cp.in - 1, src_.name));
-  }
+  NPZ_ASSIGN_OR_RETURN(uint8_t byte, ByteBefore(src_, cp.in, cp.bits));
   Status s = engine_->Reset(cp.bits, byte, std::span(dict.get(), cp.window_size));
   if (!s.ok()) return Status::Error(EIO, src_.name + ": corrupt checkpoint: " + s.message());
   in_off_ = in_avail_ = 0;

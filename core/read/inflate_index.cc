@@ -152,9 +152,7 @@ constexpr size_t kMaxBlockHeaderBytes = 1024;  // a dynamic header is at most ~3
 // Feeds `bits` unused bits of the byte before `in` (a checkpoint's partial byte).
 Status PrimeBits(z_stream* s, const DeflateSource& src, uint64_t in, uint8_t bits) {
   if (bits == 0) return Status::Ok();
-  if (in == 0 || bits > 7) return CorruptError(src, "bad checkpoint bits");
-  unsigned char byte = 0;
-  NPZ_RETURN_IF_ERROR(PreadExact(src.fd, &byte, 1, src.data_offset + in - 1, src.name));
+  NPZ_ASSIGN_OR_RETURN(uint8_t byte, ByteBefore(src, in, bits));
   inflatePrime(s, bits, byte >> (8 - bits));
   return Status::Ok();
 }
@@ -215,14 +213,12 @@ Result<InflateEngine*> ThreadFastEngine() {
 
 // InflateFrom for a checkpoint at a block start, with the fast engine: the sparse-window
 // passes are a fifth of a first pass's inflating (two 32 KiB inflates per 256 KiB span).
+// Not a DecodeStream: that would allocate an engine and a 128 KiB input buffer twice per
+// checkpoint, and restore the checkpoint's own window where these need substitutes.
 Result<size_t> FastInflateFrom(const DeflateSource& src, const Checkpoint& cp,
                                std::span<const std::byte> dict, std::span<std::byte> out) {
   NPZ_ASSIGN_OR_RETURN(InflateEngine * engine, ThreadFastEngine());
-  unsigned char byte = 0;
-  if (cp.bits != 0) {
-    if (cp.in == 0 || cp.bits > 7) return CorruptError(src, "bad checkpoint bits");
-    NPZ_RETURN_IF_ERROR(PreadExact(src.fd, &byte, 1, src.data_offset + cp.in - 1, src.name));
-  }
+  NPZ_ASSIGN_OR_RETURN(uint8_t byte, ByteBefore(src, cp.in, cp.bits));
   Status reset = engine->Reset(cp.bits, byte, dict);
   if (!reset.ok()) return CorruptError(src, reset.message());
   // 32 KiB of output takes about 27 KiB of int16 data: read in small pieces.
@@ -440,6 +436,14 @@ uint32_t InflateStream::Window(std::byte* buf) const {
   uInt len = 0;
   inflateGetDictionary(strm_.get(), reinterpret_cast<Bytef*>(buf), &len);
   return len;
+}
+
+Result<uint8_t> ByteBefore(const DeflateSource& src, uint64_t in, uint8_t bits) {
+  if (bits == 0) return uint8_t{0};
+  if (in == 0 || bits > 7) return CorruptError(src, "bad checkpoint bits");
+  uint8_t byte = 0;
+  NPZ_RETURN_IF_ERROR(PreadExact(src.fd, &byte, 1, src.data_offset + in - 1, src.name));
+  return byte;
 }
 
 Status ExpandWindow(const DeflateSource& src, const Checkpoint& cp, std::byte* buf) {

@@ -151,4 +151,9 @@ Result<std::string> MakeSparseWindow(const DeflateSource& src, const Checkpoint&
 // Inflates a checkpoint's stored window into `buf` (cp.window_size bytes).
 Status ExpandWindow(const DeflateSource& src, const Checkpoint& cp, std::byte* buf);
 
+// The byte before compressed offset `in`, whose high `bits` bits are the first unread bits
+// of a position that is not byte-aligned (0, without reading, when bits is 0). Errors: EIO
+// for bits > 7 or in == 0 (corrupt checkpoint data), a failed pread.
+Result<uint8_t> ByteBefore(const DeflateSource& src, uint64_t in, uint8_t bits);
+
 }  // namespace npzfs

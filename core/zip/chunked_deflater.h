@@ -28,6 +28,7 @@
 
 #include "core/base/thread_pool.h"
 #include "core/zip/seek_table.h"
+#include "npzfs/archive_writer.h"
 #include "npzfs/status.h"
 
 namespace npzfs {
@@ -38,8 +39,8 @@ namespace npzfs {
 Status DeflateChunk(int level, std::string_view in, bool final, std::string* out);
 
 struct ChunkedDeflaterOptions {
-  int level = 6;                                 // 0..9
-  uint64_t chunk_size = kDefaultSeekChunkSize;   // uncompressed bytes per chunk (> 0)
+  int level = 6;                                    // 0..9
+  uint64_t chunk_size = kDefaultDeflateChunkBytes;  // uncompressed bytes per chunk (> 0)
   uint64_t leading_chunk = 0;                    // if > 0: the first chunk's size (a .npy header)
   ThreadPool* pool = nullptr;                    // nullptr: compress on the calling thread
   std::function<Status(std::string_view)> sink;  // receives compressed bytes, in order

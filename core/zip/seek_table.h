@@ -42,8 +42,6 @@ inline constexpr size_t kSeekTableCrcSize = 4;
 inline constexpr size_t kMaxSeekChunks = 8000;
 // The chunk size never exceeds this, so a chunk's compressed size always fits in 32 bits.
 inline constexpr uint64_t kMaxSeekChunkSize = uint64_t{1} << 30;
-// The default chunk size (npzfs/archive_writer.h says why 256 KiB).
-inline constexpr uint64_t kDefaultSeekChunkSize = kDefaultDeflateChunkBytes;
 
 // What the writer records while it deflates a member.
 struct SeekTableLayout {
@@ -89,7 +87,7 @@ uint64_t SeekChunkCount(uint64_t uncompressed_size, uint64_t first_chunk_size, u
 // kMaxSeekChunks entries. 0 if it would have to exceed kMaxSeekChunkSize (a member of
 // several TiB): the member is then deflated as one stream, without a table.
 uint64_t SeekChunkSizeFor(uint64_t uncompressed_size, uint64_t first_chunk_size,
-                          uint64_t preferred = kDefaultSeekChunkSize);
+                          uint64_t preferred = kDefaultDeflateChunkBytes);
 
 // Merges neighbouring chunks after the first (pairs 1+2, 3+4, ...; the chunk size doubles)
 // until `layout` has at most kMaxSeekChunks chunks. Two independent chunks in a row are one

@@ -29,6 +29,7 @@
 
 #include "core/base/thread_pool.h"
 #include "core/zip/seek_table.h"
+#include "npzfs/archive_writer.h"
 #include "npzfs/status.h"
 
 namespace npzfs {
@@ -44,7 +45,7 @@ struct ZipMemberOptions {
   int64_t mtime = -1;                 // unix seconds for the DOS time; -1: now
   // Deflate only: uncompressed bytes per chunk, and the size of a first chunk of its own
   // (0: none), e.g. a .npy header, so that chunks after it start at data offsets.
-  uint64_t chunk_size = kDefaultSeekChunkSize;
+  uint64_t chunk_size = kDefaultDeflateChunkBytes;
   uint64_t leading_chunk = 0;
 };
 
