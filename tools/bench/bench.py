@@ -40,7 +40,7 @@ import zlib
 HERE = os.path.dirname(os.path.abspath(__file__))
 PYTHON = '/usr/bin/python3'
 FRAME_BYTES = 512 << 10
-SPAN_SPACING = 512 << 10  # npzfs's checkpoint spacing (ArchiveOptions::checkpoint_spacing)
+SPAN_SPACING = 256 << 10  # npzfs's checkpoint spacing (ArchiveOptions::checkpoint_spacing)
 DEFLATE_CHUNK = 256 << 10  # the chunk of npzfs's parallel and background deflate
 RANDOM_READS = 200
 DEFLATE_LEVEL = 6  # np.savez_compressed's level (zlib's default); mounts use compress=6
