@@ -5,8 +5,8 @@
 // The spool file has exactly the bytes a reader would see if every byte received were
 // visible: the canonical header, then the data. Three consequences drive the design:
 //  * A visible offset is the spool-file offset of the same byte, so ReadAt is one pread and
-//    finalize hands AppendToArchive a plain file range (copy_file_range, or no re-read at all
-//    when the running CRC is known).
+//    finalize hands AppendToArchive a plain file range (copied as it is, with no CRC pass over
+//    it when the running CRC is known).
 //  * The spool file is a valid .npy at every instant (its header never counts more frames
 //    than follow it), so a SIGKILLed daemon leaves something np.load can read, and Resume only
 //    has to recount frames from the file size and cut a partial tail.

@@ -14,6 +14,8 @@ namespace {
 // Progress and cancellation latency, and the unit of early writeback (StartWriteback).
 constexpr uint64_t kMaxCopyCall = uint64_t{16} << 20;
 constexpr size_t kBufferSize = size_t{1} << 20;
+// Extents can be shared only between ranges at the same offset within a filesystem block.
+constexpr uint64_t kShareBlock = 4096;
 
 bool KernelRefuses(int err) {
   return err == EXDEV || err == EINVAL || err == ENOSYS || err == EOPNOTSUPP || err == EBADF;
@@ -47,7 +49,12 @@ Status CopyFileRange(int src, uint64_t src_offset, int dst, uint64_t dst_offset,
     }
     if (on_bytes) on_bytes(n);
   };
-  while (done < length) {
+  // Other ranges get no sharing from copy_file_range, only an in-kernel copy, and that is
+  // slower than user space: on ext4 (kernel 6.18) 256 MiB from a spool file to an archive at
+  // offset 165 took 145 ms with it against 95 ms with pread/pwrite (each with the writeback
+  // below and an fsync). A member's data almost never starts at the same block offset in both.
+  const bool may_share = src_offset % kShareBlock == dst_offset % kShareBlock;
+  while (may_share && done < length) {
     loff_t in = static_cast<loff_t>(src_offset + done);
     loff_t out = static_cast<loff_t>(dst_offset + done);
     const size_t want = static_cast<size_t>(std::min(length - done, kMaxCopyCall));

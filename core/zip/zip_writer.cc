@@ -17,7 +17,8 @@
 //   - Deflate goes through ChunkedDeflater (independent chunks on the worker pool). The
 //     deflater calls back into WriteOut on this thread, in stream order.
 //   - Stored data with a caller-supplied CRC, and pre-deflated chunks, go through
-//     CopyFileRange (core/zip/file_copy.h): copy_file_range, pread/pwrite where refused.
+//     CopyFileRange (core/zip/file_copy.h): copy_file_range where extents may be shared,
+//     pread/pwrite elsewhere.
 #include "core/zip/zip_writer.h"
 
 #include <unistd.h>

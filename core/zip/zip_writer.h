@@ -12,8 +12,9 @@
 //
 // Memory stays bounded: data passes through 1 MiB buffers (a few chunks in flight when
 // deflating); a member is never held whole.
-// When the caller supplies the CRC of a stored member, file ranges are copied with
-// copy_file_range (extent sharing on XFS/btrfs) and never touch user space.
+// When the caller supplies the CRC of a stored member, file ranges are copied as they are
+// (CopyFileRange: extent sharing where the filesystem and the offsets allow it), without
+// computing anything over the bytes.
 //
 // Ownership: the writer borrows the output fd, any source fds and the thread pool; it owns
 // the deflater of the open member. Not thread-safe: one thread drives one writer (the pool's
