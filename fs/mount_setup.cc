@@ -158,7 +158,7 @@ void RemoveStaleTemps(const Mount& m) {
 Status PrepareRuntime(Mount& m) {
   if (!m.writable() || m.runtime.dir.empty()) return Status::Ok();
   NPZ_ASSIGN_OR_RETURN(m.lock, MountLock::Take(m.runtime.lock, m.archive_path));
-  RemoveStaleResults(m.runtime.dir);
+  RemoveStaleRuntimeFiles(m.runtime.dir);
   unlink(m.runtime.result.c_str());
   unlink(m.runtime.progress.c_str());
   return Status::Ok();

@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -10,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <vector>
 
 namespace npzfs::fs {
 namespace {
@@ -62,21 +64,51 @@ bool StillLinked(int fd, const std::string& path) {
          a.st_dev == b.st_dev;
 }
 
+// The pid written in a lock file ("" if none).
+std::string LockHolder(int fd, const std::string& lock_path) {
+  char pid[32] = {};
+  (void)PreadFull(fd, pid, sizeof pid - 1, 0, lock_path);
+  std::string holder(pid);
+  while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
+  return holder;
+}
+
+// Whether `holder` (a pid as text) names a running process.
+bool Runs(const std::string& holder) {
+  char* end = nullptr;
+  const long pid = std::strtol(holder.c_str(), &end, 10);
+  if (holder.empty() || *end != '\0' || pid <= 0) return false;
+  return kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM;
+}
+
 Result<UniqueFd> LockOnce(const std::string& lock_path, const std::string& archive_path) {
-  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(lock_path, O_RDWR | O_CREAT, 0644));
-  if (flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+  // A lock held under a pid that does not run is held for an instant: by a daemon that has
+  // not written its pid yet, or by RemoveStaleRuntimeFiles testing whether it is stale.
+  // Wait for that rather than refuse the mount.
+  constexpr int kTries = 50;
+  constexpr useconds_t kPause = 10000;
+  for (int attempt = 1;; ++attempt) {
+    NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(lock_path, O_RDWR | O_CREAT, 0644));
+    if (flock(fd.get(), LOCK_EX | LOCK_NB) == 0) return fd;
     if (errno != EWOULDBLOCK) return ErrnoStatus(errno, lock_path, "flock failed");
-    char pid[32] = {};
-    (void)PreadFull(fd.get(), pid, sizeof pid - 1, 0, lock_path);
-    std::string holder(pid);
-    while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
-    return Status::Error(EBUSY, archive_path + ": already mounted for writing by npzfs (pid " +
-                                    (holder.empty() ? "?" : holder) +
-                                    "); two writable mounts would share one spool of new "
-                                    "members (lock " +
-                                    lock_path + ")");
+    const std::string holder = LockHolder(fd.get(), lock_path);
+    if (Runs(holder) || attempt == kTries) {
+      return Status::Error(EBUSY, archive_path + ": already mounted for writing by npzfs (pid " +
+                                      (holder.empty() ? "?" : holder) +
+                                      "); two writable mounts would share one spool of new "
+                                      "members (lock " +
+                                      lock_path + ")");
+    }
+    usleep(kPause);
   }
-  return fd;
+}
+
+// Removes the lock file at `path` if no daemon holds it (it was killed), the way a daemon
+// releasing it does: unlinked while held. Returns whether it was removed.
+bool RemoveUnheldLock(const std::string& path) {
+  UniqueFd fd(open(path.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd.valid() || flock(fd.get(), LOCK_EX | LOCK_NB) != 0) return false;
+  return StillLinked(fd.get(), path) && unlink(path.c_str()) == 0;
 }
 
 }  // namespace
@@ -131,22 +163,37 @@ void MountLock::Release() {
   fd_.Reset();
 }
 
-void RemoveStaleResults(const std::string& dir) {
+void RemoveStaleRuntimeFiles(const std::string& dir) {
   constexpr time_t kStaleSeconds = 7 * 24 * 3600;
-  DIR* d = opendir(dir.c_str());
-  if (d == nullptr) return;
+  std::vector<std::string> names;
+  if (DIR* d = opendir(dir.c_str())) {
+    while (struct dirent* e = readdir(d)) names.emplace_back(e->d_name);
+    closedir(d);
+  }
   const time_t now = time(nullptr);
-  while (struct dirent* e = readdir(d)) {
-    const std::string name = e->d_name;
-    if (!name.ends_with(".result")) continue;
+  auto ours = [](const std::string& path, struct stat* st) {
+    return lstat(path.c_str(), st) == 0 && S_ISREG(st->st_mode) && st->st_uid == getuid();
+  };
+  auto stem_of = [&](const std::string& name) {
+    return dir + "/" + name.substr(0, name.rfind('.'));
+  };
+  for (const std::string& name : names) {
     const std::string path = dir + "/" + name;
     struct stat st {};
-    if (lstat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == getuid() &&
-        now - st.st_mtime > kStaleSeconds) {
-      unlink(path.c_str());
+    if (!ours(path, &st)) continue;
+    if (name.ends_with(".result")) {
+      if (now - st.st_mtime > kStaleSeconds) unlink(path.c_str());
+    } else if (name.ends_with(".lock")) {
+      // A live daemon removes its progress file before its lock: a free lock means both
+      // belong to a daemon that was killed.
+      if (RemoveUnheldLock(path)) unlink((stem_of(name) + ".progress").c_str());
+    } else if (name.ends_with(".progress")) {
+      struct stat lock {};
+      if (lstat((stem_of(name) + ".lock").c_str(), &lock) != 0 && errno == ENOENT) {
+        unlink(path.c_str());
+      }
     }
   }
-  closedir(d);
 }
 
 }  // namespace npzfs::fs

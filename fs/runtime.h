@@ -54,8 +54,10 @@ class MountLock {
   std::string path_;
 };
 
-// Removes result files older than a week from `dir`: they belong to mounts nobody unmounted
-// with `npz umount` (which removes a result once read).
-void RemoveStaleResults(const std::string& dir);
+// Removes what earlier daemons left in `dir` (only files of this user): result files older
+// than a week (mounts nobody unmounted with `npz umount`, which removes a result once read),
+// and the lock and progress files of daemons that were killed (a lock nobody holds; taking
+// it to find out is why MountLock::Take waits a moment for a lock held under a dead pid).
+void RemoveStaleRuntimeFiles(const std::string& dir);
 
 }  // namespace npzfs::fs

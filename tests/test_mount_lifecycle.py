@@ -3,6 +3,7 @@ npzfs mounts and survives a dead daemon; missing archives; mount points; a log t
 lost; frame= checked at mount; side files; statistics; finalize progress; ls -l answers.
 """
 import errno
+import fcntl
 import io
 import json
 import os
@@ -12,6 +13,7 @@ import signal
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 import zipfile
 
@@ -225,6 +227,69 @@ def test_a_second_writable_mount_of_the_same_archive_is_refused_at_mount(tmp_pat
         # A read-only mount beside it is fine.
         with mounted(tmp_path / "run.npz", tmp_path / "mnt2", "-o", "ro") as ro:
             assert sorted(os.listdir(ro.mnt)) == ["adc.npy", "tx.npy"]
+
+
+def runtime_env(tmp_path):
+    """An environment whose runtime directory is private to the test: tmp_path/xdg/npzfs."""
+    (tmp_path / "xdg").mkdir(mode=0o700)
+    return dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path / "xdg"))
+
+
+def test_a_killed_daemons_lock_and_progress_are_cleared_by_the_next_writable_mount(tmp_path):
+    require_fuse()
+    env = runtime_env(tmp_path)
+    runtime = tmp_path / "xdg" / "npzfs"
+    for name in ("killed.npz", "live.npz", "next.npz"):
+        make_archive(tmp_path / name)
+    mounts = [start_daemon(tmp_path / "killed.npz", tmp_path / "m1", env=env),
+              start_daemon(tmp_path / "live.npz", tmp_path / "m2", env=env)]
+    try:
+        killed, live = (m.result_path[:-len(".result")] for m in mounts)
+        assert os.path.dirname(killed) == str(runtime)
+        mounts[0].kill()
+        # What a daemon killed while finalizing leaves: its lock and its progress file.
+        assert os.path.exists(killed + ".lock")
+        with open(killed + ".progress", "w") as f:
+            f.write("1 2\n")
+        orphan = runtime / "gone.npz-0123456789abcdef.progress"  # a progress with no lock
+        orphan.write_text("1 2\n")
+        mounts.append(start_daemon(tmp_path / "next.npz", tmp_path / "m3", env=env))
+        assert not os.path.exists(killed + ".lock")
+        assert not os.path.exists(killed + ".progress")
+        assert not orphan.exists()
+        # The live daemon's lock stays, and still refuses a second writable mount.
+        with open(live + ".lock") as f:
+            assert f.read().strip() == str(mounts[1].proc.pid)
+        r = run_npzfs("-f", tmp_path / "live.npz", tmp_path / "m1", env=env)
+        assert r.returncode != 0 and "already mounted for writing" in r.stderr, r.stderr
+    finally:
+        for m in mounts:
+            m.unmount()
+    assert sorted(p.name for p in runtime.iterdir() if not p.name.endswith(".result")) == []
+
+
+def test_a_lock_held_for_a_moment_under_a_pid_that_does_not_run_delays_the_mount(tmp_path):
+    require_fuse()
+    env = runtime_env(tmp_path)
+    make_archive(tmp_path / "run.npz")
+    m = start_daemon(tmp_path / "run.npz", tmp_path / "mnt", env=env)
+    lock = m.result_path[:-len(".result")] + ".lock"
+    m.unmount()
+    # Held as the stale-file cleanup of another daemon holds it while it looks, in a file
+    # that names a pid above any pid_max: the mount waits for it instead of failing.
+    holder = open(lock, "w")
+    holder.write("999999999\n")
+    holder.flush()
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    release = threading.Timer(0.2, holder.close)
+    release.start()
+    try:
+        m = start_daemon(tmp_path / "run.npz", tmp_path / "mnt", env=env)
+        with open(lock) as f:
+            assert f.read().strip() == str(m.proc.pid)
+        assert m.unmount() == 0
+    finally:
+        release.join()
 
 
 # -------------------------------------------------------------------------- npz umount
