@@ -317,8 +317,13 @@ int FinishMount(Mount& m) {
   if (finalized.ok()) DropStaleIndex(m, before);
   Status written = Status::Ok();
   if (!m.runtime.result.empty()) {
+    // A runtime file, for `npz umount` now (the runtime directory does not outlive a reboot):
+    // no fsync.
+    AtomicFileOptions runtime_file;
+    runtime_file.durable = false;
     written = WriteFileAtomically(m.runtime.result,
-                                  finalized.ok() ? "ok\n" : "error: " + finalized.message() + "\n");
+                                  finalized.ok() ? "ok\n" : "error: " + finalized.message() + "\n",
+                                  runtime_file);
     if (!written.ok()) LogError("cannot write the result file: " + written.message());
   }
   m.lock = MountLock();  // released before we exit, so `npz umount` never sees it held

@@ -104,6 +104,20 @@ TEST(AtomicFile, AnExistingTargetKeepsItsModeAndANewOneFollowsTheUmask) {
   EXPECT_EQ(st.st_mode & 07777, 0600u);
 }
 
+TEST(AtomicFile, AFileThatNeedNotBeDurableIsRenamedInPlaceWithoutAnySync) {
+  testing::TempDir dir;
+  testing::WriteFileOrDie(dir.Join("t"), "old");
+  AtomicFileOptions not_durable;
+  not_durable.durable = false;
+  for (AtomicStep step : {AtomicStep::kSync, AtomicStep::kSyncDir}) {
+    AtomicFile::FailStepForTesting(step);  // a sync would fail: none may be attempted
+    EXPECT_TRUE(WriteFileAtomically(dir.Join("t"), "new", not_durable).ok());
+    EXPECT_FALSE(WriteFileAtomically(dir.Join("u"), "new").ok());  // the default syncs
+    AtomicFile::FailStepForTesting(std::nullopt);
+    EXPECT_EQ(testing::ReadFileOrDie(dir.Join("t")), "new");
+  }
+}
+
 TEST(AtomicFile, AMissingDirectoryIsAnErrorNamingTheTarget) {
   auto file = AtomicFile::Create("/nonexistent/npzfs/dir/t");
   ASSERT_FALSE(file.ok());

@@ -47,6 +47,7 @@ Result<AtomicFile> AtomicFile::Create(const std::string& target, const AtomicFil
       return ErrnoStatus(errno, target, "cannot create a temp file in directory " + dir);
     }
     AtomicFile file(target, std::move(temp), UniqueFd(raw));
+    file.durable_ = options.durable;
     // The final mode: explicit, the existing target's, or what creat() would have given.
     mode_t mode = 0666 & ~CurrentUmask();
     struct stat st;
@@ -68,7 +69,8 @@ AtomicFile::AtomicFile(AtomicFile&& other) noexcept
     : target_(std::move(other.target_)),
       temp_path_(std::move(other.temp_path_)),
       fd_(std::move(other.fd_)),
-      committed_(other.committed_) {
+      committed_(other.committed_),
+      durable_(other.durable_) {
   other.committed_ = true;  // the moved-from object owns no temp file any more
 }
 
@@ -82,8 +84,10 @@ Status AtomicFile::Write(const void* data, size_t n) {
 }
 
 Status AtomicFile::Commit(const std::function<Status()>& before_rename) {
-  NPZ_RETURN_IF_ERROR(InjectedFailure(AtomicStep::kSync, target_));
-  NPZ_RETURN_IF_ERROR(FsyncFd(fd_.get(), target_));
+  if (durable_) {
+    NPZ_RETURN_IF_ERROR(InjectedFailure(AtomicStep::kSync, target_));
+    NPZ_RETURN_IF_ERROR(FsyncFd(fd_.get(), target_));
+  }
   if (before_rename) NPZ_RETURN_IF_ERROR(before_rename());
   NPZ_RETURN_IF_ERROR(InjectedFailure(AtomicStep::kRename, target_));
   if (::rename(temp_path_.c_str(), target_.c_str()) != 0) {
@@ -91,6 +95,7 @@ Status AtomicFile::Commit(const std::function<Status()>& before_rename) {
   }
   committed_ = true;
   fd_.Reset();
+  if (!durable_) return Status::Ok();
   Status synced = InjectedFailure(AtomicStep::kSyncDir, target_);
   if (synced.ok()) synced = FsyncParentDir(target_);
   if (!synced.ok()) {

@@ -29,6 +29,10 @@ struct AtomicFileOptions {
   // keep_existing_mode is set, the target's mode (and owner, where permitted).
   std::optional<mode_t> mode;
   bool keep_existing_mode = true;
+  // Whether Commit makes the file durable (fsync of the file before the rename, of the
+  // directory after). Off only for files that must not outlive a reboot anyway (runtime
+  // files): the rename alone still shows readers the old or the new contents, never a mix.
+  bool durable = true;
 };
 
 // The steps of the protocol, in order; tests can make any one of them fail.
@@ -71,6 +75,7 @@ class AtomicFile {
   std::string temp_path_;
   UniqueFd fd_;
   bool committed_ = false;
+  bool durable_ = true;
 };
 
 // Writes `bytes` to `target` atomically (AtomicFile::Create, Write, Commit).
