@@ -1,6 +1,9 @@
 // The span cache and the span buffer free list (see span_cache.h).
 #include "core/read/span_cache.h"
 
+#include <sys/mman.h>
+
+#include <cstdlib>
 #include <vector>
 
 namespace npzfs {
@@ -162,29 +165,57 @@ FreeList& Buffers() {
   return *list;
 }
 
+// Under AddressSanitizer span buffers come from malloc, which it guards with redzones (an
+// overrun of a mapping would go unseen).
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kMapBuffers = false;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kMapBuffers = false;
+#else
+constexpr bool kMapBuffers = true;
+#endif
+#else
+constexpr bool kMapBuffers = true;
+#endif
+
+std::byte* Map(size_t capacity) {
+  if (!kMapBuffers) return static_cast<std::byte*>(std::malloc(capacity));
+  void* p = ::mmap(nullptr, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  return p == MAP_FAILED ? nullptr : static_cast<std::byte*>(p);
+}
+
+void Unmap(std::byte* p, size_t capacity) {
+  if (!kMapBuffers) {
+    std::free(p);
+  } else {
+    ::munmap(p, capacity);
+  }
+}
+
 }  // namespace
 
 void SpanBufferDeleter::operator()(std::byte* p) const {
   if (p == nullptr) return;
   if (capacity > kFreeListMaxBytes) {
-    std::free(p);
+    Unmap(p, capacity);
     return;
   }
   // The newest buffer is the likeliest to be wanted again: make room by freeing the oldest.
-  std::vector<std::byte*> dropped;
+  std::vector<std::pair<std::byte*, size_t>> dropped;
   FreeList& list = Buffers();
   {
     std::lock_guard<std::mutex> lock(list.mu);
     while (!list.buffers.empty() && (list.buffers.size() >= kFreeListMaxBuffers ||
                                      list.bytes + capacity > kFreeListMaxBytes)) {
-      dropped.push_back(list.buffers.front().first);
+      dropped.push_back(list.buffers.front());
       list.bytes -= list.buffers.front().second;
       list.buffers.erase(list.buffers.begin());
     }
     list.buffers.emplace_back(p, capacity);
     list.bytes += capacity;
   }
-  for (std::byte* d : dropped) std::free(d);
+  for (const auto& [d, size] : dropped) Unmap(d, size);
 }
 
 Result<SpanBuffer> AllocateSpanBuffer(size_t capacity) {
@@ -202,9 +233,9 @@ Result<SpanBuffer> AllocateSpanBuffer(size_t capacity) {
       }
     }
   }
-  void* p = std::malloc(capacity);
+  std::byte* p = Map(capacity);
   if (p == nullptr) return Status::Error(ENOMEM, "cannot allocate a span buffer");
-  return SpanBuffer(static_cast<std::byte*>(p), SpanBufferDeleter{capacity});
+  return SpanBuffer(p, SpanBufferDeleter{capacity});
 }
 
 }  // namespace npzfs
