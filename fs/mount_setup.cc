@@ -317,8 +317,8 @@ int FinishMount(Mount& m) {
   if (finalized.ok()) DropStaleIndex(m, before);
   Status written = Status::Ok();
   if (!m.runtime.result.empty()) {
-    // A runtime file, for `npz umount` now (the runtime directory does not outlive a reboot):
-    // no fsync.
+    // No fsync: its one reader, `npz umount`, reads it while this daemon exits, and after a
+    // crash it means nothing (the rename alone keeps a reader from seeing half of it).
     AtomicFileOptions runtime_file;
     runtime_file.durable = false;
     written = WriteFileAtomically(m.runtime.result,

@@ -30,8 +30,8 @@ struct AtomicFileOptions {
   std::optional<mode_t> mode;
   bool keep_existing_mode = true;
   // Whether Commit makes the file durable (fsync of the file before the rename, of the
-  // directory after). Off only for files that must not outlive a reboot anyway (runtime
-  // files): the rename alone still shows readers the old or the new contents, never a mix.
+  // directory after). Off only for files that mean nothing after a crash (runtime files):
+  // the rename alone still shows readers the old or the new contents, never a mix.
   bool durable = true;
 };
 
