@@ -292,6 +292,22 @@ def test_a_lock_held_for_a_moment_under_a_pid_that_does_not_run_delays_the_mount
         release.join()
 
 
+def test_npz_add_to_a_mounted_archive_says_the_mount_shows_the_member_after_a_remount(tmp_path):
+    require_fuse()
+    make_archive(tmp_path / "run.npz")
+    np.save(tmp_path / "extra.npy", np.arange(5))
+    r = npz("add", tmp_path / "run.npz", "early", tmp_path / "extra.npy")
+    assert r.returncode == 0 and "mounted on" not in r.stderr, r.stderr
+    with mounted(tmp_path / "run.npz", tmp_path / "mnt", "-o", "ro") as m:
+        r = npz("add", tmp_path / "run.npz", "late", tmp_path / "extra.npy")
+        assert r.returncode == 0, r.stderr
+        assert f"is mounted on {os.path.realpath(m.mnt)}" in r.stderr, r.stderr
+        assert "late.npy shows there after a remount" in r.stderr, r.stderr
+    with mounted(tmp_path / "run.npz", tmp_path / "mnt", "-o", "ro") as m:
+        assert {"early.npy", "late.npy"} <= set(os.listdir(m.mnt))
+        assert np.array_equal(np.load(m.path("late.npy")), np.arange(5))
+
+
 # -------------------------------------------------------------------------- npz umount
 
 

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "core/base/mount_table.h"
 #include "core/write/spool.h"
 #include "npzfs/archive.h"
 #include "npzfs/archive_writer.h"
@@ -50,6 +51,25 @@ Result<size_t> ParseThreadsOption(const ParsedArgs& args) {
 }
 
 void LogToStderr(const std::string& line) { std::fprintf(stderr, "npz: %s\n", line.c_str()); }
+
+// A mount lists the members it found when it was mounted, so a member added meanwhile shows
+// there only after a remount: say so for each npzfs mount of `archive` (an npzfs mount's
+// source is its archive's absolute path).
+void NoteMountsOf(const std::string& archive, const std::string& member) {
+  char* full = realpath(archive.c_str(), nullptr);
+  if (full == nullptr) return;
+  const std::string path(full);
+  std::free(full);
+  Result<std::vector<MountEntry>> table = ReadMountTable();
+  if (!table.ok()) return;
+  for (const MountEntry& e : *table) {
+    if (e.fstype != "fuse.npzfs" || e.source != path) continue;
+    std::fprintf(stderr,
+                 "npz: note: %s is mounted on %s, which lists the members it found when it was "
+                 "mounted: %s shows there after a remount\n",
+                 archive.c_str(), e.mount_point.c_str(), member.c_str());
+  }
+}
 
 }  // namespace
 
@@ -199,6 +219,7 @@ int RunAdd(const std::vector<std::string>& raw_args) {
   if (!status.ok()) return ReportError(status);
   CarryIndex(index);
   bar.Finish();
+  NoteMountsOf(archive, *name);
   return kExitOk;
 }
 
