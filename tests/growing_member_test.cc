@@ -282,6 +282,26 @@ TEST(GrowingMember, ObjectAndZeroDimensionalHeadersCannotGrow) {
   }
 }
 
+TEST(GrowingMember, AHeaderThatWasRefusedLeavesTheLayoutOpenToAttributes) {
+  Fixture f;
+  TempDir py;
+  RunPython("import numpy as np\nnp.save('" + py.Join("o.npy") +
+            "', np.array([1, 'a'], dtype=object), allow_pickle=True)\n");
+  auto m = f.Create("g.npy");
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  ASSERT_EQ(WriteAt(*m, w, 0, ReadFileOrDie(py.Join("o.npy"))).code(), EINVAL);
+  // Nothing was taken, so the layout is not fixed: attributes may still declare it.
+  ASSERT_TRUE(m->SetAttribute(kDescrAttribute, "<u2").ok());
+  Status shape = m->SetAttribute(kShapeAttribute, "3,4");
+  ASSERT_TRUE(shape.ok()) << shape.message();
+  ASSERT_TRUE(m->layout().has_value());
+  EXPECT_TRUE(m->layout()->SameFrameLayout(U16Layout()));
+  // Declared: a truncate to 0 (a writer starting over) keeps it.
+  ASSERT_TRUE(m->Truncate(0).ok());
+  EXPECT_TRUE(m->layout().has_value());
+}
+
 TEST(GrowingMember, AHeaderThatContradictsTheDeclaredLayoutIsRejected) {
   Fixture f;
   auto m = f.Create("d.npy", U16Layout({4, 3}));

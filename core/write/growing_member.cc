@@ -645,8 +645,10 @@ Status GrowingMember::SetAttribute(std::string_view attr, std::string_view value
   }
   NPZ_ASSIGN_OR_RETURN(std::optional<NpyHeader> candidate,
                        LayoutFromAttributes(s, descr, shape, fortran, attr));
-  const bool fixed =
-      s.data_total > 0 || s.header_from_writer || s.coord == State::Coordinates::kCollectingHeader;
+  // Fixed once the writer's bytes were taken: data, a header, or part of one (a header that
+  // was refused took nothing, and fixes nothing).
+  const bool fixed = s.data_total > 0 || s.header_from_writer ||
+                     (s.coord == State::Coordinates::kCollectingHeader && !s.header_buf.empty());
   if (fixed) {
     // Setting what the layout already says is fine; changing it is not.
     if (!candidate || !s.layout || !candidate->SameFrameLayout(*s.layout)) {

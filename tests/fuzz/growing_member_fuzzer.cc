@@ -312,6 +312,11 @@ void Harness::OpWrite(Session& s) {
   const auto layout_before = model_.layout;
   const bool declared_before = model_.declared && layout_before;
   auto r = member_->Write(&s.ws, offset, std::as_bytes(std::span(bytes)));
+  if (trace_) {
+    std::fprintf(stderr, "  write %zu bytes at %llu (writer at %llu): %s\n", bytes.size(),
+                 static_cast<unsigned long long>(offset), static_cast<unsigned long long>(s.end),
+                 r.ok() ? std::to_string(*r).c_str() : r.status().message().c_str());
+  }
   if (model_.removed) {
     FUZZ_CHECK(!r.ok() && r.status().code() == ENOENT, "write to a removed member");
     return;
@@ -364,6 +369,10 @@ void Harness::OpSetAttribute() {
   const bool fixed = !model_.data.empty() || model_.header_from_writer || collecting;
   const auto before = model_.layout;
   Status st = member_->SetAttribute(attr, value);
+  if (trace_) {
+    std::fprintf(stderr, "  set %s=%s (fixed %d, collecting %d): %s\n", std::string(attr).c_str(),
+                 value.c_str(), fixed, collecting, st.ok() ? "ok" : st.message().c_str());
+  }
   LearnLayout();
   if (!model_.npy || attr == "user.other") {
     FUZZ_CHECK(st.code() == ENOTSUP, "an unsupported attribute was not ENOTSUP: " + st.message());
