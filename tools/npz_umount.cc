@@ -47,7 +47,6 @@ extern char** environ;
 namespace npzfs::tool {
 namespace {
 
-constexpr std::string_view kNpzfsType = "fuse.npzfs";
 constexpr auto kPollInterval = std::chrono::milliseconds(200);
 
 using Clock = std::chrono::steady_clock;
@@ -300,7 +299,7 @@ Result<MountEntry> FindNpzfsMount(const std::string& mnt) {
     if (stat(mnt.c_str(), &st) != 0) return ErrnoStatus(errno, mnt, "stat");
     return Status::Error(EINVAL, mnt + ": not a mount point");
   }
-  if (entry->fstype != kNpzfsType) {
+  if (entry->fstype != kNpzfsMountType) {
     return Status::Error(EINVAL, mnt + ": a " + entry->fstype + " mount (" + entry->source +
                                      "), not an npzfs mount: npz umount leaves it alone "
                                      "(unmount it with umount or fusermount3 -u)");

@@ -63,7 +63,7 @@ void NoteMountsOf(const std::string& archive, const std::string& member) {
   Result<std::vector<MountEntry>> table = ReadMountTable();
   if (!table.ok()) return;
   for (const MountEntry& e : *table) {
-    if (e.fstype != "fuse.npzfs" || e.source != path) continue;
+    if (e.fstype != kNpzfsMountType || e.source != path) continue;
     std::fprintf(stderr,
                  "npz: note: %s is mounted on %s, which lists the members it found when it was "
                  "mounted: %s shows there after a remount\n",

@@ -16,6 +16,10 @@
 
 namespace npzfs {
 
+// The filesystem type of an npzfs mount in the mount table (the daemon mounts with
+// subtype=npzfs).
+inline constexpr std::string_view kNpzfsMountType = "fuse.npzfs";
+
 struct MountEntry {
   std::string mount_point;    // absolute, with the kernel's octal escapes decoded
   std::string fstype;         // "ext4", "tmpfs", "fuse.npzfs", ...
