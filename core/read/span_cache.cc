@@ -179,13 +179,13 @@ constexpr bool kMapBuffers = true;
 constexpr bool kMapBuffers = true;
 #endif
 
-std::byte* Map(size_t capacity) {
+std::byte* NewBuffer(size_t capacity) {
   if (!kMapBuffers) return static_cast<std::byte*>(std::malloc(capacity));
   void* p = ::mmap(nullptr, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   return p == MAP_FAILED ? nullptr : static_cast<std::byte*>(p);
 }
 
-void Unmap(std::byte* p, size_t capacity) {
+void DeleteBuffer(std::byte* p, size_t capacity) {
   if (!kMapBuffers) {
     std::free(p);
   } else {
@@ -198,7 +198,7 @@ void Unmap(std::byte* p, size_t capacity) {
 void SpanBufferDeleter::operator()(std::byte* p) const {
   if (p == nullptr) return;
   if (capacity > kFreeListMaxBytes) {
-    Unmap(p, capacity);
+    DeleteBuffer(p, capacity);
     return;
   }
   // The newest buffer is the likeliest to be wanted again: make room by freeing the oldest.
@@ -215,7 +215,7 @@ void SpanBufferDeleter::operator()(std::byte* p) const {
     list.buffers.emplace_back(p, capacity);
     list.bytes += capacity;
   }
-  for (const auto& [d, size] : dropped) Unmap(d, size);
+  for (const auto& [d, size] : dropped) DeleteBuffer(d, size);
 }
 
 Result<SpanBuffer> AllocateSpanBuffer(size_t capacity) {
@@ -233,7 +233,7 @@ Result<SpanBuffer> AllocateSpanBuffer(size_t capacity) {
       }
     }
   }
-  std::byte* p = Map(capacity);
+  std::byte* p = NewBuffer(capacity);
   if (p == nullptr) return Status::Error(ENOMEM, "cannot allocate a span buffer");
   return SpanBuffer(p, SpanBufferDeleter{capacity});
 }
