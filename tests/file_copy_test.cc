@@ -42,13 +42,14 @@ TEST(FileCopy, BytesArriveIntactWhetherTheOffsetsShareAPlaceInABlockOrNot) {
     uint64_t src_offset, dst_offset;
   };
   // Same place in a 4 KiB block (copy_file_range may share extents) and not (user space).
-  for (const Case c : {Case{0, 0}, Case{4096, 8192}, Case{100, 4196}, Case{128, 165},
-                       Case{5000, 3}}) {
+  for (const Case c :
+       {Case{0, 0}, Case{4096, 8192}, Case{100, 4196}, Case{128, 165}, Case{5000, 3}}) {
     SCOPED_TRACE(std::to_string(c.src_offset) + " -> " + std::to_string(c.dst_offset));
     const uint64_t length = src.size() - c.src_offset;
     uint64_t reported = 0;
     Status status;
-    const std::string out = CopyInto(dir, src, c.src_offset, c.dst_offset, length, &reported, &status);
+    const std::string out =
+        CopyInto(dir, src, c.src_offset, c.dst_offset, length, &reported, &status);
     ASSERT_TRUE(status.ok()) << status.message();
     EXPECT_EQ(reported, length);
     ASSERT_EQ(out.size(), c.dst_offset + length);
