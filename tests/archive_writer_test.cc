@@ -13,10 +13,12 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <memory>
 #include <random>
 #include <vector>
 
+#include "core/zip/chunked_deflater.h"
 #include "core/zip/seek_table.h"
 #include "core/zip/zip_writer.h"
 #include "npzfs/file_util.h"
@@ -228,6 +230,104 @@ print(r.stdout.count('subfield with ID 0x5a4e (unknown)'))
     EXPECT_TRUE(got == (name == "zero.bin" ? std::string() : ReadFileOrDie(dir.Join(name))))
         << name;
   }
+  zip_discard(z);
+}
+
+// A file laid out as the background deflater's shadow: chunks back to back from 4096, room
+// before them. A new archive is made of it (renamed, not copied), and every reader accepts
+// the padded local header and the stored block that holds the .npy header.
+TEST(ArchiveWriter, ANewArchiveIsMadeOfAFileOfPredeflatedChunksAndEveryReaderAcceptsIt) {
+  TempDir dir;
+  RunPython(R"(
+import numpy as np
+t = np.arange(1_500_000)
+np.save(')" +
+            dir.Join("big.npy") +
+            R"(', (1000 * np.sin(t / 500.0)).astype('<i2'))
+)");
+  const std::string npy = ReadFileOrDie(dir.Join("big.npy"));
+  ASSERT_EQ(npy.size(), 3000128u);
+  const std::string header = npy.substr(0, 128), data = npy.substr(128);
+  constexpr uint64_t kChunk = 256 << 10;
+  constexpr uint64_t kStart = 4096;
+  auto chunks = std::make_shared<PredeflatedChunks>();
+  std::string shadow(kStart, '\0');
+  for (uint64_t i = 0; i < 5; ++i) {  // 5 of the 12 chunks; the writer deflates the rest
+    std::string out;
+    ASSERT_TRUE(
+        DeflateChunk(6, std::string_view(data).substr(i * kChunk, kChunk), false, &out).ok());
+    chunks->chunks.push_back(
+        {shadow.size(), static_cast<uint32_t>(out.size()), Crc(data.substr(i * kChunk, kChunk))});
+    shadow += out;
+  }
+  shadow += "stale bytes after the chunks";
+  const std::string shadow_path = dir.Join(".big.npy.npzfs-deflate");
+  WriteFileOrDie(shadow_path, shadow);
+  auto shadow_fd = OpenFile(shadow_path, O_RDONLY);
+  auto data_fd = OpenFile(dir.Join("big.npy"), O_RDONLY);
+  ASSERT_TRUE(shadow_fd.ok() && data_fd.ok());
+  chunks->fd = shadow_fd->get();
+  chunks->source = shadow_path;
+  chunks->level = 6;
+  chunks->chunk_size = kChunk;
+  chunks->adoptable_path = shadow_path;
+  chunks->first_chunk_offset = kStart;
+  NewMember big;
+  big.name = "big.npy";
+  big.leading_chunk = 128;
+  MemberPiece head, rest;
+  head.bytes = header;
+  rest.fd = data_fd->get();
+  rest.offset = 128;
+  rest.length = data.size();
+  rest.source = dir.Join("big.npy");
+  rest.predeflated = chunks;
+  big.pieces = {head, rest};
+  struct stat before;
+  ASSERT_EQ(stat(shadow_path.c_str(), &before), 0);
+  WriteOptions options;
+  options.compress_level = 6;
+  options.chunk_size = kChunk;
+  std::vector<std::string> log;
+  options.log = [&](const std::string& line) { log.push_back(line); };
+  const std::string archive = dir.Join("a.npz");
+  ASSERT_TRUE(AppendToArchive(archive, {big, FromBytes("zero.bin", "")}, options).ok());
+
+  struct stat after;
+  ASSERT_EQ(stat(archive.c_str(), &after), 0);
+  EXPECT_EQ(after.st_ino, before.st_ino);
+  EXPECT_FALSE(std::filesystem::exists(shadow_path));
+  EXPECT_EQ(after.st_mode & 0777, 0666 & ~CurrentUmask());
+  ASSERT_EQ(log.size(), 1u);
+  EXPECT_NE(log[0].find("member big.npy: made of " + shadow_path), std::string::npos) << log[0];
+  const std::string bytes = ReadFileOrDie(archive);
+  auto d = ReadDir(archive);
+  ASSERT_TRUE(d.ok()) << d.status().message();
+  ASSERT_EQ(d->entries.size(), 2u);
+  const ZipEntry& e = d->entries[0];
+  EXPECT_EQ(e.local_header_offset, 0u);
+  EXPECT_EQ(e.data_offset, kStart - 5 - 128);  // the stored block ends where chunk 0 starts
+  EXPECT_TRUE(bytes.substr(kStart, shadow.size() - kStart - 28) ==
+              shadow.substr(kStart, shadow.size() - kStart - 28));
+  ExpectSeekableMember(archive, e, npy);
+  EXPECT_EQ(VerifyWithPython(archive, dir.path()), "big.npy,zero.bin\n");
+  EXPECT_EQ(RunPython(R"(
+import subprocess
+r = subprocess.run(['zipinfo', '-v', ')" +
+                      archive + R"('], capture_output=True, text=True)
+print(r.returncode, r.stdout.count('Central directory entry'))
+)"),
+            "0 2\n");
+  int err = 0;
+  zip_t* z = zip_open(archive.c_str(), ZIP_RDONLY | ZIP_CHECKCONS, &err);
+  ASSERT_NE(z, nullptr) << "libzip consistency check failed: " << err;
+  zip_file_t* f = zip_fopen_index(z, 0, 0);
+  ASSERT_NE(f, nullptr);
+  std::string got(npy.size() + 1, '\0');
+  EXPECT_EQ(zip_fread(f, got.data(), got.size()), static_cast<zip_int64_t>(npy.size()));
+  got.resize(npy.size());
+  EXPECT_TRUE(got == npy);
+  zip_fclose(f);
   zip_discard(z);
 }
 

@@ -3,6 +3,7 @@
 // by a killed daemon, and ENOSPC that leaves the raw spool intact.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -13,6 +14,7 @@
 #include "core/write/background_deflater.h"
 #include "core/write/deflate_shadow.h"
 #include "core/write/spool.h"
+#include "core/zip/append_journal.h"
 #include "core/zip/seek_table.h"
 #include "tests/archive_test_util.h"
 #include "tests/test_util.h"
@@ -121,13 +123,13 @@ TEST(DeflateShadow, OnlyChunksWhoseRecordsWereSyncedSurviveAReopen) {
   EXPECT_EQ((*again)->chunk_count(), 3u);
   auto chunks = (*again)->Chunks(10000);
   ASSERT_EQ(chunks->chunks.size(), 3u);
-  EXPECT_EQ(chunks->chunks[2].offset, 12u);
+  EXPECT_EQ(chunks->chunks[2].offset, kDeflateShadowDataStart + 12);
   EXPECT_EQ(chunks->chunks[2].compressed_size, 6u);
   EXPECT_EQ(chunks->chunks[2].crc32, 2u);
   EXPECT_EQ((*again)->Chunks(2999)->chunks.size(), 2u);  // only whole chunks within the data
   // The unrecorded bytes were cut off: appending continues right after chunk 2.
   ASSERT_TRUE((*again)->Append("next", 3).ok());
-  EXPECT_EQ((*again)->Chunks(10000)->chunks[3].offset, 18u);
+  EXPECT_EQ((*again)->Chunks(10000)->chunks[3].offset, kDeflateShadowDataStart + 18);
 }
 
 TEST(DeflateShadow, DamagedRecordsAndMissingBytesEndTheUsableChunks) {
@@ -146,8 +148,8 @@ TEST(DeflateShadow, DamagedRecordsAndMissingBytesEndTheUsableChunks) {
     return s.ok() ? (*s)->chunk_count() : size_t{999};
   };
   EXPECT_EQ(count(10000), 5u);
-  EXPECT_EQ(count(4999), 4u);                 // chunk 4 would end past the member's data
-  ASSERT_EQ(truncate(data.c_str(), 350), 0);  // chunk 3's bytes are incomplete
+  EXPECT_EQ(count(4999), 4u);  // chunk 4 would end past the member's data
+  ASSERT_EQ(truncate(data.c_str(), kDeflateShadowDataStart + 350), 0);  // chunk 3 incomplete
   EXPECT_EQ(count(10000), 3u);
   ASSERT_EQ(truncate(index.c_str(), kDeflateShadowHeaderSize + 2 * 12 + 5), 0);  // torn record
   EXPECT_EQ(count(10000), 2u);
@@ -192,6 +194,7 @@ TEST(BackgroundDeflate, ChunksDeflatedWhileFramesArriveAreCopiedAtFinalize) {
   testing::WriteFileOrDie(dir.Join("b.npz.expected"), data);
   Logged log;
   std::string shadow_bytes;
+  struct stat shadow_st;
   {
     auto spool = Spool::Open(dir.Join("spool"), log.fn());
     ASSERT_TRUE(spool.ok());
@@ -201,15 +204,24 @@ TEST(BackgroundDeflate, ChunksDeflatedWhileFramesArriveAreCopiedAtFinalize) {
     auto shadow = DeflateShadow::Open(SpoolFile(dir, "adc.npy"), 6, kChunk, data.size(), false);
     ASSERT_TRUE(shadow.ok()) << shadow.status().message();
     EXPECT_EQ((*shadow)->chunk_count(), data.size() / kChunk);
-    shadow_bytes = ReadFileOrDie(DeflateShadow::DataPath(SpoolFile(dir, "adc.npy")));
+    const std::string shadow_path = DeflateShadow::DataPath(SpoolFile(dir, "adc.npy"));
+    shadow_bytes = ReadFileOrDie(shadow_path).substr(kDeflateShadowDataStart);
+    ASSERT_EQ(stat(shadow_path.c_str(), &shadow_st), 0);
     ASSERT_TRUE((*spool)->Finalize(dir.Join("a.npz"), Compress()).ok());
   }
   EXPECT_TRUE(log.Contains("adc.npy: " + std::to_string(data.size() / kChunk) +
                            " chunk(s) deflated in the background are copied"));
   EXPECT_FALSE(std::filesystem::exists(dir.Join("spool")));
   ExpectMember(dir.Join("a.npz"), "adc", data);
-  // The same member finalized without background work: the same bytes, so the complete
-  // chunks in the archive are the shadow's, unchanged.
+  // A new archive on the spool's filesystem: the shadow file became the archive, its chunks
+  // were not copied.
+  struct stat archive_st;
+  ASSERT_EQ(stat(dir.Join("a.npz").c_str(), &archive_st), 0);
+  EXPECT_EQ(archive_st.st_ino, shadow_st.st_ino);
+  EXPECT_TRUE(log.Contains("a.npz: member adc.npy: made of "));
+  // The same member finalized without background work: the same chunks after the header's
+  // (which the shadow's archive holds as a stored block), so those in the archive are the
+  // shadow's, unchanged.
   {
     auto spool = Spool::Open(dir.Join("spool"));
     ASSERT_TRUE(spool.ok());
@@ -222,17 +234,68 @@ TEST(BackgroundDeflate, ChunksDeflatedWhileFramesArriveAreCopiedAtFinalize) {
   const ZipEntry& eb = b->entries[0];
   const std::string member_a =
       ReadFileOrDie(dir.Join("a.npz")).substr(ea.data_offset, ea.compressed_size);
-  EXPECT_TRUE(member_a ==
-              ReadFileOrDie(dir.Join("b.npz")).substr(eb.data_offset, eb.compressed_size));
-  EXPECT_EQ(ea.seek_table, eb.seek_table);
+  const std::string member_b =
+      ReadFileOrDie(dir.Join("b.npz")).substr(eb.data_offset, eb.compressed_size);
   auto table =
       ParseSeekTable(ea.seek_table, ea.compressed_size, ea.uncompressed_size, ea.crc32, "a.npz");
+  auto table_b =
+      ParseSeekTable(eb.seek_table, eb.compressed_size, eb.uncompressed_size, eb.crc32, "b.npz");
   ASSERT_TRUE(table.ok()) << table.status().message();
+  ASSERT_TRUE(table_b.ok()) << table_b.status().message();
   // The header, the background chunks, the rest.
   ASSERT_EQ(table->chunks().size(), 1 + data.size() / kChunk + 1);
+  ASSERT_EQ(table_b->chunks().size(), table->chunks().size());
   EXPECT_EQ(table->first_chunk_size(), 128u);
+  EXPECT_EQ(table->chunks()[1].in, 5u + 128);  // a stored block: 5 bytes of block header
   const SeekChunk& first = table->chunks()[1];
+  EXPECT_TRUE(member_a.substr(first.in) == member_b.substr(table_b->chunks()[1].in));
   EXPECT_TRUE(member_a.substr(first.in, shadow_bytes.size()) == shadow_bytes);
+  EXPECT_EQ(member_a.substr(0, 5), std::string("\0\x80\0\x7f\xff", 5));  // LEN 128, NLEN
+  EXPECT_EQ(member_a.substr(5, 6), "\x93NUMPY");
+}
+
+TEST(BackgroundDeflate, AFinalizeThatFailsBeforeTheRenameLeavesTheShadowAsUsable) {
+  TempDir dir;
+  const std::string data = Frames(40, 5);  // 2.5 MiB: 10 chunks
+  testing::WriteFileOrDie(dir.Join("a.npz.expected"), data);
+  Logged log;
+  auto spool = Spool::Open(dir.Join("spool"), log.fn());
+  ASSERT_TRUE(spool.ok());
+  (*spool)->StartBackgroundDeflate(6);
+  WriteMember(**spool, "adc.npy", data);
+  (*spool)->WaitForBackgroundDeflate();
+  // The shadow file got the local header, the rest of the member and the directory, and
+  // was synced; the rename then fails.
+  FailAppendStepForTesting(AppendStep::kArchiveSynced);
+  Status failed = (*spool)->Finalize(dir.Join("a.npz"), Compress());
+  FailAppendStepForTesting(std::nullopt);
+  EXPECT_EQ(failed.code(), EIO) << failed.message();
+  EXPECT_FALSE(std::filesystem::exists(dir.Join("a.npz")));
+  // The next finalize opens the shadow from disk: every chunk is still usable.
+  ASSERT_TRUE((*spool)->Finalize(dir.Join("a.npz"), Compress()).ok());
+  EXPECT_TRUE(log.Contains("adc.npy: 10 chunk(s) deflated in the background are copied"));
+  EXPECT_TRUE(log.Contains("a.npz: member adc.npy: made of "));
+  ExpectMember(dir.Join("a.npz"), "adc", data);
+  EXPECT_FALSE(std::filesystem::exists(dir.Join("spool")));
+}
+
+TEST(BackgroundDeflate, AShadowOnAnotherFilesystemThanTheArchiveIsCopied) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a tmpfs";
+  TempDir dir;
+  ScopedTmpfs tmpfs(dir.Join("other"), "size=64m");
+  ASSERT_TRUE(tmpfs.mounted());
+  const std::string data = Frames(40, 6);
+  testing::WriteFileOrDie(dir.Join("a.npz.expected"), data);
+  Logged log;
+  auto spool = Spool::Open(dir.Join("other/spool"), log.fn());
+  ASSERT_TRUE(spool.ok());
+  (*spool)->StartBackgroundDeflate(6);
+  WriteMember(**spool, "adc.npy", data);
+  (*spool)->WaitForBackgroundDeflate();
+  ASSERT_TRUE((*spool)->Finalize(dir.Join("a.npz"), Compress()).ok());
+  EXPECT_TRUE(log.Contains("adc.npy: 10 chunk(s) deflated in the background are copied"));
+  EXPECT_FALSE(log.Contains("made of"));
+  ExpectMember(dir.Join("a.npz"), "adc", data);
 }
 
 TEST(BackgroundDeflate, FinalizeTakesWhatIsDoneAndDoesNotWaitForTheRest) {

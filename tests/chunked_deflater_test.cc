@@ -313,8 +313,8 @@ Deflated DeflateWithPredeflatedChunks(const std::string& header, const std::stri
   EXPECT_TRUE(deflater.Write(header.data(), header.size()).ok());
   for (size_t i = 0; i < predeflated; ++i) {
     const uint32_t crc = Crc(std::string_view(data).substr(i * chunk, chunk));
-    Status st = deflater.AddDeflatedChunk(fd->get(), made[i].first,
-                                          static_cast<uint32_t>(made[i].second.size()), crc, path);
+    Status st = deflater.AddDeflatedChunk(
+        fd->get(), made[i].first, static_cast<uint32_t>(made[i].second.size()), chunk, crc, path);
     EXPECT_TRUE(st.ok()) << st.message();
   }
   const size_t rest = predeflated * chunk;
@@ -366,11 +366,38 @@ TEST(ChunkedDeflater, APredeflatedChunkOffAChunkBoundaryIsRefused) {
   o.what = "m.npy";
   ChunkedDeflater deflater(std::move(o));
   ASSERT_TRUE(deflater.Write("abc", 3).ok());
-  Status st = deflater.AddDeflatedChunk(0, 0, 10, 0, "chunks");
+  Status st = deflater.AddDeflatedChunk(0, 0, 10, 1000, 0, "chunks");
   EXPECT_EQ(st.code(), EINVAL);
   EXPECT_NE(st.message().find("m.npy: a pre-deflated chunk must start at a chunk boundary"),
             std::string::npos)
       << st.message();
+}
+
+TEST(ChunkedDeflater, APredeflatedChunkMustCoverTheWholeChunkAtItsPlace) {
+  ChunkedDeflaterOptions o;
+  o.chunk_size = 1000;
+  o.leading_chunk = 128;
+  std::vector<std::pair<uint64_t, uint64_t>> copied;  // (offset, length)
+  o.sink = [](std::string_view) { return Status::Ok(); };
+  o.copy_sink = [&](int, uint64_t offset, uint64_t length, const std::string&) {
+    copied.emplace_back(offset, length);
+    return Status::Ok();
+  };
+  o.what = "m.npy";
+  ChunkedDeflater deflater(std::move(o));
+  // At the start the next chunk is the leading one: 128 bytes, not chunk_size.
+  Status wrong = deflater.AddDeflatedChunk(0, 0, 10, 1000, 0, "chunks");
+  EXPECT_EQ(wrong.code(), EINVAL);
+  EXPECT_NE(wrong.message().find("m.npy: a pre-deflated chunk of 1000 bytes where the next "
+                                 "chunk holds 128"),
+            std::string::npos)
+      << wrong.message();
+  ASSERT_TRUE(deflater.AddDeflatedChunk(0, 0, 10, 128, 0, "chunks").ok());
+  EXPECT_EQ(deflater.AddDeflatedChunk(0, 10, 10, 128, 0, "chunks").code(), EINVAL);
+  ASSERT_TRUE(deflater.AddDeflatedChunk(0, 10, 20, 1000, 0, "chunks").ok());
+  ASSERT_TRUE(deflater.Finish().ok());
+  EXPECT_EQ(deflater.uncompressed_size(), 1128u);
+  EXPECT_EQ(copied, (std::vector<std::pair<uint64_t, uint64_t>>{{0, 10}, {10, 20}}));
 }
 
 TEST(ChunkedDeflater, DeflateChunkEndsWithAFullFlushOrTheFinalBlock) {

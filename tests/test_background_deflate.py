@@ -105,3 +105,43 @@ def test_a_daemon_killed_in_the_middle_of_deflating_leaves_a_spool_that_finalize
     check_member(archive, data)
     with np.load(archive) as z:
         np.testing.assert_array_equal(z["old"], np.arange(10))
+
+
+def test_a_new_archive_is_made_of_the_deflated_shadow_without_copying_its_chunks(tmp_path):
+    archive = tmp_path / "a.npz"
+    data = frames(64)  # 4 MiB: 16 chunks
+    with mounted(archive, tmp_path / "mnt", "-o", "create", "-o", "compress",
+                 "-o", "frame=adc*:<i2:256x128") as m:
+        with open(m.path("adc.npy"), "wb") as f:
+            f.write(data.tobytes())
+        wait_for(lambda: shadow_chunks(archive) == 16, "every chunk deflated in the background")
+        shadow = spool_of(archive) / ".adc.npy.npzfs-deflate"
+        inode = shadow.stat().st_ino
+        assert m.unmount() == 0, m.log()
+    assert archive.stat().st_ino == inode
+    assert "member adc.npy: made of " in m.log()
+    check_member(archive, data)
+    r = subprocess.run(["unzip", "-tq", str(archive)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("step", ["member-data:1", "archive-synced"])
+def test_a_finalize_killed_while_making_the_archive_of_the_shadow_is_redone_by_a_remount(
+        tmp_path, monkeypatch, step):
+    archive = tmp_path / "a.npz"
+    data = frames(64, seed=2)
+    options = ["-o", "compress", "-o", "frame=adc*:<i2:256x128"]
+    monkeypatch.setenv("NPZFS_TEST_KILL_AT", step)
+    with mounted(archive, tmp_path / "mnt", "-o", "create", *options) as m:
+        monkeypatch.delenv("NPZFS_TEST_KILL_AT")
+        with open(m.path("adc.npy"), "wb") as f:
+            f.write(data.tobytes())
+        wait_for(lambda: shadow_chunks(archive) == 16, "every chunk deflated in the background")
+        assert m.unmount() == -9, m.log()
+    assert not archive.exists()
+    with mounted(archive, tmp_path / "mnt", "-o", "create", *options) as again:
+        np.testing.assert_array_equal(np.load(again.path("adc.npy")), data)
+        assert again.unmount() == 0, again.log()
+    assert "16 chunk(s) deflated in the background are copied" in again.log()
+    assert "member adc.npy: made of " in again.log()
+    check_member(archive, data)

@@ -16,12 +16,6 @@ Status InjectedFailure(AtomicStep step, const std::string& path) {
   return ErrnoStatus(EIO, path, "injected failure (test)");
 }
 
-mode_t CurrentUmask() {
-  const mode_t mask = ::umask(0);
-  ::umask(mask);
-  return mask;
-}
-
 }  // namespace
 
 std::string TempFilePrefix(const std::string& target) {

@@ -91,6 +91,12 @@ Status FsyncDir(const std::string& dir) {
 
 Status FsyncParentDir(const std::string& path) { return FsyncDir(DirName(path)); }
 
+mode_t CurrentUmask() {
+  const mode_t mask = ::umask(0);
+  ::umask(mask);
+  return mask;
+}
+
 Result<uint64_t> FileSize(int fd, const std::string& path) {
   struct stat st;
   if (::fstat(fd, &st) != 0) return ErrnoStatus(errno, path, "stat failed");

@@ -83,7 +83,7 @@ Result<std::unique_ptr<DeflateShadow>> DeflateShadow::Open(const std::string& sp
 Status DeflateShadow::Reset() {
   chunks_.clear();
   recorded_ = 0;
-  data_end_ = 0;
+  data_end_ = kDeflateShadowDataStart;
   unsynced_bytes_ = 0;
   const std::string index_path = IndexPath(spool_path_);
   if (::ftruncate(data_fd_.get(), 0) != 0 || ::ftruncate(index_fd_.get(), 0) != 0) {
@@ -103,7 +103,7 @@ Status DeflateShadow::Load(uint64_t data_bytes, bool writable) {
     // Missing, torn, or made at another level or chunk size: nothing in it is usable.
     return writable ? Reset() : Status::Ok();
   }
-  uint64_t end = 0;
+  uint64_t end = kDeflateShadowDataStart;
   for (size_t at = kDeflateShadowHeaderSize; at + kDeflateShadowRecordSize <= index.size();
        at += kDeflateShadowRecordSize) {
     const size_t i = chunks_.size();
@@ -171,6 +171,11 @@ std::shared_ptr<const PredeflatedChunks> DeflateShadow::Chunks(uint64_t max_data
   out->chunks.assign(
       chunks_.begin(),
       chunks_.begin() + static_cast<std::ptrdiff_t>(std::min<uint64_t>(usable, chunks_.size())));
+  if (!chunks_.empty() && out->chunks.size() == chunks_.size()) {
+    // Writing after the last chunk overwrites nothing a retry would need.
+    out->adoptable_path = DataPath(spool_path_);
+    out->first_chunk_offset = kDeflateShadowDataStart;
+  }
   return out;
 }
 

@@ -4,7 +4,8 @@
 //
 // Two files next to the member's spool file "<spool>/<file>" (dot names: Spool::Open never
 // takes them for members):
-//   ".<file>.npzfs-deflate"        the chunks' compressed bytes, back to back;
+//   ".<file>.npzfs-deflate"        the chunks' compressed bytes, back to back from offset
+//                                  kDeflateShadowDataStart (see "Adoption");
 //   ".<file>.npzfs-deflate-index"  a header (level, chunk size) and one record per chunk.
 // Chunk i holds data bytes [i * chunk_size, (i + 1) * chunk_size) of the member (after the
 // .npy header, which finalize deflates as a chunk of its own, so its count may still change),
@@ -18,6 +19,13 @@
 // are deflated again from the spool file. A chunk written but not yet recorded when the
 // daemon died is simply redone. The raw spool file is never written here: losing a shadow
 // costs time at finalize, never data.
+//
+// Adoption. The first 4 KiB of the data file stay free (a hole), so that a finalize that
+// creates the archive can make this file the archive itself: the member's local header and
+// its .npy header's chunk go into that room, the remaining chunks and the directory after
+// the recorded chunks, and the file is renamed into place (core/zip/archive_writer.cc). The
+// recorded chunks are never written there, so a finalize that fails halfway leaves the
+// shadow as usable as before.
 //
 // Ownership: a DeflateShadow owns the two fds. Not thread-safe: one thread at a time (the
 // background deflater, then finalize) uses it.
@@ -36,10 +44,11 @@
 namespace npzfs {
 
 inline constexpr std::string_view kDeflateShadowMagic = "NPZFSDFL";
-inline constexpr uint32_t kDeflateShadowVersion = 1;
-inline constexpr size_t kDeflateShadowHeaderSize = 32;  // magic, version, level, chunk size,
-                                                        // reserved, CRC-32
-inline constexpr size_t kDeflateShadowRecordSize = 12;  // compressed, chunk CRC, record CRC
+inline constexpr uint32_t kDeflateShadowVersion = 2;       // 1: chunks from offset 0
+inline constexpr uint64_t kDeflateShadowDataStart = 4096;  // where the first chunk starts
+inline constexpr size_t kDeflateShadowHeaderSize = 32;     // magic, version, level, chunk size,
+                                                           // reserved, CRC-32
+inline constexpr size_t kDeflateShadowRecordSize = 12;     // compressed, chunk CRC, record CRC
 
 class DeflateShadow {
  public:
@@ -70,8 +79,8 @@ class DeflateShadow {
   // fsyncs the compressed bytes, then records the chunks appended since the last Sync.
   Status Sync();
   // The chunks (recorded or not) covering at most the member's first `max_data_bytes` data
-  // bytes, for finalize in this process. The result borrows this shadow's data fd: keep the
-  // shadow alive while it is used.
+  // bytes, for finalize in this process; adoptable (see above) when that is all of them. The
+  // result borrows this shadow's data fd: keep the shadow alive while it is used.
   std::shared_ptr<const PredeflatedChunks> Chunks(uint64_t max_data_bytes) const;
 
  private:

@@ -71,7 +71,8 @@ enum class AppendStep {
   kJournalDurable,    // journal and directory fsynced; archive untouched
   kMemberData,        // new member bytes partly written over the old directory
   kDirectoryWritten,  // new central directory and end records written, not synced
-  kArchiveSynced,     // archive fsynced; the journal still exists
+  kArchiveSynced,     // archive fsynced; the journal still exists (or, for an archive made
+                      // of a deflated shadow, it is not yet renamed into place)
   kJournalRemoved,    // journal unlinked; its directory not yet fsynced
   kRecoverRestored,   // recovery: old bytes put back and synced; journal not yet removed
 };

@@ -36,8 +36,28 @@
 // A process opening the archive at any moment sees the old or the new archive, never a
 // partial one; the cost is a full copy. It takes the same lock and recovers a journal first.
 //
-// Creating an archive (none there yet) always builds a temp file and renames it, holding
-// the directory's lock (a concurrent creator then appends to ours instead of replacing it).
+// Creating an archive (none there yet) builds a temp file and renames it, holding the
+// directory's lock (a concurrent creator then appends to ours instead of replacing it).
+//
+// Creating an archive from a deflated shadow (adoption). With -o compress the daemon deflates
+// a growing member's chunks in the background into a shadow file (core/write/deflate_shadow.h)
+// whose first 4 KiB are left free. When finalize creates the archive and that file is on the
+// archive's filesystem, copying its chunks (most of the member) would only move bytes that are
+// already where an archive needs them. So the file becomes the archive:
+//   - the member's local header goes at offset 0, padded (a padding extra field, ID 0x504e) to
+//     end exactly where the .npy header's chunk begins; that chunk is one stored deflate block
+//     (5 bytes + the header, its size known in advance) ending where the first shadow chunk
+//     starts;
+//   - the shadow's chunks stay where they are (ZipWriter::set_in_place_source);
+//   - the rest of the member is deflated after them, then the other new members and the
+//     central directory; the file is cut there, given the mode a new file gets (0666 & ~umask),
+//     fsynced, and renamed into place (RENAME_NOREPLACE), and the directory is fsynced.
+// Until the rename the shadow's recorded chunks are untouched (the writes go before them and
+// after the last one, and the shadow only offers adoption when finalize takes all its chunks),
+// so a crash or an error leaves a shadow that the next finalize uses again. The cost is the
+// new bytes that were not deflated yet, plus an fsync of what writeback has not written yet:
+// the background work's output is never copied. Readers see an ordinary archive (numpy,
+// zipfile, unzip and libzip accept padded local headers and stored blocks).
 //
 // Alternatives rejected.
 //   - Appending after the old end record (keeping the old directory): a reader still finds
@@ -62,11 +82,13 @@
 #include <set>
 
 #include "core/base/atomic_file.h"
+#include "core/base/byte_codec.h"
 #include "core/base/crc32.h"
 #include "core/base/thread_pool.h"
 #include "core/zip/append_journal.h"
 #include "core/zip/archive_lock.h"
 #include "core/zip/file_copy.h"
+#include "core/zip/zip_format.h"
 #include "core/zip/zip_writer.h"
 #include "npzfs/file_util.h"
 #include "npzfs/zip_directory.h"
@@ -147,31 +169,42 @@ Result<uint64_t> CopyPredeflated(ZipWriter& writer, const MemberPiece& p,
     return uint64_t{0};
   }
   for (const PredeflatedChunks::Chunk& c : d->chunks) {
-    NPZ_RETURN_IF_ERROR(writer.AddDeflatedChunk(d->fd, c.offset, c.compressed_size, c.crc32,
-                                                what + ": deflated chunks " + d->source));
+    NPZ_RETURN_IF_ERROR(writer.AddDeflatedChunk(d->fd, c.offset, c.compressed_size, d->chunk_size,
+                                                c.crc32, what + ": deflated chunks " + d->source));
   }
   return d->chunks.size() * d->chunk_size;
 }
 
-// Writes every new member through `writer`. `step_failure` is set by the progress hook of
-// an in-place append (a test-injected failure) and checked after each piece.
-Status WriteMembers(ZipWriter& writer, const Request& r, const Status* step_failure) {
-  for (const NewMember& m : *r.members) {
-    ZipMemberOptions mo;
-    mo.compress_level = r.options->compress_level;
-    mo.crc32 = m.crc32;
-    mo.size_hint = MemberSize(m);
-    mo.chunk_size = r.options->chunk_size;
-    mo.leading_chunk = m.leading_chunk;
-    NPZ_RETURN_IF_ERROR(writer.BeginMember(m.name, mo));
+// The rest of a piece from `done` on: read and compressed (or copied).
+Status CopyRest(ZipWriter& writer, const MemberPiece& p, uint64_t done, const std::string& name) {
+  return writer.CopyFrom(p.fd, p.offset + done, p.length - done,
+                         "member " + name + ": source " +
+                             (p.source.empty() ? "fd " + std::to_string(p.fd) : p.source));
+}
+
+ZipMemberOptions MemberOptions(const NewMember& m, const WriteOptions& options) {
+  ZipMemberOptions mo;
+  mo.compress_level = options.compress_level;
+  mo.crc32 = m.crc32;
+  mo.size_hint = MemberSize(m);
+  mo.chunk_size = options.chunk_size;
+  mo.leading_chunk = m.leading_chunk;
+  return mo;
+}
+
+// Writes the new members from the `first`-th on through `writer`. `step_failure` is set by
+// the progress hook of an in-place append (a test-injected failure) and checked after each
+// piece.
+Status WriteMembers(ZipWriter& writer, const Request& r, const Status* step_failure,
+                    size_t first = 0) {
+  for (size_t i = first; i < r.members->size(); ++i) {
+    const NewMember& m = (*r.members)[i];
+    NPZ_RETURN_IF_ERROR(writer.BeginMember(m.name, MemberOptions(m, *r.options)));
     for (const MemberPiece& p : m.pieces) {
       if (p.fd >= 0) {
         NPZ_ASSIGN_OR_RETURN(const uint64_t done,
                              CopyPredeflated(writer, p, *r.options, "member " + m.name));
-        NPZ_RETURN_IF_ERROR(
-            writer.CopyFrom(p.fd, p.offset + done, p.length - done,
-                            "member " + m.name + ": source " +
-                                (p.source.empty() ? "fd " + std::to_string(p.fd) : p.source)));
+        NPZ_RETURN_IF_ERROR(CopyRest(writer, p, done, m.name));
       } else {
         NPZ_RETURN_IF_ERROR(writer.Write(p.bytes.data(), p.bytes.size()));
       }
@@ -305,6 +338,115 @@ Result<DirectoryLock> LockDirectoryToCreate(const std::string& path) {
   return lock;
 }
 
+// The leading chunk (at most 64 KiB) as one stored deflate block, not final (RFC 1951,
+// 3.2.4): it starts and ends on a byte boundary, as every chunk does.
+std::string StoredBlock(std::string_view bytes) {
+  std::string b;
+  b.push_back('\0');  // BFINAL 0, BTYPE 00, then padding to the byte boundary
+  PutLe16(b, static_cast<uint16_t>(bytes.size()));
+  PutLe16(b, static_cast<uint16_t>(~bytes.size()));
+  b.append(bytes);
+  return b;
+}
+
+// The first member's data piece when the archive can be made of the file holding its
+// pre-deflated chunks (see the essay); nullptr otherwise.
+const MemberPiece* AdoptablePiece(const Request& r) {
+  if (r.options->compress_level < 0 || r.members->empty()) return nullptr;
+  const NewMember& m = r.members->front();
+  const size_t k = m.leading_chunk > 0 ? 1 : 0;  // pieces: [the leading chunk], the data
+  if (m.pieces.size() != k + 1 || m.leading_chunk > zip::kMax16 ||
+      (k == 1 && (m.pieces[0].fd >= 0 || m.pieces[0].bytes.size() != m.leading_chunk))) {
+    return nullptr;
+  }
+  const MemberPiece& p = m.pieces[k];
+  const PredeflatedChunks* d = p.predeflated.get();
+  if (p.fd < 0 || d == nullptr || d->adoptable_path.empty() || d->chunks.empty() ||
+      d->level != r.options->compress_level || d->chunk_size != r.options->chunk_size ||
+      d->chunks.size() * d->chunk_size > p.length) {
+    return nullptr;
+  }
+  // Room for the largest local header (ZIP64 extra and a padding field) and the block.
+  const uint64_t room = zip::kLocalHeaderSize + m.name.size() + 2 * zip::kExtraHeaderSize + 16 +
+                        (k == 1 ? 5 + m.leading_chunk : 0);
+  if (room > d->first_chunk_offset) return nullptr;
+  uint64_t at = d->first_chunk_offset;
+  for (const PredeflatedChunks::Chunk& c : d->chunks) {
+    if (c.offset != at) return nullptr;
+    at += c.compressed_size;
+  }
+  return &p;
+}
+
+// Creates r.path from the file holding the first member's pre-deflated chunks: the local
+// header and the leading chunk go before the chunks, the rest of the member, the other
+// members and the directory after them, and the file is renamed into place. Returns false,
+// having written nothing, when that file is not on the archive's filesystem.
+Result<bool> CreateByAdoption(const Request& r, const MemberPiece& piece,
+                              const std::function<Status()>& before_rename) {
+  const PredeflatedChunks& d = *piece.predeflated;
+  const NewMember& first = r.members->front();
+  const std::string& path = d.adoptable_path;
+  struct stat chunks_st, dir_st;
+  if (::fstat(d.fd, &chunks_st) != 0 || ::stat(DirName(r.path).c_str(), &dir_st) != 0 ||
+      chunks_st.st_dev != dir_st.st_dev || !S_ISREG(chunks_st.st_mode) || chunks_st.st_nlink != 1) {
+    return false;
+  }
+  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(path, O_RDWR, 0));
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0 || st.st_dev != chunks_st.st_dev ||
+      st.st_ino != chunks_st.st_ino) {
+    return false;  // the path no longer names the file whose chunks we have
+  }
+
+  Progress progress(*r.options, NewBytes(r));
+  auto on_bytes = [&progress](uint64_t n) {
+    progress.Add(n);
+    (void)AppendStepReached(AppendStep::kMemberData, progress.done());  // crash tests only
+  };
+  std::unique_ptr<ThreadPool> pool = PoolFor(*r.options);
+  ZipWriter writer(fd.get(), path, 0);
+  writer.set_progress(on_bytes);
+  writer.set_thread_pool(pool.get());
+  writer.set_in_place_source(d.fd);
+
+  const std::string block = first.leading_chunk > 0 ? StoredBlock(first.pieces[0].bytes) : "";
+  ZipMemberOptions mo = MemberOptions(first, *r.options);
+  mo.local_header_size = d.first_chunk_offset - block.size();
+  NPZ_RETURN_IF_ERROR(PwriteAll(fd.get(), block.data(), block.size(), mo.local_header_size, path));
+  NPZ_RETURN_IF_ERROR(writer.BeginMember(first.name, mo));
+  if (!block.empty()) {
+    NPZ_RETURN_IF_ERROR(writer.AddDeflatedChunk(
+        d.fd, mo.local_header_size, static_cast<uint32_t>(block.size()), first.leading_chunk,
+        Crc32(0, first.pieces[0].bytes.data(), first.pieces[0].bytes.size()), path));
+  }
+  NPZ_ASSIGN_OR_RETURN(const uint64_t done,
+                       CopyPredeflated(writer, piece, *r.options, "member " + first.name));
+  NPZ_RETURN_IF_ERROR(CopyRest(writer, piece, done, first.name));
+  NPZ_RETURN_IF_ERROR(writer.EndMember());
+  NPZ_RETURN_IF_ERROR(WriteMembers(writer, r, nullptr, /*first=*/1));
+  NPZ_RETURN_IF_ERROR(writer.Finish("", 0, ""));
+  if (::ftruncate(fd.get(), static_cast<off_t>(writer.offset())) != 0) {
+    return ErrnoStatus(errno, path, "cannot cut the file to the archive's end");
+  }
+  if (::fchmod(fd.get(), 0666 & ~CurrentUmask()) != 0) return ErrnoStatus(errno, path, "fchmod");
+  NPZ_RETURN_IF_ERROR(FsyncFd(fd.get(), path));
+  NPZ_RETURN_IF_ERROR(AppendStepReached(AppendStep::kArchiveSynced));
+  NPZ_RETURN_IF_ERROR(before_rename());
+  if (::renameat2(AT_FDCWD, path.c_str(), AT_FDCWD, r.path.c_str(), RENAME_NOREPLACE) != 0) {
+    return ErrnoStatus(errno, r.path, "cannot rename " + path + " to it");
+  }
+  Status synced = FsyncParentDir(r.path);
+  if (!synced.ok()) {
+    return synced.WithContext(r.path + ": written, but its directory could not be synced");
+  }
+  if (r.options->log) {
+    r.options->log(r.path + ": member " + first.name + ": made of " + path +
+                   " (its deflated chunks stay where they are, renamed into place)");
+  }
+  return true;
+}
+
 // Creates a missing archive under the directory lock. Sets *exists when another process
 // created it first (the caller then appends to it).
 Status CreateArchive(const Request& r, bool* exists) {
@@ -314,14 +456,20 @@ Status CreateArchive(const Request& r, bool* exists) {
     *exists = true;
     return Status::Ok();
   }
-  return BuildAndRename(r, -1, ZipDirectory{}, [&]() -> Status {
+  auto still_missing = [&]() -> Status {
     if (::lstat(r.path.c_str(), &st) == 0) {
       return Status::Error(EBUSY, r.path +
                                       ": created by another program while members were "
                                       "being added; nothing was written");
     }
     return Status::Ok();
-  });
+  };
+  if (const MemberPiece* piece = AdoptablePiece(r)) {
+    Result<bool> adopted = CreateByAdoption(r, *piece, still_missing);
+    if (!adopted.ok()) return WithArchive(r.path, adopted.status());
+    if (*adopted) return Status::Ok();
+  }
+  return BuildAndRename(r, -1, ZipDirectory{}, still_missing);
 }
 
 // CRC-32 of a member's pieces (given, or read).

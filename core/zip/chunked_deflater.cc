@@ -166,20 +166,24 @@ Status ChunkedDeflater::Commit(size_t n) {
 }
 
 Status ChunkedDeflater::AddDeflatedChunk(int fd, uint64_t offset, uint32_t compressed_size,
-                                         uint32_t crc32, const std::string& source) {
+                                         uint64_t uncompressed_size, uint32_t crc32,
+                                         const std::string& source) {
   if (!failed_.ok()) return failed_;
   if (finished_ || !o_.copy_sink) {
     return Status::Error(EINVAL, o_.what + ": cannot take a pre-deflated chunk here");
   }
   if (filled_ > 0 && filled_ == CurrentChunkCapacity()) NPZ_RETURN_IF_ERROR(Submit(false));
-  if (filled_ != 0 || CurrentChunkCapacity() != o_.chunk_size) {
-    return Status::Error(EINVAL, o_.what +
-                                     ": a pre-deflated chunk must start at a chunk "
-                                     "boundary after the leading chunk");
+  if (filled_ != 0) {
+    return Status::Error(EINVAL, o_.what + ": a pre-deflated chunk must start at a chunk boundary");
+  }
+  if (uncompressed_size != CurrentChunkCapacity()) {
+    return Status::Error(
+        EINVAL, o_.what + ": a pre-deflated chunk of " + std::to_string(uncompressed_size) +
+                    " bytes where the next chunk holds " + std::to_string(CurrentChunkCapacity()));
   }
   if (in_flight_.size() >= max_in_flight_) NPZ_RETURN_IF_ERROR(DeliverFront());
   auto job = std::make_shared<Job>();
-  job->in_size = o_.chunk_size;
+  job->in_size = uncompressed_size;
   job->crc = crc32;
   job->copy_fd = fd;
   job->copy_offset = offset;
@@ -188,7 +192,7 @@ Status ChunkedDeflater::AddDeflatedChunk(int fd, uint64_t offset, uint32_t compr
   job->done = true;
   in_flight_.push_back(std::move(job));
   ++chunks_submitted_;
-  uncompressed_ += o_.chunk_size;
+  uncompressed_ += uncompressed_size;
   if (current_.size() < CurrentChunkCapacity()) current_.resize(CurrentChunkCapacity());
   return Status::Ok();
 }

@@ -67,13 +67,15 @@ class ChunkedDeflater {
   // the byte count. Errors: a failed chunk (sticky), or EINVAL after Finish.
   Result<std::span<char>> InputSpace();
   Status Commit(size_t n);
-  // The next chunk_size input bytes, already deflated as this class deflates a chunk (its
-  // own state at this level, ended by a full flush): `compressed_size` bytes at `offset` of
-  // `fd`, whose uncompressed bytes have CRC-32 `crc32`. Only at a chunk boundary after the
-  // leading chunk (EINVAL otherwise, or without a copy_sink). The bytes are copied to the
-  // output in order, never decompressed or checked here: the caller vouches for them.
-  Status AddDeflatedChunk(int fd, uint64_t offset, uint32_t compressed_size, uint32_t crc32,
-                          const std::string& source);
+  // The next chunk of input, already deflated as a chunk of its own (a fresh raw deflate
+  // state, ended by a full flush; the level does not matter to readers): `compressed_size`
+  // bytes at `offset` of `fd`, for `uncompressed_size` input bytes whose CRC-32 is `crc32`.
+  // Only at a chunk boundary, and only for a whole chunk: `uncompressed_size` must be the
+  // leading chunk's size at the start (when there is one), chunk_size after it (EINVAL
+  // otherwise, or without a copy_sink). The bytes go to the copy_sink in order, never
+  // decompressed or checked here: the caller vouches for them.
+  Status AddDeflatedChunk(int fd, uint64_t offset, uint32_t compressed_size,
+                          uint64_t uncompressed_size, uint32_t crc32, const std::string& source);
   // Deflates the rest as the last chunk and delivers everything to the sink. When nothing
   // follows a pre-deflated chunk, the stream's final (empty) block is appended to it.
   Status Finish();

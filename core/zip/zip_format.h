@@ -31,6 +31,10 @@ inline constexpr uint16_t kExtendedTimestampExtraId = 0x5455;  // Info-ZIP "UT"
 // party mappings (Info-ZIP, Xceed, ZipIt, Microsoft 0xa220, AE-x 0x9901, ...), nor Java's
 // 0xcafe or Android's 0xd935.
 inline constexpr uint16_t kSeekTableExtraId = 0x5a4e;
+// npzfs's padding, local headers only: zero bytes that make a member's data start where a
+// file prepared in advance has it (core/README.md, "Padding extra field"). Bytes "NP"; not
+// registered either.
+inline constexpr uint16_t kPaddingExtraId = 0x504e;
 inline constexpr size_t kExtraHeaderSize = 4;  // id + length
 
 // Limits: a field at its maximum means "see the ZIP64 record".

@@ -2,9 +2,10 @@
 //
 // Layout choices, and why:
 //   - Local header first, data next, then the CRC and sizes are patched into the local
-//     header with pwrite. The output is always a seekable regular file (a temp file we
-//     own), so a data descriptor (flag bit 3) would only make the archive harder for
-//     strict readers (libzip's consistency check, some unzip builds) for no gain.
+//     header with pwrite. The output is always a seekable regular file (a temp file or a
+//     deflated shadow we own, or the archive under its journal), so a data descriptor (flag
+//     bit 3) would only make the archive harder for strict readers (libzip's consistency
+//     check, some unzip builds) for no gain.
 //   - The local header cannot grow once data follows it, so a ZIP64 extra (20 bytes) is
 //     reserved up front when the member could reach 0xFFFFFFFF bytes: no size hint, or a
 //     hint (deflate bound for compressed members) at or above the limit. If a member
@@ -131,6 +132,15 @@ Status ZipWriter::BeginMember(const std::string& name, const ZipMemberOptions& o
     d.pool = pool_;
     d.sink = [this](std::string_view bytes) { return WriteOut(bytes.data(), bytes.size()); };
     d.copy_sink = [this](int fd, uint64_t offset, uint64_t length, const std::string& source) {
+      if (fd == in_place_fd_ && fd >= 0) {
+        if (offset != offset_) {
+          return Status::Error(EIO, path_ + ": a deflated chunk of " + source + " at offset " +
+                                        std::to_string(offset) + " is not in place (wanted " +
+                                        std::to_string(offset_) + ")");
+        }
+        offset_ += length;
+        return Status::Ok();
+      }
       return CopyFileRange(fd, offset, fd_, offset_, length, source, path_,
                            [this](uint64_t n) { offset_ += n; });
     };
@@ -139,8 +149,22 @@ Status ZipWriter::BeginMember(const std::string& name, const ZipMemberOptions& o
     deflater_ = std::make_unique<ChunkedDeflater>(std::move(d));
   }
 
+  const uint64_t natural_size =
+      zip::kLocalHeaderSize + name.size() + (cur_zip64_local_ ? kZip64LocalExtraSize : 0);
+  uint64_t padding = 0;
+  if (options.local_header_size > 0) {
+    padding = options.local_header_size - std::min(options.local_header_size, natural_size);
+    if (options.local_header_size < natural_size ||
+        (padding > 0 && padding < zip::kExtraHeaderSize) ||
+        padding + (cur_zip64_local_ ? kZip64LocalExtraSize : 0) > zip::kMaxExtraLength) {
+      return Status::Error(EINVAL, path_ + ": member " + name + ": a local header of " +
+                                       std::to_string(options.local_header_size) +
+                                       " bytes cannot be made (it needs " +
+                                       std::to_string(natural_size) + ")");
+    }
+  }
   std::string h;
-  h.reserve(zip::kLocalHeaderSize + name.size() + kZip64LocalExtraSize);
+  h.reserve(natural_size + padding);
   PutLe32(h, zip::kLocalHeaderSig);
   PutLe16(h, cur_zip64_local_ ? zip::kVersionZip64 : zip::kVersionDeflate);
   PutLe16(h, NameFlags(name));
@@ -151,13 +175,18 @@ Status ZipWriter::BeginMember(const std::string& name, const ZipMemberOptions& o
   PutLe32(h, cur_zip64_local_ ? static_cast<uint32_t>(kMax32) : 0);
   PutLe32(h, cur_zip64_local_ ? static_cast<uint32_t>(kMax32) : 0);
   PutLe16(h, static_cast<uint16_t>(name.size()));
-  PutLe16(h, cur_zip64_local_ ? kZip64LocalExtraSize : 0);
+  PutLe16(h, static_cast<uint16_t>((cur_zip64_local_ ? kZip64LocalExtraSize : 0) + padding));
   h += name;
   if (cur_zip64_local_) {
     PutLe16(h, zip::kZip64ExtraId);
     PutLe16(h, 16);
     PutLe64(h, 0);
     PutLe64(h, 0);
+  }
+  if (padding > 0) {
+    PutLe16(h, zip::kPaddingExtraId);
+    PutLe16(h, static_cast<uint16_t>(padding - zip::kExtraHeaderSize));
+    h.append(padding - zip::kExtraHeaderSize, '\0');
   }
   NPZ_RETURN_IF_ERROR(WriteOut(h.data(), h.size()));
   open_ = true;
@@ -233,11 +262,13 @@ Status ZipWriter::CopyFrom(int src_fd, uint64_t offset, uint64_t length,
 }
 
 Status ZipWriter::AddDeflatedChunk(int src_fd, uint64_t offset, uint32_t compressed_size,
-                                   uint32_t crc32, const std::string& src_path) {
+                                   uint64_t uncompressed_size, uint32_t crc32,
+                                   const std::string& src_path) {
   if (!open_ || !deflater_) {
     return Status::Error(EINVAL, path_ + ": no deflated member is open");
   }
-  return deflater_->AddDeflatedChunk(src_fd, offset, compressed_size, crc32, src_path);
+  return deflater_->AddDeflatedChunk(src_fd, offset, compressed_size, uncompressed_size, crc32,
+                                     src_path);
 }
 
 Status ZipWriter::FinishDeflate() {

@@ -48,6 +48,10 @@ struct ZipMemberOptions {
   // (0: none), e.g. a .npy header, so that chunks after it start at data offsets.
   uint64_t chunk_size = kDefaultDeflateChunkBytes;
   uint64_t leading_chunk = 0;
+  // If > 0: the local header's exact size, reached with a padding extra field (ID
+  // zip::kPaddingExtraId, zero bytes), so that the data starts at a chosen offset. EINVAL if
+  // the header needs more, or if the gap is under the 4 bytes of an extra field's header.
+  uint64_t local_header_size = 0;
 };
 
 class ZipWriter {
@@ -67,11 +71,16 @@ class ZipWriter {
   // source is shorter (names `src_path`).
   Status CopyFrom(int src_fd, uint64_t offset, uint64_t length, const std::string& src_path);
   // Deflated members only: the next chunk of input given already deflated (see
-  // ChunkedDeflater::AddDeflatedChunk; the chunk size is ZipMemberOptions::chunk_size). Its
-  // compressed bytes are copied from `src_fd` (CopyFileRange). EINVAL if the member is stored
-  // or the input is not at a chunk boundary after the leading chunk.
-  Status AddDeflatedChunk(int src_fd, uint64_t offset, uint32_t compressed_size, uint32_t crc32,
-                          const std::string& src_path);
+  // ChunkedDeflater::AddDeflatedChunk: the leading chunk, or chunk_size bytes). Its
+  // compressed bytes are copied from `src_fd` (CopyFileRange), or left where they are (see
+  // set_in_place_source). EINVAL if the member is stored, or the input is not at a chunk
+  // boundary or not a whole chunk.
+  Status AddDeflatedChunk(int src_fd, uint64_t offset, uint32_t compressed_size,
+                          uint64_t uncompressed_size, uint32_t crc32, const std::string& src_path);
+  // Declares `fd` another descriptor of the output file: pre-deflated chunks read from it
+  // must already lie exactly where they would be written, and are not copied. One that does
+  // not is EIO (a copy within the file could overwrite chunks still to be read).
+  void set_in_place_source(int fd) { in_place_fd_ = fd; }
   // Finishes the member: flushes deflate, patches the local header. EIO if the member
   // outgrew a local header that had no room for ZIP64 sizes (size_hint was wrong).
   Status EndMember();
@@ -115,6 +124,7 @@ class ZipWriter {
   std::string path_;
   std::function<void(uint64_t)> progress_;
   ThreadPool* pool_ = nullptr;
+  int in_place_fd_ = -1;
   uint64_t offset_;
   std::vector<Record> records_;
 

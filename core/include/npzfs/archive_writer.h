@@ -19,7 +19,9 @@
 //     journal left by the crash is undone (the old archive restored byte for byte, mtime
 //     included) by the next append, RecoverInterruptedAppend (at mount, at any npz command)
 //     or npz recover. On any error the archive is as before.
-// A new archive is always written to a temp file and renamed into place.
+// A new archive is written to a temp file and renamed into place, or, when its first member's
+// deflated chunks lie in an adoptable file (PredeflatedChunks::adoptable_path), written into
+// that file around those chunks, which is then renamed into place.
 //
 // Ownership: member pieces that name an fd borrow it (the caller keeps it open for the
 // duration of the call). Thread-safe: concurrent calls on the same archive, from threads or
@@ -52,6 +54,14 @@ struct PredeflatedChunks {
     uint32_t crc32 = 0;            // of its chunk_size uncompressed bytes
   };
   std::vector<Chunk> chunks;  // the piece's first chunks.size() * chunk_size bytes, in order
+  // Set when the file holding the chunks may become a new archive itself (written after its
+  // chunks and renamed into place, so that they are not copied): its path, and where its
+  // chunks lie back to back; the bytes before first_chunk_offset are free for the member's
+  // local header and leading chunk, and nothing after the last chunk needs to be kept. Used
+  // for the first member of an archive being created on the file's filesystem; the file is
+  // then gone from adoptable_path.
+  std::string adoptable_path;
+  uint64_t first_chunk_offset = 0;
 };
 
 struct MemberPiece {  // one run of bytes of a new member

@@ -59,6 +59,10 @@ Status FsyncDir(const std::string& dir);
 
 Result<uint64_t> FileSize(int fd, const std::string& path);
 
+// The process's umask (read by setting it and putting it back: another thread creating a
+// file at that instant would get mode bits unmasked).
+mode_t CurrentUmask();
+
 // "dir/name" -> "dir"; "name" -> "."
 std::string DirName(const std::string& path);
 // "dir/name" -> "name"
