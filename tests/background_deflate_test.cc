@@ -210,7 +210,7 @@ TEST(BackgroundDeflate, ChunksDeflatedWhileFramesArriveAreCopiedAtFinalize) {
     ASSERT_TRUE((*spool)->Finalize(dir.Join("a.npz"), Compress()).ok());
   }
   EXPECT_TRUE(log.Contains("adc.npy: " + std::to_string(data.size() / kChunk) +
-                           " chunk(s) deflated in the background are copied"));
+                           " chunk(s) deflated in the background are used"));
   EXPECT_FALSE(std::filesystem::exists(dir.Join("spool")));
   ExpectMember(dir.Join("a.npz"), "adc", data);
   // A new archive on the spool's filesystem: the shadow file became the archive, its chunks
@@ -273,7 +273,7 @@ TEST(BackgroundDeflate, AFinalizeThatFailsBeforeTheRenameLeavesTheShadowAsUsable
   EXPECT_FALSE(std::filesystem::exists(dir.Join("a.npz")));
   // The next finalize opens the shadow from disk: every chunk is still usable.
   ASSERT_TRUE((*spool)->Finalize(dir.Join("a.npz"), Compress()).ok());
-  EXPECT_TRUE(log.Contains("adc.npy: 10 chunk(s) deflated in the background are copied"));
+  EXPECT_TRUE(log.Contains("adc.npy: 10 chunk(s) deflated in the background are used"));
   EXPECT_TRUE(log.Contains("a.npz: member adc.npy: made of "));
   ExpectMember(dir.Join("a.npz"), "adc", data);
   EXPECT_FALSE(std::filesystem::exists(dir.Join("spool")));
@@ -293,7 +293,7 @@ TEST(BackgroundDeflate, AShadowOnAnotherFilesystemThanTheArchiveIsCopied) {
   WriteMember(**spool, "adc.npy", data);
   (*spool)->WaitForBackgroundDeflate();
   ASSERT_TRUE((*spool)->Finalize(dir.Join("a.npz"), Compress()).ok());
-  EXPECT_TRUE(log.Contains("adc.npy: 10 chunk(s) deflated in the background are copied"));
+  EXPECT_TRUE(log.Contains("adc.npy: 10 chunk(s) deflated in the background are used"));
   EXPECT_FALSE(log.Contains("made of"));
   ExpectMember(dir.Join("a.npz"), "adc", data);
 }

@@ -263,7 +263,7 @@ Result<std::optional<NewMember>> Spool::NewMemberFor(const std::string& name, Gr
       data.predeflated = (*shadow)->Chunks(f.data_length);
       if (!data.predeflated->chunks.empty()) {
         Log(name + ": " + std::to_string(data.predeflated->chunks.size()) +
-            " chunk(s) deflated in the background are copied as they are");
+            " chunk(s) deflated in the background are used as they are");
       }
     }
     nm.pieces.push_back(std::move(data));

@@ -433,9 +433,13 @@ Result<bool> CreateByAdoption(const Request& r, const MemberPiece& piece,
   NPZ_RETURN_IF_ERROR(FsyncFd(fd.get(), path));
   NPZ_RETURN_IF_ERROR(AppendStepReached(AppendStep::kArchiveSynced));
   NPZ_RETURN_IF_ERROR(before_rename());
-  if (::renameat2(AT_FDCWD, path.c_str(), AT_FDCWD, r.path.c_str(), RENAME_NOREPLACE) != 0) {
-    return ErrnoStatus(errno, r.path, "cannot rename " + path + " to it");
+  int renamed = ::renameat2(AT_FDCWD, path.c_str(), AT_FDCWD, r.path.c_str(), RENAME_NOREPLACE);
+  if (renamed != 0 && errno == EINVAL) {
+    // A filesystem without RENAME_NOREPLACE: before_rename has just checked, under the
+    // directory lock that every npzfs writer takes, that nothing is there.
+    renamed = ::rename(path.c_str(), r.path.c_str());
   }
+  if (renamed != 0) return ErrnoStatus(errno, r.path, "cannot rename " + path + " to it");
   Status synced = FsyncParentDir(r.path);
   if (!synced.ok()) {
     return synced.WithContext(r.path + ": written, but its directory could not be synced");
