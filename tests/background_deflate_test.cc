@@ -78,6 +78,16 @@ void WriteMember(Spool& spool, const std::string& name, const std::string& data)
   (*m)->EndWrite(&w);
 }
 
+// A spool at `dir` holding member adc.npy of `data`, its background deflate done.
+Result<std::unique_ptr<Spool>> SpoolDeflatedInTheBackground(const std::string& dir,
+                                                            const std::string& data, Logged& log) {
+  NPZ_ASSIGN_OR_RETURN(std::unique_ptr<Spool> spool, Spool::Open(dir, log.fn()));
+  spool->StartBackgroundDeflate(6);
+  WriteMember(*spool, "adc.npy", data);
+  spool->WaitForBackgroundDeflate();
+  return spool;
+}
+
 WriteOptions Compress() {
   WriteOptions o;
   o.compress_level = 6;
@@ -259,11 +269,8 @@ TEST(BackgroundDeflate, AFinalizeThatFailsBeforeTheRenameLeavesTheShadowAsUsable
   const std::string data = Frames(40, 5);  // 2.5 MiB: 10 chunks
   testing::WriteFileOrDie(dir.Join("a.npz.expected"), data);
   Logged log;
-  auto spool = Spool::Open(dir.Join("spool"), log.fn());
+  auto spool = SpoolDeflatedInTheBackground(dir.Join("spool"), data, log);
   ASSERT_TRUE(spool.ok());
-  (*spool)->StartBackgroundDeflate(6);
-  WriteMember(**spool, "adc.npy", data);
-  (*spool)->WaitForBackgroundDeflate();
   // The shadow file got the local header, the rest of the member and the directory, and
   // was synced; the rename then fails.
   FailAppendStepForTesting(AppendStep::kArchiveSynced);
@@ -287,11 +294,8 @@ TEST(BackgroundDeflate, AShadowOnAnotherFilesystemThanTheArchiveIsCopied) {
   const std::string data = Frames(40, 6);
   testing::WriteFileOrDie(dir.Join("a.npz.expected"), data);
   Logged log;
-  auto spool = Spool::Open(dir.Join("other/spool"), log.fn());
+  auto spool = SpoolDeflatedInTheBackground(dir.Join("other/spool"), data, log);
   ASSERT_TRUE(spool.ok());
-  (*spool)->StartBackgroundDeflate(6);
-  WriteMember(**spool, "adc.npy", data);
-  (*spool)->WaitForBackgroundDeflate();
   ASSERT_TRUE((*spool)->Finalize(dir.Join("a.npz"), Compress()).ok());
   EXPECT_TRUE(log.Contains("adc.npy: 10 chunk(s) deflated in the background are used"));
   EXPECT_FALSE(log.Contains("made of"));
