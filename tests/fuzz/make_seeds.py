@@ -140,12 +140,15 @@ def zip_seeds():
     write("zip_directory", "names_methods", b.getvalue())
     write("zip_directory", "empty", b"PK\x05\x06" + b"\x00" * 18)
     write("zip_directory", "seek_table", seek_table_zip())
+    write("zip_directory", "seek_table_adopted", seek_table_zip(adopted=True))
 
 
-def seek_table_zip():
+def seek_table_zip(adopted=False):
     """One member deflated in independent chunks with npzfs's seek table in its central
     entry (core/README.md, "Seek table extra field"): a 128-byte first chunk (a .npy header),
-    then 1000-byte chunks."""
+    then 1000-byte chunks. `adopted`: as a finalize that made the archive of a deflated
+    shadow writes it, the first chunk a stored block and the local header padded to 256
+    bytes with npzfs's padding extra field (core/README.md, "Deflated shadow")."""
     data = npy_bytes(np.arange(1500, dtype="<i2"))
     first, size = 128, 1000
     chunks = [data[:first]] + [data[i:i + size] for i in range(first, len(data), size)]
@@ -153,15 +156,21 @@ def seek_table_zip():
     for i, c in enumerate(chunks):
         z = zlib.compressobj(6, zlib.DEFLATED, -15)
         out = z.compress(c) + (z.flush() if i == len(chunks) - 1 else z.flush(zlib.Z_FULL_FLUSH))
+        if adopted and i == 0:
+            out = b"\x00" + struct.pack("<HH", len(c), 0xFFFF ^ len(c)) + c
         raw += out
         table += struct.pack("<II", len(out), zlib.crc32(c))
     body = b"NPZS" + struct.pack("<BBHIII", 1, 0, 0, size, first, len(chunks)) + table
     body += struct.pack("<I", zlib.crc32(body))
     extra = struct.pack("<HH", 0x5A4E, len(body)) + body
     name = b"chunked.npy"
+    padding = b""
+    if adopted:
+        gap = 256 - 30 - len(name)
+        padding = struct.pack("<HH", 0x504E, gap - 4) + b"\x00" * (gap - 4)
     fields = struct.pack("<HHHHHIIIHH", 20, 0, 8, 0, 0x21, zlib.crc32(data), len(raw), len(data),
-                         len(name), 0)
-    local = b"PK\x03\x04" + fields + name + raw
+                         len(name), len(padding))
+    local = b"PK\x03\x04" + fields + name + padding + raw
     fields = struct.pack("<HHHHHIIIHH", 20, 0, 8, 0, 0x21, zlib.crc32(data), len(raw), len(data),
                          len(name), len(extra))
     central = (b"PK\x01\x02" + struct.pack("<H", 0x314) + fields
