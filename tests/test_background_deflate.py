@@ -1,6 +1,7 @@
 """Mount tests for `-o compress`: growing members are deflated in the background while frames
-arrive, finalize copies those chunks, and a daemon killed in the middle of that work leaves
-a spool that a remount or `npz recover --compress` finalizes correctly.
+arrive, finalize uses those chunks (a new archive is made of the shadow file itself, which
+a kill before its rename leaves usable), and a daemon killed in the middle of that work
+leaves a spool that a remount or `npz recover --compress` finalizes correctly.
 
 Run by meson through /usr/bin/python3 -m pytest with NPZ_BIN and NPZFS_BIN set.
 """
