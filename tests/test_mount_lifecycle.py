@@ -306,6 +306,17 @@ def test_npz_add_to_a_mounted_archive_says_the_mount_shows_the_member_after_a_re
     with mounted(tmp_path / "run.npz", tmp_path / "mnt", "-o", "ro") as m:
         assert {"early.npy", "late.npy"} <= set(os.listdir(m.mnt))
         assert np.array_equal(np.load(m.path("late.npy")), np.arange(5))
+    # Mounted through a symlink, added through the real path (and the other way round): the
+    # same archive file.
+    os.symlink("run.npz", tmp_path / "link.npz")
+    with mounted(tmp_path / "link.npz", tmp_path / "mnt", "-o", "ro") as m:
+        r = npz("add", tmp_path / "run.npz", "via_real", tmp_path / "extra.npy")
+        assert r.returncode == 0, r.stderr
+        assert "via_real.npy shows there after a remount" in r.stderr, r.stderr
+    with mounted(tmp_path / "run.npz", tmp_path / "mnt", "-o", "ro") as m:
+        r = npz("add", tmp_path / "link.npz", "via_link", tmp_path / "extra.npy")
+        assert r.returncode == 0, r.stderr
+        assert "via_link.npy shows there after a remount" in r.stderr, r.stderr
 
 
 # -------------------------------------------------------------------------- npz umount

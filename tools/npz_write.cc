@@ -53,17 +53,20 @@ Result<size_t> ParseThreadsOption(const ParsedArgs& args) {
 void LogToStderr(const std::string& line) { std::fprintf(stderr, "npz: %s\n", line.c_str()); }
 
 // A mount lists the members it found when it was mounted, so a member added meanwhile shows
-// there only after a remount: say so for each npzfs mount of `archive` (an npzfs mount's
-// source is its archive's absolute path).
+// there only after a remount: say so for each npzfs mount of `archive`. An npzfs mount's
+// source is the path it was given (made absolute, a symlink kept as it is), so the archive is
+// recognised by its file (device and inode), whichever path or link either side used.
 void NoteMountsOf(const std::string& archive, const std::string& member) {
-  char* full = realpath(archive.c_str(), nullptr);
-  if (full == nullptr) return;
-  const std::string path(full);
-  std::free(full);
+  struct stat target;
+  if (::stat(archive.c_str(), &target) != 0) return;
   Result<std::vector<MountEntry>> table = ReadMountTable();
   if (!table.ok()) return;
   for (const MountEntry& e : *table) {
-    if (e.fstype != kNpzfsMountType || e.source != path) continue;
+    struct stat st;
+    if (e.fstype != kNpzfsMountType || ::stat(e.source.c_str(), &st) != 0 ||
+        st.st_dev != target.st_dev || st.st_ino != target.st_ino) {
+      continue;
+    }
     std::fprintf(stderr,
                  "npz: note: %s is mounted on %s, which lists the members it found when it was "
                  "mounted: %s shows there after a remount\n",
