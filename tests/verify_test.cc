@@ -14,8 +14,13 @@
 #include <mutex>
 #include <random>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "core/base/crc32.h"
+#include "core/base/thread_pool.h"
+#include "core/read/read_pools.h"
+#include "core/read/stored_member.h"
 #include "core/read/index_file.h"
 #include "npzfs/archive.h"
 #include "npzfs/archive_writer.h"
@@ -43,6 +48,10 @@ rng = np.random.default_rng(11)
 adc = rng.integers(-3000, 3000, size=1_600_000).astype('<i2')   # 3.2 MB: 4 chunks of 1 MiB
 small = np.arange(10, dtype='<f8')
 np.savez(D + '/stored.npz', adc=adc, small=small)
+big = rng.integers(-3000, 3000, size=8_700_000).astype('<i2')  # 17.4 MB: 17 chunks
+np.savez(D + '/big.npz', big=big)
+with zipfile.ZipFile(D + '/big.npz') as z:
+    open(D + '/big.npy', 'wb').write(z.read('big.npy'))
 t = np.arange(1_500_000)
 smooth = (1000 * np.sin(t / 500.0) + rng.normal(0, 30, t.size)).astype('<i2')
 np.savez_compressed(D + '/comp.npz', adc=adc, small=small, smooth=smooth)
@@ -127,6 +136,26 @@ open(D + '/empty.zip', 'wb').write(bytes(e))
       if (*got == 0) return Status::Ok();
       out->append(buf, 0, *got);
     }
+  }
+
+  // A copy of big.npz with a saved verified record, opened afresh: its chunks are checked
+  // against the record as they are touched.
+  Result<std::shared_ptr<Archive>> OpenBigWithRecord(std::string* sidecar = nullptr) {
+    const std::string path = Scratch("big.npz");
+    {
+      NPZ_ASSIGN_OR_RETURN(std::shared_ptr<Archive> a, Archive::Open(path, Options()));
+      NPZ_RETURN_IF_ERROR(a->VerifyMember(*a->Find("big.npy")));
+      NPZ_RETURN_IF_ERROR(a->SaveIndex());
+      if (sidecar) *sidecar = a->IndexPath();
+    }
+    return Archive::Open(path, Options());
+  }
+
+  // Waits until every task queued on the VerifyPool so far has run (one thread, FIFO).
+  static void DrainVerifyPool() {
+    TaskGroup group(VerifyPool());
+    group.Run([] {});
+    group.Wait();
   }
 
   static TempDir* dir_;
@@ -294,6 +323,103 @@ TEST_F(VerifyTest, ASidecarWithWrongChunkCrcsIsDistrustedAndTheGoodMemberReadsCo
   // The new record replaces the forged one.
   EXPECT_TRUE((*a)->index_dirty());
   ASSERT_TRUE((*a)->SaveIndex().ok());
+}
+
+TEST_F(VerifyTest, ASequentialReaderOfAVerifiedMemberHasTheNextChunksCheckedAheadOfIt) {
+  auto a = OpenBigWithRecord();
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  const size_t big = *(*a)->Find("big.npy");
+  auto r = Open(**a, "big.npy");
+  const std::string ref = ReadFileOrDie(Path("big.npy"));
+  constexpr uint64_t kRead = 5 << 20;  // past kSequentialRun, inside chunk 4
+  static_assert(kRead > StoredMember::kSequentialRun);
+  std::string buf(256 << 10, '\0');
+  for (uint64_t off = 0; off < kRead; off += buf.size()) {
+    auto got = r->ReadAt(off, std::as_writable_bytes(std::span(buf)));
+    ASSERT_TRUE(got.ok()) << got.status().message();
+    ASSERT_EQ(*got, buf.size());
+    ASSERT_EQ(std::memcmp(buf.data(), ref.data() + off, buf.size()), 0) << off;
+  }
+  DrainVerifyPool();
+  // The chunks read, and kCheckAheadChunks more, each read once to check it.
+  const uint64_t touched = kRead / kStoredChunkBytes;
+  EXPECT_EQ((*a)->verify_bytes(big), (touched + StoredMember::kCheckAheadChunks) * kStoredChunkBytes);
+  // The last chunk checked ahead is served without being read to check it again (a jump
+  // there is no sequential read, so nothing more is checked ahead).
+  const uint64_t before = (*a)->verify_bytes(big);
+  const uint64_t last = (touched + StoredMember::kCheckAheadChunks - 1) * kStoredChunkBytes;
+  auto got = r->ReadAt(last, std::as_writable_bytes(std::span(buf)));
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(std::memcmp(buf.data(), ref.data() + last, buf.size()), 0);
+  DrainVerifyPool();
+  EXPECT_EQ((*a)->verify_bytes(big), before);
+}
+
+TEST_F(VerifyTest, ARandomReaderOfAVerifiedMemberGetsNoChunkCheckedAhead) {
+  auto a = OpenBigWithRecord();
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  const size_t big = *(*a)->Find("big.npy");
+  auto r = Open(**a, "big.npy");
+  std::string buf(256 << 10, '\0');
+  const uint64_t chunks[] = {9, 2, 14, 5};
+  for (uint64_t c : chunks) {
+    ASSERT_TRUE(r->ReadAt(c * kStoredChunkBytes, std::as_writable_bytes(std::span(buf))).ok());
+  }
+  DrainVerifyPool();
+  EXPECT_EQ((*a)->verify_bytes(big), std::size(chunks) * kStoredChunkBytes);
+}
+
+TEST_F(VerifyTest, ConcurrentReadersOfOneUncheckedChunkCheckItOnce) {
+  auto a = OpenBigWithRecord();
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  const size_t big = *(*a)->Find("big.npy");
+  const std::string ref = ReadFileOrDie(Path("big.npy"));
+  constexpr uint64_t kChunk = 6;
+  constexpr size_t kPiece = 128 << 10;
+  std::vector<std::thread> readers;
+  std::vector<int> good(kStoredChunkBytes / kPiece, 0);
+  for (size_t i = 0; i < good.size(); ++i) {
+    readers.emplace_back([&, i] {
+      auto r = (*a)->OpenMember(big);
+      if (!r.ok()) return;
+      std::string buf(kPiece, '\0');
+      const uint64_t off = kChunk * kStoredChunkBytes + i * kPiece;
+      auto got = (*r)->ReadAt(off, std::as_writable_bytes(std::span(buf)));
+      good[i] = got.ok() && *got == kPiece && std::memcmp(buf.data(), ref.data() + off, kPiece) == 0;
+    });
+  }
+  for (std::thread& t : readers) t.join();
+  EXPECT_EQ(std::count(good.begin(), good.end(), 1), static_cast<long>(good.size()));
+  EXPECT_EQ((*a)->verify_bytes(big), kStoredChunkBytes) << "one thread checks, the others wait";
+}
+
+TEST_F(VerifyTest, AWrongSidecarCrcMetByCheckAheadIsDistrustedOnTheReadersPath) {
+  std::string sidecar;
+  std::string path;
+  {
+    auto a = OpenBigWithRecord(&sidecar);
+    ASSERT_TRUE(a.ok()) << a.status().message();
+    path = (*a)->path();
+  }
+  // Chunks 8 and 9 (met by check-ahead of a reader of the first chunks) get CRCs that are
+  // wrong but still combine to the member's CRC-32.
+  EditSidecar(path, sidecar, [](std::vector<IndexRecord>& records) {
+    for (IndexRecord& rec : records) {
+      if (rec.kind != RecordKind::kStored || rec.chunk_crcs.size() < 10) continue;
+      const uint32_t d = 0x1234abcd;
+      rec.chunk_crcs[8] ^= d;
+      rec.chunk_crcs[9] ^= Crc32Combine(d, 0, kStoredChunkBytes);
+    }
+  });
+  auto a = Archive::Open(path, Options());
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(Log().find("ignored"), std::string::npos) << "the forgery must pass the load checks";
+  auto r = Open(**a, "big.npy");
+  std::string got;
+  ASSERT_TRUE(ReadThrough(*r, 256 << 10, &got).ok());
+  EXPECT_TRUE(got == ReadFileOrDie(Path("big.npy")));
+  EXPECT_EQ(LogCount("verified again"), 1u) << Log();
+  EXPECT_EQ(LogCount("CRC-32 mismatch"), 0u) << Log();
 }
 
 // Replaces a deflated window by the same bytes with every non-zero byte changed: still a

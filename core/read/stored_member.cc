@@ -29,7 +29,7 @@ StoredMember::StoredMember(std::shared_ptr<ArchiveShared> shared, std::string me
       name_(shared_->path + ": member " + member_path),
       chunks_(ChunkCount(entry.uncompressed_size)),
       crcs_(chunks_, 0),
-      checked_(std::make_unique<std::atomic<bool>[]>(std::max<uint64_t>(chunks_, 1))) {}
+      state_(std::make_unique<std::atomic<uint8_t>[]>(std::max<uint64_t>(chunks_, 1))) {}
 
 Result<ReadAnswer> StoredMember::Read(uint64_t offset, std::span<std::byte> dest, bool may_splice) {
   NPZ_RETURN_IF_ERROR(shared_->CheckUnchanged());
@@ -45,7 +45,9 @@ Result<ReadAnswer> StoredMember::Read(uint64_t offset, std::span<std::byte> dest
     NPZ_RETURN_IF_ERROR(at_end || shared_->verify == VerifyMode::kStrict ? WaitForPass()
                                                                          : StartPass());
     if (verified()) {
-      NPZ_RETURN_IF_ERROR(CheckChunks(offset / kChunkBytes, (offset + n - 1) / kChunkBytes));
+      const uint64_t last = (offset + n - 1) / kChunkBytes;
+      NPZ_RETURN_IF_ERROR(CheckChunks(offset / kChunkBytes, last));
+      CheckAhead(offset, n, last);
     }
   }
   // Checked, or served unchecked while the pass runs (a copy would be no safer): the member
@@ -139,7 +141,8 @@ void StoredMember::RunStep() {
   if (status.ok() && running_crc_ == entry_.crc32) {
     pass_ = Pass::kDone;
     from_sidecar_ = false;
-    for (uint64_t c = 0; c < chunks_; ++c) checked_[c].store(true);
+    for (uint64_t c = 0; c < chunks_; ++c) state_[c].store(kChecked, std::memory_order_release);
+    check_cv_.notify_all();
     ++version_;
   } else {
     if (status.ok()) {
@@ -184,30 +187,79 @@ Result<uint32_t> StoredMember::ChunkCrc(uint64_t chunk) {
 
 Status StoredMember::CheckChunks(uint64_t first, uint64_t last) {
   for (uint64_t c = first; c <= last; ++c) {
-    if (checked_[c].load(std::memory_order_acquire)) continue;
-    NPZ_ASSIGN_OR_RETURN(uint32_t crc, ChunkCrc(c));
-    bool sidecar = false;
-    uint32_t expected = 0;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (!failed_.ok()) return failed_;
-      expected = crcs_[c];
-      sidecar = from_sidecar_;
-    }
-    if (crc == expected) {
-      checked_[c].store(true, std::memory_order_release);
-      continue;
-    }
-    if (!sidecar) {
-      return Fail("CRC-32 mismatch in bytes [" + std::to_string(c * kChunkBytes) + ", +" +
-                  std::to_string(kChunkBytes) + "): the data changed since it was verified");
-    }
-    // The sidecar's chunk CRCs are wrong or the data is: a pass over the data decides.
-    Distrust();
+    if (state_[c].load(std::memory_order_acquire) == kChecked) continue;
+    NPZ_ASSIGN_OR_RETURN(Check check, CheckChunk(c, /*wait=*/true));
+    if (check == Check::kDone) continue;
+    // The sidecar's chunk CRCs are wrong or the data is (kMismatch), or another thread
+    // found so (kRetry): a pass over the data decides.
+    if (check == Check::kMismatch) Distrust();
     NPZ_RETURN_IF_ERROR(WaitForPass());
     --c;  // check this chunk again, against CRCs this process computed
   }
   return Status::Ok();
+}
+
+Result<StoredMember::Check> StoredMember::CheckChunk(uint64_t c, bool wait) {
+  uint64_t generation = 0;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      if (!failed_.ok()) return failed_;
+      const uint8_t state = state_[c].load(std::memory_order_acquire);
+      if (state == kChecked) return Check::kDone;
+      if (state == kUnchecked) break;
+      if (!wait) return Check::kBusy;
+      check_cv_.wait(lock);
+    }
+    if (pass_ != Pass::kDone) return Check::kRetry;
+    state_[c].store(kChecking);  // claimed
+    generation = generation_;
+  }
+  Result<uint32_t> crc = ChunkCrc(c);
+  std::unique_lock<std::mutex> lock(mu_);
+  check_cv_.notify_all();  // the chunk leaves kChecking, whatever the outcome
+  if (generation != generation_) return Check::kRetry;  // Distrust reset every chunk
+  if (crc.ok() && *crc == crcs_[c]) {
+    state_[c].store(kChecked, std::memory_order_release);
+    return Check::kDone;
+  }
+  state_[c].store(kUnchecked);
+  if (!crc.ok()) return crc.status();
+  if (from_sidecar_) return Check::kMismatch;
+  lock.unlock();
+  return Fail("CRC-32 mismatch in bytes [" + std::to_string(c * kChunkBytes) + ", +" +
+              std::to_string(kChunkBytes) + "): the data changed since it was verified");
+}
+
+void StoredMember::CheckAhead(uint64_t offset, size_t n, uint64_t last) {
+  const uint64_t expected = next_sequential_.exchange(offset + n);
+  const bool in_order = offset >= expected ? offset - expected <= kSequentialSlack
+                                           : expected - offset <= kSequentialSlack;
+  const uint64_t run = in_order ? sequential_run_.fetch_add(n) + n : (sequential_run_ = n, n);
+  if (run < kSequentialRun) return;
+  const uint64_t end = std::min(chunks_, last + 1 + kCheckAheadChunks);
+  uint64_t handed = ahead_end_.load();
+  // Already handed out up to here (a reader that went back far starts again behind).
+  if (handed >= end && handed <= end + kCheckAheadChunks) return;
+  if (!ahead_end_.compare_exchange_strong(handed, end)) return;  // another thread just did
+  const uint64_t first = handed > last && handed < end ? handed : last + 1;
+  if (first >= end) return;
+  std::weak_ptr<StoredMember> weak = weak_from_this();
+  VerifyPool().Submit([weak, first, end] { AheadTask(weak, first, end); });
+}
+
+void StoredMember::AheadTask(std::weak_ptr<StoredMember> weak, uint64_t first, uint64_t end) {
+  std::shared_ptr<StoredMember> self = weak.lock();
+  if (!self) return;
+  for (uint64_t c = first; c < end; ++c) {
+    {
+      std::lock_guard<std::mutex> lock(self->mu_);
+      if (self->cancel_) return;
+    }
+    // A mismatch or an error is left for the reader, who finds it on its own path.
+    Result<Check> check = self->CheckChunk(c, /*wait=*/false);
+    if (!check.ok() || *check == Check::kMismatch || *check == Check::kRetry) return;
+  }
 }
 
 Status StoredMember::Fail(const std::string& why) {
@@ -231,7 +283,9 @@ void StoredMember::Distrust() {
     pass_ = Pass::kNotStarted;
     next_chunk_ = 0;
     running_crc_ = 0;
-    for (uint64_t c = 0; c < chunks_; ++c) checked_[c].store(false);
+    ++generation_;
+    for (uint64_t c = 0; c < chunks_; ++c) state_[c].store(kUnchecked);
+    check_cv_.notify_all();
   }
   shared_->Log(name_ +
                ": a chunk does not match the CRC-32 saved in the index: the saved record is "
