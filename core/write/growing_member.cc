@@ -59,9 +59,6 @@
 namespace npzfs {
 namespace {
 
-// A frame larger than this is not kept in memory while partial, so the running CRC is given
-// up for such members (finalize then computes it while copying).
-constexpr uint64_t kMaxTailBytes = 64ull << 20;
 // A writer's header longer than this is refused before it is buffered.
 constexpr size_t kMaxWriterHeaderBytes = NpyHeader::kMaxHeaderChars + 128;
 // Bytes of a .npy prefix that announce the header length: 10 for version 1.0, 12 for 2.0/3.0.
@@ -138,9 +135,10 @@ struct GrowingMember::State {
   bool removed = false;
 
   // ---- guarded by io_mu_ (writers only) ----
-  std::string tail;       // bytes of the trailing partial frame
   uint32_t crc = 0;       // CRC-32 of the complete frames (verbatim: of every byte)
-  bool crc_valid = true;  // false after Resume or for huge frames
+  uint32_t tail_crc = 0;  // CRC-32 of the complete frames and the partial frame after them
+  uint64_t tail_bytes = 0;  // bytes of that partial frame
+  bool crc_valid = true;    // false after Resume (finalize computes the CRC-32 then)
   bool dir_synced = false;
 
   uint64_t header_length() const { return layout ? header.size() : 0; }
@@ -460,23 +458,21 @@ Status GrowingMember::AdoptWriterHeader(std::unique_lock<std::mutex>& lock, cons
 }
 
 // Folds `data` (just written behind `frames_before` complete frames) into the running CRC-32
-// of the complete frames; the bytes of a partial frame wait in `tail`. Requires io_mu_.
+// of the complete frames. CRC-32 runs in order, so the partial frame needs no buffer: its
+// bytes extend tail_crc, and the CRC-32 at a frame boundary is taken on the way. Appends
+// never change written bytes, so the partial frame's CRC stays right. Requires io_mu_.
 void GrowingMember::TrackCrc(State& s, std::span<const std::byte> data, uint64_t frames_before,
                              uint64_t frames_after, uint64_t frame_bytes) {
   if (!s.crc_valid) return;
   if (frames_after > frames_before) {
     const uint64_t newly = (frames_after - frames_before) * frame_bytes;  // became complete
-    const uint64_t from_data = newly - s.tail.size();
-    s.crc = Crc32(s.crc, s.tail.data(), s.tail.size());
-    s.crc = Crc32(s.crc, data.data(), from_data);
-    s.tail.assign(AsChars(data.subspan(from_data)));
+    const uint64_t from_data = newly - s.tail_bytes;
+    s.crc = Crc32(s.tail_crc, data.data(), from_data);
+    s.tail_crc = Crc32(s.crc, data.data() + from_data, data.size() - from_data);
+    s.tail_bytes = data.size() - from_data;
   } else {
-    s.tail.append(AsChars(data));
-  }
-  if (frame_bytes > kMaxTailBytes) {
-    s.crc_valid = false;
-    s.tail.clear();
-    s.tail.shrink_to_fit();
+    s.tail_crc = Crc32(s.tail_crc, data.data(), data.size());
+    s.tail_bytes += data.size();
   }
 }
 
