@@ -292,6 +292,20 @@ void EditSidecar(const std::string& archive, const std::string& sidecar,
                  EncodeIndexFile(contents.fingerprint, contents.entries, contents.records));
 }
 
+// A forgery of the stored records in `sidecar` that passes every load check: chunk CRCs
+// `first` and `first + 1` are changed so that they still combine to the member's CRC-32
+// (CRC-32 is linear).
+void ForgeTwoChunkCrcs(const std::string& archive, const std::string& sidecar, size_t first) {
+  EditSidecar(archive, sidecar, [first](std::vector<IndexRecord>& records) {
+    for (IndexRecord& rec : records) {
+      if (rec.kind != RecordKind::kStored || rec.chunk_crcs.size() < first + 2) continue;
+      const uint32_t d = 0x5a5a1234;
+      rec.chunk_crcs[first] ^= d;
+      rec.chunk_crcs[first + 1] ^= Crc32Combine(d, 0, kStoredChunkBytes);
+    }
+  });
+}
+
 TEST_F(VerifyTest, ASidecarWithWrongChunkCrcsIsDistrustedAndTheGoodMemberReadsCorrectly) {
   const std::string path = Scratch("stored.npz");
   std::string sidecar;
@@ -302,16 +316,7 @@ TEST_F(VerifyTest, ASidecarWithWrongChunkCrcsIsDistrustedAndTheGoodMemberReadsCo
     ASSERT_TRUE((*a)->SaveIndex().ok());
     sidecar = (*a)->IndexPath();
   }
-  // A forgery that passes every load check: the first two chunk CRCs are changed so that
-  // they still combine to the member's CRC-32 (CRC-32 is linear).
-  EditSidecar(path, sidecar, [](std::vector<IndexRecord>& records) {
-    for (IndexRecord& rec : records) {
-      if (rec.kind != RecordKind::kStored || rec.chunk_crcs.size() < 2) continue;
-      const uint32_t d = 0x5a5a1234;
-      rec.chunk_crcs[0] ^= d;
-      rec.chunk_crcs[1] ^= Crc32Combine(d, 0, kStoredChunkBytes);
-    }
-  });
+  ForgeTwoChunkCrcs(path, sidecar, 0);
   auto a = Archive::Open(path, Options());
   ASSERT_TRUE(a.ok());
   EXPECT_EQ(Log().find("ignored"), std::string::npos) << "the forgery must pass the load checks";
@@ -401,16 +406,8 @@ TEST_F(VerifyTest, AWrongSidecarCrcMetByCheckAheadIsDistrustedOnTheReadersPath) 
     ASSERT_TRUE(a.ok()) << a.status().message();
     path = (*a)->path();
   }
-  // Chunks 8 and 9 (met by check-ahead of a reader of the first chunks) get CRCs that are
-  // wrong but still combine to the member's CRC-32.
-  EditSidecar(path, sidecar, [](std::vector<IndexRecord>& records) {
-    for (IndexRecord& rec : records) {
-      if (rec.kind != RecordKind::kStored || rec.chunk_crcs.size() < 10) continue;
-      const uint32_t d = 0x1234abcd;
-      rec.chunk_crcs[8] ^= d;
-      rec.chunk_crcs[9] ^= Crc32Combine(d, 0, kStoredChunkBytes);
-    }
-  });
+  // Chunks 8 and 9: met by check-ahead of a reader of the first chunks.
+  ForgeTwoChunkCrcs(path, sidecar, 8);
   auto a = Archive::Open(path, Options());
   ASSERT_TRUE(a.ok());
   EXPECT_EQ(Log().find("ignored"), std::string::npos) << "the forgery must pass the load checks";
