@@ -242,8 +242,9 @@ void StoredMember::CheckAhead(uint64_t offset, size_t n, uint64_t last) {
   // Already handed out up to here (a reader that went back far starts again behind).
   if (handed >= end && handed <= end + kCheckAheadChunks) return;
   if (!ahead_end_.compare_exchange_strong(handed, end)) return;  // another thread just did
-  const uint64_t first = handed > last && handed < end ? handed : last + 1;
-  if (first >= end) return;
+  uint64_t first = handed > last && handed < end ? handed : last + 1;
+  while (first < end && state_[first].load(std::memory_order_acquire) == kChecked) ++first;
+  if (first >= end) return;  // nothing to check (a pass checked every chunk, say)
   std::weak_ptr<StoredMember> weak = weak_from_this();
   VerifyPool().Submit([weak, first, end] { AheadTask(weak, first, end); });
 }
