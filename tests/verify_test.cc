@@ -19,9 +19,9 @@
 
 #include "core/base/crc32.h"
 #include "core/base/thread_pool.h"
+#include "core/read/index_file.h"
 #include "core/read/read_pools.h"
 #include "core/read/stored_member.h"
-#include "core/read/index_file.h"
 #include "npzfs/archive.h"
 #include "npzfs/archive_writer.h"
 #include "npzfs/file_util.h"
@@ -348,7 +348,8 @@ TEST_F(VerifyTest, ASequentialReaderOfAVerifiedMemberHasTheNextChunksCheckedAhea
   DrainVerifyPool();
   // The chunks read, and kCheckAheadChunks more, each read once to check it.
   const uint64_t touched = kRead / kStoredChunkBytes;
-  EXPECT_EQ((*a)->verify_bytes(big), (touched + StoredMember::kCheckAheadChunks) * kStoredChunkBytes);
+  EXPECT_EQ((*a)->verify_bytes(big),
+            (touched + StoredMember::kCheckAheadChunks) * kStoredChunkBytes);
   // The last chunk checked ahead is served without being read to check it again (a jump
   // there is no sequential read, so nothing more is checked ahead).
   const uint64_t before = (*a)->verify_bytes(big);
@@ -390,7 +391,8 @@ TEST_F(VerifyTest, ConcurrentReadersOfOneUncheckedChunkCheckItOnce) {
       std::string buf(kPiece, '\0');
       const uint64_t off = kChunk * kStoredChunkBytes + i * kPiece;
       auto got = (*r)->ReadAt(off, std::as_writable_bytes(std::span(buf)));
-      good[i] = got.ok() && *got == kPiece && std::memcmp(buf.data(), ref.data() + off, kPiece) == 0;
+      good[i] =
+          got.ok() && *got == kPiece && std::memcmp(buf.data(), ref.data() + off, kPiece) == 0;
     });
   }
   for (std::thread& t : readers) t.join();

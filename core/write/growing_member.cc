@@ -135,8 +135,8 @@ struct GrowingMember::State {
   bool removed = false;
 
   // ---- guarded by io_mu_ (writers only) ----
-  uint32_t crc = 0;       // CRC-32 of the complete frames (verbatim: of every byte)
-  uint32_t tail_crc = 0;  // CRC-32 of the complete frames and the partial frame after them
+  uint32_t crc = 0;         // CRC-32 of the complete frames (verbatim: of every byte)
+  uint32_t tail_crc = 0;    // CRC-32 of the complete frames and the partial frame after them
   uint64_t tail_bytes = 0;  // bytes of that partial frame
   bool crc_valid = true;    // false after Resume (finalize computes the CRC-32 then)
   bool dir_synced = false;
