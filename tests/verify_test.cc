@@ -336,8 +336,8 @@ TEST_F(VerifyTest, ASequentialReaderOfAVerifiedMemberHasTheNextChunksCheckedAhea
   const size_t big = *(*a)->Find("big.npy");
   auto r = Open(**a, "big.npy");
   const std::string ref = ReadFileOrDie(Path("big.npy"));
-  constexpr uint64_t kRead = 5 << 20;  // past kSequentialRun, inside chunk 4
-  static_assert(kRead > StoredMember::kSequentialRun);
+  constexpr uint64_t kRead = 5 << 20;  // past SequentialRun::kStreaming, inside chunk 4
+  static_assert(kRead > SequentialRun::kStreaming);
   std::string buf(256 << 10, '\0');
   for (uint64_t off = 0; off < kRead; off += buf.size()) {
     auto got = r->ReadAt(off, std::as_writable_bytes(std::span(buf)));

@@ -41,6 +41,33 @@
 
 namespace npzfs {
 
+// Where the reads of one member go, to tell a reader streaming through it from a random one:
+// deflated members decode spans ahead of a streaming reader, stored members check chunks
+// ahead of it. Lock-free and safe from many threads (several readers of one member blur the
+// record, which at worst starts or stops the work ahead a little early or late).
+class SequentialRun {
+ public:
+  // A read that starts within this distance of where the last one ended counts as in order
+  // (several FUSE threads deliver the kernel's readahead slightly out of order).
+  static constexpr uint64_t kSlack = 2 << 20;
+  // A reader streams once it has read this much in order.
+  static constexpr uint64_t kStreaming = 4 << 20;
+
+  // Records a read of `n` bytes at `offset`; returns the bytes read in order up to its end.
+  uint64_t Note(uint64_t offset, uint64_t n) {
+    const uint64_t expected = next_.exchange(offset + n);
+    const bool in_order =
+        offset >= expected ? offset - expected <= kSlack : expected - offset <= kSlack;
+    if (in_order) return run_.fetch_add(n) + n;
+    run_ = n;
+    return n;
+  }
+
+ private:
+  std::atomic<uint64_t> next_{0};  // where a sequential reader reads next
+  std::atomic<uint64_t> run_{0};   // bytes read in order up to there
+};
+
 struct ArchiveShared {
   // `st` is the fstat of `fd_in` taken before the directory was read; `entries` is that
   // directory's (kept to recognize an append).

@@ -13,11 +13,6 @@
 namespace npzfs {
 namespace {
 
-// A read that starts within this distance of where the last one ended counts as sequential
-// (several FUSE threads may deliver readahead requests slightly out of order).
-constexpr uint64_t kSequentialSlack = 2 << 20;
-// A reader counts as streaming once it has read this much in order.
-constexpr uint64_t kSequentialRun = 4 << 20;
 // Read-ahead of a streaming reader, in spans: at most this many (also bounded by the pool
 // size and a quarter of the cache).
 constexpr size_t kFullReadAhead = SIZE_MAX;
@@ -199,14 +194,11 @@ Result<size_t> DeflatedMember::ReadAt(uint64_t offset, std::span<std::byte> dest
   // Read-ahead only for a reader that has read sequentially for a while: the kernel's own
   // readahead already rounds up small and mmap reads, and decoding ahead of a random
   // reader wastes a core.
-  const uint64_t expected = next_sequential_.exchange(offset + n);
-  const bool in_order = offset >= expected ? offset - expected <= kSequentialSlack
-                                           : expected - offset <= kSequentialSlack;
-  const uint64_t run = in_order ? sequential_run_.fetch_add(n) + n : (sequential_run_ = n, n);
+  const uint64_t run = sequential_.Note(offset, n);
   // How far ahead to decode: nothing for a lone small read; the next span or chunk once a
   // read has gone on in order (a frame read in 128 KiB requests, say) or for a request the
   // size of the kernel's readahead; a full pipeline for a stream.
-  const size_t ahead = run >= kSequentialRun                           ? kFullReadAhead
+  const size_t ahead = run >= SequentialRun::kStreaming                ? kFullReadAhead
                        : run >= spacing_ / 2 || n >= kPageCacheRequest ? 1
                                                                        : 0;
   // The known spans this request covers beyond its first are decoded side by side with it.

@@ -251,8 +251,7 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   bool indexer_step_running_ = false;
   bool cancel_ = false;
 
-  std::atomic<uint64_t> next_sequential_{0};  // where a sequential reader reads next
-  std::atomic<uint64_t> sequential_run_{0};   // bytes read in order up to there
+  SequentialRun sequential_;
   std::mutex chain_mu_;            // guards the chain's state below (before SpanCache's lock)
   bool chain_running_ = false;     // a chain task is queued or running
   uint64_t chain_generation_ = 0;  // of the checkpoints its stream started from

@@ -232,11 +232,7 @@ Result<StoredMember::Check> StoredMember::CheckChunk(uint64_t c, bool wait) {
 }
 
 void StoredMember::CheckAhead(uint64_t offset, size_t n, uint64_t last) {
-  const uint64_t expected = next_sequential_.exchange(offset + n);
-  const bool in_order = offset >= expected ? offset - expected <= kSequentialSlack
-                                           : expected - offset <= kSequentialSlack;
-  const uint64_t run = in_order ? sequential_run_.fetch_add(n) + n : (sequential_run_ = n, n);
-  if (run < kSequentialRun) return;
+  if (sequential_.Note(offset, n) < SequentialRun::kStreaming) return;
   const uint64_t end = std::min(chunks_, last + 1 + kCheckAheadChunks);
   uint64_t handed = ahead_end_.load();
   // Already handed out up to here (a reader that went back far starts again behind).

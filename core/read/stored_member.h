@@ -20,7 +20,7 @@
 //     first time this process touches it (pread, CRC-32, compare); checked chunks are then
 //     answered with a splice from the archive, zero-copy. A chunk is checked once: the
 //     thread that claims it checks it, and any other reader of it waits for that verdict.
-//   - Check-ahead: once a reader has read kSequentialRun bytes in order, the next
+//   - Check-ahead: once a reader streams (SequentialRun: 4 MiB read in order), the next
 //     kCheckAheadChunks chunks are checked on the VerifyPool before it gets there, so a
 //     sequential reader of a fresh mount finds its chunks checked and the CRC work runs on
 //     another core (a first `cat` with the checks on its path ran at 1.4x the unchecked
@@ -63,13 +63,8 @@ namespace npzfs {
 class StoredMember : public std::enable_shared_from_this<StoredMember> {
  public:
   static constexpr uint32_t kChunkBytes = kStoredChunkBytes;
-  static constexpr size_t kStepChunks = 8;  // chunks per VerifyPool task
-  // Check-ahead (see the essay): a reader counts as sequential once it has read this much
-  // in order (reads that start within kSequentialSlack of where the last one ended count as
-  // in order: several FUSE threads deliver the kernel's readahead slightly out of order).
-  static constexpr uint64_t kSequentialRun = 4 << 20;
-  static constexpr uint64_t kSequentialSlack = 2 << 20;
-  static constexpr uint64_t kCheckAheadChunks = 8;
+  static constexpr size_t kStepChunks = 8;          // chunks per VerifyPool task
+  static constexpr uint64_t kCheckAheadChunks = 8;  // check-ahead (see the essay)
 
   StoredMember(std::shared_ptr<ArchiveShared> shared, std::string member_path,
                const ZipEntry& entry);
@@ -156,9 +151,8 @@ class StoredMember : public std::enable_shared_from_this<StoredMember> {
   std::unique_ptr<std::atomic<uint8_t>[]> state_;
   std::condition_variable check_cv_;
   uint64_t generation_ = 0;  // counts distrusted records (crcs_ replaced by a new pass)
-  std::atomic<uint64_t> next_sequential_{0};  // where a sequential reader reads next
-  std::atomic<uint64_t> sequential_run_{0};   // bytes read in order up to there
-  std::atomic<uint64_t> ahead_end_{0};        // chunks below this were handed to check-ahead
+  SequentialRun sequential_;
+  std::atomic<uint64_t> ahead_end_{0};  // chunks below this were handed to check-ahead
   std::atomic<uint64_t> check_bytes_{0};
 };
 
