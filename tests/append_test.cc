@@ -120,10 +120,13 @@ void RunAndKillAt(const std::string& kill_at, const std::function<void()>& fn) {
 
 AppendJournal SampleJournal() {
   AppendJournal j;
+  j.device = 0x803;
   j.inode = 1234567;
+  j.prefix_crc = 0xdeadbeef;
   j.old_size = 5000;
   j.old_cd_offset = 4000;
-  j.old_mtime_ns = 1600000000123456789;
+  j.old_mtime_sec = -1600000000;
+  j.old_mtime_nsec = 123456789;
   j.saved = RandomBytes(1000, 5);
   return j;
 }
@@ -135,11 +138,42 @@ TEST(AppendJournal, RoundTrips) {
   EXPECT_EQ(bytes.substr(0, 8), "NPZFSJNL");
   auto back = DecodeAppendJournal(bytes, "j");
   ASSERT_TRUE(back.ok()) << back.status().message();
+  EXPECT_EQ(back->version, kAppendJournalVersion);
+  EXPECT_EQ(back->device, j.device);
   EXPECT_EQ(back->inode, j.inode);
+  EXPECT_EQ(back->prefix_crc, j.prefix_crc);
   EXPECT_EQ(back->old_size, j.old_size);
   EXPECT_EQ(back->old_cd_offset, j.old_cd_offset);
-  EXPECT_EQ(back->old_mtime_ns, j.old_mtime_ns);
+  EXPECT_EQ(back->old_mtime_sec, j.old_mtime_sec);
+  EXPECT_EQ(back->old_mtime_nsec, j.old_mtime_nsec);
   EXPECT_EQ(back->saved, j.saved);
+}
+
+// The layout npzfs 0.1.0 wrote: no device, no prefix CRC, the mtime in nanoseconds.
+std::string VersionOneJournal(const AppendJournal& j, int64_t mtime_ns) {
+  std::string out = "NPZFSJNL";
+  PutLe32(out, 1);
+  PutLe32(out, 0);
+  PutLe64(out, j.inode);
+  PutLe64(out, j.old_size);
+  PutLe64(out, j.old_cd_offset);
+  PutLe64(out, static_cast<uint64_t>(mtime_ns));
+  PutLe64(out, j.saved.size());
+  out += j.saved;
+  PutLe32(out, Crc(out));
+  return out;
+}
+
+TEST(AppendJournal, AVersionOneJournalIsStillReadWithAnMtimeBefore1970SplitCorrectly) {
+  const AppendJournal j = SampleJournal();
+  auto back = DecodeAppendJournal(VersionOneJournal(j, -99500000000), "j");  // -99.5 s
+  ASSERT_TRUE(back.ok()) << back.status().message();
+  EXPECT_EQ(back->version, 1u);
+  EXPECT_EQ(back->inode, j.inode);
+  EXPECT_EQ(back->old_size, j.old_size);
+  EXPECT_EQ(back->saved, j.saved);
+  EXPECT_EQ(back->old_mtime_sec, -100);
+  EXPECT_EQ(back->old_mtime_nsec, 500000000u);
 }
 
 TEST(AppendJournal, EveryTruncationAndEveryFlippedByteIsRejected) {
@@ -327,7 +361,160 @@ TEST(InPlaceAppend, AJournalOfAReplacedFileIsSetAsideAndNotApplied) {
   EXPECT_TRUE(StateOf(archive) == replaced);
   EXPECT_EQ(ListDir(dir.path()), (std::vector<std::string>{".a.npz.npzfs-journal.stale", "a.npz"}));
   ASSERT_EQ(lines.size(), 1u);
-  EXPECT_NE(lines[0].find("replaced since"), std::string::npos) << lines[0];
+  EXPECT_NE(lines[0].find("replaced or rewritten since"), std::string::npos) << lines[0];
+}
+
+// Kills an append to `archive` (made by MakeArchive(archive, 2)) once it has begun writing,
+// then rewrites the same inode (O_TRUNC) with the bytes of `replacement`.
+void KillAppendThenRewriteInPlace(const std::string& archive, const std::string& replacement) {
+  RunAndKillAt("member-data:1", [&] { (void)AppendToArchive(archive, NewMembers(), {}); });
+  struct stat before, after;
+  ASSERT_EQ(stat(archive.c_str(), &before), 0);
+  auto fd = OpenFile(archive, O_WRONLY | O_TRUNC);
+  ASSERT_TRUE(fd.ok());
+  ASSERT_TRUE(PwriteAll(fd->get(), replacement.data(), replacement.size(), 0, archive).ok());
+  ASSERT_EQ(fstat(fd->get(), &after), 0);
+  ASSERT_EQ(after.st_ino, before.st_ino);
+}
+
+TEST(InPlaceAppend, AJournalOfAFileRewrittenInPlaceIsSetAsideAndNotApplied) {
+  // Rewritten with other members: the bytes the append never touches differ. Rewritten with
+  // the same two members and three more: they are identical, but another member's local
+  // header now lies where the append wrote its first one.
+  for (int level : {6, -1}) {
+    SCOPED_TRACE(level);
+    TempDir dir;
+    const std::string archive = dir.Join("a.npz");
+    MakeArchive(archive, 2);
+    MakeArchive(dir.Join("other.npz"), 5, level);
+    const std::string other = ReadFileOrDie(dir.Join("other.npz"));
+    ASSERT_EQ(unlink(dir.Join("other.npz").c_str()), 0);
+    KillAppendThenRewriteInPlace(archive, other);
+    std::vector<std::string> lines;
+    auto r = RecoverInterruptedAppend(archive, [&](const std::string& l) { lines.push_back(l); });
+    ASSERT_TRUE(r.ok()) << r.status().message();
+    EXPECT_FALSE(*r);
+    EXPECT_EQ(ReadFileOrDie(archive), other);
+    EXPECT_EQ(ListDir(dir.path()),
+              (std::vector<std::string>{".a.npz.npzfs-journal.stale", "a.npz"}));
+    ASSERT_EQ(lines.size(), 1u);
+    EXPECT_NE(lines[0].find("replaced or rewritten since"), std::string::npos) << lines[0];
+  }
+}
+
+TEST(InPlaceAppend, AnAppendWhoseFirstHeaderNeverReachedTheDiskIsStillUndone) {
+  TempDir dir;
+  const std::string archive = dir.Join("a.npz");
+  MakeArchive(archive, 2);
+  const FileState before = StateOf(archive);
+  auto d = ReadDir(archive);
+  ASSERT_TRUE(d.ok());
+  RunAndKillAt("member-data:100000", [&] { (void)AppendToArchive(archive, NewMembers(), {}); });
+  {  // as after a power loss: the file grew, but its first new blocks read as zeros
+    auto fd = OpenFile(archive, O_WRONLY);
+    ASSERT_TRUE(fd.ok());
+    const std::string zeros(4096, '\0');
+    ASSERT_TRUE(PwriteAll(fd->get(), zeros.data(), zeros.size(), d->cd_offset, archive).ok());
+  }
+  auto r = RecoverInterruptedAppend(archive);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_TRUE(*r);
+  EXPECT_TRUE(StateOf(archive) == before);
+}
+
+TEST(InPlaceAppend, AJournalWrittenByVersionOneIsStillApplied) {
+  TempDir dir;
+  const std::string archive = dir.Join("a.npz");
+  MakeArchive(archive, 2);
+  const FileState before = StateOf(archive);
+  RunAndKillAt("member-data:1", [&] { (void)AppendToArchive(archive, NewMembers(), {}); });
+  const std::string journal_path = dir.Join(".a.npz.npzfs-journal");
+  auto j = DecodeAppendJournal(ReadFileOrDie(journal_path), journal_path);
+  ASSERT_TRUE(j.ok()) << j.status().message();
+  WriteFileOrDie(journal_path,
+                 VersionOneJournal(*j, j->old_mtime_sec * 1000000000 + j->old_mtime_nsec));
+  auto r = RecoverInterruptedAppend(archive);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_TRUE(*r);
+  EXPECT_TRUE(StateOf(archive) == before);
+  EXPECT_EQ(ListDir(dir.path()), std::vector<std::string>{"a.npz"});
+}
+
+TEST(InPlaceAppend, AnArchiveWithAnMtimeBefore1970IsRestoredExactly) {
+  TempDir dir;
+  const std::string archive = dir.Join("a.npz");
+  MakeArchive(archive, 2);
+  struct timespec times[2] = {{0, UTIME_OMIT}, {-100, 500000000}};
+  ASSERT_EQ(utimensat(AT_FDCWD, archive.c_str(), times, 0), 0);
+  const FileState before = StateOf(archive);
+  RunAndKillAt("member-data:1", [&] { (void)AppendToArchive(archive, NewMembers(), {}); });
+  auto r = RecoverInterruptedAppend(archive);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_TRUE(*r);
+  EXPECT_TRUE(StateOf(archive) == before);
+}
+
+TEST(InPlaceAppend, AHardLinkedArchiveIsAppendedByCopyAndItsOtherNameKeepsTheOldBytes) {
+  TempDir dir;
+  const std::string archive = dir.Join("a.npz");
+  MakeArchive(archive, 2);
+  ASSERT_EQ(link(archive.c_str(), dir.Join("b.npz").c_str()), 0);
+  const FileState before = StateOf(archive);
+  std::vector<std::string> lines;
+  WriteOptions o;
+  o.log = [&](const std::string& line) { lines.push_back(line); };
+  ASSERT_TRUE(AppendToArchive(archive, NewMembers(), o).ok());
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_NE(lines[0].find("by copy and rename, not in place: it has 2 hard links"),
+            std::string::npos)
+      << lines[0];
+  EXPECT_TRUE(HasMember(archive, "new-small.txt"));
+  EXPECT_TRUE(StateOf(dir.Join("b.npz")) == before);
+  EXPECT_EQ(ListDir(dir.path()), (std::vector<std::string>{"a.npz", "b.npz"}));
+}
+
+TEST(InPlaceAppend, MoreThanAJournalCanHoldAfterTheDirectoryMeansAnAppendByCopy) {
+  TempDir dir;
+  const std::string archive = dir.Join("a.npz");
+  MakeArchive(archive, 2);
+  // Move the end record 1.1 GiB further (a sparse gap after the central directory, which
+  // readers accept): the journal would have to save all of it.
+  std::string bytes = ReadFileOrDie(archive);
+  const size_t eocd = bytes.rfind(std::string("PK\x05\x06", 4));
+  ASSERT_NE(eocd, std::string::npos);
+  const std::string end_record = bytes.substr(eocd);
+  const uint64_t gap = kMaxJournalSavedBytes + (64 << 20);
+  {
+    auto fd = OpenFile(archive, O_WRONLY | O_TRUNC);
+    ASSERT_TRUE(fd.ok());
+    ASSERT_TRUE(PwriteAll(fd->get(), bytes.data(), eocd, 0, archive).ok());
+    ASSERT_TRUE(
+        PwriteAll(fd->get(), end_record.data(), end_record.size(), eocd + gap, archive).ok());
+  }
+  ASSERT_TRUE(ReadDir(archive).ok()) << ReadDir(archive).status().message();
+  std::vector<std::string> lines;
+  WriteOptions o;
+  o.log = [&](const std::string& line) { lines.push_back(line); };
+  ASSERT_TRUE(AppendToArchive(archive, {FromBytes("next.txt", "next")}, o).ok());
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_NE(lines[0].find("by copy and rename, not in place: more than 1 GiB"), std::string::npos)
+      << lines[0];
+  EXPECT_EQ(VerifyWithPython(archive, dir.path()), "old0.bin,old1.bin,next.txt\n");
+  struct stat st;
+  ASSERT_EQ(stat(archive.c_str(), &st), 0);
+  EXPECT_LT(st.st_size, 1 << 20);  // the gap is not copied
+}
+
+TEST(CreateArchive, ADanglingSymlinkIsAnErrorNamingIt) {
+  TempDir dir;
+  const std::string link_path = dir.Join("link.npz");
+  ASSERT_EQ(symlink(dir.Join("missing/target.npz").c_str(), link_path.c_str()), 0);
+  Status s = AppendToArchive(link_path, {FromBytes("x.txt", "x")}, {});
+  EXPECT_EQ(s.code(), ENOENT) << s.message();
+  EXPECT_EQ(s.message().rfind(link_path + ": a symbolic link whose target cannot be reached", 0),
+            0u)
+      << s.message();
+  EXPECT_EQ(ListDir(dir.path()), std::vector<std::string>{"link.npz"});
 }
 
 TEST(InPlaceAppend, RecoveryWithoutAJournalTakesNoLock) {

@@ -114,9 +114,11 @@ struct ArchiveShared {
   Status bad_status_;
 };
 
-// Nanoseconds of a stat's mtime.
+// Nanoseconds of a stat's mtime, for comparing fingerprints (wraps, well defined, for mtimes
+// beyond the year 2262).
 inline int64_t MtimeNs(const struct stat& st) {
-  return int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec;
+  return static_cast<int64_t>(static_cast<uint64_t>(st.st_mtim.tv_sec) * 1000000000u +
+                              static_cast<uint64_t>(st.st_mtim.tv_nsec));
 }
 
 }  // namespace npzfs

@@ -11,6 +11,7 @@
 
 #include "core/base/byte_codec.h"
 #include "core/base/names.h"
+#include "core/zip/zip_format.h"
 #include "npzfs/file_util.h"
 #include "npzfs/zip_directory.h"
 
@@ -19,8 +20,8 @@ namespace {
 
 thread_local std::optional<AppendStep> g_failing_step;
 
-// A journal saves one central directory and its end records.
-constexpr uint64_t kMaxSavedBytes = kMaxCentralDirectorySize + (uint64_t{1} << 20);
+static_assert(kMaxJournalSavedBytes == kMaxCentralDirectorySize + (uint64_t{1} << 20),
+              "a journal saves one central directory and its end records");
 
 const char* StepName(AppendStep step) {
   switch (step) {
@@ -81,12 +82,16 @@ std::string EncodeAppendJournal(const AppendJournal& j) {
   out.reserve(kAppendJournalHeaderSize + j.saved.size() + 4);
   out += kAppendJournalMagic;
   PutLe32(out, kAppendJournalVersion);
-  PutLe32(out, 0);
+  PutLe32(out, j.prefix_crc);
+  PutLe64(out, j.device);
   PutLe64(out, j.inode);
   PutLe64(out, j.old_size);
   PutLe64(out, j.old_cd_offset);
-  PutLe64(out, static_cast<uint64_t>(j.old_mtime_ns));
+  PutLe64(out, static_cast<uint64_t>(j.old_mtime_sec));
+  PutLe32(out, j.old_mtime_nsec);
+  PutLe32(out, static_cast<uint32_t>(j.first_name.size()));
   PutLe64(out, j.saved.size());
+  out += j.first_name;
   out += j.saved;
   PutLe32(out, Crc32Of(out));
   return out;
@@ -95,19 +100,35 @@ std::string EncodeAppendJournal(const AppendJournal& j) {
 Result<AppendJournal> DecodeAppendJournal(std::string_view bytes, const std::string& path) {
   ByteReader r(bytes);
   std::string magic;
-  uint32_t version = 0, reserved = 0;
+  uint32_t word = 0, reserved = 0, name_length = 0;
   uint64_t mtime = 0, saved_length = 0;
   AppendJournal j;
   if (!r.Bytes(kAppendJournalMagic.size(), &magic) || magic != kAppendJournalMagic) {
     return Invalid(path, "bad magic");
   }
-  if (!r.U32(&version) || !r.U32(&reserved) || !r.U64(&j.inode) || !r.U64(&j.old_size) ||
-      !r.U64(&j.old_cd_offset) || !r.U64(&mtime) || !r.U64(&saved_length)) {
-    return Invalid(path, "truncated header");
+  if (!r.U32(&j.version) || !r.U32(&word)) return Invalid(path, "truncated header");
+  if (j.version != 1 && j.version != kAppendJournalVersion) {
+    return Invalid(path, "unsupported version " + std::to_string(j.version));
   }
-  if (version != kAppendJournalVersion || reserved != 0) {
-    return Invalid(path, "unsupported version " + std::to_string(version));
+  bool whole = true;
+  if (j.version == 1) {  // reserved, inode, old_size, old_cd_offset, old_mtime_ns
+    reserved = word;
+    whole = r.U64(&j.inode) && r.U64(&j.old_size) && r.U64(&j.old_cd_offset) && r.U64(&mtime);
+    // Floor division: a negative remainder would be an invalid tv_nsec for futimens.
+    const int64_t ns = static_cast<int64_t>(mtime);
+    j.old_mtime_sec = ns / 1000000000 - (ns % 1000000000 < 0 ? 1 : 0);
+    j.old_mtime_nsec = static_cast<uint32_t>(ns - j.old_mtime_sec * 1000000000);
+  } else {
+    j.prefix_crc = word;
+    whole = r.U64(&j.device) && r.U64(&j.inode) && r.U64(&j.old_size) && r.U64(&j.old_cd_offset) &&
+            r.U64(&mtime) && r.U32(&j.old_mtime_nsec) && r.U32(&name_length);
+    j.old_mtime_sec = static_cast<int64_t>(mtime);
   }
+  if (!whole || !r.U64(&saved_length)) return Invalid(path, "truncated header");
+  if (reserved != 0 || j.old_mtime_nsec >= 1000000000 || name_length > zip::kMax16) {
+    return Invalid(path, "reserved field, mtime or name length out of range");
+  }
+  if (!r.Bytes(name_length, &j.first_name)) return Invalid(path, "truncated name");
   if (saved_length != r.remaining() - std::min<size_t>(r.remaining(), 4) ||
       !r.Bytes(saved_length, &j.saved)) {
     return Invalid(path, "truncated or overlong saved region");
@@ -118,8 +139,17 @@ Result<AppendJournal> DecodeAppendJournal(std::string_view bytes, const std::str
   if (j.old_cd_offset > j.old_size || j.old_size - j.old_cd_offset != saved_length) {
     return Invalid(path, "saved region does not match the old size");
   }
-  j.old_mtime_ns = static_cast<int64_t>(mtime);
   return j;
+}
+
+Result<uint32_t> JournalPrefixCrc(int fd, uint64_t cd_offset, const std::string& path) {
+  const size_t n = static_cast<size_t>(std::min(cd_offset, kJournalPrefixSample));
+  std::string buf(n, '\0');
+  NPZ_RETURN_IF_ERROR(PreadExact(fd, buf.data(), n, 0, path));
+  uLong crc = ::crc32_z(0, reinterpret_cast<const Bytef*>(buf.data()), n);
+  NPZ_RETURN_IF_ERROR(PreadExact(fd, buf.data(), n, cd_offset - n, path));
+  crc = ::crc32_z(crc, reinterpret_cast<const Bytef*>(buf.data()), n);
+  return static_cast<uint32_t>(crc);
 }
 
 Status WriteAppendJournal(const std::string& journal_path, const AppendJournal& journal) {
@@ -150,8 +180,8 @@ Status UndoAppend(int fd, const std::string& archive_path, const AppendJournal& 
                                 journal.old_cd_offset, archive_path));
   struct timespec times[2];
   times[0].tv_nsec = UTIME_OMIT;
-  times[1].tv_sec = static_cast<time_t>(journal.old_mtime_ns / 1000000000);
-  times[1].tv_nsec = static_cast<long>(journal.old_mtime_ns % 1000000000);
+  times[1].tv_sec = static_cast<time_t>(journal.old_mtime_sec);
+  times[1].tv_nsec = static_cast<long>(journal.old_mtime_nsec);
   if (::futimens(fd, times) != 0) {
     return ErrnoStatus(errno, archive_path, "cannot restore its modification time");
   }
@@ -186,6 +216,24 @@ Result<bool> DropIncompleteJournal(int fd, const std::string& archive_path,
   return false;
 }
 
+// Whether the file holds, at old_cd_offset, a complete local header of a member other than
+// the one the append began with: another program extended the archive there.
+bool ForeignMemberAt(int fd, const std::string& path, uint64_t size, const AppendJournal& j) {
+  const uint64_t at = j.old_cd_offset;
+  std::string head(zip::kLocalHeaderSize, '\0');
+  if (size < at + head.size() || !PreadExact(fd, head.data(), head.size(), at, path).ok() ||
+      GetLe32(reinterpret_cast<const unsigned char*>(head.data())) != zip::kLocalHeaderSig) {
+    return false;  // the old directory, or a header not (fully) written: the append's
+  }
+  const uint16_t name_length = GetLe16(reinterpret_cast<const unsigned char*>(head.data()) + 26);
+  std::string name(name_length, '\0');
+  if (size < at + head.size() + name_length ||
+      !PreadExact(fd, name.data(), name.size(), at + head.size(), path).ok()) {
+    return false;
+  }
+  return name != j.first_name;
+}
+
 }  // namespace
 
 Result<bool> RecoverAppendUnderLock(int fd, const std::string& archive_path,
@@ -197,7 +245,7 @@ Result<bool> RecoverAppendUnderLock(int fd, const std::string& archive_path,
     return opened.status();
   }
   NPZ_ASSIGN_OR_RETURN(uint64_t size, FileSize(opened->get(), journal_path));
-  if (size > kMaxSavedBytes + kAppendJournalHeaderSize + 4) {
+  if (size > kMaxJournalSavedBytes + kAppendJournalHeaderSize + 4) {
     return DropIncompleteJournal(fd, archive_path, journal_path, Invalid(journal_path, "too large"),
                                  log);
   }
@@ -209,15 +257,23 @@ Result<bool> RecoverAppendUnderLock(int fd, const std::string& archive_path,
   }
   struct stat st;
   if (::fstat(fd, &st) != 0) return ErrnoStatus(errno, archive_path, "cannot stat");
-  if (static_cast<uint64_t>(st.st_ino) != journal->inode ||
-      static_cast<uint64_t>(st.st_size) < journal->old_cd_offset) {
+  bool same = static_cast<uint64_t>(st.st_ino) == journal->inode &&
+              static_cast<uint64_t>(st.st_size) >= journal->old_cd_offset;
+  if (same && journal->version >= 2) {
+    NPZ_ASSIGN_OR_RETURN(const uint32_t prefix_crc,
+                         JournalPrefixCrc(fd, journal->old_cd_offset, archive_path));
+    same = static_cast<uint64_t>(st.st_dev) == journal->device &&
+           prefix_crc == journal->prefix_crc &&
+           !ForeignMemberAt(fd, archive_path, static_cast<uint64_t>(st.st_size), *journal);
+  }
+  if (!same) {
     const std::string aside = journal_path + ".stale";
     if (::rename(journal_path.c_str(), aside.c_str()) != 0) {
       return ErrnoStatus(errno, journal_path, "cannot set aside a journal of another file");
     }
     if (log) {
       log(journal_path + ": belongs to an earlier file at " + archive_path +
-          " (replaced since); moved to " + aside + ", the archive was left alone");
+          " (replaced or rewritten since); moved to " + aside + ", the archive was left alone");
     }
     return false;
   }

@@ -10,6 +10,18 @@
 // byte-identical to what it was, and so is every fingerprint (size, mtime, directory CRC)
 // a sidecar index holds.
 //
+// A journal is applied only to the file it was written for. The append never writes below
+// old_cd_offset, so the journal records the device, the inode and a CRC-32 of the bytes
+// there it never touches (the first and the last 64 KiB before old_cd_offset): a file
+// rewritten in place since (np.savez and zipfile's "w" mode truncate the same inode; a new
+// file may get the freed inode number) fails that check and is left alone. It also records
+// the name of the first new member, whose local header the append writes at old_cd_offset:
+// a file that has another member's local header there was extended by another program
+// (zipfile's "a" mode after a crash that left a complete archive) and is left alone too.
+// Anything else at old_cd_offset (the old directory, a torn or unwritten header) is what
+// the append left, and is undone. An archive with more than one hard link is never appended
+// in place (the journal is found through one name only): the caller copies it instead.
+//
 // Every function here expects the caller to hold the archive's lock (core/zip/archive_lock.h).
 // Plain functions over values and fds: thread-safe for different archives.
 #pragma once
@@ -25,18 +37,35 @@
 namespace npzfs {
 
 inline constexpr std::string_view kAppendJournalMagic = "NPZFSJNL";
-inline constexpr uint32_t kAppendJournalVersion = 1;
-// magic 8, version 4, reserved 4, inode 8, old_size 8, old_cd_offset 8, old_mtime_ns 8,
-// saved_length 8.
-inline constexpr size_t kAppendJournalHeaderSize = 56;
+// Version 2 added the device, the prefix CRC and an exact mtime; version 1 journals (written
+// by npzfs 0.1.0 before that) are still read and applied, with the inode check only.
+inline constexpr uint32_t kAppendJournalVersion = 2;
+// magic 8, version 4, prefix_crc 4, device 8, inode 8, old_size 8, old_cd_offset 8,
+// old_mtime_sec 8, old_mtime_nsec 4, first_name_length 4, saved_length 8; then the first
+// name, the saved bytes and a CRC-32.
+inline constexpr size_t kAppendJournalHeaderSize = 72;
+// The largest old region a journal holds (a central directory and its end records); an
+// archive with more after its old directory is appended by copy instead.
+inline constexpr uint64_t kMaxJournalSavedBytes = (uint64_t{1} << 30) + (uint64_t{1} << 20);
+// How much of each end of the untouched prefix the prefix CRC covers.
+inline constexpr uint64_t kJournalPrefixSample = 64 << 10;
 
 struct AppendJournal {
-  uint64_t inode = 0;          // st_ino of the archive it belongs to
+  uint32_t version = kAppendJournalVersion;  // as decoded; always written as the current one
+  uint64_t device = 0;                       // st_dev of the archive (version 2)
+  uint64_t inode = 0;                        // st_ino of the archive it belongs to
+  uint32_t prefix_crc = 0;     // JournalPrefixCrc of the archive at old_cd_offset (version 2)
   uint64_t old_size = 0;       // archive size before the append
   uint64_t old_cd_offset = 0;  // start of the overwritten region (old central directory)
-  int64_t old_mtime_ns = 0;    // archive mtime before the append
-  std::string saved;           // the old bytes of [old_cd_offset, old_size)
+  int64_t old_mtime_sec = 0;   // archive mtime before the append
+  uint32_t old_mtime_nsec = 0;
+  std::string first_name;  // of the member written at old_cd_offset (version 2)
+  std::string saved;       // the old bytes of [old_cd_offset, old_size)
 };
+
+// CRC-32 of [0, n) then [cd_offset - n, cd_offset) of the file at `fd`, where
+// n = min(cd_offset, kJournalPrefixSample): bytes an append never writes.
+Result<uint32_t> JournalPrefixCrc(int fd, uint64_t cd_offset, const std::string& path);
 
 // "<dir>/.<base>.npzfs-journal" for "<dir>/<base>".
 std::string AppendJournalPath(const std::string& archive_path);
@@ -59,8 +88,9 @@ Status RemoveAppendJournal(const std::string& journal_path);
 // append and removes the journal; returns whether anything was restored. A journal that does
 // not decode was never complete, so the archive was never touched: it is removed (if the
 // archive still reads as a zip; otherwise EIO and both are kept). A journal of another file
-// (inode differs, or the archive is shorter than the region it saved) is renamed to
-// "<journal>.stale" and left alone. Each action is logged through `log`.
+// (device, inode or prefix CRC differ, another member's local header at old_cd_offset, or
+// the archive is shorter than the region it saved) is renamed to "<journal>.stale" and left
+// alone. Each action is logged through `log`.
 Result<bool> RecoverAppendUnderLock(int fd, const std::string& archive_path,
                                     const std::function<void(const std::string&)>& log);
 

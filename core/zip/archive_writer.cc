@@ -109,10 +109,6 @@ bool SameFile(const struct stat& a, const struct stat& b) {
          a.st_mtim.tv_sec == b.st_mtim.tv_sec && a.st_mtim.tv_nsec == b.st_mtim.tv_nsec;
 }
 
-int64_t MtimeNs(const struct stat& st) {
-  return static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
-}
-
 // Every message leads with the archive (a temp file or source path follows it).
 Status WithArchive(const std::string& path, const Status& s) {
   return s.ok() || s.message().rfind(path + ":", 0) == 0 ? s : s.WithContext(path);
@@ -297,10 +293,14 @@ Status AppendInPlace(const Request& r, const ArchiveLock& lock, const ZipDirecto
   struct stat st;
   if (::fstat(lock.fd(), &st) != 0) return ErrnoStatus(errno, r.path, "cannot stat");
   AppendJournal journal;
+  journal.device = static_cast<uint64_t>(st.st_dev);
   journal.inode = static_cast<uint64_t>(st.st_ino);
   journal.old_size = static_cast<uint64_t>(st.st_size);
   journal.old_cd_offset = old.cd_offset;
-  journal.old_mtime_ns = MtimeNs(st);
+  journal.old_mtime_sec = static_cast<int64_t>(st.st_mtim.tv_sec);
+  journal.old_mtime_nsec = static_cast<uint32_t>(st.st_mtim.tv_nsec);
+  journal.first_name = r.members->front().name;
+  NPZ_ASSIGN_OR_RETURN(journal.prefix_crc, JournalPrefixCrc(lock.fd(), old.cd_offset, r.path));
   journal.saved.resize(journal.old_size - journal.old_cd_offset);
   NPZ_RETURN_IF_ERROR(PreadExact(lock.fd(), journal.saved.data(), journal.saved.size(),
                                  journal.old_cd_offset, r.path));
@@ -457,6 +457,12 @@ Status CreateArchive(const Request& r, bool* exists) {
   NPZ_ASSIGN_OR_RETURN(DirectoryLock dir_lock, LockDirectoryToCreate(r.path));
   struct stat st;
   if (::lstat(r.path.c_str(), &st) == 0) {
+    if (S_ISLNK(st.st_mode) && ::stat(r.path.c_str(), &st) != 0) {
+      // ResolveArchivePath could not follow it: the link's target is missing (or a loop).
+      return ErrnoStatus(errno, r.path,
+                         "a symbolic link whose target cannot be reached; create the target "
+                         "or remove the link");
+    }
     *exists = true;
     return Status::Ok();
   }
@@ -544,7 +550,17 @@ Status AddToExisting(const Request& request, const ArchiveLock& lock) {
   Request r = request;
   r.members = &members;
   if (r.options->append_mode == WriteOptions::AppendMode::kInPlace) {
-    return AppendInPlace(r, lock, old);
+    // The journal is found through this name only, and holds one central directory.
+    std::string why;
+    if (st.st_nlink > 1) {
+      why = "it has " + std::to_string(st.st_nlink) + " hard links";
+    } else if (static_cast<uint64_t>(st.st_size) - old.cd_offset > kMaxJournalSavedBytes) {
+      why = "more than 1 GiB follows its central directory's start";
+    }
+    if (why.empty()) return AppendInPlace(r, lock, old);
+    if (r.options->log) {
+      r.options->log(path + ": members added by copy and rename, not in place: " + why);
+    }
   }
   return BuildAndRename(r, lock.fd(), old, [&]() -> Status {
     struct stat now;
