@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <future>
 #include <mutex>
 #include <random>
 #include <string>
@@ -559,6 +560,34 @@ TEST_F(VerifyTest, AnArchiveTruncatedWhileOpenIsEioNeverShortData) {
     EXPECT_FALSE(answer.ok());
   }
   EXPECT_EQ(LogCount("changed while it was open"), 2u) << Log();
+}
+
+TEST_F(VerifyTest, AReadErrorInTheVerifyPassIsNoVerdictAndTheMemberReadsOnceTheArchiveIsBack) {
+  const std::string path = Scratch("stored.npz");
+  const std::string original = ReadFileOrDie(path);
+  struct stat st;
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  auto a = Archive::Open(path, Options());
+  ASSERT_TRUE(a.ok());
+  auto r = Open(**a, "adc.npy");
+  // The pass starts with the first read, but runs only once the archive is cut short.
+  std::promise<void> gate;
+  std::shared_future<void> opened = gate.get_future().share();
+  VerifyPool().Submit([opened] { opened.wait(); });
+  std::byte head[64];
+  ASSERT_TRUE(r->ReadAt(0, head).ok());
+  ASSERT_EQ(::truncate(path.c_str(), static_cast<off_t>(original.size() / 2)), 0);
+  gate.set_value();
+  DrainVerifyPool();
+  EXPECT_EQ(LogCount("the check of the member resumes at the next read"), 1u) << Log();
+  // Put back as it was (a recovery does this): the pass resumes and the member reads.
+  WriteFileOrDie(path, original);
+  struct timespec times[2] = {{0, UTIME_OMIT}, st.st_mtim};
+  ASSERT_EQ(::utimensat(AT_FDCWD, path.c_str(), times, 0), 0);
+  std::string bytes;
+  Status read = ReadThrough(*r, 1 << 20, &bytes);
+  ASSERT_TRUE(read.ok()) << read.message();
+  EXPECT_EQ(bytes, ReadFileOrDie(Path("adc.npy")));
 }
 
 TEST_F(VerifyTest, AnArchiveRewrittenInPlaceWhileOpenIsEio) {

@@ -41,10 +41,11 @@ Result<ReadAnswer> StoredMember::Read(uint64_t offset, std::span<std::byte> dest
   }
   const size_t n = static_cast<size_t>(std::min<uint64_t>(dest.size(), size() - offset));
   if (check) {
-    const bool at_end = offset + n == size();
-    NPZ_RETURN_IF_ERROR(at_end || shared_->verify == VerifyMode::kStrict ? WaitForPass()
-                                                                         : StartPass());
-    if (verified()) {
+    // A read that waited for the pass is checked even if the record was distrusted since
+    // (CheckChunks then waits for the new pass): it must never be served unchecked.
+    const bool waited = offset + n == size() || shared_->verify == VerifyMode::kStrict;
+    NPZ_RETURN_IF_ERROR(waited ? WaitForPass() : StartPass());
+    if (waited || verified()) {
       const uint64_t last = (offset + n - 1) / kChunkBytes;
       NPZ_RETURN_IF_ERROR(CheckChunks(offset / kChunkBytes, last));
       CheckAhead(offset, n, last);
@@ -75,6 +76,7 @@ Status StoredMember::StartPass() {
   if (pass_ != Pass::kNotStarted) return Status::Ok();
   pass_ = Pass::kRunning;
   cancel_ = false;
+  ++pass_attempt_;
   lock.unlock();
   std::weak_ptr<StoredMember> weak = weak_from_this();
   VerifyPool().Submit([weak] { Step(weak); });
@@ -84,11 +86,13 @@ Status StoredMember::StartPass() {
 Status StoredMember::WaitForPass() {
   NPZ_RETURN_IF_ERROR(StartPass());
   std::unique_lock<std::mutex> lock(mu_);
+  const uint64_t attempt = pass_attempt_;
   pass_cv_.wait(lock, [&] {
     return pass_ == Pass::kDone || pass_ == Pass::kFailed || pass_ == Pass::kNotStarted;
   });
-  if (pass_ == Pass::kNotStarted) {  // cancelled while we waited: resume it ourselves
-    lock.unlock();
+  if (pass_ == Pass::kNotStarted) {
+    if (error_attempt_ == attempt && !pass_error_.ok()) return pass_error_;
+    lock.unlock();  // cancelled while we waited: resume it ourselves
     return WaitForPass();
   }
   return failed_;
@@ -138,20 +142,31 @@ void StoredMember::RunStep() {
     VerifyPool().Submit([weak] { Step(weak); });
     return;
   }
-  if (status.ok() && running_crc_ == entry_.crc32) {
+  if (!status.ok()) {
+    // Not a verdict on the data: stop here, resumable, and tell this attempt's waiters
+    // (after the log line, as for a mismatch below).
+    lock.unlock();
+    shared_->Log(status.message() + " (the check of the member resumes at the next read)");
+    lock.lock();
+    pass_ = Pass::kNotStarted;
+    pass_error_ = status;
+    error_attempt_ = pass_attempt_;
+    step_running_ = false;
+    pass_cv_.notify_all();
+    return;
+  }
+  if (running_crc_ == entry_.crc32) {
     pass_ = Pass::kDone;
     from_sidecar_ = false;
     for (uint64_t c = 0; c < chunks_; ++c) state_[c].store(kChecked, std::memory_order_release);
     check_cv_.notify_all();
     ++version_;
   } else {
-    if (status.ok()) {
-      char text[96];
-      std::snprintf(text, sizeof text,
-                    ": CRC-32 mismatch (directory %08" PRIx32 ", data %08" PRIx32 ")", entry_.crc32,
-                    running_crc_);
-      status = Status::Error(EIO, name_ + text);
-    }
+    char text[96];
+    std::snprintf(text, sizeof text,
+                  ": CRC-32 mismatch (directory %08" PRIx32 ", data %08" PRIx32 ")", entry_.crc32,
+                  running_crc_);
+    status = Status::Error(EIO, name_ + text);
     // Logged before anyone can see the failure: a reader's EIO is never ahead of its log line.
     lock.unlock();
     shared_->Log(status.message());

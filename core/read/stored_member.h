@@ -30,6 +30,9 @@
 //     pass; the one-thread VerifyPool cannot wait for a pass it would have to run).
 //   - A mismatch against chunk CRCs that came from the sidecar first distrusts the sidecar:
 //     the record is dropped and a new pass decides. Only if the data itself is bad is it EIO.
+//     A read error during a pass is not a verdict: the readers waiting for that pass get
+//     the error, and the next read resumes the pass (a recovery that put the archive back,
+//     or a passing I/O error, leaves the member readable).
 //   - VerifyMode::kStrict serves nothing before the pass has finished; kOff splices every
 //     read unchecked.
 //
@@ -142,7 +145,14 @@ class StoredMember : public std::enable_shared_from_this<StoredMember> {
   bool from_sidecar_ = false;   // crcs_ came from the sidecar, not from this process
   bool cancel_ = false;
   bool step_running_ = false;
-  Status failed_;  // non-ok once the member is known bad
+  Status failed_;  // non-ok once the member is known bad (a CRC-32 mismatch of the data)
+  // A read error (or an archive found changed) stops the pass without judging the member:
+  // the pass goes back to kNotStarted, resumable from next_chunk_, and the readers waiting
+  // for that attempt (pass_attempt_ when they started waiting == error_attempt_) get
+  // pass_error_. The next StartPass tries again.
+  Status pass_error_;
+  uint64_t pass_attempt_ = 0;
+  uint64_t error_attempt_ = 0;
   uint64_t version_ = 0;
   uint64_t saved_version_ = 0;
   // Per chunk, a ChunkState: whether this process has checked it. Leaving kChecking happens
