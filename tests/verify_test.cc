@@ -8,6 +8,7 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -588,6 +589,51 @@ TEST_F(VerifyTest, AReadErrorInTheVerifyPassIsNoVerdictAndTheMemberReadsOnceTheA
   Status read = ReadThrough(*r, 1 << 20, &bytes);
   ASSERT_TRUE(read.ok()) << read.message();
   EXPECT_EQ(bytes, ReadFileOrDie(Path("adc.npy")));
+}
+
+TEST_F(VerifyTest, AChunkThatFailedItsCheckIsNotServedUncheckedWhileTheNewPassRuns) {
+  std::string sidecar;
+  std::string path;
+  {
+    auto a = OpenBigWithRecord(&sidecar);
+    ASSERT_TRUE(a.ok()) << a.status().message();
+    path = (*a)->path();
+  }
+  // Damage chunk 2, keeping size and mtime: the saved record still applies.
+  struct stat st;
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  {
+    auto fd = OpenFile(path, O_RDWR);
+    ASSERT_TRUE(fd.ok());
+    auto dir = ReadZipDirectory(fd->get(), path);
+    ASSERT_TRUE(dir.ok());
+    const std::string junk(100, '\x5a');
+    ASSERT_TRUE(PwriteAll(fd->get(), junk.data(), junk.size(),
+                          dir->entries[0].data_offset + 2 * kStoredChunkBytes + 1000, path)
+                    .ok());
+  }
+  struct timespec times[2] = {st.st_atim, st.st_mtim};
+  ASSERT_EQ(::utimensat(AT_FDCWD, path.c_str(), times, 0), 0);
+  auto a = Archive::Open(path, Options());
+  ASSERT_TRUE(a.ok());
+  auto r = Open(**a, "big.npy");
+  // The new pass is held back until the second reader has asked.
+  std::promise<void> gate;
+  std::shared_future<void> opened = gate.get_future().share();
+  VerifyPool().Submit([opened] { opened.wait(); });
+  auto read_chunk_2 = [&r] {
+    std::string buf(4096, '\0');
+    return r->ReadAt(2 * kStoredChunkBytes, std::as_writable_bytes(std::span(buf))).status();
+  };
+  std::thread first([&] { EXPECT_EQ(read_chunk_2().code(), EIO); });
+  while (LogCount("verified again") == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  Status second;
+  std::thread later([&] { second = read_chunk_2(); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // served at once, if unchecked
+  gate.set_value();
+  first.join();
+  later.join();
+  EXPECT_EQ(second.code(), EIO) << "bytes known to be suspect were served";
 }
 
 TEST_F(VerifyTest, AnArchiveRewrittenInPlaceWhileOpenIsEio) {

@@ -43,7 +43,10 @@ Result<ReadAnswer> StoredMember::Read(uint64_t offset, std::span<std::byte> dest
   if (check) {
     // A read that waited for the pass is checked even if the record was distrusted since
     // (CheckChunks then waits for the new pass): it must never be served unchecked.
-    const bool waited = offset + n == size() || shared_->verify == VerifyMode::kStrict;
+    const uint64_t suspect = suspect_chunk_.load(std::memory_order_acquire);
+    const bool waited =
+        offset + n == size() || shared_->verify == VerifyMode::kStrict ||
+        (suspect >= offset / kChunkBytes && suspect <= (offset + n - 1) / kChunkBytes);
     NPZ_RETURN_IF_ERROR(waited ? WaitForPass() : StartPass());
     if (waited || verified()) {
       const uint64_t last = (offset + n - 1) / kChunkBytes;
@@ -207,7 +210,7 @@ Status StoredMember::CheckChunks(uint64_t first, uint64_t last) {
     if (check == Check::kDone) continue;
     // The sidecar's chunk CRCs are wrong or the data is (kMismatch), or another thread
     // found so (kRetry): a pass over the data decides.
-    if (check == Check::kMismatch) Distrust();
+    if (check == Check::kMismatch) Distrust(c);
     NPZ_RETURN_IF_ERROR(WaitForPass());
     --c;  // check this chunk again, against CRCs this process computed
   }
@@ -287,10 +290,11 @@ Status StoredMember::Fail(const std::string& why) {
   return s;
 }
 
-void StoredMember::Distrust() {
+void StoredMember::Distrust(uint64_t c) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!from_sidecar_ || pass_ != Pass::kDone) return;  // another thread got here first
+    suspect_chunk_.store(c, std::memory_order_release);
     from_sidecar_ = false;
     pass_ = Pass::kNotStarted;
     next_chunk_ = 0;

@@ -30,6 +30,7 @@
 //     pass; the one-thread VerifyPool cannot wait for a pass it would have to run).
 //   - A mismatch against chunk CRCs that came from the sidecar first distrusts the sidecar:
 //     the record is dropped and a new pass decides. Only if the data itself is bad is it EIO.
+//     Until then, readers of the chunk that mismatched wait for that pass too.
 //     A read error during a pass is not a verdict: the readers waiting for that pass get
 //     the error, and the next read resumes the pass (a recovery that put the archive back,
 //     or a passing I/O error, leaves the member readable).
@@ -129,7 +130,8 @@ class StoredMember : public std::enable_shared_from_this<StoredMember> {
   static void AheadTask(std::weak_ptr<StoredMember> weak, uint64_t first, uint64_t end);
   Result<uint32_t> ChunkCrc(uint64_t chunk);
   Status Fail(const std::string& why);  // marks the member bad, logs, returns EIO
-  void Distrust();                      // drops a sidecar record; a new pass will decide
+  // Drops a sidecar record after chunk `c` mismatched it; a new pass will decide.
+  void Distrust(uint64_t c);
 
   const std::shared_ptr<ArchiveShared> shared_;
   const ZipEntry entry_;
@@ -153,6 +155,11 @@ class StoredMember : public std::enable_shared_from_this<StoredMember> {
   Status pass_error_;
   uint64_t pass_attempt_ = 0;
   uint64_t error_attempt_ = 0;
+  // The chunk that failed its check against a distrusted record (kNoChunk: none). Either the
+  // record or these bytes are wrong: readers of it wait for the new pass, even in the
+  // default mode, instead of being served bytes known to be suspect.
+  static constexpr uint64_t kNoChunk = ~uint64_t{0};
+  std::atomic<uint64_t> suspect_chunk_{kNoChunk};
   uint64_t version_ = 0;
   uint64_t saved_version_ = 0;
   // Per chunk, a ChunkState: whether this process has checked it. Leaving kChecking happens
