@@ -1,5 +1,6 @@
 #include "fs/inode_table.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <mutex>
 
@@ -148,6 +149,8 @@ Result<std::vector<DirEntry>> InodeTable::List(fuse_ino_t dir_ino) const {
   for (const auto& [name, ino] : dir->children) {
     entries.push_back(DirEntry{name, ino, NodeLocked(ino)->kind});
   }
+  std::sort(entries.begin(), entries.end(),
+            [](const DirEntry& a, const DirEntry& b) { return a.ino < b.ino; });
   return entries;
 }
 
@@ -168,6 +171,9 @@ Status InodeTable::Detach(fuse_ino_t parent, const std::string& name) {
     return Status::Error(ENOTEMPTY, node->path + ": directory not empty");
   }
   node->detached = true;
+  // The spool dropped a removed member: drop it here too, so that its file (and fd) goes
+  // once the last open handle does. The node stays for inodes the kernel remembers.
+  node->growing.reset();
   dir->children.erase(it);
   return Status::Ok();
 }

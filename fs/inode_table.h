@@ -42,7 +42,7 @@ struct NodeInfo {
   NodeKind kind = NodeKind::kDirectory;
   std::string path;                        // member path, "" for the root
   size_t member_index = 0;                 // kArchived: index into Archive::members()
-  std::shared_ptr<GrowingMember> growing;  // kGrowing
+  std::shared_ptr<GrowingMember> growing;  // kGrowing; null once removed (unlinked)
   int64_t mtime = 0;                       // unix seconds
 };
 
@@ -81,7 +81,7 @@ class InodeTable {
   // looked up, which would mean a lookup was not counted; the count stops at 0.
   Status Forget(fuse_ino_t ino, uint64_t n);
 
-  // The entries of a directory, sorted by name. ENOTDIR/ENOENT.
+  // The entries of a directory, in inode order (the order they were added). ENOTDIR/ENOENT.
   Result<std::vector<DirEntry>> List(fuse_ino_t dir) const;
   // Parent inode of a node (the root is its own parent).
   fuse_ino_t ParentOf(fuse_ino_t ino) const;

@@ -99,6 +99,7 @@ std::optional<int> Serve(Mount& m, fuse_args* args, const MountPoint& mp) {
   fuse_cmdline_opts cmd{};
   if (fuse_parse_cmdline(args, &cmd) != 0) return 2;
   std::unique_ptr<char, FreeDeleter> cmd_mountpoint(cmd.mountpoint);
+  m.single_threaded = cmd.singlethread != 0;
   const fuse_lowlevel_ops& ops = NpzfsOperations();
   std::unique_ptr<fuse_session, SessionDeleter> se(fuse_session_new(args, &ops, sizeof(ops), &m));
   if (se == nullptr) {

@@ -116,6 +116,8 @@ struct Mount {
   uid_t uid = 0;  // owner shown for every node
   gid_t gid = 0;
   int64_t start_time = 0;  // mtime of new directories and members
+  // -s: one thread serves every request, so nothing may wait for another request.
+  bool single_threaded = false;
 
   bool writable() const { return !options.read_only; }
   // The result file `npz umount` reads ("" for a read-only mount: nothing is finalized).

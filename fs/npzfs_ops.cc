@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <ctime>
 #include <span>
@@ -115,7 +116,8 @@ struct stat StatOf(const Mount& m, const NodeInfo& node) {
       break;
     }
     case NodeKind::kGrowing: {
-      uint64_t size = node.growing->visible_size();
+      // A removed member (its node is kept for inodes the kernel remembers) held nothing.
+      uint64_t size = node.growing != nullptr ? node.growing->visible_size() : 0;
       st.st_mode = S_IFREG | 0644;
       st.st_nlink = 1;
       st.st_size = static_cast<off_t>(size);
@@ -238,7 +240,9 @@ void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
     return;
   }
   if (to_set & FUSE_SET_ATTR_SIZE) {
-    Status s = node->growing->Truncate(static_cast<uint64_t>(attr->st_size));
+    Status s = node->growing == nullptr
+                   ? Status::Error(ENOENT, node->path + ": was removed")
+                   : node->growing->Truncate(static_cast<uint64_t>(attr->st_size));
     if (!s.ok()) {
       ReplyStatus(req, "truncate", s);
       return;
@@ -296,15 +300,23 @@ void ListDirectory(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool 
     ReplyStatus(req, "readdir", entries.status());
     return;
   }
-  // Offsets: 1 = ".", 2 = "..", 3 + i = entries[i].
+  // Offsets: 1 = ".", 2 = "..", then an entry's inode + 2 (entries come in inode order).
+  // Inodes are never reused, so a listing resumed after entries were added or removed
+  // returns every unchanged entry exactly once, as POSIX asks (a position in a name-sorted
+  // list would shift under the cursor).
   DirectoryReply reply{req, m, ino, plus, std::vector<char>(size)};
   bool room = true;
   if (off < 1) room = reply.Add(".", ino, S_IFDIR, 1, true);
   if (room && off < 2) room = reply.Add("..", m.table->ParentOf(ino), S_IFDIR, 2, true);
-  for (size_t i = off < 2 ? 0 : static_cast<size_t>(off - 2); room && i < entries->size(); ++i) {
-    const DirEntry& entry = (*entries)[i];
-    mode_t mode = entry.kind == NodeKind::kDirectory ? S_IFDIR : S_IFREG;
-    room = reply.Add(entry.name.c_str(), entry.ino, mode, static_cast<off_t>(i + 3), false);
+  auto it = entries->begin();
+  if (off > 2) {
+    it = std::partition_point(entries->begin(), entries->end(), [&](const DirEntry& e) {
+      return static_cast<off_t>(e.ino) + 2 <= off;
+    });
+  }
+  for (; room && it != entries->end(); ++it) {
+    mode_t mode = it->kind == NodeKind::kDirectory ? S_IFDIR : S_IFREG;
+    room = reply.Add(it->name.c_str(), it->ino, mode, static_cast<off_t>(it->ino) + 2, false);
   }
   fuse_reply_buf(req, reply.buf.data(), reply.used);
 }
@@ -340,15 +352,19 @@ Result<std::unique_ptr<FileHandle>> OpenArchived(Mount& m, const NodeInfo& node,
 
 // A handle for a growing member; a writer begins its session here (EBUSY for a second
 // writer).
-Result<std::unique_ptr<FileHandle>> OpenGrowing(MountStats& stats, const NodeInfo& node,
+Result<std::unique_ptr<FileHandle>> OpenGrowing(Mount& m, const NodeInfo& node,
                                                 fuse_file_info* fi) {
+  if (node.growing == nullptr) return Status::Error(ENOENT, node.path + ": was removed");
   auto handle = std::make_unique<FileHandle>();
   handle->growing = node.growing;
   if ((fi->flags & O_ACCMODE) != O_RDONLY) {
-    NPZ_RETURN_IF_ERROR(node.growing->BeginWrite(&handle->session, (fi->flags & O_APPEND) != 0));
+    // The release of the writer's previous handle may still be on its way (see BeginWrite).
+    const std::chrono::milliseconds wait(m.single_threaded ? 0 : 1000);
+    NPZ_RETURN_IF_ERROR(
+        node.growing->BeginWrite(&handle->session, (fi->flags & O_APPEND) != 0, wait));
     handle->writer = true;
-    handle->writers = &stats.writers;
-    stats.writers.fetch_add(1);
+    handle->writers = &m.stats.writers;
+    m.stats.writers.fetch_add(1);
     if (fi->flags & O_TRUNC) {
       NPZ_RETURN_IF_ERROR(node.growing->Truncate(0));  // the handle ends the session
     }
@@ -371,7 +387,7 @@ Result<std::unique_ptr<FileHandle>> OpenNode(Mount& m, const NodeInfo& node, fus
     case NodeKind::kArchived:
       return OpenArchived(m, node, fi);
     case NodeKind::kGrowing:
-      return OpenGrowing(m.stats, node, fi);
+      return OpenGrowing(m, node, fi);
   }
   return Status::Error(EIO, node.path + ": unknown node kind");
 }
@@ -534,7 +550,7 @@ void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t /*mode*/
     ReplyStatus(req, "create", node.status());
     return;
   }
-  auto handle = OpenGrowing(m.stats, *node, fi);
+  auto handle = OpenGrowing(m, *node, fi);
   if (!handle.ok()) {
     // The name exists now (the reply below is an error, so the kernel does not count it).
     ForgetOne(m, node->ino, 1);
@@ -676,6 +692,7 @@ Status SetNodeXattr(Mount& m, fuse_ino_t ino, const char* name, const char* valu
   if (!node) return NoSuchInode(ino);
   if (!Writable(m)) return ReadOnlyMount(node->path);
   if (node->kind == NodeKind::kGrowing) {
+    if (node->growing == nullptr) return Status::Error(ENOENT, node->path + ": was removed");
     return node->growing->SetAttribute(name, std::string_view(value, size));
   }
   if (node->kind == NodeKind::kArchived && LayoutAttribute(name)) {
@@ -739,7 +756,9 @@ Result<std::string> ArchivedXattr(Mount& m, const NodeInfo& node, std::string_vi
 Result<std::string> NodeXattr(Mount& m, const NodeInfo& node, std::string_view name) {
   if (!UserAttribute(name)) return NotSupported(name);
   if (node.ino == FUSE_ROOT_ID) return RootXattr(m, name);
-  if (node.kind == NodeKind::kGrowing) return node.growing->GetAttribute(name);
+  if (node.kind == NodeKind::kGrowing && node.growing != nullptr) {
+    return node.growing->GetAttribute(name);
+  }
   if (node.kind == NodeKind::kArchived) return ArchivedXattr(m, node, name);
   return Status::Error(ENODATA, node.path + ": no attribute " + std::string(name));
 }
@@ -764,7 +783,9 @@ std::vector<std::string> XattrNames(Mount& m, const NodeInfo& node) {
     return {std::string(kPidAttribute), std::string(kResultAttribute),
             std::string(kProgressAttribute), std::string(kStatsAttribute)};
   }
-  if (node.kind == NodeKind::kGrowing) return node.growing->ListAttributes();
+  if (node.kind == NodeKind::kGrowing) {
+    return node.growing != nullptr ? node.growing->ListAttributes() : std::vector<std::string>{};
+  }
   if (node.kind == NodeKind::kArchived && m.layouts.Get(*m.archive, node.member_index)) {
     return {std::string(kDescrAttribute), std::string(kShapeAttribute),
             std::string(kFortranAttribute)};

@@ -9,6 +9,7 @@
 #include <zlib.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -389,6 +390,30 @@ TEST(GrowingMember, ALaterWriterAppendsInVisibleCoordinates) {
   EXPECT_EQ(ReadVisible(*m), NumpyU16(4));
   // Its header is the canonical one: rewriting it in place is accepted.
   EXPECT_TRUE(WriteAt(*m, w2, 0, NumpyU16(4).substr(0, h)).ok());
+}
+
+TEST(GrowingMember, AWriterReopeningWhileItsLastSessionIsStillEndingWaitsForIt) {
+  using std::chrono::milliseconds;
+  Fixture f;
+  auto m = f.Create("r.bin");
+  WriterSession last;
+  ASSERT_TRUE(m->BeginWrite(&last, true).ok());
+  // No wait: the session is still active.
+  WriterSession next;
+  EXPECT_EQ(m->BeginWrite(&next, true).code(), EBUSY);
+  // The release of the last handle arrives while the next open waits for it.
+  std::thread release([&] {
+    std::this_thread::sleep_for(milliseconds(50));
+    m->EndWrite(&last);
+  });
+  EXPECT_TRUE(m->BeginWrite(&next, true, milliseconds(10000)).ok());
+  release.join();
+  // A writer that keeps its session: EBUSY once the wait is over.
+  WriterSession third;
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(m->BeginWrite(&third, true, milliseconds(100)).code(), EBUSY);
+  EXPECT_GE(std::chrono::steady_clock::now() - start, milliseconds(100));
+  m->EndWrite(&next);
 }
 
 TEST(GrowingMember, TruncateToZeroIsAcceptedWhileNoDataWasWritten) {

@@ -255,6 +255,84 @@ def test_forbidden_operations_fail_with_their_errno_and_keep_the_data(tmp_path):
         assert "nolayout" not in npz.files
 
 
+def test_files_created_and_removed_keep_no_file_open_in_the_daemon(tmp_path):
+    archive = tmp_path / "rec.npz"
+    np.savez(archive, old=np.arange(5))
+    with mounted(archive, tmp_path / "mnt") as m:
+        pid = int(os.getxattr(m.mnt, "user.npzfs.pid"))
+
+        def open_files():
+            return len(os.listdir(f"/proc/{pid}/fd"))
+
+        def create_and_remove(count):
+            for i in range(count):
+                with open(m.path(f"tmp{i}.bin"), "wb"):
+                    pass
+                os.unlink(m.path(f"tmp{i}.bin"))
+
+        create_and_remove(3)  # the spool directory exists from here on
+        before = open_files()
+        create_and_remove(200)
+        assert open_files() <= before + 1, os.listdir(f"/proc/{pid}/fd")
+        with open(m.path("kept.bin"), "wb") as f:
+            f.write(b"kept")
+    finalized_ok(m, archive)
+    with zipfile.ZipFile(archive) as z:
+        assert z.namelist() == ["old.npy", "kept.bin"]
+
+
+def getdents_in_small_batches(dir_fd, between_batches):
+    """Lists a directory with getdents64 and a 256-byte buffer, calling between_batches(names
+    so far) after each batch; returns every name returned, repeats included."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(256)
+    names = []
+    while True:
+        n = libc.syscall(217, dir_fd, buf, len(buf))  # SYS_getdents64 on x86-64
+        assert n >= 0, os.strerror(ctypes.get_errno())
+        if n == 0:
+            return names
+        pos = 0
+        while pos < n:
+            reclen = int.from_bytes(buf.raw[pos + 16:pos + 18], "little")
+            name = buf.raw[pos + 19:pos + reclen].split(b"\0", 1)[0].decode()
+            if name not in (".", ".."):
+                names.append(name)
+            pos += reclen
+        between_batches(names)
+
+
+def test_a_listing_returns_every_unchanged_entry_once_while_entries_come_and_go(tmp_path):
+    archive = tmp_path / "rec.npz"
+    np.savez(archive, old=np.arange(5))
+    with mounted(archive, tmp_path / "mnt") as m:
+        for i in range(30):
+            open(m.path(f"f{i:02d}.bin"), "wb").close()
+        changed = set()
+
+        def churn(names):
+            # Remove two entries already listed and add one: none may shift the cursor.
+            if not changed:
+                listed = [n for n in names if n.startswith("f")][:2]
+                assert len(listed) == 2, names
+                for name in listed:
+                    os.unlink(m.path(name))
+                open(m.path("z-new.bin"), "wb").close()
+                changed.update(listed + ["z-new.bin"])
+
+        fd = os.open(m.mnt, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            names = getdents_in_small_batches(fd, churn)
+        finally:
+            os.close(fd)
+        assert changed, "the listing took one batch: nothing was changed during it"
+        unchanged = [f"f{i:02d}.bin" for i in range(30)] + ["old.npy"]
+        unchanged = [n for n in unchanged if n not in changed]
+        assert sorted(n for n in names if n not in changed) == sorted(unchanged), names
+    assert m.unmount() == 0
+
+
 def test_a_read_only_mount_refuses_new_files(tmp_path):
     archive = tmp_path / "rec.npz"
     np.savez(archive, old=np.arange(5))

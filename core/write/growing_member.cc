@@ -270,9 +270,11 @@ Result<std::shared_ptr<GrowingMember>> GrowingMember::Resume(std::string name,
 
 // ---- writers ----
 
-Status GrowingMember::BeginWrite(WriterSession* session, bool append) {
-  std::lock_guard lock(mu_);
+Status GrowingMember::BeginWrite(WriterSession* session, bool append,
+                                 std::chrono::milliseconds wait_for_release) {
+  std::unique_lock lock(mu_);
   State& s = *s_;
+  session_ended_.wait_for(lock, wait_for_release, [&] { return s.active_token == 0 || s.removed; });
   if (s.removed) return Status::Error(ENOENT, name_ + ": member was removed");
   if (s.active_token != 0) {
     return Status::Error(EBUSY, name_ +
@@ -299,6 +301,7 @@ void GrowingMember::EndWrite(WriterSession* session) {
     s.header_buf.clear();
     s.coord = State::Coordinates::kUndecided;
     s.active_token = 0;
+    session_ended_.notify_all();
   }
   session->token = 0;
 }
@@ -583,6 +586,7 @@ Status GrowingMember::CheckRemovable() const {
 void GrowingMember::MarkRemoved() {
   std::lock_guard lock(mu_);
   s_->removed = true;
+  session_ended_.notify_all();  // a BeginWrite waiting for a release gives up (ENOENT)
 }
 
 Status GrowingMember::MoveTo(const std::string& new_name, const std::string& new_spool_path) {

@@ -36,6 +36,8 @@
 //   ENODATA/ENOTSUP for unknown attributes; EIO/ENOSPC/... from the spool file.
 #pragma once
 
+#include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -115,8 +117,13 @@ class GrowingMember : public std::enable_shared_from_this<GrowingMember> {
   bool is_npy() const;  // IsNpyName(name()): frame-structured
 
   // ---- writers ----
-  // Starts a writer session. EBUSY if another session is active. `append` is O_APPEND.
-  Status BeginWrite(WriterSession* session, bool append);
+  // Starts a writer session. `append` is O_APPEND. If another session is active, waits up
+  // to `wait_for_release` for it to end, then EBUSY: the kernel sends a FUSE release after
+  // close() has returned, so a writer that closes and reopens at once may find its own
+  // previous session still open for a moment. (0 for a single-threaded daemon, where the
+  // release could not be handled while this waits.)
+  Status BeginWrite(WriterSession* session, bool append,
+                    std::chrono::milliseconds wait_for_release = std::chrono::milliseconds(0));
   // Ends it (idempotent). A header-first writer that stops in the middle of its header loses
   // those header bytes (logged); the member is then as before its first write.
   void EndWrite(WriterSession* session);
@@ -224,7 +231,8 @@ class GrowingMember : public std::enable_shared_from_this<GrowingMember> {
   bool is_npy_;
   const UniqueFd fd_;
   const SpoolLogFn log_;
-  mutable std::mutex mu_;     // guards *s_ and the identity (short critical sections)
+  mutable std::mutex mu_;                  // guards *s_ and the identity (short critical sections)
+  std::condition_variable session_ended_;  // with mu_: a writer session ended
   mutable std::mutex io_mu_;  // serialises Write, Fsync, Truncate, SetAttribute, MoveTo, finalize
 };
 
