@@ -202,7 +202,7 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   Status MakeWindow(InflateStream& stream, NewSpan& span);
   Result<SpanPtr> PublishSpan(size_t k, uint64_t start, NewSpan span, bool fill_cache);
   // The first pass failed with `s` (frontier_mu_ held by `frontier`, released here).
-  Status FirstPassFailed(std::unique_lock<std::mutex>& frontier, Status s);
+  Status FirstPassFailed(std::unique_lock<std::mutex>& frontier, Status s, uint64_t generation);
   Result<std::unique_ptr<InflateStream>> StreamAt(const Checkpoint& cp, bool track_blocks,
                                                   uint64_t generation);
   void StartIndexer();

@@ -136,14 +136,16 @@ Result<SpanPtr> DeflatedMember::PublishSpan(size_t k, uint64_t start, NewSpan sp
       checkpoints_.push_back(std::move(*span.next));
       prefix_crcs_.push_back(whole_crc);
     } else {
-      complete_ = true;
       crc_ok = whole_crc == entry_.crc32 || shared_->verify == VerifyMode::kOff;
+      // A member whose CRC-32 fails is never complete: no reader may find its last span
+      // known (and cached) before the failure below is recorded.
+      complete_ = crc_ok;
     }
     ++version_;
   }
   // Cached right after publishing: a reader that finds the span known finds it cached,
   // unless evicted (then it is inflated again from its checkpoint).
-  if (fill_cache) shared_->cache.Insert(SpanKey{id_, generation, k}, shared_span);
+  if (fill_cache && crc_ok) shared_->cache.Insert(SpanKey{id_, generation, k}, shared_span);
   first_pass_spans_.fetch_add(1);
   if (!crc_ok) {
     char text[64];
@@ -155,15 +157,13 @@ Result<SpanPtr> DeflatedMember::PublishSpan(size_t k, uint64_t start, NewSpan sp
   return shared_span;
 }
 
-Status DeflatedMember::FirstPassFailed(std::unique_lock<std::mutex>& frontier, Status s) {
+Status DeflatedMember::FirstPassFailed(std::unique_lock<std::mutex>& frontier, Status s,
+                                       uint64_t generation) {
   frontier.unlock();
   if (s.code() != EIO) return s;
-  uint64_t generation = 0;
-  {
-    std::lock_guard<std::mutex> lock(index_mu_);
-    generation = generation_;
-  }
-  // A first pass that resumed from saved checkpoints may have been misled by them.
+  // A first pass that resumed from saved checkpoints may have been misled by them. Judged
+  // by the generation the pass ran under: if a reader distrusted those checkpoints since
+  // (the generation moved on), this failure says nothing about the data.
   return FailOrDistrust(generation, s);
 }
 
@@ -187,16 +187,16 @@ Result<std::optional<DeflatedMember::SpanRef>> DeflatedMember::AdvanceFrontier(
     }
     if (stream == nullptr || stream->resume_pos() != cp.out) {
       Result<std::unique_ptr<InflateStream>> s = StreamAt(cp, /*track_blocks=*/true, generation);
-      if (!s.ok()) return FirstPassFailed(frontier, s.status());
+      if (!s.ok()) return FirstPassFailed(frontier, s.status(), generation);
       stream = std::move(s).value();
     }
     Result<NewSpan> span = InflateSpan(*stream, cp);
     Status s = span.ok() && span->next.has_value() ? MakeWindow(*stream, *span) : span.status();
-    if (!s.ok()) return FirstPassFailed(frontier, s);
+    if (!s.ok()) return FirstPassFailed(frontier, s, generation);
     const uint64_t end = cp.out + span->len;
     const bool last = !span->next.has_value();
     Result<SpanPtr> published = PublishSpan(k, cp.out, std::move(span).value(), fill_cache);
-    if (!published.ok()) return FirstPassFailed(frontier, published.status());
+    if (!published.ok()) return FirstPassFailed(frontier, published.status(), generation);
     if (progress) progress(end, size());
     if (target < end || last) {
       frontier.unlock();
