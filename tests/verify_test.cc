@@ -497,6 +497,43 @@ TEST_F(VerifyTest, ASidecarWithAWrongWindowIsDistrustedAndTheMemberReadsCorrectl
   EXPECT_TRUE(all == ref);
 }
 
+TEST_F(VerifyTest, ASidecarOthersCouldHaveForgedIsIgnored) {
+  const std::string path = Scratch("comp.npz");
+  std::string sidecar;
+  size_t smooth = 0;
+  {
+    auto a = Archive::Open(path, Options());
+    ASSERT_TRUE(a.ok());
+    smooth = *(*a)->Find("smooth.npy");
+    ASSERT_TRUE((*a)->BuildIndex(smooth).ok());
+    ASSERT_TRUE((*a)->SaveIndex().ok());
+    sidecar = (*a)->IndexPath();
+  }
+  ASSERT_EQ(::chmod(path.c_str(), 0644), 0);
+  auto state = [&] {
+    auto a = Archive::Open(path, Options());
+    EXPECT_TRUE(a.ok());
+    return a.ok() ? (*a)->index_state(smooth) : IndexState::kNone;
+  };
+  ASSERT_EQ(::chmod(sidecar.c_str(), 0644), 0);
+  EXPECT_EQ(state(), IndexState::kComplete);
+  // Writable by others who cannot write the archive.
+  ASSERT_EQ(::chmod(sidecar.c_str(), 0666), 0);
+  EXPECT_EQ(state(), IndexState::kNone);
+  EXPECT_EQ(LogCount("not trusted: mode 0666 lets others write it"), 1u) << Log();
+  ASSERT_EQ(::chmod(path.c_str(), 0666), 0);  // unless they can write the archive too
+  EXPECT_EQ(state(), IndexState::kComplete);
+  ASSERT_EQ(::chmod(path.c_str(), 0644), 0);
+  ASSERT_EQ(::chmod(sidecar.c_str(), 0644), 0);
+  // Owned by someone else (this test runs as root, so any owner but root is someone else).
+  if (::geteuid() != 0) GTEST_SKIP() << "chown needs root";
+  ASSERT_EQ(::chown(sidecar.c_str(), 12345, 12345), 0);
+  EXPECT_EQ(state(), IndexState::kNone);
+  EXPECT_EQ(LogCount("not trusted: owned by uid 12345"), 1u) << Log();
+  ASSERT_EQ(::chown(path.c_str(), 12345, 12345), 0);  // unless they own the archive
+  EXPECT_EQ(state(), IndexState::kComplete);
+}
+
 TEST_F(VerifyTest, DamagedDataUnderASavedIndexIsEioAfterTheRebuildFailsToo) {
   const std::string path = Scratch("comp.npz");
   size_t smooth = 0;

@@ -224,8 +224,8 @@ Result<std::shared_ptr<Archive>> Archive::Open(const std::string& path, ArchiveO
   options.checkpoint_spacing =
       std::clamp<uint64_t>(options.checkpoint_spacing, kMinSpacing, kMaxSpacing);
   archive->archive_mode_ = st.st_mode;
-  archive->shared_ =
-      std::make_shared<ArchiveShared>(std::move(fd), path, st, dir.entries, options);
+  archive->archive_uid_ = st.st_uid;
+  archive->shared_ = std::make_shared<ArchiveShared>(std::move(fd), path, st, dir.entries, options);
   archive->options_ = std::move(options);
   archive->directory_ = std::move(dir);
   archive->members_ = MemberTree(archive->directory_.entries, path, archive->options_.log);
@@ -490,9 +490,9 @@ Status Archive::LoadIndex() {
     member_of_entry.emplace(members_[i].entry_index, i);
   }
   const uint64_t max_bytes = std::max<uint64_t>(uint64_t{64} << 20, directory_.archive_size);
-  NPZ_ASSIGN_OR_RETURN(
-      std::vector<IndexRecord> records,
-      LoadIndexFile(IndexPath(), max_bytes, Fingerprint(), directory_.entries, kinds));
+  NPZ_ASSIGN_OR_RETURN(std::vector<IndexRecord> records,
+                       LoadIndexFile(IndexPath(), max_bytes, Fingerprint(), directory_.entries,
+                                     kinds, IndexTrust{archive_uid_, archive_mode_}));
   for (IndexRecord& rec : records) {
     const size_t i = member_of_entry.at(rec.entry_index);
     if (rec.kind == RecordKind::kStored) {

@@ -2,8 +2,11 @@
 #include "core/read/index_file.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 
 #include "core/base/byte_codec.h"
@@ -230,11 +233,24 @@ Result<std::vector<IndexRecord>> DecodeIndexFile(std::string_view bytes, const s
 Result<std::vector<IndexRecord>> LoadIndexFile(const std::string& file, uint64_t max_bytes,
                                                const IndexFingerprint& fingerprint,
                                                const std::vector<ZipEntry>& entries,
-                                               const std::vector<uint8_t>& kinds) {
+                                               const std::vector<uint8_t>& kinds,
+                                               const IndexTrust& trust) {
   Result<UniqueFd> opened = OpenFile(file, O_RDONLY);
   if (!opened.ok()) {
     if (opened.status().code() == ENOENT) return std::vector<IndexRecord>();
     return opened.status();
+  }
+  struct stat st;
+  if (::fstat(opened->get(), &st) != 0) return ErrnoStatus(errno, file, "fstat");
+  if (st.st_uid != ::geteuid() && st.st_uid != 0 && st.st_uid != trust.archive_uid) {
+    return Status::Error(EPERM, file + ": not trusted: owned by uid " + std::to_string(st.st_uid) +
+                                    ", neither you, root nor the archive's owner");
+  }
+  if ((st.st_mode & 0022 & ~trust.archive_mode) != 0) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    return Status::Error(EPERM, file + ": not trusted: mode " + mode +
+                                    " lets others write it, who cannot write the archive");
   }
   NPZ_ASSIGN_OR_RETURN(uint64_t size, FileSize(opened->get(), file));
   if (size > max_bytes) return Status::Error(EINVAL, file + ": implausibly large index file");

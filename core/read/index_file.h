@@ -69,12 +69,25 @@ Result<std::vector<IndexRecord>> DecodeIndexFile(std::string_view bytes, const s
                                                  const std::vector<ZipEntry>& entries,
                                                  const std::vector<uint8_t>& kinds);
 
+// Who may have written a sidecar that is believed. Its checks (fingerprint, record CRCs,
+// span CRCs that combine to the member's CRC-32) catch damage, not a forger: CRC-32 is
+// linear, so whoever can write the sidecar can make a wrong window and matching span CRCs,
+// and get wrong bytes served as checked. So the sidecar is read only if written by someone
+// who could change the archive's bytes anyway: it belongs to the reader (euid), root or the
+// archive's owner, and it is writable by no group or other the archive is not writable by.
+struct IndexTrust {
+  uint32_t archive_uid = 0;
+  uint32_t archive_mode = 0;
+};
+
 // Reads and decodes the sidecar at `file`. A missing file is an empty result, not an error.
-// A file larger than `max_bytes` is rejected unread.
+// A file larger than `max_bytes` is rejected unread, and so is one `trust` rejects (EPERM,
+// naming the owner or the permission bits).
 Result<std::vector<IndexRecord>> LoadIndexFile(const std::string& file, uint64_t max_bytes,
                                                const IndexFingerprint& fingerprint,
                                                const std::vector<ZipEntry>& entries,
-                                               const std::vector<uint8_t>& kinds);
+                                               const std::vector<uint8_t>& kinds,
+                                               const IndexTrust& trust);
 
 // Bytes a checkpoint takes in the sidecar (and, near enough, in memory).
 uint64_t CheckpointRecordBytes(const Checkpoint& cp);

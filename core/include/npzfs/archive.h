@@ -216,6 +216,7 @@ class Archive {
   std::vector<std::shared_ptr<StoredMember>> stored_;
   ArchiveOptions options_;
   uint32_t archive_mode_ = 0;     // st_mode of the archive at Open (the sidecar's permissions)
+  uint32_t archive_uid_ = 0;      // its owner (whose sidecar is trusted, see LoadIndexFile)
   std::mutex save_mu_;            // serializes SaveIndex and CarryIndexForward calls
   bool carried_forward_ = false;  // guarded by save_mu_: SaveIndex has nothing to do
 };
