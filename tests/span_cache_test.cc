@@ -27,32 +27,48 @@ SpanPtr MakeSpan(size_t size, char fill) {
 
 SpanKey Key(uint64_t member, uint64_t index) { return SpanKey{member, 0, index}; }
 
+// Room for three spans of 40,000 bytes (whole pages and the per-span overhead included),
+// not four.
+constexpr size_t kSpanBytes = 40000;
+constexpr size_t kBudget = 130000;
+
 TEST(SpanCache, EvictsTheLeastRecentlyUsedSpansToStayWithinBudget) {
-  SpanCache cache(3000);
-  cache.Insert(Key(1, 0), MakeSpan(1000, 'a'));
-  cache.Insert(Key(1, 1), MakeSpan(1000, 'b'));
-  cache.Insert(Key(2, 0), MakeSpan(1000, 'c'));
+  SpanCache cache(kBudget);
+  cache.Insert(Key(1, 0), MakeSpan(kSpanBytes, 'a'));
+  cache.Insert(Key(1, 1), MakeSpan(kSpanBytes, 'b'));
+  cache.Insert(Key(2, 0), MakeSpan(kSpanBytes, 'c'));
   ASSERT_NE(cache.Lookup(Key(1, 0)), nullptr);  // now most recent
-  cache.Insert(Key(2, 1), MakeSpan(1000, 'd'));
+  cache.Insert(Key(2, 1), MakeSpan(kSpanBytes, 'd'));
   EXPECT_EQ(cache.Lookup(Key(1, 1)), nullptr);
   EXPECT_NE(cache.Lookup(Key(1, 0)), nullptr);
   EXPECT_NE(cache.Lookup(Key(2, 1)), nullptr);
-  EXPECT_LE(cache.bytes(), 3000u);
+  EXPECT_LE(cache.bytes(), kBudget);
   EXPECT_EQ(cache.count(), 3u);
 }
 
+TEST(SpanCache, ManyTinySpansAreCountedAtWhatTheyCostNotAtTheirSize) {
+  SpanCache cache(kBudget);
+  for (uint64_t i = 0; i < 1000; ++i) cache.Insert(Key(i, 0), MakeSpan(300, 'x'));
+  // Each holds at least a 4 KiB page when mapped (300 bytes and a malloc header otherwise),
+  // and the cache's own bookkeeping.
+  EXPECT_LE(cache.bytes(), kBudget);
+  EXPECT_LE(cache.count(), kBudget / (300 + Span::kOverheadBytes));
+  EXPECT_GE(cache.count(), 1u);
+}
+
 TEST(SpanCache, ASpanLargerThanTheWholeBudgetIsReturnedButNotKept) {
-  SpanCache cache(3000);
-  cache.Insert(Key(1, 0), MakeSpan(1000, 'a'));
-  cache.Insert(Key(3, 0), MakeSpan(5000, 'e'));
+  SpanCache cache(kBudget);
+  cache.Insert(Key(1, 0), MakeSpan(kSpanBytes, 'a'));
+  cache.Insert(Key(3, 0), MakeSpan(4 * kSpanBytes, 'e'));
   EXPECT_EQ(cache.Lookup(Key(3, 0)), nullptr);
   EXPECT_NE(cache.Lookup(Key(1, 0)), nullptr) << "a span that is not kept evicts nothing";
-  auto r = cache.GetOrProduce(Key(4, 0), [] { return Result<SpanPtr>(MakeSpan(4000, 'f')); });
+  auto r =
+      cache.GetOrProduce(Key(4, 0), [] { return Result<SpanPtr>(MakeSpan(4 * kSpanBytes, 'f')); });
   ASSERT_TRUE(r.ok());
-  EXPECT_EQ((*r)->size, 4000u);
-  EXPECT_EQ((*r)->data.get()[3999], std::byte{'f'});
+  EXPECT_EQ((*r)->size, 4 * kSpanBytes);
+  EXPECT_EQ((*r)->data.get()[4 * kSpanBytes - 1], std::byte{'f'});
   EXPECT_EQ(cache.Lookup(Key(4, 0)), nullptr);
-  EXPECT_LE(cache.bytes(), 3000u);
+  EXPECT_LE(cache.bytes(), kBudget);
 }
 
 TEST(SpanCache, ReinsertingAKeyReplacesTheSpanAndKeepsTheAccountingRight) {
@@ -76,10 +92,10 @@ TEST(SpanCache, KeysDifferingOnlyInGenerationAreDifferentSpans) {
 }
 
 TEST(SpanCache, AnEvictedSpanStaysValidForAReaderThatHoldsIt) {
-  SpanCache cache(1500);
-  cache.Insert(Key(1, 0), MakeSpan(1000, 'a'));
+  SpanCache cache(kSpanBytes + kSpanBytes / 2);
+  cache.Insert(Key(1, 0), MakeSpan(kSpanBytes, 'a'));
   SpanPtr held = cache.Lookup(Key(1, 0));
-  cache.Insert(Key(1, 1), MakeSpan(1000, 'b'));  // evicts (1, 0)
+  cache.Insert(Key(1, 1), MakeSpan(kSpanBytes, 'b'));  // evicts (1, 0)
   EXPECT_EQ(cache.Lookup(Key(1, 0)), nullptr);
   ASSERT_NE(held, nullptr);
   for (size_t i = 0; i < held->size; ++i) ASSERT_EQ(held->data.get()[i], std::byte{'a'});

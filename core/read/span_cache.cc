@@ -179,6 +179,8 @@ constexpr bool kMapBuffers = true;
 constexpr bool kMapBuffers = true;
 #endif
 
+constexpr size_t kPageBytes = 4096;  // a mapping takes whole pages, whatever it asks for
+
 std::byte* NewBuffer(size_t capacity) {
   if (!kMapBuffers) return static_cast<std::byte*>(std::malloc(capacity));
   void* p = ::mmap(nullptr, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -220,6 +222,7 @@ void SpanBufferDeleter::operator()(std::byte* p) const {
 
 Result<SpanBuffer> AllocateSpanBuffer(size_t capacity) {
   if (capacity == 0) capacity = 1;
+  if (kMapBuffers) capacity = (capacity + kPageBytes - 1) / kPageBytes * kPageBytes;
   FreeList& list = Buffers();
   {
     std::lock_guard<std::mutex> lock(list.mu);

@@ -43,14 +43,18 @@ struct SpanBufferDeleter {
 using SpanBuffer = std::unique_ptr<std::byte, SpanBufferDeleter>;
 
 // Uninitialized buffer of at least `capacity` bytes (get_deleter().capacity tells how
-// many); ENOMEM on failure.
+// many: whole pages for a mapped buffer); ENOMEM on failure.
 Result<SpanBuffer> AllocateSpanBuffer(size_t capacity);
 
 // An uncompressed run of a member.
 struct Span {
   SpanBuffer data;
   size_t size = 0;
-  size_t memory() const { return std::max(size, data.get_deleter().capacity); }
+  // What keeping it costs: the buffer (whole pages when mapped) plus this object, its
+  // shared_ptr and the cache's map and list nodes, so that many tiny spans (an archive of
+  // thousands of small members) stay within the budget too.
+  static constexpr size_t kOverheadBytes = 256;
+  size_t memory() const { return std::max(size, data.get_deleter().capacity) + kOverheadBytes; }
 };
 using SpanPtr = std::shared_ptr<const Span>;
 
