@@ -153,6 +153,26 @@ open(D + '/empty.zip', 'wb').write(bytes(e))
     return Archive::Open(path, Options());
   }
 
+  // A copy of comp.npz whose deflated member smooth.npy has a complete index saved in the
+  // sidecar. Out: the copy's path, the member's index, the sidecar's path.
+  void CompWithSavedIndex(std::string* path, size_t* smooth, std::string* sidecar) {
+    *path = Scratch("comp.npz");
+    auto a = Archive::Open(*path, Options());
+    ASSERT_TRUE(a.ok());
+    *smooth = *(*a)->Find("smooth.npy");
+    ASSERT_TRUE((*a)->BuildIndex(*smooth).ok());
+    ASSERT_TRUE((*a)->SaveIndex().ok());
+    *sidecar = (*a)->IndexPath();
+  }
+
+  // Keeps the VerifyPool's one thread busy until the returned promise is set: every task
+  // queued meanwhile waits (FIFO).
+  static std::promise<void> HoldVerifyPool() {
+    std::promise<void> gate;
+    VerifyPool().Submit([opened = gate.get_future().share()] { opened.wait(); });
+    return gate;
+  }
+
   // Waits until every task queued on the VerifyPool so far has run (one thread, FIFO).
   static void DrainVerifyPool() {
     TaskGroup group(VerifyPool());
@@ -452,17 +472,9 @@ std::string ForgeWindow(const std::string& window, uint32_t size) {
 }
 
 TEST_F(VerifyTest, ASidecarWithAWrongWindowIsDistrustedAndTheMemberReadsCorrectly) {
-  const std::string path = Scratch("comp.npz");
-  std::string sidecar;
+  std::string path, sidecar;
   size_t smooth = 0;
-  {
-    auto a = Archive::Open(path, Options());
-    ASSERT_TRUE(a.ok());
-    smooth = *(*a)->Find("smooth.npy");
-    ASSERT_TRUE((*a)->BuildIndex(smooth).ok());
-    ASSERT_TRUE((*a)->SaveIndex().ok());
-    sidecar = (*a)->IndexPath();
-  }
+  ASSERT_NO_FATAL_FAILURE(CompWithSavedIndex(&path, &smooth, &sidecar));
   int forged = 0;
   EditSidecar(path, sidecar, [&](std::vector<IndexRecord>& records) {
     for (IndexRecord& rec : records) {
@@ -498,17 +510,9 @@ TEST_F(VerifyTest, ASidecarWithAWrongWindowIsDistrustedAndTheMemberReadsCorrectl
 }
 
 TEST_F(VerifyTest, ASidecarOthersCouldHaveForgedIsIgnored) {
-  const std::string path = Scratch("comp.npz");
-  std::string sidecar;
+  std::string path, sidecar;
   size_t smooth = 0;
-  {
-    auto a = Archive::Open(path, Options());
-    ASSERT_TRUE(a.ok());
-    smooth = *(*a)->Find("smooth.npy");
-    ASSERT_TRUE((*a)->BuildIndex(smooth).ok());
-    ASSERT_TRUE((*a)->SaveIndex().ok());
-    sidecar = (*a)->IndexPath();
-  }
+  ASSERT_NO_FATAL_FAILURE(CompWithSavedIndex(&path, &smooth, &sidecar));
   ASSERT_EQ(::chmod(path.c_str(), 0644), 0);
   auto state = [&] {
     auto a = Archive::Open(path, Options());
@@ -535,15 +539,9 @@ TEST_F(VerifyTest, ASidecarOthersCouldHaveForgedIsIgnored) {
 }
 
 TEST_F(VerifyTest, DamagedDataUnderASavedIndexIsEioAfterTheRebuildFailsToo) {
-  const std::string path = Scratch("comp.npz");
+  std::string path, sidecar;
   size_t smooth = 0;
-  {
-    auto a = Archive::Open(path, Options());
-    ASSERT_TRUE(a.ok());
-    smooth = *(*a)->Find("smooth.npy");
-    ASSERT_TRUE((*a)->BuildIndex(smooth).ok());
-    ASSERT_TRUE((*a)->SaveIndex().ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(CompWithSavedIndex(&path, &smooth, &sidecar));
   // Damage the middle of smooth.npy's data, keeping the size and the mtime (so the index
   // still applies).
   struct stat st;
@@ -609,9 +607,7 @@ TEST_F(VerifyTest, AReadErrorInTheVerifyPassIsNoVerdictAndTheMemberReadsOnceTheA
   ASSERT_TRUE(a.ok());
   auto r = Open(**a, "adc.npy");
   // The pass starts with the first read, but runs only once the archive is cut short.
-  std::promise<void> gate;
-  std::shared_future<void> opened = gate.get_future().share();
-  VerifyPool().Submit([opened] { opened.wait(); });
+  std::promise<void> gate = HoldVerifyPool();
   std::byte head[64];
   ASSERT_TRUE(r->ReadAt(0, head).ok());
   ASSERT_EQ(::truncate(path.c_str(), static_cast<off_t>(original.size() / 2)), 0);
@@ -655,9 +651,7 @@ TEST_F(VerifyTest, AChunkThatFailedItsCheckIsNotServedUncheckedWhileTheNewPassRu
   ASSERT_TRUE(a.ok());
   auto r = Open(**a, "big.npy");
   // The new pass is held back until the second reader has asked.
-  std::promise<void> gate;
-  std::shared_future<void> opened = gate.get_future().share();
-  VerifyPool().Submit([opened] { opened.wait(); });
+  std::promise<void> gate = HoldVerifyPool();
   auto read_chunk_2 = [&r] {
     std::string buf(4096, '\0');
     return r->ReadAt(2 * kStoredChunkBytes, std::as_writable_bytes(std::span(buf))).status();
