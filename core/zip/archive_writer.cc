@@ -28,6 +28,10 @@
 // still valid. A crash after 4's fsync but before 5 rolls back a complete append; the spool
 // still exists then, and the next finalize adds its members again.
 // Cost: the new bytes plus twice the old central directory, whatever the archive's size.
+// An archive with more than one hard link (its journal would be found through one name
+// only) or with more than a journal holds after its directory's start (1 GiB + 1 MiB) is
+// appended by copy instead, with a log line. A journal is applied only to the file it was
+// written for (append_journal.h says how that is told).
 //
 // Copy and rename (WriteOptions::append_mode = kCopy, npz add --copy, -o finalize=copy),
 // for users whose other processes may open the archive during the append: the new archive
