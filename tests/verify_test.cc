@@ -140,16 +140,19 @@ open(D + '/empty.zip', 'wb').write(bytes(e))
     }
   }
 
-  // A copy of big.npz with a saved verified record, opened afresh: its chunks are checked
-  // against the record as they are touched.
-  Result<std::shared_ptr<Archive>> OpenBigWithRecord(std::string* sidecar = nullptr) {
+  // The path of a copy of big.npz with a saved verified record (and of its sidecar).
+  Result<std::string> BigWithRecord(std::string* sidecar = nullptr) {
     const std::string path = Scratch("big.npz");
-    {
-      NPZ_ASSIGN_OR_RETURN(std::shared_ptr<Archive> a, Archive::Open(path, Options()));
-      NPZ_RETURN_IF_ERROR(a->VerifyMember(*a->Find("big.npy")));
-      NPZ_RETURN_IF_ERROR(a->SaveIndex());
-      if (sidecar) *sidecar = a->IndexPath();
-    }
+    NPZ_ASSIGN_OR_RETURN(std::shared_ptr<Archive> a, Archive::Open(path, Options()));
+    NPZ_RETURN_IF_ERROR(a->VerifyMember(*a->Find("big.npy")));
+    NPZ_RETURN_IF_ERROR(a->SaveIndex());
+    if (sidecar) *sidecar = a->IndexPath();
+    return path;
+  }
+
+  // That copy opened afresh: its chunks are checked against the record as they are touched.
+  Result<std::shared_ptr<Archive>> OpenBigWithRecord() {
+    NPZ_ASSIGN_OR_RETURN(const std::string path, BigWithRecord());
     return Archive::Open(path, Options());
   }
 
@@ -163,6 +166,30 @@ open(D + '/empty.zip', 'wb').write(bytes(e))
     ASSERT_TRUE((*a)->BuildIndex(*smooth).ok());
     ASSERT_TRUE((*a)->SaveIndex().ok());
     *sidecar = (*a)->IndexPath();
+  }
+
+  // Overwrites `n` bytes of member `name`'s stored data, `at(entry)` bytes in, keeping the
+  // archive's size and mtime, so that a saved index or record still applies to it.
+  static void DamageKeepingMtime(const std::string& path, const std::string& name, size_t n,
+                                 const std::function<uint64_t(const ZipEntry&)>& at) {
+    struct stat st;
+    ASSERT_EQ(::stat(path.c_str(), &st), 0);
+    {
+      auto fd = OpenFile(path, O_RDWR);
+      ASSERT_TRUE(fd.ok());
+      auto dir = ReadZipDirectory(fd->get(), path);
+      ASSERT_TRUE(dir.ok());
+      bool found = false;
+      for (const ZipEntry& e : dir->entries) {
+        if (e.name != name) continue;
+        found = true;
+        const std::string junk(n, '\x5a');
+        ASSERT_TRUE(PwriteAll(fd->get(), junk.data(), n, e.data_offset + at(e), path).ok());
+      }
+      ASSERT_TRUE(found) << name;
+    }
+    struct timespec times[2] = {st.st_atim, st.st_mtim};
+    ASSERT_EQ(::utimensat(AT_FDCWD, path.c_str(), times, 0), 0);
   }
 
   // Keeps the VerifyPool's one thread busy until the returned promise is set: every task
@@ -424,12 +451,9 @@ TEST_F(VerifyTest, ConcurrentReadersOfOneUncheckedChunkCheckItOnce) {
 
 TEST_F(VerifyTest, AWrongSidecarCrcMetByCheckAheadIsDistrustedOnTheReadersPath) {
   std::string sidecar;
-  std::string path;
-  {
-    auto a = OpenBigWithRecord(&sidecar);
-    ASSERT_TRUE(a.ok()) << a.status().message();
-    path = (*a)->path();
-  }
+  auto made = BigWithRecord(&sidecar);
+  ASSERT_TRUE(made.ok()) << made.status().message();
+  const std::string path = *made;
   // Chunks 8 and 9: met by check-ahead of a reader of the first chunks.
   ForgeTwoChunkCrcs(path, sidecar, 8);
   auto a = Archive::Open(path, Options());
@@ -542,25 +566,9 @@ TEST_F(VerifyTest, DamagedDataUnderASavedIndexIsEioAfterTheRebuildFailsToo) {
   std::string path, sidecar;
   size_t smooth = 0;
   ASSERT_NO_FATAL_FAILURE(CompWithSavedIndex(&path, &smooth, &sidecar));
-  // Damage the middle of smooth.npy's data, keeping the size and the mtime (so the index
-  // still applies).
-  struct stat st;
-  ASSERT_EQ(::stat(path.c_str(), &st), 0);
-  {
-    auto fd = OpenFile(path, O_RDWR);
-    ASSERT_TRUE(fd.ok());
-    auto dir = ReadZipDirectory(fd->get(), path);
-    ASSERT_TRUE(dir.ok());
-    for (const ZipEntry& e : dir->entries) {
-      if (e.name != "smooth.npy") continue;
-      std::string junk(2000, '\x5a');
-      ASSERT_TRUE(PwriteAll(fd->get(), junk.data(), junk.size(),
-                            e.data_offset + e.compressed_size / 2, path)
-                      .ok());
-    }
-  }
-  struct timespec times[2] = {st.st_atim, st.st_mtim};
-  ASSERT_EQ(::utimensat(AT_FDCWD, path.c_str(), times, 0), 0);
+  // Damage the middle of smooth.npy's data.
+  ASSERT_NO_FATAL_FAILURE(DamageKeepingMtime(
+      path, "smooth.npy", 2000, [](const ZipEntry& e) { return e.compressed_size / 2; }));
   auto a = Archive::Open(path, Options());
   ASSERT_TRUE(a.ok());
   ASSERT_EQ((*a)->index_state(smooth), IndexState::kComplete);
@@ -625,28 +633,12 @@ TEST_F(VerifyTest, AReadErrorInTheVerifyPassIsNoVerdictAndTheMemberReadsOnceTheA
 }
 
 TEST_F(VerifyTest, AChunkThatFailedItsCheckIsNotServedUncheckedWhileTheNewPassRuns) {
-  std::string sidecar;
-  std::string path;
-  {
-    auto a = OpenBigWithRecord(&sidecar);
-    ASSERT_TRUE(a.ok()) << a.status().message();
-    path = (*a)->path();
-  }
-  // Damage chunk 2, keeping size and mtime: the saved record still applies.
-  struct stat st;
-  ASSERT_EQ(::stat(path.c_str(), &st), 0);
-  {
-    auto fd = OpenFile(path, O_RDWR);
-    ASSERT_TRUE(fd.ok());
-    auto dir = ReadZipDirectory(fd->get(), path);
-    ASSERT_TRUE(dir.ok());
-    const std::string junk(100, '\x5a');
-    ASSERT_TRUE(PwriteAll(fd->get(), junk.data(), junk.size(),
-                          dir->entries[0].data_offset + 2 * kStoredChunkBytes + 1000, path)
-                    .ok());
-  }
-  struct timespec times[2] = {st.st_atim, st.st_mtim};
-  ASSERT_EQ(::utimensat(AT_FDCWD, path.c_str(), times, 0), 0);
+  auto made = BigWithRecord();
+  ASSERT_TRUE(made.ok()) << made.status().message();
+  const std::string path = *made;
+  // Damage chunk 2.
+  ASSERT_NO_FATAL_FAILURE(DamageKeepingMtime(
+      path, "big.npy", 100, [](const ZipEntry&) { return 2 * kStoredChunkBytes + 1000; }));
   auto a = Archive::Open(path, Options());
   ASSERT_TRUE(a.ok());
   auto r = Open(**a, "big.npy");

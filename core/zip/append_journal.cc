@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "core/base/byte_codec.h"
+#include "core/base/crc32.h"
 #include "core/base/names.h"
 #include "core/zip/zip_format.h"
 #include "npzfs/file_util.h"
@@ -146,10 +147,9 @@ Result<uint32_t> JournalPrefixCrc(int fd, uint64_t cd_offset, const std::string&
   const size_t n = static_cast<size_t>(std::min(cd_offset, kJournalPrefixSample));
   std::string buf(n, '\0');
   NPZ_RETURN_IF_ERROR(PreadExact(fd, buf.data(), n, 0, path));
-  uLong crc = ::crc32_z(0, reinterpret_cast<const Bytef*>(buf.data()), n);
+  uint32_t crc = Crc32(0, buf.data(), n);
   NPZ_RETURN_IF_ERROR(PreadExact(fd, buf.data(), n, cd_offset - n, path));
-  crc = ::crc32_z(crc, reinterpret_cast<const Bytef*>(buf.data()), n);
-  return static_cast<uint32_t>(crc);
+  return Crc32(crc, buf.data(), n);
 }
 
 Status WriteAppendJournal(const std::string& journal_path, const AppendJournal& journal) {
@@ -221,11 +221,16 @@ Result<bool> DropIncompleteJournal(int fd, const std::string& archive_path,
 bool ForeignMemberAt(int fd, const std::string& path, uint64_t size, const AppendJournal& j) {
   const uint64_t at = j.old_cd_offset;
   std::string head(zip::kLocalHeaderSize, '\0');
-  if (size < at + head.size() || !PreadExact(fd, head.data(), head.size(), at, path).ok() ||
-      GetLe32(reinterpret_cast<const unsigned char*>(head.data())) != zip::kLocalHeaderSig) {
-    return false;  // the old directory, or a header not (fully) written: the append's
+  if (size < at + head.size() || !PreadExact(fd, head.data(), head.size(), at, path).ok()) {
+    return false;  // a header not (fully) written: the append's
   }
-  const uint16_t name_length = GetLe16(reinterpret_cast<const unsigned char*>(head.data()) + 26);
+  ByteReader r(head);
+  uint32_t signature = 0;
+  uint16_t name_length = 0;
+  if (!r.U32(&signature) || signature != zip::kLocalHeaderSig || !r.Skip(22) ||
+      !r.U16(&name_length)) {
+    return false;  // the old directory, or a torn header: the append's
+  }
   std::string name(name_length, '\0');
   if (size < at + head.size() + name_length ||
       !PreadExact(fd, name.data(), name.size(), at + head.size(), path).ok()) {
