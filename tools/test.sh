@@ -47,15 +47,20 @@ count() {  # tag json
     echo "0 1" >"$results/$tag"  # the build failed, or no test ran
     return
   fi
-  /usr/bin/python3 - "$json" >"$results/$tag" <<'EOF'
+  /usr/bin/python3 - "$json" "$results/$tag.failures" >"$results/$tag" <<'EOF'
 import json, sys
 ok = bad = 0
-for line in open(sys.argv[1]):
-    r = json.loads(line).get("result")
-    if r in ("OK", "EXPECTEDFAIL"):
-        ok += 1
-    elif r != "SKIP":
-        bad += 1
+with open(sys.argv[2], "w") as failures:
+    for line in open(sys.argv[1]):
+        test = json.loads(line)
+        r = test.get("result")
+        if r in ("OK", "EXPECTEDFAIL"):
+            ok += 1
+        elif r != "SKIP":
+            bad += 1
+            # The end of its output, so that a CI log cut to its last lines still shows why.
+            tail = (test.get("stdout") or "").splitlines()[-40:]
+            failures.write(f"--- {test.get('name')}: {r}\n" + "".join(f"  {l}\n" for l in tail))
 print(ok, bad)
 EOF
 }
@@ -156,6 +161,13 @@ for lane in gcc asan; do
 done
 passed=0
 failed=0
+for tag in build asan fuzz noisal tsan; do
+  if [ -s "$results/$tag.failures" ]; then
+    echo
+    echo "Failed in $tag (the last lines of each test's output):"
+    cat "$results/$tag.failures"
+  fi
+done
 echo
 echo "Summary (seconds of wall time per step; total $((SECONDS - start)) s):"
 for tag in build asan fuzz noisal tsan; do
