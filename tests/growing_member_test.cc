@@ -694,6 +694,52 @@ TEST(GrowingMember, ASpoolThatRunsOutOfSpaceFailsTheWriteAndKeepsEarlierFrames) 
   EXPECT_EQ(ReadVisible(**m), NumpyU16(2));
 }
 
+// Bytes the file's blocks hold (st_blocks counts 512-byte units).
+uint64_t AllocatedBytes(const std::string& path) {
+  struct stat st;
+  EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
+  return static_cast<uint64_t>(st.st_blocks) * 512;
+}
+
+TEST(GrowingMember, TheSpoolIsAllocatedAheadOfTheWriterAndGivenBackWhenItCloses) {
+  Fixture f;
+  {
+    UniqueFd probe(::open(f.dir.Join("probe").c_str(), O_RDWR | O_CREAT, 0644));
+    if (::fallocate(probe.get(), FALLOC_FL_KEEP_SIZE, 0, 4096) != 0) {
+      GTEST_SKIP() << "the test directory's filesystem has no fallocate";
+    }
+  }
+  auto m = f.Create("ahead.npy", U16Layout());
+  const std::string path = f.dir.Join("ahead.npy");
+  const uint64_t frame = 3 * 4 * 2;
+  const size_t h = HeaderLength(NumpyU16(0));
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  const uint64_t frames = (4 << 20) / frame;  // about 4 MiB
+  uint64_t written = 0;
+  while (written < frames) {
+    const uint64_t n = std::min<uint64_t>(frames - written, 5000);
+    ASSERT_TRUE(WriteAt(*m, w, written * frame, U16Frames(written, n, 12)).ok());
+    written += n;
+  }
+  const uint64_t size = h + frames * frame;
+  EXPECT_EQ(std::filesystem::file_size(path), size) << "the blocks ahead are beyond the size";
+  EXPECT_GE(AllocatedBytes(path), size + (2 << 20)) << "blocks are allocated ahead";
+  EXPECT_EQ(m->visible_size(), size);
+  m->EndWrite(&w);
+  EXPECT_LT(AllocatedBytes(path), size + (64 << 10)) << "the closed writer gave them back";
+  EXPECT_EQ(std::filesystem::file_size(path), size);
+  EXPECT_EQ(ReadVisible(*m), NumpyU16(frames));
+  // A crashed daemon leaves them allocated: Resume sees only the bytes written.
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());  // a later writer: visible coordinates
+  ASSERT_TRUE(WriteAt(*m, w, size, U16Frames(frames, 1000, 12)).ok());
+  m.reset();  // no EndWrite
+  auto resumed = f.Resume("ahead.npy", path);
+  ASSERT_NE(resumed, nullptr);
+  EXPECT_EQ(resumed->frame_count(), frames + 1000);
+  EXPECT_EQ(ReadVisible(*resumed), NumpyU16(frames + 1000));
+}
+
 // ---- the reader handle (OpenReader) ----
 
 std::string ReadThrough(MemberReader& r) {

@@ -46,6 +46,7 @@
 #include "core/write/growing_member.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -62,6 +63,8 @@ namespace {
 // A writer's header longer than this is refused before it is buffered.
 constexpr size_t kMaxWriterHeaderBytes = NpyHeader::kMaxHeaderChars + 128;
 // Bytes of a .npy prefix that announce the header length: 10 for version 1.0, 12 for 2.0/3.0.
+// How far ahead of the writer the spool file's blocks are allocated (see Preallocate).
+constexpr uint64_t kPreallocateAheadBytes = 16 << 20;
 constexpr size_t kVersionByte = 6;
 constexpr size_t kV1LengthPrefix = 10;
 constexpr size_t kV2LengthPrefix = 12;
@@ -140,6 +143,10 @@ struct GrowingMember::State {
   uint64_t tail_bytes = 0;  // bytes of that partial frame
   bool crc_valid = true;    // false after Resume (finalize computes the CRC-32 then)
   bool dir_synced = false;
+  // Blocks of the spool file are allocated up to here (a hint: every ftruncate frees them,
+  // and a wrong value only costs speed). See Preallocate.
+  uint64_t preallocated_end = 0;
+  bool preallocate = true;  // false once fallocate failed (not supported, or no space)
 
   uint64_t header_length() const { return layout ? header.size() : 0; }
   uint64_t visible_data() const { return layout ? complete_frames * frame_bytes : data_total; }
@@ -294,6 +301,7 @@ void GrowingMember::EndWrite(WriterSession* session) {
   std::lock_guard lock(mu_);
   State& s = *s_;
   if (session->token != 0 && session->token == s.active_token) {
+    TrimPreallocation(s);
     if (s.coord == State::Coordinates::kCollectingHeader && !s.header_buf.empty()) {
       Log(name_ + ": writer closed after " + std::to_string(s.header_buf.size()) +
           " bytes of an incomplete .npy header; they were dropped");
@@ -479,6 +487,44 @@ void GrowingMember::TrackCrc(State& s, std::span<const std::byte> data, uint64_t
   }
 }
 
+// Allocates the spool file's blocks ahead of a writer that reaches `end`: as far again as
+// the file already holds, at most kPreallocateAheadBytes, beyond the file's size
+// (FALLOC_FL_KEEP_SIZE: readers, Resume and finalize never see them). On ext4 a buffered
+// write into allocated blocks skips the delayed-allocation bookkeeping of each write (block
+// reservation, quota, extent status): a dd of 1 GiB into a preallocated file took 140 ms
+// against 215 ms, and the daemon's pwrite is on the writer's path (FUSE writes are
+// synchronous). Small members preallocate no more than they hold, and EndWrite gives back
+// what the writer did not use. A failure (a filesystem without fallocate, no space left:
+// ext4 may then keep part of the range) gives back everything beyond the file's size at
+// once and stops it for this member, so the write gets the filesystem's own answer with
+// every free block available to it. Requires io_mu_.
+void GrowingMember::Preallocate(State& s, uint64_t end) {
+  if (!s.preallocate || end <= s.preallocated_end) return;
+  const uint64_t target = end + std::min(end, kPreallocateAheadBytes);
+  const uint64_t from = s.preallocated_end;
+  if (target > static_cast<uint64_t>(std::numeric_limits<off_t>::max()) ||
+      ::fallocate(fd_.get(), FALLOC_FL_KEEP_SIZE, static_cast<off_t>(from),
+                  static_cast<off_t>(target - from)) != 0) {
+    s.preallocate = false;
+    s.preallocated_end = target;
+    TrimPreallocation(s);
+    return;
+  }
+  s.preallocated_end = target;
+}
+
+// Gives back blocks allocated beyond the file's size (ftruncate to the same size frees
+// them on ext4, xfs and tmpfs). Requires io_mu_.
+void GrowingMember::TrimPreallocation(State& s) {
+  if (s.preallocated_end == 0) return;
+  s.preallocated_end = 0;
+  struct stat st;
+  if (::fstat(fd_.get(), &st) != 0 || ::ftruncate(fd_.get(), st.st_size) != 0) {
+    Log(spool_path_ + ": could not give back the blocks allocated ahead of the writer: " +
+        std::strerror(errno));
+  }
+}
+
 // Requires io_mu_ (not mu_). Data first, count second.
 Status GrowingMember::AppendData(std::span<const std::byte> data) {
   State& s = *s_;
@@ -497,12 +543,14 @@ Status GrowingMember::AppendData(std::span<const std::byte> data) {
   if (total > std::numeric_limits<uint64_t>::max() - header_len - n) {
     return Status::Error(EFBIG, name_ + ": member would exceed 2^64 bytes");
   }
+  Preallocate(s, header_len + total + n);
   Status st = PwriteAll(fd_.get(), data.data(), n, header_len + total, spool_path_);
   if (!st.ok()) {
     // Cut what a failed pwrite may have added, so Resume never sees it as data.
     if (::ftruncate(fd_.get(), static_cast<off_t>(header_len + total)) != 0) {
       Log(spool_path_ + ": ftruncate after a failed write failed: " + std::strerror(errno));
     }
+    s.preallocated_end = 0;
     return st.WithContext(name_);
   }
 
