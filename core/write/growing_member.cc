@@ -62,9 +62,9 @@ namespace {
 
 // A writer's header longer than this is refused before it is buffered.
 constexpr size_t kMaxWriterHeaderBytes = NpyHeader::kMaxHeaderChars + 128;
-// Bytes of a .npy prefix that announce the header length: 10 for version 1.0, 12 for 2.0/3.0.
 // How far ahead of the writer the spool file's blocks are allocated (see Preallocate).
 constexpr uint64_t kPreallocateAheadBytes = 16 << 20;
+// Bytes of a .npy prefix that announce the header length: 10 for version 1.0, 12 for 2.0/3.0.
 constexpr size_t kVersionByte = 6;
 constexpr size_t kV1LengthPrefix = 10;
 constexpr size_t kV2LengthPrefix = 12;
@@ -514,7 +514,7 @@ void GrowingMember::Preallocate(State& s, uint64_t end) {
 }
 
 // Gives back blocks allocated beyond the file's size (ftruncate to the same size frees
-// them on ext4, xfs and tmpfs). Requires io_mu_.
+// them, checked on ext4 and tmpfs; the size does not change under io_mu_). Requires io_mu_.
 void GrowingMember::TrimPreallocation(State& s) {
   if (s.preallocated_end == 0) return;
   s.preallocated_end = 0;
