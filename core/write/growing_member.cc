@@ -520,8 +520,8 @@ void GrowingMember::TrimPreallocation(State& s) {
   s.preallocated_end = 0;
   struct stat st;
   if (::fstat(fd_.get(), &st) != 0 || ::ftruncate(fd_.get(), st.st_size) != 0) {
-    Log(spool_path_ + ": could not give back the blocks allocated ahead of the writer: " +
-        std::strerror(errno));
+    Log(spool_path_ +
+        ": could not give back the blocks allocated ahead of the writer: " + std::strerror(errno));
   }
 }
 
