@@ -298,10 +298,10 @@ Status GrowingMember::BeginWrite(WriterSession* session, bool append,
 
 void GrowingMember::EndWrite(WriterSession* session) {
   std::lock_guard io(io_mu_);
-  std::lock_guard lock(mu_);
+  std::unique_lock lock(mu_);
   State& s = *s_;
-  if (session->token != 0 && session->token == s.active_token) {
-    TrimPreallocation(s);
+  const bool was_writer = session->token != 0 && session->token == s.active_token;
+  if (was_writer) {
     if (s.coord == State::Coordinates::kCollectingHeader && !s.header_buf.empty()) {
       Log(name_ + ": writer closed after " + std::to_string(s.header_buf.size()) +
           " bytes of an incomplete .npy header; they were dropped");
@@ -312,6 +312,10 @@ void GrowingMember::EndWrite(WriterSession* session) {
     session_ended_.notify_all();
   }
   session->token = 0;
+  lock.unlock();
+  // Under io_mu_ only, so readers never wait for the ftruncate; a next writer's first
+  // write waits for io_mu_.
+  if (was_writer && s.preallocated_end != 0) GiveBackPreallocation(s);
 }
 
 // The coordinates of a writer's first non-empty write (see the essay). Requires both locks.
@@ -506,8 +510,7 @@ void GrowingMember::Preallocate(State& s, uint64_t end) {
       ::fallocate(fd_.get(), FALLOC_FL_KEEP_SIZE, static_cast<off_t>(from),
                   static_cast<off_t>(target - from)) != 0) {
     s.preallocate = false;
-    s.preallocated_end = target;
-    TrimPreallocation(s);
+    GiveBackPreallocation(s);
     return;
   }
   s.preallocated_end = target;
@@ -515,8 +518,7 @@ void GrowingMember::Preallocate(State& s, uint64_t end) {
 
 // Gives back blocks allocated beyond the file's size (ftruncate to the same size frees
 // them, checked on ext4 and tmpfs; the size does not change under io_mu_). Requires io_mu_.
-void GrowingMember::TrimPreallocation(State& s) {
-  if (s.preallocated_end == 0) return;
+void GrowingMember::GiveBackPreallocation(State& s) {
   s.preallocated_end = 0;
   struct stat st;
   if (::fstat(fd_.get(), &st) != 0 || ::ftruncate(fd_.get(), st.st_size) != 0) {

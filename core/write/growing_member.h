@@ -216,7 +216,7 @@ class GrowingMember : public std::enable_shared_from_this<GrowingMember> {
   void TrackCrc(State& s, std::span<const std::byte> data, uint64_t frames_before,
                 uint64_t frames_after, uint64_t frame_bytes);
   void Preallocate(State& s, uint64_t end);
-  void TrimPreallocation(State& s);
+  void GiveBackPreallocation(State& s);
   Status WriteHeaderOnly(const std::string& header) const;
   Status CheckRemovableLocked() const;
   Result<std::optional<NpyHeader>> LayoutFromAttributes(const State& s,
