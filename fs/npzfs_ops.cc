@@ -5,7 +5,8 @@
 // (kExpectedErrnos: ENOENT on lookup, ENODATA on getxattr, EEXIST, EBUSY, ...).
 //
 // Every open file is one MemberReader (core): a stored, deflated or growing member answers
-// a read with bytes or with "splice from this fd at this offset", so Read is: clamp, then
+// a read with bytes, with "splice from this fd at this offset" or with pieces of memory it
+// holds (decoded spans in the cache, sent with one writev), so Read is: clamp, then
 // reply with the answer. No handler knows which kind of member it reads.
 //
 // Caching policy:
@@ -21,6 +22,7 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -444,6 +446,17 @@ void Read(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse_file_
     return;
   }
   m.stats.bytes_served.fetch_add(answer->length, std::memory_order_relaxed);
+  if (!answer->pieces.empty()) {
+    // Bytes held in the span cache: one writev from there, no copy through `dest`. A
+    // request is at most kMaxRequestBytes and a span at least 64 KiB, so there are few.
+    std::vector<iovec> iov;
+    iov.reserve(answer->pieces.size());
+    for (std::span<const std::byte> piece : answer->pieces) {
+      iov.push_back(iovec{const_cast<std::byte*>(piece.data()), piece.size()});
+    }
+    fuse_reply_iov(req, iov.data(), static_cast<int>(iov.size()));
+    return;
+  }
   if (answer->splice_fd < 0) {
     fuse_reply_buf(req, reinterpret_cast<const char*>(dest.data()), answer->length);
     return;

@@ -267,7 +267,7 @@ TEST_F(ArchiveTest, EveryMemberReadsExactlyLikeZipfile) {
       EXPECT_TRUE(ReadAll(**r, 100003) == ref) << archive << " " << m.path;
       EXPECT_TRUE(ReadAll(**r, 1 << 24) == ref) << archive << " " << m.path;
       // Read: a stored member, checked by now (a read reached its end), answers with a splice
-      // of the archive; a deflated member copies.
+      // of the archive; a deflated member with the cached span holding the bytes.
       std::vector<std::byte> head(100);
       auto answer = (*r)->Read(0, head);
       ASSERT_TRUE(answer.ok()) << answer.status().message();
@@ -277,7 +277,9 @@ TEST_F(ArchiveTest, EveryMemberReadsExactlyLikeZipfile) {
         EXPECT_EQ(answer->splice_offset, m.entry.data_offset);
       } else {
         EXPECT_EQ(answer->splice_fd, -1);
-        EXPECT_TRUE(std::memcmp(head.data(), ref.data(), answer->length) == 0);
+        ASSERT_EQ(answer->pieces.size(), 1u);
+        ASSERT_EQ(answer->pieces[0].size(), answer->length);
+        EXPECT_TRUE(std::memcmp(answer->pieces[0].data(), ref.data(), answer->length) == 0);
       }
       // Past the end: 0 bytes.
       std::byte b[4];
@@ -315,6 +317,51 @@ TEST_F(ArchiveTest, AThousandRandomReadsMatchTheReference) {
     ASSERT_TRUE(buf.compare(0, expect, ref, std::min<size_t>(off, ref.size()), expect) == 0)
         << "member " << i << " offset " << off << " length " << len;
   }
+}
+
+TEST_F(ArchiveTest, ADeflatedReadIsAnsweredWithHeldSpanPiecesThatOutliveTheirEviction) {
+  ArchiveOptions o = Options();
+  o.checkpoint_spacing = 64 << 10;
+  o.cache_bytes = 1 << 20;  // a few spans: the ones held below are evicted by later reads
+  auto a = Archive::Open(Path("comp.npz"), o);
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  const std::string ref = Ref("comp.npz", "grp/sub/f32.npy");
+  auto r = OpenByPath(**a, "grp/sub/f32.npy");
+  ASSERT_NE(r, nullptr);
+  ASSERT_GT(ref.size(), 2 * o.cache_bytes);
+  // Requests of up to 300 KiB cross spans (or fast-path chunks of 256 KiB): some answers
+  // have several pieces. The answers are kept while the whole member is read, so their
+  // spans leave the cache.
+  std::mt19937_64 rng(7);
+  std::vector<std::pair<uint64_t, ReadAnswer>> kept;
+  size_t several = 0;  // answers of more than one piece
+  std::string scratch(300 << 10, '\0');
+  for (int n = 0; n < 40; ++n) {
+    const uint64_t off = rng() % ref.size();
+    const size_t len = rng() % (300 << 10) + 1;
+    Result<ReadAnswer> got = r->Read(off, std::as_writable_bytes(std::span(scratch.data(), len)));
+    ASSERT_TRUE(got.ok()) << got.status().message();
+    ASSERT_EQ(got->splice_fd, -1);
+    ASSERT_FALSE(got->pieces.empty()) << "offset " << off;
+    ASSERT_EQ(got->length, std::min<size_t>(len, ref.size() - off));
+    several += got->pieces.size() > 1 ? 1 : 0;
+    kept.emplace_back(off, std::move(got).value());
+  }
+  EXPECT_GT(several, 0u);
+  ReadAll(*r, 1 << 20);
+  for (const auto& [off, answer] : kept) {
+    std::string bytes;
+    for (std::span<const std::byte> piece : answer.pieces) {
+      bytes.append(reinterpret_cast<const char*>(piece.data()), piece.size());
+    }
+    ASSERT_EQ(bytes.size(), answer.length);
+    EXPECT_TRUE(bytes == ref.substr(off, answer.length)) << "offset " << off;
+  }
+  // Past the end: no bytes, no pieces.
+  Result<ReadAnswer> end = r->Read(ref.size(), std::as_writable_bytes(std::span(scratch)));
+  ASSERT_TRUE(end.ok());
+  EXPECT_EQ(end->length, 0u);
+  EXPECT_TRUE(end->pieces.empty());
 }
 
 TEST_F(ArchiveTest, ASavedIndexIsReusedWithoutAnotherFirstPass) {

@@ -180,17 +180,35 @@ Status DeflatedMember::FailOrDistrust(uint64_t generation, const Status& failure
 }
 
 Result<size_t> DeflatedMember::ReadAt(uint64_t offset, std::span<std::byte> dest) {
+  return Gather(offset, dest.size(),
+                [&](const SpanRef& ref, uint64_t within, size_t take, size_t done) {
+                  std::memcpy(dest.data() + done, ref.span->data.get() + within, take);
+                });
+}
+
+Result<ReadAnswer> DeflatedMember::ReadHeld(uint64_t offset, size_t max) {
+  ReadAnswer answer;
+  NPZ_ASSIGN_OR_RETURN(
+      answer.length,
+      Gather(offset, max, [&](const SpanRef& ref, uint64_t within, size_t take, size_t /*done*/) {
+        answer.pieces.emplace_back(ref.span->data.get() + within, take);
+        answer.hold.push_back(ref.span);
+      }));
+  return answer;
+}
+
+Result<size_t> DeflatedMember::Gather(uint64_t offset, size_t max, const GatherSink& sink) {
   NPZ_RETURN_IF_ERROR(shared_->CheckUnchanged());
   if (shared_->verify == VerifyMode::kStrict) {
     // Nothing is served before the whole member's CRC-32 was checked.
     NPZ_RETURN_IF_ERROR(BuildIndex({}));
   }
-  if (offset >= size() || dest.empty()) {
+  if (offset >= size() || max == 0) {
     std::lock_guard<std::mutex> lock(index_mu_);
     if (!corrupt_.ok()) return corrupt_;
     return size_t{0};
   }
-  const size_t n = static_cast<size_t>(std::min<uint64_t>(dest.size(), size() - offset));
+  const size_t n = static_cast<size_t>(std::min<uint64_t>(max, size() - offset));
   // Read-ahead only for a reader that has read sequentially for a while: the kernel's own
   // readahead already rounds up small and mmap reads, and decoding ahead of a random
   // reader wastes a core.
@@ -214,7 +232,7 @@ Result<size_t> DeflatedMember::ReadAt(uint64_t offset, std::span<std::byte> dest
       return Corrupt("the deflate data ends before the size in the directory");
     }
     const size_t take = static_cast<size_t>(std::min<uint64_t>(ref.span->size - within, n - done));
-    std::memcpy(dest.data() + done, ref.span->data.get() + within, take);
+    sink(ref, within, take, done);
     done += take;
   }
   return done;

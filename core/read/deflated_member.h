@@ -100,6 +100,9 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
 
   uint64_t size() const { return entry_.uncompressed_size; }
   Result<size_t> ReadAt(uint64_t offset, std::span<std::byte> dest);
+  // The same read without the copy: up to `max` bytes at `offset` as pieces of the cached
+  // spans, held by the answer (MemberReader::Read's held-memory answer).
+  Result<ReadAnswer> ReadHeld(uint64_t offset, size_t max);
   // Runs the first pass to the end (without filling the cache).
   Status BuildIndex(const std::function<void(uint64_t, uint64_t)>& progress);
   // Runs the first pass until a checkpoint is at or past `offset` (or the index is complete).
@@ -159,6 +162,11 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   };
 
   // deflated_member.cc: reads, known spans, read-ahead, failures.
+  // ReadAt and ReadHeld: finds the spans holding up to `max` bytes at `offset` and hands each
+  // piece to `sink` (the span, the offset within it, the piece's length, the bytes before
+  // it); returns the bytes found.
+  using GatherSink = std::function<void(const SpanRef&, uint64_t, size_t, size_t)>;
+  Result<size_t> Gather(uint64_t offset, size_t max, const GatherSink& sink);
   // `ahead`: how many spans (or one chunk, on the fast path) to decode ahead of pos.
   Result<SpanRef> SpanAt(uint64_t pos, size_t ahead);
   Result<Where> Locate(uint64_t pos) const;

@@ -35,6 +35,9 @@ class DeflatedReader : public MemberReader {
   Result<size_t> ReadAt(uint64_t offset, std::span<std::byte> dest) override {
     return member_->ReadAt(offset, dest);
   }
+  Result<ReadAnswer> Read(uint64_t offset, std::span<std::byte> dest) override {
+    return member_->ReadHeld(offset, dest.size());
+  }
 
  private:
   std::shared_ptr<DeflatedMember> member_;

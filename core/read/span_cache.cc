@@ -181,9 +181,13 @@ constexpr bool kMapBuffers = true;
 
 constexpr size_t kPageBytes = 4096;  // a mapping takes whole pages, whatever it asks for
 
+// A mapped buffer is populated at once: a span is written whole as soon as it is allocated,
+// and one mmap that maps every page costs less than a page fault per 4 KiB (2% of the CPU
+// time of a `cat` of a deflated member, whose first 128 MiB of spans fill the cache).
 std::byte* NewBuffer(size_t capacity) {
   if (!kMapBuffers) return static_cast<std::byte*>(std::malloc(capacity));
-  void* p = ::mmap(nullptr, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void* p = ::mmap(nullptr, capacity, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
   return p == MAP_FAILED ? nullptr : static_cast<std::byte*>(p);
 }
 

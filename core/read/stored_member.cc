@@ -56,14 +56,16 @@ Result<ReadAnswer> StoredMember::Read(uint64_t offset, std::span<std::byte> dest
   }
   // Checked, or served unchecked while the pass runs (a copy would be no safer): the member
   // lies within the archive, which CheckUnchanged just found as it was opened.
-  if (may_splice) return ReadAnswer{n, shared_->fd.get(), entry_.data_offset + offset};
+  if (may_splice) {
+    return ReadAnswer::Spliced(n, shared_->fd.get(), entry_.data_offset + offset);
+  }
   NPZ_ASSIGN_OR_RETURN(size_t got, PreadFull(shared_->fd.get(), dest.data(), n,
                                              entry_.data_offset + offset, shared_->path));
   if (got != n) {
     NPZ_RETURN_IF_ERROR(shared_->CheckUnchanged());
     return Status::Error(EIO, name_ + ": the archive ends inside the member");
   }
-  return ReadAnswer{n, -1, 0};
+  return ReadAnswer::Copied(n);
 }
 
 bool StoredMember::verified() const {

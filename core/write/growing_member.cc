@@ -811,14 +811,14 @@ Result<ReadAnswer> GrowingMember::Read(const ReaderSnapshot& snapshot, uint64_t 
   if (offset >= size || out.empty()) return ReadAnswer{};
   const size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), size - offset));
   // Visible offsets are spool-file offsets, and data below the visible size is final.
-  if (offset >= header.size()) return ReadAnswer{n, fd_.get(), offset};
+  if (offset >= header.size()) return ReadAnswer::Spliced(n, fd_.get(), offset);
   const size_t from_header = std::min<size_t>(n, header.size() - offset);
   std::memcpy(out.data(), header.data() + offset, from_header);
   if (from_header < n) {
     NPZ_RETURN_IF_ERROR(PreadExact(fd_.get(), out.data() + from_header, n - from_header,
                                    offset + from_header, spool_path()));
   }
-  return ReadAnswer{n, -1, 0};
+  return ReadAnswer::Copied(n);
 }
 
 std::shared_ptr<MemberReader> GrowingMember::OpenReader(GrowingView view) {

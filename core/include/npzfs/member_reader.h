@@ -21,6 +21,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -29,13 +30,32 @@
 
 namespace npzfs {
 
-// The answer to one Read: `length` bytes (0 only at or past the end of the member), either
-// copied into the caller's buffer (splice_fd < 0) or to be taken from [splice_offset,
-// splice_offset + length) of splice_fd (not owned; open at least as long as the reader).
+// The answer to one Read: `length` bytes (0 only at or past the end of the member), in one
+// of three places:
+//   - copied into the caller's buffer (splice_fd < 0 and `pieces` empty);
+//   - in [splice_offset, splice_offset + length) of splice_fd (not owned; open at least as
+//     long as the reader);
+//   - in memory the reader already holds (decoded spans in the cache): `pieces`, in order,
+//     whose sizes add up to `length`, valid for as long as this answer lives (`hold` keeps
+//     them from being freed or reused). The caller copies them out and drops the answer.
 struct ReadAnswer {
   size_t length = 0;
   int splice_fd = -1;
   uint64_t splice_offset = 0;
+  std::vector<std::span<const std::byte>> pieces;
+  std::vector<std::shared_ptr<const void>> hold;
+
+  static ReadAnswer Copied(size_t n) {
+    ReadAnswer a;
+    a.length = n;
+    return a;
+  }
+  static ReadAnswer Spliced(size_t n, int fd, uint64_t offset) {
+    ReadAnswer a = Copied(n);
+    a.splice_fd = fd;
+    a.splice_offset = offset;
+    return a;
+  }
 };
 
 class MemberReader {
@@ -52,14 +72,13 @@ class MemberReader {
   //        entry says, or a failed pread of the archive.
   virtual Result<size_t> ReadAt(uint64_t offset, std::span<std::byte> dest) = 0;
 
-  // Answers a read of up to dest.size() bytes at `offset`: a splice answer where the
-  // reader can give one, else the bytes copied into `dest` (the default). Same errors and
-  // end-of-member rule as ReadAt.
+  // Answers a read of up to dest.size() bytes at `offset`: a splice or held-memory answer
+  // where the reader can give one (either spares the caller a copy), else the bytes copied
+  // into `dest` (the default). Same errors and end-of-member rule as ReadAt.
   virtual Result<ReadAnswer> Read(uint64_t offset, std::span<std::byte> dest) {
     NPZ_ASSIGN_OR_RETURN(size_t n, ReadAt(offset, dest));
-    return ReadAnswer{n, -1, 0};
+    return ReadAnswer::Copied(n);
   }
-
 };
 
 // Fills `dest` exactly from `reader` at `offset`: the reader's error, or EIO naming `name`
