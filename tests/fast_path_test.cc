@@ -226,6 +226,32 @@ TEST_F(FastPathTest, TheIndexerCompletesTheIndexBehindTheReaderAndThenNoFirstPas
   EXPECT_EQ((*a)->fast_chunks(adc), chunks) << "a complete index needs no fast path";
 }
 
+TEST_F(FastPathTest, AStreamingReaderWithACompleteIndexGetsRunsOfSpansThatContinueOneStream) {
+  auto a = Archive::Open(dir_->Join("comp.npz"), Options(/*background_index=*/false));
+  ASSERT_TRUE(a.ok());
+  const size_t adc = *(*a)->Find("adc.npy");
+  ASSERT_TRUE((*a)->BuildIndex(adc).ok());
+  const uint64_t spans = (*a)->first_pass_spans(adc);  // the first pass made every span
+  ASSERT_GT(spans, 4 * DeflatedMember::kRunSpans);
+  auto r = *(*a)->OpenMember(adc);
+  // The reader streams once it has read SequentialRun::kStreaming bytes in order: count the
+  // restores from a little after that.
+  const uint64_t from = SequentialRun::kStreaming + (1 << 20);
+  std::string all;
+  uint64_t before = 0;
+  for (uint64_t off = 0; off < r->size(); off += 128 << 10) {
+    if (off == from) before = (*a)->span_restores(adc);
+    all += Read(*r, off, 128 << 10);
+  }
+  ASSERT_TRUE(all == *ref_);
+  // A span decoded on its own restores its stream (2 pool threads: nearly every span); a
+  // run restores once for kRunSpans spans.
+  const uint64_t streamed = spans * (r->size() - from) / r->size();
+  const uint64_t restores = (*a)->span_restores(adc) - before;
+  EXPECT_LE(restores, streamed / 2) << streamed << " spans streamed";
+  EXPECT_GT(restores, 0u);
+}
+
 TEST_F(FastPathTest, AnUnmountCompletesAStartedIndexWhenItFitsTheBudget) {
   TempDir index_dir;
   ArchiveOptions o = Options(/*background_index=*/true);

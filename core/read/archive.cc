@@ -321,6 +321,11 @@ uint64_t Archive::fast_chunks(size_t i) const {
   return deflated_[i]->fast_chunks();
 }
 
+uint64_t Archive::span_restores(size_t i) const {
+  if (i >= members_.size() || deflated_[i] == nullptr) return 0;
+  return deflated_[i]->span_restores();
+}
+
 uint64_t Archive::verify_bytes(size_t i) const {
   if (i >= members_.size() || stored_[i] == nullptr) return 0;
   return stored_[i]->check_bytes();

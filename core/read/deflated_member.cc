@@ -283,7 +283,9 @@ Result<DeflatedMember::SpanRef> DeflatedMember::SpanAt(uint64_t pos, size_t ahea
 }
 
 Result<DeflatedMember::SpanRef> DeflatedMember::KnownSpan(const Where& w, size_t ahead) {
-  if (ahead > 0) {
+  if (ahead == kFullReadAhead) {
+    StreamSpans(w);
+  } else if (ahead > 0) {
     // Never more than the pool has threads (and one more), nor a quarter of the cache:
     // spans ahead that do not fit would evict each other before they are read.
     PrefetchSpans(w, std::min<size_t>(ahead, DecodePool().size() + 1), shared_->cache.budget() / 4);
@@ -296,20 +298,81 @@ Result<DeflatedMember::SpanRef> DeflatedMember::KnownSpan(const Where& w, size_t
   return SpanRef{std::move(span).value(), w.start};
 }
 
-void DeflatedMember::PrefetchSpans(const Where& w, size_t count, uint64_t max_bytes) {
-  size_t last = w.k;  // the spans w.k + 1 ..= last
+std::optional<DeflatedMember::Ahead> DeflatedMember::SpansAhead(const Where& w, size_t count,
+                                                                uint64_t max_bytes) const {
+  std::lock_guard<std::mutex> lock(index_mu_);
+  if (w.generation != generation_) return std::nullopt;
+  const size_t known = complete_ ? checkpoints_.size() : checkpoints_.size() - 1;
+  Ahead ahead{w.k, false};
+  uint64_t bytes = 0;
+  for (size_t k = w.k + 1; k < known && k <= w.k + count; ++k) {
+    const uint64_t end = k + 1 < checkpoints_.size() ? checkpoints_[k + 1].out : size();
+    bytes += end - checkpoints_[k].out;
+    if (bytes > max_bytes) break;
+    ahead.last = k;
+  }
+  ahead.at_end = ahead.last + 1 == known;
+  return ahead;
+}
+
+void DeflatedMember::StreamSpans(const Where& w) {
+  // A run per pool thread and one more queued, so that no thread waits for the reader to
+  // move on before it has a run to decode.
+  const size_t runs_ahead = std::max<size_t>(DecodePool().size(), 1) + 1;
+  const std::optional<Ahead> ahead =
+      SpansAhead(w, runs_ahead * kRunSpans, shared_->cache.budget() / 4);
+  if (!ahead.has_value()) return;
+  const size_t last = ahead->last;
+  // Runs as long as the window allows (a small cache: runs of one span, a plain prefetch).
+  const size_t run_spans = std::clamp<size_t>((last - w.k) / runs_ahead, 1, kRunSpans);
+  std::vector<std::vector<size_t>> runs;
   {
-    std::lock_guard<std::mutex> lock(index_mu_);
-    if (w.generation != generation_) return;
-    const size_t known = complete_ ? checkpoints_.size() : checkpoints_.size() - 1;
-    uint64_t bytes = 0;
-    for (size_t k = w.k + 1; k < known && k <= w.k + count; ++k) {
-      const uint64_t end = k + 1 < checkpoints_.size() ? checkpoints_[k + 1].out : size();
-      bytes += end - checkpoints_[k].out;
-      if (bytes > max_bytes) break;
-      last = k;
+    std::lock_guard<std::mutex> lock(run_mu_);
+    if (run_generation_ != w.generation || run_end_ <= w.k || run_end_ > last + 1) {
+      // A new reader, or one that passed the runs or went back: runs start after it.
+      run_generation_ = w.generation;
+      run_end_ = w.k + 1;
+    }
+    // Only whole runs, except at the end of the known spans: a run claimed as soon as one
+    // span entered the window would be a run of one.
+    while (run_end_ <= last && (last + 1 - run_end_ >= run_spans || ahead->at_end)) {
+      const size_t end = std::min(run_end_ + run_spans, last + 1);
+      std::vector<size_t> run;
+      for (size_t k = run_end_; k < end; ++k) {
+        if (shared_->cache.Claim(SpanKey{id_, w.generation, k})) run.push_back(k);
+      }
+      run_end_ = end;
+      if (!run.empty()) runs.push_back(std::move(run));
     }
   }
+  std::shared_ptr<DeflatedMember> self = shared_from_this();
+  for (std::vector<size_t>& run : runs) {
+    const uint64_t generation = w.generation;
+    DecodePool().Submit(
+        [self, run = std::move(run), generation] { self->RunSpans(run, generation); });
+  }
+}
+
+void DeflatedMember::RunSpans(const std::vector<size_t>& run, uint64_t generation) {
+  for (size_t i = 0; i < run.size(); ++i) {
+    // Each span parks its stream where the next begins, and the next takes it from there.
+    const Result<SpanPtr> span = ProduceKnownSpan(run[i], generation);
+    shared_->cache.Fulfill(SpanKey{id_, generation, run[i]}, span);
+    if (!span.ok()) {
+      // The others' readers look up again and decode for themselves.
+      for (size_t j = i + 1; j < run.size(); ++j) {
+        shared_->cache.Fulfill(SpanKey{id_, generation, run[j]},
+                               Status::Error(EAGAIN, source_.name + ": look up again"));
+      }
+      return;
+    }
+  }
+}
+
+void DeflatedMember::PrefetchSpans(const Where& w, size_t count, uint64_t max_bytes) {
+  const std::optional<Ahead> ahead = SpansAhead(w, count, max_bytes);
+  if (!ahead.has_value()) return;
+  const size_t last = ahead->last;  // the spans w.k + 1 ..= last
   std::shared_ptr<DeflatedMember> self = shared_from_this();
   for (size_t k = w.k + 1; k <= last; ++k) {
     const uint64_t generation = w.generation;
@@ -363,6 +426,7 @@ Result<size_t> DeflatedMember::DecodeSpan(const Checkpoint& cp, uint32_t crc_bef
   if (cp.at_block_start()) {  // the fast engine
     used->fast = shared_->fast_pool.Take(StreamKey(generation), cp.out);
     if (used->fast == nullptr) {
+      span_restores_.fetch_add(1);
       NPZ_ASSIGN_OR_RETURN(used->fast, DecodeStream::Create(source_));
       NPZ_RETURN_IF_ERROR(used->fast->Restore(cp, crc_before));
     }

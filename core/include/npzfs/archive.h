@@ -134,6 +134,9 @@ class Archive {
   uint64_t first_pass_spans(size_t i) const;
   // Chunks of member i decoded ahead of its checkpoints by the fast path (a test hook).
   uint64_t fast_chunks(size_t i) const;
+  // Known spans of member i whose decoder was restored at their checkpoint rather than
+  // continued from the span before (a test hook).
+  uint64_t span_restores(size_t i) const;
   // Totals over every member since Open.
   ArchiveStats stats() const;
 
