@@ -249,7 +249,7 @@ TEST_F(FastPathTest, AStreamingReaderWithACompleteIndexGetsRunsOfSpansThatContin
   const uint64_t streamed = spans * (r->size() - from) / r->size();
   const uint64_t restores = (*a)->span_restores(adc) - before;
   EXPECT_LE(restores, streamed / 2) << streamed << " spans streamed";
-  EXPECT_GT(restores, 0u);
+  EXPECT_GT(before, 0u) << "the first span has no stream to continue: it restores one";
 }
 
 TEST_F(FastPathTest, AnUnmountCompletesAStartedIndexWhenItFitsTheBudget) {
