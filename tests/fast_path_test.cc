@@ -244,8 +244,8 @@ TEST_F(FastPathTest, AStreamingReaderWithACompleteIndexGetsRunsOfSpansThatContin
     all += Read(*r, off, 128 << 10);
   }
   ASSERT_TRUE(all == *ref_);
-  // A span decoded on its own restores its stream (2 pool threads: nearly every span); a
-  // run restores once for kRunSpans spans.
+  // A span decoded on its own restores its stream (with two pool threads or more, nearly
+  // every span does); a run restores at most once for kRunSpans spans.
   const uint64_t streamed = spans * (r->size() - from) / r->size();
   const uint64_t restores = (*a)->span_restores(adc) - before;
   EXPECT_LE(restores, streamed / 2) << streamed << " spans streamed";

@@ -11,10 +11,10 @@
 //      by side on the DecodePool, and a reader that goes on in order gets the next span
 //      decoded ahead. A streaming reader gets runs: kRunSpans consecutive spans claimed in
 //      the cache and decoded in order by one DecodePool task, a run per pool thread and one
-//      more ahead of it (within a quarter of the cache). In a run each span continues the stream
-//      the one before parked: a span decoded on its own restores a stream at its checkpoint (window
-//      expanded, dictionary set, input read again), which with one task per span was a few
-//      percent of the CPU time of a `cat`.
+//      more ahead of it (within a quarter of the cache). In a run each span continues the
+//      stream the one before parked: a span decoded on its own restores a stream at its
+//      checkpoint (window expanded, dictionary set, input read again), which with one task
+//      per span was a few percent of the CPU time of a `cat`.
 //   2. First pass, synchronously: pos is in the first span and no checkpoint is known yet.
 //      The reader runs the zlib first pass itself (it finds block boundaries, windows, span
 //      CRCs) for that one span: a header read needs nothing more.
