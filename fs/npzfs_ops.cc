@@ -29,6 +29,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <climits>
 #include <cstring>
 #include <ctime>
 #include <span>
@@ -447,14 +448,26 @@ void Read(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse_file_
   }
   m.stats.bytes_served.fetch_add(answer->length, std::memory_order_relaxed);
   if (!answer->pieces.empty()) {
-    // Bytes held in the span cache: one writev from there, no copy through `dest`. A
-    // request is at most kMaxRequestBytes and a span at least 64 KiB, so there are few.
-    std::vector<iovec> iov;
-    iov.reserve(answer->pieces.size());
-    for (std::span<const std::byte> piece : answer->pieces) {
-      iov.push_back(iovec{const_cast<std::byte*>(piece.data()), piece.size()});
+    // Bytes held in the span cache: one writev from there, no copy through `dest`. A span
+    // is usually 64 KiB or more, but a seek table's chunks may be as small as one byte,
+    // and a writev takes at most IOV_MAX vectors, one of them libfuse's header: more
+    // pieces than that would make the reply fail, and the reader would wait for it
+    // forever. Those go through `dest`.
+    if (answer->pieces.size() < static_cast<size_t>(IOV_MAX)) {
+      std::vector<iovec> iov;
+      iov.reserve(answer->pieces.size());
+      for (std::span<const std::byte> piece : answer->pieces) {
+        iov.push_back(iovec{const_cast<std::byte*>(piece.data()), piece.size()});
+      }
+      fuse_reply_iov(req, iov.data(), static_cast<int>(iov.size()));
+      return;
     }
-    fuse_reply_iov(req, iov.data(), static_cast<int>(iov.size()));
+    size_t done = 0;
+    for (std::span<const std::byte> piece : answer->pieces) {
+      std::memcpy(dest.data() + done, piece.data(), piece.size());
+      done += piece.size();
+    }
+    fuse_reply_buf(req, reinterpret_cast<const char*>(dest.data()), done);
     return;
   }
   if (answer->splice_fd < 0) {

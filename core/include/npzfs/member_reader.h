@@ -38,6 +38,8 @@ namespace npzfs {
 //   - in memory the reader already holds (decoded spans in the cache): `pieces`, in order,
 //     whose sizes add up to `length`, valid for as long as this answer lives (`hold` keeps
 //     them from being freed or reused). The caller copies them out and drops the answer.
+//     There may be many: one per span the bytes come from, and a seek table's spans may be
+//     as small as one byte.
 struct ReadAnswer {
   size_t length = 0;
   int splice_fd = -1;
