@@ -117,6 +117,10 @@ std::optional<int> Serve(Mount& m, fuse_args* args, const MountPoint& mp) {
           (m.archive == nullptr ? " (new archive)" : "") + (m.options.read_only ? " (ro)" : ""));
   fuse_daemonize(cmd.foreground);
   if (!cmd.foreground) LogDaemonized(use_syslog);
+  // Threads only from here on: a fork keeps none but the calling thread. The lock shows
+  // the daemon's pid, not that of the process that started it.
+  m.spool.AllowThreads();
+  if (Status s = m.lock.RecordPid(); !s.ok()) LogWarning(s.message());
   const int loop_result = RunLoop(se.get(), cmd);
   fuse_session_unmount(se.get());
   fuse_remove_signal_handlers(se.get());

@@ -48,10 +48,18 @@ size_t HandleTable::size() const {
   return handles_.size();
 }
 
+void SpoolSlot::AllowThreads() {
+  std::lock_guard lock(mu_);
+  threads_allowed_ = true;
+  if (spool_ != nullptr && background_level_) spool_->StartBackgroundDeflate(*background_level_);
+}
+
 void SpoolSlot::Set(std::unique_ptr<Spool> spool) {
   std::lock_guard lock(mu_);
   spool_ = std::move(spool);
-  if (spool_ != nullptr && background_level_) spool_->StartBackgroundDeflate(*background_level_);
+  if (spool_ != nullptr && background_level_ && threads_allowed_) {
+    spool_->StartBackgroundDeflate(*background_level_);
+  }
 }
 
 Spool* SpoolSlot::get() const {
@@ -65,7 +73,7 @@ Result<Spool*> SpoolSlot::GetOrCreate(const std::string& dir) {
   auto spool = Spool::Open(dir, [](const std::string& line) { LogInfo(line); });
   if (spool.ok()) {
     spool_ = std::move(spool).value();
-    if (background_level_) spool_->StartBackgroundDeflate(*background_level_);
+    if (background_level_ && threads_allowed_) spool_->StartBackgroundDeflate(*background_level_);
     LogInfo("spool for new members: " + dir);
     return spool_.get();
   }

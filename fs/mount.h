@@ -67,8 +67,13 @@ class HandleTable {
 class SpoolSlot {
  public:
   // -o compress: every spool this slot holds deflates completed chunks in the background
-  // (Spool::StartBackgroundDeflate). Call before Set or GetOrCreate.
+  // (Spool::StartBackgroundDeflate), once AllowThreads was called. Call before Set or
+  // GetOrCreate.
   void SetBackgroundDeflate(std::optional<int> level) { background_level_ = level; }
+  // The daemon has forked (fuse_daemonize): the background deflater may start now. A thread
+  // started before the fork would not exist in the daemon, and finalize would wait for it
+  // forever. Before this call, Set keeps the spool without starting it.
+  void AllowThreads();
   void Set(std::unique_ptr<Spool> spool);
   Spool* get() const;  // nullptr until made; then valid for the Mount's life
   // The spool, made now in `dir` if needed. If it cannot be made: EROFS, and one log line
@@ -80,6 +85,7 @@ class SpoolSlot {
   std::unique_ptr<Spool> spool_;
   bool failure_logged_ = false;
   std::optional<int> background_level_;
+  bool threads_allowed_ = false;
 };
 
 // Counters for the user.npzfs.stats xattr.

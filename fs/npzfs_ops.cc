@@ -30,6 +30,7 @@
 #include <cerrno>
 #include <chrono>
 #include <climits>
+#include <cstdio>  // RENAME_NOREPLACE
 #include <cstring>
 #include <ctime>
 #include <span>
@@ -661,9 +662,11 @@ void RmDir(fuse_req_t req, fuse_ino_t parent, const char* name) {
 Status RenameNode(Mount& m, fuse_ino_t parent, const char* name, fuse_ino_t new_parent,
                   const char* new_name, unsigned int flags) {
   if (!Writable(m)) return ReadOnlyMount(name);
-  if (flags != 0) {
+  // RENAME_NOREPLACE is what a rename here does anyway (an existing target is EEXIST
+  // below), and `mv` asks for it first: refusing it only made every `mv` log an error.
+  if ((flags & ~static_cast<unsigned int>(RENAME_NOREPLACE)) != 0) {
     return Status::Error(
-        EINVAL, std::string(name) + ": RENAME_EXCHANGE and RENAME_NOREPLACE are not offered");
+        EINVAL, std::string(name) + ": RENAME_EXCHANGE and RENAME_WHITEOUT are not offered");
   }
   std::optional<NodeInfo> node = m.table->Lookup(parent, name, /*count=*/false);
   if (!node) return Status::Error(ENOENT, std::string(name) + ": no such member");

@@ -135,15 +135,20 @@ Result<MountLock> MountLock::Take(const std::string& path, const std::string& ar
   for (int attempt = 1;; ++attempt) {
     NPZ_ASSIGN_OR_RETURN(UniqueFd fd, LockOnce(path, archive_path));
     if (StillLinked(fd.get(), path) || attempt == kAttempts) {
-      const std::string text = std::to_string(getpid()) + "\n";
-      if (ftruncate(fd.get(), 0) != 0) return ErrnoStatus(errno, path, "ftruncate failed");
-      NPZ_RETURN_IF_ERROR(PwriteAll(fd.get(), text.data(), text.size(), 0, path));
       MountLock lock;
       lock.fd_ = std::move(fd);
       lock.path_ = path;
+      NPZ_RETURN_IF_ERROR(lock.RecordPid());
       return lock;
     }
   }
+}
+
+Status MountLock::RecordPid() {
+  if (!fd_.valid()) return Status::Ok();
+  const std::string text = std::to_string(getpid()) + "\n";
+  if (ftruncate(fd_.get(), 0) != 0) return ErrnoStatus(errno, path_, "ftruncate failed");
+  return PwriteAll(fd_.get(), text.data(), text.size(), 0, path_);
 }
 
 MountLock& MountLock::operator=(MountLock&& other) noexcept {

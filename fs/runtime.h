@@ -47,6 +47,9 @@ class MountLock {
   // Takes the lock at `path`. EBUSY naming the archive and the pid that holds it if another
   // daemon does.
   static Result<MountLock> Take(const std::string& path, const std::string& archive_path);
+  // Writes this process's pid into the lock again: the daemon's, after fuse_daemonize forked
+  // and the process that took the lock exited. Nothing if no lock is held.
+  Status RecordPid();
 
  private:
   void Release();

@@ -786,3 +786,45 @@ def test_finalize_appends_in_place_by_default_and_by_copy_with_o_finalize_copy(t
     with np.load(archive) as z:
         assert np.array_equal(z["new"], np.arange(7))
         assert all(np.array_equal(z[k], v) for k, v in arrays.items())
+
+
+def test_a_daemon_in_the_background_finalizes_a_resumed_spool_with_compress(tmp_path):
+    """Mounted without -f (as mount(8) and fstab do), the daemon forks after the mount. A
+    spool left by a killed daemon is resumed before that, and with -o compress its background
+    deflater once started there too: a thread that does not survive the fork, so finalize
+    waited for it forever (or aborted joining it). The lock must name the daemon's own pid."""
+    require_fuse()
+    archive = tmp_path / "run.npz"
+    make_archive(archive)
+    frames = np.arange(3 << 20, dtype=np.int16).reshape(-1, 1024)  # 6 MiB, many chunks
+    m = start_daemon(archive, tmp_path / "mnt", "-o", "compress")
+    try:
+        np.save(m.path("late.npy"), frames)
+    finally:
+        m.kill()  # the spool stays, with data the background deflater has not all done
+    mnt = tmp_path / "mnt2"
+    mnt.mkdir()
+    r = run_npzfs("-o", "compress", archive, mnt)
+    pid = None
+    try:
+        assert r.returncode == 0, r.stderr
+        pid = int(os.getxattr(mnt, "user.npzfs.pid"))
+        runtime = os.getxattr(mnt, "user.npzfs.result").decode()
+        lock = runtime[: -len(".result")] + ".lock"
+        with open(lock) as f:
+            assert int(f.read()) == pid  # not the pid of the process that forked it
+        u = npz("umount", mnt, timeout=120)
+        assert u.returncode == 0, u.stderr
+        with np.load(archive) as z:
+            assert np.array_equal(z["late"], frames)
+        with zipfile.ZipFile(archive) as z:
+            assert z.getinfo("late.npy").compress_type == zipfile.ZIP_DEFLATED
+            assert z.testzip() is None
+    finally:
+        if is_mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)])
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGKILL)  # the daemon we started, if it still runs
+            except ProcessLookupError:
+                pass
