@@ -554,3 +554,28 @@ def test_finalize_carries_the_index_forward_to_the_new_archive(tmp_path):
     r = subprocess.run([NPZ_BIN, "ls", "--json", str(archive)], capture_output=True, text=True)
     assert r.returncode == 0 and "stale" not in r.stderr, r.stderr
     assert {row["name"]: row["index"] for row in json.loads(r.stdout)}["old.npy"] == "complete"
+
+
+def renameat2(old, new, flags):
+    """renameat2(2) through libc (os.rename passes no flags); returns 0 or the errno."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd = -100
+    r = libc.renameat2(at_fdcwd, os.fsencode(old), at_fdcwd, os.fsencode(new), flags)
+    return 0 if r == 0 else ctypes.get_errno()
+
+
+def test_rename_noreplace_is_a_plain_rename_and_exchange_is_refused(tmp_path):
+    """`mv` asks for RENAME_NOREPLACE first: it must work (a rename here never replaces) and
+    log no error; RENAME_EXCHANGE is refused with EINVAL."""
+    noreplace, exchange = 1, 2
+    archive = tmp_path / "rec.npz"
+    with mounted(archive, tmp_path / "mnt", *CREATE) as m:
+        for name in ("a.npy", "b.npy"):
+            os.close(os.open(m.path(name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        assert renameat2(m.path("a.npy"), m.path("c.npy"), noreplace) == 0
+        assert os.path.exists(m.path("c.npy")) and not os.path.exists(m.path("a.npy"))
+        assert renameat2(m.path("c.npy"), m.path("b.npy"), noreplace) == errno.EEXIST
+        assert renameat2(m.path("c.npy"), m.path("b.npy"), exchange) == errno.EINVAL
+        errors = [line for line in m.log().splitlines() if "error: rename" in line]
+        assert len(errors) == 1 and "RENAME_EXCHANGE" in errors[0], m.log()
