@@ -15,6 +15,7 @@
 
 #include "npzfs/file_util.h"
 #include "tests/test_util.h"
+#include "tests/zip_bytes.h"
 
 namespace npzfs {
 namespace {
@@ -218,6 +219,25 @@ TEST_F(ArchiveTest, AMemberWhoseSizesRunIntoTheNextMemberIsRefusedAtOpen) {
   EXPECT_NE(Log().find("runs into the local header of b.npy"), std::string::npos) << Log();
   EXPECT_TRUE(ReadAll(*OpenByPath(**a, "b.npy"), 1000) ==
               ReadFileOrDie(dir_->Join("ref_lying_b.npy")));
+}
+
+TEST_F(ArchiveTest, AMemberClaimingMoreBytesThanAFileCanHoldIsSkipped) {
+  // A ZIP64 extra may claim up to 2^64 - 1 bytes; a file's size (off_t) ends at 2^63 - 1, and
+  // the kernel refuses a negative one.
+  std::string zip64 = {'\x01', '\x00', '\x08', '\x00'};  // ID 1, 8 bytes: the size alone
+  const uint64_t claimed = uint64_t{1} << 63;
+  for (int i = 0; i < 8; ++i) zip64.push_back(static_cast<char>(claimed >> (8 * i)));
+  testing::ZipMemberSpec huge{"huge.npy", 8, std::string("\x03\x00", 2), 0, 0xFFFFFFFF, zip64};
+  testing::ZipMemberSpec fine{"fine.npy", 0, "ok", 0x79DCDD47, 2, ""};  // CRC-32 of "ok"
+  WriteFileOrDie(Path("huge.zip"), testing::BuildZip({huge, fine}));
+  auto a = Archive::Open(Path("huge.zip"), Options());
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  ASSERT_EQ((*a)->members().size(), 1u);
+  EXPECT_EQ((*a)->members()[0].path, "fine.npy");
+  EXPECT_EQ(ReadAll(*OpenByPath(**a, "fine.npy"), 10), "ok");
+  EXPECT_NE(Log().find("skipping member huge.npy: it claims 9223372036854775808 bytes"),
+            std::string::npos)
+      << Log();
 }
 
 TEST_F(ArchiveTest, EncryptedAndUnsupportedMembersAreListedButDoNotOpen) {

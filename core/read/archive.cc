@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -141,6 +142,12 @@ std::vector<ArchiveMember> MemberTree(const std::vector<ZipEntry>& entries, cons
     }
     if (!overlap[e].empty()) {
       Log(path + ": skipping member " + ShownName(*clean) + ": " + overlap[e]);
+      continue;
+    }
+    if (entry.uncompressed_size > static_cast<uint64_t>(INT64_MAX)) {
+      // A ZIP64 size can claim up to 2^64 - 1 bytes; a file (off_t) holds at most 2^63 - 1.
+      Log(path + ": skipping member " + ShownName(*clean) + ": it claims " +
+          std::to_string(entry.uncompressed_size) + " bytes, more than a file can hold");
       continue;
     }
     ArchiveMember m;
