@@ -5,6 +5,8 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
 
 #include "core/base/crc32.h"
@@ -19,8 +21,17 @@ constexpr int kNiceIncrement = 10;
 
 }  // namespace
 
-BackgroundDeflater::BackgroundDeflater(int level, uint64_t chunk_size, SpoolLogFn log)
-    : level_(level), chunk_size_(chunk_size), log_(std::move(log)) {
+Status BackgroundDeflater::DataSyncSpool(int fd, const std::string& path) {
+  if (::fdatasync(fd) != 0) return ErrnoStatus(errno, path, "fdatasync failed");
+  return Status::Ok();
+}
+
+BackgroundDeflater::BackgroundDeflater(int level, uint64_t chunk_size, SpoolLogFn log,
+                                       SyncSpoolFn sync_spool)
+    : level_(level),
+      chunk_size_(chunk_size),
+      log_(std::move(log)),
+      sync_spool_(std::move(sync_spool)) {
   thread_ = std::thread([this] { Run(); });
 }
 
@@ -88,9 +99,22 @@ BackgroundDeflater::Work BackgroundDeflater::PickWork() {
 Status BackgroundDeflater::DeflateNextChunk(const Work& w, std::string& in, std::string& out) {
   Entry& e = *w.entry;
   if (!e.shadow) {
-    // The first chunk (or the first after a restart): open or resume the shadow.
+    // The first chunk (or the first after a restart): open or resume the shadow, with a way
+    // to sync the spool file, so that the shadow's records never outlive the spool bytes they
+    // cover (see "Durability" in the header).
+    DeflateShadow::SourceSync sync_source = [member = e.member, fd = e.member->spool_fd(),
+                                             sync = sync_spool_, dir_synced = false]() mutable {
+      const std::string path = member->spool_path();
+      if (!dir_synced) {
+        // A new spool file's name is durable only once its directory is: a record must not
+        // survive a spool file that did not.
+        NPZ_RETURN_IF_ERROR(FsyncParentDir(path));
+        dir_synced = true;
+      }
+      return sync(fd, path);
+    };
     NPZ_ASSIGN_OR_RETURN(e.shadow, DeflateShadow::Open(e.member->spool_path(), level_, chunk_size_,
-                                                       w.data_bytes, true));
+                                                       w.data_bytes, true, std::move(sync_source)));
     if ((e.shadow->chunk_count() + 1) * chunk_size_ > w.data_bytes) return Status::Ok();
   }
   const uint64_t index = e.shadow->chunk_count();
@@ -119,9 +143,21 @@ void BackgroundDeflater::Disable(Entry& e, const Status& why) {
 }
 
 Status BackgroundDeflater::SyncIdleShadows(std::unique_lock<std::mutex>& lock) {
-  for (auto& e : entries_) {
-    if (!e->shadow || e->disabled || e->taken) continue;
-    Entry* entry = e.get();
+  // mu_ is released around each Sync, and meanwhile Track may grow entries_ and Take may erase
+  // from it: no iterator into entries_ survives an unlock. The entries themselves are heap
+  // objects, so collect pointers now and, after every unlock, sync one only if it is still
+  // in entries_ (Take frees an entry only while it is not busy_). An address reused by an
+  // entry Tracked meanwhile names a live entry, which is as fine to sync.
+  std::vector<Entry*> to_sync;
+  for (const auto& e : entries_) {
+    if (e->shadow && !e->disabled && !e->taken) to_sync.push_back(e.get());
+  }
+  for (Entry* entry : to_sync) {
+    const bool tracked =
+        std::any_of(entries_.begin(), entries_.end(),
+                    [&](const std::unique_ptr<Entry>& e) { return e.get() == entry; });
+    if (!tracked || !entry->shadow || entry->disabled || entry->taken) continue;
+    // busy_: Take waits for this Sync exactly as it waits for a chunk in progress.
     busy_ = entry;
     lock.unlock();
     Status st = entry->shadow->Sync();

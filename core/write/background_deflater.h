@@ -9,6 +9,13 @@
 // below the visible size never change), deflates it and appends it to the shadow. Readers of
 // the growing member are untouched: they read the spool file, which is never written here.
 //
+// Durability. A shadow record may survive a power cut only if the spool bytes it was
+// deflated from do too: otherwise the writer could later write other frames at those
+// offsets, and finalize would copy the stale chunk. So before a shadow writes records
+// (DeflateShadow::Sync), this thread fdatasyncs the member's spool file (and, once per
+// member, fsyncs its directory). That is at most one fdatasync per 4 MiB of data, on this
+// thread, never on a writer's path; the writers' own durability (Fsync) is unchanged.
+//
 // Errors (ENOSPC, EIO) stop the background work for that member only: its shadow is
 // removed (freeing the space for the raw frames), a log line says so, and finalize deflates
 // that member from the spool file as if there had been no background work.
@@ -20,8 +27,10 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -32,9 +41,16 @@ namespace npzfs {
 
 class BackgroundDeflater {
  public:
+  // Makes the bytes written to a member's spool file `fd` (at `path`) durable.
+  using SyncSpoolFn = std::function<Status(int fd, const std::string& path)>;
+  // fdatasync(2).
+  static Status DataSyncSpool(int fd, const std::string& path);
+
   // Starts the thread. `level` 0..9; `chunk_size` uncompressed bytes per chunk (the archive
-  // writer's chunk size, so that finalize can use the chunks).
-  BackgroundDeflater(int level, uint64_t chunk_size, SpoolLogFn log);
+  // writer's chunk size, so that finalize can use the chunks). `sync_spool` replaces
+  // DataSyncSpool only for tests that watch when the spool files are synced.
+  BackgroundDeflater(int level, uint64_t chunk_size, SpoolLogFn log,
+                     SyncSpoolFn sync_spool = DataSyncSpool);
   // Stops the thread after the chunk in progress and records what was deflated (Sync).
   ~BackgroundDeflater();
   BackgroundDeflater(const BackgroundDeflater&) = delete;
@@ -76,6 +92,7 @@ class BackgroundDeflater {
   const int level_;
   const uint64_t chunk_size_;
   const SpoolLogFn log_;
+  const SyncSpoolFn sync_spool_;
   std::mutex mu_;  // guards entries_, busy_, idle_, stop_
   std::condition_variable wake_, changed_;
   std::vector<std::unique_ptr<Entry>> entries_;

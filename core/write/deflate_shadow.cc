@@ -71,8 +71,9 @@ Status DeflateShadow::Remove(const std::string& spool_path) {
 
 Result<std::unique_ptr<DeflateShadow>> DeflateShadow::Open(const std::string& spool_path, int level,
                                                            uint64_t chunk_size, uint64_t data_bytes,
-                                                           bool writable) {
-  std::unique_ptr<DeflateShadow> s(new DeflateShadow(spool_path, level, chunk_size));
+                                                           bool writable, SourceSync sync_source) {
+  std::unique_ptr<DeflateShadow> s(
+      new DeflateShadow(spool_path, level, chunk_size, std::move(sync_source)));
   const int flags = writable ? O_RDWR | O_CREAT : O_RDONLY;
   NPZ_ASSIGN_OR_RETURN(s->data_fd_, OpenFile(DataPath(spool_path), flags, 0644));
   NPZ_ASSIGN_OR_RETURN(s->index_fd_, OpenFile(IndexPath(spool_path), flags, 0644));
@@ -148,6 +149,8 @@ Status DeflateShadow::Append(std::string_view compressed, uint32_t crc32) {
 
 Status DeflateShadow::Sync() {
   if (recorded_ == chunks_.size()) return Status::Ok();
+  // The source bytes first: a record must never outlive the spool data it was made from.
+  if (sync_source_) NPZ_RETURN_IF_ERROR(sync_source_());
   NPZ_RETURN_IF_ERROR(FsyncFd(data_fd_.get(), DataPath(spool_path_)));
   std::string records;
   for (size_t i = recorded_; i < chunks_.size(); ++i) {

@@ -13,12 +13,18 @@
 //
 // Crash safety. A chunk's bytes are written first; its record is appended only after the
 // bytes were fsynced (Sync, every 4 MiB of data and whenever the deflater is idle), so a
-// record never names bytes a power cut could lose. On Open, the records are checked (each has a
-// CRC-32 seeded with its index) and kept while they are intact, their bytes are in the data
-// file and their chunk lies within the member's data; the rest is cut off, and those chunks
-// are deflated again from the spool file. A chunk written but not yet recorded when the
-// daemon died is simply redone. The raw spool file is never written here: losing a shadow
-// costs time at finalize, never data.
+// record never names bytes a power cut could lose. Nor does a record ever cover spool bytes
+// a power cut could lose: before it writes records, Sync makes the spool bytes they were
+// deflated from durable (the SourceSync given to Open: the background deflater fdatasyncs
+// the spool file). Without that, a record could survive a power cut that the spool data
+// behind it did not; the writer would then write other frames at the same offsets, and
+// finalize would copy the stale chunk, with its stale CRC-32, so no check would notice.
+// On Open, the records are checked (each has a CRC-32 seeded with its index) and kept while
+// they are intact, their bytes are in the data file and their chunk lies within the member's
+// data (which, by the rule above, is then the data the chunk was made from); the rest is cut
+// off, and those chunks are deflated again from the spool file. A chunk written but not yet
+// recorded when the daemon died is simply redone. The raw spool file is never written here:
+// losing a shadow costs time at finalize, never data.
 //
 // Adoption. The first 4 KiB of the data file stay free (a hole), so that a finalize that
 // creates the archive can make this file the archive itself: the member's local header and
@@ -32,6 +38,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -62,9 +69,15 @@ class DeflateShadow {
   // level or chunk size, and cuts off what it does not keep. For finalize (not writable):
   // ENOENT if there is no shadow; a shadow of another level or chunk size has no chunks;
   // nothing is changed on disk.
+  //
+  // `sync_source` (writable shadows) makes the spool bytes of every chunk appended so far
+  // durable; Sync calls it before it writes their records (see "Crash safety"). Only tests
+  // of the shadow's own files leave it empty.
+  using SourceSync = std::function<Status()>;
   static Result<std::unique_ptr<DeflateShadow>> Open(const std::string& spool_path, int level,
                                                      uint64_t chunk_size, uint64_t data_bytes,
-                                                     bool writable);
+                                                     bool writable,
+                                                     SourceSync sync_source = nullptr);
   // Removes both files (missing ones are fine).
   static Status Remove(const std::string& spool_path);
 
@@ -76,7 +89,8 @@ class DeflateShadow {
   // Appends chunk chunk_count(): its compressed bytes and the CRC-32 of its uncompressed
   // bytes. Its record becomes durable at the next Sync (done here every 4 MiB of data).
   Status Append(std::string_view compressed, uint32_t crc32);
-  // fsyncs the compressed bytes, then records the chunks appended since the last Sync.
+  // Makes the spool bytes of the chunks appended since the last Sync durable (sync_source),
+  // fsyncs their compressed bytes, then records them.
   Status Sync();
   // The chunks (recorded or not) covering at most the member's first `max_data_bytes` data
   // bytes, for finalize in this process; adoptable (see above) when that is all of them. The
@@ -84,14 +98,18 @@ class DeflateShadow {
   std::shared_ptr<const PredeflatedChunks> Chunks(uint64_t max_data_bytes) const;
 
  private:
-  DeflateShadow(std::string spool_path, int level, uint64_t chunk_size)
-      : spool_path_(std::move(spool_path)), level_(level), chunk_size_(chunk_size) {}
+  DeflateShadow(std::string spool_path, int level, uint64_t chunk_size, SourceSync sync_source)
+      : spool_path_(std::move(spool_path)),
+        level_(level),
+        chunk_size_(chunk_size),
+        sync_source_(std::move(sync_source)) {}
   Status Load(uint64_t data_bytes, bool writable);
   Status Reset();  // empties both files and writes the header
 
   std::string spool_path_;
   int level_;
   uint64_t chunk_size_;
+  SourceSync sync_source_;
   UniqueFd data_fd_, index_fd_;
   std::vector<PredeflatedChunks::Chunk> chunks_;
   size_t recorded_ = 0;    // chunks whose records are in the index file

@@ -114,6 +114,9 @@ class GrowingMember : public std::enable_shared_from_this<GrowingMember> {
   // The member's current name and spool file (both change on a rename: copies).
   std::string name() const;
   std::string spool_path() const;
+  // The spool file's descriptor: owned by the member and open for its whole life (renames
+  // keep it). For the background deflater, which fdatasyncs it.
+  int spool_fd() const { return fd_.get(); }
   bool is_npy() const;  // IsNpyName(name()): frame-structured
 
   // ---- writers ----
