@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -494,6 +495,49 @@ TEST(GrowingMember, ResumeOfAHeaderCutShortRestartsEmpty) {
   EXPECT_EQ(ReadFileOrDie(path), "");
 }
 
+// A shorter declared header replaces a longer one. The spool file must never hold the new
+// header followed by the old one's tail: Resume would count that tail as data. A failure of
+// the second step stands in for a crash between the two: a memfd sealed against shrinking
+// refuses the ftruncate.
+TEST(GrowingMember, AShorterDeclaredHeaderNeverLeavesTheOldHeadersTailAsData) {
+  Fixture f;
+  const std::string long_header =
+      NpyHeader::ForFrames("<u1", std::vector<uint64_t>(40, 1), false, 0)->Format();
+  const int fd = ::memfd_create("spool.npy", MFD_ALLOW_SEALING);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  ASSERT_EQ(::pwrite(fd, long_header.data(), long_header.size(), 0),
+            static_cast<ssize_t>(long_header.size()));
+  ASSERT_EQ(::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK), 0) << std::strerror(errno);
+  const std::string path = "/proc/self/fd/" + std::to_string(fd);
+  auto m = f.Resume("s.npy", path);
+  ASSERT_TRUE(m);
+  EXPECT_FALSE(m->SetAttribute(kShapeAttribute, "1").ok());
+  auto again = f.Resume("s.npy", path);
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->frame_count(), 0u) << "the old header's tail was counted as frames";
+  EXPECT_EQ(again->data_bytes(), 0u);
+}
+
+// A crash in the pwrite of a header into the emptied spool file leaves any prefix of it:
+// Resume restarts the member empty, whatever the length of the prefix.
+TEST(GrowingMember, ResumeOfAnyPrefixOfAHeaderRestartsEmpty) {
+  Fixture f;
+  const std::string header = U16Layout().Format();
+  for (size_t n = 0; n < header.size(); ++n) {
+    const std::string path = f.dir.Join("p" + std::to_string(n) + ".npy");
+    WriteFileOrDie(path, header.substr(0, n));
+    auto r = f.Resume("p.npy", path);
+    ASSERT_TRUE(r) << n << " bytes";
+    EXPECT_FALSE(r->layout().has_value()) << n << " bytes";
+    EXPECT_EQ(r->visible_size(), 0u) << n << " bytes";
+    EXPECT_EQ(ReadFileOrDie(path), "") << n << " bytes";
+  }
+}
+
 TEST(GrowingMember, ResumeRejectsAFileThatIsNotANpy) {
   Fixture f;
   const std::string path = f.dir.Join("junk.npy");
@@ -869,6 +913,26 @@ TEST(GrowingMember, ARenameToAnotherKindStartsTheMemberEmpty) {
   EXPECT_EQ(n->MoveTo("x.txt", f.dir.Join("missing-dir/x.txt")).code(), ENOENT);
   EXPECT_EQ(n->name(), "n.npy");
   EXPECT_EQ(ReadFileOrDie(n->spool_path()), NumpyU16(0)) << "the declared header is put back";
+}
+
+TEST(GrowingMember, AReaderOpenedBeforeARenameToAnotherKindNeverShowsTheOldHeader) {
+  Fixture f;
+  auto m = f.Create("a.npy", U16Layout());
+  // Its snapshot holds the .npy header; after the rename the member is a plain file.
+  auto reader = m->OpenReader(GrowingView::kSnapshot);
+  ASSERT_TRUE(m->MoveTo("a.bin", f.dir.Join("a.bin")).ok());
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  const std::string data(300, 'Z');
+  ASSERT_TRUE(WriteAt(*m, w, 0, data).ok());
+  std::string out(data.size(), '\0');
+  auto got = reader->ReadAt(0, std::span(reinterpret_cast<std::byte*>(out.data()), out.size()));
+  ASSERT_TRUE(got.ok()) << got.status().message();
+  EXPECT_EQ(*got, data.size());
+  EXPECT_EQ(out, data);
+  auto answer = reader->Read(0, std::span(reinterpret_cast<std::byte*>(out.data()), out.size()));
+  ASSERT_TRUE(answer.ok()) << answer.status().message();
+  EXPECT_GE(answer->splice_fd, 0) << "every byte of a plain file is data";
 }
 
 }  // namespace

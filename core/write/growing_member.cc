@@ -191,12 +191,12 @@ bool GrowingMember::is_npy() const {
 }
 
 // Replaces the spool file's content by `header` alone: only while it holds no data (io_mu_).
+// Emptied first: a crash (or a failure) in between leaves an empty file or a prefix of the
+// new header, which Resume restarts empty. Writing over the old header first would leave,
+// were the new one shorter, the old one's tail behind it, which Resume would count as data.
 Status GrowingMember::WriteHeaderOnly(const std::string& header) const {
-  NPZ_RETURN_IF_ERROR(PwriteAll(fd_.get(), header.data(), header.size(), 0, spool_path_));
-  if (::ftruncate(fd_.get(), static_cast<off_t>(header.size())) != 0) {
-    return ErrnoStatus(errno, spool_path_, "ftruncate failed");
-  }
-  return Status::Ok();
+  if (::ftruncate(fd_.get(), 0) != 0) return ErrnoStatus(errno, spool_path_, "ftruncate failed");
+  return PwriteAll(fd_.get(), header.data(), header.size(), 0, spool_path_);
 }
 
 Result<std::shared_ptr<GrowingMember>> GrowingMember::Create(std::string name,
@@ -242,7 +242,22 @@ Result<std::shared_ptr<GrowingMember>> GrowingMember::Resume(std::string name,
   }
   if (size == 0) return m;  // nothing was written, or only part of a writer's header
 
-  NPZ_ASSIGN_OR_RETURN(size_t total, ReadNpyHeaderLength(f, size, path));
+  // A header cut short even before its length field is complete (a few bytes of the magic
+  // and version) cannot tell its length, but it is cut short all the same.
+  std::string prefix(static_cast<size_t>(std::min<uint64_t>(size, kV2LengthPrefix)), '\0');
+  NPZ_RETURN_IF_ERROR(PreadExact(f, prefix.data(), prefix.size(), 0, path));
+  const size_t m_len = std::min(prefix.size(), NpyHeader::kMagic.size());
+  const bool magic =
+      std::string_view(prefix).substr(0, m_len) == NpyHeader::kMagic.substr(0, m_len);
+  const bool v1 =
+      prefix.size() > kVersionByte && static_cast<unsigned char>(prefix[kVersionByte]) == 1;
+  const size_t needed = v1 ? kV1LengthPrefix : kV2LengthPrefix;
+  size_t total = 0;
+  if (magic && size < needed) {
+    total = needed;  // a lower bound, enough to take the branch below
+  } else {
+    NPZ_ASSIGN_OR_RETURN(total, ReadNpyHeaderLength(f, size, path));
+  }
   if (total > size) {
     // Only the header is ever written at offset 0 before data, in one pwrite: a file shorter
     // than its header was cut in that pwrite and holds no data yet.
@@ -800,14 +815,20 @@ Result<ReadAnswer> GrowingMember::Read(const ReaderSnapshot& snapshot, uint64_t 
                                        std::span<std::byte> out) const {
   std::string current_header;
   uint64_t size;
+  bool has_layout;
   {
     std::lock_guard lock(mu_);
     size = s_->visible_size();
+    has_layout = s_->layout.has_value();
     // A snapshot taken before the layout was known (or before a Truncate(0) reset) has no
     // usable header: serve the current one.
-    if (s_->layout && snapshot.header.size() != s_->header.size()) current_header = s_->header;
+    if (has_layout && snapshot.header.size() != s_->header.size()) current_header = s_->header;
   }
-  const std::string& header = current_header.empty() ? snapshot.header : current_header;
+  // Without a layout (not known yet, or the member became a plain file on a rename) there is
+  // no header at all: a snapshot's header would be copied over the first data bytes.
+  static const std::string kNoHeader;
+  const std::string& header =
+      !has_layout ? kNoHeader : (current_header.empty() ? snapshot.header : current_header);
   if (offset >= size || out.empty()) return ReadAnswer{};
   const size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), size - offset));
   // Visible offsets are spool-file offsets, and data below the visible size is final.
