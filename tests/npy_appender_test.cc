@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -250,6 +252,56 @@ TEST(NpyAppender, RecoverKeepsCompleteFramesAndDropsAPartialOne) {
   EXPECT_EQ(NpyAppender::Recover(path).value(), 2u);
   EXPECT_EQ(NumpyCount(path), 2u);
   EXPECT_EQ(NpyAppender::Recover(dir.Join("none.npy")).status().code(), ENOENT);
+}
+
+// A write that fails part way (EFBIG here, ENOSPC alike) must not leave bytes behind the
+// data end: the header stays right, but a reopen (or Recover) counts frames from the file
+// size. A child process gets a file size limit; it exits with the step that went wrong.
+TEST(NpyAppender, AFailedWriteLeavesNoBytesThatAReopenWouldCountAsFrames) {
+  testing::TempDir dir;
+  const std::string direct = dir.Join("direct.npy"), buffered = dir.Join("buffered.npy");
+  const uint64_t frame = kValuesPerFrame * 4;
+  const uint64_t two_frames = Layout().FormattedLength() + 2 * frame;
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::signal(SIGXFSZ, SIG_IGN);  // the write fails with EFBIG instead of killing the child
+    NpyAppenderOptions small, large;
+    small.buffer_bytes = 8;  // every AddFrames goes straight to the file
+    large.buffer_bytes = 1 << 20;
+    for (const auto& [path, options] : {std::pair{direct, small}, std::pair{buffered, large}}) {
+      auto a = NpyAppender::Open(path, Layout(), options);
+      if (!a.ok() || !(*a)->AddFrames(MakeFrames(0, 2)).ok()) _exit(10);
+      if (!(*a)->Flush(Durability::kNone).ok()) _exit(11);
+      struct rlimit limit;
+      ::getrlimit(RLIMIT_FSIZE, &limit);
+      struct rlimit tight = limit;
+      tight.rlim_cur = two_frames + 3 * frame + 50;  // room for 3 frames and a half
+      if (::setrlimit(RLIMIT_FSIZE, &tight) != 0) _exit(12);
+      Status st = (*a)->AddFrames(MakeFrames(2, 10));
+      if (st.ok()) st = (*a)->Flush(Durability::kNone);
+      if (st.ok()) _exit(13);
+      ::setrlimit(RLIMIT_FSIZE, &limit);
+      struct stat after;
+      if (::stat(path.c_str(), &after) != 0 || static_cast<uint64_t>(after.st_size) != two_frames) {
+        _exit(14);
+      }
+      a->release();  // no destructor: it would retry the buffered frames
+    }
+    _exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "step that failed (14: bytes were left behind)";
+  for (const std::string& path : {direct, buffered}) {
+    auto a = NpyAppender::Open(path, Layout());
+    ASSERT_TRUE(a.ok()) << a.status().message();
+    EXPECT_EQ((*a)->frame_count(), 2u) << path;
+    ASSERT_TRUE((*a)->AddFrames(MakeFrames(2, 1)).ok());
+    ASSERT_TRUE((*a)->Close().ok());
+    EXPECT_EQ(NumpyCount(path), 3u) << path;
+  }
 }
 
 // A child appends and syncs at random points, reporting each synced count through a pipe;

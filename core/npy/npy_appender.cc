@@ -49,6 +49,17 @@ Result<UniqueFd> CreateWithHeader(const std::string& path, const std::string& he
   return ErrnoStatus(errno, path, "cannot create");
 }
 
+// Writes frame data at `offset`, the data end. A write that fails part way (ENOSPC, EFBIG)
+// may have added some of its bytes: they are cut again, because Open and Recover count
+// frames from the file size and would take them for frames. The write's error is what the
+// caller gets; if the cut fails too, a reopen may count those bytes (nothing better to do).
+Status PwriteData(int fd, std::span<const std::byte> data, uint64_t offset,
+                  const std::string& path) {
+  Status st = PwriteAll(fd, data.data(), data.size(), offset, path);
+  if (!st.ok()) (void)::ftruncate(fd, static_cast<off_t>(offset));
+  return st;
+}
+
 }  // namespace
 
 NpyAppender::NpyAppender(Key, std::string path, UniqueFd fd, NpyHeader header, size_t header_len,
@@ -140,8 +151,7 @@ Status NpyAppender::AddFrames(std::span<const std::byte> frames) {
     NPZ_RETURN_IF_ERROR(Flush(Durability::kNone));
     if (frames.size() >= buffer_limit_) {
       // Large writes skip the copy; the data goes straight behind what is on disk.
-      NPZ_RETURN_IF_ERROR(PwriteAll(fd_.get(), frames.data(), frames.size(),
-                                    header_len_ + disk_frames_ * fb, path_));
+      NPZ_RETURN_IF_ERROR(PwriteData(fd_.get(), frames, header_len_ + disk_frames_ * fb, path_));
       disk_frames_ += n;
       frame_count_ += n;
       return WriteHeader(disk_frames_);
@@ -155,8 +165,7 @@ Status NpyAppender::AddFrames(std::span<const std::byte> frames) {
 Status NpyAppender::WriteBuffer() {
   if (buffer_.empty()) return Status::Ok();
   uint64_t fb = frame_bytes();
-  NPZ_RETURN_IF_ERROR(
-      PwriteAll(fd_.get(), buffer_.data(), buffer_.size(), header_len_ + disk_frames_ * fb, path_));
+  NPZ_RETURN_IF_ERROR(PwriteData(fd_.get(), buffer_, header_len_ + disk_frames_ * fb, path_));
   disk_frames_ += buffer_.size() / fb;
   buffer_.clear();
   return Status::Ok();
