@@ -14,9 +14,11 @@
 
 #include "core/base/byte_codec.h"
 #include "core/base/crc32.h"
+#include "core/zip/chunked_deflater.h"
 #include "npzfs/archive.h"
 #include "npzfs/archive_writer.h"
 #include "tests/test_util.h"
+#include "tests/zip_bytes.h"
 
 namespace npzfs {
 namespace {
@@ -36,11 +38,17 @@ std::string Noisy(size_t n, uint32_t seed) {
 class SeekableTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    members_ = {{"adc.npy", Noisy(3'300'000, 1)}, {"small.npy", Noisy(5000, 2)}, {"empty.bin", ""}};
+    members_ = {{"adc.npy", Noisy(3'300'000, 1)},
+                {"small.npy", Noisy(5000, 2)},
+                {"empty.bin", ""},
+                {"lead.npy", Noisy(700'000, 3)}};
     std::vector<NewMember> news;
     for (const auto& [name, bytes] : members_) {
       NewMember m;
       m.name = name;
+      // A first chunk of its own, as a .npy header gets: a small chunk, whose decoder runs
+      // out of input just after its last block.
+      if (name == "lead.npy") m.leading_chunk = 128;
       m.pieces.push_back(MemberPiece{bytes});
       news.push_back(std::move(m));
     }
@@ -213,6 +221,99 @@ TEST_F(SeekableTest, ForgedChunkCrcsThatStillAddUpAreCaughtChunkByChunk) {
 // real lengths. Here 4 MiB chunks meet an 8 MiB cache: an estimate from the checkpoint
 // spacing (576 KiB a span) decoded three spans ahead of a slow reader, and they evicted each
 // other before they were read (152 decodes for 10 spans).
+// Four bytes that, appended to `prefix`, make its CRC-32 `target` (CRC-32 is affine over
+// GF(2) in them, so a forger solves 32 linear equations).
+std::string ForgeCrcTail(const std::string& prefix, uint32_t target) {
+  auto crc_with = [&](uint32_t tail) {
+    std::string s = prefix;
+    for (int i = 0; i < 4; ++i) s.push_back(static_cast<char>(tail >> (8 * i)));
+    return Crc32(0, s.data(), s.size());
+  };
+  const uint32_t base = crc_with(0);
+  std::vector<std::pair<uint32_t, uint32_t>> basis(32, {0, 0});  // by top bit: (value, mask)
+  for (int i = 0; i < 32; ++i) {
+    uint32_t v = crc_with(uint32_t{1} << i) ^ base, m = uint32_t{1} << i;
+    for (int bit = 31; bit >= 0 && v != 0; --bit) {
+      if (((v >> bit) & 1) == 0) continue;
+      if (basis[bit].first == 0) {
+        basis[bit] = {v, m};
+        break;
+      }
+      v ^= basis[bit].first;
+      m ^= basis[bit].second;
+    }
+  }
+  uint32_t want = target ^ base, tail = 0;
+  for (int bit = 31; bit >= 0; --bit) {
+    if (((want >> bit) & 1) == 0) continue;
+    want ^= basis[bit].first;
+    tail ^= basis[bit].second;
+  }
+  std::string out;
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>(tail >> (8 * i)));
+  return out;
+}
+
+TEST(SeekableForgery, AChunkIsDecodedFromItsOwnBytesAloneAndMustEndWithThem) {
+  // The deflate stream every zip reader inflates: a stored block holding D0, then D1. D0's
+  // tail happens to be E, a deflate encoding of X1, which has D1's length and CRC-32. The
+  // table says chunk 1 starts at E: every parse check holds (sizes add up, the chunk CRCs
+  // combine to the member's). Decoded from E and stopped after X1's length, chunk 1 would
+  // show X1 where the member holds D1; decoded to the end of its bytes it holds more, and
+  // chunk 0 ends inside its stored block: the table is distrusted and the data read right.
+  std::string d1;
+  for (int i = 0; i < 1000; ++i) d1.push_back(static_cast<char>(i * 7 % 251));
+  std::string x1;
+  while (x1.size() < d1.size() - 4) x1 += "EVIL";
+  x1.resize(d1.size() - 4);
+  x1 += ForgeCrcTail(x1, Crc32(0, d1.data(), d1.size()));
+  ASSERT_EQ(Crc32(0, x1.data(), x1.size()), Crc32(0, d1.data(), d1.size()));
+  std::string e, c1;
+  ASSERT_TRUE(DeflateChunk(6, x1, /*final=*/false, &e).ok());
+  ASSERT_TRUE(DeflateChunk(6, d1, /*final=*/true, &c1).ok());
+  const std::string d0 = std::string(68, 'h') + e;
+  std::string stream = {'\x00'};  // a stored block, not the last
+  PutLe16(stream, static_cast<uint16_t>(d0.size()));
+  PutLe16(stream, static_cast<uint16_t>(~d0.size()));
+  stream += d0 + c1;
+  const std::string data = d0 + d1;
+
+  const uint32_t s0 = static_cast<uint32_t>(5 + d0.size() - e.size());  // the lie
+  std::string table = "NPZS";
+  table += std::string("\x01\x00\x00\x00", 4);  // version 1, flags, reserved
+  for (uint32_t v : {uint32_t{4096}, static_cast<uint32_t>(d0.size()), uint32_t{2}, s0,
+                     Crc32(0, d0.data(), d0.size()), static_cast<uint32_t>(stream.size() - s0),
+                     Crc32(0, d1.data(), d1.size())}) {
+    PutLe32(table, v);
+  }
+  PutLe32(table, Crc32(0, table.data(), table.size()));
+  std::string extra;
+  PutLe16(extra, 0x5a4e);
+  PutLe16(extra, static_cast<uint16_t>(table.size()));
+  extra += table;
+  TempDir dir;
+  testing::WriteFileOrDie(
+      dir.Join("forged.npz"),
+      testing::BuildZip(
+          {{"m.bin", 8, stream, Crc32(0, data.data(), data.size()), data.size(), extra}}));
+
+  std::string log;
+  ArchiveOptions o;
+  o.index_enabled = false;
+  o.log = [&](const std::string& line) { log += line + "\n"; };
+  auto a = Archive::Open(dir.Join("forged.npz"), o);
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  ASSERT_EQ((*a)->index_state(0), IndexState::kSeekable) << "the forgery passes every parse check";
+  auto r = (*a)->OpenMember(0);
+  ASSERT_TRUE(r.ok());
+  std::string buf(d1.size(), '\0');
+  auto got = (*r)->ReadAt(d0.size(), std::as_writable_bytes(std::span(buf)));
+  ASSERT_TRUE(got.ok()) << got.status().message();
+  EXPECT_TRUE(buf == d1) << (buf == x1 ? "served the forged bytes" : "served other bytes");
+  EXPECT_NE(log.find("corrupt seek table"), std::string::npos) << log;
+  EXPECT_NE((*a)->index_state(0), IndexState::kSeekable);
+}
+
 TEST(SeekableReadAhead, ReadAheadOfLongSpansStaysWithinAQuarterOfTheCache) {
   TempDir dir;
   const std::string bytes = Noisy(40 << 20, 3);

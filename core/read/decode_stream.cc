@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <string>
 
 #include "core/base/crc32.h"
 #include "npzfs/file_util.h"
@@ -16,7 +17,8 @@ constexpr size_t kInputBufferSize = 128 * 1024;
 DecodeStream::DecodeStream(DeflateSource source, std::unique_ptr<InflateEngine> engine, PassKey)
     : src_(std::move(source)),
       engine_(std::move(engine)),
-      in_buf_(std::make_unique_for_overwrite<std::byte[]>(kInputBufferSize)) {}
+      in_buf_(std::make_unique_for_overwrite<std::byte[]>(kInputBufferSize)),
+      in_end_(src_.compressed_size) {}
 
 Result<std::unique_ptr<DecodeStream>> DecodeStream::Create(DeflateSource source) {
   NPZ_ASSIGN_OR_RETURN(std::unique_ptr<InflateEngine> engine, MakeFastEngine());
@@ -40,6 +42,7 @@ Status DecodeStream::Restore(const Checkpoint& cp, std::optional<uint32_t> crc_b
   if (!s.ok()) return Status::Error(EIO, src_.name + ": corrupt checkpoint: " + s.message());
   in_off_ = in_avail_ = 0;
   in_next_ = cp.in;
+  in_end_ = src_.compressed_size;
   out_pos_ = cp.out;
   ended_ = false;
   crc_ = crc_before;
@@ -50,6 +53,7 @@ Status DecodeStream::Restore(const Snapshot& snap) {
   NPZ_RETURN_IF_ERROR(engine_->Restore(*snap.state));
   in_off_ = in_avail_ = 0;
   in_next_ = snap.in;
+  in_end_ = src_.compressed_size;
   out_pos_ = snap.out;
   ended_ = false;
   crc_ = snap.crc;
@@ -66,9 +70,11 @@ Result<DecodeStream::Snapshot> DecodeStream::TakeSnapshot() const {
   return snap;
 }
 
+void DecodeStream::LimitInput(uint64_t end) { in_end_ = std::min(end, src_.compressed_size); }
+
 Status DecodeStream::Refill() {
-  const size_t want =
-      static_cast<size_t>(std::min<uint64_t>(kInputBufferSize, src_.compressed_size - in_next_));
+  const size_t want = static_cast<size_t>(
+      std::min<uint64_t>(kInputBufferSize, in_end_ - std::min(in_next_, in_end_)));
   NPZ_RETURN_IF_ERROR(
       PreadExact(src_.fd, in_buf_.get(), want, src_.data_offset + in_next_, src_.name));
   in_next_ += want;
@@ -80,7 +86,7 @@ Status DecodeStream::Refill() {
 Result<size_t> DecodeStream::Read(std::byte* out, size_t n) {
   size_t done = 0;
   while (done < n && !ended_) {
-    if (in_avail_ == 0 && in_next_ < src_.compressed_size) NPZ_RETURN_IF_ERROR(Refill());
+    if (in_avail_ == 0 && in_next_ < in_end_) NPZ_RETURN_IF_ERROR(Refill());
     Result<InflateEngine::Step> step =
         engine_->Inflate(std::span<const std::byte>(in_buf_.get() + in_off_, in_avail_),
                          std::span<std::byte>(out + done, n - done));
@@ -90,7 +96,12 @@ Result<size_t> DecodeStream::Read(std::byte* out, size_t n) {
     done += step->produced;
     if (step->ended) ended_ = true;
     if (step->consumed == 0 && step->produced == 0 && !ended_) {
-      if (in_avail_ == 0 && in_next_ >= src_.compressed_size) {
+      if (in_avail_ == 0 && in_next_ >= in_end_) {
+        if (in_end_ < src_.compressed_size) {
+          return Status::Error(EIO, src_.name +
+                                        ": corrupt seek table: a chunk's compressed bytes end "
+                                        "before its uncompressed size is reached");
+        }
         return Status::Error(EIO, src_.name +
                                       ": corrupt deflate data: compressed data ends "
                                       "before the deflate stream does");
@@ -103,6 +114,32 @@ Result<size_t> DecodeStream::Read(std::byte* out, size_t n) {
   if (crc_.has_value()) crc_ = Crc32(*crc_, out, done);
   out_pos_ += done;
   return done;
+}
+
+Status DecodeStream::FinishChunk(bool last) {
+  const std::string where =
+      src_.name + ": corrupt seek table: the chunk ending at " + std::to_string(out_pos_) + " ";
+  std::byte scratch[64];
+  while (!ended_) {
+    if (in_avail_ == 0 && in_next_ < in_end_) NPZ_RETURN_IF_ERROR(Refill());
+    if (in_avail_ == 0) break;  // everything up to the limit was given to the engine
+    Result<InflateEngine::Step> step = engine_->Inflate(
+        std::span<const std::byte>(in_buf_.get() + in_off_, in_avail_), std::span(scratch));
+    if (!step.ok()) return Status::Error(EIO, where + "continues into bad deflate data");
+    if (step->produced > 0) return Status::Error(EIO, where + "holds more data than that");
+    in_off_ += step->consumed;
+    in_avail_ -= step->consumed;
+    if (step->ended) ended_ = true;
+    if (step->consumed == 0) break;  // the engine takes no more of it
+  }
+  if (in_avail_ > 0 || in_next_ < in_end_) {
+    return Status::Error(EIO, where + "has compressed bytes after its data");
+  }
+  if (last && !ended_) return Status::Error(EIO, where + "does not end the deflate stream");
+  if (!last && (ended_ || !engine_->AtByteAlignedBlockBoundary())) {
+    return Status::Error(EIO, where + "does not end on a block boundary");
+  }
+  return Status::Ok();
 }
 
 Result<size_t> DecodeStream::Skip(uint64_t n) {

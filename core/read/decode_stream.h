@@ -52,6 +52,16 @@ class DecodeStream {
   // Decodes and discards `n` bytes (or up to the end).
   Result<size_t> Skip(uint64_t n);
 
+  // A seek table's chunk: the stream reads no compressed byte at or past `end` (relative
+  // to the data) until the next call; Restore lifts the limit.
+  void LimitInput(uint64_t end);
+  // After Read has produced the chunk's bytes: checks that the chunk ends exactly there, so
+  // that decoding it alone gives what a decoder of the whole stream gives: no more output,
+  // every compressed byte up to the limit used, and then either the engine between two blocks
+  // on a byte boundary (`last` false) or the stream's end (`last` true). EIO otherwise,
+  // naming what is wrong.
+  Status FinishChunk(bool last);
+
   // A snapshot of the current position. Errors: ENOMEM.
   Result<Snapshot> TakeSnapshot() const;
 
@@ -76,6 +86,7 @@ class DecodeStream {
   size_t in_off_ = 0;     // next unconsumed byte in in_buf_
   size_t in_avail_ = 0;   // unconsumed bytes in in_buf_
   uint64_t in_next_ = 0;  // offset (relative to the data) of the next byte to pread
+  uint64_t in_end_ = 0;   // no pread at or past this offset (LimitInput; else the data's end)
   uint64_t out_pos_ = 0;
   bool ended_ = false;
   std::optional<uint32_t> crc_;

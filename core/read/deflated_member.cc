@@ -386,17 +386,22 @@ Result<SpanPtr> DeflatedMember::ProduceKnownSpan(size_t k, uint64_t generation) 
   Checkpoint cp;
   uint32_t crc_before = 0;
   uint64_t end = 0;
+  std::optional<ChunkEnd> chunk;
   {
     std::lock_guard<std::mutex> lock(index_mu_);
     if (generation != generation_) return Status::Error(EAGAIN, source_.name + ": index replaced");
     cp = checkpoints_[k];
     crc_before = prefix_crcs_[k];
-    end = k + 1 < checkpoints_.size() ? checkpoints_[k + 1].out : size();
+    const bool last = k + 1 == checkpoints_.size();
+    end = last ? size() : checkpoints_[k + 1].out;
+    if (seekable_) {
+      chunk = ChunkEnd{last ? entry_.compressed_size : checkpoints_[k + 1].in, last};
+    }
   }
   const size_t len = static_cast<size_t>(end - cp.out);
   NPZ_ASSIGN_OR_RETURN(auto buf, AllocateSpanBuffer(len));
   SpanStream used;
-  Result<size_t> got = DecodeSpan(cp, crc_before, generation, buf.get(), len, &used);
+  Result<size_t> got = DecodeSpan(cp, crc_before, generation, buf.get(), len, &used, chunk);
   Status failure = got.ok() ? Status::Ok() : got.status();
   if (failure.ok() && *got != len) {
     failure = Bad("the deflate data ends early in the span at " + std::to_string(cp.out));
@@ -422,7 +427,7 @@ Result<SpanPtr> DeflatedMember::ProduceKnownSpan(size_t k, uint64_t generation) 
 
 Result<size_t> DeflatedMember::DecodeSpan(const Checkpoint& cp, uint32_t crc_before,
                                           uint64_t generation, std::byte* out, size_t len,
-                                          SpanStream* used) {
+                                          SpanStream* used, std::optional<ChunkEnd> chunk) {
   if (cp.at_block_start()) {  // the fast engine
     used->fast = shared_->fast_pool.Take(StreamKey(generation), cp.out);
     if (used->fast == nullptr) {
@@ -430,7 +435,13 @@ Result<size_t> DeflatedMember::DecodeSpan(const Checkpoint& cp, uint32_t crc_bef
       NPZ_ASSIGN_OR_RETURN(used->fast, DecodeStream::Create(source_));
       NPZ_RETURN_IF_ERROR(used->fast->Restore(cp, crc_before));
     }
-    return used->fast->Read(out, len);
+    if (!chunk.has_value()) return used->fast->Read(out, len);
+    // A seek table's chunk, alone: decoded past its end (into the next chunk), a table
+    // whose offsets lie could show bytes the deflate stream does not hold where they are.
+    used->fast->LimitInput(chunk->in_end);
+    NPZ_ASSIGN_OR_RETURN(size_t got, used->fast->Read(out, len));
+    if (got == len) NPZ_RETURN_IF_ERROR(used->fast->FinishChunk(chunk->last));
+    return got;
   }
   // Inside a block: only zlib resumes there.
   NPZ_ASSIGN_OR_RETURN(used->zlib, StreamAt(cp, false, generation));

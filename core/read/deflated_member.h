@@ -42,13 +42,20 @@
 // Seekable members (deflated by npzfs in independent chunks, with a seek table in the central
 // directory, core/zip/seek_table.h): the chunk starts are the checkpoints (byte-aligned, no
 // window) and the chunk CRCs the span CRCs, so the index is complete from the first read:
-// no first pass, no sidecar record, random access and parallel decode at once.
+// no first pass, no sidecar record, random access and parallel decode at once. A chunk is
+// decoded from its own compressed bytes alone and must end exactly with them: on a byte-
+// aligned block boundary, or at the stream's end for the last (DecodeStream::FinishChunk).
+// Decoded past its end, a chunk whose table offset lies could show bytes that the stream
+// holds elsewhere. With that rule, chunks decoded in order from the member's start give what
+// any inflater gives; a chunk decoded alone trusts that the chunks before it end where the
+// table says, which damage cannot fake but a forger can (CRC-32 is linear): `npz verify`
+// reads every chunk in order and catches it.
 //
 // Saved checkpoints are distrusted on failure: a span that fails against checkpoints from
 // the sidecar or a seek table (CRC, window, deflate data) drops them all (generation
 // changes, so nothing cached under the old ones is found again) and a first pass rebuilds
 // them; only if the data itself is bad is the member corrupt (EIO for every later read). A
-// lying seek table thus costs a first pass, never a wrong byte.
+// damaged seek table thus costs a first pass, never a wrong byte (a forged one: see above).
 //
 // Locks (in this order; never the other way round):
 //   frontier_mu_  held by the one thread extending the first pass, *while inflating*: the
@@ -189,9 +196,16 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
     std::unique_ptr<InflateStream> zlib;
   };
   // Decodes `len` bytes from checkpoint `cp`, whose prefix has CRC-32 `crc_before` (a
-  // parked stream continues when one is there).
+  // parked stream continues when one is there). `chunk`: the span is a seek table's chunk,
+  // whose compressed bytes end at `chunk->in_end`; it is decoded from those bytes alone and
+  // must end exactly with them (DecodeStream::FinishChunk).
+  struct ChunkEnd {
+    uint64_t in_end = 0;
+    bool last = false;
+  };
   Result<size_t> DecodeSpan(const Checkpoint& cp, uint32_t crc_before, uint64_t generation,
-                            std::byte* out, size_t len, SpanStream* used);
+                            std::byte* out, size_t len, SpanStream* used,
+                            std::optional<ChunkEnd> chunk);
   // Parked streams and snapshots are keyed by member and generation: nothing made from
   // distrusted checkpoints is ever continued.
   uint64_t StreamKey(uint64_t generation) const { return (id_ << 20) | (generation & 0xfffff); }

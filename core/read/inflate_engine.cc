@@ -63,6 +63,10 @@ class ZlibEngine final : public InflateEngine {
     return step;
   }
 
+  // inflate() sets data_type on every return: the unused bits of the last byte it took,
+  // +64 in the final block, +128 between blocks (mode TYPE), +256 inside a block's codes.
+  bool AtByteAlignedBlockBoundary() const override { return s_->data_type == 128; }
+
   class ZlibState final : public State {
    public:
     ZlibState() : s(std::make_unique<z_stream>()) { *s = z_stream{}; }
@@ -143,6 +147,17 @@ class IsalEngine final : public InflateEngine {
     if (s->total_out > (1u << 31)) s->total_out = 1u << 30;
     if (r < 0) return Status::Error(EIO, "corrupt deflate data: " + IsalError(r));
     return step;
+  }
+
+  // Between blocks, no bits of the next byte read ahead, no input or output parked in the
+  // state's own buffers. Out of input just after a block, ISA-L may already be in
+  // ISAL_BLOCK_HDR: it gathers a header's bytes in tmp_in_buffer, so with none gathered it
+  // has read nothing of the next header.
+  bool AtByteAlignedBlockBoundary() const override {
+    const inflate_state* s = s_.get();
+    const bool between = s->block_state == ISAL_BLOCK_NEW_HDR || s->block_state == ISAL_BLOCK_HDR;
+    return between && s->read_in_length == 0 && s->tmp_in_size == 0 &&
+           s->tmp_out_valid == s->tmp_out_processed;
   }
 
   // Everything before the history buffer, then the valid part of it: the struct holds no

@@ -45,6 +45,12 @@ class InflateEngine {
   // Errors: EIO corrupt deflate data (the message says what; the caller adds the member).
   virtual Result<Step> Inflate(std::span<const std::byte> in, std::span<std::byte> out) = 0;
 
+  // After an Inflate: true when the engine stopped between two blocks on a byte boundary,
+  // holding no input bits and no output, so that the next input byte starts a block (as
+  // after a full flush, where each chunk of a seek table ends). False inside a block or a
+  // block header, and after the final block.
+  virtual bool AtByteAlignedBlockBoundary() const = 0;
+
   // A saved decoder state, in memory only: restoring it into an engine of the same kind
   // resumes decoding, given the input from where this engine's input stopped.
   class State {
