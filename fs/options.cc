@@ -20,6 +20,7 @@ enum Key {
   kKeyQuiet,
   kKeyVerbose,
   kKeyReadOnly,
+  kKeyReadWrite,
   kKeyCreate,
   kKeyNonEmpty,
   kKeyCompress,
@@ -43,6 +44,8 @@ const fuse_opt kOptionSpecs[] = {
     FUSE_OPT_KEY("-v", kKeyVerbose),
     FUSE_OPT_KEY("--verbose", kKeyVerbose),
     FUSE_OPT_KEY("ro", kKeyReadOnly),
+    FUSE_OPT_KEY("-r", kKeyReadOnly),  // libfuse's short form: a read-only kernel mount too
+    FUSE_OPT_KEY("rw", kKeyReadWrite),
     FUSE_OPT_KEY("create", kKeyCreate),
     FUSE_OPT_KEY("nonempty", kKeyNonEmpty),
     FUSE_OPT_KEY("compress", kKeyCompress),
@@ -107,6 +110,9 @@ int ProcessFlag(Options& o, int key) {
     case kKeyReadOnly:
       o.read_only = true;
       return kKeep;  // also mount read-only in the kernel: writes fail with EROFS there
+    case kKeyReadWrite:
+      o.read_only = false;  // the last of ro and rw wins, here as in the kernel
+      return kKeep;
     case kKeyCreate:
       o.create = true;
       return kConsumed;

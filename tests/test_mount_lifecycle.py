@@ -197,6 +197,20 @@ def test_a_read_only_mount_leaves_no_side_file_and_umount_succeeds(tmp_path):
     assert side_files(tmp_path) == before == []
 
 
+def test_r_and_rw_make_npzfs_read_only_exactly_when_the_kernel_mount_is(tmp_path):
+    """-r is libfuse's short form of -o ro: the kernel mount is read-only, so npzfs must be
+    too (no lock, no spool, no finalize); of ro and rw, the last wins on both sides."""
+    require_fuse()
+    make_archive(tmp_path / "run.npz")
+    for options, writable in ((("-r",), False), (("-o", "ro,rw"), True),
+                              (("-o", "rw,ro"), False)):
+        with mounted(tmp_path / "run.npz", tmp_path / "mnt", *options) as m:
+            kernel_ro = bool(os.statvfs(m.mnt).f_flag & os.ST_RDONLY)
+            assert kernel_ro == (not writable), options
+            # A writable daemon publishes where its finalize result goes; a read-only one not.
+            assert (os.getxattr(m.mnt, "user.npzfs.result") != b"") == writable, options
+
+
 def test_the_result_file_is_kept_out_of_the_archive_directory_and_removed_once_read(tmp_path):
     require_fuse()
     make_archive(tmp_path / "run.npz")
