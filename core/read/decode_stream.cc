@@ -83,18 +83,23 @@ Status DecodeStream::Refill() {
   return Status::Ok();
 }
 
+Result<InflateEngine::Step> DecodeStream::Advance(std::span<std::byte> out) {
+  Result<InflateEngine::Step> step =
+      engine_->Inflate(std::span<const std::byte>(in_buf_.get() + in_off_, in_avail_), out);
+  if (!step.ok()) return step;
+  in_off_ += step->consumed;
+  in_avail_ -= step->consumed;
+  if (step->ended) ended_ = true;
+  return step;
+}
+
 Result<size_t> DecodeStream::Read(std::byte* out, size_t n) {
   size_t done = 0;
   while (done < n && !ended_) {
     if (in_avail_ == 0 && in_next_ < in_end_) NPZ_RETURN_IF_ERROR(Refill());
-    Result<InflateEngine::Step> step =
-        engine_->Inflate(std::span<const std::byte>(in_buf_.get() + in_off_, in_avail_),
-                         std::span<std::byte>(out + done, n - done));
+    Result<InflateEngine::Step> step = Advance(std::span<std::byte>(out + done, n - done));
     if (!step.ok()) return Status::Error(EIO, src_.name + ": " + step.status().message());
-    in_off_ += step->consumed;
-    in_avail_ -= step->consumed;
     done += step->produced;
-    if (step->ended) ended_ = true;
     if (step->consumed == 0 && step->produced == 0 && !ended_) {
       if (in_avail_ == 0 && in_next_ >= in_end_) {
         if (in_end_ < src_.compressed_size) {
@@ -123,13 +128,9 @@ Status DecodeStream::FinishChunk(bool last) {
   while (!ended_) {
     if (in_avail_ == 0 && in_next_ < in_end_) NPZ_RETURN_IF_ERROR(Refill());
     if (in_avail_ == 0) break;  // everything up to the limit was given to the engine
-    Result<InflateEngine::Step> step = engine_->Inflate(
-        std::span<const std::byte>(in_buf_.get() + in_off_, in_avail_), std::span(scratch));
+    Result<InflateEngine::Step> step = Advance(std::span(scratch));
     if (!step.ok()) return Status::Error(EIO, where + "continues into bad deflate data");
     if (step->produced > 0) return Status::Error(EIO, where + "holds more data than that");
-    in_off_ += step->consumed;
-    in_avail_ -= step->consumed;
-    if (step->ended) ended_ = true;
     if (step->consumed == 0) break;  // the engine takes no more of it
   }
   if (in_avail_ > 0 || in_next_ < in_end_) {

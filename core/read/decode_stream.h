@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 
 #include "core/read/inflate_engine.h"
 #include "core/read/inflate_index.h"
@@ -79,6 +80,9 @@ class DecodeStream {
 
  private:
   Status Refill();
+  // Runs the engine once on the buffered input into `out` and moves past what it consumed
+  // (and to the end, when the stream ended). The engine's error, unwrapped.
+  Result<InflateEngine::Step> Advance(std::span<std::byte> out);
 
   DeflateSource src_;
   std::unique_ptr<InflateEngine> engine_;
