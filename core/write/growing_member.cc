@@ -73,6 +73,17 @@ std::string_view AsChars(std::span<const std::byte> data) {
   return {reinterpret_cast<const char*>(data.data()), data.size()};
 }
 
+// For the start of a .npy header: nullopt unless `prefix` begins as the magic string does;
+// else how many bytes must be there before the header's length can be read (12 while the
+// version byte is not there yet).
+std::optional<size_t> LengthPrefixNeeded(std::string_view prefix) {
+  const size_t m = std::min(prefix.size(), NpyHeader::kMagic.size());
+  if (prefix.substr(0, m) != NpyHeader::kMagic.substr(0, m)) return std::nullopt;
+  const bool v1 =
+      prefix.size() > kVersionByte && static_cast<unsigned char>(prefix[kVersionByte]) == 1;
+  return v1 ? kV1LengthPrefix : kV2LengthPrefix;
+}
+
 Result<bool> ParseBoolText(std::string_view text) {
   if (text == "1" || text == "true" || text == "True") return true;
   if (text == "0" || text == "false" || text == "False") return false;
@@ -246,15 +257,10 @@ Result<std::shared_ptr<GrowingMember>> GrowingMember::Resume(std::string name,
   // and version) cannot tell its length, but it is cut short all the same.
   std::string prefix(static_cast<size_t>(std::min<uint64_t>(size, kV2LengthPrefix)), '\0');
   NPZ_RETURN_IF_ERROR(PreadExact(f, prefix.data(), prefix.size(), 0, path));
-  const size_t m_len = std::min(prefix.size(), NpyHeader::kMagic.size());
-  const bool magic =
-      std::string_view(prefix).substr(0, m_len) == NpyHeader::kMagic.substr(0, m_len);
-  const bool v1 =
-      prefix.size() > kVersionByte && static_cast<unsigned char>(prefix[kVersionByte]) == 1;
-  const size_t needed = v1 ? kV1LengthPrefix : kV2LengthPrefix;
+  const std::optional<size_t> needed = LengthPrefixNeeded(prefix);
   size_t total = 0;
-  if (magic && size < needed) {
-    total = needed;  // a lower bound, enough to take the branch below
+  if (needed.has_value() && size < *needed) {
+    total = *needed;  // a lower bound, enough to take the branch below
   } else {
     NPZ_ASSIGN_OR_RETURN(total, ReadNpyHeaderLength(f, size, path));
   }
@@ -414,16 +420,9 @@ Result<size_t> GrowingMember::CollectHeader(std::unique_lock<std::mutex>& lock,
   State& s = *s_;
   std::string buf = s.header_buf;
   buf.append(AsChars(data));
-  const size_t m = std::min(buf.size(), NpyHeader::kMagic.size());
-  if (std::string_view(buf).substr(0, m) != NpyHeader::kMagic.substr(0, m)) {
-    return Status::Error(EINVAL, NoLayoutMessage(name_));
-  }
-  size_t needed = 0;
-  if (buf.size() > kVersionByte + 1) {
-    needed = static_cast<unsigned char>(buf[kVersionByte]) == 1 ? kV1LengthPrefix : kV2LengthPrefix;
-  }
-  auto total =
-      needed == 0 || buf.size() < needed ? Result<size_t>(size_t{0}) : NpyHeader::TotalLength(buf);
+  const std::optional<size_t> needed = LengthPrefixNeeded(buf);
+  if (!needed.has_value()) return Status::Error(EINVAL, NoLayoutMessage(name_));
+  auto total = buf.size() < *needed ? Result<size_t>(size_t{0}) : NpyHeader::TotalLength(buf);
   if (!total.ok()) return total.status().WithContext(name_);
   if (*total > kMaxWriterHeaderBytes) {
     return Status::Error(EINVAL, name_ + ": .npy header of " + std::to_string(*total) +
