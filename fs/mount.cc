@@ -48,18 +48,22 @@ size_t HandleTable::size() const {
   return handles_.size();
 }
 
+void SpoolSlot::StartBackgroundLocked() {
+  if (spool_ != nullptr && background_level_ && threads_allowed_) {
+    spool_->StartBackgroundDeflate(*background_level_);
+  }
+}
+
 void SpoolSlot::AllowThreads() {
   std::lock_guard lock(mu_);
   threads_allowed_ = true;
-  if (spool_ != nullptr && background_level_) spool_->StartBackgroundDeflate(*background_level_);
+  StartBackgroundLocked();
 }
 
 void SpoolSlot::Set(std::unique_ptr<Spool> spool) {
   std::lock_guard lock(mu_);
   spool_ = std::move(spool);
-  if (spool_ != nullptr && background_level_ && threads_allowed_) {
-    spool_->StartBackgroundDeflate(*background_level_);
-  }
+  StartBackgroundLocked();
 }
 
 Spool* SpoolSlot::get() const {
@@ -73,7 +77,7 @@ Result<Spool*> SpoolSlot::GetOrCreate(const std::string& dir) {
   auto spool = Spool::Open(dir, [](const std::string& line) { LogInfo(line); });
   if (spool.ok()) {
     spool_ = std::move(spool).value();
-    if (background_level_ && threads_allowed_) spool_->StartBackgroundDeflate(*background_level_);
+    StartBackgroundLocked();
     LogInfo("spool for new members: " + dir);
     return spool_.get();
   }

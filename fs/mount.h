@@ -81,6 +81,10 @@ class SpoolSlot {
   Result<Spool*> GetOrCreate(const std::string& dir);
 
  private:
+  // Starts the spool's background deflater if there is a spool, -o compress and the fork
+  // is done (mu_ held; Spool::StartBackgroundDeflate does nothing the second time).
+  void StartBackgroundLocked();
+
   mutable std::mutex mu_;
   std::unique_ptr<Spool> spool_;
   bool failure_logged_ = false;
