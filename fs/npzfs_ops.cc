@@ -23,6 +23,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/uio.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -33,6 +34,7 @@
 #include <cstdio>  // RENAME_NOREPLACE
 #include <cstring>
 #include <ctime>
+#include <mutex>
 #include <span>
 #include <vector>
 
@@ -715,14 +717,37 @@ bool LayoutAttribute(std::string_view name) {
   return name == kDescrAttribute || name == kShapeAttribute || name == kFortranAttribute;
 }
 
-Status SetNodeXattr(Mount& m, fuse_ino_t ino, const char* name, const char* value, size_t size) {
+// setxattr's check of XATTR_CREATE / XATTR_REPLACE and its set happen under this lock, so
+// two setxattr calls with XATTR_CREATE on one attribute never both succeed. (A header
+// written at the same time may still set the layout between the two: the attribute then
+// holds whatever came last, as with any two writers of one attribute.)
+std::mutex g_setxattr_mu;
+
+Status SetGrowingXattr(GrowingMember& member, const std::string& path, const char* name,
+                       std::string_view value, int flags) {
+  std::lock_guard lock(g_setxattr_mu);
+  if ((flags & (XATTR_CREATE | XATTR_REPLACE)) != 0) {
+    Result<std::string> current = member.GetAttribute(name);
+    if (!current.ok() && current.status().code() != ENODATA) return current.status();
+    if (current.ok() && (flags & XATTR_CREATE) != 0) {
+      return Status::Error(EEXIST, path + ": " + name + " is already set (XATTR_CREATE)");
+    }
+    if (!current.ok() && (flags & XATTR_REPLACE) != 0) {
+      return Status::Error(ENODATA, path + ": " + name + " is not set (XATTR_REPLACE)");
+    }
+  }
+  return member.SetAttribute(name, value);
+}
+
+Status SetNodeXattr(Mount& m, fuse_ino_t ino, const char* name, const char* value, size_t size,
+                    int flags) {
   if (!UserAttribute(name)) return NotSupported(name);
   std::optional<NodeInfo> node = m.table->Get(ino);
   if (!node) return NoSuchInode(ino);
   if (!Writable(m)) return ReadOnlyMount(node->path);
   if (node->kind == NodeKind::kGrowing) {
     if (node->growing == nullptr) return Status::Error(ENOENT, node->path + ": was removed");
-    return node->growing->SetAttribute(name, std::string_view(value, size));
+    return SetGrowingXattr(*node->growing, node->path, name, std::string_view(value, size), flags);
   }
   if (node->kind == NodeKind::kArchived && LayoutAttribute(name)) {
     return Status::Error(EPERM, node->path + ": " + name +
@@ -732,8 +757,9 @@ Status SetNodeXattr(Mount& m, fuse_ino_t ino, const char* name, const char* valu
 }
 
 void SetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
-              int /*flags*/) {
-  ReplyStatus(req, "setxattr", SetNodeXattr(MountOf(req), ino, name, value, size), {ENOTSUP});
+              int flags) {
+  ReplyStatus(req, "setxattr", SetNodeXattr(MountOf(req), ino, name, value, size, flags),
+              {ENOTSUP});
 }
 
 // user.npzfs.stats: counters as one JSON object, padded with spaces to a fixed length so that

@@ -452,6 +452,23 @@ def test_without_syslog_a_daemon_logs_to_a_file_whose_path_it_prints(tmp_path):
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)])
 
 
+def test_a_newline_in_a_member_name_cannot_forge_a_log_line(tmp_path):
+    require_fuse()
+    make_archive(tmp_path / "run.npz")
+    log = tmp_path / "log.txt"
+    name = "bad\nnpzfs: error: forged line\x1b[2J.npy"
+    with mounted(tmp_path / "run.npz", tmp_path / "mnt", "-o", f"log={log}") as m:
+        with pytest.raises(OSError):
+            with open(m.path(name), "wb") as f:
+                f.write(b"not a header")
+    assert m.unmount() == 0
+    for text in (log.read_text(), m.log()):
+        assert "bad\\nnpzfs: error: forged line\\x1b[2J.npy" in text, text
+        assert not any(line.startswith(("npzfs: error: forged", "error: forged"))
+                       for line in text.splitlines()), text
+        assert "\x1b" not in text
+
+
 def test_o_log_file_q_and_v(tmp_path):
     require_fuse()
     make_archive(tmp_path / "run.npz")

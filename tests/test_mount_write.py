@@ -115,6 +115,27 @@ def test_raw_frames_with_layout_xattrs(tmp_path):
         assert np.array_equal(npz["cam"], frames(0, 10))
 
 
+def test_setxattr_honours_xattr_create_and_xattr_replace(tmp_path):
+    archive = tmp_path / "rec.npz"
+    with mounted(archive, tmp_path / "mnt", *CREATE) as m:
+        p = m.path("cam.npy")
+        open(p, "wb").close()
+        with pytest.raises(OSError) as e:
+            os.setxattr(p, "user.npy.descr", b"<u2", os.XATTR_REPLACE)
+        assert e.value.errno == errno.ENODATA
+        os.setxattr(p, "user.npy.descr", b"<u2", os.XATTR_CREATE)
+        with pytest.raises(OSError) as e:
+            os.setxattr(p, "user.npy.descr", b"<u4", os.XATTR_CREATE)
+        assert e.value.errno == errno.EEXIST
+        assert os.getxattr(p, "user.npy.descr") == b"<u2"
+        os.setxattr(p, "user.npy.descr", b"<u4", os.XATTR_REPLACE)
+        os.setxattr(p, "user.npy.shape", b"4,8", os.XATTR_CREATE)
+        with open(p, "ab") as f:
+            f.write(np.zeros((2, 4, 8), "<u4").tobytes())
+        assert np.load(p).dtype == np.dtype("<u4")
+    finalized_ok(m, archive)
+
+
 def test_a_partial_frame_is_held_back_until_it_completes(tmp_path):
     archive = tmp_path / "rec.npz"
     with mounted(archive, tmp_path / "mnt", *CREATE, "-o", FRAME_OPT) as m:
