@@ -36,6 +36,7 @@
 #include <ctime>
 #include <mutex>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "core/base/names.h"
@@ -774,17 +775,19 @@ std::string StatsJson(Mount& m) {
     }
   }
   const ArchiveStats a = m.archive != nullptr ? m.archive->stats() : ArchiveStats{};
-  auto field = [](const char* key, uint64_t value) {
-    return std::string("\"") + key + "\": " + std::to_string(value);
+  const std::pair<const char*, uint64_t> fields[] = {
+      {"requests", m.stats.requests.load()}, {"bytes_served", m.stats.bytes_served.load()},
+      {"spans_inflated", a.spans_inflated},  {"cache_hits", a.cache_hits},
+      {"cache_misses", a.cache_misses},      {"first_pass_spans", a.first_pass_spans},
+      {"open_files", m.handles.size()},      {"members_being_written", m.stats.writers.load()},
+      {"new_members", new_members},          {"frames_written", frames},
   };
-  std::string json =
-      "{" + field("requests", m.stats.requests.load()) + ", " +
-      field("bytes_served", m.stats.bytes_served.load()) + ", " +
-      field("spans_inflated", a.spans_inflated) + ", " + field("cache_hits", a.cache_hits) + ", " +
-      field("cache_misses", a.cache_misses) + ", " + field("first_pass_spans", a.first_pass_spans) +
-      ", " + field("open_files", m.handles.size()) + ", " +
-      field("members_being_written", m.stats.writers.load()) + ", " +
-      field("new_members", new_members) + ", " + field("frames_written", frames) + "}";
+  std::string json = "{";
+  for (const auto& [key, value] : fields) {
+    if (json.size() > 1) json += ", ";
+    json.append("\"").append(key).append("\": ").append(std::to_string(value));
+  }
+  json += "}";
   if (json.size() < kStatsLength) json.append(kStatsLength - json.size(), ' ');
   return json;
 }
