@@ -487,5 +487,365 @@ TEST(Spool, AnUnreadableSpoolFileIsSetAsideNotFatal) {
   EXPECT_TRUE(log.Contains("bad.npy: cannot resume"));
 }
 
+// ------------------------------------------------------------ member paths longer than a file name
+
+// A member path longer than a file name (NAME_MAX), with every character escaping touches: a
+// leading '.', '/' and '%'. Every component fits in a file name, as the kernel demands.
+std::string LongName(char c, const std::string& ext = ".npy") {
+  return "." + std::string(200, c) + "/50%/" + std::string(240, c) + "/" + std::string(230, c) +
+         ext;
+}
+
+// The spool directory's files, without the lock.
+std::set<std::string> SpoolFiles(const std::string& dir) {
+  std::set<std::string> out = ListDir(dir);
+  out.erase(std::string(Spool::kLockFileName));
+  return out;
+}
+
+// The one "%L<id>" data file in `dir` (fails the test if there is not exactly one).
+std::string HashedDataFile(const std::string& dir) {
+  std::vector<std::string> found;
+  for (const auto& f : ListDir(dir)) {
+    if (f.starts_with("%L")) found.push_back(f);
+  }
+  EXPECT_EQ(found.size(), 1u);
+  return found.empty() ? std::string("%L?") : found[0];
+}
+
+std::string NameFileOf(const std::string& data_file) { return "%N" + data_file.substr(2); }
+
+TEST(Spool, EveryFileNameDerivedFromAnEscapedSpoolFileFitsInAFileName) {
+  const size_t max = MaxEscapedSpoolFileName();
+  EXPECT_EQ(max, 234u) << "core/README.md (\"Spool directory\") documents this limit";
+  const std::string longest = "/d/" + std::string(max, 'a');
+  for (const std::string& side :
+       {DeflateShadow::DataPath(longest), DeflateShadow::IndexPath(longest)}) {
+    EXPECT_LE(BaseName(side).size(), size_t{NAME_MAX}) << side;
+  }
+  EXPECT_LE((".corrupt-" + std::string(max, 'a')).size(), size_t{NAME_MAX});
+
+  // Up to the limit a spool file is the escaped name, as it always was; beyond, it is hashed.
+  TempDir t;
+  auto spool = Spool::Open(t.Join("s"));
+  ASSERT_TRUE(spool.ok());
+  const std::string at_limit = "d/" + std::string(max - 8, 'x') + ".npy";  // "/" -> "%2F"
+  ASSERT_EQ(EscapeMemberName(at_limit).size(), max);
+  auto a = (*spool)->Create(at_limit);
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  EXPECT_EQ((*a)->spool_path(), t.Join("s/" + EscapeMemberName(at_limit)));
+  auto b = (*spool)->Create("d/x" + at_limit.substr(2));
+  ASSERT_TRUE(b.ok()) << b.status().message();
+  EXPECT_TRUE(BaseName((*b)->spool_path()).starts_with("%L")) << (*b)->spool_path();
+}
+
+TEST(Spool, AMemberPathLongerThanAFileNameIsWrittenReadAndFinalizedWithItsExactName) {
+  TempDir t;
+  const std::string archive = t.Join("long.npz");
+  const std::string dir = DefaultSpoolDir(archive);
+  const std::string npy = LongName('a'), txt = LongName('b', ".txt");
+  ASSERT_GT(npy.size(), size_t{NAME_MAX});
+  auto spool = Spool::Open(dir);
+  ASSERT_TRUE(spool.ok());
+  auto m = (*spool)->Create(npy, U16Layout());
+  ASSERT_TRUE(m.ok()) << m.status().message();
+  ASSERT_TRUE(Record(**m, 0, U16Frames(0, 5)).ok());
+  auto v = (*spool)->Create(txt);
+  ASSERT_TRUE(v.ok()) << v.status().message();
+  ASSERT_TRUE(Record(**v, 0, "verbatim bytes\n").ok());
+  EXPECT_EQ((*spool)->Find(npy), *m);
+  EXPECT_EQ((*m)->frame_count(), 5u);
+  // Read back as a reader sees it.
+  std::string shown((*m)->visible_size(), '\0');
+  auto got = (*m)->ReadAt(0, std::span(reinterpret_cast<std::byte*>(shown.data()), shown.size()));
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(shown, NumpyHeaderFor(5) + U16Frames(0, 5));
+
+  // Two pairs of a hashed data file and its name file, each a short file name.
+  const std::set<std::string> files = SpoolFiles(dir);
+  EXPECT_EQ(files.size(), 4u);
+  for (const std::string& f : files) {
+    EXPECT_LE(f.size(), size_t{NAME_MAX}) << f;
+    EXPECT_TRUE(f.starts_with("%L") || f.starts_with("%N")) << f;
+    if (f.starts_with("%L")) {
+      EXPECT_EQ(files.count(NameFileOf(f)), 1u) << f;
+    }
+  }
+  EXPECT_EQ(ReadFileOrDie(dir + "/" + NameFileOf(BaseName((*m)->spool_path()))), npy);
+
+  ASSERT_TRUE((*spool)->Finalize(archive, {}).ok());
+  EXPECT_FALSE(fs::exists(dir));
+  EXPECT_EQ(RunPython("import numpy as np, zipfile\n"
+                      "zf = zipfile.ZipFile('" +
+                      archive +
+                      "')\n"
+                      "assert zf.testzip() is None\n"
+                      "assert sorted(zf.namelist()) == sorted(['" +
+                      npy + "', '" + txt +
+                      "']), zf.namelist()\n"
+                      "assert zf.read('" +
+                      txt +
+                      "') == b'verbatim bytes\\n'\n"
+                      "z = np.load('" +
+                      archive + "')\n" + PyExpectFrames(npy.substr(0, npy.size() - 4), 5) +
+                      "print('ok')\n"),
+            "ok\n");
+}
+
+TEST(Spool, AMemberPathLongerThanAFileNameResumesAfterACrash) {
+  TempDir t;
+  const std::string archive = t.Join("k.npz");
+  const std::string dir = DefaultSpoolDir(archive);
+  const std::string npy = LongName('k'), txt = LongName('t', ".txt");
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    auto spool = Spool::Open(dir);
+    if (!spool.ok()) ::_exit(2);
+    auto a = (*spool)->Create(npy);
+    auto c = (*spool)->Create(txt);
+    if (!a.ok() || !c.ok()) ::_exit(3);
+    if (!Record(**a, 0, NumpyHeaderFor(0) + U16Frames(0, 6) + "\x01\x02\x03").ok()) ::_exit(4);
+    if (!Record(**c, 0, "line 1\n").ok()) ::_exit(5);
+    ::kill(::getpid(), SIGKILL);
+    ::_exit(8);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "child status " << status;
+
+  Logged log;
+  auto spool = Spool::Open(dir, log.fn());
+  ASSERT_TRUE(spool.ok()) << spool.status().message();
+  ASSERT_EQ((*spool)->members().size(), 2u);
+  auto a = (*spool)->Find(npy);
+  auto c = (*spool)->Find(txt);
+  ASSERT_TRUE(a && c);
+  EXPECT_EQ(a->frame_count(), 6u);
+  EXPECT_TRUE(log.Contains("resumed member " + npy + " (6 frames"));
+  EXPECT_TRUE(log.Contains("dropped 3 bytes of a partial frame"));
+  ASSERT_TRUE(Record(*a, NumpyHeaderFor(0).size() + 6 * 24, U16Frames(6, 2)).ok());
+  ASSERT_TRUE(Record(*c, 7, "line 2\n").ok());
+  ASSERT_TRUE((*spool)->Finalize(archive, {}).ok());
+  EXPECT_EQ(RunPython("import numpy as np, zipfile\n"
+                      "zf = zipfile.ZipFile('" +
+                      archive + "')\nassert zf.read('" + txt +
+                      "') == b'line 1\\nline 2\\n'\n"
+                      "z = np.load('" +
+                      archive + "')\n" + PyExpectFrames(npy.substr(0, npy.size() - 4), 8) +
+                      "print('ok')\n"),
+            "ok\n");
+}
+
+TEST(Spool, RenamesBetweenLongAndShortNamesMoveTheNameFileAndSurviveAReopen) {
+  TempDir t;
+  const std::string dir = t.Join("s");
+  const std::string long1 = LongName('p'), long2 = LongName('q');
+  // Reopens the spool (as the next mount would) and checks it holds exactly `name`.
+  auto expect_only = [&](const std::string& name, std::unique_ptr<Spool>& spool) {
+    spool.reset();
+    Logged log;
+    auto again = Spool::Open(dir, log.fn());
+    ASSERT_TRUE(again.ok()) << again.status().message();
+    spool = std::move(*again);
+    ASSERT_EQ(spool->members().size(), 1u) << name;
+    EXPECT_EQ(spool->members()[0]->name(), name);
+    EXPECT_EQ(spool->members()[0]->layout(), U16Layout().WithFrameCount(0)) << name;
+    EXPECT_FALSE(log.Contains("cannot resume")) << name;
+    EXPECT_FALSE(log.Contains("without its data file")) << name;
+  };
+  auto opened = Spool::Open(dir);
+  ASSERT_TRUE(opened.ok());
+  std::unique_ptr<Spool> spool = std::move(*opened);
+  ASSERT_TRUE(spool->Create("short.npy", U16Layout()).ok());
+
+  ASSERT_TRUE(spool->Rename("short.npy", long1).ok());  // short -> long
+  const std::string data1 = HashedDataFile(dir);
+  EXPECT_EQ(SpoolFiles(dir), (std::set<std::string>{data1, NameFileOf(data1)}));
+  EXPECT_EQ(ReadFileOrDie(dir + "/" + NameFileOf(data1)), long1);
+  EXPECT_EQ(spool->Find(long1)->spool_path(), dir + "/" + data1);
+  expect_only(long1, spool);
+
+  ASSERT_TRUE(spool->Rename(long1, long2).ok());  // long -> long
+  const std::string data2 = HashedDataFile(dir);
+  EXPECT_NE(data2, data1);
+  EXPECT_EQ(SpoolFiles(dir), (std::set<std::string>{data2, NameFileOf(data2)}));
+  EXPECT_EQ(ReadFileOrDie(dir + "/" + NameFileOf(data2)), long2);
+  expect_only(long2, spool);
+
+  ASSERT_TRUE(spool->Rename(long2, "d/back.npy").ok());  // long -> short
+  EXPECT_EQ(SpoolFiles(dir), (std::set<std::string>{"d%2Fback.npy"}));
+  expect_only("d/back.npy", spool);
+
+  // A failed rename leaves no name file behind; an unlink removes both files.
+  auto full = spool->Create(long1, U16Layout());
+  ASSERT_TRUE(full.ok());
+  ASSERT_TRUE(Record(**full, 0, U16Frames(0, 1)).ok());
+  EXPECT_EQ(spool->Rename(long1, long2).code(), EPERM);
+  EXPECT_EQ(spool->Rename("d/back.npy", long1).code(), EEXIST);
+  EXPECT_EQ(SpoolFiles(dir).size(), 3u);
+  ASSERT_TRUE(spool->Rename("d/back.npy", long2).ok());
+  EXPECT_EQ(spool->Remove(long1).code(), EPERM);
+  ASSERT_TRUE(spool->Remove(long2).ok());
+  EXPECT_EQ(spool->Find(long2), nullptr);
+  const std::string left = HashedDataFile(dir);
+  EXPECT_EQ(SpoolFiles(dir), (std::set<std::string>{left, NameFileOf(left)}));
+  EXPECT_EQ(spool->Find(long1)->spool_path(), dir + "/" + left);
+}
+
+// The crash windows of the hashed layout, each left on disk as a crash would leave it: the
+// name file is made durable before its data file exists and removed only after it is gone.
+TEST(Spool, ANameFileLeftWithoutItsDataFileByACrashIsRemovedWithALogLine) {
+  TempDir t;
+  const std::string dir = t.Join("s");
+  const std::string created = LongName('c'), renamed = LongName('r');
+  std::string created_data, renamed_data;
+  {
+    auto spool = Spool::Open(dir);
+    ASSERT_TRUE(spool.ok());
+    ASSERT_TRUE((*spool)->Create(created).ok());
+    created_data = HashedDataFile(dir);
+    ASSERT_TRUE((*spool)->Create("short.npy", U16Layout()).ok());
+    ASSERT_TRUE((*spool)->Rename("short.npy", renamed).ok());
+    for (const auto& f : SpoolFiles(dir)) {
+      if (f.starts_with("%L") && f != created_data) renamed_data = f;
+    }
+    ASSERT_FALSE(renamed_data.empty());
+  }
+  // A create cut short before its data file was made (or a remove after it was removed).
+  ASSERT_EQ(::unlink((dir + "/" + created_data).c_str()), 0);
+  // A rename short -> long cut short before its rename(2) (or long -> short after it).
+  ASSERT_EQ(::rename((dir + "/" + renamed_data).c_str(), (dir + "/short.npy").c_str()), 0);
+
+  Logged log;
+  auto spool = Spool::Open(dir, log.fn());
+  ASSERT_TRUE(spool.ok()) << spool.status().message();
+  ASSERT_EQ((*spool)->members().size(), 1u) << "no member invented, none lost";
+  ASSERT_NE((*spool)->Find("short.npy"), nullptr);
+  EXPECT_EQ((*spool)->Find("short.npy")->layout(), U16Layout().WithFrameCount(0));
+  EXPECT_EQ(SpoolFiles(dir), (std::set<std::string>{"short.npy"}));
+  EXPECT_TRUE(log.Contains(dir + "/" + NameFileOf(created_data) + ": name file of member " +
+                           created + " without its data file " + created_data));
+  EXPECT_TRUE(log.Contains(NameFileOf(renamed_data) + ": name file of member " + renamed));
+  EXPECT_TRUE(log.Contains("; removed"));
+}
+
+TEST(Spool, AHashedDataFileWithoutAMatchingNameFileIsSetAsideNotGuessed) {
+  TempDir t;
+  const std::string dir = t.Join("s");
+  std::string orphan, mismatched;
+  {
+    auto spool = Spool::Open(dir);
+    ASSERT_TRUE(spool.ok());
+    auto a = (*spool)->Create(LongName('o'), U16Layout());
+    ASSERT_TRUE(a.ok());
+    ASSERT_TRUE(Record(**a, 0, U16Frames(0, 2)).ok());
+    orphan = BaseName((*a)->spool_path());
+    auto b = (*spool)->Create(LongName('m'), U16Layout());
+    ASSERT_TRUE(b.ok());
+    mismatched = BaseName((*b)->spool_path());
+    ASSERT_TRUE((*spool)->Create("good.npy", U16Layout()).ok());
+  }
+  ASSERT_EQ(::unlink((dir + "/" + NameFileOf(orphan)).c_str()), 0);
+  WriteFileOrDie(dir + "/" + NameFileOf(mismatched), LongName('z'));  // not its hash
+
+  Logged log;
+  auto spool = Spool::Open(dir, log.fn());
+  ASSERT_TRUE(spool.ok()) << spool.status().message();
+  ASSERT_EQ((*spool)->members().size(), 1u);
+  EXPECT_NE((*spool)->Find("good.npy"), nullptr);
+  EXPECT_EQ(SpoolFiles(dir),
+            (std::set<std::string>{"good.npy", ".corrupt-" + orphan, ".corrupt-" + mismatched,
+                                   ".corrupt-" + NameFileOf(mismatched)}));
+  EXPECT_EQ(ReadFileOrDie(dir + "/.corrupt-" + orphan), NumpyHeaderFor(2) + U16Frames(0, 2))
+      << "the bytes are kept";
+  EXPECT_TRUE(log.Contains(dir + "/" + orphan + ": cannot resume (" + dir + "/" +
+                           NameFileOf(orphan) + ": missing"));
+  EXPECT_TRUE(log.Contains("does not match the hash in " + mismatched));
+}
+
+TEST(Spool, ATakenHashSlotIsProbedPastAndBothResume) {
+  TempDir t;
+  const std::string dir = t.Join("s");
+  const std::string name = LongName('h');
+  std::string first;
+  {
+    auto spool = Spool::Open(dir);
+    ASSERT_TRUE(spool.ok());
+    ASSERT_TRUE((*spool)->Create(name).ok());
+    first = HashedDataFile(dir);
+    // Another name with the same hash would hold this slot: keep its data file there.
+    ASSERT_TRUE((*spool)->Rename(name, "moved.txt").ok());
+    WriteFileOrDie(dir + "/" + first, "");
+    WriteFileOrDie(dir + "/" + NameFileOf(first), "");
+    auto again = (*spool)->Create(name);
+    ASSERT_TRUE(again.ok()) << again.status().message();
+    EXPECT_EQ(BaseName((*again)->spool_path()), first + "-1");
+    EXPECT_EQ(ReadFileOrDie(dir + "/" + NameFileOf(first + "-1")), name);
+  }
+  ::unlink((dir + "/" + first).c_str());
+  ::unlink((dir + "/" + NameFileOf(first)).c_str());
+  auto spool = Spool::Open(dir);
+  ASSERT_TRUE(spool.ok()) << spool.status().message();
+  EXPECT_NE((*spool)->Find(name), nullptr);
+  EXPECT_NE((*spool)->Find("moved.txt"), nullptr);
+}
+
+TEST(Spool, ALongNamedMemberIsDeflatedInTheBackgroundBesideItsSpoolFile) {
+  TempDir t;
+  const std::string archive = t.Join("c.npz");
+  const std::string dir = DefaultSpoolDir(archive);
+  const std::string name = LongName('z');
+  Logged log;
+  auto spool = Spool::Open(dir, log.fn());
+  ASSERT_TRUE(spool.ok());
+  (*spool)->StartBackgroundDeflate(6);
+  auto m = (*spool)->Create(name, U16Layout());
+  ASSERT_TRUE(m.ok()) << m.status().message();
+  const uint64_t frames = 3 * kDefaultDeflateChunkBytes / 24 + 5;
+  ASSERT_TRUE(Record(**m, 0, U16Frames(0, frames)).ok());
+  (*spool)->WaitForBackgroundDeflate();
+  const std::string data = BaseName((*m)->spool_path());
+  EXPECT_TRUE(fs::exists(dir + "/." + data + ".npzfs-deflate-index"));
+  EXPECT_FALSE(log.Contains("background deflate stopped"));
+  for (const std::string& f : ListDir(dir)) EXPECT_LE(f.size(), size_t{NAME_MAX}) << f;
+  WriteOptions o;
+  o.compress_level = 6;
+  ASSERT_TRUE((*spool)->Finalize(archive, o).ok());
+  EXPECT_TRUE(log.Contains("3 chunk(s) deflated in the background are used"));
+  EXPECT_EQ(RunPython("import numpy as np\nz = np.load('" + archive + "')\n" +
+                      PyExpectFrames(name.substr(0, name.size() - 4), frames) + "print('ok')\n"),
+            "ok\n");
+}
+
+TEST(Spool, ASpoolFileOfUpToNameMaxBytesLeftByAnOlderDaemonStillResumes) {
+  TempDir t;
+  const std::string dir = t.Join("s");
+  fs::create_directories(dir);
+  // Escaped names longer than today's limit for escaped names, as an older daemon made them.
+  const std::string good = std::string(245, 'g') + ".npy";
+  const std::string bad = std::string(250, 'b') + ".npy";
+  ASSERT_GT(good.size(), MaxEscapedSpoolFileName());
+  WriteFileOrDie(dir + "/" + good, NumpyHeaderFor(1) + U16Frames(0, 3));
+  WriteFileOrDie(dir + "/" + bad, "not a numpy file");
+  Logged log;
+  auto spool = Spool::Open(dir, log.fn());
+  ASSERT_TRUE(spool.ok()) << spool.status().message();
+  ASSERT_EQ((*spool)->members().size(), 1u);
+  auto m = (*spool)->Find(good);
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(m->frame_count(), 3u);
+  EXPECT_EQ(m->spool_path(), dir + "/" + good);
+  // Set aside under a name cut to fit.
+  EXPECT_TRUE(log.Contains(bad + ": cannot resume"));
+  for (const std::string& f : SpoolFiles(dir)) {
+    EXPECT_LE(f.size(), size_t{NAME_MAX}) << f;
+    if (f != good) {
+      EXPECT_TRUE(f.starts_with(".corrupt-" + bad.substr(0, 200))) << f;
+    }
+  }
+  EXPECT_EQ(SpoolFiles(dir).size(), 2u);
+}
+
 }  // namespace
 }  // namespace npzfs

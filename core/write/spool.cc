@@ -9,6 +9,30 @@
 // archive (recovered from the journal) and the whole spool; a crash during (3) leaves a
 // durable archive plus leftovers, and the next finalize finds those members already in the
 // archive with the same size and CRC-32 (skip_identical_existing): it only removes them.
+//
+// Spool directory layout
+// ----------------------
+// One flat directory, one spool file per member:
+//  * "<escaped>": the member name escaped into one file name (EscapeMemberName), whenever
+//    that takes at most MaxEscapedSpoolFileName() bytes (NAME_MAX less room for the names
+//    derived from a spool file: its deflated shadow, a quarantined copy). This is the
+//    layout of every npzfs before long names, and any such file of up to NAME_MAX bytes,
+//    left by an older daemon, still resumes.
+//  * "%L<id>" and its name file "%N<id>" for a longer name (a member path may take up to
+//    4095 bytes, a zip name 65535, but a file name only 255). The name file holds the member
+//    name, byte for byte; <id> is the 64-bit FNV-1a hash of the name in 16 hex digits, with
+//    "-<k>" added if that pair is taken (a collision). A '%' followed by 'L' or 'N' is never
+//    an escape, so these names cannot be taken for escaped ones; the hash in the file name
+//    lets Open check the name file. A name file rather than a user xattr: it works on every
+//    filesystem.
+// Crash safety rests on one rule: a "%L<id>" data file never exists without its name file.
+// The name file is written and fsynced, and the directory fsynced, before the data file is
+// created or renamed to "%L<id>"; it is removed only after the data file was removed or
+// renamed away and the directory fsynced (DropNameFile). A crash in between leaves a name
+// file without data (the create or rename did not happen, or the remove or rename away did):
+// Open removes it with a log line. A data file without its name file (or one whose name does
+// not match its hash) can only come from outside damage: Open sets it aside as
+// ".corrupt-<file>" with a log line and never guesses a name.
 #include "core/write/spool.h"
 
 #include <dirent.h>
@@ -18,10 +42,22 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstring>
+#include <set>
 
 namespace npzfs {
 namespace {
+
+// The hashed layout of long names (see the top of this file).
+constexpr std::string_view kLongDataPrefix = "%L";
+constexpr std::string_view kLongNamePrefix = "%N";
+constexpr size_t kHashDigits = 16;
+constexpr int kMaxHashProbes = 100;
+// A name file holds at most a zip member name.
+constexpr uint64_t kMaxNameFileBytes = 65535;
+// Where Open sets aside a spool file it cannot resume.
+constexpr std::string_view kQuarantinePrefix = ".corrupt-";
 
 int HexValue(char c) {
   if (c >= '0' && c <= '9') return c - '0';
@@ -30,7 +66,89 @@ int HexValue(char c) {
   return -1;
 }
 
+uint64_t Fnv1a64(std::string_view s) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (char c : s) {
+    h ^= static_cast<unsigned char>(c);
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+std::string Hex64(uint64_t v) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out(kHashDigits, '0');
+  for (size_t i = kHashDigits; i-- > 0; v >>= 4) out[i] = kDigits[v & 0xf];
+  return out;
+}
+
+bool IsLongDataFile(std::string_view file) { return file.starts_with(kLongDataPrefix); }
+bool IsNameFile(std::string_view file) { return file.starts_with(kLongNamePrefix); }
+
+// "%L<id>" -> "%N<id>".
+std::string NameFileOf(std::string_view data_file) {
+  return std::string(kLongNamePrefix) + std::string(data_file.substr(kLongDataPrefix.size()));
+}
+
+// "%N<id>" -> "%L<id>".
+std::string DataFileOf(std::string_view name_file) {
+  return std::string(kLongDataPrefix) + std::string(name_file.substr(kLongNamePrefix.size()));
+}
+
+// Does `name` belong to "<id>" ("<hash>" or "<hash>-<k>")?
+bool IdMatches(std::string_view id, std::string_view name) {
+  if (id.size() < kHashDigits || id.substr(0, kHashDigits) != Hex64(Fnv1a64(name))) return false;
+  const std::string_view probe = id.substr(kHashDigits);
+  if (probe.empty()) return true;
+  return probe.size() >= 2 && probe[0] == '-' &&
+         std::all_of(probe.begin() + 1, probe.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+// The member name a hashed spool file "<dir>/%L<id>" belongs to, from its name file.
+Result<std::string> ReadNameFile(const std::string& dir, const std::string& data_file) {
+  const std::string path = dir + "/" + NameFileOf(data_file);
+  auto fd = OpenFile(path, O_RDONLY);
+  if (!fd.ok() && fd.status().code() == ENOENT) {
+    return Status::Error(ENOENT, path + ": missing, so the member name of " + data_file +
+                                     " is unknown (damaged spool?)");
+  }
+  NPZ_RETURN_IF_ERROR(fd.status());
+  NPZ_ASSIGN_OR_RETURN(uint64_t size, FileSize(fd->get(), path));
+  if (size == 0 || size > kMaxNameFileBytes) {
+    return Status::Error(EINVAL,
+                         path + ": a name file of " + std::to_string(size) + " bytes (damaged?)");
+  }
+  std::string name(size, '\0');
+  NPZ_RETURN_IF_ERROR(PreadExact(fd->get(), name.data(), name.size(), 0, path));
+  if (!IdMatches(std::string_view(data_file).substr(kLongDataPrefix.size()), name)) {
+    return Status::Error(EINVAL, path + ": the name it holds does not match the hash in " +
+                                     data_file + " (damaged?)");
+  }
+  return name;
+}
+
+// ".corrupt-<file>", cut (with a hash of the whole name) where an older daemon's spool file
+// name leaves no room for the prefix.
+std::string QuarantineFileName(const std::string& file) {
+  std::string q = std::string(kQuarantinePrefix) + file;
+  if (q.size() <= NAME_MAX) return q;
+  const size_t keep = NAME_MAX - kQuarantinePrefix.size() - 1 - kHashDigits;
+  return std::string(kQuarantinePrefix) + file.substr(0, keep) + "~" + Hex64(Fnv1a64(file));
+}
+
 }  // namespace
+
+size_t MaxEscapedSpoolFileName() {
+  static const size_t max = [] {
+    size_t added = kQuarantinePrefix.size();
+    for (const std::string& side :
+         {DeflateShadow::DataPath("d/x"), DeflateShadow::IndexPath("d/x")}) {
+      added = std::max(added, BaseName(side).size() - 1);
+    }
+    return NAME_MAX - added;
+  }();
+  return max;
+}
 
 std::string EscapeMemberName(std::string_view member_name) {
   std::string out;
@@ -89,8 +207,45 @@ void Spool::Log(const std::string& line) const {
   if (log_) log_(line);
 }
 
-std::string Spool::PathFor(const std::string& name) const {
-  return dir_ + "/" + EscapeMemberName(name);
+Result<std::string> Spool::NewSpoolPath(const std::string& name) const {
+  const std::string escaped = EscapeMemberName(name);
+  if (escaped.size() <= MaxEscapedSpoolFileName()) return dir_ + "/" + escaped;
+  const std::string hash = Hex64(Fnv1a64(name));
+  for (int k = 0; k < kMaxHashProbes; ++k) {
+    const std::string id = k == 0 ? hash : hash + "-" + std::to_string(k);
+    const std::string data_path = dir_ + "/" + std::string(kLongDataPrefix) + id;
+    const std::string name_path = dir_ + "/" + std::string(kLongNamePrefix) + id;
+    struct stat st;
+    if (::lstat(data_path.c_str(), &st) == 0) continue;  // taken (O_EXCL below for the pair)
+    if (errno != ENOENT) return ErrnoStatus(errno, data_path, "cannot stat");
+    auto fd = OpenFile(name_path, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    if (!fd.ok() && fd.status().code() == EEXIST) continue;  // another name with this hash
+    NPZ_RETURN_IF_ERROR(fd.status());
+    // Durable before the data file exists: a "%L<id>" never outlives its name.
+    Status written = WriteAll(fd->get(), name.data(), name.size(), name_path);
+    if (written.ok()) written = FsyncFd(fd->get(), name_path);
+    if (written.ok()) written = FsyncDir(dir_);
+    if (!written.ok()) {
+      ::unlink(name_path.c_str());
+      return written;
+    }
+    return data_path;
+  }
+  return Status::Error(EEXIST, dir_ + ": no free spool file for member " + name + " (" +
+                                   std::to_string(kMaxHashProbes) + " spool files with its hash " +
+                                   hash + ")");
+}
+
+Status Spool::DropNameFile(const std::string& spool_path) const {
+  const std::string file = BaseName(spool_path);
+  if (!IsLongDataFile(file)) return Status::Ok();
+  // The data file's removal or rename first, durably: then the name may go.
+  NPZ_RETURN_IF_ERROR(FsyncDir(dir_));
+  const std::string name_path = dir_ + "/" + NameFileOf(file);
+  if (::unlink(name_path.c_str()) != 0 && errno != ENOENT) {
+    return ErrnoStatus(errno, name_path, "cannot remove the name file");
+  }
+  return Status::Ok();
 }
 
 Result<std::unique_ptr<Spool>> Spool::Open(const std::string& dir, SpoolLogFn log) {
@@ -119,12 +274,17 @@ Result<std::unique_ptr<Spool>> Spool::Open(const std::string& dir, SpoolLogFn lo
   std::unique_ptr<Spool> spool(new Spool(dir, std::move(lock_fd), std::move(log)));
 
   std::vector<std::string> files;
+  std::set<std::string> name_files;  // "%N<id>" whose data file was not seen (yet)
   {
     DIR* d = ::opendir(dir.c_str());
     if (d == nullptr) return ErrnoStatus(errno, dir, "cannot list the spool directory");
     while (struct dirent* e = ::readdir(d)) {
       if (e->d_name[0] == '.') continue;  // ".", "..", the lock, quarantined files
-      files.emplace_back(e->d_name);
+      if (IsNameFile(e->d_name)) {
+        name_files.emplace(e->d_name);
+      } else {
+        files.emplace_back(e->d_name);
+      }
     }
     ::closedir(d);
   }
@@ -137,18 +297,36 @@ Result<std::unique_ptr<Spool>> Spool::Open(const std::string& dir, SpoolLogFn lo
       spool->Log(path + ": not a regular file, ignored");
       continue;
     }
-    auto name = UnescapeMemberName(file);
+    const bool hashed = IsLongDataFile(file);
+    const std::string name_file = hashed ? NameFileOf(file) : std::string();
+    if (hashed) name_files.erase(name_file);
+    Result<std::string> name = hashed ? ReadNameFile(dir, file) : UnescapeMemberName(file);
+    if (name.ok() && spool->members_.count(*name)) {
+      name = Status::Error(EEXIST, "member " + *name + " was resumed from another spool file");
+    }
     Result<std::shared_ptr<GrowingMember>> member =
         name.ok() ? GrowingMember::Resume(*name, path, spool->log_)
                   : Result<std::shared_ptr<GrowingMember>>(name.status());
     if (!member.ok()) {
-      // Keep the bytes for a human, out of the way of later mounts and finalize.
-      const std::string quarantine = dir + "/.corrupt-" + file;
+      // Keep the bytes (and the name) for a human, out of the way of later mounts and
+      // finalize. The name file first: a crash in between leaves a data file without a name,
+      // which the next Open sets aside in turn.
+      std::string moved;
+      if (hashed) {
+        const std::string from = dir + "/" + name_file;
+        const std::string to = dir + "/" + QuarantineFileName(name_file);
+        if (::rename(from.c_str(), to.c_str()) == 0) {
+          moved = " and its name file to " + to;
+        } else if (errno != ENOENT) {
+          return ErrnoStatus(errno, from, "cannot set aside the name file of " + path);
+        }
+      }
+      const std::string quarantine = dir + "/" + QuarantineFileName(file);
       if (::rename(path.c_str(), quarantine.c_str()) != 0) {
         return ErrnoStatus(errno, path, "cannot set aside an unreadable spool file");
       }
       spool->Log(path + ": cannot resume (" + member.status().message() + "); moved to " +
-                 quarantine);
+                 quarantine + moved);
       continue;
     }
     const auto& m = *member;
@@ -156,6 +334,19 @@ Result<std::unique_ptr<Spool>> Spool::Open(const std::string& dir, SpoolLogFn lo
                (m->is_npy() ? std::to_string(m->frame_count()) + " frames, " : std::string()) +
                std::to_string(m->data_bytes()) + " data bytes)");
     spool->members_.emplace(m->name(), m);
+  }
+  // Name files without their data file: a create, rename or remove that a crash cut short
+  // (see the top of this file). The member did not exist, or exists under another name.
+  for (const std::string& name_file : name_files) {
+    const std::string path = dir + "/" + name_file;
+    const std::string data_file = DataFileOf(name_file);
+    auto name = ReadNameFile(dir, data_file);
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+      return ErrnoStatus(errno, path, "cannot remove a leftover name file");
+    }
+    spool->Log(path + ": name file" + (name.ok() ? " of member " + *name : std::string()) +
+               " without its data file " + data_file +
+               " (left by a create, rename or remove that a crash cut short); removed");
   }
   return spool;
 }
@@ -166,8 +357,14 @@ Result<std::shared_ptr<GrowingMember>> Spool::Create(const std::string& name,
   if (finalized_) return Status::Error(ESHUTDOWN, dir_ + ": spool already finalized");
   if (name.empty()) return Status::Error(EINVAL, dir_ + ": empty member name");
   if (members_.count(name)) return Status::Error(EEXIST, name + ": already a new member");
-  NPZ_ASSIGN_OR_RETURN(auto m,
-                       GrowingMember::Create(name, PathFor(name), std::move(declared), log_));
+  NPZ_ASSIGN_OR_RETURN(std::string path, NewSpoolPath(name));
+  auto created = GrowingMember::Create(name, path, std::move(declared), log_);
+  if (!created.ok()) {
+    Status dropped = DropNameFile(path);
+    if (!dropped.ok()) Log(dropped.message());
+    return created.status();
+  }
+  std::shared_ptr<GrowingMember> m = std::move(created).value();
   members_.emplace(name, m);
   if (background_) background_->Track(m);
   return m;
@@ -192,12 +389,16 @@ Status Spool::Remove(const std::string& name) {
   auto it = members_.find(name);
   if (it == members_.end()) return Status::Error(ENOENT, name + ": not a new member");
   NPZ_RETURN_IF_ERROR(it->second->CheckRemovable());
-  if (::unlink(it->second->spool_path().c_str()) != 0 && errno != ENOENT) {
-    return ErrnoStatus(errno, it->second->spool_path(), "cannot remove spool file");
+  const std::string path = it->second->spool_path();
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+    return ErrnoStatus(errno, path, "cannot remove spool file");
   }
   it->second->MarkRemoved();
   if (background_) (void)background_->Take(it->second.get());  // no data: no shadow
   members_.erase(it);
+  // The member is gone; a name file left behind is removed by the next Open.
+  Status dropped = DropNameFile(path);
+  if (!dropped.ok()) Log(name + ": removed, but " + dropped.message());
   return Status::Ok();
 }
 
@@ -209,7 +410,14 @@ Status Spool::Rename(const std::string& from, const std::string& to) {
   if (to.empty()) return Status::Error(EINVAL, dir_ + ": empty member name");
   if (members_.count(to)) return Status::Error(EEXIST, to + ": already a new member");
   std::shared_ptr<GrowingMember> m = it->second;
-  NPZ_RETURN_IF_ERROR(m->MoveTo(to, PathFor(to)));
+  NPZ_RETURN_IF_ERROR(m->CheckRemovable());  // before a name file is written for nothing
+  const std::string old_path = m->spool_path();
+  NPZ_ASSIGN_OR_RETURN(std::string new_path, NewSpoolPath(to));
+  Status moved = m->MoveTo(to, new_path);
+  // Whichever name file the spool file no longer has (the new one if the rename failed).
+  Status dropped = DropNameFile(moved.ok() ? old_path : new_path);
+  if (!dropped.ok()) Log(from + " -> " + to + ": " + dropped.message());
+  NPZ_RETURN_IF_ERROR(moved);
   members_.erase(it);
   members_.emplace(to, std::move(m));
   return Status::Ok();
@@ -315,15 +523,29 @@ Status Spool::Finalize(const std::string& archive_path, const WriteOptions& opti
 // After a finalize: the archive is durable, now the spool may go.
 Status Spool::RemoveSpoolFiles(const std::string& archive_path) {
   std::string cleanup_errors;
+  std::vector<std::string> hashed;  // spool files whose name file goes after them
   for (const auto& [name, m] : members_) {
-    if (::unlink(m->spool_path().c_str()) != 0 && errno != ENOENT) {
-      cleanup_errors += "; " + m->spool_path() + ": unlink: " + std::strerror(errno);
+    const std::string path = m->spool_path();
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+      cleanup_errors += "; " + path + ": unlink: " + std::strerror(errno);
     }
-    Status shadow = DeflateShadow::Remove(m->spool_path());
+    Status shadow = DeflateShadow::Remove(path);
     if (!shadow.ok()) cleanup_errors += "; " + shadow.message();
+    if (IsLongDataFile(BaseName(path))) hashed.push_back(path);
     m->MarkRemoved();
   }
   members_.clear();
+  if (!hashed.empty()) {
+    // One directory fsync for all of them (DropNameFile would do one each).
+    Status synced = FsyncDir(dir_);
+    if (!synced.ok()) cleanup_errors += "; " + synced.message();
+    for (const std::string& path : hashed) {
+      const std::string name_path = dir_ + "/" + NameFileOf(BaseName(path));
+      if (synced.ok() && ::unlink(name_path.c_str()) != 0 && errno != ENOENT) {
+        cleanup_errors += "; " + name_path + ": unlink: " + std::strerror(errno);
+      }
+    }
+  }
   finalized_ = true;
   const std::string lock_path = dir_ + "/" + std::string(kLockFileName);
   if (::unlink(lock_path.c_str()) != 0 && errno != ENOENT) {

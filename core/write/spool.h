@@ -1,17 +1,19 @@
 // The spool: the directory that holds the growing members of one archive until finalize.
 //
 // A mount that accepts new members keeps each one in a spool file named after the member
-// (EscapeMemberName) inside a spool directory, by default "<dir>/.<base>.npzfs-spool" next
-// to the archive, so that finalize can copy or reflink on the same filesystem. The spool
-// survives a killed daemon: Spool::Open resumes every member it finds, keeping every complete
-// frame. Finalize adds every member to the archive atomically (AppendToArchive) and removes
-// the spool only after the archive is durable; on failure both stay as they were.
+// (EscapeMemberName; a name too long for that gets a hashed file name plus a name file, see
+// "Spool directory layout" in spool.cc) inside a spool directory, by default
+// "<dir>/.<base>.npzfs-spool" next to the archive, so that finalize can copy or reflink on
+// the same filesystem. The spool survives a killed daemon: Spool::Open resumes every member
+// it finds, keeping every complete frame. Finalize adds every member to the archive
+// atomically (AppendToArchive) and removes the spool only after the archive is durable; on
+// failure both stay as they were.
 //
 // Files in the spool directory whose names start with '.' are not members (escaping never
-// produces a leading '.'); Spool::Open takes an exclusive flock on "<dir>/.npzfs-lock" so two
-// daemons (or a daemon and `npz recover`) cannot share a spool. The daemon does not need a
-// lock of its own; if it wants one it must use another file (flock conflicts between two
-// open() calls of the same file, even in one process).
+// produces a leading '.'), nor are the name files "%N<id>" of long names; Spool::Open takes an
+// exclusive flock on "<dir>/.npzfs-lock" so two daemons (or a daemon and `npz recover`) cannot
+// share a spool. The daemon does not need a lock of its own; if it wants one it must use another
+// file (flock conflicts between two open() calls of the same file, even in one process).
 //
 // The Spool is the one registry of new members: name -> GrowingMember. A member object is
 // never replaced (a rename renames it in place), so holders of a member never go stale.
@@ -46,14 +48,23 @@ namespace npzfs {
 std::string EscapeMemberName(std::string_view member_name);
 Result<std::string> UnescapeMemberName(std::string_view file_name);
 
+// The longest spool file name that is the escaped member name itself: NAME_MAX less the most
+// any name derived from a spool file adds (".<file>.npzfs-deflate-index", ".corrupt-<file>"),
+// so that those fit too. A member whose escaped name is longer gets the hashed layout
+// ("%L<id>" + name file "%N<id>", spool.cc). Spool files of up to NAME_MAX bytes left by an
+// older daemon still resume under their escaped name.
+size_t MaxEscapedSpoolFileName();
+
 class Spool {
  public:
   // The lock file inside the spool directory.
   static constexpr std::string_view kLockFileName = kSpoolLockFileName;
 
   // Creates `dir` (and fsyncs its parent) or opens an existing one and resumes every member
-  // file in it (one log line each; a file that cannot be resumed is renamed to
-  // ".corrupt-<file>" with a log line). EBUSY if another process holds the spool lock.
+  // file in it (one log line each; a file that cannot be resumed, or a hashed one without
+  // its name file, is renamed to ".corrupt-<file>" with a log line; a name file without its
+  // data file, left by a crash, is removed with a log line). EBUSY if another process holds
+  // the spool lock.
   static Result<std::unique_ptr<Spool>> Open(const std::string& dir, SpoolLogFn log = {});
   ~Spool();
 
@@ -99,7 +110,13 @@ class Spool {
  private:
   Spool(std::string dir, UniqueFd lock_fd, SpoolLogFn log);
   void Log(const std::string& line) const;
-  std::string PathFor(const std::string& name) const;
+  // The spool file for a new member `name` (Create, Rename): the escaped name, or for a long
+  // name a free "%L<id>" whose name file "%N<id>" this has written and made durable.
+  Result<std::string> NewSpoolPath(const std::string& name) const;
+  // Removes the name file of spool file `spool_path` (none for an escaped name), after making
+  // the directory durable: the data file must be gone or renamed away (a crash must never
+  // leave a hashed data file without its name). Returns the error; callers log it.
+  Status DropNameFile(const std::string& spool_path) const;
   // The steps of Finalize (mu_ held).
   Result<std::optional<NewMember>> NewMemberFor(const std::string& name, GrowingMember& m,
                                                 const WriteOptions& options,
