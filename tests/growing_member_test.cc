@@ -73,9 +73,11 @@ struct Fixture {
   TempDir dir;
   std::vector<std::string> log;
   std::shared_ptr<GrowingMember> Create(const std::string& name,
-                                        std::optional<NpyHeader> declared = {}) {
-    auto m = GrowingMember::Create(name, dir.Join(name), std::move(declared),
-                                   [this](const std::string& l) { log.push_back(l); });
+                                        std::optional<NpyHeader> declared = {},
+                                        HeaderWriteFn write_header = {}) {
+    auto m = GrowingMember::Create(
+        name, dir.Join(name), std::move(declared),
+        [this](const std::string& l) { log.push_back(l); }, std::move(write_header));
     EXPECT_TRUE(m.ok()) << m.status().message();
     return m.ok() ? *m : nullptr;
   }
@@ -933,6 +935,176 @@ TEST(GrowingMember, AReaderOpenedBeforeARenameToAnotherKindNeverShowsTheOldHeade
   auto answer = reader->Read(0, std::span(reinterpret_cast<std::byte*>(out.data()), out.size()));
   ASSERT_TRUE(answer.ok()) << answer.status().message();
   EXPECT_GE(answer->splice_fd, 0) << "every byte of a plain file is data";
+}
+
+// ---- a reader opened before the layout changed ----
+
+// The canonical header of `n` '<i2' frames of shape (3, 4): another dtype than U16Layout()
+// whose header has the same length, so that only its bytes tell the two apart.
+std::string I16Header(uint64_t n) {
+  return NpyHeader::ForFrames("<i2", {3, 4}, false, n)->Format();
+}
+
+TEST(GrowingMember, AReaderOpenedBeforeATruncateNeverSeesTheOldDtypeOverNewData) {
+  Fixture f;
+  auto m = f.Create("t.npy");
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  const std::string old_header = NumpyU16(0);  // a '<u2' header, no data yet
+  ASSERT_TRUE(WriteAt(*m, w, 0, old_header).ok());
+  auto reader = m->OpenReader(GrowingView::kSnapshot);  // its snapshot holds the '<u2' header
+  ASSERT_TRUE(m->Truncate(0).ok());                     // O_TRUNC: the writer starts over
+  const std::string frames = U16Frames(0, 2, 12);
+  ASSERT_TRUE(WriteAt(*m, w, 0, I16Header(0) + frames).ok());  // with '<i2' frames
+  ASSERT_EQ(I16Header(2).size(), old_header.size());
+  EXPECT_EQ(ReadThrough(*reader), I16Header(2) + frames) << "the reader follows the new layout";
+}
+
+TEST(GrowingMember, AReaderOpenedBeforeARenameCycleFollowsTheLayoutItsNewAttributesDeclare) {
+  Fixture f;
+  auto m = f.Create("c.npy", U16Layout());
+  auto reader = m->OpenReader(GrowingView::kSnapshot);
+  ASSERT_TRUE(m->MoveTo("c.tmp", f.dir.Join("c.tmp")).ok());  // a plain file: starts empty
+  ASSERT_TRUE(m->MoveTo("c.npy", f.dir.Join("c.npy")).ok());
+  ASSERT_TRUE(m->SetAttribute(kShapeAttribute, "3,4").ok());
+  ASSERT_TRUE(m->SetAttribute(kDescrAttribute, "<i2").ok());
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  const std::string frames = U16Frames(0, 3, 12);
+  ASSERT_TRUE(WriteAt(*m, w, 0, frames).ok());
+  ASSERT_EQ(I16Header(3).size(), U16Layout().Format().size());
+  EXPECT_EQ(ReadThrough(*reader), I16Header(3) + frames);
+}
+
+TEST(GrowingMember, AReaderOpenedBeforeNewLayoutAttributesFollowsTheNewLayout) {
+  Fixture f;
+  auto m = f.Create("a.npy", U16Layout());
+  auto reader = m->OpenReader(GrowingView::kSnapshot);
+  ASSERT_TRUE(m->SetAttribute(kDescrAttribute, "<i2").ok());  // no data yet: the layout changes
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  const std::string frames = U16Frames(0, 2, 12);
+  ASSERT_TRUE(WriteAt(*m, w, 0, frames).ok());
+  EXPECT_EQ(ReadThrough(*reader), I16Header(2) + frames);
+  // A handle opened in the new layout keeps its own count, as before.
+  auto later = m->OpenReader(GrowingView::kSnapshot);
+  ASSERT_TRUE(WriteAt(*m, w, frames.size(), U16Frames(2, 1, 12)).ok());
+  EXPECT_EQ(ReadThrough(*later), I16Header(2) + U16Frames(0, 3, 12));
+}
+
+// ---- a failed rewrite of the header's count ----
+
+// A HeaderWriteFn that fails with `error` while it is not 0, and writes otherwise.
+struct FlakyHeaderWrites {
+  int error = 0;
+  HeaderWriteFn Fn() {
+    return [this](int fd, const std::string& header, const std::string& path) {
+      if (error != 0) return Status::Error(error, path + ": write failed: injected");
+      return PwriteAll(fd, header.data(), header.size(), 0, path);
+    };
+  }
+};
+
+// The frame count in the header of the spool file.
+uint64_t CountOnDisk(const std::string& path) {
+  auto h = NpyHeader::Parse(ReadFileOrDie(path));
+  EXPECT_TRUE(h.ok()) << path << ": " << h.status().message();
+  return h.ok() ? h->frame_count() : ~uint64_t{0};
+}
+
+TEST(GrowingMember, AFailedCountRewriteAfterTheFramesWerePublishedDoesNotFailTheWrite) {
+  Fixture f;
+  FlakyHeaderWrites disk;
+  auto m = f.Create("eio.npy", U16Layout(), disk.Fn());
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  ASSERT_TRUE(WriteAt(*m, w, 0, U16Frames(0, 2, 12)).ok());
+  disk.error = EIO;
+  Status st = WriteAt(*m, w, 48, U16Frames(2, 3, 12));
+  EXPECT_TRUE(st.ok()) << "the frames were published, the write succeeded: " << st.message();
+  EXPECT_EQ(m->frame_count(), 5u);
+  EXPECT_EQ(ReadThrough(*m->OpenReader(GrowingView::kSnapshot)), NumpyU16(5));
+  EXPECT_EQ(CountOnDisk(m->spool_path()), 2u) << "behind, but never ahead of the data";
+  ASSERT_EQ(f.log.size(), 1u);
+  EXPECT_NE(f.log[0].find("eio.npy"), std::string::npos) << f.log[0];
+  EXPECT_NE(f.log[0].find("injected"), std::string::npos) << f.log[0];
+  // Finalize takes the header from memory, not from the spool file.
+  auto fin = m->PrepareFinalize();
+  ASSERT_TRUE(fin.ok()) << fin.status().message();
+  EXPECT_EQ(fin->header + ReadFileOrDie(m->spool_path()).substr(fin->data_offset, fin->data_length),
+            NumpyU16(5));
+  // Later writes succeed while it keeps failing (logged once), and the first that can
+  // rewrite the header does, even one that completes no frame.
+  ASSERT_TRUE(WriteAt(*m, w, 5 * 24, U16Frames(5, 1, 12)).ok());
+  EXPECT_EQ(f.log.size(), 1u) << "not one line per write";
+  disk.error = 0;
+  const std::string partial = U16Frames(6, 1, 12).substr(0, 5);
+  ASSERT_TRUE(WriteAt(*m, w, 6 * 24, partial).ok());
+  EXPECT_EQ(ReadFileOrDie(m->spool_path()), NumpyU16(6) + partial);
+  EXPECT_EQ(f.log.size(), 2u) << "the recovery is logged";
+}
+
+TEST(GrowingMember, FsyncRetriesAFailedCountRewriteAndReportsItWhileItFails) {
+  Fixture f;
+  FlakyHeaderWrites disk;
+  auto m = f.Create("sync.npy", U16Layout(), disk.Fn());
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  ASSERT_TRUE(WriteAt(*m, w, 0, U16Frames(0, 2, 12)).ok());
+  disk.error = ENOSPC;  // a copy-on-write filesystem may need a new block for it
+  ASSERT_TRUE(WriteAt(*m, w, 48, U16Frames(2, 3, 12)).ok());
+  Status s = m->Fsync();
+  EXPECT_EQ(s.code(), ENOSPC) << s.message();
+  EXPECT_NE(s.message().find("sync.npy"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("injected"), std::string::npos) << s.message();
+  EXPECT_EQ(m->Fsync().code(), ENOSPC) << "as long as the header cannot be written";
+  EXPECT_EQ(CountOnDisk(m->spool_path()), 2u);
+  disk.error = 0;
+  EXPECT_TRUE(m->Fsync().ok());
+  EXPECT_EQ(ReadFileOrDie(m->spool_path()), NumpyU16(5));
+  EXPECT_TRUE(m->Fsync().ok());
+}
+
+TEST(GrowingMember, AClosingWriterAndFinalizeRetryAFailedCountRewrite) {
+  Fixture f;
+  FlakyHeaderWrites disk;
+  auto m = f.Create("close.npy", U16Layout(), disk.Fn());
+  const size_t h = HeaderLength(NumpyU16(0));
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  ASSERT_TRUE(WriteAt(*m, w, 0, U16Frames(0, 2, 12)).ok());
+  disk.error = EIO;
+  ASSERT_TRUE(WriteAt(*m, w, 48, U16Frames(2, 1, 12)).ok());
+  disk.error = 0;
+  m->EndWrite(&w);
+  EXPECT_EQ(ReadFileOrDie(m->spool_path()), NumpyU16(3)) << "rewritten at close";
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  disk.error = EIO;
+  ASSERT_TRUE(WriteAt(*m, w, h + 3 * 24, U16Frames(3, 1, 12)).ok());
+  disk.error = 0;
+  auto fin = m->PrepareFinalize();
+  ASSERT_TRUE(fin.ok()) << fin.status().message();
+  EXPECT_EQ(ReadFileOrDie(m->spool_path()), NumpyU16(4)) << "rewritten at finalize";
+}
+
+TEST(GrowingMember, ResumeAfterAFailedCountRewriteKeepsEveryCompleteFrame) {
+  Fixture f;
+  FlakyHeaderWrites disk;
+  auto m = f.Create("crash.npy", U16Layout(), disk.Fn());
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  ASSERT_TRUE(WriteAt(*m, w, 0, U16Frames(0, 2, 12)).ok());
+  disk.error = EIO;
+  // Three more frames and part of a fourth; then the daemon dies before any retry.
+  ASSERT_TRUE(WriteAt(*m, w, 48, U16Frames(2, 4, 12).substr(0, 3 * 24 + 7)).ok());
+  const std::string copy = f.dir.Join("copy");
+  std::filesystem::copy_file(m->spool_path(), copy);
+  EXPECT_EQ(CountOnDisk(copy), 2u);
+  auto r = f.Resume("crash.npy", copy);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->frame_count(), 5u) << "counted from the file size, not from the stale header";
+  EXPECT_EQ(ReadVisible(*r), NumpyU16(5));
+  EXPECT_EQ(ReadFileOrDie(copy), NumpyU16(5)) << "partial frame cut, header recounted";
 }
 
 }  // namespace

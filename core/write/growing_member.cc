@@ -23,6 +23,9 @@
 // to disk: the header string (with the count of complete frames) and the visible size move
 // together, so a reader never sees a count its size cannot hold. The header is served from
 // memory; a trailing partial frame is simply beyond the visible size until it completes.
+// The count is rewritten in the spool file after that publication, so once the frames are
+// published the write has succeeded: a failed rewrite only leaves the header on disk behind
+// (header_stale, retried later; see the header file).
 // Data bytes below the visible size never change again, so a read of the data region can be
 // answered as a splice straight from the spool file (Read); the header region of the spool
 // file is rewritten as the count grows, so it is never spliced.
@@ -30,6 +33,11 @@
 // A rename keeps the object (MoveTo): the spool file is renamed and the name changed in
 // place, under both locks, so the daemon's inode table and open handles never hold a
 // member that a rename replaced.
+//
+// Every change of layout goes through State::SetLayout, which starts a new layout
+// generation; a reader's snapshot records its generation, and Read serves the snapshot's
+// header only in the same generation. (Its length cannot tell: two layouts' canonical
+// headers often have the same length, e.g. '<u2' and '<i2' frames of one shape.)
 //
 // Locking: io_mu_ serialises everything that writes (Write, Truncate, SetAttribute, Fsync,
 // MoveTo, PrepareFinalize) and guards the write-only state (tail, running CRC). mu_ guards
@@ -133,6 +141,7 @@ struct GrowingMember::State {
 
   // ---- guarded by mu_ (what readers see, and writer bookkeeping) ----
   std::optional<NpyHeader> layout;  // count 0; nullopt until known (.npy only)
+  uint64_t layout_generation = 0;   // changes with the layout (SetLayout); never goes back
   bool layout_declared = false;     // from Create/xattrs: survives a Truncate(0)
   bool header_from_writer = false;  // a writer's header was accepted
   std::string header;               // canonical header with the current count (visible)
@@ -154,6 +163,9 @@ struct GrowingMember::State {
   uint64_t tail_bytes = 0;  // bytes of that partial frame
   bool crc_valid = true;    // false after Resume (finalize computes the CRC-32 then)
   bool dir_synced = false;
+  // The spool file's header counts fewer frames than `header`: its rewrite failed after the
+  // frames were published (RewriteCount retries it).
+  bool header_stale = false;
   // Blocks of the spool file are allocated up to here (a hint: every ftruncate frees them,
   // and a wrong value only costs speed). See Preallocate.
   uint64_t preallocated_end = 0;
@@ -162,23 +174,34 @@ struct GrowingMember::State {
   uint64_t header_length() const { return layout ? header.size() : 0; }
   uint64_t visible_data() const { return layout ? complete_frames * frame_bytes : data_total; }
   uint64_t visible_size() const { return header_length() + visible_data(); }
+  // Replaces the layout (nullopt: forgets it) and the header (count 0), in a new generation.
+  void SetLayout(const std::optional<NpyHeader>& new_layout) {
+    layout = new_layout ? std::optional(new_layout->WithFrameCount(0)) : std::nullopt;
+    frame_bytes = layout ? layout->frame_bytes() : 0;
+    header = layout ? layout->Format() : std::string();
+    ++layout_generation;
+  }
   // Forgets the content (a member that changed kind on a rename starts empty); the writer
-  // session survives.
+  // session survives, and the layout generation moves on.
   void ResetContent() {
-    const uint64_t active = active_token, next = next_token;
+    const uint64_t active = active_token, next = next_token, generation = layout_generation;
     *this = State();
     active_token = active;
     next_token = next;
+    layout_generation = generation;
+    SetLayout(std::nullopt);
   }
 };
 
-GrowingMember::GrowingMember(std::string name, std::string spool_path, UniqueFd fd, SpoolLogFn log)
+GrowingMember::GrowingMember(std::string name, std::string spool_path, UniqueFd fd, SpoolLogFn log,
+                             HeaderWriteFn write_header)
     : s_(std::make_unique<State>()),
       name_(std::move(name)),
       spool_path_(std::move(spool_path)),
       is_npy_(IsNpyName(name_)),
       fd_(std::move(fd)),
-      log_(std::move(log)) {}
+      log_(std::move(log)),
+      write_header_(std::move(write_header)) {}
 
 GrowingMember::~GrowingMember() = default;
 
@@ -213,20 +236,20 @@ Status GrowingMember::WriteHeaderOnly(const std::string& header) const {
 Result<std::shared_ptr<GrowingMember>> GrowingMember::Create(std::string name,
                                                              std::string spool_path,
                                                              std::optional<NpyHeader> declared,
-                                                             SpoolLogFn log) {
+                                                             SpoolLogFn log,
+                                                             HeaderWriteFn write_header) {
   if (declared && !IsNpyName(name)) {
     return Status::Error(EINVAL, name + ": a frame layout can only be declared for .npy names");
   }
   if (declared) NPZ_RETURN_IF_ERROR(CheckGrowable(*declared, name));
   NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(spool_path, O_RDWR | O_CREAT | O_EXCL, 0644));
-  std::shared_ptr<GrowingMember> m(
-      new GrowingMember(std::move(name), std::move(spool_path), std::move(fd), std::move(log)));
+  std::shared_ptr<GrowingMember> m(new GrowingMember(std::move(name), std::move(spool_path),
+                                                     std::move(fd), std::move(log),
+                                                     std::move(write_header)));
   if (declared) {
     State& s = *m->s_;
-    s.layout = declared->WithFrameCount(0);
+    s.SetLayout(*declared);
     s.layout_declared = true;
-    s.frame_bytes = s.layout->frame_bytes();
-    s.header = s.layout->Format();
     Status st = m->WriteHeaderOnly(s.header);
     if (!st.ok()) {
       ::unlink(m->spool_path_.c_str());
@@ -237,12 +260,13 @@ Result<std::shared_ptr<GrowingMember>> GrowingMember::Create(std::string name,
 }
 
 Result<std::shared_ptr<GrowingMember>> GrowingMember::Resume(std::string name,
-                                                             std::string spool_path,
-                                                             SpoolLogFn log) {
+                                                             std::string spool_path, SpoolLogFn log,
+                                                             HeaderWriteFn write_header) {
   NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(spool_path, O_RDWR));
   NPZ_ASSIGN_OR_RETURN(uint64_t size, FileSize(fd.get(), spool_path));
-  std::shared_ptr<GrowingMember> m(
-      new GrowingMember(std::move(name), std::move(spool_path), std::move(fd), std::move(log)));
+  std::shared_ptr<GrowingMember> m(new GrowingMember(std::move(name), std::move(spool_path),
+                                                     std::move(fd), std::move(log),
+                                                     std::move(write_header)));
   State& s = *m->s_;
   const std::string& path = m->spool_path_;
   const int f = m->fd_.get();
@@ -287,8 +311,7 @@ Result<std::shared_ptr<GrowingMember>> GrowingMember::Resume(std::string name,
            " bytes of a partial frame after " + std::to_string(repair.frames) +
            " complete frames (member " + m->name_ + ")");
   }
-  s.layout = parsed.header.WithFrameCount(0);
-  s.frame_bytes = parsed.header.frame_bytes();
+  s.SetLayout(parsed.header);
   s.header = repair.header.Format();
   s.data_total = repair.frames * s.frame_bytes;
   s.complete_frames = repair.frames;
@@ -337,6 +360,7 @@ void GrowingMember::EndWrite(WriterSession* session) {
   // Under io_mu_ only, so readers never wait for the ftruncate; a next writer's first
   // write waits for io_mu_.
   if (was_writer && s.preallocated_end != 0) GiveBackPreallocation(s);
+  if (s.header_stale) (void)RewriteCount();  // logged by RewriteCount
 }
 
 // The coordinates of a writer's first non-empty write (see the essay). Requires both locks.
@@ -468,9 +492,7 @@ Status GrowingMember::AdoptWriterHeader(std::unique_lock<std::mutex>& lock, cons
   // No data yet: the file holds at most an earlier declared header. Replace it.
   NPZ_RETURN_IF_ERROR(WriteHeaderOnly(header));
   lock.lock();
-  s.layout = layout;
-  s.frame_bytes = layout.frame_bytes();
-  s.header = std::move(header);
+  s.SetLayout(layout);
   s.header_from_writer = true;
   // The header fixes the whole layout: attributes set before it (a partial declaration,
   // e.g. only user.npy.shape) describe nothing now, and SetAttribute must not combine them
@@ -578,33 +600,67 @@ Status GrowingMember::AppendData(std::span<const std::byte> data) {
     return Status::Ok();
   }
   const uint64_t new_frames = new_total / fb;
-  TrackCrc(s, data, frames, new_frames, fb);
   std::string header;
   if (new_frames != frames) {
     auto counted = layout->WithFrameCountChecked(new_frames);
     if (!counted.ok()) return counted.status().WithContext(name_);
     header = counted->Format();
   }
+  TrackCrc(s, data, frames, new_frames, fb);
   {
     std::lock_guard lock(mu_);
     s.data_total = new_total;
     s.complete_frames = new_frames;
     if (!header.empty()) s.header = header;
   }
-  if (!header.empty()) {
-    NPZ_RETURN_IF_ERROR(PwriteAll(fd_.get(), header.data(), header.size(), 0, spool_path_));
-  }
+  // The frames are written and published (readers and finalize take the header from memory):
+  // the write has succeeded. A failed count rewrite is logged and retried later.
+  if (!header.empty() || s.header_stale) (void)RewriteCount();
   return Status::Ok();
+}
+
+Status GrowingMember::RewriteCount() {
+  State& s = *s_;
+  std::string header;
+  uint64_t frames;
+  {
+    std::lock_guard lock(mu_);
+    header = s.header;
+    frames = s.complete_frames;
+  }
+  Status st = write_header_ ? write_header_(fd_.get(), header, spool_path_)
+                            : PwriteAll(fd_.get(), header.data(), header.size(), 0, spool_path_);
+  if (st.ok()) {
+    if (s.header_stale) {
+      Log(spool_path_ + ": header rewritten; it counts all " + std::to_string(frames) +
+          " frames of member " + name_ + " again");
+    }
+    s.header_stale = false;
+    return st;
+  }
+  if (!s.header_stale) {  // once, not at every retry
+    Log(spool_path_ + ": could not rewrite the header's frame count (" + st.message() + "); the " +
+        std::to_string(frames) + " frames of member " + name_ +
+        " are written and visible, the header on disk counts fewer until a retry succeeds "
+        "(next write, fsync or close)");
+  }
+  s.header_stale = true;
+  return Status::Error(st.code(), name_ + ": the header of spool file " + spool_path_ +
+                                      " still counts fewer than its " + std::to_string(frames) +
+                                      " frames: " + st.message());
 }
 
 Status GrowingMember::Fsync() {
   std::lock_guard io(io_mu_);
+  // The frames are made durable even when their count cannot be (Resume counts them from the
+  // file size), but the caller learns that the header on disk is behind.
+  const Status header = s_->header_stale ? RewriteCount() : Status::Ok();
   NPZ_RETURN_IF_ERROR(FsyncFd(fd_.get(), spool_path_));
   if (!s_->dir_synced) {
     NPZ_RETURN_IF_ERROR(FsyncParentDir(spool_path_));
     s_->dir_synced = true;
   }
-  return Status::Ok();
+  return header;
 }
 
 Status GrowingMember::Truncate(uint64_t size) {
@@ -619,9 +675,7 @@ Status GrowingMember::Truncate(uint64_t size) {
       if (::ftruncate(fd_.get(), 0) != 0) {
         return ErrnoStatus(errno, spool_path_, "ftruncate failed");
       }
-      s.layout.reset();
-      s.header.clear();
-      s.frame_bytes = 0;
+      s.SetLayout(std::nullopt);
     }
     s.header_from_writer = false;
     s.header_buf.clear();
@@ -720,13 +774,10 @@ Status GrowingMember::SetAttribute(std::string_view attr, std::string_view value
                                       std::string(attr) + " cannot change it");
     }
   } else if (candidate) {
-    std::string header = candidate->Format();
     // The spool file holds only a header (or nothing) before data: replace it.
-    NPZ_RETURN_IF_ERROR(WriteHeaderOnly(header));
-    s.layout = candidate;
+    NPZ_RETURN_IF_ERROR(WriteHeaderOnly(candidate->Format()));
+    s.SetLayout(candidate);
     s.layout_declared = true;
-    s.frame_bytes = candidate->frame_bytes();
-    s.header = std::move(header);
     s.complete_frames = 0;
   }
   s.attr_descr = descr;
@@ -793,6 +844,7 @@ ReaderSnapshot GrowingMember::TakeSnapshot() const {
   ReaderSnapshot snap;
   if (s_->layout) snap.header = s_->header;
   snap.size = s_->visible_size();
+  snap.layout_generation = s_->layout_generation;
   return snap;
 }
 
@@ -819,9 +871,12 @@ Result<ReadAnswer> GrowingMember::Read(const ReaderSnapshot& snapshot, uint64_t 
     std::lock_guard lock(mu_);
     size = s_->visible_size();
     has_layout = s_->layout.has_value();
-    // A snapshot taken before the layout was known (or before a Truncate(0) reset) has no
-    // usable header: serve the current one.
-    if (has_layout && snapshot.header.size() != s_->header.size()) current_header = s_->header;
+    // A snapshot of another layout generation (taken before the layout was known, or before
+    // a Truncate(0), new attributes or renames changed it) has no usable header, whatever its
+    // length: the reader follows the current layout, header and data alike.
+    if (has_layout && snapshot.layout_generation != s_->layout_generation) {
+      current_header = s_->header;
+    }
   }
   // Without a layout (not known yet, or the member became a plain file on a rename) there is
   // no header at all: a snapshot's header would be copied over the first data bytes.
@@ -864,6 +919,9 @@ uint64_t GrowingMember::data_bytes() const {
 
 Result<FinalizedMemberData> GrowingMember::PrepareFinalize() {
   std::lock_guard io(io_mu_);
+  // Only for the spool file's sake (a crash before the archive is written): the header
+  // finalize uses is formatted below from memory. Logged by RewriteCount.
+  if (s_->header_stale) (void)RewriteCount();
   std::lock_guard lock(mu_);
   const State& s = *s_;
   FinalizedMemberData f;

@@ -12,6 +12,21 @@
 // is empty. Because the spool file has exactly the layout readers see, a visible offset is
 // also the spool-file offset of the same byte.
 //
+// A count rewrite that fails (EIO; ENOSPC on a copy-on-write filesystem) comes after the
+// frames were written and published to readers and finalize, which take the header from
+// memory: the write still succeeds (a writer retrying it would get EPERM for rewriting its own
+// data). The header on disk then counts fewer frames than follow it (still a valid .npy, and
+// Resume counts frames from the file size, not from the header); the failure is logged and the
+// rewrite retried at the next write, Fsync, EndWrite and PrepareFinalize. Fsync reports it
+// while the header cannot be written, so a writer that asks for durability learns it.
+//
+// Layout changes: the layout can change only while the member holds no data (a Truncate(0)
+// that forgets a header-first layout followed by another header, new layout attributes, a
+// rename to another kind and back). Each change starts a new layout generation. A reader
+// handle opened before it follows the new layout completely: its reads show the current
+// header (with the current count) and the current data, exactly as a handle opened before
+// the layout was known does; never the old header (old dtype or shape) over the new data.
+//
 // Identity: a GrowingMember IS the member for its whole life. A rename (Spool::Rename) moves
 // its spool file and changes its name in place, so every holder (the daemon's inode table, an
 // open writer or reader handle) keeps pointing at the same object, with its layout, its
@@ -61,6 +76,13 @@ namespace npzfs {
 // Receives one human-readable log line (no trailing newline). May be empty.
 using SpoolLogFn = std::function<void(const std::string& line)>;
 
+// Writes `header` at offset 0 of the spool file `fd` (named `path` in errors), over a header
+// of the same length: the rewrite of a .npy member's frame count. Empty: PwriteAll. A seam for
+// tests, which make the rewrite fail. Called with the member's writer lock held, never its
+// state lock, so readers do not wait for it.
+using HeaderWriteFn =
+    std::function<Status(int fd, const std::string& header, const std::string& path)>;
+
 // One writer handle on a growing member (one per open file description that may write).
 // Owned by the daemon; filled in by GrowingMember::BeginWrite. The member keeps the writer's
 // position itself, so this is only a token plus the O_APPEND flag.
@@ -73,6 +95,7 @@ struct WriterSession {
 struct ReaderSnapshot {
   std::string header;  // canonical header with the count at snapshot time ("": none yet)
   uint64_t size = 0;   // visible size at snapshot time
+  uint64_t layout_generation = 0;  // the layout `header` belongs to (see "Layout changes")
 };
 
 // What finalize needs from one member: the bytes of the final member as pieces.
@@ -98,14 +121,17 @@ class GrowingMember : public std::enable_shared_from_this<GrowingMember> {
   // Creates an empty member whose spool file is `spool_path` (must not exist: EEXIST).
   // `declared` (count ignored) fixes the layout now, as -o frame= does; then the spool file
   // gets a header with count 0 at once. Only for .npy names (EINVAL otherwise).
+  // `write_header` rewrites the count (empty: PwriteAll; see HeaderWriteFn).
   static Result<std::shared_ptr<GrowingMember>> Create(std::string name, std::string spool_path,
                                                        std::optional<NpyHeader> declared,
-                                                       SpoolLogFn log = {});
+                                                       SpoolLogFn log = {},
+                                                       HeaderWriteFn write_header = {});
   // Reopens a spool file left by a previous daemon (e.g. after SIGKILL): keeps every complete
   // frame (count from the file size, not from the header), truncates a partial tail (logged)
   // and rewrites the header. EINVAL if the file is not a .npy this module wrote.
   static Result<std::shared_ptr<GrowingMember>> Resume(std::string name, std::string spool_path,
-                                                       SpoolLogFn log = {});
+                                                       SpoolLogFn log = {},
+                                                       HeaderWriteFn write_header = {});
 
   GrowingMember(const GrowingMember&) = delete;
   GrowingMember& operator=(const GrowingMember&) = delete;
@@ -128,15 +154,19 @@ class GrowingMember : public std::enable_shared_from_this<GrowingMember> {
   Status BeginWrite(WriterSession* session, bool append,
                     std::chrono::milliseconds wait_for_release = std::chrono::milliseconds(0));
   // Ends it (idempotent). A header-first writer that stops in the middle of its header loses
-  // those header bytes (logged); the member is then as before its first write.
+  // those header bytes (logged); the member is then as before its first write. Retries a
+  // failed count rewrite (logged if it fails again).
   void EndWrite(WriterSession* session);
   // Writes `data` at `offset` of the session's byte stream. Returns data.size() on success.
   // The first writer of a header-first member writes in its own coordinates (its header,
   // then data); every later writer writes in visible coordinates. See the rules above and in
-  // growing_member.cc. EBADF if the session is not the active one.
+  // growing_member.cc. EBADF if the session is not the active one. A failed rewrite of the
+  // header's count does not fail it (see the top of this file).
   Result<size_t> Write(WriterSession* session, uint64_t offset, std::span<const std::byte> data);
   // fsyncs the spool file and (first time) its directory: every frame written so far
-  // survives a crash.
+  // survives a crash. First retries a failed count rewrite: if the header on disk still
+  // cannot count every frame, the spool file is fsynced all the same (Resume would keep the
+  // frames) and that error is returned.
   Status Fsync();
   // ftruncate(2)/O_TRUNC: to the current size (visible or including a held-back partial
   // frame) is a no-op; to 0 on a member with no data resets it (a header-first layout is
@@ -172,6 +202,8 @@ class GrowingMember : public std::enable_shared_from_this<GrowingMember> {
   // only grows, so the header never counts more frames than any size reported (stat) after
   // the open. Without it, a reader that got the size from one getattr and the header from a
   // later read could see a count its size cannot hold (cp would produce a broken .npy).
+  // A snapshot of an earlier layout generation (taken before the layout was known or before
+  // it changed) is not used: such a reader is shown the current header ("Layout changes").
   ReaderSnapshot TakeSnapshot() const;
   // Reads visible bytes at `offset`; returns the count (short only at the current visible
   // end). The header comes from `snapshot` (from memory), data from the spool file, up to
@@ -198,11 +230,13 @@ class GrowingMember : public std::enable_shared_from_this<GrowingMember> {
   bool has_data() const { return data_bytes() > 0; }
 
   // A consistent snapshot for finalize (waits for an in-flight write). Logs a dropped
-  // partial frame.
+  // partial frame. Its header comes from memory, never from the spool file; a failed count
+  // rewrite is retried first (logged if it fails again; finalize does not need it).
   Result<FinalizedMemberData> PrepareFinalize();
 
  private:
-  GrowingMember(std::string name, std::string spool_path, UniqueFd fd, SpoolLogFn log);
+  GrowingMember(std::string name, std::string spool_path, UniqueFd fd, SpoolLogFn log,
+                HeaderWriteFn write_header);
   void Log(const std::string& line) const;
   struct State;
   // The steps of Write and SetAttribute (growing_member.cc says which locks each needs).
@@ -221,6 +255,9 @@ class GrowingMember : public std::enable_shared_from_this<GrowingMember> {
   void Preallocate(State& s, uint64_t end);
   void GiveBackPreallocation(State& s);
   Status WriteHeaderOnly(const std::string& header) const;
+  // Writes the published header over the spool file's (its count, of frames already
+  // written). Logs a failure and marks the header stale for a retry. Requires io_mu_, not mu_.
+  Status RewriteCount();
   Status CheckRemovableLocked() const;
   Result<std::optional<NpyHeader>> LayoutFromAttributes(const State& s,
                                                         const std::optional<std::string>& descr,
@@ -236,6 +273,7 @@ class GrowingMember : public std::enable_shared_from_this<GrowingMember> {
   bool is_npy_;
   const UniqueFd fd_;
   const SpoolLogFn log_;
+  const HeaderWriteFn write_header_;
   mutable std::mutex mu_;                  // guards *s_ and the identity (short critical sections)
   std::condition_variable session_ended_;  // with mu_: a writer session ended
   mutable std::mutex io_mu_;  // serialises Write, Fsync, Truncate, SetAttribute, MoveTo, finalize

@@ -19,7 +19,9 @@
 //   - finalize data: header with the final count, data = the complete frames, CRC-32 of
 //     header + data, the partial frame counted as dropped;
 //   - resume after a crash keeps every complete frame and drops a partial one;
-//   - a reader's snapshot header never counts more frames than the member holds.
+//   - a reader's snapshot header never counts more frames than the member holds, and has the
+//     member's current layout (a snapshot taken before the layout changed follows the new
+//     one: never an old dtype or shape over new data).
 // The model learns from the member only what the rules leave open (whether a header is
 // acceptable, what layout a set of xattrs makes), and checks everything else.
 // NPZFS_FUZZ_TRACE=1 prints one line per operation (to read a finding's input).
@@ -441,8 +443,9 @@ void Harness::OpSnapshot() {
     model_.snapshot = member_->TakeSnapshot();
     return;
   }
-  // An old snapshot: its header never counts more frames than the member holds now, and
-  // the bytes run to the current visible size.
+  // An old snapshot: its header has the current layout (even if it changed since), never
+  // counts more frames than the member holds now, and the bytes run to the current visible
+  // size.
   std::string bytes(member_->visible_size() + 64, '\0');
   auto n = member_->ReadAt(*model_.snapshot, 0,
                            std::span(reinterpret_cast<std::byte*>(bytes.data()), bytes.size()));
@@ -450,6 +453,7 @@ void Harness::OpSnapshot() {
   if (model_.layout && *n > 0) {
     auto h = NpyHeader::Parse(bytes.substr(0, *n));
     FUZZ_CHECK(h.ok(), "snapshot header does not parse: " + h.status().message());
+    FUZZ_CHECK(h->SameFrameLayout(*model_.layout), "snapshot header has an old layout");
     FUZZ_CHECK(h->frame_count() <= member_->frame_count(),
                "snapshot header counts too many frames");
     FUZZ_CHECK(h->parsed_length() + h->frame_count() * FrameBytes(model_) <= *n,
