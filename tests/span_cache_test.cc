@@ -1,19 +1,72 @@
 // Tests of the shared span cache: budget and LRU eviction, de-duplication of work in flight,
-// errors, and the span buffer free list.
+// errors, producers that throw (and deflated member reads whose decoder cannot allocate),
+// and the span buffer free list.
 #include "core/read/span_cache.h"
 
 #include <gtest/gtest.h>
+#include <zlib.h>
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
+#include <future>
+#include <memory>
 #include <mutex>
+#include <new>
+#include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
+#include "npzfs/archive.h"
+#include "tests/deflate_fixtures.h"
+#include "tests/test_util.h"
+
 namespace npzfs {
 namespace {
+
+// Allocation faults for the tests of a deflated member's reads (operator new is replaced at
+// the end of this file): while armed, the next operator new of at least kFaultMinBytes on a
+// thread that is not exempt throws std::bad_alloc. Only a decoder's 128 KiB input buffer is
+// that large on the read path (span buffers are mapped, not allocated with new), so a fault
+// hits a span's decode where a real out-of-memory would: a test seam that needs no hook in
+// the code under test.
+constexpr size_t kFaultMinBytes = 100 << 10;
+std::atomic<int> g_faults_armed{0};
+std::atomic<int> g_faults_fired{0};
+thread_local bool t_fault_exempt = false;
+
+void* AllocateOrFault(size_t n) {
+  if (n >= kFaultMinBytes && !t_fault_exempt) {
+    int armed = g_faults_armed.load();
+    while (armed > 0 && !g_faults_armed.compare_exchange_weak(armed, armed - 1)) {
+    }
+    if (armed > 0) {
+      g_faults_fired.fetch_add(1);
+      throw std::bad_alloc();
+    }
+  }
+  void* p = std::malloc(n == 0 ? 1 : n);
+  if (p == nullptr) throw std::bad_alloc();
+  return p;
+}
+
+// Runs `fn` on a thread of its own and waits for it at most `limit`: false if it is still
+// running then (it is left running, detached, with whatever it captured by value), so that
+// a test whose waiter would wait for good fails with a message instead of hanging.
+bool FinishesWithin(std::chrono::seconds limit, std::function<void()> fn) {
+  auto done = std::make_shared<std::promise<void>>();
+  std::future<void> finished = done->get_future();
+  std::thread([done, fn = std::move(fn)] {
+    fn();
+    done->set_value();
+  }).detach();
+  return finished.wait_for(limit) == std::future_status::ready;
+}
+
+constexpr auto kHangLimit = std::chrono::seconds(10);
 
 SpanPtr MakeSpan(size_t size, char fill) {
   auto span = std::make_shared<Span>();
@@ -289,6 +342,303 @@ TEST(SpanCache, AClaimFulfilledWithAnErrorGivesItToTheWaiterAndCachesNothing) {
   cache.Fulfill(Key(2, 5), Status::Error(EIO, "done"));
 }
 
+// Polls `done` for up to kHangLimit.
+bool Eventually(const std::function<bool()>& done) {
+  const auto deadline = std::chrono::steady_clock::now() + kHangLimit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return true;
+}
+
+// One GetOrProduce call on its own thread, its answer kept (by value) for the test.
+struct Call {
+  Result<SpanPtr> got = Status::Error(EIO, "not answered");
+  bool threw = false;  // an exception escaped GetOrProduce
+};
+
+// A producer that throws `thrown` once a second caller waits for the same key: the waiter
+// gets the exception's error (not a hang), and so does the producing caller, as a Status.
+template <typename Exception>
+void ExpectThrowingProducerFailsEveryone(const Exception& thrown, int code,
+                                         const std::string& message_part) {
+  auto cache = std::make_shared<SpanCache>(1 << 20);
+  auto producer = std::make_shared<Call>();
+  auto waiter = std::make_shared<Call>();
+  std::atomic<bool> producing{false};
+  std::promise<void> produced;
+  std::thread producer_thread([&, cache, producer] {
+    try {
+      producer->got = cache->GetOrProduce(Key(7, 1), [&]() -> Result<SpanPtr> {
+        producing = true;
+        // The waiter is queued behind this production once it has counted its hit.
+        Eventually([&] { return cache->hits() == 1; });
+        throw thrown;
+      });
+    } catch (...) {
+      producer->threw = true;
+    }
+    produced.set_value();
+  });
+  ASSERT_TRUE(Eventually([&] { return producing.load(); }));
+  const bool waiter_answered = FinishesWithin(kHangLimit, [cache, waiter] {
+    try {
+      waiter->got = cache->GetOrProduce(
+          Key(7, 1), [] { return Result<SpanPtr>(Status::Error(EINVAL, "the waiter produced")); });
+    } catch (...) {
+      waiter->threw = true;
+    }
+  });
+  produced.get_future().wait();
+  producer_thread.join();
+  EXPECT_FALSE(producer->threw) << "the producer's exception escaped GetOrProduce";
+  ASSERT_FALSE(producer->got.ok());
+  EXPECT_EQ(producer->got.status().code(), code);
+  EXPECT_NE(producer->got.status().message().find(message_part), std::string::npos)
+      << producer->got.status().message();
+  ASSERT_TRUE(waiter_answered) << "the waiter still waits for a production that threw";
+  EXPECT_FALSE(waiter->threw);
+  ASSERT_FALSE(waiter->got.ok());
+  EXPECT_EQ(waiter->got.status().code(), code) << waiter->got.status().message();
+
+  // Nothing is cached and nothing is left in flight: the next request produces the span.
+  EXPECT_EQ(cache->count(), 0u);
+  auto later = std::make_shared<Call>();
+  ASSERT_TRUE(FinishesWithin(kHangLimit, [cache, later] {
+    later->got = cache->GetOrProduce(Key(7, 1), [] { return Result<SpanPtr>(MakeSpan(50, 'n')); });
+  })) << "the key was left in flight";
+  ASSERT_TRUE(later->got.ok()) << later->got.status().message();
+  EXPECT_EQ((*later->got)->size, 50u);
+  EXPECT_EQ(static_cast<char>((*later->got)->data.get()[49]), 'n');
+  EXPECT_NE(cache->Lookup(Key(7, 1)), nullptr);
+}
+
+TEST(SpanCache, AProducerThatThrowsFailsItsWaitersAndALaterClaimSucceeds) {
+  ExpectThrowingProducerFailsEveryone(std::bad_alloc(), ENOMEM, "out of memory");
+}
+
+TEST(SpanCache, AProducerThatThrowsSomethingElseGivesEIOWithWhatItSaid) {
+  ExpectThrowingProducerFailsEveryone(std::runtime_error("decoder table overrun"), EIO,
+                                      "decoder table overrun");
+}
+
+TEST(SpanCache, APrefetchWhoseProducerThrowsFailsItsWaitersAndTheNextReadProducesTheSpan) {
+  // Before the fix the exception left the pool's thread: std::terminate.
+  auto cache = std::make_shared<SpanCache>(1 << 20);
+  ThreadPool pool(1);
+  std::promise<void> gate;  // holds the pool's thread until the waiter is queued
+  std::shared_future<void> open = gate.get_future().share();
+  pool.Submit([open] { open.wait(); });
+  cache->Prefetch(
+      Key(3, 3), []() -> Result<SpanPtr> { throw std::bad_alloc(); }, pool);
+  auto waiter = std::make_shared<Call>();
+  std::atomic<bool> answered{false};
+  std::thread waiting([cache, waiter, &answered] {
+    waiter->got = cache->GetOrProduce(Key(3, 3), [] { return Result<SpanPtr>(MakeSpan(1, 'w')); });
+    answered = true;
+  });
+  ASSERT_TRUE(Eventually([&] { return cache->hits() == 1; })) << "the waiter did not queue";
+  gate.set_value();
+  const bool done = Eventually([&] { return answered.load(); });
+  if (!done) {
+    waiting.detach();  // it holds the cache; the test fails rather than hangs
+    FAIL() << "the waiter still waits for a prefetch that threw";
+  }
+  waiting.join();
+  ASSERT_FALSE(waiter->got.ok());
+  EXPECT_EQ(waiter->got.status().code(), ENOMEM) << waiter->got.status().message();
+  auto again = cache->GetOrProduce(Key(3, 3), [] { return Result<SpanPtr>(MakeSpan(3, 'a')); });
+  ASSERT_TRUE(again.ok()) << again.status().message();
+  EXPECT_EQ(static_cast<char>((*again)->data.get()[2]), 'a');
+}
+
+TEST(SpanClaims, KeysStillHeldWhenTheirHolderUnwindsAreFailedAndCanBeClaimedAgain) {
+  auto cache = std::make_shared<SpanCache>(1 << 20);
+  auto waiter = std::make_shared<Call>();
+  std::atomic<bool> answered{false};
+  std::thread waiting;
+  try {
+    SpanClaims claims(*cache);
+    ASSERT_TRUE(claims.Claim(Key(4, 0)));
+    ASSERT_TRUE(claims.Claim(Key(4, 1)));
+    EXPECT_FALSE(claims.Claim(Key(4, 1))) << "claimed twice";
+    ASSERT_EQ(claims.size(), 2u);
+    EXPECT_EQ(claims.key(1), Key(4, 1));
+    claims.Fulfill(0, MakeSpan(10, 'f'));
+    waiting = std::thread([cache, waiter, &answered] {
+      waiter->got =
+          cache->GetOrProduce(Key(4, 1), [] { return Result<SpanPtr>(MakeSpan(1, 'w')); });
+      answered = true;
+    });
+    ASSERT_TRUE(Eventually([&] { return cache->hits() == 1; }));
+    throw std::bad_alloc();  // the producer fails between its claims
+  } catch (const std::bad_alloc&) {
+  }
+  const bool done = Eventually([&] { return answered.load(); });
+  if (!done) {
+    waiting.detach();
+    FAIL() << "the waiter still waits for a key whose claim was dropped";
+  }
+  waiting.join();
+  ASSERT_FALSE(waiter->got.ok());
+  EXPECT_EQ(waiter->got.status().code(), EIO) << waiter->got.status().message();
+  EXPECT_NE(cache->Lookup(Key(4, 0)), nullptr) << "the fulfilled key is cached";
+  EXPECT_EQ(cache->Lookup(Key(4, 1)), nullptr);
+  SpanClaims again(*cache);
+  ASSERT_TRUE(again.Claim(Key(4, 1))) << "a failed key can be claimed again";
+  again.FailRest(Status::Error(EAGAIN, "look up again"));
+  again.Fulfill(0, MakeSpan(1, 'x'));  // completed already: left as it is
+  EXPECT_EQ(cache->Lookup(Key(4, 1)), nullptr);
+}
+
+// A deflated member of a zip written here, with its index built (every span known), read
+// through the Archive API while decoders fail to allocate.
+class DeflatedFaults : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new testing::TempDir();  // NOLINT: the suite's, deleted in TearDownTestSuite
+    plain_ = new std::string();     // NOLINT: as dir_
+    // 24 MiB of text-like bytes: deflates to blocks of a few KiB, checkpoints at their
+    // boundaries, so spans are decoded by the fast engine (as the kernel's readahead gets).
+    uint32_t x = 12345;
+    while (plain_->size() < (size_t{24} << 20)) {
+      x = x * 1103515245u + 12345u;
+      *plain_ += std::to_string((x >> 16) % 5000) + ((x >> 8) % 7 == 0 ? "\n" : " ");
+    }
+    plain_->resize(size_t{24} << 20);
+    z_stream zs{};
+    ASSERT_EQ(deflateInit2(&zs, 6, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY), Z_OK);
+    std::string raw(deflateBound(&zs, plain_->size()), '\0');
+    zs.next_in = reinterpret_cast<Bytef*>(plain_->data());
+    zs.avail_in = static_cast<uInt>(plain_->size());
+    zs.next_out = reinterpret_cast<Bytef*>(raw.data());
+    zs.avail_out = static_cast<uInt>(raw.size());
+    ASSERT_EQ(deflate(&zs, Z_FINISH), Z_STREAM_END);
+    raw.resize(zs.total_out);
+    deflateEnd(&zs);
+    const uint32_t crc = static_cast<uint32_t>(
+        crc32(0, reinterpret_cast<const Bytef*>(plain_->data()), plain_->size()));
+    testing::WriteRawDeflateZip(dir_->Join("text.zip"), "text.txt", raw, crc, plain_->size());
+  }
+  static void TearDownTestSuite() {
+    delete dir_;    // NOLINT
+    delete plain_;  // NOLINT
+  }
+  void TearDown() override { g_faults_armed = 0; }
+
+  // A fresh Archive (its own span cache) with the member's index built, and a reader of it.
+  // With no parked streams, every span's decode starts a decoder (which allocates).
+  std::pair<std::shared_ptr<Archive>, std::shared_ptr<MemberReader>> OpenIndexed(
+      size_t max_parked_streams = 16) {
+    ArchiveOptions o;
+    o.checkpoint_spacing = 256 << 10;
+    o.index_enabled = false;
+    o.background_index = false;
+    o.max_parked_streams = max_parked_streams;
+    auto archive = Archive::Open(dir_->Join("text.zip"), o);
+    EXPECT_TRUE(archive.ok()) << archive.status().message();
+    if (!archive.ok()) return {};
+    Status built = (*archive)->BuildIndex(0);
+    EXPECT_TRUE(built.ok()) << built.message();
+    EXPECT_EQ((*archive)->index_state(0), IndexState::kComplete);
+    auto reader = (*archive)->OpenMember(0);
+    EXPECT_TRUE(reader.ok()) << reader.status().message();
+    if (!reader.ok()) return {};
+    return {*archive, *reader};
+  }
+
+  static testing::TempDir* dir_;
+  static std::string* plain_;
+};
+testing::TempDir* DeflatedFaults::dir_ = nullptr;
+std::string* DeflatedFaults::plain_ = nullptr;
+
+// What one read on a thread of its own answered.
+struct ReadCall {
+  std::string buf;
+  Result<size_t> got = Status::Error(EIO, "not answered");
+  bool threw = false;  // an exception escaped ReadAt
+};
+
+TEST_F(DeflatedFaults, AReadWhoseDecoderCannotAllocateFailsWithENOMEMAndTheNextReadServesIt) {
+  auto [archive, reader] = OpenIndexed();
+  ASSERT_NE(reader, nullptr);
+  // A small read in the middle: one span, decoded by this read (no read-ahead).
+  const uint64_t offset = (uint64_t{13} << 20) + 4321;
+  auto read = [archive = archive, reader = reader, offset](const std::shared_ptr<ReadCall>& call) {
+    return [archive, reader, offset, call] {
+      try {
+        call->got = reader->ReadAt(offset, std::as_writable_bytes(std::span(call->buf)));
+      } catch (...) {
+        call->threw = true;
+      }
+    };
+  };
+  auto first = std::make_shared<ReadCall>();
+  first->buf.assign(4096, '\0');
+  g_faults_fired = 0;
+  g_faults_armed = 1;
+  ASSERT_TRUE(FinishesWithin(kHangLimit, read(first)));
+  EXPECT_EQ(g_faults_fired.load(), 1) << "the decoder did not allocate its input buffer";
+  EXPECT_FALSE(first->threw) << "std::bad_alloc escaped the read";
+  ASSERT_FALSE(first->got.ok());
+  EXPECT_EQ(first->got.status().code(), ENOMEM) << first->got.status().message();
+
+  auto second = std::make_shared<ReadCall>();
+  second->buf.assign(4096, '\0');
+  ASSERT_TRUE(FinishesWithin(kHangLimit, read(second)))
+      << "the next read waits for the span that failed";
+  ASSERT_TRUE(second->got.ok()) << second->got.status().message();
+  ASSERT_EQ(*second->got, 4096u);
+  EXPECT_TRUE(second->buf == plain_->substr(offset, 4096)) << "wrong bytes";
+}
+
+TEST_F(DeflatedFaults, AStreamingReadSurvivesADecodePoolTaskThatCannotAllocate) {
+  // A streaming reader's spans are decoded ahead in runs claimed in the cache by
+  // DecodePool tasks (deflated_member.h). A task whose decoder cannot allocate fails its
+  // claims: the reader gets ENOMEM for that span at most once, reads it again, and gets
+  // every byte right. Before the fix the exception ended the process.
+  auto [archive, reader] = OpenIndexed(/*max_parked_streams=*/0);
+  ASSERT_NE(reader, nullptr);
+  struct Outcome {
+    std::string got;
+    int enomem = 0;
+    int other_errors = 0;
+    std::string last_error;
+  };
+  auto out = std::make_shared<Outcome>();
+  g_faults_fired = 0;
+  const bool finished =
+      FinishesWithin(std::chrono::seconds(60), [archive = archive, reader = reader, out] {
+        t_fault_exempt = true;  // only the pool's threads fail
+        std::string buf(128 << 10, '\0');
+        out->got.reserve(reader->size());
+        bool armed = false;
+        for (uint64_t off = 0; off < reader->size();) {
+          if (!armed && off >= (uint64_t{5} << 20)) {  // streaming by now
+            g_faults_armed = 1;
+            armed = true;
+          }
+          auto got = reader->ReadAt(off, std::as_writable_bytes(std::span(buf)));
+          if (!got.ok()) {
+            (got.status().code() == ENOMEM ? out->enomem : out->other_errors) += 1;
+            out->last_error = got.status().message();
+            if (out->enomem + out->other_errors > 3) return;
+            continue;  // the same request again
+          }
+          out->got.append(buf.data(), *got);
+          off += *got;
+        }
+      });
+  g_faults_armed = 0;
+  ASSERT_TRUE(finished) << "the streaming read hangs";
+  EXPECT_EQ(g_faults_fired.load(), 1) << "no DecodePool task allocated a decoder";
+  EXPECT_LE(out->enomem, 1);
+  EXPECT_EQ(out->other_errors, 0) << out->last_error;
+  EXPECT_TRUE(out->got == *plain_) << "wrong bytes (" << out->got.size() << " read)";
+}
+
 TEST(SpanBuffers, ARecycledBufferIsReusedOnlyWhenItFitsWithoutWastingHalf) {
   std::byte* first = nullptr;
   {
@@ -308,3 +658,20 @@ TEST(SpanBuffers, ARecycledBufferIsReusedOnlyWhenItFitsWithoutWastingHalf) {
 
 }  // namespace
 }  // namespace npzfs
+
+// The allocation faults above (AllocateOrFault). Every form of new and delete is replaced,
+// so that under AddressSanitizer what new returns is freed by the matching delete.
+void* operator new(std::size_t n) { return npzfs::AllocateOrFault(n); }
+void* operator new[](std::size_t n) { return npzfs::AllocateOrFault(n); }
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
+  return std::malloc(n == 0 ? 1 : n);
+}
+void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {
+  return std::malloc(n == 0 ? 1 : n);
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }

@@ -4,7 +4,9 @@
 
 #include <atomic>
 #include <mutex>
+#include <new>
 #include <set>
+#include <stdexcept>
 #include <thread>
 
 namespace npzfs {
@@ -47,6 +49,15 @@ TEST(ThreadPool, TheDestructorRunsEveryQueuedTask) {
     for (int i = 0; i < 50; ++i) pool.Submit([&] { done.fetch_add(1); });
   }
   EXPECT_EQ(done.load(), 50);
+}
+
+TEST(ThreadPool, ExceptionStatusTellsOutOfMemoryFromOtherExceptions) {
+  EXPECT_EQ(ExceptionStatus(std::make_exception_ptr(std::bad_alloc())).code(), ENOMEM);
+  const Status other = ExceptionStatus(std::make_exception_ptr(std::runtime_error("bad table")));
+  EXPECT_EQ(other.code(), EIO);
+  EXPECT_NE(other.message().find("bad table"), std::string::npos) << other.message();
+  EXPECT_EQ(ExceptionStatus(std::make_exception_ptr(7)).code(), EIO);
+  EXPECT_EQ(ExceptionStatus(nullptr).code(), EIO);
 }
 
 TEST(ThreadPool, ZeroThreadsMeansOnePerOnlineCpu) {

@@ -2,7 +2,28 @@
 
 #include <unistd.h>
 
+#include <new>
+#include <string>
+
 namespace npzfs {
+
+Status ExceptionStatus(const std::exception_ptr& e) noexcept {
+  // The fallbacks' messages are short enough for std::string to hold without allocating.
+  if (e == nullptr) return Status::Error(EIO, "no exception");
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::bad_alloc&) {
+    return Status::Error(ENOMEM, "out of memory");
+  } catch (const std::exception& x) {
+    try {
+      return Status::Error(EIO, std::string("exception: ") + x.what());
+    } catch (...) {
+      return Status::Error(EIO, "exception");
+    }
+  } catch (...) {
+  }
+  return Status::Error(EIO, "exception");
+}
 
 size_t ThreadPool::OnlineCpus() {
   const long n = ::sysconf(_SC_NPROCESSORS_ONLN);

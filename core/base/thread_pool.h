@@ -6,6 +6,11 @@
 // callers' tasks. Tasks must not block on other tasks of the same pool (no nesting): a pool
 // whose every thread waits would deadlock.
 //
+// An exception that escapes a task ends the process (std::terminate), as before: the pool
+// cannot know who else waits for the task's work, and a daemon that stops is better than
+// readers that wait forever. Work that hands a result to waiters catches its own exceptions
+// (SpanCache::Produce turns them into a Status with ExceptionStatus).
+//
 // Ownership: the pool owns its threads; the destructor runs every queued task, then joins.
 // Threads: Submit, TaskGroup::Run and TaskGroup::Wait are thread-safe.
 #pragma once
@@ -13,12 +18,21 @@
 #include <condition_variable>
 #include <cstddef>
 #include <deque>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
 
+#include "npzfs/status.h"
+
 namespace npzfs {
+
+// The error for an exception caught where work hands over a Status (a span's producer):
+// ENOMEM for std::bad_alloc, EIO otherwise (with what() when it is a std::exception).
+// Allocates nothing it cannot do without (an out-of-memory failure to build the message
+// gives the plain error).
+Status ExceptionStatus(const std::exception_ptr& e) noexcept;
 
 class ThreadPool {
  public:

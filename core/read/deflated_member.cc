@@ -325,7 +325,10 @@ void DeflatedMember::StreamSpans(const Where& w) {
   const size_t last = ahead->last;
   // Runs as long as the window allows (a small cache: runs of one span, a plain prefetch).
   const size_t run_spans = std::clamp<size_t>((last - w.k) / runs_ahead, 1, kRunSpans);
-  std::vector<std::vector<size_t>> runs;
+  // Each run's claims are held by a guard that goes into its task: whatever throws on the
+  // way (a vector here, Submit, the task itself), its keys are failed, never left in flight.
+  std::shared_ptr<DeflatedMember> self = shared_from_this();
+  std::vector<std::shared_ptr<SpanClaims>> runs;
   {
     std::lock_guard<std::mutex> lock(run_mu_);
     if (run_generation_ != w.generation || run_end_ <= w.k || run_end_ > last + 1) {
@@ -337,33 +340,31 @@ void DeflatedMember::StreamSpans(const Where& w) {
     // span entered the window would be a run of one.
     while (run_end_ <= last && (last + 1 - run_end_ >= run_spans || ahead->at_end)) {
       const size_t end = std::min(run_end_ + run_spans, last + 1);
-      std::vector<size_t> run;
-      for (size_t k = run_end_; k < end; ++k) {
-        if (shared_->cache.Claim(SpanKey{id_, w.generation, k})) run.push_back(k);
-      }
+      runs.push_back(std::make_shared<SpanClaims>(shared_->cache));
+      for (size_t k = run_end_; k < end; ++k) runs.back()->Claim(SpanKey{id_, w.generation, k});
       run_end_ = end;
-      if (!run.empty()) runs.push_back(std::move(run));
+      if (runs.back()->empty()) runs.pop_back();
     }
   }
-  std::shared_ptr<DeflatedMember> self = shared_from_this();
-  for (std::vector<size_t>& run : runs) {
-    const uint64_t generation = w.generation;
-    DecodePool().Submit(
-        [self, run = std::move(run), generation] { self->RunSpans(run, generation); });
+  for (std::shared_ptr<SpanClaims>& run : runs) {
+    DecodePool().Submit([self, run = std::move(run)]() mutable {
+      // Dropped in here, while self (and so the cache) surely lives.
+      const std::shared_ptr<SpanClaims> claims = std::move(run);
+      self->RunSpans(*claims);
+    });
   }
 }
 
-void DeflatedMember::RunSpans(const std::vector<size_t>& run, uint64_t generation) {
+void DeflatedMember::RunSpans(SpanClaims& run) {
   for (size_t i = 0; i < run.size(); ++i) {
     // Each span parks its stream where the next begins, and the next takes it from there.
-    const Result<SpanPtr> span = ProduceKnownSpan(run[i], generation);
-    shared_->cache.Fulfill(SpanKey{id_, generation, run[i]}, span);
+    const SpanKey& key = run.key(i);
+    const Result<SpanPtr> span =
+        SpanCache::Produce([&] { return ProduceKnownSpan(key.index, key.generation); });
+    run.Fulfill(i, span);
     if (!span.ok()) {
       // The others' readers look up again and decode for themselves.
-      for (size_t j = i + 1; j < run.size(); ++j) {
-        shared_->cache.Fulfill(SpanKey{id_, generation, run[j]},
-                               Status::Error(EAGAIN, source_.name + ": look up again"));
-      }
+      run.FailRest(Status::Error(EAGAIN, source_.name + ": look up again"));
       return;
     }
   }

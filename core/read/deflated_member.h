@@ -220,9 +220,10 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
     bool at_end = false;
   };
   std::optional<Ahead> SpansAhead(const Where& w, size_t count, uint64_t max_bytes) const;
-  // A streaming reader's read-ahead: runs of kRunSpans consecutive spans (see the essay).
+  // A streaming reader's read-ahead: runs of kRunSpans consecutive spans (see the essay),
+  // each claimed in the cache through a SpanClaims guard that its DecodePool task holds.
   void StreamSpans(const Where& w);
-  void RunSpans(const std::vector<size_t>& run, uint64_t generation);
+  void RunSpans(SpanClaims& run);
   size_t SpansBefore(const Where& w, uint64_t end) const;  // known spans after w.k before end
   Status FailOrDistrust(uint64_t generation, const Status& failure);
   // Drops checkpoints from the sidecar (if still those of `generation`): EAGAIN (look up

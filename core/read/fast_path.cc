@@ -58,7 +58,9 @@ bool DeflatedMember::ExtendFastChain(uint64_t chunk, uint64_t lead, uint64_t gen
     // Chunks cached or in flight already are left to their producer; the chain's next chunk
     // then continues the stream that one parks.
     for (uint64_t k = std::max(chain_end_, chunk + 1); k < end; ++k) {
-      if (shared_->cache.Claim(FastKey(k, generation))) chain_claimed_.push_back(k);
+      // Its place in the chain first: a chunk is never claimed without it.
+      chain_claimed_.push_back(k);
+      if (!shared_->cache.Claim(FastKey(k, generation))) chain_claimed_.pop_back();
     }
     chain_end_ = std::max(chain_end_, end);
     if (start && chain_claimed_.empty()) chain_running_ = start = false;
@@ -79,7 +81,10 @@ void DeflatedMember::RunFastChain() {
       chain_claimed_.pop_front();
       generation = chain_generation_;
     }
-    const Result<SpanPtr> span = ProduceFastChunk(chunk, generation);
+    // An exception from the decoder is this chunk's error (SpanCache::Produce), so the chain
+    // still fulfills every chunk it claimed and stops.
+    const Result<SpanPtr> span =
+        SpanCache::Produce([&] { return ProduceFastChunk(chunk, generation); });
     shared_->cache.Fulfill(FastKey(chunk, generation), span);
     if (!span.ok()) {
       // The rest cannot continue this stream: each waiter gets the error (EAGAIN: look up

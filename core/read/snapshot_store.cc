@@ -19,10 +19,12 @@ bool SnapshotStore::Has(uint64_t member, uint64_t out) const {
   return entries_.count(Key{member, out}) > 0;
 }
 
+// Each step allocates before it changes anything, so that std::bad_alloc leaves entries_,
+// lru_ and bytes_ in agreement.
 void SnapshotStore::EraseLocked(std::map<Key, Entry>::iterator it,
                                 std::vector<SnapshotPtr>* dropped) {
-  bytes_ -= it->second.snap->memory();
   dropped->push_back(std::move(it->second.snap));
+  bytes_ -= dropped->back()->memory();
   lru_.erase(it->second.lru);
   entries_.erase(it);
 }
@@ -33,9 +35,11 @@ void SnapshotStore::Insert(uint64_t member, SnapshotPtr snap) {
   if (snap == nullptr || snap->memory() > budget_) return;
   const Key key{member, snap->out};
   if (auto it = entries_.find(key); it != entries_.end()) EraseLocked(it, &dropped);
-  lru_.push_front(key);
-  bytes_ += snap->memory();
-  entries_.emplace(key, Entry{std::move(snap), lru_.begin()});
+  const uint64_t memory = snap->memory();
+  std::list<Key> node(1, key);  // the LRU entry, moved into lru_ once entries_ has it
+  entries_.emplace(key, Entry{std::move(snap), node.begin()});
+  lru_.splice(lru_.begin(), node);
+  bytes_ += memory;
   while (bytes_ > budget_ && !lru_.empty()) EraseLocked(entries_.find(lru_.back()), &dropped);
 }
 

@@ -4,6 +4,8 @@
 #include <sys/mman.h>
 
 #include <cstdlib>
+#include <exception>
+#include <list>
 #include <vector>
 
 namespace npzfs {
@@ -17,21 +19,25 @@ SpanPtr SpanCache::Lookup(const SpanKey& key) {
 }
 
 void SpanCache::InsertLocked(const SpanKey& key, SpanPtr span, std::vector<SpanPtr>* dropped) {
+  // Every step allocates before it changes anything, so that std::bad_alloc leaves the map,
+  // the LRU list and bytes_ in agreement.
   auto it = map_.find(key);
   if (it != map_.end()) {
-    bytes_ -= it->second.span->memory();
     dropped->push_back(std::move(it->second.span));
+    bytes_ -= dropped->back()->memory();
     lru_.erase(it->second.lru);
     map_.erase(it);
   }
   if (span == nullptr || span->memory() > budget_) return;
-  lru_.push_front(key);
-  bytes_ += span->memory();
-  map_.emplace(key, Entry{std::move(span), lru_.begin()});
+  const size_t memory = span->memory();
+  std::list<SpanKey> node(1, key);  // the LRU entry, moved into lru_ once the map has the span
+  map_.emplace(key, Entry{std::move(span), node.begin()});
+  lru_.splice(lru_.begin(), node);
+  bytes_ += memory;
   while (bytes_ > budget_ && !lru_.empty()) {
     auto victim = map_.find(lru_.back());
-    bytes_ -= victim->second.span->memory();
     dropped->push_back(std::move(victim->second.span));
+    bytes_ -= dropped->back()->memory();
     map_.erase(victim);
     lru_.pop_back();
   }
@@ -43,9 +49,26 @@ void SpanCache::Insert(const SpanKey& key, SpanPtr span) {
   InsertLocked(key, std::move(span), &dropped);
 }
 
+Result<SpanPtr> SpanCache::Produce(const std::function<Result<SpanPtr>()>& produce) noexcept {
+  try {
+    return produce();
+  } catch (...) {
+    return ExceptionStatus(std::current_exception());
+  }
+}
+
+std::shared_ptr<SpanCache::InFlight> SpanCache::StartLocked(const SpanKey& key, bool started) {
+  if (map_.count(key) > 0 || in_flight_.count(key) > 0) return nullptr;
+  auto flight = std::make_shared<InFlight>();
+  flight->started = started;
+  in_flight_.emplace(key, flight);
+  ++misses_;  // a production, like a miss of GetOrProduce
+  return flight;
+}
+
 Result<SpanPtr> SpanCache::GetOrProduce(const SpanKey& key,
                                         const std::function<Result<SpanPtr>()>& produce) {
-  std::shared_ptr<InFlight> flight;
+  SpanClaims claim(*this);  // fails the key if this thread unwinds before completing it
   {
     std::unique_lock<std::mutex> lock(mu_);
     auto it = map_.find(key);
@@ -61,25 +84,20 @@ Result<SpanPtr> SpanCache::GetOrProduce(const SpanKey& key,
       produced_.wait(lock, [&] { return wait_for->done; });
       return wait_for->result;
     }
-    flight = std::make_shared<InFlight>();
-    flight->started = true;
-    in_flight_.emplace(key, flight);
-    ++misses_;
+    claim.held_.reserve(1);  // so that holding the flight cannot throw once it is started
+    std::shared_ptr<InFlight> flight = StartLocked(key, /*started=*/true);
+    claim.held_.push_back(SpanClaims::Held{key, std::move(flight)});
   }
   // No lock held while producing (inflating).
-  Result<SpanPtr> result = produce();
-  Complete(key, flight, result);
+  Result<SpanPtr> result = Produce(produce);
+  claim.Fulfill(0, result);
   return result;
 }
 
 bool SpanCache::Claim(const SpanKey& key) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (map_.count(key) > 0 || in_flight_.count(key) > 0) return false;
-  ++misses_;  // a production, like a miss of GetOrProduce
-  auto flight = std::make_shared<InFlight>();
-  flight->started = true;  // its producer is busy with the keys before it
-  in_flight_.emplace(key, std::move(flight));
-  return true;
+  // Its producer is busy with the keys before it: started.
+  return StartLocked(key, /*started=*/true) != nullptr;
 }
 
 void SpanCache::Fulfill(const SpanKey& key, const Result<SpanPtr>& result) {
@@ -101,35 +119,93 @@ void SpanCache::WaitWhileInFlight(const SpanKey& key, std::chrono::milliseconds 
   produced_.wait_for(lock, timeout, [&] { return wait_for->done; });
 }
 
+namespace {
+
+// Wakes a condition variable's waiters when it goes out of scope, however the scope ends.
+struct NotifyAllOnExit {
+  std::condition_variable& cv;
+  ~NotifyAllOnExit() { cv.notify_all(); }
+};
+
+}  // namespace
+
 void SpanCache::Complete(const SpanKey& key, const std::shared_ptr<InFlight>& flight,
                          const Result<SpanPtr>& result) {
-  std::vector<SpanPtr> dropped;
+  std::vector<SpanPtr> dropped;       // freed last, after the lock is released
+  NotifyAllOnExit notify{produced_};  // after the lock is released, even if Insert throws
+  std::lock_guard<std::mutex> lock(mu_);
+  if (flight->done) return;
+  flight->result = result;  // if copying an error's message throws, it is still in flight
+  flight->done = true;
+  if (auto f = in_flight_.find(key); f != in_flight_.end() && f->second == flight) {
+    in_flight_.erase(f);
+  }
+  if (result.ok()) InsertLocked(key, *result, &dropped);  // waiters have their answer already
+}
+
+void SpanCache::Abandon(const SpanKey& key, const std::shared_ptr<InFlight>& flight) noexcept {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (result.ok()) InsertLocked(key, *result, &dropped);
-    flight->result = result;
-    flight->done = true;
-    in_flight_.erase(key);
+    if (flight->done) return;
+    flight->done = true;  // its result is the error it was made with
+    if (auto f = in_flight_.find(key); f != in_flight_.end() && f->second == flight) {
+      in_flight_.erase(f);
+    }
   }
   produced_.notify_all();
 }
 
 void SpanCache::Prefetch(const SpanKey& key, std::function<Result<SpanPtr>()> produce,
                          ThreadPool& pool) {
-  auto flight = std::make_shared<InFlight>();
+  // The task holds the claim: if it cannot be queued, the claim fails the key.
+  auto claim = std::make_shared<SpanClaims>(*this);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (map_.count(key) > 0 || in_flight_.count(key) > 0) return;
-    ++misses_;  // a production, like a miss of GetOrProduce
-    in_flight_.emplace(key, flight);
+    claim->held_.reserve(1);
+    std::shared_ptr<InFlight> flight = StartLocked(key, /*started=*/false);
+    if (flight == nullptr) return;  // cached or in flight already
+    claim->held_.push_back(SpanClaims::Held{key, std::move(flight)});
   }
-  pool.Submit([this, key, flight, produce = std::move(produce)] {
+  pool.Submit([this, claim, produce = std::move(produce)]() mutable {
+    // Dropped in here, while `produce` (which keeps this cache alive) surely lives.
+    const std::shared_ptr<SpanClaims> mine = std::move(claim);
     {
       std::lock_guard<std::mutex> lock(mu_);
-      flight->started = true;
+      mine->held_[0].flight->started = true;
     }
-    Complete(key, flight, produce());
+    mine->Fulfill(0, Produce(produce));
   });
+}
+
+bool SpanClaims::Claim(const SpanKey& key) {
+  held_.reserve(held_.size() + 1);  // so that holding the claim cannot throw once it is made
+  std::shared_ptr<SpanCache::InFlight> flight;
+  {
+    std::lock_guard<std::mutex> lock(cache_->mu_);
+    flight = cache_->StartLocked(key, /*started=*/true);
+  }
+  if (flight == nullptr) return false;
+  held_.push_back(Held{key, std::move(flight)});
+  return true;
+}
+
+void SpanClaims::Fulfill(size_t i, const Result<SpanPtr>& result) {
+  Held& held = held_[i];
+  if (held.flight == nullptr) return;
+  cache_->Complete(held.key, held.flight, result);  // if it throws, the destructor fails it
+  held.flight = nullptr;
+}
+
+void SpanClaims::FailRest(const Status& failure) {
+  for (size_t i = 0; i < held_.size(); ++i) Fulfill(i, failure);
+}
+
+void SpanClaims::AbandonAll() noexcept {
+  for (Held& held : held_) {
+    if (held.flight == nullptr) continue;
+    cache_->Abandon(held.key, held.flight);
+    held.flight = nullptr;
+  }
 }
 
 uint64_t SpanCache::bytes() const {

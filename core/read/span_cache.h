@@ -9,6 +9,14 @@
 // Threads: every method is thread-safe. Lock order: SpanCache::mu_ is a leaf lock (nothing
 // else is locked while it is held), and it is never held while a span is produced: the
 // producer runs with no cache lock held.
+//
+// Exceptions: a span in flight through GetOrProduce, Prefetch or SpanClaims always ends,
+// whatever its producer does. A producer that throws (std::bad_alloc from a decoder's
+// vector) gives its key the error for that exception (Produce: ENOMEM for std::bad_alloc,
+// EIO otherwise) instead of a span, and a claim whose holder unwinds before fulfilling it
+// is failed by its guard (SpanClaims), so waiters get an error, never wait for good, and
+// the next request produces the span again. A key taken with the bare Claim is its
+// claimer's to fulfill on every path.
 #pragma once
 
 #include <algorithm>
@@ -78,20 +86,28 @@ class SpanCache {
   // span larger than the whole budget is not kept.
   void Insert(const SpanKey& key, SpanPtr span);
   // Returns the cached span; else waits if another thread is producing it; else calls
-  // `produce` with no lock held, caches and returns its result. An error from `produce` is
-  // returned to this caller and to every waiter; the next call tries again.
+  // `produce` with no lock held, caches and returns its result. An error from `produce` (or
+  // the error for an exception it throws: see Produce) is returned to this caller and to
+  // every waiter; the next call tries again.
   Result<SpanPtr> GetOrProduce(const SpanKey& key, const std::function<Result<SpanPtr>()>& produce);
 
   // Starts producing `key` on `pool` unless it is cached or already in flight, and returns
   // at once; GetOrProduce calls for it meanwhile wait for that production. `produce` must
-  // keep alive whatever owns this cache (the task outlives the call).
+  // keep alive whatever owns this cache (the task outlives the call). If the task cannot be
+  // queued (Submit throws), the key is failed (EIO) and the exception goes to the caller.
   void Prefetch(const SpanKey& key, std::function<Result<SpanPtr>()> produce, ThreadPool& pool);
   // Marks `key` as in flight, to be produced later by the caller, unless it is cached or in
   // flight: true if claimed. GetOrProduce calls for it meanwhile wait. The claimer must
-  // Fulfill every key it claimed, or those waiters wait for good.
+  // Fulfill every key it claimed on every path, unwinding included, or those waiters wait
+  // for good: claim through SpanClaims, which does that.
   bool Claim(const SpanKey& key);
   // Completes a claimed key with `result` (cached if ok) and wakes its waiters.
   void Fulfill(const SpanKey& key, const Result<SpanPtr>& result);
+  // Calls `produce`: its result, or the error for an exception it throws (ExceptionStatus:
+  // ENOMEM for std::bad_alloc, EIO otherwise). Every production of a key in flight goes
+  // through it, so that the key is completed with that error and nothing is thrown past
+  // it.
+  static Result<SpanPtr> Produce(const std::function<Result<SpanPtr>()>& produce) noexcept;
   // Waits while `key` is being produced, at most `timeout`; returns at once if it is not,
   // or if it is a Prefetch still queued (a pool thread waiting for a task queued behind it
   // could wait for good). For a producer that can continue from what that production
@@ -117,16 +133,27 @@ class SpanCache {
     SpanPtr span;
     std::list<SpanKey>::iterator lru;
   };
+  friend class SpanClaims;
   struct InFlight {
     bool started = false;  // the producer runs (a Prefetch may still be queued)
     bool done = false;
-    Result<SpanPtr> result = Status::Error(EIO, "span not produced");
+    // What waiters get if the production is abandoned (Abandon): made with the flight, so
+    // that failing it allocates nothing.
+    Result<SpanPtr> result = Status::Error(EIO, "span cache: the span's producer failed");
   };
-  // Requires mu_. Moves evicted spans to `dropped` so they are freed after unlocking.
+  // Requires mu_. Moves evicted spans to `dropped` so they are freed after unlocking. If
+  // it throws (std::bad_alloc), the cache is still consistent (the span may not be kept).
   void InsertLocked(const SpanKey& key, SpanPtr span, std::vector<SpanPtr>* dropped);
-  // Caches the result of an in-flight production and wakes its waiters.
+  // `key` in flight, unless it is cached or in flight already (null). Requires mu_.
+  std::shared_ptr<InFlight> StartLocked(const SpanKey& key, bool started);
+  // Caches the result of an in-flight production and wakes its waiters; does nothing if
+  // the flight is done already. If it throws (copying an error's message, inserting), the
+  // flight is left in flight (for the claim guard to abandon) or completed: never half.
   void Complete(const SpanKey& key, const std::shared_ptr<InFlight>& flight,
                 const Result<SpanPtr>& result);
+  // Completes the flight with its default error (InFlight::result) unless it is done:
+  // allocates nothing, throws nothing (a guard's destructor calls it).
+  void Abandon(const SpanKey& key, const std::shared_ptr<InFlight>& flight) noexcept;
 
   const uint64_t budget_;
   mutable std::mutex mu_;
@@ -137,6 +164,46 @@ class SpanCache {
   uint64_t bytes_ = 0;
   uint64_t hits_ = 0;
   uint64_t misses_ = 0;
+};
+
+// The guard of a producer's claims (RAII): the keys it claimed in one SpanCache, in order,
+// each to be fulfilled once. Destroying it fails every key it still holds (with EIO:
+// "the span's producer failed"), so that a producer that throws, or a pool task holding it
+// that is dropped before it runs, never leaves waiters waiting for good; their next request
+// produces the span again. Produce the spans through SpanCache::Produce, so that a
+// producer's exception reaches the waiters as its own error (ENOMEM for std::bad_alloc).
+//
+// Ownership: holds its keys' in-flight states; the cache must outlive it. Threads: not
+// thread-safe (one producer at a time); it may move to another thread, e.g. into a pool task
+// through a shared_ptr.
+class SpanClaims {
+ public:
+  explicit SpanClaims(SpanCache& cache) : cache_(&cache) {}
+  ~SpanClaims() { AbandonAll(); }
+  SpanClaims(const SpanClaims&) = delete;
+  SpanClaims& operator=(const SpanClaims&) = delete;
+
+  // SpanCache::Claim, the key then held here (as number size() - 1): true if claimed.
+  bool Claim(const SpanKey& key);
+  size_t size() const { return held_.size(); }
+  bool empty() const { return held_.empty(); }
+  const SpanKey& key(size_t i) const { return held_[i].key; }
+  // Completes key(i) with `result` (SpanCache::Fulfill); a key already completed is left
+  // as it is.
+  void Fulfill(size_t i, const Result<SpanPtr>& result);
+  // Completes every key not yet completed with `failure`.
+  void FailRest(const Status& failure);
+
+ private:
+  friend class SpanCache;
+  struct Held {
+    SpanKey key;
+    std::shared_ptr<SpanCache::InFlight> flight;  // null once completed
+  };
+  void AbandonAll() noexcept;
+
+  SpanCache* cache_;
+  std::vector<Held> held_;
 };
 
 }  // namespace npzfs
