@@ -565,11 +565,11 @@ TEST_F(DeflatedFaults, AReadWhoseDecoderCannotAllocateFailsWithENOMEMAndTheNextR
   auto [archive, reader] = OpenIndexed();
   ASSERT_NE(reader, nullptr);
   // A small read in the middle: one span, decoded by this read (no read-ahead).
-  const uint64_t offset = (uint64_t{13} << 20) + 4321;
-  auto read = [archive = archive, reader = reader, offset](const std::shared_ptr<ReadCall>& call) {
-    return [archive, reader, offset, call] {
+  static constexpr uint64_t kOffset = (uint64_t{13} << 20) + 4321;
+  auto read = [archive = archive, reader = reader](const std::shared_ptr<ReadCall>& call) {
+    return [archive, reader, call] {
       try {
-        call->got = reader->ReadAt(offset, std::as_writable_bytes(std::span(call->buf)));
+        call->got = reader->ReadAt(kOffset, std::as_writable_bytes(std::span(call->buf)));
       } catch (...) {
         call->threw = true;
       }
@@ -591,7 +591,7 @@ TEST_F(DeflatedFaults, AReadWhoseDecoderCannotAllocateFailsWithENOMEMAndTheNextR
       << "the next read waits for the span that failed";
   ASSERT_TRUE(second->got.ok()) << second->got.status().message();
   ASSERT_EQ(*second->got, 4096u);
-  EXPECT_TRUE(second->buf == plain_->substr(offset, 4096)) << "wrong bytes";
+  EXPECT_TRUE(second->buf == plain_->substr(kOffset, 4096)) << "wrong bytes";
 }
 
 TEST_F(DeflatedFaults, AStreamingReadSurvivesADecodePoolTaskThatCannotAllocate) {
