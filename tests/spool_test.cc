@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <functional>
 #include <set>
 
 #include "tests/test_util.h"
@@ -77,6 +78,25 @@ std::set<std::string> ListDir(const std::string& dir) {
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(dir, ec)) out.insert(e.path().filename());
   return out;
+}
+
+// Ends the calling (child) process by SIGKILL, as a daemon killed in the middle of its work:
+// no destructor runs, nothing is cleaned up.
+[[noreturn]] void DieBySigkill() {
+  ::kill(::getpid(), SIGKILL);
+  ::_exit(8);
+}
+
+// Runs `steps` in a child process, which must end by DieBySigkill() with everything it made
+// still alive; a step that fails returns a non-zero code naming it (the child exits with it
+// and the test fails here).
+void RunInAChildKilledBySigkill(const std::function<int()>& steps) {
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) ::_exit(steps());
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "child status " << status;
 }
 
 TEST(Spool, DefaultSpoolDirIsAHiddenSiblingOfTheArchive) {
@@ -359,30 +379,24 @@ TEST(Spool, ASpoolLeftByAKilledWriterIsResumedAndFinalized) {
   const std::string archive = t.Join("k.npz");
   const std::string dir = DefaultSpoolDir(archive);
   // The child records like a daemon would and is killed without any cleanup.
-  pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
+  ASSERT_NO_FATAL_FAILURE(RunInAChildKilledBySigkill([&] {
     auto spool = Spool::Open(dir);
-    if (!spool.ok()) ::_exit(2);
+    if (!spool.ok()) return 2;
     auto a = (*spool)->Create("a.npy");
     auto b = (*spool)->Create("dir/b.npy", U16Layout());
     auto c = (*spool)->Create("notes.txt");
-    if (!a.ok() || !b.ok() || !c.ok()) ::_exit(3);
+    if (!a.ok() || !b.ok() || !c.ok()) return 3;
     WriterSession wa, wb, wc;
     (void)(*a)->BeginWrite(&wa, false);
     (void)(*b)->BeginWrite(&wb, false);
     (void)(*c)->BeginWrite(&wc, false);
     std::string a_bytes = NumpyHeaderFor(0) + U16Frames(0, 6) + "\x01\x02\x03";
-    if (!(*a)->Write(&wa, 0, Bytes(a_bytes)).ok()) ::_exit(4);
-    if (!(*b)->Write(&wb, 0, Bytes(U16Frames(0, 2))).ok()) ::_exit(5);
-    if (!(*b)->Fsync().ok()) ::_exit(6);
-    if (!(*c)->Write(&wc, 0, Bytes("line 1\n")).ok()) ::_exit(7);
-    ::kill(::getpid(), SIGKILL);
-    ::_exit(8);
-  }
-  int status = 0;
-  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "child status " << status;
+    if (!(*a)->Write(&wa, 0, Bytes(a_bytes)).ok()) return 4;
+    if (!(*b)->Write(&wb, 0, Bytes(U16Frames(0, 2))).ok()) return 5;
+    if (!(*b)->Fsync().ok()) return 6;
+    if (!(*c)->Write(&wc, 0, Bytes("line 1\n")).ok()) return 7;
+    DieBySigkill();
+  }));
 
   Logged log;
   auto spool = Spool::Open(dir, log.fn());
@@ -597,22 +611,16 @@ TEST(Spool, AMemberPathLongerThanAFileNameResumesAfterACrash) {
   const std::string archive = t.Join("k.npz");
   const std::string dir = DefaultSpoolDir(archive);
   const std::string npy = LongName('k'), txt = LongName('t', ".txt");
-  pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
+  ASSERT_NO_FATAL_FAILURE(RunInAChildKilledBySigkill([&] {
     auto spool = Spool::Open(dir);
-    if (!spool.ok()) ::_exit(2);
+    if (!spool.ok()) return 2;
     auto a = (*spool)->Create(npy);
     auto c = (*spool)->Create(txt);
-    if (!a.ok() || !c.ok()) ::_exit(3);
-    if (!Record(**a, 0, NumpyHeaderFor(0) + U16Frames(0, 6) + "\x01\x02\x03").ok()) ::_exit(4);
-    if (!Record(**c, 0, "line 1\n").ok()) ::_exit(5);
-    ::kill(::getpid(), SIGKILL);
-    ::_exit(8);
-  }
-  int status = 0;
-  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "child status " << status;
+    if (!a.ok() || !c.ok()) return 3;
+    if (!Record(**a, 0, NumpyHeaderFor(0) + U16Frames(0, 6) + "\x01\x02\x03").ok()) return 4;
+    if (!Record(**c, 0, "line 1\n").ok()) return 5;
+    DieBySigkill();
+  }));
 
   Logged log;
   auto spool = Spool::Open(dir, log.fn());
