@@ -84,9 +84,7 @@ Result<SpanPtr> SpanCache::GetOrProduce(const SpanKey& key,
       produced_.wait(lock, [&] { return wait_for->done; });
       return wait_for->result;
     }
-    claim.held_.reserve(1);  // so that holding the flight cannot throw once it is started
-    std::shared_ptr<InFlight> flight = StartLocked(key, /*started=*/true);
-    claim.held_.push_back(SpanClaims::Held{key, std::move(flight)});
+    claim.ClaimLocked(key, /*started=*/true);  // neither cached nor in flight: claimed
   }
   // No lock held while producing (inflating).
   Result<SpanPtr> result = Produce(produce);
@@ -161,10 +159,7 @@ void SpanCache::Prefetch(const SpanKey& key, std::function<Result<SpanPtr>()> pr
   auto claim = std::make_shared<SpanClaims>(*this);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    claim->held_.reserve(1);
-    std::shared_ptr<InFlight> flight = StartLocked(key, /*started=*/false);
-    if (flight == nullptr) return;  // cached or in flight already
-    claim->held_.push_back(SpanClaims::Held{key, std::move(flight)});
+    if (!claim->ClaimLocked(key, /*started=*/false)) return;  // cached or in flight already
   }
   pool.Submit([this, claim, produce = std::move(produce)]() mutable {
     // Dropped in here, while `produce` (which keeps this cache alive) surely lives.
@@ -178,12 +173,13 @@ void SpanCache::Prefetch(const SpanKey& key, std::function<Result<SpanPtr>()> pr
 }
 
 bool SpanClaims::Claim(const SpanKey& key) {
+  std::lock_guard<std::mutex> lock(cache_->mu_);
+  return ClaimLocked(key, /*started=*/true);
+}
+
+bool SpanClaims::ClaimLocked(const SpanKey& key, bool started) {
   held_.reserve(held_.size() + 1);  // so that holding the claim cannot throw once it is made
-  std::shared_ptr<SpanCache::InFlight> flight;
-  {
-    std::lock_guard<std::mutex> lock(cache_->mu_);
-    flight = cache_->StartLocked(key, /*started=*/true);
-  }
+  std::shared_ptr<SpanCache::InFlight> flight = cache_->StartLocked(key, started);
   if (flight == nullptr) return false;
   held_.push_back(Held{key, std::move(flight)});
   return true;

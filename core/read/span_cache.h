@@ -200,6 +200,9 @@ class SpanClaims {
     SpanKey key;
     std::shared_ptr<SpanCache::InFlight> flight;  // null once completed
   };
+  // Claim, with the cache's mu_ held; `started`: its producer runs (false for a Prefetch
+  // still queued).
+  bool ClaimLocked(const SpanKey& key, bool started);
   void AbandonAll() noexcept;
 
   SpanCache* cache_;
