@@ -150,8 +150,9 @@ TEST(GrowingMember, AWriterHeaderOfAnotherLengthMapsItsOffsetsToTheCanonicalLayo
   WriterSession w;
   ASSERT_TRUE(m->BeginWrite(&w, false).ok());
   ASSERT_TRUE(WriteAt(*m, w, 0, old_header + data.substr(0, 30)).ok());
-  // The writer continues at its own offsets, not at the canonical ones.
-  Status wrong = WriteAt(*m, w, HeaderLength(ref) + 30, data.substr(30));
+  // The writer continues at its own offsets (or at the visible end, see below), not at the
+  // canonical offset of its last complete frame.
+  Status wrong = WriteAt(*m, w, HeaderLength(ref) + 24, data.substr(30));
   EXPECT_EQ(wrong.code(), EPERM);
   ASSERT_TRUE(WriteAt(*m, w, old_header.size() + 30, data.substr(30)).ok());
   EXPECT_EQ(m->frame_count(), 6u) << "the writer's count (99) is ignored";
@@ -387,12 +388,111 @@ TEST(GrowingMember, ALaterWriterAppendsInVisibleCoordinates) {
 
   WriterSession w2;
   ASSERT_TRUE(m->BeginWrite(&w2, false).ok());
-  EXPECT_EQ(WriteAt(*m, w2, 30, "xx").code(), EPERM) << "raw offsets belong to the first writer";
+  EXPECT_EQ(WriteAt(*m, w2, 12, "xx").code(), EPERM) << "an overwrite in raw coordinates";
   EXPECT_EQ(WriteAt(*m, w2, h + 24, "xx").code(), EPERM) << "the partial frame counts";
   ASSERT_TRUE(WriteAt(*m, w2, h + 30, U16Frames(0, 4, 12).substr(30)).ok());
   EXPECT_EQ(ReadVisible(*m), NumpyU16(4));
   // Its header is the canonical one: rewriting it in place is accepted.
   EXPECT_TRUE(WriteAt(*m, w2, 0, NumpyU16(4).substr(0, h)).ok());
+}
+
+TEST(GrowingMember, AWriterThatSeeksToTheEndOfAnEmptyDeclaredMemberAppendsThere) {
+  Fixture f;
+  auto m = f.Create("seek.npy", U16Layout());
+  const uint64_t h = m->visible_size();  // lseek(fd, 0, SEEK_END) on the new file
+  ASSERT_EQ(h, HeaderLength(NumpyU16(0)));
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  const std::string frames = U16Frames(0, 5, 12);
+  ASSERT_TRUE(WriteAt(*m, w, h, frames.substr(0, 48)).ok());
+  ASSERT_TRUE(WriteAt(*m, w, h + 48, frames.substr(48)).ok());
+  EXPECT_EQ(ReadVisible(*m), NumpyU16(5));
+}
+
+TEST(GrowingMember, ARawWriterResumesAtItsOwnEndInALaterSession) {
+  Fixture f;
+  auto m = f.Create("rec.npy", U16Layout());
+  const std::string frames = U16Frames(0, 6, 12);
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  ASSERT_TRUE(WriteAt(*m, w, 0, frames.substr(0, 72)).ok());  // 3 frames
+  m->EndWrite(&w);
+  // dd if=raw of=rec.npy bs=24 seek=3 skip=3 conv=notrunc
+  WriterSession w2;
+  ASSERT_TRUE(m->BeginWrite(&w2, false).ok());
+  ASSERT_TRUE(WriteAt(*m, w2, 72, frames.substr(72, 24)).ok());
+  ASSERT_TRUE(WriteAt(*m, w2, 96, frames.substr(96)).ok());
+  EXPECT_EQ(ReadVisible(*m), NumpyU16(6));
+  m->EndWrite(&w2);
+  // The same after the daemon restarted (the layout is known from the spool file only).
+  auto resumed = f.Resume("rec.npy", m->spool_path());
+  ASSERT_NE(resumed, nullptr);
+  WriterSession w3;
+  ASSERT_TRUE(resumed->BeginWrite(&w3, false).ok());
+  ASSERT_TRUE(WriteAt(*resumed, w3, 144, U16Frames(6, 2, 12)).ok());
+  EXPECT_EQ(ReadVisible(*resumed), NumpyU16(8));
+}
+
+TEST(GrowingMember, ALaterWriterOfAHeaderFirstMemberNeverWritesInRawCoordinates) {
+  Fixture f;
+  auto m = f.Create("saved.npy");
+  const std::string ref = NumpyU16(4);
+  const uint64_t h = HeaderLength(ref);
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  ASSERT_TRUE(WriteAt(*m, w, 0, ref.substr(0, h + 48)).ok());  // np.save's header, 2 frames
+  m->EndWrite(&w);
+  WriterSession w2;
+  ASSERT_TRUE(m->BeginWrite(&w2, false).ok());
+  // Offset 48 lies in the data the writer sees: an overwrite, not a raw append.
+  EXPECT_EQ(WriteAt(*m, w2, 48, ref.substr(h + 48)).code(), EPERM);
+  ASSERT_TRUE(WriteAt(*m, w2, h + 48, ref.substr(h + 48)).ok());
+  EXPECT_EQ(ReadVisible(*m), ref);
+}
+
+TEST(GrowingMember, AWriterWithAnotherHeaderLengthMayContinueAtTheVisibleEnd) {
+  Fixture f;
+  auto m = f.Create("old2.npy");
+  const std::string ref = NumpyU16(5);
+  const uint64_t h = HeaderLength(ref);
+  const std::string data = ref.substr(h);
+  // A v1.0 header padded to 16 bytes (numpy < 1.9, or a C writer): not the canonical length.
+  std::string dict = "{'descr': '<u2', 'fortran_order': False, 'shape': (0, 3, 4), }";
+  dict += std::string((16 - (10 + dict.size() + 1) % 16) % 16, ' ') + "\n";
+  std::string header = std::string("\x93NUMPY\x01\x00", 8);
+  header += static_cast<char>(dict.size() & 0xff);
+  header += static_cast<char>(dict.size() >> 8);
+  header += dict;
+  ASSERT_NE(header.size(), h);
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  ASSERT_TRUE(WriteAt(*m, w, 0, header + data.substr(0, 48)).ok());
+  // The writer rewrites its header, then seeks to the end: the size it sees counts the
+  // canonical header.
+  ASSERT_TRUE(WriteAt(*m, w, 0, header).ok());
+  ASSERT_EQ(m->visible_size(), h + 48);
+  ASSERT_TRUE(WriteAt(*m, w, h + 48, data.substr(48, 24)).ok());
+  ASSERT_TRUE(WriteAt(*m, w, h + 72, data.substr(72)).ok());
+  EXPECT_EQ(ReadVisible(*m), ref);
+}
+
+TEST(GrowingMember, AWriteAtTheSizeShownWhileAPartialFrameIsHeldBackSaysWhereToContinue) {
+  Fixture f;
+  auto m = f.Create("part.npy", U16Layout());
+  const uint64_t h = m->visible_size();
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  ASSERT_TRUE(WriteAt(*m, w, 0, U16Frames(0, 2, 12).substr(0, 36)).ok());  // 1.5 frames
+  m->EndWrite(&w);
+  WriterSession w2;
+  ASSERT_TRUE(m->BeginWrite(&w2, false).ok());
+  ASSERT_EQ(m->visible_size(), h + 24);
+  Status s = WriteAt(*m, w2, h + 24, U16Frames(1, 1, 12));
+  EXPECT_EQ(s.code(), EPERM);
+  EXPECT_NE(s.message().find("incomplete frame"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("continue at offset " + std::to_string(h + 36)), std::string::npos)
+      << s.message();
+  EXPECT_EQ(ReadVisible(*m), NumpyU16(1)) << "nothing was written";
 }
 
 TEST(GrowingMember, AWriterReopeningWhileItsLastSessionIsStillEndingWaitsForIt) {

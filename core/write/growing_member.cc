@@ -50,7 +50,16 @@
 // Writer coordinates: the first writer of a member that has received nothing writes in its
 // own stream (header first, or raw frames at 0 for a declared layout). Every later writer (the
 // first closed, or the daemon resumed) writes in visible coordinates: the canonical header
-// length plus every data byte, including a held-back partial frame.
+// length plus every data byte, including a held-back partial frame; on a member whose layout
+// did not come from a writer's header (declared, or resumed) a later writer may also go on in
+// raw coordinates (its first write at the number of data bytes: a recorder of raw frames
+// resuming where it stopped, `dd seek=N conv=notrunc`). And a write at the end in visible
+// coordinates always continues the member, whatever coordinates the writer started in: a
+// program that seeks to the end (lseek SEEK_END, or stat's size) writes there, and the
+// header it sees is the canonical one, not its own (np.save's 80-byte header of old numpy,
+// raw frames with a declared 128-byte header). Other offsets are EPERM: an overwrite or a gap
+// in the writer's coordinates (raw coordinates make a raw writer's offset 800 the append
+// point even where the visible file has data at 800: that is the raw contract).
 #include "core/write/growing_member.h"
 
 #include <fcntl.h>
@@ -376,9 +385,13 @@ void GrowingMember::ChooseCoordinates(State& s, const WriterSession& session, ui
     s.base = 0;
     s.rewritable_header = 0;
   } else if (!fresh) {
-    s.coord = C::kVisible;
-    s.base = s.header_length();
-    s.rewritable_header = s.header_length();
+    // A raw writer resuming at its own end (never a header-first member's writer: np.save's
+    // offsets are visible ones).
+    const bool raw_resume =
+        s.layout && !s.header_from_writer && !session.append && offset == s.data_total;
+    s.coord = raw_resume ? C::kStream : C::kVisible;
+    s.base = raw_resume ? 0 : s.header_length();
+    s.rewritable_header = raw_resume ? 0 : s.header_length();
   } else if (s.layout && !magic) {
     s.coord = C::kStream;  // declared layout: raw frames from offset 0
     s.base = 0;
@@ -388,17 +401,23 @@ void GrowingMember::ChooseCoordinates(State& s, const WriterSession& session, ui
   }
 }
 
-// Whether a write at `offset` continues the writer's stream. A same-length rewrite of the
-// writer's own header with the same layout is accepted and ignored (`true`: done); any other
-// write elsewhere is EPERM. Requires both locks.
-Result<bool> GrowingMember::IsHeaderRewrite(const State& s, const WriterSession& session,
-                                            uint64_t offset,
+// Whether a write at `offset` continues the writer's stream. A write at the member's end in
+// visible coordinates continues it too (the writer's base moves there: see the essay). A
+// same-length rewrite of the writer's own header with the same layout is accepted and ignored
+// (`true`: done); any other write elsewhere is EPERM. Requires both locks.
+Result<bool> GrowingMember::IsHeaderRewrite(State& s, const WriterSession& session, uint64_t offset,
                                             std::span<const std::byte> data) const {
   using C = State::Coordinates;
   const uint64_t end =
       s.coord == C::kCollectingHeader ? s.header_buf.size() : s.base + s.data_total;
   const uint64_t at = session.append ? end : offset;
   if (at == end) return false;
+  const uint64_t visible_end = s.header_length() + s.data_total;
+  if (s.coord != C::kCollectingHeader && s.layout && offset == visible_end) {
+    s.coord = C::kVisible;
+    s.base = s.header_length();
+    return false;
+  }
   if (offset == 0 && s.coord != C::kCollectingHeader && s.rewritable_header != 0 &&
       data.size() == s.rewritable_header && s.layout) {
     auto h = NpyHeader::Parse(AsChars(data));
@@ -408,6 +427,17 @@ Result<bool> GrowingMember::IsHeaderRewrite(const State& s, const WriterSession&
                              (h.ok() ? "changes the frame layout"
                                      : "is not a valid header (" + h.status().message() + ")") +
                              "; new members are append-only");
+  }
+  // The size shown ends at the last complete frame: a writer that seeks there would write
+  // over the partial frame.
+  const uint64_t partial = s.layout ? s.data_total - s.complete_frames * s.frame_bytes : 0;
+  if (partial != 0 && (offset + partial == end || offset + partial == visible_end)) {
+    return Status::Error(
+        EPERM, name_ + ": write at offset " + std::to_string(offset) +
+                   ", the end of the last complete frame, but the " + std::to_string(partial) +
+                   " bytes of an incomplete frame written before follow it (the size shown "
+                   "leaves them out): continue at offset " +
+                   std::to_string(end) + ", or open with O_APPEND; new members are append-only");
   }
   return Status::Error(EPERM, name_ + ": write at offset " + std::to_string(offset) +
                                   " but the writer is at " + std::to_string(end) +

@@ -159,8 +159,10 @@ class GrowingMember : public std::enable_shared_from_this<GrowingMember> {
   void EndWrite(WriterSession* session);
   // Writes `data` at `offset` of the session's byte stream. Returns data.size() on success.
   // The first writer of a header-first member writes in its own coordinates (its header,
-  // then data); every later writer writes in visible coordinates. See the rules above and in
-  // growing_member.cc. EBADF if the session is not the active one. A failed rewrite of the
+  // then data); every later writer writes in visible coordinates (or, on a member whose
+  // layout did not come from a writer's header, in raw ones from its first write at
+  // data_bytes()); a write at the end in visible coordinates always appends. See the rules
+  // in growing_member.cc. EBADF if the session is not the active one. A failed rewrite of the
   // header's count does not fail it (see the top of this file).
   Result<size_t> Write(WriterSession* session, uint64_t offset, std::span<const std::byte> data);
   // fsyncs the spool file and (first time) its directory: every frame written so far
@@ -242,7 +244,7 @@ class GrowingMember : public std::enable_shared_from_this<GrowingMember> {
   // The steps of Write and SetAttribute (growing_member.cc says which locks each needs).
   void ChooseCoordinates(State& s, const WriterSession& session, uint64_t offset,
                          std::span<const std::byte> data) const;
-  Result<bool> IsHeaderRewrite(const State& s, const WriterSession& session, uint64_t offset,
+  Result<bool> IsHeaderRewrite(State& s, const WriterSession& session, uint64_t offset,
                                std::span<const std::byte> data) const;
   Result<size_t> CollectHeader(std::unique_lock<std::mutex>& lock, std::span<const std::byte> data);
   Status AdoptWriterHeader(std::unique_lock<std::mutex>& lock, const NpyHeader& parsed,

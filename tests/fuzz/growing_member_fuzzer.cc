@@ -10,8 +10,9 @@
 //   - visible size: header + complete frames of a .npy (verbatim: every byte); a trailing
 //     partial frame is held back; the header parses, counts exactly the complete frames and
 //     has the member's layout; the data bytes are exactly the bytes written, in order;
-//   - append-only: a write anywhere but the writer's position fails with EPERM (a rewrite
-//     of the writer's own header in place aside) and changes nothing; a truncate other than
+//   - append-only: a write anywhere but the writer's position (or the visible end, which
+//     moves the writer there) fails with EPERM (a rewrite of the writer's own header in
+//     place aside) and changes nothing; a truncate other than
 //     to the current size (or to 0 before any data) is EPERM; data cannot be removed;
 //   - one writer: a second BeginWrite is EBUSY; a write through an ended session is EBADF;
 //   - a .npy whose first bytes are neither a header nor declared raw frames gets EINVAL;
@@ -258,11 +259,17 @@ void Harness::OpEnd(Session& s) {
 
 // The first non-empty write decides the writer's coordinates (the documented rule: a fresh
 // .npy starts at 0, with its header or, for a declared layout, raw frames; any later writer
-// continues at the visible end). The generator makes that write at that position.
+// continues at the visible end, or, on a member whose layout did not come from a writer's
+// header, in raw coordinates at the number of data bytes). The generator makes that write at
+// that position.
 void Harness::Decide(Session& s, const std::string& first_bytes) {
   s.decided = true;
   const bool fresh = model_.npy && Fresh(model_);
   s.end = fresh ? 0 : HeaderLength(model_) + model_.data.size();
+  if (!fresh && model_.npy && model_.layout && !model_.header_from_writer && !s.append &&
+      in_.Bool()) {
+    s.end = model_.data.size();  // a raw writer resuming
+  }
   const bool magic = first_bytes.compare(0, NpyHeader::kMagic.size(), NpyHeader::kMagic) == 0;
   s.collecting = fresh && !(model_.layout && !magic);
   s.data_only = !s.collecting;
@@ -309,7 +316,10 @@ void Harness::OpWrite(Session& s) {
   if (!s.decided && !bytes.empty()) Decide(s, bytes);
   uint64_t offset = stray ? in_.Range(0, s.end + 2 * kMaxWrite) : s.end;
   if (s.append && in_.Bool()) offset = in_.U16();  // O_APPEND: the offset does not matter
-  const bool at_end = s.append || offset == s.end;
+  // A write at the visible end (header + every data byte) continues any data writer.
+  const bool rebase = !s.append && offset != s.end && s.data_only && model_.npy && model_.layout &&
+                      offset == HeaderLength(model_) + model_.data.size();
+  const bool at_end = s.append || offset == s.end || rebase;
   const uint64_t data_before = model_.data.size();
   const auto layout_before = model_.layout;
   const bool declared_before = model_.declared && layout_before;
@@ -353,6 +363,7 @@ void Harness::OpWrite(Session& s) {
     model_.data += bytes.substr(0, n);
     FUZZ_CHECK(n == bytes.size(), "a data write was cut short");
   }
+  if (rebase) s.end = offset;
   s.end += n;
   s.wrote += n;
 }
