@@ -219,6 +219,20 @@ class ProgressFile {
 Status FinalizeSpool(Mount& m) {
   Spool* spool = m.spool.get();
   if (spool == nullptr) return Status::Ok();
+  // An archive that was there at mount and is gone now was moved or deleted meanwhile: its
+  // new members must not silently become an archive of their own at the old path.
+  struct stat st {};
+  const bool had_archive = m.archive != nullptr || !m.options.create;
+  if (had_archive && !spool->members().empty() && ::stat(m.archive_path.c_str(), &st) != 0 &&
+      errno == ENOENT) {
+    return Status::Error(ENOENT, m.archive_path +
+                                     ": no longer exists (moved or deleted while mounted); the "
+                                     "new members stay in the spool " +
+                                     spool->dir() + ": put the archive back and run `npz recover " +
+                                     m.archive_path +
+                                     "`, or run it as it is to make a new "
+                                     "archive of the new members alone");
+  }
   ProgressFile progress(m.runtime.progress);
   WriteOptions wo;
   wo.append_mode = m.options.finalize_copy ? WriteOptions::AppendMode::kCopy
@@ -257,8 +271,8 @@ void DropStaleIndex(const Mount& m, const struct stat& before) {
   if (carried.ok()) return;
   const std::string index = m.archive->IndexPath();
   if (!index.empty() && unlink(index.c_str()) == 0) {
-    LogInfo("removed " + index + ": it indexed the archive before finalize (" +
-            carried.message() + ")");
+    LogInfo("removed " + index + ": it indexed the archive before finalize (" + carried.message() +
+            ")");
   }
 }
 

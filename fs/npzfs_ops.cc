@@ -238,12 +238,17 @@ void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
     ReplyStatus(req, "setattr", NoSuchInode(ino));
     return;
   }
-  if (node->kind != NodeKind::kGrowing) {
-    // Archived members and directories are immutable.
+  if (!Writable(m)) {
+    ReplyStatus(req, "setattr", ReadOnlyMount(node->path));
+    return;
+  }
+  if (node->kind == NodeKind::kArchived) {
     ReplyStatus(req, "setattr",
-                Writable(m) ? Status::Error(EPERM, node->path + ": archived members and "
-                                                                "directories cannot be changed")
-                            : ReadOnlyMount(node->path));
+                Status::Error(EPERM, node->path + ": archived members cannot be changed"));
+    return;
+  }
+  if (node->kind == NodeKind::kDirectory && (to_set & FUSE_SET_ATTR_SIZE)) {
+    ReplyStatus(req, "truncate", Status::Error(EISDIR, node->path + ": is a directory"));
     return;
   }
   if (to_set & FUSE_SET_ATTR_SIZE) {
@@ -255,8 +260,9 @@ void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
       return;
     }
   }
-  // Mode, owner and time changes (cp -p, touch) are accepted and ignored: the member's
-  // attributes are fixed by the product.
+  // Mode, owner and time changes of new members and of directories (cp -p, cp -a, tar -x,
+  // touch) are accepted and ignored: the archive records a member's mode and time as npzfs
+  // sets them, and a zip has no directory attributes to keep.
   struct stat st = StatOf(m, *node);
   fuse_reply_attr(req, &st, 0.0);
 }
@@ -350,10 +356,13 @@ Result<std::unique_ptr<FileHandle>> OpenArchived(Mount& m, const NodeInfo& node,
     return Status::Error(member.open_errno, node.path + ": " + member.open_error);
   NPZ_ASSIGN_OR_RETURN(std::shared_ptr<MemberReader> reader,
                        m.archive->OpenMember(node.member_index));
+  // Immutable: the page cache stays valid between opens; except once the member is known
+  // bad, when pages served before the verdict (verify=on serves ahead of it) are dropped
+  // now, so this reader gets the EIO instead of cached wrong bytes.
+  fi->keep_cache = reader->known_bad().ok() ? 1 : 0;
   auto handle = std::make_unique<FileHandle>();
   handle->reader = std::move(reader);
   handle->archived = true;
-  fi->keep_cache = 1;  // immutable: the page cache stays valid between opens
   return handle;
 }
 

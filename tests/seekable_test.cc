@@ -217,6 +217,48 @@ TEST_F(SeekableTest, ForgedChunkCrcsThatStillAddUpAreCaughtChunkByChunk) {
   EXPECT_EQ((*b)->first_pass_spans(*(*b)->Find("adc.npy")), 0u);
 }
 
+TEST_F(SeekableTest, AChunkWhoseDataIsDamagedIsEioAndNeverServedFromTheRebuiltIndex) {
+  // Chunk 4's compressed sizes, from the table: entries of (size, CRC-32) from byte 20.
+  uint64_t chunk4_start = 0, chunk4_size = 0;
+  EditSeekTable("adc.npy", false, [&](std::string& d) {
+    for (int k = 0; k < 4; ++k) chunk4_start += GetLe32(d.data() + 20 + 8 * k);
+    chunk4_size = GetLe32(d.data() + 20 + 8 * 4);
+  });
+  uint64_t data_offset = 0;
+  {
+    auto a = Archive::Open(Path(), Options());
+    ASSERT_TRUE(a.ok());
+    data_offset = (*a)->members()[*(*a)->Find("adc.npy")].entry.data_offset;
+  }
+  std::string zip = ReadFileOrDie(Path());
+  zip[data_offset + chunk4_start + chunk4_size / 2] ^= 0x10;
+  testing::WriteFileOrDie(Path(), zip);
+
+  auto a = Archive::Open(Path(), Options());
+  ASSERT_TRUE(a.ok());
+  const std::string& bytes = members_[0].second;
+  auto r = (*a)->OpenMember(*(*a)->Find("adc.npy"));
+  ASSERT_TRUE(r.ok());
+  // Bytes of the damaged chunk, then bytes after it: the table's chunk CRC catches the damage,
+  // and then neither the table nor the data can be believed until the member's CRC-32 says
+  // which one is wrong (here the data: EIO). Before, the rebuilt index's fast path served
+  // the damaged chunk's bytes.
+  for (uint64_t off : {uint64_t{4} * (256 << 10), uint64_t{9} * (256 << 10) + 7}) {
+    std::string buf(256 << 10, '\0');  // all of chunk 4, the damaged bytes among them
+    auto got = (*r)->ReadAt(off, std::as_writable_bytes(std::span(buf)));
+    if (got.ok()) {
+      EXPECT_TRUE(buf.substr(0, *got) == bytes.substr(off, *got)) << "wrong bytes at " << off;
+    } else {
+      EXPECT_EQ(got.status().code(), EIO) << got.status().message();
+    }
+  }
+  EXPECT_NE(Log().find("CRC-32 mismatch"), std::string::npos) << Log();
+  EXPECT_FALSE((*r)->known_bad().ok()) << "the member is known bad once its CRC-32 was checked";
+  // The chunks before the damage were served correctly and still are not served now.
+  std::string head(1000, '\0');
+  EXPECT_EQ((*r)->ReadAt(0, std::as_writable_bytes(std::span(head))).status().code(), EIO);
+}
+
 // Read-ahead of known spans takes at most a quarter of the cache, counted in the spans'
 // real lengths. Here 4 MiB chunks meet an 8 MiB cache: an estimate from the checkpoint
 // spacing (576 KiB a span) decoded three spans ahead of a slow reader, and they evicted each

@@ -642,6 +642,76 @@ def raw_deflate_zip(path, name, raw, crc, size, central_extra=b""):
         f.write(struct.pack("<IHHHHIIH", 0x06054b50, 0, 0, 1, 1, len(central), cd_offset, 0))
 
 
+def test_pages_served_before_a_corrupt_verdict_are_dropped_at_the_next_open(tmp_path):
+    # verify=on (the default) serves a deflated member ahead of its CRC-32 check; once the
+    # check fails, a new open must not find the wrong bytes in the kernel's page cache.
+    rng = np.random.default_rng(3)
+    raw = np.cumsum(rng.integers(-3, 4, size=2_000_000)).astype("<i2").tobytes()
+    comp = zlib.compressobj(6, zlib.DEFLATED, -15)
+    good = comp.compress(raw) + comp.flush()
+    # A flipped byte that still decodes, to the full size, but to other bytes.
+    for pos in range(len(good) // 2, len(good)):
+        bad = bytearray(good)
+        bad[pos] ^= 0x01
+        try:
+            out = zlib.decompress(bytes(bad), -15)
+        except zlib.error:
+            continue
+        if len(out) == len(raw) and out != raw:
+            break
+    else:
+        pytest.fail("no flip decodes to wrong bytes of the right size")
+    first_bad = next(i for i in range(len(raw)) if out[i] != raw[i])
+    path = tmp_path / "bad.npz"
+    raw_deflate_zip(path, "a.bin", bytes(bad), zlib.crc32(raw), len(raw))
+    off = first_bad // 4096 * 4096
+    with mounted(path, tmp_path / "mnt", "-o", "ro", "-o", "index=off") as m:
+        fd = os.open(m.path("a.bin"), os.O_RDONLY)
+        try:
+            served = os.pread(fd, 65536, off)
+            assert served != raw[off:off + 65536], "the test needs wrong bytes served first"
+            with pytest.raises(OSError) as e:
+                os.pread(fd, 65536, len(raw) - 100)  # the end: the member's CRC-32 fails
+            assert e.value.errno == errno.EIO
+        finally:
+            os.close(fd)
+        fd = os.open(m.path("a.bin"), os.O_RDONLY)
+        try:
+            with pytest.raises(OSError) as e:
+                os.pread(fd, 65536, off)
+            assert e.value.errno == errno.EIO
+        finally:
+            os.close(fd)
+    assert "CRC-32 mismatch" in m.log()
+
+
+def test_reads_go_on_while_an_appender_holds_the_archive_lock(tmp_path):
+    # An `npz add` of a large member may hold the lock for minutes, its bytes half written;
+    # old members never change, so the mount serves them all along (it waited, then gave EIO
+    # after 30 s).
+    import fcntl
+    path = tmp_path / "a.npz"
+    arr = np.arange(300_000, dtype="<i4")
+    np.savez(path, a=arr)
+    expected = npy_of(arr)
+    with mounted(path, tmp_path / "mnt", "-o", "ro") as m:
+        st = os.stat(path)
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.pwrite(fd, b"PK\x03\x04 half of a new member", st.st_size)
+            started = time.monotonic()
+            assert read_file(m.path("a.npy")) == expected
+            assert time.monotonic() - started < 10
+            # The appender's undo: size and mtime as they were.
+            os.ftruncate(fd, st.st_size)
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        finally:
+            os.close(fd)  # releases the lock
+        assert read_file(m.path("a.npy")) == expected
+    assert "changed while it was open" not in m.log()
+
+
 def seekable_zip(path, name, data, chunk_size):
     """A member deflated in independent chunks of `chunk_size` bytes, with npzfs's seek table
     (core/README.md, "Seek table extra field") in its central entry."""

@@ -380,6 +380,54 @@ def test_a_missing_archive_is_created_only_if_something_was_written(tmp_path):
         assert np.array_equal(npz["sub/x"], np.arange(3))
 
 
+@pytest.mark.parametrize("create", [False, True])
+def test_an_archive_moved_away_while_mounted_keeps_the_new_members_in_the_spool(tmp_path,
+                                                                                 create):
+    archive = tmp_path / "run.npz"
+    np.savez(archive, old=np.arange(5))
+    options = CREATE if create else ()
+    with mounted(archive, tmp_path / "mnt", *options) as m:
+        np.save(m.path("new.npy"), np.arange(7))
+        os.rename(archive, tmp_path / "moved.npz")
+    assert m.unmount() == 1
+    assert "no longer exists" in m.log() and "npz recover" in m.log()
+    assert not archive.exists(), "unmount made a new archive of the new members alone"
+    with zipfile.ZipFile(tmp_path / "moved.npz") as z:
+        assert z.namelist() == ["old.npy"]
+    # Put back, the archive gets them from the spool.
+    os.rename(tmp_path / "moved.npz", archive)
+    recovered = subprocess.run([NPZ_BIN, "recover", str(archive)], capture_output=True,
+                               text=True)
+    assert recovered.returncode == 0, recovered.stderr
+    with np.load(archive) as npz:
+        assert sorted(npz.files) == ["new", "old"]
+        assert np.array_equal(npz["new"], np.arange(7))
+
+
+def test_tar_x_and_cp_a_into_the_mount_succeed(tmp_path):
+    src = tmp_path / "src"
+    (src / "d" / "e").mkdir(parents=True)
+    np.save(src / "d" / "a.npy", np.arange(4))
+    np.save(src / "d" / "e" / "b.npy", np.ones((2, 3)))
+    os.utime(src / "d", (1_000_000_000, 1_000_000_000))
+    os.chmod(src / "d" / "e", 0o700)
+    subprocess.run(["tar", "-C", str(src), "-cf", str(tmp_path / "t.tar"), "d"], check=True)
+    archive = tmp_path / "t.npz"
+    with mounted(archive, tmp_path / "mnt", *CREATE) as m:
+        os.mkdir(m.path("t"))
+        # tar sets each directory's mode and times after its files; cp -a likewise.
+        tar = subprocess.run(["tar", "-C", m.path("t"), "-xf", str(tmp_path / "t.tar")],
+                             capture_output=True, text=True)
+        assert tar.returncode == 0, tar.stderr
+        cp = subprocess.run(["cp", "-a", str(src / "d"), m.path("c")], capture_output=True,
+                            text=True)
+        assert cp.returncode == 0, cp.stderr
+    finalized_ok(m, archive)
+    with np.load(archive) as npz:
+        assert sorted(npz.files) == ["c/a", "c/e/b", "t/d/a", "t/d/e/b"]
+        assert np.array_equal(npz["t/d/e/b"], np.ones((2, 3)))
+
+
 def test_a_second_daemon_cannot_share_the_spool(tmp_path):
     archive = tmp_path / "rec.npz"
     with mounted(archive, tmp_path / "mnt", *CREATE) as m:

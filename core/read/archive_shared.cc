@@ -14,10 +14,6 @@ namespace {
 // dozen (an ISA-L snapshot is ~54 KiB).
 constexpr uint64_t kMinSnapshotBytes = 4 << 20;
 
-// How long a read waits for an appender's lock before it reads the directory anyway (an
-// append of new members is seconds at most; a stuck appender must not hang the reader).
-constexpr int kAppendWaitMs = 30'000;
-
 }  // namespace
 
 ArchiveShared::ArchiveShared(UniqueFd fd_in, std::string path_in, const struct stat& st,
@@ -53,11 +49,13 @@ Status ArchiveShared::CheckUnchanged() {
   if (!bad_status_.ok() && now_size == bad_size_ && MtimeNs(st) == bad_mtime_ns_) {
     return bad_status_;  // already found bad, and logged
   }
-  // Whatever changed the file may still be at it: wait (bounded) for the appender's lock, so
-  // the directory is read whole. Readers of this archive wait meanwhile, on mu_.
-  for (int waited_ms = 0; ::flock(fd.get(), LOCK_SH | LOCK_NB) != 0 && waited_ms < kAppendWaitMs;
-       waited_ms += 10) {
-    ::usleep(10'000);
+  // An npzfs appender (npz add, another mount's finalize) holds the archive's lock while it
+  // writes, which may take minutes (a large member deflated). It never touches an old
+  // member's bytes, so reads go on from the directory read at open, and the change is
+  // checked by the first read after the lock is free, when the directory is whole again.
+  if (::flock(fd.get(), LOCK_SH | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK) return Status::Ok();
+    return ErrnoStatus(errno, path, "cannot lock");
   }
   if (::fstat(fd.get(), &st) != 0) {
     Status s = ErrnoStatus(errno, path, "fstat");
@@ -73,10 +71,11 @@ Status ArchiveShared::CheckUnchanged() {
   }
   bad_size_ = static_cast<uint64_t>(st.st_size);
   bad_mtime_ns_ = MtimeNs(st);
-  bad_status_ = Status::Error(EIO, path + ": the archive changed while it was open (" +
-                                       appended.message() +
-                                       "): its members are no longer served; mount it again "
-                                       "to read the new archive");
+  bad_status_ = Status::Error(
+      EIO, path + ": the archive changed while it was open (" + appended.message() +
+               "): its members are not served until it is as it was (an interrupted append "
+               "is undone by `npz recover " +
+               path + "` or any npz command on it); or mount it again to read the new archive");
   Log(bad_status_.message());
   return bad_status_;
 }
@@ -96,8 +95,8 @@ Status ArchiveShared::CheckAppendOnly(const struct stat& st) {
   }
   Result<ZipDirectory> now = ReadZipDirectory(fd.get(), path);
   if (!now.ok()) {
-    return Status::Error(EIO, "it grew, and its directory cannot be read: " +
-                                  now.status().message());
+    return Status::Error(EIO,
+                         "it grew, and its directory cannot be read: " + now.status().message());
   }
   if (now->entries.size() <= entries_.size()) {
     return Status::Error(EIO, "it grew, but has no new member");

@@ -57,6 +57,11 @@ bool DeflatedMember::complete() const {
   return complete_;
 }
 
+Status DeflatedMember::corruption() const {
+  std::lock_guard<std::mutex> lock(index_mu_);
+  return corrupt_;
+}
+
 size_t DeflatedMember::checkpoint_count() const {
   std::lock_guard<std::mutex> lock(index_mu_);
   return checkpoints_.size();
@@ -158,6 +163,7 @@ Status DeflatedMember::Distrust(uint64_t generation, const Status& failure) {
     complete_ = false;
     from_saved_ = false;
     seekable_ = false;
+    distrusted_ = true;
     ++generation_;
     ++version_;  // the next save drops the bad record
   }
@@ -168,7 +174,8 @@ Status DeflatedMember::Distrust(uint64_t generation, const Status& failure) {
   shared_->pool.Forget(StreamKey(generation));
   shared_->Log(failure.message() +
                " (reading from a checkpoint of the saved index or the seek table: those "
-               "checkpoints are dropped and rebuilt from the data)");
+               "checkpoints are dropped and rebuilt from the data; reads wait until the "
+               "member's CRC-32 is checked)");
   return Status::Error(EAGAIN, "index replaced");
 }
 
@@ -200,7 +207,7 @@ Result<ReadAnswer> DeflatedMember::ReadHeld(uint64_t offset, size_t max) {
 Result<size_t> DeflatedMember::Gather(uint64_t offset, size_t max, const GatherSink& sink) {
   NPZ_RETURN_IF_ERROR(shared_->CheckUnchanged());
   if (shared_->verify == VerifyMode::kStrict) {
-    // Nothing is served before the whole member's CRC-32 was checked.
+    // Nothing is served before the whole member's CRC-32 was checked (see SpanAt too).
     NPZ_RETURN_IF_ERROR(BuildIndex({}));
   }
   if (offset >= size() || max == 0) {
@@ -248,6 +255,7 @@ Result<DeflatedMember::Where> DeflatedMember::Locate(uint64_t pos) const {
   w.known = complete_ || w.k + 1 < checkpoints_.size();
   w.start = checkpoints_[w.k].out;
   w.generation = generation_;
+  w.check_first = distrusted_ && !complete_;
   return w;
 }
 
@@ -262,6 +270,12 @@ size_t DeflatedMember::SpansBefore(const Where& w, uint64_t end) const {
 Result<DeflatedMember::SpanRef> DeflatedMember::SpanAt(uint64_t pos, size_t ahead) {
   while (true) {
     NPZ_ASSIGN_OR_RETURN(Where w, Locate(pos));
+    if (w.check_first) {
+      // Saved checkpoints failed against the data, which may be bad: nothing is served
+      // until the first pass rebuilt the index and checked the member's CRC-32.
+      NPZ_RETURN_IF_ERROR(BuildIndex({}));
+      continue;
+    }
     Result<SpanRef> ref = Status::Error(EAGAIN, "not yet");
     if (w.known) {
       ref = KnownSpan(w, ahead);

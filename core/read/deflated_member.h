@@ -127,6 +127,7 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   void Cancel();
 
   bool complete() const;
+  Status corruption() const;     // non-ok once the member is known corrupt (every read fails)
   bool indexer_started() const;  // a background first pass was started for this member
   size_t checkpoint_count() const;
   uint64_t indexed_bytes() const;  // the uncompressed offset of the last checkpoint
@@ -170,6 +171,7 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
     bool known = false;
     uint64_t start = 0;
     uint64_t generation = 0;
+    bool check_first = false;  // distrusted_ and not complete_: BuildIndex before serving
   };
   // One span of the first pass: its bytes, and where the next span starts (none at the end).
   struct NewSpan {
@@ -284,8 +286,11 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   Status corrupt_;                       // non-ok once corrupt: every read fails
   uint64_t generation_ = 0;              // bumped when checkpoints_ is replaced
   bool from_saved_ = false;              // checkpoints_ came from the sidecar or seek table
-  bool seekable_ = false;                // checkpoints_ are the chunks of a valid seek table
-  uint64_t version_ = 0;                 // bumped when checkpoints are learned
+  // Saved checkpoints failed against the data (Distrust): either they or the data are bad,
+  // so nothing is served until the rebuilt index's pass checked the member's CRC-32.
+  bool distrusted_ = false;
+  bool seekable_ = false;  // checkpoints_ are the chunks of a valid seek table
+  uint64_t version_ = 0;   // bumped when checkpoints are learned
   uint64_t saved_version_ = 0;
 
   mutable std::mutex indexer_mu_;

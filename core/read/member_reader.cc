@@ -23,6 +23,7 @@ class StoredReader : public MemberReader {
   Result<ReadAnswer> Read(uint64_t offset, std::span<std::byte> dest) override {
     return member_->Read(offset, dest, /*may_splice=*/true);
   }
+  Status known_bad() const override { return member_->failure(); }
 
  private:
   std::shared_ptr<StoredMember> member_;
@@ -38,6 +39,7 @@ class DeflatedReader : public MemberReader {
   Result<ReadAnswer> Read(uint64_t offset, std::span<std::byte> dest) override {
     return member_->ReadHeld(offset, dest.size());
   }
+  Status known_bad() const override { return member_->corruption(); }
 
  private:
   std::shared_ptr<DeflatedMember> member_;

@@ -73,6 +73,11 @@ bool StoredMember::verified() const {
   return pass_ == Pass::kDone;
 }
 
+Status StoredMember::failure() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return failed_;
+}
+
 Status StoredMember::Verify() { return WaitForPass(); }
 
 Status StoredMember::StartPass() {

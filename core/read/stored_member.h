@@ -84,7 +84,8 @@ class StoredMember : public std::enable_shared_from_this<StoredMember> {
 
   // Runs the verify pass now if it has not run (or was cancelled) and waits for its verdict.
   Status Verify();
-  bool verified() const;  // a pass succeeded, or a verified record was loaded
+  bool verified() const;   // a pass succeeded, or a verified record was loaded
+  Status failure() const;  // non-ok once the member is known bad
 
   // Sidecar support: the chunk CRCs of a verified member, and the version they belong to.
   struct Record {

@@ -81,6 +81,12 @@ class MemberReader {
     NPZ_ASSIGN_OR_RETURN(size_t n, ReadAt(offset, dest));
     return ReadAnswer::Copied(n);
   }
+
+  // The error every read of the member returns from now on, once the member is known to be
+  // bad (a CRC-32 mismatch, corrupt deflate data); ok while it is not known to be. Bytes
+  // served before that was known may have been wrong (see verify modes): the FUSE daemon
+  // drops the kernel's cached pages of such a member at the next open.
+  virtual Status known_bad() const { return Status::Ok(); }
 };
 
 // Fills `dest` exactly from `reader` at `offset`: the reader's error, or EIO naming `name`
