@@ -54,8 +54,12 @@
 // Saved checkpoints are distrusted on failure: a span that fails against checkpoints from
 // the sidecar or a seek table (CRC, window, deflate data) drops them all (generation
 // changes, so nothing cached under the old ones is found again) and a first pass rebuilds
-// them; only if the data itself is bad is the member corrupt (EIO for every later read). A
-// damaged seek table thus costs a first pass, never a wrong byte (a forged one: see above).
+// them; only if the data itself is bad is the member corrupt (EIO for every later read).
+// Until that pass has reached the end and checked the member's CRC-32, no read of the member
+// is answered (distrusted_): the failed span says that the checkpoints or the data are bad,
+// and the fast path, which serves ahead of the pass, would serve the damaged bytes if it is
+// the data. A damaged seek table thus costs a first pass, never a wrong byte (a forged one:
+// see above).
 //
 // Locks (in this order; never the other way round):
 //   frontier_mu_  held by the one thread extending the first pass, *while inflating*: the
