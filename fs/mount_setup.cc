@@ -70,6 +70,14 @@ Result<std::shared_ptr<Archive>> OpenArchive(const Mount& m) {
   if (stat(m.archive_path.c_str(), &st) != 0) {
     if (errno != ENOENT) return ErrnoStatus(errno, m.archive_path, "stat");
     if (m.options.create) return std::shared_ptr<Archive>();
+    struct stat spool {};
+    if (stat(m.spool_dir.c_str(), &spool) == 0) {
+      return Status::Error(ENOENT, "no such archive: " + m.archive_path + ", but the spool " +
+                                       m.spool_dir +
+                                       " of an earlier mount is there: mount with -o create "
+                                       "to resume it, or run npz recover " +
+                                       m.archive_path + " to make the archive of it");
+    }
     return Status::Error(ENOENT, "no such archive: " + m.archive_path +
                                      " (to start a new archive there, mount with -o create)");
   }

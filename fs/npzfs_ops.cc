@@ -617,6 +617,25 @@ void MkNod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev
   fuse_reply_entry(req, &e);
 }
 
+// Links: a zip member is a file of its own, so neither kind can be made (EPERM, logged, as
+// mknod of a non-file; without these handlers symlink was ENOSYS and neither was logged).
+void Link(fuse_req_t req, fuse_ino_t /*ino*/, fuse_ino_t /*parent*/, const char* name) {
+  Mount& m = MountOf(req);
+  ReplyStatus(req, "link",
+              Writable(m) ? Status::Error(EPERM, std::string(name) +
+                                                     ": hard links cannot be made (a member is "
+                                                     "a file of its own)")
+                          : ReadOnlyMount(name));
+}
+
+void Symlink(fuse_req_t req, const char* /*target*/, fuse_ino_t /*parent*/, const char* name) {
+  Mount& m = MountOf(req);
+  ReplyStatus(req, "symlink",
+              Writable(m)
+                  ? Status::Error(EPERM, std::string(name) + ": symbolic links cannot be members")
+                  : ReadOnlyMount(name));
+}
+
 void MkDir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t /*mode*/) {
   Mount& m = MountOf(req);
   if (!Writable(m)) {
@@ -872,12 +891,20 @@ void ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
   ReplyXattrValue(req, list, size);
 }
 
-void RemoveXattr(fuse_req_t req, fuse_ino_t /*ino*/, const char* name) {
+void RemoveXattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
   Mount& m = MountOf(req);
-  Status s = !UserAttribute(name) ? NotSupported(name)
+  std::optional<NodeInfo> node = m.table->Get(ino);
+  if (!node) {
+    ReplyStatus(req, "removexattr", NoSuchInode(ino));
+    return;
+  }
+  const std::string what = (node->path.empty() ? std::string("/") : node->path) + ": " + name;
+  Status s = !UserAttribute(name) ? NotSupported(what)
              : Writable(m)
-                 ? Status::Error(EPERM, std::string(name) + ": attributes cannot be removed")
-                 : ReadOnlyMount(name);
+                 ? Status::Error(EPERM, what +
+                                            ": attributes cannot be removed (a layout is "
+                                            "changed by setting it again before any data)")
+                 : ReadOnlyMount(what);
   ReplyStatus(req, "removexattr", s, {ENOTSUP});
 }
 
@@ -933,6 +960,8 @@ fuse_lowlevel_ops MakeOperations() {
   ops.fsync = Fsync;
   ops.create = Create;
   ops.mknod = MkNod;
+  ops.link = Link;
+  ops.symlink = Symlink;
   ops.mkdir = MkDir;
   ops.unlink = Unlink;
   ops.rmdir = RmDir;

@@ -32,8 +32,13 @@ def frames(start, stop):
 
 def npy_bytes(array):
     buf = io.BytesIO()
-    np.save(buf, array)
+    np.save(buf, array, allow_pickle=True)
     return buf.getvalue()
+
+
+def read_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
 
 
 # A writable mount of an archive that may not exist yet.
@@ -254,6 +259,8 @@ def test_forbidden_operations_fail_with_their_errno_and_keep_the_data(tmp_path):
         expect_errno(errno.EEXIST, os.open, m.path("old.npy"), os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         expect_errno(errno.EEXIST, os.open, m.path("old.npy"), os.O_WRONLY)
         expect_errno(errno.EPERM, os.unlink, m.path("old.npy"))
+        expect_errno(errno.EPERM, os.link, p, m.path("hard.npy"))
+        expect_errno(errno.EPERM, os.symlink, "adc.npy", m.path("soft.npy"))
         # a .npy without a layout: EINVAL on the first write
         fd = os.open(m.path("nolayout.npy"), os.O_WRONLY | os.O_CREAT, 0o644)
         try:
@@ -270,6 +277,7 @@ def test_forbidden_operations_fail_with_their_errno_and_keep_the_data(tmp_path):
         with open(m.path("empty.bin"), "wb") as f:
             f.write(b"abc")
     finalized_ok(m, archive)
+    assert "hard links cannot be made" in m.log() and "symbolic links" in m.log()
     with np.load(archive) as npz:
         assert np.array_equal(npz["adc"], frames(0, 4))
         assert np.array_equal(npz["old"], np.arange(5))
@@ -426,6 +434,25 @@ def test_tar_x_and_cp_a_into_the_mount_succeed(tmp_path):
     with np.load(archive) as npz:
         assert sorted(npz.files) == ["c/a", "c/e/b", "t/d/a", "t/d/e/b"]
         assert np.array_equal(npz["t/d/e/b"], np.ones((2, 3)))
+
+
+def test_np_save_of_arrays_that_cannot_grow_keeps_them_verbatim(tmp_path):
+    # A 0-d array, frames of zero bytes, an object array: np.save writes them whole; they
+    # cannot grow frame by frame, so the mount keeps the bytes as written (before: EINVAL).
+    arrays = {"scalar": np.float64(3.5), "empty_frames": np.zeros((4, 0)),
+              "objects": np.array([1, "a", None], dtype=object)}
+    archive = tmp_path / "v.npz"
+    with mounted(archive, tmp_path / "mnt", *CREATE) as m:
+        for name, a in arrays.items():
+            np.save(m.path(name + ".npy"), a, allow_pickle=True)
+            assert read_bytes(m.path(name + ".npy")) == npy_bytes(a)
+        assert np.load(m.path("scalar.npy")) == 3.5
+    finalized_ok(m, archive)
+    assert "kept verbatim" in m.log()
+    with np.load(archive, allow_pickle=True) as npz:
+        assert npz["scalar"] == 3.5 and npz["scalar"].shape == ()
+        assert npz["empty_frames"].shape == (4, 0)
+        assert list(npz["objects"]) == [1, "a", None]
 
 
 def test_a_second_daemon_cannot_share_the_spool(tmp_path):

@@ -317,8 +317,9 @@ Status ClearDeadMount(const std::string& mnt, const std::string& archive) {
                            "the stale mount was removed, and nothing was finalized. The new "
                            "members it received are in its spool: run\n  npz recover " +
                            archive +
-                           "\n(add --spool DIR if it was mounted with -o spool=DIR), or mount "
-                           "the archive again");
+                           "\n(with --spool DIR if it was mounted with -o spool=DIR, and "
+                           "--compress[=LEVEL] if with -o compress: the chunks already deflated "
+                           "are used), or mount the archive again with the same options");
 }
 
 }  // namespace

@@ -308,7 +308,14 @@ Result<std::shared_ptr<GrowingMember>> GrowingMember::Resume(std::string name,
   NpyParseOptions trusted;
   trusted.allow_large_header = true;  // we wrote it ourselves
   NPZ_ASSIGN_OR_RETURN(ParsedNpyHeader parsed, ReadNpyFileHeader(f, size, path, trusted));
-  NPZ_RETURN_IF_ERROR(CheckGrowable(parsed.header, path));
+  if (!CheckGrowable(parsed.header, path).ok()) {
+    // Never a header this module wrote: a writer's array that cannot grow, kept verbatim
+    // (KeepVerbatim).
+    m->is_npy_ = false;
+    s.data_total = size;
+    s.crc_valid = false;
+    return m;
+  }
   if (parsed.header.FormattedLength() != parsed.length) {
     return Status::Error(EINVAL, path + ": header is " + std::to_string(parsed.length) +
                                      " bytes, not the canonical " +
@@ -487,8 +494,17 @@ Result<size_t> GrowingMember::CollectHeader(std::unique_lock<std::mutex>& lock,
     return data.size();
   }
   auto parsed = NpyHeader::Parse(std::string_view(buf).substr(0, *total));
-  if (!parsed.ok()) return parsed.status().WithContext(name_);
-  NPZ_RETURN_IF_ERROR(CheckGrowable(*parsed, name_));
+  if (!parsed.ok()) {
+    return parsed.status().WithContext(
+        name_ +
+        ": the bytes written begin with the .npy magic string but are not a valid "
+        ".npy header" +
+        (s.layout_declared ? " (raw frames of a declared layout must not begin with it)" : ""));
+  }
+  if (Status growable = CheckGrowable(*parsed, name_); !growable.ok()) {
+    if (s.layout_declared) return growable;
+    return KeepVerbatim(lock, std::move(buf), growable, data.size());
+  }
   if (s.layout && s.layout_declared && !parsed->SameFrameLayout(*s.layout)) {
     return Status::Error(EINVAL, name_ + ": the header written (descr " + parsed->descr_literal() +
                                      ", frame shape " + ShapeText(parsed->frame_shape()) +
@@ -509,6 +525,42 @@ Result<size_t> GrowingMember::CollectHeader(std::unique_lock<std::mutex>& lock,
     }
   }
   return data.size();
+}
+
+// A complete .npy header whose array cannot grow frame by frame (a 0-d array, frames of zero
+// bytes, an object array's pickle: np.save writes them too) makes the member verbatim: the
+// writer's bytes are kept as written, its header included, and readers see them as they
+// arrive (a whole array once the writer is done). `stream` is the writer's stream so far
+// (the buffered header bytes and this write's). Requires io_mu_ and `lock` (mu_), which it
+// releases. On a failed append the member is left collecting the header, as before (with no
+// layout: an undeclared one is forgotten either way).
+Result<size_t> GrowingMember::KeepVerbatim(std::unique_lock<std::mutex>& lock, std::string stream,
+                                           const Status& why, size_t write_size) {
+  State& s = *s_;
+  std::string buffered = std::move(s.header_buf);
+  s.header_buf.clear();
+  // A layout known without a declaration (a resumed header-only member) is forgotten, as a
+  // writer's new header replaces it (AdoptWriterHeader): the spool file holds no data yet.
+  const bool had_layout = s.layout.has_value();
+  if (had_layout) s.SetLayout(std::nullopt);
+  is_npy_ = false;
+  s.coord = State::Coordinates::kVisible;
+  s.base = 0;
+  s.rewritable_header = 0;
+  lock.unlock();
+  Status st = had_layout ? WriteHeaderOnly("") : Status::Ok();
+  if (st.ok()) {
+    st = AppendData(std::span(reinterpret_cast<const std::byte*>(stream.data()), stream.size()));
+  }
+  if (!st.ok()) {
+    lock.lock();
+    is_npy_ = true;
+    s.header_buf = std::move(buffered);
+    s.coord = State::Coordinates::kCollectingHeader;
+    return st;
+  }
+  Log(why.message() + "; the file is kept verbatim, as written");
+  return write_size;
 }
 
 // Makes a writer's header (of `writer_length` bytes in its stream) the member's layout: the
@@ -800,8 +852,13 @@ Status GrowingMember::SetAttribute(std::string_view attr, std::string_view value
   if (fixed) {
     // Setting what the layout already says is fine; changing it is not.
     if (!candidate || !s.layout || !candidate->SameFrameLayout(*s.layout)) {
-      return Status::Error(EPERM, name_ + ": the frame layout is fixed once data was written; " +
-                                      std::string(attr) + " cannot change it");
+      return Status::Error(
+          EPERM, name_ +
+                     ": the frame layout is fixed once the writer's header or data was written" +
+                     (s.data_total == 0 ? " (a member with no frame yet starts over when "
+                                          "truncated to 0)"
+                                        : "") +
+                     "; " + std::string(attr) + " cannot change it");
     }
   } else if (candidate) {
     // The spool file holds only a header (or nothing) before data: replace it.

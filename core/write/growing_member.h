@@ -3,7 +3,9 @@
 //
 // Two kinds, chosen by name: a name ending in ".npy" is frame-structured (its bytes form a
 // .npy whose header always counts the complete frames); any other name is kept verbatim as
-// append-only bytes.
+// append-only bytes. A .npy whose writer's header describes an array that cannot grow frame
+// by frame (a 0-d array, frames of zero bytes, an object array) becomes verbatim too, unless
+// a layout was declared (then EINVAL).
 //
 // The spool file of a .npy member is a valid .npy at all times: the canonical header
 // (NpyHeader::Format(), numpy 1.24 layout, its length fixed for life) followed by every data
@@ -47,7 +49,7 @@
 //          change after data was written;
 //   EBUSY  a second simultaneous writer;
 //   EINVAL a .npy written without a known layout, a header that does not parse or does not
-//          match the declared layout, a frame layout that cannot grow (object dtype, 0-d);
+//          match the declared layout, a declared layout that cannot grow (object dtype, 0-d);
 //   ENODATA/ENOTSUP for unknown attributes; EIO/ENOSPC/... from the spool file.
 #pragma once
 
@@ -249,6 +251,8 @@ class GrowingMember : public std::enable_shared_from_this<GrowingMember> {
   Result<size_t> CollectHeader(std::unique_lock<std::mutex>& lock, std::span<const std::byte> data);
   Status AdoptWriterHeader(std::unique_lock<std::mutex>& lock, const NpyHeader& parsed,
                            size_t writer_length);
+  Result<size_t> KeepVerbatim(std::unique_lock<std::mutex>& lock, std::string stream,
+                              const Status& why, size_t write_size);
   // Appends data bytes to the spool file and publishes newly completed frames. Requires
   // io_mu_ held and mu_ not held.
   Status AppendData(std::span<const std::byte> data);

@@ -23,6 +23,8 @@
 //   - a reader's snapshot header never counts more frames than the member holds, and has the
 //     member's current layout (a snapshot taken before the layout changed follows the new
 //     one: never an old dtype or shape over new data).
+//   - a .npy header whose array cannot grow frame by frame (object dtype, 0-d) makes the
+//     member verbatim, header included, unless a layout was declared;
 // The model learns from the member only what the rules leave open (whether a header is
 // acceptable, what layout a set of xattrs makes), and checks everything else.
 // NPZFS_FUZZ_TRACE=1 prints one line per operation (to read a finding's input).
@@ -39,6 +41,7 @@
 #include <string>
 #include <vector>
 
+#include "core/npy/frame_layout.h"
 #include "core/write/growing_member.h"
 #include "npzfs/npy_header.h"
 #include "tests/fuzz/fuzz_util.h"
@@ -80,7 +83,8 @@ struct Session {
 };
 
 struct Model {
-  bool npy = true;
+  bool name_npy = true;  // the member's name ends in .npy
+  bool npy = true;       // frame-structured (false: verbatim)
   std::optional<NpyHeader> layout;
   bool declared = false;
   bool header_from_writer = false;
@@ -169,7 +173,7 @@ class Harness {
 void Harness::Create() {
   static uint64_t counter = 0;
   path_ = ScratchDir() + "/spool-" + std::to_string(counter++);
-  model_.npy = in_.U8() % 4 != 0;
+  model_.npy = model_.name_npy = in_.U8() % 4 != 0;
   std::optional<NpyHeader> declared;
   if (model_.npy && in_.Bool()) {
     const char* descr = kDescrs[in_.Range(0, 8)];
@@ -180,7 +184,7 @@ void Harness::Create() {
                               : Result<NpyHeader>(frame_shape.status());
     if (h.ok()) declared = *h;
   }
-  auto m = GrowingMember::Create(model_.npy ? "g.npy" : "g.bin", path_, declared);
+  auto m = GrowingMember::Create(model_.name_npy ? "g.npy" : "g.bin", path_, declared);
   if (!m.ok()) {
     FUZZ_CHECK(declared && m.status().code() == EINVAL, "Create failed: " + m.status().message());
     return;  // a layout that cannot grow (0-d, object, zero-byte frames) is refused
@@ -291,6 +295,18 @@ void Harness::HeaderBytesTaken(Session& s, const std::string& taken,
   }
   auto parsed = NpyHeader::Parse(std::string_view(s.written).substr(0, *total));
   FUZZ_CHECK(parsed.ok(), "a header that does not parse was accepted");
+  if (!CheckGrowable(*parsed, "g.npy").ok()) {
+    // An array that cannot grow frame by frame: the member is verbatim from now on, and the
+    // whole stream so far, header included, is its data.
+    FUZZ_CHECK(!declared, "a header that cannot grow was accepted over a declared layout");
+    FUZZ_CHECK(!member_->is_npy() && !member_->layout(), "an array that cannot grow has a layout");
+    model_.npy = false;
+    model_.layout.reset();  // a resumed member's undeclared layout is forgotten
+    s.collecting = false;
+    s.data_only = true;
+    model_.data += s.written;
+    return;
+  }
   LearnLayout();
   FUZZ_CHECK(model_.layout && model_.layout->SameFrameLayout(*parsed),
              "the member's layout is not the header's");
@@ -498,7 +514,7 @@ void Harness::OpFinalize() {
 void Harness::OpResume() {
   if (model_.removed) return;  // nothing left to resume
   member_.reset();             // the daemon died: only the spool file is left
-  auto m = GrowingMember::Resume(model_.npy ? "g.npy" : "g.bin", path_);
+  auto m = GrowingMember::Resume(model_.name_npy ? "g.npy" : "g.bin", path_);
   FUZZ_CHECK(m.ok(), "Resume of a spool file this module wrote failed: " + m.status().message());
   member_ = *m;
   const auto before = model_.layout;
