@@ -455,6 +455,30 @@ def test_np_save_of_arrays_that_cannot_grow_keeps_them_verbatim(tmp_path):
         assert list(npz["objects"]) == [1, "a", None]
 
 
+def test_a_name_another_program_took_meanwhile_keeps_the_member_in_the_spool_with_a_way_out(
+        tmp_path):
+    archive = tmp_path / "run.npz"
+    np.savez(archive, old=np.arange(5))
+    np.save(tmp_path / "theirs.npy", np.arange(20))
+    with mounted(archive, tmp_path / "mnt") as m:
+        np.save(m.path("n1.npy"), np.arange(3))
+        np.save(m.path("n2.npy"), np.arange(4))
+        added = subprocess.run([NPZ_BIN, "add", str(archive), "n1", str(tmp_path / "theirs.npy")],
+                               capture_output=True, text=True)
+        assert added.returncode == 0, added.stderr
+    assert m.unmount() == 1
+    assert "rename the new member's file in the spool" in m.log(), m.log()
+    spool = tmp_path / ".run.npz.npzfs-spool"
+    os.rename(spool / "n1.npy", spool / "n1b.npy")
+    recovered = subprocess.run([NPZ_BIN, "recover", str(archive)], capture_output=True,
+                               text=True)
+    assert recovered.returncode == 0, recovered.stderr
+    with np.load(archive) as npz:
+        assert sorted(npz.files) == ["n1", "n1b", "n2", "old"]
+        assert np.array_equal(npz["n1"], np.arange(20))
+        assert np.array_equal(npz["n1b"], np.arange(3))
+
+
 def test_a_second_daemon_cannot_share_the_spool(tmp_path):
     archive = tmp_path / "rec.npz"
     with mounted(archive, tmp_path / "mnt", *CREATE) as m:

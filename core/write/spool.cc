@@ -107,7 +107,7 @@ bool IdMatches(std::string_view id, std::string_view name) {
 // The member name a hashed spool file "<dir>/%L<id>" belongs to, from its name file.
 Result<std::string> ReadNameFile(const std::string& dir, const std::string& data_file) {
   const std::string path = dir + "/" + NameFileOf(data_file);
-  auto fd = OpenFile(path, O_RDONLY);
+  auto fd = OpenRegularFile(path, O_RDONLY);
   if (!fd.ok() && fd.status().code() == ENOENT) {
     return Status::Error(ENOENT, path + ": missing, so the member name of " + data_file +
                                      " is unknown (damaged spool?)");
@@ -504,6 +504,18 @@ Status Spool::Finalize(const std::string& archive_path, const WriteOptions& opti
     retry_safe.skip_identical_existing = true;  // a finalize that died after adding them
     if (!retry_safe.log) retry_safe.log = log_;
     Status st = AppendToArchive(archive_path, news, retry_safe);
+    if (st.code() == EEXIST) {
+      // Another program added a member of that name (with other bytes) while the archive was
+      // mounted: retrying cannot help, and nothing was added. The way out is a new name.
+      st = Status::Error(EEXIST, st.message() +
+                                     " (another program added a member of that name since the "
+                                     "mount; nothing was added): rename the new member's file "
+                                     "in the spool " +
+                                     dir_ +
+                                     " (named after the member; long names: see 'Spool "
+                                     "directory' in core/README.md), then run npz recover " +
+                                     archive_path);
+    }
     if (!st.ok()) {
       // Keep what was deflated for a later finalize.
       for (auto& shadow : shadows) {
