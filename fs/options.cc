@@ -279,8 +279,15 @@ std::string DeriveMountpoint(const std::string& archive) {
 
 const FramePattern* MatchFramePattern(const std::vector<FramePattern>& frames,
                                       const std::string& member_path) {
+  const size_t slash = member_path.rfind('/');
+  const std::string base = slash == std::string::npos ? member_path : member_path.substr(slash + 1);
   for (const FramePattern& p : frames) {
-    if (fnmatch(p.pattern.c_str(), member_path.c_str(), 0) == 0) return &p;
+    // As in a shell: * and ? never match a '/'. A pattern without '/' names files in any
+    // directory (matched against the file name), one with '/' a path from the mount root.
+    const bool whole_path = p.pattern.find('/') != std::string::npos;
+    if (fnmatch(p.pattern.c_str(), (whole_path ? member_path : base).c_str(), FNM_PATHNAME) == 0) {
+      return &p;
+    }
   }
   return nullptr;
 }

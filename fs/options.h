@@ -77,7 +77,9 @@ Result<FramePattern> ParseFramePattern(std::string_view spec);
 // without such an extension gets ".d" appended so that it never equals the archive.
 std::string DeriveMountpoint(const std::string& archive);
 
-// The first -o frame= pattern matching `member_path`, or nullptr.
+// The first -o frame= pattern matching `member_path` ("d/adc3.npy"), or nullptr. A shell
+// pattern: * and ? never match '/'; a pattern without '/' is matched against the file name
+// ("adc*" matches "d/adc3.npy"), one with '/' against the whole path ("d/*.npy").
 const FramePattern* MatchFramePattern(const std::vector<FramePattern>& frames,
                                       const std::string& member_path);
 

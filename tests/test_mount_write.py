@@ -102,6 +102,31 @@ def test_raw_frames_by_dd_with_a_frame_option(tmp_path):
         assert np.array_equal(npz["adc0"], frames(0, 50))
 
 
+def test_frame_patterns_match_file_names_or_paths_as_a_shell_does(tmp_path):
+    archive = tmp_path / "rec.npz"
+    options = ("-o", "frame=adc*:<u2:4x8", "-o", "frame=run*/cam?.npy:<u2:4x8")
+    with mounted(archive, tmp_path / "mnt", *CREATE, *options) as m:
+        for d in ("d", "run1", "run1/deep"):
+            os.mkdir(m.path(d))
+        # No '/': the file name, in any directory. With '/': the path; * stays in its part.
+        for name, raw in (("d/adc3.npy", True), ("run1/cam2.npy", True),
+                          ("run1/deep/cam2.npy", False)):
+            fd = os.open(m.path(name), os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                if raw:
+                    os.write(fd, frames(0, 2).tobytes())
+                else:
+                    expect_errno(errno.EINVAL, os.write, fd, frames(0, 2).tobytes())
+            finally:
+                os.close(fd)
+            if not raw:
+                os.unlink(m.path(name))
+    finalized_ok(m, archive)
+    with np.load(archive) as npz:
+        assert sorted(npz.files) == ["d/adc3", "run1/cam2"]
+        assert np.array_equal(npz["d/adc3"], frames(0, 2))
+
+
 def test_raw_frames_with_layout_xattrs(tmp_path):
     archive = tmp_path / "rec.npz"
     with mounted(archive, tmp_path / "mnt", *CREATE) as m:
