@@ -84,6 +84,8 @@ Result<std::shared_ptr<Archive>> OpenArchive(const Mount& m) {
   if (!S_ISREG(st.st_mode)) {
     return Status::Error(EINVAL, m.options.archive + ": not a regular file");
   }
+  // An empty file (touch data.npz) is a new archive to -o create, as it is to npz add.
+  if (st.st_size == 0 && m.options.create) return std::shared_ptr<Archive>();
   ArchiveOptions ao;
   ao.cache_bytes = m.options.cache_mib << 20;
   ao.index_enabled = m.options.index_enabled;

@@ -379,6 +379,40 @@ def test_a_missing_directory_fails_with_a_message(tmp_path):
     assert "nowhere" in r.stderr
 
 
+def test_an_archive_with_bytes_put_in_front_is_refused_saying_so(tmp_path):
+    plain = tmp_path / "plain.npz"
+    np.savez(plain, a=np.arange(10))
+    stub = b"#!/bin/sh\necho self-extracting\n" * 10
+    sfx = tmp_path / "sfx.npz"
+    sfx.write_bytes(stub + plain.read_bytes())
+    r = subprocess.run([NPZFS_BIN, "-f", "-o", "ro", str(sfx), str(tmp_path / "mnt")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0
+    assert f"{len(stub)} bytes were put in front of the archive" in r.stderr, r.stderr
+    r = subprocess.run([NPZ_BIN, "ls", str(sfx)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "put in front" in r.stderr, r.stderr
+
+
+def test_a_zip64_field_that_runs_past_the_extra_area_is_named(tmp_path):
+    # One member whose central sizes say 0xFFFFFFFF, with a ZIP64 block that claims 20 bytes
+    # where 16 are left.
+    data = b"x" * 100
+    name = b"a.bin"
+    extra = struct.pack("<HH", 1, 20) + struct.pack("<QQ", len(data), len(data))
+    local = struct.pack("<IHHHHHIIIHH", 0x04034b50, 45, 0, 0, 0, 0x21, zlib.crc32(data),
+                        len(data), len(data), len(name), 0) + name
+    central = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014b50, 45, 45, 0, 0, 0, 0x21,
+                          zlib.crc32(data), 0xFFFFFFFF, 0xFFFFFFFF, len(name), len(extra), 0, 0,
+                          0, 0, 0) + name + extra
+    body = local + data
+    eocd = struct.pack("<IHHHHIIH", 0x06054b50, 0, 0, 1, 1, len(central), len(body), 0)
+    path = tmp_path / "z.zip"
+    path.write_bytes(body + central + eocd)
+    r = subprocess.run([NPZ_BIN, "ls", str(path)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert "ZIP64 extra field claims 20 bytes" in r.stderr, r.stderr
+
+
 def test_help_and_version_print_and_exit_zero():
     r = subprocess.run([NPZFS_BIN, "--help"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "ARCHIVE [MOUNTPOINT]" in r.stdout and "frame=" in r.stdout

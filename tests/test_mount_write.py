@@ -504,6 +504,17 @@ def test_a_name_another_program_took_meanwhile_keeps_the_member_in_the_spool_wit
         assert np.array_equal(npz["n1b"], np.arange(3))
 
 
+def test_an_empty_file_is_a_new_archive_to_create(tmp_path):
+    archive = tmp_path / "touched.npz"
+    archive.write_bytes(b"")
+    with mounted(archive, tmp_path / "mnt", *CREATE) as m:
+        assert os.listdir(m.mnt) == []
+        np.save(m.path("x.npy"), np.arange(3))
+    finalized_ok(m, archive)
+    with np.load(archive) as npz:
+        assert np.array_equal(npz["x"], np.arange(3))
+
+
 def test_a_second_daemon_cannot_share_the_spool(tmp_path):
     archive = tmp_path / "rec.npz"
     with mounted(archive, tmp_path / "mnt", *CREATE) as m:

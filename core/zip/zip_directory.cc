@@ -151,12 +151,19 @@ Result<EndInfo> FindEnd(int fd, const std::string& path, uint64_t size) {
 Status ParseCentralExtra(const unsigned char* x, size_t len, ZipEntry& e, bool need_usize,
                          bool need_csize, bool need_offset) {
   bool have_zip64 = false;
+  std::string zip64_overrun;  // a ZIP64 block that runs past the extra area, for the message
   size_t pos = 0;
   while (pos + 4 <= len) {
     const uint16_t id = Le16(x + pos);
     const uint16_t sz = Le16(x + pos + 2);
     pos += 4;
-    if (sz > len - pos) break;  // a malformed trailing block: ignore like zipfile does
+    if (sz > len - pos) {  // a malformed trailing block: ignore like zipfile does
+      if (id == 0x0001) {
+        zip64_overrun = " (its ZIP64 extra field claims " + std::to_string(sz) +
+                        " bytes, but the extra area has " + std::to_string(len - pos) + " left)";
+      }
+      break;
+    }
     const unsigned char* d = x + pos;
     if (id == 0x0001) {
       have_zip64 = true;
@@ -179,8 +186,9 @@ Status ParseCentralExtra(const unsigned char* x, size_t len, ZipEntry& e, bool n
   }
   if ((need_usize || need_csize || need_offset) && !have_zip64) {
     return Status::Error(EINVAL,
-                         "a size or offset is 0xFFFFFFFF but there is "
-                         "no ZIP64 extra field");
+                         "a size or offset is 0xFFFFFFFF but there is no ZIP64 extra "
+                         "field" +
+                             (zip64_overrun.empty() ? std::string() : zip64_overrun));
   }
   return Status::Ok();
 }
@@ -369,6 +377,25 @@ Result<ZipDirectory> ReadZipDirectory(int fd, const std::string& path) {
       PreadExact(fd, dir.cd_bytes.data(), dir.cd_bytes.size(), end.cd_offset, path));
   dir.cd_crc32 = static_cast<uint32_t>(
       ::crc32_z(0, reinterpret_cast<const Bytef*>(dir.cd_bytes.data()), dir.cd_bytes.size()));
+
+  // Bytes put in front of a zip (a self-extracting stub, `cat stub x.zip`) shift every
+  // offset: the directory then starts after where its end record says. Said plainly, as
+  // "bad signature" alone does not tell it (zipfile copes; `zip -A` fixes the offsets).
+  if (end.cd_size >= 4 &&
+      Le32(reinterpret_cast<const unsigned char*>(dir.cd_bytes.data())) != kCentralSig) {
+    const uint64_t actual = end.records_start - end.cd_size;
+    unsigned char sig[4];
+    if (actual > end.cd_offset && PreadExact(fd, sig, 4, actual, path).ok() &&
+        Le32(sig) == kCentralSig) {
+      return Invalid(path,
+                     "the central directory is at offset " + std::to_string(actual) + ", not at " +
+                         std::to_string(end.cd_offset) +
+                         " where its end record says: " + std::to_string(actual - end.cd_offset) +
+                         " bytes were put in front of the archive (a self-extracting "
+                         "stub?); npzfs reads such an archive once its offsets are "
+                         "adjusted (zip -A)");
+    }
+  }
 
   dir.entries.reserve(end.entry_count);
   CentralRecordParser records(fd, path, end, dir.cd_bytes);
