@@ -26,6 +26,35 @@ Result<UniqueFd> OpenFile(const std::string& path, int flags, mode_t mode) {
   return UniqueFd(fd);
 }
 
+namespace {
+
+const char* FileKind(mode_t mode) {
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISSOCK(mode)) return "a socket";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  return "not a regular file";
+}
+
+}  // namespace
+
+Result<UniqueFd> OpenRegularFile(const std::string& path, int flags, mode_t mode) {
+  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(path, flags | O_NONBLOCK, mode));
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, path, "cannot stat");
+  if (S_ISDIR(st.st_mode)) return Status::Error(EISDIR, path + ": is a directory");
+  if (!S_ISREG(st.st_mode)) {
+    return Status::Error(EINVAL, path + ": not a regular file (" + FileKind(st.st_mode) + ")");
+  }
+  if ((flags & O_NONBLOCK) == 0) {
+    const int fl = ::fcntl(fd.get(), F_GETFL);
+    if (fl < 0 || ::fcntl(fd.get(), F_SETFL, fl & ~O_NONBLOCK) != 0) {
+      return ErrnoStatus(errno, path, "fcntl failed");
+    }
+  }
+  return fd;
+}
+
 Result<size_t> PreadFull(int fd, void* buf, size_t n, uint64_t offset, const std::string& path) {
   auto* p = static_cast<char*>(buf);
   size_t done = 0;

@@ -83,14 +83,14 @@ Result<std::unique_ptr<NpyAppender>> NpyAppender::Open(const std::string& path,
                                                        const NpyAppenderOptions& options) {
   NPZ_RETURN_IF_ERROR(CheckGrowable(layout, path));
   NpyHeader empty = layout.WithFrameCount(0);
-  auto opened = OpenFile(path, O_RDWR);
+  auto opened = OpenRegularFile(path, O_RDWR);
   if (!opened.ok() && opened.status().code() == ENOENT) {
     NPZ_ASSIGN_OR_RETURN(UniqueFd created, CreateWithHeader(path, empty.Format()));
     if (created.valid()) {
       return std::make_unique<NpyAppender>(Key{}, path, std::move(created), empty,
                                            empty.FormattedLength(), 0, options, true);
     }
-    opened = OpenFile(path, O_RDWR);  // another writer created it first: append to it
+    opened = OpenRegularFile(path, O_RDWR);  // another writer created it first: append to it
   }
   if (!opened.ok()) return opened.status();
   UniqueFd fd = std::move(opened).value();
@@ -207,7 +207,7 @@ Status NpyAppender::Close() {
 }
 
 Result<uint64_t> NpyAppender::Recover(const std::string& path) {
-  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(path, O_RDWR));
+  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenRegularFile(path, O_RDWR));
   NPZ_ASSIGN_OR_RETURN(uint64_t size, FileSize(fd.get(), path));
   NPZ_ASSIGN_OR_RETURN(ParsedNpyHeader existing, ReadNpyFileHeader(fd.get(), size, path));
   NPZ_RETURN_IF_ERROR(CheckGrowable(existing.header, path));

@@ -54,7 +54,7 @@ Result<std::vector<std::byte>> ReadFramesFrom(
 }
 
 Result<NpyReader> NpyReader::Open(const std::string& path, const NpyParseOptions& options) {
-  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(path, O_RDONLY));
+  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenRegularFile(path, O_RDONLY));
   NPZ_ASSIGN_OR_RETURN(uint64_t size, FileSize(fd.get(), path));
   NPZ_ASSIGN_OR_RETURN(ParsedNpyHeader parsed, ReadNpyFileHeader(fd.get(), size, path, options));
   const NpyHeader& header = parsed.header;

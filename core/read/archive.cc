@@ -221,10 +221,9 @@ Archive::~Archive() {
 }
 
 Result<std::shared_ptr<Archive>> Archive::Open(const std::string& path, ArchiveOptions options) {
-  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(path, O_RDONLY));
+  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenRegularFile(path, O_RDONLY));
   struct stat st;
   if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, path, "fstat");
-  if (!S_ISREG(st.st_mode)) return Status::Error(EINVAL, path + ": not a regular file");
   NPZ_ASSIGN_OR_RETURN(ZipDirectory dir, ReadZipDirectory(fd.get(), path));
 
   auto archive = std::make_shared<Archive>(PassKey());
@@ -463,7 +462,7 @@ Status Archive::CarryIndexForward() {
 }
 
 Status Archive::WriteIndexForArchiveNow() {
-  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(path(), O_RDONLY));
+  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenRegularFile(path(), O_RDONLY));
   struct stat st;
   if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, path(), "fstat");
   NPZ_ASSIGN_OR_RETURN(ZipDirectory now, ReadZipDirectory(fd.get(), path()));

@@ -235,7 +235,7 @@ Result<std::vector<IndexRecord>> LoadIndexFile(const std::string& file, uint64_t
                                                const std::vector<ZipEntry>& entries,
                                                const std::vector<uint8_t>& kinds,
                                                const IndexTrust& trust) {
-  Result<UniqueFd> opened = OpenFile(file, O_RDONLY);
+  Result<UniqueFd> opened = OpenRegularFile(file, O_RDONLY);
   if (!opened.ok()) {
     if (opened.status().code() == ENOENT) return std::vector<IndexRecord>();
     return opened.status();

@@ -19,7 +19,7 @@ Status Flock(int fd, const std::string& path) {
 
 Result<ArchiveLock> ArchiveLock::Acquire(const std::string& path, int open_flags) {
   while (true) {
-    NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(path, open_flags));
+    NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenRegularFile(path, open_flags));
     NPZ_RETURN_IF_ERROR(Flock(fd.get(), path));
     struct stat locked, now;
     if (::fstat(fd.get(), &locked) != 0) return ErrnoStatus(errno, path, "cannot stat");

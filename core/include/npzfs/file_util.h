@@ -43,6 +43,10 @@ class UniqueFd {
 
 // open(2) with O_CLOEXEC added.
 Result<UniqueFd> OpenFile(const std::string& path, int flags, mode_t mode = 0644);
+// OpenFile for a file that must be a regular one (an archive, a sidecar, a journal, a .npy):
+// EISDIR for a directory, EINVAL for anything else that is not a regular file. A FIFO is
+// opened without blocking (open(2) of a FIFO waits for a writer) and refused.
+Result<UniqueFd> OpenRegularFile(const std::string& path, int flags, mode_t mode = 0644);
 
 // Reads exactly `n` bytes at `offset`; a short file is EIO ("unexpected end of file").
 Status PreadExact(int fd, void* buf, size_t n, uint64_t offset, const std::string& path);
