@@ -127,6 +127,8 @@ AppendJournal SampleJournal() {
   j.old_cd_offset = 4000;
   j.old_mtime_sec = -1600000000;
   j.old_mtime_nsec = 123456789;
+  j.old_entries = 70000;
+  j.new_names = {"adc.npy", "", std::string(300, 'n')};
   j.saved = RandomBytes(1000, 5);
   return j;
 }
@@ -134,7 +136,7 @@ AppendJournal SampleJournal() {
 TEST(AppendJournal, RoundTrips) {
   const AppendJournal j = SampleJournal();
   const std::string bytes = EncodeAppendJournal(j);
-  EXPECT_EQ(bytes.size(), kAppendJournalHeaderSize + j.saved.size() + 4);
+  EXPECT_EQ(bytes.size(), kAppendJournalHeaderSize + 3 * 2 + 7 + 300 + j.saved.size() + 4);
   EXPECT_EQ(bytes.substr(0, 8), "NPZFSJNL");
   auto back = DecodeAppendJournal(bytes, "j");
   ASSERT_TRUE(back.ok()) << back.status().message();
@@ -146,7 +148,48 @@ TEST(AppendJournal, RoundTrips) {
   EXPECT_EQ(back->old_cd_offset, j.old_cd_offset);
   EXPECT_EQ(back->old_mtime_sec, j.old_mtime_sec);
   EXPECT_EQ(back->old_mtime_nsec, j.old_mtime_nsec);
+  EXPECT_EQ(back->old_entries, j.old_entries);
+  EXPECT_EQ(back->new_names, j.new_names);
   EXPECT_EQ(back->saved, j.saved);
+}
+
+// The layout version 2 had: the first new name only, no old entry count.
+std::string VersionTwoJournal(const AppendJournal& j) {
+  std::string out = "NPZFSJNL";
+  PutLe32(out, 2);
+  PutLe32(out, j.prefix_crc);
+  PutLe64(out, j.device);
+  PutLe64(out, j.inode);
+  PutLe64(out, j.old_size);
+  PutLe64(out, j.old_cd_offset);
+  PutLe64(out, static_cast<uint64_t>(j.old_mtime_sec));
+  PutLe32(out, j.old_mtime_nsec);
+  PutLe32(out, static_cast<uint32_t>(j.new_names.front().size()));
+  PutLe64(out, j.saved.size());
+  out += j.new_names.front();
+  out += j.saved;
+  PutLe32(out, Crc(out));
+  return out;
+}
+
+TEST(AppendJournal, AVersionTwoJournalIsStillReadWithItsFirstName) {
+  const AppendJournal j = SampleJournal();
+  auto back = DecodeAppendJournal(VersionTwoJournal(j), "j");
+  ASSERT_TRUE(back.ok()) << back.status().message();
+  EXPECT_EQ(back->version, 2u);
+  EXPECT_EQ(back->prefix_crc, j.prefix_crc);
+  EXPECT_EQ(back->old_cd_offset, j.old_cd_offset);
+  EXPECT_EQ(back->new_names, std::vector<std::string>{"adc.npy"});
+  EXPECT_EQ(back->saved, j.saved);
+}
+
+TEST(AppendJournal, AJournalWithoutNewNamesIsRejected) {
+  AppendJournal j = SampleJournal();
+  j.new_names.clear();
+  auto r = DecodeAppendJournal(EncodeAppendJournal(j), "j");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("no new member names"), std::string::npos)
+      << r.status().message();
 }
 
 // The layout npzfs 0.1.0 wrote: no device, no prefix CRC, the mtime in nanoseconds.
@@ -433,6 +476,151 @@ TEST(InPlaceAppend, AJournalWrittenByVersionOneIsStillApplied) {
   ASSERT_TRUE(j.ok()) << j.status().message();
   WriteFileOrDie(journal_path,
                  VersionOneJournal(*j, j->old_mtime_sec * 1000000000 + j->old_mtime_nsec));
+  auto r = RecoverInterruptedAppend(archive);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_TRUE(*r);
+  EXPECT_TRUE(StateOf(archive) == before);
+  EXPECT_EQ(ListDir(dir.path()), std::vector<std::string>{"a.npz"});
+}
+
+// Appends a member as Python's zipfile does in "a" mode: where the directory it finds
+// begins, then a new directory.
+void AppendWithZipfile(const std::string& archive, const std::string& name) {
+  RunPython("import zipfile\nwith zipfile.ZipFile('" + archive + "', 'a') as z:\n    z.writestr('" +
+            name + "', b'appended by zipfile')\n");
+}
+
+std::string NamesOf(const std::string& archive) {
+  auto d = ReadDir(archive);
+  if (!d.ok()) return d.status().message();
+  std::string names;
+  for (const ZipEntry& e : d->entries) names += (names.empty() ? "" : ",") + e.name;
+  return names;
+}
+
+TEST(InPlaceAppend, AJournalIsSetAsideWhenZipfileAppendedAfterTheKilledAppendAndNoMemberIsLost) {
+  // Killed before the append began: zipfile writes where the old directory was. Killed once
+  // the new directory was written (synced or not): zipfile writes after the new members.
+  for (const std::string step : {"journal-durable", "directory-written", "archive-synced"}) {
+    for (int level : {-1, 6}) {
+      SCOPED_TRACE(step + " level " + std::to_string(level));
+      TempDir dir;
+      const std::string archive = dir.Join("a.npz");
+      MakeArchive(archive, 2, level);
+      WriteOptions o = Deflate();
+      o.compress_level = level;
+      RunAndKillAt(step, [&] { (void)AppendToArchive(archive, NewMembers(), o); });
+      AppendWithZipfile(archive, "other.npy");
+      const std::string ours = step == "journal-durable" ? "" : "new-big.bin,new-small.txt,";
+      ASSERT_EQ(NamesOf(archive), "old0.bin,old1.bin," + ours + "other.npy");
+      const FileState appended = StateOf(archive);
+      std::vector<std::string> lines;
+      auto r = RecoverInterruptedAppend(archive, [&](const std::string& l) { lines.push_back(l); });
+      ASSERT_TRUE(r.ok()) << r.status().message();
+      EXPECT_FALSE(*r);
+      EXPECT_TRUE(StateOf(archive) == appended);
+      EXPECT_EQ(VerifyWithPython(archive, dir.path()), NamesOf(archive) + "\n");
+      EXPECT_EQ(ListDir(dir.path()),
+                (std::vector<std::string>{".a.npz.npzfs-journal.stale", "a.npz"}));
+      ASSERT_EQ(lines.size(), 1u);
+      EXPECT_NE(lines[0].find("moved to " + dir.Join(".a.npz.npzfs-journal.stale") +
+                              ", the archive was left alone"),
+                std::string::npos)
+          << lines[0];
+      if (step != "journal-durable") {
+        EXPECT_NE(lines[0].find("was appended to by another program after the interrupted "
+                                "append (its directory holds 5 members, the interrupted "
+                                "append would have left 4)"),
+                  std::string::npos)
+            << lines[0];
+      }
+    }
+  }
+}
+
+TEST(InPlaceAppend, AFinalizeRetriedAfterItsJournalWasSetAsideAddsNoMemberTwice) {
+  TempDir dir;
+  const std::string archive = dir.Join("a.npz");
+  MakeArchive(archive, 2);
+  RunAndKillAt("archive-synced", [&] { (void)AppendToArchive(archive, NewMembers(), {}); });
+  AppendWithZipfile(archive, "other.npy");
+  const FileState appended = StateOf(archive);
+  // What the daemon's finalize retries with (Spool::Finalize): the same members, those
+  // already there with the same bytes skipped.
+  std::vector<std::string> lines;
+  WriteOptions retry;
+  retry.skip_identical_existing = true;
+  retry.log = [&](const std::string& l) { lines.push_back(l); };
+  ASSERT_TRUE(AppendToArchive(archive, NewMembers(), retry).ok());
+  EXPECT_TRUE(StateOf(archive) == appended);
+  EXPECT_EQ(NamesOf(archive), "old0.bin,old1.bin,new-big.bin,new-small.txt,other.npy");
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_NE(lines[0].find("appended to by another program"), std::string::npos) << lines[0];
+  EXPECT_NE(lines[1].find("member new-big.bin is already there with the same bytes"),
+            std::string::npos)
+      << lines[1];
+  EXPECT_NE(lines[2].find("member new-small.txt is already there with the same bytes"),
+            std::string::npos)
+      << lines[2];
+}
+
+TEST(InPlaceAppend, BytesWrittenAfterACompleteAppendSetTheJournalAside) {
+  TempDir dir;
+  const std::string archive = dir.Join("a.npz");
+  MakeArchive(archive, 2);
+  RunAndKillAt("archive-synced", [&] { (void)AppendToArchive(archive, NewMembers(), {}); });
+  {  // another program added bytes after the end record (readers tolerate them)
+    auto fd = OpenFile(archive, O_WRONLY | O_APPEND);
+    ASSERT_TRUE(fd.ok());
+    ASSERT_EQ(write(fd->get(), "trailer", 7), 7);
+  }
+  const FileState appended = StateOf(archive);
+  std::vector<std::string> lines;
+  auto r = RecoverInterruptedAppend(archive, [&](const std::string& l) { lines.push_back(l); });
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_FALSE(*r);
+  EXPECT_TRUE(StateOf(archive) == appended);
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_NE(lines[0].find("7 bytes follow its end records"), std::string::npos) << lines[0];
+}
+
+TEST(InPlaceAppend, AnAppendKilledBeforeItCutTheOldTailIsStillUndone) {
+  // Junk after the old end record (readers tolerate it) is longer than what the append
+  // writes: when it is killed at "directory-written", its end records are followed by the
+  // rest of the old bytes, not yet cut.
+  TempDir dir;
+  const std::string archive = dir.Join("a.npz");
+  MakeArchive(archive, 2);
+  {
+    auto fd = OpenFile(archive, O_WRONLY | O_APPEND);
+    ASSERT_TRUE(fd.ok());
+    const std::string junk(4096, 'j');
+    ASSERT_EQ(write(fd->get(), junk.data(), junk.size()), static_cast<ssize_t>(junk.size()));
+  }
+  struct timespec times[2] = {{0, UTIME_OMIT}, {1600000000, 123456789}};
+  ASSERT_EQ(utimensat(AT_FDCWD, archive.c_str(), times, 0), 0);
+  const FileState before = StateOf(archive);
+  RunAndKillAt("directory-written",
+               [&] { (void)AppendToArchive(archive, {FromBytes("t.txt", "tiny")}, {}); });
+  ASSERT_EQ(ReadFileOrDie(archive).size(), before.bytes.size());
+  ASSERT_EQ(NamesOf(archive), "old0.bin,old1.bin,t.txt");
+  auto r = RecoverInterruptedAppend(archive);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_TRUE(*r);
+  EXPECT_TRUE(StateOf(archive) == before);
+  EXPECT_EQ(ListDir(dir.path()), std::vector<std::string>{"a.npz"});
+}
+
+TEST(InPlaceAppend, AJournalWrittenByVersionTwoIsStillAppliedByItsOwnRule) {
+  TempDir dir;
+  const std::string archive = dir.Join("a.npz");
+  MakeArchive(archive, 2);
+  const FileState before = StateOf(archive);
+  RunAndKillAt("archive-synced", [&] { (void)AppendToArchive(archive, NewMembers(), {}); });
+  const std::string journal_path = dir.Join(".a.npz.npzfs-journal");
+  auto j = DecodeAppendJournal(ReadFileOrDie(journal_path), journal_path);
+  ASSERT_TRUE(j.ok()) << j.status().message();
+  WriteFileOrDie(journal_path, VersionTwoJournal(*j));
   auto r = RecoverInterruptedAppend(archive);
   ASSERT_TRUE(r.ok()) << r.status().message();
   EXPECT_TRUE(*r);

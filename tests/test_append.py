@@ -316,3 +316,42 @@ def test_a_live_mount_keeps_serving_old_members_while_npz_add_and_zipfile_append
     with mounted(archive, tmp_path / "mnt") as m:
         assert sorted(os.listdir(m.mnt)) == ["adc.npy", "calib.npy", "frames.npy", "note.txt"]
         assert np.array_equal(np.load(m.path("calib.npy")), np.arange(100.0))
+
+
+@pytest.mark.parametrize("step", ["directory-written", "archive-synced"])
+@pytest.mark.parametrize("how", ["recover", "remount"])
+def test_a_zipfile_append_after_a_killed_finalize_is_kept_and_the_finalize_adds_nothing_twice(
+        tmp_path, monkeypatch, step, how):
+    archive = tmp_path / "a.npz"
+    np.savez(archive, x=np.arange(100))
+    adc = np.arange(3000, dtype="<i2").reshape(-1, 30)
+    monkeypatch.setenv("NPZFS_TEST_KILL_AT", step)
+    with mounted(archive, tmp_path / "mnt") as m:
+        monkeypatch.delenv("NPZFS_TEST_KILL_AT")
+        np.save(m.path("adc.npy"), adc)
+        code = m.unmount()
+    assert code == -9, (code, m.log())
+    assert journal(archive).exists()
+    # Another program appends after the crash, before any recovery: zipfile writes where
+    # the directory it finds (the killed finalize's, complete) begins.
+    with zipfile.ZipFile(archive, "a") as z:
+        z.writestr("other.npy", npy_bytes(np.arange(10)))
+    expected = ["x.npy", "adc.npy", "other.npy"]
+    with zipfile.ZipFile(archive) as z:
+        assert z.namelist() == expected
+    if how == "recover":
+        r = npz("recover", archive)
+        assert r.returncode == 0, r.stderr
+        log = r.stderr
+    else:
+        with mounted(archive, tmp_path / "mnt") as again:
+            assert sorted(os.listdir(again.mnt)) == ["adc.npy", "other.npy", "x.npy"]
+            assert again.unmount() == 0, again.log()
+        log = again.log()
+    assert "was appended to by another program after the interrupted append" in log, log
+    assert "adc.npy is already there with the same bytes; not added again" in log, log
+    with zipfile.ZipFile(archive) as z:
+        assert z.namelist() == expected and z.testzip() is None
+    with np.load(archive) as z:
+        assert np.array_equal(z["adc"], adc) and np.array_equal(z["other"], np.arange(10))
+    assert ours(tmp_path) == [f".{archive.name}.npzfs-journal.stale"]

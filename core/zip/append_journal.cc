@@ -78,9 +78,16 @@ std::string AppendJournalPath(const std::string& archive_path) {
   return DirName(archive_path) + "/" + SideFileName(archive_path, ".npzfs-journal");
 }
 
+uint64_t JournalNamesBytes(const std::vector<std::string>& names) {
+  uint64_t n = 0;
+  for (const std::string& name : names) n += 2 + name.size();
+  return n;
+}
+
 std::string EncodeAppendJournal(const AppendJournal& j) {
+  const uint64_t names_length = JournalNamesBytes(j.new_names);
   std::string out;
-  out.reserve(kAppendJournalHeaderSize + j.saved.size() + 4);
+  out.reserve(kAppendJournalHeaderSize + names_length + j.saved.size() + 4);
   out += kAppendJournalMagic;
   PutLe32(out, kAppendJournalVersion);
   PutLe32(out, j.prefix_crc);
@@ -90,9 +97,13 @@ std::string EncodeAppendJournal(const AppendJournal& j) {
   PutLe64(out, j.old_cd_offset);
   PutLe64(out, static_cast<uint64_t>(j.old_mtime_sec));
   PutLe32(out, j.old_mtime_nsec);
-  PutLe32(out, static_cast<uint32_t>(j.first_name.size()));
+  PutLe32(out, static_cast<uint32_t>(names_length));
   PutLe64(out, j.saved.size());
-  out += j.first_name;
+  PutLe64(out, j.old_entries);
+  for (const std::string& name : j.new_names) {
+    PutLe16(out, static_cast<uint16_t>(name.size()));
+    out += name;
+  }
   out += j.saved;
   PutLe32(out, Crc32Of(out));
   return out;
@@ -108,7 +119,7 @@ Result<AppendJournal> DecodeAppendJournal(std::string_view bytes, const std::str
     return Invalid(path, "bad magic");
   }
   if (!r.U32(&j.version) || !r.U32(&word)) return Invalid(path, "truncated header");
-  if (j.version != 1 && j.version != kAppendJournalVersion) {
+  if (j.version < 1 || j.version > kAppendJournalVersion) {
     return Invalid(path, "unsupported version " + std::to_string(j.version));
   }
   bool whole = true;
@@ -119,17 +130,32 @@ Result<AppendJournal> DecodeAppendJournal(std::string_view bytes, const std::str
     const int64_t ns = static_cast<int64_t>(mtime);
     j.old_mtime_sec = ns / 1000000000 - (ns % 1000000000 < 0 ? 1 : 0);
     j.old_mtime_nsec = static_cast<uint32_t>(ns - j.old_mtime_sec * 1000000000);
-  } else {
+  } else {  // versions 2 and 3 share the fields up to saved_length
     j.prefix_crc = word;
     whole = r.U64(&j.device) && r.U64(&j.inode) && r.U64(&j.old_size) && r.U64(&j.old_cd_offset) &&
             r.U64(&mtime) && r.U32(&j.old_mtime_nsec) && r.U32(&name_length);
     j.old_mtime_sec = static_cast<int64_t>(mtime);
   }
-  if (!whole || !r.U64(&saved_length)) return Invalid(path, "truncated header");
-  if (reserved != 0 || j.old_mtime_nsec >= 1000000000 || name_length > zip::kMax16) {
+  if (!whole || !r.U64(&saved_length) || (j.version >= 3 && !r.U64(&j.old_entries))) {
+    return Invalid(path, "truncated header");
+  }
+  const uint64_t name_limit = j.version >= 3 ? kMaxJournalNamesBytes : zip::kMax16;
+  if (reserved != 0 || j.old_mtime_nsec >= 1000000000 || name_length > name_limit) {
     return Invalid(path, "reserved field, mtime or name length out of range");
   }
-  if (!r.Bytes(name_length, &j.first_name)) return Invalid(path, "truncated name");
+  std::string names;
+  if (!r.Bytes(name_length, &names)) return Invalid(path, "truncated name");
+  if (j.version == 2) {
+    j.new_names.push_back(std::move(names));
+  } else if (j.version >= 3) {
+    ByteReader nr(names);
+    uint16_t n = 0;
+    while (nr.remaining() > 0) {
+      std::string& name = j.new_names.emplace_back();
+      if (!nr.U16(&n) || !nr.Bytes(n, &name)) return Invalid(path, "a name runs past the names");
+    }
+    if (j.new_names.empty()) return Invalid(path, "no new member names");
+  }
   if (saved_length != r.remaining() - std::min<size_t>(r.remaining(), 4) ||
       !r.Bytes(saved_length, &j.saved)) {
     return Invalid(path, "truncated or overlong saved region");
@@ -236,7 +262,79 @@ bool ForeignMemberAt(int fd, const std::string& path, uint64_t size, const Appen
       !PreadExact(fd, name.data(), name.size(), at + head.size(), path).ok()) {
     return false;
   }
-  return name != j.first_name;
+  return j.new_names.empty() || name != j.new_names.front();
+}
+
+// Where the end records after the directory `d` end when they are laid out as
+// ZipWriter::Finish writes them (a ZIP64 end record and locator if needed, the end record,
+// the comment); nullopt when they are not.
+Result<std::optional<uint64_t>> EndOfEndRecords(int fd, const std::string& path, uint64_t size,
+                                                const ZipDirectory& d) {
+  uint64_t at = d.cd_offset + d.cd_size;
+  char signature[4];
+  if (size < at + sizeof signature) return std::optional<uint64_t>();
+  NPZ_RETURN_IF_ERROR(PreadExact(fd, signature, sizeof signature, at, path));
+  if (GetLe32(signature) == zip::kZip64EndSig) {
+    at += zip::kZip64EndSize + zip::kZip64LocatorSize;
+    if (size < at + sizeof signature) return std::optional<uint64_t>();
+    NPZ_RETURN_IF_ERROR(PreadExact(fd, signature, sizeof signature, at, path));
+  }
+  if (GetLe32(signature) != zip::kEndSig) return std::optional<uint64_t>();
+  return std::optional<uint64_t>(at + zip::kEndSize + d.comment.size());
+}
+
+// Why the archive open at `fd` (`size` bytes, the file the journal `j` was written for) is
+// not in a state that j's own append could have left, or "" if it is (version 3; the rule
+// is at the top of append_journal.h). A directory that does not read is the append's: it
+// died while writing, and no zip tool appends to a file without a directory.
+Result<std::string> ForeignChangeSince(int fd, const std::string& path, uint64_t size,
+                                       const AppendJournal& j) {
+  auto read = ReadZipDirectory(fd, path);
+  if (!read.ok()) return std::string();
+  const ZipDirectory& d = *read;
+  if (d.cd_offset == j.old_cd_offset && d.entries.size() == j.old_entries) {
+    return std::string();  // the old directory: the append had not begun
+  }
+  const uint64_t expected = j.old_entries + j.new_names.size();
+  if (d.entries.size() != expected) {
+    return "its directory holds " + std::to_string(d.entries.size()) +
+           " members, the interrupted append would have left " + std::to_string(expected);
+  }
+  for (size_t i = 0; i < j.new_names.size(); ++i) {
+    const ZipEntry& e = d.entries[j.old_entries + i];
+    if (e.name != j.new_names[i]) {
+      return "its directory holds member " + e.name + " where the interrupted append wrote " +
+             j.new_names[i];
+    }
+  }
+  if (d.entries[j.old_entries].local_header_offset != j.old_cd_offset) {
+    return std::string("the first member the interrupted append wrote is not where it wrote it");
+  }
+  NPZ_ASSIGN_OR_RETURN(const std::optional<uint64_t> end, EndOfEndRecords(fd, path, size, d));
+  if (!end) return std::string("its end records are not where the interrupted append wrote them");
+  if (*end == size) return std::string();
+  // Killed before it cut the old tail ("directory-written"): what follows its end records is
+  // what was there before, up to the old size.
+  bool old_tail = size == j.old_size && *end > j.old_cd_offset && *end < size;
+  if (old_tail) {
+    std::string tail(size - *end, '\0');
+    NPZ_RETURN_IF_ERROR(PreadExact(fd, tail.data(), tail.size(), *end, path));
+    old_tail = std::string_view(j.saved).substr(*end - j.old_cd_offset) == tail;
+  }
+  if (old_tail) return std::string();
+  return std::to_string(size - *end) + " bytes follow its end records that the interrupted " +
+         "append did not leave there";
+}
+
+// Renames the journal to "<journal>.stale" and logs why it was not applied.
+Status SetJournalAside(const std::string& journal_path, const std::string& what,
+                       const std::function<void(const std::string&)>& log) {
+  const std::string aside = journal_path + ".stale";
+  if (::rename(journal_path.c_str(), aside.c_str()) != 0) {
+    return ErrnoStatus(errno, journal_path, "cannot set aside a journal of another file");
+  }
+  if (log) log(journal_path + ": " + what + "; moved to " + aside + ", the archive was left alone");
+  return Status::Ok();
 }
 
 }  // namespace
@@ -244,13 +342,13 @@ bool ForeignMemberAt(int fd, const std::string& path, uint64_t size, const Appen
 Result<bool> RecoverAppendUnderLock(int fd, const std::string& archive_path,
                                     const std::function<void(const std::string&)>& log) {
   const std::string journal_path = AppendJournalPath(archive_path);
-  auto opened = OpenFile(journal_path, O_RDONLY);
+  auto opened = OpenRegularFile(journal_path, O_RDONLY);
   if (!opened.ok()) {
     if (opened.status().code() == ENOENT) return false;
     return opened.status();
   }
   NPZ_ASSIGN_OR_RETURN(uint64_t size, FileSize(opened->get(), journal_path));
-  if (size > kMaxJournalSavedBytes + kAppendJournalHeaderSize + 4) {
+  if (size > kAppendJournalHeaderSize + kMaxJournalNamesBytes + kMaxJournalSavedBytes + 4) {
     return DropIncompleteJournal(fd, archive_path, journal_path, Invalid(journal_path, "too large"),
                                  log);
   }
@@ -272,15 +370,23 @@ Result<bool> RecoverAppendUnderLock(int fd, const std::string& archive_path,
            !ForeignMemberAt(fd, archive_path, static_cast<uint64_t>(st.st_size), *journal);
   }
   if (!same) {
-    const std::string aside = journal_path + ".stale";
-    if (::rename(journal_path.c_str(), aside.c_str()) != 0) {
-      return ErrnoStatus(errno, journal_path, "cannot set aside a journal of another file");
-    }
-    if (log) {
-      log(journal_path + ": belongs to an earlier file at " + archive_path +
-          " (replaced or rewritten since); moved to " + aside + ", the archive was left alone");
-    }
+    NPZ_RETURN_IF_ERROR(SetJournalAside(
+        journal_path,
+        "belongs to an earlier file at " + archive_path + " (replaced or rewritten since)", log));
     return false;
+  }
+  if (journal->version >= 3) {
+    NPZ_ASSIGN_OR_RETURN(
+        const std::string foreign,
+        ForeignChangeSince(fd, archive_path, static_cast<uint64_t>(st.st_size), *journal));
+    if (!foreign.empty()) {
+      const std::string what = "not applied: " + archive_path +
+                               " was appended to by another program after the interrupted " +
+                               "append (" + foreign +
+                               "); undoing it would cut off what that program wrote";
+      NPZ_RETURN_IF_ERROR(SetJournalAside(journal_path, what, log));
+      return false;
+    }
   }
   NPZ_RETURN_IF_ERROR(UndoAppend(fd, archive_path, *journal));
   NPZ_RETURN_IF_ERROR(AppendStepReached(AppendStep::kRecoverRestored));

@@ -14,13 +14,28 @@
 // old_cd_offset, so the journal records the device, the inode and a CRC-32 of the bytes
 // there it never touches (the first and the last 64 KiB before old_cd_offset): a file
 // rewritten in place since (np.savez and zipfile's "w" mode truncate the same inode; a new
-// file may get the freed inode number) fails that check and is left alone. It also records
-// the name of the first new member, whose local header the append writes at old_cd_offset:
-// a file that has another member's local header there was extended by another program
-// (zipfile's "a" mode after a crash that left a complete archive) and is left alone too.
-// Anything else at old_cd_offset (the old directory, a torn or unwritten header) is what
-// the append left, and is undone. An archive with more than one hard link is never appended
-// in place (the journal is found through one name only): the caller copies it instead.
+// file may get the freed inode number) fails that check and is left alone.
+//
+// It is also applied only to a file in a state the append itself could have left: another
+// program may have appended to the archive after the crash (zipfile's "a" mode writes where
+// the directory it found begins), and undoing would cut its members off. So the journal
+// records the names of all the members the append writes (the first one's local header goes
+// at old_cd_offset) and how many entries the old directory held. Recovery undoes the append
+// when the archive
+//   - has no readable directory: the append died while writing (no zip tool appends to
+//     such a file), unless another member's local header lies at old_cd_offset;
+//   - still has the old directory (same offset, same count): the append had not begun;
+//   - has exactly the old entries and then the append's members, in order, the first at
+//     old_cd_offset, and nothing after the end records but the old bytes the append had
+//     not cut yet (a kill at "directory-written"): the append was complete.
+// Anything else (more entries, other names, bytes after the end records) was written by
+// another program: the journal is set aside as stale, the archive left as it is. A retried
+// finalize then finds its members already there with the same bytes and skips them
+// (WriteOptions::skip_identical_existing). Version 2 journals (no names but the first, no
+// old count) keep their rule: only the local header at old_cd_offset is checked.
+//
+// An archive with more than one hard link is never appended in place (the journal is found
+// through one name only): the caller copies it instead.
 //
 // Every function here expects the caller to hold the archive's lock (core/zip/archive_lock.h).
 // Plain functions over values and fds: thread-safe for different archives.
@@ -31,22 +46,28 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "npzfs/status.h"
 
 namespace npzfs {
 
 inline constexpr std::string_view kAppendJournalMagic = "NPZFSJNL";
-// Version 2 added the device, the prefix CRC and an exact mtime; version 1 journals (written
-// by npzfs 0.1.0 before that) are still read and applied, with the inode check only.
-inline constexpr uint32_t kAppendJournalVersion = 2;
+// Version 2 added the device, the prefix CRC, an exact mtime and the first new name; version 3
+// every new name and the old entry count. Older journals (version 1: npzfs 0.1.0; version 2:
+// before a foreign append after a crash was recognised) are still read and applied, each
+// with the checks its fields allow.
+inline constexpr uint32_t kAppendJournalVersion = 3;
 // magic 8, version 4, prefix_crc 4, device 8, inode 8, old_size 8, old_cd_offset 8,
-// old_mtime_sec 8, old_mtime_nsec 4, first_name_length 4, saved_length 8; then the first
-// name, the saved bytes and a CRC-32.
-inline constexpr size_t kAppendJournalHeaderSize = 72;
+// old_mtime_sec 8, old_mtime_nsec 4, names_length 4, saved_length 8, old_entries 8; then the
+// names (each a u16 length and its bytes), the saved bytes and a CRC-32.
+inline constexpr size_t kAppendJournalHeaderSize = 80;
 // The largest old region a journal holds (a central directory and its end records); an
 // archive with more after its old directory is appended by copy instead.
 inline constexpr uint64_t kMaxJournalSavedBytes = (uint64_t{1} << 30) + (uint64_t{1} << 20);
+// The most bytes the names take in a journal (each name and its 2-byte length); more new
+// names than that (they would not fit one central directory either) mean an append by copy.
+inline constexpr uint64_t kMaxJournalNamesBytes = uint64_t{1} << 30;
 // How much of each end of the untouched prefix the prefix CRC covers.
 inline constexpr uint64_t kJournalPrefixSample = 64 << 10;
 
@@ -59,9 +80,15 @@ struct AppendJournal {
   uint64_t old_cd_offset = 0;  // start of the overwritten region (old central directory)
   int64_t old_mtime_sec = 0;   // archive mtime before the append
   uint32_t old_mtime_nsec = 0;
-  std::string first_name;  // of the member written at old_cd_offset (version 2)
-  std::string saved;       // the old bytes of [old_cd_offset, old_size)
+  uint64_t old_entries = 0;  // entries of the old central directory (version 3)
+  // The members the append writes, in order; the first one's local header goes at
+  // old_cd_offset. Version 2 holds the first name only, version 1 none.
+  std::vector<std::string> new_names;
+  std::string saved;  // the old bytes of [old_cd_offset, old_size)
 };
+
+// The bytes `names` take in a journal.
+uint64_t JournalNamesBytes(const std::vector<std::string>& names);
 
 // CRC-32 of [0, n) then [cd_offset - n, cd_offset) of the file at `fd`, where
 // n = min(cd_offset, kJournalPrefixSample): bytes an append never writes.
@@ -72,7 +99,8 @@ std::string AppendJournalPath(const std::string& archive_path);
 
 std::string EncodeAppendJournal(const AppendJournal& journal);
 // EINVAL naming `path` and the cause: bad magic or version, truncated, trailing bytes,
-// CRC-32 mismatch, a saved region that does not match old_size - old_cd_offset.
+// CRC-32 mismatch, a saved region that does not match old_size - old_cd_offset, no new name
+// (version 3) or a name running past the names.
 Result<AppendJournal> DecodeAppendJournal(std::string_view bytes, const std::string& path);
 
 // Creates the journal (O_EXCL: EEXIST if one is there), writes it, fsyncs it and its

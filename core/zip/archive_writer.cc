@@ -13,8 +13,9 @@
 //      was interrupted: undo it first (RecoverAppendUnderLock).
 //   2. Read the directory. Old members' bytes [0, cd_offset) are never written again.
 //   3. Write ".<name>.npzfs-journal" (core/zip/append_journal.h): the old size, the old
-//      mtime and the old bytes of [cd_offset, size) (directory, end records, comment); fsync
-//      it and its directory. Until that is done the archive is untouched.
+//      mtime, the old entry count, the new members' names and the old bytes of
+//      [cd_offset, size) (directory, end records, comment); fsync it and its directory.
+//      Until that is done the archive is untouched.
 //   4. Write the new members from cd_offset on (over the old directory), then the old
 //      central records verbatim, the new ones and fresh end records (ZIP64 when the count,
 //      an offset or a size needs it) with the old comment; cut any old tail beyond; fsync.
@@ -31,7 +32,11 @@
 // An archive with more than one hard link (its journal would be found through one name
 // only) or with more than a journal holds after its directory's start (1 GiB + 1 MiB) is
 // appended by copy instead, with a log line. A journal is applied only to the file it was
-// written for (append_journal.h says how that is told).
+// written for, and only while that file is in a state this append could have left: not
+// after another program (zipfile's "a" mode) appended to it after the crash; undoing would
+// cut its members off (append_journal.h says how both are told). Such a journal is set
+// aside; the retried finalize then finds its members already there with the same bytes and
+// adds nothing (skip_identical_existing), so they are not added twice.
 //
 // Copy and rename (WriteOptions::append_mode = kCopy, npz add --copy, -o finalize=copy),
 // for users whose other processes may open the archive during the append: the new archive
@@ -303,7 +308,8 @@ Status AppendInPlace(const Request& r, const ArchiveLock& lock, const ZipDirecto
   journal.old_cd_offset = old.cd_offset;
   journal.old_mtime_sec = static_cast<int64_t>(st.st_mtim.tv_sec);
   journal.old_mtime_nsec = static_cast<uint32_t>(st.st_mtim.tv_nsec);
-  journal.first_name = r.members->front().name;
+  journal.old_entries = old.entries.size();
+  for (const NewMember& m : *r.members) journal.new_names.push_back(m.name);
   NPZ_ASSIGN_OR_RETURN(journal.prefix_crc, JournalPrefixCrc(lock.fd(), old.cd_offset, r.path));
   journal.saved.resize(journal.old_size - journal.old_cd_offset);
   NPZ_RETURN_IF_ERROR(PreadExact(lock.fd(), journal.saved.data(), journal.saved.size(),
@@ -396,7 +402,7 @@ Result<bool> CreateByAdoption(const Request& r, const MemberPiece& piece,
       chunks_st.st_dev != dir_st.st_dev || !S_ISREG(chunks_st.st_mode) || chunks_st.st_nlink != 1) {
     return false;
   }
-  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(path, O_RDWR, 0));
+  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenRegularFile(path, O_RDWR, 0));
   struct stat st;
   if (::fstat(fd.get(), &st) != 0 || st.st_dev != chunks_st.st_dev ||
       st.st_ino != chunks_st.st_ino) {
@@ -554,12 +560,17 @@ Status AddToExisting(const Request& request, const ArchiveLock& lock) {
   Request r = request;
   r.members = &members;
   if (r.options->append_mode == WriteOptions::AppendMode::kInPlace) {
-    // The journal is found through this name only, and holds one central directory.
+    // The journal is found through this name only, and holds one central directory and the
+    // new names.
+    std::vector<std::string> names;
+    for (const NewMember& m : members) names.push_back(m.name);
     std::string why;
     if (st.st_nlink > 1) {
       why = "it has " + std::to_string(st.st_nlink) + " hard links";
     } else if (static_cast<uint64_t>(st.st_size) - old.cd_offset > kMaxJournalSavedBytes) {
       why = "more than 1 GiB follows its central directory's start";
+    } else if (JournalNamesBytes(names) > kMaxJournalNamesBytes) {
+      why = "the new members' names take more than 1 GiB";
     }
     if (why.empty()) return AppendInPlace(r, lock, old);
     if (r.options->log) {
