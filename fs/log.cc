@@ -13,6 +13,7 @@
 #include <cstring>
 #include <ctime>
 
+#include "core/base/text_codec.h"
 #include "npzfs/file_util.h"
 
 namespace npzfs::fs {
@@ -22,11 +23,6 @@ std::atomic<int> g_level{static_cast<int>(LogLevel::kInfo)};
 std::atomic<bool> g_stderr{true};
 std::atomic<bool> g_syslog{false};
 std::atomic<int> g_file{-1};  // the -o log= (or runtime) file, owned for the process' life
-
-bool IsControlByte(char c) {
-  const auto b = static_cast<unsigned char>(c);
-  return b < 0x20 || b == 0x7f;
-}
 
 const char* Tag(LogLevel level) {
   switch (level) {
@@ -64,35 +60,6 @@ std::string FilePrefix() {
   gmtime_r(&now, &utc);
   strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", &utc);
   return std::string(stamp) + " npzfs[" + std::to_string(getpid()) + "]: ";
-}
-
-// A line carries names users chose (member paths, archive paths): a newline in one would
-// start a forged line, an escape sequence would drive the terminal. Control bytes are
-// written as \n, \r, \t or \xHH; every other byte as it is.
-std::string EscapeControlBytes(const std::string& line) {
-  const bool clean =
-      std::none_of(line.begin(), line.end(), [](char c) { return IsControlByte(c); });
-  if (clean) return line;
-  std::string out;
-  out.reserve(line.size() + 16);
-  for (const char c : line) {
-    if (!IsControlByte(c)) {
-      out += c;
-    } else if (c == '\n') {
-      out += "\\n";
-    } else if (c == '\r') {
-      out += "\\r";
-    } else if (c == '\t') {
-      out += "\\t";
-    } else {
-      static constexpr char kHex[] = "0123456789abcdef";
-      const auto b = static_cast<unsigned char>(c);
-      out += "\\x";
-      out += kHex[b >> 4];
-      out += kHex[b & 0xf];
-    }
-  }
-  return out;
 }
 
 void Emit(LogLevel level, const std::string& raw_line) {

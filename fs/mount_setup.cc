@@ -189,8 +189,10 @@ void BuildTree(Mount& m) {
   for (const auto& member : spool->members()) {
     Status s = m.table->AddMember(member->name(), NodeKind::kGrowing, 0, member, m.start_time);
     if (!s.ok()) {
-      LogError(spool->dir() + ": resumed member " + member->name() +
-               " hidden (its name is taken in the archive; finalize will fail): " + s.message());
+      LogWarning(spool->dir() + ": resumed member " + member->name() +
+                 " is not shown: its name is taken in the archive (" + s.message() +
+                 "); finalize leaves it out if the archive's member has the same bytes (an "
+                 "earlier finalize added it), else fails saying how to rename it");
     }
   }
 }

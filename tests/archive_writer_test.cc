@@ -470,6 +470,39 @@ with zipfile.ZipFile(d + '/a.npz', 'a') as zf:
             (std::vector<std::string>{"a.npz", "adc.npy", "label.npy", "noise.npy"}));
 }
 
+TEST(ArchiveWriter, ZipWriterRefusesANameThatIsNotValidUtf8AndStillWritesAValidArchive) {
+  TempDir dir;
+  const std::string path = dir.Join("names.zip");
+  {
+    auto fd = OpenFile(path, O_RDWR | O_CREAT | O_TRUNC);
+    ASSERT_TRUE(fd.ok());
+    ZipWriter w(fd->get(), path, 0);
+    for (const std::string& bad :
+         {std::string("k\xff.npy"), std::string("\xc3(.npy"), std::string("a/\xed\xa0\x80.npy")}) {
+      const Status s = w.BeginMember(bad, ZipMemberOptions{});
+      EXPECT_EQ(s.code(), EINVAL) << s.message();
+      EXPECT_NE(s.message().find("not valid UTF-8"), std::string::npos) << s.message();
+      EXPECT_NE(s.message().find("names.zip"), std::string::npos) << s.message();
+    }
+    EXPECT_NE(w.BeginMember("k\xff.npy", ZipMemberOptions{}).message().find("k\\xff.npy"),
+              std::string::npos);
+    EXPECT_EQ(w.offset(), 0u);  // nothing was written for a refused name
+    for (const std::string& good : {std::string("ascii.npy"), std::string("\xc3\xa4rger.npy")}) {
+      ASSERT_TRUE(w.BeginMember(good, ZipMemberOptions{}).ok());
+      ASSERT_TRUE(w.Write("abc", 3).ok());
+      ASSERT_TRUE(w.EndMember().ok());
+    }
+    ASSERT_TRUE(w.Finish("", 0, "").ok());
+  }
+  const std::string out = RunPython(R"(
+import zipfile
+with zipfile.ZipFile(')" + path + R"(') as zf:
+    assert zf.testzip() is None
+    print(repr(zf.namelist()))
+)");
+  EXPECT_EQ(out, "['ascii.npy', '\xc3\xa4rger.npy']\n");
+}
+
 TEST(ArchiveWriter, AppendingInPlaceToASavezArchiveKeepsEveryOldMemberByteIdentical) {
   ExpectAppendKeepsOldMembers(WriteOptions::AppendMode::kInPlace);
 }

@@ -417,6 +417,90 @@ def test_add_reports_enospc_and_keeps_the_archive(files):
         assert os.listdir(small) == ["data.npz"]
 
 
+def test_add_and_pack_refuse_a_key_that_is_not_valid_utf8_so_numpy_can_still_read_the_archive(
+        files):
+    d, adc, tx = files
+    ok("pack", d / "data.npz", d / "tx.npy")
+    before = sha(d / "data.npz")
+    bad = os.fsdecode(b"k\xff")
+    for copy in ([], ["--copy"]):
+        r = fails(1, "add", d / "data.npz", bad, d / "adc.npy", *copy,
+                  must_name=["k\\xff", "not valid UTF-8", "numpy"])
+        assert "\ufffd" not in r.stderr  # the byte is shown escaped, not raw
+    assert sha(d / "data.npz") == before
+    fails(1, "pack", d / "out.npz", d / "adc.npy", "--key", bad,
+          must_name=["k\\xff", "not valid UTF-8", "numpy"])
+    assert not (d / "out.npz").exists()
+    # A file name that is not UTF-8 is no key either (it would be the default one).
+    os.rename(d / "adc.npy", d / os.fsdecode(b"a\xe9.npy"))
+    fails(1, "pack", d / "out.npz", d / os.fsdecode(b"a\xe9.npy"), must_name=["a\\xe9"])
+    assert not (d / "out.npz").exists()
+    # Valid UTF-8 beyond ASCII is fine, and numpy reads it back.
+    ok("add", d / "data.npz", "gr\u00fc\u00dfe", d / os.fsdecode(b"a\xe9.npy"))
+    with np.load(d / "data.npz") as z:
+        assert sorted(z.files) == ["gr\u00fc\u00dfe", "tx"]
+
+
+def test_add_and_pack_refuse_a_key_with_a_path_component_over_255_bytes(files):
+    d, adc, tx = files
+    ok("pack", d / "data.npz", d / "tx.npy")
+    before = sha(d / "data.npz")
+    for key in ["k" * 300, "dir/" + "k" * 252, "k" * 256 + "/x"]:
+        fails(1, "add", d / "data.npz", key, d / "adc.npy", must_name=["bad key", "255"])
+    fails(1, "pack", d / "out.npz", d / "adc.npy", "--key", "k" * 300,
+          must_name=["bad key", "255"])
+    fails(1, "add", d / "data.npz", "/".join(["k" * 200] * 21), d / "adc.npy",
+          must_name=["bad key", "4095"])
+    assert sha(d / "data.npz") == before and not (d / "out.npz").exists()
+    # 251 bytes and ".npy" make 255: the longest component the reader and the mount show.
+    ok("add", d / "data.npz", "dir/" + "k" * 251, d / "adc.npy")
+    listed = json.loads(ok("ls", "--json", d / "data.npz").stdout)
+    assert [m["name"] for m in listed] == ["tx.npy", "dir/" + "k" * 251 + ".npy"]
+
+
+def test_add_by_copy_refuses_an_archive_the_caller_may_not_write_as_in_place_does(tmp_path):
+    d = tmp_path / "shared"
+    d.mkdir()
+    d.chmod(0o1777)
+    np.save(d / "s.npy", np.arange(4))
+    os.chmod(d / "s.npy", 0o644)
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+    def run(*args):
+        r = subprocess.run([*nobody, NPZ_BIN, *map(str, args)], capture_output=True, cwd=d,
+                           timeout=600)
+        return r.returncode, r.stderr.decode("utf-8", "replace")
+
+    assert run("pack", "base.npz", "s.npy") == (0, "")
+    subprocess.run([*nobody, "chmod", "444", "base.npz"], check=True, cwd=d)
+    before = sha(d / "base.npz")
+    code, in_place = run("add", "base.npz", "n", "s.npy")
+    assert code == 1 and "base.npz" in in_place and "Permission denied" in in_place
+    code, by_copy = run("add", "base.npz", "n", "s.npy", "--copy")
+    assert (code, by_copy) == (1, in_place)
+    assert sha(d / "base.npz") == before
+    assert os.stat(d / "base.npz").st_mode & 0o777 == 0o444
+    assert sorted(os.listdir(d)) == ["base.npz", "s.npy"]
+
+
+def test_messages_say_bad_magic_once_cut_long_keys_and_ask_for_a_positive_thread_count(files):
+    d, adc, tx = files
+    (d / "junk.npy").write_bytes(b"this is not a .npy file at all")
+    r = fails(1, "pack", d / "out.npz", d / "junk.npy", must_name=["junk.npy", "bad magic"])
+    assert r.stderr.count("not a .npy file") == 1, r.stderr
+    with zipfile.ZipFile(d / "j.npz", "w") as z:
+        z.writestr("junk.npy", b"this is not a .npy file at all")
+    r = fails(1, "verify", d / "j.npz", must_name=["junk.npy", "bad magic"])
+    assert r.stderr.count("not a .npy file") == 1, r.stderr
+    ok("pack", d / "data.npz", d / "tx.npy")
+    r = fails(1, "add", d / "data.npz", "k" * 70000, d / "adc.npy",
+              must_name=["bad key", "(70000 bytes)"])
+    assert len(r.stderr) < 1000, len(r.stderr)
+    for threads in ["-1", "0"]:
+        fails(2, "pack", d / "out.npz", d / "adc.npy", "--threads", threads,
+              must_name=["--threads must be a positive integer"])
+
+
 # -------------------------------------------------------------------------------- frames
 
 
@@ -653,6 +737,28 @@ def test_ls_errors(tmp_path):
     fails(2, "ls", must_name=["ARCHIVE"])
 
 
+def test_a_fifo_in_place_of_an_archive_a_sidecar_a_journal_or_an_input_never_blocks(files):
+    d, adc, _ = files
+    np.savez_compressed(d / "x.npz", adc=adc)
+    os.mkfifo(d / "pipe.npz")
+    fails(1, "ls", d / "pipe.npz", must_name=["pipe.npz", "FIFO"])
+    fails(1, "pack", d / "out.npz", d / "pipe.npz", must_name=["pipe.npz", "FIFO"])
+    # Anyone who can write the archive's directory can make these: an open(2) of a FIFO
+    # waits for a writer, so each would hang every command on the archive.
+    os.mkfifo(d / ".x.npz.npzfs-index")
+    listed = ok("ls", "--json", d / "x.npz")
+    assert [m["name"] for m in json.loads(listed.stdout)] == ["adc.npy"]
+    assert ".x.npz.npzfs-index" in listed.stderr and "FIFO" in listed.stderr
+    frames = ok("frames", f"{d / 'x.npz'}:adc", 2, 5, "--raw")
+    assert frames.stdout == adc[2:5].tobytes()
+    ok("verify", d / "x.npz")
+    os.mkfifo(d / ".x.npz.npzfs-journal")
+    fails(1, "add", d / "x.npz", "more", d / "adc.npy",
+          must_name=[".x.npz.npzfs-journal", "FIFO"])
+    with zipfile.ZipFile(d / "x.npz") as z:
+        assert z.namelist() == ["adc.npy"]
+
+
 # -------------------------------------------------------------------------------- verify
 
 
@@ -712,6 +818,92 @@ def test_verify_errors(tmp_path):
     fails(1, "verify", tmp_path / "missing.npz", must_name=["missing.npz", "No such file"])
     (tmp_path / "junk.npz").write_bytes(os.urandom(3000))
     fails(1, "verify", tmp_path / "junk.npz", must_name=["junk.npz"])
+
+
+def zip_with_raw_names(path, members):
+    """A zip of (raw name bytes, data) members: zipfile cannot write a NUL in a name, so each
+    is written under a placeholder of the same length and patched in."""
+    placeholders = []
+    with zipfile.ZipFile(path, "w") as z:
+        for i, (raw, data) in enumerate(members):
+            placeholder = (f"@{i:03d}" + "P" * len(raw))[:len(raw)]
+            placeholders.append((placeholder.encode(), raw))
+            z.writestr(placeholder, data)
+    blob = path.read_bytes()
+    for placeholder, raw in placeholders:
+        assert blob.count(placeholder) == 2
+        blob = blob.replace(placeholder, raw)
+    path.write_bytes(blob)
+
+
+def npy_bytes(array):
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+@pytest.mark.parametrize("name", ["../evil.npy", "x" * 300 + ".npy"], ids=["dotdot", "long"])
+def test_verify_checks_the_data_of_members_the_reader_skips(tmp_path, name, compressed):
+    method = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
+    with zipfile.ZipFile(tmp_path / "data.npz", "w", method) as z:
+        z.writestr("ok.npy", npy_bytes(np.arange(10)))
+        z.writestr(name, npy_bytes(np.arange(1000)))
+    out = ok("verify", tmp_path / "data.npz")
+    assert "1 member OK, and 1 entry the reader skips" in out.stdout.decode()
+    assert "checked, CRC-32 OK" in out.stderr
+    offset, length = data_range(tmp_path / "data.npz", name)
+    flip_byte(tmp_path / "data.npz", offset + length // 2)
+    r = fails(1, "verify", tmp_path / "data.npz", must_name=["data.npz", name[:50]])
+    assert "ok.npy" not in r.stderr
+    assert "OK" not in r.stdout.decode()
+
+
+def test_verify_inflates_a_skipped_member_that_expands_far_beyond_its_input(tmp_path):
+    # 10 MiB of zeros deflate to a few KiB: inflate holds output back after the last input.
+    with zipfile.ZipFile(tmp_path / "z.npz", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("../zeros.bin", b"\0" * (10 << 20))
+        z.writestr("ok.npy", npy_bytes(np.arange(3)))
+    out = ok("verify", tmp_path / "z.npz")
+    assert "1 member OK, and 1 entry the reader skips" in out.stdout.decode()
+
+
+def test_a_nul_byte_in_a_member_name_is_printed_escaped_and_verify_checks_the_other_members(
+        tmp_path):
+    zip_with_raw_names(tmp_path / "r_nul.npz", [(b"nul\0x.npy", npy_bytes(np.arange(5))),
+                                              (b"ok.npy", npy_bytes(np.arange(3)))])
+    listed = ok("ls", tmp_path / "r_nul.npz")
+    assert 'skipping member "nul\\x00x.npy": its name contains a NUL byte' in listed.stderr
+    assert b"ok.npy" in listed.stdout
+    verified = ok("verify", tmp_path / "r_nul.npz")
+    assert verified.stdout.decode().endswith(": 1 member OK, and 1 entry the reader skips\n")
+    assert 'entry "nul\\x00x.npy"' in verified.stderr and "CRC-32 OK" in verified.stderr
+    assert "disagree" not in verified.stderr
+    offset, length = data_range(tmp_path / "r_nul.npz", "ok.npy")
+    flip_byte(tmp_path / "r_nul.npz", offset + length - 1)
+    fails(1, "verify", tmp_path / "r_nul.npz", must_name=["ok.npy", "CRC-32"])
+
+
+def test_member_names_with_control_bytes_are_escaped_in_the_ls_table_and_in_messages(tmp_path):
+    evil = "ctl\x1b[2J\x1b[31mRED.npy"
+    with zipfile.ZipFile(tmp_path / "e.npz", "w") as z:
+        z.writestr(evil, npy_bytes(np.arange(4)))
+        z.writestr("bad\x1b]0;title\x07.npy", b"\x93NUMPY\x01\x00\x10\x00{'descr': 'xx'}  \n")
+        z.writestr("../\x1b[2Jup.npy", b"x")
+    r = npz("ls", tmp_path / "e.npz")
+    assert r.returncode == 1
+    table = r.stdout.decode()
+    assert "ctl\\x1b[2J\\x1b[31mRED.npy" in table
+    assert "\x1b" not in table and "\x1b" not in r.stderr and "\x07" not in r.stderr
+    assert "bad\\x1b]0;title\\x07.npy" in r.stderr and "\\x1b[2Jup.npy" in r.stderr
+    r = npz("verify", tmp_path / "e.npz")
+    assert r.returncode == 1 and "\x1b" not in r.stderr and "bad\\x1b]0;title" in r.stderr
+    r = npz("frames", f"{tmp_path / 'e.npz'}:nope\x1b[2J", 0, 1, "--raw")
+    assert r.returncode == 1 and "\x1b" not in r.stderr and "nope\\x1b[2J" in r.stderr
+    # --json escapes in its own way, as before.
+    listed = npz("ls", "--json", tmp_path / "e.npz")  # exit 1: bad.npy's header
+    assert [m["name"] for m in json.loads(listed.stdout)][0] == evil
+    assert b"\\u001b" in listed.stdout
 
 
 # --------------------------------------------------------------------------------- index

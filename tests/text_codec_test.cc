@@ -39,5 +39,29 @@ TEST(TextCodec, Utf8RoundTripsAndRejectsMalformedSequences) {
   EXPECT_FALSE(Utf8ToLatin1("\xe6\x95\xb0").has_value());
 }
 
+TEST(TextCodec, EscapeControlBytesWritesControlBytesAsEscapesAndKeepsEveryOtherByte) {
+  EXPECT_EQ(EscapeControlBytes("plain \xc3\xa4 line"), "plain \xc3\xa4 line");
+  EXPECT_EQ(EscapeControlBytes("a\nb\rc\td"), "a\\nb\\rc\\td");
+  EXPECT_EQ(EscapeControlBytes("ctl\x1b[2J\x7f"), "ctl\\x1b[2J\\x7f");
+  EXPECT_EQ(EscapeControlBytes(std::string("nul\0x.npy", 9)), "nul\\x00x.npy");
+  EXPECT_EQ(EscapeControlBytes("k\xff"), "k\xff");  // not a control byte
+}
+
+TEST(TextCodec, PrintableNameEscapesControlAndInvalidBytesAndCutsLongNames) {
+  EXPECT_EQ(PrintableName("group/\xc3\xa4rger.npy"), "group/\xc3\xa4rger.npy");
+  EXPECT_EQ(PrintableName("ctl\x1b[31mRED\n.npy"), "ctl\\x1b[31mRED\\n.npy");
+  EXPECT_EQ(PrintableName(std::string("nul\0x", 5)), "nul\\x00x");
+  EXPECT_EQ(PrintableName("k\xff"), "k\\xff");
+  EXPECT_EQ(PrintableName("\xe6\x95"), "\\xe6\\x95");  // a truncated sequence
+  const std::string long_name(70000, 'a');
+  EXPECT_EQ(PrintableName(long_name), std::string(200, 'a') + "\u2026 (70000 bytes)");
+  // The cut never splits a character.
+  std::string wide;
+  for (int i = 0; i < 100; ++i) wide += "\xc3\xa4";
+  wide += "x";
+  EXPECT_EQ(PrintableName(wide, 5), "\xc3\xa4\xc3\xa4\u2026 (201 bytes)");
+  EXPECT_EQ(PrintableName(wide, 1000), wide);
+}
+
 }  // namespace
 }  // namespace npzfs

@@ -92,7 +92,9 @@ is appended in place, over the old central directory, under an undo journal
 a crash the next npz command, mount or `npz recover` puts ARCHIVE back as it was. With
 --copy the new archive is written beside the old one and renamed over it instead (a full
 copy; other programs opening ARCHIVE meanwhile never see it mid-append). Either way
-ARCHIVE ends up as before or complete. Use `npz pack` to create a new archive.
+ARCHIVE ends up as before or complete. An archive you may not write is refused either way.
+KEY must be valid UTF-8 with no path component over 255 bytes. Use `npz pack` to create a
+new archive.
 
 Options:
   --compress[=LEVEL]    deflate the new member (LEVEL 0..9, default 6)
@@ -108,9 +110,10 @@ Examples:
        R"(Usage: npz verify ARCHIVE
 
 Reads every member completely, checks its CRC-32 against the central directory and, for
-.npy members, that the header parses and the data size matches it. The directory listing
-is also cross-checked with libzip. Prints one line per bad member and exits non-zero if
-there is any.
+.npy members, that the header parses and the data size matches it. Entries that are not
+listed because the reader skips them (a '..' component, a NUL byte, a name too long) are
+checked as well, from the archive file. The directory listing is also cross-checked with
+libzip. Prints one line per bad member and exits non-zero if there is any.
 
 Examples:
   npz verify data.npz && echo intact

@@ -1,7 +1,13 @@
 #include "tools/npz_cli.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <span>
+#include <string_view>
+
+#include "core/base/text_codec.h"
+#include "npzfs/npy_header.h"
 
 namespace npzfs::tool {
 namespace {
@@ -91,15 +97,52 @@ Result<ParsedArgs> ParseArgs(const std::vector<std::string>& args,
   return parsed;
 }
 
+namespace {
+
+// A message for the terminal: control bytes escaped (a member name cannot drive the terminal
+// with escape sequences), except the newlines of a message of several lines (a hint).
+std::string ForTerminal(std::string_view message) {
+  std::string out;
+  for (size_t start = 0; start <= message.size();) {
+    const size_t nl = std::min(message.find('\n', start), message.size());
+    out += EscapeControlBytes(message.substr(start, nl - start));
+    if (nl < message.size()) out += '\n';
+    start = nl + 1;
+  }
+  return out;
+}
+
+}  // namespace
+
+void PrintMessage(const std::string& message) {
+  std::fprintf(stderr, "npz: %s\n", ForTerminal(message).c_str());
+}
+
 int ReportError(const Status& status) {
-  std::fprintf(stderr, "npz: %s\n", status.message().c_str());
+  PrintMessage(status.message());
   return kExitError;
 }
 
 int UsageError(const std::string& command, const std::string& message) {
-  std::fprintf(stderr, "npz %s: %s\nTry 'npz %s --help'.\n", command.c_str(), message.c_str(),
-               command.c_str());
+  std::fprintf(stderr, "npz %s: %s\nTry 'npz %s --help'.\n", command.c_str(),
+               ForTerminal(message).c_str(), command.c_str());
   return kExitUsage;
+}
+
+std::string Shown(const std::string& name) { return PrintableName(name); }
+
+Result<ParsedNpyHeader> ReadNpyHeaderOf(uint64_t size, const ReadExactFn& read_exact,
+                                        const std::string& name) {
+  // Shorter sources get ReadNpyHeaderFrom's own "only N bytes".
+  constexpr uint64_t kShortest = 10;
+  if (size >= kShortest) {
+    std::string magic(NpyHeader::kMagic.size(), '\0');
+    NPZ_RETURN_IF_ERROR(read_exact(0, std::as_writable_bytes(std::span(magic))));
+    if (magic != NpyHeader::kMagic) {
+      return Status::Error(EINVAL, name + ": not a .npy file (bad magic)");
+    }
+  }
+  return ReadNpyHeaderFrom(size, read_exact, name);
 }
 
 int PrintCommandHelp(const std::string& command) {

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "npzfs/npy_reader.h"
 #include "npzfs/status.h"
 
 namespace npzfs::tool {
@@ -59,12 +60,24 @@ struct ParsedArgs {
 Result<ParsedArgs> ParseArgs(const std::vector<std::string>& args,
                              const std::vector<OptionSpec>& specs);
 
-// Prints "npz: <message>" to stderr and returns kExitError.
+// Prints "npz: <message>" to stderr and returns kExitError. Every line the tool prints to
+// stderr goes through PrintMessage: control bytes in it (from member names, keys, paths) are
+// escaped (EscapeControlBytes), so a name can neither drive the terminal nor cut the line.
+void PrintMessage(const std::string& message);
 int ReportError(const Status& status);
 // Prints "npz <command>: <message>" and a hint to run --help; returns kExitUsage.
 int UsageError(const std::string& command, const std::string& message);
 // Prints the command's help text to stdout; returns kExitOk.
 int PrintCommandHelp(const std::string& command);
+
+// A member name or key as messages and the `ls` table show it: escaped, and cut if long
+// (PrintableName, core/base/text_codec.h).
+std::string Shown(const std::string& name);
+
+// ReadNpyHeaderFrom, except that a source which does not start with the .npy magic is
+// "NAME: not a .npy file (bad magic)", said once.
+Result<ParsedNpyHeader> ReadNpyHeaderOf(uint64_t size, const ReadExactFn& read_exact,
+                                        const std::string& name);
 
 // A non-negative decimal integer, or EINVAL naming `what`.
 Result<uint64_t> ParseUint(const std::string& text, const std::string& what);

@@ -17,12 +17,15 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "core/base/atomic_file.h"
+#include "core/base/text_codec.h"
 #include "core/npy/frame_layout.h"
 #include "npzfs/archive.h"
 #include "npzfs/file_util.h"
@@ -115,9 +118,7 @@ std::string JsonString(const std::string& s) {
 ArchiveOptions ToolArchiveOptions(VerifyMode verify = VerifyMode::kDefault) {
   ArchiveOptions options;
   options.verify = verify;
-  options.log = [](const std::string& line) {
-    std::fprintf(stderr, "npz: warning: %s\n", line.c_str());
-  };
+  options.log = [](const std::string& line) { PrintMessage("warning: " + line); };
   return options;
 }
 
@@ -127,7 +128,6 @@ Result<std::shared_ptr<Archive>> OpenArchive(const std::string& path,
   // "No such file or directory" naming the path, as for every other input.
   struct stat st;
   if (stat(path.c_str(), &st) != 0) return ErrnoStatus(errno, path, "cannot open");
-  if (S_ISDIR(st.st_mode)) return Status::Error(EISDIR, path + ": is a directory");
   return Archive::Open(path, std::move(options));
 }
 
@@ -137,7 +137,7 @@ Result<ParsedNpyHeader> MemberHeader(Archive& archive, size_t i) {
   const std::string name = archive.path() + ": member " + m.path;
   auto reader = archive.OpenMember(i);
   if (!reader.ok()) return reader.status();
-  return ReadNpyHeaderFrom((*reader)->size(), MemberReadExact(*reader, name), name);
+  return ReadNpyHeaderOf((*reader)->size(), MemberReadExact(*reader, name), name);
 }
 
 struct LsRow {
@@ -214,15 +214,19 @@ void PrintLsJson(const std::vector<LsRow>& rows) {
 
 void PrintLsTable(const std::vector<LsRow>& rows) {
   size_t name_w = 4, dtype_w = 5, shape_w = 5;
+  // Names as a terminal can show them: control bytes escaped, never cut.
+  std::vector<std::string> names;
   for (const LsRow& r : rows) {
-    name_w = std::max(name_w, r.name.size());
+    names.push_back(PrintableName(r.name, std::numeric_limits<size_t>::max()));
+    name_w = std::max(name_w, names.back().size());
     dtype_w = std::max(dtype_w, r.dtype.size());
     shape_w = std::max(shape_w, r.shape.size());
   }
   std::printf("%-*s  %-*s  %-*s  %-9s  %10s  %10s  %6s  %s\n", static_cast<int>(name_w), "name",
               static_cast<int>(dtype_w), "dtype", static_cast<int>(shape_w), "shape", "method",
               "compressed", "size", "ratio", "index");
-  for (const LsRow& r : rows) {
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const LsRow& r = rows[i];
     char ratio[16] = "-";
     if (r.uncompressed > 0) {
       std::snprintf(
@@ -230,7 +234,7 @@ void PrintLsTable(const std::vector<LsRow>& rows) {
           100.0 * static_cast<double>(r.compressed) / static_cast<double>(r.uncompressed));
     }
     std::printf("%-*s  %-*s  %-*s  %-9s  %10s  %10s  %6s  %s%s\n", static_cast<int>(name_w),
-                r.name.c_str(), static_cast<int>(dtype_w), r.dtype.c_str(),
+                names[i].c_str(), static_cast<int>(dtype_w), r.dtype.c_str(),
                 static_cast<int>(shape_w), (r.shape + (r.fortran ? " F" : "")).c_str(),
                 r.method.c_str(), HumanBytes(r.compressed).c_str(),
                 HumanBytes(r.uncompressed).c_str(), ratio, r.index.c_str(),
@@ -289,10 +293,10 @@ Result<size_t> FindFramesMember(const Archive& archive, const std::string& path,
       listing += ", ...";
       break;
     }
-    listing += (listing.empty() ? "" : ", ") + m.path;
+    listing += (listing.empty() ? "" : ", ") + Shown(m.path);
   }
   const std::string what = key.empty() ? "is an archive: name the member as " + path + ":KEY"
-                                       : "no member '" + key + "'";
+                                       : "no member '" + Shown(key) + "'";
   return Status::Error(ENOENT, path + ": " + what + " (members: " + listing + ")");
 }
 
@@ -307,9 +311,8 @@ Result<FrameSource> OpenFrameSource(const std::string& spec) {
     }
   }
   FrameSource src;
-  NPZ_ASSIGN_OR_RETURN(src.fd, OpenFile(path, O_RDONLY));
+  NPZ_ASSIGN_OR_RETURN(src.fd, OpenRegularFile(path, O_RDONLY));
   if (fstat(src.fd.get(), &st) != 0) return ErrnoStatus(errno, path, "fstat");
-  if (S_ISDIR(st.st_mode)) return Status::Error(EISDIR, path + ": is a directory");
   char magic[6] = {};
   NPZ_ASSIGN_OR_RETURN(size_t got, PreadFull(src.fd.get(), magic, sizeof magic, 0, path));
   if (got == 6 && std::string_view(magic, 6) == NpyHeader::kMagic) {
@@ -415,7 +418,7 @@ int RunFrames(const std::vector<std::string>& raw_args) {
   }
   auto src = OpenFrameSource(args->positional[0]);
   if (!src.ok()) return ReportError(src.status());
-  auto parsed = ReadNpyHeaderFrom(src->size, src->read_exact, src->name);
+  auto parsed = ReadNpyHeaderOf(src->size, src->read_exact, src->name);
   if (!parsed.ok()) return ReportError(parsed.status());
   Status s = CheckFrameRange(parsed->header, src->name, *start, *stop);
   if (s.ok()) s = WriteFrames(*src, *parsed, *start, *stop, raw, to_stdout ? "" : *output);
@@ -428,7 +431,7 @@ int RunFrames(const std::vector<std::string>& raw_args) {
     Status saved = src->archive->IndexUpTo(src->member, end);
     if (saved.ok()) saved = src->archive->SaveIndex();
     if (!saved.ok()) {
-      std::fprintf(stderr, "npz: warning: index not saved: %s\n", saved.message().c_str());
+      PrintMessage("warning: index not saved: " + saved.message());
     }
   }
   return kExitOk;
@@ -458,7 +461,7 @@ class HeldWarnings {
   }
   void Flush() {
     std::lock_guard lock(mu_);
-    for (const std::string& w : lines_) std::fprintf(stderr, "npz: warning: %s\n", w.c_str());
+    for (const std::string& w : lines_) PrintMessage("warning: " + w);
     lines_.clear();
   }
 
@@ -492,11 +495,14 @@ void CheckDirectoryWithLibzip(const ZipDirectory& dir, const std::string& path,
     zip_stat_t zs;
     zip_stat_init(&zs);
     if (zip_stat_index(z.get(), static_cast<zip_uint64_t>(i), ZIP_FL_ENC_RAW, &zs) != 0) {
-      fail(path + ": entry " + e.name + ": libzip cannot stat it: " + zip_strerror(z.get()));
+      fail(path + ": entry " + Shown(e.name) + ": libzip cannot stat it: " + zip_strerror(z.get()));
       continue;
     }
     std::string diff;
-    if ((zs.valid & ZIP_STAT_NAME) && e.name != zs.name) diff += " name";
+    // libzip hands names out as C strings and cannot show one with a NUL byte (it makes
+    // the NUL a space): such a name is not compared (the reader skips that member anyway).
+    const bool has_nul = e.name.find('\0') != std::string::npos;
+    if ((zs.valid & ZIP_STAT_NAME) && !has_nul && e.name != zs.name) diff += " name";
     if ((zs.valid & ZIP_STAT_SIZE) && e.uncompressed_size != zs.size) diff += " size";
     if ((zs.valid & ZIP_STAT_COMP_SIZE) && e.compressed_size != zs.comp_size) {
       diff += " compressed size";
@@ -504,7 +510,7 @@ void CheckDirectoryWithLibzip(const ZipDirectory& dir, const std::string& path,
     if ((zs.valid & ZIP_STAT_CRC) && e.crc32 != zs.crc) diff += " CRC-32";
     if ((zs.valid & ZIP_STAT_COMP_METHOD) && e.method != zs.comp_method) diff += " method";
     if (!diff.empty()) {
-      fail(path + ": entry " + e.name + ": the directory and libzip disagree on" + diff);
+      fail(path + ": entry " + Shown(e.name) + ": the directory and libzip disagree on" + diff);
     }
   }
 }
@@ -557,7 +563,7 @@ void VerifyMemberBytes(Archive& a, size_t i, ProgressBar& bar, uint64_t done, co
                   crc);
     fail(name + crc_text);
   } else if (IsNpyName(m.path)) {
-    auto parsed = ReadNpyHeaderFrom(
+    auto parsed = ReadNpyHeaderOf(
         size,
         [&](uint64_t off, std::span<std::byte> dest) -> Status {
           if (off + dest.size() > head.size()) {
@@ -569,6 +575,99 @@ void VerifyMemberBytes(Archive& a, size_t i, ProgressBar& bar, uint64_t done, co
         name);
     if (!parsed.ok()) fail(parsed.status().message());
   }
+}
+
+// The entries of the central directory that no member shows: names the reader skips ('..',
+// NUL, too long), entries whose bytes overlap another's, duplicates the last entry hides,
+// files that are also directories. Empty directory entries ("x/") hold nothing to check.
+std::vector<size_t> EntriesNotListed(const Archive& a) {
+  std::unordered_set<size_t> listed;
+  for (const ArchiveMember& m : a.members()) listed.insert(m.entry_index);
+  std::vector<size_t> out;
+  const std::vector<ZipEntry>& entries = a.directory().entries;
+  for (size_t e = 0; e < entries.size(); ++e) {
+    if (listed.count(e) != 0) continue;
+    const ZipEntry& entry = entries[e];
+    if (!entry.name.empty() && entry.name.back() == '/' && entry.uncompressed_size == 0 &&
+        entry.compressed_size == 0) {
+      continue;
+    }
+    out.push_back(e);
+  }
+  return out;
+}
+
+// Checks an entry the reader skips straight from the archive file: its data as the directory
+// describes it (stored, or inflated here) must have the directory's size and CRC-32.
+// One that cannot be checked at all (encrypted, unknown method) is an error that says so.
+Status CheckEntryData(const Archive& a, const ZipEntry& e, const std::string& what) {
+  if (e.encrypted() || (e.method != 0 && e.method != 8)) {
+    return Status::Error(
+        ENOTSUP, what + " was not checked: " +
+                     (e.encrypted() ? std::string("it is encrypted")
+                                    : "it uses compression method " + std::to_string(e.method)));
+  }
+  const uint64_t file_size = a.directory().archive_size;
+  if (e.data_offset > file_size || e.compressed_size > file_size - e.data_offset) {
+    return Status::Error(EIO, what + ": its data runs past the end of the archive");
+  }
+  const bool deflated = e.method == 8;
+  z_stream zs{};
+  if (deflated && inflateInit2(&zs, -MAX_WBITS) != Z_OK) {
+    return Status::Error(ENOMEM, what + ": cannot start inflate");
+  }
+  std::unique_ptr<z_stream, int (*)(z_stream*)> guard(deflated ? &zs : nullptr, inflateEnd);
+  std::vector<char> in(kChunk), out(kChunk);
+  uLong crc = crc32(0, nullptr, 0);
+  uint64_t size = 0, read = 0;
+  bool ended = !deflated;
+  while (read < e.compressed_size) {
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(kChunk, e.compressed_size - read));
+    NPZ_ASSIGN_OR_RETURN(size_t got,
+                         PreadFull(a.fd(), in.data(), want, e.data_offset + read, a.path()));
+    if (got != want) {
+      return Status::Error(EIO, what + ": its data runs past the end of the archive");
+    }
+    read += got;
+    if (!deflated) {
+      crc = crc32(crc, reinterpret_cast<const Bytef*>(in.data()), static_cast<uInt>(got));
+      size += got;
+      continue;
+    }
+    zs.next_in = reinterpret_cast<Bytef*>(in.data());
+    zs.avail_in = static_cast<uInt>(got);
+    // Until this input is used up and inflate has no output pending (a full output buffer
+    // may leave some behind even when the input is all taken).
+    while (!ended) {
+      zs.next_out = reinterpret_cast<Bytef*>(out.data());
+      zs.avail_out = static_cast<uInt>(out.size());
+      const int rc = inflate(&zs, Z_NO_FLUSH);
+      if (rc == Z_BUF_ERROR) break;  // no progress possible: it needs more input
+      if (rc != Z_OK && rc != Z_STREAM_END) {
+        return Status::Error(EIO, what + ": corrupt deflate data" +
+                                      (zs.msg != nullptr ? std::string(" (") + zs.msg + ")" : ""));
+      }
+      const size_t n = out.size() - zs.avail_out;
+      crc = crc32(crc, reinterpret_cast<const Bytef*>(out.data()), static_cast<uInt>(n));
+      size += n;
+      ended = rc == Z_STREAM_END;
+      if (zs.avail_in == 0 && zs.avail_out != 0) break;
+    }
+    if (ended) break;
+  }
+  if (!ended) return Status::Error(EIO, what + ": its deflate data ends early");
+  if (size != e.uncompressed_size) {
+    return Status::Error(EIO, what + ": " + std::to_string(size) + " bytes, the directory says " +
+                                  std::to_string(e.uncompressed_size));
+  }
+  if (static_cast<uint32_t>(crc) != e.crc32) {
+    char crc_text[96];
+    std::snprintf(crc_text, sizeof crc_text,
+                  ": CRC-32 mismatch: directory %08" PRIx32 ", data %08" PRIx32, e.crc32,
+                  static_cast<uint32_t>(crc));
+    return Status::Error(EIO, what + crc_text);
+  }
+  return Status::Ok();
 }
 
 }  // namespace
@@ -588,7 +687,7 @@ int RunVerify(const std::vector<std::string>& raw_args) {
   FailFn fail = [&](const std::string& message) {
     ++bad;
     warnings.DropRepeatedBy(message);
-    std::fprintf(stderr, "npz: %s\n", message.c_str());
+    PrintMessage(message);
   };
   CheckDirectoryWithLibzip(a.directory(), path, fail);
   uint64_t total = 0;
@@ -602,10 +701,29 @@ int RunVerify(const std::vector<std::string>& raw_args) {
     warnings.Flush();  // what this member's failures did not repeat
     if (a.members()[i].open_errno == 0) done += a.members()[i].entry.uncompressed_size;
   }
+  // What the reader skips is not listed, but numpy or unzip may still read it: its bytes
+  // are checked too, from the archive file.
+  const std::vector<size_t> unlisted = EntriesNotListed(a);
+  for (size_t e : unlisted) {
+    const ZipEntry& entry = a.directory().entries[e];
+    const std::string what =
+        path + ": entry \"" + Shown(entry.name) + "\" (not listed: the reader skips it)";
+    Status s = CheckEntryData(a, entry, what);
+    if (!s.ok()) {
+      fail(s.message());
+    } else {
+      PrintMessage("note: " + what + ": checked, CRC-32 OK");
+    }
+  }
   if (bad > 0) return kExitError;
   bar.Finish();
   const size_t n = a.members().size();
-  std::printf("%s: %zu member%s OK\n", path.c_str(), n, n == 1 ? "" : "s");
+  std::printf("%s: %zu member%s OK", path.c_str(), n, n == 1 ? "" : "s");
+  if (!unlisted.empty()) {
+    std::printf(", and %zu entr%s the reader skips", unlisted.size(),
+                unlisted.size() == 1 ? "y" : "ies");
+  }
+  std::printf("\n");
   return kExitOk;
 }
 

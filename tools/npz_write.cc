@@ -6,6 +6,7 @@
 // --copy, builds a copy and renames it); recover finalizes a dead daemon's spool. An error
 // leaves the old archive (or no output) behind. Inputs are validated first and passed as
 // file ranges of open fds: the writer streams them, nothing is loaded whole.
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -43,14 +44,15 @@ NewMember MemberFromFile(const std::string& name, const NpyInput& input) {
 Result<size_t> ParseThreadsOption(const ParsedArgs& args) {
   const std::optional<std::string> text = args.Last("threads");
   if (!text) return size_t{0};
-  NPZ_ASSIGN_OR_RETURN(uint64_t n, ParseUint(*text, "--threads"));
-  if (n == 0 || n > 1024) {
-    return Status::Error(EINVAL, "--threads " + *text + " is not 1..1024");
+  auto n = ParseUint(*text, "--threads");
+  if (!n.ok() || *n == 0) {
+    return Status::Error(EINVAL, "--threads must be a positive integer, not '" + *text + "'");
   }
-  return static_cast<size_t>(n);
+  if (*n > 1024) return Status::Error(EINVAL, "--threads " + *text + " is not 1..1024");
+  return static_cast<size_t>(*n);
 }
 
-void LogToStderr(const std::string& line) { std::fprintf(stderr, "npz: %s\n", line.c_str()); }
+void LogToStderr(const std::string& line) { PrintMessage(line); }
 
 // A mount lists the members it found when it was mounted, so a member added meanwhile shows
 // there only after a remount: say so for each npzfs mount of `archive`. An npzfs mount's
@@ -67,10 +69,9 @@ void NoteMountsOf(const std::string& archive, const std::string& member) {
         st.st_dev != target.st_dev || st.st_ino != target.st_ino) {
       continue;
     }
-    std::fprintf(stderr,
-                 "npz: note: %s is mounted on %s, which lists the members it found when it was "
-                 "mounted: %s shows there after a remount\n",
-                 archive.c_str(), e.mount_point.c_str(), member.c_str());
+    PrintMessage("note: " + archive + " is mounted on " + e.mount_point +
+                 ", which lists the members it found when it was mounted: " + Shown(member) +
+                 " shows there after a remount");
   }
 }
 
@@ -139,7 +140,7 @@ int RunPack(const std::vector<std::string>& raw_args) {
     if (!name.ok()) return ReportError(name.status().WithContext(files[i]));
     if (!names.insert(*name).second) {
       return ReportError(Status::Error(
-          EINVAL, files[i] + ": duplicate member name " + *name + " (use --key to rename)"));
+          EINVAL, files[i] + ": duplicate member name " + Shown(*name) + " (use --key to rename)"));
     }
     total += input->size;
     inputs.push_back(std::move(*input));
@@ -198,17 +199,24 @@ int RunAdd(const std::vector<std::string>& raw_args) {
   if (stat(archive.c_str(), &st) != 0) {
     if (errno == ENOENT) {
       return ReportError(Status::Error(ENOENT, archive + ": no such archive (use 'npz pack " +
-                                                   archive + " " + file + " --key " + key +
+                                                   archive + " " + file + " --key " + Shown(key) +
                                                    "' to create one)"));
     }
     return ReportError(ErrnoStatus(errno, archive, "stat"));
+  }
+  {
+    // The in-place append opens the archive for writing and so refuses one the caller may
+    // not write; --copy only needs the directory, and would replace a write-protected
+    // archive by rename. Both refuse it, with the same message, before anything is done.
+    auto writable = OpenRegularFile(archive, O_RDWR);
+    if (!writable.ok()) return ReportError(writable.status());
   }
   auto name = MemberNameForKey(key);
   if (!name.ok()) return ReportError(name.status());
   auto input = OpenNpyInput(file);
   if (!input.ok()) return ReportError(input.status());
 
-  ProgressBar bar("add " + *name, input->size);
+  ProgressBar bar("add " + Shown(*name), input->size);
   WriteOptions options;
   options.compress_level = level->value_or(-1);
   options.threads = *threads;

@@ -1,5 +1,7 @@
 #include "core/base/text_codec.h"
 
+#include <algorithm>
+
 namespace npzfs {
 namespace {
 
@@ -17,6 +19,30 @@ constexpr uint16_t kCp437High[128] = {
     0x221E, 0x03C6, 0x03B5, 0x2229, 0x2261, 0x00B1, 0x2265, 0x2264, 0x2320, 0x2321, 0x00F7, 0x2248,
     0x00B0, 0x2219, 0x00B7, 0x221A, 0x207F, 0x00B2, 0x25A0, 0x00A0,
 };
+
+bool IsControlByte(char c) {
+  const auto b = static_cast<unsigned char>(c);
+  return b < 0x20 || b == 0x7f;
+}
+
+void AppendHexEscape(std::string& out, unsigned char b) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  out += "\\x";
+  out += kHex[b >> 4];
+  out += kHex[b & 0xf];
+}
+
+void AppendEscapedControlByte(std::string& out, char c) {
+  if (c == '\n') {
+    out += "\\n";
+  } else if (c == '\r') {
+    out += "\\r";
+  } else if (c == '\t') {
+    out += "\\t";
+  } else {
+    AppendHexEscape(out, static_cast<unsigned char>(c));
+  }
+}
 
 }  // namespace
 
@@ -111,6 +137,44 @@ std::string Cp437ToUtf8(std::string_view s) {
       AppendUtf8(out, kCp437High[b - kFirstHigh]);
     }
   }
+  return out;
+}
+
+std::string EscapeControlBytes(std::string_view line) {
+  if (std::none_of(line.begin(), line.end(), IsControlByte)) return std::string(line);
+  std::string out;
+  out.reserve(line.size() + 16);
+  for (const char c : line) {
+    if (IsControlByte(c)) {
+      AppendEscapedControlByte(out, c);
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+std::string PrintableName(std::string_view name, size_t max_bytes) {
+  std::string out;
+  out.reserve(std::min(name.size(), max_bytes) + 16);
+  size_t pos = 0;
+  while (pos < name.size()) {
+    const size_t start = pos;
+    const std::optional<uint32_t> cp = DecodeUtf8(name, pos);
+    if (!cp) ++pos;  // one byte that is not valid UTF-8
+    if (pos > max_bytes) {
+      pos = start;
+      break;
+    }
+    if (!cp) {
+      AppendHexEscape(out, static_cast<unsigned char>(name[start]));
+    } else if (pos - start == 1 && IsControlByte(name[start])) {
+      AppendEscapedControlByte(out, name[start]);
+    } else {
+      out.append(name.substr(start, pos - start));
+    }
+  }
+  if (pos < name.size()) out += "\u2026 (" + std::to_string(name.size()) + " bytes)";
   return out;
 }
 

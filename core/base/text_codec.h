@@ -3,6 +3,9 @@
 // code page 437 (ZIP names stored without the UTF-8 flag, which APPNOTE, Python's zipfile and
 // so numpy's keys read as CP437).
 //
+// Plus the escaping of names that users chose (member paths, keys) before they reach a
+// terminal or a log line.
+//
 // Plain functions over values: thread-safe.
 #pragma once
 
@@ -34,5 +37,17 @@ size_t CountUtf8Chars(std::string_view s);
 // UTF-8. ZIP names stored without the UTF-8 flag (bit 11) are CP437 by the APPNOTE, and that
 // is how zipfile, and so numpy, name such members.
 std::string Cp437ToUtf8(std::string_view s);
+
+// A line carries names users chose (member paths, archive paths): a newline in one would
+// start a forged line, an escape sequence would drive the terminal. Control bytes (below
+// 0x20, and 0x7f) are written as \n, \r, \t or \xHH; every other byte as it is.
+std::string EscapeControlBytes(std::string_view line);
+
+// A name (member path, key) as a message shows it: control bytes as EscapeControlBytes
+// writes them, bytes that are not part of valid UTF-8 as \xHH (so the message itself stays
+// valid UTF-8 and shows which byte is wrong), and a name over `max_bytes` cut at a character
+// boundary, followed by "… (N bytes)" with its full length.
+inline constexpr size_t kShownNameBytes = 200;
+std::string PrintableName(std::string_view name, size_t max_bytes = kShownNameBytes);
 
 }  // namespace npzfs

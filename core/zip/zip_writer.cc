@@ -31,6 +31,7 @@
 
 #include "core/base/byte_codec.h"
 #include "core/base/crc32.h"
+#include "core/base/text_codec.h"
 #include "core/zip/chunked_deflater.h"
 #include "core/zip/file_copy.h"
 #include "core/zip/zip_format.h"
@@ -56,6 +57,17 @@ bool IsAscii(const std::string& s) {
                      [](char c) { return static_cast<unsigned char>(c) < 0x80; });
 }
 
+bool IsValidUtf8(std::string_view s) {
+  size_t pos = 0;
+  while (pos < s.size()) {
+    if (!DecodeUtf8(s, pos)) return false;
+  }
+  return true;
+}
+
+// A non-ASCII name is written as UTF-8 (flag bit 11), which is what numpy and every reader
+// decode it as. BeginMember refuses names that are not valid UTF-8, so the flag is never
+// set over bytes that would make zipfile (and so numpy) and libzip refuse the archive.
 uint16_t NameFlags(const std::string& name) { return IsAscii(name) ? 0 : zip::kFlagUtf8; }
 
 }  // namespace
@@ -94,10 +106,15 @@ Status ZipWriter::BeginMember(const std::string& name, const ZipMemberOptions& o
     return Status::Error(EINVAL,
                          path_ + ": invalid member name length " + std::to_string(name.size()));
   }
+  if (!IsAscii(name) && !IsValidUtf8(name)) {
+    return Status::Error(EINVAL, path_ + ": member \"" + PrintableName(name) +
+                                     "\": its name is not valid UTF-8 (zip readers such as "
+                                     "numpy could not read the archive)");
+  }
   if (options.compress_level < -1 || options.compress_level > 9) {
-    return Status::Error(EINVAL, path_ + ": member " + name + ": compression level " +
-                                     std::to_string(options.compress_level) +
-                                     " is not -1 (stored) or 0..9");
+    return Status::Error(
+        EINVAL, path_ + ": member " + PrintableName(name) + ": compression level " +
+                    std::to_string(options.compress_level) + " is not -1 (stored) or 0..9");
   }
   cur_ = Record{};
   cur_.name = name;
