@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "core/base/names.h"
+#include "core/base/text_codec.h"
 #include "core/npy/frame_layout.h"
 #include "fs/log.h"
 #include "npzfs/npy_header.h"
@@ -561,8 +562,19 @@ Result<std::optional<NpyHeader>> DeclaredLayout(const Mount& m, const std::strin
 }
 
 // Creates a new growing member `name` in `parent`. EEXIST for an archived member's name.
+// A name every zip reader can read back: npzfs writes member names as UTF-8 (numpy, zipfile
+// and libzip refuse an archive whose UTF-8-flagged name is not UTF-8, and the zip writer
+// refuses to write one), so a new file or directory gets such a name or EINVAL.
+Status CheckNewName(const std::string& name) {
+  if (IsValidUtf8(name)) return Status::Ok();
+  return Status::Error(EINVAL, PrintableName(name) +
+                                   ": not valid UTF-8; member names are UTF-8 in the archive "
+                                   "(numpy could not read it otherwise)");
+}
+
 Result<NodeInfo> CreateMember(Mount& m, fuse_ino_t parent, const std::string& name) {
   if (!Writable(m)) return ReadOnlyMount(name);
+  NPZ_RETURN_IF_ERROR(CheckNewName(name));
   if (m.table->Lookup(parent, name, /*count=*/false)) {
     return Status::Error(EEXIST, name + ": exists");
   }
@@ -642,6 +654,10 @@ void MkDir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t /*mode*/)
     ReplyStatus(req, "mkdir", ReadOnlyMount(name));
     return;
   }
+  if (Status named = CheckNewName(name); !named.ok()) {
+    ReplyStatus(req, "mkdir", named);
+    return;
+  }
   // A directory exists only to hold new members: where none can be made, neither can it.
   if (auto spool = m.spool.GetOrCreate(m.spool_dir); !spool.ok()) {
     ReplyStatus(req, "mkdir", spool.status());
@@ -701,6 +717,7 @@ Status RenameNode(Mount& m, fuse_ino_t parent, const char* name, fuse_ino_t new_
   }
   std::optional<NodeInfo> node = m.table->Lookup(parent, name, /*count=*/false);
   if (!node) return Status::Error(ENOENT, std::string(name) + ": no such member");
+  NPZ_RETURN_IF_ERROR(CheckNewName(new_name));
   if (node->kind != NodeKind::kGrowing) {
     return Status::Error(EPERM, node->path + ": only new, empty members can be renamed");
   }

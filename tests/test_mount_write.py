@@ -515,6 +515,25 @@ def test_an_empty_file_is_a_new_archive_to_create(tmp_path):
         assert np.array_equal(npz["x"], np.arange(3))
 
 
+def test_a_name_that_is_not_utf8_is_refused_so_numpy_can_read_the_archive(tmp_path):
+    # Member names are UTF-8 in a zip; one that is not made the finalized archive unreadable
+    # to numpy (and then a finalize that refused it).
+    archive = tmp_path / "names.npz"
+    with mounted(archive, tmp_path / "mnt", *CREATE) as m:
+        mnt = os.fsencode(m.mnt)
+        expect_errno(errno.EINVAL, os.open, mnt + b"/bad\xff.npy", os.O_WRONLY | os.O_CREAT,
+                     0o644)
+        expect_errno(errno.EINVAL, os.mkdir, mnt + b"/dir\xfe")
+        np.save(m.path("caf\u00e9.npy"), np.arange(3))  # UTF-8 is fine
+        with open(m.path("empty.txt"), "wb"):
+            pass
+        expect_errno(errno.EINVAL, os.rename, m.path("empty.txt"), mnt + b"/x\xff.txt")
+    finalized_ok(m, archive)
+    assert "not valid UTF-8" in m.log()
+    with np.load(archive) as npz:
+        assert np.array_equal(npz["caf\u00e9"], np.arange(3))
+
+
 def test_a_second_daemon_cannot_share_the_spool(tmp_path):
     archive = tmp_path / "rec.npz"
     with mounted(archive, tmp_path / "mnt", *CREATE) as m:

@@ -46,14 +46,6 @@ namespace {
 constexpr size_t kMaxNameComponent = NAME_MAX;
 constexpr size_t kMaxPath = PATH_MAX;
 
-bool IsValidUtf8(const std::string& s) {
-  size_t pos = 0;
-  while (pos < s.size()) {
-    if (!DecodeUtf8(s, pos)) return false;
-  }
-  return true;
-}
-
 }  // namespace
 
 Result<std::string> MemberNameForKey(const std::string& key) {

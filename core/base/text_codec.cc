@@ -98,6 +98,14 @@ std::optional<uint32_t> DecodeUtf8(std::string_view s, size_t& pos) {
   return cp;
 }
 
+bool IsValidUtf8(std::string_view s) {
+  size_t pos = 0;
+  while (pos < s.size()) {
+    if (!DecodeUtf8(s, pos)) return false;
+  }
+  return true;
+}
+
 std::string Latin1ToUtf8(std::string_view s) {
   std::string out;
   out.reserve(s.size());

@@ -23,6 +23,8 @@ void AppendUtf8(std::string& out, uint32_t cp);
 // Decodes one code point at `pos`, advancing it. nullopt for malformed UTF-8 (overlongs,
 // surrogates and truncated sequences included); `pos` is then unchanged.
 std::optional<uint32_t> DecodeUtf8(std::string_view s, size_t& pos);
+// Whether all of `s` is well-formed UTF-8 (zip's UTF-8 flag may be set over it).
+bool IsValidUtf8(std::string_view s);
 
 // Every byte as the code point of the same value.
 std::string Latin1ToUtf8(std::string_view s);

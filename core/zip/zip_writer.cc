@@ -57,14 +57,6 @@ bool IsAscii(const std::string& s) {
                      [](char c) { return static_cast<unsigned char>(c) < 0x80; });
 }
 
-bool IsValidUtf8(std::string_view s) {
-  size_t pos = 0;
-  while (pos < s.size()) {
-    if (!DecodeUtf8(s, pos)) return false;
-  }
-  return true;
-}
-
 // A non-ASCII name is written as UTF-8 (flag bit 11), which is what numpy and every reader
 // decode it as. BeginMember refuses names that are not valid UTF-8, so the flag is never
 // set over bytes that would make zipfile (and so numpy) and libzip refuse the archive.
