@@ -47,6 +47,7 @@ Status DeflatedMember::MarkCorrupt(Status s) {
     std::lock_guard<std::mutex> lock(index_mu_);
     if (!corrupt_.ok()) return corrupt_;
     corrupt_ = s;
+    ++version_;  // the next save drops the record (TakeSnapshot)
   }
   shared_->Log(s.message());
   return s;
@@ -84,6 +85,13 @@ DeflatedMember::Snapshot DeflatedMember::TakeSnapshot() const {
   Snapshot snap;
   snap.checkpoints = checkpoints_;
   snap.complete = complete_;
+  if (!corrupt_.ok()) {
+    // Checkpoints and span CRCs learned from data found bad: a later mount would serve the
+    // damaged spans as checked ones. Nothing is kept (the next mount finds the damage again).
+    snap.checkpoints.resize(1);
+    snap.version = version_;
+    return snap;
+  }
   if (complete_) {
     // Under verify=off a member whose CRC-32 mismatched is served, but its index is not
     // worth keeping: its span CRCs would not add up on load.
