@@ -89,7 +89,17 @@ bool LogEnabled(LogLevel level) {
 }
 
 Status LogToFile(const std::string& path) {
-  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(path, O_WRONLY | O_APPEND | O_CREAT, 0644));
+  // Without blocking: a FIFO that nobody reads yet would hang the mount in open(2). A FIFO
+  // with a reader is fine (the writes then block as writes to a pipe do).
+  auto opened = OpenFile(path, O_WRONLY | O_APPEND | O_CREAT | O_NONBLOCK, 0644);
+  if (!opened.ok() && opened.status().code() == ENXIO) {
+    return Status::Error(ENXIO, path + ": a FIFO that no process reads");
+  }
+  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, std::move(opened));
+  const int flags = fcntl(fd.get(), F_GETFL);
+  if (flags < 0 || fcntl(fd.get(), F_SETFL, flags & ~O_NONBLOCK) != 0) {
+    return ErrnoStatus(errno, path, "fcntl failed");
+  }
   const int old = g_file.exchange(fd.Release());
   if (old >= 0) close(old);
   return Status::Ok();

@@ -250,6 +250,11 @@ Result<FramePattern> ParseFramePattern(std::string_view spec) {
   p.pattern = std::string(spec.substr(0, first));
   const std::string_view dtype = spec.substr(first + 1, last - first - 1);
   if (p.pattern.empty()) return Invalid(where + ": PATTERN is empty");
+  if (p.pattern[0] == '/') {
+    return Invalid(where +
+                   ": PATTERN is matched against paths from the mount root, which do not begin "
+                   "with '/'");
+  }
   if (dtype.empty()) return Invalid(where + ": DTYPE is empty");
   p.descr = DescrForDtypeName(dtype);
   auto shape = ParseFrameShape(spec.substr(last + 1));

@@ -357,7 +357,7 @@ def test_umount_after_a_sigkill_clears_the_mount_and_prints_the_exact_recover_co
     m.proc.wait()
     r = npz("umount", m.mnt)
     assert r.returncode == 1
-    assert f"npz recover {archive}\n" in r.stderr, r.stderr
+    assert f"'npz recover {archive}'" in r.stderr, r.stderr
     assert not is_mounted(m.mnt)
     m.unmount()
     r = npz("recover", archive)

@@ -420,6 +420,7 @@ def test_help_and_version_print_and_exit_zero():
     assert r.returncode == 0 and r.stdout.startswith("npzfs ")
     bad = {
         ("-o", "frame=adc*:<i2", "a.npz"): "frame=",
+        ("-o", "frame=/abs*.npy:uint8:3", "a.npz"): "mount root",
         ("-o", "frame=adc*:<i2:256xq", "a.npz"): "SHAPE",
         ("-o", "compress=12", "a.npz"): "compress=12",
         ("-o", "cache=lots", "a.npz"): "cache=lots",
@@ -430,6 +431,15 @@ def test_help_and_version_print_and_exit_zero():
         r = subprocess.run([NPZFS_BIN, *args], capture_output=True, text=True, timeout=30)
         assert r.returncode != 0, args
         assert needle in r.stderr, (args, r.stderr)
+
+
+def test_a_log_fifo_that_nobody_reads_fails_the_mount_at_once(archives, tmp_path):
+    os.mkfifo(tmp_path / "log.fifo")
+    r = subprocess.run([NPZFS_BIN, "-f", "-o", f"log={tmp_path / 'log.fifo'}",
+                        str(archives["savez"]), str(tmp_path / "mnt")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0
+    assert "a FIFO that no process reads" in r.stderr, r.stderr
 
 
 def test_mountpoint_is_derived_from_the_archive_name(archives, tmp_path):

@@ -906,6 +906,23 @@ def test_member_names_with_control_bytes_are_escaped_in_the_ls_table_and_in_mess
     assert b"\\u001b" in listed.stdout
 
 
+def test_a_newline_or_a_byte_that_is_not_utf8_in_a_name_cannot_forge_a_line_of_a_message(
+        tmp_path):
+    with zipfile.ZipFile(tmp_path / "n.npz", "w") as z:
+        z.writestr("n\nnpz: all OK.npy", b"\x93NUMPY\x01\x00garbage")
+    r = npz("verify", tmp_path / "n.npz")
+    assert r.returncode == 1
+    assert "n\\nnpz: all OK.npy" in r.stderr, r.stderr
+    assert not any(line.startswith("npz: all OK") for line in r.stderr.splitlines())
+    # A missing input whose path has a newline and the byte 0xff: one line, both escaped.
+    missing = os.fsencode(tmp_path) + b"/gone\n\xff.npy"
+    full_env = dict(os.environ)
+    r = subprocess.run([NPZ_BIN, "pack", str(tmp_path / "out.npz"), missing],
+                       capture_output=True, env=full_env, timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.count(b"\n") == 1 and b"gone\\n\\xff.npy" in r.stderr, r.stderr
+
+
 # --------------------------------------------------------------------------------- index
 
 

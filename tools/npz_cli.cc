@@ -1,6 +1,5 @@
 #include "tools/npz_cli.h"
 
-#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <span>
@@ -97,22 +96,12 @@ Result<ParsedArgs> ParseArgs(const std::vector<std::string>& args,
   return parsed;
 }
 
-namespace {
-
-// A message for the terminal: control bytes escaped (a member name cannot drive the terminal
-// with escape sequences), except the newlines of a message of several lines (a hint).
+// For the terminal: control bytes escaped, newlines too, and bytes that are not UTF-8 as
+// \xHH: a member name cannot forge a line or drive the terminal with escape sequences
+// (every message is one line).
 std::string ForTerminal(std::string_view message) {
-  std::string out;
-  for (size_t start = 0; start <= message.size();) {
-    const size_t nl = std::min(message.find('\n', start), message.size());
-    out += EscapeControlBytes(message.substr(start, nl - start));
-    if (nl < message.size()) out += '\n';
-    start = nl + 1;
-  }
-  return out;
+  return PrintableName(message, std::string_view::npos);
 }
-
-}  // namespace
 
 void PrintMessage(const std::string& message) {
   std::fprintf(stderr, "npz: %s\n", ForTerminal(message).c_str());

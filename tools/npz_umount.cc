@@ -315,9 +315,9 @@ Status ClearDeadMount(const std::string& mnt, const std::string& archive) {
                        mnt +
                            ": the npzfs daemon had died (Transport endpoint is not connected); "
                            "the stale mount was removed, and nothing was finalized. The new "
-                           "members it received are in its spool: run\n  npz recover " +
+                           "members it received are in its spool: run 'npz recover " +
                            archive +
-                           "\n(with --spool DIR if it was mounted with -o spool=DIR, and "
+                           "' (with --spool DIR if it was mounted with -o spool=DIR, and "
                            "--compress[=LEVEL] if with -o compress: the chunks already deflated "
                            "are used), or mount the archive again with the same options");
 }
@@ -346,7 +346,12 @@ int RunUmount(const std::vector<std::string>& raw_args) {
   }
   // Learn who to wait for while the mount is still live.
   auto daemon = LearnDaemon(mnt);
-  if (!daemon.ok()) return ReportError(daemon.status());
+  if (!daemon.ok()) {
+    // Killed between the stat and now (or not reaped yet: a zombie still holds the mount
+    // for a moment, so the stat above may succeed).
+    if (daemon.status().code() == ENOTCONN) return ReportError(ClearDeadMount(mnt, archive));
+    return ReportError(daemon.status());
+  }
   Status unmounted = Unmount(mnt);
   if (!unmounted.ok()) return ReportError(unmounted);
   FinalizeProgress progress(archive, daemon->progress_file);
