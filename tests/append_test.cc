@@ -538,6 +538,35 @@ TEST(InPlaceAppend, AJournalIsSetAsideWhenZipfileAppendedAfterTheKilledAppendAnd
   }
 }
 
+TEST(InPlaceAppend, ANewZipWrittenOntoAnArchiveAKilledAppendBrokeIsKeptBesideTheRestoredArchive) {
+  // Killed while writing member data: the old directory is overwritten, the file is not a
+  // zip, and zipfile's "a" mode starts a new zip at its end. Setting the journal aside would
+  // leave only that zip listed (the old members lost from the directory): the old archive is
+  // restored, and the bytes cut off, the other program's zip among them, are kept.
+  TempDir dir;
+  const std::string archive = dir.Join("a.npz");
+  MakeArchive(archive, 2);
+  const FileState before = StateOf(archive);
+  RunAndKillAt("member-data:1000000", [&] { (void)AppendToArchive(archive, NewMembers(), {}); });
+  AppendWithZipfile(archive, "other.npy");
+  ASSERT_EQ(NamesOf(archive), "other.npy");
+  std::vector<std::string> lines;
+  auto r = RecoverInterruptedAppend(archive, [&](const std::string& l) { lines.push_back(l); });
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_TRUE(*r);
+  EXPECT_TRUE(StateOf(archive) == before);
+  std::string kept;
+  for (const std::string& name : ListDir(dir.path())) {
+    if (name.starts_with(".a.npz.npzfs-journal.cut-")) kept = dir.Join(name);
+  }
+  ASSERT_FALSE(kept.empty()) << "no file keeps the cut bytes";
+  EXPECT_EQ(RunPython("import zipfile\nprint(zipfile.ZipFile('" + kept +
+                      "').read('other.npy').decode())\n"),
+            "appended by zipfile\n");
+  ASSERT_FALSE(lines.empty());
+  EXPECT_NE(lines[0].find("are kept in " + kept), std::string::npos) << lines[0];
+}
+
 TEST(InPlaceAppend, AFinalizeRetriedAfterItsJournalWasSetAsideAddsNoMemberTwice) {
   TempDir dir;
   const std::string archive = dir.Join("a.npz");

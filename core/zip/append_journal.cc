@@ -5,13 +5,16 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 
 #include "core/base/byte_codec.h"
 #include "core/base/crc32.h"
 #include "core/base/names.h"
+#include "core/zip/file_copy.h"
 #include "core/zip/zip_format.h"
 #include "npzfs/file_util.h"
 #include "npzfs/zip_directory.h"
@@ -326,6 +329,32 @@ Result<std::string> ForeignChangeSince(int fd, const std::string& path, uint64_t
          "append did not leave there";
 }
 
+// Whether the archive's directory lists none of the old members: not a later append to the
+// archive, but a new zip that another program wrote onto the file the append broke
+// (zipfile's "a" mode starts a new zip at the end of a file that is not a zip). Setting the
+// journal aside would leave the old members unlisted; undoing the append cuts that zip off.
+bool NewZipOverBrokenAppend(int fd, const std::string& path, const AppendJournal& j) {
+  auto read = ReadZipDirectory(fd, path);
+  if (!read.ok() || read->entries.empty()) return false;
+  return std::all_of(read->entries.begin(), read->entries.end(),
+                     [&](const ZipEntry& e) { return e.local_header_offset >= j.old_cd_offset; });
+}
+
+// Copies the bytes an undo cuts or overwrites, [old_cd_offset, size), into a new file
+// "<journal>.cut-<seconds>" beside the archive (fsynced): what another program wrote there
+// is kept for its owner. Returns the file's path.
+Result<std::string> KeepCutBytes(int fd, const std::string& archive_path,
+                                 const std::string& journal_path, uint64_t size,
+                                 const AppendJournal& j) {
+  const std::string kept = journal_path + ".cut-" + std::to_string(::time(nullptr));
+  NPZ_ASSIGN_OR_RETURN(UniqueFd out, OpenFile(kept, O_WRONLY | O_CREAT | O_EXCL, 0600));
+  NPZ_RETURN_IF_ERROR(
+      CopyFileRange(fd, j.old_cd_offset, out.get(), 0, size - j.old_cd_offset, archive_path, kept));
+  NPZ_RETURN_IF_ERROR(FsyncFd(out.get(), kept));
+  NPZ_RETURN_IF_ERROR(FsyncParentDir(kept));
+  return kept;
+}
+
 // Renames the journal to "<journal>.stale" and logs why it was not applied.
 Status SetJournalAside(const std::string& journal_path, const std::string& what,
                        const std::function<void(const std::string&)>& log) {
@@ -379,7 +408,17 @@ Result<bool> RecoverAppendUnderLock(int fd, const std::string& archive_path,
     NPZ_ASSIGN_OR_RETURN(
         const std::string foreign,
         ForeignChangeSince(fd, archive_path, static_cast<uint64_t>(st.st_size), *journal));
-    if (!foreign.empty()) {
+    if (!foreign.empty() && NewZipOverBrokenAppend(fd, archive_path, *journal)) {
+      NPZ_ASSIGN_OR_RETURN(const std::string kept,
+                           KeepCutBytes(fd, archive_path, journal_path,
+                                        static_cast<uint64_t>(st.st_size), *journal));
+      if (log) {
+        log(archive_path + ": another program wrote a new zip onto it after an interrupted " +
+            "append (" + foreign + "), and its directory lists none of the old members; " +
+            "the old archive is restored, and the bytes after its old members, that zip " +
+            "among them, are kept in " + kept);
+      }
+    } else if (!foreign.empty()) {
       const std::string what = "not applied: " + archive_path +
                                " was appended to by another program after the interrupted " +
                                "append (" + foreign +

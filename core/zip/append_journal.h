@@ -22,14 +22,18 @@
 // records the names of all the members the append writes (the first one's local header goes
 // at old_cd_offset) and how many entries the old directory held. Recovery undoes the append
 // when the archive
-//   - has no readable directory: the append died while writing (no zip tool appends to
-//     such a file), unless another member's local header lies at old_cd_offset;
+//   - has no readable directory: the append died while writing, unless another member's
+//     local header lies at old_cd_offset;
 //   - still has the old directory (same offset, same count): the append had not begun;
 //   - has exactly the old entries and then the append's members, in order, the first at
 //     old_cd_offset, and nothing after the end records but the old bytes the append had
 //     not cut yet (a kill at "directory-written"): the append was complete.
 // Anything else (more entries, other names, bytes after the end records) was written by
-// another program: the journal is set aside as stale, the archive left as it is. A retried
+// another program: the journal is set aside as stale, the archive left as it is; except a
+// directory that lists none of the old members: zipfile's "a" mode, given the file a
+// killed append broke (not a zip then), writes a new zip at its end, and leaving that would
+// leave the old members unlisted. That archive is undone too, after the bytes it cuts off,
+// the other program's zip among them, are kept in "<journal>.cut-<seconds>". A retried
 // finalize then finds its members already there with the same bytes and skips them
 // (WriteOptions::skip_identical_existing). Version 2 journals (no names but the first, no
 // old count) keep their rule: only the local header at old_cd_offset is checked.
