@@ -1020,6 +1020,21 @@ def test_recover_without_a_spool_fails_clearly(files):
     assert "spool" in r.stderr.lower()
 
 
+def test_recover_that_only_dealt_with_a_journal_succeeds(files):
+    # A journal dropped (an append killed before it was durable) is a recovery too: exit 0,
+    # so a script can tell it from an error.
+    d, adc, tx = files
+    np.savez(d / "data.npz", tx=tx)
+    before = sha(d / "data.npz")
+    r = npz("add", d / "data.npz", "adc", d / "adc.npy", env={"NPZFS_TEST_KILL_AT": "journal-write"})
+    assert r.returncode == -9
+    assert os.path.exists(d / ".data.npz.npzfs-journal")
+    r = ok("recover", d / "data.npz")
+    assert "journal" in r.stdout.decode() and "no spool to finalize" in r.stdout.decode()
+    assert sha(d / "data.npz") == before
+    assert not os.path.exists(d / ".data.npz.npzfs-journal")
+
+
 # -------------------------------------------------------------------------------- umount
 
 

@@ -19,6 +19,7 @@
 
 #include "core/base/mount_table.h"
 #include "core/write/spool.h"
+#include "core/zip/append_journal.h"
 #include "npzfs/archive.h"
 #include "npzfs/archive_writer.h"
 #include "tools/npz_cli.h"
@@ -246,6 +247,8 @@ int RunRecover(const std::vector<std::string>& raw_args) {
   const std::string spool = args->Last("spool").value_or(DefaultSpoolDir(archive));
 
   // An interrupted append first: the spool's members go to the archive as it was before.
+  struct stat journal_st;
+  const bool had_journal = ::lstat(AppendJournalPath(archive).c_str(), &journal_st) == 0;
   auto restored = RecoverInterruptedAppend(archive, LogToStderr);
   if (!restored.ok()) return ReportError(restored.status());
   struct stat st;
@@ -253,9 +256,12 @@ int RunRecover(const std::vector<std::string>& raw_args) {
     // No spool (RecoverSpool would clean up under its lock): leftovers of a killed copy.
     auto removed = RemoveStaleTempFiles(archive, LogToStderr);
     if (!removed.ok()) return ReportError(removed.status());
-    if (*restored || *removed > 0) {
+    if (*restored || had_journal || *removed > 0) {
+      // A journal set aside or dropped (logged above) is recovered too: nothing else to do.
       std::printf("%s: %s; no spool to finalize\n", archive.c_str(),
-                  *restored ? "restored after an interrupted append" : "removed stale temp files");
+                  *restored     ? "restored after an interrupted append"
+                  : had_journal ? "its append journal was dealt with (see above)"
+                                : "removed stale temp files");
       return kExitOk;
     }
   }

@@ -394,9 +394,17 @@ Result<bool> RecoverAppendUnderLock(int fd, const std::string& archive_path,
   if (same && journal->version >= 2) {
     NPZ_ASSIGN_OR_RETURN(const uint32_t prefix_crc,
                          JournalPrefixCrc(fd, journal->old_cd_offset, archive_path));
-    same = static_cast<uint64_t>(st.st_dev) == journal->device &&
-           prefix_crc == journal->prefix_crc &&
-           !ForeignMemberAt(fd, archive_path, static_cast<uint64_t>(st.st_size), *journal);
+    same = static_cast<uint64_t>(st.st_dev) == journal->device && prefix_crc == journal->prefix_crc;
+    if (same && ForeignMemberAt(fd, archive_path, static_cast<uint64_t>(st.st_size), *journal)) {
+      NPZ_RETURN_IF_ERROR(SetJournalAside(
+          journal_path,
+          "not applied: " + archive_path +
+              " holds a member another program wrote where the interrupted append was to "
+              "begin (it appended to the archive, or rewrote it, since); undoing would cut "
+              "off what it wrote",
+          log));
+      return false;
+    }
   }
   if (!same) {
     NPZ_RETURN_IF_ERROR(SetJournalAside(
