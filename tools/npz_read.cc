@@ -10,7 +10,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zip.h>
-#include <zlib.h>
 
 #include <cerrno>
 #include <cinttypes>
@@ -25,8 +24,10 @@
 #include <vector>
 
 #include "core/base/atomic_file.h"
+#include "core/base/crc32.h"
 #include "core/base/text_codec.h"
 #include "core/npy/frame_layout.h"
+#include "core/read/inflate_engine.h"
 #include "npzfs/archive.h"
 #include "npzfs/file_util.h"
 #include "npzfs/member_reader.h"
@@ -515,18 +516,32 @@ void CheckDirectoryWithLibzip(const ZipDirectory& dir, const std::string& path,
   }
 }
 
+// How the size and CRC-32 the data gave differ from the directory's entry `e` (": ..."), or
+// "" when they agree.
+std::string SizeOrCrcMismatch(const ZipEntry& e, uint64_t size, uint32_t crc) {
+  if (size != e.uncompressed_size) {
+    return ": " + std::to_string(size) + " bytes, the directory says " +
+           std::to_string(e.uncompressed_size);
+  }
+  if (crc == e.crc32) return std::string();
+  char text[96];
+  std::snprintf(text, sizeof text, ": CRC-32 mismatch: directory %08" PRIx32 ", data %08" PRIx32,
+                e.crc32, crc);
+  return text;
+}
+
 // Reads member i through, computing its CRC-32 here (not trusting the reader's own check)
 // and keeping its first bytes for the .npy header check.
 Status ReadMemberThrough(Archive& a, size_t i, ProgressBar& bar, uint64_t done, uint32_t* crc,
                          uint64_t* size, std::string* head) {
   NPZ_ASSIGN_OR_RETURN(std::shared_ptr<MemberReader> reader, a.OpenMember(i));
   std::vector<std::byte> buf(kChunk);
-  uLong running = crc32(0, nullptr, 0);
+  uint32_t running = 0;
   uint64_t offset = 0;
   while (true) {
     NPZ_ASSIGN_OR_RETURN(size_t n, reader->ReadAt(offset, buf));
     if (n == 0) break;
-    running = crc32(running, reinterpret_cast<const Bytef*>(buf.data()), static_cast<uInt>(n));
+    running = Crc32(running, buf.data(), n);
     if (head->size() < NpyHeader::kMaxHeaderChars + 64) {
       head->append(reinterpret_cast<const char*>(buf.data()),
                    std::min<size_t>(n, NpyHeader::kMaxHeaderChars + 64 - head->size()));
@@ -534,7 +549,7 @@ Status ReadMemberThrough(Archive& a, size_t i, ProgressBar& bar, uint64_t done, 
     offset += n;
     bar.Update(done + offset);
   }
-  *crc = static_cast<uint32_t>(running);
+  *crc = running;
   *size = offset;
   return Status::Ok();
 }
@@ -553,15 +568,9 @@ void VerifyMemberBytes(Archive& a, size_t i, ProgressBar& bar, uint64_t done, co
   Status status = ReadMemberThrough(a, i, bar, done, &crc, &size, &head);
   if (!status.ok()) {
     fail(AboutMember(name, m.path, status.message()));
-  } else if (size != m.entry.uncompressed_size) {
-    fail(name + ": " + std::to_string(size) + " bytes, the directory says " +
-         std::to_string(m.entry.uncompressed_size));
-  } else if (crc != m.entry.crc32) {
-    char crc_text[96];
-    std::snprintf(crc_text, sizeof crc_text,
-                  ": CRC-32 mismatch: directory %08" PRIx32 ", data %08" PRIx32, m.entry.crc32,
-                  crc);
-    fail(name + crc_text);
+  } else if (const std::string mismatch = SizeOrCrcMismatch(m.entry, size, crc);
+             !mismatch.empty()) {
+    fail(name + mismatch);
   } else if (IsNpyName(m.path)) {
     auto parsed = ReadNpyHeaderOf(
         size,
@@ -612,13 +621,12 @@ Status CheckEntryData(const Archive& a, const ZipEntry& e, const std::string& wh
     return Status::Error(EIO, what + ": its data runs past the end of the archive");
   }
   const bool deflated = e.method == 8;
-  z_stream zs{};
-  if (deflated && inflateInit2(&zs, -MAX_WBITS) != Z_OK) {
-    return Status::Error(ENOMEM, what + ": cannot start inflate");
+  std::unique_ptr<InflateEngine> engine;  // zlib, the reference decoder
+  if (deflated) {
+    NPZ_ASSIGN_OR_RETURN(engine, MakeZlibEngine());
   }
-  std::unique_ptr<z_stream, int (*)(z_stream*)> guard(deflated ? &zs : nullptr, inflateEnd);
-  std::vector<char> in(kChunk), out(kChunk);
-  uLong crc = crc32(0, nullptr, 0);
+  std::vector<std::byte> in(kChunk), out(kChunk);
+  uint32_t crc = 0;
   uint64_t size = 0, read = 0;
   bool ended = !deflated;
   while (read < e.compressed_size) {
@@ -630,42 +638,30 @@ Status CheckEntryData(const Archive& a, const ZipEntry& e, const std::string& wh
     }
     read += got;
     if (!deflated) {
-      crc = crc32(crc, reinterpret_cast<const Bytef*>(in.data()), static_cast<uInt>(got));
+      crc = Crc32(crc, in.data(), got);
       size += got;
       continue;
     }
-    zs.next_in = reinterpret_cast<Bytef*>(in.data());
-    zs.avail_in = static_cast<uInt>(got);
-    // Until this input is used up and inflate has no output pending (a full output buffer
-    // may leave some behind even when the input is all taken).
+    // Until this input is used up and the engine holds no output back (a full output
+    // buffer may leave some behind even when the input is all taken).
+    std::span<const std::byte> rest(in.data(), got);
     while (!ended) {
-      zs.next_out = reinterpret_cast<Bytef*>(out.data());
-      zs.avail_out = static_cast<uInt>(out.size());
-      const int rc = inflate(&zs, Z_NO_FLUSH);
-      if (rc == Z_BUF_ERROR) break;  // no progress possible: it needs more input
-      if (rc != Z_OK && rc != Z_STREAM_END) {
-        return Status::Error(EIO, what + ": corrupt deflate data" +
-                                      (zs.msg != nullptr ? std::string(" (") + zs.msg + ")" : ""));
+      Result<InflateEngine::Step> step = engine->Inflate(rest, out);
+      if (!step.ok()) return step.status().WithContext(what);
+      crc = Crc32(crc, out.data(), step->produced);
+      size += step->produced;
+      rest = rest.subspan(step->consumed);
+      ended = step->ended;
+      if (rest.empty() && step->produced < out.size()) break;
+      if (step->consumed == 0 && step->produced == 0) {
+        return Status::Error(EIO, what + ": corrupt deflate data (no progress)");
       }
-      const size_t n = out.size() - zs.avail_out;
-      crc = crc32(crc, reinterpret_cast<const Bytef*>(out.data()), static_cast<uInt>(n));
-      size += n;
-      ended = rc == Z_STREAM_END;
-      if (zs.avail_in == 0 && zs.avail_out != 0) break;
     }
     if (ended) break;
   }
   if (!ended) return Status::Error(EIO, what + ": its deflate data ends early");
-  if (size != e.uncompressed_size) {
-    return Status::Error(EIO, what + ": " + std::to_string(size) + " bytes, the directory says " +
-                                  std::to_string(e.uncompressed_size));
-  }
-  if (static_cast<uint32_t>(crc) != e.crc32) {
-    char crc_text[96];
-    std::snprintf(crc_text, sizeof crc_text,
-                  ": CRC-32 mismatch: directory %08" PRIx32 ", data %08" PRIx32, e.crc32,
-                  static_cast<uint32_t>(crc));
-    return Status::Error(EIO, what + crc_text);
+  if (const std::string mismatch = SizeOrCrcMismatch(e, size, crc); !mismatch.empty()) {
+    return Status::Error(EIO, what + mismatch);
   }
   return Status::Ok();
 }
