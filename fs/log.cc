@@ -96,10 +96,7 @@ Status LogToFile(const std::string& path) {
     return Status::Error(ENXIO, path + ": a FIFO that no process reads");
   }
   NPZ_ASSIGN_OR_RETURN(UniqueFd fd, std::move(opened));
-  const int flags = fcntl(fd.get(), F_GETFL);
-  if (flags < 0 || fcntl(fd.get(), F_SETFL, flags & ~O_NONBLOCK) != 0) {
-    return ErrnoStatus(errno, path, "fcntl failed");
-  }
+  NPZ_RETURN_IF_ERROR(ClearNonBlocking(fd.get(), path));
   const int old = g_file.exchange(fd.Release());
   if (old >= 0) close(old);
   return Status::Ok();

@@ -102,6 +102,11 @@ bool HasMember(const std::string& archive, const std::string& name) {
 
 // Runs `fn` in a child process with NPZFS_TEST_KILL_AT=`kill_at`; expects the child to die
 // of SIGKILL there.
+// A log sink that keeps each line in `lines`.
+std::function<void(const std::string&)> CollectInto(std::vector<std::string>* lines) {
+  return [lines](const std::string& l) { lines->push_back(l); };
+}
+
 void RunAndKillAt(const std::string& kill_at, const std::function<void()>& fn) {
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
@@ -366,7 +371,7 @@ TEST(InPlaceAppend, AJournalThatWasNeverCompleteIsRemovedAndTheArchiveLeftAlone)
   const FileState before = StateOf(archive);
   WriteFileOrDie(dir.Join(".a.npz.npzfs-journal"), "NPZFSJNL\x01\x00");
   std::vector<std::string> lines;
-  auto r = RecoverInterruptedAppend(archive, [&](const std::string& l) { lines.push_back(l); });
+  auto r = RecoverInterruptedAppend(archive, CollectInto(&lines));
   ASSERT_TRUE(r.ok()) << r.status().message();
   EXPECT_FALSE(*r);
   EXPECT_TRUE(StateOf(archive) == before);
@@ -398,7 +403,7 @@ TEST(InPlaceAppend, AJournalOfAReplacedFileIsSetAsideAndNotApplied) {
   ASSERT_EQ(rename(dir.Join("other.npz").c_str(), archive.c_str()), 0);
   const FileState replaced = StateOf(archive);
   std::vector<std::string> lines;
-  auto r = RecoverInterruptedAppend(archive, [&](const std::string& l) { lines.push_back(l); });
+  auto r = RecoverInterruptedAppend(archive, CollectInto(&lines));
   ASSERT_TRUE(r.ok()) << r.status().message();
   EXPECT_FALSE(*r);
   EXPECT_TRUE(StateOf(archive) == replaced);
@@ -434,7 +439,7 @@ TEST(InPlaceAppend, AJournalOfAFileRewrittenInPlaceIsSetAsideAndNotApplied) {
     ASSERT_EQ(unlink(dir.Join("other.npz").c_str()), 0);
     KillAppendThenRewriteInPlace(archive, other);
     std::vector<std::string> lines;
-    auto r = RecoverInterruptedAppend(archive, [&](const std::string& l) { lines.push_back(l); });
+    auto r = RecoverInterruptedAppend(archive, CollectInto(&lines));
     ASSERT_TRUE(r.ok()) << r.status().message();
     EXPECT_FALSE(*r);
     EXPECT_EQ(ReadFileOrDie(archive), other);
@@ -521,7 +526,7 @@ TEST(InPlaceAppend, AJournalIsSetAsideWhenZipfileAppendedAfterTheKilledAppendAnd
       ASSERT_EQ(NamesOf(archive), "old0.bin,old1.bin," + ours + "other.npy");
       const FileState appended = StateOf(archive);
       std::vector<std::string> lines;
-      auto r = RecoverInterruptedAppend(archive, [&](const std::string& l) { lines.push_back(l); });
+      auto r = RecoverInterruptedAppend(archive, CollectInto(&lines));
       ASSERT_TRUE(r.ok()) << r.status().message();
       EXPECT_FALSE(*r);
       EXPECT_TRUE(StateOf(archive) == appended);
@@ -557,7 +562,7 @@ TEST(InPlaceAppend, ANewZipWrittenOntoAnArchiveAKilledAppendBrokeIsKeptBesideThe
   AppendWithZipfile(archive, "other.npy");
   ASSERT_EQ(NamesOf(archive), "other.npy");
   std::vector<std::string> lines;
-  auto r = RecoverInterruptedAppend(archive, [&](const std::string& l) { lines.push_back(l); });
+  auto r = RecoverInterruptedAppend(archive, CollectInto(&lines));
   ASSERT_TRUE(r.ok()) << r.status().message();
   EXPECT_TRUE(*r);
   EXPECT_TRUE(StateOf(archive) == before);
@@ -585,7 +590,7 @@ TEST(InPlaceAppend, AFinalizeRetriedAfterItsJournalWasSetAsideAddsNoMemberTwice)
   std::vector<std::string> lines;
   WriteOptions retry;
   retry.skip_identical_existing = true;
-  retry.log = [&](const std::string& l) { lines.push_back(l); };
+  retry.log = CollectInto(&lines);
   ASSERT_TRUE(AppendToArchive(archive, NewMembers(), retry).ok());
   EXPECT_TRUE(StateOf(archive) == appended);
   EXPECT_EQ(NamesOf(archive), "old0.bin,old1.bin,new-big.bin,new-small.txt,other.npy");
@@ -611,7 +616,7 @@ TEST(InPlaceAppend, BytesWrittenAfterACompleteAppendSetTheJournalAside) {
   }
   const FileState appended = StateOf(archive);
   std::vector<std::string> lines;
-  auto r = RecoverInterruptedAppend(archive, [&](const std::string& l) { lines.push_back(l); });
+  auto r = RecoverInterruptedAppend(archive, CollectInto(&lines));
   ASSERT_TRUE(r.ok()) << r.status().message();
   EXPECT_FALSE(*r);
   EXPECT_TRUE(StateOf(archive) == appended);
@@ -779,7 +784,7 @@ TEST(StaleTempFiles, TheTempFileOfAKilledCopyIsRemovedWithALogLine) {
   WriteFileOrDie(dir.Join(".a.npz.npzfs-index"), "i");
   ASSERT_EQ(mkdir(dir.Join(".a.npz.npzfs-tmp-dir").c_str(), 0755), 0);
   std::vector<std::string> lines;
-  auto removed = RemoveStaleTempFiles(archive, [&](const std::string& l) { lines.push_back(l); });
+  auto removed = RemoveStaleTempFiles(archive, CollectInto(&lines));
   ASSERT_TRUE(removed.ok()) << removed.status().message();
   EXPECT_EQ(*removed, 1u);
   ASSERT_EQ(lines.size(), 1u);

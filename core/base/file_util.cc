@@ -46,13 +46,16 @@ Result<UniqueFd> OpenRegularFile(const std::string& path, int flags, mode_t mode
   if (!S_ISREG(st.st_mode)) {
     return Status::Error(EINVAL, path + ": not a regular file (" + FileKind(st.st_mode) + ")");
   }
-  if ((flags & O_NONBLOCK) == 0) {
-    const int fl = ::fcntl(fd.get(), F_GETFL);
-    if (fl < 0 || ::fcntl(fd.get(), F_SETFL, fl & ~O_NONBLOCK) != 0) {
-      return ErrnoStatus(errno, path, "fcntl failed");
-    }
-  }
+  if ((flags & O_NONBLOCK) == 0) NPZ_RETURN_IF_ERROR(ClearNonBlocking(fd.get(), path));
   return fd;
+}
+
+Status ClearNonBlocking(int fd, const std::string& path) {
+  const int fl = ::fcntl(fd, F_GETFL);
+  if (fl < 0 || ::fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
+    return ErrnoStatus(errno, path, "fcntl failed");
+  }
+  return Status::Ok();
 }
 
 Result<size_t> PreadFull(int fd, void* buf, size_t n, uint64_t offset, const std::string& path) {

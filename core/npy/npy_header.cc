@@ -295,10 +295,7 @@ Result<NpyHeader> NpyHeader::Parse(std::string_view bytes, const NpyParseOptions
   std::string_view raw = bytes.substr(dict_at, total - dict_at);
   std::string text;
   if (major == 3) {
-    size_t pos = 0;
-    while (pos < raw.size()) {
-      if (!DecodeUtf8(raw, pos)) return Invalid("version 3.0 header is not valid UTF-8");
-    }
+    if (!IsValidUtf8(raw)) return Invalid("version 3.0 header is not valid UTF-8");
     text = std::string(raw);
   } else {
     text = Latin1ToUtf8(raw);

@@ -408,12 +408,12 @@ void GrowingMember::ChooseCoordinates(State& s, const WriterSession& session, ui
   }
 }
 
-// Whether a write at `offset` continues the writer's stream. A write at the member's end in
-// visible coordinates continues it too (the writer's base moves there: see the essay). A
-// same-length rewrite of the writer's own header with the same layout is accepted and ignored
-// (`true`: done); any other write elsewhere is EPERM. Requires both locks.
-Result<bool> GrowingMember::IsHeaderRewrite(State& s, const WriterSession& session, uint64_t offset,
-                                            std::span<const std::byte> data) const {
+// Places a write at `offset`: `false` when it continues the writer's stream (a write at the
+// member's end in visible coordinates does too, and moves the writer's base there: see the
+// essay); `true` for a same-length rewrite of the writer's own header with the same layout,
+// accepted and ignored (done); EPERM for any other write elsewhere. Requires both locks.
+Result<bool> GrowingMember::PlaceWrite(State& s, const WriterSession& session, uint64_t offset,
+                                       std::span<const std::byte> data) const {
   using C = State::Coordinates;
   const uint64_t end =
       s.coord == C::kCollectingHeader ? s.header_buf.size() : s.base + s.data_total;
@@ -464,7 +464,7 @@ Result<size_t> GrowingMember::Write(WriterSession* session, uint64_t offset,
     if (data.empty()) return size_t{0};
     ChooseCoordinates(s, *session, offset, data);
   }
-  NPZ_ASSIGN_OR_RETURN(bool rewrite, IsHeaderRewrite(s, *session, offset, data));
+  NPZ_ASSIGN_OR_RETURN(bool rewrite, PlaceWrite(s, *session, offset, data));
   if (rewrite) return data.size();
   if (data.empty()) return size_t{0};
   if (s.coord == State::Coordinates::kCollectingHeader) return CollectHeader(lock, data);

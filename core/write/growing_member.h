@@ -246,8 +246,8 @@ class GrowingMember : public std::enable_shared_from_this<GrowingMember> {
   // The steps of Write and SetAttribute (growing_member.cc says which locks each needs).
   void ChooseCoordinates(State& s, const WriterSession& session, uint64_t offset,
                          std::span<const std::byte> data) const;
-  Result<bool> IsHeaderRewrite(State& s, const WriterSession& session, uint64_t offset,
-                               std::span<const std::byte> data) const;
+  Result<bool> PlaceWrite(State& s, const WriterSession& session, uint64_t offset,
+                          std::span<const std::byte> data) const;
   Result<size_t> CollectHeader(std::unique_lock<std::mutex>& lock, std::span<const std::byte> data);
   Status AdoptWriterHeader(std::unique_lock<std::mutex>& lock, const NpyHeader& parsed,
                            size_t writer_length);

@@ -286,15 +286,14 @@ Result<std::optional<uint64_t>> EndOfEndRecords(int fd, const std::string& path,
   return std::optional<uint64_t>(at + zip::kEndSize + d.comment.size());
 }
 
-// Why the archive open at `fd` (`size` bytes, the file the journal `j` was written for) is
-// not in a state that j's own append could have left, or "" if it is (version 3; the rule
-// is at the top of append_journal.h). A directory that does not read is the append's: it
-// died while writing, and no zip tool appends to a file without a directory.
+// Why the archive open at `fd` (`size` bytes, the file the journal `j` was written for, whose
+// directory now reads as `now`) is not in a state that j's own append could have left, or ""
+// if it is (version 3; the rule is at the top of append_journal.h). A directory that does not
+// read is the append's: it died while writing.
 Result<std::string> ForeignChangeSince(int fd, const std::string& path, uint64_t size,
-                                       const AppendJournal& j) {
-  auto read = ReadZipDirectory(fd, path);
-  if (!read.ok()) return std::string();
-  const ZipDirectory& d = *read;
+                                       const AppendJournal& j, const Result<ZipDirectory>& now) {
+  if (!now.ok()) return std::string();
+  const ZipDirectory& d = *now;
   if (d.cd_offset == j.old_cd_offset && d.entries.size() == j.old_entries) {
     return std::string();  // the old directory: the append had not begun
   }
@@ -333,10 +332,9 @@ Result<std::string> ForeignChangeSince(int fd, const std::string& path, uint64_t
 // archive, but a new zip that another program wrote onto the file the append broke
 // (zipfile's "a" mode starts a new zip at the end of a file that is not a zip). Setting the
 // journal aside would leave the old members unlisted; undoing the append cuts that zip off.
-bool NewZipOverBrokenAppend(int fd, const std::string& path, const AppendJournal& j) {
-  auto read = ReadZipDirectory(fd, path);
-  if (!read.ok() || read->entries.empty()) return false;
-  return std::all_of(read->entries.begin(), read->entries.end(),
+bool NewZipOverBrokenAppend(const ZipDirectory& now, const AppendJournal& j) {
+  return !now.entries.empty() &&
+         std::all_of(now.entries.begin(), now.entries.end(),
                      [&](const ZipEntry& e) { return e.local_header_offset >= j.old_cd_offset; });
 }
 
@@ -413,10 +411,12 @@ Result<bool> RecoverAppendUnderLock(int fd, const std::string& archive_path,
     return false;
   }
   if (journal->version >= 3) {
+    const Result<ZipDirectory> now = ReadZipDirectory(fd, archive_path);
     NPZ_ASSIGN_OR_RETURN(
         const std::string foreign,
-        ForeignChangeSince(fd, archive_path, static_cast<uint64_t>(st.st_size), *journal));
-    if (!foreign.empty() && NewZipOverBrokenAppend(fd, archive_path, *journal)) {
+        ForeignChangeSince(fd, archive_path, static_cast<uint64_t>(st.st_size), *journal, now));
+    // A foreign change has a directory that reads.
+    if (!foreign.empty() && NewZipOverBrokenAppend(*now, *journal)) {
       NPZ_ASSIGN_OR_RETURN(const std::string kept,
                            KeepCutBytes(fd, archive_path, journal_path,
                                         static_cast<uint64_t>(st.st_size), *journal));

@@ -47,6 +47,9 @@ Result<UniqueFd> OpenFile(const std::string& path, int flags, mode_t mode = 0644
 // EISDIR for a directory, EINVAL for anything else that is not a regular file. A FIFO is
 // opened without blocking (open(2) of a FIFO waits for a writer) and refused.
 Result<UniqueFd> OpenRegularFile(const std::string& path, int flags, mode_t mode = 0644);
+// Clears O_NONBLOCK on `fd` (named `path` in errors): for a file opened without blocking
+// only so that open(2) of a FIFO cannot wait.
+Status ClearNonBlocking(int fd, const std::string& path);
 
 // Reads exactly `n` bytes at `offset`; a short file is EIO ("unexpected end of file").
 Status PreadExact(int fd, void* buf, size_t n, uint64_t offset, const std::string& path);
