@@ -826,6 +826,7 @@ std::string StatsJson(Mount& m) {
       {"cache_misses", a.cache_misses},      {"first_pass_spans", a.first_pass_spans},
       {"open_files", m.handles.size()},      {"members_being_written", m.stats.writers.load()},
       {"new_members", new_members},          {"frames_written", frames},
+      {"speculations", a.speculations},
   };
   std::string json = "{";
   for (const auto& [key, value] : fields) {

@@ -16,6 +16,7 @@
 
 #include "core/read/deflated_member.h"
 #include "core/read/inflate_engine.h"
+#include "core/read/read_pools.h"
 #include "npzfs/archive.h"
 #include "tests/test_util.h"
 
@@ -288,6 +289,105 @@ TEST_F(FastPathTest, ParallelReadersWithATinyCacheGetCorrectBytes) {
         // Thread 0 reads sequentially; the others at random.
         const uint64_t off = t == 0 ? (n * 300000ull) % ref_->size() : rng() % ref_->size();
         buf.assign(std::min<size_t>(rng() % 300000 + 1, ref_->size() - off), '\0');
+        auto got = r->ReadAt(off, std::as_writable_bytes(std::span(buf)));
+        if (!got.ok() || *got != buf.size() || buf != ref_->substr(off, buf.size())) ++bad;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(bad.load(), 0);
+}
+
+// Speculation (DeflatedMember::SkipFar) splits a far read's decoding with a second core
+// when the build has ISA-L and the machine two CPUs; elsewhere it never happens.
+bool CanSpeculate() { return FastEngineIsIsal() && DecodePool().size() >= 2; }
+
+TEST_F(FastPathTest, AFarReadOnAFreshMemberIsDecodedOnTwoCoresAndEveryByteIsExact) {
+  ArchiveOptions o = Options(/*background_index=*/false);
+  o.speculate_bytes = 1 << 20;
+  auto a = Archive::Open(dir_->Join("comp.npz"), o);
+  ASSERT_TRUE(a.ok());
+  const size_t adc = *(*a)->Find("adc.npy");
+  auto r = *(*a)->OpenMember(adc);
+  const uint64_t far = 9 << 20;
+  ASSERT_TRUE(Read(*r, far, 300000) == ref_->substr(far, 300000));
+  EXPECT_EQ((*a)->speculations(adc), CanSpeculate() ? 1u : 0u);
+  // Behind the far read: from the reader's and the helper's snapshots; then on to the end,
+  // where the member's CRC-32 is checked with the CRC carried across the helper's part.
+  for (uint64_t off = 0; off < r->size(); off += 1 << 20) {
+    ASSERT_TRUE(Read(*r, off, 1 << 20) == ref_->substr(off, 1 << 20)) << "offset " << off;
+  }
+  EXPECT_NE((*a)->index_state(adc), IndexState::kComplete) << "no first pass was needed";
+}
+
+TEST_F(FastPathTest, AFarReadThatWasSplitStillFindsABadCrcAtTheEnd) {
+  ArchiveOptions o = Options(/*background_index=*/false);
+  o.speculate_bytes = 1 << 20;
+  auto a = Archive::Open(dir_->Join("badcrc.npz"), o);
+  ASSERT_TRUE(a.ok());
+  const size_t adc = *(*a)->Find("adc.npy");
+  auto r = *(*a)->OpenMember(adc);
+  const uint64_t far = (r->size() - (1 << 20)) & ~uint64_t{0xfff};
+  std::string buf(r->size() - far, '\0');
+  auto got = r->ReadAt(far, std::as_writable_bytes(std::span(buf)));
+  ASSERT_FALSE(got.ok()) << "a member with a bad CRC-32 was read to a clean end";
+  EXPECT_NE(got.status().message().find("CRC-32 mismatch"), std::string::npos)
+      << got.status().message();
+  EXPECT_EQ((*a)->speculations(adc), CanSpeculate() ? 1u : 0u);
+}
+
+TEST_F(FastPathTest, AFarReadPastCorruptDataGetsWhatADecoderFromTheStartGets) {
+  // Ahead of the checkpoints the fast path serves what the deflate data decodes to, which past
+  // damage may be garbage until the CRC-32 check at the end (verify=strict waits for it). Split
+  // between two cores, a far read must get exactly what one decoder from the start gets (or
+  // the same error). The damage is at 60% of the compressed data: in the helper's half for
+  // some of these reads, in the reader's for others.
+  uint64_t split_reads = 0;
+  for (const uint64_t far : {uint64_t{6} << 20, uint64_t{8} << 20, uint64_t{11} << 20}) {
+    std::string got[2];
+    bool ok[2] = {false, false};
+    for (int split = 0; split < 2; ++split) {
+      ArchiveOptions o = Options(/*background_index=*/false);
+      o.speculate_bytes = split ? 1 << 20 : 0;
+      auto a = Archive::Open(dir_->Join("corrupt.npz"), o);
+      ASSERT_TRUE(a.ok());
+      auto r = *(*a)->OpenMember(*(*a)->Find("adc.npy"));
+      got[split].assign(256 << 10, '\0');
+      auto n = r->ReadAt(far, std::as_writable_bytes(std::span(got[split])));
+      ok[split] = n.ok();
+      if (n.ok()) {
+        got[split].resize(*n);
+      } else {
+        EXPECT_EQ(n.status().code(), EIO) << n.status().message();
+      }
+      if (split) split_reads += (*a)->speculations(*(*a)->Find("adc.npy"));
+      EXPECT_FALSE(ReadToTheEnd(*r).ok()) << "corrupt deflate data read to a clean end";
+    }
+    EXPECT_EQ(ok[1], ok[0]) << "at " << far;
+    if (ok[0] && ok[1]) EXPECT_TRUE(got[1] == got[0]) << "different bytes at " << far;
+  }
+  if (CanSpeculate()) {
+    EXPECT_GE(split_reads, 1u) << "no read was split: the test tests nothing";
+  } else {
+    EXPECT_EQ(split_reads, 0u);
+  }
+}
+
+TEST_F(FastPathTest, ParallelFarReadersThatSplitTheirDecodingGetCorrectBytes) {
+  ArchiveOptions o = Options(/*background_index=*/true);
+  o.speculate_bytes = 1 << 20;
+  auto a = Archive::Open(dir_->Join("comp.npz"), o);
+  ASSERT_TRUE(a.ok());
+  auto r = *(*a)->OpenMember(*(*a)->Find("adc.npy"));
+  std::atomic<int> bad{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 3; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937_64 rng(300 + t);
+      std::string buf;
+      for (int n = 0; n < 12; ++n) {
+        const uint64_t off = rng() % ref_->size();
+        buf.assign(std::min<size_t>(rng() % 200000 + 1, ref_->size() - off), '\0');
         auto got = r->ReadAt(off, std::as_writable_bytes(std::span(buf)));
         if (!got.ok() || *got != buf.size() || buf != ref_->substr(off, buf.size())) ++bad;
       }

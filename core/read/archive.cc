@@ -332,6 +332,11 @@ uint64_t Archive::span_restores(size_t i) const {
   return deflated_[i]->span_restores();
 }
 
+uint64_t Archive::speculations(size_t i) const {
+  if (i >= members_.size() || deflated_[i] == nullptr) return 0;
+  return deflated_[i]->speculations();
+}
+
 uint64_t Archive::verify_bytes(size_t i) const {
   if (i >= members_.size() || stored_[i] == nullptr) return 0;
   return stored_[i]->check_bytes();
@@ -354,7 +359,9 @@ ArchiveStats Archive::stats() const {
   s.cache_hits = shared_->cache.hits();
   s.cache_misses = shared_->cache.misses();
   for (const auto& d : deflated_) {
-    if (d != nullptr) s.first_pass_spans += d->first_pass_spans();
+    if (d == nullptr) continue;
+    s.first_pass_spans += d->first_pass_spans();
+    s.speculations += d->speculations();
   }
   s.spans_inflated = s.cache_misses + s.first_pass_spans;  // each miss inflates its span
   return s;

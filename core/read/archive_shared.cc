@@ -24,6 +24,7 @@ ArchiveShared::ArchiveShared(UniqueFd fd_in, std::string path_in, const struct s
       mtime_ns(MtimeNs(st)),
       verify(options.verify),
       background_index(options.background_index),
+      speculate_bytes(options.speculate_bytes),
       cache(options.cache_bytes),
       pool(options.max_parked_streams),
       fast_pool(options.max_parked_streams),

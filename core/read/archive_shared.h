@@ -93,6 +93,7 @@ struct ArchiveShared {
   const int64_t mtime_ns;  // st_mtim at Open, in nanoseconds
   const VerifyMode verify;
   const bool background_index;
+  const uint64_t speculate_bytes;  // ArchiveOptions::speculate_bytes
   SpanCache cache;
   StreamPool<InflateStream> pool;      // zlib streams: first passes, spans inside blocks
   StreamPool<DecodeStream> fast_pool;  // fast-engine streams: spans from block starts

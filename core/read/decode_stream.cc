@@ -37,16 +37,29 @@ Status DecodeStream::Restore(const Checkpoint& cp, std::optional<uint32_t> crc_b
   thread_local std::unique_ptr<std::byte[]> dict =
       std::make_unique_for_overwrite<std::byte[]>(kDeflateWindow);
   NPZ_RETURN_IF_ERROR(ExpandWindow(src_, cp, dict.get()));
-  NPZ_ASSIGN_OR_RETURN(uint8_t byte, ByteBefore(src_, cp.in, cp.bits));
-  Status s = engine_->Reset(cp.bits, byte, std::span(dict.get(), cp.window_size));
+  return RestoreAt(cp.bit(), std::span(dict.get(), cp.window_size), cp.out, crc_before);
+}
+
+Status DecodeStream::RestoreAt(uint64_t bit, std::span<const std::byte> window, uint64_t out,
+                               std::optional<uint32_t> crc_before) {
+  const uint64_t in = (bit + 7) / 8;
+  const auto bits = static_cast<uint8_t>(in * 8 - bit);
+  NPZ_ASSIGN_OR_RETURN(uint8_t byte, ByteBefore(src_, in, bits));
+  Status s = engine_->Reset(bits, byte, window);
   if (!s.ok()) return Status::Error(EIO, src_.name + ": corrupt checkpoint: " + s.message());
   in_off_ = in_avail_ = 0;
-  in_next_ = cp.in;
+  in_next_ = in;
   in_end_ = src_.compressed_size;
-  out_pos_ = cp.out;
+  soft_end_ = false;
+  out_pos_ = out;
   ended_ = false;
   crc_ = crc_before;
   return Status::Ok();
+}
+
+void DecodeStream::Rebase(uint64_t out, std::optional<uint32_t> crc) {
+  out_pos_ = out;
+  crc_ = crc;
 }
 
 Status DecodeStream::Restore(const Snapshot& snap) {
@@ -54,6 +67,7 @@ Status DecodeStream::Restore(const Snapshot& snap) {
   in_off_ = in_avail_ = 0;
   in_next_ = snap.in;
   in_end_ = src_.compressed_size;
+  soft_end_ = false;
   out_pos_ = snap.out;
   ended_ = false;
   crc_ = snap.crc;
@@ -71,6 +85,25 @@ Result<DecodeStream::Snapshot> DecodeStream::TakeSnapshot() const {
 }
 
 void DecodeStream::LimitInput(uint64_t end) { in_end_ = std::min(end, src_.compressed_size); }
+
+bool DecodeStream::StopBefore(uint64_t bit) {
+  const uint64_t end = (bit + 7) / 8;
+  if (in_next_ > end || end > src_.compressed_size) return false;
+  in_end_ = end;
+  soft_end_ = true;
+  return true;
+}
+
+bool DecodeStream::StopsAt(uint64_t bit) const {
+  if (!soft_end_ || ended_ || in_avail_ != 0 || in_next_ != in_end_) return false;
+  const std::optional<uint64_t> held = engine_->BitsHeldBetweenBlocks();
+  return held.has_value() && in_end_ * 8 - *held == bit;
+}
+
+void DecodeStream::LiftLimit() {
+  in_end_ = src_.compressed_size;
+  soft_end_ = false;
+}
 
 Status DecodeStream::Refill() {
   const size_t want = static_cast<size_t>(
@@ -102,6 +135,7 @@ Result<size_t> DecodeStream::Read(std::byte* out, size_t n) {
     done += step->produced;
     if (step->consumed == 0 && step->produced == 0 && !ended_) {
       if (in_avail_ == 0 && in_next_ >= in_end_) {
+        if (soft_end_) break;  // StopBefore's limit
         if (in_end_ < src_.compressed_size) {
           return Status::Error(EIO, src_.name +
                                         ": corrupt seek table: a chunk's compressed bytes end "
@@ -151,6 +185,7 @@ Result<size_t> DecodeStream::Skip(uint64_t n) {
     const size_t want = static_cast<size_t>(std::min<uint64_t>(kInputBufferSize, n - done));
     NPZ_ASSIGN_OR_RETURN(size_t got, Read(sink.get(), want));
     done += got;
+    if (got < want) break;  // the end, or StopBefore's limit
   }
   return static_cast<size_t>(done);
 }

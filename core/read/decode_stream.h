@@ -46,6 +46,13 @@ class DecodeStream {
   // Starts at `snap` (taken from a stream with the same kind of engine). Errors: ENOMEM,
   // EINVAL a snapshot of another engine.
   Status Restore(const Snapshot& snap);
+  // Starts at the block boundary at bit `bit` of the data, with `window` (at most 32 KiB) as
+  // the output before it, calling that position `out`. Errors: EIO a failed pread.
+  Status RestoreAt(uint64_t bit, std::span<const std::byte> window, uint64_t out,
+                   std::optional<uint32_t> crc_before);
+  // Where a stream started at a guessed point really is, once known: its next byte is at
+  // `out` and the CRC-32 of the bytes before it is `crc` (nullopt: unknown).
+  void Rebase(uint64_t out, std::optional<uint32_t> crc);
 
   // Writes up to `n` bytes to `out` (short only at the end of the stream). Errors: EIO
   // corrupt deflate data, compressed data ending before the stream, a failed pread.
@@ -56,6 +63,14 @@ class DecodeStream {
   // A seek table's chunk: the stream reads no compressed byte at or past `end` (relative
   // to the data) until the next call; Restore lifts the limit.
   void LimitInput(uint64_t end);
+  // Speculation's meeting point: the stream reads no compressed byte past the one holding
+  // the bit before `bit`, and Read and Skip return short, without an error, once that input
+  // is used up. False (nothing changes) when the stream has read past that byte already.
+  // StopsAt tells whether the stream then stopped between two blocks exactly at `bit`;
+  // LiftLimit lets it go on either way.
+  bool StopBefore(uint64_t bit);
+  bool StopsAt(uint64_t bit) const;
+  void LiftLimit();
   // After Read has produced the chunk's bytes: checks that the chunk ends exactly there, so
   // that decoding it alone gives what a decoder of the whole stream gives: no more output,
   // every compressed byte up to the limit used, and then either the engine between two blocks
@@ -68,6 +83,7 @@ class DecodeStream {
 
   bool ended() const { return ended_; }
   uint64_t resume_pos() const { return out_pos_; }  // offset of the next byte Read returns
+  uint64_t input_pos() const { return in_next_ - in_avail_; }  // compressed bytes given
   // CRC-32 of bytes [0, resume_pos()) when the start's was known.
   std::optional<uint32_t> crc() const { return crc_; }
   const char* engine_name() const { return engine_->name(); }
@@ -92,6 +108,7 @@ class DecodeStream {
   uint64_t in_next_ = 0;  // offset (relative to the data) of the next byte to pread
   uint64_t in_end_ = 0;   // no pread at or past this offset (LimitInput; else the data's end)
   uint64_t out_pos_ = 0;
+  bool soft_end_ = false;  // in_end_ is StopBefore's: running out of input there is no error
   bool ended_ = false;
   std::optional<uint32_t> crc_;
 };

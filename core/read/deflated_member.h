@@ -26,14 +26,31 @@
 //      learns the checkpoints behind it on the other core. The fast stream starts at the
 //      best resume point before pos: a parked fast stream, the last checkpoint at a block
 //      start, or a snapshot (a saved engine state, taken every kSnapshotEvery bytes the fast
-//      stream passes, kept in the archive's SnapshotStore: bounded, dropped once checkpoints
-//      cover them). Ahead of a sequential reader, the next chunks (kFastLead for a stream,
+//      stream passes, kept in the archive's SnapshotStore: bounded, thinned evenly, dropped
+//      once checkpoints cover them). Ahead of a sequential reader, the next chunks (kFastLead for a stream,
 //      one after a page-cache-sized request) are claimed in the cache and decoded in order
 //      by one DecodePool task, the chain, which goes on with its own stream; readers wait
 //      for claimed chunks rather than decode them. (With a task per chunk, each chunk waited
 //      for a thread to wake: a sixth of a first `cat`.) The fast stream carries the CRC-32
 //      of everything before it (from the span CRCs of the checkpoint it started at), so a
 //      reader that reaches the end checks the member's CRC-32 (EIO on a mismatch).
+//   4. Far reads on two cores (fast_path.cc, SkipFar): a fast stream that must decode at
+//      least ArchiveOptions::speculate_bytes (32 MiB) to reach pos would leave the other core
+//      to the SCHED_IDLE indexer while the reader waits (np.load of a frame at 60% of a
+//      fresh 1 GiB member: 1.7 s). So a DecodePool task, the helper, takes the second half:
+//      at the compressed offset halfway to pos (guessed from the member's average ratio) it
+//      looks for a block start and a known window from the compressed bytes alone
+//      (core/read/block_finder.h), then decodes on from there with the fast engine, taking
+//      snapshots at offsets relative to that block. The reader decodes up to that block and
+//      must stop there between two blocks (DecodeStream::StopBefore/StopsAt): that proves
+//      the guess, and gives the block's real offset and the CRC-32 up to it. Only then do
+//      the helper's snapshots and stream get real offsets and CRCs (joined with
+//      Crc32Combine) and serve anything. A wrong guess, a helper that finds nothing, or bad
+//      data: the reader goes on alone, as before. Measured: 640 MiB in 1.02 s against
+//      1.65 s. The reader waits for the helper's search before passing the place it
+//      searches (a few ms against the tens the reader needs to get there).
+//      Only with ISA-L (zlib cannot tell where between blocks it stopped without Z_BLOCK)
+//      and two or more CPUs.
 // Rejected: caching fast-path output under span keys (the spans are not known yet, and
 // re-keying a chunk once they are costs a copy); ISA-L alone (it cannot stop at block ends:
 // finding boundaries with it means 8-byte inputs, 29 MB/s); the reader running the zlib
@@ -103,10 +120,10 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
  public:
   static constexpr uint64_t kFastChunk = 256 << 10;
   // A multiple of kFastChunk. A snapshot holds ~54 KB (ISA-L's decode tables and 32 KiB of
-  // history), so the store (an eighth of the cache) keeps about 300: every 2 MiB they reach
-  // twice as far ahead of the indexer as every 1 MiB, and 200 random frames of a 1 GiB
-  // member on a fresh mount took 3.4 s against 4.2 s (every 4 MiB: 3.6 s; 512 KiB: 5.0 s;
-  // 1 MiB with the store thinned evenly instead of least recently used first: 3.3 s).
+  // history), so the store (an eighth of the cache) keeps about 300, thinned evenly over the
+  // positions reached (snapshot_store.h). Measured before far reads were split (LRU store):
+  // 200 random frames of a 1 GiB member on a fresh mount took 3.4 s every 2 MiB against 4.2
+  // s every 1 MiB (every 4 MiB: 3.6 s; 512 KiB: 5.0 s).
   static constexpr uint64_t kSnapshotEvery = 2 << 20;
   // How many chunks the chain (see the essay) decodes ahead of a streaming reader.
   static constexpr uint64_t kFastLead = 4;
@@ -141,6 +158,8 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   uint64_t first_pass_spans() const { return first_pass_spans_.load(); }
   uint64_t fast_chunks() const { return fast_chunks_.load(); }
   uint64_t span_restores() const { return span_restores_.load(); }
+  // Far reads whose decoding was split between two cores (SkipFar's guess was proved right).
+  uint64_t speculations() const { return speculations_.load(); }
 
   // Sidecar support. Snapshot returns the checkpoints worth saving (all of them when
   // complete; else those up to the frontier) and the version they correspond to.
@@ -270,6 +289,11 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   Result<SpanPtr> ProduceFastChunk(uint64_t chunk, uint64_t generation);
   Result<std::unique_ptr<DecodeStream>> FastStreamAt(uint64_t pos, uint64_t generation);
   Status SkipTo(DecodeStream& stream, uint64_t pos, uint64_t generation);
+  // SkipTo for a `pos` at least speculate_bytes beyond the stream: the decoding is split with
+  // a DecodePool thread (see the essay); `stream` may be replaced by the helper's.
+  Status SkipFar(std::unique_ptr<DecodeStream>& stream, uint64_t pos, uint64_t generation);
+  struct Speculation;
+  void RunSpeculation(Speculation& spec);
   void MaybeSnapshot(const DecodeStream& stream, uint64_t generation);
   // At the member's end: the stream ends here, and its CRC-32 is the directory's.
   Status CheckFastEnd(DecodeStream& stream);
@@ -316,6 +340,7 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   std::atomic<uint64_t> first_pass_spans_{0};
   std::atomic<uint64_t> fast_chunks_{0};
   std::atomic<uint64_t> span_restores_{0};
+  std::atomic<uint64_t> speculations_{0};
 };
 
 // A reader handle of a deflated member.

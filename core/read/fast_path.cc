@@ -5,6 +5,8 @@
 #include <cinttypes>
 #include <cstdio>
 
+#include "core/base/crc32.h"
+#include "core/read/block_finder.h"
 #include "core/read/deflated_member.h"
 #include "core/read/read_pools.h"
 
@@ -110,7 +112,7 @@ Result<SpanPtr> DeflatedMember::ProduceFastChunk(uint64_t chunk, uint64_t genera
   if (!resumed.ok()) return FailOrDistrust(generation, resumed.status());
   std::unique_ptr<DecodeStream> stream = std::move(resumed).value();
   NPZ_ASSIGN_OR_RETURN(SpanBuffer buf, AllocateSpanBuffer(len));
-  Status s = SkipTo(*stream, start, generation);
+  Status s = SkipFar(stream, start, generation);
   if (s.ok()) {
     Result<size_t> got = stream->Read(buf.get(), len);
     if (!got.ok()) {
@@ -190,6 +192,210 @@ Status DeflatedMember::SkipTo(DecodeStream& stream, uint64_t pos, uint64_t gener
     MaybeSnapshot(stream, generation);
   }
   return Status::Ok();
+}
+
+// Shared by a reader in SkipFar and the DecodePool task it starts (RunSpeculation). The
+// helper's offsets are relative to first_bit until the reader proves the guess and rebases.
+struct DeflatedMember::Speculation {
+  static constexpr uint64_t kMaxSnaps = 256;  // ~14 MB of ISA-L states
+
+  uint64_t from_bit = 0;  // where the helper looks for a block
+  uint64_t in_cap = 0;    // it reads no compressed byte past this before it has a target
+  uint64_t snapshot_every = kSnapshotEvery;  // a multiple of it, for at most kMaxSnaps
+
+  std::mutex mu;
+  std::condition_variable cv;
+  // Written by the helper:
+  bool searching = false;  // the search for a block began (it ends with found or done)
+  bool found = false;      // first_bit and out_between are set
+  bool done = false;       // the helper returned: it touches nothing here any more
+  uint64_t first_bit = 0;
+  uint64_t out_between = 0;
+  // Every snapshot_every bytes: out relative to first_bit, crc of the bytes from the resume
+  // point (out_between) on.
+  std::vector<DecodeStream::Snapshot> snaps;
+  std::unique_ptr<DecodeStream> stream;  // at `target`, relative as the snapshots
+  // Written by the reader:
+  bool stop = false;
+  uint64_t target = UINT64_MAX;  // relative offset the helper stops at
+};
+
+void DeflatedMember::RunSpeculation(Speculation& spec) {
+  auto finish = [&spec](std::unique_ptr<DecodeStream> stream) {
+    std::lock_guard<std::mutex> lock(spec.mu);
+    if (stream != nullptr && !spec.stop && stream->resume_pos() == spec.target) {
+      spec.stream = std::move(stream);
+    }
+    spec.done = true;
+    spec.cv.notify_all();
+  };
+  bool stopped = false;
+  {
+    std::lock_guard<std::mutex> lock(spec.mu);
+    stopped = spec.stop;
+    spec.searching = !stopped;
+  }
+  if (stopped) return finish(nullptr);  // the reader needs it no more
+  Result<std::optional<SpeculativeStart>> found =
+      FindSpeculativeStart(source_, spec.from_bit, SpeculationLimits());
+  if (!found.ok() || !found->has_value()) return finish(nullptr);
+  const SpeculativeStart& start = **found;
+  Result<std::unique_ptr<DecodeStream>> created = DecodeStream::Create(source_);
+  if (!created.ok()) return finish(nullptr);
+  std::unique_ptr<DecodeStream> stream = std::move(created).value();
+  if (!stream->RestoreAt(start.resume_bit, start.window, start.out_between, 0).ok()) {
+    return finish(nullptr);
+  }
+  {
+    std::lock_guard<std::mutex> lock(spec.mu);
+    spec.searching = false;
+    spec.found = true;
+    spec.first_bit = start.first_bit;
+    spec.out_between = start.out_between;
+    spec.cv.notify_all();
+  }
+  while (true) {
+    uint64_t target = 0;
+    {
+      std::lock_guard<std::mutex> lock(spec.mu);
+      if (spec.stop) break;
+      target = spec.target;
+    }
+    const uint64_t here = stream->resume_pos();
+    if (here >= target || (target == UINT64_MAX && stream->input_pos() >= spec.in_cap)) break;
+    const uint64_t every = spec.snapshot_every;
+    const uint64_t next = std::min(target, (here / every + 1) * every);
+    Result<size_t> got = stream->Skip(next - here);
+    // Bad data or the stream's end: the reader finds out on its own.
+    if (!got.ok() || *got != next - here) return finish(nullptr);
+    if (next == target) break;
+    Result<DecodeStream::Snapshot> snap = stream->TakeSnapshot();
+    if (!snap.ok()) continue;
+    std::lock_guard<std::mutex> lock(spec.mu);
+    spec.snaps.push_back(std::move(snap).value());
+  }
+  finish(std::move(stream));
+}
+
+Status DeflatedMember::SkipFar(std::unique_ptr<DecodeStream>& stream, uint64_t pos,
+                               uint64_t generation) {
+  const uint64_t from = stream->resume_pos();
+  const uint64_t in_from = stream->input_pos();
+  const uint64_t csize = entry_.compressed_size;
+  if (shared_->speculate_bytes == 0 || pos < from + shared_->speculate_bytes ||
+      !FastEngineIsIsal() || DecodePool().size() < 2 || in_from >= csize) {
+    return SkipTo(*stream, pos, generation);
+  }
+  // Where pos's compressed bytes probably are, at the member's average ratio; the helper
+  // takes the second half of the way there.
+  const double ratio = static_cast<double>(csize) / static_cast<double>(size());
+  const uint64_t in_pos = std::min<uint64_t>(
+      csize, in_from + static_cast<uint64_t>(static_cast<double>(pos - from) * ratio));
+  auto spec = std::make_shared<Speculation>();
+  spec->from_bit = (in_from + (in_pos - in_from) / 2) * 8;
+  spec->in_cap = std::min(csize, in_pos + (in_pos - in_from) / 4);
+  // The helper holds its snapshots until the reader rebases them: at most kMaxSnaps.
+  const auto helper_out = static_cast<uint64_t>(
+      static_cast<double>(spec->in_cap - spec->from_bit / 8) / std::max(ratio, 1e-3));
+  spec->snapshot_every =
+      kSnapshotEvery * (1 + helper_out / (Speculation::kMaxSnaps * kSnapshotEvery));
+  std::shared_ptr<DeflatedMember> self = shared_from_this();
+  DecodePool().Submit([self, spec] { self->RunSpeculation(*spec); });
+  struct StopOnExit {  // whatever happens here, the helper stops at its next step
+    Speculation& spec;
+    ~StopOnExit() {
+      std::lock_guard<std::mutex> lock(spec.mu);
+      spec.stop = true;
+    }
+  } stop_on_exit{*spec};
+
+  // Decode towards pos as SkipTo does, until the helper has found its block: then only up to
+  // that block, where the stream must stop between two blocks for the guess to be right.
+  bool limited = false, met = false;
+  uint64_t first_bit = 0, out_between = 0;
+  // A step decodes kSnapshotEvery bytes, which take at most about that many compressed bytes
+  // (a stored block's header more); the input buffer reads ahead a little more.
+  const uint64_t step_in = kSnapshotEvery + kSnapshotEvery / 8;
+  while (stream->resume_pos() < pos) {
+    if (!limited) {
+      std::unique_lock<std::mutex> lock(spec->mu);
+      // About to pass where the helper searches: wait for its answer if it is on the way (the
+      // search takes a few ms, the reader's way there tens), else the split is lost.
+      if (spec->searching && stream->input_pos() + step_in >= spec->from_bit / 8) {
+        spec->cv.wait(lock, [&] { return spec->found || spec->done; });
+      }
+      if (spec->found && !spec->stop) {
+        first_bit = spec->first_bit;
+        out_between = spec->out_between;
+        limited = stream->StopBefore(first_bit);
+        if (!limited) spec->stop = true;  // already past it
+      }
+    }
+    const uint64_t here = stream->resume_pos();
+    const uint64_t stop = std::min(pos, (here / kSnapshotEvery + 1) * kSnapshotEvery);
+    NPZ_ASSIGN_OR_RETURN(size_t got, stream->Skip(stop - here));
+    MaybeSnapshot(*stream, generation);
+    if (got == stop - here) continue;
+    if (!limited) {
+      return Bad("the deflate data ends before the size in the directory (" +
+                 std::to_string(here + got) + " of " + std::to_string(size()) + " bytes)");
+    }
+    met = stream->StopsAt(first_bit);
+    stream->LiftLimit();
+    limited = false;
+    if (met) break;
+    std::lock_guard<std::mutex> lock(spec->mu);
+    spec->stop = true;  // a false guess: go on alone
+  }
+  if (limited) stream->LiftLimit();  // pos came first
+  if (!met) return SkipTo(*stream, pos, generation);
+
+  // The guess was right: the helper's offset 0 is here. Its first out_between bytes were
+  // decoded without the window, so the stream here decodes them (for the CRC-32 there);
+  // then the helper's snapshots and stream get their real offsets.
+  const uint64_t base = stream->resume_pos();
+  const uint64_t resume = base + out_between;
+  if (pos <= resume) return SkipTo(*stream, pos, generation);
+  {
+    std::lock_guard<std::mutex> lock(spec->mu);
+    spec->target = pos - base;
+    spec->cv.notify_all();
+  }
+  NPZ_RETURN_IF_ERROR(SkipTo(*stream, resume, generation));
+  const std::optional<uint32_t> crc_at_resume = stream->crc();
+  auto crc_at = [&](uint64_t rel_out, std::optional<uint32_t> rel_crc) -> std::optional<uint32_t> {
+    if (!crc_at_resume.has_value() || !rel_crc.has_value()) return std::nullopt;
+    return Crc32Combine(*crc_at_resume, *rel_crc, rel_out - out_between);
+  };
+  std::vector<DecodeStream::Snapshot> snaps;
+  std::unique_ptr<DecodeStream> helper;
+  {
+    std::unique_lock<std::mutex> lock(spec->mu);
+    spec->cv.wait(lock, [&] { return spec->done; });
+    snaps = std::move(spec->snaps);
+    helper = std::move(spec->stream);
+  }
+  speculations_.fetch_add(1);
+  const uint64_t key = StreamKey(generation);
+  for (DecodeStream::Snapshot& snap : snaps) {
+    snap.crc = crc_at(snap.out, snap.crc);
+    snap.out += base;
+    shared_->snapshots.Insert(key, std::make_shared<const DecodeStream::Snapshot>(std::move(snap)));
+  }
+  if (helper != nullptr) {
+    helper->Rebase(pos, crc_at(pos - base, helper->crc()));
+    shared_->fast_pool.Park(key, std::move(stream));
+    stream = std::move(helper);
+    return Status::Ok();
+  }
+  // The helper stopped short (its cap, or bad data ahead): go on from its last snapshot.
+  SnapshotStore::SnapshotPtr snap = shared_->snapshots.Before(key, pos);
+  if (snap != nullptr && snap->out > stream->resume_pos()) {
+    shared_->fast_pool.Park(key, std::move(stream));
+    NPZ_ASSIGN_OR_RETURN(stream, DecodeStream::Create(source_));
+    NPZ_RETURN_IF_ERROR(stream->Restore(*snap));
+  }
+  return SkipTo(*stream, pos, generation);
 }
 
 void DeflatedMember::MaybeSnapshot(const DecodeStream& stream, uint64_t generation) {

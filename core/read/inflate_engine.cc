@@ -66,6 +66,7 @@ class ZlibEngine final : public InflateEngine {
   // inflate() sets data_type on every return: the unused bits of the last byte it took,
   // +64 in the final block, +128 between blocks (mode TYPE), +256 inside a block's codes.
   bool AtByteAlignedBlockBoundary() const override { return s_->data_type == 128; }
+  std::optional<uint64_t> BitsHeldBetweenBlocks() const override { return std::nullopt; }
 
   class ZlibState final : public State {
    public:
@@ -158,6 +159,17 @@ class IsalEngine final : public InflateEngine {
     const bool between = s->block_state == ISAL_BLOCK_NEW_HDR || s->block_state == ISAL_BLOCK_HDR;
     return between && s->read_in_length == 0 && s->tmp_in_size == 0 &&
            s->tmp_out_valid == s->tmp_out_processed;
+  }
+
+  // Out of input in a header, ISA-L puts back the bits it had read of it and keeps the
+  // header's unread bytes in tmp_in_buffer (read_header_stateful): both count as held.
+  std::optional<uint64_t> BitsHeldBetweenBlocks() const override {
+    const inflate_state* s = s_.get();
+    const bool between = s->block_state == ISAL_BLOCK_NEW_HDR || s->block_state == ISAL_BLOCK_HDR;
+    if (!between || s->tmp_out_valid != s->tmp_out_processed || s->read_in_length < 0) {
+      return std::nullopt;
+    }
+    return uint64_t(s->read_in_length) + 8 * uint64_t(s->tmp_in_size);
   }
 
   // Everything before the history buffer, then the valid part of it: the struct holds no

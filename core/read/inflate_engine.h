@@ -21,6 +21,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 
 #include "npzfs/status.h"
@@ -50,6 +51,12 @@ class InflateEngine {
   // after a full flush, where each chunk of a seek table ends). False inside a block or a
   // block header, and after the final block.
   virtual bool AtByteAlignedBlockBoundary() const = 0;
+  // After an Inflate that used up its input: when the engine stopped between two blocks with
+  // all output delivered, how many bits of that input it holds unused (the next block's
+  // header starts that many bits before the input's end). Nullopt inside a block, after the
+  // final block, or when the engine cannot tell (zlib without Z_BLOCK: speculation, which
+  // needs this, is for ISA-L builds only).
+  virtual std::optional<uint64_t> BitsHeldBetweenBlocks() const = 0;
 
   // A saved decoder state, in memory only: restoring it into an engine of the same kind
   // resumes decoding, given the input from where this engine's input stopped.

@@ -10,8 +10,7 @@ SnapshotStore::SnapshotPtr SnapshotStore::Before(uint64_t member, uint64_t pos) 
   if (it == entries_.begin()) return nullptr;
   --it;
   if (it->first.first != member) return nullptr;
-  lru_.splice(lru_.begin(), lru_, it->second.lru);
-  return it->second.snap;
+  return it->second;
 }
 
 bool SnapshotStore::Has(uint64_t member, uint64_t out) const {
@@ -19,14 +18,33 @@ bool SnapshotStore::Has(uint64_t member, uint64_t out) const {
   return entries_.count(Key{member, out}) > 0;
 }
 
-// Each step allocates before it changes anything, so that std::bad_alloc leaves entries_,
-// lru_ and bytes_ in agreement.
-void SnapshotStore::EraseLocked(std::map<Key, Entry>::iterator it,
+void SnapshotStore::EraseLocked(std::map<Key, SnapshotPtr>::iterator it,
                                 std::vector<SnapshotPtr>* dropped) {
-  dropped->push_back(std::move(it->second.snap));
-  bytes_ -= dropped->back()->memory();
-  lru_.erase(it->second.lru);
+  bytes_ -= it->second->memory();
+  dropped->push_back(std::move(it->second));
   entries_.erase(it);
+}
+
+std::map<SnapshotStore::Key, SnapshotStore::SnapshotPtr>::iterator SnapshotStore::VictimLocked() {
+  // The one (not the last of its member) whose neighbours are closest: the smallest gap
+  // its removal leaves. A member's first snapshot has position 0 before it.
+  auto victim = entries_.begin();
+  uint64_t best = UINT64_MAX;
+  for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+    auto next = std::next(it);
+    if (next == entries_.end() || next->first.first != it->first.first) continue;
+    uint64_t prev_out = 0;
+    if (it != entries_.begin()) {
+      auto prev = std::prev(it);
+      if (prev->first.first == it->first.first) prev_out = prev->first.second;
+    }
+    const uint64_t gap = next->first.second - prev_out;
+    if (gap < best) {
+      best = gap;
+      victim = it;
+    }
+  }
+  return victim;  // every member has one snapshot: the first entry
 }
 
 void SnapshotStore::Insert(uint64_t member, SnapshotPtr snap) {
@@ -36,11 +54,9 @@ void SnapshotStore::Insert(uint64_t member, SnapshotPtr snap) {
   const Key key{member, snap->out};
   if (auto it = entries_.find(key); it != entries_.end()) EraseLocked(it, &dropped);
   const uint64_t memory = snap->memory();
-  std::list<Key> node(1, key);  // the LRU entry, moved into lru_ once entries_ has it
-  entries_.emplace(key, Entry{std::move(snap), node.begin()});
-  lru_.splice(lru_.begin(), node);
+  entries_.emplace(key, std::move(snap));
   bytes_ += memory;
-  while (bytes_ > budget_ && !lru_.empty()) EraseLocked(entries_.find(lru_.back()), &dropped);
+  while (bytes_ > budget_ && !entries_.empty()) EraseLocked(VictimLocked(), &dropped);
 }
 
 void SnapshotStore::DropUpTo(uint64_t member, uint64_t out) {

@@ -274,6 +274,48 @@ def deflate_seeds():
     write("deflate_read", "raw_empty", prefix + raw_deflate(b""))
 
 
+# ---------------------------------------------------------------- block_finder
+def finder_input(mode, from_bit, search=64 << 10, warmup=256 << 10, candidates=64, junk=5):
+    """The harness's fixed fields: mode, start bit (U32), limits, junk bytes."""
+    return (bytes([mode]) + struct.pack("<I", from_bit) + rng(search, 64 << 10)
+            + rng(warmup, 256 << 10) + rng(candidates, 64) + rng(junk, 63))
+
+
+def finder_recipe(level, strategy, mem_level, flush_every, target, ops):
+    out = bytes([level, strategy, mem_level - 1])
+    out += bytes([1]) + rng(flush_every - 1, (96 << 10) - 1) if flush_every else bytes([0])
+    return out + rng(target, 384 << 10) + struct.pack("<I", 0x5EED) + ops
+
+
+def block_finder_seeds():
+    # ops: 0 int16 triangle signal (samples, amplitude, period, noise), 1 noise, 2 copy,
+    # 3 run, 4 words.
+    signal = bytes([0]) + (20000 - 1).to_bytes(2, "big") + struct.pack("<H", 3000) \
+        + (700 - 2).to_bytes(2, "big") + bytes([40])
+    noise = bytes([1]) + (3000 - 1).to_bytes(2, "big")
+    words = bytes([4]) + (3000 - 1).to_bytes(2, "big")
+    write("block_finder", "int16_level6",
+          finder_input(0, 200000) + finder_recipe(6, 0, 8, 0, 300 << 10, signal * 8))
+    write("block_finder", "mixed_level1_flush",
+          finder_input(0, 90001, warmup=100 << 10) +
+          finder_recipe(1, 0, 8, 30000, 250 << 10, (signal + noise + words) * 4))
+    write("block_finder", "fixed_level9",
+          finder_input(0, 12345) + finder_recipe(9, 4, 9, 0, 200 << 10, signal * 4))
+    # int16 sections, each 32 fresh samples then copies of them, in blocks of 128 symbols
+    # (memLevel 1): many dynamic blocks, and a window known a few sections after any of them.
+    state, samples = 1, b""
+    for _ in range(12):
+        section = b""
+        for _ in range(32):
+            state = (state * 1103515245 + 12345) % (1 << 31)
+            section += struct.pack("<h", (state >> 8) % 4001 - 2000)
+        samples += section * 180
+    c = zlib.compressobj(6, zlib.DEFLATED, -15, 1, zlib.Z_DEFAULT_STRATEGY)
+    write("block_finder", "raw_int16_level6", finder_input(1, 3001) + c.compress(samples) + c.flush())
+    write("block_finder", "raw_garbage",
+          finder_input(1, 3, candidates=8) + bytes((i * 151 + 4) % 256 for i in range(2048)))
+
+
 # ---------------------------------------------------------------- growing_member
 # Op byte: bit 0 the session, (byte >> 1) % 16 the operation (growing_member_fuzzer.cc).
 BEGIN, END, WRITE, SETATTR, TRUNC, SNAP, FINAL, RESUME, REMOVE = 0, 2, 3, 9, 11, 12, 13, 14, 15
@@ -353,6 +395,7 @@ if __name__ == "__main__":
     sidecar_seeds()
     deflate_seeds()
     growing_seeds()
+    block_finder_seeds()
     for corpus in sorted(os.listdir(OUT)):
         files = os.listdir(os.path.join(OUT, corpus))
         size = sum(os.path.getsize(os.path.join(OUT, corpus, f)) for f in files)

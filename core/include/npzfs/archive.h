@@ -74,6 +74,11 @@ struct ArchiveOptions {
   // of them (core/read/deflated_member.h); off, they are learned only by reads in the first
   // span and by BuildIndex.
   bool background_index = true;
+  // A reader this many bytes (or more) beyond every resume point of a deflated member gets
+  // a second core on its wait: a DecodePool thread guesses a way into the second half of the
+  // gap and decodes it while the reader decodes the first (core/read/fast_path.cc). 0: never.
+  // Only with ISA-L and two or more online CPUs.
+  uint64_t speculate_bytes = 32ull << 20;
   std::function<void(const std::string&)> log;  // warnings (unsafe names, CRC...); may be empty
 };
 
@@ -99,6 +104,7 @@ struct ArchiveStats {
   uint64_t cache_hits = 0;        // span cache lookups answered from the cache
   uint64_t cache_misses = 0;      // span cache lookups that had to inflate
   uint64_t first_pass_spans = 0;  // spans inflated by first passes (learning checkpoints)
+  uint64_t speculations = 0;      // far reads whose decoding was split between two cores
 };
 
 class DeflatedMember;     // core/read/deflated_member.h
@@ -137,6 +143,9 @@ class Archive {
   // Known spans of member i whose decoder was restored at their checkpoint rather than
   // continued from the span before (a test hook).
   uint64_t span_restores(size_t i) const;
+  // Far reads of member i whose decoding was split between two cores (ArchiveOptions::
+  // speculate_bytes; a test hook).
+  uint64_t speculations(size_t i) const;
   // Totals over every member since Open.
   ArchiveStats stats() const;
 
