@@ -576,6 +576,23 @@ TEST(BlockFinder, FindsNothingOnceTheCandidateLimitIsUsedUp) {
   ExpectTrue(s, b->bit, limits, **one);
 }
 
+TEST(BlockFinder, FindsNothingOnceTheBlockLimitIsUsedUp) {
+  // A window needs 32 KiB of output: more than one zlib block of this data. So with one
+  // block header allowed in all, the true header at from_bit is parsed and nothing more.
+  const Stream& s = GetStream("Int16Level6");
+  const Boundary* b = s.NextDynamic(s.bits() / 3);
+  ASSERT_NE(b, nullptr);
+  SpeculationLimits limits;
+  limits.blocks = 1;
+  auto none = Find(s, b->bit, limits);
+  ASSERT_TRUE(none.ok()) << none.status().message();
+  EXPECT_FALSE(none->has_value()) << "a start found with one block header allowed";
+  auto found = Find(s, b->bit, SpeculationLimits());
+  ASSERT_TRUE(found.ok()) << found.status().message();
+  ASSERT_TRUE(found->has_value());
+  EXPECT_EQ((*found)->first_bit, b->bit);
+}
+
 TEST(BlockFinder, TheWarmupLimitBoundsTheOutputBetweenTheTwoBitOffsets) {
   const Stream& s = GetStream("Int16Level9");
   const Boundary* b = s.NextDynamic(s.bits() / 2);

@@ -21,13 +21,16 @@
 //
 // Only a guess. Nothing here proves that first_bit is a block boundary of the real stream
 // (a run of valid-looking blocks can start at a false offset). The caller proves it: the
-// decoder coming from the member's start must stop between two blocks exactly at first_bit
-// (DeflatedMember::SkipFar). Until then nothing decoded from the guess is served.
+// decoder coming from the member's start must stop between two blocks exactly at first_bit,
+// and again at resume_bit with `window` as its last 32 KiB (DeflatedMember::SkipFar), which
+// checks this file's own decoder too. Until then nothing decoded from the guess is served.
 //
 // Bounds. Every loop reads inside a buffer read once (16 zero bytes of padding let a lookup
 // read past the end, and every loop stops once the bit position passes the end); the output
-// kept is a 64 Ki-symbol ring; decoding stops at warmup_bytes of output per candidate and
-// twice that in all, so a crafted stream (one endless block) costs bounded time and memory.
+// kept is a 64 Ki-symbol ring; decoding stops at warmup_bytes of output per candidate,
+// twice that in all, and after `blocks` block headers in all (a crafted stream of empty
+// blocks produces nothing and costs a header each), so any input costs bounded time and
+// memory: the search over the whole buffer, then at most that much decoding.
 #include "core/read/block_finder.h"
 
 #include <algorithm>
@@ -41,7 +44,9 @@ namespace npzfs {
 namespace {
 
 constexpr uint16_t kUnknown = 0x100;
-constexpr size_t kPad = 16;
+// A read may start up to 71 bits past the end (a symbol's bits after the last check) and
+// loads 8 bytes: 16 bytes of zeros cover it; 32 leave room.
+constexpr size_t kPad = 32;
 
 // Bits of an in-memory buffer, least significant first, as deflate packs them. Reads past
 // the end give zeros (the buffer is padded); overrun() tells.
@@ -175,7 +180,8 @@ class Decoder {
  public:
   enum class End { kClean, kStop };
 
-  Decoder(Bits bits, uint64_t max_out) : bits_(bits), max_out_(max_out) {
+  Decoder(Bits bits, uint64_t max_out, uint64_t max_blocks)
+      : bits_(bits), max_out_(max_out), blocks_left_(max_blocks) {
     static const Huffman* fixed = [] {
       static Huffman tables[2];
       uint8_t lit[288];
@@ -194,6 +200,8 @@ class Decoder {
 
   // Starts over at bit `bit`: true when a whole valid dynamic header (not final) is there.
   bool Start(uint64_t bit) {
+    if (blocks_left_ == 0) return false;
+    --blocks_left_;
     bits_.Seek(bit);
     out_ = last_unknown_ = 0;
     return bits_.Get(3) == 4 && Dynamic() && !bits_.overrun();
@@ -205,6 +213,8 @@ class Decoder {
   End Run() {
     if (!Codes(lit_, dist_) || bits_.overrun()) return End::kStop;
     while (!Clean()) {
+      if (blocks_left_ == 0) return End::kStop;
+      --blocks_left_;
       const uint32_t head = bits_.Get(3);
       if ((head & 1) != 0) return End::kStop;  // the final block: nothing to resume after it
       bool ok = false;
@@ -317,6 +327,7 @@ class Decoder {
 
   Bits bits_;
   const uint64_t max_out_;
+  uint64_t blocks_left_;  // headers parsed, over every candidate: the bound on time
   const Huffman* fixed_ = nullptr;
   Huffman lit_, dist_;
   std::vector<uint16_t> ring_ = std::vector<uint16_t>(kMask + 1);
@@ -346,7 +357,7 @@ Result<std::optional<SpeculativeStart>> FindSpeculativeStart(const DeflateSource
       std::min(end_bits, (from_bit - from_byte * 8) + limits.search_bytes * 8);
   uint64_t tried = 0, decoded = 0;
   Bits bits(buf.get(), end_bits);
-  Decoder dec(bits, limits.warmup_bytes);
+  Decoder dec(bits, limits.warmup_bytes, limits.blocks);
   for (uint64_t b = from_bit - from_byte * 8; b < search_end; ++b) {
     bits.Seek(b);
     if (!LooksLikeDynamicHeader(bits) || !dec.Start(b)) continue;

@@ -30,6 +30,7 @@ struct SpeculationLimits {
   uint64_t search_bytes = 1 << 20;  // how far past `from_bit` a first header may start
   uint64_t warmup_bytes = 4 << 20;  // output allowed between first_bit and resume_bit
   uint64_t candidates = 64;         // whole valid headers decoded from before giving up
+  uint64_t blocks = 8192;           // blocks decoded in all (an empty block costs a header)
 };
 
 // Looks for a dynamic-Huffman block header at or after bit `from_bit` of `source`'s data

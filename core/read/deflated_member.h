@@ -27,8 +27,8 @@
 //      best resume point before pos: a parked fast stream, the last checkpoint at a block
 //      start, or a snapshot (a saved engine state, taken every kSnapshotEvery bytes the fast
 //      stream passes, kept in the archive's SnapshotStore: bounded, thinned evenly, dropped
-//      once checkpoints cover them). Ahead of a sequential reader, the next chunks (kFastLead for a stream,
-//      one after a page-cache-sized request) are claimed in the cache and decoded in order
+//      once checkpoints cover them). Ahead of a sequential reader, the next chunks (kFastLead for a
+//      stream, one after a page-cache-sized request) are claimed in the cache and decoded in order
 //      by one DecodePool task, the chain, which goes on with its own stream; readers wait
 //      for claimed chunks rather than decode them. (With a task per chunk, each chunk waited
 //      for a thread to wake: a sixth of a first `cat`.) The fast stream carries the CRC-32
@@ -43,12 +43,14 @@
 //      (core/read/block_finder.h), then decodes on from there with the fast engine, taking
 //      snapshots at offsets relative to that block. The reader decodes up to that block and
 //      must stop there between two blocks (DecodeStream::StopBefore/StopsAt): that proves
-//      the guess, and gives the block's real offset and the CRC-32 up to it. Only then do
-//      the helper's snapshots and stream get real offsets and CRCs (joined with
-//      Crc32Combine) and serve anything. A wrong guess, a helper that finds nothing, or bad
-//      data: the reader goes on alone, as before. Measured: 640 MiB in 1.02 s against
-//      1.65 s. The reader waits for the helper's search before passing the place it
-//      searches (a few ms against the tens the reader needs to get there).
+//      the guess, and gives the block's real offset. It decodes on to the helper's resume
+//      point, where it must again stop between two blocks, its last 32 KiB the helper's
+//      window (so a fault of the helper's own decoder is caught too), and has the CRC-32
+//      there. Only then do the helper's snapshots and stream get real offsets and CRCs
+//      (joined with Crc32Combine) and serve anything. A wrong guess, a helper that finds
+//      nothing or answers late (the reader waits at most 200 ms for its search before
+//      passing the place it searches; the search takes a few ms), or bad data: the reader
+//      goes on alone, as before. Measured: 640 MiB in 1.02 s against 1.65 s.
 //      Only with ISA-L (zlib cannot tell where between blocks it stopped without Z_BLOCK)
 //      and two or more CPUs.
 // Rejected: caching fast-path output under span keys (the spans are not known yet, and
@@ -293,7 +295,9 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   // a DecodePool thread (see the essay); `stream` may be replaced by the helper's.
   Status SkipFar(std::unique_ptr<DecodeStream>& stream, uint64_t pos, uint64_t generation);
   struct Speculation;
-  void RunSpeculation(Speculation& spec);
+  void RunSpeculation(Speculation& spec);  // the helper: a DecodePool task
+  void SpeculateFrom(Speculation& spec,
+                     const std::function<void(std::unique_ptr<DecodeStream>)>& finish);
   void MaybeSnapshot(const DecodeStream& stream, uint64_t generation);
   // At the member's end: the stream ends here, and its CRC-32 is the directory's.
   Status CheckFastEnd(DecodeStream& stream);

@@ -197,22 +197,22 @@ Status DeflatedMember::SkipTo(DecodeStream& stream, uint64_t pos, uint64_t gener
 // Shared by a reader in SkipFar and the DecodePool task it starts (RunSpeculation). The
 // helper's offsets are relative to first_bit until the reader proves the guess and rebases.
 struct DeflatedMember::Speculation {
-  static constexpr uint64_t kMaxSnaps = 256;  // ~14 MB of ISA-L states
+  static constexpr uint64_t kMaxSnaps = 256;  // ~14 MB of ISA-L states held by the helper
 
+  // Set before the task is submitted, then read only.
   uint64_t from_bit = 0;  // where the helper looks for a block
-  uint64_t in_cap = 0;    // it reads no compressed byte past this before it has a target
-  uint64_t snapshot_every = kSnapshotEvery;  // a multiple of it, for at most kMaxSnaps
+  uint64_t in_cap = 0;    // once past this (checked between steps) it stops, if no target
+  uint64_t snapshot_every = kSnapshotEvery;  // a multiple of it
 
-  std::mutex mu;
+  std::mutex mu;  // guards everything below
   std::condition_variable cv;
   // Written by the helper:
   bool searching = false;  // the search for a block began (it ends with found or done)
-  bool found = false;      // first_bit and out_between are set
+  bool found = false;      // the fields of `start` are set
   bool done = false;       // the helper returned: it touches nothing here any more
-  uint64_t first_bit = 0;
-  uint64_t out_between = 0;
-  // Every snapshot_every bytes: out relative to first_bit, crc of the bytes from the resume
-  // point (out_between) on.
+  SpeculativeStart start;
+  // Every snapshot_every bytes (at most kMaxSnaps): out relative to first_bit, crc of the
+  // bytes from the resume point (start.out_between) on.
   std::vector<DecodeStream::Snapshot> snaps;
   std::unique_ptr<DecodeStream> stream;  // at `target`, relative as the snapshots
   // Written by the reader:
@@ -221,14 +221,27 @@ struct DeflatedMember::Speculation {
 };
 
 void DeflatedMember::RunSpeculation(Speculation& spec) {
-  auto finish = [&spec](std::unique_ptr<DecodeStream> stream) {
+  bool finished = false;
+  auto finish = [&spec, &finished](std::unique_ptr<DecodeStream> stream) {
     std::lock_guard<std::mutex> lock(spec.mu);
     if (stream != nullptr && !spec.stop && stream->resume_pos() == spec.target) {
       spec.stream = std::move(stream);
     }
     spec.done = true;
+    finished = true;
     spec.cv.notify_all();
   };
+  // The reader may wait for `done`: it is set whatever happens here, an allocation that
+  // throws included (the pool does not catch).
+  try {
+    SpeculateFrom(spec, finish);
+  } catch (...) {
+    if (!finished) finish(nullptr);
+  }
+}
+
+void DeflatedMember::SpeculateFrom(
+    Speculation& spec, const std::function<void(std::unique_ptr<DecodeStream>)>& finish) {
   bool stopped = false;
   {
     std::lock_guard<std::mutex> lock(spec.mu);
@@ -239,10 +252,10 @@ void DeflatedMember::RunSpeculation(Speculation& spec) {
   Result<std::optional<SpeculativeStart>> found =
       FindSpeculativeStart(source_, spec.from_bit, SpeculationLimits());
   if (!found.ok() || !found->has_value()) return finish(nullptr);
-  const SpeculativeStart& start = **found;
   Result<std::unique_ptr<DecodeStream>> created = DecodeStream::Create(source_);
   if (!created.ok()) return finish(nullptr);
   std::unique_ptr<DecodeStream> stream = std::move(created).value();
+  const SpeculativeStart& start = **found;
   if (!stream->RestoreAt(start.resume_bit, start.window, start.out_between, 0).ok()) {
     return finish(nullptr);
   }
@@ -250,16 +263,17 @@ void DeflatedMember::RunSpeculation(Speculation& spec) {
     std::lock_guard<std::mutex> lock(spec.mu);
     spec.searching = false;
     spec.found = true;
-    spec.first_bit = start.first_bit;
-    spec.out_between = start.out_between;
+    spec.start = std::move(**found);
     spec.cv.notify_all();
   }
   while (true) {
     uint64_t target = 0;
+    size_t held = 0;
     {
       std::lock_guard<std::mutex> lock(spec.mu);
       if (spec.stop) break;
       target = spec.target;
+      held = spec.snaps.size();
     }
     const uint64_t here = stream->resume_pos();
     if (here >= target || (target == UINT64_MAX && stream->input_pos() >= spec.in_cap)) break;
@@ -268,7 +282,7 @@ void DeflatedMember::RunSpeculation(Speculation& spec) {
     Result<size_t> got = stream->Skip(next - here);
     // Bad data or the stream's end: the reader finds out on its own.
     if (!got.ok() || *got != next - here) return finish(nullptr);
-    if (next == target) break;
+    if (next == target || held >= Speculation::kMaxSnaps) continue;
     Result<DecodeStream::Snapshot> snap = stream->TakeSnapshot();
     if (!snap.ok()) continue;
     std::lock_guard<std::mutex> lock(spec.mu);
@@ -312,24 +326,30 @@ Status DeflatedMember::SkipFar(std::unique_ptr<DecodeStream>& stream, uint64_t p
   // Decode towards pos as SkipTo does, until the helper has found its block: then only up to
   // that block, where the stream must stop between two blocks for the guess to be right.
   bool limited = false, met = false;
-  uint64_t first_bit = 0, out_between = 0;
-  // A step decodes kSnapshotEvery bytes, which take at most about that many compressed bytes
-  // (a stored block's header more); the input buffer reads ahead a little more.
+  uint64_t first_bit = 0;
+  // A step decodes kSnapshotEvery bytes, from roughly that many compressed bytes on this
+  // data (stored blocks add 5 bytes in 64 KiB); the input buffer reads 128 KiB ahead.
   const uint64_t step_in = kSnapshotEvery + kSnapshotEvery / 8;
+  const uint64_t search_end = spec->from_bit / 8 + SpeculationLimits().search_bytes;
+  bool waited = false, alone = false;  // alone: the helper is told to stop
   while (stream->resume_pos() < pos) {
-    if (!limited) {
+    if (!limited && !alone) {
       std::unique_lock<std::mutex> lock(spec->mu);
-      // About to pass where the helper searches: wait for its answer if it is on the way (the
-      // search takes a few ms, the reader's way there tens), else the split is lost.
-      if (spec->searching && stream->input_pos() + step_in >= spec->from_bit / 8) {
-        spec->cv.wait(lock, [&] { return spec->found || spec->done; });
+      // About to pass where the helper searches while it searches: wait a little for its
+      // answer (the search takes a few ms, the reader's way there tens), else the split is
+      // lost.
+      const uint64_t in = stream->input_pos();
+      if (spec->searching && !waited && in + step_in >= spec->from_bit / 8 && in < search_end) {
+        waited = true;
+        spec->cv.wait_for(lock, std::chrono::milliseconds(200),
+                          [&] { return spec->found || spec->done; });
       }
-      if (spec->found && !spec->stop) {
-        first_bit = spec->first_bit;
-        out_between = spec->out_between;
+      if (spec->found) {
+        first_bit = spec->start.first_bit;
         limited = stream->StopBefore(first_bit);
-        if (!limited) spec->stop = true;  // already past it
       }
+      alone = spec->done || ((spec->found || waited) && !limited);  // past it, or too late
+      spec->stop = alone;
     }
     const uint64_t here = stream->resume_pos();
     const uint64_t stop = std::min(pos, (here / kSnapshotEvery + 1) * kSnapshotEvery);
@@ -340,28 +360,51 @@ Status DeflatedMember::SkipFar(std::unique_ptr<DecodeStream>& stream, uint64_t p
       return Bad("the deflate data ends before the size in the directory (" +
                  std::to_string(here + got) + " of " + std::to_string(size()) + " bytes)");
     }
-    met = stream->StopsAt(first_bit);
-    stream->LiftLimit();
-    limited = false;
-    if (met) break;
-    std::lock_guard<std::mutex> lock(spec->mu);
-    spec->stop = true;  // a false guess: go on alone
+    met = stream->StopsAt(first_bit);  // else a false guess: go on alone
+    break;
   }
-  if (limited) stream->LiftLimit();  // pos came first
+  if (limited) stream->LiftLimit();  // met, a false guess, or pos came first
   if (!met) return SkipTo(*stream, pos, generation);
 
-  // The guess was right: the helper's offset 0 is here. Its first out_between bytes were
-  // decoded without the window, so the stream here decodes them (for the CRC-32 there);
-  // then the helper's snapshots and stream get their real offsets.
+  // first_bit is a block boundary: the helper's offset 0 is here. The helper decoded its
+  // first out_between bytes into symbols of its own (not the fast engine) and started the
+  // fast engine at resume_bit with their last 32 KiB as the window: so this stream decodes
+  // them too, and must stop between two blocks exactly at resume_bit with those 32 KiB as
+  // its last bytes. Then the helper's decoding from there is what this stream's would be
+  // (a block boundary and its window determine everything after them), and its snapshots
+  // and stream get their real offsets and the CRC-32 of the bytes before them.
+  uint64_t out_between = 0, resume_bit = 0;
+  std::vector<std::byte> window;
+  {
+    std::lock_guard<std::mutex> lock(spec->mu);
+    out_between = spec->start.out_between;
+    resume_bit = spec->start.resume_bit;
+    window = spec->start.window;  // the helper does not change `start` once found
+  }
   const uint64_t base = stream->resume_pos();
   const uint64_t resume = base + out_between;
   if (pos <= resume) return SkipTo(*stream, pos, generation);
   {
     std::lock_guard<std::mutex> lock(spec->mu);
     spec->target = pos - base;
-    spec->cv.notify_all();
   }
-  NPZ_RETURN_IF_ERROR(SkipTo(*stream, resume, generation));
+  // (The stream stopped at first_bit with no input read past it, so it can stop again.)
+  bool proven = stream->StopBefore(resume_bit);
+  if (proven) {
+    const uint64_t head = out_between - window.size();  // >= 0: a window is 32 KiB
+    NPZ_ASSIGN_OR_RETURN(size_t skipped, stream->Skip(head));
+    std::vector<std::byte> tail(window.size() + 1);
+    NPZ_ASSIGN_OR_RETURN(size_t got, stream->Read(tail.data(), tail.size()));
+    proven = skipped == head && got == window.size() && stream->StopsAt(resume_bit) &&
+             std::equal(window.begin(), window.end(), tail.begin());
+    stream->LiftLimit();
+  }
+  if (!proven) {
+    // The helper's own decoder went wrong: go on alone (and say so: it is a bug).
+    shared_->Log(member_path_ + ": speculative decoding disagreed at bit " +
+                 std::to_string(resume_bit) + "; decoding on without it");
+    return SkipTo(*stream, pos, generation);
+  }
   const std::optional<uint32_t> crc_at_resume = stream->crc();
   auto crc_at = [&](uint64_t rel_out, std::optional<uint32_t> rel_crc) -> std::optional<uint32_t> {
     if (!crc_at_resume.has_value() || !rel_crc.has_value()) return std::nullopt;
@@ -377,10 +420,18 @@ Status DeflatedMember::SkipFar(std::unique_ptr<DecodeStream>& stream, uint64_t p
   }
   speculations_.fetch_add(1);
   const uint64_t key = StreamKey(generation);
+  uint64_t covered = UINT64_MAX;  // snapshots at or before this are not kept (MaybeSnapshot)
+  {
+    std::lock_guard<std::mutex> lock(index_mu_);
+    if (generation == generation_ && !complete_) covered = checkpoints_.back().out;
+  }
   for (DecodeStream::Snapshot& snap : snaps) {
     snap.crc = crc_at(snap.out, snap.crc);
     snap.out += base;
-    shared_->snapshots.Insert(key, std::make_shared<const DecodeStream::Snapshot>(std::move(snap)));
+    if (covered != UINT64_MAX && snap.out > covered) {
+      shared_->snapshots.Insert(key,
+                                std::make_shared<const DecodeStream::Snapshot>(std::move(snap)));
+    }
   }
   if (helper != nullptr) {
     helper->Rebase(pos, crc_at(pos - base, helper->crc()));

@@ -20,8 +20,8 @@ bool SnapshotStore::Has(uint64_t member, uint64_t out) const {
 
 void SnapshotStore::EraseLocked(std::map<Key, SnapshotPtr>::iterator it,
                                 std::vector<SnapshotPtr>* dropped) {
+  dropped->push_back(it->second);  // may throw: before anything changes
   bytes_ -= it->second->memory();
-  dropped->push_back(std::move(it->second));
   entries_.erase(it);
 }
 
