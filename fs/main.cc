@@ -49,7 +49,8 @@ int PrintHelpOrVersion(const Options& options, const char* program) {
     fuse_cmdline_help();
     fuse_lowlevel_help();
   } else {
-    std::printf("npzfs %s (libfuse %s)\n", NPZFS_VERSION, fuse_pkgversion());
+    std::printf("npzfs %s (libfuse %s, inflate %s)\n", NPZFS_VERSION, fuse_pkgversion(),
+                InflateEngineName());
   }
   return 0;
 }

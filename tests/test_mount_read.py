@@ -433,6 +433,33 @@ def test_help_and_version_print_and_exit_zero():
         assert needle in r.stderr, (args, r.stderr)
 
 
+def test_a_far_frame_on_a_fresh_mount_is_decoded_on_two_cores_and_exact(tmp_path):
+    """np.load of a frame 40 MiB into a member nobody read yet: with ISA-L and two CPUs the
+    daemon splits the decoding with a helper on the other core (user.npzfs.stats counts it);
+    the frame, the frames behind it and the member's end (its CRC-32) come out right."""
+    rng = np.random.default_rng(8)
+    t = np.arange(24 << 20)
+    adc = (1000 * np.sin(t / 500.0) + rng.normal(0, 30, t.size)).astype("<i2")
+    adc = adc.reshape(-1, (256 << 10) // 2)  # 256 KiB frames
+    path = tmp_path / "big.npz"
+    np.savez_compressed(path, adc=adc)
+    version = subprocess.run([NPZFS_BIN, "-V"], capture_output=True, text=True).stdout
+    with mounted(path, tmp_path / "mnt", "-o", "index=off") as m:
+        a = np.load(m.path("adc.npy"), mmap_mode="r")
+        far = a.shape[0] * 5 // 6
+        assert np.array_equal(a[far], adc[far])
+        stats = json.loads(os.getxattr(m.mnt, "user.npzfs.stats"))
+        if "inflate isa-l" in version and len(os.sched_getaffinity(0)) >= 2:
+            assert stats["speculations"] >= 1, stats
+        else:
+            assert stats["speculations"] == 0, stats
+        for k in (3, far // 2, far - 1, a.shape[0] - 1):
+            assert np.array_equal(a[k], adc[k]), k
+        del a  # the mapping keeps the mount busy
+        assert sha(read_file(m.path("adc.npy"))) == sha(npy_of(adc))
+    assert m.returncode == 0, m.log()
+
+
 def test_a_log_fifo_that_nobody_reads_fails_the_mount_at_once(archives, tmp_path):
     os.mkfifo(tmp_path / "log.fifo")
     r = subprocess.run([NPZFS_BIN, "-f", "-o", f"log={tmp_path / 'log.fifo'}",

@@ -17,6 +17,7 @@
 #include "core/base/atomic_file.h"
 #include "core/base/text_codec.h"
 #include "core/read/deflated_member.h"
+#include "core/read/inflate_engine.h"
 #include "core/read/index_file.h"
 #include "core/read/stored_member.h"
 #include "core/zip/seek_table.h"
@@ -331,6 +332,8 @@ uint64_t Archive::span_restores(size_t i) const {
   if (i >= members_.size() || deflated_[i] == nullptr) return 0;
   return deflated_[i]->span_restores();
 }
+
+const char* InflateEngineName() { return FastEngineIsIsal() ? "isa-l" : "zlib"; }
 
 uint64_t Archive::speculations(size_t i) const {
   if (i >= members_.size() || deflated_[i] == nullptr) return 0;

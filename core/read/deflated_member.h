@@ -48,7 +48,7 @@
 //      window (so a fault of the helper's own decoder is caught too), and has the CRC-32
 //      there. Only then do the helper's snapshots and stream get real offsets and CRCs
 //      (joined with Crc32Combine) and serve anything. A wrong guess, a helper that finds
-//      nothing or answers late (the reader waits at most 200 ms for its search before
+//      nothing or answers late (the reader waits at most a second for its search before
 //      passing the place it searches; the search takes a few ms), or bad data: the reader
 //      goes on alone, as before. Measured: 640 MiB in 1.02 s against 1.65 s.
 //      Only with ISA-L (zlib cannot tell where between blocks it stopped without Z_BLOCK)

@@ -341,7 +341,7 @@ Status DeflatedMember::SkipFar(std::unique_ptr<DecodeStream>& stream, uint64_t p
       const uint64_t in = stream->input_pos();
       if (spec->searching && !waited && in + step_in >= spec->from_bit / 8 && in < search_end) {
         waited = true;
-        spec->cv.wait_for(lock, std::chrono::milliseconds(200),
+        spec->cv.wait_for(lock, std::chrono::seconds(1),
                           [&] { return spec->found || spec->done; });
       }
       if (spec->found) {

@@ -233,4 +233,8 @@ class Archive {
   bool carried_forward_ = false;  // guarded by save_mu_: SaveIndex has nothing to do
 };
 
+// The engine that decodes deflated members in this build: "isa-l", or "zlib" when npzfs was
+// built without ISA-L (then far reads are never split between cores).
+const char* InflateEngineName();
+
 }  // namespace npzfs
