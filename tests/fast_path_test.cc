@@ -364,7 +364,9 @@ TEST_F(FastPathTest, AFarReadPastCorruptDataGetsWhatADecoderFromTheStartGets) {
       EXPECT_FALSE(ReadToTheEnd(*r).ok()) << "corrupt deflate data read to a clean end";
     }
     EXPECT_EQ(ok[1], ok[0]) << "at " << far;
-    if (ok[0] && ok[1]) EXPECT_TRUE(got[1] == got[0]) << "different bytes at " << far;
+    if (ok[0] && ok[1]) {
+      EXPECT_TRUE(got[1] == got[0]) << "different bytes at " << far;
+    }
   }
   if (CanSpeculate()) {
     EXPECT_GE(split_reads, 1u) << "no read was split: the test tests nothing";
