@@ -24,22 +24,10 @@
 namespace npzfs {
 namespace {
 
+using testing::RealisticInt16;
 using testing::TempDir;
 
 constexpr size_t kJunk = 37;  // bytes before the deflate data in every file: data_offset
-
-// int16 little-endian samples: a smooth signal plus noise, like an ADC recording.
-std::string RealisticInt16(size_t samples, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<double> noise(0.0, 30.0);
-  std::string out(samples * 2, '\0');
-  for (size_t i = 0; i < samples; ++i) {
-    auto v = static_cast<int16_t>(1000.0 * std::sin(static_cast<double>(i) / 500.0) + noise(rng));
-    out[2 * i] = static_cast<char>(v & 0xff);
-    out[2 * i + 1] = static_cast<char>((v >> 8) & 0xff);
-  }
-  return out;
-}
 
 // Text like a CSV log: repeated field names and formats, changing numbers.
 std::string CsvText(size_t bytes, uint32_t seed) {

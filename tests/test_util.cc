@@ -4,9 +4,11 @@
 #include <stdlib.h>
 #include <sys/wait.h>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
 
 namespace npzfs::testing {
@@ -72,6 +74,18 @@ void WriteFileOrDie(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   if (!out) ADD_FAILURE() << "cannot write " << path;
+}
+
+std::string RealisticInt16(size_t samples, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> noise(0.0, 30.0);
+  std::string out(samples * 2, '\0');
+  for (size_t i = 0; i < samples; ++i) {
+    auto v = static_cast<int16_t>(1000.0 * std::sin(static_cast<double>(i) / 500.0) + noise(rng));
+    out[2 * i] = static_cast<char>(v & 0xff);
+    out[2 * i + 1] = static_cast<char>((v >> 8) & 0xff);
+  }
+  return out;
 }
 
 }  // namespace npzfs::testing

@@ -1,6 +1,8 @@
-// Helpers shared by the unit tests: scratch directories and running numpy.
+// Helpers shared by the unit tests: scratch directories, running numpy, test data.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <string>
 
 namespace npzfs::testing {
@@ -29,5 +31,9 @@ std::string RunPython(const std::string& code);
 // The whole content of a file, or a test failure.
 std::string ReadFileOrDie(const std::string& path);
 void WriteFileOrDie(const std::string& path, const std::string& bytes);
+
+// `samples` int16 little-endian samples: a smooth signal plus noise, like an ADC recording
+// (the same bytes for the same seed).
+std::string RealisticInt16(size_t samples, uint32_t seed);
 
 }  // namespace npzfs::testing

@@ -40,6 +40,11 @@ Status DeflatedMember::Bad(const std::string& why) const {
   return Status::Error(EIO, source_.name + ": " + why);
 }
 
+Status DeflatedMember::EndsEarly(uint64_t at) const {
+  return Bad("the deflate data ends before the size in the directory (" + std::to_string(at) +
+             " of " + std::to_string(size()) + " bytes)");
+}
+
 Status DeflatedMember::Corrupt(const std::string& why) { return MarkCorrupt(Bad(why)); }
 
 Status DeflatedMember::MarkCorrupt(Status s) {

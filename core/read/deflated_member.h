@@ -257,6 +257,7 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   // again), or `failure` when they were not from the sidecar.
   Status Distrust(uint64_t generation, const Status& failure);
   Status Bad(const std::string& why) const;  // EIO naming the member, nothing marked
+  Status EndsEarly(uint64_t at) const;       // Bad: the data ends at `at`, before size()
   Status Corrupt(const std::string& why);    // marks the member corrupt, logs, returns EIO
   Status MarkCorrupt(Status s);              // the same with a complete message
 

@@ -118,8 +118,7 @@ Result<SpanPtr> DeflatedMember::ProduceFastChunk(uint64_t chunk, uint64_t genera
     if (!got.ok()) {
       s = got.status();
     } else if (*got != len) {
-      s = Bad("the deflate data ends before the size in the directory (" +
-              std::to_string(start + *got) + " of " + std::to_string(size()) + " bytes)");
+      s = EndsEarly(start + *got);
     }
   }
   if (s.ok() && start + len == size()) s = CheckFastEnd(*stream);
@@ -186,8 +185,7 @@ Status DeflatedMember::SkipTo(DecodeStream& stream, uint64_t pos, uint64_t gener
     const uint64_t stop = std::min(pos, (here / kSnapshotEvery + 1) * kSnapshotEvery);
     NPZ_ASSIGN_OR_RETURN(size_t got, stream.Skip(stop - here));
     if (got != stop - here) {
-      return Bad("the deflate data ends before the size in the directory (" +
-                 std::to_string(here + got) + " of " + std::to_string(size()) + " bytes)");
+      return EndsEarly(here + got);
     }
     MaybeSnapshot(stream, generation);
   }
@@ -341,8 +339,7 @@ Status DeflatedMember::SkipFar(std::unique_ptr<DecodeStream>& stream, uint64_t p
       const uint64_t in = stream->input_pos();
       if (spec->searching && !waited && in + step_in >= spec->from_bit / 8 && in < search_end) {
         waited = true;
-        spec->cv.wait_for(lock, std::chrono::seconds(1),
-                          [&] { return spec->found || spec->done; });
+        spec->cv.wait_for(lock, std::chrono::seconds(1), [&] { return spec->found || spec->done; });
       }
       if (spec->found) {
         first_bit = spec->start.first_bit;
@@ -357,8 +354,7 @@ Status DeflatedMember::SkipFar(std::unique_ptr<DecodeStream>& stream, uint64_t p
     MaybeSnapshot(*stream, generation);
     if (got == stop - here) continue;
     if (!limited) {
-      return Bad("the deflate data ends before the size in the directory (" +
-                 std::to_string(here + got) + " of " + std::to_string(size()) + " bytes)");
+      return EndsEarly(here + got);
     }
     met = stream->StopsAt(first_bit);  // else a false guess: go on alone
     break;

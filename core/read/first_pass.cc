@@ -116,8 +116,7 @@ Status DeflatedMember::MakeWindow(InflateStream& stream, NewSpan& span) {
 Result<SpanPtr> DeflatedMember::PublishSpan(size_t k, uint64_t start, NewSpan span,
                                             bool fill_cache) {
   if (!span.next.has_value() && start + span.len != size()) {
-    return Bad("the deflate data ends before the size in the directory (" +
-               std::to_string(start + span.len) + " of " + std::to_string(size()) + " bytes)");
+    return EndsEarly(start + span.len);
   }
   const uint32_t crc = Crc32(0, span.buf.get(), span.len);
   auto made = std::make_shared<Span>();

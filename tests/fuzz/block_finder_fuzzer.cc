@@ -34,13 +34,6 @@ constexpr size_t kMaxPlain = 384 << 10;
 constexpr size_t kMaxInflated = 8 << 20;  // zlib's reference stops here
 constexpr uint8_t kModeRaw = 1;
 
-uint32_t XorShift(uint32_t& s) {
-  s ^= s << 13;
-  s ^= s >> 17;
-  s ^= s << 5;
-  return s;
-}
-
 // Little-endian int16 samples: a triangle wave plus noise (integers only: the same bytes on
 // every machine).
 void AppendSignal(std::string* out, size_t samples, uint32_t amplitude, uint32_t period,
@@ -78,24 +71,15 @@ std::string MakePlaintext(FuzzInput& in) {
         AppendSignal(&plain, samples, amplitude, period, noise, rng);
         break;
       }
-      case 1:  // noise: stored or literal-heavy blocks
-        for (size_t n = std::min<size_t>(in.Range(1, 16384), room); n > 0; --n) {
-          plain.push_back(static_cast<char>(XorShift(rng)));
-        }
+      case 1:
+        AppendNoise(in, room, rng, &plain);
         break;
-      case 2: {  // a copy of earlier output, up to 32 KiB back
-        if (plain.empty()) break;
-        const size_t dist = in.Range(1, std::min<size_t>(plain.size(), 32768));
-        const size_t len = std::min<size_t>(in.Range(3, 2048), room);
-        const size_t from = plain.size() - dist;
-        for (size_t i = 0; i < len; ++i) plain.push_back(plain[from + i]);
+      case 2:
+        AppendBackCopy(in, room, &plain);
         break;
-      }
-      case 3: {  // a run of one byte
-        const size_t len = std::min<size_t>(in.Range(1, 65536), room);
-        plain.append(len, static_cast<char>(in.U8()));
+      case 3:
+        AppendRun(in, room, &plain);
         break;
-      }
       default:  // words: text
         for (size_t n = in.Range(1, 4096); n > 0 && plain.size() < target; --n) {
           plain += kWords[XorShift(rng) % 10];

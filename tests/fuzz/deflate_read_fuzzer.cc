@@ -47,14 +47,6 @@ constexpr size_t kMaxReadLength = 96 << 10;
 constexpr uint8_t kModeRaw = 1, kModeBuildIndex = 2, kModeSaveIndex = 4, kModeBadCrc = 8,
                   kModeChunked = 16, kModeBadTable = 32;
 
-// Deterministic noise for incompressible stretches.
-uint32_t XorShift(uint32_t& s) {
-  s ^= s << 13;
-  s ^= s >> 17;
-  s ^= s << 5;
-  return s;
-}
-
 std::string MakePlaintext(FuzzInput& in) {
   const size_t target = in.Range(0, kMaxPlain);
   std::string unit = in.Bytes(in.Range(1, 64));
@@ -75,23 +67,14 @@ std::string MakePlaintext(FuzzInput& in) {
           plain.append(unit, 0, std::min(unit.size(), target - plain.size()));
         }
         break;
-      case 1:  // noise: stored or literal-heavy blocks
-        for (size_t n = std::min<size_t>(in.Range(1, 16384), room); n > 0; --n) {
-          plain.push_back(static_cast<char>(XorShift(noise)));
-        }
+      case 1:
+        AppendNoise(in, room, noise, &plain);
         break;
-      case 2: {  // a copy of earlier output, up to 32 KiB back: references across checkpoints
-        if (plain.empty()) break;
-        const size_t dist = in.Range(1, std::min<size_t>(plain.size(), 32768));
-        const size_t len = std::min<size_t>(in.Range(3, 2048), room);
-        const size_t from = plain.size() - dist;
-        for (size_t i = 0; i < len; ++i) plain.push_back(plain[from + i]);
+      case 2:  // references across checkpoints
+        AppendBackCopy(in, room, &plain);
         break;
-      }
-      default: {  // a run of one byte
-        const size_t len = std::min<size_t>(in.Range(1, 65536), room);
-        plain.append(len, static_cast<char>(in.U8()));
-      }
+      default:
+        AppendRun(in, room, &plain);
     }
   }
   return plain;

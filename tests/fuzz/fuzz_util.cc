@@ -5,6 +5,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -159,6 +160,32 @@ bool RawInflate(std::string_view raw, size_t max_output, std::string* plain, siz
 uint32_t Crc32(std::string_view bytes) {
   return static_cast<uint32_t>(
       crc32_z(0, reinterpret_cast<const Bytef*>(bytes.data()), bytes.size()));
+}
+
+uint32_t XorShift(uint32_t& s) {
+  s ^= s << 13;
+  s ^= s >> 17;
+  s ^= s << 5;
+  return s;
+}
+
+void AppendNoise(FuzzInput& in, size_t room, uint32_t& state, std::string* plain) {
+  for (size_t n = std::min<size_t>(in.Range(1, 16384), room); n > 0; --n) {
+    plain->push_back(static_cast<char>(XorShift(state)));
+  }
+}
+
+void AppendBackCopy(FuzzInput& in, size_t room, std::string* plain) {
+  if (plain->empty()) return;
+  const size_t dist = in.Range(1, std::min<size_t>(plain->size(), 32768));
+  const size_t len = std::min<size_t>(in.Range(3, 2048), room);
+  const size_t from = plain->size() - dist;
+  for (size_t i = 0; i < len; ++i) plain->push_back((*plain)[from + i]);
+}
+
+void AppendRun(FuzzInput& in, size_t room, std::string* plain) {
+  const size_t len = std::min<size_t>(in.Range(1, 65536), room);
+  plain->append(len, static_cast<char>(in.U8()));
 }
 
 }  // namespace npzfs::fuzz

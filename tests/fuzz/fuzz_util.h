@@ -64,6 +64,16 @@ void WriteFileOrAbort(const std::string& path, std::string_view bytes);
 // An anonymous in-memory file (memfd) holding `bytes`.
 UniqueFd MemFileOrAbort(std::string_view bytes);
 
+// Plaintext recipes (the deflate harnesses build what they compress from the input).
+// Deterministic noise: xorshift32 on `s` (never 0).
+uint32_t XorShift(uint32_t& s);
+// Each appends to `plain`, at most `room` bytes, drawing its parameters from `in`:
+// incompressible noise (stored or literal-heavy blocks), a copy of earlier output up to 32 KiB
+// back (nothing while `plain` is empty), a run of one byte.
+void AppendNoise(FuzzInput& in, size_t room, uint32_t& state, std::string* plain);
+void AppendBackCopy(FuzzInput& in, size_t room, std::string* plain);
+void AppendRun(FuzzInput& in, size_t room, std::string* plain);
+
 // Raw deflate (no zlib or gzip wrapper) of `plain`. `level` 0..9, `strategy` a zlib
 // strategy, `mem_level` 1..9; when `flush_every` > 0, a Z_SYNC_FLUSH or Z_FULL_FLUSH
 // (alternating) every `flush_every` input bytes ends a block there, as streaming
