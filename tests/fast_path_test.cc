@@ -253,6 +253,73 @@ TEST_F(FastPathTest, AStreamingReaderWithACompleteIndexGetsRunsOfSpansThatContin
   EXPECT_GT(before, 0u) << "the first span has no stream to continue: it restores one";
 }
 
+// np.load(mmap_mode='r') reads a frame as the kernel's read-around of its first page fault
+// and then its readahead: 128 KiB requests in order, from 64 KiB before the frame to 128 KiB
+// past its end. The same run length after every jump marks a reader of objects.
+TEST_F(FastPathTest, AReaderOfFramesHasEachNextFramesSpansDecodedAtItsFirstRequestAndNoneBeyond) {
+  auto a = Archive::Open(dir_->Join("comp.npz"), Options(/*background_index=*/false));
+  ASSERT_TRUE(a.ok());
+  const size_t adc = *(*a)->Find("adc.npy");
+  ASSERT_TRUE((*a)->BuildIndex(adc).ok());  // every span known; none cached
+  auto r = *(*a)->OpenMember(adc);
+  const std::vector<uint64_t> starts = (*a)->span_starts(adc);
+  ASSERT_GT(starts.size(), 20u);
+  // The spans that hold a byte of [from, to).
+  auto spans_in = [&](uint64_t from, uint64_t to) {
+    size_t n = 0;
+    for (size_t k = 0; k < starts.size(); ++k) {
+      const uint64_t end = k + 1 < starts.size() ? starts[k + 1] : r->size();
+      if (starts[k] < to && end > from) ++n;
+    }
+    return static_cast<uint64_t>(n);
+  };
+  constexpr uint64_t kRequest = 128 << 10, kRun = 6 * kRequest;
+  auto read_request = [&](uint64_t off) {
+    ASSERT_TRUE(Read(*r, off, kRequest) == ref_->substr(off, kRequest)) << "offset " << off;
+  };
+  auto misses = [&] { return (*a)->stats().cache_misses; };
+  // Two frames teach the reader's run length (and whatever they decode ahead settles).
+  for (uint64_t at : {uint64_t{1} << 20, uint64_t{8} << 20}) {
+    for (uint64_t off = at; off < at + kRun; off += kRequest) read_request(off);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const uint64_t before = misses();
+  const uint64_t at = (4 << 20) + 12345;  // 4.75 MiB back: a jump
+  const uint64_t want = spans_in(at, at + kRun);
+  ASSERT_GE(want, 3u);
+  ASSERT_GT(want, spans_in(at, at + kRequest) + 1) << "the old read-ahead would do";
+  read_request(at);
+  for (int i = 0; i < 200 && misses() - before < want; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(misses() - before, want) << "every span of the frame, at its first request";
+  for (uint64_t off = at + kRequest; off < at + kRun; off += kRequest) read_request(off);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(misses() - before, want) << "and none past the frame";
+}
+
+TEST(SequentialRunTest, TheTypicalRunIsTheShorterOfTheLastTwoRunsThatEnded) {
+  SequentialRun s;
+  constexpr uint64_t kFar = 100 << 20;
+  EXPECT_EQ(s.Note(kFar, 4096), 4096u) << "a jump starts a run";
+  EXPECT_EQ(s.Note(kFar + 4096, 4096), 8192u) << "a read in order goes on with it";
+  EXPECT_EQ(s.typical_run(), 0u) << "no run has ended";
+  EXPECT_EQ(s.Note(3 * kFar, 1000), 1000u);
+  EXPECT_EQ(s.typical_run(), 0u) << "one run has ended";
+  s.Note(5 * kFar, 768 << 10);
+  EXPECT_EQ(s.typical_run(), 1000u) << "runs of 8192 and 1000 bytes ended";
+  s.Note(kFar, 768 << 10);
+  EXPECT_EQ(s.typical_run(), 1000u);
+  s.Note(7 * kFar, 4096);
+  EXPECT_EQ(s.typical_run(), uint64_t{768} << 10) << "two runs of 768 KiB ended";
+  for (uint64_t off = 7 * kFar + 4096; off < 7 * kFar + (64 << 20); off += 1 << 20) {
+    s.Note(off, 1 << 20);  // a long stream
+  }
+  s.Note(kFar, 4096);
+  EXPECT_EQ(s.typical_run(), uint64_t{768} << 10) << "one long run does not raise it";
+}
+
 TEST_F(FastPathTest, AnUnmountCompletesAStartedIndexWhenItFitsTheBudget) {
   TempDir index_dir;
   ArchiveOptions o = Options(/*background_index=*/true);

@@ -333,6 +333,13 @@ uint64_t Archive::span_restores(size_t i) const {
   return deflated_[i]->span_restores();
 }
 
+std::vector<uint64_t> Archive::span_starts(size_t i) const {
+  std::vector<uint64_t> starts;
+  if (i >= members_.size() || deflated_[i] == nullptr) return starts;
+  for (const Checkpoint& cp : deflated_[i]->TakeSnapshot().checkpoints) starts.push_back(cp.out);
+  return starts;
+}
+
 const char* InflateEngineName() { return FastEngineIsIsal() ? "isa-l" : "zlib"; }
 
 uint64_t Archive::speculations(size_t i) const {

@@ -22,6 +22,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -43,8 +44,11 @@ namespace npzfs {
 
 // Where the reads of one member go, to tell a reader streaming through it from a random one:
 // deflated members decode spans ahead of a streaming reader, stored members check chunks
-// ahead of it. Lock-free and safe from many threads (several readers of one member blur the
-// record, which at worst starts or stops the work ahead a little early or late).
+// ahead of it. It also learns how long a reader of objects reads in order after each jump
+// (typical_run): np.load(mmap_mode='r') reads a frame as the kernel's read-around of the
+// first fault and then its readahead, a run of about the same length for every frame.
+// Lock-free and safe from many threads (several readers of one member blur the record,
+// which at worst starts or stops the work ahead a little early or late).
 class SequentialRun {
  public:
   // A read that starts within this distance of where the last one ended counts as in order
@@ -53,19 +57,27 @@ class SequentialRun {
   // A reader streams once it has read this much in order.
   static constexpr uint64_t kStreaming = 4 << 20;
 
-  // Records a read of `n` bytes at `offset`; returns the bytes read in order up to its end.
+  // Records a read of `n` bytes at `offset`; returns the bytes read in order up to its end
+  // (just `n` for a read that jumped: it starts a new run).
   uint64_t Note(uint64_t offset, uint64_t n) {
     const uint64_t expected = next_.exchange(offset + n);
     const bool in_order =
         offset >= expected ? offset - expected <= kSlack : expected - offset <= kSlack;
     if (in_order) return run_.fetch_add(n) + n;
-    run_ = n;
+    const uint64_t ended = run_.exchange(n);
+    if (ended > 0) before_last_.store(last_.exchange(ended));
     return n;
   }
+
+  // The length of the runs that ended lately: the smaller of the last two (one long run,
+  // a `cat` say, does not make the next jump decode far ahead), 0 until two have ended.
+  uint64_t typical_run() const { return std::min(last_.load(), before_last_.load()); }
 
  private:
   std::atomic<uint64_t> next_{0};  // where a sequential reader reads next
   std::atomic<uint64_t> run_{0};   // bytes read in order up to there
+  std::atomic<uint64_t> last_{0};  // the length of the run that ended last
+  std::atomic<uint64_t> before_last_{0};  // and of the one before it
 };
 
 struct ArchiveShared {

@@ -239,14 +239,28 @@ Result<size_t> DeflatedMember::Gather(uint64_t offset, size_t max, const GatherS
   const size_t ahead = run >= SequentialRun::kStreaming                ? kFullReadAhead
                        : run >= spacing_ / 2 || n >= kPageCacheRequest ? 1
                                                                        : 0;
-  // The known spans this request covers beyond its first are decoded side by side with it.
+  // A reader of objects (see SequentialRun::typical_run): where it jumps, it most likely
+  // reads as far as it did after its last jumps, so the known spans up to there are decoded
+  // side by side at once, and while it is inside that length nothing beyond is decoded.
+  // Measured on 200 random 512 KiB frames through np.load(mmap_mode='r') (each a run of
+  // 768 KiB: the kernel reads 64 KiB around the first fault and 128 KiB past the frame):
+  // with 256 KiB spans 0.56 s against 0.64 s, with a seekable member's 1 MiB chunks 0.55 s
+  // against 0.73 s, where the span after each frame was decoded for nothing.
+  const uint64_t object = sequential_.typical_run();
+  const bool in_object = n >= kPageCacheRequest && object >= kPageCacheRequest && run <= object;
+  const uint64_t wanted_end = in_object && run == n ? offset + object : offset + n;
+  // The known spans this request covers (or its object) beyond its first are decoded side by
+  // side with it.
   if (Result<Where> w = Locate(offset); w.ok() && w->known) {
-    PrefetchSpans(*w, SpansBefore(*w, offset + n));
+    PrefetchSpans(*w, SpansBefore(*w, wanted_end), shared_->cache.budget() / 4);
   }
+  // (The fast path decodes in order on one stream: its lead is unchanged.)
+  const size_t fast_lead = std::min<uint64_t>(ahead, kFastLead);
+  const size_t spans_ahead = in_object ? 0 : ahead;
   size_t done = 0;
   while (done < n) {
     const uint64_t pos = offset + done;
-    NPZ_ASSIGN_OR_RETURN(SpanRef ref, SpanAt(pos, ahead));
+    NPZ_ASSIGN_OR_RETURN(SpanRef ref, SpanAt(pos, spans_ahead, fast_lead));
     const uint64_t within = pos - ref.start;
     if (within >= ref.span->size) {
       return Corrupt("the deflate data ends before the size in the directory");
@@ -280,7 +294,8 @@ size_t DeflatedMember::SpansBefore(const Where& w, uint64_t end) const {
   return n;
 }
 
-Result<DeflatedMember::SpanRef> DeflatedMember::SpanAt(uint64_t pos, size_t ahead) {
+Result<DeflatedMember::SpanRef> DeflatedMember::SpanAt(uint64_t pos, size_t ahead,
+                                                       size_t fast_lead) {
   while (true) {
     NPZ_ASSIGN_OR_RETURN(Where w, Locate(pos));
     if (w.check_first) {
@@ -302,7 +317,7 @@ Result<DeflatedMember::SpanRef> DeflatedMember::SpanAt(uint64_t pos, size_t ahea
       }
     } else {
       StartIndexer();
-      ref = FastChunkAt(pos, w.generation, std::min<uint64_t>(ahead, kFastLead));
+      ref = FastChunkAt(pos, w.generation, fast_lead);
     }
     if (ref.ok() || ref.status().code() != EAGAIN) return ref;
     // EAGAIN: another thread moved the frontier, or the checkpoints were replaced.

@@ -9,12 +9,16 @@
 //      decoded from its checkpoint with the fast engine (ISA-L; zlib for a checkpoint inside
 //      a block), its CRC-32 checked, cached. The spans one request touches are decoded side
 //      by side on the DecodePool, and a reader that goes on in order gets the next span
-//      decoded ahead. A streaming reader gets runs: kRunSpans consecutive spans claimed in
-//      the cache and decoded in order by one DecodePool task, a run per pool thread and one
-//      more ahead of it (within a quarter of the cache). In a run each span continues the
-//      stream the one before parked: a span decoded on its own restores a stream at its
-//      checkpoint (window expanded, dictionary set, input read again), which with one task
-//      per span was a few percent of the CPU time of a `cat`.
+//      decoded ahead. A reader of objects (frames through mmap: after each jump a run of
+//      about the same length, SequentialRun::typical_run) gets every span up to that length
+//      decoded side by side at its first request, and nothing beyond while it stays within
+//      it (the span after each frame was decoded for nothing). A streaming reader gets
+//      runs: kRunSpans consecutive spans claimed in the cache and decoded in order by one
+//      DecodePool task, a run per pool thread and one more ahead of it (within a quarter of
+//      the cache). In a run each span continues the stream the one before parked: a span
+//      decoded on its own restores a stream at its checkpoint (window expanded, dictionary
+//      set, input read again), which with one task per span was a few percent of the CPU
+//      time of a `cat`.
 //   2. First pass, synchronously: pos is in the first span and no checkpoint is known yet.
 //      The reader runs the zlib first pass itself (it finds block boundaries, windows, span
 //      CRCs) for that one span: a header read needs nothing more.
@@ -211,8 +215,9 @@ class DeflatedMember : public std::enable_shared_from_this<DeflatedMember> {
   // it); returns the bytes found.
   using GatherSink = std::function<void(const SpanRef&, uint64_t, size_t, size_t)>;
   Result<size_t> Gather(uint64_t offset, size_t max, const GatherSink& sink);
-  // `ahead`: how many spans (or one chunk, on the fast path) to decode ahead of pos.
-  Result<SpanRef> SpanAt(uint64_t pos, size_t ahead);
+  // `ahead`: how many known spans to decode ahead of pos; `fast_lead`: how many chunks, on
+  // the fast path.
+  Result<SpanRef> SpanAt(uint64_t pos, size_t ahead, size_t fast_lead);
   Result<Where> Locate(uint64_t pos) const;
   Result<SpanRef> KnownSpan(const Where& w, size_t ahead);
   Result<SpanPtr> ProduceKnownSpan(size_t k, uint64_t generation);

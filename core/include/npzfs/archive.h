@@ -146,6 +146,9 @@ class Archive {
   // Far reads of member i whose decoding was split between two cores (ArchiveOptions::
   // speculate_bytes; a test hook).
   uint64_t speculations(size_t i) const;
+  // The uncompressed offsets where member i's spans start, as far as they are known (a test
+  // hook: which spans a read touches; empty for stored members).
+  std::vector<uint64_t> span_starts(size_t i) const;
   // Totals over every member since Open.
   ArchiveStats stats() const;
 
