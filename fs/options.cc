@@ -235,14 +235,44 @@ Status CheckCombinations(const Options& o) {
   return Status::Ok();
 }
 
+// Where an fnmatch pattern at the start of `spec` ends: at the first ':' that is neither
+// escaped by a backslash nor inside a bracket expression ("[:]", "[[:digit:]]"); npos if
+// none. A '[' that never closes is a plain character, as fnmatch takes it.
+size_t PatternEnd(std::string_view spec) {
+  for (size_t i = 0; i < spec.size(); ++i) {
+    if (spec[i] == '\\') {
+      ++i;  // the next character is literal
+    } else if (spec[i] == '[') {
+      // A ']' right after "[" or "[!" is a member; "[:class:]" holds ':' and ']'.
+      size_t j = i + 1;
+      if (j < spec.size() && (spec[j] == '!' || spec[j] == '^')) ++j;
+      if (j < spec.size() && spec[j] == ']') ++j;
+      while (j < spec.size() && spec[j] != ']') {
+        if (spec[j] == '[' && j + 1 < spec.size() && spec[j + 1] == ':') {
+          const size_t close = spec.find(":]", j + 2);
+          if (close == std::string_view::npos) break;
+          j = close + 2;
+        } else {
+          ++j;
+        }
+      }
+      if (j < spec.size() && spec[j] == ']') i = j;  // else '[' is a plain character
+    } else if (spec[i] == ':') {
+      return i;
+    }
+  }
+  return std::string_view::npos;
+}
+
 }  // namespace
 
 Result<FramePattern> ParseFramePattern(std::string_view spec) {
   const std::string where = "bad option 'frame=" + std::string(spec) + "'";
-  // The pattern ends at the first ':', the shape starts after the last one; a structured
-  // descr in between may itself contain ':'.
-  size_t first = spec.find(':');
-  size_t last = spec.rfind(':');
+  // The pattern ends at its first ':' that fnmatch would match as a plain ':' (a file name
+  // may hold one: "run-12:30*" is written "run-12[:]30*"); the shape starts after the last
+  // ':'; a structured descr in between may itself contain ':'.
+  const size_t first = PatternEnd(spec);
+  const size_t last = spec.rfind(':');
   if (first == std::string_view::npos || first == last) {
     return Invalid(where + ": expected PATTERN:DTYPE:SHAPE, e.g. frame=adc*:int16:256x1024");
   }

@@ -66,9 +66,11 @@ struct Options {
 // ARCHIVE is an error unless -h or -V was given.
 Result<Options> ParseOptions(fuse_args* args);
 
-// "PATTERN:DTYPE:SHAPE": DTYPE a numpy dtype name ("int16") or descr ("<i2"), SHAPE in the
-// frame-shape grammar of core/npy/frame_layout.h with axes separated by 'x'
-// ("adc*:int16:256x1024"; ',' separates -o options). An empty SHAPE means scalar frames.
+// "PATTERN:DTYPE:SHAPE": PATTERN ends at its first ':' outside a bracket expression and not
+// escaped by a backslash ("run-12[:]30*" matches "run-12:30.npy"); DTYPE a numpy dtype name
+// ("int16") or descr ("<i2"), SHAPE in the frame-shape grammar of core/npy/frame_layout.h
+// with axes separated by 'x' ("adc*:int16:256x1024"; ',' separates -o options). An empty
+// SHAPE means scalar frames.
 // EINVAL naming the option and the bad part if the layout could not make frames.
 Result<FramePattern> ParseFramePattern(std::string_view spec);
 

@@ -127,6 +127,30 @@ def test_frame_patterns_match_file_names_or_paths_as_a_shell_does(tmp_path):
         assert np.array_equal(npz["d/adc3"], frames(0, 2))
 
 
+def test_a_frame_pattern_matches_a_colon_written_in_brackets_and_keeps_its_classes(tmp_path):
+    archive = tmp_path / "rec.npz"
+    # A ':' ends PATTERN unless it is in a bracket expression, so "[:]" matches a ':' in a
+    # name (instruments name files by time) and "[[:digit:]]" is still a character class.
+    options = ("-o", "frame=run-12[:]30*:<u2:4x8", "-o", "frame=cam[[:digit:]].npy:<u2:4x8")
+    with mounted(archive, tmp_path / "mnt", *CREATE, *options) as m:
+        for name, raw in (("run-12:30:05.npy", True), ("cam7.npy", True),
+                          ("run-12-30.npy", False), ("camx.npy", False)):
+            fd = os.open(m.path(name), os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                if raw:
+                    os.write(fd, frames(0, 2).tobytes())
+                else:
+                    expect_errno(errno.EINVAL, os.write, fd, frames(0, 2).tobytes())
+            finally:
+                os.close(fd)
+            if not raw:
+                os.unlink(m.path(name))
+    finalized_ok(m, archive)
+    with np.load(archive) as npz:
+        assert sorted(npz.files) == ["cam7", "run-12:30:05"]
+        assert np.array_equal(npz["run-12:30:05"], frames(0, 2))
+
+
 def test_raw_frames_with_layout_xattrs(tmp_path):
     archive = tmp_path / "rec.npz"
     with mounted(archive, tmp_path / "mnt", *CREATE) as m:
