@@ -102,6 +102,21 @@ def test_raw_frames_by_dd_with_a_frame_option(tmp_path):
         assert np.array_equal(npz["adc0"], frames(0, 50))
 
 
+def write_two_frames_if_raw(m, name, raw):
+    """Writes two raw frames to new member `name`: accepted if a frame= pattern matches it
+    (raw), else EINVAL (a .npy with no layout), and the empty member is removed."""
+    fd = os.open(m.path(name), os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        if raw:
+            os.write(fd, frames(0, 2).tobytes())
+        else:
+            expect_errno(errno.EINVAL, os.write, fd, frames(0, 2).tobytes())
+    finally:
+        os.close(fd)
+    if not raw:
+        os.unlink(m.path(name))
+
+
 def test_frame_patterns_match_file_names_or_paths_as_a_shell_does(tmp_path):
     archive = tmp_path / "rec.npz"
     options = ("-o", "frame=adc*:<u2:4x8", "-o", "frame=run*/cam?.npy:<u2:4x8")
@@ -111,16 +126,7 @@ def test_frame_patterns_match_file_names_or_paths_as_a_shell_does(tmp_path):
         # No '/': the file name, in any directory. With '/': the path; * stays in its part.
         for name, raw in (("d/adc3.npy", True), ("run1/cam2.npy", True),
                           ("run1/deep/cam2.npy", False)):
-            fd = os.open(m.path(name), os.O_WRONLY | os.O_CREAT, 0o644)
-            try:
-                if raw:
-                    os.write(fd, frames(0, 2).tobytes())
-                else:
-                    expect_errno(errno.EINVAL, os.write, fd, frames(0, 2).tobytes())
-            finally:
-                os.close(fd)
-            if not raw:
-                os.unlink(m.path(name))
+            write_two_frames_if_raw(m, name, raw)
     finalized_ok(m, archive)
     with np.load(archive) as npz:
         assert sorted(npz.files) == ["d/adc3", "run1/cam2"]
@@ -135,16 +141,7 @@ def test_a_frame_pattern_matches_a_colon_written_in_brackets_and_keeps_its_class
     with mounted(archive, tmp_path / "mnt", *CREATE, *options) as m:
         for name, raw in (("run-12:30:05.npy", True), ("cam7.npy", True),
                           ("run-12-30.npy", False), ("camx.npy", False)):
-            fd = os.open(m.path(name), os.O_WRONLY | os.O_CREAT, 0o644)
-            try:
-                if raw:
-                    os.write(fd, frames(0, 2).tobytes())
-                else:
-                    expect_errno(errno.EINVAL, os.write, fd, frames(0, 2).tobytes())
-            finally:
-                os.close(fd)
-            if not raw:
-                os.unlink(m.path(name))
+            write_two_frames_if_raw(m, name, raw)
     finalized_ok(m, archive)
     with np.load(archive) as npz:
         assert sorted(npz.files) == ["cam7", "run-12:30:05"]
