@@ -547,21 +547,29 @@ TEST(BlockFinder, AHeaderIsFoundOnlyIfItStartsWithinTheSearchLimit) {
   ExpectTrue(s, from, limits, **long_enough);
 }
 
+// From the true header at `from_bit`: `tight` finds nothing (`why` says what it allows),
+// `loose` finds that header, with a true start.
+void ExpectOnlyTheLooseLimitsFind(const Stream& s, uint64_t from_bit,
+                                  const SpeculationLimits& tight, const SpeculationLimits& loose,
+                                  const char* why) {
+  auto none = Find(s, from_bit, tight);
+  ASSERT_TRUE(none.ok()) << none.status().message();
+  EXPECT_FALSE(none->has_value()) << "a start found with " << why;
+  auto found = Find(s, from_bit, loose);
+  ASSERT_TRUE(found.ok()) << found.status().message();
+  ASSERT_TRUE(found->has_value());
+  EXPECT_EQ((*found)->first_bit, from_bit);
+  ExpectTrue(s, from_bit, loose, **found);
+}
+
 TEST(BlockFinder, FindsNothingOnceTheCandidateLimitIsUsedUp) {
   const Stream& s = GetStream("Int16Level6");
   const Boundary* b = s.NextDynamic(s.bits() / 3);
   ASSERT_NE(b, nullptr);
-  SpeculationLimits limits;
-  limits.candidates = 0;
-  auto none = Find(s, b->bit, limits);
-  ASSERT_TRUE(none.ok()) << none.status().message();
-  EXPECT_FALSE(none->has_value()) << "a start found with no candidate allowed";
-  limits.candidates = 1;  // the true header, right at from_bit, is the first candidate
-  auto one = Find(s, b->bit, limits);
-  ASSERT_TRUE(one.ok()) << one.status().message();
-  ASSERT_TRUE(one->has_value());
-  EXPECT_EQ((*one)->first_bit, b->bit);
-  ExpectTrue(s, b->bit, limits, **one);
+  SpeculationLimits none, one;
+  none.candidates = 0;
+  one.candidates = 1;  // the true header, right at from_bit, is the first candidate
+  ExpectOnlyTheLooseLimitsFind(s, b->bit, none, one, "no candidate allowed");
 }
 
 TEST(BlockFinder, FindsNothingOnceTheBlockLimitIsUsedUp) {
@@ -570,15 +578,10 @@ TEST(BlockFinder, FindsNothingOnceTheBlockLimitIsUsedUp) {
   const Stream& s = GetStream("Int16Level6");
   const Boundary* b = s.NextDynamic(s.bits() / 3);
   ASSERT_NE(b, nullptr);
-  SpeculationLimits limits;
-  limits.blocks = 1;
-  auto none = Find(s, b->bit, limits);
-  ASSERT_TRUE(none.ok()) << none.status().message();
-  EXPECT_FALSE(none->has_value()) << "a start found with one block header allowed";
-  auto found = Find(s, b->bit, SpeculationLimits());
-  ASSERT_TRUE(found.ok()) << found.status().message();
-  ASSERT_TRUE(found->has_value());
-  EXPECT_EQ((*found)->first_bit, b->bit);
+  SpeculationLimits one_block;
+  one_block.blocks = 1;
+  ExpectOnlyTheLooseLimitsFind(s, b->bit, one_block, SpeculationLimits(),
+                               "one block header allowed");
 }
 
 TEST(BlockFinder, TheWarmupLimitBoundsTheOutputBetweenTheTwoBitOffsets) {
