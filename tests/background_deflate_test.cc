@@ -467,40 +467,43 @@ TEST(BackgroundDeflate, EveryRecordIsWrittenOnlyAfterTheSpoolBytesItCoversWereSy
     EXPECT_EQ(path, spool_file);
     return BackgroundDeflater::DataSyncSpool(fd, path);
   };
-  const std::string data = Frames(90);  // 22 complete chunks and a part
+  // Small chunks, so that a batch of records (256 chunks, 2 MiB here) fills between idle
+  // moments.
+  constexpr uint64_t kSmallChunk = 8 << 10;
+  const std::string data = Frames(90);  // 720 chunks
   auto m = GrowingMember::Create("adc.npy", spool_file, Layout());
   ASSERT_TRUE(m.ok()) << m.status().message();
   const uint64_t header = (*m)->visible_size();
   {
-    BackgroundDeflater bg(6, kChunk, {}, watch);
+    BackgroundDeflater bg(6, kSmallChunk, {}, watch);
     bg.Track(*m);
     WriterSession w;
     ASSERT_TRUE((*m)->BeginWrite(&w, false).ok());
-    // Pieces of 300000 bytes, idle now and then: records come both from the syncs every
-    // 4 MiB and from the syncs when the deflater is idle.
+    // Pieces of 300000 bytes, idle after every tenth (366 chunks): records come both from
+    // the syncs every 256 chunks and from the syncs when the deflater is idle.
     for (size_t at = 0, piece = 0; at < data.size(); at += 300000, ++piece) {
       const size_t n = std::min<size_t>(300000, data.size() - at);
       auto r =
           (*m)->Write(&w, at, std::span(reinterpret_cast<const std::byte*>(data.data() + at), n));
       ASSERT_TRUE(r.ok()) << r.status().message();
-      if (piece % 5 == 0) bg.WaitUntilIdle();
+      if (piece % 10 == 9) bg.WaitUntilIdle();
     }
     (*m)->EndWrite(&w);
     bg.WaitUntilIdle();
     auto shadow = bg.Take(m->get());
     ASSERT_NE(shadow, nullptr);
-    EXPECT_EQ(shadow->chunk_count(), data.size() / kChunk);
+    EXPECT_EQ(shadow->chunk_count(), data.size() / kSmallChunk);
   }
   const std::string records = ReadFileOrDie(index);
   const uint64_t recorded = (records.size() - kDeflateShadowHeaderSize) / kDeflateShadowRecordSize;
-  EXPECT_EQ(recorded, data.size() / kChunk);
+  EXPECT_EQ(recorded, data.size() / kSmallChunk);
   std::lock_guard lock(mu);
   ASSERT_FALSE(syncs.empty());
   for (const SyncSeen& s : syncs) EXPECT_TRUE(s.is_the_spool_file);
   // Record k needs a sync of the spool file made while record k was not yet on disk and
   // when the file already held chunk k's bytes.
   for (uint64_t k = 0; k < recorded; ++k) {
-    const uint64_t chunk_end = header + (k + 1) * kChunk;
+    const uint64_t chunk_end = header + (k + 1) * kSmallChunk;
     EXPECT_TRUE(std::any_of(
         syncs.begin(), syncs.end(),
         [&](const SyncSeen& s) { return s.records_on_disk <= k && s.spool_size >= chunk_end; }))

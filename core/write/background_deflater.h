@@ -4,7 +4,7 @@
 // One thread (at a lower CPU priority) for all the members of a spool, so at most one core,
 // and never on a writer's path: writers do not call it and never wait for it. The thread
 // looks at the tracked members every 50 ms (and when woken): whenever a member's visible
-// data holds a chunk (1 MiB of data after the .npy header) that its shadow
+// data holds a chunk (256 KiB of data after the .npy header) that its shadow
 // (core/write/deflate_shadow.h) does not, it reads that chunk from the spool file (bytes
 // below the visible size never change), deflates it and appends it to the shadow. Readers of
 // the growing member are untouched: they read the spool file, which is never written here.
@@ -13,8 +13,9 @@
 // deflated from do too: otherwise the writer could later write other frames at those
 // offsets, and finalize would copy the stale chunk. So before a shadow writes records
 // (DeflateShadow::Sync), this thread fdatasyncs the member's spool file (and, once per
-// member, fsyncs its directory). That is at most one fdatasync per 4 MiB of data, on this
-// thread, never on a writer's path; the writers' own durability (Fsync) is unchanged.
+// member, fsyncs its directory). That is at most one fdatasync per 64 MiB of data (256
+// chunks) and one when the thread goes idle, on this thread, never on a writer's path; the
+// writers' own durability (Fsync) is unchanged.
 //
 // Errors (ENOSPC, EIO) stop the background work for that member only: its shadow is
 // removed (freeing the space for the raw frames), a log line says so, and finalize deflates

@@ -12,11 +12,13 @@
 namespace npzfs {
 namespace {
 
-// Records become durable in batches: an fsync per 4 MiB of member data (whatever the chunk
-// size) or 16 MiB of compressed bytes, whichever comes first, on the background thread. A
-// crash loses at most that much deflate work.
-constexpr uint64_t kSyncEveryBytes = uint64_t{16} << 20;
-constexpr uint64_t kSyncEveryDataBytes = uint64_t{4} << 20;
+// Records become durable in batches of 256 chunks (64 MiB of member data at the default
+// 256 KiB chunk), and whenever the deflater is idle, on the background thread. A crash loses
+// at most that much deflate work (about 2 s of one core at level 6). Each batch costs an
+// fdatasync of the spool file, which writes back the writer's dirty pages while it writes:
+// with a batch per 4 MiB, a 1 GiB `dd` through the mount took 0.63 s against 0.51 s (median
+// of 8 alternating runs).
+constexpr size_t kSyncEveryChunks = 256;
 
 uint32_t Crc32Of(std::string_view bytes, uint32_t seed = 0) {
   return Crc32(seed, bytes.data(), bytes.size());
@@ -85,7 +87,6 @@ Status DeflateShadow::Reset() {
   chunks_.clear();
   recorded_ = 0;
   data_end_ = kDeflateShadowDataStart;
-  unsynced_bytes_ = 0;
   const std::string index_path = IndexPath(spool_path_);
   if (::ftruncate(data_fd_.get(), 0) != 0 || ::ftruncate(index_fd_.get(), 0) != 0) {
     return ErrnoStatus(errno, index_path, "cannot empty the deflated shadow");
@@ -139,11 +140,7 @@ Status DeflateShadow::Append(std::string_view compressed, uint32_t crc32) {
                                 DataPath(spool_path_)));
   chunks_.push_back({data_end_, static_cast<uint32_t>(compressed.size()), crc32});
   data_end_ += compressed.size();
-  unsynced_bytes_ += compressed.size();
-  if (unsynced_bytes_ >= kSyncEveryBytes ||
-      (chunks_.size() - recorded_) * chunk_size_ >= kSyncEveryDataBytes) {
-    return Sync();
-  }
+  if (chunks_.size() - recorded_ >= kSyncEveryChunks) return Sync();
   return Status::Ok();
 }
 
@@ -160,7 +157,6 @@ Status DeflateShadow::Sync() {
                                 kDeflateShadowHeaderSize + recorded_ * kDeflateShadowRecordSize,
                                 IndexPath(spool_path_)));
   recorded_ = chunks_.size();
-  unsynced_bytes_ = 0;
   return Status::Ok();
 }
 

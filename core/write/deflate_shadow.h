@@ -12,7 +12,7 @@
 // deflated as ChunkedDeflater deflates a chunk: its own raw deflate state, a full flush.
 //
 // Crash safety. A chunk's bytes are written first; its record is appended only after the
-// bytes were fsynced (Sync, every 4 MiB of data and whenever the deflater is idle), so a
+// bytes were fsynced (Sync, every 256 chunks and whenever the deflater is idle), so a
 // record never names bytes a power cut could lose. Nor does a record ever cover spool bytes
 // a power cut could lose: before it writes records, Sync makes the spool bytes they were
 // deflated from durable (the SourceSync given to Open: the background deflater fdatasyncs
@@ -87,7 +87,7 @@ class DeflateShadow {
   uint64_t chunk_size() const { return chunk_size_; }
 
   // Appends chunk chunk_count(): its compressed bytes and the CRC-32 of its uncompressed
-  // bytes. Its record becomes durable at the next Sync (done here every 4 MiB of data).
+  // bytes. Its record becomes durable at the next Sync (done here every 256 chunks).
   Status Append(std::string_view compressed, uint32_t crc32);
   // Makes the spool bytes of the chunks appended since the last Sync durable (sync_source),
   // fsyncs their compressed bytes, then records them.
@@ -114,7 +114,6 @@ class DeflateShadow {
   std::vector<PredeflatedChunks::Chunk> chunks_;
   size_t recorded_ = 0;    // chunks whose records are in the index file
   uint64_t data_end_ = 0;  // end of the compressed bytes
-  uint64_t unsynced_bytes_ = 0;
 };
 
 }  // namespace npzfs
