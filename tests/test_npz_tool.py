@@ -551,6 +551,32 @@ def test_frames_raw_and_stdout_outputs(files):
     assert ok("frames", d / "data.npz", 2, 4, "--raw").stdout == raw
 
 
+def test_frames_replaces_an_existing_output_only_with_force(files):
+    d, adc, tx = files
+    ok("frames", d / "adc.npy", 5, 8, "-o", d / "out.npy")
+    before = (d / "out.npy").read_bytes()
+    fails(1, "frames", d / "adc.npy", 1, 3, "-o", d / "out.npy",
+          must_name=[d / "out.npy", "exists", "--force"])
+    assert (d / "out.npy").read_bytes() == before
+    ok("frames", d / "adc.npy", 1, 3, "-o", d / "out.npy", "--force")
+    np.testing.assert_array_equal(np.load(d / "out.npy"), adc[1:3])
+
+
+def test_frames_never_writes_over_the_file_it_reads_from(files):
+    d, adc, tx = files
+    np.savez(d / "data.npz", adc=adc, tx=tx)
+    os.symlink(d / "data.npz", d / "link.npz")
+    archive = (d / "data.npz").read_bytes()
+    npy = (d / "adc.npy").read_bytes()
+    for source, out in [(d / "adc.npy", d / "adc.npy"), (f"{d / 'data.npz'}:adc", d / "data.npz"),
+                        (f"{d / 'data.npz'}:adc", d / "link.npz")]:
+        fails(1, "frames", source, 0, 2, "-o", out, "--force",
+              must_name=[out, "is the file the frames are read from"])
+    assert (d / "data.npz").read_bytes() == archive
+    assert (d / "adc.npy").read_bytes() == npy
+    assert leftovers(d) == []
+
+
 def test_frames_empty_range_gives_an_empty_array(files):
     d, adc, tx = files
     ok("frames", d / "adc.npy", 7, 7, "-o", d / "out.npy")

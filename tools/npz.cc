@@ -35,7 +35,7 @@ Examples:
 )",
        RunLs},
       {"frames", "write frames [START, STOP) of a .npy or of an archive member",
-       R"(Usage: npz frames ARCHIVE[:KEY] START STOP [-o OUT.npy | --raw]
+       R"(Usage: npz frames ARCHIVE[:KEY] START STOP [-o OUT.npy [--force] | --raw]
 
 numpyWriter's readFrames: frames START (inclusive) to STOP (exclusive) along the growth
 axis (axis 0, or the last axis of a Fortran-order array) of a .npy file, or of member KEY
@@ -45,10 +45,12 @@ nothing beyond the last requested frame is inflated.
 
 The output is a valid .npy holding exactly those frames, written atomically (a temp file
 renamed over OUT.npy), or with --raw the frame bytes alone on stdout. Without -o or --raw,
-the .npy goes to stdout (refused if stdout is a terminal).
+the .npy goes to stdout (refused if stdout is a terminal). An existing OUT.npy is replaced
+only with --force, and never when it is the file the frames are read from.
 
 Options:
   -o, --output OUT.npy   write a .npy here ("-" for stdout)
+  -f, --force            replace an existing OUT.npy
   --raw                  write the raw frame bytes to stdout, no header
 
 Examples:

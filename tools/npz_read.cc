@@ -396,11 +396,27 @@ Status WriteFrames(const FrameSource& src, const ParsedNpyHeader& parsed, uint64
   return Status::Ok();
 }
 
+// Refuses an OUT that is the file the frames come from (replacing an archive with a slice
+// of one member would lose the rest), and an OUT that exists unless `force`.
+Status CheckFramesOutput(const std::string& output, const FrameSource& src, bool force) {
+  struct stat out_st, src_st;
+  if (stat(output.c_str(), &out_st) == 0 && fstat(src.fd.get(), &src_st) == 0 &&
+      out_st.st_dev == src_st.st_dev && out_st.st_ino == src_st.st_ino) {
+    return Status::Error(EINVAL, output + ": is the file the frames are read from (" +
+                                     src.name + "); write them to another file");
+  }
+  if (!force && lstat(output.c_str(), &out_st) == 0) {
+    return Status::Error(EEXIST, output + ": exists (--force replaces it)");
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 int RunFrames(const std::vector<std::string>& raw_args) {
-  auto args = ParseArgs(
-      raw_args, {{"output", OptionSpec::Kind::kValue, 'o'}, {"raw", OptionSpec::Kind::kFlag, 0}});
+  auto args = ParseArgs(raw_args, {{"output", OptionSpec::Kind::kValue, 'o'},
+                                   {"raw", OptionSpec::Kind::kFlag, 0},
+                                   {"force", OptionSpec::Kind::kFlag, 'f'}});
   if (!args.ok()) return UsageError("frames", args.status().message());
   if (args->help) return PrintCommandHelp("frames");
   if (args->positional.size() != 3) {
@@ -419,6 +435,10 @@ int RunFrames(const std::vector<std::string>& raw_args) {
   }
   auto src = OpenFrameSource(args->positional[0]);
   if (!src.ok()) return ReportError(src.status());
+  if (!to_stdout) {
+    Status checked = CheckFramesOutput(*output, *src, args->Has("force"));
+    if (!checked.ok()) return ReportError(checked);
+  }
   auto parsed = ReadNpyHeaderOf(src->size, src->read_exact, src->name);
   if (!parsed.ok()) return ReportError(parsed.status());
   Status s = CheckFrameRange(parsed->header, src->name, *start, *stop);
