@@ -564,12 +564,32 @@ Result<std::optional<NpyHeader>> DeclaredLayout(const Mount& m, const std::strin
 // Creates a new growing member `name` in `parent`. EEXIST for an archived member's name.
 // A name every zip reader can read back: npzfs writes member names as UTF-8 (numpy, zipfile
 // and libzip refuse an archive whose UTF-8-flagged name is not UTF-8, and the zip writer
-// refuses to write one), so a new file or directory gets such a name or EINVAL.
+// refuses to write one), so a new file or directory gets such a name or EINVAL. And a name
+// npzfs itself can serve again: the kernel lets a FUSE daemon accept components of up to 1024
+// bytes, but a reader of the archive skips a member whose path has a component over NAME_MAX
+// or is PATH_MAX long (no program could open it), so such a name is ENAMETOOLONG here rather
+// than a member that every later mount hides.
 Status CheckNewName(const std::string& name) {
+  if (name.size() > NAME_MAX) {
+    return Status::Error(ENAMETOOLONG, PrintableName(name) + ": a name of " +
+                                           std::to_string(name.size()) + " bytes (the limit is " +
+                                           std::to_string(NAME_MAX) + ")");
+  }
   if (IsValidUtf8(name)) return Status::Ok();
   return Status::Error(EINVAL, PrintableName(name) +
                                    ": not valid UTF-8; member names are UTF-8 in the archive "
                                    "(numpy could not read it otherwise)");
+}
+
+// The path of a new member or directory: shorter than PATH_MAX (see CheckNewName).
+Result<std::string> NewChildPath(Mount& m, fuse_ino_t parent, const std::string& name) {
+  NPZ_ASSIGN_OR_RETURN(std::string path, m.table->ChildPath(parent, name));
+  if (path.size() >= PATH_MAX) {
+    return Status::Error(
+        ENAMETOOLONG, PrintableName(name) + ": its path would be " + std::to_string(path.size()) +
+                          " bytes long (the limit is " + std::to_string(PATH_MAX - 1) + ")");
+  }
+  return path;
 }
 
 Result<NodeInfo> CreateMember(Mount& m, fuse_ino_t parent, const std::string& name) {
@@ -578,7 +598,7 @@ Result<NodeInfo> CreateMember(Mount& m, fuse_ino_t parent, const std::string& na
   if (m.table->Lookup(parent, name, /*count=*/false)) {
     return Status::Error(EEXIST, name + ": exists");
   }
-  NPZ_ASSIGN_OR_RETURN(std::string path, m.table->ChildPath(parent, name));
+  NPZ_ASSIGN_OR_RETURN(std::string path, NewChildPath(m, parent, name));
   NPZ_ASSIGN_OR_RETURN(std::optional<NpyHeader> declared, DeclaredLayout(m, path));
   NPZ_ASSIGN_OR_RETURN(Spool * spool, m.spool.GetOrCreate(m.spool_dir));
   NPZ_ASSIGN_OR_RETURN(std::shared_ptr<GrowingMember> member, spool->Create(path, declared));
@@ -658,6 +678,10 @@ void MkDir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t /*mode*/)
     ReplyStatus(req, "mkdir", named);
     return;
   }
+  if (auto path = NewChildPath(m, parent, name); !path.ok()) {
+    ReplyStatus(req, "mkdir", path.status());
+    return;
+  }
   // A directory exists only to hold new members: where none can be made, neither can it.
   if (auto spool = m.spool.GetOrCreate(m.spool_dir); !spool.ok()) {
     ReplyStatus(req, "mkdir", spool.status());
@@ -726,7 +750,7 @@ Status RenameNode(Mount& m, fuse_ino_t parent, const char* name, fuse_ino_t new_
                                      ": exists (replacing a member would "
                                      "drop its data)");
   }
-  NPZ_ASSIGN_OR_RETURN(std::string new_path, m.table->ChildPath(new_parent, new_name));
+  NPZ_ASSIGN_OR_RETURN(std::string new_path, NewChildPath(m, new_parent, new_name));
   // The member object stays the same (the inode table holds it): only its name moves.
   NPZ_RETURN_IF_ERROR(m.spool.get()->Rename(node->path, new_path));  // EPERM once it has data
   return m.table->Move(parent, name, new_parent, new_name);

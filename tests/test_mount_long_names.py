@@ -4,16 +4,21 @@ The kernel hands npzfs any path whose every component fits in a file name; the s
 such a member in a hashed spool file with a name file beside it (core/write/spool.cc,
 "Spool directory layout"). These tests check that such members work like any other: written
 and read back through the mount, renamed to and from short names, removed, resumed after the
-daemon is killed, background-deflated, and finalized under their exact name.
+daemon is killed, background-deflated, and finalized under their exact name. A FUSE daemon
+is also handed components of up to 1024 bytes: those, and paths of PATH_MAX bytes or more,
+are refused (a reader of the archive would skip such a member).
 
 Run by meson through /usr/bin/python3 -m pytest with NPZ_BIN and NPZFS_BIN set.
 """
+import errno
 import io
 import os
 import time
 import zipfile
 
 import numpy as np
+
+import pytest
 
 from conftest import mounted, start_daemon
 
@@ -94,6 +99,46 @@ def test_a_member_path_longer_than_255_bytes_is_written_read_back_and_finalized(
     with mounted(archive, tmp_path / "mnt") as m:
         assert np.array_equal(np.load(m.path(npy)), a)
         assert open(m.path(txt)).read() == "line 1\nline 2\n"
+
+
+def test_a_name_over_255_bytes_or_a_path_of_4096_is_refused_with_enametoolong(tmp_path):
+    archive = tmp_path / "rec.npz"
+    longest, too_long = "k" * (NAME_MAX - 4) + ".npy", "t" * (NAME_MAX - 3) + ".npy"
+    with mounted(archive, tmp_path / "mnt", *CREATE) as m:
+        with open(m.path("empty.txt"), "wb"):
+            pass
+        attempts = [lambda: open(m.path(too_long), "wb"), lambda: os.mkdir(m.path("d" * 256)),
+                    lambda: os.rename(m.path("empty.txt"), m.path(too_long))]
+        # Directories of 240 bytes, each made relative to the one before (a path given to a
+        # system call is shorter than PATH_MAX, but the daemon sees the path from its root).
+        fd = os.open(m.path(), os.O_RDONLY | os.O_DIRECTORY)
+        depth = 0
+        try:
+            while True:
+                name = f"{depth:03d}" + "x" * 237
+                try:
+                    os.mkdir(name, dir_fd=fd)
+                except OSError as e:
+                    assert e.errno == errno.ENAMETOOLONG, e
+                    break
+                depth += 1
+                assert depth < 20, "a path over 4096 bytes was accepted"
+                next_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+                os.close(fd)
+                fd = next_fd
+            assert depth == (4096 - 1) // 241  # every directory whose path fits was made
+        finally:
+            os.close(fd)
+        for attempt in attempts:
+            with pytest.raises(OSError) as e:
+                attempt()
+            assert e.value.errno == errno.ENAMETOOLONG
+        with open(m.path(longest), "wb") as f:
+            np.save(f, np.arange(5))
+        assert "the limit is 255" in m.log() and "the limit is 4095" in m.log()
+    assert sorted(finalized(m, archive)) == sorted(["empty.txt", longest])
+    with mounted(archive, tmp_path / "mnt") as m:  # and npzfs serves it again
+        assert np.array_equal(np.load(m.path(longest)), np.arange(5))
 
 
 def test_a_member_is_renamed_between_a_long_and_a_short_name_both_ways(tmp_path):
