@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import os
+import struct
 import subprocess
 import zipfile
 import zlib
@@ -882,6 +883,24 @@ def test_verify_checks_the_data_of_members_the_reader_skips(tmp_path, name, comp
     flip_byte(tmp_path / "data.npz", offset + length // 2)
     r = fails(1, "verify", tmp_path / "data.npz", must_name=["data.npz", name[:50]])
     assert "ok.npy" not in r.stderr
+    assert "OK" not in r.stdout.decode()
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_verify_fails_on_an_entry_whose_sizes_run_into_the_next_member(tmp_path, compressed):
+    # The central directory gives a.npy 200 bytes more than it has: its data would run into
+    # b.npy's local header (numpy and zipfile refuse the archive: "Overlapped entries"). The
+    # reader skips a.npy; its deflate data alone still inflates to the right bytes and CRC.
+    (np.savez_compressed if compressed else np.savez)(
+        tmp_path / "data.npz", a=np.arange(100000, dtype="<i4"), b=np.arange(2000.0))
+    blob = bytearray((tmp_path / "data.npz").read_bytes())
+    cd = blob.find(b"PK\x01\x02")
+    assert blob[cd + 46:cd + 51] == b"a.npy"
+    size = struct.unpack_from("<I", blob, cd + 20)[0]
+    struct.pack_into("<I", blob, cd + 20, size + 200)
+    (tmp_path / "data.npz").write_bytes(bytes(blob))
+    r = fails(1, "verify", tmp_path / "data.npz",
+              must_name=["data.npz", "a.npy", "runs into the local header of b.npy"])
     assert "OK" not in r.stdout.decode()
 
 

@@ -114,7 +114,8 @@ Examples:
 Reads every member completely, checks its CRC-32 against the central directory and, for
 .npy members, that the header parses and the data size matches it. Entries that are not
 listed because the reader skips them (a '..' component, a NUL byte, a name too long) are
-checked as well, from the archive file. The directory listing is also cross-checked with
+checked as well, from the archive file; one skipped because the directory's sizes make its
+bytes overlap another entry's is an error. The directory listing is also cross-checked with
 libzip. Prints one line per bad member and exits non-zero if there is any.
 
 Examples:

@@ -718,10 +718,16 @@ int RunVerify(const std::vector<std::string>& raw_args) {
     if (a.members()[i].open_errno == 0) done += a.members()[i].entry.uncompressed_size;
   }
   // What the reader skips is not listed, but numpy or unzip may still read it: its bytes
-  // are checked too, from the archive file.
+  // are checked too, from the archive file. An entry whose bytes overlap another's is
+  // damage (numpy and zipfile refuse the archive), whatever its data holds.
   const std::vector<size_t> unlisted = EntriesNotListed(a);
+  const std::vector<std::string> overlaps = EntryOverlaps(a.directory().entries);
   for (size_t e : unlisted) {
     const ZipEntry& entry = a.directory().entries[e];
+    if (!overlaps[e].empty()) {
+      fail(path + ": entry \"" + Shown(entry.name) + "\": " + overlaps[e]);
+      continue;
+    }
     const std::string what =
         path + ": entry \"" + Shown(entry.name) + "\" (not listed: the reader skips it)";
     Status s = CheckEntryData(a, entry, what);

@@ -78,45 +78,6 @@ std::string ShownName(std::string_view name) {
   return std::string(name.substr(0, kShown)) + "...";
 }
 
-// Entries whose bytes overlap another entry's: a central directory whose sizes lie (the
-// data would run into the next member's local header and data). Sorted by local header
-// offset, an entry is refused when its data runs past the next local header; both are
-// refused when the next local header starts inside this entry's own header. Entries that
-// repeat the same local header with the same sizes describe the same bytes and are fine.
-std::vector<std::string> OverlapProblems(const std::vector<ZipEntry>& entries) {
-  std::vector<std::string> why(entries.size());
-  std::vector<size_t> order(entries.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    return entries[a].local_header_offset < entries[b].local_header_offset;
-  });
-  auto end_of = [&](size_t i) { return entries[i].data_offset + entries[i].compressed_size; };
-  for (size_t j = 0; j < order.size(); ++j) {
-    const ZipEntry& a = entries[order[j]];
-    size_t next = j + 1;
-    while (next < order.size() &&
-           entries[order[next]].local_header_offset == a.local_header_offset) {
-      const ZipEntry& same = entries[order[next]];
-      if (same.data_offset != a.data_offset || same.compressed_size != a.compressed_size) {
-        why[order[j]] = why[order[next]] = "another entry gives the same local header other sizes";
-      }
-      ++next;
-    }
-    if (next == order.size()) continue;
-    const ZipEntry& b = entries[order[next]];
-    if (b.local_header_offset < a.data_offset) {
-      why[order[next]] = "its local header lies inside the local header of " + ShownName(a.name);
-    }
-    if (end_of(order[j]) > b.local_header_offset) {
-      why[order[j]] = "its data [" + std::to_string(a.data_offset) + ", " +
-                      std::to_string(end_of(order[j])) + ") runs into the local header of " +
-                      ShownName(b.name) + " at " + std::to_string(b.local_header_offset) +
-                      " (the central directory's sizes are wrong)";
-    }
-  }
-  return why;
-}
-
 // Tree rules: sanitize, skip directories and entries whose bytes overlap, last duplicate
 // wins; then a file that is also a directory of another member is skipped.
 using LogFn = std::function<void(const std::string&)>;
@@ -126,7 +87,7 @@ std::vector<ArchiveMember> MemberTree(const std::vector<ZipEntry>& entries, cons
   auto Log = [&](const std::string& line) {
     if (log) log(line);
   };
-  const std::vector<std::string> overlap = OverlapProblems(entries);
+  const std::vector<std::string> overlap = EntryOverlaps(entries);
   std::vector<ArchiveMember> members;
   std::unordered_map<std::string, size_t> slot;
   for (size_t e = 0; e < entries.size(); ++e) {

@@ -27,6 +27,7 @@
 #include <cstring>
 #include <ctime>
 
+#include "core/base/text_codec.h"
 #include "core/zip/zip_format.h"
 #include "npzfs/file_util.h"
 
@@ -410,6 +411,44 @@ Result<ZipDirectory> ReadZipDirectory(int fd, const std::string& path) {
                              " entries but the central directory holds " + std::to_string(n));
   }
   return dir;
+}
+
+// How much of another entry's name a reason quotes.
+constexpr size_t kShownInReason = 80;
+
+std::vector<std::string> EntryOverlaps(const std::vector<ZipEntry>& entries) {
+  std::vector<std::string> why(entries.size());
+  std::vector<size_t> order(entries.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return entries[a].local_header_offset < entries[b].local_header_offset;
+  });
+  auto end_of = [&](size_t i) { return entries[i].data_offset + entries[i].compressed_size; };
+  for (size_t j = 0; j < order.size(); ++j) {
+    const ZipEntry& a = entries[order[j]];
+    size_t next = j + 1;
+    while (next < order.size() &&
+           entries[order[next]].local_header_offset == a.local_header_offset) {
+      const ZipEntry& same = entries[order[next]];
+      if (same.data_offset != a.data_offset || same.compressed_size != a.compressed_size) {
+        why[order[j]] = why[order[next]] = "another entry gives the same local header other sizes";
+      }
+      ++next;
+    }
+    if (next == order.size()) continue;
+    const ZipEntry& b = entries[order[next]];
+    if (b.local_header_offset < a.data_offset) {
+      why[order[next]] = "its local header lies inside the local header of " +
+                         PrintableName(a.name, kShownInReason);
+    }
+    if (end_of(order[j]) > b.local_header_offset) {
+      why[order[j]] =
+          "its data [" + std::to_string(a.data_offset) + ", " + std::to_string(end_of(order[j])) +
+          ") runs into the local header of " + PrintableName(b.name, kShownInReason) + " at " +
+          std::to_string(b.local_header_offset) + " (the central directory's sizes are wrong)";
+    }
+  }
+  return why;
 }
 
 }  // namespace npzfs

@@ -71,6 +71,14 @@ struct ZipDirectory {
 //   EIO     the file is truncated or a read failed.
 Result<ZipDirectory> ReadZipDirectory(int fd, const std::string& path);
 
+// For each entry, why its bytes overlap another entry's, or "" when they do not: a central
+// directory whose sizes lie (the data would run into the next member's local header and
+// data), as numpy and zipfile refuse ("Overlapped entries"). Sorted by local header offset,
+// an entry is refused when its data runs past the next local header; both are refused when
+// the next local header starts inside this entry's own header. Entries that repeat the same
+// local header with the same sizes describe the same bytes and are fine.
+std::vector<std::string> EntryOverlaps(const std::vector<ZipEntry>& entries);
+
 // Converts a DOS date/time pair (local time, as zipfile and Info-ZIP write it) to unix
 // seconds. Out-of-range fields are clamped (a zero date reads as 1980-01-01).
 int64_t DosDateTimeToUnix(uint16_t dos_date, uint16_t dos_time);
