@@ -290,13 +290,15 @@ Result<FramePattern> ParseFramePattern(std::string_view spec) {
   auto shape = ParseFrameShape(spec.substr(last + 1));
   if (!shape.ok()) return Invalid(where + ": SHAPE: " + shape.status().message());
   p.shape = std::move(shape).value();
-  // The whole layout, as every create would build it.
-  auto layout = NpyHeader::ForFrames(p.descr, p.shape, /*fortran_order=*/false, 0);
-  if (!layout.ok()) {
-    return Invalid(where + ": DTYPE '" + std::string(dtype) + "': " + layout.status().message() +
+  // The dtype alone (frames of one item), then the whole layout, as every create would build
+  // it: a shape whose byte size overflows is the SHAPE's fault, not the dtype's.
+  if (auto item = NpyHeader::ForFrames(p.descr, {1}, /*fortran_order=*/false, 0); !item.ok()) {
+    return Invalid(where + ": DTYPE '" + std::string(dtype) + "': " + item.status().message() +
                    " (use a numpy dtype name such as int16, float32, uint8, complex64, or a "
                    "descr such as <i2)");
   }
+  auto layout = NpyHeader::ForFrames(p.descr, p.shape, /*fortran_order=*/false, 0);
+  if (!layout.ok()) return Invalid(where + ": SHAPE: " + layout.status().message());
   Status growable = CheckGrowable(*layout, "frames of " + std::string(dtype));
   if (!growable.ok()) return Invalid(where + ": " + growable.message());
   return p;

@@ -271,6 +271,24 @@ TEST(GrowingMember, ANpyWithoutALayoutIsEinvalWithAHowTo) {
   EXPECT_EQ(ReadVisible(*m), ref);
 }
 
+TEST(GrowingMember, TheDescrAttributeTakesNumpyNamesAndRefusesABadDtypeAtOnce) {
+  Fixture f;
+  auto m = f.Create("cam.npy");
+  for (const char* bad : {"garbage", "int17", "|O"}) {
+    Status s = m->SetAttribute("user.npy.descr", bad);
+    EXPECT_EQ(s.code(), EINVAL) << bad;
+    EXPECT_NE(s.message().find("cam.npy: user.npy.descr"), std::string::npos) << s.message();
+    EXPECT_FALSE(m->GetAttribute("user.npy.descr").ok()) << bad;
+  }
+  ASSERT_TRUE(m->SetAttribute("user.npy.descr", "uint16").ok());
+  EXPECT_EQ(*m->GetAttribute("user.npy.descr"), "<u2");
+  ASSERT_TRUE(m->SetAttribute("user.npy.shape", "2,3").ok());
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  ASSERT_TRUE(WriteAt(*m, w, 0, std::string(24, '\x01')).ok());
+  EXPECT_NE(ReadVisible(*m).find("'descr': '<u2'"), std::string::npos);
+}
+
 TEST(GrowingMember, AnArrayThatCannotGrowIsKeptVerbatimAsNpSaveWroteIt) {
   Fixture f;
   TempDir py;

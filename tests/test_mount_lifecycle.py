@@ -500,6 +500,7 @@ def test_o_log_file_q_and_v(tmp_path):
     ("frame=adc*:float33:4", "float33"),
     ("frame=adc*:|O:4", "pickle"),
     ("frame=adc*:<i2:4,5", "separated by 'x'"),
+    ("frame=adc*:int16:99999999999x99999999999", "SHAPE: shape"),  # not the dtype's fault
 ])
 def test_a_bad_frame_option_is_refused_at_mount(tmp_path, option, needle):
     require_fuse()

@@ -833,6 +833,12 @@ Status GrowingMember::SetAttribute(std::string_view attr, std::string_view value
   std::optional<std::string> descr = s.attr_descr, shape = s.attr_shape, fortran = s.attr_fortran;
   if (attr == kDescrAttribute) {
     if (v.empty()) return Status::Error(EINVAL, name_ + ": empty " + std::string(attr));
+    // A numpy dtype name as -o frame= takes it ("int16"), checked now rather than when the
+    // shape comes: frames of one item of it must be a layout that can grow.
+    v = DescrForDtypeName(v);
+    auto item = NpyHeader::ForFrames(v, {1}, /*fortran_order=*/false, 0);
+    if (!item.ok()) return item.status().WithContext(name_ + ": " + std::string(attr));
+    NPZ_RETURN_IF_ERROR(CheckGrowable(*item, name_ + ": " + std::string(attr)));
     descr = v;
   } else if (attr == kShapeAttribute) {
     auto parsed = ParseFrameShape(v);
