@@ -357,6 +357,23 @@ TEST(ZipDirectory, RejectsAnEndRecordPointingBeyondTheFile) {
   ExpectError(dir.Join("beyond.zip"), EINVAL, "central directory");
 }
 
+TEST(ZipDirectory, ACorruptDirectoryOffsetIsNotTakenForBytesPutInFront) {
+  TempDir dir;
+  std::string z = SmallArchive(dir);
+  auto d = ReadDir(dir.Join("ok.zip"));
+  ASSERT_TRUE(d.ok());
+  // The end record's offset says 223 bytes too little; the members did not move.
+  Put32(z, z.size() - 22 + 16, static_cast<uint32_t>(d->cd_offset - 223));
+  WriteFileOrDie(dir.Join("offset.zip"), z);
+  ExpectError(dir.Join("offset.zip"), EINVAL, "the end record is corrupt");
+  auto r = ReadDir(dir.Join("offset.zip"));
+  EXPECT_EQ(r.status().message().find("put in front"), std::string::npos)
+      << r.status().message();
+  // Bytes really put in front still say so.
+  WriteFileOrDie(dir.Join("sfx.zip"), std::string(223, '#') + SmallArchive(dir));
+  ExpectError(dir.Join("sfx.zip"), EINVAL, "223 bytes were put in front of the archive");
+}
+
 TEST(ZipDirectory, RejectsAnAbsurdEntryCountWithoutAllocatingForIt) {
   TempDir dir;
   std::string z = SmallArchive(dir);

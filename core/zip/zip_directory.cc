@@ -364,6 +364,25 @@ class CentralRecordParser {
 
 }  // namespace
 
+namespace {
+
+// Whether the first central record (at `cd`) points at a local header where it says, and not
+// `shift` bytes later: then the members did not move, and only the end record's directory
+// offset is wrong (a prefix would have moved them all).
+bool LocalHeadersUnshifted(int fd, const std::string& path, uint64_t cd, uint64_t shift) {
+  constexpr size_t kLocalOffsetField = 42;  // in the central record's fixed part
+  unsigned char record[kLocalOffsetField + 4], sig[4];
+  if (!PreadExact(fd, record, sizeof record, cd, path).ok()) return false;
+  const uint64_t local = Le32(record + kLocalOffsetField);
+  if (local == 0xFFFFFFFFu) return false;  // in a ZIP64 extra: not worth parsing for a hint
+  auto is_local_header = [&](uint64_t at) {
+    return PreadExact(fd, sig, 4, at, path).ok() && Le32(sig) == kLocalSig;
+  };
+  return is_local_header(local) && !is_local_header(local + shift);
+}
+
+}  // namespace
+
 Result<ZipDirectory> ReadZipDirectory(int fd, const std::string& path) {
   ZipDirectory dir;
   NPZ_ASSIGN_OR_RETURN(dir.archive_size, FileSize(fd, path));
@@ -388,6 +407,14 @@ Result<ZipDirectory> ReadZipDirectory(int fd, const std::string& path) {
     unsigned char sig[4];
     if (actual > end.cd_offset && PreadExact(fd, sig, 4, actual, path).ok() &&
         Le32(sig) == kCentralSig) {
+      const uint64_t shift = actual - end.cd_offset;
+      if (LocalHeadersUnshifted(fd, path, actual, shift)) {
+        return Invalid(path, "the end record says the central directory is at offset " +
+                                 std::to_string(end.cd_offset) + ", but it is at " +
+                                 std::to_string(actual) +
+                                 " and the members' offsets are right: the end record is "
+                                 "corrupt");
+      }
       return Invalid(path,
                      "the central directory is at offset " + std::to_string(actual) + ", not at " +
                          std::to_string(end.cd_offset) +
