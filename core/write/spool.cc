@@ -445,7 +445,7 @@ Result<std::optional<NewMember>> Spool::NewMemberFor(const std::string& name, Gr
   NPZ_ASSIGN_OR_RETURN(FinalizedMemberData f, m.PrepareFinalize());
   if (background_) *shadow = background_->Take(&m);
   if (!f.has_layout) {
-    Log(name + ": never received a .npy header or a declared layout; not added");
+    Log(name + ": never received a complete .npy header or a declared layout; not added");
     return std::optional<NewMember>();
   }
   if (!*shadow && options.compress_level >= 0 && f.data_length > 0) {
