@@ -20,6 +20,7 @@
 #include "fs/npzfs_ops.h"
 
 #include <fcntl.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/uio.h>
@@ -444,7 +445,111 @@ std::span<std::byte> ReadBuffer(size_t size) {
   return std::span<std::byte>(buffer.data(), size);
 }
 
-void Read(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse_file_info* fi) {
+// A splice answer (bytes that sit in a file: a stored member in the archive, a growing
+// member's spool file) is moved into a pipe of this thread first, and only a pipe holding
+// every byte is handed to libfuse. A file that shrank under the read (an archive overwritten
+// in place while mounted: `cp` truncates it first) would otherwise give a short reply, which
+// the kernel takes for the end of the member: it lowers the file's size and keeps it (long
+// attribute timeouts), so `cat` and `cp` end early with no error, until a remount. A short
+// splice is EIO instead, as a short pread is. Owns its two fds; one per thread.
+class SplicePipe {
+ public:
+  ~SplicePipe() { Reset(); }
+
+  // Fills the pipe with exactly `n` bytes of `fd` at `offset`. EIO if the file ends first;
+  // ENOSYS if no pipe large enough can be had (the caller then preads instead).
+  Status Fill(int fd, uint64_t offset, size_t n) {
+    if (!Ready(n)) return Status::Error(ENOSYS, "no splice pipe");
+    loff_t at = static_cast<loff_t>(offset);
+    size_t moved = 0;
+    while (moved < n) {
+      const ssize_t got =
+          splice(fd, &at, write_.get(), nullptr, n - moved, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (got > 0) {
+        moved += static_cast<size_t>(got);
+        continue;
+      }
+      const int err = got == 0 ? 0 : errno;
+      if (err == EINTR) continue;
+      Reset();  // drop what was moved
+      if (err == 0) {
+        return Status::Error(EIO, "the file ended at " + std::to_string(offset + moved) +
+                                      ", before the " + std::to_string(n) + " bytes at " +
+                                      std::to_string(offset) +
+                                      " (was the archive changed while mounted?)");
+      }
+      return Status::Error(err, std::string("splice failed: ") + std::strerror(err));
+    }
+    return Status::Ok();
+  }
+  int read_fd() const { return read_.get(); }
+  // After a reply: a pipe libfuse did not empty (a failed reply) is dropped.
+  void CheckEmpty() {
+    int left = 0;
+    if (read_.valid() && (ioctl(read_.get(), FIONREAD, &left) != 0 || left != 0)) Reset();
+  }
+
+ private:
+  bool Ready(size_t n) {
+    if (!read_.valid()) {
+      int fds[2];
+      if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) return false;
+      read_ = UniqueFd(fds[0]);
+      write_ = UniqueFd(fds[1]);
+      capacity_ = 0;
+    }
+    if (capacity_ < n) {
+      const int got = fcntl(write_.get(), F_SETPIPE_SZ, static_cast<int>(kMaxRequestBytes));
+      if (got < 0 || static_cast<size_t>(got) < n) return false;
+      capacity_ = static_cast<size_t>(got);
+    }
+    return true;
+  }
+  void Reset() {
+    read_ = UniqueFd();
+    write_ = UniqueFd();
+    capacity_ = 0;
+  }
+
+  UniqueFd read_, write_;
+  size_t capacity_ = 0;
+};
+
+// Replies with the `n` bytes of `fd` at `offset` (a splice answer for inode `ino`), through
+// this thread's SplicePipe, or read into `dest` where no pipe can be had; EIO if the file is
+// shorter.
+void ReplyFromFile(fuse_req_t req, fuse_ino_t ino, int fd, uint64_t offset, size_t n,
+                   std::span<std::byte> dest) {
+  thread_local SplicePipe pipe;
+  Status filled = pipe.Fill(fd, offset, n);
+  if (filled.code() == ENOSYS) {
+    filled = PreadExact(fd, dest.data(), n, offset, "the file");
+    if (filled.ok()) {
+      fuse_reply_buf(req, reinterpret_cast<const char*>(dest.data()), n);
+      return;
+    }
+  }
+  if (!filled.ok()) {
+    Mount& m = MountOf(req);
+    const std::optional<NodeInfo> node = m.table->Get(ino);
+    ReplyStatus(req, "read",
+                filled.WithContext(m.archive_path + ": member " +
+                                   (node ? node->path : "inode " + std::to_string(ino))));
+    return;
+  }
+  // FUSE_BUFVEC_INIT is a compound literal, which ISO C++ rejects (-Wpedantic).
+  fuse_bufvec buf{};
+  buf.count = 1;
+  buf.buf[0].size = n;
+  // A pipe: no offset, and read until `n` bytes (without a splice-capable kernel libfuse
+  // reads it into memory).
+  buf.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_RETRY);
+  buf.buf[0].fd = pipe.read_fd();
+  fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+  pipe.CheckEmpty();
+}
+
+void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
   Mount& m = MountOf(req);
   MemberReader& reader = *HandleOf(fi)->reader;
   const uint64_t offset = static_cast<uint64_t>(off);
@@ -488,14 +593,7 @@ void Read(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse_file_
     fuse_reply_buf(req, reinterpret_cast<const char*>(dest.data()), answer->length);
     return;
   }
-  // FUSE_BUFVEC_INIT is a compound literal, which ISO C++ rejects (-Wpedantic).
-  fuse_bufvec buf{};
-  buf.count = 1;
-  buf.buf[0].size = answer->length;
-  buf.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
-  buf.buf[0].fd = answer->splice_fd;
-  buf.buf[0].pos = static_cast<off_t>(answer->splice_offset);
-  fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+  ReplyFromFile(req, ino, answer->splice_fd, answer->splice_offset, answer->length, dest);
 }
 
 void Write(fuse_req_t req, fuse_ino_t ino, const char* data, size_t size, off_t off,

@@ -1001,3 +1001,41 @@ def test_after_finalize_old_and_new_deflated_members_read_with_no_first_pass(tmp
         stats = json.loads(os.getxattr(m2.mnt, "user.npzfs.stats"))
         assert stats["first_pass_spans"] == 0, stats
     assert "stale" not in m2.log() and "ignored" not in m2.log(), m2.log()
+
+
+@pytest.mark.parametrize("savez", [np.savez, np.savez_compressed], ids=["stored", "deflated"])
+def test_an_archive_overwritten_in_place_while_read_gives_eio_then_full_bytes_again(tmp_path,
+                                                                                      savez):
+    # `cp -p` of an identical copy over the mounted archive, again and again, while a reader
+    # reads at random (dropping the page cache before each read, so each reaches the
+    # daemon). Each `cp` truncates the archive before it writes it again: a read in that
+    # window must fail (EIO), never end early. A short reply would tell the kernel the member
+    # ends there, and it would keep that smaller size: `cat` would end early with no error.
+    archive, backup = tmp_path / "r.npz", tmp_path / "backup.npz"
+    x = np.arange(5 << 20, dtype="<i4")
+    savez(archive, x=x)
+    shutil.copy2(archive, backup)
+    expected = npy_of(x)
+    with mounted(archive, tmp_path / "mnt", "-o", "ro") as m:
+        path = m.path("x.npy")
+        stop = time.monotonic() + 6
+        reader = subprocess.Popen([sys.executable, "-c", f"""
+import os, random, time
+rng = random.Random(1)
+while time.monotonic() < {stop}:
+    try:
+        fd = os.open({path!r}, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.pread(fd, 65536, rng.randrange(0, {len(expected)}))
+        os.close(fd)
+    except OSError:
+        pass
+"""])
+        while reader.poll() is None:
+            subprocess.run(["cp", "-p", str(backup), str(archive)], check=True)
+        assert reader.returncode == 0
+        assert archive.read_bytes() == backup.read_bytes()
+        # The archive is as it was: the member is whole again, its size and its bytes.
+        assert os.stat(path).st_size == len(expected), m.log()
+        with open(path, "rb") as f:
+            assert f.read() == expected, m.log()

@@ -73,14 +73,22 @@ Result<size_t> PreadFull(int fd, void* buf, size_t n, uint64_t offset, const std
   return done;
 }
 
+namespace {
+constexpr std::string_view kUnexpectedEndOfFile = ": unexpected end of file at offset ";
+}  // namespace
+
 Status PreadExact(int fd, void* buf, size_t n, uint64_t offset, const std::string& path) {
   NPZ_ASSIGN_OR_RETURN(size_t got, PreadFull(fd, buf, n, offset, path));
   if (got != n) {
-    return Status::Error(EIO, path + ": unexpected end of file at offset " +
+    return Status::Error(EIO, path + std::string(kUnexpectedEndOfFile) +
                                   std::to_string(offset + got) + " (wanted " + std::to_string(n) +
                                   " bytes at " + std::to_string(offset) + ")");
   }
   return Status::Ok();
+}
+
+bool IsUnexpectedEndOfFile(const Status& s) {
+  return s.code() == EIO && s.message().find(kUnexpectedEndOfFile) != std::string::npos;
 }
 
 Status PwriteAll(int fd, const void* buf, size_t n, uint64_t offset, const std::string& path) {

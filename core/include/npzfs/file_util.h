@@ -53,6 +53,8 @@ Status ClearNonBlocking(int fd, const std::string& path);
 
 // Reads exactly `n` bytes at `offset`; a short file is EIO ("unexpected end of file").
 Status PreadExact(int fd, void* buf, size_t n, uint64_t offset, const std::string& path);
+// Whether `s` is PreadExact's short-file error: the file ended before the bytes asked for.
+bool IsUnexpectedEndOfFile(const Status& s);
 // Reads up to `n` bytes at `offset`, stopping early only at end of file.
 Result<size_t> PreadFull(int fd, void* buf, size_t n, uint64_t offset, const std::string& path);
 // Writes all `n` bytes at `offset` (pwrite) or at the current position (write).
