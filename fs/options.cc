@@ -286,17 +286,18 @@ Result<FramePattern> ParseFramePattern(std::string_view spec) {
                    "with '/'");
   }
   if (dtype.empty()) return Invalid(where + ": DTYPE is empty");
-  p.descr = DescrForDtypeName(dtype);
-  auto shape = ParseFrameShape(spec.substr(last + 1));
-  if (!shape.ok()) return Invalid(where + ": SHAPE: " + shape.status().message());
-  p.shape = std::move(shape).value();
   // The dtype alone (frames of one item), then the whole layout, as every create would build
   // it: a shape whose byte size overflows is the SHAPE's fault, not the dtype's.
-  if (auto item = NpyHeader::ForFrames(p.descr, {1}, /*fortran_order=*/false, 0); !item.ok()) {
-    return Invalid(where + ": DTYPE '" + std::string(dtype) + "': " + item.status().message() +
+  auto descr = GrowableDescr(dtype, "DTYPE '" + std::string(dtype) + "'");
+  if (!descr.ok()) {
+    return Invalid(where + ": " + descr.status().message() +
                    " (use a numpy dtype name such as int16, float32, uint8, complex64, or a "
                    "descr such as <i2)");
   }
+  p.descr = std::move(descr).value();
+  auto shape = ParseFrameShape(spec.substr(last + 1));
+  if (!shape.ok()) return Invalid(where + ": SHAPE: " + shape.status().message());
+  p.shape = std::move(shape).value();
   auto layout = NpyHeader::ForFrames(p.descr, p.shape, /*fortran_order=*/false, 0);
   if (!layout.ok()) return Invalid(where + ": SHAPE: " + layout.status().message());
   Status growable = CheckGrowable(*layout, "frames of " + std::string(dtype));

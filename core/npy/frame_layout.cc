@@ -90,6 +90,14 @@ std::string DescrForDtypeName(std::string_view dtype) {
   return std::string(dtype);
 }
 
+Result<std::string> GrowableDescr(std::string_view dtype, const std::string& name) {
+  std::string descr = DescrForDtypeName(dtype);
+  auto item = NpyHeader::ForFrames(descr, {1}, /*fortran_order=*/false, 0);
+  if (!item.ok()) return item.status().WithContext(name);
+  NPZ_RETURN_IF_ERROR(CheckGrowable(*item, name));
+  return descr;
+}
+
 Status CheckGrowable(const NpyHeader& header, const std::string& name) {
   if (header.has_object()) {
     return Status::Error(EINVAL, name + ": object arrays (descr " + header.descr_literal() +

@@ -46,4 +46,9 @@ std::string DescrForDtypeName(std::string_view dtype);
 // EINVAL naming `name` otherwise.
 Status CheckGrowable(const NpyHeader& header, const std::string& name);
 
+// The descr for frames of `dtype` (a numpy dtype name or a descr, as DescrForDtypeName takes
+// it), checked as frames of one item: a descr ForFrames accepts and CheckGrowable passes.
+// EINVAL naming `name` otherwise. The one check behind -o frame= and user.npy.descr.
+Result<std::string> GrowableDescr(std::string_view dtype, const std::string& name);
+
 }  // namespace npzfs

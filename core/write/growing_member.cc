@@ -835,11 +835,7 @@ Status GrowingMember::SetAttribute(std::string_view attr, std::string_view value
     if (v.empty()) return Status::Error(EINVAL, name_ + ": empty " + std::string(attr));
     // A numpy dtype name as -o frame= takes it ("int16"), checked now rather than when the
     // shape comes: frames of one item of it must be a layout that can grow.
-    v = DescrForDtypeName(v);
-    auto item = NpyHeader::ForFrames(v, {1}, /*fortran_order=*/false, 0);
-    if (!item.ok()) return item.status().WithContext(name_ + ": " + std::string(attr));
-    NPZ_RETURN_IF_ERROR(CheckGrowable(*item, name_ + ": " + std::string(attr)));
-    descr = v;
+    NPZ_ASSIGN_OR_RETURN(descr, GrowableDescr(v, name_ + ": " + std::string(attr)));
   } else if (attr == kShapeAttribute) {
     auto parsed = ParseFrameShape(v);
     if (!parsed.ok()) return parsed.status().WithContext(name_);
