@@ -10,8 +10,13 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <ctime>
+#include <mutex>
+#include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "core/base/text_codec.h"
 #include "npzfs/file_util.h"
@@ -62,9 +67,72 @@ std::string FilePrefix() {
   return std::string(stamp) + " npzfs[" + std::to_string(getpid()) + "]: ";
 }
 
+// Repeats. A program that retries a read of a corrupt member, or an mmap that faults on it
+// page after page, gets the same error reply thousands of times. Each warning or error line
+// is written once per kRepeatWindow; the copies in between are only counted, and the count
+// goes out with the line's next copy, or at the end of the session (FlushLogRepeats).
+// Every distinct line is remembered for its window (at most kMaxRepeatLines lines; past
+// that, the oldest windows are closed early and their counts written).
+constexpr auto kRepeatWindow = std::chrono::seconds(10);
+constexpr size_t kMaxRepeatLines = 256;
+
+struct Repeat {
+  LogLevel level = LogLevel::kError;
+  std::chrono::steady_clock::time_point written;
+  uint64_t suppressed = 0;  // copies not written since `written`
+};
+
+std::mutex g_repeat_mu;
+std::unordered_map<std::string, Repeat> g_repeats;  // guarded by g_repeat_mu
+
+std::string RepeatedText(const std::string& line, uint64_t n) {
+  return line + " (repeated " + std::to_string(n) + " more time" + (n == 1 ? "" : "s") + ")";
+}
+
+void Write(LogLevel level, const std::string& line);
+
+// Whether `line` is written now; it may come back with the count of its skipped copies.
+// Lines of counts closed early are added to `closed`, to be written after the lock is let go.
+bool TakeRepeat(LogLevel level, std::string* line,
+                std::vector<std::pair<LogLevel, std::string>>* closed) {
+  const auto now = std::chrono::steady_clock::now();
+  std::lock_guard lock(g_repeat_mu);
+  if (auto it = g_repeats.find(*line); it != g_repeats.end()) {
+    Repeat& r = it->second;
+    if (now - r.written < kRepeatWindow) {
+      ++r.suppressed;
+      return false;
+    }
+    if (r.suppressed > 0) *line = RepeatedText(*line, r.suppressed);
+    r.written = now;
+    r.suppressed = 0;
+    return true;
+  }
+  if (g_repeats.size() >= kMaxRepeatLines) {
+    for (auto it = g_repeats.begin(); it != g_repeats.end();) {
+      if (it->second.suppressed > 0) {
+        closed->emplace_back(it->second.level, RepeatedText(it->first, it->second.suppressed));
+      }
+      it = g_repeats.erase(it);
+    }
+  }
+  g_repeats.emplace(*line, Repeat{level, now, 0});
+  return true;
+}
+
 void Emit(LogLevel level, const std::string& raw_line) {
   if (!LogEnabled(level)) return;
-  const std::string line = EscapeControlBytes(raw_line);
+  std::string line = EscapeControlBytes(raw_line);
+  if (level >= LogLevel::kWarning) {
+    std::vector<std::pair<LogLevel, std::string>> closed;
+    const bool write = TakeRepeat(level, &line, &closed);
+    for (const auto& [closed_level, closed_line] : closed) Write(closed_level, closed_line);
+    if (!write) return;
+  }
+  Write(level, line);
+}
+
+void Write(LogLevel level, const std::string& line) {
   // One write(2) per line so that lines from different threads never interleave.
   const std::string text = std::string(Tag(level)) + line + "\n";
   if (g_stderr.load(std::memory_order_relaxed)) {
@@ -81,6 +149,18 @@ void Emit(LogLevel level, const std::string& raw_line) {
 }
 
 }  // namespace
+
+void FlushLogRepeats() {
+  std::vector<std::pair<LogLevel, std::string>> pending;
+  {
+    std::lock_guard lock(g_repeat_mu);
+    for (const auto& [line, r] : g_repeats) {
+      if (r.suppressed > 0) pending.emplace_back(r.level, RepeatedText(line, r.suppressed));
+    }
+    g_repeats.clear();
+  }
+  for (const auto& [level, line] : pending) Write(level, line);
+}
 
 void SetLogLevel(LogLevel level) { g_level.store(static_cast<int>(level)); }
 

@@ -1,4 +1,4 @@
-// Logging for the npzfs daemon: one line per event, never lost.
+// Logging for the npzfs daemon: one line per event, never lost (repeats are counted).
 //
 // Sinks: stderr while the daemon runs in the foreground (or has not daemonized yet); once
 // daemonized, syslog (ident "npzfs") when a syslog daemon listens on /dev/log, else a log
@@ -6,8 +6,11 @@
 // Verbosity (-q, -v) filters by level before any sink.
 //
 // Core modules report errors as Status values; the FUSE layer logs each failed request once
-// through LogError and replies the errno. Every function here is thread-safe: the sinks are
-// chosen before the session loop starts, and each line is written with one call.
+// through LogError and replies the errno. A warning or error line that repeats is written
+// once every 10 s at most: its copies in between are counted, and the count is written with
+// its next copy ("... (repeated 41 more times)") or by FlushLogRepeats. Every function here
+// is thread-safe: the sinks are chosen before the session loop starts, and each line is
+// written with one call.
 #pragma once
 
 #include <string>
@@ -30,6 +33,9 @@ void LogDaemonized(bool syslog);
 
 // Whether a syslog daemon accepts messages on /dev/log (a socket that takes a connection).
 bool SyslogAvailable();
+
+// Writes the counts of repeated lines not written yet (the session has ended).
+void FlushLogRepeats();
 
 void LogDebug(const std::string& line);
 void LogInfo(const std::string& line);

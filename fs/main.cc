@@ -126,6 +126,7 @@ std::optional<int> Serve(Mount& m, fuse_args* args, const MountPoint& mp) {
   fuse_session_unmount(se.get());
   fuse_remove_signal_handlers(se.get());
   se.reset();  // runs Destroy (saves the index) if the kernel did not already
+  FlushLogRepeats();
   if (loop_result < 0) LogError("session loop failed: " + std::string(std::strerror(-loop_result)));
   return std::nullopt;
 }

@@ -315,6 +315,23 @@ def test_a_crc_mismatch_is_eio(archives, reference, tmp_path):
     assert "big_endian" in m.log()
 
 
+def test_an_error_read_again_and_again_is_logged_once_with_a_count(archives, tmp_path):
+    path = tmp_path / "corrupt.npz"
+    shutil.copy(archives["savez_compressed"], path)
+    corrupt_crc(path, "big_endian.npy")
+    tries = 30
+    with mounted(path, tmp_path / "mnt", "-o", "index=off") as m:
+        for _ in range(tries):
+            with pytest.raises(OSError) as e:
+                read_file(m.path("big_endian.npy"))
+            assert e.value.errno == 5  # EIO
+        during = [line for line in m.log().splitlines() if "error:" in line]
+    assert len(during) == 1, during  # the verdict, once; the same reply again is counted
+    counted = [line for line in m.log().splitlines() if "more times)" in line]
+    assert len(counted) == 1 and "big_endian" in counted[0], m.log()
+    assert int(counted[0].split("(repeated ")[1].split()[0]) >= tries - 1
+
+
 def test_duplicate_names_show_the_last_entry(archives, tmp_path):
     with mounted(archives["duplicates"], tmp_path / "mnt") as m:
         assert os.listdir(m.mnt) == ["dup.npy"]
