@@ -484,10 +484,41 @@ TEST(Spool, RemoveAndRenameFollowTheAppendOnlyRules) {
   EXPECT_EQ(s.Find("full.npy")->visible_size(), NumpyHeaderFor(1).size() + 24);
 }
 
+TEST(Spool, AnExistingDirectoryOfOtherFilesIsNeverTakenForASpool) {
+  TempDir t;
+  const std::string dir = t.Join("data");
+  fs::create_directories(dir);
+  WriteFileOrDie(dir + "/notes.txt", "mine");
+  WriteFileOrDie(dir + "/x.npy", NumpyHeaderFor(1) + U16Frames(0, 1));
+  auto spool = Spool::Open(dir);
+  ASSERT_FALSE(spool.ok());
+  EXPECT_EQ(spool.status().code(), EINVAL);
+  EXPECT_NE(spool.status().message().find(dir + ": not an npzfs spool"), std::string::npos)
+      << spool.status().message();
+  // Nothing in it was touched, and no lock file was made.
+  EXPECT_EQ(ReadFileOrDie(dir + "/notes.txt"), "mine");
+  EXPECT_TRUE(fs::exists(dir + "/x.npy"));
+  EXPECT_FALSE(fs::exists(dir + "/.npzfs-lock"));
+}
+
+TEST(Spool, AnExistingEmptyDirectoryBecomesASpoolButRecoverWantsARealOne) {
+  TempDir t;
+  const std::string dir = t.Join("empty");
+  fs::create_directories(dir);
+  Status recovered = RecoverSpool(t.Join("a.npz"), dir, WriteOptions{});
+  EXPECT_EQ(recovered.code(), EINVAL) << recovered.message();
+  EXPECT_TRUE(fs::is_directory(dir));  // not removed as a finished spool
+  auto spool = Spool::Open(dir);
+  ASSERT_TRUE(spool.ok()) << spool.status().message();
+  EXPECT_TRUE((*spool)->members().empty());
+  EXPECT_TRUE(fs::exists(dir + "/.npzfs-lock"));
+}
+
 TEST(Spool, AnUnreadableSpoolFileIsSetAsideNotFatal) {
   TempDir t;
   const std::string dir = t.Join("s");
   fs::create_directories(dir);
+  WriteFileOrDie(dir + "/.npzfs-lock", "");  // made with every spool
   WriteFileOrDie(dir + "/bad.npy", "not a numpy file");
   WriteFileOrDie(dir + "/%zz", "bad escape");
   WriteFileOrDie(dir + "/good.npy", NumpyHeaderFor(1) + U16Frames(0, 1));
@@ -830,6 +861,7 @@ TEST(Spool, ASpoolFileOfUpToNameMaxBytesLeftByAnOlderDaemonStillResumes) {
   TempDir t;
   const std::string dir = t.Join("s");
   fs::create_directories(dir);
+  WriteFileOrDie(dir + "/.npzfs-lock", "");  // made with every spool
   // Escaped names longer than today's limit for escaped names, as an older daemon made them.
   const std::string good = std::string(245, 'g') + ".npy";
   const std::string bad = std::string(250, 'b') + ".npy";

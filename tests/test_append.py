@@ -270,6 +270,7 @@ def test_recover_removes_stale_temp_files_and_then_finalizes_the_spool(tmp_path)
     np.savez(archive, x=np.arange(10))
     spool = tmp_path / ".a.npz.npzfs-spool"
     spool.mkdir()
+    (spool / ".npzfs-lock").touch()  # made with every spool
     np.save(spool / "adc.npy", np.arange(12, dtype="<i2").reshape(3, 4))
     (tmp_path / ".a.npz.npzfs-tmp-Ab12Cd").write_bytes(b"half a copy")
     r = npz("recover", archive)

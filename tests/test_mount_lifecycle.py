@@ -388,6 +388,31 @@ def test_a_missing_archive_is_an_error_with_its_absolute_path_unless_o_create(tm
         assert np.array_equal(z["x"], np.arange(4))
 
 
+def test_o_spool_never_takes_a_directory_of_other_files_for_a_spool(tmp_path):
+    require_fuse()
+    make_archive(tmp_path / "run.npz")
+    before = (tmp_path / "run.npz").read_bytes()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("notes")
+    (tmp_path / "mnt").mkdir()
+    for spool in (tmp_path / "mine", tmp_path):  # the archive's own directory too
+        r = run_npzfs("-f", "-o", f"spool={spool}", tmp_path / "run.npz", tmp_path / "mnt")
+        assert r.returncode == 1, r.stderr
+        assert f"{spool}: not an npzfs spool" in r.stderr, r.stderr
+        assert not is_mounted(tmp_path / "mnt")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "notes"
+    assert sorted(os.listdir(tmp_path / "mine")) == ["notes.txt"]
+    assert (tmp_path / "run.npz").read_bytes() == before
+    # An empty directory is a spool to be.
+    (tmp_path / "empty").mkdir()
+    with mounted(tmp_path / "run.npz", tmp_path / "mnt", "-o", f"spool={tmp_path / 'empty'}") as m:
+        np.save(m.path("x.npy"), np.arange(4))
+        assert os.path.exists(tmp_path / "empty" / "x.npy")
+    assert m.unmount() == 0
+    with np.load(tmp_path / "run.npz") as z:
+        assert np.array_equal(z["x"], np.arange(4))
+
+
 def test_a_mount_point_that_is_already_mounted_is_refused(tmp_path):
     require_fuse()
     make_archive(tmp_path / "run.npz")

@@ -1020,6 +1020,7 @@ def make_spool(archive_dir, frames, partial=b""):
     """A spool as a dead daemon leaves it: a valid .npy per member (core/write/spool.h)."""
     spool = archive_dir / ".data.npz.npzfs-spool"
     spool.mkdir()
+    (spool / ".npzfs-lock").touch()  # made with every spool
     np.save(spool / "adc.npy", frames)
     with open(spool / "adc.npy", "ab") as f:
         f.write(partial)
@@ -1042,6 +1043,24 @@ def test_recover_finalizes_a_dead_daemons_spool(files):
         np.testing.assert_array_equal(z["adc"], adc)
         np.testing.assert_array_equal(z["tx"], tx)
     assert (d / "data.npz").read_bytes()[:100] == old[:100]
+
+
+def test_recover_never_takes_a_directory_of_other_files_for_a_spool(files):
+    d, adc, tx = files
+    np.savez(d / "data.npz", tx=tx)
+    before = (d / "data.npz").read_bytes()
+    (d / "mine").mkdir()
+    np.save(d / "mine" / "keep.npy", adc)
+    (d / "mine" / "notes.txt").write_text("notes")
+    (d / "empty").mkdir()
+    for spool in (d / "mine", d, d / "empty"):  # the archive's own directory too
+        r = fails(1, "recover", d / "data.npz", "--spool", spool,
+                  must_name=[f"{spool}: not an npzfs spool"])
+        assert b"recovered" not in r.stdout
+    assert (d / "data.npz").read_bytes() == before
+    assert (d / "mine" / "notes.txt").read_text() == "notes"
+    np.testing.assert_array_equal(np.load(d / "mine" / "keep.npy"), adc)
+    assert (d / "empty").is_dir()
 
 
 def test_recover_with_a_custom_spool_and_compression_creates_the_archive(files):

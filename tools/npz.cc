@@ -145,7 +145,8 @@ First, if an append was interrupted (a journal .ARCHIVE.npzfs-journal is there),
 is put back exactly as it was before that append (every npz command does this too).
 
 Options:
-  --spool DIR           the spool directory, if the mount used -o spool=DIR
+  --spool DIR           the spool directory, if the mount used -o spool=DIR (it must hold
+                        the spool's lock file .npzfs-lock: any other directory is refused)
   --compress[=LEVEL]    deflate the recovered members (default: stored)
 
 Examples:

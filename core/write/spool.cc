@@ -248,9 +248,48 @@ Status Spool::DropNameFile(const std::string& spool_path) const {
   return Status::Ok();
 }
 
+namespace {
+
+// Whether `dir` holds anything but "." and "..".
+Result<bool> DirectoryIsEmpty(const std::string& dir) {
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return ErrnoStatus(errno, dir, "cannot list the directory");
+  bool empty = true;
+  while (struct dirent* e = ::readdir(d)) {
+    if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) {
+      empty = false;
+      break;
+    }
+  }
+  ::closedir(d);
+  return empty;
+}
+
+}  // namespace
+
+Status CheckIsSpool(const std::string& dir, bool allow_empty) {
+  const std::string lock_path = dir + "/" + std::string(kSpoolLockFileName);
+  struct stat lock {};
+  if (::lstat(lock_path.c_str(), &lock) == 0 && S_ISREG(lock.st_mode)) return Status::Ok();
+  if (allow_empty) {
+    NPZ_ASSIGN_OR_RETURN(bool empty, DirectoryIsEmpty(dir));
+    if (empty) return Status::Ok();
+  }
+  return Status::Error(
+      EINVAL, dir + ": not an npzfs spool (no " + std::string(kSpoolLockFileName) + " in it" +
+                  (allow_empty ? ", and it is not empty" : "") +
+                  "): every file of a spool is added to the archive and then deleted, so only a "
+                  "directory npzfs made" +
+                  (allow_empty ? " or an empty one" : "") +
+                  " is used. If it is the spool of an earlier mount of this archive, create " +
+                  lock_path + " and try again");
+}
+
 Result<std::unique_ptr<Spool>> Spool::Open(const std::string& dir, SpoolLogFn log) {
+  bool created = false;
   if (::mkdir(dir.c_str(), 0755) == 0) {
     NPZ_RETURN_IF_ERROR(FsyncParentDir(dir));
+    created = true;
   } else if (errno != EEXIST) {
     return ErrnoStatus(errno, dir, "cannot create the spool directory");
   }
@@ -259,6 +298,10 @@ Result<std::unique_ptr<Spool>> Spool::Open(const std::string& dir, SpoolLogFn lo
   if (!S_ISDIR(st.st_mode)) {
     return Status::Error(ENOTDIR, dir + ": spool path exists and is not a directory");
   }
+  // A directory that exists already is resumed only if it is a spool: -o spool=DIR or
+  // npz recover --spool DIR pointed at a directory of the user's files would add them all to
+  // the archive and delete them.
+  if (!created) NPZ_RETURN_IF_ERROR(CheckIsSpool(dir, /*allow_empty=*/true));
 
   const std::string lock_path = dir + "/" + std::string(kLockFileName);
   NPZ_ASSIGN_OR_RETURN(UniqueFd lock_fd, OpenFile(lock_path, O_RDWR | O_CREAT, 0644));
@@ -599,6 +642,9 @@ Status RecoverSpool(const std::string& archive_path, const std::string& spool_di
   if (!S_ISDIR(st.st_mode)) {
     return Status::Error(ENOTDIR, spool_dir + ": spool path is not a directory");
   }
+  // A spool left by a daemon always holds its lock file (made with the directory); an empty
+  // directory without one is no spool either, and is not removed.
+  NPZ_RETURN_IF_ERROR(CheckIsSpool(spool_dir, /*allow_empty=*/false));
   NPZ_ASSIGN_OR_RETURN(auto spool, Spool::Open(spool_dir, log));
   // Under the spool lock no finalize of this archive runs: temp files of a killed copy-mode
   // finalize are leftovers.

@@ -64,7 +64,8 @@ class Spool {
   // file in it (one log line each; a file that cannot be resumed, or a hashed one without
   // its name file, is renamed to ".corrupt-<file>" with a log line; a name file without its
   // data file, left by a crash, is removed with a log line). EBUSY if another process holds
-  // the spool lock.
+  // the spool lock. An existing directory must be a spool (CheckIsSpool with allow_empty:
+  // it holds the lock file, or nothing at all), else EINVAL and nothing in it is touched.
   static Result<std::unique_ptr<Spool>> Open(const std::string& dir, SpoolLogFn log = {});
   ~Spool();
 
@@ -132,9 +133,15 @@ class Spool {
   std::unique_ptr<BackgroundDeflater> background_;  // with StartBackgroundDeflate
 };
 
+// Whether `dir` is a spool that may be resumed: it holds the spool lock file, which is made
+// with the directory (or, with `allow_empty`, it holds nothing). EINVAL naming `dir` and the
+// remedy otherwise: every file of a spool is added to the archive and then deleted.
+Status CheckIsSpool(const std::string& dir, bool allow_empty);
+
 // `npz recover ARCHIVE`: finalizes the spool a dead daemon left behind, after removing the
 // temp files of a killed copy-mode finalize (RemoveStaleTempFiles, under the spool lock). ENOENT
-// with a clear message if there is no spool directory; EBUSY if a live daemon holds it.
+// with a clear message if there is no spool directory; EINVAL if it is not a spool (no lock
+// file: CheckIsSpool); EBUSY if a live daemon holds it.
 Status RecoverSpool(const std::string& archive_path, const std::string& spool_dir,
                     const WriteOptions& options, SpoolLogFn log = {});
 
