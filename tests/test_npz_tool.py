@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import os
+import stat
 import struct
 import subprocess
 import zipfile
@@ -561,6 +562,22 @@ def test_frames_replaces_an_existing_output_only_with_force(files):
     assert (d / "out.npy").read_bytes() == before
     ok("frames", d / "adc.npy", 1, 3, "-o", d / "out.npy", "--force")
     np.testing.assert_array_equal(np.load(d / "out.npy"), adc[1:3])
+
+
+def test_frames_force_replaces_only_a_regular_file_never_a_device_fifo_or_symlink(files):
+    d, adc, tx = files
+    os.mkfifo(d / "fifo")
+    os.symlink(d / "target.npy", d / "link.npy")
+    (d / "target.npy").write_bytes(b"target")
+    os.mknod(d / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    for out, kind in [(d / "fifo", "a FIFO"), (d / "link.npy", "a symbolic link"),
+                      (d / "null", "a character device"), (d / "sub", "a directory")]:
+        if kind == "a directory":
+            out.mkdir()
+        fails(1, "frames", d / "adc.npy", 0, 2, "-o", out, "--force", must_name=[out, kind])
+    assert stat.S_ISFIFO(os.lstat(d / "fifo").st_mode)
+    assert stat.S_ISCHR(os.lstat(d / "null").st_mode)
+    assert os.path.islink(d / "link.npy") and (d / "target.npy").read_bytes() == b"target"
 
 
 def test_frames_never_writes_over_the_file_it_reads_from(files):

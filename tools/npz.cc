@@ -41,12 +41,13 @@ numpyWriter's readFrames: frames START (inclusive) to STOP (exclusive) along the
 axis (axis 0, or the last axis of a Fortran-order array) of a .npy file, or of member KEY
 of an .npz (KEY with or without ".npy"). Only the bytes of those frames are read; for a
 deflated member the saved random-access index is used and extended (and saved again), and
-nothing beyond the last requested frame is inflated.
+nothing beyond the span holding the last requested frame (about 256 KiB) is inflated.
 
 The output is a valid .npy holding exactly those frames, written atomically (a temp file
 renamed over OUT.npy), or with --raw the frame bytes alone on stdout. Without -o or --raw,
 the .npy goes to stdout (refused if stdout is a terminal). An existing OUT.npy is replaced
-only with --force, and never when it is the file the frames are read from.
+only with --force, and only if it is a regular file (never a device, FIFO or symlink), and
+never when it is the file the frames are read from.
 
 Options:
   -o, --output OUT.npy   write a .npy here ("-" for stdout)

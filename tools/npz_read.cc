@@ -405,8 +405,14 @@ Status CheckFramesOutput(const std::string& output, const FrameSource& src, bool
     return Status::Error(EINVAL, output + ": is the file the frames are read from (" +
                                      src.name + "); write them to another file");
   }
-  if (!force && lstat(output.c_str(), &out_st) == 0) {
-    return Status::Error(EEXIST, output + ": exists (--force replaces it)");
+  if (lstat(output.c_str(), &out_st) == 0) {
+    // The output is renamed over OUT: a device, a FIFO or a symlink would be replaced by a
+    // regular file (-o /dev/null --force), not written to.
+    if (!S_ISREG(out_st.st_mode)) {
+      return Status::Error(EEXIST, output + ": exists and is " + FileKind(out_st.st_mode) +
+                                       ", which --force does not replace (only a regular file)");
+    }
+    if (!force) return Status::Error(EEXIST, output + ": exists (--force replaces it)");
   }
   return Status::Ok();
 }

@@ -26,17 +26,16 @@ Result<UniqueFd> OpenFile(const std::string& path, int flags, mode_t mode) {
   return UniqueFd(fd);
 }
 
-namespace {
-
 const char* FileKind(mode_t mode) {
+  if (S_ISREG(mode)) return "a regular file";
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISLNK(mode)) return "a symbolic link";
   if (S_ISFIFO(mode)) return "a FIFO";
   if (S_ISSOCK(mode)) return "a socket";
   if (S_ISCHR(mode)) return "a character device";
   if (S_ISBLK(mode)) return "a block device";
   return "not a regular file";
 }
-
-}  // namespace
 
 Result<UniqueFd> OpenRegularFile(const std::string& path, int flags, mode_t mode) {
   NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(path, flags | O_NONBLOCK, mode));

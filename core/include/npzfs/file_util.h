@@ -41,6 +41,9 @@ class UniqueFd {
   int fd_ = -1;
 };
 
+// What st_mode says the file is, for messages: "a directory", "a FIFO", "a symbolic link"...
+const char* FileKind(mode_t mode);
+
 // open(2) with O_CLOEXEC added.
 Result<UniqueFd> OpenFile(const std::string& path, int flags, mode_t mode = 0644);
 // OpenFile for a file that must be a regular one (an archive, a sidecar, a journal, a .npy):
