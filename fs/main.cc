@@ -114,7 +114,7 @@ std::optional<int> Serve(Mount& m, fuse_args* args, const MountPoint& mp) {
     return 1;
   }
   const bool use_syslog = cmd.foreground ? false : ChooseDaemonLog(m);
-  LogInfo("mounted " + m.archive_path + " on " + mp.path +
+  LogInfo("mounted " + m.archive_path + " on " + m.mount_dir +
           (m.archive == nullptr ? " (new archive)" : "") + (m.options.read_only ? " (ro)" : ""));
   fuse_daemonize(cmd.foreground);
   if (!cmd.foreground) LogDaemonized(use_syslog);

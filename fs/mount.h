@@ -115,6 +115,7 @@ struct Mount {
   Options options;
   std::string archive_path;          // absolute
   std::string spool_dir;             // absolute; the spool itself may not exist yet
+  std::string mount_dir;             // the mount point, absolute, its symlinks resolved
   RuntimeFiles runtime;              // result, progress, lock, log ("" each when unavailable)
   MountLock lock;                    // the runtime lock of a writable mount
   std::shared_ptr<Archive> archive;  // nullptr: the archive does not exist yet (-o create)

@@ -44,14 +44,51 @@ std::string MakeAbsolute(const std::string& path) {
   return std::string(cwd) + "/" + path;
 }
 
+// `path` (absolute) with the symlinks, "." and ".." of the part that exists resolved; the
+// part that does not exist yet is appended as it is.
+std::string ResolvedPath(const std::string& path) {
+  std::string head = path, tail;
+  char resolved[PATH_MAX];
+  while (realpath(head.c_str(), resolved) == nullptr) {
+    if (head.empty() || head == "/" || head == ".") return path;
+    tail = "/" + BaseName(head) + tail;
+    head = DirName(head);
+  }
+  const std::string out = resolved;
+  return out == "/" && !tail.empty() ? tail : out + tail;
+}
+
+// Whether `path` is `dir` or below it (both resolved).
+bool IsInside(const std::string& path, const std::string& dir) {
+  if (dir == "/") return true;
+  return path.starts_with(dir) && (path.size() == dir.size() || path[dir.size()] == '/');
+}
+
+// The daemon reaches its spool and its index by path while it serves the mount: inside the
+// mount point, it would wait on its own mount (the first create hangs in the kernel).
+// `what` names the path ("-o spool=/x/y").
+Status CheckOutsideMount(const Mount& m, const std::string& what, const std::string& path) {
+  if (!IsInside(ResolvedPath(path), m.mount_dir)) return Status::Ok();
+  return Status::Error(EINVAL, what + " is inside the mount point " + m.mount_dir +
+                                   ": the daemon would wait on its own mount; choose a "
+                                   "directory outside it");
+}
+
 // Where the random-access index is kept: -o index=DIR, else next to the archive, else (a
-// dataset nobody may write) the runtime directory, so the index still outlives the mount.
+// dataset nobody may write, or a mount over the archive's directory) a directory of its own
+// in the runtime directory, so the index still outlives the mount.
 std::string IndexDir(const Mount& m) {
   if (!m.options.index_dir.empty()) return MakeAbsolute(m.options.index_dir);
-  if (access(DirName(m.archive_path).c_str(), W_OK) != 0 && !m.runtime.dir.empty()) {
-    return m.runtime.dir;
+  const std::string next_to = DirName(m.archive_path);
+  if (access(next_to.c_str(), W_OK) == 0 && !IsInside(ResolvedPath(next_to), m.mount_dir)) {
+    return {};
   }
-  return {};
+  if (m.runtime.index_dir.empty()) return {};
+  if (mkdir(m.runtime.index_dir.c_str(), 0755) != 0 && errno != EEXIST) {
+    LogWarning(
+        ErrnoStatus(errno, m.runtime.index_dir, "cannot create the index directory").message());
+  }
+  return m.runtime.index_dir;
 }
 
 void LogLine(const std::string& line) { LogInfo(line); }
@@ -298,6 +335,20 @@ Status PrepareMount(Mount& m, MountPoint& mp) {
   NPZ_ASSIGN_OR_RETURN(m.archive_path, AbsoluteArchivePath(m.options.archive));
   m.spool_dir = m.options.spool_dir.empty() ? DefaultSpoolDir(m.archive_path)
                                             : MakeAbsolute(m.options.spool_dir);
+  m.mount_dir = ResolvedPath(MakeAbsolute(m.options.mountpoint));
+  if (m.writable()) {
+    NPZ_RETURN_IF_ERROR(CheckOutsideMount(m,
+                                          m.options.spool_dir.empty()
+                                              ? "the spool " + m.spool_dir
+                                              : "-o spool=" + m.options.spool_dir,
+                                          m.spool_dir)
+                            .WithContext("cannot mount " + m.options.archive));
+  }
+  if (m.options.index_enabled && !m.options.index_dir.empty()) {
+    NPZ_RETURN_IF_ERROR(
+        CheckOutsideMount(m, "-o index=" + m.options.index_dir, MakeAbsolute(m.options.index_dir))
+            .WithContext("cannot mount " + m.options.archive));
+  }
   m.uid = getuid();
   m.gid = getgid();
   m.start_time = static_cast<int64_t>(time(nullptr));

@@ -125,6 +125,7 @@ RuntimeFiles ChooseRuntimeFiles(const std::string& archive_path) {
   f.progress = stem + ".progress";
   f.lock = stem + ".lock";
   f.log = stem + ".log";
+  f.index_dir = stem + ".index";
   return f;
 }
 

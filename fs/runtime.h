@@ -13,8 +13,9 @@
 //
 // Files: `.result` (finalize outcome for `npz umount`, removed by it once read), `.progress`
 // (finalize bytes done and total while finalizing), `.lock` (held by a writable daemon,
-// holding its pid: a second writable mount of the archive is refused) and `.log` (the log
-// when there is no syslog and no -o log=).
+// holding its pid: a second writable mount of the archive is refused), `.log` (the log
+// when there is no syslog and no -o log=) and `.index/` (a directory for the index sidecar
+// when it cannot be kept next to the archive).
 //
 // Plain functions and a value type: thread-safe.
 #pragma once
@@ -29,6 +30,7 @@ namespace npzfs::fs {
 struct RuntimeFiles {
   std::string dir;  // "" when no directory could be used: then none of the files exist
   std::string result, progress, lock, log;
+  std::string index_dir;  // made by whoever needs it
 };
 
 // Chooses the runtime directory (creating it if needed) and names the files for

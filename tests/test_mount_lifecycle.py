@@ -413,6 +413,28 @@ def test_o_spool_never_takes_a_directory_of_other_files_for_a_spool(tmp_path):
         assert np.array_equal(z["x"], np.arange(4))
 
 
+def test_a_spool_or_index_inside_the_mount_point_is_refused_rather_than_hanging(tmp_path):
+    require_fuse()
+    make_archive(tmp_path / "run.npz")
+    (tmp_path / "mnt").mkdir()
+    for option, named in [(f"spool={tmp_path / 'mnt' / 'sp'}", "-o spool="),
+                          (f"index={tmp_path / 'mnt' / 'idx'}", "-o index=")]:
+        r = run_npzfs("-f", "-o", option, tmp_path / "run.npz", tmp_path / "mnt")
+        assert r.returncode == 1, r.stderr
+        assert named in r.stderr and f"inside the mount point {tmp_path / 'mnt'}" in r.stderr
+        assert not is_mounted(tmp_path / "mnt")
+    # A writable mount over the archive's own directory: the spool next to the archive.
+    r = run_npzfs("-f", "-o", "nonempty", tmp_path / "run.npz", tmp_path)
+    assert r.returncode == 1 and "the spool" in r.stderr and "inside the mount point" in r.stderr
+    assert not is_mounted(tmp_path)
+    # Read only, it is served, and its index goes to the runtime directory instead.
+    with mounted(tmp_path / "run.npz", tmp_path, "-o", "ro,nonempty") as m:
+        assert np.array_equal(np.load(os.path.join(str(tmp_path), "adc.npy")),
+                              np.arange(60, dtype="<i2").reshape(5, 12))
+    assert m.unmount() == 0
+    assert sorted(os.listdir(tmp_path)) == ["mnt", "run.npz"]
+
+
 def test_a_mount_point_that_is_already_mounted_is_refused(tmp_path):
     require_fuse()
     make_archive(tmp_path / "run.npz")
