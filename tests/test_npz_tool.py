@@ -128,6 +128,17 @@ def test_each_subcommand_has_help_with_usage_and_examples(command):
     assert "Examples:" in out and f"npz {command}" in out.split("Examples:")[1]
 
 
+def test_a_failed_write_to_stdout_is_an_error_not_success(tmp_path):
+    np.savez(tmp_path / "x.npz", a=np.arange(10))
+    for args in (("ls", tmp_path / "x.npz"), ("ls", tmp_path / "x.npz", "--json"),
+                 ("verify", tmp_path / "x.npz"), ("--help",)):
+        with open("/dev/full", "wb") as full:
+            r = subprocess.run([NPZ_BIN, *map(str, args)], stdout=full, stderr=subprocess.PIPE,
+                               text=True, timeout=60)
+        assert r.returncode == 1, (args, r.stderr)
+        assert "stdout: write failed: No space left on device" in r.stderr
+
+
 def test_version_prints_the_project_version():
     out = ok("--version").stdout.decode()
     assert out.startswith("npz (npzfs) ") and out.strip().split()[-1][0].isdigit()
@@ -135,6 +146,8 @@ def test_version_prints_the_project_version():
 
 def test_unknown_command_and_unknown_option_are_usage_errors(tmp_path):
     fails(2, "frobnicate", must_name=["frobnicate"])
+    fails(2, "help", "frobnicate", must_name=["unknown command 'frobnicate'"])
+    assert npz().returncode == 2 and npz().stdout == b""  # the usage goes to stderr
     fails(2, "ls", tmp_path / "x.npz", "--bogus", must_name=["--bogus"])
     fails(2, "frames", "x.npz", "1", must_name=["START STOP"])
     fails(2, "frames", "x.npz", "a", "2", must_name=["START", "'a'"])

@@ -3,6 +3,7 @@
 // archives that are not mounted. This file holds main() and the help texts; each subcommand
 // lives in npz_read.cc (ls, frames, verify, index), npz_write.cc (pack, add, recover) or
 // npz_umount.cc.
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -183,13 +184,14 @@ Examples:
 
 namespace {
 
-void PrintMainHelp() {
-  std::printf(
-      "Usage: npz COMMAND [ARGS...]\n\n"
-      "Work with NumPy archives (.npz) and .npy files without loading them into memory;\n"
-      "the offline companion of the npzfs filesystem.\n\nCommands:\n");
-  for (const Command& c : Commands()) std::printf("  %-8s %s\n", c.name, c.summary);
-  std::printf(
+void PrintMainHelp(FILE* out) {
+  std::fprintf(out,
+               "Usage: npz COMMAND [ARGS...]\n\n"
+               "Work with NumPy archives (.npz) and .npy files without loading them into memory;\n"
+               "the offline companion of the npzfs filesystem.\n\nCommands:\n");
+  for (const Command& c : Commands()) std::fprintf(out, "  %-8s %s\n", c.name, c.summary);
+  std::fprintf(
+      out,
       "\nRun 'npz COMMAND --help' for a command's options and examples.\n\n"
       "Examples:\n"
       "  npz pack data.npz adc.npy tx.npy --compress\n"
@@ -199,6 +201,19 @@ void PrintMainHelp() {
       "Exit status: 0 ok, 1 error (the message names the file and the cause), 2 bad usage.\n");
 }
 
+int UnknownCommand(const std::string& name) {
+  std::fprintf(stderr, "npz: unknown command '%s'\nTry 'npz --help'.\n", name.c_str());
+  return kExitUsage;
+}
+
+// What a command printed to stdout is only written when the buffer is flushed: a full disk
+// (npz ls --json > out.json) or a closed stdout shows up here, and must not exit 0.
+int CheckedStdout(int rc) {
+  if (std::fflush(stdout) == 0 && std::ferror(stdout) == 0) return rc;
+  std::fprintf(stderr, "npz: stdout: write failed: %s\n", std::strerror(errno));
+  return rc == kExitOk ? kExitError : rc;
+}
+
 }  // namespace
 }  // namespace npzfs::tool
 
@@ -206,28 +221,28 @@ int main(int argc, char** argv) {
   using namespace npzfs::tool;
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty()) {
-    PrintMainHelp();
+    PrintMainHelp(stderr);
     return kExitUsage;
   }
   const std::string& first = args[0];
   if (first == "--help" || first == "-h" || first == "help") {
-    if (first == "help" && args.size() > 1 && PrintCommandHelp(args[1]) == kExitOk) {
-      return kExitOk;
+    if (first == "help" && args.size() > 1) {
+      if (PrintCommandHelp(args[1]) != kExitOk) return UnknownCommand(args[1]);
+      return CheckedStdout(kExitOk);
     }
-    PrintMainHelp();
-    return kExitOk;
+    PrintMainHelp(stdout);
+    return CheckedStdout(kExitOk);
   }
   if (first == "--version" || first == "-V") {
     std::printf("npz (npzfs) %s\n", NPZFS_VERSION);
-    return kExitOk;
+    return CheckedStdout(kExitOk);
   }
   for (const Command& c : Commands()) {
     if (first == c.name) {
       const std::vector<std::string> rest(args.begin() + 1, args.end());
       if (const int rc = RecoverBeforeCommand(c.name, rest); rc != kExitOk) return rc;
-      return c.run(rest);
+      return CheckedStdout(c.run(rest));
     }
   }
-  std::fprintf(stderr, "npz: unknown command '%s'\nTry 'npz --help'.\n", first.c_str());
-  return kExitUsage;
+  return UnknownCommand(first);
 }
