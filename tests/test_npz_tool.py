@@ -9,9 +9,11 @@ import contextlib
 import io
 import json
 import os
+import signal
 import stat
 import struct
 import subprocess
+import time
 import zipfile
 import zlib
 
@@ -1112,6 +1114,40 @@ def test_recover_without_a_spool_fails_clearly(files):
     r = fails(1, "recover", d / "data.npz", must_name=[".data.npz.npzfs-spool"])
     assert sha(d / "data.npz") == before
     assert "spool" in r.stderr.lower()
+
+
+@pytest.mark.parametrize("command,signo", [("add", signal.SIGINT), ("add --copy", signal.SIGTERM),
+                                           ("pack", signal.SIGINT), ("frames", signal.SIGHUP)])
+def test_a_write_stopped_by_a_signal_is_undone_at_once(tmp_path, command, signo):
+    np.save(tmp_path / "big.npy",
+            (np.random.default_rng(1).normal(size=(400, 256, 256)) * 100).astype("<i2"))
+    np.savez(tmp_path / "arc.npz", a=np.arange(10))
+    before = (tmp_path / "arc.npz").read_bytes()
+    argv = {"add": ["add", "arc.npz", "big", "big.npy", "--compress=9", "--threads", "1"],
+            "add --copy": ["add", "arc.npz", "big", "big.npy", "--compress=9", "--copy"],
+            "pack": ["pack", "new.npz", "big.npy", "--compress=9", "--threads", "1"],
+            "frames": ["frames", "big.npy", "0", "400", "-o", "out.npy"]}[command]
+    # The write is under way once its journal or temp file exists.
+    under_way = ".arc.npz.npzfs-journal" if command == "add" else ".npzfs-tmp-"
+    proc = subprocess.Popen([NPZ_BIN, *argv], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(under_way in n for n in os.listdir(tmp_path)):
+            assert proc.poll() is None, "finished before the signal: " + proc.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        proc.send_signal(signo)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signo, err  # it dies of the signal it got, after cleaning up
+    assert f"interrupted by SIG{signo.name[3:]}" in err, err
+    assert (tmp_path / "arc.npz").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["arc.npz", "big.npy"], err
+    with np.load(tmp_path / "arc.npz") as z:
+        assert z.files == ["a"]
 
 
 def test_recover_that_only_dealt_with_a_journal_succeeds(files):

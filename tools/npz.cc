@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "tools/npz_cli.h"
+#include "tools/signal_cleanup.h"
 
 #ifndef NPZFS_VERSION
 #define NPZFS_VERSION "unknown"
@@ -232,6 +233,9 @@ int main(int argc, char** argv) {
     }
     PrintMainHelp(stdout);
     return CheckedStdout(kExitOk);
+  }
+  if (first == kAfterSignal) {
+    return RunAfterSignal(std::vector<std::string>(args.begin() + 1, args.end()));
   }
   if (first == "--version" || first == "-V") {
     std::printf("npz (npzfs) %s\n", NPZFS_VERSION);

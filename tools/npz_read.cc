@@ -37,6 +37,7 @@
 #include "tools/npz_cli.h"
 #include "tools/npz_files.h"
 #include "tools/progress.h"
+#include "tools/signal_cleanup.h"
 
 namespace npzfs::tool {
 namespace {
@@ -448,7 +449,11 @@ int RunFrames(const std::vector<std::string>& raw_args) {
   auto parsed = ReadNpyHeaderOf(src->size, src->read_exact, src->name);
   if (!parsed.ok()) return ReportError(parsed.status());
   Status s = CheckFrameRange(parsed->header, src->name, *start, *stop);
-  if (s.ok()) s = WriteFrames(*src, *parsed, *start, *stop, raw, to_stdout ? "" : *output);
+  if (s.ok()) {
+    std::optional<CleanupOnSignal> cleanup;
+    if (!to_stdout) cleanup.emplace(*output);
+    s = WriteFrames(*src, *parsed, *start, *stop, raw, to_stdout ? "" : *output);
+  }
   if (!s.ok()) return ReportError(s);
   if (src->archive) {
     // Keep what the reads taught the index for the next run: checkpoints up to the last

@@ -25,6 +25,7 @@
 #include "tools/npz_cli.h"
 #include "tools/npz_files.h"
 #include "tools/progress.h"
+#include "tools/signal_cleanup.h"
 
 namespace npzfs::tool {
 namespace {
@@ -154,7 +155,11 @@ int RunPack(const std::vector<std::string>& raw_args) {
   options.threads = *threads;
   options.reject_existing_names = true;
   options.progress = bar.Callback();
-  Status status = WriteArchive(out, members, options);
+  Status status;
+  {
+    CleanupOnSignal cleanup(out);
+    status = WriteArchive(out, members, options);
+  }
   if (!status.ok()) return ReportError(status);
   bar.Finish();
   return kExitOk;
@@ -227,7 +232,11 @@ int RunAdd(const std::vector<std::string>& raw_args) {
   options.reject_existing_names = true;
   options.progress = bar.Callback();
   std::shared_ptr<Archive> index = OpenIndexToCarry(archive);
-  Status status = AppendToArchive(archive, {MemberFromFile(*name, *input)}, options);
+  Status status;
+  {
+    CleanupOnSignal cleanup(archive);
+    status = AppendToArchive(archive, {MemberFromFile(*name, *input)}, options);
+  }
   if (!status.ok()) return ReportError(status);
   CarryIndex(index);
   bar.Finish();

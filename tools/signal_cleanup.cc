@@ -1,0 +1,83 @@
+#include "tools/signal_cleanup.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <climits>
+#include <csignal>
+#include <cstring>
+
+#include "npzfs/archive_writer.h"
+#include "tools/npz_cli.h"
+
+namespace npzfs::tool {
+namespace {
+
+constexpr int kSignals[] = {SIGINT, SIGTERM, SIGHUP};
+
+// Everything the handler needs, made before it can run: it may only write bytes and exec.
+char g_signo[4];
+char g_path[PATH_MAX + 1];
+char g_name[] = "npz";
+char g_mode[sizeof kAfterSignal];
+char* g_argv[] = {g_name, g_mode, g_signo, g_path, nullptr};
+struct sigaction g_previous[sizeof kSignals / sizeof kSignals[0]];
+
+extern "C" void ExecCleanup(int sig) {
+  g_signo[0] = static_cast<char>('0' + sig / 10);
+  g_signo[1] = static_cast<char>('0' + sig % 10);
+  g_signo[2] = '\0';
+  ::execv("/proc/self/exe", g_argv);
+  ::signal(sig, SIG_DFL);
+  ::raise(sig);
+}
+
+void LogToStderr(const std::string& line) { PrintMessage(line); }
+
+}  // namespace
+
+CleanupOnSignal::CleanupOnSignal(const std::string& path) {
+  std::memcpy(g_mode, kAfterSignal, sizeof kAfterSignal);
+  std::strncpy(g_path, path.c_str(), PATH_MAX);
+  g_path[PATH_MAX] = '\0';
+  struct sigaction sa {};
+  sa.sa_handler = ExecCleanup;
+  sigemptyset(&sa.sa_mask);
+  for (int s : kSignals) sigaddset(&sa.sa_mask, s);  // one handler run at most
+  for (size_t i = 0; i < std::size(kSignals); ++i) sigaction(kSignals[i], &sa, &g_previous[i]);
+}
+
+CleanupOnSignal::~CleanupOnSignal() {
+  for (size_t i = 0; i < std::size(kSignals); ++i) sigaction(kSignals[i], &g_previous[i], nullptr);
+}
+
+int RunAfterSignal(const std::vector<std::string>& args) {
+  int sig = SIGINT;
+  if (args.size() == 2) sig = std::atoi(args[0].c_str());
+  if (args.size() != 2 || sig <= 0 || sig >= NSIG) {
+    PrintMessage(std::string(kAfterSignal) + " is for npz itself");
+    return kExitUsage;
+  }
+  const std::string& path = args[1];
+  const char* name = sigabbrev_np(sig);
+  PrintMessage(std::string("interrupted by SIG") + (name != nullptr ? name : "?") +
+               ": cleaning up " + path);
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+    auto recovered = RecoverInterruptedAppend(path, LogToStderr);
+    if (!recovered.ok()) PrintMessage(recovered.status().message());
+  }
+  auto removed = RemoveStaleTempFiles(path, LogToStderr);
+  if (!removed.ok() && removed.status().code() != ENOENT) PrintMessage(removed.status().message());
+  // The handler's mask came through the exec: the signals stayed blocked during the cleanup
+  // (a second Ctrl-C waits for it). Now the first one ends the process.
+  ::signal(sig, SIG_DFL);
+  ::raise(sig);
+  sigset_t set;
+  sigemptyset(&set);
+  for (int s : kSignals) sigaddset(&set, s);
+  ::sigprocmask(SIG_UNBLOCK, &set, nullptr);
+  return 128 + sig;
+}
+
+}  // namespace npzfs::tool

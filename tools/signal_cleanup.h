@@ -1,0 +1,38 @@
+// Ctrl-C during a write: npz add, pack and frames -o stopped by SIGINT, SIGTERM or SIGHUP.
+//
+// Killed in the middle, an in-place append leaves the archive unreadable to numpy and unzip
+// until the next npz command undoes it from its journal, and a copy leaves its temp file.
+// Both are what a crash leaves, and recovery is the same; it should simply run at once.
+//
+// While a CleanupOnSignal is alive, such a signal makes the process exec itself as
+// "npz --after-signal SIGNO PATH". execve is async-signal-safe and ends every thread at
+// once: the writer stops where it is, and its file descriptors (all O_CLOEXEC) close,
+// releasing their flocks. The new image (RunAfterSignal) undoes an interrupted append of
+// PATH from its journal and removes its stale temp files, as any later npz command would,
+// says so, and then dies of the same signal, so that the shell sees what it sent. The exec
+// keeps the handler's signal mask: a second signal waits until the cleanup is done. If the
+// exec fails, the signal kills the process as it would have without the guard.
+//
+// Not thread-safe: one guard at a time, made and destroyed on the main thread.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace npzfs::tool {
+
+class CleanupOnSignal {
+ public:
+  // `path`: the archive or output file being written.
+  explicit CleanupOnSignal(const std::string& path);
+  ~CleanupOnSignal();
+  CleanupOnSignal(const CleanupOnSignal&) = delete;
+  CleanupOnSignal& operator=(const CleanupOnSignal&) = delete;
+};
+
+// The hidden command line the signal execs: "--after-signal SIGNO PATH". Returns the exit
+// code (128 + SIGNO) only if raising the signal did not end the process.
+inline constexpr char kAfterSignal[] = "--after-signal";
+int RunAfterSignal(const std::vector<std::string>& args);
+
+}  // namespace npzfs::tool
