@@ -6,7 +6,9 @@
 #include <fuse_lowlevel.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <climits>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -21,6 +23,28 @@
 
 namespace npzfs::fs {
 namespace {
+
+// Once the session has ended, a SIGTERM (a system shutdown), SIGINT or SIGHUP must not cut
+// the finalize short: the archive would have to be restored from its journal and the new
+// members would wait in the spool for the next mount. Such a signal is noted and the
+// finalize goes on (SIGKILL still stops it; recovery then undoes the partial append).
+std::atomic<int> g_finalize_signal{0};
+
+extern "C" void NoteFinalizeSignal(int sig) { g_finalize_signal.store(sig); }
+
+int FinishMountDespiteSignals(Mount& m) {
+  struct sigaction sa {};
+  sa.sa_handler = NoteFinalizeSignal;
+  sigemptyset(&sa.sa_mask);
+  for (int s : {SIGTERM, SIGINT, SIGHUP}) sigaction(s, &sa, nullptr);
+  const int rc = FinishMount(m);
+  if (const int sig = g_finalize_signal.load(); sig != 0) {
+    const char* name = sigabbrev_np(sig);
+    LogWarning(std::string("SIG") + (name != nullptr ? name : "?") +
+               " arrived during finalize; the finalize was completed first");
+  }
+  return rc;
+}
 
 // Frees fuse_args at scope exit.
 struct FuseArgsOwner {
@@ -151,7 +175,7 @@ int Run(int argc, char** argv) {
   }
   AddSessionArguments(&args, m, mp);
   if (std::optional<int> failed = Serve(m, &args, mp)) return *failed;
-  return FinishMount(m);
+  return FinishMountDespiteSignals(m);
 }
 
 }  // namespace

@@ -435,6 +435,29 @@ def test_a_spool_or_index_inside_the_mount_point_is_refused_rather_than_hanging(
     assert sorted(os.listdir(tmp_path)) == ["mnt", "run.npz"]
 
 
+def test_sigterm_during_finalize_lets_the_finalize_complete(tmp_path):
+    # A shutdown sends SIGTERM to every process, also to a daemon still finalizing.
+    require_fuse()
+    make_archive(tmp_path / "run.npz")
+    frames = np.random.default_rng(3).integers(0, 1 << 16, (96, 1024, 512), dtype="<u2")
+    m = start_daemon(tmp_path / "run.npz", tmp_path / "mnt", "-o", "compress=9")
+    try:
+        np.save(m.path("big.npy"), frames)  # 96 MiB, faster than the background deflater
+        subprocess.run(["fusermount3", "-u", m.mnt], check=True, timeout=60)
+        deadline = time.monotonic() + 60
+        while "finalize: 0 of 96 MiB" not in m.log():
+            assert m.proc.poll() is None, "finished before the signal:\n" + m.log()
+            assert time.monotonic() < deadline, m.log()
+            time.sleep(0.005)
+        m.proc.send_signal(signal.SIGTERM)
+    finally:
+        assert m.unmount() == 0, m.log()
+    assert "SIGTERM arrived during finalize; the finalize was completed first" in m.log()
+    with np.load(tmp_path / "run.npz") as z:
+        assert np.array_equal(z["big"], frames)
+    assert sorted(os.listdir(tmp_path)) == ["mnt", "run.npz"]
+
+
 def test_a_mount_point_that_is_already_mounted_is_refused(tmp_path):
     require_fuse()
     make_archive(tmp_path / "run.npz")
