@@ -484,6 +484,23 @@ TEST(Spool, RemoveAndRenameFollowTheAppendOnlyRules) {
   EXPECT_EQ(s.Find("full.npy")->visible_size(), NumpyHeaderFor(1).size() + 24);
 }
 
+TEST(Spool, ASpoolDirectoryRemovedByAnotherProgramStillFinalizesWithoutAnError) {
+  TempDir t;
+  const std::string dir = t.Join("s"), archive = t.Join("a.npz");
+  auto spool = Spool::Open(dir);
+  ASSERT_TRUE(spool.ok());
+  auto adc = (*spool)->Create("adc.npy");
+  ASSERT_TRUE(adc.ok());
+  ASSERT_TRUE(Record(**adc, 0, NumpyHeaderFor(3) + U16Frames(0, 3)).ok());
+  fs::remove_all(dir);  // a /tmp cleaner; the open spool file still holds the frames
+  Status finalized = (*spool)->Finalize(archive, {});
+  ASSERT_TRUE(finalized.ok()) << finalized.message();
+  EXPECT_EQ(RunPython("import numpy as np\n"
+                      "z = np.load('" +
+                      archive + "')\n" + PyExpectFrames("adc", 3) + "print('ok')\n"),
+            "ok\n");
+}
+
 TEST(Spool, AnExistingDirectoryOfOtherFilesIsNeverTakenForASpool) {
   TempDir t;
   const std::string dir = t.Join("data");

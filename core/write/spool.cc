@@ -610,7 +610,7 @@ Status Spool::RemoveSpoolFiles(const std::string& archive_path) {
   // No fsync of the parent directory: should a crash bring the spool back, the next
   // finalize finds its members already in the archive with the same bytes
   // (skip_identical_existing) and only removes the spool again.
-  if (::rmdir(dir_.c_str()) != 0) {
+  if (::rmdir(dir_.c_str()) != 0 && errno != ENOENT) {  // ENOENT: removed by someone else
     if (errno == ENOTEMPTY || errno == EEXIST) {
       // Only files that are not members are left (someone else's dotfiles): harmless.
       Log(dir_ + ": spool directory kept, it holds files that are not members");
