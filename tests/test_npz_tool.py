@@ -397,6 +397,22 @@ def test_add_refuses_an_existing_key_and_leaves_the_archive_unchanged(files):
     assert leftovers(d) == []
 
 
+def test_add_refuses_a_key_numpy_would_give_an_old_member_of_another_name(files):
+    d, adc, tx = files
+    with zipfile.ZipFile(d / "noext.npz", "w") as z:  # a member without ".npy"
+        buf = io.BytesIO()
+        np.save(buf, tx)
+        z.writestr("rx", buf.getvalue())
+    before = sha(d / "noext.npz")
+    fails(1, "add", d / "noext.npz", "rx", d / "adc.npy",
+          must_name=[d / "noext.npz", "member rx", "key 'rx'"])
+    assert sha(d / "noext.npz") == before
+    ok("add", d / "noext.npz", "ry", d / "adc.npy")
+    with np.load(d / "noext.npz") as z:
+        assert sorted(z.files) == ["rx", "ry"]
+        np.testing.assert_array_equal(z["rx"], tx)
+
+
 def test_add_errors_name_the_file(files):
     d, adc, tx = files
     fails(1, "add", d / "missing.npz", "k", d / "adc.npy",

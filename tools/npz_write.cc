@@ -15,6 +15,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/base/mount_table.h"
@@ -22,6 +23,7 @@
 #include "core/zip/append_journal.h"
 #include "npzfs/archive.h"
 #include "npzfs/archive_writer.h"
+#include "npzfs/zip_directory.h"
 #include "tools/npz_cli.h"
 #include "tools/npz_files.h"
 #include "tools/progress.h"
@@ -55,6 +57,27 @@ Result<size_t> ParseThreadsOption(const ParsedArgs& args) {
 }
 
 void LogToStderr(const std::string& line) { PrintMessage(line); }
+
+// numpy's key of a member: its name without ".npy".
+std::string_view NumpyKey(std::string_view name) {
+  return name.ends_with(".npy") ? name.substr(0, name.size() - 4) : name;
+}
+
+// A new member `name` whose numpy key an old member already has under another name ("rx"
+// and "rx.npy" are both z["rx"]): numpy would show only one of them. EEXIST naming both.
+Status CheckNumpyKeyFree(const std::string& archive, const std::string& name) {
+  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenRegularFile(archive, O_RDONLY));
+  NPZ_ASSIGN_OR_RETURN(ZipDirectory dir, ReadZipDirectory(fd.get(), archive));
+  for (const ZipEntry& e : dir.entries) {
+    if (e.name != name && NumpyKey(e.name) == NumpyKey(name)) {
+      return Status::Error(EEXIST, archive + ": member " + Shown(e.name) +
+                                       " already has the key '" +
+                                       Shown(std::string(NumpyKey(name))) + "' numpy gives " +
+                                       Shown(name) + ": numpy would show only one of them");
+    }
+  }
+  return Status::Ok();
+}
 
 // A mount lists the members it found when it was mounted, so a member added meanwhile shows
 // there only after a remount: say so for each npzfs mount of `archive`. An npzfs mount's
@@ -219,6 +242,7 @@ int RunAdd(const std::vector<std::string>& raw_args) {
   }
   auto name = MemberNameForKey(key);
   if (!name.ok()) return ReportError(name.status());
+  if (Status free = CheckNumpyKeyFree(archive, *name); !free.ok()) return ReportError(free);
   auto input = OpenNpyInput(file);
   if (!input.ok()) return ReportError(input.status());
 
