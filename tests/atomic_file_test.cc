@@ -82,6 +82,29 @@ TEST(AtomicFile, ACheckBeforeTheRenameCanAbortTheCommit) {
   EXPECT_EQ(testing::ReadFileOrDie(dir.Join("t")), "old");
 }
 
+TEST(AtomicFile, WithoutReplaceATargetCreatedMeanwhileIsKeptAndTheCommitIsEexist) {
+  testing::TempDir dir;
+  AtomicFileOptions options;
+  options.replace_existing = false;
+  {
+    auto file = AtomicFile::Create(dir.Join("t"), options);
+    ASSERT_TRUE(file.ok());
+    ASSERT_TRUE(file->Write("mine").ok());
+    testing::WriteFileOrDie(dir.Join("t"), "theirs");  // another writer was quicker
+    Status s = file->Commit();
+    EXPECT_EQ(s.code(), EEXIST) << s.message();
+    EXPECT_NE(s.message().find(dir.Join("t") + ": exists"), std::string::npos) << s.message();
+  }
+  EXPECT_EQ(testing::ReadFileOrDie(dir.Join("t")), "theirs");
+  EXPECT_EQ(DirectoryEntries(dir.path()), std::vector<std::string>{"t"});
+  // With nothing there, it is created as usual.
+  auto file = AtomicFile::Create(dir.Join("u"), options);
+  ASSERT_TRUE(file.ok());
+  ASSERT_TRUE(file->Write("new").ok());
+  ASSERT_TRUE(file->Commit().ok());
+  EXPECT_EQ(testing::ReadFileOrDie(dir.Join("u")), "new");
+}
+
 TEST(AtomicFile, AnExistingTargetKeepsItsModeAndANewOneFollowsTheUmask) {
   testing::TempDir dir;
   testing::WriteFileOrDie(dir.Join("t"), "old");

@@ -595,6 +595,29 @@ def test_frames_replaces_an_existing_output_only_with_force(files):
     np.testing.assert_array_equal(np.load(d / "out.npy"), adc[1:3])
 
 
+@pytest.mark.parametrize("command", ["pack", "frames"])
+def test_of_writers_racing_to_create_one_output_without_force_exactly_one_succeeds(files,
+                                                                                 command):
+    d, adc, tx = files
+    def argv(i):
+        if command == "pack":
+            return [NPZ_BIN, "pack", "out", d / "adc.npy", "--key", f"k{i}"]
+        return [NPZ_BIN, "frames", d / "adc.npy", "0", str(i + 1), "-o", "out"]
+    procs = [subprocess.Popen(list(map(str, argv(i))), cwd=d, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for i in range(8)]
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    winners = [i for i, (rc, _) in enumerate(results) if rc == 0]
+    assert len(winners) == 1, results
+    for rc, err in results:
+        assert rc == 0 or (rc == 1 and "out: exists" in err), err
+    if command == "pack":
+        with np.load(d / "out") as z:
+            assert z.files == [f"k{winners[0]}"]
+    else:
+        assert np.load(d / "out").shape[0] == winners[0] + 1
+    assert leftovers(d) == []
+
+
 def test_frames_force_replaces_only_a_regular_file_never_a_device_fifo_or_symlink(files):
     d, adc, tx = files
     os.mkfifo(d / "fifo")

@@ -365,11 +365,13 @@ Status CheckFrameRange(const NpyHeader& header, const std::string& name, uint64_
 // Writes frames [start, stop) (with a .npy header unless `raw`) to `output`, or to stdout
 // when `output` is empty; the file appears only complete (AtomicFile).
 Status WriteFrames(const FrameSource& src, const ParsedNpyHeader& parsed, uint64_t start,
-                   uint64_t stop, bool raw, const std::string& output) {
+                   uint64_t stop, bool raw, const std::string& output, bool force) {
   const NpyHeader& header = parsed.header;
   std::optional<AtomicFile> out;
   if (!output.empty()) {
-    NPZ_ASSIGN_OR_RETURN(AtomicFile created, AtomicFile::Create(output));
+    AtomicFileOptions options;
+    options.replace_existing = force;  // also when another program made it meanwhile
+    NPZ_ASSIGN_OR_RETURN(AtomicFile created, AtomicFile::Create(output, options));
     out.emplace(std::move(created));
   }
   auto emit = [&](const void* data, size_t n) -> Status {
@@ -452,7 +454,8 @@ int RunFrames(const std::vector<std::string>& raw_args) {
   if (s.ok()) {
     std::optional<CleanupOnSignal> cleanup;
     if (!to_stdout) cleanup.emplace(*output);
-    s = WriteFrames(*src, *parsed, *start, *stop, raw, to_stdout ? "" : *output);
+    s = WriteFrames(*src, *parsed, *start, *stop, raw, to_stdout ? "" : *output,
+                    args->Has("force"));
   }
   if (!s.ok()) return ReportError(s);
   if (src->archive) {

@@ -177,6 +177,7 @@ int RunPack(const std::vector<std::string>& raw_args) {
   options.compress_level = level->value_or(-1);
   options.threads = *threads;
   options.reject_existing_names = true;
+  options.replace_existing = args->Has("force");  // also when made by another pack meanwhile
   options.progress = bar.Callback();
   Status status;
   {

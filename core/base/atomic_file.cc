@@ -42,6 +42,7 @@ Result<AtomicFile> AtomicFile::Create(const std::string& target, const AtomicFil
     }
     AtomicFile file(target, std::move(temp), UniqueFd(raw));
     file.durable_ = options.durable;
+    file.replace_existing_ = options.replace_existing;
     // The final mode: explicit, the existing target's, or what creat() would have given.
     mode_t mode = 0666 & ~CurrentUmask();
     struct stat st;
@@ -64,7 +65,8 @@ AtomicFile::AtomicFile(AtomicFile&& other) noexcept
       temp_path_(std::move(other.temp_path_)),
       fd_(std::move(other.fd_)),
       committed_(other.committed_),
-      durable_(other.durable_) {
+      durable_(other.durable_),
+      replace_existing_(other.replace_existing_) {
   other.committed_ = true;  // the moved-from object owns no temp file any more
 }
 
@@ -77,6 +79,35 @@ Status AtomicFile::Write(const void* data, size_t n) {
   return WriteAll(fd_.get(), data, n, target_);
 }
 
+Status AtomicFile::RenameOver() {
+  if (::rename(temp_path_.c_str(), target_.c_str()) != 0) {
+    return ErrnoStatus(errno, target_, "cannot rename " + temp_path_ + " over it");
+  }
+  return Status::Ok();
+}
+
+Status AtomicFile::RenameNoReplace() {
+  auto exists = [&] {
+    return Status::Error(EEXIST, target_ +
+                                     ": exists (it was created while this file was "
+                                     "being written)");
+  };
+  if (::renameat2(AT_FDCWD, temp_path_.c_str(), AT_FDCWD, target_.c_str(), RENAME_NOREPLACE) == 0) {
+    return Status::Ok();
+  }
+  if (errno == EEXIST) return exists();
+  if (errno != EINVAL && errno != ENOSYS) {
+    return ErrnoStatus(errno, target_, "cannot rename " + temp_path_ + " to it");
+  }
+  // A filesystem without RENAME_NOREPLACE: link(2) fails with EEXIST just as atomically.
+  if (::link(temp_path_.c_str(), target_.c_str()) == 0) {
+    ::unlink(temp_path_.c_str());
+    return Status::Ok();
+  }
+  if (errno == EEXIST) return exists();
+  return ErrnoStatus(errno, target_, "cannot link " + temp_path_ + " to it");
+}
+
 Status AtomicFile::Commit(const std::function<Status()>& before_rename) {
   if (durable_) {
     NPZ_RETURN_IF_ERROR(InjectedFailure(AtomicStep::kSync, target_));
@@ -84,9 +115,7 @@ Status AtomicFile::Commit(const std::function<Status()>& before_rename) {
   }
   if (before_rename) NPZ_RETURN_IF_ERROR(before_rename());
   NPZ_RETURN_IF_ERROR(InjectedFailure(AtomicStep::kRename, target_));
-  if (::rename(temp_path_.c_str(), target_.c_str()) != 0) {
-    return ErrnoStatus(errno, target_, "cannot rename " + temp_path_ + " over it");
-  }
+  NPZ_RETURN_IF_ERROR(replace_existing_ ? RenameOver() : RenameNoReplace());
   committed_ = true;
   fd_.Reset();
   if (!durable_) return Status::Ok();

@@ -33,6 +33,11 @@ struct AtomicFileOptions {
   // directory after). Off only for files that mean nothing after a crash (runtime files):
   // the rename alone still shows readers the old or the new contents, never a mix.
   bool durable = true;
+  // Whether Commit may replace a target that exists by then. False: EEXIST naming the target
+  // if one exists when the temp file is renamed (renameat2 RENAME_NOREPLACE, or link(2)
+  // where a filesystem lacks it), so two writers that each checked the target was missing
+  // cannot both succeed.
+  bool replace_existing = true;
 };
 
 // The steps of the protocol, in order; tests can make any one of them fail.
@@ -69,6 +74,8 @@ class AtomicFile {
   static void FailStepForTesting(std::optional<AtomicStep> step);
 
  private:
+  Status RenameOver();
+  Status RenameNoReplace();
   AtomicFile(std::string target, std::string temp_path, UniqueFd fd)
       : target_(std::move(target)), temp_path_(std::move(temp_path)), fd_(std::move(fd)) {}
   std::string target_;
@@ -76,6 +83,7 @@ class AtomicFile {
   UniqueFd fd_;
   bool committed_ = false;
   bool durable_ = true;
+  bool replace_existing_ = true;
 };
 
 // Writes `bytes` to `target` atomically (AtomicFile::Create, Write, Commit).

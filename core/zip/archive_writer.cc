@@ -254,7 +254,9 @@ std::unique_ptr<ThreadPool> PoolFor(const WriteOptions& options) {
 // old_fd < 0); `before_rename` may veto the rename.
 Status BuildAndRename(const Request& r, int old_fd, const ZipDirectory& old,
                       const std::function<Status()>& before_rename) {
-  NPZ_ASSIGN_OR_RETURN(AtomicFile tmp, AtomicFile::Create(r.path));
+  AtomicFileOptions file_options;
+  file_options.replace_existing = r.options->replace_existing;
+  NPZ_ASSIGN_OR_RETURN(AtomicFile tmp, AtomicFile::Create(r.path, file_options));
   Progress progress(*r.options, old.cd_offset + NewBytes(r));
   auto on_bytes = [&progress](uint64_t n) {
     progress.Add(n);
@@ -617,6 +619,9 @@ Status WriteArchive(const std::string& out_path, const std::vector<NewMember>& m
                     const WriteOptions& options) {
   NPZ_ASSIGN_OR_RETURN(Request r, Validate(out_path, members, options));
   auto lock = LockForWriting(r.path, WriteOptions::AppendMode::kCopy);
+  if (lock.ok() && !options.replace_existing) {
+    return Status::Error(EEXIST, r.path + ": exists (it was created meanwhile)");
+  }
   if (lock.ok()) {
     // A journal applies to the file being replaced: settle it so it never meets the new one.
     NPZ_RETURN_IF_ERROR(RecoverAppendUnderLock(lock->fd(), r.path, options.log).status());

@@ -110,6 +110,9 @@ struct WriteOptions {
   // added again (instead of EEXIST): a finalize retried after a crash that had already
   // added it. The CRC is computed from the pieces when NewMember::crc32 is not given.
   bool skip_identical_existing = false;
+  // WriteArchive only: whether an existing out_path is replaced. False: EEXIST if it exists,
+  // also when another program creates it while the new one is being written.
+  bool replace_existing = true;
   std::function<void(uint64_t done, uint64_t total)> progress;  // may be empty
   ArchiveLogFn log;  // what recovery of an interrupted append did (may be empty)
 };
