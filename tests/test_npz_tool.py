@@ -618,6 +618,15 @@ def test_of_writers_racing_to_create_one_output_without_force_exactly_one_succee
     assert leftovers(d) == []
 
 
+def test_frames_finds_a_key_with_colons_and_an_archive_with_colons(files):
+    d, adc, tx = files
+    ok("pack", d / "run-12:30.npz", d / "adc.npy", "--key", "a:b")
+    out = ok("frames", f"{d / 'run-12:30.npz'}:a:b", 2, 4, "-o", "-").stdout
+    np.testing.assert_array_equal(np.load(io.BytesIO(out)), adc[2:4])
+    fails(1, "frames", f"{d / 'run-12:30.npz'}:a:c", 0, 1, "-o", "-",
+          must_name=["run-12:30.npz", "no member 'a:c'"])
+
+
 def test_frames_force_replaces_only_a_regular_file_never_a_device_fifo_or_symlink(files):
     d, adc, tx = files
     os.mkfifo(d / "fifo")

@@ -307,9 +307,19 @@ Result<FrameSource> OpenFrameSource(const std::string& spec) {
   std::string path = spec, key;
   struct stat st;
   if (stat(spec.c_str(), &st) != 0) {
-    if (auto colon = spec.rfind(':'); colon != std::string::npos) {
-      path = spec.substr(0, colon);
-      key = spec.substr(colon + 1);
+    // ARCHIVE:KEY, where either may hold colons ("run-12:30.npz:adc", "d.npz:a:b"): the
+    // longest ARCHIVE that names a file; the last colon if none does (for the message).
+    size_t split = spec.rfind(':');
+    for (size_t colon = split; colon != std::string::npos && colon > 0;
+         colon = spec.rfind(':', colon - 1)) {
+      if (stat(spec.substr(0, colon).c_str(), &st) == 0) {
+        split = colon;
+        break;
+      }
+    }
+    if (split != std::string::npos) {
+      path = spec.substr(0, split);
+      key = spec.substr(split + 1);
     }
   }
   FrameSource src;

@@ -108,8 +108,9 @@ int RecoverBeforeCommand(const std::string& command, const std::vector<std::stri
     if (arg.empty() || arg[0] == '-') continue;
     // "ARCHIVE:KEY" (npz frames) names ARCHIVE.
     std::vector<std::string> candidates = {arg};
-    if (const size_t colon = arg.rfind(':'); colon != std::string::npos && colon > 0) {
-      candidates.push_back(arg.substr(0, colon));
+    for (size_t colon = arg.rfind(':'); colon != std::string::npos && colon > 0;
+         colon = arg.rfind(':', colon - 1)) {
+      candidates.push_back(arg.substr(0, colon));  // either part may hold colons
     }
     for (const std::string& path : candidates) {
       struct stat st;
