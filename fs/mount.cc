@@ -71,10 +71,11 @@ Spool* SpoolSlot::get() const {
   return spool_.get();
 }
 
-Result<Spool*> SpoolSlot::GetOrCreate(const std::string& dir) {
+Result<Spool*> SpoolSlot::GetOrCreate(const std::string& dir, const std::string& archive_path) {
   std::lock_guard lock(mu_);
   if (spool_ != nullptr) return spool_.get();
-  auto spool = Spool::Open(dir, [](const std::string& line) { LogInfo(line); });
+  auto spool = Spool::Open(
+      dir, [](const std::string& line) { LogInfo(line); }, archive_path);
   if (spool.ok()) {
     spool_ = std::move(spool).value();
     StartBackgroundLocked();

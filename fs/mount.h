@@ -76,9 +76,10 @@ class SpoolSlot {
   void AllowThreads();
   void Set(std::unique_ptr<Spool> spool);
   Spool* get() const;  // nullptr until made; then valid for the Mount's life
-  // The spool, made now in `dir` if needed. If it cannot be made: EROFS, and one log line
-  // (the first time) naming the directory, the cause and -o spool=DIR.
-  Result<Spool*> GetOrCreate(const std::string& dir);
+  // The spool of `archive_path`, made now in `dir` if needed (Spool::Open). If it cannot be
+  // made: EROFS, and one log line (the first time) naming the directory, the cause and
+  // -o spool=DIR.
+  Result<Spool*> GetOrCreate(const std::string& dir, const std::string& archive_path);
 
  private:
   // Starts the spool's background deflater if there is a spool, -o compress and the fork

@@ -186,7 +186,8 @@ Status ResumeSpool(Mount& m) {
                "(mount without ro, or run npz recover, to add them to the archive)");
     return Status::Ok();
   }
-  NPZ_ASSIGN_OR_RETURN(std::unique_ptr<Spool> spool, Spool::Open(m.spool_dir, LogLine));
+  NPZ_ASSIGN_OR_RETURN(std::unique_ptr<Spool> spool,
+                       Spool::Open(m.spool_dir, LogLine, m.archive_path));
   m.spool.Set(std::move(spool));
   return Status::Ok();
 }

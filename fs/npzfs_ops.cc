@@ -698,7 +698,7 @@ Result<NodeInfo> CreateMember(Mount& m, fuse_ino_t parent, const std::string& na
   }
   NPZ_ASSIGN_OR_RETURN(std::string path, NewChildPath(m, parent, name));
   NPZ_ASSIGN_OR_RETURN(std::optional<NpyHeader> declared, DeclaredLayout(m, path));
-  NPZ_ASSIGN_OR_RETURN(Spool * spool, m.spool.GetOrCreate(m.spool_dir));
+  NPZ_ASSIGN_OR_RETURN(Spool * spool, m.spool.GetOrCreate(m.spool_dir, m.archive_path));
   NPZ_ASSIGN_OR_RETURN(std::shared_ptr<GrowingMember> member, spool->Create(path, declared));
   auto node = m.table->AddChild(parent, name, NodeKind::kGrowing, member, Now());
   if (!node.ok()) {
@@ -781,7 +781,7 @@ void MkDir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t /*mode*/)
     return;
   }
   // A directory exists only to hold new members: where none can be made, neither can it.
-  if (auto spool = m.spool.GetOrCreate(m.spool_dir); !spool.ok()) {
+  if (auto spool = m.spool.GetOrCreate(m.spool_dir, m.archive_path); !spool.ok()) {
     ReplyStatus(req, "mkdir", spool.status());
     return;
   }

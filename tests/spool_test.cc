@@ -501,6 +501,28 @@ TEST(Spool, ASpoolDirectoryRemovedByAnotherProgramStillFinalizesWithoutAnError) 
             "ok\n");
 }
 
+TEST(Spool, ASpoolRecordsItsArchiveAndIsRefusedToAnother) {
+  TempDir t;
+  const std::string dir = t.Join("s"), a = t.Join("a.npz"), b = t.Join("b.npz");
+  {
+    auto spool = Spool::Open(dir, {}, a);
+    ASSERT_TRUE(spool.ok()) << spool.status().message();
+    ASSERT_TRUE((*spool)->Create("x.txt").ok());
+  }  // a daemon of a.npz died: its spool stays
+  EXPECT_EQ(ReadFileOrDie(dir + "/.npzfs-lock"), a + "\n");
+  auto other = Spool::Open(dir, {}, b);
+  ASSERT_FALSE(other.ok());
+  EXPECT_EQ(other.status().code(), EINVAL);
+  EXPECT_NE(other.status().message().find("the spool of " + a + ", not of " + b), std::string::npos)
+      << other.status().message();
+  EXPECT_TRUE(fs::exists(dir + "/x.txt"));
+  // Its own archive, by another path to the same directory, resumes it.
+  fs::create_directory_symlink(t.path(), t.Join("link"));
+  auto own = Spool::Open(dir, {}, t.Join("link") + "/a.npz");
+  ASSERT_TRUE(own.ok()) << own.status().message();
+  EXPECT_EQ((*own)->members().size(), 1u);
+}
+
 TEST(Spool, AnExistingDirectoryOfOtherFilesIsNeverTakenForASpool) {
   TempDir t;
   const std::string dir = t.Join("data");

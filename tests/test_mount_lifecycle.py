@@ -413,6 +413,30 @@ def test_o_spool_never_takes_a_directory_of_other_files_for_a_spool(tmp_path):
         assert np.array_equal(z["x"], np.arange(4))
 
 
+def test_a_spool_left_by_another_archives_daemon_is_refused_and_recovered_into_its_own(
+        tmp_path):
+    require_fuse()
+    make_archive(tmp_path / "a.npz")
+    make_archive(tmp_path / "b.npz")
+    spool = tmp_path / "spool"
+    m = start_daemon(tmp_path / "a.npz", tmp_path / "ma", "-o", f"spool={spool}")
+    (tmp_path / "ma" / "for_a.txt").write_bytes(b"A")
+    m.kill()  # a.npz's new member waits in the spool
+    (tmp_path / "mb").mkdir()
+    r = run_npzfs("-f", "-o", f"spool={spool}", tmp_path / "b.npz", tmp_path / "mb")
+    assert r.returncode == 1, r.stderr
+    assert f"the spool of {tmp_path / 'a.npz'}, not of {tmp_path / 'b.npz'}" in r.stderr
+    assert not is_mounted(tmp_path / "mb")
+    r = npz("recover", tmp_path / "b.npz", "--spool", spool)
+    assert r.returncode == 1 and "the spool of" in r.stderr, r.stderr
+    r = npz("recover", tmp_path / "a.npz", "--spool", spool)
+    assert r.returncode == 0, r.stderr
+    with zipfile.ZipFile(tmp_path / "a.npz") as z:
+        assert z.read("for_a.txt") == b"A"
+    with zipfile.ZipFile(tmp_path / "b.npz") as z:
+        assert "for_a.txt" not in z.namelist()
+
+
 def test_a_spool_or_index_inside_the_mount_point_is_refused_rather_than_hanging(tmp_path):
     require_fuse()
     make_archive(tmp_path / "run.npz")

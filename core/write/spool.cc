@@ -285,7 +285,46 @@ Status CheckIsSpool(const std::string& dir, bool allow_empty) {
                   lock_path + " and try again");
 }
 
-Result<std::unique_ptr<Spool>> Spool::Open(const std::string& dir, SpoolLogFn log) {
+namespace {
+
+// "dir/data.npz" as "/abs/dir/data.npz", its directory's symlinks resolved (as the daemon
+// names the archive); as given if the directory cannot be resolved.
+std::string ArchiveIdentity(const std::string& archive_path) {
+  char resolved[PATH_MAX];
+  if (::realpath(DirName(archive_path).c_str(), resolved) == nullptr) return archive_path;
+  const std::string dir = resolved;
+  return (dir == "/" ? dir : dir + "/") + BaseName(archive_path);
+}
+
+// The spool lock file holds the archive the spool is for, one line ("" if none recorded:
+// a spool made before this was written, or without an archive path). Checks it against
+// `archive` and records `archive` if none is. The record is not synced: lost in a crash, the
+// spool is only unclaimed again.
+Status ClaimSpool(int lock_fd, const std::string& lock_path, const std::string& dir,
+                  const std::string& archive) {
+  char buf[PATH_MAX + 2];
+  NPZ_ASSIGN_OR_RETURN(size_t n, PreadFull(lock_fd, buf, sizeof buf, 0, lock_path));
+  std::string owner(buf, n);
+  while (!owner.empty() && (owner.back() == '\n' || owner.back() == '\0')) owner.pop_back();
+  if (owner == archive) return Status::Ok();
+  if (!owner.empty()) {
+    return Status::Error(EINVAL, dir + ": the spool of " + owner + ", not of " + archive +
+                                     " (its new members belong to that archive: run `npz "
+                                     "recover " +
+                                     owner + " --spool " + dir +
+                                     "`; if the archive was moved here, write its new path "
+                                     "into " +
+                                     lock_path + ")");
+  }
+  const std::string line = archive + "\n";
+  if (::ftruncate(lock_fd, 0) != 0) return ErrnoStatus(errno, lock_path, "ftruncate failed");
+  return PwriteAll(lock_fd, line.data(), line.size(), 0, lock_path);
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Spool>> Spool::Open(const std::string& dir, SpoolLogFn log,
+                                           const std::string& archive_path) {
   bool created = false;
   if (::mkdir(dir.c_str(), 0755) == 0) {
     NPZ_RETURN_IF_ERROR(FsyncParentDir(dir));
@@ -313,6 +352,9 @@ Result<std::unique_ptr<Spool>> Spool::Open(const std::string& dir, SpoolLogFn lo
                                       lock_path + " is held)");
     }
     return ErrnoStatus(errno, lock_path, "flock failed");
+  }
+  if (!archive_path.empty()) {
+    NPZ_RETURN_IF_ERROR(ClaimSpool(lock_fd.get(), lock_path, dir, ArchiveIdentity(archive_path)));
   }
   std::unique_ptr<Spool> spool(new Spool(dir, std::move(lock_fd), std::move(log)));
 
@@ -645,7 +687,7 @@ Status RecoverSpool(const std::string& archive_path, const std::string& spool_di
   // A spool left by a daemon always holds its lock file (made with the directory); an empty
   // directory without one is no spool either, and is not removed.
   NPZ_RETURN_IF_ERROR(CheckIsSpool(spool_dir, /*allow_empty=*/false));
-  NPZ_ASSIGN_OR_RETURN(auto spool, Spool::Open(spool_dir, log));
+  NPZ_ASSIGN_OR_RETURN(auto spool, Spool::Open(spool_dir, log, archive_path));
   // Under the spool lock no finalize of this archive runs: temp files of a killed copy-mode
   // finalize are leftovers.
   NPZ_RETURN_IF_ERROR(RemoveStaleTempFiles(archive_path, log).status());

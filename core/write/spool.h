@@ -66,7 +66,13 @@ class Spool {
   // data file, left by a crash, is removed with a log line). EBUSY if another process holds
   // the spool lock. An existing directory must be a spool (CheckIsSpool with allow_empty:
   // it holds the lock file, or nothing at all), else EINVAL and nothing in it is touched.
-  static Result<std::unique_ptr<Spool>> Open(const std::string& dir, SpoolLogFn log = {});
+  //
+  // `archive_path`, if given, is the archive the spool's members are for. It is written into
+  // the lock file of a spool that records none, and a spool that records another archive is
+  // refused (EINVAL naming both): its members belong there (a daemon of that archive died,
+  // and the same -o spool=DIR was given to another archive).
+  static Result<std::unique_ptr<Spool>> Open(const std::string& dir, SpoolLogFn log = {},
+                                             const std::string& archive_path = {});
   ~Spool();
 
   const std::string& dir() const { return dir_; }
