@@ -1180,6 +1180,65 @@ def test_umount_of_a_stopped_daemon_gives_up_after_the_timeout(files, mount_fact
     assert m.unmount() == 0
 
 
+def make_bind_mount(source, target):
+    os.makedirs(target, exist_ok=True)
+    if subprocess.run(["mount", "--bind", str(source), str(target)],
+                      timeout=30).returncode != 0:
+        pytest.skip("cannot make a bind mount here (needs root)")
+
+
+def remove_bind_mount(target):
+    if is_mounted(target):
+        subprocess.run(["umount", str(target)], timeout=30)
+
+
+def test_umount_refuses_a_bind_mount_of_an_npzfs_mount_and_names_the_original(files,
+                                                                               mount_factory):
+    fuse_or_skip()
+    d, adc, tx = files
+    np.savez(d / "data.npz", tx=tx)
+    m = mount_factory(d / "data.npz", d / "mnt", "-o", "frame=adc*:<i4:4x4")
+    with open(m.path("adc.npy"), "wb") as f:
+        f.write(adc.tobytes())
+    make_bind_mount(d / "mnt", d / "bind")
+    try:
+        fails(1, "umount", d / "bind", timeout=30,
+              must_name=[f"{d / 'bind'} is a bind mount of the npzfs mount at {d / 'mnt'}",
+                         f"'umount {d / 'bind'}'"])
+        assert is_mounted(d / "bind") and is_mounted(d / "mnt")
+        # The original, while a bind of it is left, would not finalize either.
+        fails(1, "umount", d / "mnt", timeout=30,
+              must_name=[f"{d / 'mnt'}: this npzfs mount is also mounted at {d / 'bind'}"])
+        assert is_mounted(d / "bind") and is_mounted(d / "mnt")
+        assert m.proc.poll() is None
+    finally:
+        remove_bind_mount(d / "bind")
+    ok("umount", d / "mnt", timeout=60)
+    with np.load(d / "data.npz") as z:
+        np.testing.assert_array_equal(z["adc"], adc)
+    assert m.unmount() == 0
+
+
+def test_umount_of_the_last_bind_mount_left_after_a_lazy_unmount_finalizes(files,
+                                                                           mount_factory):
+    fuse_or_skip()
+    d, adc, tx = files
+    np.savez(d / "data.npz", tx=tx)
+    m = mount_factory(d / "data.npz", d / "mnt", "-o", "frame=adc*:<i4:4x4")
+    with open(m.path("adc.npy"), "wb") as f:
+        f.write(adc.tobytes())
+    make_bind_mount(d / "mnt", d / "bind")
+    try:
+        subprocess.run(["umount", "-l", str(d / "mnt")], timeout=30, check=True)
+        ok("umount", d / "bind", timeout=60)
+        assert not is_mounted(d / "bind")
+        with np.load(d / "data.npz") as z:
+            np.testing.assert_array_equal(z["adc"], adc)
+    finally:
+        remove_bind_mount(d / "bind")
+    assert m.unmount() == 0
+
+
 def test_umount_of_a_symlink_to_the_mount_point_unmounts_the_mount_it_leads_to(files,
                                                                                mount_factory):
     fuse_or_skip()

@@ -408,8 +408,54 @@ Status ReadResult(const std::string& mnt, const Daemon& d, const std::string& ar
   return Status::Error(EIO, mnt + ": finalize failed: " + reason);
 }
 
+// Refuses an npzfs filesystem that is mounted at more than one place: bind mounts (`mount
+// --bind MNT B`, also of a subdirectory of MNT) share the filesystem of the original, and so
+// its device (major:minor, one per FUSE connection) in mountinfo. Its daemon finalizes and
+// exits only once the last of these mounts is gone: unmounting one of several would leave npz
+// umount waiting for an exit that does not come, and unmounting a bind is not what the user
+// asked for. Which mount is the daemon's own: the first of them listed with root "/", as
+// mountinfo lists mounts in the order they were made (the mount namespace's list, appended
+// to; since Linux 6.8 ordered by the 64-bit unique mount id), a bind mount can only be made
+// of an existing mount, and `mount --move` keeps a mount's place; the mount ids of the first
+// field are reused and tell no order. If the daemon's own mount was detached (umount -l) and
+// a single bind mount of its root is left, that one is the last: unmounting it ends the
+// daemon just the same, so it is unmounted as the original would be. A single bind mount of
+// a subdirectory left is refused: the daemon publishes its pid on its root only.
+Status RefuseBindMounts(const MountEntry& entry, const std::vector<MountEntry>& table) {
+  std::vector<const MountEntry*> same;  // every mount of this filesystem, entry included
+  const MountEntry* own = nullptr;      // the daemon's own mount, if still mounted
+  for (const MountEntry& e : table) {
+    if (e.fstype != entry.fstype || e.device != entry.device) continue;
+    same.push_back(&e);
+    if (own == nullptr && e.root == "/") own = &e;
+  }
+  const std::string& mnt = entry.mount_point;
+  if (same.size() == 1 && entry.root == "/") return Status::Ok();
+  if (same.size() == 1) {
+    return Status::Error(EINVAL, mnt + " is a bind mount of the directory " + entry.root +
+                                     " of the npzfs mount of " + entry.source +
+                                     ", which is not mounted anywhere else: 'umount " + mnt +
+                                     "' removes it, and its daemon then finalizes (npz umount "
+                                     "cannot wait for that: the daemon is known from its root)");
+  }
+  if (own != nullptr && own->mount_point != mnt) {
+    return Status::Error(EINVAL, mnt + " is a bind mount of the npzfs mount at " +
+                                     own->mount_point + ": unmount that one (or 'umount " + mnt +
+                                     "' to remove only the bind)");
+  }
+  std::string others;
+  for (const MountEntry* e : same) {
+    if (e->mount_point == mnt) continue;
+    others += (others.empty() ? "" : " ") + e->mount_point;
+  }
+  return Status::Error(EBUSY, mnt + ": this npzfs mount is also mounted at " + others +
+                                  " (bind mounts); remove them first ('umount " + others +
+                                  "'), or its daemon goes on serving them and never finalizes");
+}
+
 // The npzfs mount on `mnt` (resolved by ResolveMountPoint; `given` is what the user typed).
-// Anything else (not a mount point, another filesystem) is refused and left alone.
+// Anything else (not a mount point, another filesystem, a filesystem mounted at several
+// places: RefuseBindMounts) is refused and left alone.
 Result<MountEntry> FindNpzfsMount(const std::string& given, const std::string& mnt) {
   NPZ_ASSIGN_OR_RETURN(std::vector<MountEntry> table, ReadMountTable());
   std::optional<MountEntry> entry = FindMount(table, mnt);
@@ -420,6 +466,7 @@ Result<MountEntry> FindNpzfsMount(const std::string& given, const std::string& m
                                      "), not an npzfs mount: npz umount leaves it alone "
                                      "(unmount it with umount or fusermount3 -u)");
   }
+  NPZ_RETURN_IF_ERROR(RefuseBindMounts(*entry, table));
   return *entry;
 }
 
