@@ -20,7 +20,7 @@ import zlib
 import numpy as np
 import pytest
 
-from conftest import run_with_stderr_on_a_terminal, tmpfs
+from conftest import is_mounted, run_with_stderr_on_a_terminal, tmpfs
 
 ROOT = os.environ.get("NPZFS_SOURCE_ROOT", os.path.dirname(os.path.dirname(__file__)))
 NPZ_BIN = os.environ.get("NPZ_BIN", os.path.join(ROOT, "build/tools/npz"))
@@ -28,14 +28,15 @@ API_EXAMPLE = os.path.join(os.path.dirname(NPZ_BIN), "api_example")
 COMMANDS = ["ls", "frames", "pack", "add", "verify", "index", "recover", "umount"]
 
 
-def npz(*args, cwd=None, env=None, input=None):
-    """Runs npz and returns the CompletedProcess (stdout as bytes, stderr as text)."""
+def npz(*args, cwd=None, env=None, input=None, timeout=600):
+    """Runs npz and returns the CompletedProcess (stdout as bytes, stderr as text). A run
+    longer than `timeout` seconds is killed and fails the test (TimeoutExpired)."""
     full_env = dict(os.environ)
     full_env.pop("NPZ_PROGRESS", None)
     if env:
         full_env.update(env)
     result = subprocess.run([NPZ_BIN, *map(str, args)], capture_output=True, cwd=cwd,
-                            env=full_env, input=input, timeout=600)
+                            env=full_env, input=input, timeout=timeout)
     result.stderr = result.stderr.decode("utf-8", "replace")
     return result
 
@@ -1288,6 +1289,107 @@ def test_umount_after_the_daemon_died_clears_the_mount_and_recover_finalizes(fil
     with np.load(d / "data.npz") as z:
         np.testing.assert_array_equal(z["adc"], adc)
         np.testing.assert_array_equal(z["tx"], tx)
+
+
+def test_umount_of_a_stopped_daemon_gives_up_after_the_timeout(files, mount_factory):
+    fuse_or_skip()
+    d, adc, tx = files
+    np.savez(d / "data.npz", tx=tx)
+    m = mount_factory(d / "data.npz", d / "mnt")
+    m.proc.send_signal(signal.SIGSTOP)  # our own child: it answers nothing until SIGCONT
+    try:
+        start = time.monotonic()
+        fails(1, "umount", d / "mnt", "--timeout", "2", timeout=30,
+              must_name=[f"{d / 'mnt'}: the npzfs daemon", "does not answer (waited 2 s)",
+                         "kill -CONT", f"fusermount3 -uz {d / 'mnt'}"])
+        assert time.monotonic() - start < 10
+    finally:
+        m.proc.send_signal(signal.SIGCONT)
+    assert is_mounted(d / "mnt")  # nothing was unmounted (is_mounted stats: not before this)
+    ok("umount", d / "mnt", timeout=60)
+    assert not is_mounted(d / "mnt")
+    assert m.unmount() == 0
+
+
+def make_bind_mount(source, target):
+    os.makedirs(target, exist_ok=True)
+    if subprocess.run(["mount", "--bind", str(source), str(target)],
+                      timeout=30).returncode != 0:
+        pytest.skip("cannot make a bind mount here (needs root)")
+
+
+def remove_bind_mount(target):
+    if is_mounted(target):
+        subprocess.run(["umount", str(target)], timeout=30)
+
+
+def test_umount_refuses_a_bind_mount_of_an_npzfs_mount_and_names_the_original(files,
+                                                                               mount_factory):
+    fuse_or_skip()
+    d, adc, tx = files
+    np.savez(d / "data.npz", tx=tx)
+    m = mount_factory(d / "data.npz", d / "mnt", "-o", "frame=adc*:<i4:4x4")
+    with open(m.path("adc.npy"), "wb") as f:
+        f.write(adc.tobytes())
+    make_bind_mount(d / "mnt", d / "bind")
+    try:
+        fails(1, "umount", d / "bind", timeout=30,
+              must_name=[f"{d / 'bind'} is a bind mount of the npzfs mount at {d / 'mnt'}",
+                         f"'umount {d / 'bind'}'"])
+        assert is_mounted(d / "bind") and is_mounted(d / "mnt")
+        # The original, while a bind of it is left, would not finalize either.
+        fails(1, "umount", d / "mnt", timeout=30,
+              must_name=[f"{d / 'mnt'}: this npzfs mount is also mounted at {d / 'bind'}"])
+        assert is_mounted(d / "bind") and is_mounted(d / "mnt")
+        assert m.proc.poll() is None
+    finally:
+        remove_bind_mount(d / "bind")
+    ok("umount", d / "mnt", timeout=60)
+    with np.load(d / "data.npz") as z:
+        np.testing.assert_array_equal(z["adc"], adc)
+    assert m.unmount() == 0
+
+
+def test_umount_of_the_last_bind_mount_left_after_a_lazy_unmount_finalizes(files,
+                                                                           mount_factory):
+    fuse_or_skip()
+    d, adc, tx = files
+    np.savez(d / "data.npz", tx=tx)
+    m = mount_factory(d / "data.npz", d / "mnt", "-o", "frame=adc*:<i4:4x4")
+    with open(m.path("adc.npy"), "wb") as f:
+        f.write(adc.tobytes())
+    make_bind_mount(d / "mnt", d / "bind")
+    try:
+        subprocess.run(["umount", "-l", str(d / "mnt")], timeout=30, check=True)
+        ok("umount", d / "bind", timeout=60)
+        assert not is_mounted(d / "bind")
+        with np.load(d / "data.npz") as z:
+            np.testing.assert_array_equal(z["adc"], adc)
+    finally:
+        remove_bind_mount(d / "bind")
+    assert m.unmount() == 0
+
+
+def test_umount_of_a_symlink_to_the_mount_point_unmounts_the_mount_it_leads_to(files,
+                                                                               mount_factory):
+    fuse_or_skip()
+    d, adc, tx = files
+    np.savez(d / "data.npz", tx=tx)
+    m = mount_factory(d / "data.npz", d / "live", "-o", "frame=adc*:<i4:4x4")
+    with open(m.path("adc.npy"), "wb") as f:
+        f.write(adc.tobytes())
+    os.symlink("live", d / "lnk")
+    os.mkdir(d / "sub")
+    os.symlink("../lnk/", d / "sub" / "link")  # relative to its directory, through lnk
+    ok("umount", d / "sub" / "link", timeout=60)
+    assert not is_mounted(d / "live")
+    with np.load(d / "data.npz") as z:
+        np.testing.assert_array_equal(z["adc"], adc)
+    assert m.unmount() == 0
+    fails(1, "umount", d / "lnk", timeout=30, must_name=["lnk", "not a mount point"])
+    os.symlink("missing", d / "dangling")
+    fails(1, "umount", d / "dangling", timeout=30,
+          must_name=["dangling", "a symlink to", "missing", "No such file"])
 
 
 def test_umount_errors_without_a_mount(tmp_path):

@@ -167,13 +167,23 @@ daemon's reason if it failed. (`fusermount3 -u` alone returns before finalize ha
 While it waits it shows the finalize progress: a bar on a terminal, otherwise a line every
 few seconds.
 
-Only npzfs mounts are touched: MOUNTPOINT must be listed as fuse.npzfs in
-/proc/self/mountinfo; any other mount is refused and left mounted. If the daemon had died,
+Only npzfs mounts are touched: MOUNTPOINT (or the symlink's target, if it is a symlink)
+must be listed as fuse.npzfs in /proc/self/mountinfo; any other mount is refused and left
+mounted. So is an npzfs mount that is also mounted elsewhere by `mount --bind`, the bind
+mount or the original (the message names the other): the daemon finalizes only once the
+last of them is gone. If the original was detached with `umount -l` and a single bind mount
+of it is left, that one is unmounted as the original would be. If the daemon had died,
 the stale mount is cleared, nothing is finalized, the exit status is non-zero and the
 message gives the exact `npz recover /abs/ARCHIVE` command that adds its new members.
 
+The mount is found without asking its daemon; only the daemon can tell its pid and result
+file, and one that does not answer within 10 s (or --timeout, if shorter) -- stopped with
+SIGSTOP, or hung -- is reported (exit non-zero, with what to do) and its mount left alone.
+
 Options:
-  --timeout SECONDS   stop waiting after this long (exit non-zero; finalize goes on)
+  --timeout SECONDS   bounds the whole command: the daemon's answers (10 s without it) and
+                      the wait for finalize (no limit without it); exit non-zero then
+                      (finalize goes on)
 
 Examples:
   npz umount mnt && python3 -c 'import numpy; numpy.load("data.npz")'

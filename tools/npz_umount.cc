@@ -14,6 +14,13 @@
 // Only npzfs mounts are touched: /proc/self/mountinfo must list the target as "fuse.npzfs".
 // Its source there is the archive's absolute path, which is how a dead daemon's mount still
 // tells which archive to recover.
+//
+// npz umount must not hang on a daemon that does not answer (stopped with SIGSTOP or in a
+// debugger, or hung): every stat, lstat, realpath or getxattr of its mount root waits for it.
+// So the mount is identified without asking it (ResolveMountPoint, then mountinfo), and the
+// xattrs, which only it can give, are asked for by a child process that is given up on after
+// a time-out (AskDaemon).
+#include <limits.h>
 #include <poll.h>
 #include <spawn.h>
 #include <sys/stat.h>
@@ -24,6 +31,7 @@
 
 #include <fcntl.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -48,15 +56,13 @@ namespace npzfs::tool {
 namespace {
 
 constexpr auto kPollInterval = std::chrono::milliseconds(200);
+// How long the daemon may take to answer the questions about itself (its pid, result and
+// progress files) before npz umount gives up on it, unless --timeout is shorter. A live
+// daemon answers at once; this bounds the wait for one that is stopped or hung. The finalize
+// after the unmount, which may take long, is waited for without limit (or up to --timeout).
+constexpr auto kAnswerTimeout = std::chrono::seconds(10);
 
 using Clock = std::chrono::steady_clock;
-
-Result<std::string> GetXattr(const std::string& path, std::string_view name) {
-  char buf[4096];
-  ssize_t n = getxattr(path.c_str(), std::string(name).c_str(), buf, sizeof buf);
-  if (n < 0) return ErrnoStatus(errno, path, "getxattr " + std::string(name));
-  return std::string(buf, static_cast<size_t>(n));
-}
 
 std::string Trim(std::string s) {
   while (!s.empty() && (s.back() == '\n' || s.back() == ' ' || s.back() == '\0')) s.pop_back();
@@ -109,21 +115,42 @@ Result<ChildResult> RunProgram(const std::vector<std::string>& argv) {
   return result;
 }
 
-// The absolute path of `path` with symlinks resolved, without touching `path` itself (a
-// dead FUSE mount fails every stat with ENOTCONN): only its parent is resolved.
-std::string CanonicalMountPath(const std::string& path) {
-  if (char* full = realpath(path.c_str(), nullptr)) {
-    std::string result(full);
-    free(full);
-    return result;
+Result<std::string> RealPath(const std::string& path, const std::string& given) {
+  char* full = realpath(path.c_str(), nullptr);
+  if (full == nullptr) {
+    return ErrnoStatus(errno, given, path == given ? "cannot resolve" : "cannot resolve " + path);
   }
-  std::string parent = DirName(path);
-  if (char* full = realpath(parent.c_str(), nullptr)) {
-    std::string result(full);
-    free(full);
-    return (result == "/" ? "" : result) + "/" + BaseName(path);
+  std::string result(full);
+  free(full);
+  return result;
+}
+
+// The absolute path that `path` names, symlinks resolved, found without asking the
+// filesystem mounted there: a stat, lstat or realpath of a mount root is answered by its
+// daemon (never, if it is stopped; ENOTCONN if it died). Only the parent directory, which is
+// outside the mount, goes through realpath(3); the last component is read with readlink(2),
+// which looks only at the entry in the parent's filesystem (EINVAL: not a symlink, done) and,
+// for a symlink, the same steps go on from its target, relative to that parent. A path
+// ending in "." or ".." names no entry in a parent and goes through realpath whole.
+Result<std::string> ResolveMountPoint(const std::string& given) {
+  std::string path = given;
+  for (int links = 0;; ++links) {
+    while (path.size() > 1 && path.back() == '/') path.pop_back();
+    const std::string base = BaseName(path);
+    if (path == "/" || base == "." || base == "..") return RealPath(path, given);
+    NPZ_ASSIGN_OR_RETURN(std::string parent, RealPath(DirName(path), given));
+    if (parent == "/") parent.clear();
+    path = parent + "/" + base;
+    if (links > 40) return ErrnoStatus(ELOOP, given, "cannot resolve");
+    std::string target(PATH_MAX, '\0');
+    const ssize_t n = readlink(path.c_str(), target.data(), target.size());
+    if (n < 0 && errno == EINVAL) return path;  // not a symlink
+    if (n < 0) {
+      return ErrnoStatus(errno, given, links == 0 ? "cannot resolve" : "a symlink to " + path);
+    }
+    target.resize(static_cast<size_t>(n));
+    path = target.front() == '/' ? target : parent + "/" + target;
   }
-  return path;
 }
 
 // Shows the daemon's finalize progress while npz umount waits: a bar on a terminal (see
@@ -194,19 +221,110 @@ struct Daemon {
   std::string progress_file;
 };
 
-Result<Daemon> LearnDaemon(const std::string& mnt) {
+// One xattr of the mount root as the child of AskDaemon got it: a fixed-size record.
+struct XattrAnswer {
+  int error = 0;  // errno of getxattr, 0 if it succeeded
+  uint32_t size = 0;
+  char value[4096];
+};
+
+// Asks the daemon for the xattrs of its mount root (pid, result file, progress file) and
+// waits for its answers until `deadline`. A daemon that is stopped (SIGSTOP, a debugger) or
+// hung never answers, and a getxattr waits for it forever: so a child process asks, sending
+// each answer down a pipe as soon as it has it, and on time-out the child is killed and not
+// waited for. Why a child and not a thread: a request that the daemon has already read (it
+// hangs, rather than was stopped before reading it) makes the asker's wait uninterruptible
+// even by SIGKILL; a thread in that state would keep npz itself from exiting, while an
+// orphaned child just lingers until the daemon answers or dies (then init reaps it).
+// Errors: ETIMEDOUT with the advice for the user, ENOTCONN if the daemon died, else the
+// failed getxattr.
+Result<Daemon> AskDaemon(const std::string& mnt, Clock::time_point deadline, uint64_t waited_s) {
+  const std::string names[] = {std::string(kPidAttribute), std::string(kResultAttribute),
+                               std::string(kProgressAttribute)};
+  constexpr size_t kCount = std::size(names);
+  int pipe_fds[2];
+  if (pipe2(pipe_fds, O_CLOEXEC) != 0) return ErrnoStatus(errno, mnt, "pipe");
+  UniqueFd read_end(pipe_fds[0]);
+  UniqueFd write_end(pipe_fds[1]);
+  const pid_t child = fork();
+  if (child < 0) return ErrnoStatus(errno, mnt, "fork");
+  if (child == 0) {  // only async-signal-safe calls from here on
+    for (const std::string& name : names) {
+      XattrAnswer a = {};
+      const ssize_t n = getxattr(mnt.c_str(), name.c_str(), a.value, sizeof a.value);
+      a.error = n < 0 ? errno : 0;
+      a.size = n < 0 ? 0 : static_cast<uint32_t>(n);
+      const char* p = reinterpret_cast<const char*>(&a);
+      for (size_t left = sizeof a; left > 0;) {
+        const ssize_t w = write(write_end.get(), p, left);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) _exit(1);
+        p += w;
+        left -= static_cast<size_t>(w);
+      }
+    }
+    _exit(0);
+  }
+  write_end.Reset();
+  std::string got;  // the records received so far
+  char buf[sizeof(XattrAnswer)];
+  bool child_done = false;  // the pipe reached its end: the child exited (or died)
+  while (!child_done) {
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    if (left <= 0) break;
+    struct pollfd p = {read_end.get(), POLLIN, 0};
+    const int r = poll(&p, 1, static_cast<int>(std::min<int64_t>(left, 1000)));
+    if (r < 0 && errno != EINTR) {
+      const int err = errno;
+      (void)kill(child, SIGKILL);
+      return ErrnoStatus(err, mnt, "poll");
+    }
+    if (r <= 0) continue;
+    const ssize_t n = read(read_end.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n > 0) got.append(buf, static_cast<size_t>(n));
+    child_done = n <= 0;
+  }
+  std::vector<XattrAnswer> answers(got.size() / sizeof(XattrAnswer));
+  std::memcpy(answers.data(), got.data(), answers.size() * sizeof(XattrAnswer));
+  auto text = [&](size_t i) {
+    return Trim(
+        std::string(answers[i].value, std::min<size_t>(answers[i].size, sizeof answers[i].value)));
+  };
+  std::optional<pid_t> pid;
+  if (!answers.empty() && answers[0].error == 0) {
+    if (auto value = ParseUint(text(0), names[0]);
+        value.ok() && *value > 0 && *value <= INT32_MAX) {
+      pid = static_cast<pid_t>(*value);
+    }
+  }
+  if (!child_done) {
+    // Still waiting for the daemon. SIGKILL ends a wait for a request the daemon has not
+    // read yet (a stopped daemon); for one it has, the child lingers as said above.
+    (void)kill(child, SIGKILL);
+    const std::string who =
+        pid ? "npzfs daemon (pid " + std::to_string(*pid) + ")" : "npzfs daemon";
+    const std::string cont = pid ? "'kill -CONT " + std::to_string(*pid) + "'"
+                                 : "'kill -CONT' it ('pgrep -a npzfs' lists the daemons)";
+    return Status::Error(ETIMEDOUT, mnt + ": the " + who + " does not answer (waited " +
+                                        std::to_string(waited_s) + " s): if it was stopped, " +
+                                        cont +
+                                        "; else check it (its log), or detach the mount "
+                                        "with 'fusermount3 -uz " +
+                                        mnt + "' (the daemon finalizes once it runs again)");
+  }
+  while (waitpid(child, nullptr, 0) < 0 && errno == EINTR) {
+  }
+  if (answers.size() < kCount) {
+    return Status::Error(EIO, mnt + ": could not ask the npzfs daemon for its " +
+                                  names[answers.size()] + " xattr (the asking process failed)");
+  }
+  if (answers[0].error != 0) return ErrnoStatus(answers[0].error, mnt, "getxattr " + names[0]);
+  if (!pid) return Status::Error(EINVAL, mnt + ": bad " + names[0] + " xattr '" + text(0) + "'");
   Daemon d;
-  NPZ_ASSIGN_OR_RETURN(std::string pid_text, GetXattr(mnt, kPidAttribute));
-  auto value = ParseUint(Trim(pid_text), std::string(kPidAttribute));
-  if (!value.ok() || *value == 0 || *value > INT32_MAX) {
-    return Status::Error(
-        EINVAL, mnt + ": bad " + std::string(kPidAttribute) + " xattr '" + Trim(pid_text) + "'");
-  }
-  d.pid = static_cast<pid_t>(*value);
-  if (auto result = GetXattr(mnt, kResultAttribute); result.ok()) d.result_file = Trim(*result);
-  if (auto progress = GetXattr(mnt, kProgressAttribute); progress.ok()) {
-    d.progress_file = Trim(*progress);
-  }
+  d.pid = *pid;
+  if (answers[1].error == 0) d.result_file = text(1);
+  if (answers[2].error == 0) d.progress_file = text(2);
 #ifdef SYS_pidfd_open
   long fd = syscall(SYS_pidfd_open, d.pid, 0);
   if (fd >= 0) d.pidfd.Reset(static_cast<int>(fd));
@@ -216,12 +334,13 @@ Result<Daemon> LearnDaemon(const std::string& mnt) {
 
 // Waits until the daemon has exited, showing its progress. Uses the pidfd taken before the
 // unmount; otherwise polls kill(pid, 0) until the result file exists. Returns false if
-// `timeout_s` (0: none) passed first.
-bool WaitForExit(const Daemon& d, FinalizeProgress& progress, uint64_t timeout_s) {
+// `deadline` (none: wait for ever) passed first.
+bool WaitForExit(const Daemon& d, FinalizeProgress& progress,
+                 std::optional<Clock::time_point> deadline) {
   bool told = false;
   const auto start = Clock::now();
   auto keep_waiting = [&] {
-    if (timeout_s != 0 && Clock::now() - start > std::chrono::seconds(timeout_s)) return false;
+    if (deadline && Clock::now() > *deadline) return false;
     if (!progress.Poll() && !told && isatty(STDERR_FILENO) == 1 &&
         Clock::now() - start > std::chrono::seconds(1)) {
       std::fprintf(stderr, "npz: waiting for npzfs (pid %d) to finalize the archive...\n",
@@ -289,21 +408,65 @@ Status ReadResult(const std::string& mnt, const Daemon& d, const std::string& ar
   return Status::Error(EIO, mnt + ": finalize failed: " + reason);
 }
 
-// The npzfs mount on `mnt`. Anything else (not a mount point, another filesystem) is
-// refused and left alone.
-Result<MountEntry> FindNpzfsMount(const std::string& mnt) {
-  NPZ_ASSIGN_OR_RETURN(std::vector<MountEntry> table, ReadMountTable());
-  std::optional<MountEntry> entry = FindMount(table, CanonicalMountPath(mnt));
-  if (!entry) {
-    struct stat st;
-    if (stat(mnt.c_str(), &st) != 0) return ErrnoStatus(errno, mnt, "stat");
-    return Status::Error(EINVAL, mnt + ": not a mount point");
+// Refuses an npzfs filesystem that is mounted at more than one place: bind mounts (`mount
+// --bind MNT B`, also of a subdirectory of MNT) share the filesystem of the original, and so
+// its device (major:minor, one per FUSE connection) in mountinfo. Its daemon finalizes and
+// exits only once the last of these mounts is gone: unmounting one of several would leave npz
+// umount waiting for an exit that does not come, and unmounting a bind is not what the user
+// asked for. Which mount is the daemon's own: the first of them listed with root "/", as
+// mountinfo lists mounts in the order they were made (the mount namespace's list, appended
+// to; since Linux 6.8 ordered by the 64-bit unique mount id), a bind mount can only be made
+// of an existing mount, and `mount --move` keeps a mount's place; the mount ids of the first
+// field are reused and tell no order. If the daemon's own mount was detached (umount -l) and
+// a single bind mount of its root is left, that one is the last: unmounting it ends the
+// daemon just the same, so it is unmounted as the original would be. A single bind mount of
+// a subdirectory left is refused: the daemon publishes its pid on its root only.
+Status RefuseBindMounts(const MountEntry& entry, const std::vector<MountEntry>& table) {
+  std::vector<const MountEntry*> same;  // every mount of this filesystem, entry included
+  const MountEntry* own = nullptr;      // the daemon's own mount, if still mounted
+  for (const MountEntry& e : table) {
+    if (e.fstype != entry.fstype || e.device != entry.device) continue;
+    same.push_back(&e);
+    if (own == nullptr && e.root == "/") own = &e;
   }
+  const std::string& mnt = entry.mount_point;
+  if (same.size() == 1 && entry.root == "/") return Status::Ok();
+  if (same.size() == 1) {
+    return Status::Error(EINVAL, mnt + " is a bind mount of the directory " + entry.root +
+                                     " of the npzfs mount of " + entry.source +
+                                     ", which is not mounted anywhere else: 'umount " + mnt +
+                                     "' removes it, and its daemon then finalizes (npz umount "
+                                     "cannot wait for that: the daemon is known from its root)");
+  }
+  if (own != nullptr && own->mount_point != mnt) {
+    return Status::Error(EINVAL, mnt + " is a bind mount of the npzfs mount at " +
+                                     own->mount_point + ": unmount that one (or 'umount " + mnt +
+                                     "' to remove only the bind)");
+  }
+  std::string others;
+  for (const MountEntry* e : same) {
+    if (e->mount_point == mnt) continue;
+    others += (others.empty() ? "" : " ") + e->mount_point;
+  }
+  return Status::Error(EBUSY, mnt + ": this npzfs mount is also mounted at " + others +
+                                  " (bind mounts); remove them first ('umount " + others +
+                                  "'), or its daemon goes on serving them and never finalizes");
+}
+
+// The npzfs mount on `mnt` (resolved by ResolveMountPoint; `given` is what the user typed).
+// Anything else (not a mount point, another filesystem, a filesystem mounted at several
+// places: RefuseBindMounts) is refused and left alone.
+Result<MountEntry> FindNpzfsMount(const std::string& given, const std::string& mnt) {
+  NPZ_ASSIGN_OR_RETURN(std::vector<MountEntry> table, ReadMountTable());
+  std::optional<MountEntry> entry = FindMount(table, mnt);
+  const std::string name = given == mnt ? mnt : given + " (" + mnt + ")";
+  if (!entry) return Status::Error(EINVAL, name + ": not a mount point");
   if (entry->fstype != kNpzfsMountType) {
-    return Status::Error(EINVAL, mnt + ": a " + entry->fstype + " mount (" + entry->source +
+    return Status::Error(EINVAL, name + ": a " + entry->fstype + " mount (" + entry->source +
                                      "), not an npzfs mount: npz umount leaves it alone "
                                      "(unmount it with umount or fusermount3 -u)");
   }
+  NPZ_RETURN_IF_ERROR(RefuseBindMounts(*entry, table));
   return *entry;
 }
 
@@ -335,27 +498,33 @@ int RunUmount(const std::vector<std::string>& raw_args) {
     if (!value.ok()) return UsageError("umount", value.status().message());
     timeout_s = *value;
   }
-  const std::string mnt = parsed->positional[0];
-  auto entry = FindNpzfsMount(mnt);
+  // --timeout bounds the whole command: the daemon's answers (at most kAnswerTimeout
+  // without it) and the wait for its finalize.
+  const auto start = Clock::now();
+  std::optional<Clock::time_point> deadline;
+  if (timeout_s != 0) deadline = start + std::chrono::seconds(timeout_s);
+  const auto answer_timeout = timeout_s != 0 ? std::min<std::chrono::seconds>(
+                                                   std::chrono::seconds(timeout_s), kAnswerTimeout)
+                                             : kAnswerTimeout;
+  // From here on `mnt` is the mount point itself: absolute, symlinks resolved.
+  auto resolved = ResolveMountPoint(parsed->positional[0]);
+  if (!resolved.ok()) return ReportError(resolved.status());
+  const std::string mnt = *resolved;
+  auto entry = FindNpzfsMount(parsed->positional[0], mnt);
   if (!entry.ok()) return ReportError(entry.status());
   const std::string archive = entry->source;  // the archive's absolute path
-  struct stat st;
-  if (stat(mnt.c_str(), &st) != 0) {
-    if (errno == ENOTCONN) return ReportError(ClearDeadMount(mnt, archive));
-    return ReportError(ErrnoStatus(errno, mnt, "stat"));
-  }
   // Learn who to wait for while the mount is still live.
-  auto daemon = LearnDaemon(mnt);
+  auto daemon =
+      AskDaemon(mnt, start + answer_timeout, static_cast<uint64_t>(answer_timeout.count()));
   if (!daemon.ok()) {
-    // Killed between the stat and now (or not reaped yet: a zombie still holds the mount
-    // for a moment, so the stat above may succeed).
+    // ENOTCONN: the daemon died (or is exiting: a zombie holds the mount for a moment).
     if (daemon.status().code() == ENOTCONN) return ReportError(ClearDeadMount(mnt, archive));
     return ReportError(daemon.status());
   }
   Status unmounted = Unmount(mnt);
   if (!unmounted.ok()) return ReportError(unmounted);
   FinalizeProgress progress(archive, daemon->progress_file);
-  if (!WaitForExit(*daemon, progress, timeout_s)) {
+  if (!WaitForExit(*daemon, progress, deadline)) {
     return ReportError(Status::Error(
         ETIMEDOUT, mnt + ": unmounted, but npzfs (pid " + std::to_string(daemon->pid) +
                        ") is still finalizing after " + std::to_string(timeout_s) +

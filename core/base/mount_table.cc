@@ -41,6 +41,8 @@ std::optional<MountEntry> ParseLine(const std::string& line) {
   while (dash < fields.size() && fields[dash] != "-") ++dash;
   if (fields.size() < 6 || dash + 2 >= fields.size()) return std::nullopt;
   MountEntry e;
+  e.device = fields[2];
+  e.root = Unescape(fields[3]);
   e.mount_point = Unescape(fields[4]);
   e.mount_options = fields[5];
   e.fstype = Unescape(fields[dash + 1]);

@@ -22,6 +22,9 @@ inline constexpr std::string_view kNpzfsMountType = "fuse.npzfs";
 
 struct MountEntry {
   std::string mount_point;    // absolute, with the kernel's octal escapes decoded
+  std::string device;         // "major:minor" of the filesystem: the same for all its mounts
+  std::string root;           // the directory of the filesystem mounted here ("/"; a bind
+                              // mount of a subdirectory: "/sub")
   std::string fstype;         // "ext4", "tmpfs", "fuse.npzfs", ...
   std::string source;         // "/dev/sda1", "tmpfs", the archive of an npzfs mount
   std::string mount_options;  // per-mount options: "rw,nosuid,relatime"
@@ -32,7 +35,8 @@ struct MountEntry {
 // skipped.
 std::vector<MountEntry> ParseMountInfo(std::string_view text);
 
-// The mount table of this process. The error names the file.
+// The mount table of this process, in the order the mounts were made (the kernel lists them
+// so). The error names the file.
 Result<std::vector<MountEntry>> ReadMountTable();
 
 // The mount on `mount_point` (absolute, canonical) that is visible: the last one listed, as a
