@@ -87,7 +87,7 @@ Result<Spool*> SpoolSlot::GetOrCreate(const std::string& dir, const std::string&
     failure_logged_ = true;
     LogError("new files cannot be created: " + why +
              "; archived members are still served. Mount with -o spool=DIR (a writable "
-             "directory) to add new members, or -o ro to say none will be");
+             "directory) to add new members, or with -o ro if none are to be added");
   }
   return Status::Error(EROFS, "no spool for new members: " + why);
 }

@@ -150,11 +150,23 @@ size_t CountEntries(const std::string& dir, size_t limit) {
 // the default mount point is created (and removed at the end) by us.
 Status PrepareMountPoint(const Options& options, MountPoint& mp) {
   mp.path = MakeAbsolute(options.mountpoint);
-  if (options.mountpoint_derived && mkdir(mp.path.c_str(), 0755) == 0) mp.created = true;
   const std::string shown = "mount point '" + options.mountpoint + "'";
+  int mkdir_errno = 0;  // why the mount point derived from the archive's name was not made
+  if (options.mountpoint_derived) {
+    if (mkdir(mp.path.c_str(), 0755) == 0) {
+      mp.created = true;
+    } else {
+      mkdir_errno = errno;
+    }
+  }
   struct stat st {};
   if (stat(mp.path.c_str(), &st) != 0) {
     const int err = errno;
+    if (err == ENOENT && mkdir_errno != 0 && mkdir_errno != EEXIST) {
+      return Status::Error(mkdir_errno, shown +
+                                            ": cannot create it: " + std::strerror(mkdir_errno) +
+                                            " (give a mount point: npzfs ARCHIVE DIR)");
+    }
     return Status::Error(err, shown + ": " + std::strerror(err));
   }
   if (!S_ISDIR(st.st_mode)) return Status::Error(ENOTDIR, shown + " is not a directory");

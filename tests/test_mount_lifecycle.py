@@ -183,6 +183,23 @@ def test_a_read_only_bind_mount_is_served_with_and_without_o_ro(user, shared_dir
         subprocess.run(["umount", ro], capture_output=True)
 
 
+def test_a_mount_point_that_cannot_be_made_says_why(tmp_path):
+    require_fuse()
+    src, ro = tmp_path / "src", tmp_path / "ro"
+    src.mkdir()
+    ro.mkdir()
+    make_archive(src / "run.npz")
+    subprocess.run(["mount", "--bind", src, ro], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", ro], check=True)
+        r = subprocess.run([NPZFS_BIN, "-f", "-o", "ro", "run.npz"], cwd=ro,
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 1
+        assert "mount point 'run': cannot create it: Read-only file system" in r.stderr, r.stderr
+    finally:
+        subprocess.run(["umount", ro], check=True)
+
+
 def test_a_read_only_mount_leaves_no_side_file_and_umount_succeeds(tmp_path):
     require_fuse()
     make_archive(tmp_path / "run.npz")
