@@ -383,6 +383,20 @@ def test_umount_after_a_sigkill_clears_the_mount_and_prints_the_exact_recover_co
         assert np.array_equal(z["adc2"], np.arange(24, dtype="<i2").reshape(2, 12))
 
 
+def test_umount_after_a_sigkill_of_a_read_only_mount_says_nothing_was_lost(tmp_path):
+    require_fuse()
+    make_archive(tmp_path / "run.npz")
+    m = start_daemon(tmp_path / "run.npz", tmp_path / "mnt", "-o", "ro")
+    m.proc.send_signal(signal.SIGKILL)  # our own child
+    m.proc.wait()
+    r = npz("umount", m.mnt)
+    assert r.returncode == 1
+    assert "read-only mount" in r.stderr and "nothing was lost" in r.stderr, r.stderr
+    assert "recover" not in r.stderr
+    assert not is_mounted(m.mnt)
+    m.unmount()
+
+
 # ------------------------------------------------------------- archives and mount points
 
 

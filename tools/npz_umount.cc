@@ -471,9 +471,17 @@ Result<MountEntry> FindNpzfsMount(const std::string& given, const std::string& m
 }
 
 // A dead daemon left its mount behind (ENOTCONN): clear it, and say how to finalize what it
-// received.
-Status ClearDeadMount(const std::string& mnt, const std::string& archive) {
+// received (nothing, if the mount was read-only).
+Status ClearDeadMount(const std::string& mnt, const MountEntry& entry) {
   (void)RunProgram({"fusermount3", "-u", "-z", mnt});
+  const std::string& archive = entry.source;
+  if (entry.read_only()) {
+    return Status::Error(ENOTCONN, mnt +
+                                       ": the npzfs daemon had died (Transport endpoint is not "
+                                       "connected); the stale mount was removed. It was a "
+                                       "read-only mount of " +
+                                       archive + ": nothing was lost");
+  }
   return Status::Error(ENOTCONN,
                        mnt +
                            ": the npzfs daemon had died (Transport endpoint is not connected); "
@@ -518,7 +526,7 @@ int RunUmount(const std::vector<std::string>& raw_args) {
       AskDaemon(mnt, start + answer_timeout, static_cast<uint64_t>(answer_timeout.count()));
   if (!daemon.ok()) {
     // ENOTCONN: the daemon died (or is exiting: a zombie holds the mount for a moment).
-    if (daemon.status().code() == ENOTCONN) return ReportError(ClearDeadMount(mnt, archive));
+    if (daemon.status().code() == ENOTCONN) return ReportError(ClearDeadMount(mnt, *entry));
     return ReportError(daemon.status());
   }
   Status unmounted = Unmount(mnt);
