@@ -1088,6 +1088,17 @@ def test_index_of_an_archive_without_deflated_members_is_a_no_op(files):
     assert not (d / ".data.npz.npzfs-index").exists()
 
 
+def test_index_says_when_it_saved_nothing(files):
+    d, adc, tx = files
+    ok("pack", d / "seekable.npz", d / "adc.npy", "--compress")
+    out = ok("index", d / "seekable.npz").stdout.decode()
+    assert "seekable" in out and "nothing to save" in out, out
+    assert not (d / ".seekable.npz.npzfs-index").exists()
+    np.savez_compressed(d / "numpy.npz", adc=adc)
+    assert "index saved to" in ok("index", d / "numpy.npz").stdout.decode()
+    assert "complete already" in ok("index", d / "numpy.npz").stdout.decode()
+
+
 def test_index_errors(tmp_path):
     fails(1, "index", tmp_path / "missing.npz", must_name=["missing.npz", "No such file"])
     corrupt_tail_archive(tmp_path)

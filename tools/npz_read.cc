@@ -784,17 +784,27 @@ int RunIndex(const std::vector<std::string>& raw_args) {
   Archive& a = **archive;
 
   uint64_t total = 0;
-  size_t count = 0;
-  for (const auto& m : a.members()) {
+  size_t count = 0, seekable = 0;
+  for (size_t i = 0; i < a.members().size(); ++i) {
+    const ArchiveMember& m = a.members()[i];
     if (m.open_errno == 0 && m.entry.method == 8) {
       total += m.entry.uncompressed_size;
       ++count;
+      if (a.index_state(i) == IndexState::kSeekable) ++seekable;
     }
   }
   if (count == 0) {
     std::printf("%s: no deflated members, nothing to index\n", path.c_str());
     return kExitOk;
   }
+  if (seekable == count) {
+    std::printf(
+        "%s: every deflated member is seekable (its seek table is its index): "
+        "nothing to save\n",
+        path.c_str());
+    return kExitOk;
+  }
+  const bool was_dirty = a.index_dirty();
   ProgressBar bar("index " + BaseName(path), total);
   uint64_t done = 0;
   for (size_t i = 0; i < a.members().size(); ++i) {
@@ -805,11 +815,14 @@ int RunIndex(const std::vector<std::string>& raw_args) {
     done += m.entry.uncompressed_size;
     bar.Update(done);
   }
+  const bool changed = was_dirty || a.index_dirty();
   Status s = a.SaveIndex();
   if (!s.ok()) return ReportError(s);
   bar.Finish();
-  std::printf("%s: indexed %zu deflated member%s; index saved to %s\n", path.c_str(), count,
-              count == 1 ? "" : "s", a.IndexPath().c_str());
+  std::printf("%s: indexed %zu deflated member%s; %s %s\n", path.c_str(), count - seekable,
+              count - seekable == 1 ? "" : "s",
+              changed ? "index saved to" : "the index was complete already in",
+              a.IndexPath().c_str());
   return kExitOk;
 }
 
