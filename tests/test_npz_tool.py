@@ -751,6 +751,14 @@ def test_frames_reads_only_what_it_needs_from_a_deflated_member(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_index_of_a_corrupt_member_fails_and_says_so_once(tmp_path):
+    corrupt_tail_archive(tmp_path)
+    r = fails(1, "index", tmp_path / "data.npz", must_name=["data.npz", "big.npy"])
+    damage = [line for line in r.stderr.splitlines() if "big.npy" in line]
+    assert len(damage) == 1, r.stderr
+    assert not (tmp_path / ".data.npz.npzfs-index").exists()
+
+
 def test_frames_uses_and_extends_the_saved_index(tmp_path):
     big = smooth_int16(1024)
     np.savez_compressed(tmp_path / "data.npz", big=big)

@@ -779,7 +779,11 @@ int RunIndex(const std::vector<std::string>& raw_args) {
   if (args->help) return PrintCommandHelp("index");
   if (args->positional.size() != 1) return UsageError("index", "expected one ARCHIVE");
   const std::string path = args->positional[0];
-  auto archive = OpenArchive(path);
+  // The reader logs a corrupt member's CRC-32 mismatch, and BuildIndex then fails with the
+  // same message: said once.
+  HeldWarnings warnings;
+  auto archive = OpenArchive(path, warnings.Options(ToolArchiveOptions()));
+  warnings.Flush();
   if (!archive.ok()) return ReportError(archive.status());
   Archive& a = **archive;
 
@@ -811,12 +815,15 @@ int RunIndex(const std::vector<std::string>& raw_args) {
     const ArchiveMember& m = a.members()[i];
     if (m.open_errno != 0 || m.entry.method != 8) continue;
     Status s = a.BuildIndex(i, bar.CallbackFrom(done));
+    if (!s.ok()) warnings.DropRepeatedBy(s.message());
+    warnings.Flush();
     if (!s.ok()) return ReportError(s);
     done += m.entry.uncompressed_size;
     bar.Update(done);
   }
   const bool changed = was_dirty || a.index_dirty();
   Status s = a.SaveIndex();
+  warnings.Flush();
   if (!s.ok()) return ReportError(s);
   bar.Finish();
   std::printf("%s: indexed %zu deflated member%s; %s %s\n", path.c_str(), count - seekable,
