@@ -902,6 +902,21 @@ def test_verify_names_a_corrupt_member(files, compressed):
 
 
 @pytest.mark.parametrize("compressed", [False, True])
+def test_verify_fails_on_data_after_what_the_header_describes(files, compressed):
+    d, adc, tx = files
+    buf = io.BytesIO()
+    np.save(buf, adc[:3])
+    method = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
+    with zipfile.ZipFile(d / "trail.npz", "w", method) as z:
+        z.writestr("adc.npy", buf.getvalue() + adc[3:5].tobytes())  # two frames out of sight
+    fails(1, "verify", d / "trail.npz",
+          must_name=["trail.npz", "adc.npy", f"{2 * adc[0].nbytes} bytes after the data"])
+    with zipfile.ZipFile(d / "exact.npz", "w", method) as z:
+        z.writestr("adc.npy", buf.getvalue())
+    ok("verify", d / "exact.npz")
+
+
+@pytest.mark.parametrize("compressed", [False, True])
 def test_verify_prints_each_error_once(files, compressed):
     d, adc, tx = files
     (np.savez_compressed if compressed else np.savez)(d / "data.npz", adc=adc, tx=tx)

@@ -626,7 +626,16 @@ void VerifyMemberBytes(Archive& a, size_t i, ProgressBar& bar, uint64_t done, co
           return Status::Ok();
         },
         name);
-    if (!parsed.ok()) fail(parsed.status().message());
+    if (!parsed.ok()) {
+      fail(parsed.status().message());
+    } else if (const NpyHeader& h = parsed->header;
+               !h.has_object() && size > parsed->length + h.data_bytes()) {
+      // numpy reads what the header describes and ignores the rest: frames written after
+      // a header that was never updated (a writer that died) are out of numpy's sight.
+      fail(name + ": " + std::to_string(size - parsed->length - h.data_bytes()) +
+           " bytes after the data its header describes (shape " + ShapeText(h.shape()) +
+           "); numpy ignores them");
+    }
   }
 }
 
