@@ -136,6 +136,55 @@ std::string QuarantineFileName(const std::string& file) {
   return std::string(kQuarantinePrefix) + file.substr(0, keep) + "~" + Hex64(Fnv1a64(file));
 }
 
+// Whether `dir` holds anything but "." and "..".
+Result<bool> DirectoryIsEmpty(const std::string& dir) {
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return ErrnoStatus(errno, dir, "cannot list the directory");
+  bool empty = true;
+  while (struct dirent* e = ::readdir(d)) {
+    if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) {
+      empty = false;
+      break;
+    }
+  }
+  ::closedir(d);
+  return empty;
+}
+
+// "dir/data.npz" as "/abs/dir/data.npz", its directory's symlinks resolved (as the daemon
+// names the archive); as given if the directory cannot be resolved.
+std::string ArchiveIdentity(const std::string& archive_path) {
+  char resolved[PATH_MAX];
+  if (::realpath(DirName(archive_path).c_str(), resolved) == nullptr) return archive_path;
+  const std::string dir = resolved;
+  return (dir == "/" ? dir : dir + "/") + BaseName(archive_path);
+}
+
+// The spool lock file holds the archive the spool is for, one line ("" if none recorded:
+// a spool made before this was written, or without an archive path). Checks it against
+// `archive` and records `archive` if none is. The record is not synced: lost in a crash, the
+// spool is only unclaimed again.
+Status ClaimSpool(int lock_fd, const std::string& lock_path, const std::string& dir,
+                  const std::string& archive) {
+  char buf[PATH_MAX + 2];
+  NPZ_ASSIGN_OR_RETURN(size_t n, PreadFull(lock_fd, buf, sizeof buf, 0, lock_path));
+  std::string owner(buf, n);
+  while (!owner.empty() && (owner.back() == '\n' || owner.back() == '\0')) owner.pop_back();
+  if (owner == archive) return Status::Ok();
+  if (!owner.empty()) {
+    return Status::Error(EINVAL, dir + ": the spool of " + owner + ", not of " + archive +
+                                     " (its new members belong to that archive: run `npz "
+                                     "recover " +
+                                     owner + " --spool " + dir +
+                                     "`; if the archive was moved here, write its new path "
+                                     "into " +
+                                     lock_path + ")");
+  }
+  const std::string line = archive + "\n";
+  if (::ftruncate(lock_fd, 0) != 0) return ErrnoStatus(errno, lock_path, "ftruncate failed");
+  return PwriteAll(lock_fd, line.data(), line.size(), 0, lock_path);
+}
+
 }  // namespace
 
 size_t MaxEscapedSpoolFileName() {
@@ -248,25 +297,6 @@ Status Spool::DropNameFile(const std::string& spool_path) const {
   return Status::Ok();
 }
 
-namespace {
-
-// Whether `dir` holds anything but "." and "..".
-Result<bool> DirectoryIsEmpty(const std::string& dir) {
-  DIR* d = ::opendir(dir.c_str());
-  if (d == nullptr) return ErrnoStatus(errno, dir, "cannot list the directory");
-  bool empty = true;
-  while (struct dirent* e = ::readdir(d)) {
-    if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) {
-      empty = false;
-      break;
-    }
-  }
-  ::closedir(d);
-  return empty;
-}
-
-}  // namespace
-
 Status CheckIsSpool(const std::string& dir, bool allow_empty) {
   const std::string lock_path = dir + "/" + std::string(kSpoolLockFileName);
   struct stat lock {};
@@ -284,44 +314,6 @@ Status CheckIsSpool(const std::string& dir, bool allow_empty) {
                   " is used. If it is the spool of an earlier mount of this archive, create " +
                   lock_path + " and try again");
 }
-
-namespace {
-
-// "dir/data.npz" as "/abs/dir/data.npz", its directory's symlinks resolved (as the daemon
-// names the archive); as given if the directory cannot be resolved.
-std::string ArchiveIdentity(const std::string& archive_path) {
-  char resolved[PATH_MAX];
-  if (::realpath(DirName(archive_path).c_str(), resolved) == nullptr) return archive_path;
-  const std::string dir = resolved;
-  return (dir == "/" ? dir : dir + "/") + BaseName(archive_path);
-}
-
-// The spool lock file holds the archive the spool is for, one line ("" if none recorded:
-// a spool made before this was written, or without an archive path). Checks it against
-// `archive` and records `archive` if none is. The record is not synced: lost in a crash, the
-// spool is only unclaimed again.
-Status ClaimSpool(int lock_fd, const std::string& lock_path, const std::string& dir,
-                  const std::string& archive) {
-  char buf[PATH_MAX + 2];
-  NPZ_ASSIGN_OR_RETURN(size_t n, PreadFull(lock_fd, buf, sizeof buf, 0, lock_path));
-  std::string owner(buf, n);
-  while (!owner.empty() && (owner.back() == '\n' || owner.back() == '\0')) owner.pop_back();
-  if (owner == archive) return Status::Ok();
-  if (!owner.empty()) {
-    return Status::Error(EINVAL, dir + ": the spool of " + owner + ", not of " + archive +
-                                     " (its new members belong to that archive: run `npz "
-                                     "recover " +
-                                     owner + " --spool " + dir +
-                                     "`; if the archive was moved here, write its new path "
-                                     "into " +
-                                     lock_path + ")");
-  }
-  const std::string line = archive + "\n";
-  if (::ftruncate(lock_fd, 0) != 0) return ErrnoStatus(errno, lock_path, "ftruncate failed");
-  return PwriteAll(lock_fd, line.data(), line.size(), 0, lock_path);
-}
-
-}  // namespace
 
 Result<std::unique_ptr<Spool>> Spool::Open(const std::string& dir, SpoolLogFn log,
                                            const std::string& archive_path) {
