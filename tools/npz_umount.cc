@@ -249,6 +249,12 @@ Result<Daemon> AskDaemon(const std::string& mnt, Clock::time_point deadline, uin
   const pid_t child = fork();
   if (child < 0) return ErrnoStatus(errno, mnt, "fork");
   if (child == 0) {  // only async-signal-safe calls from here on
+    // A child left waiting for a hung daemon must not hold npz's stdin, stdout and stderr:
+    // whoever reads them (a pipe, a test harness) would wait for it too.
+    const int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null_fd >= 0) {
+      for (int fd = 0; fd <= 2; ++fd) (void)dup2(null_fd, fd);
+    }
     for (const std::string& name : names) {
       XattrAnswer a = {};
       const ssize_t n = getxattr(mnt.c_str(), name.c_str(), a.value, sizeof a.value);
@@ -286,7 +292,9 @@ Result<Daemon> AskDaemon(const std::string& mnt, Clock::time_point deadline, uin
     child_done = n <= 0;
   }
   std::vector<XattrAnswer> answers(got.size() / sizeof(XattrAnswer));
-  std::memcpy(answers.data(), got.data(), answers.size() * sizeof(XattrAnswer));
+  if (!answers.empty()) {
+    std::memcpy(answers.data(), got.data(), answers.size() * sizeof(XattrAnswer));
+  }
   auto text = [&](size_t i) {
     return Trim(
         std::string(answers[i].value, std::min<size_t>(answers[i].size, sizeof answers[i].value)));
