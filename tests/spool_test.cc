@@ -523,6 +523,22 @@ TEST(Spool, ASpoolRecordsItsArchiveAndIsRefusedToAnother) {
   EXPECT_EQ((*own)->members().size(), 1u);
 }
 
+TEST(Spool, TheArchivesOwnDirectoryIsNeverItsSpoolEvenEmptyOrWithALockFile) {
+  TempDir t;
+  const std::string dir = t.Join("d");
+  fs::create_directories(dir);
+  const std::string archive = dir + "/new.npz";  // not made yet (-o create)
+  auto spool = Spool::Open(dir, {}, archive);
+  ASSERT_FALSE(spool.ok());
+  EXPECT_EQ(spool.status().code(), EINVAL);
+  EXPECT_NE(spool.status().message().find("cannot be its spool"), std::string::npos);
+  WriteFileOrDie(dir + "/.npzfs-lock", "");
+  WriteFileOrDie(archive, "an archive made meanwhile");
+  EXPECT_EQ(RecoverSpool(archive, dir, WriteOptions{}).code(), EINVAL);
+  EXPECT_EQ(ReadFileOrDie(archive), "an archive made meanwhile");
+  EXPECT_FALSE(fs::exists(dir + "/.npzfs-lock") && fs::file_size(dir + "/.npzfs-lock") > 0);
+}
+
 TEST(Spool, AnExistingDirectoryOfOtherFilesIsNeverTakenForASpool) {
   TempDir t;
   const std::string dir = t.Join("data");

@@ -434,6 +434,12 @@ def test_o_spool_never_takes_a_directory_of_other_files_for_a_spool(tmp_path):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "notes"
     assert sorted(os.listdir(tmp_path / "mine")) == ["notes.txt"]
     assert (tmp_path / "run.npz").read_bytes() == before
+    # The archive's own directory, even empty (the archive made at unmount, -o create).
+    (tmp_path / "d").mkdir()
+    r = run_npzfs("-f", "-o", f"create,spool={tmp_path / 'd'}", tmp_path / "d" / "new.npz",
+                  tmp_path / "mnt")
+    assert r.returncode == 1 and "cannot be its spool" in r.stderr, r.stderr
+    assert not is_mounted(tmp_path / "mnt") and os.listdir(tmp_path / "d") == []
     # An empty directory is a spool to be.
     (tmp_path / "empty").mkdir()
     with mounted(tmp_path / "run.npz", tmp_path / "mnt", "-o", f"spool={tmp_path / 'empty'}") as m:

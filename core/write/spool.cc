@@ -151,13 +151,25 @@ Result<bool> DirectoryIsEmpty(const std::string& dir) {
   return empty;
 }
 
-// "dir/data.npz" as "/abs/dir/data.npz", its directory's symlinks resolved (as the daemon
-// names the archive); as given if the directory cannot be resolved.
+// The archive's absolute path with every symlink resolved, the file's own too when it
+// exists: the same archive by any path has one identity. As given if nothing resolves.
 std::string ArchiveIdentity(const std::string& archive_path) {
   char resolved[PATH_MAX];
+  if (::realpath(archive_path.c_str(), resolved) != nullptr) return resolved;
   if (::realpath(DirName(archive_path).c_str(), resolved) == nullptr) return archive_path;
   const std::string dir = resolved;
   return (dir == "/" ? dir : dir + "/") + BaseName(archive_path);
+}
+
+// The spool is never the archive's own directory: every file of a spool becomes a member and
+// is then deleted, the archive among them.
+Status CheckNotArchiveDirectory(const std::string& dir, const std::string& archive) {
+  char resolved[PATH_MAX];
+  if (::realpath(dir.c_str(), resolved) == nullptr) return Status::Ok();  // Open reports it
+  if (DirName(archive) != resolved) return Status::Ok();
+  return Status::Error(EINVAL, dir + ": the directory of the archive " + archive +
+                                   " cannot be its spool (every file of a spool is added to "
+                                   "the archive and then deleted): choose another directory");
 }
 
 // The spool lock file holds the archive the spool is for, one line ("" if none recorded:
@@ -310,9 +322,7 @@ Status CheckIsSpool(const std::string& dir, bool allow_empty) {
                   (allow_empty ? ", and it is not empty" : "") +
                   "): every file of a spool is added to the archive and then deleted, so only a "
                   "directory npzfs made" +
-                  (allow_empty ? " or an empty one" : "") +
-                  " is used. If it is the spool of an earlier mount of this archive, create " +
-                  lock_path + " and try again");
+                  (allow_empty ? " or an empty one" : "") + " is used");
 }
 
 Result<std::unique_ptr<Spool>> Spool::Open(const std::string& dir, SpoolLogFn log,
@@ -333,6 +343,8 @@ Result<std::unique_ptr<Spool>> Spool::Open(const std::string& dir, SpoolLogFn lo
   // npz recover --spool DIR pointed at a directory of the user's files would add them all to
   // the archive and delete them.
   if (!created) NPZ_RETURN_IF_ERROR(CheckIsSpool(dir, /*allow_empty=*/true));
+  const std::string archive = archive_path.empty() ? "" : ArchiveIdentity(archive_path);
+  if (!archive.empty()) NPZ_RETURN_IF_ERROR(CheckNotArchiveDirectory(dir, archive));
 
   const std::string lock_path = dir + "/" + std::string(kLockFileName);
   NPZ_ASSIGN_OR_RETURN(UniqueFd lock_fd, OpenFile(lock_path, O_RDWR | O_CREAT, 0644));
@@ -345,9 +357,7 @@ Result<std::unique_ptr<Spool>> Spool::Open(const std::string& dir, SpoolLogFn lo
     }
     return ErrnoStatus(errno, lock_path, "flock failed");
   }
-  if (!archive_path.empty()) {
-    NPZ_RETURN_IF_ERROR(ClaimSpool(lock_fd.get(), lock_path, dir, ArchiveIdentity(archive_path)));
-  }
+  if (!archive.empty()) NPZ_RETURN_IF_ERROR(ClaimSpool(lock_fd.get(), lock_path, dir, archive));
   std::unique_ptr<Spool> spool(new Spool(dir, std::move(lock_fd), std::move(log)));
 
   std::vector<std::string> files;
