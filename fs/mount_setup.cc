@@ -58,10 +58,24 @@ std::string ResolvedPath(const std::string& path) {
   return out == "/" && !tail.empty() ? tail : out + tail;
 }
 
-// Whether `path` is `dir` or below it (both resolved).
-bool IsInside(const std::string& path, const std::string& dir) {
-  if (dir == "/") return true;
-  return path.starts_with(dir) && (path.size() == dir.size() || path[dir.size()] == '/');
+// Whether `path` (absolute, resolved) is the mount point or below it: by name, or by the
+// device and inode of its existing ancestors (the same directory seen through a bind
+// mount, which may propagate the mount there too).
+bool IsInside(const std::string& path, const std::string& mount_dir) {
+  if (mount_dir == "/" || (path.starts_with(mount_dir) &&
+                           (path.size() == mount_dir.size() || path[mount_dir.size()] == '/'))) {
+    return true;
+  }
+  struct stat mount_st {};
+  if (stat(mount_dir.c_str(), &mount_st) != 0) return false;  // made later: nothing is below
+  for (std::string dir = path;; dir = DirName(dir)) {
+    struct stat st {};
+    if (stat(dir.c_str(), &st) == 0 && st.st_dev == mount_st.st_dev &&
+        st.st_ino == mount_st.st_ino) {
+      return true;
+    }
+    if (dir == "/" || dir == "." || dir.empty()) return false;
+  }
 }
 
 // The daemon reaches its spool and its index by path while it serves the mount: inside the

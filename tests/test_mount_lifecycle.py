@@ -484,6 +484,17 @@ def test_a_spool_or_index_inside_the_mount_point_is_refused_rather_than_hanging(
         assert r.returncode == 1, r.stderr
         assert named in r.stderr and f"inside the mount point {tmp_path / 'mnt'}" in r.stderr
         assert not is_mounted(tmp_path / "mnt")
+    # The mount point seen through a bind mount is the same directory.
+    (tmp_path / "view").mkdir()
+    subprocess.run(["mount", "--bind", tmp_path, tmp_path / "view"], check=True)
+    try:
+        r = run_npzfs("-f", "-o", f"spool={tmp_path / 'view' / 'mnt' / 'sp'}",
+                      tmp_path / "run.npz", tmp_path / "mnt")
+    finally:
+        subprocess.run(["umount", tmp_path / "view"], check=True)
+    assert r.returncode == 1 and "inside the mount point" in r.stderr, r.stderr
+    assert not is_mounted(tmp_path / "mnt")
+    (tmp_path / "view").rmdir()
     # A writable mount over the archive's own directory: the spool next to the archive.
     r = run_npzfs("-f", "-o", "nonempty", tmp_path / "run.npz", tmp_path)
     assert r.returncode == 1 and "the spool" in r.stderr and "inside the mount point" in r.stderr
