@@ -1233,6 +1233,30 @@ def test_a_write_stopped_by_a_signal_is_undone_at_once(tmp_path, command, signo)
         assert z.files == ["a"]
 
 
+def test_a_signal_ignored_at_startup_stays_ignored_as_nohup_wants(tmp_path):
+    np.save(tmp_path / "big.npy",
+            (np.random.default_rng(1).normal(size=(200, 256, 256)) * 100).astype("<i2"))
+    np.savez(tmp_path / "arc.npz", a=np.arange(10))
+    proc = subprocess.Popen(
+        [NPZ_BIN, "add", "arc.npz", "big", "big.npy", "--compress=9", "--threads", "1"],
+        cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 60
+        while ".arc.npz.npzfs-journal" not in os.listdir(tmp_path):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGHUP)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    with np.load(tmp_path / "arc.npz") as z:
+        assert sorted(z.files) == ["a", "big"]
+
+
 def test_recover_that_only_dealt_with_a_journal_succeeds(files):
     # A journal dropped (an append killed before it was durable) is a recovery too: exit 0,
     # so a script can tell it from an error.

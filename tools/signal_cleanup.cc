@@ -23,6 +23,26 @@ char g_mode[sizeof kAfterSignal];
 char* g_argv[] = {g_name, g_mode, g_signo, g_path, nullptr};
 struct sigaction g_previous[sizeof kSignals / sizeof kSignals[0]];
 
+// The cleanup waits for the archive's locks. If another npz holds them (a writer this one
+// was waiting behind), it is given kCleanupWait, then left to that writer, which undoes or
+// removes what is left before its own work (the message says so).
+constexpr unsigned kCleanupWait = 5;
+int g_cleanup_signal = SIGINT;
+
+extern "C" void GiveUpCleanup(int) {
+  static const char kMessage[] =
+      "npz: another npz holds the archive: what is left is undone by it, or by the next npz "
+      "command\n";
+  [[maybe_unused]] ssize_t n = ::write(STDERR_FILENO, kMessage, sizeof kMessage - 1);
+  ::signal(g_cleanup_signal, SIG_DFL);
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, g_cleanup_signal);
+  ::sigprocmask(SIG_UNBLOCK, &set, nullptr);
+  ::raise(g_cleanup_signal);
+  ::_exit(128 + g_cleanup_signal);
+}
+
 extern "C" void ExecCleanup(int sig) {
   g_signo[0] = static_cast<char>('0' + sig / 10);
   g_signo[1] = static_cast<char>('0' + sig % 10);
@@ -44,7 +64,11 @@ CleanupOnSignal::CleanupOnSignal(const std::string& path) {
   sa.sa_handler = ExecCleanup;
   sigemptyset(&sa.sa_mask);
   for (int s : kSignals) sigaddset(&sa.sa_mask, s);  // one handler run at most
-  for (size_t i = 0; i < std::size(kSignals); ++i) sigaction(kSignals[i], &sa, &g_previous[i]);
+  for (size_t i = 0; i < std::size(kSignals); ++i) {
+    sigaction(kSignals[i], nullptr, &g_previous[i]);
+    // A signal ignored since startup stays ignored: nohup, or a background job of a script.
+    if (g_previous[i].sa_handler != SIG_IGN) sigaction(kSignals[i], &sa, nullptr);
+  }
 }
 
 CleanupOnSignal::~CleanupOnSignal() {
@@ -62,13 +86,26 @@ int RunAfterSignal(const std::vector<std::string>& args) {
   const char* name = sigabbrev_np(sig);
   PrintMessage(std::string("interrupted by SIG") + (name != nullptr ? name : "?") +
                ": cleaning up " + path);
+  g_cleanup_signal = sig;
+  ::signal(SIGALRM, GiveUpCleanup);
+  ::alarm(kCleanupWait);
+  bool undone = false;
   struct stat st;
   if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
     auto recovered = RecoverInterruptedAppend(path, LogToStderr);
     if (!recovered.ok()) PrintMessage(recovered.status().message());
+    undone = recovered.ok() && *recovered;
   }
   auto removed = RemoveStaleTempFiles(path, LogToStderr);
   if (!removed.ok() && removed.status().code() != ENOENT) PrintMessage(removed.status().message());
+  if (removed.ok() && *removed > 0) undone = true;
+  ::alarm(0);
+  if (!undone) {
+    // The signal came before the write began, or after it was complete.
+    PrintMessage(path +
+                 ": nothing to undo: it is as the command found it, or as it made it "
+                 "(npz ls shows which)");
+  }
   // The handler's mask came through the exec: the signals stayed blocked during the cleanup
   // (a second Ctrl-C waits for it). Now the first one ends the process.
   ::signal(sig, SIG_DFL);

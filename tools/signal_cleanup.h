@@ -11,7 +11,10 @@
 // PATH from its journal and removes its stale temp files, as any later npz command would,
 // says so, and then dies of the same signal, so that the shell sees what it sent. The exec
 // keeps the handler's signal mask: a second signal waits until the cleanup is done. If the
-// exec fails, the signal kills the process as it would have without the guard.
+// exec fails, the signal kills the process as it would have without the guard. A signal
+// ignored at startup (nohup, a background job of a script) stays ignored. The cleanup waits
+// at most 5 s for the archive's locks: a writer this one queued behind keeps them, and
+// undoes or removes what is left before its own work.
 //
 // Not thread-safe: one guard at a time, made and destroyed on the main thread.
 #pragma once
