@@ -690,12 +690,30 @@ Result<std::string> NewChildPath(Mount& m, fuse_ino_t parent, const std::string&
   return path;
 }
 
+// numpy's key of a member is its name without ".npy": "rx" and "rx.npy" are both z["rx"],
+// and numpy shows only one of them. A new name whose key a file of the directory already
+// has is EEXIST, with a log line (the name itself is free, so the errno alone would puzzle).
+// `renamed`: the node being renamed to `name`, which does not count.
+Status CheckNumpyKeyFree(Mount& m, fuse_ino_t parent, const std::string& name,
+                         fuse_ino_t renamed = 0) {
+  const std::string other =
+      name.ends_with(".npy") ? name.substr(0, name.size() - 4) : name + ".npy";
+  std::optional<NodeInfo> node =
+      other.empty() ? std::nullopt : m.table->Lookup(parent, other, /*count=*/false);
+  if (!node || node->kind == NodeKind::kDirectory || node->ino == renamed) return Status::Ok();
+  Status taken = Status::Error(EEXIST, PrintableName(name) + ": numpy would give it the key of " +
+                                           node->path + " (a name less .npy is its key)");
+  LogWarning(taken.message());
+  return taken;
+}
+
 Result<NodeInfo> CreateMember(Mount& m, fuse_ino_t parent, const std::string& name) {
   if (!Writable(m)) return ReadOnlyMount(name);
   NPZ_RETURN_IF_ERROR(CheckNewName(name));
   if (m.table->Lookup(parent, name, /*count=*/false)) {
     return Status::Error(EEXIST, name + ": exists");
   }
+  NPZ_RETURN_IF_ERROR(CheckNumpyKeyFree(m, parent, name));
   NPZ_ASSIGN_OR_RETURN(std::string path, NewChildPath(m, parent, name));
   NPZ_ASSIGN_OR_RETURN(std::optional<NpyHeader> declared, DeclaredLayout(m, path));
   NPZ_ASSIGN_OR_RETURN(Spool * spool, m.spool.GetOrCreate(m.spool_dir, m.archive_path));
@@ -848,6 +866,7 @@ Status RenameNode(Mount& m, fuse_ino_t parent, const char* name, fuse_ino_t new_
                                      ": exists (replacing a member would "
                                      "drop its data)");
   }
+  NPZ_RETURN_IF_ERROR(CheckNumpyKeyFree(m, new_parent, new_name, node->ino));
   NPZ_ASSIGN_OR_RETURN(std::string new_path, NewChildPath(m, new_parent, new_name));
   // The member object stays the same (the inode table holds it): only its name moves.
   NPZ_RETURN_IF_ERROR(m.spool.get()->Rename(node->path, new_path));  // EPERM once it has data

@@ -286,6 +286,28 @@ def expect_errno(code, fn, *args):
     assert e.value.errno == code, (e.value, os.strerror(code))
 
 
+def test_a_name_numpy_would_give_another_members_key_is_eexist(tmp_path):
+    archive = tmp_path / "keys.npz"
+    with zipfile.ZipFile(archive, "w") as z:  # members without ".npy", as zipfile can make
+        for name in ("rx", "d/ry"):
+            buf = io.BytesIO()
+            np.save(buf, np.arange(3))
+            z.writestr(name, buf.getvalue())
+    with mounted(archive, tmp_path / "mnt") as m:
+        expect_errno(errno.EEXIST, os.open, m.path("rx.npy"), os.O_WRONLY | os.O_CREAT)
+        expect_errno(errno.EEXIST, os.open, m.path("d", "ry.npy"), os.O_WRONLY | os.O_CREAT)
+        np.save(m.path("t.npy"), np.arange(4))
+        expect_errno(errno.EEXIST, os.open, m.path("t"), os.O_WRONLY | os.O_CREAT)
+        open(m.path("u"), "wb").close()
+        expect_errno(errno.EEXIST, os.rename, m.path("u"), m.path("t"))
+        os.rename(m.path("u"), m.path("u.npy"))  # its own key: fine
+        assert os.path.exists(m.path("u.npy"))
+        assert "numpy would give it the key of rx" in m.log(), m.log()
+    assert m.unmount() == 0
+    with np.load(archive) as z:
+        assert sorted(z.files) == ["d/ry", "rx", "t"]  # u.npy never got a header
+
+
 def test_forbidden_operations_fail_with_their_errno_and_keep_the_data(tmp_path):
     archive = tmp_path / "rec.npz"
     np.savez(archive, old=np.arange(5))
