@@ -493,8 +493,8 @@ Status ClearDeadMount(const std::string& mnt, const MountEntry& entry) {
   return Status::Error(ENOTCONN,
                        mnt +
                            ": the npzfs daemon had died (Transport endpoint is not connected); "
-                           "the stale mount was removed, and nothing was finalized. The new "
-                           "members it received are in its spool: run 'npz recover " +
+                           "the stale mount was removed, and nothing was finalized. New "
+                           "members it received, if any, are in its spool: run 'npz recover " +
                            archive +
                            "' (with --spool DIR if it was mounted with -o spool=DIR, and "
                            "--compress[=LEVEL] if with -o compress: the chunks already deflated "
