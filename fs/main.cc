@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <climits>
 #include <csignal>
 #include <cstdio>
@@ -75,6 +76,10 @@ int PrintHelpOrVersion(const Options& options, const char* program) {
   } else {
     std::printf("npzfs %s (libfuse %s, inflate %s)\n", NPZFS_VERSION, fuse_pkgversion(),
                 InflateEngineName());
+  }
+  if (std::fflush(stdout) != 0 || std::ferror(stdout) != 0) {
+    PrintError(std::string("stdout: write failed: ") + std::strerror(errno));
+    return 1;
   }
   return 0;
 }

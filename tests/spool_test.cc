@@ -554,6 +554,13 @@ TEST(Spool, AnExistingDirectoryOfOtherFilesIsNeverTakenForASpool) {
   EXPECT_EQ(ReadFileOrDie(dir + "/notes.txt"), "mine");
   EXPECT_TRUE(fs::exists(dir + "/x.npy"));
   EXPECT_FALSE(fs::exists(dir + "/.npzfs-lock"));
+  // A lock file that is no file is no spool either, and says so.
+  fs::create_directory(dir + "/.npzfs-lock");
+  auto odd = Spool::Open(dir);
+  ASSERT_FALSE(odd.ok());
+  EXPECT_NE(odd.status().message().find("its .npzfs-lock is a directory"), std::string::npos)
+      << odd.status().message();
+  EXPECT_EQ(ReadFileOrDie(dir + "/notes.txt"), "mine");
 }
 
 TEST(Spool, AnExistingEmptyDirectoryBecomesASpoolButRecoverWantsARealOne) {

@@ -183,6 +183,14 @@ def test_a_read_only_bind_mount_is_served_with_and_without_o_ro(user, shared_dir
         subprocess.run(["umount", ro], capture_output=True)
 
 
+def test_help_and_version_fail_when_stdout_cannot_be_written():
+    for flag in ("--version", "--help"):
+        with open("/dev/full", "wb") as full:
+            r = subprocess.run([NPZFS_BIN, flag], stdout=full, stderr=subprocess.PIPE,
+                               text=True, timeout=30)
+        assert r.returncode == 1 and "stdout: write failed" in r.stderr, (flag, r.stderr)
+
+
 def test_a_mount_point_that_cannot_be_made_says_why(tmp_path):
     require_fuse()
     src, ro = tmp_path / "src", tmp_path / "ro"

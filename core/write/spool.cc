@@ -312,7 +312,13 @@ Status Spool::DropNameFile(const std::string& spool_path) const {
 Status CheckIsSpool(const std::string& dir, bool allow_empty) {
   const std::string lock_path = dir + "/" + std::string(kSpoolLockFileName);
   struct stat lock {};
-  if (::lstat(lock_path.c_str(), &lock) == 0 && S_ISREG(lock.st_mode)) return Status::Ok();
+  const bool found = ::lstat(lock_path.c_str(), &lock) == 0;
+  if (found && S_ISREG(lock.st_mode)) return Status::Ok();
+  if (found) {
+    return Status::Error(EINVAL, dir + ": not an npzfs spool (its " +
+                                     std::string(kSpoolLockFileName) + " is " +
+                                     FileKind(lock.st_mode) + ", not a regular file)");
+  }
   if (allow_empty) {
     NPZ_ASSIGN_OR_RETURN(bool empty, DirectoryIsEmpty(dir));
     if (empty) return Status::Ok();
