@@ -1361,6 +1361,9 @@ def test_umount_of_a_stopped_daemon_gives_up_after_the_timeout(files, mount_fact
               must_name=[f"{d / 'mnt'}: the npzfs daemon", "does not answer (waited 2 s)",
                          "kill -CONT", f"fusermount3 -uz {d / 'mnt'}"])
         assert time.monotonic() - start < 10
+        # A path inside the mount is refused by name: resolving it would wait too.
+        fails(1, "umount", d / "mnt" / "sub" / "x.npy", "--timeout", "2", timeout=30,
+              must_name=["a path inside the npzfs mount at " + str(d / "mnt")])
     finally:
         m.proc.send_signal(signal.SIGCONT)
     assert is_mounted(d / "mnt")  # nothing was unmounted (is_mounted stats: not before this)

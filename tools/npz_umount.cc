@@ -461,6 +461,53 @@ Status RefuseBindMounts(const MountEntry& entry, const std::vector<MountEntry>& 
                                   "'), or its daemon goes on serving them and never finalizes");
 }
 
+// `given` made absolute and "." and ".." taken out by name alone: nothing is asked of any
+// filesystem, not even the one it may lie in.
+std::string LexicalAbsolute(const std::string& given) {
+  std::string path = given;
+  if (path.empty() || path[0] != '/') {
+    char cwd[PATH_MAX];
+    if (getcwd(cwd, sizeof cwd) != nullptr) path = std::string(cwd) + "/" + path;
+  }
+  std::vector<std::string> parts;
+  size_t start = 0;
+  while (start <= path.size()) {
+    const size_t slash = std::min(path.find('/', start), path.size());
+    const std::string part = path.substr(start, slash - start);
+    if (part == "..") {
+      if (!parts.empty()) parts.pop_back();
+    } else if (!part.empty() && part != ".") {
+      parts.push_back(part);
+    }
+    start = slash + 1;
+  }
+  std::string out;
+  for (const std::string& part : parts) out += "/" + part;
+  return out.empty() ? "/" : out;
+}
+
+// A path below an npzfs mount point is refused before anything resolves it: resolving it
+// goes through the mount root, which waits for the daemon (for ever, if it is stopped).
+Status RefuseInsideNpzfsMount(const std::string& given) {
+  const std::string path = LexicalAbsolute(given);
+  NPZ_ASSIGN_OR_RETURN(std::vector<MountEntry> table, ReadMountTable());
+  for (const MountEntry& e : table) {
+    if (e.mount_point == path) return Status::Ok();  // a mount point (nested ones too)
+  }
+  for (const MountEntry& e : table) {
+    if (e.fstype != kNpzfsMountType) continue;
+    const std::string prefix = e.mount_point == "/" ? "/" : e.mount_point + "/";
+    if (path.starts_with(prefix)) {
+      return Status::Error(EINVAL, given +
+                                       ": not a mount point, but a path inside the npzfs "
+                                       "mount at " +
+                                       e.mount_point + " (npz umount " + e.mount_point +
+                                       " unmounts that)");
+    }
+  }
+  return Status::Ok();
+}
+
 // The npzfs mount on `mnt` (resolved by ResolveMountPoint; `given` is what the user typed).
 // Anything else (not a mount point, another filesystem, a filesystem mounted at several
 // places: RefuseBindMounts) is refused and left alone.
@@ -522,6 +569,9 @@ int RunUmount(const std::vector<std::string>& raw_args) {
   const auto answer_timeout = timeout_s != 0 ? std::min<std::chrono::seconds>(
                                                    std::chrono::seconds(timeout_s), kAnswerTimeout)
                                              : kAnswerTimeout;
+  if (Status inside = RefuseInsideNpzfsMount(parsed->positional[0]); !inside.ok()) {
+    return ReportError(inside);
+  }
   // From here on `mnt` is the mount point itself: absolute, symlinks resolved.
   auto resolved = ResolveMountPoint(parsed->positional[0]);
   if (!resolved.ok()) return ReportError(resolved.status());
