@@ -696,8 +696,8 @@ Result<std::string> NewChildPath(Mount& m, fuse_ino_t parent, const std::string&
 // `renamed`: the node being renamed to `name`, which does not count.
 Status CheckNumpyKeyFree(Mount& m, fuse_ino_t parent, const std::string& name,
                          fuse_ino_t renamed = 0) {
-  const std::string other =
-      name.ends_with(".npy") ? name.substr(0, name.size() - 4) : name + ".npy";
+  const std::string key(NumpyKey(name));
+  const std::string other = key == name ? name + ".npy" : key;  // the other name of that key
   std::optional<NodeInfo> node =
       other.empty() ? std::nullopt : m.table->Lookup(parent, other, /*count=*/false);
   if (!node || node->kind == NodeKind::kDirectory || node->ino == renamed) return Status::Ok();

@@ -95,5 +95,13 @@ TEST(Growable, ObjectZeroDimensionalAndZeroByteLayoutsCannotGrowAndSayWhy) {
   EXPECT_TRUE(Contains(empty, "zero bytes")) << empty.message();
 }
 
+TEST(FrameLayout, NumpysKeyOfAMemberIsItsNameWithoutNpy) {
+  EXPECT_EQ(NumpyKey("rx.npy"), "rx");
+  EXPECT_EQ(NumpyKey("rx"), "rx");
+  EXPECT_EQ(NumpyKey("d/ry.npy"), "d/ry");
+  EXPECT_EQ(NumpyKey("t.npy.npy"), "t.npy");
+  EXPECT_EQ(NumpyKey(".npy"), "");
+}
+
 }  // namespace
 }  // namespace npzfs

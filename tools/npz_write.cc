@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "core/base/mount_table.h"
+#include "core/npy/frame_layout.h"
 #include "core/write/spool.h"
 #include "core/zip/append_journal.h"
 #include "npzfs/archive.h"
@@ -57,11 +58,6 @@ Result<size_t> ParseThreadsOption(const ParsedArgs& args) {
 }
 
 void LogToStderr(const std::string& line) { PrintMessage(line); }
-
-// numpy's key of a member: its name without ".npy".
-std::string_view NumpyKey(std::string_view name) {
-  return name.ends_with(".npy") ? name.substr(0, name.size() - 4) : name;
-}
 
 // A new member `name` whose numpy key an old member already has under another name ("rx"
 // and "rx.npy" are both z["rx"]): numpy would show only one of them. EEXIST naming both.

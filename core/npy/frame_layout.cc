@@ -36,6 +36,10 @@ std::string Join(const std::vector<uint64_t>& shape, std::string_view separator)
 
 bool IsNpyName(std::string_view name) { return name.ends_with(kNpySuffix); }
 
+std::string_view NumpyKey(std::string_view name) {
+  return IsNpyName(name) ? name.substr(0, name.size() - kNpySuffix.size()) : name;
+}
+
 Result<std::vector<uint64_t>> ParseFrameShape(std::string_view text) {
   std::string t(text);
   t.erase(std::remove_if(t.begin(), t.end(), [](char c) { return c == ' ' || c == '\t'; }),

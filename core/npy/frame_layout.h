@@ -20,6 +20,9 @@ namespace npzfs {
 // ".npy", the bare ".npy" included (numpy's key for it is "").
 bool IsNpyName(std::string_view name);
 
+// numpy's key of a member: its name without ".npy" ("rx.npy" and "rx" are both "rx").
+std::string_view NumpyKey(std::string_view name);
+
 // The frame shape grammar: positive axes separated by ',' or 'x' ("256,1024", "256x1024"),
 // Python tuple notation and spaces tolerated ("(256, 1024)", "(7,)"); "" or "()" is a frame
 // of one scalar. EINVAL naming the text and the bad axis otherwise (a zero axis would make
