@@ -1,6 +1,5 @@
 #include "fs/mount_setup.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -146,20 +145,6 @@ Result<std::shared_ptr<Archive>> OpenArchive(const Mount& m) {
   return Archive::Open(m.archive_path, std::move(ao));
 }
 
-// Entries of `dir` other than "." and "..", up to `limit`.
-size_t CountEntries(const std::string& dir, size_t limit) {
-  DIR* d = opendir(dir.c_str());
-  if (d == nullptr) return 0;
-  size_t n = 0;
-  while (n < limit) {
-    struct dirent* e = readdir(d);
-    if (e == nullptr) break;
-    if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) ++n;
-  }
-  closedir(d);
-  return n;
-}
-
 // As mount-zip does: refuse to stack on a mount point or to hide files (unless -o nonempty);
 // the default mount point is created (and removed at the end) by us.
 Status PrepareMountPoint(const Options& options, MountPoint& mp) {
@@ -194,7 +179,8 @@ Status PrepareMountPoint(const Options& options, MountPoint& mp) {
                                       "directory");
     }
   }
-  if (!options.nonempty && CountEntries(mp.path, 1) > 0) {
+  // (A mount point that cannot be listed is not refused here: the mount itself says why.)
+  if (Result<size_t> n = CountEntries(mp.path, 1); !options.nonempty && n.ok() && *n > 0) {
     return Status::Error(ENOTEMPTY, shown +
                                         " is not empty: the mount would hide its files "
                                         "(mount with -o nonempty to do so anyway)");

@@ -40,6 +40,20 @@ TEST(FileUtil, WrittenBytesReadBackAtTheirOffset) {
   EXPECT_TRUE(FsyncParentDir(dir.Join("w")).ok());
 }
 
+TEST(FileUtil, CountEntriesSkipsDotsStopsAtTheLimitAndNamesAMissingDirectory) {
+  testing::TempDir dir;
+  EXPECT_EQ(*CountEntries(dir.path(), 5), 0u);
+  testing::WriteFileOrDie(dir.Join("a"), "");
+  testing::WriteFileOrDie(dir.Join(".b"), "");
+  testing::WriteFileOrDie(dir.Join("c"), "");
+  EXPECT_EQ(*CountEntries(dir.path(), 5), 3u);
+  EXPECT_EQ(*CountEntries(dir.path(), 1), 1u);
+  auto missing = CountEntries(dir.Join("missing"), 1);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), ENOENT);
+  EXPECT_NE(missing.status().message().find(dir.Join("missing")), std::string::npos);
+}
+
 TEST(FileUtil, DirNameAndBaseNameSplitAtTheLastSlash) {
   EXPECT_EQ(DirName("a/b/c.npz"), "a/b");
   EXPECT_EQ(BaseName("a/b/c.npz"), "c.npz");

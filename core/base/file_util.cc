@@ -1,5 +1,6 @@
 #include "npzfs/file_util.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -24,6 +25,19 @@ Result<UniqueFd> OpenFile(const std::string& path, int flags, mode_t mode) {
   } while (fd < 0 && errno == EINTR);
   if (fd < 0) return ErrnoStatus(errno, path, "cannot open");
   return UniqueFd(fd);
+}
+
+Result<size_t> CountEntries(const std::string& dir, size_t limit) {
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return ErrnoStatus(errno, dir, "cannot list the directory");
+  size_t n = 0;
+  while (n < limit) {
+    const struct dirent* e = ::readdir(d);
+    if (e == nullptr) break;
+    if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) ++n;
+  }
+  ::closedir(d);
+  return n;
 }
 
 const char* FileKind(mode_t mode) {

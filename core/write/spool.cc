@@ -136,21 +136,6 @@ std::string QuarantineFileName(const std::string& file) {
   return std::string(kQuarantinePrefix) + file.substr(0, keep) + "~" + Hex64(Fnv1a64(file));
 }
 
-// Whether `dir` holds anything but "." and "..".
-Result<bool> DirectoryIsEmpty(const std::string& dir) {
-  DIR* d = ::opendir(dir.c_str());
-  if (d == nullptr) return ErrnoStatus(errno, dir, "cannot list the directory");
-  bool empty = true;
-  while (struct dirent* e = ::readdir(d)) {
-    if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) {
-      empty = false;
-      break;
-    }
-  }
-  ::closedir(d);
-  return empty;
-}
-
 // The archive's absolute path with every symlink resolved, the file's own too when it
 // exists: the same archive by any path has one identity. As given if nothing resolves.
 std::string ArchiveIdentity(const std::string& archive_path) {
@@ -320,8 +305,8 @@ Status CheckIsSpool(const std::string& dir, bool allow_empty) {
                                      FileKind(lock.st_mode) + ", not a regular file)");
   }
   if (allow_empty) {
-    NPZ_ASSIGN_OR_RETURN(bool empty, DirectoryIsEmpty(dir));
-    if (empty) return Status::Ok();
+    NPZ_ASSIGN_OR_RETURN(size_t entries, CountEntries(dir, 1));
+    if (entries == 0) return Status::Ok();
   }
   return Status::Error(
       EINVAL, dir + ": not an npzfs spool (no " + std::string(kSpoolLockFileName) + " in it" +

@@ -41,6 +41,10 @@ class UniqueFd {
   int fd_ = -1;
 };
 
+// Entries of directory `dir` other than "." and "..", counted up to `limit`. The error names
+// `dir` if it cannot be listed.
+Result<size_t> CountEntries(const std::string& dir, size_t limit);
+
 // What st_mode says the file is, for messages: "a directory", "a FIFO", "a symbolic link"...
 const char* FileKind(mode_t mode);
 
