@@ -52,8 +52,6 @@ extern "C" void ExecCleanup(int sig) {
   ::raise(sig);
 }
 
-void LogToStderr(const std::string& line) { PrintMessage(line); }
-
 }  // namespace
 
 CleanupOnSignal::CleanupOnSignal(const std::string& path) {
@@ -92,11 +90,11 @@ int RunAfterSignal(const std::vector<std::string>& args) {
   bool undone = false;
   struct stat st;
   if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
-    auto recovered = RecoverInterruptedAppend(path, LogToStderr);
+    auto recovered = RecoverInterruptedAppend(path, PrintMessage);
     if (!recovered.ok()) PrintMessage(recovered.status().message());
     undone = recovered.ok() && *recovered;
   }
-  auto removed = RemoveStaleTempFiles(path, LogToStderr);
+  auto removed = RemoveStaleTempFiles(path, PrintMessage);
   if (!removed.ok() && removed.status().code() != ENOENT) PrintMessage(removed.status().message());
   if (removed.ok() && *removed > 0) undone = true;
   ::alarm(0);
