@@ -15,6 +15,7 @@
 #include "core/base/atomic_file.h"
 #include "core/base/mount_table.h"
 #include "core/base/names.h"
+#include "core/base/runtime_dir.h"
 #include "fs/log.h"
 #include "npzfs/archive_writer.h"
 
@@ -22,19 +23,6 @@ namespace npzfs::fs {
 namespace {
 
 void PrintNote(const std::string& message) { std::fprintf(stderr, "npzfs: %s\n", message.c_str()); }
-
-// "dir/data.npz" -> "/abs/dir/data.npz". The directory must exist (the archive need not).
-Result<std::string> AbsoluteArchivePath(const std::string& archive) {
-  std::string dir = DirName(archive);
-  char resolved[PATH_MAX];
-  if (realpath(dir.c_str(), resolved) == nullptr) {
-    int err = errno;
-    return Status::Error(err, archive + ": directory '" + dir + "': " + std::strerror(err));
-  }
-  std::string abs = resolved;
-  if (abs != "/") abs += "/";
-  return abs + BaseName(archive);
-}
 
 std::string MakeAbsolute(const std::string& path) {
   if (path.empty() || path[0] == '/') return path;
@@ -91,17 +79,12 @@ Status CheckOutsideMount(const Mount& m, const std::string& what, const std::str
 // dataset nobody may write, or a mount over the archive's directory) a directory of its own
 // in the runtime directory, so the index still outlives the mount.
 std::string IndexDir(const Mount& m) {
+  if (!m.options.index_enabled) return {};
   if (!m.options.index_dir.empty()) return MakeAbsolute(m.options.index_dir);
-  const std::string next_to = DirName(m.archive_path);
-  if (access(next_to.c_str(), W_OK) == 0 && !IsInside(ResolvedPath(next_to), m.mount_dir)) {
-    return {};
+  if (IsInside(ResolvedPath(DirName(m.archive_path)), m.mount_dir)) {
+    return RuntimeIndexDir(m.archive_path, /*create=*/true, LogWarning);
   }
-  if (m.runtime.index_dir.empty()) return {};
-  if (mkdir(m.runtime.index_dir.c_str(), 0755) != 0 && errno != EEXIST) {
-    LogWarning(
-        ErrnoStatus(errno, m.runtime.index_dir, "cannot create the index directory").message());
-  }
-  return m.runtime.index_dir;
+  return DefaultIndexDir(m.archive_path, /*create=*/true, LogWarning);
 }
 
 void LogLine(const std::string& line) { LogInfo(line); }
@@ -368,7 +351,7 @@ Status PrepareMount(Mount& m, MountPoint& mp) {
   if (!m.options.log_file.empty()) {
     NPZ_RETURN_IF_ERROR(LogToFile(MakeAbsolute(m.options.log_file)).WithContext("-o log="));
   }
-  m.runtime = ChooseRuntimeFiles(m.archive_path);  // the index may live there
+  m.runtime = ChooseRuntimeFiles(m.archive_path);
   // -o compress: deflate completed chunks while frames arrive (one background thread).
   m.spool.SetBackgroundDeflate(m.options.compress_level);
   auto archive = OpenArchive(m);

@@ -13,48 +13,10 @@
 #include <ctime>
 #include <vector>
 
+#include "core/base/runtime_dir.h"
+
 namespace npzfs::fs {
 namespace {
-
-constexpr mode_t kPrivateDirMode = 0700;
-constexpr mode_t kSharedDirMode = 0755;
-
-// FNV-1a, 64 bits: a stable name for an absolute path (no security depends on it).
-uint64_t PathHash(const std::string& path) {
-  uint64_t h = 14695981039346656037ull;
-  for (unsigned char c : path) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  return h;
-}
-
-// `dir` exists (or is made with `mode`), is a directory we can write, and is not a link.
-// With `private_to_us`, it must also be ours with no access for anyone else.
-bool UsableDir(const std::string& dir, mode_t mode, bool private_to_us) {
-  if (mkdir(dir.c_str(), mode) != 0 && errno != EEXIST) return false;
-  struct stat st {};
-  if (lstat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return false;
-  if (private_to_us && (st.st_uid != getuid() || (st.st_mode & 077) != 0)) return false;
-  return access(dir.c_str(), W_OK | X_OK) == 0;
-}
-
-std::string Env(const char* name) {
-  const char* v = std::getenv(name);
-  return v == nullptr ? std::string() : std::string(v);
-}
-
-std::string ChooseDir() {
-  if (std::string xdg = Env("XDG_RUNTIME_DIR"); !xdg.empty()) {
-    if (UsableDir(xdg + "/npzfs", kPrivateDirMode, true)) return xdg + "/npzfs";
-  }
-  if (getuid() == 0 && UsableDir("/run/npzfs", kSharedDirMode, false)) return "/run/npzfs";
-  std::string tmp = Env("TMPDIR");
-  if (tmp.empty()) tmp = "/tmp";
-  const std::string mine = tmp + "/npzfs-" + std::to_string(getuid());
-  if (UsableDir(mine, kPrivateDirMode, true)) return mine;
-  return {};
-}
 
 // Whether `fd` is still the file at `path` (a releasing daemon unlinks the lock file).
 bool StillLinked(int fd, const std::string& path) {
@@ -115,17 +77,13 @@ bool RemoveUnheldLock(const std::string& path) {
 
 RuntimeFiles ChooseRuntimeFiles(const std::string& archive_path) {
   RuntimeFiles f;
-  f.dir = ChooseDir();
+  f.dir = ChooseRuntimeDir(/*create=*/true);
   if (f.dir.empty()) return f;
-  char hash[17];
-  std::snprintf(hash, sizeof hash, "%016llx",
-                static_cast<unsigned long long>(PathHash(archive_path)));
-  const std::string stem = f.dir + "/" + BaseName(archive_path) + "-" + hash;
+  const std::string stem = RuntimeFileStem(f.dir, archive_path);
   f.result = stem + ".result";
   f.progress = stem + ".progress";
   f.lock = stem + ".lock";
   f.log = stem + ".log";
-  f.index_dir = stem + ".index";
   return f;
 }
 

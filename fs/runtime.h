@@ -1,21 +1,14 @@
-// The runtime directory of a daemon and the files it keeps there.
+// The runtime files of a daemon: where they are (core/base/runtime_dir.h chooses the
+// directory and names them after the archive) and the lock of a writable mount.
 //
-// A mount must work on a dataset nobody may write (a read-only filesystem, a shared
-// directory), so nothing the daemon needs for itself goes next to the archive. Runtime files
-// go to the first directory that works of:
-//   $XDG_RUNTIME_DIR/npzfs   (per user, set up by the login session)
-//   /run/npzfs               (root)
-//   $TMPDIR or /tmp, in npzfs-<uid> (made 0700; used only if it is ours and private)
 // The spool is not used for them: it is made only on the first new member and removed by
-// finalize, and a runtime file inside it would keep it alive. Every file is named after the
-// archive: "<archive base>-<16 hex digits of a hash of its absolute path>.<kind>", so two
-// archives with the same name never share one.
+// finalize, and a runtime file inside it would keep it alive.
 //
 // Files: `.result` (finalize outcome for `npz umount`, removed by it once read), `.progress`
 // (finalize bytes done and total while finalizing), `.lock` (held by a writable daemon,
 // holding its pid: a second writable mount of the archive is refused), `.log` (the log
-// when there is no syslog and no -o log=) and `.index/` (a directory for the index sidecar
-// when it cannot be kept next to the archive).
+// when there is no syslog and no -o log=). The index directory `.index/` (for the index
+// sidecar when it cannot be kept next to the archive) is named there too: RuntimeIndexDir.
 //
 // Plain functions and a value type: thread-safe.
 #pragma once
@@ -30,7 +23,6 @@ namespace npzfs::fs {
 struct RuntimeFiles {
   std::string dir;  // "" when no directory could be used: then none of the files exist
   std::string result, progress, lock, log;
-  std::string index_dir;  // made by whoever needs it
 };
 
 // Chooses the runtime directory (creating it if needed) and names the files for

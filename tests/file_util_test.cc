@@ -2,6 +2,14 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cstdlib>
+#include <optional>
+
+#include "core/base/runtime_dir.h"
 
 #include "tests/test_util.h"
 
@@ -59,6 +67,81 @@ TEST(FileUtil, DirNameAndBaseNameSplitAtTheLastSlash) {
   EXPECT_EQ(BaseName("a/b/c.npz"), "c.npz");
   EXPECT_EQ(DirName("c.npz"), ".");
   EXPECT_EQ(DirName("/c.npz"), "/");
+}
+
+// Points XDG_RUNTIME_DIR at `dir` for the life of the object.
+class RuntimeDirIn {
+ public:
+  explicit RuntimeDirIn(const std::string& dir) {
+    if (const char* old = std::getenv("XDG_RUNTIME_DIR")) old_ = old;
+    setenv("XDG_RUNTIME_DIR", dir.c_str(), 1);
+  }
+  ~RuntimeDirIn() {
+    if (old_) {
+      setenv("XDG_RUNTIME_DIR", old_->c_str(), 1);
+    } else {
+      unsetenv("XDG_RUNTIME_DIR");
+    }
+  }
+
+ private:
+  std::optional<std::string> old_;
+};
+
+TEST(RuntimeDir, FilesAreNamedAfterTheArchiveAndAHashOfItsAbsolutePath) {
+  const std::string a = RuntimeFileStem("/run/x", "/data/a/run.npz");
+  EXPECT_EQ(a.rfind("/run/x/run.npz-", 0), 0u) << a;
+  EXPECT_EQ(a.size(), std::string("/run/x/run.npz-").size() + 16);
+  EXPECT_EQ(RuntimeFileStem("/run/x", "/data/a/run.npz"), a);
+  EXPECT_NE(RuntimeFileStem("/run/x", "/data/b/run.npz"), a);
+}
+
+TEST(RuntimeDir, AbsoluteArchivePathResolvesTheDirectoryButNotTheFile) {
+  testing::TempDir dir;
+  ASSERT_EQ(mkdir(dir.Join("real").c_str(), 0755), 0);
+  ASSERT_EQ(symlink(dir.Join("real").c_str(), dir.Join("link").c_str()), 0);
+  char resolved[PATH_MAX];
+  ASSERT_NE(realpath(dir.path().c_str(), resolved), nullptr);
+  auto path = AbsoluteArchivePath(dir.Join("link/data.npz"));
+  ASSERT_TRUE(path.ok()) << path.status().message();
+  EXPECT_EQ(*path, std::string(resolved) + "/real/data.npz");
+  auto missing = AbsoluteArchivePath(dir.Join("none/data.npz"));
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), ENOENT);
+  EXPECT_NE(missing.status().message().find("none/data.npz"), std::string::npos);
+}
+
+TEST(RuntimeDir, TheIndexGoesNextToAWritableArchiveElseIntoAPrivateRuntimeDirectory) {
+  testing::TempDir dir;
+  RuntimeDirIn runtime(dir.Join("xdg"));
+  ASSERT_EQ(mkdir(dir.Join("xdg").c_str(), 0700), 0);
+  EXPECT_EQ(DefaultIndexDir(dir.Join("data.npz"), /*create=*/true), "");
+  // A directory that cannot be written (here: one that does not exist; root may write any
+  // directory that exists) sends the index to the runtime directory, made only on demand.
+  // (Without it, root falls back to /run/npzfs if that exists.)
+  const std::string archive = "/nonexistent-npzfs/data.npz";
+  const std::string expected = RuntimeFileStem(dir.Join("xdg/npzfs"), archive) + ".index";
+  EXPECT_NE(ChooseRuntimeDir(/*create=*/false), dir.Join("xdg/npzfs"));
+  EXPECT_NE(DefaultIndexDir(archive, /*create=*/false), expected);
+  struct stat st {};
+  EXPECT_NE(stat(dir.Join("xdg/npzfs").c_str(), &st), 0) << "made without create";
+  const std::string made = DefaultIndexDir(archive, /*create=*/true);
+  EXPECT_EQ(made, expected);
+  ASSERT_EQ(stat(dir.Join("xdg/npzfs").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  ASSERT_EQ(stat(made.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISDIR(st.st_mode));
+  EXPECT_EQ(DefaultIndexDir(archive, /*create=*/false), made) << "found once it exists";
+  EXPECT_EQ(RuntimeIndexDir(dir.Join("data.npz"), /*create=*/false),
+            RuntimeFileStem(dir.Join("xdg/npzfs"), dir.Join("data.npz")) + ".index");
+}
+
+TEST(RuntimeDir, ARuntimeDirectoryOthersMayEnterIsNotUsed) {
+  testing::TempDir dir;
+  RuntimeDirIn runtime(dir.Join("xdg"));
+  ASSERT_EQ(mkdir(dir.Join("xdg").c_str(), 0700), 0);
+  ASSERT_EQ(mkdir(dir.Join("xdg/npzfs").c_str(), 0755), 0);
+  EXPECT_NE(ChooseRuntimeDir(/*create=*/true), dir.Join("xdg/npzfs"));
 }
 
 TEST(ResultType, CarriesAValueOrAnError) {

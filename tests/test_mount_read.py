@@ -23,7 +23,8 @@ import zlib
 import numpy as np
 import pytest
 
-from conftest import DaemonMount, NPZ_BIN, NPZFS_BIN, SANITIZER_LOG_DIR, mounted, require_fuse
+from conftest import (DaemonMount, NPZ_BIN, NPZFS_BIN, SANITIZER_LOG_DIR, mounted, require_fuse,
+                      start_daemon, tmpfs)
 
 PYTHON = os.environ.get("NPZFS_PYTHON", "/usr/bin/python3")
 # Peak-RSS ceilings allow this much more in a sanitized build: ASan's shadow memory and
@@ -1018,6 +1019,51 @@ def test_after_finalize_old_and_new_deflated_members_read_with_no_first_pass(tmp
         stats = json.loads(os.getxattr(m2.mnt, "user.npzfs.stats"))
         assert stats["first_pass_spans"] == 0, stats
     assert "stale" not in m2.log() and "ignored" not in m2.log(), m2.log()
+
+
+def test_npz_index_of_a_read_only_dataset_spares_its_mounts_the_first_pass(tmp_path):
+    """An archive in a directory nobody may write: `npz index` saves its index in the
+    runtime directory, where `npz ls` and a mount by the same user find it."""
+    t = np.arange(2_000_000)
+    data = (1000 * np.sin(t / 500.0) + np.random.default_rng(6).normal(0, 30, t.size))
+    data = data.astype("<i2")
+    ref = npy_of(data)
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    for d in (run, elsewhere):
+        d.mkdir(mode=0o700)
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(run)}
+
+    def index_state(runtime):
+        r = subprocess.run([NPZ_BIN, "ls", "--json", str(archive)], capture_output=True,
+                           text=True, env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)})
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)[0]["index"]
+
+    with tmpfs(tmp_path / "ro", size="16m") as ro:
+        archive = ro / "run.npz"
+        np.savez_compressed(archive, data=data)
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        r = subprocess.run([NPZ_BIN, "index", str(archive)], capture_output=True, text=True,
+                           env=env)
+        assert r.returncode == 0, r.stderr
+        assert f"{run}/npzfs/run.npz-" in r.stdout, r.stdout
+        assert os.listdir(ro) == ["run.npz"]
+        assert index_state(run) == "complete"
+        assert index_state(elsewhere) == "none"  # found where it was saved, not by chance
+        m = start_daemon(archive, tmp_path / "mnt", env=env)
+        try:
+            rng = random.Random(7)
+            with open(m.path("data.npy"), "rb") as f:
+                for _ in range(20):
+                    off = rng.randrange(len(ref))
+                    f.seek(off)
+                    assert f.read(40000) == ref[off:off + 40000], off
+            stats = json.loads(os.getxattr(m.mnt, "user.npzfs.stats"))
+            assert stats["first_pass_spans"] == 0, stats
+        finally:
+            m.unmount()
+        assert m.returncode == 0, m.log()
+        assert "stale" not in m.log() and "ignored" not in m.log(), m.log()
 
 
 @pytest.mark.parametrize("savez", [np.savez, np.savez_compressed], ids=["stored", "deflated"])

@@ -1104,6 +1104,36 @@ def test_add_carries_the_saved_index_over_to_the_new_archive(tmp_path, mode):
     np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), big[300:310])
 
 
+def test_index_option_names_where_the_index_is_read_saved_and_carried(tmp_path):
+    """--index DIR is the mount's -o index=DIR for ls, frames, index and add; --index off
+    neither reads nor saves one."""
+    big = smooth_int16(512)
+    archive = tmp_path / "data.npz"
+    np.savez_compressed(archive, big=big)
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    sidecar, beside = idx / ".data.npz.npzfs-index", tmp_path / ".data.npz.npzfs-index"
+
+    def states(*option):
+        rows = json.loads(ok("ls", archive, "--json", *option).stdout)
+        return {r["name"]: r["index"] for r in rows}
+
+    out = ok("index", archive, "--index", idx).stdout.decode()
+    assert sidecar.exists() and str(sidecar) in out, out
+    assert not beside.exists()
+    assert states("--index", idx) == {"big.npy": "complete"}
+    assert states() == {"big.npy": "none"}  # the default place holds nothing
+    ok("frames", f"{archive}:big", 500, 512, "-o", tmp_path / "o.npy", "--index", "off")
+    np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), big[500:512])
+    assert not beside.exists()
+    before = sidecar.read_bytes()
+    np.save(tmp_path / "rx.npy", np.arange(3))
+    ok("add", archive, "rx", tmp_path / "rx.npy", "--index", idx)
+    assert sidecar.read_bytes() != before, "rewritten for the new archive"
+    assert states("--index", idx) == {"big.npy": "complete", "rx.npy": "-"}
+    fails(2, "index", archive, "--index", "off", must_name=["--index off"])
+
+
 def test_index_of_an_archive_without_deflated_members_is_a_no_op(files):
     d, adc, tx = files
     np.savez(d / "data.npz", adc=adc)
@@ -1126,6 +1156,37 @@ def test_index_errors(tmp_path):
     fails(1, "index", tmp_path / "missing.npz", must_name=["missing.npz", "No such file"])
     corrupt_tail_archive(tmp_path)
     fails(1, "index", tmp_path / "data.npz", must_name=["data.npz", "big.npy"])
+
+
+def test_add_and_pack_say_which_process_they_wait_for(files):
+    """A writer that finds the archive locked by another (a long finalize) says so at once,
+    naming the holder, instead of hanging silently; it goes on when the lock is released."""
+    import fcntl
+    d, adc, tx = files
+    np.savez(d / "data.npz", adc=adc)
+    for args in (["add", d / "data.npz", "tx", d / "tx.npy"],
+                 ["pack", d / "data.npz", d / "tx.npy", "--force"]):
+        with open(d / "data.npz", "rb") as held, open(d / "err", "w+") as err:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            p = subprocess.Popen([NPZ_BIN, *map(str, args)], stderr=err,
+                                 stdout=subprocess.DEVNULL)
+            try:
+                deadline = time.monotonic() + 30
+                while "waiting" not in (d / "err").read_text() and time.monotonic() < deadline:
+                    assert p.poll() is None, (d / "err").read_text()
+                    time.sleep(0.05)
+                said = (d / "err").read_text()
+                assert "data.npz: waiting for another writer to finish with it" in said, said
+                assert f"(pid {os.getpid()}, " in said, said
+                assert p.poll() is None, "it waits while the lock is held"
+                fcntl.flock(held, fcntl.LOCK_UN)
+                assert p.wait(timeout=60) == 0, (d / "err").read_text()
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+    with zipfile.ZipFile(d / "data.npz") as z:
+        assert z.namelist() == ["tx.npy"]  # pack replaced what add had made
 
 
 # ------------------------------------------------------------------------------- recover

@@ -21,7 +21,7 @@ namespace npzfs::tool {
 const std::vector<Command>& Commands() {
   static const std::vector<Command> kCommands = {
       {"ls", "list the members of an archive: dtype, shape, method, sizes, index state",
-       R"(Usage: npz ls ARCHIVE [--json]
+       R"(Usage: npz ls ARCHIVE [--json] [--index DIR|off]
 
 Lists every member of ARCHIVE (.npz or any zip): name, dtype, shape, compression method,
 compressed and uncompressed size, ratio, and the state of the random-access index
@@ -29,7 +29,10 @@ compressed and uncompressed size, ratio, and the state of the random-access inde
 each member is read through the archive reader, so only its first bytes are inflated.
 
 Options:
-  --json    one JSON array of objects instead of a table
+  --json                 one JSON array of objects instead of a table
+  --index DIR|off        where the index is kept, as the mount's -o index= (default:
+                         next to the archive, or the runtime directory's if that
+                         directory is not writable, where a mount keeps it)
 
 Examples:
   npz ls data.npz
@@ -38,6 +41,7 @@ Examples:
        RunLs},
       {"frames", "write frames [START, STOP) of a .npy or of an archive member",
        R"(Usage: npz frames ARCHIVE[:KEY] START STOP [-o OUT.npy [--force] | --raw]
+                  [--index DIR|off]
 
 numpyWriter's readFrames: frames START (inclusive) to STOP (exclusive) along the growth
 axis (axis 0, or the last axis of a Fortran-order array) of a .npy file, or of member KEY
@@ -55,6 +59,9 @@ Options:
   -o, --output OUT.npy   write a .npy here ("-" for stdout)
   -f, --force            replace an existing OUT.npy
   --raw                  write the raw frame bytes to stdout, no header
+  --index DIR|off        where the index is kept, as the mount's -o index= (default:
+                         next to the archive, or the runtime directory's if that
+                         directory is not writable, where a mount keeps it)
 
 Examples:
   npz frames data.npz:adc 5 8 -o frames.npy     # readFrames('adc', 5, 8)
@@ -89,6 +96,7 @@ Examples:
        RunPack},
       {"add", "add one .npy to an existing archive (numpyWriter writeArray)",
        R"(Usage: npz add ARCHIVE KEY FILE.npy [--compress[=LEVEL]] [--threads N] [--copy]
+               [--index DIR|off]
 
 numpyWriter's writeArray: appends FILE.npy to ARCHIVE as member KEY (".npy" appended if
 missing). The existing members stay byte-identical. Fails if KEY already exists. The member
@@ -105,6 +113,8 @@ Options:
   --compress[=LEVEL]    deflate the new member (LEVEL 0..9, default 6)
   --threads N           deflate on N threads (default: one per online CPU)
   --copy                copy the archive and rename the copy over it
+  --index DIR|off       the saved index to keep valid for the new archive, as the
+                        mount's -o index= (default: where a mount keeps it)
 
 Examples:
   npz add data.npz rx rx.npy
@@ -126,18 +136,25 @@ Examples:
 )",
        RunVerify},
       {"index", "build the random-access index of every deflated member",
-       R"(Usage: npz index ARCHIVE
+       R"(Usage: npz index ARCHIVE [--index DIR]
 
 Runs the first inflate pass over every deflated member now and saves the random-access
-index next to the archive (.ARCHIVE.npzfs-index), so later reads through the mount or
-`npz frames` start anywhere at once. Stored members need no index.
+index where a mount looks for it, so later reads through the mount or `npz frames` start
+anywhere at once. Stored members need no index. The index goes next to the archive
+(.ARCHIVE.npzfs-index), or, if that directory is not writable (a read-only dataset), into
+the runtime directory ($XDG_RUNTIME_DIR/npzfs, /run/npzfs for root, else /tmp/npzfs-UID),
+where a mount of the archive by the same user finds it.
+
+Options:
+  --index DIR   save it in DIR instead, for mounts with -o index=DIR
 
 Examples:
   npz index data.npz
+  npz index /datasets/run7.npz --index /scratch/npzfs-index
 )",
        RunIndex},
       {"recover", "finalize a spool left by a daemon that died",
-       R"(Usage: npz recover ARCHIVE [--spool DIR] [--compress[=LEVEL]]
+       R"(Usage: npz recover ARCHIVE [--spool DIR] [--compress[=LEVEL]] [--index DIR|off]
 
 If an npzfs daemon died before finalizing, its spool (by default .ARCHIVE.npzfs-spool next
 to the archive) still holds every complete frame written. This adds those members to
@@ -151,6 +168,8 @@ Options:
   --spool DIR           the spool directory, if the mount used -o spool=DIR (it must hold
                         the spool's lock file .npzfs-lock: any other directory is refused)
   --compress[=LEVEL]    deflate the recovered members (default: stored)
+  --index DIR|off       the saved index to keep valid for the new archive, as the
+                        mount's -o index= (default: where a mount keeps it)
 
 Examples:
   npz recover data.npz

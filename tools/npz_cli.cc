@@ -5,6 +5,7 @@
 #include <span>
 #include <string_view>
 
+#include "core/base/runtime_dir.h"
 #include "core/base/text_codec.h"
 #include "npzfs/npy_header.h"
 
@@ -170,6 +171,22 @@ Result<std::optional<int>> ParseCompressOption(const ParsedArgs& args) {
     return Status::Error(EINVAL, "--compress level must be 0..9, not '" + *level + "'");
   }
   return std::optional<int>((*level)[0] - '0');
+}
+
+void ApplyIndexOption(const ParsedArgs& args, const std::string& archive, bool saves,
+                      ArchiveOptions& options) {
+  const std::string given = args.Last("index").value_or("");
+  options.index_enabled = given != "off";
+  if (!options.index_enabled) return;
+  if (!given.empty()) {
+    options.index_dir = given;
+    return;
+  }
+  // A directory that does not exist is not an error here: opening the archive says so.
+  auto absolute = AbsoluteArchivePath(archive);
+  if (!absolute.ok()) return;
+  options.index_dir = DefaultIndexDir(
+      *absolute, saves, [](const std::string& line) { PrintMessage("warning: " + line); });
 }
 
 }  // namespace npzfs::tool

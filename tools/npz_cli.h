@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "npzfs/archive.h"
 #include "npzfs/npy_reader.h"
 #include "npzfs/status.h"
 
@@ -84,6 +85,17 @@ Result<uint64_t> ParseUint(const std::string& text, const std::string& what);
 // --compress[=LEVEL]: nullopt if absent, 6 (zlib's default, as np.savez_compressed) if given
 // without a level, else the level (0..9).
 Result<std::optional<int>> ParseCompressOption(const ParsedArgs& args);
+
+// --index DIR | --index off, taken by every command that reads or saves the random-access
+// index (ls, frames, index, add, recover), as the mount's -o index= is.
+inline const OptionSpec kIndexOptionSpec{"index", OptionSpec::Kind::kValue, 0};
+// Sets options.index_enabled and options.index_dir for the archive at `archive`: the --index
+// given, else where a mount keeps the index by default (DefaultIndexDir: next to the
+// archive, or in the runtime directory when the archive's directory is not writable), so
+// each finds what the other saved. `saves`: the command saves the index, so the runtime
+// index directory is made if that is where it goes.
+void ApplyIndexOption(const ParsedArgs& args, const std::string& archive, bool saves,
+                      ArchiveOptions& options);
 
 // Before a subcommand runs: undoes an interrupted in-place append of every archive its
 // arguments name (npz_write.cc). Returns kExitOk, or kExitError after printing why not.

@@ -247,11 +247,13 @@ void PrintLsTable(const std::vector<LsRow>& rows) {
 }  // namespace
 
 int RunLs(const std::vector<std::string>& raw_args) {
-  auto args = ParseArgs(raw_args, {{"json", OptionSpec::Kind::kFlag, 0}});
+  auto args = ParseArgs(raw_args, {{"json", OptionSpec::Kind::kFlag, 0}, kIndexOptionSpec});
   if (!args.ok()) return UsageError("ls", args.status().message());
   if (args->help) return PrintCommandHelp("ls");
   if (args->positional.size() != 1) return UsageError("ls", "expected one ARCHIVE");
-  auto archive = OpenArchive(args->positional[0], ToolArchiveOptions(VerifyMode::kOff));
+  ArchiveOptions options = ToolArchiveOptions(VerifyMode::kOff);
+  ApplyIndexOption(*args, args->positional[0], /*saves=*/false, options);
+  auto archive = OpenArchive(args->positional[0], std::move(options));
   if (!archive.ok()) return ReportError(archive.status());
   std::vector<LsRow> rows;
   int exit_code = kExitOk;
@@ -303,7 +305,7 @@ Result<size_t> FindFramesMember(const Archive& archive, const std::string& path,
 }
 
 // ARCHIVE[:KEY] or FILE.npy: a path that exists is taken whole (it may contain ':').
-Result<FrameSource> OpenFrameSource(const std::string& spec) {
+Result<FrameSource> OpenFrameSource(const std::string& spec, const ParsedArgs& args) {
   std::string path = spec, key;
   struct stat st;
   if (stat(spec.c_str(), &st) != 0) {
@@ -338,7 +340,9 @@ Result<FrameSource> OpenFrameSource(const std::string& spec) {
     };
     return src;
   }
-  NPZ_ASSIGN_OR_RETURN(src.archive, Archive::Open(path, ToolArchiveOptions()));
+  ArchiveOptions options = ToolArchiveOptions();
+  ApplyIndexOption(args, path, /*saves=*/true, options);
+  NPZ_ASSIGN_OR_RETURN(src.archive, Archive::Open(path, std::move(options)));
   NPZ_ASSIGN_OR_RETURN(size_t index, FindFramesMember(*src.archive, path, key));
   src.member = index;
   const ArchiveMember& m = src.archive->members()[index];
@@ -435,7 +439,8 @@ Status CheckFramesOutput(const std::string& output, const FrameSource& src, bool
 int RunFrames(const std::vector<std::string>& raw_args) {
   auto args = ParseArgs(raw_args, {{"output", OptionSpec::Kind::kValue, 'o'},
                                    {"raw", OptionSpec::Kind::kFlag, 0},
-                                   {"force", OptionSpec::Kind::kFlag, 'f'}});
+                                   {"force", OptionSpec::Kind::kFlag, 'f'},
+                                   kIndexOptionSpec});
   if (!args.ok()) return UsageError("frames", args.status().message());
   if (args->help) return PrintCommandHelp("frames");
   if (args->positional.size() != 3) {
@@ -452,7 +457,7 @@ int RunFrames(const std::vector<std::string>& raw_args) {
   if (to_stdout && isatty(STDOUT_FILENO) == 1) {
     return UsageError("frames", "refusing to write binary data to a terminal: use -o OUT.npy");
   }
-  auto src = OpenFrameSource(args->positional[0]);
+  auto src = OpenFrameSource(args->positional[0], *args);
   if (!src.ok()) return ReportError(src.status());
   if (!to_stdout) {
     Status checked = CheckFramesOutput(*output, *src, args->Has("force"));
@@ -783,7 +788,7 @@ int RunVerify(const std::vector<std::string>& raw_args) {
 }
 
 int RunIndex(const std::vector<std::string>& raw_args) {
-  auto args = ParseArgs(raw_args, {});
+  auto args = ParseArgs(raw_args, {kIndexOptionSpec});
   if (!args.ok()) return UsageError("index", args.status().message());
   if (args->help) return PrintCommandHelp("index");
   if (args->positional.size() != 1) return UsageError("index", "expected one ARCHIVE");
@@ -791,7 +796,10 @@ int RunIndex(const std::vector<std::string>& raw_args) {
   // The reader logs a corrupt member's CRC-32 mismatch, and BuildIndex then fails with the
   // same message: said once.
   HeldWarnings warnings;
-  auto archive = OpenArchive(path, warnings.Options(ToolArchiveOptions()));
+  ArchiveOptions options = ToolArchiveOptions();
+  ApplyIndexOption(*args, path, /*saves=*/true, options);
+  if (!options.index_enabled) return UsageError("index", "--index off leaves nothing to do");
+  auto archive = OpenArchive(path, warnings.Options(std::move(options)));
   warnings.Flush();
   if (!archive.ok()) return ReportError(archive.status());
   Archive& a = **archive;

@@ -179,6 +179,7 @@ int RunPack(const std::vector<std::string>& raw_args) {
   options.reject_existing_names = true;
   options.replace_existing = args->Has("force");  // also when made by another pack meanwhile
   options.progress = bar.Callback();
+  options.log = LogToStderr;
   Status status;
   {
     CleanupOnSignal cleanup(out);
@@ -194,9 +195,11 @@ int RunPack(const std::vector<std::string>& raw_args) {
 // hold, and the next reader needs no first pass for them). Null when there is nothing to
 // carry (no sidecar, or an archive that cannot be read as it is; a stale sidecar is
 // removed by CarryIndex, as it holds nothing that applies).
-std::shared_ptr<Archive> OpenIndexToCarry(const std::string& archive) {
+std::shared_ptr<Archive> OpenIndexToCarry(const std::string& archive, const ParsedArgs& args) {
   ArchiveOptions options;
   options.background_index = false;  // nothing is read; only the sidecar is loaded
+  ApplyIndexOption(args, archive, /*saves=*/false, options);
+  if (!options.index_enabled) return nullptr;
   auto opened = Archive::Open(archive, options);
   if (!opened.ok() || ::access((*opened)->IndexPath().c_str(), F_OK) != 0) return nullptr;
   return *std::move(opened);
@@ -213,7 +216,8 @@ void CarryIndex(const std::shared_ptr<Archive>& before) {
 int RunAdd(const std::vector<std::string>& raw_args) {
   auto args = ParseArgs(raw_args, {{"compress", OptionSpec::Kind::kOptionalValue, 0},
                                    {"threads", OptionSpec::Kind::kValue, 0},
-                                   {"copy", OptionSpec::Kind::kFlag, 0}});
+                                   {"copy", OptionSpec::Kind::kFlag, 0},
+                                   kIndexOptionSpec});
   if (!args.ok()) return UsageError("add", args.status().message());
   if (args->help) return PrintCommandHelp("add");
   if (args->positional.size() != 3) return UsageError("add", "expected ARCHIVE KEY FILE.npy");
@@ -256,7 +260,7 @@ int RunAdd(const std::vector<std::string>& raw_args) {
   options.log = LogToStderr;
   options.reject_existing_names = true;
   options.progress = bar.Callback();
-  std::shared_ptr<Archive> index = OpenIndexToCarry(archive);
+  std::shared_ptr<Archive> index = OpenIndexToCarry(archive, *args);
   Status status;
   {
     CleanupOnSignal cleanup(archive);
@@ -271,7 +275,8 @@ int RunAdd(const std::vector<std::string>& raw_args) {
 
 int RunRecover(const std::vector<std::string>& raw_args) {
   auto args = ParseArgs(raw_args, {{"spool", OptionSpec::Kind::kValue, 0},
-                                   {"compress", OptionSpec::Kind::kOptionalValue, 0}});
+                                   {"compress", OptionSpec::Kind::kOptionalValue, 0},
+                                   kIndexOptionSpec});
   if (!args.ok()) return UsageError("recover", args.status().message());
   if (args->help) return PrintCommandHelp("recover");
   if (args->positional.size() != 1) return UsageError("recover", "expected ARCHIVE");
@@ -305,7 +310,7 @@ int RunRecover(const std::vector<std::string>& raw_args) {
   options.reject_existing_names = true;
   options.progress = bar.Callback();
   options.log = LogToStderr;
-  std::shared_ptr<Archive> index = OpenIndexToCarry(archive);
+  std::shared_ptr<Archive> index = OpenIndexToCarry(archive, *args);
   Status status = RecoverSpool(archive, spool, options, LogToStderr);
   if (!status.ok()) return ReportError(status);
   CarryIndex(index);

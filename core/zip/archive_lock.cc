@@ -2,13 +2,50 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/sysmacros.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "core/base/text_codec.h"
 
 namespace npzfs {
 namespace {
 
-Status Flock(int fd, const std::string& path) {
+// "pid N, NAME" of a process holding a flock on the file `fd` is open on, from /proc/locks
+// (lines like "3: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"; "->" marks a waiter);
+// "" if it cannot be told (no /proc, another pid namespace).
+std::string FlockHolder(int fd) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return {};
+  char id[64];
+  std::snprintf(id, sizeof id, "%02x:%02x:%llu", major(st.st_dev), minor(st.st_dev),
+                static_cast<unsigned long long>(st.st_ino));
+  std::ifstream locks("/proc/locks");
+  std::string line;
+  while (std::getline(locks, line)) {
+    std::istringstream fields(line);
+    std::string number, kind, advisory, mode, pid, file;
+    if (!(fields >> number >> kind) || kind != "FLOCK") continue;  // also skips "->"
+    if (!(fields >> advisory >> mode >> pid >> file) || file != id) continue;
+    std::ifstream comm("/proc/" + pid + "/comm");
+    std::string name;
+    std::getline(comm, name);
+    return "pid " + pid + (name.empty() ? "" : ", " + PrintableName(name));
+  }
+  return {};
+}
+
+Status Flock(int fd, const std::string& path, const LockWaitFn& waiting) {
+  if (::flock(fd, LOCK_EX | LOCK_NB) == 0) return Status::Ok();
+  if (errno != EWOULDBLOCK && errno != EINTR) return ErrnoStatus(errno, path, "cannot lock");
+  if (errno == EWOULDBLOCK && waiting) {
+    const std::string holder = FlockHolder(fd);
+    waiting(path + ": waiting for another writer to finish with it" +
+            (holder.empty() ? "" : " (" + holder + ")"));
+  }
   while (::flock(fd, LOCK_EX) != 0) {
     if (errno != EINTR) return ErrnoStatus(errno, path, "cannot lock");
   }
@@ -17,10 +54,11 @@ Status Flock(int fd, const std::string& path) {
 
 }  // namespace
 
-Result<ArchiveLock> ArchiveLock::Acquire(const std::string& path, int open_flags) {
+Result<ArchiveLock> ArchiveLock::Acquire(const std::string& path, int open_flags,
+                                         const LockWaitFn& waiting) {
   while (true) {
     NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenRegularFile(path, open_flags));
-    NPZ_RETURN_IF_ERROR(Flock(fd.get(), path));
+    NPZ_RETURN_IF_ERROR(Flock(fd.get(), path, waiting));
     struct stat locked, now;
     if (::fstat(fd.get(), &locked) != 0) return ErrnoStatus(errno, path, "cannot stat");
     if (::stat(path.c_str(), &now) != 0) {
@@ -34,9 +72,9 @@ Result<ArchiveLock> ArchiveLock::Acquire(const std::string& path, int open_flags
   }
 }
 
-Result<DirectoryLock> DirectoryLock::Acquire(const std::string& dir) {
+Result<DirectoryLock> DirectoryLock::Acquire(const std::string& dir, const LockWaitFn& waiting) {
   NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(dir, O_RDONLY | O_DIRECTORY));
-  NPZ_RETURN_IF_ERROR(Flock(fd.get(), dir));
+  NPZ_RETURN_IF_ERROR(Flock(fd.get(), dir, waiting));
   return DirectoryLock(std::move(fd));
 }
 

@@ -15,12 +15,16 @@
 // waits for a directory lock.
 //
 // flock is per open file description and is released when its fd closes (also when the
-// process dies), so a killed writer never leaves a lock held. Threads: a lock object is a
-// plain owner of one fd; different objects are independent.
+// process dies), so a killed writer never leaves a lock held. A writer that has to wait says
+// so once through its `waiting` callback, naming the holder (its pid and name, from
+// /proc/locks) when it can be told: a finalize of a large archive may hold the lock for
+// minutes, and a silent `npz pack` would look hung. Threads: a lock object is a plain owner
+// of one fd; different objects are independent.
 #pragma once
 
 #include <sys/stat.h>
 
+#include <functional>
 #include <string>
 
 #include "npzfs/file_util.h"
@@ -28,12 +32,16 @@
 
 namespace npzfs {
 
+// Called once, before a wait for a lock another process holds: "PATH: waiting for ...".
+using LockWaitFn = std::function<void(const std::string& line)>;
+
 class ArchiveLock {
  public:
   // Opens `path` with `open_flags` (O_RDONLY or O_RDWR; O_CLOEXEC added) and waits for an
   // exclusive flock on it. ENOENT if it does not exist (also when it disappeared while
   // waiting); the errno of open/flock/stat otherwise, naming the path.
-  static Result<ArchiveLock> Acquire(const std::string& path, int open_flags);
+  static Result<ArchiveLock> Acquire(const std::string& path, int open_flags,
+                                     const LockWaitFn& waiting = {});
 
   int fd() const { return fd_.get(); }
   // The locked file's stat, taken after the lock was granted.
@@ -48,7 +56,7 @@ class ArchiveLock {
 class DirectoryLock {
  public:
   // Waits for an exclusive flock on the directory `dir`.
-  static Result<DirectoryLock> Acquire(const std::string& dir);
+  static Result<DirectoryLock> Acquire(const std::string& dir, const LockWaitFn& waiting = {});
 
  private:
   explicit DirectoryLock(UniqueFd fd) : fd_(std::move(fd)) {}

@@ -339,13 +339,12 @@ Status AppendInPlace(const Request& r, const ArchiveLock& lock, const ZipDirecto
                                "removed durably (a later recovery may undo the append)");
   }
   // Old members keep their offsets: the sidecar index of the old archive stays valid for
-  // them. Carry it forward to the new fingerprint here once the read side offers it
-  // (CarryIndexForward(r.path, old fingerprint from `st` and `old`, new directory)).
+  // them, and the caller carries it to the new fingerprint (Archive::CarryIndexForward).
   return Status::Ok();
 }
 
-Result<DirectoryLock> LockDirectoryToCreate(const std::string& path) {
-  auto lock = DirectoryLock::Acquire(DirName(path));
+Result<DirectoryLock> LockDirectoryToCreate(const std::string& path, const ArchiveLogFn& log) {
+  auto lock = DirectoryLock::Acquire(DirName(path), log);
   if (!lock.ok()) return lock.status().WithContext(path + ": cannot create it");
   return lock;
 }
@@ -466,7 +465,7 @@ Result<bool> CreateByAdoption(const Request& r, const MemberPiece& piece,
 // Creates a missing archive under the directory lock. Sets *exists when another process
 // created it first (the caller then appends to it).
 Status CreateArchive(const Request& r, bool* exists) {
-  NPZ_ASSIGN_OR_RETURN(DirectoryLock dir_lock, LockDirectoryToCreate(r.path));
+  NPZ_ASSIGN_OR_RETURN(DirectoryLock dir_lock, LockDirectoryToCreate(r.path, r.options->log));
   struct stat st;
   if (::lstat(r.path.c_str(), &st) == 0) {
     if (S_ISLNK(st.st_mode) && ::stat(r.path.c_str(), &st) != 0) {
@@ -590,12 +589,13 @@ Status AddToExisting(const Request& request, const ArchiveLock& lock) {
   });
 }
 
-Result<ArchiveLock> LockForWriting(const std::string& path, WriteOptions::AppendMode mode) {
-  auto lock = ArchiveLock::Acquire(path, O_RDWR);
+Result<ArchiveLock> LockForWriting(const std::string& path, WriteOptions::AppendMode mode,
+                                   const ArchiveLogFn& log) {
+  auto lock = ArchiveLock::Acquire(path, O_RDWR, log);
   // A read-only file can still be replaced by a copy (the directory decides).
   if (!lock.ok() && mode == WriteOptions::AppendMode::kCopy &&
       (lock.status().code() == EACCES || lock.status().code() == EROFS)) {
-    return ArchiveLock::Acquire(path, O_RDONLY);
+    return ArchiveLock::Acquire(path, O_RDONLY, log);
   }
   return lock;
 }
@@ -606,7 +606,7 @@ Status AppendToArchive(const std::string& archive_path, const std::vector<NewMem
                        const WriteOptions& options) {
   NPZ_ASSIGN_OR_RETURN(Request r, Validate(archive_path, members, options));
   while (true) {
-    auto lock = LockForWriting(r.path, options.append_mode);
+    auto lock = LockForWriting(r.path, options.append_mode, options.log);
     if (lock.ok()) return AddToExisting(r, *lock);
     if (lock.status().code() != ENOENT) return lock.status();
     bool exists = false;
@@ -618,7 +618,7 @@ Status AppendToArchive(const std::string& archive_path, const std::vector<NewMem
 Status WriteArchive(const std::string& out_path, const std::vector<NewMember>& members,
                     const WriteOptions& options) {
   NPZ_ASSIGN_OR_RETURN(Request r, Validate(out_path, members, options));
-  auto lock = LockForWriting(r.path, WriteOptions::AppendMode::kCopy);
+  auto lock = LockForWriting(r.path, WriteOptions::AppendMode::kCopy, options.log);
   if (lock.ok() && !options.replace_existing) {
     return Status::Error(EEXIST, r.path + ": exists (it was created meanwhile)");
   }
@@ -628,7 +628,7 @@ Status WriteArchive(const std::string& out_path, const std::vector<NewMember>& m
     return BuildAndRename(r, -1, ZipDirectory{}, {});
   }
   if (lock.status().code() != ENOENT) return lock.status();
-  NPZ_ASSIGN_OR_RETURN(DirectoryLock dir_lock, LockDirectoryToCreate(r.path));
+  NPZ_ASSIGN_OR_RETURN(DirectoryLock dir_lock, LockDirectoryToCreate(r.path, options.log));
   return BuildAndRename(r, -1, ZipDirectory{}, {});
 }
 
@@ -640,7 +640,7 @@ Result<bool> RecoverInterruptedAppend(const std::string& requested_path, const A
     if (errno == ENOENT) return false;  // the common case: no lock, no cost
     return ErrnoStatus(errno, journal_path, "cannot stat");
   }
-  auto lock = ArchiveLock::Acquire(archive_path, O_RDWR);
+  auto lock = ArchiveLock::Acquire(archive_path, O_RDWR, log);
   if (!lock.ok()) {
     if (lock.status().code() == ENOENT) {
       return Status::Error(ENOENT, archive_path + ": missing, but its append journal " +
@@ -660,8 +660,8 @@ Result<size_t> RemoveStaleTempFiles(const std::string& requested_path, const Arc
   const std::string dir = DirName(archive_path);
   // With the directory's lock and the archive's, no npzfs writer of this archive is running:
   // every temp file of it is a leftover.
-  NPZ_ASSIGN_OR_RETURN(DirectoryLock dir_lock, DirectoryLock::Acquire(dir));
-  auto archive_lock = ArchiveLock::Acquire(archive_path, O_RDONLY);
+  NPZ_ASSIGN_OR_RETURN(DirectoryLock dir_lock, DirectoryLock::Acquire(dir, log));
+  auto archive_lock = ArchiveLock::Acquire(archive_path, O_RDONLY, log);
   if (!archive_lock.ok() && archive_lock.status().code() != ENOENT) return archive_lock.status();
   const std::string prefix = TempFilePrefix(archive_path);
   std::vector<std::string> stale;
