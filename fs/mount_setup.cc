@@ -75,16 +75,21 @@ Status CheckOutsideMount(const Mount& m, const std::string& what, const std::str
                                    "directory outside it");
 }
 
-// Where the random-access index is kept: -o index=DIR, else next to the archive, else (a
-// dataset nobody may write, or a mount over the archive's directory) a directory of its own
-// in the runtime directory, so the index still outlives the mount.
-std::string IndexDir(const Mount& m) {
-  if (!m.options.index_enabled) return {};
-  if (!m.options.index_dir.empty()) return MakeAbsolute(m.options.index_dir);
-  if (IsInside(ResolvedPath(DirName(m.archive_path)), m.mount_dir)) {
-    return RuntimeIndexDir(m.archive_path, /*create=*/true, LogWarning);
+// Where the random-access index is kept: -o index=DIR, else where `npz index` keeps it too
+// (DefaultIndexPlace: next to the archive, or in the runtime directory for a dataset nobody
+// may write), except that a mount over the archive's directory keeps it in the runtime
+// directory and never reads beside the archive (that would be through its own mount).
+void ChooseIndexPlace(const Mount& m, ArchiveOptions& ao) {
+  if (!m.options.index_enabled) return;
+  if (!m.options.index_dir.empty()) {
+    ao.index_dir = MakeAbsolute(m.options.index_dir);
+  } else if (IsInside(ResolvedPath(DirName(m.archive_path)), m.mount_dir)) {
+    ao.index_dir = RuntimeIndexDir(/*create=*/true, LogWarning);
+  } else {
+    IndexPlace place = DefaultIndexPlace(m.archive_path, LogWarning);
+    ao.index_dir = std::move(place.dir);
+    ao.index_fallback_dir = std::move(place.fallback);
   }
-  return DefaultIndexDir(m.archive_path, /*create=*/true, LogWarning);
 }
 
 void LogLine(const std::string& line) { LogInfo(line); }
@@ -122,7 +127,7 @@ Result<std::shared_ptr<Archive>> OpenArchive(const Mount& m) {
   ArchiveOptions ao;
   ao.cache_bytes = m.options.cache_mib << 20;
   ao.index_enabled = m.options.index_enabled;
-  ao.index_dir = IndexDir(m);
+  ChooseIndexPlace(m, ao);
   ao.verify = m.options.verify;
   ao.log = [](const std::string& line) { LogWarning(line); };
   return Archive::Open(m.archive_path, std::move(ao));

@@ -77,7 +77,7 @@ bool RemoveUnheldLock(const std::string& path) {
 
 RuntimeFiles ChooseRuntimeFiles(const std::string& archive_path) {
   RuntimeFiles f;
-  f.dir = ChooseRuntimeDir(/*create=*/true);
+  f.dir = ChooseRuntimeDir();
   if (f.dir.empty()) return f;
   const std::string stem = RuntimeFileStem(f.dir, archive_path);
   f.result = stem + ".result";

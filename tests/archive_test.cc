@@ -9,10 +9,13 @@
 #include <atomic>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
 #include <random>
 #include <thread>
 
+#include "core/base/names.h"
+#include "core/base/runtime_dir.h"
 #include "npzfs/file_util.h"
 #include "tests/test_util.h"
 #include "tests/zip_bytes.h"
@@ -527,13 +530,61 @@ TEST_F(ArchiveTest, TheSidecarGoesToTheIndexDirWhenOneIsGiven) {
     ASSERT_TRUE(a.ok());
     ASSERT_TRUE((*a)->BuildIndex(*(*a)->Find("adc.npy")).ok());
     ASSERT_TRUE((*a)->SaveIndex().ok());
-    EXPECT_EQ((*a)->IndexPath(), index_dir.Join(".comp.npz.npzfs-index"));
   }
-  EXPECT_TRUE(std::filesystem::exists(index_dir.Join(".comp.npz.npzfs-index")));
+  // Named after the archive's absolute path: a directory of indexes of many archives.
+  auto absolute = AbsoluteArchivePath(path);
+  ASSERT_TRUE(absolute.ok());
+  const std::string sidecar = index_dir.Join(SharedIndexFileName(*absolute));
+  EXPECT_TRUE(std::filesystem::exists(sidecar));
   EXPECT_FALSE(std::filesystem::exists(scratch_.Join(".comp.npz.npzfs-index")));
   auto b = Archive::Open(path, o);
   ASSERT_TRUE(b.ok());
+  EXPECT_EQ((*b)->IndexPath(), sidecar);
+  EXPECT_EQ((*b)->LoadedIndexPath(), sidecar);
   EXPECT_EQ((*b)->index_state(*(*b)->Find("adc.npy")), IndexState::kComplete);
+}
+
+TEST_F(ArchiveTest, TheFallbackIndexIsReadWhenTheIndexDirHasNoneThatAppliesAndNeverWritten) {
+  std::string path = CopyToScratch("comp.npz");
+  {
+    auto a = Archive::Open(path, Options());  // saves beside the archive
+    ASSERT_TRUE(a.ok());
+    ASSERT_TRUE((*a)->BuildIndex(*(*a)->Find("adc.npy")).ok());
+    ASSERT_TRUE((*a)->SaveIndex().ok());
+  }
+  const std::string beside = scratch_.Join(".comp.npz.npzfs-index");
+  ASSERT_TRUE(std::filesystem::exists(beside));
+  TempDir index_dir;
+  ArchiveOptions o = Options();
+  o.index_dir = index_dir.path();
+  {
+    auto without = Archive::Open(path, o);
+    ASSERT_TRUE(without.ok());
+    EXPECT_EQ((*without)->index_state(*(*without)->Find("adc.npy")), IndexState::kNone);
+    EXPECT_EQ((*without)->LoadedIndexPath(), "");
+  }
+  o.index_fallback_dir = "";  // beside the archive
+  auto a = Archive::Open(path, o);
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ((*a)->index_state(*(*a)->Find("adc.npy")), IndexState::kComplete);
+  EXPECT_EQ((*a)->LoadedIndexPath(), beside);
+  ASSERT_TRUE((*a)->SaveIndex().ok());
+  EXPECT_TRUE(std::filesystem::is_empty(index_dir.path())) << "nothing new to save";
+  // A stale sidecar in the index directory gives way to the fallback's.
+  const std::string own = (*a)->IndexPath();
+  std::filesystem::copy_file(beside, own);
+  {
+    std::fstream f(own, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(20);  // inside the fingerprint: the archive's size
+    f.put('\x7f');
+  }
+  std::vector<std::string> logged;
+  o.log = [&](const std::string& line) { logged.push_back(line); };
+  auto b = Archive::Open(path, o);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ((*b)->LoadedIndexPath(), beside);
+  EXPECT_EQ((*b)->index_state(*(*b)->Find("adc.npy")), IndexState::kComplete);
+  EXPECT_TRUE(logged.empty()) << logged.front();
 }
 
 TEST_F(ArchiveTest, ACrcMismatchIsEioForThatReadAndEveryLaterRead) {

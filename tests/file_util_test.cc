@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <optional>
 
+#include "core/base/names.h"
 #include "core/base/runtime_dir.h"
 
 #include "tests/test_util.h"
@@ -111,29 +112,25 @@ TEST(RuntimeDir, AbsoluteArchivePathResolvesTheDirectoryButNotTheFile) {
   EXPECT_NE(missing.status().message().find("none/data.npz"), std::string::npos);
 }
 
-TEST(RuntimeDir, TheIndexGoesNextToAWritableArchiveElseIntoAPrivateRuntimeDirectory) {
+TEST(RuntimeDir, TheIndexGoesNextToAWritableArchiveElseIntoThePrivateRuntimeDirectory) {
   testing::TempDir dir;
   RuntimeDirIn runtime(dir.Join("xdg"));
   ASSERT_EQ(mkdir(dir.Join("xdg").c_str(), 0700), 0);
-  EXPECT_EQ(DefaultIndexDir(dir.Join("data.npz"), /*create=*/true), "");
+  const std::string index_dir = dir.Join("xdg/npzfs/index");
+  IndexPlace writable = DefaultIndexPlace(dir.Join("data.npz"));
+  EXPECT_EQ(writable.dir, "");  // next to the archive
+  EXPECT_EQ(writable.fallback, std::optional<std::string>(index_dir));
   // A directory that cannot be written (here: one that does not exist; root may write any
-  // directory that exists) sends the index to the runtime directory, made only on demand.
-  // (Without it, root falls back to /run/npzfs if that exists.)
-  const std::string archive = "/nonexistent-npzfs/data.npz";
-  const std::string expected = RuntimeFileStem(dir.Join("xdg/npzfs"), archive) + ".index";
-  EXPECT_NE(ChooseRuntimeDir(/*create=*/false), dir.Join("xdg/npzfs"));
-  EXPECT_NE(DefaultIndexDir(archive, /*create=*/false), expected);
+  // directory that exists) sends the index to the runtime directory, and reads the one
+  // next to the archive if that has none.
+  IndexPlace read_only = DefaultIndexPlace("/nonexistent-npzfs/data.npz");
+  EXPECT_EQ(read_only.dir, index_dir);
+  EXPECT_EQ(read_only.fallback, std::optional<std::string>(""));
   struct stat st {};
-  EXPECT_NE(stat(dir.Join("xdg/npzfs").c_str(), &st), 0) << "made without create";
-  const std::string made = DefaultIndexDir(archive, /*create=*/true);
-  EXPECT_EQ(made, expected);
   ASSERT_EQ(stat(dir.Join("xdg/npzfs").c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0700u);
-  ASSERT_EQ(stat(made.c_str(), &st), 0);
+  ASSERT_EQ(stat(index_dir.c_str(), &st), 0);
   EXPECT_TRUE(S_ISDIR(st.st_mode));
-  EXPECT_EQ(DefaultIndexDir(archive, /*create=*/false), made) << "found once it exists";
-  EXPECT_EQ(RuntimeIndexDir(dir.Join("data.npz"), /*create=*/false),
-            RuntimeFileStem(dir.Join("xdg/npzfs"), dir.Join("data.npz")) + ".index");
 }
 
 TEST(RuntimeDir, ARuntimeDirectoryOthersMayEnterIsNotUsed) {
@@ -141,7 +138,17 @@ TEST(RuntimeDir, ARuntimeDirectoryOthersMayEnterIsNotUsed) {
   RuntimeDirIn runtime(dir.Join("xdg"));
   ASSERT_EQ(mkdir(dir.Join("xdg").c_str(), 0700), 0);
   ASSERT_EQ(mkdir(dir.Join("xdg/npzfs").c_str(), 0755), 0);
-  EXPECT_NE(ChooseRuntimeDir(/*create=*/true), dir.Join("xdg/npzfs"));
+  EXPECT_NE(ChooseRuntimeDir(), dir.Join("xdg/npzfs"));
+}
+
+TEST(RuntimeDir, ArchivesOfOneNameGetIndexesOfTheirOwnInASharedIndexDirectory) {
+  const std::string a = SharedIndexFileName("/data/a/run.npz");
+  const std::string b = SharedIndexFileName("/data/b/run.npz");
+  EXPECT_NE(a, b);
+  EXPECT_EQ(a, ".run.npz-" + NameHash("/data/a/run.npz") + ".npzfs-index");
+  EXPECT_EQ(IndexFileName("/data/a/run.npz"), ".run.npz.npzfs-index");
+  EXPECT_EQ(NameHash(""), "cbf29ce484222325");  // FNV-1a's offset basis: spool names use it
+  EXPECT_EQ(NameHash("a"), "af63dc4c8601ec8c");
 }
 
 TEST(ResultType, CarriesAValueOrAnError) {

@@ -1021,24 +1021,46 @@ def test_after_finalize_old_and_new_deflated_members_read_with_no_first_pass(tmp
     assert "stale" not in m2.log() and "ignored" not in m2.log(), m2.log()
 
 
+def smooth_int16_member(n=2_000_000, seed=6):
+    t = np.arange(n)
+    data = (1000 * np.sin(t / 500.0) + np.random.default_rng(seed).normal(0, 30, t.size))
+    return data.astype("<i2")
+
+
+def index_state_in(archive, runtime):
+    """`npz ls`'s index state of the first member, for a user whose runtime directory is
+    `runtime`/npzfs."""
+    r = subprocess.run([NPZ_BIN, "ls", "--json", str(archive)], capture_output=True,
+                       text=True, env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)})
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)[0]["index"]
+
+
+def mount_reads_with_no_first_pass(archive, mnt, ref, env):
+    m = start_daemon(archive, mnt, env=env)
+    try:
+        rng = random.Random(7)
+        with open(m.path("data.npy"), "rb") as f:
+            for _ in range(20):
+                off = rng.randrange(len(ref))
+                f.seek(off)
+                assert f.read(40000) == ref[off:off + 40000], off
+        stats = json.loads(os.getxattr(m.mnt, "user.npzfs.stats"))
+        assert stats["first_pass_spans"] == 0, stats
+    finally:
+        m.unmount()
+    assert m.returncode == 0, m.log()
+    assert "stale" not in m.log() and "ignored" not in m.log(), m.log()
+
+
 def test_npz_index_of_a_read_only_dataset_spares_its_mounts_the_first_pass(tmp_path):
     """An archive in a directory nobody may write: `npz index` saves its index in the
     runtime directory, where `npz ls` and a mount by the same user find it."""
-    t = np.arange(2_000_000)
-    data = (1000 * np.sin(t / 500.0) + np.random.default_rng(6).normal(0, 30, t.size))
-    data = data.astype("<i2")
-    ref = npy_of(data)
+    data = smooth_int16_member()
     run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
     for d in (run, elsewhere):
         d.mkdir(mode=0o700)
     env = {**os.environ, "XDG_RUNTIME_DIR": str(run)}
-
-    def index_state(runtime):
-        r = subprocess.run([NPZ_BIN, "ls", "--json", str(archive)], capture_output=True,
-                           text=True, env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)})
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)[0]["index"]
-
     with tmpfs(tmp_path / "ro", size="16m") as ro:
         archive = ro / "run.npz"
         np.savez_compressed(archive, data=data)
@@ -1046,24 +1068,32 @@ def test_npz_index_of_a_read_only_dataset_spares_its_mounts_the_first_pass(tmp_p
         r = subprocess.run([NPZ_BIN, "index", str(archive)], capture_output=True, text=True,
                            env=env)
         assert r.returncode == 0, r.stderr
-        assert f"{run}/npzfs/run.npz-" in r.stdout, r.stdout
+        assert f"{run}/npzfs/index/.run.npz-" in r.stdout, r.stdout
         assert os.listdir(ro) == ["run.npz"]
-        assert index_state(run) == "complete"
-        assert index_state(elsewhere) == "none"  # found where it was saved, not by chance
-        m = start_daemon(archive, tmp_path / "mnt", env=env)
-        try:
-            rng = random.Random(7)
-            with open(m.path("data.npy"), "rb") as f:
-                for _ in range(20):
-                    off = rng.randrange(len(ref))
-                    f.seek(off)
-                    assert f.read(40000) == ref[off:off + 40000], off
-            stats = json.loads(os.getxattr(m.mnt, "user.npzfs.stats"))
-            assert stats["first_pass_spans"] == 0, stats
-        finally:
-            m.unmount()
-        assert m.returncode == 0, m.log()
-        assert "stale" not in m.log() and "ignored" not in m.log(), m.log()
+        assert index_state_in(archive, run) == "complete"
+        assert index_state_in(archive, elsewhere) == "none"  # found where it was saved
+        mount_reads_with_no_first_pass(archive, tmp_path / "mnt", npy_of(data), env)
+
+
+def test_an_index_its_owner_saved_beside_a_read_only_dataset_serves_every_reader(tmp_path):
+    """The dataset's owner ran `npz index` while the directory was writable: readers who
+    cannot write there (and save their own indexes in their runtime directory) use it."""
+    data = smooth_int16_member(seed=8)
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(run)}
+    with tmpfs(tmp_path / "ro", size="16m") as ro:
+        archive = ro / "run.npz"
+        np.savez_compressed(archive, data=data)
+        subprocess.run([NPZ_BIN, "index", str(archive)], check=True, capture_output=True)
+        assert sorted(os.listdir(ro)) == [".run.npz.npzfs-index", "run.npz"]
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        assert index_state_in(archive, run) == "complete"
+        r = subprocess.run([NPZ_BIN, "index", str(archive)], capture_output=True, text=True,
+                           env=env)
+        assert r.returncode == 0, r.stderr
+        assert f"complete already in {ro}/.run.npz.npzfs-index" in r.stdout, r.stdout
+        mount_reads_with_no_first_pass(archive, tmp_path / "mnt", npy_of(data), env)
 
 
 @pytest.mark.parametrize("savez", [np.savez, np.savez_compressed], ids=["stored", "deflated"])

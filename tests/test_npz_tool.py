@@ -1106,23 +1106,36 @@ def test_add_carries_the_saved_index_over_to_the_new_archive(tmp_path, mode):
 
 def test_index_option_names_where_the_index_is_read_saved_and_carried(tmp_path):
     """--index DIR is the mount's -o index=DIR for ls, frames, index and add; --index off
-    neither reads nor saves one."""
+    neither reads nor saves one. Archives of one name in different directories keep an
+    index each in a shared DIR."""
     big = smooth_int16(512)
     archive = tmp_path / "data.npz"
     np.savez_compressed(archive, big=big)
     idx = tmp_path / "idx"
     idx.mkdir()
-    sidecar, beside = idx / ".data.npz.npzfs-index", tmp_path / ".data.npz.npzfs-index"
+    beside = tmp_path / ".data.npz.npzfs-index"
 
-    def states(*option):
-        rows = json.loads(ok("ls", archive, "--json", *option).stdout)
+    def states(path=archive, *option):
+        rows = json.loads(ok("ls", path, "--json", *option).stdout)
         return {r["name"]: r["index"] for r in rows}
 
     out = ok("index", archive, "--index", idx).stdout.decode()
-    assert sidecar.exists() and str(sidecar) in out, out
+    saved = os.listdir(idx)
+    assert len(saved) == 1 and saved[0].startswith(".data.npz-"), saved
+    sidecar = idx / saved[0]
+    assert str(sidecar) in out, out
     assert not beside.exists()
-    assert states("--index", idx) == {"big.npy": "complete"}
+    assert states(archive, "--index", idx) == {"big.npy": "complete"}
     assert states() == {"big.npy": "none"}  # the default place holds nothing
+    other = tmp_path / "other" / "data.npz"
+    other.parent.mkdir()
+    np.savez_compressed(other, big=big[:100])
+    ok("index", other, "--index", idx)
+    assert len(os.listdir(idx)) == 2
+    r = npz("ls", archive, "--json", "--index", idx)
+    assert r.returncode == 0 and "stale" not in r.stderr, r.stderr
+    assert states(archive, "--index", idx) == states(other, "--index", idx) == {
+        "big.npy": "complete"}
     ok("frames", f"{archive}:big", 500, 512, "-o", tmp_path / "o.npy", "--index", "off")
     np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), big[500:512])
     assert not beside.exists()
@@ -1130,7 +1143,7 @@ def test_index_option_names_where_the_index_is_read_saved_and_carried(tmp_path):
     np.save(tmp_path / "rx.npy", np.arange(3))
     ok("add", archive, "rx", tmp_path / "rx.npy", "--index", idx)
     assert sidecar.read_bytes() != before, "rewritten for the new archive"
-    assert states("--index", idx) == {"big.npy": "complete", "rx.npy": "-"}
+    assert states(archive, "--index", idx) == {"big.npy": "complete", "rx.npy": "-"}
     fails(2, "index", archive, "--index", "off", must_name=["--index off"])
 
 

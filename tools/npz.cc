@@ -142,11 +142,13 @@ Runs the first inflate pass over every deflated member now and saves the random-
 index where a mount looks for it, so later reads through the mount or `npz frames` start
 anywhere at once. Stored members need no index. The index goes next to the archive
 (.ARCHIVE.npzfs-index), or, if that directory is not writable (a read-only dataset), into
-the runtime directory ($XDG_RUNTIME_DIR/npzfs, /run/npzfs for root, else /tmp/npzfs-UID),
-where a mount of the archive by the same user finds it.
+the runtime directory ($XDG_RUNTIME_DIR/npzfs/index, /run/npzfs/index for root, else
+/tmp/npzfs-UID/index), where a mount of the archive by the same user finds it. Run as the
+dataset's owner, it saves the index beside the archive for every reader.
 
 Options:
-  --index DIR   save it in DIR instead, for mounts with -o index=DIR
+  --index DIR   save it in DIR instead, for mounts with -o index=DIR (DIR may hold the
+                indexes of many archives, each named after its archive's path)
 
 Examples:
   npz index data.npz

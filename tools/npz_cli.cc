@@ -173,8 +173,7 @@ Result<std::optional<int>> ParseCompressOption(const ParsedArgs& args) {
   return std::optional<int>((*level)[0] - '0');
 }
 
-void ApplyIndexOption(const ParsedArgs& args, const std::string& archive, bool saves,
-                      ArchiveOptions& options) {
+void ApplyIndexOption(const ParsedArgs& args, const std::string& archive, ArchiveOptions& options) {
   const std::string given = args.Last("index").value_or("");
   options.index_enabled = given != "off";
   if (!options.index_enabled) return;
@@ -185,8 +184,10 @@ void ApplyIndexOption(const ParsedArgs& args, const std::string& archive, bool s
   // A directory that does not exist is not an error here: opening the archive says so.
   auto absolute = AbsoluteArchivePath(archive);
   if (!absolute.ok()) return;
-  options.index_dir = DefaultIndexDir(
-      *absolute, saves, [](const std::string& line) { PrintMessage("warning: " + line); });
+  IndexPlace place = DefaultIndexPlace(
+      *absolute, [](const std::string& line) { PrintMessage("warning: " + line); });
+  options.index_dir = std::move(place.dir);
+  options.index_fallback_dir = std::move(place.fallback);
 }
 
 }  // namespace npzfs::tool

@@ -89,13 +89,11 @@ Result<std::optional<int>> ParseCompressOption(const ParsedArgs& args);
 // --index DIR | --index off, taken by every command that reads or saves the random-access
 // index (ls, frames, index, add, recover), as the mount's -o index= is.
 inline const OptionSpec kIndexOptionSpec{"index", OptionSpec::Kind::kValue, 0};
-// Sets options.index_enabled and options.index_dir for the archive at `archive`: the --index
-// given, else where a mount keeps the index by default (DefaultIndexDir: next to the
-// archive, or in the runtime directory when the archive's directory is not writable), so
-// each finds what the other saved. `saves`: the command saves the index, so the runtime
-// index directory is made if that is where it goes.
-void ApplyIndexOption(const ParsedArgs& args, const std::string& archive, bool saves,
-                      ArchiveOptions& options);
+// Sets options.index_enabled, index_dir and index_fallback_dir for the archive at `archive`:
+// the --index given, else where a mount keeps the index by default (DefaultIndexPlace: next
+// to the archive, or in the runtime directory when the archive's directory is not
+// writable, each with the other as a fallback to read), so each finds what the other saved.
+void ApplyIndexOption(const ParsedArgs& args, const std::string& archive, ArchiveOptions& options);
 
 // Before a subcommand runs: undoes an interrupted in-place append of every archive its
 // arguments name (npz_write.cc). Returns kExitOk, or kExitError after printing why not.

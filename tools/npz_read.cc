@@ -252,7 +252,7 @@ int RunLs(const std::vector<std::string>& raw_args) {
   if (args->help) return PrintCommandHelp("ls");
   if (args->positional.size() != 1) return UsageError("ls", "expected one ARCHIVE");
   ArchiveOptions options = ToolArchiveOptions(VerifyMode::kOff);
-  ApplyIndexOption(*args, args->positional[0], /*saves=*/false, options);
+  ApplyIndexOption(*args, args->positional[0], options);
   auto archive = OpenArchive(args->positional[0], std::move(options));
   if (!archive.ok()) return ReportError(archive.status());
   std::vector<LsRow> rows;
@@ -341,7 +341,7 @@ Result<FrameSource> OpenFrameSource(const std::string& spec, const ParsedArgs& a
     return src;
   }
   ArchiveOptions options = ToolArchiveOptions();
-  ApplyIndexOption(args, path, /*saves=*/true, options);
+  ApplyIndexOption(args, path, options);
   NPZ_ASSIGN_OR_RETURN(src.archive, Archive::Open(path, std::move(options)));
   NPZ_ASSIGN_OR_RETURN(size_t index, FindFramesMember(*src.archive, path, key));
   src.member = index;
@@ -797,7 +797,7 @@ int RunIndex(const std::vector<std::string>& raw_args) {
   // same message: said once.
   HeldWarnings warnings;
   ArchiveOptions options = ToolArchiveOptions();
-  ApplyIndexOption(*args, path, /*saves=*/true, options);
+  ApplyIndexOption(*args, path, options);
   if (!options.index_enabled) return UsageError("index", "--index off leaves nothing to do");
   auto archive = OpenArchive(path, warnings.Options(std::move(options)));
   warnings.Flush();
@@ -843,10 +843,11 @@ int RunIndex(const std::vector<std::string>& raw_args) {
   warnings.Flush();
   if (!s.ok()) return ReportError(s);
   bar.Finish();
-  std::printf("%s: indexed %zu deflated member%s; %s %s\n", path.c_str(), count - seekable,
-              count - seekable == 1 ? "" : "s",
-              changed ? "index saved to" : "the index was complete already in",
-              a.IndexPath().c_str());
+  std::printf(
+      "%s: indexed %zu deflated member%s; %s %s\n", path.c_str(), count - seekable,
+      count - seekable == 1 ? "" : "s",
+      changed ? "index saved to" : "the index was complete already in",
+      (changed || a.LoadedIndexPath().empty() ? a.IndexPath() : a.LoadedIndexPath()).c_str());
   return kExitOk;
 }
 

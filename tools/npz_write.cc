@@ -198,10 +198,13 @@ int RunPack(const std::vector<std::string>& raw_args) {
 std::shared_ptr<Archive> OpenIndexToCarry(const std::string& archive, const ParsedArgs& args) {
   ArchiveOptions options;
   options.background_index = false;  // nothing is read; only the sidecar is loaded
-  ApplyIndexOption(args, archive, /*saves=*/false, options);
+  ApplyIndexOption(args, archive, options);
   if (!options.index_enabled) return nullptr;
   auto opened = Archive::Open(archive, options);
-  if (!opened.ok() || ::access((*opened)->IndexPath().c_str(), F_OK) != 0) return nullptr;
+  if (!opened.ok()) return nullptr;
+  if ((*opened)->LoadedIndexPath().empty() && ::access((*opened)->IndexPath().c_str(), F_OK) != 0) {
+    return nullptr;
+  }
   return *std::move(opened);
 }
 

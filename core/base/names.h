@@ -5,6 +5,7 @@
 // Constants and pure functions over strings: thread-safe.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -29,14 +30,36 @@ inline constexpr std::string_view kProgressAttribute = "user.npzfs.progress";
 // Counters of the mount as one JSON object (requests, bytes served, cache hits, ...).
 inline constexpr std::string_view kStatsAttribute = "user.npzfs.stats";
 
+// FNV-1a (64 bits) of `s` as 16 lowercase hex digits: a short, stable name for a longer one
+// (an archive's absolute path, a member name too long for a file name). No security
+// depends on it. Spool file names are made of it: it must never change.
+inline std::string NameHash(std::string_view s) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (char c : s) {
+    h ^= static_cast<unsigned char>(c);
+    h *= 0x100000001b3ull;
+  }
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out(16, '0');
+  for (size_t i = out.size(); i-- > 0; h >>= 4) out[i] = kDigits[h & 0xf];
+  return out;
+}
+
 // ---- side files ----
 // "<dir>/<base>" -> ".<base><suffix>": the hidden name of a side file of an archive.
 inline std::string SideFileName(const std::string& archive_path, std::string_view suffix) {
   return "." + BaseName(archive_path) + std::string(suffix);
 }
-// The saved random-access index, next to the archive or in -o index=DIR under the same name.
+// The saved random-access index next to the archive: ".<base>.npzfs-index".
 inline std::string IndexFileName(const std::string& archive_path) {
   return SideFileName(archive_path, ".npzfs-index");
+}
+// The index in a directory that holds the indexes of many archives (-o index=DIR, the
+// runtime directory): ".<base>-<NameHash of its absolute path>.npzfs-index", so that archives
+// of one name in different directories never share one.
+inline std::string SharedIndexFileName(const std::string& absolute_archive_path) {
+  return SideFileName(absolute_archive_path,
+                      "-" + NameHash(absolute_archive_path) + ".npzfs-index");
 }
 // The spool of new members: "<dir>/.<base>.npzfs-spool" next to the archive, by default.
 inline std::string DefaultSpoolDir(const std::string& archive_path) {

@@ -19,20 +19,10 @@ constexpr mode_t kPrivateDirMode = 0700;
 constexpr mode_t kSharedDirMode = 0755;
 constexpr mode_t kIndexDirMode = 0755;
 
-// FNV-1a, 64 bits: a stable name for an absolute path (no security depends on it).
-uint64_t PathHash(const std::string& path) {
-  uint64_t h = 14695981039346656037ull;
-  for (unsigned char c : path) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  return h;
-}
-
-// `dir` exists (or, if `create`, is made with `mode`), is a directory we can write, and is
-// not a link. With `private_to_us`, it must also be ours with no access for anyone else.
-bool UsableDir(const std::string& dir, mode_t mode, bool private_to_us, bool create) {
-  if (create && mkdir(dir.c_str(), mode) != 0 && errno != EEXIST) return false;
+// `dir` exists (or is made with `mode`), is a directory we can write, and is not a link.
+// With `private_to_us`, it must also be ours with no access for anyone else.
+bool UsableDir(const std::string& dir, mode_t mode, bool private_to_us) {
+  if (mkdir(dir.c_str(), mode) != 0 && errno != EEXIST) return false;
   struct stat st {};
   if (lstat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return false;
   if (private_to_us && (st.st_uid != getuid() || (st.st_mode & 077) != 0)) return false;
@@ -58,42 +48,43 @@ Result<std::string> AbsoluteArchivePath(const std::string& archive) {
   return abs + BaseName(archive);
 }
 
-std::string ChooseRuntimeDir(bool create) {
+std::string ChooseRuntimeDir() {
   if (std::string xdg = Env("XDG_RUNTIME_DIR"); !xdg.empty()) {
-    if (UsableDir(xdg + "/npzfs", kPrivateDirMode, true, create)) return xdg + "/npzfs";
+    if (UsableDir(xdg + "/npzfs", kPrivateDirMode, true)) return xdg + "/npzfs";
   }
-  if (getuid() == 0 && UsableDir("/run/npzfs", kSharedDirMode, false, create)) {
-    return "/run/npzfs";
-  }
+  if (getuid() == 0 && UsableDir("/run/npzfs", kSharedDirMode, false)) return "/run/npzfs";
   std::string tmp = Env("TMPDIR");
   if (tmp.empty()) tmp = "/tmp";
   const std::string mine = tmp + "/npzfs-" + std::to_string(getuid());
-  if (UsableDir(mine, kPrivateDirMode, true, create)) return mine;
+  if (UsableDir(mine, kPrivateDirMode, true)) return mine;
   return {};
 }
 
 std::string RuntimeFileStem(const std::string& runtime_dir, const std::string& archive_path) {
-  char hash[17];
-  std::snprintf(hash, sizeof hash, "%016llx",
-                static_cast<unsigned long long>(PathHash(archive_path)));
-  return runtime_dir + "/" + BaseName(archive_path) + "-" + hash;
+  return runtime_dir + "/" + BaseName(archive_path) + "-" + NameHash(archive_path);
 }
 
-std::string RuntimeIndexDir(const std::string& archive_path, bool create,
-                            const std::function<void(const std::string&)>& log) {
-  const std::string runtime = ChooseRuntimeDir(create);
+std::string RuntimeIndexDir(bool create, const std::function<void(const std::string&)>& log) {
+  const std::string runtime = ChooseRuntimeDir();
   if (runtime.empty()) return {};
-  const std::string dir = RuntimeFileStem(runtime, archive_path) + ".index";
+  const std::string dir = runtime + "/index";
   if (create && mkdir(dir.c_str(), kIndexDirMode) != 0 && errno != EEXIST && log) {
     log(ErrnoStatus(errno, dir, "cannot create the index directory").message());
   }
   return dir;
 }
 
-std::string DefaultIndexDir(const std::string& archive_path, bool create,
-                            const std::function<void(const std::string&)>& log) {
-  if (access(DirName(archive_path).c_str(), W_OK) == 0) return {};
-  return RuntimeIndexDir(archive_path, create, log);
+IndexPlace DefaultIndexPlace(const std::string& archive_path,
+                             const std::function<void(const std::string&)>& log) {
+  IndexPlace place;
+  if (access(DirName(archive_path).c_str(), W_OK) == 0) {
+    const std::string runtime = RuntimeIndexDir(/*create=*/false, log);
+    if (!runtime.empty()) place.fallback = runtime;
+    return place;
+  }
+  place.dir = RuntimeIndexDir(/*create=*/true, log);
+  if (!place.dir.empty()) place.fallback = "";
+  return place;
 }
 
 }  // namespace npzfs

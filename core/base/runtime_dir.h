@@ -7,15 +7,16 @@
 //   $XDG_RUNTIME_DIR/npzfs   (per user, set up by the login session)
 //   /run/npzfs               (root)
 //   $TMPDIR or /tmp, in npzfs-<uid> (made 0700; used only if it is ours and private)
-// Every file is named after the archive: "<archive base>-<16 hex digits of a hash of its
-// absolute path>.<kind>", so two archives with the same name never share one. The daemon
-// (fs/runtime.h) and the npz tool both name files this way, so each finds the index the
-// other saved.
+// Every file is named after the archive: "<archive base>-<NameHash of its absolute path>
+// .<kind>", so two archives with the same name never share one. The daemon (fs/runtime.h)
+// and the npz tool both name files this way, and both use DefaultIndexPlace, so each finds
+// the index the other saved.
 //
 // Plain functions over values: thread-safe.
 #pragma once
 
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "npzfs/status.h"
@@ -27,24 +28,30 @@ namespace npzfs {
 // archive need not. Errors name `archive` and the directory.
 Result<std::string> AbsoluteArchivePath(const std::string& archive);
 
-// The runtime directory, made if `create` and missing; "" when none can be used (or, without
-// `create`, none exists yet).
-std::string ChooseRuntimeDir(bool create);
+// The runtime directory (made if missing); "" when none can be used.
+std::string ChooseRuntimeDir();
 
-// "<runtime_dir>/<archive base>-<hash of archive_path>": add ".lock", ".index"...
+// "<runtime_dir>/<archive base>-<NameHash of archive_path>": add ".lock", ".result"...
 // `archive_path` as AbsoluteArchivePath gives it.
 std::string RuntimeFileStem(const std::string& runtime_dir, const std::string& archive_path);
 
-// The directory an archive's index is kept in by default, as ArchiveOptions::index_dir
-// takes it: "" (next to the archive, ".<name>.npzfs-index") when the archive's directory is
-// writable; else "<runtime dir>/<stem>.index", made if `create` (a failure to make it is
-// logged through `log` and that path returned anyway, so that saving then names it); "" if
-// there is no runtime directory. `archive_path` as AbsoluteArchivePath gives it.
-std::string DefaultIndexDir(const std::string& archive_path, bool create,
-                            const std::function<void(const std::string&)>& log = {});
-// The runtime directory's index directory for the archive, made if `create` ("" if there is
-// no runtime directory): DefaultIndexDir's fallback.
-std::string RuntimeIndexDir(const std::string& archive_path, bool create,
-                            const std::function<void(const std::string&)>& log = {});
+// "<runtime dir>/index", made if missing and `create`: where the indexes of archives whose
+// directory is not writable are kept (named by SharedIndexFileName, core/base/names.h). ""
+// if there is no runtime directory; a failure to make it is logged through `log`.
+std::string RuntimeIndexDir(bool create, const std::function<void(const std::string&)>& log = {});
+
+// Where an archive's index is kept when no directory is given (ArchiveOptions::index_dir and
+// index_fallback_dir): next to the archive ("") when its directory is writable, with the
+// runtime directory's as a fallback to read (a mount over the archive's own directory keeps
+// it there); else the runtime directory's (made if missing), with the one next to the
+// archive (saved there by whoever may write that directory, such as the dataset's owner)
+// as the fallback.
+// `archive_path` as AbsoluteArchivePath gives it.
+struct IndexPlace {
+  std::string dir;
+  std::optional<std::string> fallback;
+};
+IndexPlace DefaultIndexPlace(const std::string& archive_path,
+                             const std::function<void(const std::string&)>& log = {});
 
 }  // namespace npzfs

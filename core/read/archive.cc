@@ -15,10 +15,12 @@
 #include <unordered_set>
 
 #include "core/base/atomic_file.h"
+#include "core/base/names.h"
+#include "core/base/runtime_dir.h"
 #include "core/base/text_codec.h"
 #include "core/read/deflated_member.h"
-#include "core/read/inflate_engine.h"
 #include "core/read/index_file.h"
+#include "core/read/inflate_engine.h"
 #include "core/read/stored_member.h"
 #include "core/zip/seek_table.h"
 #include "core/zip/zip_format.h"
@@ -193,13 +195,22 @@ Result<std::shared_ptr<Archive>> Archive::Open(const std::string& path, ArchiveO
       std::clamp<uint64_t>(options.checkpoint_spacing, kMinSpacing, kMaxSpacing);
   archive->archive_mode_ = st.st_mode;
   archive->archive_uid_ = st.st_uid;
+  auto absolute = AbsoluteArchivePath(path);
+  archive->absolute_path_ = absolute.ok() ? *absolute : path;
   archive->shared_ = std::make_shared<ArchiveShared>(std::move(fd), path, st, dir.entries, options);
   archive->options_ = std::move(options);
   archive->directory_ = std::move(dir);
   archive->members_ = MemberTree(archive->directory_.entries, path, archive->options_.log);
   archive->MakeMemberStates();
   if (archive->options_.index_enabled) {
-    Status s = archive->LoadIndex();
+    size_t loaded = 0;
+    Status s = archive->LoadIndex(archive->IndexPath(), &loaded);
+    const std::optional<std::string>& fallback = archive->options_.index_fallback_dir;
+    if (loaded == 0 && fallback.has_value()) {
+      // Said only if neither applies: the fallback's complaint if it had a sidecar.
+      Status f = archive->LoadIndex(archive->IndexPathIn(*fallback), &loaded);
+      if (loaded > 0 || !f.ok()) s = f;
+    }
     if (!s.ok()) archive->shared_->Log(s.message() + " (ignored; the index will be rebuilt)");
   }
   return archive;
@@ -366,9 +377,11 @@ bool Archive::index_dirty() const {
   return false;
 }
 
-std::string Archive::IndexPath() const {
-  std::string dir = options_.index_dir.empty() ? DirName(path()) : options_.index_dir;
-  return dir + "/." + BaseName(path()) + ".npzfs-index";
+std::string Archive::IndexPath() const { return IndexPathIn(options_.index_dir); }
+
+std::string Archive::IndexPathIn(const std::string& dir) const {
+  if (dir.empty()) return DirName(path()) + "/" + IndexFileName(path());
+  return dir + "/" + SharedIndexFileName(absolute_path_);
 }
 
 IndexFingerprint Archive::Fingerprint() const {
@@ -470,7 +483,8 @@ Status Archive::WriteIndexForArchiveNow() {
   return WriteIndex(fingerprint, now.entries, kept);
 }
 
-Status Archive::LoadIndex() {
+Status Archive::LoadIndex(const std::string& file, size_t* loaded) {
+  *loaded = 0;
   std::vector<uint8_t> kinds(directory_.entries.size(), 0);
   std::unordered_map<size_t, size_t> member_of_entry;
   for (size_t i = 0; i < members_.size(); ++i) {
@@ -480,8 +494,8 @@ Status Archive::LoadIndex() {
   }
   const uint64_t max_bytes = std::max<uint64_t>(uint64_t{64} << 20, directory_.archive_size);
   NPZ_ASSIGN_OR_RETURN(std::vector<IndexRecord> records,
-                       LoadIndexFile(IndexPath(), max_bytes, Fingerprint(), directory_.entries,
-                                     kinds, IndexTrust{archive_uid_, archive_mode_}));
+                       LoadIndexFile(file, max_bytes, Fingerprint(), directory_.entries, kinds,
+                                     IndexTrust{archive_uid_, archive_mode_}));
   for (IndexRecord& rec : records) {
     const size_t i = member_of_entry.at(rec.entry_index);
     if (rec.kind == RecordKind::kStored) {
@@ -492,6 +506,8 @@ Status Archive::LoadIndex() {
       deflated_[i]->MarkSaved(0);
     }
   }
+  *loaded = records.size();
+  if (!records.empty()) loaded_index_path_ = file;
   return Status::Ok();
 }
 

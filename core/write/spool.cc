@@ -46,6 +46,8 @@
 #include <cstring>
 #include <set>
 
+#include "core/base/names.h"
+
 namespace npzfs {
 namespace {
 
@@ -66,22 +68,6 @@ int HexValue(char c) {
   return -1;
 }
 
-uint64_t Fnv1a64(std::string_view s) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (char c : s) {
-    h ^= static_cast<unsigned char>(c);
-    h *= 0x100000001b3ull;
-  }
-  return h;
-}
-
-std::string Hex64(uint64_t v) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string out(kHashDigits, '0');
-  for (size_t i = kHashDigits; i-- > 0; v >>= 4) out[i] = kDigits[v & 0xf];
-  return out;
-}
-
 bool IsLongDataFile(std::string_view file) { return file.starts_with(kLongDataPrefix); }
 bool IsNameFile(std::string_view file) { return file.starts_with(kLongNamePrefix); }
 
@@ -97,7 +83,7 @@ std::string DataFileOf(std::string_view name_file) {
 
 // Does `name` belong to "<id>" ("<hash>" or "<hash>-<k>")?
 bool IdMatches(std::string_view id, std::string_view name) {
-  if (id.size() < kHashDigits || id.substr(0, kHashDigits) != Hex64(Fnv1a64(name))) return false;
+  if (id.size() < kHashDigits || id.substr(0, kHashDigits) != NameHash(name)) return false;
   const std::string_view probe = id.substr(kHashDigits);
   if (probe.empty()) return true;
   return probe.size() >= 2 && probe[0] == '-' &&
@@ -133,7 +119,7 @@ std::string QuarantineFileName(const std::string& file) {
   std::string q = std::string(kQuarantinePrefix) + file;
   if (q.size() <= NAME_MAX) return q;
   const size_t keep = NAME_MAX - kQuarantinePrefix.size() - 1 - kHashDigits;
-  return std::string(kQuarantinePrefix) + file.substr(0, keep) + "~" + Hex64(Fnv1a64(file));
+  return std::string(kQuarantinePrefix) + file.substr(0, keep) + "~" + NameHash(file);
 }
 
 // The archive's absolute path with every symlink resolved, the file's own too when it
@@ -256,7 +242,7 @@ void Spool::Log(const std::string& line) const {
 Result<std::string> Spool::NewSpoolPath(const std::string& name) const {
   const std::string escaped = EscapeMemberName(name);
   if (escaped.size() <= MaxEscapedSpoolFileName()) return dir_ + "/" + escaped;
-  const std::string hash = Hex64(Fnv1a64(name));
+  const std::string hash = NameHash(name);
   for (int k = 0; k < kMaxHashProbes; ++k) {
     const std::string id = k == 0 ? hash : hash + "-" + std::to_string(k);
     const std::string data_path = dir_ + "/" + std::string(kLongDataPrefix) + id;

@@ -17,8 +17,9 @@
 //
 // Random access to deflated members: see core/read/inflate_index.cc (design essay). The index
 // of checkpoints is saved in a sidecar file ".<archive name>.npzfs-index" next to the
-// archive (or in ArchiveOptions::index_dir) and reused while the archive is unchanged;
-// its format is specified in core/README.md, "Index file format".
+// archive (or ".<archive name>-<hash>.npzfs-index" in ArchiveOptions::index_dir) and reused
+// while the archive is unchanged; its format is specified in core/README.md, "Index file
+// format".
 //
 // Stored members are checked too: a verify pass over the whole member (in the background,
 // from the first read), then chunk CRCs kept in the sidecar (core/read/stored_member.h).
@@ -67,7 +68,14 @@ struct ArchiveOptions {
   uint64_t cache_bytes = 128ull << 20;         // decompressed span cache budget (cache=MiB)
   uint64_t checkpoint_spacing = 256ull << 10;  // between access points (64 KiB - 4 MiB)
   bool index_enabled = true;                   // index=off: no sidecar read or written
-  std::string index_dir;                       // empty: next to the archive
+  // Where the sidecar is read and saved. Empty: next to the archive, as
+  // ".<archive name>.npzfs-index"; a directory holds the indexes of many archives, each
+  // named ".<archive name>-<hash of its absolute path>.npzfs-index" (SharedIndexFileName).
+  std::string index_dir;
+  // A second place to read a sidecar from (never written), used when index_dir has none
+  // that applies (missing, stale, not trusted, damaged): "" for next to the archive. For a
+  // dataset whose directory the reader cannot write, the index its owner saved beside it.
+  std::optional<std::string> index_fallback_dir;
   size_t max_parked_streams = 16;              // live inflate streams kept across members
   VerifyMode verify = VerifyMode::kDefault;    // verify=strict|off
   // Learn a deflated member's checkpoints on a background thread while a reader runs ahead
@@ -187,7 +195,10 @@ class Archive {
   // the directory; never touches the archive. The file gets the archive's read and write
   // permission bits (under the umask). A no-op with index_enabled = false.
   Status SaveIndex();
-  std::string IndexPath() const;
+  std::string IndexPath() const;  // where SaveIndex writes (options.index_dir)
+  // The sidecar the index was loaded from at Open (IndexPath or the fallback's); "" if none
+  // applied.
+  const std::string& LoadedIndexPath() const { return loaded_index_path_; }
 
   // After new members were appended to this archive's file in place (finalize, npz add: the
   // old members' bytes and offsets unchanged), writes the sidecar for the archive as it is
@@ -211,7 +222,9 @@ class Archive {
   void MakeMemberStates();
   void UseSeekTable(size_t i);         // a deflated member's seek table as its index, if valid
   Status CheckMember(size_t i) const;  // the errors of OpenMember
-  Status LoadIndex();
+  // Loads the sidecar at `file`; *loaded says how many records applied.
+  Status LoadIndex(const std::string& file, size_t* loaded);
+  std::string IndexPathIn(const std::string& dir) const;  // "": next to the archive
   IndexFingerprint Fingerprint() const;
   // Every member's record worth saving; `versions` gets (member, version) of each.
   std::vector<IndexRecord> Records(std::vector<std::pair<size_t, uint64_t>>* versions) const;
@@ -232,6 +245,8 @@ class Archive {
   ArchiveOptions options_;
   uint32_t archive_mode_ = 0;     // st_mode of the archive at Open (the sidecar's permissions)
   uint32_t archive_uid_ = 0;      // its owner (whose sidecar is trusted, see LoadIndexFile)
+  std::string absolute_path_;     // names the sidecar in an index directory
+  std::string loaded_index_path_;
   std::mutex save_mu_;            // serializes SaveIndex and CarryIndexForward calls
   bool carried_forward_ = false;  // guarded by save_mu_: SaveIndex has nothing to do
 };
