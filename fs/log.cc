@@ -72,7 +72,8 @@ std::string FilePrefix() {
 // is written once per kRepeatWindow; the copies in between are only counted, and the count
 // goes out with the line's next copy, or at the end of the session (FlushLogRepeats).
 // Every distinct line is remembered for its window (at most kMaxRepeatLines lines; past
-// that, the oldest windows are closed early and their counts written).
+// that, every window is closed early and its count written: a burst of that many distinct
+// lines is rare, and one sweep keeps this simple).
 constexpr auto kRepeatWindow = std::chrono::seconds(10);
 constexpr size_t kMaxRepeatLines = 256;
 

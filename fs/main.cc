@@ -33,17 +33,25 @@ std::atomic<int> g_finalize_signal{0};
 
 extern "C" void NoteFinalizeSignal(int sig) { g_finalize_signal.store(sig); }
 
-int FinishMountDespiteSignals(Mount& m) {
+// Installed the moment libfuse's own handlers go (the session has ended), so that no signal
+// falls between them and the finalize; SA_RESTART, so that none makes a system call of the
+// finalize fail with EINTR.
+void NoteSignalsFromNowOn() {
   struct sigaction sa {};
   sa.sa_handler = NoteFinalizeSignal;
+  sa.sa_flags = SA_RESTART;
   sigemptyset(&sa.sa_mask);
   for (int s : {SIGTERM, SIGINT, SIGHUP}) sigaction(s, &sa, nullptr);
+}
+
+int FinishMountDespiteSignals(Mount& m) {
   const int rc = FinishMount(m);
   if (const int sig = g_finalize_signal.load(); sig != 0) {
     const char* name = sigabbrev_np(sig);
     LogWarning(std::string("SIG") + (name != nullptr ? name : "?") +
                " arrived during finalize; the finalize was completed first");
   }
+  FlushLogRepeats();  // the counts of lines repeated during finalize
   return rc;
 }
 
@@ -154,6 +162,7 @@ std::optional<int> Serve(Mount& m, fuse_args* args, const MountPoint& mp) {
   const int loop_result = RunLoop(se.get(), cmd);
   fuse_session_unmount(se.get());
   fuse_remove_signal_handlers(se.get());
+  NoteSignalsFromNowOn();
   se.reset();  // runs Destroy (saves the index) if the kernel did not already
   FlushLogRepeats();
   if (loop_result < 0) LogError("session loop failed: " + std::string(std::strerror(-loop_result)));

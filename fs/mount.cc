@@ -71,9 +71,20 @@ Spool* SpoolSlot::get() const {
   return spool_.get();
 }
 
-Result<Spool*> SpoolSlot::GetOrCreate(const std::string& dir, const std::string& archive_path) {
+Result<Spool*> SpoolSlot::GetOrCreate(const std::string& dir, const std::string& archive_path,
+                                      WriteOptions::AppendMode mode) {
   std::lock_guard lock(mu_);
   if (spool_ != nullptr) return spool_.get();
+  // Accepting frames that finalize cannot add would only move the failure to the unmount.
+  if (Status can = CheckCanAppend(archive_path, mode); !can.ok()) {
+    if (!failure_logged_) {
+      failure_logged_ = true;
+      LogError("new files cannot be created: " + can.message() +
+               "; archived members are still served. Mount with -o ro if none are to be "
+               "added, or give yourself write permission and mount again");
+    }
+    return Status::Error(EROFS, "no new members: " + can.message());
+  }
   auto spool = Spool::Open(
       dir, [](const std::string& line) { LogInfo(line); }, archive_path);
   if (spool.ok()) {

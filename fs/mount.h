@@ -28,6 +28,7 @@
 #include "fs/options.h"
 #include "fs/runtime.h"
 #include "npzfs/archive.h"
+#include "npzfs/archive_writer.h"
 #include "npzfs/member_reader.h"
 
 namespace npzfs::fs {
@@ -76,10 +77,12 @@ class SpoolSlot {
   void AllowThreads();
   void Set(std::unique_ptr<Spool> spool);
   Spool* get() const;  // nullptr until made; then valid for the Mount's life
-  // The spool of `archive_path`, made now in `dir` if needed (Spool::Open). If it cannot be
-  // made: EROFS, and one log line (the first time) naming the directory, the cause and
-  // -o spool=DIR.
-  Result<Spool*> GetOrCreate(const std::string& dir, const std::string& archive_path);
+  // The spool of `archive_path`, made now in `dir` if needed (Spool::Open). EROFS, with one
+  // log line (the first time) naming the file and the cause, if new members could never be
+  // finalized into the archive (CheckCanAppend with `mode`: the archive or its directory is
+  // not writable), or if the spool cannot be made (the line then suggests -o spool=DIR).
+  Result<Spool*> GetOrCreate(const std::string& dir, const std::string& archive_path,
+                             WriteOptions::AppendMode mode);
 
  private:
   // Starts the spool's background deflater if there is a spool, -o compress and the fork
@@ -132,6 +135,10 @@ struct Mount {
   bool single_threaded = false;
 
   bool writable() const { return !options.read_only; }
+  WriteOptions::AppendMode append_mode() const {
+    return options.finalize_copy ? WriteOptions::AppendMode::kCopy
+                                 : WriteOptions::AppendMode::kInPlace;
+  }
   // The result file `npz umount` reads ("" for a read-only mount: nothing is finalized).
   const std::string& result_path() const;
 };

@@ -285,8 +285,7 @@ Status FinalizeSpool(Mount& m) {
   }
   ProgressFile progress(m.runtime.progress);
   WriteOptions wo;
-  wo.append_mode = m.options.finalize_copy ? WriteOptions::AppendMode::kCopy
-                                           : WriteOptions::AppendMode::kInPlace;
+  wo.append_mode = m.append_mode();
   wo.compress_level = m.options.compress_level.value_or(-1);
   wo.reject_existing_names = true;
   wo.log = LogLine;
@@ -346,9 +345,21 @@ Status PrepareMount(Mount& m, MountPoint& mp) {
                             .WithContext("cannot mount " + m.options.archive));
   }
   if (m.options.index_enabled && !m.options.index_dir.empty()) {
-    NPZ_RETURN_IF_ERROR(
-        CheckOutsideMount(m, "-o index=" + m.options.index_dir, MakeAbsolute(m.options.index_dir))
-            .WithContext("cannot mount " + m.options.archive));
+    const std::string dir = MakeAbsolute(m.options.index_dir);
+    NPZ_RETURN_IF_ERROR(CheckOutsideMount(m, "-o index=" + m.options.index_dir, dir)
+                            .WithContext("cannot mount " + m.options.archive));
+    // Checked now: a typo would otherwise show only as a failed save at the unmount.
+    struct stat st;
+    int err = 0;
+    if (::stat(dir.c_str(), &st) != 0) {
+      err = errno;
+    } else if (!S_ISDIR(st.st_mode)) {
+      err = ENOTDIR;
+    }
+    if (err != 0) {
+      return ErrnoStatus(err, dir, "-o index=" + m.options.index_dir + " needs a directory")
+          .WithContext("cannot mount " + m.options.archive);
+    }
   }
   m.uid = getuid();
   m.gid = getgid();

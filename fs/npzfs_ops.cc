@@ -716,7 +716,8 @@ Result<NodeInfo> CreateMember(Mount& m, fuse_ino_t parent, const std::string& na
   NPZ_RETURN_IF_ERROR(CheckNumpyKeyFree(m, parent, name));
   NPZ_ASSIGN_OR_RETURN(std::string path, NewChildPath(m, parent, name));
   NPZ_ASSIGN_OR_RETURN(std::optional<NpyHeader> declared, DeclaredLayout(m, path));
-  NPZ_ASSIGN_OR_RETURN(Spool * spool, m.spool.GetOrCreate(m.spool_dir, m.archive_path));
+  NPZ_ASSIGN_OR_RETURN(Spool * spool,
+                       m.spool.GetOrCreate(m.spool_dir, m.archive_path, m.append_mode()));
   NPZ_ASSIGN_OR_RETURN(std::shared_ptr<GrowingMember> member, spool->Create(path, declared));
   auto node = m.table->AddChild(parent, name, NodeKind::kGrowing, member, Now());
   if (!node.ok()) {
@@ -799,7 +800,7 @@ void MkDir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t /*mode*/)
     return;
   }
   // A directory exists only to hold new members: where none can be made, neither can it.
-  if (auto spool = m.spool.GetOrCreate(m.spool_dir, m.archive_path); !spool.ok()) {
+  if (auto spool = m.spool.GetOrCreate(m.spool_dir, m.archive_path, m.append_mode()); !spool.ok()) {
     ReplyStatus(req, "mkdir", spool.status());
     return;
   }

@@ -222,6 +222,44 @@ def test_recover_reports_an_interrupted_append_without_a_spool(tmp_path):
     assert r.returncode == 1 and "no spool to recover" in r.stderr
 
 
+def test_a_copy_taken_mid_append_is_restored_from_its_copied_journal_and_a_mismatch_fails(
+        tmp_path):
+    """A backup or a restored snapshot holds the archive as a killed append left it (not a
+    zip) and its journal, on another inode: recover applies the journal if the bytes the
+    append never touches match, and otherwise fails rather than exit 0 with a broken file."""
+    import shutil
+    archive = tmp_path / "a.npz"
+    np.savez(archive, x=np.arange(100000))
+    before = archive.read_bytes()
+    np.save(tmp_path / "y.npy", np.arange(200000))
+    r = npz("add", archive, "y", tmp_path / "y.npy",
+            env={"NPZFS_TEST_KILL_AT": "member-data:100000"})
+    assert r.returncode == -9, r.stderr
+    for name, damage in (("copy", False), ("other", True)):
+        d = tmp_path / name
+        d.mkdir()
+        shutil.copy2(archive, d / "a.npz")
+        shutil.copy2(journal(archive), journal(d / "a.npz"))
+        if damage:  # a byte the append never touched: not a copy of that archive
+            with open(d / "a.npz", "r+b") as f:
+                f.seek(100)
+                b = f.read(1)
+                f.seek(100)
+                f.write(bytes([b[0] ^ 0xFF]))
+        r = npz("recover", d / "a.npz")
+        if damage:
+            assert r.returncode == 1, r.stderr
+            assert "not a zip archive" in r.stderr and "left as it is" in r.stderr, r.stderr
+            assert not journal(d / "a.npz").exists()
+            assert (d / ".a.npz.npzfs-journal.stale").exists()
+        else:
+            assert r.returncode == 0, r.stderr
+            assert "a copy of it" in r.stderr, r.stderr
+            assert (d / "a.npz").read_bytes() == before and ours(d) == []
+    r = npz("recover", archive)  # the original is restored as ever
+    assert r.returncode == 0 and archive.read_bytes() == before, r.stderr
+
+
 @pytest.mark.parametrize("compress", [[], ["--compress"]])
 def test_every_reader_accepts_the_archive_after_one_two_and_twenty_adds(tmp_path, compress):
     archive = tmp_path / "a.npz"

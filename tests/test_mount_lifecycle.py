@@ -145,17 +145,22 @@ def test_a_dataset_directory_the_user_cannot_write_is_served_and_creates_fail_wi
     make_archive(os.path.join(data, "run.npz"))
     os.chmod(data, 0o555)
     mnt = owned_dir(os.path.join(shared_dir, "mnt"), user)
-    m = serve_as_user(user, os.path.join(data, "run.npz"), mnt)
-    try:
-        assert check_as_user(user, mnt) == "EROFS"
-        assert "-o spool=DIR" in m.log(), m.log()
-        assert m.log().count("new files cannot be created") == 1
-        r = npz("umount", mnt, user=user)
-        assert r.returncode == 0, r.stderr
-    finally:
-        m.unmount()
-    assert m.returncode == 0, m.log()
-    assert os.listdir(data) == ["run.npz"]
+    # A spool elsewhere would not help: finalize must write the archive's directory. The
+    # creates fail at once rather than at the unmount, after the frames were taken.
+    elsewhere = owned_dir(os.path.join(shared_dir, "elsewhere"), user)
+    for options in ((), ("-o", f"spool={elsewhere}/spool")):
+        m = serve_as_user(user, os.path.join(data, "run.npz"), mnt, *options)
+        try:
+            assert check_as_user(user, mnt) == "EROFS"
+            log = m.log()
+            assert f"{data}/run.npz: its directory {data} is not writable" in log, log
+            assert "-o ro" in log and log.count("new files cannot be created") == 1, log
+            r = npz("umount", mnt, user=user)
+            assert r.returncode == 0, r.stderr
+        finally:
+            m.unmount()
+        assert m.returncode == 0, m.log()
+        assert os.listdir(data) == ["run.npz"] and os.listdir(elsewhere) == []
 
 
 def test_a_read_only_bind_mount_is_served_with_and_without_o_ro(user, shared_dir):
@@ -480,6 +485,24 @@ def test_a_spool_left_by_another_archives_daemon_is_refused_and_recovered_into_i
         assert z.read("for_a.txt") == b"A"
     with zipfile.ZipFile(tmp_path / "b.npz") as z:
         assert "for_a.txt" not in z.namelist()
+
+
+def test_an_index_directory_that_is_missing_or_no_directory_is_refused_at_mount(tmp_path):
+    require_fuse()
+    make_archive(tmp_path / "run.npz")
+    (tmp_path / "mnt").mkdir()
+    (tmp_path / "file").touch()
+    for given, cause in ((tmp_path / "nope", "No such file"), (tmp_path / "file", "Not a dir")):
+        try:
+            # Without -f: a daemon that mounted anyway must not hold the test up.
+            r = run_npzfs("-o", f"index={given}", tmp_path / "run.npz", tmp_path / "mnt")
+            assert r.returncode == 1, r.stderr
+            assert f"{given}: -o index={given} needs a directory" in r.stderr, r.stderr
+            assert cause in r.stderr, r.stderr
+        finally:
+            if is_mounted(tmp_path / "mnt"):
+                subprocess.run(["fusermount3", "-u", "-z", str(tmp_path / "mnt")])
+        assert not is_mounted(tmp_path / "mnt")
 
 
 def test_a_spool_or_index_inside_the_mount_point_is_refused_rather_than_hanging(tmp_path):

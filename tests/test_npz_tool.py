@@ -1307,6 +1307,48 @@ def test_a_write_stopped_by_a_signal_is_undone_at_once(tmp_path, command, signo)
         assert z.files == ["a"]
 
 
+def test_ctrl_c_on_one_frames_writer_leaves_another_writer_of_the_same_out_alone(tmp_path):
+    """frames -o takes no lock, so two may write one OUT: the one interrupted removes its
+    own temp file only (before, it removed every temp file of OUT, the other's too)."""
+    np.save(tmp_path / "big.npy",
+            (np.random.default_rng(1).normal(size=(400, 256, 256)) * 100).astype("<i2"))
+
+    def temps():
+        return {n for n in os.listdir(tmp_path) if ".npzfs-tmp-" in n}
+
+    def start_when_under_way(*extra):
+        before = temps()
+        proc = subprocess.Popen([NPZ_BIN, "frames", "big.npy", "0", "400", "-o", "out.npy",
+                                 *extra], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not temps() - before:
+            assert proc.poll() is None, "finished too soon: " + proc.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        return proc, temps() - before
+
+    first = second = None
+    try:
+        first, first_temp = start_when_under_way()
+        first.send_signal(signal.SIGSTOP)
+        second, second_temp = start_when_under_way("--force")
+        second.send_signal(signal.SIGINT)
+        _, err = second.communicate(timeout=60)
+        assert second.returncode == -signal.SIGINT, err
+        assert temps() == first_temp, err  # the other writer's temp file is still there
+        first.send_signal(signal.SIGCONT)
+        _, err = first.communicate(timeout=120)
+        assert first.returncode == 0, err
+    finally:
+        for p in (first, second):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.kill()
+                p.wait()
+    assert temps() == set()
+    assert np.load(tmp_path / "out.npy", mmap_mode="r").shape == (400, 256, 256)
+
+
 def test_a_signal_ignored_at_startup_stays_ignored_as_nohup_wants(tmp_path):
     np.save(tmp_path / "big.npy",
             (np.random.default_rng(1).normal(size=(200, 256, 256)) * 100).astype("<i2"))
@@ -1483,6 +1525,33 @@ def test_umount_refuses_a_bind_mount_of_an_npzfs_mount_and_names_the_original(fi
     with np.load(d / "data.npz") as z:
         np.testing.assert_array_equal(z["adc"], adc)
     assert m.unmount() == 0
+
+
+def test_umount_takes_the_copies_mount_propagation_made_for_no_bind_mounts(files,
+                                                                           mount_factory):
+    """systemd makes "/" shared: a directory above the mount point that is bind-mounted
+    elsewhere gets a copy of every mount below it. Unmounting the mount removes them."""
+    fuse_or_skip()
+    d, adc, tx = files
+    np.savez(d / "data.npz", tx=tx)
+    top, peer = d / "top", d / "peer"
+    top.mkdir()
+    make_bind_mount(top, top)
+    try:
+        subprocess.run(["mount", "--make-shared", str(top)], check=True, timeout=30)
+        make_bind_mount(top, peer)  # a peer of top: mounts under either appear under both
+        m = mount_factory(d / "data.npz", top / "mnt", "-o", "frame=adc*:<i4:4x4")
+        with open(m.path("adc.npy"), "wb") as f:
+            f.write(adc.tobytes())
+        assert is_mounted(peer / "mnt"), "the kernel propagated the mount"
+        ok("umount", top / "mnt", timeout=60)
+        assert not is_mounted(top / "mnt") and not is_mounted(peer / "mnt")
+        with np.load(d / "data.npz") as z:
+            np.testing.assert_array_equal(z["adc"], adc)
+        assert m.unmount() == 0
+    finally:
+        for target in (peer / "mnt", top / "mnt", peer, top):
+            remove_bind_mount(target)
 
 
 def test_umount_of_the_last_bind_mount_left_after_a_lazy_unmount_finalizes(files,

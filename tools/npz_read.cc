@@ -377,9 +377,11 @@ Status CheckFrameRange(const NpyHeader& header, const std::string& name, uint64_
 }
 
 // Writes frames [start, stop) (with a .npy header unless `raw`) to `output`, or to stdout
-// when `output` is empty; the file appears only complete (AtomicFile).
+// when `output` is empty; the file appears only complete (AtomicFile), and `cleanup` (when
+// writing a file) learns its temp file.
 Status WriteFrames(const FrameSource& src, const ParsedNpyHeader& parsed, uint64_t start,
-                   uint64_t stop, bool raw, const std::string& output, bool force) {
+                   uint64_t stop, bool raw, const std::string& output, bool force,
+                   CleanupOnSignal* cleanup) {
   const NpyHeader& header = parsed.header;
   std::optional<AtomicFile> out;
   if (!output.empty()) {
@@ -387,6 +389,7 @@ Status WriteFrames(const FrameSource& src, const ParsedNpyHeader& parsed, uint64
     options.replace_existing = force;  // also when another program made it meanwhile
     NPZ_ASSIGN_OR_RETURN(AtomicFile created, AtomicFile::Create(output, options));
     out.emplace(std::move(created));
+    if (cleanup != nullptr) cleanup->OwnTempFile(out->temp_path());
   }
   auto emit = [&](const void* data, size_t n) -> Status {
     if (out) return out->Write(data, n);
@@ -468,9 +471,9 @@ int RunFrames(const std::vector<std::string>& raw_args) {
   Status s = CheckFrameRange(parsed->header, src->name, *start, *stop);
   if (s.ok()) {
     std::optional<CleanupOnSignal> cleanup;
-    if (!to_stdout) cleanup.emplace(*output);
-    s = WriteFrames(*src, *parsed, *start, *stop, raw, to_stdout ? "" : *output,
-                    args->Has("force"));
+    if (!to_stdout) cleanup.emplace(*output, CleanupOnSignal::Scope::kOwnTempFileOnly);
+    s = WriteFrames(*src, *parsed, *start, *stop, raw, to_stdout ? "" : *output, args->Has("force"),
+                    cleanup ? &*cleanup : nullptr);
   }
   if (!s.ok()) return ReportError(s);
   if (src->archive) {

@@ -428,12 +428,16 @@ Status ReadResult(const std::string& mnt, const Daemon& d, const std::string& ar
 // field are reused and tell no order. If the daemon's own mount was detached (umount -l) and
 // a single bind mount of its root is left, that one is the last: unmounting it ends the
 // daemon just the same, so it is unmounted as the original would be. A single bind mount of
-// a subdirectory left is refused: the daemon publishes its pid on its root only.
+// a subdirectory left is refused: the daemon publishes its pid on its root only. Copies of
+// the mount that mount propagation made (under a peer or slave of its parent: a bind mount
+// of a directory above it on a shared "/") are not refused: the unmount removes them too.
 Status RefuseBindMounts(const MountEntry& entry, const std::vector<MountEntry>& table) {
   std::vector<const MountEntry*> same;  // every mount of this filesystem, entry included
   const MountEntry* own = nullptr;      // the daemon's own mount, if still mounted
   for (const MountEntry& e : table) {
     if (e.fstype != entry.fstype || e.device != entry.device) continue;
+    // Copies that mount propagation made of it go with it (no bind the user made).
+    if (IsPropagatedCopy(e, entry, table)) continue;
     same.push_back(&e);
     if (own == nullptr && e.root == "/") own = &e;
   }

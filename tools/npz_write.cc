@@ -57,8 +57,6 @@ Result<size_t> ParseThreadsOption(const ParsedArgs& args) {
   return static_cast<size_t>(*n);
 }
 
-void LogToStderr(const std::string& line) { PrintMessage(line); }
-
 // A new member `name` whose numpy key an old member already has under another name ("rx"
 // and "rx.npy" are both z["rx"]): numpy would show only one of them. EEXIST naming both.
 Status CheckNumpyKeyFree(const std::string& archive, const std::string& name) {
@@ -114,7 +112,7 @@ int RecoverBeforeCommand(const std::string& command, const std::vector<std::stri
     for (const std::string& path : candidates) {
       struct stat st;
       if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
-      auto recovered = RecoverInterruptedAppend(path, LogToStderr);
+      auto recovered = RecoverInterruptedAppend(path, PrintMessage);
       if (!recovered.ok()) return ReportError(recovered.status());
     }
   }
@@ -179,7 +177,7 @@ int RunPack(const std::vector<std::string>& raw_args) {
   options.reject_existing_names = true;
   options.replace_existing = args->Has("force");  // also when made by another pack meanwhile
   options.progress = bar.Callback();
-  options.log = LogToStderr;
+  options.log = PrintMessage;
   Status status;
   {
     CleanupOnSignal cleanup(out);
@@ -213,7 +211,7 @@ std::shared_ptr<Archive> OpenIndexToCarry(const std::string& archive, const Pars
 void CarryIndex(const std::shared_ptr<Archive>& before) {
   if (before == nullptr) return;
   Status s = before->CarryIndexForward();
-  if (!s.ok()) LogToStderr("warning: the saved index was not carried over: " + s.message());
+  if (!s.ok()) PrintMessage("warning: the saved index was not carried over: " + s.message());
 }
 
 int RunAdd(const std::vector<std::string>& raw_args) {
@@ -260,7 +258,7 @@ int RunAdd(const std::vector<std::string>& raw_args) {
   options.threads = *threads;
   options.append_mode =
       args->Has("copy") ? WriteOptions::AppendMode::kCopy : WriteOptions::AppendMode::kInPlace;
-  options.log = LogToStderr;
+  options.log = PrintMessage;
   options.reject_existing_names = true;
   options.progress = bar.Callback();
   std::shared_ptr<Archive> index = OpenIndexToCarry(archive, *args);
@@ -275,6 +273,24 @@ int RunAdd(const std::vector<std::string>& raw_args) {
   NoteMountsOf(archive, *name);
   return kExitOk;
 }
+
+namespace {
+
+// After its journal was dealt with, the archive must read as a zip for recover to succeed:
+// a journal set aside (another file's) may leave a file an append broke as it is.
+Status CheckReadsAsZip(const std::string& archive) {
+  ArchiveOptions options;
+  options.index_enabled = false;
+  options.background_index = false;
+  auto opened = Archive::Open(archive, options);
+  if (opened.ok()) return Status::Ok();
+  return Status::Error(opened.status().code(),
+                       opened.status().message() +
+                           " (its append journal was dealt with as said above, and the file "
+                           "was left as it is)");
+}
+
+}  // namespace
 
 int RunRecover(const std::vector<std::string>& raw_args) {
   auto args = ParseArgs(raw_args, {{"spool", OptionSpec::Kind::kValue, 0},
@@ -291,13 +307,18 @@ int RunRecover(const std::vector<std::string>& raw_args) {
   // An interrupted append first: the spool's members go to the archive as it was before.
   struct stat journal_st;
   const bool had_journal = ::lstat(AppendJournalPath(archive).c_str(), &journal_st) == 0;
-  auto restored = RecoverInterruptedAppend(archive, LogToStderr);
+  auto restored = RecoverInterruptedAppend(archive, PrintMessage);
   if (!restored.ok()) return ReportError(restored.status());
   struct stat st;
   if (::stat(spool.c_str(), &st) != 0 && errno == ENOENT) {
     // No spool (RecoverSpool would clean up under its lock): leftovers of a killed copy.
-    auto removed = RemoveStaleTempFiles(archive, LogToStderr);
+    auto removed = RemoveStaleTempFiles(archive, PrintMessage);
     if (!removed.ok()) return ReportError(removed.status());
+    if (had_journal) {
+      if (Status readable = CheckReadsAsZip(archive); !readable.ok()) {
+        return ReportError(readable);
+      }
+    }
     if (*restored || had_journal || *removed > 0) {
       // A journal set aside or dropped (logged above) is recovered too: nothing else to do.
       std::printf("%s: %s; no spool to finalize\n", archive.c_str(),
@@ -312,9 +333,9 @@ int RunRecover(const std::vector<std::string>& raw_args) {
   options.compress_level = level->value_or(-1);
   options.reject_existing_names = true;
   options.progress = bar.Callback();
-  options.log = LogToStderr;
+  options.log = PrintMessage;
   std::shared_ptr<Archive> index = OpenIndexToCarry(archive, *args);
-  Status status = RecoverSpool(archive, spool, options, LogToStderr);
+  Status status = RecoverSpool(archive, spool, options, PrintMessage);
   if (!status.ok()) return ReportError(status);
   CarryIndex(index);
   bar.Finish();

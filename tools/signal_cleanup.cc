@@ -18,9 +18,11 @@ constexpr int kSignals[] = {SIGINT, SIGTERM, SIGHUP};
 // Everything the handler needs, made before it can run: it may only write bytes and exec.
 char g_signo[4];
 char g_path[PATH_MAX + 1];
+char g_temp[PATH_MAX + 1];
+char g_no_temp[] = "";
 char g_name[] = "npz";
 char g_mode[sizeof kAfterSignal];
-char* g_argv[] = {g_name, g_mode, g_signo, g_path, nullptr};
+char* g_argv[] = {g_name, g_mode, g_signo, g_path, nullptr, nullptr};
 struct sigaction g_previous[sizeof kSignals / sizeof kSignals[0]];
 
 // The cleanup waits for the archive's locks. If another npz holds them (a writer this one
@@ -31,8 +33,8 @@ int g_cleanup_signal = SIGINT;
 
 extern "C" void GiveUpCleanup(int) {
   static const char kMessage[] =
-      "npz: another npz holds the archive: what is left is undone by it, or by the next npz "
-      "command\n";
+      "npz: gave up the cleanup after 5 s (see above): what is left is undone by the writer "
+      "it waited for if that is npz, or by the next npz command on the file\n";
   [[maybe_unused]] ssize_t n = ::write(STDERR_FILENO, kMessage, sizeof kMessage - 1);
   ::signal(g_cleanup_signal, SIG_DFL);
   sigset_t set;
@@ -54,10 +56,12 @@ extern "C" void ExecCleanup(int sig) {
 
 }  // namespace
 
-CleanupOnSignal::CleanupOnSignal(const std::string& path) {
+CleanupOnSignal::CleanupOnSignal(const std::string& path, Scope scope) {
   std::memcpy(g_mode, kAfterSignal, sizeof kAfterSignal);
   std::strncpy(g_path, path.c_str(), PATH_MAX);
   g_path[PATH_MAX] = '\0';
+  g_temp[0] = '\0';  // "": no temp file yet, nothing to remove
+  g_argv[4] = scope == Scope::kOwnTempFileOnly ? g_temp : nullptr;
   struct sigaction sa {};
   sa.sa_handler = ExecCleanup;
   sigemptyset(&sa.sa_mask);
@@ -71,12 +75,20 @@ CleanupOnSignal::CleanupOnSignal(const std::string& path) {
 
 CleanupOnSignal::~CleanupOnSignal() {
   for (size_t i = 0; i < std::size(kSignals); ++i) sigaction(kSignals[i], &g_previous[i], nullptr);
+  g_argv[4] = nullptr;
+}
+
+void CleanupOnSignal::OwnTempFile(const std::string& temp_path) {
+  g_argv[4] = g_no_temp;  // a handler running meanwhile sees no half-copied name
+  std::strncpy(g_temp, temp_path.c_str(), PATH_MAX);
+  g_temp[PATH_MAX] = '\0';
+  g_argv[4] = g_temp;
 }
 
 int RunAfterSignal(const std::vector<std::string>& args) {
   int sig = SIGINT;
-  if (args.size() == 2) sig = std::atoi(args[0].c_str());
-  if (args.size() != 2 || sig <= 0 || sig >= NSIG) {
+  if (args.size() == 2 || args.size() == 3) sig = std::atoi(args[0].c_str());
+  if ((args.size() != 2 && args.size() != 3) || sig <= 0 || sig >= NSIG) {
     PrintMessage(std::string(kAfterSignal) + " is for npz itself");
     return kExitUsage;
   }
@@ -89,14 +101,22 @@ int RunAfterSignal(const std::vector<std::string>& args) {
   ::alarm(kCleanupWait);
   bool undone = false;
   struct stat st;
-  if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+  if (args.size() == 3) {
+    // The writer's own temp file: other writers of PATH may be at work beside it.
+    undone = !args[2].empty() && ::unlink(args[2].c_str()) == 0;
+    if (undone) PrintMessage(path + ": removed the unfinished " + args[2]);
+  } else if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
     auto recovered = RecoverInterruptedAppend(path, PrintMessage);
     if (!recovered.ok()) PrintMessage(recovered.status().message());
     undone = recovered.ok() && *recovered;
   }
-  auto removed = RemoveStaleTempFiles(path, PrintMessage);
-  if (!removed.ok() && removed.status().code() != ENOENT) PrintMessage(removed.status().message());
-  if (removed.ok() && *removed > 0) undone = true;
+  if (args.size() == 2) {
+    auto removed = RemoveStaleTempFiles(path, PrintMessage);
+    if (!removed.ok() && removed.status().code() != ENOENT) {
+      PrintMessage(removed.status().message());
+    }
+    if (removed.ok() && *removed > 0) undone = true;
+  }
   ::alarm(0);
   if (!undone) {
     // The signal came before the write began, or after it was complete.

@@ -14,7 +14,9 @@
 // exec fails, the signal kills the process as it would have without the guard. A signal
 // ignored at startup (nohup, a background job of a script) stays ignored. The cleanup waits
 // at most 5 s for the archive's locks: a writer this one queued behind keeps them, and
-// undoes or removes what is left before its own work.
+// undoes or removes what is left before its own work. A writer that takes no lock (frames
+// -o: several may write one OUT at once) is guarded with kOwnTempFileOnly: it names its temp
+// file (OwnTempFile) once made, and only that file is removed, never another writer's.
 //
 // Not thread-safe: one guard at a time, made and destroyed on the main thread.
 #pragma once
@@ -26,15 +28,21 @@ namespace npzfs::tool {
 
 class CleanupOnSignal {
  public:
+  enum class Scope {
+    kArchive,          // add, pack: undo PATH's interrupted append, remove its temp files
+    kOwnTempFileOnly,  // frames -o: remove the temp file named by OwnTempFile, if any
+  };
   // `path`: the archive or output file being written.
-  explicit CleanupOnSignal(const std::string& path);
+  explicit CleanupOnSignal(const std::string& path, Scope scope = Scope::kArchive);
   ~CleanupOnSignal();
+  // The temp file this process writes PATH through: the cleanup removes it and nothing else.
+  void OwnTempFile(const std::string& temp_path);
   CleanupOnSignal(const CleanupOnSignal&) = delete;
   CleanupOnSignal& operator=(const CleanupOnSignal&) = delete;
 };
 
-// The hidden command line the signal execs: "--after-signal SIGNO PATH". Returns the exit
-// code (128 + SIGNO) only if raising the signal did not end the process.
+// The hidden command line the signal execs: "--after-signal SIGNO PATH [TEMP]". Returns the
+// exit code (128 + SIGNO) only if raising the signal did not end the process.
 inline constexpr char kAfterSignal[] = "--after-signal";
 int RunAfterSignal(const std::vector<std::string>& args);
 

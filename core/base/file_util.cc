@@ -31,12 +31,18 @@ Result<size_t> CountEntries(const std::string& dir, size_t limit) {
   DIR* d = ::opendir(dir.c_str());
   if (d == nullptr) return ErrnoStatus(errno, dir, "cannot list the directory");
   size_t n = 0;
+  int err = 0;
   while (n < limit) {
+    errno = 0;
     const struct dirent* e = ::readdir(d);
-    if (e == nullptr) break;
+    if (e == nullptr) {
+      err = errno;  // 0 at the end; else the listing failed: no count to trust
+      break;
+    }
     if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) ++n;
   }
   ::closedir(d);
+  if (err != 0) return ErrnoStatus(err, dir, "cannot list the directory");
   return n;
 }
 

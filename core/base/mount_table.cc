@@ -41,6 +41,9 @@ std::optional<MountEntry> ParseLine(const std::string& line) {
   while (dash < fields.size() && fields[dash] != "-") ++dash;
   if (fields.size() < 6 || dash + 2 >= fields.size()) return std::nullopt;
   MountEntry e;
+  e.id = fields[0];
+  e.parent_id = fields[1];
+  e.propagation.assign(fields.begin() + 6, fields.begin() + static_cast<long>(dash));
   e.device = fields[2];
   e.root = Unescape(fields[3]);
   e.mount_point = Unescape(fields[4]);
@@ -91,6 +94,53 @@ std::optional<MountEntry> FindMount(const std::vector<MountEntry>& table,
     if (e.mount_point == mount_point) found = e;
   }
   return found;
+}
+
+namespace {
+
+const MountEntry* ParentOf(const MountEntry& e, const std::vector<MountEntry>& table) {
+  for (const MountEntry& p : table) {
+    if (p.id == e.parent_id && p.id != e.id) return &p;
+  }
+  return nullptr;
+}
+
+// Where `e` sits in the filesystem of its parent `p`: p's root joined with e's mount point
+// below p's. nullopt if e's mount point is not below p's.
+std::optional<std::string> PlaceInParent(const MountEntry& e, const MountEntry& p) {
+  const std::string& base = p.mount_point;
+  const std::string& at = e.mount_point;
+  std::string below;
+  if (base == "/") {
+    below = at;
+  } else if (at.size() > base.size() && at.compare(0, base.size(), base) == 0 &&
+             at[base.size()] == '/') {
+    below = at.substr(base.size());
+  } else {
+    return std::nullopt;
+  }
+  return (p.root == "/" ? "" : p.root) + below;
+}
+
+}  // namespace
+
+bool IsPropagatedCopy(const MountEntry& copy, const MountEntry& mount,
+                      const std::vector<MountEntry>& table) {
+  if (copy.id == mount.id || copy.device != mount.device || copy.root != mount.root) {
+    return false;
+  }
+  const MountEntry* from = ParentOf(mount, table);
+  const MountEntry* to = ParentOf(copy, table);
+  if (from == nullptr || to == nullptr || from->device != to->device) return false;
+  bool related = false;
+  for (const std::string& group : from->propagation) {
+    if (!group.starts_with("shared:")) continue;
+    const std::string slave = "master:" + group.substr(7);
+    for (const std::string& p : to->propagation) related |= p == group || p == slave;
+  }
+  const auto a = PlaceInParent(mount, *from);
+  const auto b = PlaceInParent(copy, *to);
+  return related && a.has_value() && a == b;
 }
 
 }  // namespace npzfs

@@ -21,6 +21,7 @@ namespace npzfs {
 inline constexpr std::string_view kNpzfsMountType = "fuse.npzfs";
 
 struct MountEntry {
+  std::string id, parent_id;  // mount ids (reused after an unmount: they tell no order)
   std::string mount_point;    // absolute, with the kernel's octal escapes decoded
   std::string device;         // "major:minor" of the filesystem: the same for all its mounts
   std::string root;           // the directory of the filesystem mounted here ("/"; a bind
@@ -28,7 +29,10 @@ struct MountEntry {
   std::string fstype;         // "ext4", "tmpfs", "fuse.npzfs", ...
   std::string source;         // "/dev/sda1", "tmpfs", the archive of an npzfs mount
   std::string mount_options;  // per-mount options: "rw,nosuid,relatime"
-  bool read_only() const;     // "ro" among mount_options
+  // Propagation: "shared:N" (a peer group mounts under this one propagate to), "master:N"
+  // (receives the mounts of that peer group); none for a private mount.
+  std::vector<std::string> propagation;
+  bool read_only() const;  // "ro" among mount_options
 };
 
 // Parses mountinfo text (the format of /proc/PID/mountinfo). Lines that do not parse are
@@ -43,5 +47,13 @@ Result<std::vector<MountEntry>> ReadMountTable();
 // later mount on the same directory hides the earlier ones. nullopt if it is not a mount point.
 std::optional<MountEntry> FindMount(const std::vector<MountEntry>& table,
                                     const std::string& mount_point);
+
+// Whether `copy` is a copy of `mount` that mount propagation made, and that unmounting
+// `mount` removes with it: its parent is a peer of `mount`'s parent (the same "shared:N")
+// or a slave of that peer group ("master:N"), and it sits at the same place of the same
+// filesystem. (systemd makes "/" shared, so a bind mount of a directory above a mount point
+// gets such copies of every later mount below it.)
+bool IsPropagatedCopy(const MountEntry& copy, const MountEntry& mount,
+                      const std::vector<MountEntry>& table);
 
 }  // namespace npzfs

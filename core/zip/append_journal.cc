@@ -389,6 +389,25 @@ Result<bool> RecoverAppendUnderLock(int fd, const std::string& archive_path,
   if (::fstat(fd, &st) != 0) return ErrnoStatus(errno, archive_path, "cannot stat");
   bool same = static_cast<uint64_t>(st.st_ino) == journal->inode &&
               static_cast<uint64_t>(st.st_size) >= journal->old_cd_offset;
+  if (journal->version >= 3 && !same &&
+      static_cast<uint64_t>(st.st_size) >= journal->old_cd_offset &&
+      !ReadZipDirectory(fd, archive_path).ok()) {
+    // Another file, but not a zip as it is: a copy of the archive taken during the append
+    // (a backup, a restored snapshot) along with its journal. If the bytes the append never
+    // touches are the same, the journal is the only way back to a readable archive.
+    NPZ_ASSIGN_OR_RETURN(const uint32_t prefix_crc,
+                         JournalPrefixCrc(fd, journal->old_cd_offset, archive_path));
+    if (prefix_crc == journal->prefix_crc) {
+      if (log) {
+        log(journal_path + ": written for another file (device " + std::to_string(journal->device) +
+            ", inode " + std::to_string(journal->inode) + "), but " + archive_path +
+            " is a copy of it that an interrupted append left unreadable: applying it");
+      }
+      journal->device = static_cast<uint64_t>(st.st_dev);
+      journal->inode = static_cast<uint64_t>(st.st_ino);
+      same = true;
+    }
+  }
   if (same && journal->version >= 2) {
     NPZ_ASSIGN_OR_RETURN(const uint32_t prefix_crc,
                          JournalPrefixCrc(fd, journal->old_cd_offset, archive_path));

@@ -14,7 +14,10 @@
 // old_cd_offset, so the journal records the device, the inode and a CRC-32 of the bytes
 // there it never touches (the first and the last 64 KiB before old_cd_offset): a file
 // rewritten in place since (np.savez and zipfile's "w" mode truncate the same inode; a new
-// file may get the freed inode number) fails that check and is left alone.
+// file may get the freed inode number) fails that check and is left alone. One exception
+// (version 3): a file on another inode that does not read as a zip, whose untouched bytes
+// match the CRC, is a copy of the archive taken during the append (a backup, a restored
+// snapshot) along with its journal, and the journal is its only way back: it is applied.
 //
 // It is also applied only to a file in a state the append itself could have left: another
 // program may have appended to the archive after the crash (zipfile's "a" mode writes where

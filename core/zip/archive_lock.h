@@ -55,7 +55,8 @@ class ArchiveLock {
 
 class DirectoryLock {
  public:
-  // Waits for an exclusive flock on the directory `dir`.
+  // Waits for an exclusive flock on the directory `dir` (saying so through `waiting`, as
+  // ArchiveLock::Acquire does).
   static Result<DirectoryLock> Acquire(const std::string& dir, const LockWaitFn& waiting = {});
 
  private:

@@ -615,6 +615,20 @@ Status AppendToArchive(const std::string& archive_path, const std::vector<NewMem
   }
 }
 
+Status CheckCanAppend(const std::string& archive_path, WriteOptions::AppendMode mode) {
+  const std::string path = ResolveArchivePath(archive_path);
+  const std::string dir = DirName(path);
+  if (::access(dir.c_str(), W_OK) != 0) {
+    return ErrnoStatus(errno, path,
+                       "its directory " + dir + " is not writable, and adding members needs it");
+  }
+  if (mode == WriteOptions::AppendMode::kInPlace && ::access(path.c_str(), W_OK) != 0 &&
+      errno != ENOENT) {
+    return ErrnoStatus(errno, path, "not writable, and adding members in place needs it");
+  }
+  return Status::Ok();
+}
+
 Status WriteArchive(const std::string& out_path, const std::vector<NewMember>& members,
                     const WriteOptions& options) {
   NPZ_ASSIGN_OR_RETURN(Request r, Validate(out_path, members, options));
@@ -646,7 +660,14 @@ Result<bool> RecoverInterruptedAppend(const std::string& requested_path, const A
       return Status::Error(ENOENT, archive_path + ": missing, but its append journal " +
                                        journal_path + " is there (left alone)");
     }
-    return lock.status().WithContext("cannot restore after an interrupted append");
+    Status failed = lock.status().WithContext("cannot restore after an interrupted append");
+    if (failed.code() == EROFS || failed.code() == EACCES) {
+      return Status::Error(failed.code(), failed.message() + " (copy it and its journal " +
+                                              journal_path +
+                                              " to a writable directory, and run 'npz "
+                                              "recover' on the copy there)");
+    }
+    return failed;
   }
   return RecoverAppendUnderLock(lock->fd(), archive_path, log);
 }

@@ -134,6 +134,13 @@ struct WriteOptions {
 Status AppendToArchive(const std::string& archive_path, const std::vector<NewMember>& members,
                        const WriteOptions& options);
 
+// Whether this process may append to `archive_path` now (access(2); nothing of free space):
+// its directory must be writable (the journal, or the copy renamed into place), and so must
+// an existing archive in place (a symlink's target). EACCES or EROFS naming the file and
+// what needs the permission. A daemon checks it before it accepts a new member that could
+// only be finalized into the archive.
+Status CheckCanAppend(const std::string& archive_path, WriteOptions::AppendMode mode);
+
 // Like AppendToArchive but never keeps an existing file's members: overwrites `out_path`
 // atomically with exactly `members` (npz pack). Duplicate new names are EINVAL when
 // options.reject_existing_names is set.
