@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -42,6 +44,20 @@ TEST(MountTable, ParsesIdsPropagationAndEscapedNames) {
   EXPECT_EQ(mnt.propagation, std::vector<std::string>{"shared:9"});
   EXPECT_EQ(At(table, "/tmp/y z").propagation, std::vector<std::string>{});
   EXPECT_EQ(FindMount(table, "/tmp/y z")->fstype, "tmpfs");
+}
+
+TEST(MountTable, AFuseMountsOwnerIsItsUserIdOption) {
+  const std::vector<MountEntry> table = ParseMountInfo(
+      "50 40 0:51 / /m rw shared:9 - fuse.npzfs /d.npz rw,user_id=1000,group_id=1000\n"
+      "51 40 0:52 / /n rw - fuse.npzfs /e.npz rw,group_id=0,user_id=0\n"
+      "52 40 0:53 / /o rw - tmpfs tmpfs rw\n"
+      "53 40 0:54 / /p rw - fuse.x x rw,user_id=99999999999\n");
+  ASSERT_EQ(table.size(), 4u);
+  EXPECT_EQ(table[0].super_options, "rw,user_id=1000,group_id=1000");
+  EXPECT_EQ(table[0].fuse_owner(), std::optional<uint32_t>(1000));
+  EXPECT_EQ(table[1].fuse_owner(), std::optional<uint32_t>(0));
+  EXPECT_EQ(table[2].fuse_owner(), std::nullopt);
+  EXPECT_EQ(table[3].fuse_owner(), std::nullopt);  // not a uid
 }
 
 TEST(MountTable, CopiesMadeByPropagationAreToldFromBindMountsTheUserMade) {

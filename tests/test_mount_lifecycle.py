@@ -163,6 +163,32 @@ def test_a_dataset_directory_the_user_cannot_write_is_served_and_creates_fail_wi
         assert os.listdir(data) == ["run.npz"] and os.listdir(elsewhere) == []
 
 
+def test_npz_umount_of_another_users_mount_says_whose_it_is_and_what_to_do(user, shared_dir):
+    make_archive(os.path.join(shared_dir, "run.npz"))
+    os.chmod(os.path.join(shared_dir, "run.npz"), 0o644)
+    mnt = owned_dir(os.path.join(shared_dir, "mnt"), user)
+    m = serve_as_user(user, os.path.join(shared_dir, "run.npz"), mnt, "-o", "ro")
+    try:
+        # Root: the daemon answers no one else; the user's own npz umount works.
+        r = npz("umount", mnt, timeout=60)
+        assert r.returncode == 1, r.stderr
+        assert f"mounted by uid {pwd.getpwnam(user).pw_uid} ({user})" in r.stderr, r.stderr
+        assert f"'umount {mnt}'" in r.stderr and is_mounted(mnt), r.stderr
+        r = npz("umount", mnt, user=user, timeout=60)
+        assert r.returncode == 0, r.stderr
+    finally:
+        m.unmount()
+    root_mnt = os.path.join(shared_dir, "root_mnt")
+    m = start_daemon(os.path.join(shared_dir, "run.npz"), root_mnt, "-o", "ro,allow_other")
+    try:
+        r = npz("umount", root_mnt, user=user, timeout=60)
+        assert r.returncode == 1, r.stderr
+        assert "mounted by uid 0 (root): only that user (or root) may unmount it" in r.stderr
+        assert is_mounted(root_mnt)
+    finally:
+        m.unmount()
+
+
 def test_a_read_only_bind_mount_is_served_with_and_without_o_ro(user, shared_dir):
     src = os.path.join(shared_dir, "src")
     os.makedirs(src)

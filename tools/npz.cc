@@ -200,6 +200,9 @@ message gives the exact `npz recover /abs/ARCHIVE` command that adds its new mem
 The mount is found without asking its daemon; only the daemon can tell its pid and result
 file, and one that does not answer within 10 s (or --timeout, if shorter) -- stopped with
 SIGSTOP, or hung -- is reported (exit non-zero, with what to do) and its mount left alone.
+Another user's mount is refused, naming its owner: only the owner (or root) may unmount
+it, and its daemon answers no one else, root included, unless it was mounted with
+-o allow_other.
 
 Options:
   --timeout SECONDS   bounds the whole command: the daemon's answers (10 s without it) and

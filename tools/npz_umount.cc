@@ -22,6 +22,7 @@
 // a time-out (AskDaemon).
 #include <limits.h>
 #include <poll.h>
+#include <pwd.h>
 #include <spawn.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -394,6 +395,34 @@ Status Unmount(const std::string& mnt) {
   return Status::Error(EBUSY, mnt + ": fusermount3 -u failed: " + why + hint);
 }
 
+// Another user's mount: only its owner (or root) may unmount it, and its daemon answers no
+// one else (root included) unless mounted with -o allow_other. Called before asking the
+// daemon (`asked` empty: refuses a user who may not unmount it) and after the daemon
+// refused to answer (`asked`: its error, EACCES). Ok for one's own mount, or if the owner
+// cannot be told.
+Status RefuseAnotherUsersMount(const std::string& mnt, const MountEntry& entry,
+                               const std::optional<Status>& asked) {
+  const std::optional<uint32_t> owner = entry.fuse_owner();
+  if (!owner || *owner == getuid()) return Status::Ok();
+  std::string who = "uid " + std::to_string(*owner);
+  if (const struct passwd* pw = getpwuid(*owner)) who += " (" + std::string(pw->pw_name) + ")";
+  if (!asked) {
+    if (getuid() == 0) return Status::Ok();
+    return Status::Error(EPERM, mnt + ": mounted by " + who +
+                                    ": only that user (or root) may unmount it; run 'npz "
+                                    "umount " +
+                                    mnt + "' as that user");
+  }
+  if (asked->code() != EACCES && asked->code() != EPERM) return Status::Ok();
+  return Status::Error(asked->code(),
+                       mnt + ": mounted by " + who +
+                           ", whose npzfs daemon answers no other user (it was mounted without "
+                           "-o allow_other): run 'npz umount " +
+                           mnt + "' as that user; as root, 'umount " + mnt +
+                           "' unmounts it and the daemon finalizes, but nothing can report "
+                           "the result here");
+}
+
 // The outcome the daemon wrote to its result file once it finished: ok or its reason. The
 // file is removed once read.
 Status ReadResult(const std::string& mnt, const Daemon& d, const std::string& archive) {
@@ -583,12 +612,19 @@ int RunUmount(const std::vector<std::string>& raw_args) {
   auto entry = FindNpzfsMount(parsed->positional[0], mnt);
   if (!entry.ok()) return ReportError(entry.status());
   const std::string archive = entry->source;  // the archive's absolute path
+  if (Status owner = RefuseAnotherUsersMount(mnt, *entry, std::nullopt); !owner.ok()) {
+    return ReportError(owner);
+  }
   // Learn who to wait for while the mount is still live.
   auto daemon =
       AskDaemon(mnt, start + answer_timeout, static_cast<uint64_t>(answer_timeout.count()));
   if (!daemon.ok()) {
     // ENOTCONN: the daemon died (or is exiting: a zombie holds the mount for a moment).
     if (daemon.status().code() == ENOTCONN) return ReportError(ClearDeadMount(mnt, *entry));
+    // Another user's daemon answers no one else without -o allow_other, root included.
+    if (Status owner = RefuseAnotherUsersMount(mnt, *entry, daemon.status()); !owner.ok()) {
+      return ReportError(owner);
+    }
     return ReportError(daemon.status());
   }
   Status unmounted = Unmount(mnt);

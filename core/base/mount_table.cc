@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <sstream>
 
 #include "npzfs/file_util.h"
@@ -50,10 +51,27 @@ std::optional<MountEntry> ParseLine(const std::string& line) {
   e.mount_options = fields[5];
   e.fstype = Unescape(fields[dash + 1]);
   e.source = Unescape(fields[dash + 2]);
+  if (dash + 3 < fields.size()) e.super_options = fields[dash + 3];
   return e;
 }
 
 }  // namespace
+
+std::optional<uint32_t> MountEntry::fuse_owner() const {
+  std::istringstream in(super_options);
+  for (std::string option; std::getline(in, option, ',');) {
+    if (!option.starts_with("user_id=")) continue;
+    const std::string digits = option.substr(8);
+    if (digits.empty() || digits.size() > 10 ||
+        digits.find_first_not_of("0123456789") != std::string::npos) {
+      return std::nullopt;
+    }
+    const uint64_t uid = std::stoull(digits);
+    if (uid > UINT32_MAX) return std::nullopt;
+    return static_cast<uint32_t>(uid);
+  }
+  return std::nullopt;
+}
 
 bool MountEntry::read_only() const {
   std::istringstream in(mount_options);

@@ -7,6 +7,7 @@
 // Plain functions over values: thread-safe.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -29,10 +30,13 @@ struct MountEntry {
   std::string fstype;         // "ext4", "tmpfs", "fuse.npzfs", ...
   std::string source;         // "/dev/sda1", "tmpfs", the archive of an npzfs mount
   std::string mount_options;  // per-mount options: "rw,nosuid,relatime"
+  std::string super_options;  // the filesystem's: "rw,user_id=1000,group_id=1000" for FUSE
   // Propagation: "shared:N" (a peer group mounts under this one propagate to), "master:N"
   // (receives the mounts of that peer group); none for a private mount.
   std::vector<std::string> propagation;
   bool read_only() const;  // "ro" among mount_options
+  // The uid a FUSE mount was made by ("user_id=" among super_options); nullopt if none.
+  std::optional<uint32_t> fuse_owner() const;
 };
 
 // Parses mountinfo text (the format of /proc/PID/mountinfo). Lines that do not parse are
