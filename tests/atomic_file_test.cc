@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -103,6 +104,31 @@ TEST(AtomicFile, WithoutReplaceATargetCreatedMeanwhileIsKeptAndTheCommitIsEexist
   ASSERT_TRUE(file->Write("new").ok());
   ASSERT_TRUE(file->Commit().ok());
   EXPECT_EQ(testing::ReadFileOrDie(dir.Join("u")), "new");
+}
+
+TEST(AtomicFile, WithoutReplaceOnAFilesystemWithoutNoReplaceOrLinksAnExistingTargetIsKept) {
+  testing::TempDir dir;
+  AtomicFileOptions options;
+  options.replace_existing = false;
+  AtomicFile::LackNoReplaceAndLinksForTesting(true);
+  for (const char* name : {"t", "u"}) {
+    if (std::string(name) == "t") testing::WriteFileOrDie(dir.Join(name), "theirs");
+    auto file = AtomicFile::Create(dir.Join(name), options);
+    ASSERT_TRUE(file.ok());
+    ASSERT_TRUE(file->Write("mine").ok());
+    Status s = file->Commit();
+    if (std::string(name) == "t") {
+      EXPECT_EQ(s.code(), EEXIST) << s.message();
+    } else {
+      EXPECT_TRUE(s.ok()) << s.message();
+    }
+  }
+  AtomicFile::LackNoReplaceAndLinksForTesting(false);
+  EXPECT_EQ(testing::ReadFileOrDie(dir.Join("t")), "theirs");
+  EXPECT_EQ(testing::ReadFileOrDie(dir.Join("u")), "mine");
+  std::vector<std::string> names = DirectoryEntries(dir.path());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"t", "u"}));
 }
 
 TEST(AtomicFile, AnExistingTargetKeepsItsModeAndANewOneFollowsTheUmask) {

@@ -10,6 +10,7 @@ namespace npzfs {
 namespace {
 
 thread_local std::optional<AtomicStep> g_failing_step;
+thread_local bool g_lack_noreplace_and_links = false;
 
 Status InjectedFailure(AtomicStep step, const std::string& path) {
   if (g_failing_step != step) return Status::Ok();
@@ -23,6 +24,7 @@ std::string TempFilePrefix(const std::string& target) {
 }
 
 void AtomicFile::FailStepForTesting(std::optional<AtomicStep> step) { g_failing_step = step; }
+void AtomicFile::LackNoReplaceAndLinksForTesting(bool lack) { g_lack_noreplace_and_links = lack; }
 
 Result<AtomicFile> AtomicFile::Create(const std::string& target, const AtomicFileOptions& options) {
   NPZ_RETURN_IF_ERROR(InjectedFailure(AtomicStep::kCreate, target));
@@ -92,7 +94,11 @@ Status AtomicFile::RenameNoReplace() {
                                      ": exists (it was created while this file was "
                                      "being written)");
   };
-  if (::renameat2(AT_FDCWD, temp_path_.c_str(), AT_FDCWD, target_.c_str(), RENAME_NOREPLACE) == 0) {
+  const bool lack = g_lack_noreplace_and_links;
+  if (lack) {
+    errno = EINVAL;
+  } else if (::renameat2(AT_FDCWD, temp_path_.c_str(), AT_FDCWD, target_.c_str(),
+                         RENAME_NOREPLACE) == 0) {
     return Status::Ok();
   }
   if (errno == EEXIST) return exists();
@@ -100,12 +106,21 @@ Status AtomicFile::RenameNoReplace() {
     return ErrnoStatus(errno, target_, "cannot rename " + temp_path_ + " to it");
   }
   // A filesystem without RENAME_NOREPLACE: link(2) fails with EEXIST just as atomically.
-  if (::link(temp_path_.c_str(), target_.c_str()) == 0) {
+  if (lack) {
+    errno = EPERM;
+  } else if (::link(temp_path_.c_str(), target_.c_str()) == 0) {
     ::unlink(temp_path_.c_str());
     return Status::Ok();
   }
   if (errno == EEXIST) return exists();
-  return ErrnoStatus(errno, target_, "cannot link " + temp_path_ + " to it");
+  if (errno != EPERM && errno != ENOTSUP && errno != ENOSYS && errno != EMLINK) {
+    return ErrnoStatus(errno, target_, "cannot link " + temp_path_ + " to it");
+  }
+  // Without hard links either: look, then rename. Another program that creates the target
+  // between the two is replaced; nothing narrower exists on such a filesystem.
+  struct stat st;
+  if (::lstat(target_.c_str(), &st) == 0) return exists();
+  return RenameOver();
 }
 
 Status AtomicFile::Commit(const std::function<Status()>& before_rename) {

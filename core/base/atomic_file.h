@@ -72,6 +72,9 @@ class AtomicFile {
   // Test hook: makes `step` fail with EIO in every AtomicFile of the calling thread, until
   // reset with nullopt.
   static void FailStepForTesting(std::optional<AtomicStep> step);
+  // Test hook: in the calling thread, renameat2(RENAME_NOREPLACE) fails with EINVAL and
+  // link(2) with EPERM, as on a filesystem that has neither (some FUSE object stores).
+  static void LackNoReplaceAndLinksForTesting(bool lack);
 
  private:
   Status RenameOver();
