@@ -57,11 +57,11 @@ Result<size_t> ParseThreadsOption(const ParsedArgs& args) {
   return static_cast<size_t>(*n);
 }
 
-// A new member `name` whose numpy key an old member already has under another name ("rx"
-// and "rx.npy" are both z["rx"]): numpy would show only one of them. EEXIST naming both.
-Status CheckNumpyKeyFree(const std::string& archive, const std::string& name) {
-  NPZ_ASSIGN_OR_RETURN(UniqueFd fd, OpenRegularFile(archive, O_RDONLY));
-  NPZ_ASSIGN_OR_RETURN(ZipDirectory dir, ReadZipDirectory(fd.get(), archive));
+// A new member `name` whose numpy key an old member of `dir` already has under another name
+// ("rx" and "rx.npy" are both z["rx"]): numpy would show only one of them. EEXIST naming
+// both. Checked under the archive's lock (WriteOptions::check_existing).
+Status CheckNumpyKeyFree(const std::string& archive, const ZipDirectory& dir,
+                         const std::string& name) {
   for (const ZipEntry& e : dir.entries) {
     if (e.name != name && NumpyKey(e.name) == NumpyKey(name)) {
       return Status::Error(EEXIST, archive + ": member " + Shown(e.name) +
@@ -248,7 +248,6 @@ int RunAdd(const std::vector<std::string>& raw_args) {
   }
   auto name = MemberNameForKey(key);
   if (!name.ok()) return ReportError(name.status());
-  if (Status free = CheckNumpyKeyFree(archive, *name); !free.ok()) return ReportError(free);
   auto input = OpenNpyInput(file);
   if (!input.ok()) return ReportError(input.status());
 
@@ -260,6 +259,9 @@ int RunAdd(const std::vector<std::string>& raw_args) {
       args->Has("copy") ? WriteOptions::AppendMode::kCopy : WriteOptions::AppendMode::kInPlace;
   options.log = PrintMessage;
   options.reject_existing_names = true;
+  options.check_existing = [&](const ZipDirectory& old) {
+    return CheckNumpyKeyFree(archive, old, *name);
+  };
   options.progress = bar.Callback();
   std::shared_ptr<Archive> index = OpenIndexToCarry(archive, *args);
   Status status;

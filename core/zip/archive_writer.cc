@@ -556,6 +556,7 @@ Status AddToExisting(const Request& request, const ArchiveLock& lock) {
   if (st.st_size > 0) {
     NPZ_ASSIGN_OR_RETURN(old, ReadZipDirectory(lock.fd(), path));
   }
+  if (request.options->check_existing) NPZ_RETURN_IF_ERROR(request.options->check_existing(old));
   NPZ_ASSIGN_OR_RETURN(const std::vector<NewMember> members, MembersToWrite(request, old));
   if (members.empty()) return Status::Ok();  // nothing to add: leave the file alone
   Request r = request;

@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "npzfs/status.h"
+#include "npzfs/zip_directory.h"
 
 namespace npzfs {
 
@@ -110,6 +111,10 @@ struct WriteOptions {
   // added again (instead of EEXIST): a finalize retried after a crash that had already
   // added it. The CRC is computed from the pieces when NewMember::crc32 is not given.
   bool skip_identical_existing = false;
+  // AppendToArchive: called with the archive's directory under its lock, before anything is
+  // written; an error stops the append (a caller's own rule for names, as npz add's numpy
+  // keys). May be empty.
+  std::function<Status(const ZipDirectory& old)> check_existing;
   // WriteArchive only: whether an existing out_path is replaced. False: EEXIST if it exists,
   // also when another program creates it while the new one is being written.
   bool replace_existing = true;
