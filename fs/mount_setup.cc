@@ -1,6 +1,8 @@
 #include "fs/mount_setup.h"
 
 #include <fcntl.h>
+#include <pwd.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -177,18 +179,44 @@ Status PrepareMountPoint(const Options& options, MountPoint& mp) {
 }
 
 // Resumes the spool an earlier daemon left; with -o ro only says that one is waiting.
+// Whether a running daemon (or npz recover) holds the spool in `dir`: its lock file is
+// locked. False if it cannot be told.
+bool SpoolInUse(const std::string& dir) {
+  UniqueFd fd(open((dir + "/" + std::string(kSpoolLockFileName)).c_str(),
+                   O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+  return fd.valid() && flock(fd.get(), LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+}
+
 Status ResumeSpool(Mount& m) {
   struct stat st {};
   if (stat(m.spool_dir.c_str(), &st) != 0) return Status::Ok();  // made on the first new member
   if (m.options.read_only) {
-    LogWarning(m.spool_dir +
-               " holds new members of an earlier mount; they are not shown with -o ro "
-               "(mount without ro, or run npz recover, to add them to the archive)");
+    if (SpoolInUse(m.spool_dir)) {
+      LogInfo(m.spool_dir +
+              " is the spool of a writable mount that is running: its new "
+              "members reach the archive when that one is unmounted");
+    } else {
+      LogWarning(m.spool_dir +
+                 " holds new members of an earlier mount; they are not shown with -o ro "
+                 "(mount without ro, or run npz recover, to add them to the archive)");
+    }
     return Status::Ok();
   }
-  NPZ_ASSIGN_OR_RETURN(std::unique_ptr<Spool> spool,
-                       Spool::Open(m.spool_dir, LogLine, m.archive_path));
-  m.spool.Set(std::move(spool));
+  auto spool = Spool::Open(m.spool_dir, LogLine, m.archive_path);
+  if (!spool.ok() && st.st_uid != getuid() &&
+      (spool.status().code() == EACCES || spool.status().code() == EPERM)) {
+    // Another user's spool (a group-writable archive): theirs to finalize.
+    std::string who = "uid " + std::to_string(st.st_uid);
+    if (const struct passwd* pw = getpwuid(st.st_uid)) who += " (" + std::string(pw->pw_name) + ")";
+    return Status::Error(spool.status().code(),
+                         m.spool_dir + " is the spool of " + who +
+                             (SpoolInUse(m.spool_dir) ? ", whose writable mount is running"
+                                                      : ", left by a mount of theirs") +
+                             ": mount with -o spool=DIR of your own, or with -o ro (" +
+                             spool.status().message() + ")");
+  }
+  if (!spool.ok()) return spool.status();
+  m.spool.Set(std::move(spool).value());
   return Status::Ok();
 }
 

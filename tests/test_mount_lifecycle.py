@@ -37,9 +37,9 @@ def npz(*args, user=None, env=None, timeout=300):
                           env=full_env, timeout=timeout)
 
 
-def run_npzfs(*args, timeout=30, env=None):
-    return subprocess.run([NPZFS_BIN, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+def run_npzfs(*args, timeout=30, env=None, prefix=()):
+    return subprocess.run([*prefix, NPZFS_BIN, *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env)
 
 
 def make_archive(path, **arrays):
@@ -161,6 +161,43 @@ def test_a_dataset_directory_the_user_cannot_write_is_served_and_creates_fail_wi
             m.unmount()
         assert m.returncode == 0, m.log()
         assert os.listdir(data) == ["run.npz"] and os.listdir(elsewhere) == []
+
+
+def test_two_users_writing_one_group_writable_archive_each_need_a_spool_of_their_own(
+        user, shared_dir):
+    data = os.path.join(shared_dir, "data")
+    os.makedirs(data)
+    os.chmod(data, 0o777)
+    archive = os.path.join(data, "grp.npz")
+    make_archive(archive)
+    os.chmod(archive, 0o666)
+    root_mnt = os.path.join(shared_dir, "root_mnt")
+    root = start_daemon(archive, root_mnt, "-o", "frame=r*:<i2:4")
+    try:
+        with open(os.path.join(root_mnt, "r.npy"), "wb") as f:
+            f.write(np.arange(8, dtype="<i2").tobytes())  # root's spool now exists
+        mnt = owned_dir(os.path.join(shared_dir, "mnt"), user)
+        r = run_npzfs("-f", archive, mnt, prefix=as_user(user))
+        assert r.returncode == 1, r.stderr
+        assert "is the spool of uid 0 (root), whose writable mount is running" in r.stderr
+        assert "-o spool=DIR of your own" in r.stderr and not is_mounted(mnt)
+        m = serve_as_user(user, archive, mnt, "-o", "ro")
+        try:
+            assert "spool of a writable mount that is running" in m.log(), m.log()
+        finally:
+            m.unmount()
+        own = owned_dir(os.path.join(shared_dir, "own"), user)
+        m = serve_as_user(user, archive, mnt, "-o", f"spool={own}/spool,frame=u*:<i2:4")
+        try:
+            check = f"open('{mnt}/u.npy', 'wb').write(bytes(range(16)))"
+            subprocess.run([*as_user(user), PYTHON, "-c", check], check=True, timeout=60)
+        finally:
+            assert m.unmount() == 0, m.log()
+    finally:
+        assert root.unmount() == 0, root.log()
+    with np.load(archive) as z:
+        assert sorted(z.files) == ["adc", "r", "tx", "u"]
+        assert z["u"].shape == (2, 4) and z["r"].shape == (2, 4)
 
 
 def test_npz_umount_of_another_users_mount_says_whose_it_is_and_what_to_do(user, shared_dir):
