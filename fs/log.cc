@@ -169,10 +169,10 @@ bool LogEnabled(LogLevel level) {
   return static_cast<int>(level) >= g_level.load(std::memory_order_relaxed);
 }
 
-Status LogToFile(const std::string& path) {
+Status LogToFile(const std::string& path, mode_t mode) {
   // Without blocking: a FIFO that nobody reads yet would hang the mount in open(2). A FIFO
   // with a reader is fine (the writes then block as writes to a pipe do).
-  auto opened = OpenFile(path, O_WRONLY | O_APPEND | O_CREAT | O_NONBLOCK, 0644);
+  auto opened = OpenFile(path, O_WRONLY | O_APPEND | O_CREAT | O_NONBLOCK, mode);
   if (!opened.ok() && opened.status().code() == ENXIO) {
     return Status::Error(ENXIO, path + ": a FIFO that no process reads");
   }

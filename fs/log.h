@@ -13,6 +13,8 @@
 // written with one call.
 #pragma once
 
+#include <sys/types.h>
+
 #include <string>
 
 #include "npzfs/status.h"
@@ -25,8 +27,9 @@ enum class LogLevel { kDebug, kInfo, kWarning, kError };
 void SetLogLevel(LogLevel level);
 bool LogEnabled(LogLevel level);
 
-// Appends every line to `path` as well (created 0644 if missing). The error names the file.
-Status LogToFile(const std::string& path);
+// Appends every line to `path` as well (created with `mode`, under the umask, if missing).
+// The error names the file.
+Status LogToFile(const std::string& path, mode_t mode = 0644);
 // Called after daemonizing: stderr is gone. Lines go to syslog if `syslog` (else only to the
 // file, if one was set).
 void LogDaemonized(bool syslog);

@@ -414,7 +414,8 @@ Status PrepareMount(Mount& m, MountPoint& mp) {
 bool ChooseDaemonLog(const Mount& m) {
   if (!m.options.log_file.empty()) return false;  // already logging there
   if (SyslogAvailable()) return true;
-  if (!m.runtime.log.empty() && LogToFile(m.runtime.log).ok()) {
+  // Private: /run/npzfs is root's for every mount, and the log names members and paths.
+  if (!m.runtime.log.empty() && LogToFile(m.runtime.log, 0600).ok()) {
     PrintNote("no syslog on /dev/log: the log goes to " + m.runtime.log);
     return false;
   }

@@ -375,6 +375,26 @@ def test_a_killed_daemons_lock_and_progress_are_cleared_by_the_next_writable_mou
     assert sorted(p.name for p in runtime.iterdir() if not p.name.endswith(".result")) == []
 
 
+def test_the_log_file_a_daemon_keeps_in_the_runtime_directory_is_private(tmp_path):
+    """Without syslog the daemonized log goes to the runtime directory (/run/npzfs, 0755,
+    for root): it names members and paths, so only its owner may read it."""
+    require_fuse()
+    if os.path.exists("/dev/log"):
+        pytest.skip("a syslog daemon listens on /dev/log: the log goes there")
+    env = runtime_env(tmp_path)
+    make_archive(tmp_path / "run.npz")
+    (tmp_path / "mnt").mkdir()
+    r = run_npzfs(tmp_path / "run.npz", tmp_path / "mnt", env=env)  # daemonizes
+    try:
+        assert r.returncode == 0, r.stderr
+        logs = list((tmp_path / "xdg" / "npzfs").glob("run.npz-*.log"))
+        assert len(logs) == 1 and str(logs[0]) in r.stderr, (logs, r.stderr)
+        assert stat.S_IMODE(logs[0].stat().st_mode) == 0o600
+    finally:
+        r = npz("umount", tmp_path / "mnt", env=env, timeout=60)
+        assert r.returncode == 0, r.stderr
+
+
 def test_a_lock_held_for_a_moment_under_a_pid_that_does_not_run_delays_the_mount(tmp_path):
     require_fuse()
     env = runtime_env(tmp_path)
