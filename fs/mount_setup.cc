@@ -264,7 +264,8 @@ void BuildTree(Mount& m) {
 }
 
 // Finalize progress for `npz umount`: "DONE TOTAL\n" in bytes, rewritten in place at most a
-// few times a second (no fsync: it is a display), removed when finalize ends.
+// few times a second (no fsync: it is a display), removed when finalize ends; while the
+// finalize waits for another writer's lock, a second line "waiting: ..." says for whom.
 class ProgressFile {
  public:
   explicit ProgressFile(const std::string& path) : path_(path) {
@@ -277,20 +278,41 @@ class ProgressFile {
   }
   void Update(uint64_t done, uint64_t total) {
     const auto now = std::chrono::steady_clock::now();
+    total_ = total;
+    if (waiting_ && fd_.valid()) {  // progress: the lock was granted
+      waiting_ = false;
+      (void)::ftruncate(fd_.get(), kLineBytes);
+    }
     if (!fd_.valid() || (done != total && now - last_ < kInterval)) return;
     last_ = now;
-    char line[64];
-    const int n =
-        std::snprintf(line, sizeof line, "%020llu %020llu\n", static_cast<unsigned long long>(done),
-                      static_cast<unsigned long long>(total));
-    (void)PwriteAll(fd_.get(), line, static_cast<size_t>(n), 0, path_);
+    WriteLine(done, total);
+  }
+  // Another writer holds the archive: `line` (naming it) follows the progress line until
+  // progress resumes, for npz umount to show.
+  void Waiting(const std::string& line) {
+    if (!fd_.valid()) return;
+    waiting_ = true;
+    WriteLine(0, total_);
+    const std::string text = "waiting: " + line + "\n";
+    (void)PwriteAll(fd_.get(), text.data(), text.size(), kLineBytes, path_);
   }
 
  private:
+  // "DONE TOTAL\n", each 20 digits: always the same length, rewritten in place.
+  static constexpr size_t kLineBytes = 42;
+  void WriteLine(uint64_t done, uint64_t total) {
+    char line[kLineBytes + 1];
+    std::snprintf(line, sizeof line, "%020llu %020llu\n", static_cast<unsigned long long>(done),
+                  static_cast<unsigned long long>(total));
+    (void)PwriteAll(fd_.get(), line, kLineBytes, 0, path_);
+  }
+
   static constexpr auto kInterval = std::chrono::milliseconds(200);
   const std::string path_;
   UniqueFd fd_;
   std::chrono::steady_clock::time_point last_{};
+  uint64_t total_ = 0;
+  bool waiting_ = false;
 };
 
 // Adds the new members to the archive. Returns the outcome for the result file.
@@ -317,6 +339,10 @@ Status FinalizeSpool(Mount& m) {
   wo.compress_level = m.options.compress_level.value_or(-1);
   wo.reject_existing_names = true;
   wo.log = LogLine;
+  wo.lock_wait = [&](const std::string& line) {
+    LogLine(line);
+    progress.Waiting(line);
+  };
   constexpr uint64_t kLargeFinalize = 64ull << 20;
   int64_t last_report = 0;
   wo.progress = [&](uint64_t done, uint64_t total) {

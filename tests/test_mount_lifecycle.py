@@ -864,6 +864,43 @@ def test_umount_prints_finalize_progress_lines_when_not_on_a_terminal(tmp_path):
         m.unmount()
 
 
+def test_umount_says_whom_a_finalize_waits_for_when_another_writer_holds_the_archive(
+        tmp_path):
+    require_fuse()
+    make_archive(tmp_path / "run.npz")
+    m = start_daemon(tmp_path / "run.npz", tmp_path / "mnt", "-o", "frame=new*:<i2:4")
+    held = open(tmp_path / "run.npz", "rb")
+    try:
+        with open(m.path("new.npy"), "wb") as f:
+            f.write(np.arange(8, dtype="<i2").tobytes())
+        fcntl.flock(held, fcntl.LOCK_EX)  # another writer at work on the archive
+        env = {**os.environ, "NPZ_PROGRESS_DELAY_MS": "0", "NPZ_PROGRESS_INTERVAL_MS": "0"}
+        env.pop("NPZ_PROGRESS", None)
+        with open(tmp_path / "err", "w+") as err:
+            umount = subprocess.Popen([NPZ_BIN, "umount", m.mnt], stderr=err, env=env)
+            try:
+                deadline = time.monotonic() + 60
+                said = ""
+                while "waiting for another writer" not in said:
+                    assert umount.poll() is None, said
+                    assert time.monotonic() < deadline, said
+                    time.sleep(0.05)
+                    said = (tmp_path / "err").read_text()
+                assert f"run.npz: waiting for another writer to finish with it (pid {os.getpid()}"\
+                    in said, said
+                fcntl.flock(held, fcntl.LOCK_UN)
+                assert umount.wait(timeout=60) == 0, (tmp_path / "err").read_text()
+            finally:
+                if umount.poll() is None:
+                    umount.kill()
+                    umount.wait()
+    finally:
+        held.close()
+        m.unmount()
+    with np.load(tmp_path / "run.npz") as z:
+        assert z["new"].shape == (2, 4)
+
+
 def test_umount_draws_a_finalize_bar_on_a_terminal(tmp_path):
     require_fuse()
     m = big_member_mount(tmp_path)

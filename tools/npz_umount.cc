@@ -170,8 +170,13 @@ class FinalizeProgress {
   // True once progress was read (so a "waiting" note is not needed).
   bool Poll() {
     uint64_t done = 0, total = 0;
-    if (!Read(&done, &total)) return seen_;
+    std::string waiting;
+    if (!Read(&done, &total, &waiting)) return seen_;
     seen_ = true;
+    if (!waiting.empty() && waiting != said_waiting_) {  // the daemon waits for a lock
+      said_waiting_ = waiting;
+      PrintMessage(waiting);
+    }
     if (bar_) {
       bar_->Update(done, total);
     } else if (const auto now = Clock::now();
@@ -191,16 +196,22 @@ class FinalizeProgress {
   }
 
  private:
-  bool Read(uint64_t* done, uint64_t* total) const {
+  bool Read(uint64_t* done, uint64_t* total, std::string* waiting) const {
     if (path_.empty()) return false;
     auto fd = OpenFile(path_, O_RDONLY);
     if (!fd.ok()) return false;
-    char text[64] = {};
-    auto n = PreadFull(fd->get(), text, sizeof text - 1, 0, path_);
+    std::string text(4096, '\0');
+    auto n = PreadFull(fd->get(), text.data(), text.size() - 1, 0, path_);
     unsigned long long d = 0, t = 0;
-    if (!n.ok() || std::sscanf(text, "%llu %llu", &d, &t) != 2) return false;
+    if (!n.ok() || std::sscanf(text.c_str(), "%llu %llu", &d, &t) != 2) return false;
     *done = d;
     *total = t;
+    text.resize(*n);
+    constexpr std::string_view kWaiting = "\nwaiting: ";
+    if (const size_t at = text.find(kWaiting); at != std::string::npos) {
+      *waiting = text.substr(at + kWaiting.size());
+      *waiting = waiting->substr(0, waiting->find('\n'));
+    }
     return true;
   }
 
@@ -210,6 +221,7 @@ class FinalizeProgress {
   const Clock::duration delay_, interval_;
   std::optional<ProgressBar> bar_;
   bool seen_ = false, printed_ = false;
+  std::string said_waiting_;
   Clock::time_point last_line_{};
 };
 

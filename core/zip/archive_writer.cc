@@ -134,6 +134,11 @@ std::string ResolveArchivePath(const std::string& path) {
 }
 
 // What one call is asked to do, checked once.
+// Where a writer says it waits for another one's lock.
+const ArchiveLogFn& LockWait(const WriteOptions& options) {
+  return options.lock_wait ? options.lock_wait : options.log;
+}
+
 struct Request {
   std::string path;  // the archive, symlinks resolved
   const std::vector<NewMember>* members = nullptr;
@@ -465,7 +470,7 @@ Result<bool> CreateByAdoption(const Request& r, const MemberPiece& piece,
 // Creates a missing archive under the directory lock. Sets *exists when another process
 // created it first (the caller then appends to it).
 Status CreateArchive(const Request& r, bool* exists) {
-  NPZ_ASSIGN_OR_RETURN(DirectoryLock dir_lock, LockDirectoryToCreate(r.path, r.options->log));
+  NPZ_ASSIGN_OR_RETURN(DirectoryLock dir_lock, LockDirectoryToCreate(r.path, LockWait(*r.options)));
   struct stat st;
   if (::lstat(r.path.c_str(), &st) == 0) {
     if (S_ISLNK(st.st_mode) && ::stat(r.path.c_str(), &st) != 0) {
@@ -607,7 +612,7 @@ Status AppendToArchive(const std::string& archive_path, const std::vector<NewMem
                        const WriteOptions& options) {
   NPZ_ASSIGN_OR_RETURN(Request r, Validate(archive_path, members, options));
   while (true) {
-    auto lock = LockForWriting(r.path, options.append_mode, options.log);
+    auto lock = LockForWriting(r.path, options.append_mode, LockWait(options));
     if (lock.ok()) return AddToExisting(r, *lock);
     if (lock.status().code() != ENOENT) return lock.status();
     bool exists = false;
@@ -633,7 +638,7 @@ Status CheckCanAppend(const std::string& archive_path, WriteOptions::AppendMode 
 Status WriteArchive(const std::string& out_path, const std::vector<NewMember>& members,
                     const WriteOptions& options) {
   NPZ_ASSIGN_OR_RETURN(Request r, Validate(out_path, members, options));
-  auto lock = LockForWriting(r.path, WriteOptions::AppendMode::kCopy, options.log);
+  auto lock = LockForWriting(r.path, WriteOptions::AppendMode::kCopy, LockWait(options));
   if (lock.ok() && !options.replace_existing) {
     return Status::Error(EEXIST, r.path + ": exists (it was created meanwhile)");
   }
@@ -643,7 +648,7 @@ Status WriteArchive(const std::string& out_path, const std::vector<NewMember>& m
     return BuildAndRename(r, -1, ZipDirectory{}, {});
   }
   if (lock.status().code() != ENOENT) return lock.status();
-  NPZ_ASSIGN_OR_RETURN(DirectoryLock dir_lock, LockDirectoryToCreate(r.path, options.log));
+  NPZ_ASSIGN_OR_RETURN(DirectoryLock dir_lock, LockDirectoryToCreate(r.path, LockWait(options)));
   return BuildAndRename(r, -1, ZipDirectory{}, {});
 }
 

@@ -120,6 +120,10 @@ struct WriteOptions {
   bool replace_existing = true;
   std::function<void(uint64_t done, uint64_t total)> progress;  // may be empty
   ArchiveLogFn log;  // what recovery of an interrupted append did (may be empty)
+  // Said once when another process holds the archive's lock (or its directory's), before
+  // waiting for it: "PATH: waiting for another writer to finish with it (pid N, NAME)".
+  // Empty: said through `log`.
+  ArchiveLogFn lock_wait;
 };
 
 // Creates `archive_path` holding `members`, or, if it exists, adds `members` after its old
