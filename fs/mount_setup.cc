@@ -1,7 +1,6 @@
 #include "fs/mount_setup.h"
 
 #include <fcntl.h>
-#include <pwd.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -206,10 +205,8 @@ Status ResumeSpool(Mount& m) {
   if (!spool.ok() && st.st_uid != getuid() &&
       (spool.status().code() == EACCES || spool.status().code() == EPERM)) {
     // Another user's spool (a group-writable archive): theirs to finalize.
-    std::string who = "uid " + std::to_string(st.st_uid);
-    if (const struct passwd* pw = getpwuid(st.st_uid)) who += " (" + std::string(pw->pw_name) + ")";
     return Status::Error(spool.status().code(),
-                         m.spool_dir + " is the spool of " + who +
+                         m.spool_dir + " is the spool of " + DescribeUid(st.st_uid) +
                              (SpoolInUse(m.spool_dir) ? ", whose writable mount is running"
                                                       : ", left by a mount of theirs") +
                              ": mount with -o spool=DIR of your own, or with -o ro (" +

@@ -801,7 +801,13 @@ def test_the_stats_xattr_is_json_and_counts_reads_and_writes(tmp_path):
             during = json.loads(os.getxattr(m.mnt, "user.npzfs.stats"))
         finally:
             os.close(fd)
-        after = json.loads(os.getxattr(m.mnt, "user.npzfs.stats"))
+        # The kernel sends the release of a closed file after close(2) returns: wait for it.
+        deadline = time.monotonic() + 30
+        while True:
+            after = json.loads(os.getxattr(m.mnt, "user.npzfs.stats"))
+            if after["members_being_written"] == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
     assert after["bytes_served"] - before["bytes_served"] >= len(data)
     assert after["requests"] > before["requests"]
     assert after["spans_inflated"] > before["spans_inflated"]

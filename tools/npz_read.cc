@@ -387,6 +387,7 @@ Status WriteFrames(const FrameSource& src, const ParsedNpyHeader& parsed, uint64
   if (!output.empty()) {
     AtomicFileOptions options;
     options.replace_existing = force;  // also when another program made it meanwhile
+    SignalsDeferred deferred;          // a signal now would leave a temp file nobody named
     NPZ_ASSIGN_OR_RETURN(AtomicFile created, AtomicFile::Create(output, options));
     out.emplace(std::move(created));
     if (cleanup != nullptr) cleanup->OwnTempFile(out->temp_path());

@@ -22,7 +22,6 @@
 // a time-out (AskDaemon).
 #include <limits.h>
 #include <poll.h>
-#include <pwd.h>
 #include <spawn.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -416,8 +415,7 @@ Status RefuseAnotherUsersMount(const std::string& mnt, const MountEntry& entry,
                                const std::optional<Status>& asked) {
   const std::optional<uint32_t> owner = entry.fuse_owner();
   if (!owner || *owner == getuid()) return Status::Ok();
-  std::string who = "uid " + std::to_string(*owner);
-  if (const struct passwd* pw = getpwuid(*owner)) who += " (" + std::string(pw->pw_name) + ")";
+  const std::string who = DescribeUid(*owner);
   if (!asked) {
     if (getuid() == 0) return Status::Ok();
     return Status::Error(EPERM, mnt + ": mounted by " + who +

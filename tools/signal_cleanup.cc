@@ -85,6 +85,15 @@ void CleanupOnSignal::OwnTempFile(const std::string& temp_path) {
   g_argv[4] = g_temp;
 }
 
+SignalsDeferred::SignalsDeferred() {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int s : kSignals) sigaddset(&set, s);
+  pthread_sigmask(SIG_BLOCK, &set, &previous_);
+}
+
+SignalsDeferred::~SignalsDeferred() { pthread_sigmask(SIG_SETMASK, &previous_, nullptr); }
+
 int RunAfterSignal(const std::vector<std::string>& args) {
   int sig = SIGINT;
   if (args.size() == 2 || args.size() == 3) sig = std::atoi(args[0].c_str());

@@ -21,6 +21,7 @@
 // Not thread-safe: one guard at a time, made and destroyed on the main thread.
 #pragma once
 
+#include <csignal>
 #include <string>
 #include <vector>
 
@@ -36,9 +37,24 @@ class CleanupOnSignal {
   explicit CleanupOnSignal(const std::string& path, Scope scope = Scope::kArchive);
   ~CleanupOnSignal();
   // The temp file this process writes PATH through: the cleanup removes it and nothing else.
+  // Create the file and name it here inside a SignalsDeferred, so that no signal falls
+  // between the two (the file would be left behind).
   void OwnTempFile(const std::string& temp_path);
   CleanupOnSignal(const CleanupOnSignal&) = delete;
   CleanupOnSignal& operator=(const CleanupOnSignal&) = delete;
+};
+
+// While alive, the signals CleanupOnSignal handles wait (blocked in this thread), and come
+// when it is destroyed: for a step and its bookkeeping to happen together.
+class SignalsDeferred {
+ public:
+  SignalsDeferred();
+  ~SignalsDeferred();
+  SignalsDeferred(const SignalsDeferred&) = delete;
+  SignalsDeferred& operator=(const SignalsDeferred&) = delete;
+
+ private:
+  sigset_t previous_;
 };
 
 // The hidden command line the signal execs: "--after-signal SIGNO PATH [TEMP]". Returns the

@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <pwd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -16,6 +17,17 @@ Status ErrnoStatus(int err, const std::string& path, const std::string& what) {
 void UniqueFd::Reset(int fd) {
   if (fd_ >= 0) ::close(fd_);
   fd_ = fd;
+}
+
+std::string DescribeUid(uint32_t uid) {
+  std::string who = "uid " + std::to_string(uid);
+  struct passwd pw;
+  struct passwd* found = nullptr;
+  char buf[4096];
+  if (::getpwuid_r(uid, &pw, buf, sizeof buf, &found) == 0 && found != nullptr) {
+    who += " (" + std::string(found->pw_name) + ")";
+  }
+  return who;
 }
 
 Result<UniqueFd> OpenFile(const std::string& path, int flags, mode_t mode) {

@@ -48,6 +48,9 @@ Result<size_t> CountEntries(const std::string& dir, size_t limit);
 // What st_mode says the file is, for messages: "a directory", "a FIFO", "a symbolic link"...
 const char* FileKind(mode_t mode);
 
+// "uid 1000 (alice)" for messages; "uid 1000" if the user has no name.
+std::string DescribeUid(uint32_t uid);
+
 // open(2) with O_CLOEXEC added.
 Result<UniqueFd> OpenFile(const std::string& path, int flags, mode_t mode = 0644);
 // OpenFile for a file that must be a regular one (an archive, a sidecar, a journal, a .npy):
