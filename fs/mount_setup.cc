@@ -50,10 +50,7 @@ std::string ResolvedPath(const std::string& path) {
 // device and inode of its existing ancestors (the same directory seen through a bind
 // mount, which may propagate the mount there too).
 bool IsInside(const std::string& path, const std::string& mount_dir) {
-  if (mount_dir == "/" || (path.starts_with(mount_dir) &&
-                           (path.size() == mount_dir.size() || path[mount_dir.size()] == '/'))) {
-    return true;
-  }
+  if (PathBelow(path, mount_dir).has_value()) return true;
   struct stat mount_st {};
   if (stat(mount_dir.c_str(), &mount_st) != 0) return false;  // made later: nothing is below
   for (std::string dir = path;; dir = DirName(dir)) {

@@ -97,6 +97,20 @@ def require_fuse():
         pytest.fail(f"npzfs binary not found at {NPZFS_BIN} (set NPZFS_BIN)")
 
 
+def wait_for_output(proc, path, text, timeout=60):
+    """Polls the file `path` (where `proc` writes its output) until it holds `text`, and
+    returns what it holds; fails if `proc` exits first or `timeout` s pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            said = f.read()
+        if text in said:
+            return said
+        assert proc.poll() is None, said
+        assert time.monotonic() < deadline, said
+        time.sleep(0.05)
+
+
 def is_mounted(mnt):
     """True if `mnt` is in the mount table (also for a dead 'transport not connected' mount,
     which os.path.ismount cannot stat)."""

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import (NPZ_BIN, NPZFS_BIN, is_mounted, mounted, require_fuse,
-                      run_with_stderr_on_a_terminal, start_daemon, tmpfs)
+                      run_with_stderr_on_a_terminal, start_daemon, tmpfs, wait_for_output)
 
 PYTHON = os.environ.get("NPZFS_PYTHON", "/usr/bin/python3")
 CREATE = ("-o", "create")
@@ -885,13 +885,7 @@ def test_umount_says_whom_a_finalize_waits_for_when_another_writer_holds_the_arc
         with open(tmp_path / "err", "w+") as err:
             umount = subprocess.Popen([NPZ_BIN, "umount", m.mnt], stderr=err, env=env)
             try:
-                deadline = time.monotonic() + 60
-                said = ""
-                while "waiting for another writer" not in said:
-                    assert umount.poll() is None, said
-                    assert time.monotonic() < deadline, said
-                    time.sleep(0.05)
-                    said = (tmp_path / "err").read_text()
+                said = wait_for_output(umount, tmp_path / "err", "waiting for another writer")
                 assert f"run.npz: waiting for another writer to finish with it (pid {os.getpid()}"\
                     in said, said
                 fcntl.flock(held, fcntl.LOCK_UN)

@@ -20,7 +20,7 @@ import zlib
 import numpy as np
 import pytest
 
-from conftest import is_mounted, run_with_stderr_on_a_terminal, tmpfs
+from conftest import is_mounted, run_with_stderr_on_a_terminal, tmpfs, wait_for_output
 
 ROOT = os.environ.get("NPZFS_SOURCE_ROOT", os.path.dirname(os.path.dirname(__file__)))
 NPZ_BIN = os.environ.get("NPZ_BIN", os.path.join(ROOT, "build/tools/npz"))
@@ -1184,11 +1184,7 @@ def test_add_and_pack_say_which_process_they_wait_for(files):
             p = subprocess.Popen([NPZ_BIN, *map(str, args)], stderr=err,
                                  stdout=subprocess.DEVNULL)
             try:
-                deadline = time.monotonic() + 30
-                while "waiting" not in (d / "err").read_text() and time.monotonic() < deadline:
-                    assert p.poll() is None, (d / "err").read_text()
-                    time.sleep(0.05)
-                said = (d / "err").read_text()
+                said = wait_for_output(p, d / "err", "waiting", timeout=30)
                 assert "data.npz: waiting for another writer to finish with it" in said, said
                 assert f"(pid {os.getpid()}, " in said, said
                 assert p.poll() is None, "it waits while the lock is held"

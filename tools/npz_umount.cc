@@ -406,26 +406,31 @@ Status Unmount(const std::string& mnt) {
   return Status::Error(EBUSY, mnt + ": fusermount3 -u failed: " + why + hint);
 }
 
-// Another user's mount: only its owner (or root) may unmount it, and its daemon answers no
-// one else (root included) unless mounted with -o allow_other. Called before asking the
-// daemon (`asked` empty: refuses a user who may not unmount it) and after the daemon
-// refused to answer (`asked`: its error, EACCES). Ok for one's own mount, or if the owner
-// cannot be told.
-Status RefuseAnotherUsersMount(const std::string& mnt, const MountEntry& entry,
-                               const std::optional<Status>& asked) {
+// The user who made `entry`, if it is another than this process's (FUSE's user_id option).
+std::optional<uint32_t> OtherOwner(const MountEntry& entry) {
   const std::optional<uint32_t> owner = entry.fuse_owner();
-  if (!owner || *owner == getuid()) return Status::Ok();
-  const std::string who = DescribeUid(*owner);
-  if (!asked) {
-    if (getuid() == 0) return Status::Ok();
-    return Status::Error(EPERM, mnt + ": mounted by " + who +
-                                    ": only that user (or root) may unmount it; run 'npz "
-                                    "umount " +
-                                    mnt + "' as that user");
-  }
-  if (asked->code() != EACCES && asked->code() != EPERM) return Status::Ok();
-  return Status::Error(asked->code(),
-                       mnt + ": mounted by " + who +
+  if (!owner || *owner == getuid()) return std::nullopt;
+  return owner;
+}
+
+// Only a mount's owner (or root) may unmount it: EPERM naming the owner for anyone else.
+Status RefuseAnotherUsersMount(const std::string& mnt, const MountEntry& entry) {
+  const std::optional<uint32_t> owner = OtherOwner(entry);
+  if (!owner || getuid() == 0) return Status::Ok();
+  return Status::Error(EPERM, mnt + ": mounted by " + DescribeUid(*owner) +
+                                  ": only that user (or root) may unmount it; run 'npz "
+                                  "umount " +
+                                  mnt + "' as that user");
+}
+
+// `asked` (the daemon's refusal to answer, EACCES) explained for another user's mount: its
+// daemon answers no one else, root included, unless mounted with -o allow_other. `asked`
+// itself otherwise.
+Status ExplainUnansweredAsk(const std::string& mnt, const MountEntry& entry, const Status& asked) {
+  const std::optional<uint32_t> owner = OtherOwner(entry);
+  if (!owner || (asked.code() != EACCES && asked.code() != EPERM)) return asked;
+  return Status::Error(asked.code(),
+                       mnt + ": mounted by " + DescribeUid(*owner) +
                            ", whose npzfs daemon answers no other user (it was mounted without "
                            "-o allow_other): run 'npz umount " +
                            mnt + "' as that user; as root, 'umount " + mnt +
@@ -539,8 +544,8 @@ Status RefuseInsideNpzfsMount(const std::string& given) {
   }
   for (const MountEntry& e : table) {
     if (e.fstype != kNpzfsMountType) continue;
-    const std::string prefix = e.mount_point == "/" ? "/" : e.mount_point + "/";
-    if (path.starts_with(prefix)) {
+    // Below it (the mount points themselves were let through above).
+    if (PathBelow(path, e.mount_point).has_value()) {
       return Status::Error(EINVAL, given +
                                        ": not a mount point, but a path inside the npzfs "
                                        "mount at " +
@@ -622,7 +627,7 @@ int RunUmount(const std::vector<std::string>& raw_args) {
   auto entry = FindNpzfsMount(parsed->positional[0], mnt);
   if (!entry.ok()) return ReportError(entry.status());
   const std::string archive = entry->source;  // the archive's absolute path
-  if (Status owner = RefuseAnotherUsersMount(mnt, *entry, std::nullopt); !owner.ok()) {
+  if (Status owner = RefuseAnotherUsersMount(mnt, *entry); !owner.ok()) {
     return ReportError(owner);
   }
   // Learn who to wait for while the mount is still live.
@@ -631,11 +636,7 @@ int RunUmount(const std::vector<std::string>& raw_args) {
   if (!daemon.ok()) {
     // ENOTCONN: the daemon died (or is exiting: a zombie holds the mount for a moment).
     if (daemon.status().code() == ENOTCONN) return ReportError(ClearDeadMount(mnt, *entry));
-    // Another user's daemon answers no one else without -o allow_other, root included.
-    if (Status owner = RefuseAnotherUsersMount(mnt, *entry, daemon.status()); !owner.ok()) {
-      return ReportError(owner);
-    }
-    return ReportError(daemon.status());
+    return ReportError(ExplainUnansweredAsk(mnt, *entry, daemon.status()));
   }
   Status unmounted = Unmount(mnt);
   if (!unmounted.ok()) return ReportError(unmounted);

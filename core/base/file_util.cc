@@ -186,4 +186,15 @@ std::string BaseName(const std::string& path) {
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
+std::optional<std::string> PathBelow(const std::string& path, const std::string& dir) {
+  if (dir == "/") {
+    if (!path.starts_with("/")) return std::nullopt;
+    return path == "/" ? std::string() : path;
+  }
+  if (!path.starts_with(dir)) return std::nullopt;
+  if (path.size() == dir.size()) return std::string();
+  if (path[dir.size()] != '/') return std::nullopt;
+  return path.substr(dir.size());
+}
+
 }  // namespace npzfs

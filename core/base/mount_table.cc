@@ -126,18 +126,9 @@ const MountEntry* ParentOf(const MountEntry& e, const std::vector<MountEntry>& t
 // Where `e` sits in the filesystem of its parent `p`: p's root joined with e's mount point
 // below p's. nullopt if e's mount point is not below p's.
 std::optional<std::string> PlaceInParent(const MountEntry& e, const MountEntry& p) {
-  const std::string& base = p.mount_point;
-  const std::string& at = e.mount_point;
-  std::string below;
-  if (base == "/") {
-    below = at;
-  } else if (at.size() > base.size() && at.compare(0, base.size(), base) == 0 &&
-             at[base.size()] == '/') {
-    below = at.substr(base.size());
-  } else {
-    return std::nullopt;
-  }
-  return (p.root == "/" ? "" : p.root) + below;
+  const std::optional<std::string> below = PathBelow(e.mount_point, p.mount_point);
+  if (!below || below->empty()) return std::nullopt;
+  return (p.root == "/" ? "" : p.root) + *below;
 }
 
 }  // namespace

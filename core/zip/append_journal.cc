@@ -389,15 +389,22 @@ Result<bool> RecoverAppendUnderLock(int fd, const std::string& archive_path,
   if (::fstat(fd, &st) != 0) return ErrnoStatus(errno, archive_path, "cannot stat");
   bool same = static_cast<uint64_t>(st.st_ino) == journal->inode &&
               static_cast<uint64_t>(st.st_size) >= journal->old_cd_offset;
+  // Whether the bytes the append never writes are those the journal saw (read at most once).
+  std::optional<uint32_t> prefix_crc;
+  auto prefix_matches = [&]() -> Result<bool> {
+    if (!prefix_crc) {
+      NPZ_ASSIGN_OR_RETURN(prefix_crc, JournalPrefixCrc(fd, journal->old_cd_offset, archive_path));
+    }
+    return *prefix_crc == journal->prefix_crc;
+  };
   if (journal->version >= 3 && !same &&
       static_cast<uint64_t>(st.st_size) >= journal->old_cd_offset &&
       !ReadZipDirectory(fd, archive_path).ok()) {
     // Another file, but not a zip as it is: a copy of the archive taken during the append
     // (a backup, a restored snapshot) along with its journal. If the bytes the append never
     // touches are the same, the journal is the only way back to a readable archive.
-    NPZ_ASSIGN_OR_RETURN(const uint32_t prefix_crc,
-                         JournalPrefixCrc(fd, journal->old_cd_offset, archive_path));
-    if (prefix_crc == journal->prefix_crc) {
+    NPZ_ASSIGN_OR_RETURN(const bool copy, prefix_matches());
+    if (copy) {
       if (log) {
         log(journal_path + ": written for another file (device " + std::to_string(journal->device) +
             ", inode " + std::to_string(journal->inode) + "), but " + archive_path +
@@ -409,9 +416,8 @@ Result<bool> RecoverAppendUnderLock(int fd, const std::string& archive_path,
     }
   }
   if (same && journal->version >= 2) {
-    NPZ_ASSIGN_OR_RETURN(const uint32_t prefix_crc,
-                         JournalPrefixCrc(fd, journal->old_cd_offset, archive_path));
-    same = static_cast<uint64_t>(st.st_dev) == journal->device && prefix_crc == journal->prefix_crc;
+    NPZ_ASSIGN_OR_RETURN(const bool intact, prefix_matches());
+    same = static_cast<uint64_t>(st.st_dev) == journal->device && intact;
     if (same && ForeignMemberAt(fd, archive_path, static_cast<uint64_t>(st.st_size), *journal)) {
       NPZ_RETURN_IF_ERROR(SetJournalAside(
           journal_path,

@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "npzfs/status.h"
@@ -86,5 +87,8 @@ mode_t CurrentUmask();
 std::string DirName(const std::string& path);
 // "dir/name" -> "name"
 std::string BaseName(const std::string& path);
+// The part of `path` below the directory `dir`, both absolute: "" for `dir` itself, "/a/b"
+// for dir/a/b; nullopt if `path` is neither. By name alone: nothing is resolved.
+std::optional<std::string> PathBelow(const std::string& path, const std::string& dir);
 
 }  // namespace npzfs
