@@ -226,7 +226,14 @@ void RemoveStaleTemps(const Mount& m) {
 // Runtime files; a writable mount takes the archive's lock, then clears what an earlier
 // daemon left (a stale result must never be read as this run's).
 Status PrepareRuntime(Mount& m) {
-  if (!m.writable() || m.runtime.dir.empty()) return Status::Ok();
+  if (!m.writable()) return Status::Ok();
+  if (m.runtime.dir.empty()) {
+    LogWarning(m.runtime.why_none +
+               ": a second writable mount of this archive is refused only at its first new "
+               "file, and npz umount cannot report the finalize (set XDG_RUNTIME_DIR or TMPDIR "
+               "to a directory of yours)");
+    return Status::Ok();
+  }
   NPZ_ASSIGN_OR_RETURN(m.lock, MountLock::Take(m.runtime.lock, m.archive_path));
   RemoveStaleRuntimeFiles(m.runtime.dir);
   unlink(m.runtime.result.c_str());
@@ -439,9 +446,9 @@ bool ChooseDaemonLog(const Mount& m) {
     PrintNote("no syslog on /dev/log: the log goes to " + m.runtime.log);
     return false;
   }
-  PrintNote(
-      "warning: no syslog on /dev/log and no writable runtime directory: nothing will be "
-      "logged (mount with -o log=FILE to keep the log)");
+  PrintNote("warning: no syslog on /dev/log and " +
+            (m.runtime.dir.empty() ? m.runtime.why_none : "cannot write " + m.runtime.log) +
+            ": nothing will be logged (mount with -o log=FILE to keep the log)");
   return false;
 }
 

@@ -77,7 +77,7 @@ bool RemoveUnheldLock(const std::string& path) {
 
 RuntimeFiles ChooseRuntimeFiles(const std::string& archive_path) {
   RuntimeFiles f;
-  f.dir = ChooseRuntimeDir();
+  f.dir = ChooseRuntimeDir(&f.why_none);
   if (f.dir.empty()) return f;
   const std::string stem = RuntimeFileStem(f.dir, archive_path);
   f.result = stem + ".result";

@@ -22,6 +22,7 @@ namespace npzfs::fs {
 
 struct RuntimeFiles {
   std::string dir;  // "" when no directory could be used: then none of the files exist
+  std::string why_none;  // then: why (ChooseRuntimeDir)
   std::string result, progress, lock, log;
 };
 

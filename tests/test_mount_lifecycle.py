@@ -251,6 +251,39 @@ def test_a_read_only_bind_mount_is_served_with_and_without_o_ro(user, shared_dir
         subprocess.run(["umount", ro], capture_output=True)
 
 
+def test_a_runtime_directory_another_user_made_for_us_is_named_with_its_owner_at_mount(
+        user, shared_dir):
+    pw = pwd.getpwnam(user)
+    data = owned_dir(os.path.join(shared_dir, "data"), user)
+    archive = os.path.join(data, "run.npz")
+    make_archive(archive)
+    os.chown(archive, pw.pw_uid, pw.pw_gid)
+    tmp = os.path.join(shared_dir, "tmp")
+    os.makedirs(tmp)
+    os.chmod(tmp, 0o1777)
+    squat = os.path.join(tmp, f"npzfs-{pw.pw_uid}")
+    os.mkdir(squat, 0o700)  # root's: it would see the user's finalize results and locks
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    env["TMPDIR"] = tmp
+    mnt = owned_dir(os.path.join(shared_dir, "mnt"), user)
+    m = start_daemon(archive, mnt, prefix=as_user(user), env=env)
+    try:
+        log = m.log()
+        assert (f"no runtime directory: $XDG_RUNTIME_DIR is not set; {squat}: belongs to uid 0 "
+                "(root), not to us") in log, log
+        assert "npz umount cannot report the finalize" in log, log
+        # The mount works without it: a new member is finalized at the unmount.
+        subprocess.run([*as_user(user), PYTHON, "-c",
+                        "import numpy as np, sys; np.save(sys.argv[1], np.arange(3))",
+                        os.path.join(mnt, "x.npy")], check=True, timeout=60)
+    finally:
+        m.unmount()
+    assert m.returncode == 0, m.log()
+    assert os.listdir(squat) == []
+    with np.load(archive) as z:
+        assert list(z["x"]) == [0, 1, 2]
+
+
 def test_help_and_version_fail_when_stdout_cannot_be_written():
     for flag in ("--version", "--help"):
         with open("/dev/full", "wb") as full:

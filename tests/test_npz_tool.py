@@ -517,6 +517,40 @@ def test_add_by_copy_refuses_an_archive_the_caller_may_not_write_as_in_place_doe
     assert sorted(os.listdir(d)) == ["base.npz", "s.npy"]
 
 
+def test_add_by_copy_keeps_the_group_and_mode_of_an_archive_a_group_member_replaces(tmp_path):
+    # A lab's dataset: root's archive, group "users" (100), writable by the group. A member of
+    # the group adds to it by copy: the new file is theirs (only root can give a file away),
+    # but the group keeps it; before, it became the member's own group, out of the lab's reach.
+    d = tmp_path / "lab"
+    d.mkdir()
+    os.chown(d, 0, 100)
+    d.chmod(0o775)
+    np.save(d / "s.npy", np.arange(4))
+    os.chmod(d / "s.npy", 0o644)
+    ok("pack", d / "base.npz", d / "s.npy")
+    os.chown(d / "base.npz", 0, 100)
+    os.chmod(d / "base.npz", 0o664)
+    member = ["setpriv", "--reuid=65534", "--regid=65534", "--groups=100"]
+    r = subprocess.run([*member, NPZ_BIN, "add", "base.npz", "n", "s.npy", "--copy"],
+                       capture_output=True, text=True, cwd=d, timeout=600)
+    assert r.returncode == 0, r.stderr
+    st = os.stat(d / "base.npz")
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (65534, 100, 0o664)
+    with zipfile.ZipFile(d / "base.npz") as z:
+        assert z.namelist() == ["s.npy", "n.npy"] and z.testzip() is None
+
+
+def test_pack_refuses_a_symlink_whose_target_is_missing_and_keeps_the_link(files):
+    d, adc, tx = files
+    os.symlink("elsewhere/missing.npz", d / "dangling.npz")
+    fails(1, "pack", d / "dangling.npz", d / "adc.npy", must_name=["dangling.npz", "exists"])
+    # --force replaced the link itself with an archive, leaving the place it names empty.
+    fails(1, "pack", d / "dangling.npz", d / "adc.npy", "--force",
+          must_name=["dangling.npz", "a symbolic link whose target cannot be reached"])
+    assert os.readlink(d / "dangling.npz") == "elsewhere/missing.npz"
+    assert leftovers(d) == []
+
+
 def test_messages_say_bad_magic_once_cut_long_keys_and_ask_for_a_positive_thread_count(files):
     d, adc, tx = files
     (d / "junk.npy").write_bytes(b"this is not a .npy file at all")

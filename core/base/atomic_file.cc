@@ -17,6 +17,19 @@ Status InjectedFailure(AtomicStep step, const std::string& path) {
   return ErrnoStatus(EIO, path, "injected failure (test)");
 }
 
+// The replacement of `old` takes its owner, group and mode where the caller may give them:
+// root keeps all three; anyone else keeps the group if they belong to it (a dataset shared
+// by a group stays the group's when one of its members replaces it) but not the owner,
+// since only root can give a file away. Returns the mode to set: `old`'s, less the set-user-
+// ID bit when the owner changed and the set-group-ID bit when the group did.
+mode_t KeepOwnerAndGroup(int fd, const struct stat& old) {
+  mode_t mode = old.st_mode & 07777;
+  if (::fchown(fd, old.st_uid, old.st_gid) == 0) return mode;
+  mode &= ~static_cast<mode_t>(S_ISUID);
+  if (::fchown(fd, static_cast<uid_t>(-1), old.st_gid) != 0) mode &= ~static_cast<mode_t>(S_ISGID);
+  return mode;
+}
+
 }  // namespace
 
 std::string TempFilePrefix(const std::string& target) {
@@ -52,9 +65,7 @@ Result<AtomicFile> AtomicFile::Create(const std::string& target, const AtomicFil
     if (options.mode) {
       mode = *options.mode;
     } else if (exists && options.keep_existing_mode) {
-      mode = st.st_mode & 07777;
-      // The owner too, where permitted (root); otherwise the file stays ours.
-      [[maybe_unused]] int ignored = ::fchown(file.fd(), st.st_uid, st.st_gid);
+      mode = KeepOwnerAndGroup(file.fd(), st);
     }
     if (::fchmod(file.fd(), mode) != 0) return ErrnoStatus(errno, file.temp_path_, "fchmod");
     return file;

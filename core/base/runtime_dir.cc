@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "core/base/names.h"
 #include "npzfs/file_util.h"
@@ -19,14 +20,26 @@ constexpr mode_t kPrivateDirMode = 0700;
 constexpr mode_t kSharedDirMode = 0755;
 constexpr mode_t kIndexDirMode = 0755;
 
-// `dir` exists (or is made with `mode`), is a directory we can write, and is not a link.
-// With `private_to_us`, it must also be ours with no access for anyone else.
-bool UsableDir(const std::string& dir, mode_t mode, bool private_to_us) {
-  if (mkdir(dir.c_str(), mode) != 0 && errno != EEXIST) return false;
+// "" if `dir` exists (or is made with `mode`), is a directory we can write, and is not a
+// link; else why not, naming `dir`. With `private_to_us`, it must also be ours with no access
+// for anyone else (another user's directory there could read or replace our files).
+std::string WhyNotUsable(const std::string& dir, mode_t mode, bool private_to_us) {
+  if (mkdir(dir.c_str(), mode) != 0 && errno != EEXIST) {
+    return dir + ": cannot create: " + std::strerror(errno);
+  }
   struct stat st {};
-  if (lstat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return false;
-  if (private_to_us && (st.st_uid != getuid() || (st.st_mode & 077) != 0)) return false;
-  return access(dir.c_str(), W_OK | X_OK) == 0;
+  if (lstat(dir.c_str(), &st) != 0) return dir + ": " + std::strerror(errno);
+  if (!S_ISDIR(st.st_mode)) return dir + ": not a directory";
+  if (private_to_us && st.st_uid != getuid()) {
+    return dir + ": belongs to " + DescribeUid(st.st_uid) + ", not to us";
+  }
+  if (private_to_us && (st.st_mode & 077) != 0) {
+    char octal[8];
+    std::snprintf(octal, sizeof octal, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    return dir + ": others have access to it (mode " + octal + "; it must be 0700)";
+  }
+  if (access(dir.c_str(), W_OK | X_OK) != 0) return dir + ": " + std::strerror(errno);
+  return {};
 }
 
 std::string Env(const char* name) {
@@ -48,15 +61,28 @@ Result<std::string> AbsoluteArchivePath(const std::string& archive) {
   return abs + BaseName(archive);
 }
 
-std::string ChooseRuntimeDir() {
-  if (std::string xdg = Env("XDG_RUNTIME_DIR"); !xdg.empty()) {
-    if (UsableDir(xdg + "/npzfs", kPrivateDirMode, true)) return xdg + "/npzfs";
+std::string ChooseRuntimeDir(std::string* why_none) {
+  std::vector<std::string> refused;
+  auto usable = [&](const std::string& dir, mode_t mode, bool private_to_us) {
+    std::string why = WhyNotUsable(dir, mode, private_to_us);
+    if (why.empty()) return true;
+    refused.push_back(std::move(why));
+    return false;
+  };
+  if (std::string xdg = Env("XDG_RUNTIME_DIR"); xdg.empty()) {
+    refused.emplace_back("$XDG_RUNTIME_DIR is not set");
+  } else if (usable(xdg + "/npzfs", kPrivateDirMode, true)) {
+    return xdg + "/npzfs";
   }
-  if (getuid() == 0 && UsableDir("/run/npzfs", kSharedDirMode, false)) return "/run/npzfs";
+  if (getuid() == 0 && usable("/run/npzfs", kSharedDirMode, false)) return "/run/npzfs";
   std::string tmp = Env("TMPDIR");
   if (tmp.empty()) tmp = "/tmp";
   const std::string mine = tmp + "/npzfs-" + std::to_string(getuid());
-  if (UsableDir(mine, kPrivateDirMode, true)) return mine;
+  if (usable(mine, kPrivateDirMode, true)) return mine;
+  if (why_none != nullptr) {
+    *why_none = "no runtime directory: ";
+    for (size_t i = 0; i < refused.size(); ++i) *why_none += (i > 0 ? "; " : "") + refused[i];
+  }
   return {};
 }
 
@@ -65,8 +91,12 @@ std::string RuntimeFileStem(const std::string& runtime_dir, const std::string& a
 }
 
 std::string RuntimeIndexDir(bool create, const std::function<void(const std::string&)>& log) {
-  const std::string runtime = ChooseRuntimeDir();
-  if (runtime.empty()) return {};
+  std::string why_none;
+  const std::string runtime = ChooseRuntimeDir(&why_none);
+  if (runtime.empty()) {
+    if (create && log) log(why_none + " (set XDG_RUNTIME_DIR or TMPDIR to a directory of yours)");
+    return {};
+  }
   const std::string dir = runtime + "/index";
   if (create && mkdir(dir.c_str(), kIndexDirMode) != 0 && errno != EEXIST && log) {
     log(ErrnoStatus(errno, dir, "cannot create the index directory").message());

@@ -28,8 +28,10 @@ namespace npzfs {
 // archive need not. Errors name `archive` and the directory.
 Result<std::string> AbsoluteArchivePath(const std::string& archive);
 
-// The runtime directory (made if missing); "" when none can be used.
-std::string ChooseRuntimeDir();
+// The runtime directory (made if missing); "" when none can be used, and then, if
+// `why_none` is given, "no runtime directory: " and why each place was refused (not set,
+// another user's, open to others, not writable...).
+std::string ChooseRuntimeDir(std::string* why_none = nullptr);
 
 // "<runtime_dir>/<archive base>-<NameHash of archive_path>": add ".lock", ".result"...
 // `archive_path` as AbsoluteArchivePath gives it.
@@ -37,7 +39,8 @@ std::string RuntimeFileStem(const std::string& runtime_dir, const std::string& a
 
 // "<runtime dir>/index", made if missing and `create`: where the indexes of archives whose
 // directory is not writable are kept (named by SharedIndexFileName, core/base/names.h). ""
-// if there is no runtime directory; a failure to make it is logged through `log`.
+// if there is no runtime directory; with `create`, that and a failure to make it are logged
+// through `log`.
 std::string RuntimeIndexDir(bool create, const std::function<void(const std::string&)>& log = {});
 
 // Where an archive's index is kept when no directory is given (ArchiveOptions::index_dir and

@@ -133,6 +133,18 @@ std::string ResolveArchivePath(const std::string& path) {
   return path;
 }
 
+// A symlink ResolveArchivePath could not follow (its target is missing, or a loop): writing
+// at its path would replace the link instead of making what it points to.
+Status RefuseUnreachableLink(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0 || !S_ISLNK(st.st_mode) || ::stat(path.c_str(), &st) == 0) {
+    return Status::Ok();
+  }
+  return ErrnoStatus(errno, path,
+                     "a symbolic link whose target cannot be reached; create the target or "
+                     "remove the link");
+}
+
 // What one call is asked to do, checked once.
 // Where a writer says it waits for another one's lock.
 const ArchiveLogFn& LockWait(const WriteOptions& options) {
@@ -471,14 +483,9 @@ Result<bool> CreateByAdoption(const Request& r, const MemberPiece& piece,
 // created it first (the caller then appends to it).
 Status CreateArchive(const Request& r, bool* exists) {
   NPZ_ASSIGN_OR_RETURN(DirectoryLock dir_lock, LockDirectoryToCreate(r.path, LockWait(*r.options)));
+  NPZ_RETURN_IF_ERROR(RefuseUnreachableLink(r.path));
   struct stat st;
   if (::lstat(r.path.c_str(), &st) == 0) {
-    if (S_ISLNK(st.st_mode) && ::stat(r.path.c_str(), &st) != 0) {
-      // ResolveArchivePath could not follow it: the link's target is missing (or a loop).
-      return ErrnoStatus(errno, r.path,
-                         "a symbolic link whose target cannot be reached; create the target "
-                         "or remove the link");
-    }
     *exists = true;
     return Status::Ok();
   }
@@ -649,6 +656,7 @@ Status WriteArchive(const std::string& out_path, const std::vector<NewMember>& m
   }
   if (lock.status().code() != ENOENT) return lock.status();
   NPZ_ASSIGN_OR_RETURN(DirectoryLock dir_lock, LockDirectoryToCreate(r.path, LockWait(options)));
+  NPZ_RETURN_IF_ERROR(RefuseUnreachableLink(r.path));
   return BuildAndRename(r, -1, ZipDirectory{}, {});
 }
 
