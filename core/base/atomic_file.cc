@@ -25,7 +25,7 @@ Status InjectedFailure(AtomicStep step, const std::string& path) {
 mode_t KeepOwnerAndGroup(int fd, const struct stat& old) {
   mode_t mode = old.st_mode & 07777;
   if (::fchown(fd, old.st_uid, old.st_gid) == 0) return mode;
-  mode &= ~static_cast<mode_t>(S_ISUID);
+  if (old.st_uid != ::geteuid()) mode &= ~static_cast<mode_t>(S_ISUID);
   if (::fchown(fd, static_cast<uid_t>(-1), old.st_gid) != 0) mode &= ~static_cast<mode_t>(S_ISGID);
   return mode;
 }
