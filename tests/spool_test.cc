@@ -523,6 +523,45 @@ TEST(Spool, ASpoolRecordsItsArchiveAndIsRefusedToAnother) {
   EXPECT_EQ((*own)->members().size(), 1u);
 }
 
+TEST(Spool, ASpoolMovedWithItsArchivesDirectoryIsTakenOverOnlyOnceTheOldArchiveIsGone) {
+  TempDir t;
+  fs::create_directories(t.Join("day1"));
+  const std::string old_archive = t.Join("day1/run.npz");
+  WriteFileOrDie(old_archive, "an archive");
+  {
+    auto spool = Spool::Open(DefaultSpoolDir(old_archive), {}, old_archive);
+    ASSERT_TRUE(spool.ok()) << spool.status().message();
+    ASSERT_TRUE((*spool)->Create("x.txt").ok());
+  }  // its daemon died
+  // Copied: the old archive is still there, and the spool stays its own.
+  fs::copy(t.Join("day1"), t.Join("copy"), fs::copy_options::recursive);
+  const std::string copied = t.Join("copy/run.npz");
+  auto refused = Spool::Open(DefaultSpoolDir(copied), {}, copied);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("the spool of " + old_archive), std::string::npos)
+      << refused.status().message();
+  // Moved: the spool where the moved archive keeps its spool is taken over, with a log line.
+  fs::rename(t.Join("day1"), t.Join("moved"));
+  const std::string moved = t.Join("moved/run.npz");
+  std::vector<std::string> lines;
+  auto taken = Spool::Open(
+      DefaultSpoolDir(moved), [&](const std::string& l) { lines.push_back(l); }, moved);
+  ASSERT_TRUE(taken.ok()) << taken.status().message();
+  EXPECT_EQ((*taken)->members().size(), 1u);
+  EXPECT_EQ(ReadFileOrDie(DefaultSpoolDir(moved) + "/.npzfs-lock"), moved + "\n");
+  ASSERT_FALSE(lines.empty());
+  EXPECT_NE(lines.front().find("which is gone; taken over by " + moved), std::string::npos)
+      << lines.front();
+  taken->reset();
+  // A spool elsewhere (-o spool=DIR) whose archive is gone is still refused: nothing ties it
+  // to this archive.
+  fs::rename(DefaultSpoolDir(moved), t.Join("elsewhere"));
+  WriteFileOrDie(t.Join("elsewhere/.npzfs-lock"), old_archive + "\n");
+  auto elsewhere = Spool::Open(t.Join("elsewhere"), {}, moved);
+  ASSERT_FALSE(elsewhere.ok());
+  EXPECT_EQ(elsewhere.status().code(), EINVAL);
+}
+
 TEST(Spool, TheArchivesOwnDirectoryIsNeverItsSpoolEvenEmptyOrWithALockFile) {
   TempDir t;
   const std::string dir = t.Join("d");

@@ -408,6 +408,32 @@ def test_a_killed_daemons_lock_and_progress_are_cleared_by_the_next_writable_mou
     assert sorted(p.name for p in runtime.iterdir() if not p.name.endswith(".result")) == []
 
 
+def test_a_killed_daemons_new_members_survive_a_move_of_the_archives_directory(tmp_path):
+    require_fuse()
+    (tmp_path / "day1").mkdir()
+    arrays = make_archive(tmp_path / "day1" / "run.npz")
+    m = start_daemon(tmp_path / "day1" / "run.npz", tmp_path / "mnt", "-o", "frame=f*:<i2:4")
+    try:
+        with open(tmp_path / "mnt" / "f.npy", "wb") as f:
+            f.write(np.arange(40, dtype="<i2").tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        m.kill()
+    os.rename(tmp_path / "day1", tmp_path / "archived")
+    # The next mount at the new place resumes the spool that moved with the archive.
+    m = start_daemon(tmp_path / "archived" / "run.npz", tmp_path / "mnt")
+    try:
+        assert "which is gone; taken over by " + str(tmp_path / "archived" / "run.npz") in m.log()
+        assert np.load(tmp_path / "mnt" / "f.npy").shape == (10, 4)
+    finally:
+        m.unmount()
+    assert m.returncode == 0, m.log()
+    with np.load(tmp_path / "archived" / "run.npz") as z:
+        assert sorted(z.files) == sorted([*arrays, "f"])
+        np.testing.assert_array_equal(z["f"], np.arange(40, dtype="<i2").reshape(10, 4))
+
+
 def test_the_log_file_a_daemon_keeps_in_the_runtime_directory_is_private(tmp_path):
     """Without syslog the daemonized log goes to the runtime directory (/run/npzfs, 0755,
     for root): it names members and paths, so only its owner may read it."""

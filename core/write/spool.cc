@@ -143,25 +143,43 @@ Status CheckNotArchiveDirectory(const std::string& dir, const std::string& archi
                                    "the archive and then deleted): choose another directory");
 }
 
+// Whether `dir` is where `archive` (an ArchiveIdentity) keeps its spool by default: the
+// spool then moved with the archive's directory.
+bool IsDefaultSpoolOf(const std::string& dir, const std::string& archive) {
+  char resolved[PATH_MAX];
+  return ::realpath(dir.c_str(), resolved) != nullptr && DefaultSpoolDir(archive) == resolved;
+}
+
 // The spool lock file holds the archive the spool is for, one line ("" if none recorded:
 // a spool made before this was written, or without an archive path). Checks it against
-// `archive` and records `archive` if none is. The record is not synced: lost in a crash, the
-// spool is only unclaimed again.
+// `archive` and records `archive` if none is. A spool that records another archive is taken
+// over only when that archive is gone and the spool is where `archive` keeps its spool by
+// default: the directory holding both was moved or renamed after a daemon died (a copy
+// leaves the old archive in place, and the spool stays that one's). The record is not
+// synced: lost in a crash, the spool is only unclaimed again.
 Status ClaimSpool(int lock_fd, const std::string& lock_path, const std::string& dir,
-                  const std::string& archive) {
+                  const std::string& archive, const SpoolLogFn& log) {
   char buf[PATH_MAX + 2];
   NPZ_ASSIGN_OR_RETURN(size_t n, PreadFull(lock_fd, buf, sizeof buf, 0, lock_path));
   std::string owner(buf, n);
   while (!owner.empty() && (owner.back() == '\n' || owner.back() == '\0')) owner.pop_back();
   if (owner == archive) return Status::Ok();
   if (!owner.empty()) {
-    return Status::Error(EINVAL, dir + ": the spool of " + owner + ", not of " + archive +
-                                     " (its new members belong to that archive: run `npz "
-                                     "recover " +
-                                     owner + " --spool " + dir +
-                                     "`; if the archive was moved here, write its new path "
-                                     "into " +
-                                     lock_path + ")");
+    struct stat st;
+    const bool owner_gone = ::lstat(owner.c_str(), &st) != 0 && errno == ENOENT;
+    if (!owner_gone || !IsDefaultSpoolOf(dir, archive)) {
+      return Status::Error(EINVAL, dir + ": the spool of " + owner + ", not of " + archive +
+                                       " (its new members belong to that archive: run `npz "
+                                       "recover " +
+                                       owner + " --spool " + dir +
+                                       "`; if the archive was moved here, write its new path "
+                                       "into " +
+                                       lock_path + ")");
+    }
+    if (log) {
+      log(dir + ": the spool of " + owner + ", which is gone; taken over by " + archive +
+          ", which keeps its spool here (the directory was moved or renamed)");
+    }
   }
   const std::string line = archive + "\n";
   if (::ftruncate(lock_fd, 0) != 0) return ErrnoStatus(errno, lock_path, "ftruncate failed");
@@ -334,7 +352,9 @@ Result<std::unique_ptr<Spool>> Spool::Open(const std::string& dir, SpoolLogFn lo
     }
     return ErrnoStatus(errno, lock_path, "flock failed");
   }
-  if (!archive.empty()) NPZ_RETURN_IF_ERROR(ClaimSpool(lock_fd.get(), lock_path, dir, archive));
+  if (!archive.empty()) {
+    NPZ_RETURN_IF_ERROR(ClaimSpool(lock_fd.get(), lock_path, dir, archive, log));
+  }
   std::unique_ptr<Spool> spool(new Spool(dir, std::move(lock_fd), std::move(log)));
 
   std::vector<std::string> files;

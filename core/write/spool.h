@@ -70,7 +70,9 @@ class Spool {
   // `archive_path`, if given, is the archive the spool's members are for. It is written into
   // the lock file of a spool that records none, and a spool that records another archive is
   // refused (EINVAL naming both): its members belong there (a daemon of that archive died,
-  // and the same -o spool=DIR was given to another archive).
+  // and the same -o spool=DIR was given to another archive). Unless that archive is gone
+  // and `dir` is where `archive_path` keeps its spool by default: the directory of both was
+  // moved or renamed, and `archive_path` takes the spool over (a log line says so).
   static Result<std::unique_ptr<Spool>> Open(const std::string& dir, SpoolLogFn log = {},
                                              const std::string& archive_path = {});
   ~Spool();
