@@ -88,12 +88,22 @@ Result<Spool*> SpoolSlot::GetOrCreate(const std::string& dir, const std::string&
   auto spool = Spool::Open(
       dir, [](const std::string& line) { LogInfo(line); }, archive_path);
   if (spool.ok()) {
+    nospace_logged_ = false;
     spool_ = std::move(spool).value();
     StartBackgroundLocked();
     LogInfo("spool for new members: " + dir);
     return spool_.get();
   }
   const std::string why = spool.status().message();
+  if (const int code = spool.status().code(); code == ENOSPC || code == EDQUOT) {
+    // For now only: the next create tries again, and once there is room it works.
+    if (!nospace_logged_) {
+      nospace_logged_ = true;
+      LogError("new files cannot be created until there is room: " + why +
+               " (free space on the spool's filesystem; archived members are still served)");
+    }
+    return Status::Error(code, "no spool for new members: " + why);
+  }
   if (!failure_logged_) {
     failure_logged_ = true;
     LogError("new files cannot be created: " + why +

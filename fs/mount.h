@@ -80,7 +80,9 @@ class SpoolSlot {
   // The spool of `archive_path`, made now in `dir` if needed (Spool::Open). EROFS, with one
   // log line (the first time) naming the file and the cause, if new members could never be
   // finalized into the archive (CheckCanAppend with `mode`: the archive or its directory is
-  // not writable), or if the spool cannot be made (the line then suggests -o spool=DIR).
+  // not writable), or if the spool cannot be made (the line then suggests -o spool=DIR);
+  // but ENOSPC or EDQUOT, with a line saying to free space, when the disk is full: the next
+  // create tries again.
   Result<Spool*> GetOrCreate(const std::string& dir, const std::string& archive_path,
                              WriteOptions::AppendMode mode);
 
@@ -92,6 +94,7 @@ class SpoolSlot {
   mutable std::mutex mu_;
   std::unique_ptr<Spool> spool_;
   bool failure_logged_ = false;
+  bool nospace_logged_ = false;  // until a spool is made: a full disk is said once
   std::optional<int> background_level_;
   bool threads_allowed_ = false;
 };

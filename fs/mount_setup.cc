@@ -17,6 +17,7 @@
 #include "core/base/mount_table.h"
 #include "core/base/names.h"
 #include "core/base/runtime_dir.h"
+#include "core/base/text_codec.h"
 #include "fs/log.h"
 #include "npzfs/archive_writer.h"
 
@@ -92,6 +93,14 @@ void ChooseIndexPlace(const Mount& m, ArchiveOptions& ao) {
 
 void LogLine(const std::string& line) { LogInfo(line); }
 
+// Whether a running daemon (or npz recover) holds the spool in `dir`: its lock file is
+// locked. False if it cannot be told.
+bool SpoolInUse(const std::string& dir) {
+  UniqueFd fd(open((dir + "/" + std::string(kSpoolLockFileName)).c_str(),
+                   O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+  return fd.valid() && flock(fd.get(), LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+}
+
 // Opens the archive. A missing one is an error naming its absolute path, unless -o create
 // (then nullptr: the mount starts empty and the archive is made on unmount). An append that
 // a killed process left half done is undone first (its journal); a read-only mount that may
@@ -107,6 +116,13 @@ Result<std::shared_ptr<Archive>> OpenArchive(const Mount& m) {
     if (errno != ENOENT) return ErrnoStatus(errno, m.archive_path, "stat");
     if (m.options.create) return std::shared_ptr<Archive>();
     struct stat spool {};
+    if (stat(m.spool_dir.c_str(), &spool) == 0 && SpoolInUse(m.spool_dir)) {
+      return Status::Error(EBUSY, "no such archive yet: " + m.archive_path +
+                                      ": a writable mount that will create it is running (its "
+                                      "spool " +
+                                      m.spool_dir +
+                                      " is in use); mount it once that one is unmounted");
+    }
     if (stat(m.spool_dir.c_str(), &spool) == 0) {
       return Status::Error(ENOENT, "no such archive: " + m.archive_path + ", but the spool " +
                                        m.spool_dir +
@@ -175,18 +191,11 @@ Status PrepareMountPoint(const Options& options, MountPoint& mp) {
 }
 
 // Resumes the spool an earlier daemon left; with -o ro only says that one is waiting.
-// Whether a running daemon (or npz recover) holds the spool in `dir`: its lock file is
-// locked. False if it cannot be told.
-bool SpoolInUse(const std::string& dir) {
-  UniqueFd fd(open((dir + "/" + std::string(kSpoolLockFileName)).c_str(),
-                   O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
-  return fd.valid() && flock(fd.get(), LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
-}
-
 Status ResumeSpool(Mount& m) {
   struct stat st {};
   if (stat(m.spool_dir.c_str(), &st) != 0) return Status::Ok();  // made on the first new member
   if (m.options.read_only) {
+    if (S_ISDIR(st.st_mode) && !SpoolHoldsAnything(m.spool_dir)) return Status::Ok();
     if (SpoolInUse(m.spool_dir)) {
       LogInfo(m.spool_dir +
               " is the spool of a writable mount that is running: its new "
@@ -223,6 +232,16 @@ void RemoveStaleTemps(const Mount& m) {
   if (!removed.ok()) LogWarning("cannot remove stale temp files: " + removed.status().message());
 }
 
+// The command that finalizes this mount's spool should the daemon die (npz umount prints it).
+std::string RecoverCommand(const Mount& m) {
+  std::string command = "npz recover " + ShellWord(m.archive_path);
+  if (m.spool_dir != DefaultSpoolDir(m.archive_path))
+    command += " --spool " + ShellWord(m.spool_dir);
+  if (m.options.compress_level)
+    command += " --compress=" + std::to_string(*m.options.compress_level);
+  return command;
+}
+
 // Runtime files; a writable mount takes the archive's lock, then clears what an earlier
 // daemon left (a stale result must never be read as this run's).
 Status PrepareRuntime(Mount& m) {
@@ -234,7 +253,7 @@ Status PrepareRuntime(Mount& m) {
                "to a directory of yours)");
     return Status::Ok();
   }
-  NPZ_ASSIGN_OR_RETURN(m.lock, MountLock::Take(m.runtime.lock, m.archive_path));
+  NPZ_ASSIGN_OR_RETURN(m.lock, MountLock::Take(m.runtime.lock, m.archive_path, RecoverCommand(m)));
   RemoveStaleRuntimeFiles(m.runtime.dir);
   unlink(m.runtime.result.c_str());
   unlink(m.runtime.progress.c_str());

@@ -26,12 +26,13 @@ bool StillLinked(int fd, const std::string& path) {
          a.st_dev == b.st_dev;
 }
 
-// The pid written in a lock file ("" if none).
+// The pid written in a lock file, its first line ("" if none).
 std::string LockHolder(int fd, const std::string& lock_path) {
   char pid[32] = {};
   (void)PreadFull(fd, pid, sizeof pid - 1, 0, lock_path);
   std::string holder(pid);
-  while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
+  holder = holder.substr(0, holder.find('\n'));
+  while (!holder.empty() && holder.back() == ' ') holder.pop_back();
   return holder;
 }
 
@@ -87,7 +88,8 @@ RuntimeFiles ChooseRuntimeFiles(const std::string& archive_path) {
   return f;
 }
 
-Result<MountLock> MountLock::Take(const std::string& path, const std::string& archive_path) {
+Result<MountLock> MountLock::Take(const std::string& path, const std::string& archive_path,
+                                  const std::string& recover_command) {
   // A daemon that releases the lock unlinks the file while holding it; a lock taken on a file
   // that is no longer linked is worthless, so take it again on the new file.
   constexpr int kAttempts = 5;
@@ -97,6 +99,7 @@ Result<MountLock> MountLock::Take(const std::string& path, const std::string& ar
       MountLock lock;
       lock.fd_ = std::move(fd);
       lock.path_ = path;
+      lock.recover_command_ = recover_command;
       NPZ_RETURN_IF_ERROR(lock.RecordPid());
       return lock;
     }
@@ -105,7 +108,7 @@ Result<MountLock> MountLock::Take(const std::string& path, const std::string& ar
 
 Status MountLock::RecordPid() {
   if (!fd_.valid()) return Status::Ok();
-  const std::string text = std::to_string(getpid()) + "\n";
+  const std::string text = MountLockText(getpid(), recover_command_);
   if (ftruncate(fd_.get(), 0) != 0) return ErrnoStatus(errno, path_, "ftruncate failed");
   return PwriteAll(fd_.get(), text.data(), text.size(), 0, path_);
 }
@@ -115,6 +118,7 @@ MountLock& MountLock::operator=(MountLock&& other) noexcept {
     Release();
     fd_ = std::move(other.fd_);
     path_ = std::move(other.path_);
+    recover_command_ = std::move(other.recover_command_);
   }
   return *this;
 }

@@ -369,6 +369,22 @@ def test_a_second_writable_mount_of_the_same_archive_is_refused_at_mount(tmp_pat
             assert sorted(os.listdir(ro.mnt)) == ["adc.npy", "tx.npy"]
 
 
+def test_a_mount_of_an_archive_that_a_running_mount_will_create_says_so(tmp_path):
+    require_fuse()
+    with mounted(tmp_path / "new.npz", tmp_path / "mnt", "-o", "create,frame=a*:<i2:4") as m:
+        with open(m.path("a.npy"), "wb") as f:
+            f.write(np.arange(8, dtype="<i2").tobytes())
+        (tmp_path / "mnt2").mkdir()
+        for options in ((), ("-o", "create")):
+            r = run_npzfs("-f", *options, tmp_path / "new.npz", tmp_path / "mnt2")
+            assert r.returncode != 0 and not is_mounted(tmp_path / "mnt2")
+            # Not "mount with -o create to resume it, or run npz recover": neither can work.
+            assert ("a writable mount that will create it is running" in r.stderr
+                    or "already mounted for writing" in r.stderr), (options, r.stderr)
+            assert "npz recover" not in r.stderr, r.stderr
+    assert m.returncode == 0, m.log()
+
+
 def runtime_env(tmp_path):
     """An environment whose runtime directory is private to the test: tmp_path/xdg/npzfs."""
     (tmp_path / "xdg").mkdir(mode=0o700)
@@ -399,7 +415,8 @@ def test_a_killed_daemons_lock_and_progress_are_cleared_by_the_next_writable_mou
         assert not orphan.exists()
         # The live daemon's lock stays, and still refuses a second writable mount.
         with open(live + ".lock") as f:
-            assert f.read().strip() == str(mounts[1].proc.pid)
+            assert f.read().split("\n")[:2] == [str(mounts[1].proc.pid),
+                                                f"npz recover {tmp_path / 'live.npz'}"]
         r = run_npzfs("-f", tmp_path / "live.npz", tmp_path / "m1", env=env)
         assert r.returncode != 0 and "already mounted for writing" in r.stderr, r.stderr
     finally:
@@ -472,7 +489,7 @@ def test_a_lock_held_for_a_moment_under_a_pid_that_does_not_run_delays_the_mount
     try:
         m = start_daemon(tmp_path / "run.npz", tmp_path / "mnt", env=env)
         with open(lock) as f:
-            assert f.read().strip() == str(m.proc.pid)
+            assert f.readline().strip() == str(m.proc.pid)
         assert m.unmount() == 0
     finally:
         release.join()
@@ -536,6 +553,26 @@ def test_umount_after_a_sigkill_clears_the_mount_and_prints_the_exact_recover_co
     assert r.returncode == 0, r.stderr
     with np.load(archive) as z:
         assert np.array_equal(z["adc2"], np.arange(24, dtype="<i2").reshape(2, 12))
+    # With its own spool (a path that needs quoting) and -o compress: the command the daemon
+    # recorded names both.
+    spool = tmp_path / "my spool"
+    m = start_daemon(archive, tmp_path / "mnt", "-o", f"frame=adc*:int16:12,compress=3,spool={spool}")
+    with open(m.path("adc3.npy"), "wb") as f:
+        f.write(np.arange(36, dtype="<i2").tobytes())
+    m.proc.send_signal(signal.SIGKILL)  # our own child
+    m.proc.wait()
+    r = npz("umount", m.mnt)
+    assert r.returncode == 1
+    command = f"npz recover {archive} --spool '{spool}' --compress=3"
+    assert f"run '{command}'" in r.stderr, r.stderr
+    m.unmount()
+    r = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PATH=f"{os.path.dirname(NPZ_BIN)}:{os.environ['PATH']}"))
+    assert r.returncode == 0, r.stderr
+    with zipfile.ZipFile(archive) as z:
+        assert z.getinfo("adc3.npy").compress_type == zipfile.ZIP_DEFLATED
+    with np.load(archive) as z:
+        assert np.array_equal(z["adc3"], np.arange(36, dtype="<i2").reshape(3, 12))
 
 
 def test_umount_after_a_sigkill_of_a_read_only_mount_says_nothing_was_lost(tmp_path):
@@ -1196,7 +1233,8 @@ def test_a_daemon_in_the_background_finalizes_a_resumed_spool_with_compress(tmp_
         runtime = os.getxattr(mnt, "user.npzfs.result").decode()
         lock = runtime[: -len(".result")] + ".lock"
         with open(lock) as f:
-            assert int(f.read()) == pid  # not the pid of the process that forked it
+            # Not the pid of the process that forked it; the recover command follows.
+            assert f.read().split("\n")[:2] == [str(pid), f"npz recover {archive} --compress=6"]
         u = npz("umount", mnt, timeout=120)
         assert u.returncode == 0, u.stderr
         with np.load(archive) as z:

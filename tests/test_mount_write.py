@@ -692,10 +692,54 @@ def test_enospc_during_finalize_leaves_archive_and_spool_intact(tmp_path):
         else:
             # npz umount read the daemon's "error: ..." result, and removed it once read.
             assert "finalize failed" in reported and "space" in reported.lower(), reported
+            assert (f"the new members stay in the spool {small}/.rec.npz.npzfs-spool: free "
+                    f"space on its filesystem, then run `npz recover {archive}`") in reported
             assert not os.path.exists(result_file(m))
         assert archive.read_bytes() == before
         spool = small / ".rec.npz.npzfs-spool"
         assert os.path.getsize(spool / "big.npy") == len(npy_bytes(big))
+    finally:
+        if is_mounted(tmp_path / "mnt"):
+            subprocess.run(["fusermount3", "-u", "-z", str(tmp_path / "mnt")])
+        subprocess.run(["umount", str(small)])
+
+
+def test_a_full_disk_fails_new_files_with_enospc_until_there_is_room(tmp_path):
+    require_fuse()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], check=True)
+    try:
+        archive = small / "rec.npz"
+        np.savez(archive, old=np.arange(100))
+        filler = small / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            with pytest.raises(OSError):
+                while True:
+                    os.write(fd, b"\0" * 4096)
+        finally:
+            os.close(fd)
+        with mounted(archive, tmp_path / "mnt") as m:
+            # Not a read-only file system: the disk is full, for now.
+            with pytest.raises(OSError) as e:
+                np.save(m.path("new.npy"), np.arange(3))
+            assert e.value.errno == errno.ENOSPC
+            assert "-o ro" not in m.log() and "Read-only" not in m.log(), m.log()
+        assert m.unmount() == 0, m.log()
+        # A spool the failed create may have left holds nothing: the next mounts neither fail
+        # for it (its record cannot be written on a full disk) nor warn of new members in it.
+        with mounted(archive, tmp_path / "mnt", "-o", "ro") as m:
+            assert "holds new members" not in m.log(), m.log()
+        with mounted(archive, tmp_path / "mnt") as m:
+            np.testing.assert_array_equal(np.load(m.path("old.npy")), np.arange(100))
+            filler.unlink()
+            np.save(m.path("new.npy"), np.arange(3))
+        assert m.unmount() == 0, m.log()
+        with np.load(archive) as z:
+            assert sorted(z.files) == ["new", "old"]
     finally:
         if is_mounted(tmp_path / "mnt"):
             subprocess.run(["fusermount3", "-u", "-z", str(tmp_path / "mnt")])

@@ -63,5 +63,13 @@ TEST(TextCodec, PrintableNameEscapesControlAndInvalidBytesAndCutsLongNames) {
   EXPECT_EQ(PrintableName(wide, 1000), wide);
 }
 
+TEST(TextCodec, ShellWordQuotesOnlyWhatAShellWouldSplitOrExpand) {
+  EXPECT_EQ(ShellWord("/data/run-7/a_b.npz"), "/data/run-7/a_b.npz");
+  EXPECT_EQ(ShellWord("my spool"), "'my spool'");
+  EXPECT_EQ(ShellWord("it's"), "'it'\\''s'");
+  EXPECT_EQ(ShellWord("$HOME;*"), "'$HOME;*'");
+  EXPECT_EQ(ShellWord(""), "''");
+}
+
 }  // namespace
 }  // namespace npzfs

@@ -196,7 +196,8 @@ mount or the original (the message names the other): the daemon finalizes only o
 last of them is gone. If the original was detached with `umount -l` and a single bind mount
 of it is left, that one is unmounted as the original would be. If the daemon had died,
 the stale mount is cleared, nothing is finalized, the exit status is non-zero and the
-message gives the exact `npz recover /abs/ARCHIVE` command that adds its new members.
+message gives the exact `npz recover /abs/ARCHIVE` command that adds its new members (with
+the mount's --spool and --compress, which the daemon recorded).
 
 The mount is found without asking its daemon; only the daemon can tell its pid and result
 file, and one that does not answer within 10 s (or --timeout, if shorter) -- stopped with

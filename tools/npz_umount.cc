@@ -46,6 +46,7 @@
 
 #include "core/base/mount_table.h"
 #include "core/base/names.h"
+#include "core/base/runtime_dir.h"
 #include "npzfs/file_util.h"
 #include "tools/npz_cli.h"
 #include "tools/progress.h"
@@ -585,15 +586,26 @@ Status ClearDeadMount(const std::string& mnt, const MountEntry& entry) {
                                        "read-only mount of " +
                                        archive + ": nothing was lost");
   }
-  return Status::Error(ENOTCONN,
-                       mnt +
-                           ": the npzfs daemon had died (Transport endpoint is not connected); "
-                           "the stale mount was removed, and nothing was finalized. New "
-                           "members it received, if any, are in its spool: run 'npz recover " +
-                           archive +
-                           "' (with --spool DIR if it was mounted with -o spool=DIR, and "
-                           "--compress[=LEVEL] if with -o compress: the chunks already deflated "
-                           "are used), or mount the archive again with the same options");
+  const std::string died =
+      mnt +
+      ": the npzfs daemon had died (Transport endpoint is not connected); the stale mount "
+      "was removed, and nothing was finalized. New members it received, if any, are in its "
+      "spool: ";
+  // The daemon recorded the command with its own options in its lock file (same user, same
+  // runtime directory); else the options are for the user to add.
+  const std::string runtime = ChooseRuntimeDir();
+  const std::string recorded =
+      runtime.empty() ? "" : RecoverCommandInMountLock(RuntimeFileStem(runtime, archive) + ".lock");
+  if (!recorded.empty()) {
+    return Status::Error(ENOTCONN, died + "run '" + recorded +
+                                       "' (the chunks already deflated are used), or mount the "
+                                       "archive again with the same options");
+  }
+  return Status::Error(ENOTCONN, died + "run 'npz recover " + archive +
+                                     "' (with --spool DIR if it was mounted with -o spool=DIR, "
+                                     "and --compress[=LEVEL] if with -o compress: the chunks "
+                                     "already deflated are used), or mount the archive again "
+                                     "with the same options");
 }
 
 }  // namespace

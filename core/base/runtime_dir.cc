@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <vector>
 
 #include "core/base/names.h"
@@ -88,6 +89,17 @@ std::string ChooseRuntimeDir(std::string* why_none) {
 
 std::string RuntimeFileStem(const std::string& runtime_dir, const std::string& archive_path) {
   return runtime_dir + "/" + BaseName(archive_path) + "-" + NameHash(archive_path);
+}
+
+std::string MountLockText(long pid, const std::string& recover_command) {
+  return std::to_string(pid) + "\n" + recover_command + "\n";
+}
+
+std::string RecoverCommandInMountLock(const std::string& lock_path) {
+  std::ifstream f(lock_path);
+  std::string pid, command;
+  if (!std::getline(f, pid) || !std::getline(f, command)) return {};
+  return command.rfind("npz recover ", 0) == 0 ? command : std::string();
 }
 
 std::string RuntimeIndexDir(bool create, const std::function<void(const std::string&)>& log) {

@@ -37,6 +37,15 @@ std::string ChooseRuntimeDir(std::string* why_none = nullptr);
 // `archive_path` as AbsoluteArchivePath gives it.
 std::string RuntimeFileStem(const std::string& runtime_dir, const std::string& archive_path);
 
+// The lock file of a writable mount (RuntimeFileStem + ".lock", fs/runtime.h): the daemon's
+// pid on the first line, and on the second the `npz recover` command that finalizes its
+// spool (with the mount's --spool and --compress), which npz umount prints when it finds
+// the daemon dead.
+std::string MountLockText(long pid, const std::string& recover_command);
+// The recover command recorded in the lock file at `lock_path`; "" if there is none (no
+// file, or one written before the command was recorded).
+std::string RecoverCommandInMountLock(const std::string& lock_path);
+
 // "<runtime dir>/index", made if missing and `create`: where the indexes of archives whose
 // directory is not writable are kept (named by SharedIndexFileName, core/base/names.h). ""
 // if there is no runtime directory; with `create`, that and a failure to make it are logged

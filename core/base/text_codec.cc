@@ -1,6 +1,7 @@
 #include "core/base/text_codec.h"
 
 #include <algorithm>
+#include <cctype>
 
 namespace npzfs {
 namespace {
@@ -146,6 +147,17 @@ std::string Cp437ToUtf8(std::string_view s) {
     }
   }
   return out;
+}
+
+std::string ShellWord(std::string_view word) {
+  const bool plain = !word.empty() && std::all_of(word.begin(), word.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) != 0 ||
+           std::string_view("_./:+,=@%-").find(c) != std::string_view::npos;
+  });
+  if (plain) return std::string(word);
+  std::string quoted = "'";
+  for (char c : word) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return quoted + "'";
 }
 
 std::string EscapeControlBytes(std::string_view line) {

@@ -45,6 +45,10 @@ std::string Cp437ToUtf8(std::string_view s);
 // 0x20, and 0x7f) are written as \n, \r, \t or \xHH; every other byte as it is.
 std::string EscapeControlBytes(std::string_view line);
 
+// `word` as one word of a POSIX shell command line: as it is when it holds only letters,
+// digits and _ . / : + , = @ % -; else in single quotes (a ' inside as '\'').
+std::string ShellWord(std::string_view word);
+
 // A name (member path, key) as a message shows it: control bytes as EscapeControlBytes
 // writes them, bytes that are not part of valid UTF-8 as \xHH (so the message itself stays
 // valid UTF-8 and shows which byte is wrong), and a name over `max_bytes` cut at a character

@@ -183,7 +183,15 @@ Status ClaimSpool(int lock_fd, const std::string& lock_path, const std::string& 
   }
   const std::string line = archive + "\n";
   if (::ftruncate(lock_fd, 0) != 0) return ErrnoStatus(errno, lock_path, "ftruncate failed");
-  return PwriteAll(lock_fd, line.data(), line.size(), 0, lock_path);
+  Status recorded = PwriteAll(lock_fd, line.data(), line.size(), 0, lock_path);
+  if (owner.empty() && (recorded.code() == ENOSPC || recorded.code() == EDQUOT)) {
+    // A full disk: the spool is ours all the same (we hold its lock); the record is written
+    // the next time it is opened. Refusing would fail a mount for a spool holding nothing.
+    (void)::ftruncate(lock_fd, 0);
+    if (log) log(recorded.message() + " (the spool's archive is recorded when there is room)");
+    return Status::Ok();
+  }
+  return recorded;
 }
 
 }  // namespace
@@ -318,6 +326,16 @@ Status CheckIsSpool(const std::string& dir, bool allow_empty) {
                   "): every file of a spool is added to the archive and then deleted, so only a "
                   "directory npzfs made" +
                   (allow_empty ? " or an empty one" : "") + " is used");
+}
+
+bool SpoolHoldsAnything(const std::string& dir) {
+  std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), ::closedir);
+  if (!d) return false;
+  while (const dirent* e = ::readdir(d.get())) {
+    const std::string_view name = e->d_name;
+    if (name != "." && name != ".." && name != kSpoolLockFileName) return true;
+  }
+  return false;
 }
 
 Result<std::unique_ptr<Spool>> Spool::Open(const std::string& dir, SpoolLogFn log,
@@ -596,8 +614,8 @@ Status Spool::Finalize(const std::string& archive_path, const WriteOptions& opti
                                      "mount; nothing was added): rename the new member's file "
                                      "in the spool " +
                                      dir_ +
-                                     " (named after the member; long names: see 'Spool "
-                                     "directory' in core/README.md), then run npz recover " +
+                                     " (named after the member, with '%', '/' and a leading "
+                                     "'.' written as %25, %2F and %2E), then run npz recover " +
                                      archive_path);
     }
     if (!st.ok()) {
@@ -607,7 +625,15 @@ Status Spool::Finalize(const std::string& archive_path, const WriteOptions& opti
       }
       Log(archive_path + ": finalize failed, archive and spool " + dir_ +
           " left intact: " + st.message());
-      return st;
+      if (st.code() == EEXIST) return st;  // its message says what to do
+      const bool full = st.code() == ENOSPC || st.code() == EDQUOT;
+      return Status::Error(st.code(), st.message() +
+                                          " (the archive is as it was, and the new "
+                                          "members stay in the spool " +
+                                          dir_ + ": " +
+                                          (full ? "free space on its filesystem, then run"
+                                                : "once that is fixed, run") +
+                                          " `npz recover " + archive_path + "`)");
     }
     Log(archive_path + ": finalized " + std::to_string(news.size()) + " new member(s)");
   }

@@ -141,6 +141,11 @@ class Spool {
   std::unique_ptr<BackgroundDeflater> background_;  // with StartBackgroundDeflate
 };
 
+// Whether the spool directory `dir` holds anything but its lock file: a spool left with
+// nothing in it (its members finalized, or a first create that failed) holds no member to
+// resume. False if `dir` cannot be listed.
+bool SpoolHoldsAnything(const std::string& dir);
+
 // Whether `dir` is a spool that may be resumed: it holds the spool lock file, which is made
 // with the directory (or, with `allow_empty`, it holds nothing). EINVAL naming `dir` and the
 // remedy otherwise: every file of a spool is added to the archive and then deleted.
