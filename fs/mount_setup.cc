@@ -117,11 +117,10 @@ Result<std::shared_ptr<Archive>> OpenArchive(const Mount& m) {
     if (m.options.create) return std::shared_ptr<Archive>();
     struct stat spool {};
     if (stat(m.spool_dir.c_str(), &spool) == 0 && SpoolInUse(m.spool_dir)) {
-      return Status::Error(EBUSY, "no such archive yet: " + m.archive_path +
-                                      ": a writable mount that will create it is running (its "
-                                      "spool " +
+      return Status::Error(EBUSY, "no such archive yet: " + m.archive_path + ": its spool " +
                                       m.spool_dir +
-                                      " is in use); mount it once that one is unmounted");
+                                      " is in use by a writable mount that will create it, or by "
+                                      "npz recover; mount it once that one is done");
     }
     if (stat(m.spool_dir.c_str(), &spool) == 0) {
       return Status::Error(ENOENT, "no such archive: " + m.archive_path + ", but the spool " +
@@ -234,12 +233,7 @@ void RemoveStaleTemps(const Mount& m) {
 
 // The command that finalizes this mount's spool should the daemon die (npz umount prints it).
 std::string RecoverCommand(const Mount& m) {
-  std::string command = "npz recover " + ShellWord(m.archive_path);
-  if (m.spool_dir != DefaultSpoolDir(m.archive_path))
-    command += " --spool " + ShellWord(m.spool_dir);
-  if (m.options.compress_level)
-    command += " --compress=" + std::to_string(*m.options.compress_level);
-  return command;
+  return NpzRecoverCommand(m.archive_path, m.spool_dir, m.options.compress_level);
 }
 
 // Runtime files; a writable mount takes the archive's lock, then clears what an earlier
@@ -348,8 +342,8 @@ Status FinalizeSpool(Mount& m) {
     return Status::Error(ENOENT, m.archive_path +
                                      ": no longer exists (moved or deleted while mounted); the "
                                      "new members stay in the spool " +
-                                     spool->dir() + ": put the archive back and run `npz recover " +
-                                     m.archive_path +
+                                     spool->dir() + ": put the archive back and run `" +
+                                     RecoverCommand(m) +
                                      "`, or run it as it is to make a new "
                                      "archive of the new members alone");
   }

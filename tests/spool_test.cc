@@ -548,10 +548,11 @@ TEST(Spool, ASpoolMovedWithItsArchivesDirectoryIsTakenOverOnlyOnceTheOldArchiveI
       DefaultSpoolDir(moved), [&](const std::string& l) { lines.push_back(l); }, moved);
   ASSERT_TRUE(taken.ok()) << taken.status().message();
   EXPECT_EQ((*taken)->members().size(), 1u);
-  EXPECT_EQ(ReadFileOrDie(DefaultSpoolDir(moved) + "/.npzfs-lock"), moved + "\n");
+  EXPECT_EQ(ReadFileOrDie(DefaultSpoolDir(moved) + "/.npzfs-lock").rfind(moved + "\n", 0), 0u);
   ASSERT_FALSE(lines.empty());
-  EXPECT_NE(lines.front().find("which is gone; taken over by " + moved), std::string::npos)
+  EXPECT_NE(lines.front().find("the spool of " + old_archive + ", which is "), std::string::npos)
       << lines.front();
+  EXPECT_NE(lines.front().find(moved), std::string::npos) << lines.front();
   taken->reset();
   // A spool elsewhere (-o spool=DIR) whose archive is gone is still refused: nothing ties it
   // to this archive.
@@ -560,6 +561,82 @@ TEST(Spool, ASpoolMovedWithItsArchivesDirectoryIsTakenOverOnlyOnceTheOldArchiveI
   auto elsewhere = Spool::Open(t.Join("elsewhere"), {}, moved);
   ASSERT_FALSE(elsewhere.ok());
   EXPECT_EQ(elsewhere.status().code(), EINVAL);
+}
+
+TEST(Spool, TheMovedArchiveItselfIsRecognisedByItsIdentityWhereverItsSpoolIs) {
+  TempDir t;
+  const std::string spool_dir = t.Join("scratch");
+  fs::create_directories(t.Join("current"));
+  const std::string archive = t.Join("current/run.npz");
+  WriteFileOrDie(archive, "an archive");
+  struct statx sx {};
+  ASSERT_EQ(statx(AT_FDCWD, archive.c_str(), 0, STATX_BTIME, &sx), 0);
+  if ((sx.stx_mask & STATX_BTIME) == 0) GTEST_SKIP() << "no birth times on this filesystem";
+  {
+    auto spool = Spool::Open(spool_dir, {}, archive);
+    ASSERT_TRUE(spool.ok()) << spool.status().message();
+    ASSERT_TRUE((*spool)->Create("x.txt").ok());
+  }
+  fs::rename(t.Join("current"), t.Join("2026-12-01"));
+  fs::create_directories(t.Join("current"));
+  WriteFileOrDie(archive, "a new archive at the old path");
+  // The moved archive takes its spool, although the spool is not beside it and its recorded
+  // path names a file again.
+  std::vector<std::string> lines;
+  auto moved = Spool::Open(
+      spool_dir, [&](const std::string& l) { lines.push_back(l); }, t.Join("2026-12-01/run.npz"));
+  ASSERT_TRUE(moved.ok()) << moved.status().message();
+  EXPECT_EQ((*moved)->members().size(), 1u);
+  ASSERT_FALSE(lines.empty());
+  EXPECT_NE(lines.front().find("which is now " + t.Join("2026-12-01/run.npz")), std::string::npos)
+      << lines.front();
+  moved->reset();
+  // Now recorded as the moved archive's: the new file at the old path is refused, and told
+  // that the file there is not the one the spool was for.
+  auto other = Spool::Open(spool_dir, {}, archive);
+  ASSERT_FALSE(other.ok());
+  EXPECT_NE(other.status().message().find("the spool of " + t.Join("2026-12-01/run.npz")),
+            std::string::npos)
+      << other.status().message();
+}
+
+TEST(Spool, ASpoolWhoseRecordAFullDiskRefusedTakesNoMemberUntilItIsWritten) {
+  TempDir t;
+  const std::string small = t.Join("small");
+  fs::create_directories(small);
+  if (::mount("tmpfs", small.c_str(), "tmpfs", 0, "size=64k") != 0) {
+    GTEST_SKIP() << "cannot mount a tmpfs here (needs root)";
+  }
+  struct Unmount {
+    std::string dir;
+    ~Unmount() { ::umount2(dir.c_str(), MNT_DETACH); }
+  } unmount{small};
+  const std::string dir = small + "/spool";
+  fs::create_directories(dir);
+  WriteFileOrDie(dir + "/.npzfs-lock", "");  // an earlier spool that recorded nothing
+  const std::string filler = small + "/filler";
+  {
+    const int fd = ::open(filler.c_str(), O_WRONLY | O_CREAT, 0644);
+    ASSERT_GE(fd, 0);
+    const std::string block(4096, 'x');
+    while (::write(fd, block.data(), block.size()) > 0) {
+    }
+    ::close(fd);
+  }
+  const std::string archive = t.Join("a.npz");
+  std::vector<std::string> lines;
+  auto spool = Spool::Open(
+      dir, [&](const std::string& l) { lines.push_back(l); }, archive);
+  ASSERT_TRUE(spool.ok()) << spool.status().message();  // a mount would still work
+  EXPECT_EQ(ReadFileOrDie(dir + "/.npzfs-lock"), "");
+  auto refused = (*spool)->Create("x.txt");
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), ENOSPC);
+  EXPECT_TRUE((*spool)->members().empty());
+  fs::remove(filler);
+  auto created = (*spool)->Create("x.txt");
+  ASSERT_TRUE(created.ok()) << created.status().message();
+  EXPECT_EQ(ReadFileOrDie(dir + "/.npzfs-lock").rfind(archive + "\n", 0), 0u);
 }
 
 TEST(Spool, TheArchivesOwnDirectoryIsNeverItsSpoolEvenEmptyOrWithALockFile) {

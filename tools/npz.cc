@@ -104,9 +104,9 @@ is appended in place, over the old central directory, under an undo journal
 (.ARCHIVE.npzfs-journal): it costs the new bytes, whatever the archive's size, and after
 a crash the next npz command, mount or `npz recover` puts ARCHIVE back as it was. With
 --copy the new archive is written beside the old one and renamed over it instead (a full
-copy, with ARCHIVE's mode and group, owned by you; other programs opening ARCHIVE meanwhile
-never see it mid-append). Either way
-ARCHIVE ends up as before or complete. An archive you may not write is refused either way.
+copy, with ARCHIVE's mode, and its group if you belong to it, owned by you; other programs
+opening ARCHIVE meanwhile never see it mid-append). Either way ARCHIVE ends up as before or
+complete. An archive you may not write is refused either way.
 KEY must be valid UTF-8 with no path component over 255 bytes. Use `npz pack` to create a
 new archive.
 

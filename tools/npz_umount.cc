@@ -597,9 +597,10 @@ Status ClearDeadMount(const std::string& mnt, const MountEntry& entry) {
   const std::string recorded =
       runtime.empty() ? "" : RecoverCommandInMountLock(RuntimeFileStem(runtime, archive) + ".lock");
   if (!recorded.empty()) {
-    return Status::Error(ENOTCONN, died + "run '" + recorded +
-                                       "' (the chunks already deflated are used), or mount the "
-                                       "archive again with the same options");
+    const bool compress = recorded.find(" --compress=") != std::string::npos;
+    return Status::Error(ENOTCONN, died + "run `" + recorded + "`" +
+                                       (compress ? " (the chunks already deflated are used)" : "") +
+                                       ", or mount the archive again with the same options");
   }
   return Status::Error(ENOTCONN, died + "run 'npz recover " + archive +
                                      "' (with --spool DIR if it was mounted with -o spool=DIR, "

@@ -1,6 +1,8 @@
 #include "core/base/runtime_dir.h"
 
+#include <fcntl.h>
 #include <limits.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -8,7 +10,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <vector>
 
 #include "core/base/names.h"
@@ -92,13 +93,23 @@ std::string RuntimeFileStem(const std::string& runtime_dir, const std::string& a
 }
 
 std::string MountLockText(long pid, const std::string& recover_command) {
-  return std::to_string(pid) + "\n" + recover_command + "\n";
+  // A newline in a path would split the line: then no command is recorded.
+  const bool one_line = recover_command.find('\n') == std::string::npos;
+  return std::to_string(pid) + "\n" + (one_line ? recover_command : "") + "\n";
 }
 
 std::string RecoverCommandInMountLock(const std::string& lock_path) {
-  std::ifstream f(lock_path);
-  std::string pid, command;
-  if (!std::getline(f, pid) || !std::getline(f, command)) return {};
+  UniqueFd fd(::open(lock_path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+  // Held: a live daemon of the archive wrote it (one mounted since), not the dead one.
+  if (!fd.valid() || ::flock(fd.get(), LOCK_SH | LOCK_NB) != 0) return {};
+  char buf[8192];
+  const ssize_t n = ::pread(fd.get(), buf, sizeof buf, 0);
+  if (n <= 0) return {};
+  const std::string text(buf, static_cast<size_t>(n));
+  const size_t first = text.find('\n');
+  const size_t second = first == std::string::npos ? first : text.find('\n', first + 1);
+  if (second == std::string::npos) return {};
+  const std::string command = text.substr(first + 1, second - first - 1);
   return command.rfind("npz recover ", 0) == 0 ? command : std::string();
 }
 

@@ -43,7 +43,8 @@ std::string RuntimeFileStem(const std::string& runtime_dir, const std::string& a
 // the daemon dead.
 std::string MountLockText(long pid, const std::string& recover_command);
 // The recover command recorded in the lock file at `lock_path`; "" if there is none (no
-// file, or one written before the command was recorded).
+// file, one written before the command was recorded, or one a live daemon holds: that one
+// was mounted after the daemon asked about, and its spool may be another).
 std::string RecoverCommandInMountLock(const std::string& lock_path);
 
 // "<runtime dir>/index", made if missing and `create`: where the indexes of archives whose

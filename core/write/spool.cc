@@ -39,14 +39,17 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <climits>
+#include <cstdio>
 #include <cstring>
 #include <set>
 
 #include "core/base/names.h"
+#include "core/base/text_codec.h"
 
 namespace npzfs {
 namespace {
@@ -143,55 +146,135 @@ Status CheckNotArchiveDirectory(const std::string& dir, const std::string& archi
                                    "the archive and then deleted): choose another directory");
 }
 
-// Whether `dir` is where `archive` (an ArchiveIdentity) keeps its spool by default: the
-// spool then moved with the archive's directory.
-bool IsDefaultSpoolOf(const std::string& dir, const std::string& archive) {
-  char resolved[PATH_MAX];
-  return ::realpath(dir.c_str(), resolved) != nullptr && DefaultSpoolDir(archive) == resolved;
+// Whether `dir` is where `archive_path` (as the mount or npz recover names it) keeps its
+// spool by default: the spool then moved with the archive's directory.
+bool IsDefaultSpoolOf(const std::string& dir, const std::string& archive_path) {
+  char a[PATH_MAX], b[PATH_MAX];
+  return ::realpath(dir.c_str(), a) != nullptr &&
+         ::realpath(DefaultSpoolDir(archive_path).c_str(), b) != nullptr &&
+         std::string_view(a) == std::string_view(b);
 }
 
-// The spool lock file holds the archive the spool is for, one line ("" if none recorded:
-// a spool made before this was written, or without an archive path). Checks it against
-// `archive` and records `archive` if none is. A spool that records another archive is taken
-// over only when that archive is gone and the spool is where `archive` keeps its spool by
-// default: the directory holding both was moved or renamed after a daemon died (a copy
-// leaves the old archive in place, and the spool stays that one's). The record is not
-// synced: lost in a crash, the spool is only unclaimed again.
-Status ClaimSpool(int lock_fd, const std::string& lock_path, const std::string& dir,
-                  const std::string& archive, const SpoolLogFn& log) {
-  char buf[PATH_MAX + 2];
+// A file's identity across renames: device, inode and birth time (statx), so that an inode
+// number the filesystem gave to a new file after deleting the old one does not pass for it.
+struct FileId {
+  uint64_t dev = 0, ino = 0;
+  int64_t birth_s = 0;
+  uint32_t birth_ns = 0;
+  bool operator==(const FileId&) const = default;
+};
+
+// nullopt when `path` does not exist or its birth time is unknown (the filesystem keeps none).
+std::optional<FileId> IdOf(const std::string& path) {
+  struct statx sx {};
+  if (::statx(AT_FDCWD, path.c_str(), 0, STATX_INO | STATX_BTIME, &sx) != 0 ||
+      (sx.stx_mask & STATX_BTIME) == 0) {
+    return std::nullopt;
+  }
+  return FileId{makedev(sx.stx_dev_major, sx.stx_dev_minor), sx.stx_ino, sx.stx_btime.tv_sec,
+                sx.stx_btime.tv_nsec};
+}
+
+// The spool lock file's record of the archive the spool is for: its absolute path (all
+// symlinks resolved) on the first line and, when the archive existed then, its FileId on the
+// second ("id DEV INO BIRTH_S BIRTH_NS"). Older spools hold the path alone, or nothing.
+struct SpoolRecord {
+  std::string path;
+  std::optional<FileId> id;
+};
+
+SpoolRecord ParseRecord(std::string_view text) {
+  SpoolRecord r;
+  const size_t eol = text.find('\n');
+  r.path = std::string(text.substr(0, eol));
+  while (!r.path.empty() && r.path.back() == '\0') r.path.pop_back();
+  if (eol == std::string_view::npos) return r;
+  FileId id;
+  unsigned long long dev = 0, ino = 0;
+  long long sec = 0;
+  unsigned ns = 0;
+  const std::string second(text.substr(eol + 1));
+  if (std::sscanf(second.c_str(), "id %llu %llu %lld %u", &dev, &ino, &sec, &ns) == 4) {
+    id = FileId{dev, ino, sec, ns};
+    r.id = id;
+  }
+  return r;
+}
+
+std::string RecordText(const std::string& archive, const std::optional<FileId>& id) {
+  std::string text = archive + "\n";
+  if (id) {
+    text += "id " + std::to_string(id->dev) + " " + std::to_string(id->ino) + " " +
+            std::to_string(id->birth_s) + " " + std::to_string(id->birth_ns) + "\n";
+  }
+  return text;
+}
+
+// Writes the record over the old one: the new bytes first, then the file cut to them, so
+// that a failed write (a full disk) leaves the old record readable rather than none.
+Status WriteRecord(int lock_fd, const std::string& lock_path, const std::string& text) {
+  NPZ_RETURN_IF_ERROR(PwriteAll(lock_fd, text.data(), text.size(), 0, lock_path));
+  if (::ftruncate(lock_fd, static_cast<off_t>(text.size())) != 0) {
+    return ErrnoStatus(errno, lock_path, "ftruncate failed");
+  }
+  return Status::Ok();
+}
+
+// Checks the spool's record against `archive` (its ArchiveIdentity; `archive_path` as
+// given) and records `archive`. The spool is this archive's when it records the same path,
+// or the same file moved elsewhere (FileId), or nothing (a spool of an older npzfs, or one
+// never recorded). A spool that records another archive is taken over only when that archive
+// is gone and the spool is where `archive_path` keeps its spool by default: the directory
+// holding both was moved or renamed after a daemon died (a copy leaves the old archive in
+// place, and the spool stays that one's). Returns the record still to write when a full disk
+// refused it for a spool that recorded nothing: Spool::Create writes it before the first
+// member, so no spool ever holds members without one. The record is not synced: lost in a
+// crash, the spool is only unclaimed again (and holds no member a finalize did not take).
+Result<std::string> ClaimSpool(int lock_fd, const std::string& lock_path, const std::string& dir,
+                               const std::string& archive, const std::string& archive_path,
+                               const SpoolLogFn& log) {
+  char buf[2 * PATH_MAX];
   NPZ_ASSIGN_OR_RETURN(size_t n, PreadFull(lock_fd, buf, sizeof buf, 0, lock_path));
-  std::string owner(buf, n);
-  while (!owner.empty() && (owner.back() == '\n' || owner.back() == '\0')) owner.pop_back();
-  if (owner == archive) return Status::Ok();
-  if (!owner.empty()) {
+  const SpoolRecord owner = ParseRecord(std::string_view(buf, n));
+  const std::optional<FileId> mine = IdOf(archive);
+  const std::string text = RecordText(archive, mine);
+  if (owner.path == archive && owner.id == mine) return std::string();
+  if (!owner.path.empty() && owner.path != archive) {
+    const bool same_file = owner.id && mine && *owner.id == *mine;
     struct stat st;
-    const bool owner_gone = ::lstat(owner.c_str(), &st) != 0 && errno == ENOENT;
-    if (!owner_gone || !IsDefaultSpoolOf(dir, archive)) {
-      return Status::Error(EINVAL, dir + ": the spool of " + owner + ", not of " + archive +
-                                       " (its new members belong to that archive: run `npz "
-                                       "recover " +
-                                       owner + " --spool " + dir +
-                                       "`; if the archive was moved here, write its new path "
-                                       "into " +
-                                       lock_path + ")");
-    }
-    if (log) {
-      log(dir + ": the spool of " + owner + ", which is gone; taken over by " + archive +
-          ", which keeps its spool here (the directory was moved or renamed)");
+    const bool owner_gone = ::lstat(owner.path.c_str(), &st) != 0 && errno == ENOENT;
+    if (same_file) {
+      if (log) log(dir + ": the spool of " + owner.path + ", which is now " + archive);
+    } else if (owner_gone && IsDefaultSpoolOf(dir, archive_path)) {
+      if (log) {
+        log(dir + ": the spool of " + owner.path + ", which is gone; taken over by " + archive +
+            ", which keeps its spool here (the directory was moved or renamed)");
+      }
+    } else {
+      const std::optional<FileId> there = IdOf(owner.path);
+      const bool replaced = owner.id && there && !(*owner.id == *there);
+      return Status::Error(
+          EINVAL, dir + ": the spool of " + owner.path + ", not of " + archive +
+                      (replaced ? " (the file at that path is not the one it was for: it was "
+                                  "replaced since; if " +
+                                      archive + " is that archive, moved, write its path into " +
+                                      lock_path + ")"
+                                : " (its new members belong to that archive: run `" +
+                                      NpzRecoverCommand(owner.path, dir, std::nullopt) +
+                                      "`; if the archive was moved here, write its new path "
+                                      "into " +
+                                      lock_path + ")"));
     }
   }
-  const std::string line = archive + "\n";
-  if (::ftruncate(lock_fd, 0) != 0) return ErrnoStatus(errno, lock_path, "ftruncate failed");
-  Status recorded = PwriteAll(lock_fd, line.data(), line.size(), 0, lock_path);
-  if (owner.empty() && (recorded.code() == ENOSPC || recorded.code() == EDQUOT)) {
-    // A full disk: the spool is ours all the same (we hold its lock); the record is written
-    // the next time it is opened. Refusing would fail a mount for a spool holding nothing.
-    (void)::ftruncate(lock_fd, 0);
-    if (log) log(recorded.message() + " (the spool's archive is recorded when there is room)");
-    return Status::Ok();
+  Status recorded = WriteRecord(lock_fd, lock_path, text);
+  if (owner.path.empty() && (recorded.code() == ENOSPC || recorded.code() == EDQUOT)) {
+    // A full disk: the spool is ours (we hold its lock) but may take no member before its
+    // record is written. Refusing now would fail a mount for a spool holding nothing.
+    if (log) log(recorded.message() + " (written before the spool's first new member)");
+    return text;
   }
-  return recorded;
+  NPZ_RETURN_IF_ERROR(recorded);
+  return std::string();
 }
 
 }  // namespace
@@ -328,9 +411,19 @@ Status CheckIsSpool(const std::string& dir, bool allow_empty) {
                   (allow_empty ? " or an empty one" : "") + " is used");
 }
 
+std::string NpzRecoverCommand(const std::string& archive_path, const std::string& spool_dir,
+                              std::optional<int> compress_level) {
+  std::string command = "npz recover " + ShellWord(archive_path);
+  if (!IsDefaultSpoolOf(spool_dir, archive_path) && spool_dir != DefaultSpoolDir(archive_path)) {
+    command += " --spool " + ShellWord(spool_dir);
+  }
+  if (compress_level) command += " --compress=" + std::to_string(*compress_level);
+  return command;
+}
+
 bool SpoolHoldsAnything(const std::string& dir) {
   std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), ::closedir);
-  if (!d) return false;
+  if (!d) return errno != ENOENT;  // what cannot be listed may hold members
   while (const dirent* e = ::readdir(d.get())) {
     const std::string_view name = e->d_name;
     if (name != "." && name != ".." && name != kSpoolLockFileName) return true;
@@ -370,10 +463,13 @@ Result<std::unique_ptr<Spool>> Spool::Open(const std::string& dir, SpoolLogFn lo
     }
     return ErrnoStatus(errno, lock_path, "flock failed");
   }
+  std::string pending_record;
   if (!archive.empty()) {
-    NPZ_RETURN_IF_ERROR(ClaimSpool(lock_fd.get(), lock_path, dir, archive, log));
+    NPZ_ASSIGN_OR_RETURN(pending_record,
+                         ClaimSpool(lock_fd.get(), lock_path, dir, archive, archive_path, log));
   }
   std::unique_ptr<Spool> spool(new Spool(dir, std::move(lock_fd), std::move(log)));
+  spool->pending_record_ = std::move(pending_record);
 
   std::vector<std::string> files;
   std::set<std::string> name_files;  // "%N<id>" whose data file was not seen (yet)
@@ -459,6 +555,13 @@ Result<std::shared_ptr<GrowingMember>> Spool::Create(const std::string& name,
   if (finalized_) return Status::Error(ESHUTDOWN, dir_ + ": spool already finalized");
   if (name.empty()) return Status::Error(EINVAL, dir_ + ": empty member name");
   if (members_.count(name)) return Status::Error(EEXIST, name + ": already a new member");
+  if (!pending_record_.empty()) {
+    // No member before the spool records its archive (ClaimSpool): ENOSPC while the disk is
+    // still full.
+    const std::string lock_path = dir_ + "/" + std::string(kLockFileName);
+    NPZ_RETURN_IF_ERROR(WriteRecord(lock_fd_.get(), lock_path, pending_record_));
+    pending_record_.clear();
+  }
   NPZ_ASSIGN_OR_RETURN(std::string path, NewSpoolPath(name));
   auto created = GrowingMember::Create(name, path, std::move(declared), log_);
   if (!created.ok()) {
@@ -586,6 +689,10 @@ Result<std::optional<NewMember>> Spool::NewMemberFor(const std::string& name, Gr
 Status Spool::Finalize(const std::string& archive_path, const WriteOptions& options) {
   std::lock_guard lock(mu_);
   if (finalized_) return Status::Ok();
+  // For the command a failure message gives (the same level again, so that what was deflated
+  // in the background is used).
+  const std::optional<int> level =
+      options.compress_level >= 0 ? std::optional<int>(options.compress_level) : std::nullopt;
 
   std::vector<NewMember> news;
   std::vector<std::unique_ptr<DeflateShadow>> shadows;  // borrowed by the pieces
@@ -615,8 +722,8 @@ Status Spool::Finalize(const std::string& archive_path, const WriteOptions& opti
                                      "in the spool " +
                                      dir_ +
                                      " (named after the member, with '%', '/' and a leading "
-                                     "'.' written as %25, %2F and %2E), then run npz recover " +
-                                     archive_path);
+                                     "'.' written as %25, %2F and %2E), then run `" +
+                                     NpzRecoverCommand(archive_path, dir_, level) + "`");
     }
     if (!st.ok()) {
       // Keep what was deflated for a later finalize.
@@ -627,13 +734,14 @@ Status Spool::Finalize(const std::string& archive_path, const WriteOptions& opti
           " left intact: " + st.message());
       if (st.code() == EEXIST) return st;  // its message says what to do
       const bool full = st.code() == ENOSPC || st.code() == EDQUOT;
-      return Status::Error(st.code(), st.message() +
-                                          " (the archive is as it was, and the new "
-                                          "members stay in the spool " +
-                                          dir_ + ": " +
-                                          (full ? "free space on its filesystem, then run"
-                                                : "once that is fixed, run") +
-                                          " `npz recover " + archive_path + "`)");
+      return Status::Error(
+          st.code(),
+          st.message() +
+              " (the archive is as it was, and the new "
+              "members stay in the spool " +
+              dir_ + ": " +
+              (full ? "free space on its filesystem, then run" : "once that is fixed, run") + " `" +
+              NpzRecoverCommand(archive_path, dir_, level) + "`)");
     }
     Log(archive_path + ": finalized " + std::to_string(news.size()) + " new member(s)");
   }

@@ -138,12 +138,21 @@ class Spool {
   mutable std::mutex mu_;  // guards members_ and finalized_
   std::map<std::string, std::shared_ptr<GrowingMember>> members_;
   bool finalized_ = false;
+  // The record of the archive that a full disk kept ClaimSpool from writing (mu_): written
+  // before the first member is made.
+  std::string pending_record_;
   std::unique_ptr<BackgroundDeflater> background_;  // with StartBackgroundDeflate
 };
 
+// "npz recover ARCHIVE [--spool DIR] [--compress=LEVEL]", each path a shell word: the command
+// that finalizes the spool `spool_dir` of `archive_path` (--spool only when it is not the
+// default one), deflating its members at `compress_level` if given.
+std::string NpzRecoverCommand(const std::string& archive_path, const std::string& spool_dir,
+                              std::optional<int> compress_level);
+
 // Whether the spool directory `dir` holds anything but its lock file: a spool left with
 // nothing in it (its members finalized, or a first create that failed) holds no member to
-// resume. False if `dir` cannot be listed.
+// resume. True if `dir` exists but cannot be listed.
 bool SpoolHoldsAnything(const std::string& dir);
 
 // Whether `dir` is a spool that may be resumed: it holds the spool lock file, which is made
