@@ -38,8 +38,16 @@ def npz(*args, user=None, env=None, timeout=300):
 
 
 def run_npzfs(*args, timeout=30, env=None, prefix=()):
-    return subprocess.run([*prefix, NPZFS_BIN, *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=env)
+    """Runs npzfs to completion: for calls expected to fail, or to daemonize. One that mounts
+    in the foreground instead is killed at `timeout` and its mount (the last argument)
+    removed, so a failing test leaves nothing mounted."""
+    try:
+        return subprocess.run([*prefix, NPZFS_BIN, *map(str, args)], capture_output=True,
+                              text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        if args and is_mounted(args[-1]):
+            subprocess.run(["fusermount3", "-u", "-z", str(args[-1])], capture_output=True)
+        raise
 
 
 def make_archive(path, **arrays):
@@ -491,9 +499,11 @@ def test_a_lock_held_for_a_moment_under_a_pid_that_does_not_run_delays_the_mount
     release.start()
     try:
         m = start_daemon(tmp_path / "run.npz", tmp_path / "mnt", env=env)
-        with open(lock) as f:
-            assert f.readline().strip() == str(m.proc.pid)
-        assert m.unmount() == 0
+        try:
+            with open(lock) as f:
+                assert f.readline().strip() == str(m.proc.pid)
+        finally:
+            assert m.unmount() == 0
     finally:
         release.join()
 
