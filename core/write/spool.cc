@@ -267,11 +267,13 @@ Result<std::string> ClaimSpool(int lock_fd, const std::string& lock_path, const 
     }
   }
   Status recorded = WriteRecord(lock_fd, lock_path, text);
-  if (owner.path.empty() && (recorded.code() == ENOSPC || recorded.code() == EDQUOT)) {
-    // A full disk: the spool is ours (we hold its lock) but may take no member before its
-    // record is written. Refusing now would fail a mount for a spool holding nothing.
-    if (log) log(recorded.message() + " (written before the spool's first new member)");
-    return text;
+  if (recorded.code() == ENOSPC || recorded.code() == EDQUOT) {
+    // A full disk: the spool is ours all the same (we hold its lock), and refusing would fail
+    // a mount for it. A spool that recorded nothing may take no member before its record is
+    // written; one that recorded an archive keeps that record (the new bytes go first), from
+    // which the next open decides as this one did.
+    if (log) log(recorded.message() + " (the spool's record is written when there is room)");
+    return owner.path.empty() ? text : std::string();
   }
   NPZ_RETURN_IF_ERROR(recorded);
   return std::string();
