@@ -189,14 +189,12 @@ SpoolRecord ParseRecord(std::string_view text) {
   r.path = std::string(text.substr(0, eol));
   while (!r.path.empty() && r.path.back() == '\0') r.path.pop_back();
   if (eol == std::string_view::npos) return r;
-  FileId id;
   unsigned long long dev = 0, ino = 0;
   long long sec = 0;
   unsigned ns = 0;
   const std::string second(text.substr(eol + 1));
   if (std::sscanf(second.c_str(), "id %llu %llu %lld %u", &dev, &ino, &sec, &ns) == 4) {
-    id = FileId{dev, ino, sec, ns};
-    r.id = id;
+    r.id = FileId{dev, ino, sec, ns};
   }
   return r;
 }
@@ -228,8 +226,9 @@ Status WriteRecord(int lock_fd, const std::string& lock_path, const std::string&
 // holding both was moved or renamed after a daemon died (a copy leaves the old archive in
 // place, and the spool stays that one's). Returns the record still to write when a full disk
 // refused it for a spool that recorded nothing: Spool::Create writes it before the first
-// member, so no spool ever holds members without one. The record is not synced: lost in a
-// crash, the spool is only unclaimed again (and holds no member a finalize did not take).
+// member, so no spool holds members without one. The record is not synced: should a power
+// cut lose it, the spool records nothing, and the next archive to open it takes it (for a
+// spool beside its archive, that archive).
 Result<std::string> ClaimSpool(int lock_fd, const std::string& lock_path, const std::string& dir,
                                const std::string& archive, const std::string& archive_path,
                                const SpoolLogFn& log) {
