@@ -116,13 +116,13 @@ Result<std::shared_ptr<Archive>> OpenArchive(const Mount& m) {
     if (errno != ENOENT) return ErrnoStatus(errno, m.archive_path, "stat");
     if (m.options.create) return std::shared_ptr<Archive>();
     struct stat spool {};
-    if (stat(m.spool_dir.c_str(), &spool) == 0 && SpoolInUse(m.spool_dir)) {
-      return Status::Error(EBUSY, "no such archive yet: " + m.archive_path + ": its spool " +
-                                      m.spool_dir +
-                                      " is in use by a writable mount that will create it, or by "
-                                      "npz recover; mount it once that one is done");
-    }
     if (stat(m.spool_dir.c_str(), &spool) == 0) {
+      if (SpoolInUse(m.spool_dir)) {
+        return Status::Error(EBUSY, "no such archive yet: " + m.archive_path + ": its spool " +
+                                        m.spool_dir +
+                                        " is in use by a writable mount that will create it, or "
+                                        "by npz recover; mount it once that one is done");
+      }
       return Status::Error(ENOENT, "no such archive: " + m.archive_path + ", but the spool " +
                                        m.spool_dir +
                                        " of an earlier mount is there: mount with -o create "

@@ -415,7 +415,7 @@ Status CheckIsSpool(const std::string& dir, bool allow_empty) {
 std::string NpzRecoverCommand(const std::string& archive_path, const std::string& spool_dir,
                               std::optional<int> compress_level) {
   std::string command = "npz recover " + ShellWord(archive_path);
-  if (!IsDefaultSpoolOf(spool_dir, archive_path) && spool_dir != DefaultSpoolDir(archive_path)) {
+  if (spool_dir != DefaultSpoolDir(archive_path) && !IsDefaultSpoolOf(spool_dir, archive_path)) {
     command += " --spool " + ShellWord(spool_dir);
   }
   if (compress_level) command += " --compress=" + std::to_string(*compress_level);
