@@ -552,16 +552,25 @@ def test_umount_after_a_sigkill_clears_the_mount_and_prints_the_exact_recover_co
     require_fuse()
     archive = tmp_path / "run.npz"
     make_archive(archive)
-    m = start_daemon(archive, tmp_path / "mnt", "-o", "frame=adc*:int16:12")
-    with open(m.path("adc2.npy"), "wb") as f:
-        f.write(np.arange(24, dtype="<i2").tobytes())
-    m.proc.send_signal(signal.SIGKILL)  # our own child
-    m.proc.wait()
-    r = npz("umount", m.mnt)
-    assert r.returncode == 1
-    assert f"run `npz recover {archive}`, or" in r.stderr, r.stderr
-    assert not is_mounted(m.mnt)
-    m.unmount()
+
+    def umount_after_sigkill(options, name, frames):
+        """Writes `frames` 12-value frames to `name` through a mount with `options`, kills
+        the daemon, and returns npz umount's stderr."""
+        m = start_daemon(archive, tmp_path / "mnt", "-o", options)
+        try:
+            with open(m.path(name), "wb") as f:
+                f.write(np.arange(12 * frames, dtype="<i2").tobytes())
+            m.proc.send_signal(signal.SIGKILL)  # our own child
+            m.proc.wait()
+            r = npz("umount", m.mnt)
+            assert r.returncode == 1
+            assert not is_mounted(m.mnt)
+            return r.stderr
+        finally:
+            m.unmount()
+
+    stderr = umount_after_sigkill("frame=adc*:int16:12", "adc2.npy", 2)
+    assert f"run `npz recover {archive}`, or" in stderr, stderr
     r = npz("recover", archive)
     assert r.returncode == 0, r.stderr
     with np.load(archive) as z:
@@ -569,16 +578,9 @@ def test_umount_after_a_sigkill_clears_the_mount_and_prints_the_exact_recover_co
     # With its own spool (a path that needs quoting) and -o compress: the command the daemon
     # recorded names both.
     spool = tmp_path / "my spool"
-    m = start_daemon(archive, tmp_path / "mnt", "-o", f"frame=adc*:int16:12,compress=3,spool={spool}")
-    with open(m.path("adc3.npy"), "wb") as f:
-        f.write(np.arange(36, dtype="<i2").tobytes())
-    m.proc.send_signal(signal.SIGKILL)  # our own child
-    m.proc.wait()
-    r = npz("umount", m.mnt)
-    assert r.returncode == 1
+    stderr = umount_after_sigkill(f"frame=adc*:int16:12,compress=3,spool={spool}", "adc3.npy", 3)
     command = f"npz recover {archive} --spool '{spool}' --compress=3"
-    assert f"run `{command}` (the chunks" in r.stderr, r.stderr
-    m.unmount()
+    assert f"run `{command}` (the chunks" in stderr, stderr
     r = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120,
                        env=dict(os.environ, PATH=f"{os.path.dirname(NPZ_BIN)}:{os.environ['PATH']}"))
     assert r.returncode == 0, r.stderr
