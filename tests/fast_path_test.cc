@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <string>
@@ -67,9 +68,11 @@ open(D + '/corrupt.npz', 'wb').write(bytes(data))
     o.checkpoint_spacing = 256 << 10;
     o.background_index = background_index;
     o.index_enabled = false;
-    o.log = [this](const std::string& line) {
-      std::lock_guard<std::mutex> lock(log_mu_);
-      log_ += line + "\n";
+    // The sink is shared with the lambda: a pool task of the archive may log after the test
+    // (and this fixture) ended.
+    o.log = [sink = log_](const std::string& line) {
+      std::lock_guard<std::mutex> lock(sink->mu);
+      sink->text += line + "\n";
     };
     return o;
   }
@@ -126,8 +129,11 @@ open(D + '/corrupt.npz', 'wb').write(bytes(data))
 
   static TempDir* dir_;
   static std::string* ref_;
-  std::mutex log_mu_;
-  std::string log_;
+  struct LogSink {
+    std::mutex mu;
+    std::string text;
+  };
+  std::shared_ptr<LogSink> log_ = std::make_shared<LogSink>();
 };
 TempDir* FastPathTest::dir_ = nullptr;
 std::string* FastPathTest::ref_ = nullptr;
