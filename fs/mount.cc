@@ -86,7 +86,8 @@ Result<Spool*> SpoolSlot::GetOrCreate(const std::string& dir, const std::string&
     return Status::Error(EROFS, "no new members: " + can.message());
   }
   auto spool = Spool::Open(
-      dir, [](const std::string& line) { LogInfo(line); }, archive_path);
+      dir, [](const std::string& line) { LogInfo(line); }, archive_path,
+      background_level_.value_or(Spool::kStoredLevel));
   if (spool.ok()) {
     nospace_logged_ = false;
     spool_ = std::move(spool).value();

@@ -206,7 +206,8 @@ Status ResumeSpool(Mount& m) {
     }
     return Status::Ok();
   }
-  auto spool = Spool::Open(m.spool_dir, LogLine, m.archive_path);
+  const int level = m.options.compress_level.value_or(Spool::kStoredLevel);
+  auto spool = Spool::Open(m.spool_dir, LogLine, m.archive_path, level);
   if (!spool.ok() && st.st_uid != getuid() &&
       (spool.status().code() == EACCES || spool.status().code() == EPERM)) {
     // Another user's spool (a group-writable archive): theirs to finalize.
@@ -218,6 +219,14 @@ Status ResumeSpool(Mount& m) {
                              spool.status().message() + ")");
   }
   if (!spool.ok()) return spool.status();
+  if (const std::optional<int> recorded = (*spool)->recorded_compress_level();
+      recorded && *recorded != level) {
+    LogWarning(m.spool_dir + ": the mount that made these members asked for them deflated " +
+               "(-o compress=" + std::to_string(*recorded) + "); this mount " +
+               (level < 0 ? std::string("stores them")
+                          : "deflates them at level " + std::to_string(level)) +
+               ", as its options say");
+  }
   m.spool.Set(std::move(spool).value());
   return Status::Ok();
 }

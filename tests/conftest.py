@@ -97,6 +97,15 @@ def require_fuse():
         pytest.fail(f"npzfs binary not found at {NPZFS_BIN} (set NPZFS_BIN)")
 
 
+def require_root(why):
+    """Skips a test that needs root (`why` says for what), except under CI, which runs as
+    root: there a test that cannot run is a failure, never a silent skip."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}: CI must run as root")
+        pytest.skip(why)
+
+
 def wait_for_output(proc, path, text, timeout=60):
     """Polls the file `path` (where `proc` writes its output) until it holds `text`, and
     returns what it holds; fails if `proc` exits first or `timeout` s pass."""
@@ -249,10 +258,12 @@ def run_with_stderr_on_a_terminal(argv, env):
 @contextlib.contextmanager
 def tmpfs(directory, size="4m"):
     """A small tmpfs mounted at `directory` (we run as root); always unmounted."""
+    require_root("mounting a tmpfs needs root")
     os.makedirs(directory, exist_ok=True)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
-                       str(directory)]).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs at {directory}: {r.stderr.strip()}")
     try:
         yield directory
     finally:

@@ -448,6 +448,71 @@ TEST(Spool, RecoverFinalizesALeftoverSpoolAndExplainsAMissingOne) {
             "ok\n");
 }
 
+TEST(Spool, RecoverDeflatesAtTheLevelTheSpoolRecordsUnlessToldOtherwise) {
+  TempDir t;
+  // Three archives whose mounts (-o compress=1) died; each recovered another way.
+  const std::vector<std::pair<std::string, int>> cases = {
+      {"recorded", Spool::kRecordedLevel}, {"stored", Spool::kStoredLevel}, {"nine", 9}};
+  for (const auto& [name, recover_level] : cases) {
+    const std::string archive = t.Join(name + ".npz");
+    const std::string dir = DefaultSpoolDir(archive);
+    {
+      auto spool = Spool::Open(dir, {}, archive, 1);
+      ASSERT_TRUE(spool.ok()) << spool.status().message();
+      auto m = (*spool)->Create("x.npy", U16Layout());
+      ASSERT_TRUE(m.ok());
+      ASSERT_TRUE(Record(**m, 0, U16Frames(0, 500)).ok());
+    }
+    EXPECT_NE(ReadFileOrDie(dir + "/.npzfs-lock").find("\ncompress 1\n"), std::string::npos)
+        << name;
+    Logged log;
+    WriteOptions options;
+    options.compress_level = recover_level;
+    ASSERT_TRUE(RecoverSpool(archive, dir, options, log.fn()).ok()) << name;
+    EXPECT_EQ(log.Contains("deflated at level 1"), recover_level == Spool::kRecordedLevel) << name;
+    const char* expected = recover_level == Spool::kStoredLevel ? "ZIP_STORED" : "ZIP_DEFLATED";
+    EXPECT_EQ(RunPython("import numpy as np, zipfile\n"
+                        "zf = zipfile.ZipFile('" +
+                        archive +
+                        "')\n"
+                        "assert zf.testzip() is None\n"
+                        "assert zf.getinfo('x.npy').compress_type == zipfile." +
+                        expected + "\nz = np.load('" + archive + "')\n" + PyExpectFrames("x", 500) +
+                        "print('ok')\n"),
+              "ok\n")
+        << name;
+  }
+}
+
+TEST(Spool, AMountWithAnotherLevelRecordsItsOwnAndOneKeepingTheRecordChangesNothing) {
+  TempDir t;
+  const std::string archive = t.Join("a.npz"), dir = DefaultSpoolDir(archive);
+  const std::string lock = dir + "/.npzfs-lock";
+  {
+    auto spool = Spool::Open(dir, {}, archive, 6);
+    ASSERT_TRUE(spool.ok());
+    EXPECT_EQ((*spool)->recorded_compress_level(), std::nullopt);  // a new spool
+  }
+  EXPECT_EQ(ReadFileOrDie(lock), archive + "\ncompress 6\n");
+  {
+    auto spool = Spool::Open(dir, {}, archive, Spool::kRecordedLevel);
+    ASSERT_TRUE(spool.ok());
+    EXPECT_EQ((*spool)->recorded_compress_level(), std::optional<int>(6));
+  }
+  EXPECT_EQ(ReadFileOrDie(lock), archive + "\ncompress 6\n");
+  {
+    auto spool = Spool::Open(dir, {}, archive, Spool::kStoredLevel);
+    ASSERT_TRUE(spool.ok());
+    EXPECT_EQ((*spool)->recorded_compress_level(), std::optional<int>(6));
+  }
+  EXPECT_EQ(ReadFileOrDie(lock), archive + "\n");
+  // A record this npzfs does not know the whole of keeps what it can read.
+  WriteFileOrDie(lock, archive + "\nsomething new\ncompress 12\ncompress 3\n");
+  auto spool = Spool::Open(dir, {}, archive);
+  ASSERT_TRUE(spool.ok()) << spool.status().message();
+  EXPECT_EQ((*spool)->recorded_compress_level(), std::optional<int>(3));
+}
+
 TEST(Spool, RemoveAndRenameFollowTheAppendOnlyRules) {
   TempDir t;
   auto spool = Spool::Open(t.Join("s"));

@@ -1,7 +1,8 @@
 """Mount tests for `-o compress`: growing members are deflated in the background while frames
 arrive, finalize uses those chunks (a new archive is made of the shadow file itself, which
 a kill before its rename leaves usable), and a daemon killed in the middle of that work
-leaves a spool that a remount or `npz recover --compress` finalizes correctly.
+leaves a spool that a remount or `npz recover` finalizes correctly (the spool records the
+level, so `npz recover` needs no `--compress`).
 
 Run by meson through /usr/bin/python3 -m pytest with NPZ_BIN and NPZFS_BIN set.
 """
@@ -107,6 +108,56 @@ def test_a_daemon_killed_in_the_middle_of_deflating_leaves_a_spool_that_finalize
     check_member(archive, data)
     with np.load(archive) as z:
         np.testing.assert_array_equal(z["old"], np.arange(10))
+
+
+@pytest.mark.parametrize("recovery", ["npz recover", "remount without -o compress"])
+def test_the_spool_remembers_the_level_of_the_mount_that_died(tmp_path, recovery):
+    archive = tmp_path / "a.npz"
+    np.savez(archive, old=np.arange(10))
+    data = frames(16, seed=2)
+    m = start_daemon(archive, tmp_path / "mnt", "-o", "compress=3", "-o",
+                     "frame=adc*:<i2:256x128")
+    try:
+        with open(m.path("adc.npy"), "wb") as f:
+            f.write(data.tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        m.kill()
+    assert "compress 3" in (spool_of(archive) / ".npzfs-lock").read_text()
+    if recovery == "npz recover":
+        r = subprocess.run([NPZ_BIN, "recover", str(archive)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert "deflated at level 3, as the mount that made them asked" in r.stderr
+        check_member(archive, data)
+    else:
+        with mounted(archive, tmp_path / "mnt") as again:
+            assert again.unmount() == 0, again.log()
+        assert "asked for them deflated (-o compress=3); this mount stores them" in again.log()
+        with zipfile.ZipFile(archive) as z:
+            assert z.getinfo("adc.npy").compress_type == zipfile.ZIP_STORED
+        with np.load(archive) as z:
+            np.testing.assert_array_equal(z["adc"], data)
+
+
+def test_npz_recover_store_and_compress_override_the_recorded_level(tmp_path):
+    for option, expected in (("--store", zipfile.ZIP_STORED), ("--compress=1", zipfile.ZIP_DEFLATED)):
+        archive = tmp_path / f"{option[2:5]}.npz"
+        m = start_daemon(archive, tmp_path / "mnt", "-o", "create", "-o", "compress=9")
+        try:
+            (tmp_path / "mnt" / "notes.txt").write_bytes(b"x" * 100000)
+        finally:
+            m.kill()
+        r = subprocess.run([NPZ_BIN, "recover", str(archive), option], capture_output=True,
+                           text=True)
+        assert r.returncode == 0, r.stderr
+        assert "as the mount that made them asked" not in r.stderr
+        with zipfile.ZipFile(archive) as z:
+            assert z.getinfo("notes.txt").compress_type == expected
+            assert z.read("notes.txt") == b"x" * 100000
+    r = subprocess.run([NPZ_BIN, "recover", str(archive), "--store", "--compress"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--compress and --store exclude each other" in r.stderr
 
 
 def test_a_new_archive_is_made_of_the_deflated_shadow_without_copying_its_chunks(tmp_path):

@@ -20,7 +20,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import (NPZ_BIN, NPZFS_BIN, is_mounted, mounted, require_fuse,
+from conftest import (NPZ_BIN, NPZFS_BIN, is_mounted, mounted, require_fuse, require_root,
                       run_with_stderr_on_a_terminal, start_daemon, tmpfs, wait_for_output)
 
 PYTHON = os.environ.get("NPZFS_PYTHON", "/usr/bin/python3")
@@ -75,8 +75,7 @@ def user():
     libfuse opens /dev/fuse itself (fusermount3 only performs the mount), so the user needs
     read-write access to it. Debian makes it 0666; a container may make it 0600 root. Then the
     device is lent to the user's own group for the test and restored afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("creating a user needs root")
+    require_root("creating a user needs root")
     require_fuse()
     name = f"npzfs-t{os.getpid() % 100000}"
     subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
@@ -1032,8 +1031,7 @@ def test_mount_t_fuse_npzfs_and_an_fstab_line_mount_through_mount_fuse3(tmp_path
     program on its own PATH (/usr/local/bin first), so a private mount namespace puts the
     built binaries there."""
     require_fuse()
-    if os.geteuid() != 0:
-        pytest.skip("mount(8) and a mount namespace need root")
+    require_root("mount(8) and a mount namespace need root")
     make_archive(tmp_path / "run.npz")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

@@ -12,7 +12,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import NPZ_BIN, is_mounted, mounted, require_fuse, start_daemon
+from conftest import NPZ_BIN, is_mounted, mounted, require_fuse, start_daemon, tmpfs
 
 PYTHON = os.environ.get("NPZFS_PYTHON", "/usr/bin/python3")
 SHAPE = (4, 8)
@@ -660,12 +660,8 @@ def test_appending_to_a_numpy_archive_keeps_old_members_byte_identical(tmp_path)
 
 def test_enospc_during_finalize_leaves_archive_and_spool_intact(tmp_path):
     require_fuse()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small)], check=True)
-    try:
+    # `mounted` always unmounts the FUSE mount; `tmpfs` the tmpfs.
+    with tmpfs(tmp_path / "small", size="8m") as small:
         archive = small / "rec.npz"
         np.savez(archive, old=np.arange(100))
         before = archive.read_bytes()
@@ -698,20 +694,12 @@ def test_enospc_during_finalize_leaves_archive_and_spool_intact(tmp_path):
         assert archive.read_bytes() == before
         spool = small / ".rec.npz.npzfs-spool"
         assert os.path.getsize(spool / "big.npy") == len(npy_bytes(big))
-    finally:
-        if is_mounted(tmp_path / "mnt"):
-            subprocess.run(["fusermount3", "-u", "-z", str(tmp_path / "mnt")])
-        subprocess.run(["umount", str(small)])
 
 
 def test_a_full_disk_fails_new_files_with_enospc_until_there_is_room(tmp_path):
     require_fuse()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], check=True)
-    try:
+    # `mounted` always unmounts the FUSE mount; `tmpfs` the tmpfs.
+    with tmpfs(tmp_path / "small", size="4m") as small:
         archive = small / "rec.npz"
         np.savez(archive, old=np.arange(100))
         filler = small / "filler"
@@ -740,10 +728,6 @@ def test_a_full_disk_fails_new_files_with_enospc_until_there_is_room(tmp_path):
         assert m.unmount() == 0, m.log()
         with np.load(archive) as z:
             assert sorted(z.files) == ["new", "old"]
-    finally:
-        if is_mounted(tmp_path / "mnt"):
-            subprocess.run(["fusermount3", "-u", "-z", str(tmp_path / "mnt")])
-        subprocess.run(["umount", str(small)])
 
 
 def test_a_renamed_empty_member_keeps_its_layout_and_takes_writes(tmp_path):

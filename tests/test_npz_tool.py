@@ -20,7 +20,8 @@ import zlib
 import numpy as np
 import pytest
 
-from conftest import is_mounted, run_with_stderr_on_a_terminal, tmpfs, wait_for_output
+from conftest import (is_mounted, require_root, run_with_stderr_on_a_terminal, tmpfs,
+                      wait_for_output)
 
 ROOT = os.environ.get("NPZFS_SOURCE_ROOT", os.path.dirname(os.path.dirname(__file__)))
 NPZ_BIN = os.environ.get("NPZ_BIN", os.path.join(ROOT, "build/tools/npz"))
@@ -1519,10 +1520,12 @@ def test_umount_of_a_stopped_daemon_gives_up_after_the_timeout(files, mount_fact
 
 
 def make_bind_mount(source, target):
+    require_root("a bind mount needs root")
     os.makedirs(target, exist_ok=True)
-    if subprocess.run(["mount", "--bind", str(source), str(target)],
-                      timeout=30).returncode != 0:
-        pytest.skip("cannot make a bind mount here (needs root)")
+    r = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True,
+                       text=True, timeout=30)
+    if r.returncode != 0:
+        pytest.fail(f"cannot bind-mount {source} at {target}: {r.stderr.strip()}")
 
 
 def remove_bind_mount(target):

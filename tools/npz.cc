@@ -157,7 +157,7 @@ Examples:
 )",
        RunIndex},
       {"recover", "finalize a spool left by a daemon that died",
-       R"(Usage: npz recover ARCHIVE [--spool DIR] [--compress[=LEVEL]] [--index DIR|off]
+       R"(Usage: npz recover ARCHIVE [--spool DIR] [--compress[=LEVEL] | --store] [--index DIR|off]
 
 If an npzfs daemon died before finalizing, its spool (by default .ARCHIVE.npzfs-spool next
 to the archive) still holds every complete frame written. This adds those members to
@@ -170,7 +170,10 @@ is put back exactly as it was before that append (every npz command does this to
 Options:
   --spool DIR           the spool directory, if the mount used -o spool=DIR (it must hold
                         the spool's lock file .npzfs-lock: any other directory is refused)
-  --compress[=LEVEL]    deflate the recovered members (default: stored)
+  --compress[=LEVEL]    deflate the recovered members at LEVEL (default 6)
+  --store               store them
+                        (neither: as the mount that made the spool would have, with the
+                        level of its -o compress, else stored)
   --index DIR|off       the saved index to keep valid for the new archive, as the
                         mount's -o index= (default: where a mount keeps it)
 

@@ -297,12 +297,16 @@ Status CheckReadsAsZip(const std::string& archive) {
 int RunRecover(const std::vector<std::string>& raw_args) {
   auto args = ParseArgs(raw_args, {{"spool", OptionSpec::Kind::kValue, 0},
                                    {"compress", OptionSpec::Kind::kOptionalValue, 0},
+                                   {"store", OptionSpec::Kind::kFlag, 0},
                                    kIndexOptionSpec});
   if (!args.ok()) return UsageError("recover", args.status().message());
   if (args->help) return PrintCommandHelp("recover");
   if (args->positional.size() != 1) return UsageError("recover", "expected ARCHIVE");
   auto level = ParseCompressOption(*args);
   if (!level.ok()) return UsageError("recover", level.status().message());
+  if (*level && args->Has("store")) {
+    return UsageError("recover", "--compress and --store exclude each other");
+  }
   const std::string archive = args->positional[0];
   const std::string spool = args->Last("spool").value_or(DefaultSpoolDir(archive));
 
@@ -332,7 +336,9 @@ int RunRecover(const std::vector<std::string>& raw_args) {
   }
   ProgressBar bar("recover " + BaseName(archive), 0);
   WriteOptions options;
-  options.compress_level = level->value_or(-1);
+  // Neither option: as the spool records (the level of the mount that made it).
+  options.compress_level =
+      level->value_or(args->Has("store") ? Spool::kStoredLevel : Spool::kRecordedLevel);
   options.reject_existing_names = true;
   options.progress = bar.Callback();
   options.log = PrintMessage;

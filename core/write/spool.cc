@@ -176,46 +176,61 @@ std::optional<FileId> IdOf(const std::string& path) {
 }
 
 // The spool lock file's record of the archive the spool is for: its absolute path (all
-// symlinks resolved) on the first line and, when the archive existed then, its FileId on the
-// second ("id DEV INO BIRTH_S BIRTH_NS"). Older spools hold the path alone, or nothing.
+// symlinks resolved) on the first line; then, each on a line of its own, when the archive
+// existed then its FileId ("id DEV INO BIRTH_S BIRTH_NS"), and when the members are to be
+// deflated the level ("compress LEVEL"). Older spools hold the path alone, or nothing; older
+// npzfs ignore the lines they do not know.
 struct SpoolRecord {
   std::string path;
   std::optional<FileId> id;
+  std::optional<int> level;
 };
 
 SpoolRecord ParseRecord(std::string_view text) {
   SpoolRecord r;
-  const size_t eol = text.find('\n');
+  size_t eol = text.find('\n');
   r.path = std::string(text.substr(0, eol));
   while (!r.path.empty() && r.path.back() == '\0') r.path.pop_back();
-  if (eol == std::string_view::npos) return r;
-  unsigned long long dev = 0, ino = 0;
-  long long sec = 0;
-  unsigned ns = 0;
-  const std::string second(text.substr(eol + 1));
-  if (std::sscanf(second.c_str(), "id %llu %llu %lld %u", &dev, &ino, &sec, &ns) == 4) {
-    r.id = FileId{dev, ino, sec, ns};
+  while (eol != std::string_view::npos) {
+    const size_t start = eol + 1;
+    eol = text.find('\n', start);
+    const std::string line(text.substr(start, eol == std::string_view::npos ? eol : eol - start));
+    unsigned long long dev = 0, ino = 0;
+    long long sec = 0;
+    unsigned ns = 0;
+    int level = 0;
+    char end = 0;
+    if (std::sscanf(line.c_str(), "id %llu %llu %lld %u", &dev, &ino, &sec, &ns) == 4) {
+      r.id = FileId{dev, ino, sec, ns};
+    } else if (std::sscanf(line.c_str(), "compress %d%c", &level, &end) == 1 && level >= 0 &&
+               level <= 9) {
+      r.level = level;
+    }
   }
   return r;
 }
 
-std::string RecordText(const std::string& archive, const std::optional<FileId>& id) {
-  std::string text = archive + "\n";
-  if (id) {
-    text += "id " + std::to_string(id->dev) + " " + std::to_string(id->ino) + " " +
-            std::to_string(id->birth_s) + " " + std::to_string(id->birth_ns) + "\n";
+std::string RecordText(const SpoolRecord& r) {
+  std::string text = r.path + "\n";
+  if (r.id) {
+    text += "id " + std::to_string(r.id->dev) + " " + std::to_string(r.id->ino) + " " +
+            std::to_string(r.id->birth_s) + " " + std::to_string(r.id->birth_ns) + "\n";
   }
+  if (r.level) text += "compress " + std::to_string(*r.level) + "\n";
   return text;
 }
 
 // Writes the record over the old one: the new bytes first, then the file cut to them, so
-// that a failed write (a full disk) leaves the old record readable rather than none.
+// that a failed write (a full disk) leaves the old record readable rather than none. Then the
+// lock file and the spool directory are made durable: members made after this never outlive
+// their record in a power cut.
 Status WriteRecord(int lock_fd, const std::string& lock_path, const std::string& text) {
   NPZ_RETURN_IF_ERROR(PwriteAll(lock_fd, text.data(), text.size(), 0, lock_path));
   if (::ftruncate(lock_fd, static_cast<off_t>(text.size())) != 0) {
     return ErrnoStatus(errno, lock_path, "ftruncate failed");
   }
-  return Status::Ok();
+  NPZ_RETURN_IF_ERROR(FsyncFd(lock_fd, lock_path));
+  return FsyncDir(DirName(lock_path));
 }
 
 // Checks the spool's record against `archive` (its ArchiveIdentity; `archive_path` as
@@ -224,20 +239,28 @@ Status WriteRecord(int lock_fd, const std::string& lock_path, const std::string&
 // never recorded). A spool that records another archive is taken over only when that archive
 // is gone and the spool is where `archive_path` keeps its spool by default: the directory
 // holding both was moved or renamed after a daemon died (a copy leaves the old archive in
-// place, and the spool stays that one's). Returns the record still to write when a full disk
-// refused it for a spool that recorded nothing: Spool::Create writes it before the first
-// member, so no spool holds members without one. The record is not synced: should a power
-// cut lose it, the spool records nothing, and the next archive to open it takes it (for a
-// spool beside its archive, that archive).
+// place, and the spool stays that one's). The record gets `compress_level` (a level,
+// Spool::kStoredLevel, or Spool::kRecordedLevel to keep the recorded one); `*recorded_level`
+// is the level recorded before. Returns the record still to write when a full disk refused
+// it for a spool that recorded nothing: Spool::Create writes it before the first member, so
+// no spool holds members without one.
 Result<std::string> ClaimSpool(int lock_fd, const std::string& lock_path, const std::string& dir,
                                const std::string& archive, const std::string& archive_path,
-                               const SpoolLogFn& log) {
-  char buf[2 * PATH_MAX];
+                               int compress_level, const SpoolLogFn& log,
+                               std::optional<int>* recorded_level) {
+  char buf[2 * PATH_MAX + 64];
   NPZ_ASSIGN_OR_RETURN(size_t n, PreadFull(lock_fd, buf, sizeof buf, 0, lock_path));
   const SpoolRecord owner = ParseRecord(std::string_view(buf, n));
-  const std::optional<FileId> mine = IdOf(archive);
-  const std::string text = RecordText(archive, mine);
-  if (owner.path == archive && owner.id == mine) return std::string();
+  *recorded_level = owner.level;
+  SpoolRecord record{archive, IdOf(archive), owner.level};
+  if (compress_level != Spool::kRecordedLevel) {
+    record.level = compress_level >= 0 ? std::optional<int>(compress_level) : std::nullopt;
+  }
+  const std::optional<FileId>& mine = record.id;
+  const std::string text = RecordText(record);
+  if (owner.path == archive && owner.id == mine && owner.level == record.level) {
+    return std::string();
+  }
   if (!owner.path.empty() && owner.path != archive) {
     const bool same_file = owner.id && mine && *owner.id == *mine;
     struct stat st;
@@ -433,7 +456,7 @@ bool SpoolHoldsAnything(const std::string& dir) {
 }
 
 Result<std::unique_ptr<Spool>> Spool::Open(const std::string& dir, SpoolLogFn log,
-                                           const std::string& archive_path) {
+                                           const std::string& archive_path, int compress_level) {
   bool created = false;
   if (::mkdir(dir.c_str(), 0755) == 0) {
     NPZ_RETURN_IF_ERROR(FsyncParentDir(dir));
@@ -465,12 +488,15 @@ Result<std::unique_ptr<Spool>> Spool::Open(const std::string& dir, SpoolLogFn lo
     return ErrnoStatus(errno, lock_path, "flock failed");
   }
   std::string pending_record;
+  std::optional<int> recorded_level;
   if (!archive.empty()) {
     NPZ_ASSIGN_OR_RETURN(pending_record,
-                         ClaimSpool(lock_fd.get(), lock_path, dir, archive, archive_path, log));
+                         ClaimSpool(lock_fd.get(), lock_path, dir, archive, archive_path,
+                                    compress_level, log, &recorded_level));
   }
   std::unique_ptr<Spool> spool(new Spool(dir, std::move(lock_fd), std::move(log)));
   spool->pending_record_ = std::move(pending_record);
+  spool->recorded_level_ = recorded_level;
 
   std::vector<std::string> files;
   std::set<std::string> name_files;  // "%N<id>" whose data file was not seen (yet)
@@ -806,7 +832,7 @@ Status Spool::RemoveSpoolFiles(const std::string& archive_path) {
 }
 
 Status RecoverSpool(const std::string& archive_path, const std::string& spool_dir,
-                    const WriteOptions& options, SpoolLogFn log) {
+                    WriteOptions options, SpoolLogFn log) {
   struct stat st;
   if (::stat(spool_dir.c_str(), &st) != 0) {
     if (errno == ENOENT) {
@@ -821,7 +847,16 @@ Status RecoverSpool(const std::string& archive_path, const std::string& spool_di
   // A spool left by a daemon always holds its lock file (made with the directory); an empty
   // directory without one is no spool either, and is not removed.
   NPZ_RETURN_IF_ERROR(CheckIsSpool(spool_dir, /*allow_empty=*/false));
-  NPZ_ASSIGN_OR_RETURN(auto spool, Spool::Open(spool_dir, log, archive_path));
+  NPZ_ASSIGN_OR_RETURN(auto spool,
+                       Spool::Open(spool_dir, log, archive_path, options.compress_level));
+  if (options.compress_level == Spool::kRecordedLevel) {
+    const std::optional<int> recorded = spool->recorded_compress_level();
+    options.compress_level = recorded.value_or(Spool::kStoredLevel);
+    if (recorded && log) {
+      log(spool_dir + ": its members are deflated at level " + std::to_string(*recorded) +
+          ", as the mount that made them asked (-o compress)");
+    }
+  }
   // Under the spool lock no finalize of this archive runs: temp files of a killed copy-mode
   // finalize are leftovers.
   NPZ_RETURN_IF_ERROR(RemoveStaleTempFiles(archive_path, log).status());

@@ -73,11 +73,23 @@ class Spool {
   // and the same -o spool=DIR was given to another archive). Unless that archive is gone
   // and `dir` is where `archive_path` keeps its spool by default: the directory of both was
   // moved or renamed, and `archive_path` takes the spool over (a log line says so).
+  //
+  // The record also holds the level the members are to be deflated at (`compress_level`: a
+  // zlib level, kStoredLevel, or kRecordedLevel to keep what the spool records), so that
+  // `npz recover` without --compress finalizes them as the mount that made them would have.
+  // The record is durable (the lock file and the directory fsynced) before the first member
+  // is made: a power cut never leaves members in a spool that says nothing of their archive.
+  static constexpr int kStoredLevel = -1;
+  static constexpr int kRecordedLevel = -2;
   static Result<std::unique_ptr<Spool>> Open(const std::string& dir, SpoolLogFn log = {},
-                                             const std::string& archive_path = {});
+                                             const std::string& archive_path = {},
+                                             int compress_level = kRecordedLevel);
   ~Spool();
 
   const std::string& dir() const { return dir_; }
+  // The deflate level the spool recorded when it was opened (nullopt: stored, or a spool
+  // that recorded none): the level of the mount that made its members.
+  std::optional<int> recorded_compress_level() const { return recorded_level_; }
 
   // A new, empty member. EEXIST if `name` is already in the spool. `declared` (count
   // ignored) fixes the frame layout now (-o frame=); .npy names only (EINVAL otherwise).
@@ -141,6 +153,7 @@ class Spool {
   // The record of the archive that a full disk kept ClaimSpool from writing (mu_): written
   // before the first member is made.
   std::string pending_record_;
+  std::optional<int> recorded_level_;               // set by Open
   std::unique_ptr<BackgroundDeflater> background_;  // with StartBackgroundDeflate
 };
 
@@ -163,8 +176,10 @@ Status CheckIsSpool(const std::string& dir, bool allow_empty);
 // `npz recover ARCHIVE`: finalizes the spool a dead daemon left behind, after removing the
 // temp files of a killed copy-mode finalize (RemoveStaleTempFiles, under the spool lock). ENOENT
 // with a clear message if there is no spool directory; EINVAL if it is not a spool (no lock
-// file: CheckIsSpool); EBUSY if a live daemon holds it.
+// file: CheckIsSpool); EBUSY if a live daemon holds it. The members are deflated at
+// `options.compress_level`, or with Spool::kRecordedLevel there at the level the spool
+// records (stored if none; a log line names a recorded level).
 Status RecoverSpool(const std::string& archive_path, const std::string& spool_dir,
-                    const WriteOptions& options, SpoolLogFn log = {});
+                    WriteOptions options, SpoolLogFn log = {});
 
 }  // namespace npzfs
