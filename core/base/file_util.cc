@@ -104,22 +104,18 @@ Result<size_t> PreadFull(int fd, void* buf, size_t n, uint64_t offset, const std
   return done;
 }
 
-namespace {
-constexpr std::string_view kUnexpectedEndOfFile = ": unexpected end of file at offset ";
-}  // namespace
+Status UnexpectedEndOfFile(const std::string& path, uint64_t at, uint64_t wanted, uint64_t from) {
+  return Status::Error(EIO,
+                       path + ": unexpected end of file at offset " + std::to_string(at) +
+                           " (wanted " + std::to_string(wanted) + " bytes from offset " +
+                           std::to_string(from) + ")",
+                       Status::Cause::kUnexpectedEndOfFile);
+}
 
 Status PreadExact(int fd, void* buf, size_t n, uint64_t offset, const std::string& path) {
   NPZ_ASSIGN_OR_RETURN(size_t got, PreadFull(fd, buf, n, offset, path));
-  if (got != n) {
-    return Status::Error(EIO, path + std::string(kUnexpectedEndOfFile) +
-                                  std::to_string(offset + got) + " (wanted " + std::to_string(n) +
-                                  " bytes at " + std::to_string(offset) + ")");
-  }
+  if (got != n) return UnexpectedEndOfFile(path, offset + got, n, offset);
   return Status::Ok();
-}
-
-bool IsUnexpectedEndOfFile(const Status& s) {
-  return s.code() == EIO && s.message().find(kUnexpectedEndOfFile) != std::string::npos;
 }
 
 Status PwriteAll(int fd, const void* buf, size_t n, uint64_t offset, const std::string& path) {

@@ -197,7 +197,7 @@ Status DeflatedMember::FailOrDistrust(uint64_t generation, const Status& failure
   // The archive ended before bytes its directory placed inside it (it was checked at open):
   // it is being overwritten in place, and says nothing about this member's bytes. EIO for
   // this read only; once the archive is as it was, the member reads again.
-  if (IsUnexpectedEndOfFile(failure)) return failure;
+  if (failure.cause() == Status::Cause::kUnexpectedEndOfFile) return failure;
   Status distrusted = Distrust(generation, failure);
   if (distrusted.code() == EAGAIN) return distrusted;
   return MarkCorrupt(failure);

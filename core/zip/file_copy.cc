@@ -35,9 +35,7 @@ Status CopyFileRange(int src, uint64_t src_offset, int dst, uint64_t dst_offset,
                      const std::string& src_path, const std::string& dst_path,
                      const std::function<void(uint64_t)>& on_bytes) {
   auto short_source = [&](uint64_t at) {
-    return Status::Error(EIO, src_path + ": unexpected end of file at offset " +
-                                  std::to_string(at) + " (wanted " + std::to_string(length) +
-                                  " bytes from offset " + std::to_string(src_offset) + ")");
+    return UnexpectedEndOfFile(src_path, at, length, src_offset);
   };
   uint64_t done = 0;
   uint64_t handed = 0;  // bytes already handed to the disk

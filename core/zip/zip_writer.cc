@@ -230,9 +230,7 @@ Status ZipWriter::CopyFrom(int src_fd, uint64_t offset, uint64_t length,
                            const std::string& src_path) {
   if (!open_) return Status::Error(EINVAL, path_ + ": no member is open");
   auto short_source = [&](uint64_t at) {
-    return Status::Error(EIO, src_path + ": unexpected end of file at offset " +
-                                  std::to_string(at) + " (wanted " + std::to_string(length) +
-                                  " bytes from offset " + std::to_string(offset) + ")");
+    return UnexpectedEndOfFile(src_path, at, length, offset);
   };
   uint64_t done = 0;
   if (deflater_) {

@@ -62,10 +62,11 @@ Result<UniqueFd> OpenRegularFile(const std::string& path, int flags, mode_t mode
 // only so that open(2) of a FIFO cannot wait.
 Status ClearNonBlocking(int fd, const std::string& path);
 
-// Reads exactly `n` bytes at `offset`; a short file is EIO ("unexpected end of file").
+// Reads exactly `n` bytes at `offset`; a short file is UnexpectedEndOfFile.
 Status PreadExact(int fd, void* buf, size_t n, uint64_t offset, const std::string& path);
-// Whether `s` is PreadExact's short-file error: the file ended before the bytes asked for.
-bool IsUnexpectedEndOfFile(const Status& s);
+// EIO with Status::Cause::kUnexpectedEndOfFile: `path` ended at offset `at`, short of the
+// `wanted` bytes from offset `from`.
+Status UnexpectedEndOfFile(const std::string& path, uint64_t at, uint64_t wanted, uint64_t from);
 // Reads up to `n` bytes at `offset`, stopping early only at end of file.
 Result<size_t> PreadFull(int fd, void* buf, size_t n, uint64_t offset, const std::string& path);
 // Writes all `n` bytes at `offset` (pwrite) or at the current position (write).

@@ -5,6 +5,9 @@
 // the errno; the npz tool prints the message. Nothing in core throws across a module edge,
 // calls exit() or prints to stdout.
 //
+// A few failures carry a Cause too, for the callers that must act on what went wrong beyond
+// its errno (never by matching the message).
+//
 // Result<T> holds either a T or a non-ok Status. Both types are plain values: copyable,
 // movable, and as thread-safe as any std::string.
 #pragma once
@@ -18,28 +21,37 @@ namespace npzfs {
 
 class [[nodiscard]] Status {
  public:
+  enum class Cause : unsigned char {
+    kUnspecified,
+    kUnexpectedEndOfFile,  // EIO: a file ended before bytes it was expected to hold
+  };
+
   Status() = default;  // ok
   static Status Ok() { return Status(); }
   // `code` is a positive errno value (EIO, EINVAL, ENOENT, ...). A zero code is turned into
   // EIO so that an error can never be mistaken for success.
-  static Status Error(int code, std::string message) {
-    return Status(code == 0 ? EIO : code, std::move(message));
+  static Status Error(int code, std::string message, Cause cause = Cause::kUnspecified) {
+    return Status(code == 0 ? EIO : code, std::move(message), cause);
   }
 
   bool ok() const { return code_ == 0; }
   int code() const { return code_; }
   const std::string& message() const { return message_; }
+  Cause cause() const { return cause_; }
 
-  // Prefixes the message with context, e.g. the archive name: "ctx: message".
+  // Prefixes the message with context, e.g. the archive name: "ctx: message". Code and
+  // cause are kept.
   Status WithContext(const std::string& context) const {
     if (ok()) return *this;
-    return Status(code_, context + ": " + message_);
+    return Status(code_, context + ": " + message_, cause_);
   }
 
  private:
-  Status(int code, std::string message) : code_(code), message_(std::move(message)) {}
+  Status(int code, std::string message, Cause cause = Cause::kUnspecified)
+      : code_(code), message_(std::move(message)), cause_(cause) {}
   int code_ = 0;
   std::string message_;
+  Cause cause_ = Cause::kUnspecified;
 };
 
 // An error for a failed system call: "<path>: <what>: <strerror(err)>".
