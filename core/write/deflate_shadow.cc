@@ -40,11 +40,13 @@ std::string EncodeHeader(int level, uint64_t chunk_size) {
 }
 
 // A record's CRC covers its index too, so a record is only valid in its own slot.
-std::string EncodeRecord(size_t index, uint32_t compressed, uint32_t crc32) {
+std::string EncodeRecord(size_t index, uint32_t compressed, uint32_t crc32,
+                         uint32_t deflated_crc32) {
   std::string body;
   PutLe64(body, index);
   PutLe32(body, compressed);
   PutLe32(body, crc32);
+  PutLe32(body, deflated_crc32);
   std::string r = body.substr(8);
   PutLe32(r, Crc32Of(body));
   return r;
@@ -85,6 +87,7 @@ Result<std::unique_ptr<DeflateShadow>> DeflateShadow::Open(const std::string& sp
 
 Status DeflateShadow::Reset() {
   chunks_.clear();
+  deflated_crcs_.clear();
   recorded_ = 0;
   data_end_ = kDeflateShadowDataStart;
   const std::string index_path = IndexPath(spool_path_);
@@ -106,17 +109,24 @@ Status DeflateShadow::Load(uint64_t data_bytes, bool writable) {
     return writable ? Reset() : Status::Ok();
   }
   uint64_t end = kDeflateShadowDataStart;
+  std::string bytes;
   for (size_t at = kDeflateShadowHeaderSize; at + kDeflateShadowRecordSize <= index.size();
        at += kDeflateShadowRecordSize) {
     const size_t i = chunks_.size();
     const uint32_t compressed = GetLe32(index.data() + at);
     const uint32_t crc = GetLe32(index.data() + at + 4);
+    const uint32_t deflated_crc = GetLe32(index.data() + at + 8);
     const bool intact = std::string_view(index).substr(at, kDeflateShadowRecordSize) ==
-                            EncodeRecord(i, compressed, crc) &&
+                            EncodeRecord(i, compressed, crc, deflated_crc) &&
                         compressed > 0 && end + compressed <= data_size &&
                         (i + 1) * chunk_size_ <= data_bytes;
     if (!intact) break;
+    bytes.resize(compressed);
+    NPZ_RETURN_IF_ERROR(
+        PreadExact(data_fd_.get(), bytes.data(), bytes.size(), end, DataPath(spool_path_)));
+    if (Crc32Of(bytes) != deflated_crc) break;  // damaged: deflated again from the spool
     chunks_.push_back({end, compressed, crc});
+    deflated_crcs_.push_back(deflated_crc);
     end += compressed;
   }
   recorded_ = chunks_.size();
@@ -139,6 +149,7 @@ Status DeflateShadow::Append(std::string_view compressed, uint32_t crc32) {
   NPZ_RETURN_IF_ERROR(PwriteAll(data_fd_.get(), compressed.data(), compressed.size(), data_end_,
                                 DataPath(spool_path_)));
   chunks_.push_back({data_end_, static_cast<uint32_t>(compressed.size()), crc32});
+  deflated_crcs_.push_back(Crc32Of(compressed));
   data_end_ += compressed.size();
   if (chunks_.size() - recorded_ >= kSyncEveryChunks) return Sync();
   return Status::Ok();
@@ -151,7 +162,7 @@ Status DeflateShadow::Sync() {
   NPZ_RETURN_IF_ERROR(FsyncFd(data_fd_.get(), DataPath(spool_path_)));
   std::string records;
   for (size_t i = recorded_; i < chunks_.size(); ++i) {
-    records += EncodeRecord(i, chunks_[i].compressed_size, chunks_[i].crc32);
+    records += EncodeRecord(i, chunks_[i].compressed_size, chunks_[i].crc32, deflated_crcs_[i]);
   }
   NPZ_RETURN_IF_ERROR(PwriteAll(index_fd_.get(), records.data(), records.size(),
                                 kDeflateShadowHeaderSize + recorded_ * kDeflateShadowRecordSize,

@@ -20,10 +20,13 @@
 // behind it did not; the writer would then write other frames at the same offsets, and
 // finalize would copy the stale chunk, with its stale CRC-32, so no check would notice.
 // On Open, the records are checked (each has a CRC-32 seeded with its index) and kept while
-// they are intact, their bytes are in the data file and their chunk lies within the member's
-// data (which, by the rule above, is then the data the chunk was made from); the rest is cut
-// off, and those chunks are deflated again from the spool file. A chunk written but not yet
-// recorded when the daemon died is simply redone. The raw spool file is never written here:
+// they are intact, their bytes are in the data file and match the CRC-32 the record holds of
+// them (damage to the data file, which finalize would otherwise copy into the archive as it
+// is, and the spool with the good bytes then removed), and their chunk lies within the
+// member's data (which, by the rule above, is then the data the chunk was made from); the
+// rest is cut off, and those chunks are deflated again from the spool file. That check reads
+// the whole data file once per Open: only a resumed spool has one to read. A chunk written but not
+// yet recorded when the daemon died is simply redone. The raw spool file is never written here:
 // losing a shadow costs time at finalize, never data.
 //
 // Adoption. The first 4 KiB of the data file stay free (a hole), so that a finalize that
@@ -51,11 +54,13 @@
 namespace npzfs {
 
 inline constexpr std::string_view kDeflateShadowMagic = "NPZFSDFL";
-inline constexpr uint32_t kDeflateShadowVersion = 2;       // 1: chunks from offset 0
+inline constexpr uint32_t kDeflateShadowVersion = 3;       // 2: no CRC of the deflate bytes;
+                                                           // 1: chunks from offset 0
 inline constexpr uint64_t kDeflateShadowDataStart = 4096;  // where the first chunk starts
 inline constexpr size_t kDeflateShadowHeaderSize = 32;     // magic, version, level, chunk size,
                                                            // reserved, CRC-32
-inline constexpr size_t kDeflateShadowRecordSize = 12;     // compressed, chunk CRC, record CRC
+inline constexpr size_t kDeflateShadowRecordSize = 16;     // compressed, chunk CRC, deflate
+                                                           // bytes' CRC, record CRC
 
 class DeflateShadow {
  public:
@@ -87,7 +92,8 @@ class DeflateShadow {
   uint64_t chunk_size() const { return chunk_size_; }
 
   // Appends chunk chunk_count(): its compressed bytes and the CRC-32 of its uncompressed
-  // bytes. Its record becomes durable at the next Sync (done here every 256 chunks).
+  // bytes (the CRC-32 of the compressed bytes is taken here). Its record becomes durable at the
+  // next Sync (done here every 256 chunks).
   Status Append(std::string_view compressed, uint32_t crc32);
   // Makes the spool bytes of the chunks appended since the last Sync durable (sync_source),
   // fsyncs their compressed bytes, then records them.
@@ -112,6 +118,7 @@ class DeflateShadow {
   SourceSync sync_source_;
   UniqueFd data_fd_, index_fd_;
   std::vector<PredeflatedChunks::Chunk> chunks_;
+  std::vector<uint32_t> deflated_crcs_;  // per chunk: CRC-32 of its compressed bytes
   size_t recorded_ = 0;    // chunks whose records are in the index file
   uint64_t data_end_ = 0;  // end of the compressed bytes
 };
