@@ -67,9 +67,10 @@ class HandleTable {
 // member: an archive on a read-only dataset mounts and serves its members without one.
 class SpoolSlot {
  public:
-  // -o compress: every spool this slot holds deflates completed chunks in the background
-  // (Spool::StartBackgroundDeflate), once AllowThreads was called. Call before Set or
-  // GetOrCreate.
+  // The mount's compression level (-o compress, or the level a resumed spool records):
+  // every spool this slot holds deflates completed chunks in the background at it
+  // (Spool::StartBackgroundDeflate), once AllowThreads was called, and a spool GetOrCreate
+  // makes records it (nullopt: stored). Call before Set or GetOrCreate.
   void SetBackgroundDeflate(std::optional<int> level) { background_level_ = level; }
   // The daemon has forked (fuse_daemonize): the background deflater may start now. A thread
   // started before the fork would not exist in the daemon, and finalize would wait for it

@@ -206,8 +206,10 @@ Status ResumeSpool(Mount& m) {
     }
     return Status::Ok();
   }
-  const int level = m.options.compress_level.value_or(Spool::kStoredLevel);
-  auto spool = Spool::Open(m.spool_dir, LogLine, m.archive_path, level);
+  // Without -o compress, the level the spool records (that of the mount that made it).
+  const std::optional<int> given = m.options.compress_level;
+  auto spool =
+      Spool::Open(m.spool_dir, LogLine, m.archive_path, given.value_or(Spool::kRecordedLevel));
   if (!spool.ok() && st.st_uid != getuid() &&
       (spool.status().code() == EACCES || spool.status().code() == EPERM)) {
     // Another user's spool (a group-writable archive): theirs to finalize.
@@ -219,13 +221,24 @@ Status ResumeSpool(Mount& m) {
                              spool.status().message() + ")");
   }
   if (!spool.ok()) return spool.status();
-  if (const std::optional<int> recorded = (*spool)->recorded_compress_level();
-      recorded && *recorded != level) {
-    LogWarning(m.spool_dir + ": the mount that made these members asked for them deflated " +
-               "(-o compress=" + std::to_string(*recorded) + "); this mount " +
-               (level < 0 ? std::string("stores them")
-                          : "deflates them at level " + std::to_string(level)) +
-               ", as its options say");
+  const std::optional<int> recorded = (*spool)->recorded_compress_level();
+  const auto said = [](std::optional<int> level) {
+    return level ? "deflated at level " + std::to_string(*level) +
+                       " (-o compress=" + std::to_string(*level) + ")"
+                 : std::string("stored");
+  };
+  if (!given && recorded) {
+    m.options.compress_level = recorded;  // finalize, background deflate, recover command
+    m.spool.SetBackgroundDeflate(recorded);
+  }
+  if (!(*spool)->members().empty()) {
+    if (!given && recorded) {
+      LogInfo(m.spool_dir + ": the new members are " + said(recorded) +
+              ", as the spool records for the mount that made it");
+    } else if (given && given != recorded) {
+      LogWarning(m.spool_dir + ": the mount that made these members asked for them " +
+                 said(recorded) + "; this mount's -o compress has every new member " + said(given));
+    }
   }
   m.spool.Set(std::move(spool).value());
   return Status::Ok();
@@ -242,7 +255,10 @@ void RemoveStaleTemps(const Mount& m) {
 
 // The command that finalizes this mount's spool should the daemon die (npz umount prints it).
 std::string RecoverCommand(const Mount& m) {
-  return NpzRecoverCommand(m.archive_path, m.spool_dir, m.options.compress_level);
+  // Without -o compress, the spool records the level (stored, or that of an earlier mount
+  // whose spool this one resumed).
+  return NpzRecoverCommand(m.archive_path, m.spool_dir,
+                           m.options.compress_level.value_or(Spool::kRecordedLevel));
 }
 
 // Runtime files; a writable mount takes the archive's lock, then clears what an earlier

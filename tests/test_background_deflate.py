@@ -17,7 +17,7 @@ import pytest
 from conftest import NPZ_BIN, mounted, start_daemon
 
 FRAME = (256, 128)  # '<i2' frames of 64 KiB
-RECORD = 12  # bytes per chunk record in a shadow's index
+RECORD = 16  # bytes per chunk record in a shadow's index
 CHUNK = 256 << 10  # the daemon's deflate chunk (WriteOptions::chunk_size)
 HEADER = 32  # bytes of a shadow index's header
 
@@ -110,13 +110,11 @@ def test_a_daemon_killed_in_the_middle_of_deflating_leaves_a_spool_that_finalize
         np.testing.assert_array_equal(z["old"], np.arange(10))
 
 
-@pytest.mark.parametrize("recovery", ["npz recover", "remount without -o compress"])
-def test_the_spool_remembers_the_level_of_the_mount_that_died(tmp_path, recovery):
-    archive = tmp_path / "a.npz"
+def crashed_compress_mount(archive, mnt, level, data):
+    """A mount of `archive` with -o compress=`level`, SIGKILLed after `data` was written
+    (fsynced) into adc.npy: its spool waits for recovery."""
     np.savez(archive, old=np.arange(10))
-    data = frames(16, seed=2)
-    m = start_daemon(archive, tmp_path / "mnt", "-o", "compress=3", "-o",
-                     "frame=adc*:<i2:256x128")
+    m = start_daemon(archive, mnt, "-o", f"compress={level}", "-o", "frame=adc*:<i2:256x128")
     try:
         with open(m.path("adc.npy"), "wb") as f:
             f.write(data.tobytes())
@@ -124,37 +122,96 @@ def test_the_spool_remembers_the_level_of_the_mount_that_died(tmp_path, recovery
             os.fsync(f.fileno())
     finally:
         m.kill()
-    assert "compress 3" in (spool_of(archive) / ".npzfs-lock").read_text()
-    if recovery == "npz recover":
-        r = subprocess.run([NPZ_BIN, "recover", str(archive)], capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-        assert "deflated at level 3, as the mount that made them asked" in r.stderr
-        check_member(archive, data)
-    else:
+    assert f"compress {level}\n" in (spool_of(archive) / ".npzfs-lock").read_text()
+
+
+def deflated_size(archive, data):
+    check_member(archive, data)
+    with zipfile.ZipFile(archive) as z:
+        return z.getinfo("adc.npy").compress_size
+
+
+def test_the_spool_remembers_the_level_of_the_mount_that_died(tmp_path):
+    """A spool made with -o compress=1 is finalized at level 1 by a plain `npz recover` and
+    by a remount without -o compress; told otherwise, at the level given. Sizes tell the
+    levels apart: the same spool deflated at 1 and at 9 differ."""
+    data = frames(64, seed=2)  # 4 MiB
+    size = {}
+    ways = ("--compress=1", "--compress=9", "npz recover", "remount", "remount -o compress=9")
+    for way in ways:
+        archive = tmp_path / f"{len(size)}.npz"
+        crashed_compress_mount(archive, tmp_path / "mnt", 1, data)
+        if way.startswith("remount"):
+            with mounted(archive, tmp_path / "mnt", *way.split()[1:]) as again:
+                assert again.unmount() == 0, again.log()
+            log = again.log()
+        else:
+            r = subprocess.run([NPZ_BIN, "recover", str(archive)] + ([] if way == "npz recover" else [way]),
+                               capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
+            log = r.stderr
+        size[way] = deflated_size(archive, data)
+        said = "deflated at level 1 (-o compress=1), as the spool records for the mount"
+        assert (said in log) == (way in ("npz recover", "remount")), log
+        if way == "remount -o compress=9":
+            assert ("the mount that made these members asked for them deflated at level 1 "
+                    "(-o compress=1); this mount's -o compress has every new member deflated "
+                    "at level 9") in log, log
+    assert size["--compress=1"] != size["--compress=9"]
+    assert size["npz recover"] == size["remount"] == size["--compress=1"], size
+    assert size["remount -o compress=9"] == size["--compress=9"], size
+
+
+@pytest.mark.parametrize("recovery", ["npz recover", "remount"])
+def test_damaged_deflated_chunks_are_deflated_again_not_copied_into_the_archive(tmp_path,
+                                                                                recovery):
+    """Zeroed bytes inside recorded chunks of a shadow (a bad disk, or blocks a power cut left
+    unwritten): finalize must not copy them and then remove the spool's good bytes."""
+    archive = tmp_path / "a.npz"
+    np.savez(archive, old=np.arange(10))
+    data = frames(64, seed=4)  # 4 MiB: 16 chunks
+    m = start_daemon(archive, tmp_path / "mnt", "-o", "compress=4", "-o",
+                     "frame=adc*:<i2:256x128")
+    try:
+        with open(m.path("adc.npy"), "wb") as f:
+            f.write(data.tobytes())
+        wait_for(lambda: shadow_chunks(archive) == 16, "every chunk recorded")
+    finally:
+        m.kill()
+    shadow = spool_of(archive) / ".adc.npy.npzfs-deflate"
+    with open(shadow, "r+b") as f:
+        f.seek(4096 + 5 * 100000)  # inside a chunk some way in
+        f.write(b"\0" * 16384)
+    if recovery == "remount":
         with mounted(archive, tmp_path / "mnt") as again:
             assert again.unmount() == 0, again.log()
-        assert "asked for them deflated (-o compress=3); this mount stores them" in again.log()
-        with zipfile.ZipFile(archive) as z:
-            assert z.getinfo("adc.npy").compress_type == zipfile.ZIP_STORED
-        with np.load(archive) as z:
-            np.testing.assert_array_equal(z["adc"], data)
-
-
-def test_npz_recover_store_and_compress_override_the_recorded_level(tmp_path):
-    for option, expected in (("--store", zipfile.ZIP_STORED), ("--compress=1", zipfile.ZIP_DEFLATED)):
-        archive = tmp_path / f"{option[2:5]}.npz"
-        m = start_daemon(archive, tmp_path / "mnt", "-o", "create", "-o", "compress=9")
-        try:
-            (tmp_path / "mnt" / "notes.txt").write_bytes(b"x" * 100000)
-        finally:
-            m.kill()
-        r = subprocess.run([NPZ_BIN, "recover", str(archive), option], capture_output=True,
-                           text=True)
+    else:
+        r = subprocess.run([NPZ_BIN, "recover", str(archive)], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
-        assert "as the mount that made them asked" not in r.stderr
-        with zipfile.ZipFile(archive) as z:
-            assert z.getinfo("notes.txt").compress_type == expected
-            assert z.read("notes.txt") == b"x" * 100000
+    check_member(archive, data)
+
+
+def test_npz_recover_store_overrides_the_recorded_level_and_a_failed_one_keeps_it(tmp_path):
+    archive = tmp_path / "a.npz"
+    data = frames(16, seed=3)
+    crashed_compress_mount(archive, tmp_path / "mnt", 3, data)
+    # A recover that fails (the name is in the archive already) changes nothing.
+    clash = tmp_path / "clash.npz"
+    np.savez(clash, adc=np.arange(3))
+    saved = archive.read_bytes()
+    archive.write_bytes(clash.read_bytes())
+    r = subprocess.run([NPZ_BIN, "recover", str(archive), "--store"], capture_output=True,
+                       text=True)
+    assert r.returncode != 0 and "adc.npy" in r.stderr, r.stderr
+    assert "compress 3\n" in (spool_of(archive) / ".npzfs-lock").read_text()
+    archive.write_bytes(saved)
+    r = subprocess.run([NPZ_BIN, "recover", str(archive), "--store"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    with zipfile.ZipFile(archive) as z:
+        assert z.getinfo("adc.npy").compress_type == zipfile.ZIP_STORED
+    with np.load(archive) as z:
+        np.testing.assert_array_equal(z["adc"], data)
     r = subprocess.run([NPZ_BIN, "recover", str(archive), "--store", "--compress"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "--compress and --store exclude each other" in r.stderr

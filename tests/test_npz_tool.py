@@ -20,8 +20,8 @@ import zlib
 import numpy as np
 import pytest
 
-from conftest import (is_mounted, require_root, run_with_stderr_on_a_terminal, tmpfs,
-                      wait_for_output)
+from conftest import (is_mounted, require_fuse, require_root, run_with_stderr_on_a_terminal,
+                      tmpfs, wait_for_output)
 
 ROOT = os.environ.get("NPZFS_SOURCE_ROOT", os.path.dirname(os.path.dirname(__file__)))
 NPZ_BIN = os.environ.get("NPZ_BIN", os.path.join(ROOT, "build/tools/npz"))
@@ -1240,7 +1240,8 @@ def make_spool(archive_dir, frames, partial=b""):
     """A spool as a dead daemon leaves it: a valid .npy per member (core/write/spool.h)."""
     spool = archive_dir / ".data.npz.npzfs-spool"
     spool.mkdir()
-    (spool / ".npzfs-lock").touch()  # made with every spool
+    # Made with every spool; it records the archive (its path, all symlinks resolved).
+    (spool / ".npzfs-lock").write_text(os.path.realpath(archive_dir / "data.npz") + "\n")
     np.save(spool / "adc.npy", frames)
     with open(spool / "adc.npy", "ab") as f:
         f.write(partial)
@@ -1422,15 +1423,10 @@ def test_recover_that_only_dealt_with_a_journal_succeeds(files):
 # -------------------------------------------------------------------------------- umount
 
 
-def fuse_or_skip():
-    if not os.path.exists("/dev/fuse"):
-        if os.environ.get("CI"):
-            pytest.fail("/dev/fuse is missing")
-        pytest.skip("/dev/fuse is missing")
 
 
 def test_umount_waits_until_the_archive_is_finalized(files, mount_factory):
-    fuse_or_skip()
+    require_fuse()
     d, adc, tx = files
     np.savez(d / "data.npz", tx=tx)
     m = mount_factory(d / "data.npz", d / "mnt", "-o", "frame=adc*:<i4:4x4")
@@ -1445,7 +1441,7 @@ def test_umount_waits_until_the_archive_is_finalized(files, mount_factory):
 
 
 def test_umount_reports_a_failed_finalize(files, mount_factory):
-    fuse_or_skip()
+    require_fuse()
     d, adc, tx = files
     with tmpfs(d / "small", size="1m") as small:
         np.savez(small / "data.npz", tx=tx)
@@ -1461,7 +1457,7 @@ def test_umount_reports_a_failed_finalize(files, mount_factory):
 
 
 def test_umount_of_a_busy_mount_says_so(files, mount_factory):
-    fuse_or_skip()
+    require_fuse()
     d, adc, tx = files
     np.savez(d / "data.npz", tx=tx)
     m = mount_factory(d / "data.npz", d / "mnt")
@@ -1477,7 +1473,7 @@ def test_umount_of_a_busy_mount_says_so(files, mount_factory):
 
 def test_umount_after_the_daemon_died_clears_the_mount_and_recover_finalizes(files,
                                                                              mount_factory):
-    fuse_or_skip()
+    require_fuse()
     d, adc, tx = files
     np.savez(d / "data.npz", tx=tx)
     m = mount_factory(d / "data.npz", d / "mnt", "-o", "frame=adc*:<i4:4x4")
@@ -1496,8 +1492,41 @@ def test_umount_after_the_daemon_died_clears_the_mount_and_recover_finalizes(fil
         np.testing.assert_array_equal(z["tx"], tx)
 
 
+def test_umount_of_a_daemon_that_dies_while_finalizing_prints_its_own_recover_command(
+        tmp_path, mount_factory):
+    """The daemon is killed once unmounted, while it deflates at level 9: npz umount prints
+    the command the daemon recorded, with its --spool, and that command finalizes."""
+    require_fuse()
+    archive, spool = tmp_path / "a.npz", tmp_path / "my spool"
+    np.savez(archive, old=np.arange(5))
+    rng = np.random.default_rng(5)
+    data = (np.arange(24 << 20) % 1000 + rng.integers(0, 64, 24 << 20)).astype("<i2")
+    m = mount_factory(archive, tmp_path / "mnt", "-o", "compress=9", "-o", f"spool={spool}")
+    np.save(m.path("big.npy"), data)
+    umount = subprocess.Popen([NPZ_BIN, "umount", str(tmp_path / "mnt")],
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while is_mounted(tmp_path / "mnt"):
+            assert time.monotonic() < deadline, "npz umount did not unmount"
+            time.sleep(0.01)
+        m.proc.kill()  # our own child, now finalizing 48 MiB at level 9
+        m.proc.wait()
+        _, err = umount.communicate(timeout=60)
+    finally:
+        umount.kill()
+    assert umount.returncode == 1, err
+    assert "exited without writing its result" in err, err
+    assert f"if it died, run `npz recover {archive} --spool '{spool}' --compress=9`" in err, err
+    assert spool.is_dir(), "the finalize had ended before the kill: nothing was tested"
+    ok("recover", archive, "--spool", spool, "--compress=9")
+    with np.load(archive) as z:
+        np.testing.assert_array_equal(z["big"], data)
+        np.testing.assert_array_equal(z["old"], np.arange(5))
+
+
 def test_umount_of_a_stopped_daemon_gives_up_after_the_timeout(files, mount_factory):
-    fuse_or_skip()
+    require_fuse()
     d, adc, tx = files
     np.savez(d / "data.npz", tx=tx)
     m = mount_factory(d / "data.npz", d / "mnt")
@@ -1535,7 +1564,7 @@ def remove_bind_mount(target):
 
 def test_umount_refuses_a_bind_mount_of_an_npzfs_mount_and_names_the_original(files,
                                                                                mount_factory):
-    fuse_or_skip()
+    require_fuse()
     d, adc, tx = files
     np.savez(d / "data.npz", tx=tx)
     m = mount_factory(d / "data.npz", d / "mnt", "-o", "frame=adc*:<i4:4x4")
@@ -1564,7 +1593,7 @@ def test_umount_takes_the_copies_mount_propagation_made_for_no_bind_mounts(files
                                                                            mount_factory):
     """systemd makes "/" shared: a directory above the mount point that is bind-mounted
     elsewhere gets a copy of every mount below it. Unmounting the mount removes them."""
-    fuse_or_skip()
+    require_fuse()
     d, adc, tx = files
     np.savez(d / "data.npz", tx=tx)
     top, peer = d / "top", d / "peer"
@@ -1589,7 +1618,7 @@ def test_umount_takes_the_copies_mount_propagation_made_for_no_bind_mounts(files
 
 def test_umount_of_the_last_bind_mount_left_after_a_lazy_unmount_finalizes(files,
                                                                            mount_factory):
-    fuse_or_skip()
+    require_fuse()
     d, adc, tx = files
     np.savez(d / "data.npz", tx=tx)
     m = mount_factory(d / "data.npz", d / "mnt", "-o", "frame=adc*:<i4:4x4")
@@ -1609,7 +1638,7 @@ def test_umount_of_the_last_bind_mount_left_after_a_lazy_unmount_finalizes(files
 
 def test_umount_of_a_symlink_to_the_mount_point_unmounts_the_mount_it_leads_to(files,
                                                                                mount_factory):
-    fuse_or_skip()
+    require_fuse()
     d, adc, tx = files
     np.savez(d / "data.npz", tx=tx)
     m = mount_factory(d / "data.npz", d / "live", "-o", "frame=adc*:<i4:4x4")

@@ -10,6 +10,8 @@ import subprocess
 
 import pytest
 
+from conftest import IN_CI
+
 ROOT = os.environ.get("NPZFS_SOURCE_ROOT", os.path.dirname(os.path.dirname(__file__)))
 NPZFS_BIN = os.environ.get("NPZFS_BIN", os.path.join(ROOT, "build/fs/npzfs"))
 NPZ_BIN = os.environ.get("NPZ_BIN", os.path.join(ROOT, "build/tools/npz"))
@@ -38,7 +40,7 @@ def test_readme_has_usage_snippets_for_the_mount_and_the_tool():
 
 def test_readme_usage_snippets_run_as_written(tmp_path):
     if not os.path.exists("/dev/fuse"):
-        if os.environ.get("CI"):
+        if IN_CI:
             pytest.fail("/dev/fuse is missing: mount tests cannot run in CI")
         pytest.skip("/dev/fuse is missing")
     env = dict(os.environ)

@@ -13,6 +13,13 @@
 
 namespace npzfs::testing {
 
+bool InCi() {
+  const char* ci = std::getenv("CI");
+  if (ci == nullptr) return false;
+  const std::string v = ci;
+  return !(v.empty() || v == "0" || v == "false" || v == "no");
+}
+
 TempDir::TempDir() {
   const char* base = std::getenv("TMPDIR");
   std::string pattern = std::string(base && *base ? base : "/tmp") + "/npzfs-test-XXXXXX";

@@ -32,6 +32,18 @@ std::string RunPython(const std::string& code);
 std::string ReadFileOrDie(const std::string& path);
 void WriteFileOrDie(const std::string& path, const std::string& bytes);
 
+// Whether the tests run under CI ($CI set, and not "", "0", "false" or "no"). CI runs as root
+// on a machine that mounts tmpfs and FUSE: there every test must run.
+bool InCi();
+
+// Skips the test, saying `why`; under CI (InCi) fails it instead: a test CI cannot run is a
+// failure there, never a silent skip. Returns from the test body, as GTEST_SKIP does.
+#define NPZ_SKIP_UNLESS_CI(why)                                     \
+  do {                                                              \
+    if (::npzfs::testing::InCi()) FAIL() << (why) << " (under CI)"; \
+    GTEST_SKIP() << (why);                                          \
+  } while (0)
+
 // `samples` int16 little-endian samples: a smooth signal plus noise, like an ADC recording
 // (the same bytes for the same seed).
 std::string RealisticInt16(size_t samples, uint32_t seed);

@@ -172,8 +172,8 @@ Options:
                         the spool's lock file .npzfs-lock: any other directory is refused)
   --compress[=LEVEL]    deflate the recovered members at LEVEL (default 6)
   --store               store them
-                        (neither: as the mount that made the spool would have, with the
-                        level of its -o compress, else stored)
+                        (neither: as the mount that made the spool would have, at the
+                        level of its -o compress, which the spool records; else stored)
   --index DIR|off       the saved index to keep valid for the new archive, as the
                         mount's -o index= (default: where a mount keeps it)
 

@@ -47,6 +47,7 @@
 #include "core/base/mount_table.h"
 #include "core/base/names.h"
 #include "core/base/runtime_dir.h"
+#include "core/base/text_codec.h"
 #include "npzfs/file_util.h"
 #include "tools/npz_cli.h"
 #include "tools/progress.h"
@@ -441,13 +442,29 @@ Status ExplainUnansweredAsk(const std::string& mnt, const MountEntry& entry, con
 
 // The outcome the daemon wrote to its result file once it finished: ok or its reason. The
 // file is removed once read.
+// What to run to finalize what a dead daemon of `archive` received: the command it recorded
+// in its lock file, with its own options (same user, same runtime directory, and no daemon
+// mounted since: that one would hold the lock), else `npz recover ARCHIVE` and which option
+// to add (the spool records the compression level itself).
+std::string RecoverAdvice(const std::string& archive) {
+  const std::string runtime = ChooseRuntimeDir();
+  const std::string recorded =
+      runtime.empty() ? "" : RecoverCommandInMountLock(RuntimeFileStem(runtime, archive) + ".lock");
+  if (!recorded.empty()) {
+    const bool compress = recorded.find(" --compress=") != std::string::npos;
+    return "run `" + recorded + "`" + (compress ? " (the chunks already deflated are used)" : "");
+  }
+  return "run `npz recover " + ShellWord(archive) +
+         "` (with --spool DIR if it was mounted with -o spool=DIR)";
+}
+
 Status ReadResult(const std::string& mnt, const Daemon& d, const std::string& archive) {
   if (d.result_file.empty()) return Status::Ok();  // a read-only mount finalizes nothing
   auto fd = OpenFile(d.result_file, O_RDONLY);
   if (!fd.ok()) {
     return Status::Error(EIO, mnt + ": the npzfs daemon (pid " + std::to_string(d.pid) +
                                   ") exited without writing its result " + d.result_file +
-                                  "; if it died, run 'npz recover " + archive + "'");
+                                  "; if it died, " + RecoverAdvice(archive));
   }
   std::string text(64 * 1024, '\0');
   NPZ_ASSIGN_OR_RETURN(size_t n, PreadFull(fd->get(), text.data(), text.size(), 0, d.result_file));
@@ -591,22 +608,8 @@ Status ClearDeadMount(const std::string& mnt, const MountEntry& entry) {
       ": the npzfs daemon had died (Transport endpoint is not connected); the stale mount "
       "was removed, and nothing was finalized. New members it received, if any, are in its "
       "spool: ";
-  // The daemon recorded the command with its own options in its lock file (same user, same
-  // runtime directory); else the options are for the user to add.
-  const std::string runtime = ChooseRuntimeDir();
-  const std::string recorded =
-      runtime.empty() ? "" : RecoverCommandInMountLock(RuntimeFileStem(runtime, archive) + ".lock");
-  if (!recorded.empty()) {
-    const bool compress = recorded.find(" --compress=") != std::string::npos;
-    return Status::Error(ENOTCONN, died + "run `" + recorded + "`" +
-                                       (compress ? " (the chunks already deflated are used)" : "") +
-                                       ", or mount the archive again with the same options");
-  }
-  return Status::Error(ENOTCONN, died + "run 'npz recover " + archive +
-                                     "' (with --spool DIR if it was mounted with -o spool=DIR, "
-                                     "and --compress[=LEVEL] if with -o compress: the chunks "
-                                     "already deflated are used), or mount the archive again "
-                                     "with the same options");
+  return Status::Error(ENOTCONN, died + RecoverAdvice(archive) +
+                                     ", or mount the archive again with the same options");
 }
 
 }  // namespace

@@ -184,6 +184,7 @@ struct SpoolRecord {
   std::string path;
   std::optional<FileId> id;
   std::optional<int> level;
+  std::string bad_level;  // a "compress" line that names no level (hand-edited?)
 };
 
 SpoolRecord ParseRecord(std::string_view text) {
@@ -191,20 +192,22 @@ SpoolRecord ParseRecord(std::string_view text) {
   size_t eol = text.find('\n');
   r.path = std::string(text.substr(0, eol));
   while (!r.path.empty() && r.path.back() == '\0') r.path.pop_back();
+  // Only whole lines count after the path: one cut short (a torn write) says nothing.
   while (eol != std::string_view::npos) {
     const size_t start = eol + 1;
     eol = text.find('\n', start);
-    const std::string line(text.substr(start, eol == std::string_view::npos ? eol : eol - start));
+    if (eol == std::string_view::npos) break;
+    const std::string line(text.substr(start, eol - start));
     unsigned long long dev = 0, ino = 0;
     long long sec = 0;
     unsigned ns = 0;
-    int level = 0;
-    char end = 0;
     if (std::sscanf(line.c_str(), "id %llu %llu %lld %u", &dev, &ino, &sec, &ns) == 4) {
       r.id = FileId{dev, ino, sec, ns};
-    } else if (std::sscanf(line.c_str(), "compress %d%c", &level, &end) == 1 && level >= 0 &&
-               level <= 9) {
-      r.level = level;
+    } else if (line.size() == 10 && line.starts_with("compress ") && line[9] >= '0' &&
+               line[9] <= '9') {
+      r.level = line[9] - '0';
+    } else if (line.starts_with("compress")) {
+      r.bad_level = line;
     }
   }
   return r;
@@ -220,18 +223,24 @@ std::string RecordText(const SpoolRecord& r) {
   return text;
 }
 
-// Writes the record over the old one: the new bytes first, then the file cut to them, so
-// that a failed write (a full disk) leaves the old record readable rather than none. Then the
-// lock file and the spool directory are made durable: members made after this never outlive
-// their record in a power cut.
-Status WriteRecord(int lock_fd, const std::string& lock_path, const std::string& text) {
-  NPZ_RETURN_IF_ERROR(PwriteAll(lock_fd, text.data(), text.size(), 0, lock_path));
-  if (::ftruncate(lock_fd, static_cast<off_t>(text.size())) != 0) {
-    return ErrnoStatus(errno, lock_path, "ftruncate failed");
+// Writes the record over the old one, unless it holds `text` already: the new bytes first,
+// then the file cut to them, so that a failed write (a full disk) leaves the old record
+// readable rather than none. Then, in either case, the lock file and the spool directory are
+// made durable: members made after this never outlive their record in a power cut (a record
+// written by an open that died before its fsync is synced by the next).
+Status WriteRecord(int lock_fd, const std::string& lock_path, const std::string& text,
+                   bool already_there) {
+  if (!already_there) {
+    NPZ_RETURN_IF_ERROR(PwriteAll(lock_fd, text.data(), text.size(), 0, lock_path));
+    if (::ftruncate(lock_fd, static_cast<off_t>(text.size())) != 0) {
+      return ErrnoStatus(errno, lock_path, "ftruncate failed");
+    }
   }
   NPZ_RETURN_IF_ERROR(FsyncFd(lock_fd, lock_path));
   return FsyncDir(DirName(lock_path));
 }
+
+bool IsFullDisk(const Status& s) { return s.code() == ENOSPC || s.code() == EDQUOT; }
 
 // Checks the spool's record against `archive` (its ArchiveIdentity; `archive_path` as
 // given) and records `archive`. The spool is this archive's when it records the same path,
@@ -241,25 +250,40 @@ Status WriteRecord(int lock_fd, const std::string& lock_path, const std::string&
 // holding both was moved or renamed after a daemon died (a copy leaves the old archive in
 // place, and the spool stays that one's). The record gets `compress_level` (a level,
 // Spool::kStoredLevel, or Spool::kRecordedLevel to keep the recorded one); `*recorded_level`
-// is the level recorded before. Returns the record still to write when a full disk refused
-// it for a spool that recorded nothing: Spool::Create writes it before the first member, so
-// no spool holds members without one.
+// is the level recorded before. A full disk that refuses the record leaves it pending
+// (returned): Spool::Create writes it before the first member, and fails while it cannot
+// when the spool recorded nothing (`*pending_required`), so no spool holds members without
+// a record. A spool that recorded an archive keeps that record meanwhile (the new bytes go
+// first), from which the next open decides as this one did.
 Result<std::string> ClaimSpool(int lock_fd, const std::string& lock_path, const std::string& dir,
                                const std::string& archive, const std::string& archive_path,
                                int compress_level, const SpoolLogFn& log,
-                               std::optional<int>* recorded_level) {
+                               std::optional<int>* recorded_level, std::optional<int>* record_level,
+                               bool* pending_required) {
   char buf[2 * PATH_MAX + 64];
   NPZ_ASSIGN_OR_RETURN(size_t n, PreadFull(lock_fd, buf, sizeof buf, 0, lock_path));
   const SpoolRecord owner = ParseRecord(std::string_view(buf, n));
   *recorded_level = owner.level;
-  SpoolRecord record{archive, IdOf(archive), owner.level};
+  *pending_required = owner.path.empty();
+  SpoolRecord record{archive, IdOf(archive), owner.level, {}};
   if (compress_level != Spool::kRecordedLevel) {
     record.level = compress_level >= 0 ? std::optional<int>(compress_level) : std::nullopt;
   }
+  *record_level = record.level;
   const std::optional<FileId>& mine = record.id;
   const std::string text = RecordText(record);
-  if (owner.path == archive && owner.id == mine && owner.level == record.level) {
-    return std::string();
+  if (!owner.bad_level.empty() && log) {
+    log(lock_path + ": \"" + EscapeControlBytes(owner.bad_level) +
+        "\" names no compression level (compress 0..9): ignored, so the members are stored "
+        "unless a level is given");
+  }
+  if (owner.path.empty() && !IsDefaultSpoolOf(dir, archive_path) && SpoolHoldsAnything(dir)) {
+    // Members with no record (a spool of an npzfs older than the record, or a lock file
+    // emptied by hand): whose they are is not for this archive to guess.
+    return Status::Error(EINVAL, dir + ": holds new members but records no archive (" + lock_path +
+                                     " is empty): if they are for " + archive +
+                                     ", write that path as the first line of " + lock_path +
+                                     " and run this again");
   }
   if (!owner.path.empty() && owner.path != archive) {
     const bool same_file = owner.id && mine && *owner.id == *mine;
@@ -282,20 +306,19 @@ Result<std::string> ClaimSpool(int lock_fd, const std::string& lock_path, const 
                                       archive + " is that archive, moved, write its path into " +
                                       lock_path + ")"
                                 : " (its new members belong to that archive: run `" +
-                                      NpzRecoverCommand(owner.path, dir, std::nullopt) +
+                                      NpzRecoverCommand(owner.path, dir, Spool::kRecordedLevel) +
                                       "`; if the archive was moved here, write its new path "
                                       "into " +
                                       lock_path + ")"));
     }
   }
-  Status recorded = WriteRecord(lock_fd, lock_path, text);
-  if (recorded.code() == ENOSPC || recorded.code() == EDQUOT) {
-    // A full disk: the spool is ours all the same (we hold its lock), and refusing would fail
-    // a mount for it. A spool that recorded nothing may take no member before its record is
-    // written; one that recorded an archive keeps that record (the new bytes go first), from
-    // which the next open decides as this one did.
-    if (log) log(recorded.message() + " (the spool's record is written when there is room)");
-    return owner.path.empty() ? text : std::string();
+  Status recorded = WriteRecord(lock_fd, lock_path, text, std::string_view(buf, n) == text);
+  if (IsFullDisk(recorded)) {
+    // The spool is ours all the same (we hold its lock), and refusing would fail a mount.
+    if (log) {
+      log(recorded.message() + " (the spool's record is written before its next new member)");
+    }
+    return text;
   }
   NPZ_RETURN_IF_ERROR(recorded);
   return std::string();
@@ -436,12 +459,13 @@ Status CheckIsSpool(const std::string& dir, bool allow_empty) {
 }
 
 std::string NpzRecoverCommand(const std::string& archive_path, const std::string& spool_dir,
-                              std::optional<int> compress_level) {
+                              int compress_level) {
   std::string command = "npz recover " + ShellWord(archive_path);
   if (spool_dir != DefaultSpoolDir(archive_path) && !IsDefaultSpoolOf(spool_dir, archive_path)) {
     command += " --spool " + ShellWord(spool_dir);
   }
-  if (compress_level) command += " --compress=" + std::to_string(*compress_level);
+  if (compress_level >= 0) command += " --compress=" + std::to_string(compress_level);
+  if (compress_level == Spool::kStoredLevel) command += " --store";
   return command;
 }
 
@@ -457,6 +481,10 @@ bool SpoolHoldsAnything(const std::string& dir) {
 
 Result<std::unique_ptr<Spool>> Spool::Open(const std::string& dir, SpoolLogFn log,
                                            const std::string& archive_path, int compress_level) {
+  if (compress_level < kRecordedLevel || compress_level > 9) {
+    return Status::Error(EINVAL, dir + ": compression level " + std::to_string(compress_level) +
+                                     " (0..9, or stored)");
+  }
   bool created = false;
   if (::mkdir(dir.c_str(), 0755) == 0) {
     NPZ_RETURN_IF_ERROR(FsyncParentDir(dir));
@@ -488,15 +516,19 @@ Result<std::unique_ptr<Spool>> Spool::Open(const std::string& dir, SpoolLogFn lo
     return ErrnoStatus(errno, lock_path, "flock failed");
   }
   std::string pending_record;
-  std::optional<int> recorded_level;
+  bool pending_required = false;
+  std::optional<int> recorded_level, record_level;
   if (!archive.empty()) {
-    NPZ_ASSIGN_OR_RETURN(pending_record,
-                         ClaimSpool(lock_fd.get(), lock_path, dir, archive, archive_path,
-                                    compress_level, log, &recorded_level));
+    NPZ_ASSIGN_OR_RETURN(
+        pending_record,
+        ClaimSpool(lock_fd.get(), lock_path, dir, archive, archive_path, compress_level, log,
+                   &recorded_level, &record_level, &pending_required));
   }
   std::unique_ptr<Spool> spool(new Spool(dir, std::move(lock_fd), std::move(log)));
   spool->pending_record_ = std::move(pending_record);
+  spool->pending_required_ = pending_required;
   spool->recorded_level_ = recorded_level;
+  spool->record_level_ = record_level;
 
   std::vector<std::string> files;
   std::set<std::string> name_files;  // "%N<id>" whose data file was not seen (yet)
@@ -583,11 +615,15 @@ Result<std::shared_ptr<GrowingMember>> Spool::Create(const std::string& name,
   if (name.empty()) return Status::Error(EINVAL, dir_ + ": empty member name");
   if (members_.count(name)) return Status::Error(EEXIST, name + ": already a new member");
   if (!pending_record_.empty()) {
-    // No member before the spool records its archive (ClaimSpool): ENOSPC while the disk is
-    // still full.
+    // The record a full disk refused at Open (ClaimSpool). A spool that recorded nothing
+    // takes no member before it is written: ENOSPC while the disk is still full.
     const std::string lock_path = dir_ + "/" + std::string(kLockFileName);
-    NPZ_RETURN_IF_ERROR(WriteRecord(lock_fd_.get(), lock_path, pending_record_));
-    pending_record_.clear();
+    Status written = WriteRecord(lock_fd_.get(), lock_path, pending_record_, false);
+    if (written.ok()) {
+      pending_record_.clear();
+    } else if (pending_required_ || !IsFullDisk(written)) {
+      return written;
+    }
   }
   NPZ_ASSIGN_OR_RETURN(std::string path, NewSpoolPath(name));
   auto created = GrowingMember::Create(name, path, std::move(declared), log_);
@@ -716,10 +752,11 @@ Result<std::optional<NewMember>> Spool::NewMemberFor(const std::string& name, Gr
 Status Spool::Finalize(const std::string& archive_path, const WriteOptions& options) {
   std::lock_guard lock(mu_);
   if (finalized_) return Status::Ok();
-  // For the command a failure message gives (the same level again, so that what was deflated
-  // in the background is used).
-  const std::optional<int> level =
-      options.compress_level >= 0 ? std::optional<int>(options.compress_level) : std::nullopt;
+  // For the command a failure message gives: the same level again (so that what was deflated
+  // in the background is used), named only when the spool records another.
+  const int level = options.compress_level == record_level_.value_or(kStoredLevel)
+                        ? kRecordedLevel
+                        : options.compress_level;
 
   std::vector<NewMember> news;
   std::vector<std::unique_ptr<DeflateShadow>> shadows;  // borrowed by the pieces
@@ -847,14 +884,16 @@ Status RecoverSpool(const std::string& archive_path, const std::string& spool_di
   // A spool left by a daemon always holds its lock file (made with the directory); an empty
   // directory without one is no spool either, and is not removed.
   NPZ_RETURN_IF_ERROR(CheckIsSpool(spool_dir, /*allow_empty=*/false));
-  NPZ_ASSIGN_OR_RETURN(auto spool,
-                       Spool::Open(spool_dir, log, archive_path, options.compress_level));
+  // The record keeps its level whatever this recover is told: should it fail, a plain
+  // `npz recover` still finalizes as the mount would have.
+  NPZ_ASSIGN_OR_RETURN(auto spool, Spool::Open(spool_dir, log, archive_path));
   if (options.compress_level == Spool::kRecordedLevel) {
     const std::optional<int> recorded = spool->recorded_compress_level();
     options.compress_level = recorded.value_or(Spool::kStoredLevel);
-    if (recorded && log) {
-      log(spool_dir + ": its members are deflated at level " + std::to_string(*recorded) +
-          ", as the mount that made them asked (-o compress)");
+    if (recorded && log && !spool->members().empty()) {
+      log(spool_dir + ": the new members are deflated at level " + std::to_string(*recorded) +
+          " (-o compress=" + std::to_string(*recorded) +
+          "), as the spool records for the mount that made it");
     }
   }
   // Under the spool lock no finalize of this archive runs: temp files of a killed copy-mode

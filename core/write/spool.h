@@ -75,8 +75,9 @@ class Spool {
   // moved or renamed, and `archive_path` takes the spool over (a log line says so).
   //
   // The record also holds the level the members are to be deflated at (`compress_level`: a
-  // zlib level, kStoredLevel, or kRecordedLevel to keep what the spool records), so that
-  // `npz recover` without --compress finalizes them as the mount that made them would have.
+  // zlib level, kStoredLevel, or kRecordedLevel to keep what the spool records; EINVAL for
+  // anything else), so that a mount without -o compress, or `npz recover` without
+  // --compress, finalizes them as the mount that made them would have.
   // The record is durable (the lock file and the directory fsynced) before the first member
   // is made: a power cut never leaves members in a spool that says nothing of their archive.
   static constexpr int kStoredLevel = -1;
@@ -87,8 +88,9 @@ class Spool {
   ~Spool();
 
   const std::string& dir() const { return dir_; }
-  // The deflate level the spool recorded when it was opened (nullopt: stored, or a spool
-  // that recorded none): the level of the mount that made its members.
+  // The deflate level the spool recorded before this Open (nullopt: stored, or a spool that
+  // recorded none): the level of the last mount that gave one, normally the one that made
+  // its members.
   std::optional<int> recorded_compress_level() const { return recorded_level_; }
 
   // A new, empty member. EEXIST if `name` is already in the spool. `declared` (count
@@ -150,18 +152,22 @@ class Spool {
   mutable std::mutex mu_;  // guards members_ and finalized_
   std::map<std::string, std::shared_ptr<GrowingMember>> members_;
   bool finalized_ = false;
-  // The record of the archive that a full disk kept ClaimSpool from writing (mu_): written
-  // before the first member is made.
+  // The record that a full disk kept ClaimSpool from writing (mu_): written before the next
+  // member is made.
   std::string pending_record_;
-  std::optional<int> recorded_level_;               // set by Open
+  bool pending_required_ = false;      // Create fails while pending_record_ cannot be written
+  std::optional<int> recorded_level_;  // set by Open: the level recorded before it
+  std::optional<int> record_level_;    // set by Open: the level it recorded
   std::unique_ptr<BackgroundDeflater> background_;  // with StartBackgroundDeflate
 };
 
-// "npz recover ARCHIVE [--spool DIR] [--compress=LEVEL]", each path a shell word: the command
-// that finalizes the spool `spool_dir` of `archive_path` (--spool only when it is not the
-// default one), deflating its members at `compress_level` if given.
+// "npz recover ARCHIVE [--spool DIR] [--compress=LEVEL | --store]", each path a shell word:
+// the command that finalizes the spool `spool_dir` of `archive_path` (--spool only when it
+// is not the default one) at `compress_level`: a level (--compress=LEVEL),
+// Spool::kStoredLevel (--store) or Spool::kRecordedLevel (neither: the level the spool
+// records).
 std::string NpzRecoverCommand(const std::string& archive_path, const std::string& spool_dir,
-                              std::optional<int> compress_level);
+                              int compress_level);
 
 // Whether the spool directory `dir` holds anything but its lock file: a spool left with
 // nothing in it (its members finalized, or a first create that failed) holds no member to
