@@ -225,17 +225,16 @@ Status ResumeSpool(Mount& m) {
   const auto said = [](std::optional<int> level) {
     return level ? "deflated at level " + std::to_string(*level) +
                        " (-o compress=" + std::to_string(*level) + ")"
-                 : std::string("stored");
+                 : std::string("stored (the spool records no level)");
   };
   if (!given && recorded) {
     m.options.compress_level = recorded;  // finalize, background deflate, recover command
     m.spool.SetBackgroundDeflate(recorded);
+    LogInfo(m.spool_dir + ": the new members are " + said(recorded) +
+            ", as the spool records for the mount that made it");
   }
   if (!(*spool)->members().empty()) {
-    if (!given && recorded) {
-      LogInfo(m.spool_dir + ": the new members are " + said(recorded) +
-              ", as the spool records for the mount that made it");
-    } else if (given && given != recorded) {
+    if (given && given != recorded) {
       LogWarning(m.spool_dir + ": the mount that made these members asked for them " +
                  said(recorded) + "; this mount's -o compress has every new member " + said(given));
     }

@@ -25,7 +25,7 @@ TEST(FileUtil, OpeningAMissingFileNamesThePathAndTheCause) {
   EXPECT_NE(fd.status().message().find("No such file"), std::string::npos);
 }
 
-TEST(FileUtil, PreadExactReportsAShortFileAsEio) {
+TEST(FileUtil, PreadExactReportsAShortFileAsEioWithItsCauseKeptThroughContext) {
   testing::TempDir dir;
   testing::WriteFileOrDie(dir.Join("f"), "abc");
   auto fd = OpenFile(dir.Join("f"), O_RDONLY);
@@ -33,6 +33,11 @@ TEST(FileUtil, PreadExactReportsAShortFileAsEio) {
   char buf[8];
   Status s = PreadExact(fd->get(), buf, 8, 0, dir.Join("f"));
   EXPECT_EQ(s.code(), EIO);
+  EXPECT_EQ(s.cause(), Status::Cause::kUnexpectedEndOfFile);
+  const Status wrapped = s.WithContext("member x");
+  EXPECT_EQ(wrapped.cause(), Status::Cause::kUnexpectedEndOfFile);
+  EXPECT_EQ(wrapped.message(), "member x: " + s.message());
+  EXPECT_EQ(Status::Error(EIO, "other").cause(), Status::Cause::kUnspecified);
   EXPECT_TRUE(PreadExact(fd->get(), buf, 2, 1, dir.Join("f")).ok());
   EXPECT_EQ(std::string(buf, 2), "bc");
 }

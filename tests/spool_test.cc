@@ -450,7 +450,7 @@ TEST(Spool, RecoverFinalizesALeftoverSpoolAndExplainsAMissingOne) {
 
 TEST(Spool, RecoverDeflatesAtTheLevelTheSpoolRecordsUnlessToldOtherwise) {
   TempDir t;
-  // Three archives whose mounts (-o compress=1) died; each recovered another way.
+  // Four archives whose mounts (-o compress=1) died; each recovered another way.
   const std::vector<std::pair<std::string, int>> cases = {{"recorded", Spool::kRecordedLevel},
                                                           {"stored", Spool::kStoredLevel},
                                                           {"one", 1},

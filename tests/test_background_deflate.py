@@ -179,6 +179,8 @@ def test_damaged_deflated_chunks_are_deflated_again_not_copied_into_the_archive(
     finally:
         m.kill()
     shadow = spool_of(archive) / ".adc.npy.npzfs-deflate"
+    assert shadow.stat().st_size > 4096 + 5 * 100000 + 16384
+    assert shadow_chunks(archive) == 16
     with open(shadow, "r+b") as f:
         f.seek(4096 + 5 * 100000)  # inside a chunk some way in
         f.write(b"\0" * 16384)

@@ -1423,8 +1423,6 @@ def test_recover_that_only_dealt_with_a_journal_succeeds(files):
 # -------------------------------------------------------------------------------- umount
 
 
-
-
 def test_umount_waits_until_the_archive_is_finalized(files, mount_factory):
     require_fuse()
     d, adc, tx = files

@@ -440,8 +440,6 @@ Status ExplainUnansweredAsk(const std::string& mnt, const MountEntry& entry, con
                            "the result here");
 }
 
-// The outcome the daemon wrote to its result file once it finished: ok or its reason. The
-// file is removed once read.
 // What to run to finalize what a dead daemon of `archive` received: the command it recorded
 // in its lock file, with its own options (same user, same runtime directory, and no daemon
 // mounted since: that one would hold the lock), else `npz recover ARCHIVE` and which option
@@ -458,6 +456,8 @@ std::string RecoverAdvice(const std::string& archive) {
          "` (with --spool DIR if it was mounted with -o spool=DIR)";
 }
 
+// The outcome the daemon wrote to its result file once it finished: ok or its reason. The
+// file is removed once read.
 Status ReadResult(const std::string& mnt, const Daemon& d, const std::string& archive) {
   if (d.result_file.empty()) return Status::Ok();  // a read-only mount finalizes nothing
   auto fd = OpenFile(d.result_file, O_RDONLY);

@@ -231,7 +231,12 @@ std::string RecordText(const SpoolRecord& r) {
 Status WriteRecord(int lock_fd, const std::string& lock_path, const std::string& text,
                    bool already_there) {
   if (!already_there) {
-    NPZ_RETURN_IF_ERROR(PwriteAll(lock_fd, text.data(), text.size(), 0, lock_path));
+    // Padded with empty lines over a longer old record: a crash before the cut must not
+    // leave lines of the old one after the new.
+    NPZ_ASSIGN_OR_RETURN(uint64_t old_size, FileSize(lock_fd, lock_path));
+    std::string padded = text;
+    if (old_size > padded.size()) padded.append(old_size - padded.size(), '\n');
+    NPZ_RETURN_IF_ERROR(PwriteAll(lock_fd, padded.data(), padded.size(), 0, lock_path));
     if (::ftruncate(lock_fd, static_cast<off_t>(text.size())) != 0) {
       return ErrnoStatus(errno, lock_path, "ftruncate failed");
     }
@@ -245,7 +250,8 @@ bool IsFullDisk(const Status& s) { return s.code() == ENOSPC || s.code() == EDQU
 // Checks the spool's record against `archive` (its ArchiveIdentity; `archive_path` as
 // given) and records `archive`. The spool is this archive's when it records the same path,
 // or the same file moved elsewhere (FileId), or nothing (a spool of an older npzfs, or one
-// never recorded). A spool that records another archive is taken over only when that archive
+// never recorded) while it holds no file or sits where `archive_path` keeps its spool by
+// default. A spool that records another archive is taken over only when that archive
 // is gone and the spool is where `archive_path` keeps its spool by default: the directory
 // holding both was moved or renamed after a daemon died (a copy leaves the old archive in
 // place, and the spool stays that one's). The record gets `compress_level` (a level,
@@ -717,7 +723,7 @@ Result<std::optional<NewMember>> Spool::NewMemberFor(const std::string& name, Gr
     return std::optional<NewMember>();
   }
   if (!*shadow && options.compress_level >= 0 && f.data_length > 0) {
-    // A shadow left by a daemon that died (npz recover --compress, or the next mount).
+    // A shadow left by a daemon that died (npz recover, or the next mount).
     auto opened = DeflateShadow::Open(m.spool_path(), options.compress_level, options.chunk_size,
                                       f.data_length, /*writable=*/false);
     if (opened.ok()) *shadow = std::move(*opened);
@@ -753,8 +759,10 @@ Status Spool::Finalize(const std::string& archive_path, const WriteOptions& opti
   std::lock_guard lock(mu_);
   if (finalized_) return Status::Ok();
   // For the command a failure message gives: the same level again (so that what was deflated
-  // in the background is used), named only when the spool records another.
-  const int level = options.compress_level == record_level_.value_or(kStoredLevel)
+  // in the background is used), named only when the lock file holds another (the level this
+  // Open recorded, or the one before while a full disk keeps the new record pending).
+  const std::optional<int> on_disk = pending_record_.empty() ? record_level_ : recorded_level_;
+  const int level = options.compress_level == on_disk.value_or(kStoredLevel)
                         ? kRecordedLevel
                         : options.compress_level;
 
@@ -884,7 +892,7 @@ Status RecoverSpool(const std::string& archive_path, const std::string& spool_di
   // A spool left by a daemon always holds its lock file (made with the directory); an empty
   // directory without one is no spool either, and is not removed.
   NPZ_RETURN_IF_ERROR(CheckIsSpool(spool_dir, /*allow_empty=*/false));
-  // The record keeps its level whatever this recover is told: should it fail, a plain
+  // The recorded level stays whatever this recover is told: should it fail, a plain
   // `npz recover` still finalizes as the mount would have.
   NPZ_ASSIGN_OR_RETURN(auto spool, Spool::Open(spool_dir, log, archive_path));
   if (options.compress_level == Spool::kRecordedLevel) {

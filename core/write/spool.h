@@ -68,10 +68,12 @@ class Spool {
   // it holds the lock file, or nothing at all), else EINVAL and nothing in it is touched.
   //
   // `archive_path`, if given, is the archive the spool's members are for. It is written into
-  // the lock file of a spool that records none, and a spool that records another archive is
-  // refused (EINVAL naming both): its members belong there (a daemon of that archive died,
-  // and the same -o spool=DIR was given to another archive). Unless that archive is gone
-  // and `dir` is where `archive_path` keeps its spool by default: the directory of both was
+  // the lock file of a spool that records none (but a spool that holds files and records no
+  // archive is refused, EINVAL, unless `dir` is where `archive_path` keeps its spool by
+  // default: whose members they are is not for this archive to guess), and a spool that
+  // records another archive is refused (EINVAL naming both): its members belong there (a daemon of
+  // that archive died, and the same -o spool=DIR was given to another archive). Unless that archive
+  // is gone and `dir` is where `archive_path` keeps its spool by default: the directory of both was
   // moved or renamed, and `archive_path` takes the spool over (a log line says so).
   //
   // The record also holds the level the members are to be deflated at (`compress_level`: a

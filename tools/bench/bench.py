@@ -42,6 +42,9 @@ PYTHON = '/usr/bin/python3'
 FRAME_BYTES = 512 << 10
 SPAN_SPACING = 256 << 10  # npzfs's checkpoint spacing (ArchiveOptions::checkpoint_spacing)
 DEFLATE_CHUNK = 256 << 10  # the chunk of npzfs's parallel and background deflate
+# A deflated shadow's index (core/write/deflate_shadow.h): a header, then a record per chunk.
+SHADOW_HEADER = 32
+SHADOW_RECORD = 16  # compressed size, chunk CRC, deflate bytes' CRC, record CRC
 RANDOM_READS = 200
 DEFLATE_LEVEL = 6  # np.savez_compressed's level (zlib's default); mounts use compress=6
 BIG_FILE = 16 << 20  # a new file this big could hold decompressed data
@@ -1326,7 +1329,7 @@ class Bench:
         deadline = time.monotonic() + 1800
         while True:
             size = os.path.getsize(index) if os.path.exists(index) else 0
-            if size >= 32 + 12 * want:
+            if size >= SHADOW_HEADER + SHADOW_RECORD * want:
                 return os.path.join(spool, '.feat.npy.npzfs-deflate')
             if time.monotonic() > deadline:
                 raise RuntimeError('the background deflater did not catch up (%d bytes of '
