@@ -89,7 +89,7 @@ RuntimeFiles ChooseRuntimeFiles(const std::string& archive_path) {
 }
 
 Result<MountLock> MountLock::Take(const std::string& path, const std::string& archive_path,
-                                  const std::string& recover_command) {
+                                  MountRecord record) {
   // A daemon that releases the lock unlinks the file while holding it; a lock taken on a file
   // that is no longer linked is worthless, so take it again on the new file.
   constexpr int kAttempts = 5;
@@ -99,7 +99,7 @@ Result<MountLock> MountLock::Take(const std::string& path, const std::string& ar
       MountLock lock;
       lock.fd_ = std::move(fd);
       lock.path_ = path;
-      lock.recover_command_ = recover_command;
+      lock.record_ = record;
       NPZ_RETURN_IF_ERROR(lock.RecordPid());
       return lock;
     }
@@ -108,7 +108,7 @@ Result<MountLock> MountLock::Take(const std::string& path, const std::string& ar
 
 Status MountLock::RecordPid() {
   if (!fd_.valid()) return Status::Ok();
-  const std::string text = MountLockText(getpid(), recover_command_);
+  const std::string text = MountLockText(getpid(), record_);
   if (ftruncate(fd_.get(), 0) != 0) return ErrnoStatus(errno, path_, "ftruncate failed");
   return PwriteAll(fd_.get(), text.data(), text.size(), 0, path_);
 }
@@ -118,7 +118,7 @@ MountLock& MountLock::operator=(MountLock&& other) noexcept {
     Release();
     fd_ = std::move(other.fd_);
     path_ = std::move(other.path_);
-    recover_command_ = std::move(other.recover_command_);
+    record_ = std::move(other.record_);
   }
   return *this;
 }

@@ -6,7 +6,7 @@
 //
 // Files: `.result` (finalize outcome for `npz umount`, removed by it once read), `.progress`
 // (finalize bytes done and total while finalizing), `.lock` (held by a writable daemon,
-// holding its pid and the npz recover command for its spool, MountLockText: a second
+// holding its pid, the npz recover command for its spool and the spool, MountLockText: a second
 // writable mount of the archive is refused), `.log` (the log
 // when there is no syslog and no -o log=). The index directory `.index/` (for the index
 // sidecar when it cannot be kept next to the archive) is named there too: RuntimeIndexDir.
@@ -16,6 +16,7 @@
 
 #include <string>
 
+#include "core/base/runtime_dir.h"
 #include "npzfs/file_util.h"
 #include "npzfs/status.h"
 
@@ -40,11 +41,10 @@ class MountLock {
   MountLock& operator=(MountLock&& other) noexcept;
   ~MountLock();
 
-  // Takes the lock at `path` and writes the pid and `recover_command` into it
-  // (MountLockText). EBUSY naming the archive and the pid that holds it if another daemon
-  // does.
+  // Takes the lock at `path` and writes the pid and `record` into it (MountLockText). EBUSY
+  // naming the archive and the pid that holds it if another daemon does.
   static Result<MountLock> Take(const std::string& path, const std::string& archive_path,
-                                const std::string& recover_command);
+                                MountRecord record);
   // Writes this process's pid into the lock again: the daemon's, after fuse_daemonize forked
   // and the process that took the lock exited. Nothing if no lock is held.
   Status RecordPid();
@@ -53,7 +53,7 @@ class MountLock {
   void Release();
   UniqueFd fd_;
   std::string path_;
-  std::string recover_command_;
+  MountRecord record_;
 };
 
 // Removes what earlier daemons left in `dir` (only files of this user): result files older

@@ -1523,6 +1523,22 @@ def test_umount_of_a_daemon_that_dies_while_finalizing_prints_its_own_recover_co
         np.testing.assert_array_equal(z["old"], np.arange(5))
 
 
+def test_umount_of_a_dead_daemon_that_received_nothing_says_there_is_nothing_to_recover(
+        files, mount_factory):
+    require_fuse()
+    d, adc, tx = files
+    np.savez(d / "data.npz", tx=tx)
+    before = sha(d / "data.npz")
+    m = mount_factory(d / "data.npz", d / "mnt")
+    assert os.listdir(d / "mnt") == ["tx.npy"]
+    m.proc.kill()  # our own child: the daemon dies having received nothing
+    m.proc.wait()
+    r = fails(1, "umount", d / "mnt", must_name=["mnt", "died", "nothing to recover"])
+    assert "npz recover" not in r.stderr, r.stderr
+    assert not is_mounted(d / "mnt")
+    assert sha(d / "data.npz") == before
+
+
 def test_umount_of_a_stopped_daemon_gives_up_after_the_timeout(files, mount_factory):
     require_fuse()
     d, adc, tx = files

@@ -200,7 +200,8 @@ last of them is gone. If the original was detached with `umount -l` and a single
 of it is left, that one is unmounted as the original would be. If the daemon had died,
 the stale mount is cleared, nothing is finalized, the exit status is non-zero and the
 message gives the exact `npz recover /abs/ARCHIVE` command that adds its new members (with
-the mount's --spool and --compress, which the daemon recorded).
+the mount's --spool and --compress, which the daemon recorded), or says there is nothing to
+recover when its spool holds no member.
 
 The mount is found without asking its daemon; only the daemon can tell its pid and result
 file, and one that does not answer within 10 s (or --timeout, if shorter) -- stopped with

@@ -48,6 +48,8 @@
 #include "core/base/names.h"
 #include "core/base/runtime_dir.h"
 #include "core/base/text_codec.h"
+#include "core/write/spool.h"
+#include "core/zip/append_journal.h"
 #include "npzfs/file_util.h"
 #include "tools/npz_cli.h"
 #include "tools/progress.h"
@@ -440,17 +442,29 @@ Status ExplainUnansweredAsk(const std::string& mnt, const MountEntry& entry, con
                            "the result here");
 }
 
-// What to run to finalize what a dead daemon of `archive` received: the command it recorded
-// in its lock file, with its own options (same user, same runtime directory, and no daemon
-// mounted since: that one would hold the lock), else `npz recover ARCHIVE` and which option
+// What a dead daemon of `archive` recorded in its lock file (same user, same runtime
+// directory, and no daemon mounted since: that one would hold the lock); empty if nothing.
+MountRecord DeadDaemonRecord(const std::string& archive) {
+  const std::string runtime = ChooseRuntimeDir();
+  return runtime.empty() ? MountRecord{}
+                         : ReadMountRecord(RuntimeFileStem(runtime, archive) + ".lock");
+}
+
+// "" when a dead daemon of `archive` left nothing to recover: its spool (known from its
+// record) holds no member and no append of the archive was interrupted. Else what to run:
+// the command it recorded, with its own options, or `npz recover ARCHIVE` and which option
 // to add (the spool records the compression level itself).
 std::string RecoverAdvice(const std::string& archive) {
-  const std::string runtime = ChooseRuntimeDir();
-  const std::string recorded =
-      runtime.empty() ? "" : RecoverCommandInMountLock(RuntimeFileStem(runtime, archive) + ".lock");
-  if (!recorded.empty()) {
-    const bool compress = recorded.find(" --compress=") != std::string::npos;
-    return "run `" + recorded + "`" + (compress ? " (the chunks already deflated are used)" : "");
+  const MountRecord recorded = DeadDaemonRecord(archive);
+  struct stat st;
+  if (!recorded.spool_dir.empty() && !SpoolHoldsAnything(recorded.spool_dir) &&
+      ::lstat(AppendJournalPath(archive).c_str(), &st) != 0 && errno == ENOENT) {
+    return {};
+  }
+  if (!recorded.recover_command.empty()) {
+    const std::string& command = recorded.recover_command;
+    const bool compress = command.find(" --compress=") != std::string::npos;
+    return "run `" + command + "`" + (compress ? " (the chunks already deflated are used)" : "");
   }
   return "run `npz recover " + ShellWord(archive) +
          "` (with --spool DIR if it was mounted with -o spool=DIR)";
@@ -462,9 +476,13 @@ Status ReadResult(const std::string& mnt, const Daemon& d, const std::string& ar
   if (d.result_file.empty()) return Status::Ok();  // a read-only mount finalizes nothing
   auto fd = OpenFile(d.result_file, O_RDONLY);
   if (!fd.ok()) {
-    return Status::Error(EIO, mnt + ": the npzfs daemon (pid " + std::to_string(d.pid) +
-                                  ") exited without writing its result " + d.result_file +
-                                  "; if it died, " + RecoverAdvice(archive));
+    const std::string advice = RecoverAdvice(archive);
+    return Status::Error(
+        EIO, mnt + ": the npzfs daemon (pid " + std::to_string(d.pid) +
+                 ") exited without writing its result " + d.result_file +
+                 (advice.empty() ? "; its spool holds no new member and no append of " + archive +
+                                       " was interrupted: nothing to recover"
+                                 : "; if it died, " + advice));
   }
   std::string text(64 * 1024, '\0');
   NPZ_ASSIGN_OR_RETURN(size_t n, PreadFull(fd->get(), text.data(), text.size(), 0, d.result_file));
@@ -606,10 +624,17 @@ Status ClearDeadMount(const std::string& mnt, const MountEntry& entry) {
   const std::string died =
       mnt +
       ": the npzfs daemon had died (Transport endpoint is not connected); the stale mount "
-      "was removed, and nothing was finalized. New members it received, if any, are in its "
-      "spool: ";
-  return Status::Error(ENOTCONN, died + RecoverAdvice(archive) +
-                                     ", or mount the archive again with the same options");
+      "was removed";
+  const std::string advice = RecoverAdvice(archive);
+  if (advice.empty()) {
+    return Status::Error(ENOTCONN, died +
+                                       ". It had received no new member (its spool holds "
+                                       "none): nothing to recover");
+  }
+  return Status::Error(ENOTCONN, died +
+                                     ", and nothing was finalized. New members it received, if "
+                                     "any, are in its spool: " +
+                                     advice + ", or mount the archive again with the same options");
 }
 
 }  // namespace

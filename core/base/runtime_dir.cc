@@ -92,25 +92,30 @@ std::string RuntimeFileStem(const std::string& runtime_dir, const std::string& a
   return runtime_dir + "/" + BaseName(archive_path) + "-" + NameHash(archive_path);
 }
 
-std::string MountLockText(long pid, const std::string& recover_command) {
-  // A newline in a path would split the line: then no command is recorded.
-  const bool one_line = recover_command.find('\n') == std::string::npos;
-  return std::to_string(pid) + "\n" + (one_line ? recover_command : "") + "\n";
+std::string MountLockText(long pid, const MountRecord& record) {
+  // A newline in a path would split the line: then it is not recorded.
+  const auto line = [](const std::string& s) {
+    return (s.find('\n') == std::string::npos ? s : std::string()) + "\n";
+  };
+  return std::to_string(pid) + "\n" + line(record.recover_command) + line(record.spool_dir);
 }
 
-std::string RecoverCommandInMountLock(const std::string& lock_path) {
+MountRecord ReadMountRecord(const std::string& lock_path) {
   UniqueFd fd(::open(lock_path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
   // Held: a live daemon of the archive wrote it (one mounted since), not the dead one.
   if (!fd.valid() || ::flock(fd.get(), LOCK_SH | LOCK_NB) != 0) return {};
-  char buf[8192];
+  char buf[3 * PATH_MAX];
   const ssize_t n = ::pread(fd.get(), buf, sizeof buf, 0);
   if (n <= 0) return {};
+  std::vector<std::string> lines;
   const std::string text(buf, static_cast<size_t>(n));
-  const size_t first = text.find('\n');
-  const size_t second = first == std::string::npos ? first : text.find('\n', first + 1);
-  if (second == std::string::npos) return {};
-  const std::string command = text.substr(first + 1, second - first - 1);
-  return command.rfind("npz recover ", 0) == 0 ? command : std::string();
+  for (size_t at = 0, eol; (eol = text.find('\n', at)) != std::string::npos; at = eol + 1) {
+    lines.push_back(text.substr(at, eol - at));
+  }
+  MountRecord r;
+  if (lines.size() >= 2 && lines[1].rfind("npz recover ", 0) == 0) r.recover_command = lines[1];
+  if (lines.size() >= 3 && lines[2].starts_with('/')) r.spool_dir = lines[2];
+  return r;
 }
 
 std::string RuntimeIndexDir(bool create, const std::function<void(const std::string&)>& log) {

@@ -37,15 +37,19 @@ std::string ChooseRuntimeDir(std::string* why_none = nullptr);
 // `archive_path` as AbsoluteArchivePath gives it.
 std::string RuntimeFileStem(const std::string& runtime_dir, const std::string& archive_path);
 
+// What a writable daemon records in its lock file for `npz umount`, should it die.
+struct MountRecord {
+  std::string recover_command;  // the `npz recover` that finalizes its spool, with its options
+  std::string spool_dir;        // that spool, an absolute path
+};
 // The lock file of a writable mount (RuntimeFileStem + ".lock", fs/runtime.h): the daemon's
-// pid on the first line, and on the second the `npz recover` command that finalizes its
-// spool (with the mount's --spool and --compress), which npz umount prints when it finds
-// the daemon dead.
-std::string MountLockText(long pid, const std::string& recover_command);
-// The recover command recorded in the lock file at `lock_path`; "" if there is none (no
-// file, one written before the command was recorded, or one a live daemon holds: that one
-// was mounted after the daemon asked about, and its spool may be another).
-std::string RecoverCommandInMountLock(const std::string& lock_path);
+// pid on the first line, the recover command on the second and the spool on the third (each
+// left empty if it holds a newline).
+std::string MountLockText(long pid, const MountRecord& record);
+// The record in the lock file at `lock_path`; empty fields for what it does not hold (no
+// file, one written by an older daemon, or one a live daemon holds: that one was mounted
+// after the daemon asked about, and its spool may be another).
+MountRecord ReadMountRecord(const std::string& lock_path);
 
 // "<runtime dir>/index", made if missing and `create`: where the indexes of archives whose
 // directory is not writable are kept (named by SharedIndexFileName, core/base/names.h). ""
