@@ -271,8 +271,9 @@ Status PrepareRuntime(Mount& m) {
                "to a directory of yours)");
     return Status::Ok();
   }
-  NPZ_ASSIGN_OR_RETURN(m.lock, MountLock::Take(m.runtime.lock, m.archive_path,
-                                               MountRecord{RecoverCommand(m), m.spool_dir}));
+  NPZ_ASSIGN_OR_RETURN(m.lock,
+                       MountLock::Take(m.runtime.lock, m.archive_path,
+                                       MountRecord{RecoverCommand(m), m.spool_dir, m.mount_dir}));
   RemoveStaleRuntimeFiles(m.runtime.dir);
   unlink(m.runtime.result.c_str());
   unlink(m.runtime.progress.c_str());

@@ -13,6 +13,7 @@
 #include <ctime>
 #include <vector>
 
+#include "core/base/mount_table.h"
 #include "core/base/runtime_dir.h"
 
 namespace npzfs::fs {
@@ -72,6 +73,17 @@ bool RemoveUnheldLock(const std::string& path) {
   UniqueFd fd(open(path.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC));
   if (!fd.valid() || flock(fd.get(), LOCK_EX | LOCK_NB) != 0) return false;
   return StillLinked(fd.get(), path) && unlink(path.c_str()) == 0;
+}
+
+// Whether the lock at `path`, held by no daemon, records a mount point where an npzfs mount
+// still is (its daemon died: a stale mount).
+bool StaleMountAwaitsUmount(const std::string& path) {
+  const MountRecord record = ReadMountRecord(path);
+  if (record.mount_dir.empty()) return false;
+  auto table = ReadMountTable();
+  if (!table.ok()) return false;
+  const std::optional<MountEntry> entry = FindMount(*table, record.mount_dir);
+  return entry && entry->fstype == kNpzfsMountType;
 }
 
 }  // namespace
@@ -153,7 +165,9 @@ void RemoveStaleRuntimeFiles(const std::string& dir) {
       if (now - st.st_mtime > kStaleSeconds) unlink(path.c_str());
     } else if (name.ends_with(".lock")) {
       // A live daemon removes its progress file before its lock: a free lock means both
-      // belong to a daemon that was killed.
+      // belong to a daemon that was killed. Unless its stale mount is still there: `npz
+      // umount` of it prints the recover command the lock records.
+      if (StaleMountAwaitsUmount(path)) continue;
       if (RemoveUnheldLock(path)) unlink((stem_of(name) + ".progress").c_str());
     } else if (name.ends_with(".progress")) {
       struct stat lock {};

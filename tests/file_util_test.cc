@@ -98,18 +98,19 @@ class RuntimeDirIn {
 TEST(RuntimeDir, AMountRecordIsReadBackFromItsLockFileOnlyWhileNoDaemonHoldsIt) {
   testing::TempDir dir;
   const std::string lock = dir.Join("a.npz-0123.lock");
-  const MountRecord written{"npz recover /d/a.npz --spool '/s p' --compress=6", "/s p"};
+  const MountRecord written{"npz recover /d/a.npz --spool '/s p' --compress=6", "/s p", "/m"};
   testing::WriteFileOrDie(lock, MountLockText(42, written));
   const MountRecord read = ReadMountRecord(lock);
   EXPECT_EQ(read.recover_command, written.recover_command);
   EXPECT_EQ(read.spool_dir, written.spool_dir);
+  EXPECT_EQ(read.mount_dir, written.mount_dir);
   {
     const UniqueFd held(::open(lock.c_str(), O_RDONLY));
     ASSERT_EQ(::flock(held.get(), LOCK_EX), 0);  // a live daemon mounted since
     EXPECT_EQ(ReadMountRecord(lock).recover_command, "");
   }
   // A path with a newline is not recorded; an older daemon's lock holds no spool line.
-  testing::WriteFileOrDie(lock, MountLockText(42, {"npz recover /d/a\nb.npz", "/s\np"}));
+  testing::WriteFileOrDie(lock, MountLockText(42, {"npz recover /d/a\nb.npz", "/s\np", "/m"}));
   EXPECT_EQ(ReadMountRecord(lock).recover_command, "");
   EXPECT_EQ(ReadMountRecord(lock).spool_dir, "");
   testing::WriteFileOrDie(lock, "42\nnpz recover /d/a.npz\n");

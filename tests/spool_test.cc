@@ -673,6 +673,38 @@ TEST(Spool, ASpoolMovedWithItsArchivesDirectoryIsTakenOverOnlyOnceTheOldArchiveI
   EXPECT_EQ(elsewhere.status().code(), EINVAL);
 }
 
+TEST(Spool, OnlyADirectoryMovedWithItsSpoolHandsItToTheArchiveOfThatNameInIt) {
+  TempDir t;
+  fs::create_directories(t.Join("day1"));
+  fs::create_directories(t.Join("d2"));
+  const std::string a = t.Join("day1/a.npz"), b = t.Join("day1/b.npz");
+  WriteFileOrDie(a, "an archive");
+  WriteFileOrDie(b, "another");
+  // A's daemon wrote into the spool where b.npz keeps its by default (-o spool=), and died;
+  // a.npz was then moved out: the spool is not b.npz's.
+  {
+    auto spool = Spool::Open(DefaultSpoolDir(b), {}, a);
+    ASSERT_TRUE(spool.ok()) << spool.status().message();
+    ASSERT_TRUE((*spool)->Create("x.txt").ok());
+  }
+  WriteFileOrDie(DefaultSpoolDir(b) + "/.npzfs-lock", a + "\n");  // no identity to follow
+  fs::rename(a, t.Join("d2/a.npz"));
+  auto refused = Spool::Open(DefaultSpoolDir(b), {}, b);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("the spool of " + a + ", not of " + b),
+            std::string::npos)
+      << refused.status().message();
+  // A spool of a.npz beside it, the directory renamed: the a.npz there takes it over.
+  fs::rename(DefaultSpoolDir(b), DefaultSpoolDir(a));
+  fs::rename(t.Join("d2/a.npz"), a);
+  fs::rename(t.Join("day1"), t.Join("day2"));
+  const std::string moved = t.Join("day2/a.npz");
+  Logged log;
+  auto taken = Spool::Open(DefaultSpoolDir(moved), log.fn(), moved);
+  ASSERT_TRUE(taken.ok()) << taken.status().message();
+  EXPECT_TRUE(log.Contains("which is gone; taken over by " + moved));
+}
+
 TEST(Spool, TheMovedArchiveItselfIsRecognisedByItsIdentityWhereverItsSpoolIs) {
   TempDir t;
   const std::string spool_dir = t.Join("scratch");

@@ -1539,6 +1539,63 @@ def test_umount_of_a_dead_daemon_that_received_nothing_says_there_is_nothing_to_
     assert sha(d / "data.npz") == before
 
 
+def test_recover_follows_the_spools_record_when_its_archive_was_moved_or_replaced(
+        files, mount_factory):
+    """A daemon died with a new member in its spool; then its archive was moved, or another
+    file put at its path. Recover never makes a new archive of only the new members where
+    the recorded one is gone, and says when the file at the path is another one."""
+    require_fuse()
+    d, adc, tx = files
+    for case in ("moved", "replaced"):
+        np.savez(d / "data.npz", tx=tx)
+        m = mount_factory(d / "data.npz", d / "mnt", "-o", "frame=adc*:<i4:4x4")
+        with open(m.path("adc.npy"), "wb") as f:
+            f.write(adc.tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        m.proc.kill()
+        m.proc.wait()
+        fails(1, "umount", d / "mnt", must_name=["died"])
+        os.rename(d / "data.npz", d / "moved.npz")
+        if case == "moved":
+            r = fails(1, "recover", d / "data.npz",
+                      must_name=["data.npz: gone, but the spool", "was made for an archive",
+                                 "npz recover NEW-PATH --spool"])
+            assert not (d / "data.npz").exists(), r.stderr
+            ok("recover", d / "moved.npz", "--spool", d / ".data.npz.npzfs-spool")
+            with np.load(d / "moved.npz") as z:
+                np.testing.assert_array_equal(z["adc"], adc)
+                np.testing.assert_array_equal(z["tx"], tx)
+        else:
+            np.savez(d / "data.npz", other=np.arange(3))
+            r = ok("recover", d / "data.npz")
+            assert "is not the one this spool was made for" in r.stderr, r.stderr
+        os.unlink(d / "moved.npz")
+        if (d / "data.npz").exists():
+            os.unlink(d / "data.npz")
+
+
+def test_a_stale_mounts_recover_command_survives_other_writable_mounts(tmp_path,
+                                                                        mount_factory):
+    """Each writable mount clears the lock files of dead daemons; not one whose stale mount
+    is still there, whose command (here with --spool) `npz umount` prints."""
+    require_fuse()
+    for name in ("a", "b"):
+        np.savez(tmp_path / f"{name}.npz", x=np.arange(3))
+    spool = tmp_path / "spool"
+    m = mount_factory(tmp_path / "a.npz", tmp_path / "ma", "-o", f"spool={spool}")
+    (tmp_path / "ma" / "notes.txt").write_bytes(b"kept")
+    m.proc.kill()
+    m.proc.wait()
+    other = mount_factory(tmp_path / "b.npz", tmp_path / "mb")  # clears dead daemons' locks
+    assert other.unmount() == 0, other.log()
+    r = fails(1, "umount", tmp_path / "ma", must_name=["died"])
+    assert f"run `npz recover {tmp_path / 'a.npz'} --spool {spool}`" in r.stderr, r.stderr
+    ok("recover", tmp_path / "a.npz", "--spool", spool)
+    with zipfile.ZipFile(tmp_path / "a.npz") as z:
+        assert z.read("notes.txt") == b"kept"
+
+
 def test_umount_of_a_stopped_daemon_gives_up_after_the_timeout(files, mount_factory):
     require_fuse()
     d, adc, tx = files

@@ -97,7 +97,8 @@ std::string MountLockText(long pid, const MountRecord& record) {
   const auto line = [](const std::string& s) {
     return (s.find('\n') == std::string::npos ? s : std::string()) + "\n";
   };
-  return std::to_string(pid) + "\n" + line(record.recover_command) + line(record.spool_dir);
+  return std::to_string(pid) + "\n" + line(record.recover_command) + line(record.spool_dir) +
+         line(record.mount_dir);
 }
 
 MountRecord ReadMountRecord(const std::string& lock_path) {
@@ -115,6 +116,7 @@ MountRecord ReadMountRecord(const std::string& lock_path) {
   MountRecord r;
   if (lines.size() >= 2 && lines[1].rfind("npz recover ", 0) == 0) r.recover_command = lines[1];
   if (lines.size() >= 3 && lines[2].starts_with('/')) r.spool_dir = lines[2];
+  if (lines.size() >= 4 && lines[3].starts_with('/')) r.mount_dir = lines[3];
   return r;
 }
 

@@ -41,10 +41,11 @@ std::string RuntimeFileStem(const std::string& runtime_dir, const std::string& a
 struct MountRecord {
   std::string recover_command;  // the `npz recover` that finalizes its spool, with its options
   std::string spool_dir;        // that spool, an absolute path
+  std::string mount_dir;        // its mount point, an absolute path
 };
 // The lock file of a writable mount (RuntimeFileStem + ".lock", fs/runtime.h): the daemon's
-// pid on the first line, the recover command on the second and the spool on the third (each
-// left empty if it holds a newline).
+// pid on the first line, then the recover command, the spool and the mount point, a line
+// each (left empty if it holds a newline).
 std::string MountLockText(long pid, const MountRecord& record);
 // The record in the lock file at `lock_path`; empty fields for what it does not hold (no
 // file, one written by an older daemon, or one a live daemon holds: that one was mounted

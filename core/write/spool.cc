@@ -252,8 +252,9 @@ bool IsFullDisk(const Status& s) { return s.code() == ENOSPC || s.code() == EDQU
 // or the same file moved elsewhere (FileId), or nothing (a spool of an older npzfs, or one
 // never recorded) while it holds no file or sits where `archive_path` keeps its spool by
 // default. A spool that records another archive is taken over only when that archive
-// is gone and the spool is where `archive_path` keeps its spool by default: the directory
-// holding both was moved or renamed after a daemon died (a copy leaves the old archive in
+// is gone and the spool is where `archive_path` keeps its spool by default, for the same
+// file name, out of the recorded directory: the directory holding both was moved or renamed
+// after a daemon died (a copy leaves the old archive in
 // place, and the spool stays that one's). The record gets `compress_level` (a level,
 // Spool::kStoredLevel, or Spool::kRecordedLevel to keep the recorded one); `*recorded_level`
 // is the level recorded before. A full disk that refuses the record leaves it pending
@@ -291,13 +292,25 @@ Result<std::string> ClaimSpool(int lock_fd, const std::string& lock_path, const 
                                      ", write that path as the first line of " + lock_path +
                                      " and run this again");
   }
+  if (owner.path == archive && owner.id && mine && !(*owner.id == *mine) && log) {
+    log(dir + ": the file at " + archive +
+        " is not the one this spool was made for (it was replaced since: by a finalize or "
+        "npz add in copy mode, or by another program); its new members are added to it");
+  }
   if (!owner.path.empty() && owner.path != archive) {
     const bool same_file = owner.id && mine && *owner.id == *mine;
     struct stat st;
     const bool owner_gone = ::lstat(owner.path.c_str(), &st) != 0 && errno == ENOENT;
+    // Moved with its directory: the same file name, in another directory than the one that
+    // holds the spool now (a spool whose directory did not move stays its archive's, and an
+    // archive moved out of it is found by its identity, or by --spool).
+    char spool_parent[PATH_MAX];
+    const bool moved_with_directory = BaseName(owner.path) == BaseName(archive) &&
+                                      ::realpath(DirName(dir).c_str(), spool_parent) != nullptr &&
+                                      DirName(owner.path) != spool_parent;
     if (same_file) {
       if (log) log(dir + ": the spool of " + owner.path + ", which is now " + archive);
-    } else if (owner_gone && IsDefaultSpoolOf(dir, archive_path)) {
+    } else if (owner_gone && moved_with_directory && IsDefaultSpoolOf(dir, archive_path)) {
       if (log) {
         log(dir + ": the spool of " + owner.path + ", which is gone; taken over by " + archive +
             ", which keeps its spool here (the directory was moved or renamed)");
@@ -892,6 +905,27 @@ Status RecoverSpool(const std::string& archive_path, const std::string& spool_di
   // A spool left by a daemon always holds its lock file (made with the directory); an empty
   // directory without one is no spool either, and is not removed.
   NPZ_RETURN_IF_ERROR(CheckIsSpool(spool_dir, /*allow_empty=*/false));
+  {
+    // A spool made for an archive that existed (its identity is recorded) whose path now
+    // holds nothing: that archive was moved or deleted, and a new one of only these members
+    // would be made here. Read before the lock; Open decides the rest under it.
+    const std::string lock_path = spool_dir + "/" + std::string(Spool::kLockFileName);
+    auto fd = OpenRegularFile(lock_path, O_RDONLY);
+    char buf[2 * PATH_MAX + 64];
+    auto n = fd.ok() ? PreadFull(fd->get(), buf, sizeof buf, 0, lock_path) : Result<size_t>(0);
+    const SpoolRecord owner = ParseRecord(std::string_view(buf, n.ok() ? *n : 0));
+    struct stat ast;
+    if (owner.id && owner.path == ArchiveIdentity(archive_path) &&
+        ::lstat(archive_path.c_str(), &ast) != 0 && errno == ENOENT) {
+      return Status::Error(
+          ENOENT, archive_path + ": gone, but the spool " + spool_dir +
+                      " was made for an archive that existed there: if it was moved, run `" +
+                      NpzRecoverCommand("NEW-PATH", spool_dir, Spool::kRecordedLevel) +
+                      "` with its new path; to make a new archive of these members here, "
+                      "delete the line starting with 'id' in " +
+                      lock_path + " and run this again");
+    }
+  }
   // The recorded level stays whatever this recover is told: should it fail, a plain
   // `npz recover` still finalizes as the mount would have.
   NPZ_ASSIGN_OR_RETURN(auto spool, Spool::Open(spool_dir, log, archive_path));

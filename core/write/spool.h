@@ -73,8 +73,9 @@ class Spool {
   // default: whose members they are is not for this archive to guess), and a spool that
   // records another archive is refused (EINVAL naming both): its members belong there (a daemon of
   // that archive died, and the same -o spool=DIR was given to another archive). Unless that archive
-  // is gone and `dir` is where `archive_path` keeps its spool by default: the directory of both was
-  // moved or renamed, and `archive_path` takes the spool over (a log line says so).
+  // is gone and `dir` is where `archive_path` keeps its spool by default, with the same file
+  // name, and `dir` is no longer in the recorded directory: the directory of both was moved
+  // or renamed, and `archive_path` takes the spool over (a log line says so).
   //
   // The record also holds the level the members are to be deflated at (`compress_level`: a
   // zlib level, kStoredLevel, or kRecordedLevel to keep what the spool records; EINVAL for
