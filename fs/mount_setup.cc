@@ -233,11 +233,9 @@ Status ResumeSpool(Mount& m) {
     LogInfo(m.spool_dir + ": the new members are " + said(recorded) +
             ", as the spool records for the mount that made it");
   }
-  if (!(*spool)->members().empty()) {
-    if (given && given != recorded) {
-      LogWarning(m.spool_dir + ": the mount that made these members asked for them " +
-                 said(recorded) + "; this mount's -o compress has every new member " + said(given));
-    }
+  if (given && given != recorded && !(*spool)->members().empty()) {
+    LogWarning(m.spool_dir + ": the mount that made these members asked for them " +
+               said(recorded) + "; this mount's -o compress has every new member " + said(given));
   }
   m.spool.Set(std::move(spool).value());
   return Status::Ok();

@@ -1469,9 +1469,9 @@ def test_umount_of_a_busy_mount_says_so(files, mount_factory):
     assert m.unmount() == 0
 
 
-def test_umount_after_the_daemon_died_clears_the_mount_and_recover_finalizes(files,
-                                                                             mount_factory):
-    require_fuse()
+def kill_daemon_after_writing_adc(files, mount_factory):
+    """Mounts data.npz (holding tx) at mnt, writes adc into a new adc.npy durably, then
+    kills the daemon, our own child, before it finalizes: its mount is left stale."""
     d, adc, tx = files
     np.savez(d / "data.npz", tx=tx)
     m = mount_factory(d / "data.npz", d / "mnt", "-o", "frame=adc*:<i4:4x4")
@@ -1479,8 +1479,15 @@ def test_umount_after_the_daemon_died_clears_the_mount_and_recover_finalizes(fil
         f.write(adc.tobytes())
         f.flush()
         os.fsync(f.fileno())
-    m.proc.kill()  # our own child: the daemon dies without finalizing
+    m.proc.kill()
     m.proc.wait()
+
+
+def test_umount_after_the_daemon_died_clears_the_mount_and_recover_finalizes(files,
+                                                                             mount_factory):
+    require_fuse()
+    d, adc, tx = files
+    kill_daemon_after_writing_adc(files, mount_factory)
     fails(1, "umount", d / "mnt", must_name=["mnt", "died", "npz recover"])
     with open("/proc/self/mounts", encoding="utf-8") as mounts:
         assert str(d / "mnt") not in mounts.read()
@@ -1547,14 +1554,7 @@ def test_recover_follows_the_spools_record_when_its_archive_was_moved_or_replace
     require_fuse()
     d, adc, tx = files
     for case in ("moved", "replaced"):
-        np.savez(d / "data.npz", tx=tx)
-        m = mount_factory(d / "data.npz", d / "mnt", "-o", "frame=adc*:<i4:4x4")
-        with open(m.path("adc.npy"), "wb") as f:
-            f.write(adc.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        m.proc.kill()
-        m.proc.wait()
+        kill_daemon_after_writing_adc(files, mount_factory)
         fails(1, "umount", d / "mnt", must_name=["died"])
         os.rename(d / "data.npz", d / "moved.npz")
         if case == "moved":

@@ -213,6 +213,14 @@ SpoolRecord ParseRecord(std::string_view text) {
   return r;
 }
 
+// The lock file's text: at most a record's worth (two paths and the short lines).
+Result<std::string> ReadRecordText(int lock_fd, const std::string& lock_path) {
+  std::string text(2 * PATH_MAX + 64, '\0');
+  NPZ_ASSIGN_OR_RETURN(size_t n, PreadFull(lock_fd, text.data(), text.size(), 0, lock_path));
+  text.resize(n);
+  return text;
+}
+
 std::string RecordText(const SpoolRecord& r) {
   std::string text = r.path + "\n";
   if (r.id) {
@@ -267,9 +275,8 @@ Result<std::string> ClaimSpool(int lock_fd, const std::string& lock_path, const 
                                int compress_level, const SpoolLogFn& log,
                                std::optional<int>* recorded_level, std::optional<int>* record_level,
                                bool* pending_required) {
-  char buf[2 * PATH_MAX + 64];
-  NPZ_ASSIGN_OR_RETURN(size_t n, PreadFull(lock_fd, buf, sizeof buf, 0, lock_path));
-  const SpoolRecord owner = ParseRecord(std::string_view(buf, n));
+  NPZ_ASSIGN_OR_RETURN(const std::string on_disk, ReadRecordText(lock_fd, lock_path));
+  const SpoolRecord owner = ParseRecord(on_disk);
   *recorded_level = owner.level;
   *pending_required = owner.path.empty();
   SpoolRecord record{archive, IdOf(archive), owner.level, {}};
@@ -331,7 +338,7 @@ Result<std::string> ClaimSpool(int lock_fd, const std::string& lock_path, const 
                                       lock_path + ")"));
     }
   }
-  Status recorded = WriteRecord(lock_fd, lock_path, text, std::string_view(buf, n) == text);
+  Status recorded = WriteRecord(lock_fd, lock_path, text, on_disk == text);
   if (IsFullDisk(recorded)) {
     // The spool is ours all the same (we hold its lock), and refusing would fail a mount.
     if (log) {
@@ -911,9 +918,9 @@ Status RecoverSpool(const std::string& archive_path, const std::string& spool_di
     // would be made here. Read before the lock; Open decides the rest under it.
     const std::string lock_path = spool_dir + "/" + std::string(Spool::kLockFileName);
     auto fd = OpenRegularFile(lock_path, O_RDONLY);
-    char buf[2 * PATH_MAX + 64];
-    auto n = fd.ok() ? PreadFull(fd->get(), buf, sizeof buf, 0, lock_path) : Result<size_t>(0);
-    const SpoolRecord owner = ParseRecord(std::string_view(buf, n.ok() ? *n : 0));
+    const Result<std::string> on_disk =
+        fd.ok() ? ReadRecordText(fd->get(), lock_path) : Result<std::string>(std::string());
+    const SpoolRecord owner = ParseRecord(on_disk.ok() ? *on_disk : std::string());
     struct stat ast;
     if (owner.id && owner.path == ArchiveIdentity(archive_path) &&
         ::lstat(archive_path.c_str(), &ast) != 0 && errno == ENOENT) {
