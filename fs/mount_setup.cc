@@ -93,14 +93,6 @@ void ChooseIndexPlace(const Mount& m, ArchiveOptions& ao) {
 
 void LogLine(const std::string& line) { LogInfo(line); }
 
-// Whether a running daemon (or npz recover) holds the spool in `dir`: its lock file is
-// locked. False if it cannot be told.
-bool SpoolInUse(const std::string& dir) {
-  UniqueFd fd(open((dir + "/" + std::string(kSpoolLockFileName)).c_str(),
-                   O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
-  return fd.valid() && flock(fd.get(), LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
-}
-
 // Opens the archive. A missing one is an error naming its absolute path, unless -o create
 // (then nullptr: the mount starts empty and the archive is made on unmount). An append that
 // a killed process left half done is undone first (its journal); a read-only mount that may
@@ -189,8 +181,26 @@ Status PrepareMountPoint(const Options& options, MountPoint& mp) {
   return Status::Ok();
 }
 
+// A mount with -o spool=DIR neither shows nor finalizes the members an earlier mount that
+// died left in the spool beside the archive: says so, with the command that adds them.
+void WarnAboutDefaultSpool(const Mount& m) {
+  const std::string beside = DefaultSpoolDir(m.archive_path);
+  if (m.options.spool_dir.empty() || ResolvedPath(beside) == ResolvedPath(m.spool_dir)) return;
+  struct stat st {};
+  if (stat(beside.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || !SpoolHoldsAnything(beside) ||
+      SpoolInUse(beside)) {
+    return;
+  }
+  LogWarning(beside + " holds new members of an earlier mount of " + m.archive_path +
+             " that died; this mount uses -o spool=" + m.options.spool_dir +
+             " and does not show them: once it is unmounted, run `" +
+             NpzRecoverCommand(m.archive_path, beside, Spool::kRecordedLevel) +
+             "` to add them to the archive");
+}
+
 // Resumes the spool an earlier daemon left; with -o ro only says that one is waiting.
 Status ResumeSpool(Mount& m) {
+  WarnAboutDefaultSpool(m);
   struct stat st {};
   if (stat(m.spool_dir.c_str(), &st) != 0) return Status::Ok();  // made on the first new member
   if (m.options.read_only) {

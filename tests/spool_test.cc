@@ -136,6 +136,10 @@ TEST(Spool, OpeningCreatesTheDirectoryAndLocksOutASecondUser) {
     ASSERT_FALSE(second.ok());
     EXPECT_EQ(second.status().code(), EBUSY);
     EXPECT_NE(second.status().message().find(dir), std::string::npos);
+    // The holder is named (here this very process), so a user can tell which one it is.
+    EXPECT_NE(second.status().message().find("pid " + std::to_string(::getpid())),
+              std::string::npos)
+        << second.status().message();
     EXPECT_EQ(RecoverSpool(t.Join("a.npz"), dir, {}).code(), EBUSY);
   }
   EXPECT_TRUE(Spool::Open(dir).ok()) << "the lock goes with the Spool";
@@ -526,6 +530,16 @@ TEST(Spool, AMountWithAnotherLevelRecordsItsOwnAndOneKeepingTheRecordChangesNoth
     auto spool = Spool::Open(dir, {}, archive);
     ASSERT_TRUE(spool.ok()) << spool.status().message();
     EXPECT_EQ((*spool)->recorded_compress_level(), level) << tail;
+  }
+  // Two levels (a hand edit): the last counts, and that is said.
+  WriteFileOrDie(lock, archive + "\ncompress 2\ncompress 7\n");
+  {
+    Logged log;
+    auto twice = Spool::Open(dir, log.fn(), archive);
+    ASSERT_TRUE(twice.ok()) << twice.status().message();
+    EXPECT_EQ((*twice)->recorded_compress_level(), std::optional<int>(7));
+    EXPECT_TRUE(log.Contains("records two compression levels (compress 2, then compress 7)"))
+        << log.lines.size();
   }
   EXPECT_EQ(Spool::Open(dir, {}, archive, 10).status().code(), EINVAL);
   EXPECT_EQ(Spool::Open(dir, {}, archive, -3).status().code(), EINVAL);

@@ -603,6 +603,57 @@ def test_umount_after_a_sigkill_of_a_read_only_mount_says_nothing_was_lost(tmp_p
     m.unmount()
 
 
+def kill_writable_mount_after_a_member(archive, mnt, *options):
+    """Mounts `archive` writable, writes two frames into new.npy durably, and kills the
+    daemon (our own child): its spool keeps the member, its stale mount is cleared."""
+    m = start_daemon(archive, mnt, "-o", "frame=new*:int16:12", *options)
+    try:
+        with open(m.path("new.npy"), "wb") as f:
+            f.write(np.arange(24, dtype="<i2").tobytes())
+            os.fsync(f.fileno())
+    finally:
+        m.kill()
+
+
+def test_umount_of_a_dead_read_only_mount_names_a_crashed_spool_beside_the_archive(tmp_path):
+    require_fuse()
+    archive = tmp_path / "run.npz"
+    make_archive(archive)
+    kill_writable_mount_after_a_member(archive, tmp_path / "mnt")
+    m = start_daemon(archive, tmp_path / "mnt", "-o", "ro")
+    try:
+        m.proc.send_signal(signal.SIGKILL)  # our own child
+        m.proc.wait()
+        r = npz("umount", m.mnt)
+    finally:
+        m.unmount()
+    assert r.returncode == 1
+    assert "nothing was lost" in r.stderr, r.stderr
+    assert "holds new members of an earlier writable mount" in r.stderr, r.stderr
+    assert f"run `npz recover {archive}`" in r.stderr, r.stderr
+    assert npz("recover", archive).returncode == 0
+    with np.load(archive) as z:
+        assert np.array_equal(z["new"], np.arange(24, dtype="<i2").reshape(2, 12))
+
+
+def test_a_mount_with_its_own_spool_warns_of_members_left_in_the_default_one(tmp_path):
+    require_fuse()
+    archive = tmp_path / "run.npz"
+    make_archive(archive)
+    kill_writable_mount_after_a_member(archive, tmp_path / "mnt")
+    m = start_daemon(archive, tmp_path / "mnt", "-o", f"spool={tmp_path / 'other'}")
+    try:
+        assert not os.path.exists(m.path("new.npy"))
+        log = m.log()
+        assert "holds new members of an earlier mount" in log, log
+        assert f"run `npz recover {archive}`" in log, log
+    finally:
+        m.unmount()
+    assert npz("recover", archive).returncode == 0
+    with np.load(archive) as z:
+        assert np.array_equal(z["new"], np.arange(24, dtype="<i2").reshape(2, 12))
+
+
 # ------------------------------------------------------------- archives and mount points
 
 

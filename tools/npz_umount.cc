@@ -615,11 +615,20 @@ Status ClearDeadMount(const std::string& mnt, const MountEntry& entry) {
   (void)RunProgram({"fusermount3", "-u", "-z", mnt});
   const std::string& archive = entry.source;
   if (entry.read_only()) {
-    return Status::Error(ENOTCONN, mnt +
-                                       ": the npzfs daemon had died (Transport endpoint is not "
-                                       "connected); the stale mount was removed. It was a "
-                                       "read-only mount of " +
-                                       archive + ": nothing was lost");
+    // A spool beside the archive that nobody holds is an earlier writable mount's that died.
+    const std::string beside = DefaultSpoolDir(archive);
+    const bool waiting = SpoolHoldsAnything(beside) && !SpoolInUse(beside);
+    return Status::Error(
+        ENOTCONN, mnt +
+                      ": the npzfs daemon had died (Transport endpoint is not connected); the "
+                      "stale mount was removed. It was a read-only mount of " +
+                      archive + ": nothing was lost" +
+                      (waiting ? ". But the spool " + beside +
+                                     " beside it holds new members of an earlier writable "
+                                     "mount that died: run `" +
+                                     NpzRecoverCommand(archive, beside, Spool::kRecordedLevel) +
+                                     "` to add them to the archive"
+                               : std::string()));
   }
   const std::string died =
       mnt +

@@ -50,6 +50,7 @@
 
 #include "core/base/names.h"
 #include "core/base/text_codec.h"
+#include "core/zip/archive_lock.h"
 
 namespace npzfs {
 namespace {
@@ -185,6 +186,7 @@ struct SpoolRecord {
   std::optional<FileId> id;
   std::optional<int> level;
   std::string bad_level;  // a "compress" line that names no level (hand-edited?)
+  std::optional<int> overridden_level;  // a level an earlier "compress" line named, if other
 };
 
 SpoolRecord ParseRecord(std::string_view text) {
@@ -205,7 +207,9 @@ SpoolRecord ParseRecord(std::string_view text) {
       r.id = FileId{dev, ino, sec, ns};
     } else if (line.size() == 10 && line.starts_with("compress ") && line[9] >= '0' &&
                line[9] <= '9') {
-      r.level = line[9] - '0';
+      const int level = line[9] - '0';
+      if (r.level && *r.level != level) r.overridden_level = r.level;
+      r.level = level;
     } else if (line.starts_with("compress")) {
       r.bad_level = line;
     }
@@ -279,7 +283,7 @@ Result<std::string> ClaimSpool(int lock_fd, const std::string& lock_path, const 
   const SpoolRecord owner = ParseRecord(on_disk);
   *recorded_level = owner.level;
   *pending_required = owner.path.empty();
-  SpoolRecord record{archive, IdOf(archive), owner.level, {}};
+  SpoolRecord record{archive, IdOf(archive), owner.level, {}, {}};
   if (compress_level != Spool::kRecordedLevel) {
     record.level = compress_level >= 0 ? std::optional<int>(compress_level) : std::nullopt;
   }
@@ -290,6 +294,11 @@ Result<std::string> ClaimSpool(int lock_fd, const std::string& lock_path, const 
     log(lock_path + ": \"" + EscapeControlBytes(owner.bad_level) +
         "\" names no compression level (compress 0..9): ignored, so the members are stored "
         "unless a level is given");
+  }
+  if (owner.overridden_level && log) {
+    log(lock_path + ": records two compression levels (compress " +
+        std::to_string(*owner.overridden_level) + ", then compress " +
+        std::to_string(*owner.level) + "): the last one counts");
   }
   if (owner.path.empty() && !IsDefaultSpoolOf(dir, archive_path) && SpoolHoldsAnything(dir)) {
     // Members with no record (a spool of an npzfs older than the record, or a lock file
@@ -505,6 +514,12 @@ bool SpoolHoldsAnything(const std::string& dir) {
   return false;
 }
 
+bool SpoolInUse(const std::string& dir) {
+  auto fd =
+      OpenFile(dir + "/" + std::string(kSpoolLockFileName), O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
+  return fd.ok() && ::flock(fd->get(), LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+}
+
 Result<std::unique_ptr<Spool>> Spool::Open(const std::string& dir, SpoolLogFn log,
                                            const std::string& archive_path, int compress_level) {
   if (compress_level < kRecordedLevel || compress_level > 9) {
@@ -534,10 +549,11 @@ Result<std::unique_ptr<Spool>> Spool::Open(const std::string& dir, SpoolLogFn lo
   NPZ_ASSIGN_OR_RETURN(UniqueFd lock_fd, OpenFile(lock_path, O_RDWR | O_CREAT, 0644));
   if (::flock(lock_fd.get(), LOCK_EX | LOCK_NB) != 0) {
     if (errno == EWOULDBLOCK) {
-      return Status::Error(EBUSY, dir +
-                                      ": spool is in use by another npzfs daemon or npz "
-                                      "recover (lock " +
-                                      lock_path + " is held)");
+      const std::string holder = FlockHolder(lock_fd.get());
+      return Status::Error(
+          EBUSY, dir + ": spool is in use by " +
+                     (holder.empty() ? "another npzfs daemon or npz recover" : holder) + " (lock " +
+                     lock_path + " is held)");
     }
     return ErrnoStatus(errno, lock_path, "flock failed");
   }

@@ -177,6 +177,10 @@ std::string NpzRecoverCommand(const std::string& archive_path, const std::string
 // resume. True if `dir` exists but cannot be listed.
 bool SpoolHoldsAnything(const std::string& dir);
 
+// Whether a running daemon (or npz recover) holds the spool in `dir`: its lock file is
+// locked. False if it cannot be told.
+bool SpoolInUse(const std::string& dir);
+
 // Whether `dir` is a spool that may be resumed: it holds the spool lock file, which is made
 // with the directory (or, with `allow_empty`, it holds nothing). EINVAL naming `dir` and the
 // remedy otherwise: every file of a spool is added to the archive and then deleted.

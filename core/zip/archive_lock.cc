@@ -12,11 +12,9 @@
 #include "core/base/text_codec.h"
 
 namespace npzfs {
-namespace {
 
-// "pid N, NAME" of a process holding a flock on the file `fd` is open on, from /proc/locks
-// (lines like "3: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"; "->" marks a waiter);
-// "" if it cannot be told (no /proc, another pid namespace).
+// From /proc/locks lines like "3: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF" ("->"
+// marks a waiter).
 std::string FlockHolder(int fd) {
   struct stat st;
   if (::fstat(fd, &st) != 0) return {};
@@ -37,6 +35,8 @@ std::string FlockHolder(int fd) {
   }
   return {};
 }
+
+namespace {
 
 Status Flock(int fd, const std::string& path, const LockWaitFn& waiting) {
   if (::flock(fd, LOCK_EX | LOCK_NB) == 0) return Status::Ok();

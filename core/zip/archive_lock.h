@@ -35,6 +35,10 @@ namespace npzfs {
 // Called once, before a wait for a lock another process holds: "PATH: waiting for ...".
 using LockWaitFn = std::function<void(const std::string& line)>;
 
+// "pid N, NAME" of a process holding a flock on the file `fd` is open on, from /proc/locks;
+// "" if it cannot be told (no /proc, another pid namespace, or nobody holds one).
+std::string FlockHolder(int fd);
+
 class ArchiveLock {
  public:
   // Opens `path` with `open_flags` (O_RDONLY or O_RDWR; O_CLOEXEC added) and waits for an
