@@ -647,6 +647,22 @@ TEST(Spool, MembersInASpoolThatRecordsNoArchiveAreTakenOnlyByTheArchiveItSitsBes
   EXPECT_TRUE(log.Contains("\"compress 99\" names no compression level")) << log.lines.size();
 }
 
+TEST(Spool, ARecordCutShortInItsFirstLineCountsAsNone) {
+  TempDir t;
+  const std::string a = t.Join("a.npz"), dir = DefaultSpoolDir(a);
+  ASSERT_TRUE(Spool::Open(dir, {}, a).ok());
+  // A crash while the first record was written (before any member): part of another path.
+  const std::string torn = t.Join("other-archiv");
+  WriteFileOrDie(dir + "/.npzfs-lock", torn);
+  auto spool = Spool::Open(dir, {}, a);
+  ASSERT_TRUE(spool.ok()) << spool.status().message();
+  EXPECT_EQ(ReadFileOrDie(dir + "/.npzfs-lock").substr(0, a.size() + 1), a + "\n");
+  spool->reset();
+  // The same bytes with their newline are a whole record: another archive's spool.
+  WriteFileOrDie(dir + "/.npzfs-lock", torn + "\n");
+  EXPECT_EQ(Spool::Open(dir, {}, a).status().code(), EINVAL);
+}
+
 TEST(Spool, ASpoolMovedWithItsArchivesDirectoryIsTakenOverOnlyOnceTheOldArchiveIsGone) {
   TempDir t;
   fs::create_directories(t.Join("day1"));

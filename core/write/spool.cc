@@ -192,6 +192,10 @@ struct SpoolRecord {
 SpoolRecord ParseRecord(std::string_view text) {
   SpoolRecord r;
   size_t eol = text.find('\n');
+  // Every npzfs ended the path with a newline: a first line cut short is a record whose
+  // write a crash interrupted, before any member was made (the record is made durable
+  // first), so it counts as none.
+  if (eol == std::string_view::npos) return r;
   r.path = std::string(text.substr(0, eol));
   while (!r.path.empty() && r.path.back() == '\0') r.path.pop_back();
   // Only whole lines count after the path: one cut short (a torn write) says nothing.
