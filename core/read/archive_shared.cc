@@ -32,20 +32,28 @@ ArchiveShared::ArchiveShared(UniqueFd fd_in, std::string path_in, const struct s
       log(options.log),
       entries_(std::move(entries)),
       good_size_(size),
-      good_mtime_ns_(mtime_ns) {}
+      good_mtime_ns_(mtime_ns),
+      good_ctime_ns_(CtimeNs(st)) {}
 
 Status ArchiveShared::CheckUnchanged() {
   struct stat st;
   if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, path, "fstat");
   const uint64_t now_size = static_cast<uint64_t>(st.st_size);
   if (now_size == good_size_.load(std::memory_order_acquire) &&
-      MtimeNs(st) == good_mtime_ns_.load(std::memory_order_acquire)) {
+      MtimeNs(st) == good_mtime_ns_.load(std::memory_order_acquire) &&
+      CtimeNs(st) == good_ctime_ns_.load(std::memory_order_acquire)) {
     return Status::Ok();
   }
   std::lock_guard<std::mutex> lock(mu_);
   if (now_size == good_size_.load(std::memory_order_relaxed) &&
       MtimeNs(st) == good_mtime_ns_.load(std::memory_order_relaxed)) {
-    return Status::Ok();  // another reader accepted this change meanwhile
+    if (CtimeNs(st) != good_ctime_ns_.load(std::memory_order_relaxed)) {
+      // Its data or status changed with size and mtime kept (or put back): stored members
+      // check their bytes again (see the top of the header).
+      good_ctime_ns_.store(CtimeNs(st), std::memory_order_release);
+      change_epoch_.fetch_add(1, std::memory_order_acq_rel);
+    }
+    return Status::Ok();  // or another reader accepted this change meanwhile
   }
   if (!bad_status_.ok() && now_size == bad_size_ && MtimeNs(st) == bad_mtime_ns_) {
     return bad_status_;  // already found bad, and logged
@@ -68,6 +76,8 @@ Status ArchiveShared::CheckUnchanged() {
   if (appended.ok()) {
     good_size_.store(static_cast<uint64_t>(st.st_size), std::memory_order_release);
     good_mtime_ns_.store(MtimeNs(st), std::memory_order_release);
+    good_ctime_ns_.store(CtimeNs(st), std::memory_order_release);
+    change_epoch_.fetch_add(1, std::memory_order_acq_rel);
     return Status::Ok();
   }
   bad_size_ = static_cast<uint64_t>(st.st_size);

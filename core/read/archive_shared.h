@@ -15,7 +15,15 @@
 // the archive for the whole append), reads the directory again and accepts the change if
 // every entry known at Open is still there, the same in every field that locates or checks
 // its bytes. The old members are then served as before (their CRC checks still guard every
-// byte); the new ones appear at the next mount. Any other change gives EIO.
+// byte); the new ones appear at the next mount. Any other change of size or mtime gives EIO.
+//
+// A writer can keep the size and put the mtime back (`rsync --inplace -t`, `touch -r`), but
+// not the ctime, which every change of the file's data or status sets. A change of the
+// ctime alone (also a chmod or a rename of the archive, which change no byte) is accepted,
+// and so is an append, but each starts a new change epoch: a stored member then checks every
+// chunk again against the CRC-32s it recorded before serving it (its pass found them good),
+// instead of splicing the bytes it checked before the change. Deflated members need nothing
+// more: cached spans hold the bytes decoded before, and a span decoded after is checked.
 //
 // Threads: every member is safe to use from many threads at once.
 #pragma once
@@ -95,6 +103,8 @@ struct ArchiveShared {
   // change; the archive is checked again only when its size or mtime changes again (a
   // recovery that puts the old archive back makes it readable again).
   Status CheckUnchanged();
+  // Counts the accepted changes (a ctime changed alone, an append) since Open: see above.
+  uint64_t change_epoch() const { return change_epoch_.load(std::memory_order_acquire); }
   // True once an append was accepted: the directory read at Open no longer describes the
   // file (an index saved now must be written for the directory as it is now).
   bool appended() const { return appended_.load(std::memory_order_acquire); }
@@ -117,9 +127,11 @@ struct ArchiveShared {
   Status CheckAppendOnly(const struct stat& st);
 
   const std::vector<ZipEntry> entries_;  // the directory read at Open
-  // The (size, mtime) last found good: at Open, then after each accepted append.
+  // The (size, mtime, ctime) last found good: at Open, then after each accepted change.
   std::atomic<uint64_t> good_size_;
   std::atomic<int64_t> good_mtime_ns_;
+  std::atomic<int64_t> good_ctime_ns_;
+  std::atomic<uint64_t> change_epoch_{0};
   std::atomic<bool> appended_{false};
   std::mutex mu_;  // serializes the checks of a change; guards the three below; a leaf lock
   uint64_t bad_size_ = 0;  // the (size, mtime) last found bad, and why
@@ -132,6 +144,10 @@ struct ArchiveShared {
 inline int64_t MtimeNs(const struct stat& st) {
   return static_cast<int64_t>(static_cast<uint64_t>(st.st_mtim.tv_sec) * 1000000000u +
                               static_cast<uint64_t>(st.st_mtim.tv_nsec));
+}
+inline int64_t CtimeNs(const struct stat& st) {
+  return static_cast<int64_t>(static_cast<uint64_t>(st.st_ctim.tv_sec) * 1000000000u +
+                              static_cast<uint64_t>(st.st_ctim.tv_nsec));
 }
 
 }  // namespace npzfs

@@ -34,6 +34,8 @@ StoredMember::StoredMember(std::shared_ptr<ArchiveShared> shared, std::string me
 Result<ReadAnswer> StoredMember::Read(uint64_t offset, std::span<std::byte> dest, bool may_splice) {
   NPZ_RETURN_IF_ERROR(shared_->CheckUnchanged());
   const bool check = shared_->verify != VerifyMode::kOff;
+  const uint64_t epoch = shared_->change_epoch();
+  if (check && epoch != seen_epoch_.load(std::memory_order_acquire)) ForgetChecks(epoch);
   if (offset >= size() || dest.empty()) {
     // The end of the member: its CRC-32 verdict decides between EOF and EIO.
     if (check && offset >= size()) NPZ_RETURN_IF_ERROR(WaitForPass());
@@ -124,6 +126,7 @@ void StoredMember::RunStep() {
     }
     step_running_ = true;
     first = next_chunk_;
+    if (first == 0) pass_epoch_ = shared_->change_epoch();
   }
   const uint64_t last = std::min(chunks_, first + kStepChunks);
   std::vector<uint32_t> crcs;
@@ -168,7 +171,10 @@ void StoredMember::RunStep() {
   if (running_crc_ == entry_.crc32) {
     pass_ = Pass::kDone;
     from_sidecar_ = false;
-    for (uint64_t c = 0; c < chunks_; ++c) state_[c].store(kChecked, std::memory_order_release);
+    // Chunks read before a change of the archive may have changed since: checked on touch.
+    if (pass_epoch_ == shared_->change_epoch()) {
+      for (uint64_t c = 0; c < chunks_; ++c) state_[c].store(kChecked, std::memory_order_release);
+    }
     check_cv_.notify_all();
     ++version_;
   } else {
@@ -295,6 +301,16 @@ Status StoredMember::Fail(const std::string& why) {
   }
   shared_->Log(s.message());
   return s;
+}
+
+void StoredMember::ForgetChecks(uint64_t epoch) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (seen_epoch_.load(std::memory_order_relaxed) >= epoch) return;  // another thread did
+  seen_epoch_.store(epoch, std::memory_order_release);
+  ++generation_;  // a check under way when the archive changed counts for nothing
+  for (uint64_t c = 0; c < chunks_; ++c) state_[c].store(kUnchecked);
+  ahead_end_.store(0);
+  check_cv_.notify_all();
 }
 
 void StoredMember::Distrust(uint64_t c) {

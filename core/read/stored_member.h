@@ -36,6 +36,10 @@
 //     or a passing I/O error, leaves the member readable).
 //   - VerifyMode::kStrict serves nothing before the pass has finished; kOff splices every
 //     read unchecked.
+//   - A change of the archive that ArchiveShared accepts (its ctime alone: a writer that kept
+//     the size and put the mtime back; an append) starts a new change epoch. Every chunk is
+//     then unchecked again and checked against the recorded CRC-32s on its next touch, and
+//     a pass that ran across the change leaves its chunks unchecked.
 //
 // Chunk size: 1 MiB. The record costs 4 bytes per MiB (0.0004% of the member); a first
 // touch reads at most one chunk more than the request (FUSE requests are at most 1 MiB, so
@@ -131,6 +135,8 @@ class StoredMember : public std::enable_shared_from_this<StoredMember> {
   static void AheadTask(std::weak_ptr<StoredMember> weak, uint64_t first, uint64_t end);
   Result<uint32_t> ChunkCrc(uint64_t chunk);
   Status Fail(const std::string& why);  // marks the member bad, logs, returns EIO
+  // The archive's change epoch moved to `epoch`: every chunk is checked again.
+  void ForgetChecks(uint64_t epoch);
   // Drops a sidecar record after chunk `c` mismatched it; a new pass will decide.
   void Distrust(uint64_t c);
 
@@ -168,7 +174,9 @@ class StoredMember : public std::enable_shared_from_this<StoredMember> {
   enum ChunkState : uint8_t { kUnchecked, kChecking, kChecked };
   std::unique_ptr<std::atomic<uint8_t>[]> state_;
   std::condition_variable check_cv_;
-  uint64_t generation_ = 0;  // counts distrusted records (crcs_ replaced by a new pass)
+  uint64_t generation_ = 0;              // counts distrusted records and forgotten checks
+  std::atomic<uint64_t> seen_epoch_{0};  // the archive's change epoch the checks are for
+  uint64_t pass_epoch_ = 0;              // the change epoch when the pass read its chunk 0
   SequentialRun sequential_;
   std::atomic<uint64_t> ahead_end_{0};  // chunks below this were handed to check-ahead
   std::atomic<uint64_t> check_bytes_{0};
