@@ -108,6 +108,19 @@ for i in central_records(data, 'a.npy'):
 open(D + '/lying.npz', 'wb').write(bytes(data))
 with zipfile.ZipFile(D + '/lying.npz') as z:
     open(D + '/ref_lying_b.npy', 'wb').write(z.read('b.npy'))
+
+# Local headers that name another member: b.npy's central record points at a.npy's local
+# header (same sizes and CRC, so only the name tells), and c.npy's local header says d.npy.
+a = np.arange(100, dtype='<i8')
+np.savez(D + '/names.npz', a=a, b=a, c=np.arange(7, dtype='<f4'), e=np.arange(3))
+data = bytearray(open(D + '/names.npz', 'rb').read())
+with zipfile.ZipFile(D + '/names.npz') as z:
+    a_at, c_at = z.getinfo('a.npy').header_offset, z.getinfo('c.npy').header_offset
+for i in central_records(data, 'b.npy'):
+    data[i + 42:i + 46] = a_at.to_bytes(4, 'little')
+assert data[c_at + 30:c_at + 35] == b'c.npy'
+data[c_at + 30:c_at + 35] = b'd.npy'
+open(D + '/names.npz', 'wb').write(bytes(data))
 )PY");
   }
   static void TearDownTestSuite() {
@@ -222,6 +235,20 @@ TEST_F(ArchiveTest, AMemberWhoseSizesRunIntoTheNextMemberIsRefusedAtOpen) {
   EXPECT_NE(Log().find("runs into the local header of b.npy"), std::string::npos) << Log();
   EXPECT_TRUE(ReadAll(*OpenByPath(**a, "b.npy"), 1000) ==
               ReadFileOrDie(dir_->Join("ref_lying_b.npy")));
+}
+
+TEST_F(ArchiveTest, AMemberWhoseLocalHeaderNamesAnotherIsRefusedAtOpen) {
+  auto a = Archive::Open(Path("names.npz"), Options());
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  std::vector<std::string> paths;
+  for (const ArchiveMember& m : (*a)->members()) paths.push_back(m.path);
+  EXPECT_EQ(paths, (std::vector<std::string>{"a.npy", "e.npy"}));
+  EXPECT_NE(Log().find("skipping member b.npy: its local header names another member"),
+            std::string::npos)
+      << Log();
+  EXPECT_NE(Log().find("skipping member c.npy: its local header names another member"),
+            std::string::npos)
+      << Log();
 }
 
 TEST_F(ArchiveTest, AMemberClaimingMoreBytesThanAFileCanHoldIsSkipped) {

@@ -1043,6 +1043,23 @@ def test_verify_fails_on_an_entry_whose_sizes_run_into_the_next_member(tmp_path,
     assert "OK" not in r.stdout.decode()
 
 
+def test_verify_fails_on_two_entries_that_share_one_local_header(tmp_path):
+    # b.npy's central record points at a.npy's local header, with a.npy's sizes and CRC:
+    # its bytes check out, but zipfile and numpy refuse b ("File name in directory ... and
+    # header ... differ"), and the mount does not list it.
+    np.savez(tmp_path / "data.npz", a=np.arange(50), b=np.arange(50))
+    with zipfile.ZipFile(tmp_path / "data.npz") as z:
+        a_at = z.getinfo("a.npy").header_offset
+    blob = bytearray((tmp_path / "data.npz").read_bytes())
+    cd = blob.find(b"PK\x01\x02", blob.find(b"PK\x01\x02") + 4)  # the second: b.npy
+    assert blob[cd + 46:cd + 51] == b"b.npy"
+    struct.pack_into("<I", blob, cd + 42, a_at)
+    (tmp_path / "data.npz").write_bytes(bytes(blob))
+    r = fails(1, "verify", tmp_path / "data.npz",
+              must_name=["data.npz", "b.npy", "its local header names another member"])
+    assert "OK" not in r.stdout.decode()
+
+
 def test_verify_inflates_a_skipped_member_that_expands_far_beyond_its_input(tmp_path):
     # 10 MiB of zeros deflate to a few KiB: inflate holds output back after the last input.
     with zipfile.ZipFile(tmp_path / "z.npz", "w", zipfile.ZIP_DEFLATED) as z:

@@ -763,7 +763,7 @@ int RunVerify(const std::vector<std::string>& raw_args) {
   // are checked too, from the archive file. An entry whose bytes overlap another's is
   // damage (numpy and zipfile refuse the archive), whatever its data holds.
   const std::vector<size_t> unlisted = EntriesNotListed(a);
-  const std::vector<std::string> overlaps = EntryOverlaps(a.directory().entries);
+  const std::vector<std::string> overlaps = EntryConflicts(a.directory().entries);
   for (size_t e : unlisted) {
     const ZipEntry& entry = a.directory().entries[e];
     if (!overlaps[e].empty()) {

@@ -89,7 +89,7 @@ std::vector<ArchiveMember> MemberTree(const std::vector<ZipEntry>& entries, cons
   auto Log = [&](const std::string& line) {
     if (log) log(line);
   };
-  const std::vector<std::string> overlap = EntryOverlaps(entries);
+  const std::vector<std::string> overlap = EntryConflicts(entries);
   std::vector<ArchiveMember> members;
   std::unordered_map<std::string, size_t> slot;
   for (size_t e = 0; e < entries.size(); ++e) {

@@ -198,13 +198,13 @@ Status ParseCentralExtra(const unsigned char* x, size_t len, ZipEntry& e, bool n
 // window turns tens of thousands of 30-byte preads into a few hundred reads.
 class LocalHeaderWindow {
  public:
-  // The 30 fixed bytes of the local header at `offset` (the caller checked
-  // offset + 30 <= limit, the start of the central directory).
+  // The `len` bytes at `offset` (the caller checked offset + len <= limit, the start of the
+  // central directory): the 30 fixed bytes of a local header, or its name. Valid until the
+  // next call.
   Result<const unsigned char*> At(int fd, const std::string& path, uint64_t offset,
-                                  uint64_t limit) {
-    if (offset < start_ || offset + kLocalSize > start_ + buf_.size()) {
-      const uint64_t len = std::min<uint64_t>(kWindow, limit - offset);
-      buf_.resize(len);
+                                  uint64_t limit, size_t len = kLocalSize) {
+    if (offset < start_ || offset + len > start_ + buf_.size()) {
+      buf_.resize(std::min<uint64_t>(std::max<uint64_t>(kWindow, len), limit - offset));
       start_ = offset;
       NPZ_RETURN_IF_ERROR(PreadExact(fd, buf_.data(), buf_.size(), offset, path));
     }
@@ -341,12 +341,21 @@ class CentralRecordParser {
       return Status::Error(EINVAL, named() + ": bad local header signature at offset " +
                                        std::to_string(e->local_header_offset));
     }
-    e->data_offset = e->local_header_offset + kLocalSize + Le16(lh + 26) + Le16(lh + 28);
+    const size_t local_name_len = Le16(lh + 26);
+    e->data_offset = e->local_header_offset + kLocalSize + local_name_len + Le16(lh + 28);
     if (e->data_offset > end_.cd_offset || e->compressed_size > end_.cd_offset - e->data_offset) {
       return Status::Error(EINVAL, named() + ": data [" + std::to_string(e->data_offset) + ", +" +
                                        std::to_string(e->compressed_size) +
                                        ") runs beyond the member area (central directory at " +
                                        std::to_string(end_.cd_offset) + ")");
+    }
+    // The name there must be the entry's (zipfile, and so numpy, refuse the member if not).
+    e->local_name_differs = local_name_len != e->name.size();
+    if (!e->local_name_differs && local_name_len > 0) {
+      NPZ_ASSIGN_OR_RETURN(const unsigned char* name,
+                           local_headers_.At(fd_, path_, e->local_header_offset + kLocalSize,
+                                             end_.cd_offset, local_name_len));
+      e->local_name_differs = std::memcmp(name, e->name.data(), local_name_len) != 0;
     }
     return Status::Ok();
   }
@@ -443,8 +452,14 @@ Result<ZipDirectory> ReadZipDirectory(int fd, const std::string& path) {
 // How much of another entry's name a reason quotes.
 constexpr size_t kShownInReason = 80;
 
-std::vector<std::string> EntryOverlaps(const std::vector<ZipEntry>& entries) {
+std::vector<std::string> EntryConflicts(const std::vector<ZipEntry>& entries) {
   std::vector<std::string> why(entries.size());
+  for (size_t i = 0; i < entries.size(); ++i) {
+    if (entries[i].local_name_differs) {
+      why[i] = "its local header names another member (the central directory and the local "
+               "header disagree)";
+    }
+  }
   std::vector<size_t> order(entries.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {

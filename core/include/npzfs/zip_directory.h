@@ -42,6 +42,7 @@ struct ZipEntry {
   // stored and not yet checked; empty if there is none. Parse it with ParseSeekTable
   // (core/zip/seek_table.h), which validates it against this entry.
   std::string seek_table;
+  bool local_name_differs = false;  // the local header names another member (EntryConflicts)
   bool encrypted() const { return flags & 1; }
 };
 
@@ -71,13 +72,16 @@ struct ZipDirectory {
 //   EIO     the file is truncated or a read failed.
 Result<ZipDirectory> ReadZipDirectory(int fd, const std::string& path);
 
-// For each entry, why its bytes overlap another entry's, or "" when they do not: a central
-// directory whose sizes lie (the data would run into the next member's local header and
-// data), as numpy and zipfile refuse ("Overlapped entries"). Sorted by local header offset,
-// an entry is refused when its data runs past the next local header; both are refused when
-// the next local header starts inside this entry's own header. Entries that repeat the same
-// local header with the same sizes describe the same bytes and are fine.
-std::vector<std::string> EntryOverlaps(const std::vector<ZipEntry>& entries);
+// For each entry, why its bytes are not its own, or "" when they are: its local header
+// names another member (two entries of different names pointing at one local header, say),
+// as zipfile refuses ("File name in directory ... and header ... differ"); or its bytes
+// overlap another entry's, a central directory whose sizes lie (the data would run into the
+// next member's local header and data), as numpy and zipfile refuse ("Overlapped entries").
+// Sorted by local header offset, an entry is refused when its data runs past the next local
+// header; both are refused when the next local header starts inside this entry's own header.
+// Entries that repeat the same local header with the same name and sizes describe the same
+// bytes and are fine.
+std::vector<std::string> EntryConflicts(const std::vector<ZipEntry>& entries);
 
 // Converts a DOS date/time pair (local time, as zipfile and Info-ZIP write it) to unix
 // seconds. Out-of-range fields are clamped (a zero date reads as 1980-01-01).
