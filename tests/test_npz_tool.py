@@ -1043,6 +1043,28 @@ def test_verify_fails_on_an_entry_whose_sizes_run_into_the_next_member(tmp_path,
     assert "OK" not in r.stdout.decode()
 
 
+def test_verify_fails_on_an_empty_deflated_member_whose_stream_holds_data(tmp_path):
+    # The directory says 0 bytes (CRC 0), the deflate stream holds 100 KiB: a reader that
+    # stops at the directory's size sees nothing wrong, so verify inflates it itself.
+    with zipfile.ZipFile(tmp_path / "z.zip", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("a.bin", b"x" * 100_000)
+        z.writestr("ok.bin", b"fine")
+    blob = bytearray((tmp_path / "z.zip").read_bytes())
+    with zipfile.ZipFile(tmp_path / "z.zip") as z:
+        local = z.getinfo("a.bin").header_offset
+    cd = blob.find(b"PK\x01\x02")
+    for at, fields in ((local, (14, 22)), (cd, (16, 24))):  # CRC-32 and size: 0
+        for f in fields:
+            struct.pack_into("<I", blob, at + f, 0)
+    (tmp_path / "z.zip").write_bytes(bytes(blob))
+    r = fails(1, "verify", tmp_path / "z.zip", must_name=["z.zip", "a.bin"])
+    assert "OK" not in r.stdout.decode()
+    # A real empty member (an empty deflate stream) stays fine.
+    with zipfile.ZipFile(tmp_path / "e.zip", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("empty.bin", b"")
+    ok("verify", tmp_path / "e.zip")
+
+
 def test_verify_fails_on_two_entries_that_share_one_local_header(tmp_path):
     # b.npy's central record points at a.npy's local header, with a.npy's sizes and CRC:
     # its bytes check out, but zipfile and numpy refuse b ("File name in directory ... and

@@ -607,6 +607,8 @@ Status ReadMemberThrough(Archive& a, size_t i, ProgressBar& bar, uint64_t done, 
   return Status::Ok();
 }
 
+Status CheckEntryData(const Archive& a, const ZipEntry& e, const std::string& what);
+
 // Every byte of member i: size, CRC-32 and (for a .npy) its header.
 void VerifyMemberBytes(Archive& a, size_t i, ProgressBar& bar, uint64_t done, const FailFn& fail) {
   const ArchiveMember& m = a.members()[i];
@@ -624,6 +626,10 @@ void VerifyMemberBytes(Archive& a, size_t i, ProgressBar& bar, uint64_t done, co
   } else if (const std::string mismatch = SizeOrCrcMismatch(m.entry, size, crc);
              !mismatch.empty()) {
     fail(name + mismatch);
+  } else if (m.entry.method == 8 && m.entry.uncompressed_size == 0) {
+    // A reader stops at the directory's size, here before any byte: the deflate data
+    // itself must hold nothing either.
+    if (Status s = CheckEntryData(a, m.entry, name); !s.ok()) fail(s.message());
   } else if (IsNpyName(m.path)) {
     auto parsed = ReadNpyHeaderOf(
         size,
