@@ -434,6 +434,16 @@ TEST_F(ArchiveTest, ASavedIndexIsReusedWithoutAnotherFirstPass) {
     EXPECT_EQ(index_path, scratch_.Join(".comp.npz.npzfs-index"));
   }
   ASSERT_TRUE(std::filesystem::exists(index_path));
+  {
+    // Through a symlink in another directory: the same file, the same sidecar.
+    std::filesystem::create_directory(scratch_.Join("links"));
+    std::filesystem::create_symlink(path, scratch_.Join("links/other-name.npz"));
+    auto linked = Archive::Open(scratch_.Join("links/other-name.npz"), Options());
+    ASSERT_TRUE(linked.ok()) << linked.status().message();
+    EXPECT_EQ((*linked)->IndexPath(), index_path);
+    EXPECT_EQ((*linked)->LoadedIndexPath(), index_path);
+    EXPECT_EQ((*linked)->index_state(0), IndexState::kComplete);
+  }
   auto b = Archive::Open(path, Options());
   ASSERT_TRUE(b.ok());
   EXPECT_EQ(Log().find("ignored"), std::string::npos) << Log();
