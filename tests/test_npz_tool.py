@@ -292,6 +292,18 @@ def test_pack_replaces_an_existing_output_atomically(files):
         assert z.namelist() == ["tx.npy"]
 
 
+def test_pack_refuses_to_replace_one_of_its_inputs_even_with_force(files):
+    d, adc, tx = files
+    before = sha(d / "adc.npy")
+    fails(1, "pack", d / "adc.npy", d / "adc.npy", "--force",
+          must_name=["adc.npy", "is one of the files to pack"])
+    os.symlink("adc.npy", d / "link.npz")
+    fails(1, "pack", d / "link.npz", d / "tx.npy", d / "adc.npy", "--force",
+          must_name=["link.npz", "is one of the files to pack", "adc.npy"])
+    assert sha(d / "adc.npy") == before
+    assert os.readlink(d / "link.npz") == "adc.npy"
+
+
 def test_pack_refuses_an_existing_output_without_force(files):
     d, adc, tx = files
     ok("pack", d / "out.npz", d / "adc.npy")

@@ -170,6 +170,20 @@ int RunPack(const std::vector<std::string>& raw_args) {
     members.push_back(MemberFromFile(*name, inputs.back()));
   }
 
+  // OUT (or the file a symlink there names) is replaced: an input there would become a
+  // member of its own replacement, which is never what was meant.
+  if (stat(out.c_str(), &st) == 0) {
+    for (const NpyInput& in : inputs) {
+      struct stat in_st;
+      if (fstat(in.fd.get(), &in_st) == 0 && in_st.st_dev == st.st_dev &&
+          in_st.st_ino == st.st_ino) {
+        return ReportError(Status::Error(EINVAL, out + ": is one of the files to pack (" + in.path +
+                                                     "); write the archive to another "
+                                                     "file"));
+      }
+    }
+  }
+
   ProgressBar bar("pack " + BaseName(out), total);
   WriteOptions options;
   options.compress_level = level->value_or(-1);
