@@ -194,6 +194,49 @@ TEST(Spool, FinalizeWritesEveryMemberAndNumpyLoadsThem) {
   EXPECT_EQ(out, "ok\n");
 }
 
+TEST(Spool, ADeflatedShadowWithoutItsSpoolFileIsRemovedAndTheSpoolGoesAfterFinalize) {
+  TempDir t;
+  const std::string archive = t.Join("run.npz"), dir = DefaultSpoolDir(archive);
+  {
+    auto spool = Spool::Open(dir, {}, archive, 6);
+    ASSERT_TRUE(spool.ok());
+    auto m = (*spool)->Create("k0.npy", U16Layout());
+    ASSERT_TRUE(m.ok());
+    ASSERT_TRUE(Record(**m, 0, U16Frames(0, 3)).ok());
+  }
+  // A finalize killed after it removed k1.npy's spool file, before its shadow.
+  const std::string gone = dir + "/k1.npy";
+  WriteFileOrDie(DeflateShadow::IndexPath(gone), "records of a member already finalized");
+  WriteFileOrDie(DeflateShadow::DataPath(gone), "its deflated chunks");
+  Logged log;
+  auto spool = Spool::Open(dir, log.fn(), archive);
+  ASSERT_TRUE(spool.ok()) << spool.status().message();
+  EXPECT_EQ((*spool)->members().size(), 1u);
+  EXPECT_FALSE(fs::exists(DeflateShadow::IndexPath(gone)));
+  EXPECT_FALSE(fs::exists(DeflateShadow::DataPath(gone)));
+  EXPECT_TRUE(log.Contains("deflated shadow without its spool file k1.npy")) << log.lines.size();
+  ASSERT_TRUE((*spool)->Finalize(archive, {}).ok());
+  EXPECT_FALSE(fs::exists(dir));
+}
+
+TEST(Spool, ASpoolKeptForFilesThatAreNotMembersKeepsItsLockAndOpensAgain) {
+  TempDir t;
+  const std::string archive = t.Join("run.npz"), dir = DefaultSpoolDir(archive);
+  auto spool = Spool::Open(dir, {}, archive);
+  ASSERT_TRUE(spool.ok());
+  auto m = (*spool)->Create("a.npy", U16Layout());
+  ASSERT_TRUE(m.ok());
+  ASSERT_TRUE(Record(**m, 0, U16Frames(0, 2)).ok());
+  WriteFileOrDie(dir + "/.someone-elses-dotfile", "x");
+  ASSERT_TRUE((*spool)->Finalize(archive, {}).ok());
+  spool->reset();
+  EXPECT_TRUE(fs::exists(dir + "/.npzfs-lock")) << "without it no mount would take the spool";
+  EXPECT_FALSE(fs::exists(dir + "/a.npy"));
+  auto again = Spool::Open(dir, {}, archive);
+  ASSERT_TRUE(again.ok()) << again.status().message();
+  EXPECT_TRUE((*again)->members().empty());
+}
+
 TEST(Spool, FinalizeWithCompressionDeflatesTheMembers) {
   TempDir t;
   const std::string archive = t.Join("c.npz");

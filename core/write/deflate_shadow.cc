@@ -64,6 +64,16 @@ std::string DeflateShadow::IndexPath(const std::string& spool_path) {
 
 DeflateShadow::~DeflateShadow() = default;
 
+std::string DeflateShadow::SpoolFileOf(std::string_view shadow_name) {
+  for (std::string_view suffix : {".npzfs-deflate", ".npzfs-deflate-index"}) {
+    if (shadow_name.size() > suffix.size() + 1 && shadow_name.front() == '.' &&
+        shadow_name.ends_with(suffix)) {
+      return std::string(shadow_name.substr(1, shadow_name.size() - suffix.size() - 1));
+    }
+  }
+  return {};
+}
+
 Status DeflateShadow::Remove(const std::string& spool_path) {
   for (const std::string& p : {DataPath(spool_path), IndexPath(spool_path)}) {
     if (::unlink(p.c_str()) != 0 && errno != ENOENT) {

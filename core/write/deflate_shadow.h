@@ -85,6 +85,9 @@ class DeflateShadow {
                                                      SourceSync sync_source = nullptr);
   // Removes both files (missing ones are fine).
   static Status Remove(const std::string& spool_path);
+  // The spool file name a shadow file name (".<file>.npzfs-deflate" or
+  // ".<file>.npzfs-deflate-index") belongs to; "" for any other name.
+  static std::string SpoolFileOf(std::string_view shadow_name);
 
   ~DeflateShadow();
   size_t chunk_count() const { return chunks_.size(); }

@@ -508,6 +508,22 @@ std::string NpzRecoverCommand(const std::string& archive_path, const std::string
   return command;
 }
 
+namespace {
+
+// The names in `dir` other than ".", ".." and the lock file (none if it cannot be listed).
+std::vector<std::string> OtherFilesIn(const std::string& dir) {
+  std::vector<std::string> names;
+  std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), ::closedir);
+  if (!d) return names;
+  while (const dirent* e = ::readdir(d.get())) {
+    const std::string_view name = e->d_name;
+    if (name != "." && name != ".." && name != kSpoolLockFileName) names.emplace_back(name);
+  }
+  return names;
+}
+
+}  // namespace
+
 bool SpoolHoldsAnything(const std::string& dir) {
   std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), ::closedir);
   if (!d) return errno != ENOENT;  // what cannot be listed may hold members
@@ -578,11 +594,15 @@ Result<std::unique_ptr<Spool>> Spool::Open(const std::string& dir, SpoolLogFn lo
 
   std::vector<std::string> files;
   std::set<std::string> name_files;  // "%N<id>" whose data file was not seen (yet)
+  std::vector<std::string> shadows;  // ".<file>.npzfs-deflate[-index]"
   {
     DIR* d = ::opendir(dir.c_str());
     if (d == nullptr) return ErrnoStatus(errno, dir, "cannot list the spool directory");
     while (struct dirent* e = ::readdir(d)) {
-      if (e->d_name[0] == '.') continue;  // ".", "..", the lock, quarantined files
+      if (e->d_name[0] == '.') {  // ".", "..", the lock, quarantined files, shadows
+        if (!DeflateShadow::SpoolFileOf(e->d_name).empty()) shadows.emplace_back(e->d_name);
+        continue;
+      }
       if (IsNameFile(e->d_name)) {
         name_files.emplace(e->d_name);
       } else {
@@ -637,6 +657,20 @@ Result<std::unique_ptr<Spool>> Spool::Open(const std::string& dir, SpoolLogFn lo
                (m->is_npy() ? std::to_string(m->frame_count()) + " frames, " : std::string()) +
                std::to_string(m->data_bytes()) + " data bytes)");
     spool->members_.emplace(m->name(), m);
+  }
+  // Deflated shadows without their spool file: a finalize (or the removal of an empty
+  // member) that a crash cut short between the two. What they hold is derived from bytes
+  // that are gone, or already in the archive.
+  for (const std::string& shadow : shadows) {
+    struct stat st;
+    const std::string file = DeflateShadow::SpoolFileOf(shadow);
+    if (::lstat((dir + "/" + file).c_str(), &st) == 0 || errno != ENOENT) continue;
+    const std::string path = dir + "/" + shadow;
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+      return ErrnoStatus(errno, path, "cannot remove a leftover deflated shadow");
+    }
+    spool->Log(path + ": deflated shadow without its spool file " + file +
+               " (left by a finalize that a crash cut short); removed");
   }
   // Name files without their data file: a create, rename or remove that a crash cut short
   // (see the top of this file). The member did not exist, or exists under another name.
@@ -868,11 +902,13 @@ Status Spool::RemoveSpoolFiles(const std::string& archive_path) {
   std::vector<std::string> hashed;  // spool files whose name file goes after them
   for (const auto& [name, m] : members_) {
     const std::string path = m->spool_path();
+    // The shadow first: a crash in between leaves a spool file whose member the next
+    // finalize finds in the archive already, never a shadow without its file.
+    Status shadow = DeflateShadow::Remove(path);
+    if (!shadow.ok()) cleanup_errors += "; " + shadow.message();
     if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
       cleanup_errors += "; " + path + ": unlink: " + std::strerror(errno);
     }
-    Status shadow = DeflateShadow::Remove(path);
-    if (!shadow.ok()) cleanup_errors += "; " + shadow.message();
     if (IsLongDataFile(BaseName(path))) hashed.push_back(path);
     m->MarkRemoved();
   }
@@ -890,19 +926,29 @@ Status Spool::RemoveSpoolFiles(const std::string& archive_path) {
   }
   finalized_ = true;
   const std::string lock_path = dir_ + "/" + std::string(kLockFileName);
-  if (::unlink(lock_path.c_str()) != 0 && errno != ENOENT) {
-    cleanup_errors += "; " + lock_path + ": unlink: " + std::strerror(errno);
-  }
-  lock_fd_.Reset();
-  // No fsync of the parent directory: should a crash bring the spool back, the next
-  // finalize finds its members already in the archive with the same bytes
-  // (skip_identical_existing) and only removes the spool again.
-  if (::rmdir(dir_.c_str()) != 0 && errno != ENOENT) {  // ENOENT: removed by someone else
-    if (errno == ENOTEMPTY || errno == EEXIST) {
-      // Only files that are not members are left (someone else's dotfiles): harmless.
-      Log(dir_ + ": spool directory kept, it holds files that are not members");
-    } else {
-      cleanup_errors += "; " + dir_ + ": rmdir: " + std::strerror(errno);
+  // Files that are not members (someone's dotfiles, quarantined spool files) keep the
+  // directory, and with it the lock file: without it, the directory would be refused as a
+  // spool by every later writable mount.
+  const std::vector<std::string> others = OtherFilesIn(dir_);
+  if (!others.empty()) {
+    Log(dir_ + ": spool directory kept, it holds files that are not members (" +
+        EscapeControlBytes(others.front()) +
+        (others.size() > 1 ? " and " + std::to_string(others.size() - 1) + " more" : "") + ")");
+    lock_fd_.Reset();
+  } else {
+    if (::unlink(lock_path.c_str()) != 0 && errno != ENOENT) {
+      cleanup_errors += "; " + lock_path + ": unlink: " + std::strerror(errno);
+    }
+    lock_fd_.Reset();
+    // No fsync of the parent directory: should a crash bring the spool back, the next
+    // finalize finds its members already in the archive with the same bytes
+    // (skip_identical_existing) and only removes the spool again.
+    if (::rmdir(dir_.c_str()) != 0 && errno != ENOENT) {  // ENOENT: removed by someone else
+      if (errno == ENOTEMPTY || errno == EEXIST) {
+        Log(dir_ + ": spool directory kept, a file appeared in it while it was removed");
+      } else {
+        cleanup_errors += "; " + dir_ + ": rmdir: " + std::strerror(errno);
+      }
     }
   }
   if (!cleanup_errors.empty()) {
