@@ -141,8 +141,11 @@ std::optional<int> Serve(Mount& m, fuse_args* args, const MountPoint& mp) {
   const fuse_lowlevel_ops& ops = NpzfsOperations();
   std::unique_ptr<fuse_session, SessionDeleter> se(fuse_session_new(args, &ops, sizeof(ops), &m));
   if (se == nullptr) {
-    PrintError("cannot start a FUSE session for " + m.options.archive);
-    return 1;
+    // libfuse fails here on an option it does not know (it has said which, above); its
+    // other causes (no memory) do not happen in practice. A usage error, then.
+    PrintError("cannot start a FUSE session for " + m.options.archive +
+               ": an option is not one npzfs or FUSE knows (see npzfs --help)");
+    return 2;
   }
   if (fuse_set_signal_handlers(se.get()) != 0) return 1;
   if (fuse_session_mount(se.get(), cmd.mountpoint) != 0) {

@@ -382,8 +382,9 @@ std::string UsageText(const char* program) {
          "    -o log=FILE            append the log to FILE\n"
          "    -o verify=strict|on|off  CRC-32 checks: before any byte is served, as reads go\n"
          "                           (default), or none\n"
-         "    -o finalize=copy       add new members by copying the archive and renaming the\n"
-         "                           copy over it (default: append in place, journaled)\n"
+         "    -o finalize=copy|inplace  add new members by copying the archive and renaming\n"
+         "                           the copy over it, or append in place behind an undo\n"
+         "                           journal (the default)\n"
          "\n";
 }
 

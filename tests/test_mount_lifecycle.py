@@ -928,6 +928,16 @@ def test_a_bad_frame_option_is_refused_at_mount(tmp_path, option, needle):
     assert not is_mounted(tmp_path / "mnt")
 
 
+@pytest.mark.parametrize("option", [["-o", "bogusopt"], ["--bogus"], ["-x"]])
+def test_an_option_neither_npzfs_nor_fuse_knows_is_a_usage_error(tmp_path, option):
+    require_fuse()
+    (tmp_path / "mnt").mkdir()
+    r = run_npzfs("-f", *option, *CREATE, tmp_path / "run.npz", tmp_path / "mnt")
+    assert r.returncode == 2, r.stderr
+    assert "npzfs --help" in r.stderr, r.stderr
+    assert not is_mounted(tmp_path / "mnt")
+
+
 def test_frame_accepts_numpy_dtype_names(tmp_path):
     require_fuse()
     with mounted(tmp_path / "run.npz", tmp_path / "mnt", *CREATE, "-o",

@@ -786,6 +786,16 @@ def corrupt_tail_archive(d):
     return big
 
 
+def test_frames_of_a_damaged_stored_member_reports_the_crc_mismatch_once(tmp_path):
+    np.savez(tmp_path / "s.npz", big=smooth_int16(256))
+    offset, length = data_range(tmp_path / "s.npz", "big.npy")
+    flip_byte(tmp_path / "s.npz", offset + length // 2)
+    r = fails(1, "frames", f"{tmp_path / 's.npz'}:big", 0, 256, "-o", tmp_path / "o.npy",
+              must_name=["s.npz", "big.npy", "CRC-32 mismatch"])
+    assert r.stderr.count("CRC-32 mismatch") == 1, r.stderr
+    assert not (tmp_path / "o.npy").exists()
+
+
 def test_frames_reads_only_what_it_needs_from_a_deflated_member(tmp_path):
     big = corrupt_tail_archive(tmp_path)
     # The first frames lie far before the damage: they never inflate that far.

@@ -304,8 +304,39 @@ Result<size_t> FindFramesMember(const Archive& archive, const std::string& path,
   return Status::Error(ENOENT, path + ": " + what + " (members: " + listing + ")");
 }
 
+// The reader's own log lines, held until a member is done: one that a failure repeats is
+// printed once, as that failure, and the others as warnings. Must outlive the Archive whose
+// log it is; the log may be called from the archive's threads.
+class HeldWarnings {
+ public:
+  ArchiveOptions Options(ArchiveOptions options) {
+    options.log = [this](const std::string& line) {
+      std::lock_guard lock(mu_);
+      lines_.push_back(line);
+    };
+    return options;
+  }
+  void DropRepeatedBy(const std::string& failure) {
+    std::lock_guard lock(mu_);
+    std::erase_if(lines_, [&](const std::string& w) {
+      return failure.find(w) != std::string::npos || w.find(failure) != std::string::npos;
+    });
+  }
+  void Flush() {
+    std::lock_guard lock(mu_);
+    for (const std::string& w : lines_) PrintMessage("warning: " + w);
+    lines_.clear();
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::string> lines_;
+};
+
 // ARCHIVE[:KEY] or FILE.npy: a path that exists is taken whole (it may contain ':').
-Result<FrameSource> OpenFrameSource(const std::string& spec, const ParsedArgs& args) {
+// The archive's log lines go to `warnings`, which must outlive the source.
+Result<FrameSource> OpenFrameSource(const std::string& spec, const ParsedArgs& args,
+                                    HeldWarnings& warnings) {
   std::string path = spec, key;
   struct stat st;
   if (stat(spec.c_str(), &st) != 0) {
@@ -340,7 +371,7 @@ Result<FrameSource> OpenFrameSource(const std::string& spec, const ParsedArgs& a
     };
     return src;
   }
-  ArchiveOptions options = ToolArchiveOptions();
+  ArchiveOptions options = warnings.Options(ToolArchiveOptions());
   ApplyIndexOption(args, path, options);
   NPZ_ASSIGN_OR_RETURN(src.archive, Archive::Open(path, std::move(options)));
   NPZ_ASSIGN_OR_RETURN(size_t index, FindFramesMember(*src.archive, path, key));
@@ -461,14 +492,22 @@ int RunFrames(const std::vector<std::string>& raw_args) {
   if (to_stdout && isatty(STDOUT_FILENO) == 1) {
     return UsageError("frames", "refusing to write binary data to a terminal: use -o OUT.npy");
   }
-  auto src = OpenFrameSource(args->positional[0], *args);
-  if (!src.ok()) return ReportError(src.status());
+  // A data error the reader logged is reported once, as the failure; other lines are
+  // printed as warnings at the end.
+  HeldWarnings warnings;
+  auto report = [&warnings](const Status& failure) {
+    warnings.DropRepeatedBy(failure.message());
+    warnings.Flush();
+    return ReportError(failure);
+  };
+  auto src = OpenFrameSource(args->positional[0], *args, warnings);
+  if (!src.ok()) return report(src.status());
   if (!to_stdout) {
     Status checked = CheckFramesOutput(*output, *src, args->Has("force"));
-    if (!checked.ok()) return ReportError(checked);
+    if (!checked.ok()) return report(checked);
   }
   auto parsed = ReadNpyHeaderOf(src->size, src->read_exact, src->name);
-  if (!parsed.ok()) return ReportError(parsed.status());
+  if (!parsed.ok()) return report(parsed.status());
   Status s = CheckFrameRange(parsed->header, src->name, *start, *stop);
   if (s.ok()) {
     std::optional<CleanupOnSignal> cleanup;
@@ -476,7 +515,7 @@ int RunFrames(const std::vector<std::string>& raw_args) {
     s = WriteFrames(*src, *parsed, *start, *stop, raw, to_stdout ? "" : *output, args->Has("force"),
                     cleanup ? &*cleanup : nullptr);
   }
-  if (!s.ok()) return ReportError(s);
+  if (!s.ok()) return report(s);
   if (src->archive) {
     // Keep what the reads taught the index for the next run: checkpoints up to the last
     // frame (reads ahead of the checkpoints do not learn them); a read-only directory is
@@ -488,41 +527,13 @@ int RunFrames(const std::vector<std::string>& raw_args) {
       PrintMessage("warning: index not saved: " + saved.message());
     }
   }
+  warnings.Flush();
   return kExitOk;
 }
 
 namespace {
 
 using FailFn = std::function<void(const std::string&)>;
-
-// The reader's own log lines, held until a member is done: one that a failure repeats is
-// printed once, as that failure, and the others as warnings. Must outlive the Archive whose
-// log it is; the log may be called from the archive's threads.
-class HeldWarnings {
- public:
-  ArchiveOptions Options(ArchiveOptions options) {
-    options.log = [this](const std::string& line) {
-      std::lock_guard lock(mu_);
-      lines_.push_back(line);
-    };
-    return options;
-  }
-  void DropRepeatedBy(const std::string& failure) {
-    std::lock_guard lock(mu_);
-    std::erase_if(lines_, [&](const std::string& w) {
-      return failure.find(w) != std::string::npos || w.find(failure) != std::string::npos;
-    });
-  }
-  void Flush() {
-    std::lock_guard lock(mu_);
-    for (const std::string& w : lines_) PrintMessage("warning: " + w);
-    lines_.clear();
-  }
-
- private:
-  std::mutex mu_;
-  std::vector<std::string> lines_;
-};
 
 // The directory, through libzip as an independent parser: the same entries, the same sizes,
 // CRCs and methods.
