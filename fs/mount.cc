@@ -108,8 +108,9 @@ Result<Spool*> SpoolSlot::GetOrCreate(const std::string& dir, const std::string&
   if (!failure_logged_) {
     failure_logged_ = true;
     LogError("new files cannot be created: " + why +
-             "; archived members are still served. Mount with -o spool=DIR (a writable "
-             "directory) to add new members, or with -o ro if none are to be added");
+             "; archived members are still served. Mount with -o spool=DIR (a directory "
+             "npzfs can make or write: its parent must exist) to add new members, or with -o "
+             "ro if none are to be added");
   }
   return Status::Error(EROFS, "no spool for new members: " + why);
 }

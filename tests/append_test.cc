@@ -788,7 +788,7 @@ TEST(StaleTempFiles, TheTempFileOfAKilledCopyIsRemovedWithALogLine) {
   ASSERT_TRUE(removed.ok()) << removed.status().message();
   EXPECT_EQ(*removed, 1u);
   ASSERT_EQ(lines.size(), 1u);
-  EXPECT_NE(lines[0].find(left[0] + ": removed a stale temp file"), std::string::npos) << lines[0];
+  EXPECT_NE(lines[0].find(left[0] + ": removed the temp file ("), std::string::npos) << lines[0];
   EXPECT_TRUE(StateOf(archive) == before);
   EXPECT_EQ(ListDir(dir.path()),
             (std::vector<std::string>{".a.npz.npzfs-index", ".a.npz.npzfs-tmp-dir",

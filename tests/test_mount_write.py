@@ -689,7 +689,8 @@ def test_enospc_during_finalize_leaves_archive_and_spool_intact(tmp_path):
             # npz umount read the daemon's "error: ..." result, and removed it once read.
             assert "finalize failed" in reported and "space" in reported.lower(), reported
             assert (f"the new members stay in the spool {small}/.rec.npz.npzfs-spool: free "
-                    f"space on its filesystem, then run `npz recover {archive}`") in reported
+                    f"space on the filesystem of {archive} (a finalize writes there), then "
+                    f"run `npz recover {archive}`") in reported
             assert not os.path.exists(result_file(m))
         assert archive.read_bytes() == before
         spool = small / ".rec.npz.npzfs-spool"

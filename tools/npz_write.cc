@@ -261,7 +261,7 @@ int RunAdd(const std::vector<std::string>& raw_args) {
     if (!writable.ok()) return ReportError(writable.status());
   }
   auto name = MemberNameForKey(key);
-  if (!name.ok()) return ReportError(name.status());
+  if (!name.ok()) return ReportError(name.status().WithContext(archive + ": adding " + file));
   auto input = OpenNpyInput(file);
   if (!input.ok()) return ReportError(input.status());
 

@@ -51,7 +51,11 @@ Result<uint64_t> ParseDigits(std::string_view s, const std::string& descr) {
   if (s.empty()) return Invalid("descr '" + descr + "': missing size");
   uint64_t n = 0;
   for (char c : s) {
-    if (c < '0' || c > '9') return Invalid("descr '" + descr + "': bad size");
+    if (c < '0' || c > '9') {
+      return Invalid("descr '" + descr +
+                     "' is not a numpy dtype (a name such as int16 or float32, or a descr such "
+                     "as <i2)");
+    }
     if (n > (std::numeric_limits<uint64_t>::max() - 9) / 10) {
       return Invalid("descr '" + descr + "': size too large");
     }

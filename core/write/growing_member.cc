@@ -112,7 +112,7 @@ std::string NoLayoutMessage(const std::string& name) {
          ": no frame layout: the first bytes written are not a .npy header. Write a .npy "
          "header first (np.save, cp x.npy), or set the xattrs " +
          std::string(kDescrAttribute) + " and " + std::string(kShapeAttribute) +
-         " (e.g. '<i2' and '256,1024') before writing, or mount with "
+         " (e.g. '<i2' and '256x1024') before writing, or mount with "
          "-o frame=PATTERN:DTYPE:SHAPE";
 }
 
@@ -487,7 +487,9 @@ Result<size_t> GrowingMember::CollectHeader(std::unique_lock<std::mutex>& lock,
   if (!total.ok()) return total.status().WithContext(name_);
   if (*total > kMaxWriterHeaderBytes) {
     return Status::Error(EINVAL, name_ + ": .npy header of " + std::to_string(*total) +
-                                     " bytes is longer than numpy's limit");
+                                     " bytes is longer than numpy's limit of " +
+                                     std::to_string(NpyHeader::kMaxHeaderChars) +
+                                     " characters (np.load refuses it without max_header_size)");
   }
   if (*total == 0 || buf.size() < *total) {
     s.header_buf = std::move(buf);  // not complete yet

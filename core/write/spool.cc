@@ -880,14 +880,15 @@ Status Spool::Finalize(const std::string& archive_path, const WriteOptions& opti
           " left intact: " + st.message());
       if (st.code() == EEXIST) return st;  // its message says what to do
       const bool full = st.code() == ENOSPC || st.code() == EDQUOT;
-      return Status::Error(
-          st.code(),
-          st.message() +
-              " (the archive is as it was, and the new "
-              "members stay in the spool " +
-              dir_ + ": " +
-              (full ? "free space on its filesystem, then run" : "once that is fixed, run") + " `" +
-              NpzRecoverCommand(archive_path, dir_, level) + "`)");
+      return Status::Error(st.code(),
+                           st.message() +
+                               " (the archive is as it was, and the new "
+                               "members stay in the spool " +
+                               dir_ + ": " +
+                               (full ? "free space on the filesystem of " + archive_path +
+                                           " (a finalize writes there), then run"
+                                     : std::string("once that is fixed, run")) +
+                               " `" + NpzRecoverCommand(archive_path, dir_, level) + "`)");
     }
     Log(archive_path + ": finalized " + std::to_string(news.size()) + " new member(s)");
   }

@@ -719,8 +719,10 @@ Result<size_t> RemoveStaleTempFiles(const std::string& requested_path, const Arc
     }
     ++removed;
     if (log) {
-      log(path + ": removed a stale temp file (" + std::to_string(st.st_size) +
-          " bytes) left by an interrupted copy of " + archive_path);
+      // Also how an interrupted npz pack (or copy-mode append) removes its own temp file.
+      log(path + ": removed the temp file (" + std::to_string(st.st_size) +
+          " bytes) of an unfinished copy of " + archive_path +
+          " (npz pack, or an append with --copy or -o finalize=copy)");
     }
   }
   if (removed > 0) NPZ_RETURN_IF_ERROR(FsyncDir(dir));
