@@ -327,16 +327,18 @@ TEST(NpyHeader, RejectsBadMagicAndUnknownVersions) {
   EXPECT_TRUE(Contains(NpyHeader::Parse(good.substr(0, 30)).status(), "truncated"));
 }
 
-TEST(NpyHeader, RejectsMissingExtraAndRepeatedKeys) {
+TEST(NpyHeader, RejectsMissingAndExtraKeysAndTakesTheLastOfARepeatedOneAsNumpyDoes) {
   EXPECT_TRUE(
       Contains(ParseError("{'descr': '<i2', 'shape': (3,)}"), "lacks the key 'fortran_order'"));
   EXPECT_TRUE(Contains(ParseError("{'descr': '<i2', 'fortran_order': False}"), "'shape'"));
   EXPECT_TRUE(
       Contains(ParseError("{'descr': '<i2', 'fortran_order': False, 'shape': (3,), 'extra': 1}"),
                "unexpected key 'extra'"));
-  EXPECT_TRUE(
-      Contains(ParseError("{'descr': '<i2', 'fortran_order': False, 'shape': (3,), 'shape': (3,)}"),
-               "repeats"));
+  // numpy reads the dict with ast.literal_eval: a repeated key holds its last value.
+  auto repeated = NpyHeader::Parse(
+      Wrap("{'descr': '<i2', 'fortran_order': False, 'shape': (3,), 'shape': (4, 2)}"));
+  ASSERT_TRUE(repeated.ok()) << repeated.status().message();
+  EXPECT_EQ(repeated->shape(), (std::vector<uint64_t>{4, 2}));
   EXPECT_TRUE(Contains(ParseError("['descr']"), "not a dict"));
 }
 

@@ -545,7 +545,10 @@ void CheckDirectoryWithLibzip(const ZipDirectory& dir, const std::string& path,
   if (!z) {
     zip_error_t ze;
     zip_error_init_with_code(&ze, err);
-    fail(path + ": libzip cannot open the archive: " + zip_error_strerror(&ze));
+    fail(path + ": libzip, an independent zip parser, refuses the archive (" +
+         zip_error_strerror(&ze) +
+         "), though npz reads it: other zip tools may refuse it too (unzip -t and Python's "
+         "zipfile may tell which entry)");
     zip_error_fini(&ze);
     return;
   }

@@ -327,8 +327,7 @@ Result<NpyHeader> NpyHeader::Parse(std::string_view bytes, const NpyParseOptions
       if (key.str == "shape") slot = &shape;
     }
     if (slot == nullptr) return Invalid("header has an unexpected key " + key_text);
-    if (*slot != nullptr) return Invalid("header repeats the key " + key_text);
-    *slot = &dict.items[i + 1];
+    *slot = &dict.items[i + 1];  // a repeated key: the last wins, as in numpy's dict literal
   }
   if (!descr) return Invalid("header lacks the key 'descr'");
   if (!fortran) return Invalid("header lacks the key 'fortran_order'");
