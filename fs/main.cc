@@ -141,10 +141,11 @@ std::optional<int> Serve(Mount& m, fuse_args* args, const MountPoint& mp) {
   const fuse_lowlevel_ops& ops = NpzfsOperations();
   std::unique_ptr<fuse_session, SessionDeleter> se(fuse_session_new(args, &ops, sizeof(ops), &m));
   if (se == nullptr) {
-    // libfuse fails here on an option it does not know (it has said which, above); its
-    // other causes (no memory) do not happen in practice. A usage error, then.
+    // libfuse fails here on an option it does not know or cannot parse (it has said which,
+    // above); its other causes (no memory) do not happen in practice. A usage error, then.
     PrintError("cannot start a FUSE session for " + m.options.archive +
-               ": an option is not one npzfs or FUSE knows (see npzfs --help)");
+               ": an option is not one npzfs or FUSE knows, or has a bad value (see npzfs "
+               "--help)");
     return 2;
   }
   if (fuse_set_signal_handlers(se.get()) != 0) return 1;

@@ -187,7 +187,7 @@ void WarnAboutDefaultSpool(const Mount& m) {
   const std::string beside = DefaultSpoolDir(m.archive_path);
   if (m.options.spool_dir.empty() || ResolvedPath(beside) == ResolvedPath(m.spool_dir)) return;
   struct stat st {};
-  if (stat(beside.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || !SpoolHoldsAnything(beside) ||
+  if (stat(beside.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || !SpoolHoldsMembers(beside) ||
       SpoolInUse(beside)) {
     return;
   }
@@ -204,7 +204,7 @@ Status ResumeSpool(Mount& m) {
   struct stat st {};
   if (stat(m.spool_dir.c_str(), &st) != 0) return Status::Ok();  // made on the first new member
   if (m.options.read_only) {
-    if (S_ISDIR(st.st_mode) && !SpoolHoldsAnything(m.spool_dir)) return Status::Ok();
+    if (S_ISDIR(st.st_mode) && !SpoolHoldsMembers(m.spool_dir)) return Status::Ok();
     if (SpoolInUse(m.spool_dir)) {
       LogInfo(m.spool_dir +
               " is the spool of a writable mount that is running: its new "

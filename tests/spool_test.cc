@@ -208,6 +208,9 @@ TEST(Spool, ADeflatedShadowWithoutItsSpoolFileIsRemovedAndTheSpoolGoesAfterFinal
   const std::string gone = dir + "/k1.npy";
   WriteFileOrDie(DeflateShadow::IndexPath(gone), "records of a member already finalized");
   WriteFileOrDie(DeflateShadow::DataPath(gone), "its deflated chunks");
+  // A quarantined spool file whose name ends like a shadow's is kept for a human.
+  const std::string kept = dir + "/.corrupt-odd.npzfs-deflate";
+  WriteFileOrDie(kept, "bytes of a member that could not be resumed");
   Logged log;
   auto spool = Spool::Open(dir, log.fn(), archive);
   ASSERT_TRUE(spool.ok()) << spool.status().message();
@@ -215,6 +218,8 @@ TEST(Spool, ADeflatedShadowWithoutItsSpoolFileIsRemovedAndTheSpoolGoesAfterFinal
   EXPECT_FALSE(fs::exists(DeflateShadow::IndexPath(gone)));
   EXPECT_FALSE(fs::exists(DeflateShadow::DataPath(gone)));
   EXPECT_TRUE(log.Contains("deflated shadow without its spool file k1.npy")) << log.lines.size();
+  EXPECT_TRUE(fs::exists(kept));
+  ASSERT_TRUE(fs::remove(kept));
   ASSERT_TRUE((*spool)->Finalize(archive, {}).ok());
   EXPECT_FALSE(fs::exists(dir));
 }

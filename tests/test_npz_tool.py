@@ -1081,10 +1081,15 @@ def test_verify_fails_on_an_empty_deflated_member_whose_stream_holds_data(tmp_pa
     (tmp_path / "z.zip").write_bytes(bytes(blob))
     r = fails(1, "verify", tmp_path / "z.zip", must_name=["z.zip", "a.bin"])
     assert "OK" not in r.stdout.decode()
-    # A real empty member (an empty deflate stream) stays fine.
+    # A real empty member (an empty deflate stream) stays fine, but not as a .npy, which
+    # numpy cannot load, stored or deflated.
     with zipfile.ZipFile(tmp_path / "e.zip", "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("empty.bin", b"")
     ok("verify", tmp_path / "e.zip")
+    for method in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        with zipfile.ZipFile(tmp_path / "n.zip", "w", method) as z:
+            z.writestr("empty.npy", b"")
+        fails(1, "verify", tmp_path / "n.zip", must_name=["n.zip", "empty.npy"])
 
 
 def test_verify_fails_on_two_entries_that_share_one_local_header(tmp_path):
@@ -1100,7 +1105,7 @@ def test_verify_fails_on_two_entries_that_share_one_local_header(tmp_path):
     struct.pack_into("<I", blob, cd + 42, a_at)
     (tmp_path / "data.npz").write_bytes(bytes(blob))
     r = fails(1, "verify", tmp_path / "data.npz",
-              must_name=["data.npz", "b.npy", "its local header names another member"])
+              must_name=["data.npz", "b.npy", "its local header gives another name"])
     assert "OK" not in r.stdout.decode()
 
 
@@ -1198,6 +1203,25 @@ def test_add_carries_the_saved_index_over_to_the_new_archive(tmp_path, mode):
     r = npz("frames", f"{tmp_path / 'data.npz'}:big", 300, 310, "-o", tmp_path / "o.npy")
     assert r.returncode == 0 and "stale" not in r.stderr, r.stderr
     np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), big[300:310])
+
+
+def test_add_through_a_symlink_carries_the_index_of_the_link_and_of_the_file(tmp_path):
+    # A sidecar is named after the path the archive is read by: a mount (or npz index) of
+    # the file saves one, of the link another; the append changes the file behind both.
+    big = smooth_int16(512)
+    (tmp_path / "real").mkdir()
+    np.savez_compressed(tmp_path / "real" / "data.npz", big=big)
+    os.symlink("real/data.npz", tmp_path / "link.npz")
+    ok("index", tmp_path / "real" / "data.npz")
+    ok("index", tmp_path / "link.npz")
+    np.save(tmp_path / "rx.npy", np.arange(10))
+    ok("add", tmp_path / "link.npz", "rx", tmp_path / "rx.npy")
+    for path in (tmp_path / "real" / "data.npz", tmp_path / "link.npz"):
+        r = npz("ls", path, "--json")
+        assert r.returncode == 0 and "stale" not in r.stderr, r.stderr
+        rows = json.loads(r.stdout)
+        assert {row["name"]: row["index"] for row in rows} == {"big.npy": "complete",
+                                                              "rx.npy": "-"}
 
 
 def test_index_option_names_where_the_index_is_read_saved_and_carried(tmp_path):

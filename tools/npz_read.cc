@@ -637,14 +637,21 @@ void VerifyMemberBytes(Archive& a, size_t i, ProgressBar& bar, uint64_t done, co
   Status status = ReadMemberThrough(a, i, bar, done, &crc, &size, &head);
   if (!status.ok()) {
     fail(AboutMember(name, m.path, status.message()));
-  } else if (const std::string mismatch = SizeOrCrcMismatch(m.entry, size, crc);
-             !mismatch.empty()) {
+    return;
+  }
+  if (const std::string mismatch = SizeOrCrcMismatch(m.entry, size, crc); !mismatch.empty()) {
     fail(name + mismatch);
-  } else if (m.entry.method == 8 && m.entry.uncompressed_size == 0) {
+    return;
+  }
+  if (m.entry.method == 8 && m.entry.uncompressed_size == 0) {
     // A reader stops at the directory's size, here before any byte: the deflate data
     // itself must hold nothing either.
-    if (Status s = CheckEntryData(a, m.entry, name); !s.ok()) fail(s.message());
-  } else if (IsNpyName(m.path)) {
+    if (Status s = CheckEntryData(a, m.entry, name); !s.ok()) {
+      fail(s.message());
+      return;
+    }
+  }
+  if (IsNpyName(m.path)) {
     auto parsed = ReadNpyHeaderOf(
         size,
         [&](uint64_t off, std::span<std::byte> dest) -> Status {

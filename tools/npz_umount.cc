@@ -457,7 +457,7 @@ MountRecord DeadDaemonRecord(const std::string& archive) {
 std::string RecoverAdvice(const std::string& archive) {
   const MountRecord recorded = DeadDaemonRecord(archive);
   struct stat st;
-  if (!recorded.spool_dir.empty() && !SpoolHoldsAnything(recorded.spool_dir) &&
+  if (!recorded.spool_dir.empty() && !SpoolHoldsMembers(recorded.spool_dir) &&
       ::lstat(AppendJournalPath(archive).c_str(), &st) != 0 && errno == ENOENT) {
     return {};
   }
@@ -617,7 +617,7 @@ Status ClearDeadMount(const std::string& mnt, const MountEntry& entry) {
   if (entry.read_only()) {
     // A spool beside the archive that nobody holds is an earlier writable mount's that died.
     const std::string beside = DefaultSpoolDir(archive);
-    const bool waiting = SpoolHoldsAnything(beside) && !SpoolInUse(beside);
+    const bool waiting = SpoolHoldsMembers(beside) && !SpoolInUse(beside);
     return Status::Error(
         ENOTCONN, mnt +
                       ": the npzfs daemon had died (Transport endpoint is not connected); the "

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
 #include <cstdio>
 #include <optional>
 #include <set>
@@ -202,30 +203,46 @@ int RunPack(const std::vector<std::string>& raw_args) {
   return kExitOk;
 }
 
-// The archive's saved index, opened before an append so that CarryIndex can rewrite it for
-// the new archive afterwards (old members keep their offsets, so their checkpoints still
-// hold, and the next reader needs no first pass for them). Null when there is nothing to
-// carry (no sidecar, or an archive that cannot be read as it is; a stale sidecar is
-// removed by CarryIndex, as it holds nothing that applies).
-std::shared_ptr<Archive> OpenIndexToCarry(const std::string& archive, const ParsedArgs& args) {
-  ArchiveOptions options;
-  options.background_index = false;  // nothing is read; only the sidecar is loaded
-  ApplyIndexOption(args, archive, options);
-  if (!options.index_enabled) return nullptr;
-  auto opened = Archive::Open(archive, options);
-  if (!opened.ok()) return nullptr;
-  if ((*opened)->LoadedIndexPath().empty() && ::access((*opened)->IndexPath().c_str(), F_OK) != 0) {
-    return nullptr;
+// The archive's saved indexes, opened before an append so that CarryIndexes can rewrite
+// them for the new archive afterwards (old members keep their offsets, so their checkpoints
+// still hold, and the next reader needs no first pass for them). A sidecar is named after
+// the path the archive was opened by: through a symlink, the link's and the file's are
+// both carried (the append changes the file). None when there is nothing to carry (no
+// sidecar, or an archive that cannot be read as it is; a stale sidecar is removed by
+// CarryIndexes, as it holds nothing that applies).
+std::vector<std::shared_ptr<Archive>> OpenIndexesToCarry(const std::string& archive,
+                                                         const ParsedArgs& args) {
+  std::vector<std::string> paths = {archive};
+  struct stat st;
+  char resolved[PATH_MAX];
+  if (::lstat(archive.c_str(), &st) == 0 && S_ISLNK(st.st_mode) &&
+      ::realpath(archive.c_str(), resolved) != nullptr) {
+    paths.emplace_back(resolved);
   }
-  return *std::move(opened);
+  std::vector<std::shared_ptr<Archive>> indexes;
+  for (const std::string& path : paths) {
+    ArchiveOptions options;
+    options.background_index = false;  // nothing is read; only the sidecar is loaded
+    ApplyIndexOption(args, path, options);
+    if (!options.index_enabled) continue;
+    auto opened = Archive::Open(path, options);
+    if (!opened.ok()) continue;
+    if ((*opened)->LoadedIndexPath().empty() &&
+        ::access((*opened)->IndexPath().c_str(), F_OK) != 0) {
+      continue;
+    }
+    indexes.push_back(*std::move(opened));
+  }
+  return indexes;
 }
 
-// Rewrites the index `before` loaded for the archive as it is now. A failure only costs the
+// Rewrites each index loaded before for the archive as it is now. A failure only costs the
 // next reader a first pass: it is a warning.
-void CarryIndex(const std::shared_ptr<Archive>& before) {
-  if (before == nullptr) return;
-  Status s = before->CarryIndexForward();
-  if (!s.ok()) PrintMessage("warning: the saved index was not carried over: " + s.message());
+void CarryIndexes(const std::vector<std::shared_ptr<Archive>>& before) {
+  for (const std::shared_ptr<Archive>& index : before) {
+    Status s = index->CarryIndexForward();
+    if (!s.ok()) PrintMessage("warning: the saved index was not carried over: " + s.message());
+  }
 }
 
 int RunAdd(const std::vector<std::string>& raw_args) {
@@ -277,14 +294,14 @@ int RunAdd(const std::vector<std::string>& raw_args) {
     return CheckNumpyKeyFree(archive, old, *name);
   };
   options.progress = bar.Callback();
-  std::shared_ptr<Archive> index = OpenIndexToCarry(archive, *args);
+  const auto indexes = OpenIndexesToCarry(archive, *args);
   Status status;
   {
     CleanupOnSignal cleanup(archive);
     status = AppendToArchive(archive, {MemberFromFile(*name, *input)}, options);
   }
   if (!status.ok()) return ReportError(status);
-  CarryIndex(index);
+  CarryIndexes(indexes);
   bar.Finish();
   NoteMountsOf(archive, *name);
   return kExitOk;
@@ -356,10 +373,10 @@ int RunRecover(const std::vector<std::string>& raw_args) {
   options.reject_existing_names = true;
   options.progress = bar.Callback();
   options.log = PrintMessage;
-  std::shared_ptr<Archive> index = OpenIndexToCarry(archive, *args);
+  const auto indexes = OpenIndexesToCarry(archive, *args);
   Status status = RecoverSpool(archive, spool, options, PrintMessage);
   if (!status.ok()) return ReportError(status);
-  CarryIndex(index);
+  CarryIndexes(indexes);
   bar.Finish();
   std::printf("%s: recovered the spool %s\n", archive.c_str(), spool.c_str());
   return kExitOk;

@@ -52,9 +52,8 @@ Result<uint64_t> ParseDigits(std::string_view s, const std::string& descr) {
   uint64_t n = 0;
   for (char c : s) {
     if (c < '0' || c > '9') {
-      return Invalid("descr '" + descr +
-                     "' is not a numpy dtype (a name such as int16 or float32, or a descr such "
-                     "as <i2)");
+      return Invalid("descr '" + descr + "' is not a numpy dtype (its size '" + std::string(s) +
+                     "' is not a number)");
     }
     if (n > (std::numeric_limits<uint64_t>::max() - 9) / 10) {
       return Invalid("descr '" + descr + "': size too large");

@@ -195,15 +195,8 @@ Result<std::shared_ptr<Archive>> Archive::Open(const std::string& path, ArchiveO
       std::clamp<uint64_t>(options.checkpoint_spacing, kMinSpacing, kMaxSpacing);
   archive->archive_mode_ = st.st_mode;
   archive->archive_uid_ = st.st_uid;
-  // The file itself, through any symlink: its sidecar is the same whichever path opened it
-  // (an npz add through a link must carry the index a mount of the file saved).
-  char resolved[PATH_MAX];
-  if (::realpath(path.c_str(), resolved) != nullptr) {
-    archive->absolute_path_ = resolved;
-  } else {
-    auto absolute = AbsoluteArchivePath(path);
-    archive->absolute_path_ = absolute.ok() ? *absolute : path;
-  }
+  auto absolute = AbsoluteArchivePath(path);
+  archive->absolute_path_ = absolute.ok() ? *absolute : path;
   archive->shared_ = std::make_shared<ArchiveShared>(std::move(fd), path, st, dir.entries, options);
   archive->options_ = std::move(options);
   archive->directory_ = std::move(dir);
@@ -387,7 +380,7 @@ bool Archive::index_dirty() const {
 std::string Archive::IndexPath() const { return IndexPathIn(options_.index_dir); }
 
 std::string Archive::IndexPathIn(const std::string& dir) const {
-  if (dir.empty()) return DirName(absolute_path_) + "/" + IndexFileName(absolute_path_);
+  if (dir.empty()) return DirName(path()) + "/" + IndexFileName(path());
   return dir + "/" + SharedIndexFileName(absolute_path_);
 }
 

@@ -49,9 +49,10 @@ Status ArchiveShared::CheckUnchanged() {
       MtimeNs(st) == good_mtime_ns_.load(std::memory_order_relaxed)) {
     if (CtimeNs(st) != good_ctime_ns_.load(std::memory_order_relaxed)) {
       // Its data or status changed with size and mtime kept (or put back): stored members
-      // check their bytes again (see the top of the header).
-      good_ctime_ns_.store(CtimeNs(st), std::memory_order_release);
+      // check their bytes again (see the top of the header). The epoch moves first: a
+      // reader whose fast path sees the new ctime must also see the new epoch.
       change_epoch_.fetch_add(1, std::memory_order_acq_rel);
+      good_ctime_ns_.store(CtimeNs(st), std::memory_order_release);
     }
     return Status::Ok();  // or another reader accepted this change meanwhile
   }
@@ -74,10 +75,10 @@ Status ArchiveShared::CheckUnchanged() {
   Status appended = CheckAppendOnly(st);
   ::flock(fd.get(), LOCK_UN);
   if (appended.ok()) {
+    change_epoch_.fetch_add(1, std::memory_order_acq_rel);  // before the fingerprint, as above
     good_size_.store(static_cast<uint64_t>(st.st_size), std::memory_order_release);
     good_mtime_ns_.store(MtimeNs(st), std::memory_order_release);
     good_ctime_ns_.store(CtimeNs(st), std::memory_order_release);
-    change_epoch_.fetch_add(1, std::memory_order_acq_rel);
     return Status::Ok();
   }
   bad_size_ = static_cast<uint64_t>(st.st_size);

@@ -22,8 +22,10 @@
 // ctime alone (also a chmod or a rename of the archive, which change no byte) is accepted,
 // and so is an append, but each starts a new change epoch: a stored member then checks every
 // chunk again against the CRC-32s it recorded before serving it (its pass found them good),
-// instead of splicing the bytes it checked before the change. Deflated members need nothing
-// more: cached spans hold the bytes decoded before, and a span decoded after is checked.
+// instead of splicing the bytes it checked before the change. Deflated members are left as
+// they are: cached spans hold the bytes decoded before the change, and a span decoded after
+// it is checked against the index's CRC-32 when the member is indexed (before that, as on
+// any first read, bytes are served as they decode and the member's CRC-32 judges at the end).
 //
 // Threads: every member is safe to use from many threads at once.
 #pragma once

@@ -308,9 +308,9 @@ Result<std::string> ClaimSpool(int lock_fd, const std::string& lock_path, const 
     // Members with no record (a spool of an npzfs older than the record, or a lock file
     // emptied by hand): whose they are is not for this archive to guess.
     return Status::Error(EINVAL, dir + ": holds new members but records no archive (" + lock_path +
-                                     " is empty): if they are for " + archive +
+                                     " holds no whole first line): if they are for " + archive +
                                      ", write that path as the first line of " + lock_path +
-                                     " and run this again");
+                                     ", ending with a newline, and run this again");
   }
   if (owner.path == archive && owner.id && mine && !(*owner.id == *mine) && log) {
     log(dir + ": the file at " + archive +
@@ -510,11 +510,12 @@ std::string NpzRecoverCommand(const std::string& archive_path, const std::string
 
 namespace {
 
-// The names in `dir` other than ".", ".." and the lock file (none if it cannot be listed).
-std::vector<std::string> OtherFilesIn(const std::string& dir) {
-  std::vector<std::string> names;
+// The names in `dir` other than ".", ".." and the lock file; nullopt if it cannot be listed
+// (errno set).
+std::optional<std::vector<std::string>> OtherFilesIn(const std::string& dir) {
   std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), ::closedir);
-  if (!d) return names;
+  if (!d) return std::nullopt;
+  std::vector<std::string> names;
   while (const dirent* e = ::readdir(d.get())) {
     const std::string_view name = e->d_name;
     if (name != "." && name != ".." && name != kSpoolLockFileName) names.emplace_back(name);
@@ -525,13 +526,17 @@ std::vector<std::string> OtherFilesIn(const std::string& dir) {
 }  // namespace
 
 bool SpoolHoldsAnything(const std::string& dir) {
-  std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), ::closedir);
-  if (!d) return errno != ENOENT;  // what cannot be listed may hold members
-  while (const dirent* e = ::readdir(d.get())) {
-    const std::string_view name = e->d_name;
-    if (name != "." && name != ".." && name != kSpoolLockFileName) return true;
-  }
-  return false;
+  const auto names = OtherFilesIn(dir);
+  if (!names) return errno != ENOENT;  // what cannot be listed may hold members
+  return !names->empty();
+}
+
+bool SpoolHoldsMembers(const std::string& dir) {
+  const auto names = OtherFilesIn(dir);
+  if (!names) return errno != ENOENT;
+  // Spool files never start with '.': those are shadows, quarantined files, others' files.
+  return std::any_of(names->begin(), names->end(),
+                     [](const std::string& n) { return n.front() != '.'; });
 }
 
 bool SpoolInUse(const std::string& dir) {
@@ -600,7 +605,11 @@ Result<std::unique_ptr<Spool>> Spool::Open(const std::string& dir, SpoolLogFn lo
     if (d == nullptr) return ErrnoStatus(errno, dir, "cannot list the spool directory");
     while (struct dirent* e = ::readdir(d)) {
       if (e->d_name[0] == '.') {  // ".", "..", the lock, quarantined files, shadows
-        if (!DeflateShadow::SpoolFileOf(e->d_name).empty()) shadows.emplace_back(e->d_name);
+        // (A quarantined file whose name ends like a shadow's is kept for a human.)
+        if (!std::string_view(e->d_name).starts_with(kQuarantinePrefix) &&
+            !DeflateShadow::SpoolFileOf(e->d_name).empty()) {
+          shadows.emplace_back(e->d_name);
+        }
         continue;
       }
       if (IsNameFile(e->d_name)) {
@@ -930,7 +939,7 @@ Status Spool::RemoveSpoolFiles(const std::string& archive_path) {
   // Files that are not members (someone's dotfiles, quarantined spool files) keep the
   // directory, and with it the lock file: without it, the directory would be refused as a
   // spool by every later writable mount.
-  const std::vector<std::string> others = OtherFilesIn(dir_);
+  const std::vector<std::string> others = OtherFilesIn(dir_).value_or(std::vector<std::string>{});
   if (!others.empty()) {
     Log(dir_ + ": spool directory kept, it holds files that are not members (" +
         EscapeControlBytes(others.front()) +

@@ -176,6 +176,9 @@ std::string NpzRecoverCommand(const std::string& archive_path, const std::string
 // nothing in it (its members finalized, or a first create that failed) holds no member to
 // resume. True if `dir` exists but cannot be listed.
 bool SpoolHoldsAnything(const std::string& dir);
+// Whether it holds a spool file (a member, or the data or name file of one), not only files
+// that are no member's (dotfiles: deflated shadows, quarantined files, others' files).
+bool SpoolHoldsMembers(const std::string& dir);
 
 // Whether a running daemon (or npz recover) holds the spool in `dir`: its lock file is
 // locked. False if it cannot be told.

@@ -456,8 +456,9 @@ std::vector<std::string> EntryConflicts(const std::vector<ZipEntry>& entries) {
   std::vector<std::string> why(entries.size());
   for (size_t i = 0; i < entries.size(); ++i) {
     if (entries[i].local_name_differs) {
-      why[i] = "its local header names another member (the central directory and the local "
-               "header disagree)";
+      why[i] =
+          "its local header gives another name than the central directory (zipfile and "
+          "numpy refuse the member)";
     }
   }
   std::vector<size_t> order(entries.size());

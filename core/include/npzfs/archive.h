@@ -71,8 +71,6 @@ struct ArchiveOptions {
   // Where the sidecar is read and saved. Empty: next to the archive, as
   // ".<archive name>.npzfs-index"; a directory holds the indexes of many archives, each
   // named ".<archive name>-<hash of its absolute path>.npzfs-index" (SharedIndexFileName).
-  // The archive is the file with its symlinks resolved: opened through a symlink, it
-  // finds (and saves) the same sidecar as by its own path.
   std::string index_dir;
   // A second place to read a sidecar from (never written), used when index_dir has none
   // that applies (missing, stale, not trusted, damaged): "" for next to the archive. For a
@@ -247,7 +245,7 @@ class Archive {
   ArchiveOptions options_;
   uint32_t archive_mode_ = 0;     // st_mode of the archive at Open (the sidecar's permissions)
   uint32_t archive_uid_ = 0;      // its owner (whose sidecar is trusted, see LoadIndexFile)
-  std::string absolute_path_;     // symlinks resolved: names and places the sidecar
+  std::string absolute_path_;     // names the sidecar in an index directory
   std::string loaded_index_path_;
   std::mutex save_mu_;            // serializes SaveIndex and CarryIndexForward calls
   bool carried_forward_ = false;  // guarded by save_mu_: SaveIndex has nothing to do
