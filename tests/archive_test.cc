@@ -243,10 +243,10 @@ TEST_F(ArchiveTest, AMemberWhoseLocalHeaderNamesAnotherIsRefusedAtOpen) {
   std::vector<std::string> paths;
   for (const ArchiveMember& m : (*a)->members()) paths.push_back(m.path);
   EXPECT_EQ(paths, (std::vector<std::string>{"a.npy", "e.npy"}));
-  EXPECT_NE(Log().find("skipping member b.npy: its local header gives another name"),
+  EXPECT_NE(Log().find("skipping member b.npy: its local header gives a different name"),
             std::string::npos)
       << Log();
-  EXPECT_NE(Log().find("skipping member c.npy: its local header gives another name"),
+  EXPECT_NE(Log().find("skipping member c.npy: its local header gives a different name"),
             std::string::npos)
       << Log();
 }

@@ -1105,7 +1105,7 @@ def test_verify_fails_on_two_entries_that_share_one_local_header(tmp_path):
     struct.pack_into("<I", blob, cd + 42, a_at)
     (tmp_path / "data.npz").write_bytes(bytes(blob))
     r = fails(1, "verify", tmp_path / "data.npz",
-              must_name=["data.npz", "b.npy", "its local header gives another name"])
+              must_name=["data.npz", "b.npy", "its local header gives a different name"])
     assert "OK" not in r.stdout.decode()
 
 

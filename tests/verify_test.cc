@@ -3,6 +3,7 @@
 // while it is open. Archives are made by numpy and zipfile at test time, then damaged.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -691,6 +692,28 @@ TEST_F(VerifyTest, BytesChangedUnderAnOpenArchiveWithItsMtimePutBackAreEioNotSer
   EXPECT_EQ(got.status().code(), EIO);
   EXPECT_NE(got.status().message().find("CRC-32 mismatch"), std::string::npos)
       << got.status().message();
+}
+
+TEST_F(VerifyTest, BytesChangedInPlaceAreEioEvenWhileAnAppenderHoldsTheArchive) {
+  const std::string path = Scratch("big.npz");
+  auto a = Archive::Open(path, Options());
+  ASSERT_TRUE(a.ok());
+  auto r = Open(**a, "big.npy");
+  std::string all;
+  ASSERT_TRUE(ReadThrough(*r, 1 << 20, &all).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ASSERT_NO_FATAL_FAILURE(DamageKeepingMtime(
+      path, "big.npy", 16, [](const ZipEntry&) { return kStoredChunkBytes + 100; }));
+  // An append begins (its lock held, the file grown) before any read saw the damage: reads
+  // go on from the directory read at open, but never splice bytes checked before.
+  UniqueFd appender(::open(path.c_str(), O_RDWR | O_APPEND));
+  ASSERT_TRUE(appender.valid());
+  ASSERT_EQ(::flock(appender.get(), LOCK_EX), 0);
+  ASSERT_EQ(::write(appender.get(), "new member bytes", 16), 16);
+  std::string buf(4096, '\0');
+  auto got = r->ReadAt(kStoredChunkBytes, std::as_writable_bytes(std::span(buf)));
+  ASSERT_FALSE(got.ok()) << "bytes changed since they were checked were served";
+  EXPECT_EQ(got.status().code(), EIO);
 }
 
 TEST_F(VerifyTest, AChmodOfAnOpenArchiveChecksItsBytesAgainAndServesThem) {

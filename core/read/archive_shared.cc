@@ -64,8 +64,14 @@ Status ArchiveShared::CheckUnchanged() {
   // member's bytes, so reads go on from the directory read at open, and the change is
   // checked by the first read after the lock is free, when the directory is whole again.
   if (::flock(fd.get(), LOCK_SH | LOCK_NB) != 0) {
-    if (errno == EWOULDBLOCK) return Status::Ok();
-    return ErrnoStatus(errno, path, "cannot lock");
+    if (errno != EWOULDBLOCK) return ErrnoStatus(errno, path, "cannot lock");
+    // Stored members check their chunks again meanwhile, should the archive have been
+    // changed in place before this append began (a ctime not seen yet).
+    if (CtimeNs(st) != good_ctime_ns_.load(std::memory_order_relaxed)) {
+      change_epoch_.fetch_add(1, std::memory_order_acq_rel);
+      good_ctime_ns_.store(CtimeNs(st), std::memory_order_release);
+    }
+    return Status::Ok();
   }
   if (::fstat(fd.get(), &st) != 0) {
     Status s = ErrnoStatus(errno, path, "fstat");

@@ -304,13 +304,14 @@ Result<std::string> ClaimSpool(int lock_fd, const std::string& lock_path, const 
         std::to_string(*owner.overridden_level) + ", then compress " +
         std::to_string(*owner.level) + "): the last one counts");
   }
-  if (owner.path.empty() && !IsDefaultSpoolOf(dir, archive_path) && SpoolHoldsAnything(dir)) {
+  if (owner.path.empty() && !IsDefaultSpoolOf(dir, archive_path) && SpoolHoldsMembers(dir)) {
     // Members with no record (a spool of an npzfs older than the record, or a lock file
     // emptied by hand): whose they are is not for this archive to guess.
-    return Status::Error(EINVAL, dir + ": holds new members but records no archive (" + lock_path +
-                                     " holds no whole first line): if they are for " + archive +
-                                     ", write that path as the first line of " + lock_path +
-                                     ", ending with a newline, and run this again");
+    return Status::Error(
+        EINVAL, dir + ": holds new members but records no archive (" + lock_path +
+                    " records no archive path on its first line): if they are for " + archive +
+                    ", write that path as the first line of " + lock_path +
+                    ", ending with a newline, and run this again");
   }
   if (owner.path == archive && owner.id && mine && !(*owner.id == *mine) && log) {
     log(dir + ": the file at " + archive +

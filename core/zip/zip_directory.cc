@@ -457,8 +457,8 @@ std::vector<std::string> EntryConflicts(const std::vector<ZipEntry>& entries) {
   for (size_t i = 0; i < entries.size(); ++i) {
     if (entries[i].local_name_differs) {
       why[i] =
-          "its local header gives another name than the central directory (zipfile and "
-          "numpy refuse the member)";
+          "its local header gives a different name from the central directory's (zipfile "
+          "and numpy refuse the member)";
     }
   }
   std::vector<size_t> order(entries.size());

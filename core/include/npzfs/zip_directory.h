@@ -42,7 +42,7 @@ struct ZipEntry {
   // stored and not yet checked; empty if there is none. Parse it with ParseSeekTable
   // (core/zip/seek_table.h), which validates it against this entry.
   std::string seek_table;
-  bool local_name_differs = false;  // the local header gives another name (EntryConflicts)
+  bool local_name_differs = false;  // the local header gives a different name (EntryConflicts)
   bool encrypted() const { return flags & 1; }
 };
 
@@ -73,7 +73,7 @@ struct ZipDirectory {
 Result<ZipDirectory> ReadZipDirectory(int fd, const std::string& path);
 
 // For each entry, why its bytes are not its own, or "" when they are: its local header
-// gives another name (two entries of different names pointing at one local header, say),
+// gives a different name (two entries of different names pointing at one local header, say),
 // as zipfile refuses ("File name in directory ... and header ... differ"); or its bytes
 // overlap another entry's, a central directory whose sizes lie (the data would run into the
 // next member's local header and data), as numpy and zipfile refuse ("Overlapped entries").
