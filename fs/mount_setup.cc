@@ -185,10 +185,8 @@ Status PrepareMountPoint(const Options& options, MountPoint& mp) {
 // died left in the spool beside the archive: says so, with the command that adds them.
 void WarnAboutDefaultSpool(const Mount& m) {
   const std::string beside = DefaultSpoolDir(m.archive_path);
-  if (m.options.spool_dir.empty() || ResolvedPath(beside) == ResolvedPath(m.spool_dir)) return;
-  struct stat st {};
-  if (stat(beside.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || !SpoolHoldsMembers(beside) ||
-      SpoolInUse(beside)) {
+  if (m.options.spool_dir.empty() || ResolvedPath(beside) == ResolvedPath(m.spool_dir) ||
+      !SpoolAwaitsRecovery(beside)) {
     return;
   }
   LogWarning(beside + " holds new members of an earlier mount of " + m.archive_path +

@@ -193,6 +193,35 @@ open(D + '/empty.zip', 'wb').write(bytes(e))
     ASSERT_EQ(::utimensat(AT_FDCWD, path.c_str(), times, 0), 0);
   }
 
+  // big.npz opened and big.npy read through (every chunk checked once), then a sleep, so
+  // that a change made to the archive next moves its ctime (it has nanoseconds here).
+  struct CheckedBig {
+    std::string path;
+    std::shared_ptr<Archive> archive;
+    std::shared_ptr<MemberReader> reader;
+    std::string bytes;  // big.npy as read
+  };
+  void OpenAndReadBig(CheckedBig* big) {
+    big->path = Scratch("big.npz");
+    auto a = Archive::Open(big->path, Options());
+    ASSERT_TRUE(a.ok()) << a.status().message();
+    big->archive = *a;
+    big->reader = Open(*big->archive, "big.npy");
+    ASSERT_NE(big->reader, nullptr);
+    ASSERT_TRUE(ReadThrough(*big->reader, 1 << 20, &big->bytes).ok());
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  // 16 bytes of big.npy's second chunk overwritten and the mtime put back, as rsync
+  // --inplace -t does: only the ctime tells.
+  static void DamageSecondChunk(const std::string& path) {
+    DamageKeepingMtime(path, "big.npy", 16,
+                       [](const ZipEntry&) { return kStoredChunkBytes + 100; });
+  }
+  static Result<size_t> ReadSecondChunk(MemberReader& r) {
+    std::string buf(4096, '\0');
+    return r.ReadAt(kStoredChunkBytes, std::as_writable_bytes(std::span(buf)));
+  }
+
   // Keeps the VerifyPool's one thread busy until the returned promise is set: every task
   // queued meanwhile waits (FIFO).
   static std::promise<void> HoldVerifyPool() {
@@ -675,19 +704,10 @@ TEST_F(VerifyTest, AnArchiveRewrittenInPlaceWhileOpenIsEio) {
 }
 
 TEST_F(VerifyTest, BytesChangedUnderAnOpenArchiveWithItsMtimePutBackAreEioNotServed) {
-  const std::string path = Scratch("big.npz");
-  auto a = Archive::Open(path, Options());
-  ASSERT_TRUE(a.ok());
-  auto r = Open(**a, "big.npy");
-  std::string all;
-  ASSERT_TRUE(ReadThrough(*r, 1 << 20, &all).ok());  // every chunk checked once
-  // A writer that keeps the size and puts the mtime back (rsync --inplace -t); only the
-  // ctime tells. (ctime has nanoseconds here: this sleep makes sure it moves.)
-  std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  ASSERT_NO_FATAL_FAILURE(DamageKeepingMtime(
-      path, "big.npy", 16, [](const ZipEntry&) { return kStoredChunkBytes + 100; }));
-  std::string buf(4096, '\0');
-  auto got = r->ReadAt(kStoredChunkBytes, std::as_writable_bytes(std::span(buf)));
+  CheckedBig big;
+  ASSERT_NO_FATAL_FAILURE(OpenAndReadBig(&big));
+  ASSERT_NO_FATAL_FAILURE(DamageSecondChunk(big.path));
+  auto got = ReadSecondChunk(*big.reader);
   ASSERT_FALSE(got.ok()) << "bytes changed since they were checked were served";
   EXPECT_EQ(got.status().code(), EIO);
   EXPECT_NE(got.status().message().find("CRC-32 mismatch"), std::string::npos)
@@ -695,42 +715,30 @@ TEST_F(VerifyTest, BytesChangedUnderAnOpenArchiveWithItsMtimePutBackAreEioNotSer
 }
 
 TEST_F(VerifyTest, BytesChangedInPlaceAreEioEvenWhileAnAppenderHoldsTheArchive) {
-  const std::string path = Scratch("big.npz");
-  auto a = Archive::Open(path, Options());
-  ASSERT_TRUE(a.ok());
-  auto r = Open(**a, "big.npy");
-  std::string all;
-  ASSERT_TRUE(ReadThrough(*r, 1 << 20, &all).ok());
-  std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  ASSERT_NO_FATAL_FAILURE(DamageKeepingMtime(
-      path, "big.npy", 16, [](const ZipEntry&) { return kStoredChunkBytes + 100; }));
+  CheckedBig big;
+  ASSERT_NO_FATAL_FAILURE(OpenAndReadBig(&big));
+  ASSERT_NO_FATAL_FAILURE(DamageSecondChunk(big.path));
   // An append begins (its lock held, the file grown) before any read saw the damage: reads
   // go on from the directory read at open, but never splice bytes checked before.
-  UniqueFd appender(::open(path.c_str(), O_RDWR | O_APPEND));
+  UniqueFd appender(::open(big.path.c_str(), O_RDWR | O_APPEND));
   ASSERT_TRUE(appender.valid());
   ASSERT_EQ(::flock(appender.get(), LOCK_EX), 0);
   ASSERT_EQ(::write(appender.get(), "new member bytes", 16), 16);
-  std::string buf(4096, '\0');
-  auto got = r->ReadAt(kStoredChunkBytes, std::as_writable_bytes(std::span(buf)));
+  auto got = ReadSecondChunk(*big.reader);
   ASSERT_FALSE(got.ok()) << "bytes changed since they were checked were served";
   EXPECT_EQ(got.status().code(), EIO);
 }
 
 TEST_F(VerifyTest, AChmodOfAnOpenArchiveChecksItsBytesAgainAndServesThem) {
-  const std::string path = Scratch("big.npz");
-  auto a = Archive::Open(path, Options());
-  ASSERT_TRUE(a.ok());
-  auto r = Open(**a, "big.npy");
-  std::string before;
-  ASSERT_TRUE(ReadThrough(*r, 1 << 20, &before).ok());
-  const size_t big = *(*a)->Find("big.npy");
-  const uint64_t checked = (*a)->verify_bytes(big);
-  std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  ASSERT_EQ(::chmod(path.c_str(), 0640), 0);  // the ctime moves, no byte changes
+  CheckedBig big;
+  ASSERT_NO_FATAL_FAILURE(OpenAndReadBig(&big));
+  const size_t i = *big.archive->Find("big.npy");
+  const uint64_t checked = big.archive->verify_bytes(i);
+  ASSERT_EQ(::chmod(big.path.c_str(), 0640), 0);  // the ctime moves, no byte changes
   std::string after;
-  ASSERT_TRUE(ReadThrough(*r, 1 << 20, &after).ok());
-  EXPECT_TRUE(after == before);
-  EXPECT_GE((*a)->verify_bytes(big), checked + before.size()) << "checked again";
+  ASSERT_TRUE(ReadThrough(*big.reader, 1 << 20, &after).ok());
+  EXPECT_TRUE(after == big.bytes);
+  EXPECT_GE(big.archive->verify_bytes(i), checked + big.bytes.size()) << "checked again";
   EXPECT_EQ(LogCount("changed while it was open"), 0u) << Log();
 }
 

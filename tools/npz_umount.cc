@@ -617,7 +617,7 @@ Status ClearDeadMount(const std::string& mnt, const MountEntry& entry) {
   if (entry.read_only()) {
     // A spool beside the archive that nobody holds is an earlier writable mount's that died.
     const std::string beside = DefaultSpoolDir(archive);
-    const bool waiting = SpoolHoldsMembers(beside) && !SpoolInUse(beside);
+    const bool waiting = SpoolAwaitsRecovery(beside);
     return Status::Error(
         ENOTCONN, mnt +
                       ": the npzfs daemon had died (Transport endpoint is not connected); the "

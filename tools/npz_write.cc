@@ -11,7 +11,6 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <climits>
 #include <cstdio>
 #include <optional>
 #include <set>
@@ -213,12 +212,7 @@ int RunPack(const std::vector<std::string>& raw_args) {
 std::vector<std::shared_ptr<Archive>> OpenIndexesToCarry(const std::string& archive,
                                                          const ParsedArgs& args) {
   std::vector<std::string> paths = {archive};
-  struct stat st;
-  char resolved[PATH_MAX];
-  if (::lstat(archive.c_str(), &st) == 0 && S_ISLNK(st.st_mode) &&
-      ::realpath(archive.c_str(), resolved) != nullptr) {
-    paths.emplace_back(resolved);
-  }
+  if (std::string file = ResolveArchivePath(archive); file != archive) paths.push_back(file);
   std::vector<std::shared_ptr<Archive>> indexes;
   for (const std::string& path : paths) {
     ArchiveOptions options;

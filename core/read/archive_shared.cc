@@ -35,6 +35,14 @@ ArchiveShared::ArchiveShared(UniqueFd fd_in, std::string path_in, const struct s
       good_mtime_ns_(mtime_ns),
       good_ctime_ns_(CtimeNs(st)) {}
 
+void ArchiveShared::NoteCtime(const struct stat& st) {
+  if (CtimeNs(st) == good_ctime_ns_.load(std::memory_order_relaxed)) return;
+  // The epoch moves first: a reader whose fast path sees the new ctime must also see the
+  // new epoch (see the top of the header).
+  change_epoch_.fetch_add(1, std::memory_order_acq_rel);
+  good_ctime_ns_.store(CtimeNs(st), std::memory_order_release);
+}
+
 Status ArchiveShared::CheckUnchanged() {
   struct stat st;
   if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, path, "fstat");
@@ -47,14 +55,10 @@ Status ArchiveShared::CheckUnchanged() {
   std::lock_guard<std::mutex> lock(mu_);
   if (now_size == good_size_.load(std::memory_order_relaxed) &&
       MtimeNs(st) == good_mtime_ns_.load(std::memory_order_relaxed)) {
-    if (CtimeNs(st) != good_ctime_ns_.load(std::memory_order_relaxed)) {
-      // Its data or status changed with size and mtime kept (or put back): stored members
-      // check their bytes again (see the top of the header). The epoch moves first: a
-      // reader whose fast path sees the new ctime must also see the new epoch.
-      change_epoch_.fetch_add(1, std::memory_order_acq_rel);
-      good_ctime_ns_.store(CtimeNs(st), std::memory_order_release);
-    }
-    return Status::Ok();  // or another reader accepted this change meanwhile
+    // Its data or status changed with size and mtime kept (or put back), or another reader
+    // accepted this change meanwhile.
+    NoteCtime(st);
+    return Status::Ok();
   }
   if (!bad_status_.ok() && now_size == bad_size_ && MtimeNs(st) == bad_mtime_ns_) {
     return bad_status_;  // already found bad, and logged
@@ -66,11 +70,8 @@ Status ArchiveShared::CheckUnchanged() {
   if (::flock(fd.get(), LOCK_SH | LOCK_NB) != 0) {
     if (errno != EWOULDBLOCK) return ErrnoStatus(errno, path, "cannot lock");
     // Stored members check their chunks again meanwhile, should the archive have been
-    // changed in place before this append began (a ctime not seen yet).
-    if (CtimeNs(st) != good_ctime_ns_.load(std::memory_order_relaxed)) {
-      change_epoch_.fetch_add(1, std::memory_order_acq_rel);
-      good_ctime_ns_.store(CtimeNs(st), std::memory_order_release);
-    }
+    // changed in place before this append began.
+    NoteCtime(st);
     return Status::Ok();
   }
   if (::fstat(fd.get(), &st) != 0) {
@@ -81,7 +82,7 @@ Status ArchiveShared::CheckUnchanged() {
   Status appended = CheckAppendOnly(st);
   ::flock(fd.get(), LOCK_UN);
   if (appended.ok()) {
-    change_epoch_.fetch_add(1, std::memory_order_acq_rel);  // before the fingerprint, as above
+    change_epoch_.fetch_add(1, std::memory_order_acq_rel);  // before the fingerprint (NoteCtime)
     good_size_.store(static_cast<uint64_t>(st.st_size), std::memory_order_release);
     good_mtime_ns_.store(MtimeNs(st), std::memory_order_release);
     good_ctime_ns_.store(CtimeNs(st), std::memory_order_release);

@@ -127,6 +127,9 @@ struct ArchiveShared {
  private:
   // Why the file as it is now (size, mtime) is not an append of the archive read at Open.
   Status CheckAppendOnly(const struct stat& st);
+  // A ctime not seen yet (size and mtime kept, or an append under way) starts a new change
+  // epoch. Requires mu_.
+  void NoteCtime(const struct stat& st);
 
   const std::vector<ZipEntry> entries_;  // the directory read at Open
   // The (size, mtime, ctime) last found good: at Open, then after each accepted change.

@@ -546,6 +546,12 @@ bool SpoolInUse(const std::string& dir) {
   return fd.ok() && ::flock(fd->get(), LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
 }
 
+bool SpoolAwaitsRecovery(const std::string& dir) {
+  struct stat st;
+  return ::stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode) && SpoolHoldsMembers(dir) &&
+         !SpoolInUse(dir);
+}
+
 Result<std::unique_ptr<Spool>> Spool::Open(const std::string& dir, SpoolLogFn log,
                                            const std::string& archive_path, int compress_level) {
   if (compress_level < kRecordedLevel || compress_level > 9) {
@@ -600,16 +606,17 @@ Result<std::unique_ptr<Spool>> Spool::Open(const std::string& dir, SpoolLogFn lo
 
   std::vector<std::string> files;
   std::set<std::string> name_files;  // "%N<id>" whose data file was not seen (yet)
-  std::vector<std::string> shadows;  // ".<file>.npzfs-deflate[-index]"
+  // ".<file>.npzfs-deflate[-index]", and <file>
+  std::vector<std::pair<std::string, std::string>> shadows;
   {
     DIR* d = ::opendir(dir.c_str());
     if (d == nullptr) return ErrnoStatus(errno, dir, "cannot list the spool directory");
     while (struct dirent* e = ::readdir(d)) {
       if (e->d_name[0] == '.') {  // ".", "..", the lock, quarantined files, shadows
         // (A quarantined file whose name ends like a shadow's is kept for a human.)
-        if (!std::string_view(e->d_name).starts_with(kQuarantinePrefix) &&
-            !DeflateShadow::SpoolFileOf(e->d_name).empty()) {
-          shadows.emplace_back(e->d_name);
+        std::string file = DeflateShadow::SpoolFileOf(e->d_name);
+        if (!std::string_view(e->d_name).starts_with(kQuarantinePrefix) && !file.empty()) {
+          shadows.emplace_back(e->d_name, std::move(file));
         }
         continue;
       }
@@ -671,9 +678,8 @@ Result<std::unique_ptr<Spool>> Spool::Open(const std::string& dir, SpoolLogFn lo
   // Deflated shadows without their spool file: a finalize (or the removal of an empty
   // member) that a crash cut short between the two. What they hold is derived from bytes
   // that are gone, or already in the archive.
-  for (const std::string& shadow : shadows) {
+  for (const auto& [shadow, file] : shadows) {
     struct stat st;
-    const std::string file = DeflateShadow::SpoolFileOf(shadow);
     if (::lstat((dir + "/" + file).c_str(), &st) == 0 || errno != ENOENT) continue;
     const std::string path = dir + "/" + shadow;
     if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
@@ -941,16 +947,15 @@ Status Spool::RemoveSpoolFiles(const std::string& archive_path) {
   // directory, and with it the lock file: without it, the directory would be refused as a
   // spool by every later writable mount.
   const std::vector<std::string> others = OtherFilesIn(dir_).value_or(std::vector<std::string>{});
+  if (others.empty() && ::unlink(lock_path.c_str()) != 0 && errno != ENOENT) {
+    cleanup_errors += "; " + lock_path + ": unlink: " + std::strerror(errno);
+  }
+  lock_fd_.Reset();
   if (!others.empty()) {
     Log(dir_ + ": spool directory kept, it holds files that are not members (" +
         EscapeControlBytes(others.front()) +
         (others.size() > 1 ? " and " + std::to_string(others.size() - 1) + " more" : "") + ")");
-    lock_fd_.Reset();
   } else {
-    if (::unlink(lock_path.c_str()) != 0 && errno != ENOENT) {
-      cleanup_errors += "; " + lock_path + ": unlink: " + std::strerror(errno);
-    }
-    lock_fd_.Reset();
     // No fsync of the parent directory: should a crash bring the spool back, the next
     // finalize finds its members already in the archive with the same bytes
     // (skip_identical_existing) and only removes the spool again.

@@ -183,6 +183,9 @@ bool SpoolHoldsMembers(const std::string& dir);
 // Whether a running daemon (or npz recover) holds the spool in `dir`: its lock file is
 // locked. False if it cannot be told.
 bool SpoolInUse(const std::string& dir);
+// Whether `dir` is a spool directory holding members that nobody holds now: left by a mount
+// (or npz recover) that died, for npz recover to add.
+bool SpoolAwaitsRecovery(const std::string& dir);
 
 // Whether `dir` is a spool that may be resumed: it holds the spool lock file, which is made
 // with the directory (or, with `allow_empty`, it holds nothing). EINVAL naming `dir` and the

@@ -123,16 +123,6 @@ Status WithArchive(const std::string& path, const Status& s) {
   return s.ok() || s.message().rfind(path + ":", 0) == 0 ? s : s.WithContext(path);
 }
 
-// Follows a symlink, so that an append or a rename changes its target, not the link.
-std::string ResolveArchivePath(const std::string& path) {
-  struct stat lst;
-  if (::lstat(path.c_str(), &lst) == 0 && S_ISLNK(lst.st_mode)) {
-    char resolved[PATH_MAX];
-    if (::realpath(path.c_str(), resolved) != nullptr) return resolved;
-  }
-  return path;
-}
-
 // A symlink ResolveArchivePath could not follow (its target is missing, or a loop): writing
 // at its path would replace the link instead of making what it points to.
 Status RefuseUnreachableLink(const std::string& path) {
@@ -689,6 +679,15 @@ Result<bool> RecoverInterruptedAppend(const std::string& requested_path, const A
 }  // namespace npzfs
 
 namespace npzfs {
+
+std::string ResolveArchivePath(const std::string& path) {
+  struct stat lst;
+  if (::lstat(path.c_str(), &lst) == 0 && S_ISLNK(lst.st_mode)) {
+    char resolved[PATH_MAX];
+    if (::realpath(path.c_str(), resolved) != nullptr) return resolved;
+  }
+  return path;
+}
 
 Result<size_t> RemoveStaleTempFiles(const std::string& requested_path, const ArchiveLogFn& log) {
   const std::string archive_path = ResolveArchivePath(requested_path);

@@ -176,4 +176,9 @@ Result<bool> RecoverInterruptedAppend(const std::string& archive_path,
 // spool lock (so no finalize of this archive is running either). Errors name the file.
 Result<size_t> RemoveStaleTempFiles(const std::string& archive_path, const ArchiveLogFn& log = {});
 
+// The file every writer here changes for `path`: the target of a symlink (so that an append
+// or a rename changes it, not the link); `path` itself otherwise, or when the link cannot be
+// followed.
+std::string ResolveArchivePath(const std::string& path);
+
 }  // namespace npzfs
