@@ -603,18 +603,35 @@ void Write(fuse_req_t req, fuse_ino_t ino, const char* data, size_t size, off_t 
     ReplyStatus(req, "write", Status::Error(EBADF, "write through a handle opened read-only"));
     return;
   }
-  Result<size_t> n =
-      h->growing->Write(&h->session, static_cast<uint64_t>(off),
-                        std::span<const std::byte>(reinterpret_cast<const std::byte*>(data), size));
+  Mount& m = MountOf(req);  // req is gone once replied to
+  // Data bytes are acknowledged before their pwrite into the spool file, so that the writer
+  // sends its next write meanwhile (GrowingMember::Write says what that promises).
+  bool replied = false;
+  auto accepted = [&](size_t n) {
+    fuse_reply_write(req, n);
+    replied = true;
+  };
+  Result<size_t> n = h->growing->Write(
+      &h->session, static_cast<uint64_t>(off),
+      std::span<const std::byte>(reinterpret_cast<const std::byte*>(data), size), accepted);
+  if (n.ok()) m.table->Touch(ino, Now());  // ls -l shows when the member last grew
+  if (replied) return;                     // a failure was logged, and the session keeps it
   if (!n.ok()) {
     ReplyStatus(req, "write", n.status());
     return;
   }
-  MountOf(req).table->Touch(ino, Now());  // ls -l shows when the member last grew
   fuse_reply_write(req, *n);
 }
 
-void Flush(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* /*fi*/) { fuse_reply_err(req, 0); }
+// close(): a writer learns of a write that failed after it was acknowledged.
+void Flush(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* fi) {
+  FileHandle* h = HandleOf(fi);
+  if (!h->writer || h->growing == nullptr) {
+    fuse_reply_err(req, 0);
+    return;
+  }
+  ReplyStatus(req, "close", h->growing->WriterStatus(&h->session));
+}
 
 // Saves the index when a reader closes after new checkpoints were learned, at most every
 // few seconds: a daemon that is killed later keeps what the first passes cost. The full
@@ -642,7 +659,7 @@ void Release(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* fi) {
 void Fsync(fuse_req_t req, fuse_ino_t /*ino*/, int /*datasync*/, fuse_file_info* fi) {
   FileHandle* h = HandleOf(fi);
   // Archived members are already on disk.
-  ReplyStatus(req, "fsync", h->growing == nullptr ? Status::Ok() : h->growing->Fsync());
+  ReplyStatus(req, "fsync", h->growing == nullptr ? Status::Ok() : h->growing->Fsync(&h->session));
 }
 
 // ---- creating and removing names ----

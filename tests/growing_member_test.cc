@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <future>
 #include <map>
 #include <random>
 #include <thread>
@@ -892,6 +893,89 @@ TEST(GrowingMember, ASpoolThatRunsOutOfSpaceFailsTheWriteAndKeepsEarlierFrames) 
   EXPECT_EQ(*r, h);
   ASSERT_TRUE(WriteAt(**m, w, h, U16Frames(0, 2, 12)).ok());
   EXPECT_EQ(ReadVisible(**m), NumpyU16(2));
+}
+
+TEST(GrowingMember, AWriteThatFailsAfterItWasAcknowledgedFailsTheSessionsNextWriteFsyncAndClose) {
+  TempDir t;
+  const std::string dir = t.Join("small");
+  std::filesystem::create_directories(dir);
+  if (::mount("tmpfs", dir.c_str(), "tmpfs", 0, "size=256k") != 0) {
+    NPZ_SKIP_UNLESS_CI("cannot mount a tmpfs here (needs root)");
+  }
+  struct Unmount {
+    std::string d;
+    ~Unmount() {
+      if (::umount2(d.c_str(), 0) != 0) ::umount2(d.c_str(), MNT_DETACH);
+    }
+  } unmount{dir};
+  std::vector<std::string> log;
+  auto m = GrowingMember::Create("full.npy", dir + "/full.npy", U16Layout(),
+                                 [&](const auto& l) { log.push_back(l); });
+  ASSERT_TRUE(m.ok());
+  WriterSession w;
+  ASSERT_TRUE((*m)->BeginWrite(&w, false).ok());
+  std::vector<size_t> acknowledged;
+  auto accepted = [&](size_t n) { acknowledged.push_back(n); };
+  auto write = [&](uint64_t off, const std::string& bytes) {
+    return (*m)->Write(&w, off, Bytes(bytes), accepted);
+  };
+  ASSERT_TRUE(write(0, U16Frames(0, 1000, 12)).ok());
+  // 480 KB: acknowledged before the pwrite that the full tmpfs then refuses.
+  auto failed = write(24000, U16Frames(1000, 20000, 12));
+  ASSERT_EQ(failed.status().code(), ENOSPC) << failed.status().message();
+  EXPECT_EQ(acknowledged, (std::vector<size_t>{24000, 480000}));
+  EXPECT_NE(failed.status().message().find("was acknowledged, then failed"), std::string::npos)
+      << failed.status().message();
+  EXPECT_EQ((*m)->frame_count(), 1000u);
+  EXPECT_EQ(std::filesystem::file_size(dir + "/full.npy"), HeaderLength(NumpyU16(0)) + 24000)
+      << "what the failed write added is cut again";
+  ASSERT_FALSE(log.empty());
+  EXPECT_NE(log.back().find("was acknowledged, then failed"), std::string::npos) << log.back();
+
+  // The writer believes those bytes written: each of its later calls fails, even one that
+  // would fit, and even at the member's real end.
+  EXPECT_EQ(write(24000, U16Frames(1000, 1, 12)).status().code(), ENOSPC);
+  EXPECT_EQ(write(504000, U16Frames(21000, 1, 12)).status().code(), ENOSPC);
+  EXPECT_EQ((*m)->WriterStatus(&w).code(), ENOSPC);
+  EXPECT_EQ((*m)->Fsync(&w).code(), ENOSPC);
+  EXPECT_TRUE((*m)->Fsync().ok()) << "the spool file itself is fine";
+  EXPECT_EQ((*m)->frame_count(), 1000u);
+  (*m)->EndWrite(&w);
+
+  // A new writer goes on from what the member holds.
+  WriterSession next;
+  ASSERT_TRUE((*m)->BeginWrite(&next, true).ok());
+  EXPECT_TRUE((*m)->WriterStatus(&next).ok());
+  auto r = (*m)->Write(&next, 0, Bytes(U16Frames(1000, 1, 12)), accepted);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_EQ(ReadVisible(**m), NumpyU16(1001));
+}
+
+TEST(GrowingMember, AReaderWaitsForAWriteThatWasAcknowledgedBeforeItsBytesWereWritten) {
+  Fixture f;
+  auto m = f.Create("adc.npy", U16Layout());
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  ASSERT_TRUE(WriteAt(*m, w, 0, U16Frames(0, 2, 12)).ok());
+  const uint64_t h = HeaderLength(NumpyU16(0));
+  std::future<uint64_t> size, frames;
+  std::future<ReaderSnapshot> snapshot;
+  bool reader_waited = false;
+  auto accepted = [&](size_t n) {
+    EXPECT_EQ(n, 72u);
+    // What a reader would ask right after the writer's write() returned.
+    size = std::async(std::launch::async, [&] { return m->visible_size(); });
+    frames = std::async(std::launch::async, [&] { return m->frame_count(); });
+    snapshot = std::async(std::launch::async, [&] { return m->TakeSnapshot(); });
+    reader_waited = size.wait_for(std::chrono::milliseconds(200)) == std::future_status::timeout;
+  };
+  auto r = m->Write(&w, 48, Bytes(U16Frames(2, 3, 12)), accepted);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_TRUE(reader_waited) << "a reader answered before the acknowledged bytes were written";
+  EXPECT_EQ(size.get(), h + 5 * 24);
+  EXPECT_EQ(frames.get(), 5u);
+  EXPECT_EQ(snapshot.get().size, h + 5 * 24);
+  EXPECT_EQ(ReadVisible(*m), NumpyU16(5));
 }
 
 // Bytes the file's blocks hold (st_blocks counts 512-byte units).

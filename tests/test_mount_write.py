@@ -731,6 +731,47 @@ def test_a_full_disk_fails_new_files_with_enospc_until_there_is_room(tmp_path):
             assert sorted(z.files) == ["new", "old"]
 
 
+def test_a_write_the_full_disk_refuses_after_it_was_acknowledged_fails_the_next_write(tmp_path):
+    """Data writes are acknowledged before their bytes reach the spool file (the writer's
+    next write travels meanwhile). When the disk then refuses one, the writer learns it from
+    its next write or its close, with ENOSPC, and the member keeps every frame before it."""
+    require_fuse()
+    with tmpfs(tmp_path / "small", size="4m") as small:
+        archive = small / "rec.npz"
+        np.savez(archive, old=np.arange(100))
+        filler = small / "filler"
+        filler.write_bytes(b"\0" * (1 << 20))
+        chunk = np.arange(16 * 256 * 128, dtype="<u2")  # 1 MiB: 16 frames of 64 KiB
+        m = start_daemon(archive, tmp_path / "mnt", "-o", "frame=rec*:<u2:256x128")
+        try:
+            fd = os.open(m.path("rec.npy"), os.O_WRONLY | os.O_CREAT, 0o644)
+            returned, error = 0, None
+            try:
+                for _ in range(16):  # more than the tmpfs holds
+                    os.write(fd, chunk.tobytes())
+                    returned += 1
+            except OSError as e:
+                error = e
+            try:
+                os.close(fd)
+            except OSError as e:
+                error = error or e
+            assert error is not None and error.errno == errno.ENOSPC, error
+            assert "was acknowledged, then failed" in m.log(), m.log()
+            kept = np.load(m.path("rec.npy"))
+            # The write whose bytes the disk refused had returned: the member holds less.
+            assert 0 < kept.shape[0] < returned * 16, (kept.shape, returned)
+            np.testing.assert_array_equal(
+                kept.reshape(-1), np.resize(chunk, kept.shape[0] * 256 * 128))
+            # Another writer goes on from what the member holds, once there is room.
+            filler.unlink()
+            with open(m.path("rec.npy"), "ab") as f:
+                f.write(chunk[:256 * 128].tobytes())
+            assert np.load(m.path("rec.npy")).shape[0] == kept.shape[0] + 1
+        finally:
+            m.unmount()
+
+
 def test_a_renamed_empty_member_keeps_its_layout_and_takes_writes(tmp_path):
     """Create an empty member, declare its layout with xattrs, rename it, then write: the
     member keeps its object (layout, attributes) under the new name, and a handle opened

@@ -30,6 +30,21 @@
 // answered as a splice straight from the spool file (Read); the header region of the spool
 // file is rewritten as the count grows, so it is never spliced.
 //
+// Early acknowledgement: a FUSE write is synchronous (the writer waits for the reply), and
+// the pwrite into the spool file was most of the daemon's time on that path, while the
+// writer sat idle. Write therefore lets its caller acknowledge a data write once every check
+// has passed, just before the pwrite (WriteAcceptedFn): the writer's next write is read from
+// /dev/fuse by another daemon thread meanwhile and waits for io_mu_. What that costs, and
+// how it is kept honest: readers wait (State::acknowledged) until the write is published, so
+// no reader sees less than a returned write(); a pwrite that fails after the reply is kept in
+// the writer's session and returned by its next Write, Fsync and close (the writer believes
+// the bytes written, so nothing it sends later can be placed right); and a daemon killed in
+// between loses that one write, which the durability contract allows (fsync, not write,
+// makes frames survive a crash). Rejected: copying the request into a queue for a writer
+// thread (a copy more per byte, and a queue to bound), and splicing /dev/fuse into the spool
+// file (the kernel still copies pipe pages into the page cache, and the running CRC-32 would
+// need the bytes read back).
+//
 // A rename keeps the object (MoveTo): the spool file is renamed and the name changed in
 // place, under both locks, so the daemon's inode table and open handles never hold a
 // member that a rename replaced.
@@ -165,6 +180,8 @@ struct GrowingMember::State {
   uint64_t rewritable_header = 0;  // length of the writer header it may rewrite at 0 (0: none)
   std::string header_buf;          // kCollectingHeader: the writer's bytes so far
   bool removed = false;
+  // A write was acknowledged early and its pwrite is in progress (AppendData): readers wait.
+  bool acknowledged = false;
 
   // ---- guarded by io_mu_ (writers only) ----
   uint32_t crc = 0;         // CRC-32 of the complete frames (verbatim: of every byte)
@@ -353,6 +370,7 @@ Status GrowingMember::BeginWrite(WriterSession* session, bool append,
   s.header_buf.clear();
   session->token = s.active_token;
   session->append = append;
+  session->lost_write = Status::Ok();
   return Status::Ok();
 }
 
@@ -452,8 +470,10 @@ Result<bool> GrowingMember::PlaceWrite(State& s, const WriterSession& session, u
 }
 
 Result<size_t> GrowingMember::Write(WriterSession* session, uint64_t offset,
-                                    std::span<const std::byte> data) {
+                                    std::span<const std::byte> data,
+                                    const WriteAcceptedFn& accepted) {
   std::lock_guard io(io_mu_);
+  if (!session->lost_write.ok()) return session->lost_write;
   std::unique_lock lock(mu_);
   State& s = *s_;
   if (s.removed) return Status::Error(ENOENT, name_ + ": member was removed");
@@ -469,8 +489,24 @@ Result<size_t> GrowingMember::Write(WriterSession* session, uint64_t offset,
   if (data.empty()) return size_t{0};
   if (s.coord == State::Coordinates::kCollectingHeader) return CollectHeader(lock, data);
   lock.unlock();
-  NPZ_RETURN_IF_ERROR(AppendData(data));
+  bool acknowledged = false;
+  Status st = AppendData(data, accepted, &acknowledged);
+  if (!st.ok() && acknowledged) {
+    session->lost_write = Status::Error(
+        st.code(), "a write of " + std::to_string(data.size()) + " bytes at offset " +
+                       std::to_string(offset) + " was acknowledged, then failed (" + st.message() +
+                       "): this writer's later writes, fsync and close fail with this error; "
+                       "the member keeps what was written before it");
+    Log(session->lost_write.message());
+    return session->lost_write;
+  }
+  NPZ_RETURN_IF_ERROR(st);
   return data.size();
+}
+
+Status GrowingMember::WriterStatus(const WriterSession* session) const {
+  std::lock_guard io(io_mu_);
+  return session->lost_write;
 }
 
 // kCollectingHeader: buffers the writer's .npy header until it is complete, then adopts it
@@ -648,7 +684,8 @@ void GrowingMember::GiveBackPreallocation(State& s) {
 }
 
 // Requires io_mu_ (not mu_). Data first, count second.
-Status GrowingMember::AppendData(std::span<const std::byte> data) {
+Status GrowingMember::AppendData(std::span<const std::byte> data, const WriteAcceptedFn& accepted,
+                                 bool* acknowledged) {
   State& s = *s_;
   uint64_t header_len, total, fb, frames;
   std::optional<NpyHeader> layout;
@@ -665,6 +702,37 @@ Status GrowingMember::AppendData(std::span<const std::byte> data) {
   if (total > std::numeric_limits<uint64_t>::max() - header_len - n) {
     return Status::Error(EFBIG, name_ + ": member would exceed 2^64 bytes");
   }
+  // Every check before the pwrite, so that an acknowledged write fails only by its I/O.
+  const uint64_t new_total = total + n;
+  const uint64_t new_frames = is_npy_ ? new_total / fb : 0;
+  std::string header;
+  if (is_npy_ && new_frames != frames) {
+    auto counted = layout->WithFrameCountChecked(new_frames);
+    if (!counted.ok()) return counted.status().WithContext(name_);
+    header = counted->Format();
+  }
+  if (accepted) {
+    {
+      std::lock_guard lock(mu_);
+      s.acknowledged = true;
+    }
+    *acknowledged = true;
+    accepted(n);
+  }
+  // Clears State::acknowledged on every path below, after the publication.
+  struct AcknowledgedDone {
+    GrowingMember* self;
+    bool active;
+    ~AcknowledgedDone() {
+      if (!active) return;
+      {
+        std::lock_guard lock(self->mu_);
+        self->s_->acknowledged = false;
+      }
+      self->acknowledged_done_.notify_all();
+    }
+  } done{this, static_cast<bool>(accepted)};
+
   Preallocate(s, header_len + total + n);
   Status st = PwriteAll(fd_.get(), data.data(), n, header_len + total, spool_path_);
   if (!st.ok()) {
@@ -676,19 +744,11 @@ Status GrowingMember::AppendData(std::span<const std::byte> data) {
     return st.WithContext(name_);
   }
 
-  const uint64_t new_total = total + n;
   if (!is_npy_) {
     if (s.crc_valid) s.crc = Crc32(s.crc, data.data(), n);
     std::lock_guard lock(mu_);
     s.data_total = new_total;
     return Status::Ok();
-  }
-  const uint64_t new_frames = new_total / fb;
-  std::string header;
-  if (new_frames != frames) {
-    auto counted = layout->WithFrameCountChecked(new_frames);
-    if (!counted.ok()) return counted.status().WithContext(name_);
-    header = counted->Format();
   }
   TrackCrc(s, data, frames, new_frames, fb);
   {
@@ -734,7 +794,7 @@ Status GrowingMember::RewriteCount() {
                                       " frames: " + st.message());
 }
 
-Status GrowingMember::Fsync() {
+Status GrowingMember::Fsync(const WriterSession* session) {
   std::lock_guard io(io_mu_);
   // The frames are made durable even when their count cannot be (Resume counts them from the
   // file size), but the caller learns that the header on disk is behind.
@@ -744,6 +804,7 @@ Status GrowingMember::Fsync() {
     NPZ_RETURN_IF_ERROR(FsyncParentDir(spool_path_));
     s_->dir_synced = true;
   }
+  if (session != nullptr && !session->lost_write.ok()) return session->lost_write;
   return header;
 }
 
@@ -925,13 +986,19 @@ std::vector<std::string> GrowingMember::ListAttributes() const {
 
 // ---- readers ----
 
+void GrowingMember::AwaitAcknowledged(std::unique_lock<std::mutex>& lock) const {
+  acknowledged_done_.wait(lock, [&] { return !s_->acknowledged; });
+}
+
 uint64_t GrowingMember::visible_size() const {
-  std::lock_guard lock(mu_);
+  std::unique_lock lock(mu_);
+  AwaitAcknowledged(lock);
   return s_->visible_size();
 }
 
 ReaderSnapshot GrowingMember::TakeSnapshot() const {
-  std::lock_guard lock(mu_);
+  std::unique_lock lock(mu_);
+  AwaitAcknowledged(lock);
   ReaderSnapshot snap;
   if (s_->layout) snap.header = s_->header;
   snap.size = s_->visible_size();
@@ -959,7 +1026,8 @@ Result<ReadAnswer> GrowingMember::Read(const ReaderSnapshot& snapshot, uint64_t 
   uint64_t size;
   bool has_layout;
   {
-    std::lock_guard lock(mu_);
+    std::unique_lock lock(mu_);
+    AwaitAcknowledged(lock);
     size = s_->visible_size();
     has_layout = s_->layout.has_value();
     // A snapshot of another layout generation (taken before the layout was known, or before
@@ -999,12 +1067,14 @@ std::optional<NpyHeader> GrowingMember::layout() const {
 }
 
 uint64_t GrowingMember::frame_count() const {
-  std::lock_guard lock(mu_);
+  std::unique_lock lock(mu_);
+  AwaitAcknowledged(lock);
   return s_->complete_frames;
 }
 
 uint64_t GrowingMember::data_bytes() const {
-  std::lock_guard lock(mu_);
+  std::unique_lock lock(mu_);
+  AwaitAcknowledged(lock);
   return s_->data_total;
 }
 
