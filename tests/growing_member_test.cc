@@ -978,6 +978,21 @@ TEST(GrowingMember, AReaderWaitsForAWriteThatWasAcknowledgedBeforeItsBytesWereWr
   EXPECT_EQ(ReadVisible(*m), NumpyU16(5));
 }
 
+TEST(GrowingMember, AnUnlinkAfterTheFirstReturnedWriteIsRefusedForTheDataItWillHold) {
+  Fixture f;
+  auto m = f.Create("adc.npy", U16Layout());
+  WriterSession w;
+  ASSERT_TRUE(m->BeginWrite(&w, false).ok());
+  std::future<Status> removable;
+  auto accepted = [&](size_t) {
+    // The writer's write() has returned; its program now unlinks the file.
+    removable = std::async(std::launch::async, [&] { return m->CheckRemovable(); });
+    removable.wait_for(std::chrono::milliseconds(200));
+  };
+  ASSERT_TRUE(m->Write(&w, 0, Bytes(U16Frames(0, 2, 12)), accepted).ok());
+  EXPECT_EQ(removable.get().code(), EPERM);
+}
+
 // Bytes the file's blocks hold (st_blocks counts 512-byte units).
 uint64_t AllocatedBytes(const std::string& path) {
   struct stat st;

@@ -35,8 +35,9 @@
 // writer sat idle. Write therefore lets its caller acknowledge a data write once every check
 // has passed, just before the pwrite (WriteAcceptedFn): the writer's next write is read from
 // /dev/fuse by another daemon thread meanwhile and waits for io_mu_. What that costs, and
-// how it is kept honest: readers wait (State::acknowledged) until the write is published, so
-// no reader sees less than a returned write(); a pwrite that fails after the reply is kept in
+// how it is kept honest: readers (and unlink's check) wait until every write acknowledged
+// before they came is published or has failed (State::settled_seq), so no reader sees less
+// than a returned write(); a pwrite that fails after the reply is kept in
 // the writer's session and returned by its next Write, Fsync and close (the writer believes
 // the bytes written, so nothing it sends later can be placed right); and a daemon killed in
 // between loses that one write, which the durability contract allows (fsync, not write,
@@ -180,8 +181,11 @@ struct GrowingMember::State {
   uint64_t rewritable_header = 0;  // length of the writer header it may rewrite at 0 (0: none)
   std::string header_buf;          // kCollectingHeader: the writer's bytes so far
   bool removed = false;
-  // A write was acknowledged early and its pwrite is in progress (AppendData): readers wait.
-  bool acknowledged = false;
+  // Writes acknowledged early (AppendData), and those of them settled: published, or failed.
+  // A reader waits until every write acknowledged before it came is settled (not for later
+  // ones: a writer that never pauses would keep it waiting).
+  uint64_t acknowledged_seq = 0;
+  uint64_t settled_seq = 0;
 
   // ---- guarded by io_mu_ (writers only) ----
   uint32_t crc = 0;         // CRC-32 of the complete frames (verbatim: of every byte)
@@ -492,12 +496,17 @@ Result<size_t> GrowingMember::Write(WriterSession* session, uint64_t offset,
   bool acknowledged = false;
   Status st = AppendData(data, accepted, &acknowledged);
   if (!st.ok() && acknowledged) {
-    session->lost_write = Status::Error(
-        st.code(), "a write of " + std::to_string(data.size()) + " bytes at offset " +
-                       std::to_string(offset) + " was acknowledged, then failed (" + st.message() +
-                       "): this writer's later writes, fsync and close fail with this error; "
-                       "the member keeps what was written before it");
-    Log(session->lost_write.message());
+    Log("a write of " + std::to_string(data.size()) + " bytes at offset " + std::to_string(offset) +
+        " was acknowledged, then failed (" + st.message() +
+        "): this writer's later writes, fsync and close fail; the member keeps what was "
+        "written before it");
+    session->lost_write =
+        Status::Error(st.code(), name_ +
+                                     ": an earlier write to this file was acknowledged, then "
+                                     "failed (" +
+                                     std::strerror(st.code()) +
+                                     "): reopen it in append mode to go on from the frames it "
+                                     "holds");
     return session->lost_write;
   }
   NPZ_RETURN_IF_ERROR(st);
@@ -711,27 +720,36 @@ Status GrowingMember::AppendData(std::span<const std::byte> data, const WriteAcc
     if (!counted.ok()) return counted.status().WithContext(name_);
     header = counted->Format();
   }
+  // Settles an acknowledged write for the readers waiting for it: where its frames are
+  // published (Locked under mu_, then Notify), or else when AppendData returns or unwinds.
+  struct Settle {
+    GrowingMember* self;
+    uint64_t seq = 0;  // 0: nothing to settle
+    void Locked(State& st) const {
+      if (seq != 0) st.settled_seq = seq;
+    }
+    void Notify() {
+      if (seq == 0) return;
+      seq = 0;
+      self->acknowledged_done_.notify_all();
+    }
+    ~Settle() {
+      if (seq == 0) return;
+      {
+        std::lock_guard lock(self->mu_);
+        Locked(*self->s_);
+      }
+      Notify();
+    }
+  } settle{this};
   if (accepted) {
     {
       std::lock_guard lock(mu_);
-      s.acknowledged = true;
+      settle.seq = ++s.acknowledged_seq;
     }
     *acknowledged = true;
     accepted(n);
   }
-  // Clears State::acknowledged on every path below, after the publication.
-  struct AcknowledgedDone {
-    GrowingMember* self;
-    bool active;
-    ~AcknowledgedDone() {
-      if (!active) return;
-      {
-        std::lock_guard lock(self->mu_);
-        self->s_->acknowledged = false;
-      }
-      self->acknowledged_done_.notify_all();
-    }
-  } done{this, static_cast<bool>(accepted)};
 
   Preallocate(s, header_len + total + n);
   Status st = PwriteAll(fd_.get(), data.data(), n, header_len + total, spool_path_);
@@ -746,8 +764,12 @@ Status GrowingMember::AppendData(std::span<const std::byte> data, const WriteAcc
 
   if (!is_npy_) {
     if (s.crc_valid) s.crc = Crc32(s.crc, data.data(), n);
-    std::lock_guard lock(mu_);
-    s.data_total = new_total;
+    {
+      std::lock_guard lock(mu_);
+      s.data_total = new_total;
+      settle.Locked(s);
+    }
+    settle.Notify();
     return Status::Ok();
   }
   TrackCrc(s, data, frames, new_frames, fb);
@@ -756,7 +778,9 @@ Status GrowingMember::AppendData(std::span<const std::byte> data, const WriteAcc
     s.data_total = new_total;
     s.complete_frames = new_frames;
     if (!header.empty()) s.header = header;
+    settle.Locked(s);
   }
+  settle.Notify();
   // The frames are written and published (readers and finalize take the header from memory):
   // the write has succeeded. A failed count rewrite is logged and retried later.
   if (!header.empty() || s.header_stale) (void)RewriteCount();
@@ -842,7 +866,8 @@ Status GrowingMember::CheckRemovableLocked() const {
 }
 
 Status GrowingMember::CheckRemovable() const {
-  std::lock_guard lock(mu_);
+  std::unique_lock lock(mu_);
+  AwaitAcknowledged(lock);  // an unlink after a returned write sees its data
   return CheckRemovableLocked();
 }
 
@@ -987,7 +1012,8 @@ std::vector<std::string> GrowingMember::ListAttributes() const {
 // ---- readers ----
 
 void GrowingMember::AwaitAcknowledged(std::unique_lock<std::mutex>& lock) const {
-  acknowledged_done_.wait(lock, [&] { return !s_->acknowledged; });
+  const uint64_t before_me = s_->acknowledged_seq;
+  acknowledged_done_.wait(lock, [&] { return s_->settled_seq >= before_me; });
 }
 
 uint64_t GrowingMember::visible_size() const {

@@ -183,8 +183,9 @@ class GrowingMember : public std::enable_shared_from_this<GrowingMember> {
   // the writer's next write travels while this one is written (a dd of 1 GiB through the
   // mount: 0.9x a dd to a plain file, against 0.6x replying after the pwrite). The next Write,
   // Fsync, Truncate, EndWrite and finalize wait for this one (writer lock), and so do readers
-  // (visible_size, TakeSnapshot, Read, frame_count, data_bytes): a reader that comes after
-  // the writer's write() returned sees its frames. If the pwrite then fails (ENOSPC, EIO),
+  // (visible_size, TakeSnapshot, Read, frame_count, data_bytes) and CheckRemovable: a reader
+  // that comes after the writer's write() returned sees its frames (it waits only for writes
+  // acknowledged before it came). If the pwrite then fails (ENOSPC, EIO, EDQUOT, EFBIG),
   // Write returns the error and records it in the session (lost_write): the writer learns it
   // from its next write, fsync or close, as it would from a page-cache writeback error. A
   // daemon killed between the two loses that one acknowledged write; fsynced frames are
@@ -283,11 +284,12 @@ class GrowingMember : public std::enable_shared_from_this<GrowingMember> {
                               const Status& why, size_t write_size);
   // Appends data bytes to the spool file and publishes newly completed frames. Requires
   // io_mu_ held and mu_ not held. Calls `accepted` (if set) right before the pwrite, and sets
-  // *acknowledged then; readers wait from there until the frames are published or the
-  // write failed (AwaitAcknowledged).
+  // *acknowledged then; readers who come from there wait until the frames are published or
+  // the write failed (AwaitAcknowledged).
   Status AppendData(std::span<const std::byte> data, const WriteAcceptedFn& accepted = {},
                     bool* acknowledged = nullptr);
-  // Waits (releasing `lock`, which holds mu_) until no acknowledged write is in progress.
+  // Waits (releasing `lock`, which holds mu_) until every write acknowledged so far is
+  // published or has failed.
   void AwaitAcknowledged(std::unique_lock<std::mutex>& lock) const;
   void TrackCrc(State& s, std::span<const std::byte> data, uint64_t frames_before,
                 uint64_t frames_after, uint64_t frame_bytes);
@@ -315,7 +317,7 @@ class GrowingMember : public std::enable_shared_from_this<GrowingMember> {
   const HeaderWriteFn write_header_;
   mutable std::mutex mu_;                  // guards *s_ and the identity (short critical sections)
   std::condition_variable session_ended_;  // with mu_: a writer session ended
-  mutable std::condition_variable acknowledged_done_;  // with mu_: State::acknowledged cleared
+  mutable std::condition_variable acknowledged_done_;  // with mu_: State::settled_seq moved
   mutable std::mutex io_mu_;  // serialises Write, Fsync, Truncate, SetAttribute, MoveTo, finalize
 };
 
