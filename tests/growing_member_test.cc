@@ -5,7 +5,6 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/mman.h>
-#include <sys/mount.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -25,6 +24,7 @@ namespace {
 
 using testing::ReadFileOrDie;
 using testing::RunPython;
+using testing::SmallTmpfs;
 using testing::TempDir;
 using testing::WriteFileOrDie;
 
@@ -854,16 +854,8 @@ TEST(GrowingMember, CreatingOverAnExistingSpoolFileIsEexist) {
 TEST(GrowingMember, ASpoolThatRunsOutOfSpaceFailsTheWriteAndKeepsEarlierFrames) {
   TempDir t;
   const std::string dir = t.Join("small");
-  std::filesystem::create_directories(dir);
-  if (::mount("tmpfs", dir.c_str(), "tmpfs", 0, "size=256k") != 0) {
-    NPZ_SKIP_UNLESS_CI("cannot mount a tmpfs here (needs root)");
-  }
-  struct Unmount {
-    std::string d;
-    ~Unmount() {
-      if (::umount2(d.c_str(), 0) != 0) ::umount2(d.c_str(), MNT_DETACH);
-    }
-  } unmount{dir};
+  SmallTmpfs tmpfs(dir, "256k");
+  if (!tmpfs.mounted()) NPZ_SKIP_UNLESS_CI("cannot mount a tmpfs here (needs root)");
   const size_t h = HeaderLength(NumpyU16(0));
   {
     auto m = GrowingMember::Create("full.npy", dir + "/full.npy", U16Layout());
@@ -898,16 +890,8 @@ TEST(GrowingMember, ASpoolThatRunsOutOfSpaceFailsTheWriteAndKeepsEarlierFrames) 
 TEST(GrowingMember, AWriteThatFailsAfterItWasAcknowledgedFailsTheSessionsNextWriteFsyncAndClose) {
   TempDir t;
   const std::string dir = t.Join("small");
-  std::filesystem::create_directories(dir);
-  if (::mount("tmpfs", dir.c_str(), "tmpfs", 0, "size=256k") != 0) {
-    NPZ_SKIP_UNLESS_CI("cannot mount a tmpfs here (needs root)");
-  }
-  struct Unmount {
-    std::string d;
-    ~Unmount() {
-      if (::umount2(d.c_str(), 0) != 0) ::umount2(d.c_str(), MNT_DETACH);
-    }
-  } unmount{dir};
+  SmallTmpfs tmpfs(dir, "256k");
+  if (!tmpfs.mounted()) NPZ_SKIP_UNLESS_CI("cannot mount a tmpfs here (needs root)");
   std::vector<std::string> log;
   auto m = GrowingMember::Create("full.npy", dir + "/full.npy", U16Layout(),
                                  [&](const auto& l) { log.push_back(l); });

@@ -6,7 +6,6 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <sys/mount.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,6 +21,7 @@ namespace {
 namespace fs = std::filesystem;
 using testing::ReadFileOrDie;
 using testing::RunPython;
+using testing::SmallTmpfs;
 using testing::TempDir;
 using testing::WriteFileOrDie;
 
@@ -383,23 +383,6 @@ TEST(Spool, AFailedFinalizeLeavesTheSpoolIntactAndCanBeRetried) {
             "ok\n");
   EXPECT_FALSE(fs::exists(dir));
 }
-
-// A small tmpfs, unmounted (and removed) whatever happens.
-class SmallTmpfs {
- public:
-  SmallTmpfs(const std::string& dir, const std::string& size) : dir_(dir) {
-    fs::create_directories(dir_);
-    mounted_ = ::mount("tmpfs", dir_.c_str(), "tmpfs", 0, ("size=" + size).c_str()) == 0;
-  }
-  ~SmallTmpfs() {
-    if (mounted_ && ::umount2(dir_.c_str(), 0) != 0) ::umount2(dir_.c_str(), MNT_DETACH);
-  }
-  bool mounted() const { return mounted_; }
-
- private:
-  std::string dir_;
-  bool mounted_ = false;
-};
 
 TEST(Spool, FinalizeOnAFullDiskIsEnospcAndLeavesArchiveAndSpoolIntact) {
   TempDir t;
@@ -823,14 +806,8 @@ TEST(Spool, TheMovedArchiveItselfIsRecognisedByItsIdentityWhereverItsSpoolIs) {
 TEST(Spool, ASpoolWhoseRecordAFullDiskRefusedTakesNoMemberUntilItIsWritten) {
   TempDir t;
   const std::string small = t.Join("small");
-  fs::create_directories(small);
-  if (::mount("tmpfs", small.c_str(), "tmpfs", 0, "size=64k") != 0) {
-    NPZ_SKIP_UNLESS_CI("cannot mount a tmpfs here (needs root)");
-  }
-  struct Unmount {
-    std::string dir;
-    ~Unmount() { ::umount2(dir.c_str(), MNT_DETACH); }
-  } unmount{small};
+  SmallTmpfs tmpfs(small, "64k");
+  if (!tmpfs.mounted()) NPZ_SKIP_UNLESS_CI("cannot mount a tmpfs here (needs root)");
   const std::string dir = small + "/spool";
   fs::create_directories(dir);
   WriteFileOrDie(dir + "/.npzfs-lock", "");  // an earlier spool that recorded nothing

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <sys/mount.h>
 #include <sys/wait.h>
 
 #include <cmath>
@@ -93,6 +94,15 @@ std::string RealisticInt16(size_t samples, uint32_t seed) {
     out[2 * i + 1] = static_cast<char>((v >> 8) & 0xff);
   }
   return out;
+}
+
+SmallTmpfs::SmallTmpfs(const std::string& dir, const std::string& size) : dir_(dir) {
+  std::filesystem::create_directories(dir_);
+  mounted_ = ::mount("tmpfs", dir_.c_str(), "tmpfs", 0, ("size=" + size).c_str()) == 0;
+}
+
+SmallTmpfs::~SmallTmpfs() {
+  if (mounted_ && ::umount2(dir_.c_str(), 0) != 0) ::umount2(dir_.c_str(), MNT_DETACH);
 }
 
 }  // namespace npzfs::testing

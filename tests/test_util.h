@@ -44,6 +44,21 @@ bool InCi();
     GTEST_SKIP() << (why);                                          \
   } while (0)
 
+// A small tmpfs mounted at `dir` (made if missing), unmounted whatever happens (lazily if
+// it is busy). Mounting needs root: check mounted(), and NPZ_SKIP_UNLESS_CI if not.
+class SmallTmpfs {
+ public:
+  SmallTmpfs(const std::string& dir, const std::string& size);
+  ~SmallTmpfs();
+  SmallTmpfs(const SmallTmpfs&) = delete;
+  SmallTmpfs& operator=(const SmallTmpfs&) = delete;
+  bool mounted() const { return mounted_; }
+
+ private:
+  std::string dir_;
+  bool mounted_ = false;
+};
+
 // `samples` int16 little-endian samples: a smooth signal plus noise, like an ADC recording
 // (the same bytes for the same seed).
 std::string RealisticInt16(size_t samples, uint32_t seed);
