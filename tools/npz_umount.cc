@@ -444,6 +444,8 @@ Status ExplainUnansweredAsk(const std::string& mnt, const MountEntry& entry, con
 
 // What a dead daemon of `archive` recorded in its lock file (same user, same runtime
 // directory, and no daemon mounted since: that one would hold the lock); empty if nothing.
+// Read it while the dead daemon's stale mount is still there: once it is gone, any npzfs
+// daemon starting (of any archive) removes the unheld lock file as a killed daemon's.
 MountRecord DeadDaemonRecord(const std::string& archive) {
   const std::string runtime = ChooseRuntimeDir();
   return runtime.empty() ? MountRecord{}
@@ -453,9 +455,8 @@ MountRecord DeadDaemonRecord(const std::string& archive) {
 // "" when a dead daemon of `archive` left nothing to recover: its spool (known from its
 // record) holds no member and no append of the archive was interrupted. Else what to run:
 // the command it recorded, with its own options, or `npz recover ARCHIVE` and which option
-// to add (the spool records the compression level itself).
-std::string RecoverAdvice(const std::string& archive) {
-  const MountRecord recorded = DeadDaemonRecord(archive);
+// to add (the spool records the compression level itself). `recorded`: DeadDaemonRecord.
+std::string RecoverAdvice(const std::string& archive, const MountRecord& recorded) {
   struct stat st;
   if (!recorded.spool_dir.empty() && !SpoolHoldsMembers(recorded.spool_dir) &&
       ::lstat(AppendJournalPath(archive).c_str(), &st) != 0 && errno == ENOENT) {
@@ -476,7 +477,7 @@ Status ReadResult(const std::string& mnt, const Daemon& d, const std::string& ar
   if (d.result_file.empty()) return Status::Ok();  // a read-only mount finalizes nothing
   auto fd = OpenFile(d.result_file, O_RDONLY);
   if (!fd.ok()) {
-    const std::string advice = RecoverAdvice(archive);
+    const std::string advice = RecoverAdvice(archive, DeadDaemonRecord(archive));
     return Status::Error(
         EIO, mnt + ": the npzfs daemon (pid " + std::to_string(d.pid) +
                  ") exited without writing its result " + d.result_file +
@@ -612,8 +613,9 @@ Result<MountEntry> FindNpzfsMount(const std::string& given, const std::string& m
 // A dead daemon left its mount behind (ENOTCONN): clear it, and say how to finalize what it
 // received (nothing, if the mount was read-only).
 Status ClearDeadMount(const std::string& mnt, const MountEntry& entry) {
-  (void)RunProgram({"fusermount3", "-u", "-z", mnt});
   const std::string& archive = entry.source;
+  const MountRecord recorded = entry.read_only() ? MountRecord{} : DeadDaemonRecord(archive);
+  (void)RunProgram({"fusermount3", "-u", "-z", mnt});
   if (entry.read_only()) {
     // A spool beside the archive that nobody holds is an earlier writable mount's that died.
     const std::string beside = DefaultSpoolDir(archive);
@@ -634,7 +636,7 @@ Status ClearDeadMount(const std::string& mnt, const MountEntry& entry) {
       mnt +
       ": the npzfs daemon had died (Transport endpoint is not connected); the stale mount "
       "was removed";
-  const std::string advice = RecoverAdvice(archive);
+  const std::string advice = RecoverAdvice(archive, recorded);
   if (advice.empty()) {
     return Status::Error(ENOTCONN, died +
                                        ". It had received no new member (its spool holds "
